@@ -1,0 +1,102 @@
+/* parse-common.h: what every incremental parser shares.
+ *
+ * Parsers are push state machines: the caller hands them bytes in chunks
+ * of any size, split at any byte, and they report records through a
+ * callback.  Feeding one byte at a time gives the same records, offsets
+ * and errors as feeding everything at once.
+ */
+#pragma once
+
+#include <glib.h>
+#include "mp-record.h"
+
+typedef enum {
+    MP_FEED_MORE,   /* all input used; more is needed */
+    MP_FEED_PAUSED, /* a callback paused; resume at buf + *consumed */
+    MP_FEED_END,    /* the channel's grammar ended; bytes after *consumed
+                       are not ours */
+    MP_FEED_ERROR,  /* sticky: every later feed returns it again */
+} MpFeedStatus;
+
+#define MP_PARSE_ERROR (mp_parse_error_quark())
+GQuark mp_parse_error_quark(void);
+
+typedef enum {
+    MP_PARSE_ERROR_MAGIC,        /* bad magic */
+    MP_PARSE_ERROR_VERSION,      /* unsupported version */
+    MP_PARSE_ERROR_SECTION_TYPE, /* unknown top-level byte */
+    MP_PARSE_ERROR_SECTION,      /* bad section header, id or footer */
+    MP_PARSE_ERROR_COMMAND,      /* bad command or command length */
+    MP_PARSE_ERROR_RAM_FLAGS,    /* unknown or invalid RAM flags */
+    MP_PARSE_ERROR_NO_BLOCK,     /* CONTINUE with no previous block */
+    MP_PARSE_ERROR_LENGTH,       /* a length field out of its bounds */
+    MP_PARSE_ERROR_DECODE,       /* XBZRLE/zlib/zstd payload is invalid */
+    MP_PARSE_ERROR_TRUNCATED,    /* input ended inside a record */
+    MP_PARSE_ERROR_RP_MESSAGE,   /* bad return-path message */
+    MP_PARSE_ERROR_MULTIFD,      /* bad multifd init or packet */
+    MP_PARSE_ERROR_UNSUPPORTED,  /* valid, but we cannot follow it */
+} MpParseErrorCode;
+
+/* Gathers a field that may arrive split across feeds.
+ *
+ * mp_accum_take() returns a pointer to `need` contiguous bytes once they
+ * are all there: straight into the caller's buffer when the field is whole
+ * in it (no copy), otherwise into the accumulator.  It returns NULL when
+ * the input ran out first; call again with the next chunk and the same
+ * `need`.  The pointer is valid until the next take or the end of the
+ * feed call, whichever comes first. */
+typedef struct {
+    guint8 *buf;
+    gsize cap;
+    gsize have;
+} MpAccum;
+
+void mp_accum_init(MpAccum *a, gsize cap);
+void mp_accum_clear(MpAccum *a);
+const guint8 *mp_accum_take(MpAccum *a, gsize need, const guint8 **pos,
+                            const guint8 *end);
+
+static inline guint16
+mp_be16(const guint8 *p)
+{
+    return (guint16)((guint16)p[0] << 8 | p[1]);
+}
+
+static inline guint32
+mp_be32(const guint8 *p)
+{
+    return (guint32)p[0] << 24 | (guint32)p[1] << 16 | (guint32)p[2] << 8
+           | p[3];
+}
+
+static inline guint64
+mp_be64(const guint8 *p)
+{
+    return (guint64)mp_be32(p) << 32 | mp_be32(p + 4);
+}
+
+static inline void
+mp_put_be16(guint8 *p, guint16 v)
+{
+    p[0] = v >> 8;
+    p[1] = v;
+}
+
+static inline void
+mp_put_be32(guint8 *p, guint32 v)
+{
+    p[0] = v >> 24;
+    p[1] = v >> 16;
+    p[2] = v >> 8;
+    p[3] = v;
+}
+
+static inline void
+mp_put_be64(guint8 *p, guint64 v)
+{
+    mp_put_be32(p, v >> 32);
+    mp_put_be32(p + 4, (guint32)v);
+}
+
+/* TRUE if the `len` bytes at `p` are all zero (len a multiple of 8). */
+gboolean mp_buffer_is_zero(const guint8 *p, gsize len);
