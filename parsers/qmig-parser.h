@@ -1,0 +1,40 @@
+/* qmig-parser.h: the main migration channel (source to destination). */
+#pragma once
+
+#include <glib.h>
+#include "parse-common.h"
+#include "vmdesc.h"
+
+typedef struct MpQmigParser MpQmigParser;
+
+/* `channel` names the channel in errors ("src main").  Records go to `cb`.
+ * @return a parser; free with mp_qmig_parser_free(). */
+MpQmigParser *mp_qmig_parser_new(const char *channel, MpRecordFunc cb,
+                                 gpointer user_data);
+void mp_qmig_parser_free(MpQmigParser *p);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpQmigParser, mp_qmig_parser_free)
+
+/* With the stream's vmdesc (files: read from the tail first), device
+ * sections are sliced exactly and parsing goes on to EOF and VMDESC.
+ * Without it, the first device section turns the rest of the stream (or
+ * of the PACKAGED blob) into MP_REC_OPAQUE.  Takes a reference. */
+void mp_qmig_parser_set_vmdesc(MpQmigParser *p, MpVmdesc *vmdesc);
+
+/* A postcopy recovery channel starts without magic and version. */
+void mp_qmig_parser_set_headerless(MpQmigParser *p);
+
+MpFeedStatus mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf,
+                                 gsize len, gsize *consumed, GError **error);
+
+/* The input ended.  TRUE if it ended between records (or in opaque
+ * pass-through); FALSE with MP_PARSE_ERROR_TRUNCATED otherwise. */
+gboolean mp_qmig_parser_finish(MpQmigParser *p, GError **error);
+
+guint64 mp_qmig_parser_offset(const MpQmigParser *p);
+
+/* Offset from which the parser only passes bytes through, or G_MAXUINT64
+ * if it follows the whole stream; `why` (may be NULL) tells the reason. */
+guint64 mp_qmig_parser_opaque_from(const MpQmigParser *p, const char **why);
+
+/* Sum of used_length of the RAM blocks (0 before MEM_SIZE). */
+guint64 mp_qmig_parser_ram_total(const MpQmigParser *p);

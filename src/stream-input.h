@@ -1,0 +1,24 @@
+/* stream-input.h: reads a captured stream file, plain or zstd-compressed
+ * (by content: the zstd frame magic, not the file name). */
+#pragma once
+
+#include <glib.h>
+
+typedef struct MpInput MpInput;
+
+/* @return an open input, or NULL with an error naming the file. */
+MpInput *mp_input_open(const char *path, GError **error);
+void mp_input_free(MpInput *in); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpInput, mp_input_free)
+
+/* Reads up to `cap` bytes.  @return bytes read, 0 at the end, -1 on error. */
+gssize mp_input_read(MpInput *in, guint8 *buf, gsize cap, GError **error);
+
+gboolean mp_input_is_compressed(const MpInput *in);
+/* Size of the file on disk (compressed size for .zst). */
+guint64 mp_input_file_size(const MpInput *in);
+
+/* The last `max` bytes (or fewer) of the stream's content, for finding the
+ * vmdesc.  Plain files: read directly; zstd: decompresses the whole file
+ * once.  @return a new GBytes or NULL with an error. */
+GBytes *mp_input_read_tail(const char *path, gsize max, GError **error);
