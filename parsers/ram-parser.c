@@ -449,15 +449,11 @@ mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
              * differs from the host's, which the ADVISE summary reveals.
              * It starts with a 0x00 byte where a next id length cannot. */
             if (p->postcopy_summary == 0
-                || p->postcopy_summary == p->page_size) {
-                p->state = p->ignore_shared ? R_BL_MRADDR : R_HDR;
-                goto block_done;
-            }
+                || p->postcopy_summary == p->page_size)
+                goto no_page_size;
             if (p->list_remaining) {
-                if (*pos != 0) {
-                    p->state = p->ignore_shared ? R_BL_MRADDR : R_HDR;
-                    goto block_done;
-                }
+                if (*pos != 0)
+                    goto no_page_size;
                 p->state = R_BL_PSIZE_VAL;
                 continue;
             }
@@ -481,9 +477,13 @@ mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
         case R_BL_PSIZE_VAL:
             TAKE(8);
             p->bl.page_size = mp_be64(d);
-            p->state = p->ignore_shared ? R_BL_MRADDR : R_HDR;
-            if (p->ignore_shared)
+        no_page_size:
+            /* the entry is complete unless an mr_addr follows */
+            if (p->ignore_shared) {
+                p->state = R_BL_MRADDR;
                 continue;
+            }
+            p->state = R_HDR;
             goto block_done;
         case R_BL_MRADDR:
             TAKE(8);
