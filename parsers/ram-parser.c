@@ -326,7 +326,10 @@ mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
             }
         }
         have_block:
-            if (p->block_used && p->hdr_addr + p->page_size > p->block_used)
+            /* (written so that an address near 2^64 cannot wrap) */
+            if (p->block_used
+                && (p->hdr_addr >= p->block_used
+                    || p->block_used - p->hdr_addr < p->page_size))
                 FAIL(MP_PARSE_ERROR_LENGTH,
                      "%s: RAM page at 0x%" G_GINT64_MODIFIER
                      "x is past the end of \"%s\" (0x%" G_GINT64_MODIFIER
