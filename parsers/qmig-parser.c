@@ -753,6 +753,12 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
                                                                 : Q_BLK_HDR;
                 goto emit;
             }
+            /* block_load@7.2: anything else must carry EOS */
+            if (!(p->blk_flags & MP_BLK_MIG_FLAG_EOS))
+                FAIL(MP_PARSE_ERROR_RAM_FLAGS,
+                     "%s: block migration flags 0x%x at offset %"
+                     G_GUINT64_FORMAT " (ZERO_BLOCK without DEVICE_BLOCK)",
+                     p->channel, p->blk_flags, p->rec_start);
             goto blk_eos;
         }
         case Q_BLK_NAMELEN:
