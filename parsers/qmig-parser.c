@@ -314,8 +314,9 @@ decode_command(MpQmigParser *p, MpCommandInfo *ci, const guint8 *d,
         }
         break;
     case MP_QMIG_CMD_POSTCOPY_RAM_DISCARD: {
-        /* u8 version(0) u8 n idstr[n] u8 0 {be64 start, be64 len}* */
-        if (ci->len < 3 || d[0] != 0 || ci->len < 3u + d[1]
+        /* u8 version(0) u8 n idstr[n] u8 0 {be64 start, be64 len}*
+         * loadvm_postcopy_ram_handle_discard@7.2 wants len >= 20 */
+        if (ci->len < 20 || d[0] != 0 || ci->len < 3u + d[1]
             || d[2 + d[1]] != 0 || (ci->len - 3u - d[1]) % 16)
             goto bad_len;
         memcpy(block, d + 2, d[1]);
