@@ -185,6 +185,28 @@ mp_qmig_parser_set_headerless(MpQmigParser *p)
         p->state = Q_TOP;
 }
 
+void
+mp_qmig_parser_resume_from(MpQmigParser *p, const MpQmigParser *prev)
+{
+    GHashTableIter it;
+    gpointer key, value;
+
+    g_return_if_fail(p->state == Q_HEADER && p->off == 0);
+    g_hash_table_iter_init(&it, prev->sections);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        Section *s = g_memdup2(value, sizeof(Section));
+        s->info.idstr = s->idstr;
+        g_hash_table_replace(p->sections, key, s);
+    }
+    p->footers_seen = prev->footers_seen;
+    p->no_footers = prev->no_footers;
+    p->x_ignore_shared = prev->x_ignore_shared;
+    p->mapped_ram = prev->mapped_ram;
+    memcpy(p->machine, prev->machine, sizeof(p->machine));
+    mp_ram_parser_inherit(p->ram, prev->ram);
+    p->state = Q_TOP;
+}
+
 guint64
 mp_qmig_parser_offset(const MpQmigParser *p)
 {

@@ -23,6 +23,13 @@ void mp_qmig_parser_set_vmdesc(MpQmigParser *p, MpVmdesc *vmdesc);
 /* A postcopy recovery channel starts without magic and version. */
 void mp_qmig_parser_set_headerless(MpQmigParser *p);
 
+/* A postcopy recovery channel goes on with the stream of `prev`, the main
+ * channel it replaces: after RECV_BITMAP and POSTCOPY_RESUME come PART
+ * sections whose ids only `prev` has seen (postcopy_do_resume@7.2).  `p`
+ * (new, not yet fed) takes a copy of the section table, configuration and
+ * RAM state of `prev` and expects no header; `prev` may be freed after. */
+void mp_qmig_parser_resume_from(MpQmigParser *p, const MpQmigParser *prev);
+
 MpFeedStatus mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf,
                                  gsize len, gsize *consumed, GError **error);
 

@@ -147,6 +147,25 @@ mp_ram_parser_share_blocks(MpRamParser *p, const MpRamParser *main)
     p->shared = main;
 }
 
+void
+mp_ram_parser_inherit(MpRamParser *p, const MpRamParser *prev)
+{
+    GHashTableIter it;
+    gpointer key, value;
+
+    g_hash_table_remove_all(p->blocks);
+    g_hash_table_iter_init(&it, prev->blocks);
+    while (g_hash_table_iter_next(&it, &key, &value))
+        g_hash_table_insert(p->blocks, g_strdup(key), g_memdup2(value, 8));
+    p->ram_total = prev->ram_total;
+    p->postcopy_summary = prev->postcopy_summary;
+    p->ignore_shared = prev->ignore_shared;
+    /* the destination's last_recv_block outlives the channel */
+    memcpy(p->block, prev->block, sizeof(p->block));
+    p->have_block = prev->have_block;
+    p->block_used = prev->block_used;
+}
+
 guint64
 mp_ram_parser_ram_total(const MpRamParser *p)
 {

@@ -34,6 +34,10 @@ guint64 mp_ram_parser_offset(const MpRamParser *p);
  * has no block list).  `main` must outlive `p`. */
 void mp_ram_parser_share_blocks(MpRamParser *p, const MpRamParser *main);
 
+/* Copies the block list, block-list options and current block of `prev`
+ * into `p` (a recovery channel taking over from a broken one). */
+void mp_ram_parser_inherit(MpRamParser *p, const MpRamParser *prev);
+
 /* Feeds bytes.  Returns MP_FEED_END just after an EOS record (the end of
  * a section body, or of the preempt channel). */
 MpFeedStatus mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
