@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 #include <glib.h>
@@ -31,6 +32,7 @@
  * safe: a test sets them before feeding. */
 static MpVmdesc *g_vmdesc;
 static gboolean g_headerless;
+static MpQmigParser *g_prev; /* a recovery channel takes over from it */
 
 static gpointer
 qmig_create(MpRecordFunc cb, gpointer user_data)
@@ -40,6 +42,8 @@ qmig_create(MpRecordFunc cb, gpointer user_data)
         mp_qmig_parser_set_vmdesc(p, g_vmdesc);
     if (g_headerless)
         mp_qmig_parser_set_headerless(p);
+    if (g_prev)
+        mp_qmig_parser_resume_from(p, g_prev);
     return p;
 }
 
@@ -681,11 +685,25 @@ check_splits_opaque(const MpParserOps *ops, const guint8 *d, gsize len)
     return whole;
 }
 
+/* MP_TEST_DUMP_DIR=dir writes every vector to dir (fuzz seed corpus). */
+static void
+dump_vector(const GByteArray *b)
+{
+    static guint n;
+    const char *dir = g_getenv("MP_TEST_DUMP_DIR");
+    if (!dir)
+        return;
+    g_autofree char *path =
+        g_strdup_printf("%s/%d-%u.bin", dir, (int)getpid(), n++);
+    g_file_set_contents(path, (const char *)b->data, b->len, NULL);
+}
+
 /* Feeds `v` every way and compares with its expected log plus `status`
  * ("END", "MORE" or an "ERROR ..." line). */
 static void
 check_vec(Vec *v, const char *status)
 {
+    dump_vector(v->b);
     g_autofree char *log =
         feed_check_all_splits(&qmig_ops, v->b->data, v->b->len);
     g_string_append_printf(v->ex, "%s\n", status);
@@ -699,6 +717,7 @@ check_vec(Vec *v, const char *status)
 static void
 check_vec_opaque(Vec *v, const char *status)
 {
+    dump_vector(v->b);
     g_autofree char *log =
         check_splits_opaque(&qmig_ops, v->b->data, v->b->len);
     g_string_append_printf(v->ex, "%s\n", status);
@@ -713,6 +732,7 @@ check_vec_opaque(Vec *v, const char *status)
 static void
 check_error(Vec *v, int code, guint64 offset)
 {
+    dump_vector(v->b);
     g_autofree char *log =
         feed_check_all_splits(&qmig_ops, v->b->data, v->b->len);
     g_autofree char *head = g_strdup_printf("ERROR %d " CH ": ", code);
@@ -1408,6 +1428,79 @@ Test(qmig, headerless_recovery_channel)
     v_cmd0(v, MP_QMIG_CMD_POSTCOPY_RESUME);
     v_ping(v, 5);
     check_vec(v, "MORE");
+}
+
+static MpRecordAction
+ignore_record(const MpRecord *rec, gpointer user_data)
+{
+    return MP_REC_CONTINUE;
+}
+
+/* The main channel breaks in postcopy; the new one (no header) resumes
+ * with RECV_BITMAP and RESUME, then PART sections of the "ram" announced
+ * on the old channel.  The source resets its last block
+ * (ram_state_reset), the destination keeps its own: CONTINUE is legal
+ * for the first record, as the old channel's block. */
+Test(qmig, recovery_channel_resumes_sections)
+{
+    g_autoptr(Vec) old = vec_new();
+    g_autoptr(Vec) v = vec_new();
+    g_autoptr(GError) err = NULL;
+    gsize used;
+
+    /* the old channel breaks inside a PART, after a page of "mem1" */
+    v_header(old);
+    v_config(old, "pc-q35-7.2", 0, NULL, NULL);
+    v_cmd0(old, MP_QMIG_CMD_OPEN_RETURN_PATH);
+    v_advise(old, PS | (2u << 20));
+    v_sec_new(old, MP_QMIG_SECTION_START, RAM_ID, "ram", 0, 4);
+    v_mem_size(old, (4u << 20) + 8 * PS + (2u << 20));
+    v_block(old, "pc.ram", 4u << 20, 2u << 20, FALSE, 0);
+    v_block(old, "pc.bios", 8 * PS, 0, FALSE, 0);
+    v_block(old, "mem1", 2u << 20, 2u << 20, FALSE, 0);
+    v_eos(old);
+    v_footer(old);
+    v_sec_cont(old, MP_QMIG_SECTION_PART, RAM_ID);
+    v_page(old, "mem1", 0, 3);
+    put_be64(old->b, PS | MP_RAM_SAVE_FLAG_PAGE | MP_RAM_SAVE_FLAG_CONTINUE);
+    put_mem(old->b, "partial", 7);
+    g_prev = mp_qmig_parser_new(CH, ignore_record, NULL);
+    cr_assert_eq(mp_qmig_parser_feed(g_prev, old->b->data, old->b->len, &used,
+                                     &err),
+                 MP_FEED_MORE);
+
+    /* the new channel, with the builder's section table */
+    memcpy(v->sec, old->sec, sizeof(v->sec));
+    v->nsec = old->nsec;
+    v->cur = old->cur;
+    strcpy(v->block, "mem1");
+    v_recv_bitmap(v, "pc.ram");
+    v_recv_bitmap(v, "pc.bios");
+    v_recv_bitmap(v, "mem1");
+    v_cmd0(v, MP_QMIG_CMD_POSTCOPY_RESUME);
+    v_sec_cont(v, MP_QMIG_SECTION_PART, RAM_ID);
+    v_page(v, NULL, 0x1000, 5); /* mem1, from the old channel */
+    v_page(v, "pc.ram", 0x3ff000, 6);
+    v_eos(v);
+    v_footer(v);
+    v_sec_cont(v, MP_QMIG_SECTION_END, RAM_ID);
+    v_zero(v, "pc.bios", 0x7000);
+    v_eos(v);
+    v_footer(v);
+    v_eof(v);
+    check_vec(v, "MORE");
+
+    /* the old channel's block list still applies */
+    g_autoptr(Vec) bad = vec_new();
+    memcpy(bad->sec, old->sec, sizeof(bad->sec));
+    bad->nsec = old->nsec;
+    v_cmd0(bad, MP_QMIG_CMD_POSTCOPY_RESUME);
+    v_sec_cont(bad, MP_QMIG_SECTION_PART, RAM_ID);
+    gsize s = at(bad);
+    put_be64(bad->b, 0x8000 | MP_RAM_SAVE_FLAG_PAGE);
+    put_str(bad->b, "pc.bios");
+    check_error(bad, MP_PARSE_ERROR_LENGTH, s);
+    mp_qmig_parser_free(g_prev);
 }
 
 /* ---- malformed input --------------------------------------------------- */

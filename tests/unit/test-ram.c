@@ -5,6 +5,7 @@
  * (mp_ram_parser_share_blocks). */
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 #include <glib.h>
 #include <criterion/criterion.h>
 #include "feed-util.h"
@@ -177,9 +178,23 @@ v_block(Vec *v, const char *name, guint64 used, guint64 psize)
         ex(v, s, "ram_block block=\"%s\" used=%" G_GUINT64_FORMAT, name, used);
 }
 
+/* MP_TEST_DUMP_DIR=dir writes every vector to dir (fuzz seed corpus). */
+static void
+dump_vector(const GByteArray *b)
+{
+    static guint n;
+    const char *dir = g_getenv("MP_TEST_DUMP_DIR");
+    if (!dir)
+        return;
+    g_autofree char *path =
+        g_strdup_printf("%s/%d-%u.bin", dir, (int)getpid(), n++);
+    g_file_set_contents(path, (const char *)b->data, b->len, NULL);
+}
+
 static void
 check_vec(Vec *v, const char *status)
 {
+    dump_vector(v->b);
     g_autofree char *log =
         feed_check_all_splits(&ram_ops, v->b->data, v->b->len);
     g_string_append_printf(v->ex, "%s\n", status);
@@ -189,6 +204,7 @@ check_vec(Vec *v, const char *status)
 static void
 check_error(Vec *v, int code, gsize offset)
 {
+    dump_vector(v->b);
     g_autofree char *log =
         feed_check_all_splits(&ram_ops, v->b->data, v->b->len);
     g_autofree char *head = g_strdup_printf("ERROR %d " CH ": ", code);
