@@ -76,6 +76,7 @@ struct MpAnalysis {
     GPtrArray *block_order;
     guint64 ram_total;
     guint64 pages[MP_PAGE__MAX];
+    guint64 page_bytes[MP_PAGE__MAX]; /* wire bytes of the records */
     guint64 phase_pages[PHASE__MAX];
     guint64 phase_bytes[PHASE__MAX];
     guint64 ram_bytes;
@@ -265,6 +266,7 @@ ram_page(MpAnalysis *a, const MpRecord *rec)
     BlockStat *b = g_hash_table_lookup(a->blocks, pg->block);
 
     a->pages[pg->kind]++;
+    a->page_bytes[pg->kind] += rec->length;
     a->phase_pages[a->phase]++;
     if (pg->kind == MP_PAGE_COMPRESSED)
         a->compress_seen = TRUE;
@@ -550,6 +552,7 @@ mp_analysis_to_json(const MpAnalysis *a)
     json_object_object_add(ram, "blocks", blocks);
     json_object_object_add(ram, "pages", pages_json(a->pages));
     json_object_object_add(ram, "bytes", jint(a->ram_bytes));
+    json_object_object_add(ram, "bytes_by_kind", pages_json(a->page_bytes));
     json_object *phases = json_object_new_object();
     for (int ph = PHASE_PRECOPY; ph < PHASE__MAX; ph++) {
         json_object *o = json_object_new_object();

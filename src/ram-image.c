@@ -157,15 +157,22 @@ mp_ram_image_flush(MpRamImage *img, GError **error)
     return TRUE;
 }
 
+/* TRUE if a page at (b, addr) cannot join the pending run. */
+static gboolean
+breaks_run(const MpRamImage *img, const Block *b, guint64 addr)
+{
+    return img->run_block && (img->run_block != b || img->run_next != addr
+                              || img->iovcnt == RUN_MAX);
+}
+
 /* Queues `data` (one page) for block b at addr; data must stay valid
  * until the next flush. */
 static gboolean
 queue_page(MpRamImage *img, Block *b, guint64 addr, const guint8 *data,
            GError **error)
 {
-    if (img->run_block != b || img->run_next != addr || img->iovcnt == RUN_MAX)
-        if (!mp_ram_image_flush(img, error))
-            return FALSE;
+    if (breaks_run(img, b, addr) && !mp_ram_image_flush(img, error))
+        return FALSE;
     if (!img->run_block) {
         img->run_block = b;
         img->run_addr = addr;
@@ -177,12 +184,15 @@ queue_page(MpRamImage *img, Block *b, guint64 addr, const guint8 *data,
     return TRUE;
 }
 
-/* A page that is not in the feed buffer gets a stable copy. */
+/* A page that is not in the feed buffer gets a stable copy.  Flushing
+ * empties the staging area, so it happens before a slot is taken: a slot
+ * in use is never handed out again. */
 static gboolean
 queue_copy(MpRamImage *img, Block *b, guint64 addr, const guint8 *data,
            GError **error)
 {
-    if (img->stage_used == STAGE_PAGES && !mp_ram_image_flush(img, error))
+    if ((img->stage_used == STAGE_PAGES || breaks_run(img, b, addr))
+        && !mp_ram_image_flush(img, error))
         return FALSE;
     guint8 *slot = img->stage + (gsize)img->stage_used++ * img->page_size;
     memcpy(slot, data, img->page_size);

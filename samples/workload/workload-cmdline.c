@@ -149,6 +149,12 @@ apply_option(WlConfig *cfg, uint32_t *given, const char *word, size_t n)
         cfg->verify = v != 0;
         return;
     }
+    if (word_eq(word, klen, "touch")) {
+        if (!parse_u64(val, vlen, false, &v) || v > WL_PAGE_SIZE)
+            goto bad;
+        cfg->touch = (uint32_t)v;
+        return;
+    }
     if (word_eq(word, klen, "corrupt_after")) {
         if (!parse_u64(val, vlen, false, &v) || v > UINT32_MAX)
             goto bad;
@@ -227,6 +233,7 @@ wl_cmdline_parse(const char *cmdline, WlConfig *cfg)
         .seed = 1,
         .verify = false,
         .corrupt_after = 0,
+        .touch = 0,
     };
     memcpy(cfg->share, default_shares, sizeof(cfg->share));
     if (p == NULL)

@@ -46,6 +46,7 @@ typedef struct WlRun {
     bool verify;
     uint32_t corrupt_after;
     uint32_t corrupt_page; /* UINT32_MAX: none; never rewritten */
+    uint32_t touch;
     WlRng pick;
     uint64_t rewrites; /* also the generation when verify=0 */
     /* verify walk */
@@ -142,6 +143,15 @@ rewrite_one(WlRun *r)
         r->gen[idx] = (r->gen[idx] & GEN_REPORTED) | gen;
     } else {
         gen = (uint32_t)r->rewrites + 1;
+        if (r->touch) {
+            /* a small in-place change: what XBZRLE is made for */
+            uint8_t *page = wl_fill_page_addr(&r->fill, idx);
+            uint32_t at = (gen * 2654435761u) % (WL_PAGE_SIZE - r->touch + 1);
+            for (uint32_t i = 0; i < r->touch; i++)
+                page[at + i] = (uint8_t)(gen + i);
+            r->rewrites++;
+            return;
+        }
     }
     wl_fill_page(&r->fill, idx, gen);
     r->rewrites++;
@@ -317,10 +327,11 @@ wl_main(uint32_t magic, const MbInfo *mbi)
                cfg.corrupt_after);
     } else {
         wl_log("start mem=%llu rate=%u zero=%u dup=%u comp=%u rand=%u "
-               "seed=%llu verify=%u",
+               "seed=%llu verify=%u touch=%u",
                cfg.mem, cfg.rate, cfg.share[WL_KIND_ZERO],
                cfg.share[WL_KIND_DUP], cfg.share[WL_KIND_COMP],
-               cfg.share[WL_KIND_RAND], cfg.seed, cfg.verify ? 1u : 0u);
+               cfg.share[WL_KIND_RAND], cfg.seed, cfg.verify ? 1u : 0u,
+               cfg.touch);
     }
     if (cfg.verify && cfg.share[WL_KIND_ZERO] != 0) {
         wl_log("verify=1: zero=%u ignored, every page carries a header",
@@ -347,6 +358,7 @@ wl_main(uint32_t magic, const MbInfo *mbi)
     r.rate = cfg.rate;
     r.verify = cfg.verify;
     r.corrupt_after = cfg.corrupt_after;
+    r.touch = cfg.verify ? 0 : cfg.touch;
     r.corrupt_page = UINT32_MAX;
     r.gen = wl_phys(WL_GEN_TABLE);
     wl_rng_seed(&r.pick, wl_splitmix64(cfg.seed) ^ 0x5049434bu /* PICK */);

@@ -161,6 +161,7 @@ typedef struct WlConfig {
     uint64_t seed;                 /* PRNG seed */
     bool verify;                   /* per-page header and checking */
     uint32_t corrupt_after;        /* debug: flip a byte after N passes */
+    uint32_t touch; /* bytes changed per rewrite, 0: whole page (verify=0) */
 } WlConfig;
 
 /* Fill *cfg with defaults, then apply the options in cmdline (may be NULL).

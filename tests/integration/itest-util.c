@@ -1,0 +1,147 @@
+/* itest-util.c: helpers of the integration tests (see itest-util.h). */
+#include "config.h"
+#include <string.h>
+#include <glib/gstdio.h>
+#include <criterion/criterion.h>
+#include "itest-util.h"
+
+const char *
+it_migproxy(void)
+{
+    const char *p = g_getenv("MP_MIGPROXY");
+    cr_assert_not_null(p, "MP_MIGPROXY is not set (run through meson test)");
+    return p;
+}
+
+const char *
+it_workload(void)
+{
+    const char *p = g_getenv("MP_WORKLOAD");
+    cr_assert_not_null(p, "MP_WORKLOAD is not set (run through meson test)");
+    return p;
+}
+
+char *
+it_tmpdir(void)
+{
+    GError *err = NULL;
+    char *d = g_dir_make_tmp("mp-itest-XXXXXX", &err);
+    cr_assert_not_null(d, "temp dir: %s", err ? err->message : "?");
+    return d;
+}
+
+void
+it_remove_tree(const char *path)
+{
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *child = g_build_filename(path, name, NULL);
+        if (g_file_test(child, G_FILE_TEST_IS_DIR)
+            && !g_file_test(child, G_FILE_TEST_IS_SYMLINK))
+            it_remove_tree(child);
+        else
+            g_unlink(child);
+    }
+    g_rmdir(path);
+}
+
+MpQemu *
+it_start_workload(const char *version, const char *machine, guint mem_mib,
+                  const char *append, const char *const *extra_args)
+{
+    g_autoptr(GError) err = NULL;
+    MpQemuConfig cfg = {
+        .version = version,
+        .label = "src",
+        .machine = machine,
+        .memory_mib = mem_mib,
+        .kernel = it_workload(),
+        .append = append,
+        .extra_args = extra_args,
+    };
+    MpQemu *q = mp_qemu_start(&cfg, &err);
+    cr_assert_not_null(q, "%s", err ? err->message : "?");
+    if (!mp_qemu_wait_console(q, "workload: READY", 120000, &err)) {
+        mp_qemu_free(q);
+        cr_assert_fail("%s", err->message);
+    }
+    return q;
+}
+
+json_object *
+it_analyze(const char *stream, const char *dump_dir)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = NULL, *errout = NULL;
+    int status = 0;
+    const char *argv[] = {it_migproxy(), "analyze", "--json", "-q",
+                          dump_dir ? "--dump-ram" : stream, dump_dir, stream,
+                          NULL};
+    if (!dump_dir)
+        argv[5] = NULL;
+
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &out, &errout, &status, &err),
+              "running migproxy: %s", err ? err->message : "?");
+    cr_assert(g_spawn_check_wait_status(status, NULL),
+              "migproxy analyze %s failed (status %d):\n%s", stream, status,
+              errout);
+    json_object *doc = json_tokener_parse(out);
+    cr_assert_not_null(doc, "migproxy analyze printed no JSON:\n%s", out);
+    return doc;
+}
+
+gint64
+it_jint(json_object *doc, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    json_object *o = doc;
+    for (guint i = 0; parts[i]; i++)
+        cr_assert(json_object_object_get_ex(o, parts[i], &o),
+                  "no %s in the analysis", path);
+    return json_object_get_int64(o);
+}
+
+static void
+compare_range(const char *what, const guint8 *a, const guint8 *b,
+              guint64 start, guint64 len)
+{
+    if (memcmp(a + start, b + start, len) == 0)
+        return;
+    guint64 pages = 0, first = G_MAXUINT64;
+    for (guint64 off = start; off < start + len; off += 4096)
+        if (memcmp(a + off, b + off, MIN(4096, start + len - off))) {
+            pages++;
+            first = MIN(first, off);
+        }
+    cr_assert_fail("%s: %" G_GUINT64_FORMAT " pages differ, the first at "
+                   "guest address 0x%" G_GINT64_MODIFIER "x",
+                   what, pages, first);
+}
+
+void
+it_assert_ram_equals(MpQemu *q, const char *image, guint64 ram_bytes,
+                     const char *tmpdir)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mem = g_build_filename(tmpdir, "pmemsave.bin", NULL);
+    g_autofree guint8 *img = NULL, *ref = NULL;
+    gsize img_len = 0;
+
+    cr_assert(mp_qemu_pmemsave(q, 0, ram_bytes, mem, &err), "%s",
+              err ? err->message : "?");
+    cr_assert(g_file_get_contents(image, (char **)&img, &img_len, &err),
+              "%s", err ? err->message : "?");
+    cr_assert_geq(img_len, ram_bytes, "%s holds %zu bytes, the guest %"
+                  G_GUINT64_FORMAT, image, img_len, ram_bytes);
+    gsize ref_len = 0;
+    cr_assert(g_file_get_contents(mem, (char **)&ref, &ref_len, &err), "%s",
+              err ? err->message : "?");
+    cr_assert_eq(ref_len, ram_bytes);
+    compare_range("RAM below 640 KiB", img, ref, 0, IT_LOW_RAM_END);
+    compare_range("RAM above 1 MiB", img, ref, IT_HIGH_RAM_START,
+                  ram_bytes - IT_HIGH_RAM_START);
+    g_unlink(mem);
+}

@@ -1,0 +1,35 @@
+/* itest-util.h: what the real-QEMU integration tests share. */
+#pragma once
+
+#include <glib.h>
+#include <json-c/json.h>
+#include "qemu-process.h"
+
+#define IT_LOW_RAM_END    0xa0000u  /* RAM below the VGA window */
+#define IT_HIGH_RAM_START 0x100000u /* RAM above the BIOS area */
+
+/* Paths given by meson through the environment. */
+const char *it_migproxy(void);    /* MP_MIGPROXY */
+const char *it_workload(void);    /* MP_WORKLOAD: the workload guest */
+
+/* A new temporary directory; it_remove_tree() deletes it. */
+char *it_tmpdir(void);
+void it_remove_tree(const char *path);
+
+/* Starts a QEMU running the workload guest with `append` and waits for
+ * its READY line.  Asserts on failure. */
+MpQemu *it_start_workload(const char *version, const char *machine,
+                          guint mem_mib, const char *append,
+                          const char *const *extra_args);
+
+/* Runs `migproxy analyze --json -q [--dump-ram DIR] FILE`; asserts the
+ * exit status is 0 and returns the document (caller owns). */
+json_object *it_analyze(const char *stream, const char *dump_dir);
+
+/* Integer at a dotted path ("ram.pages.normal"); asserts it exists. */
+gint64 it_jint(json_object *doc, const char *path);
+
+/* pmemsaves guest RAM of `q` ([0, 640K) and [1M, ram_bytes)) and asserts
+ * it equals the same ranges of `image` (a --dump-ram pc.ram file). */
+void it_assert_ram_equals(MpQemu *q, const char *image, guint64 ram_bytes,
+                          const char *tmpdir);
