@@ -14,6 +14,8 @@ typedef struct {
 static const Command commands[] = {
     {"analyze", mp_cmd_analyze,
      "analyze captured migration streams (summary, JSON, RAM images)"},
+    {"demo", mp_cmd_demo,
+     "migrate a sample guest live between two local QEMUs and analyze it"},
 };
 
 static void

@@ -1,0 +1,314 @@
+/* cmd-demo.c: `migproxy demo`, a real live migration of the workload guest
+ * between two QEMU processes on this machine, captured and analyzed, with
+ * the analysis checked against QEMU's own counters and the destination's
+ * memory. */
+#include "config.h"
+#include <stdio.h>
+#include <string.h>
+#include <glib.h>
+#include <glib/gstdio.h>
+#include "analysis.h"
+#include "analyze-file.h"
+#include "commands.h"
+#include "qemu-process.h"
+
+#define READY_TIMEOUT_MS   (120 * 1000)
+#define MIGRATE_TIMEOUT_MS (300 * 1000)
+#define LOW_RAM_END        0xa0000u  /* RAM below the VGA window */
+#define HIGH_RAM_START     0x100000u /* RAM above the BIOS area */
+
+typedef struct {
+    char *qemu;
+    char *machine;
+    gint mem_mib;
+    char *workload;
+    char *kernel;
+    char *keep;
+    gboolean json;
+} DemoOptions;
+
+static gint64 t0;
+
+static void
+step(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+static void
+step(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "[%5.1f s] ", (g_get_monotonic_time() - t0) / 1e6);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static gint64
+jint(json_object *o, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    for (guint i = 0; parts[i]; i++)
+        if (!json_object_object_get_ex(o, parts[i], &o))
+            return -1;
+    return json_object_get_int64(o);
+}
+
+/* Compares guest RAM of `q` with the RAM image `image`. */
+static gboolean
+memory_equals_image(MpQemu *q, const char *image, guint64 ram,
+                    const char *dir, guint64 *differing, GError **error)
+{
+    g_autofree char *mem = g_build_filename(dir, "destination.bin", NULL);
+    g_autofree char *a = NULL, *b = NULL;
+    gsize alen, blen;
+
+    if (!mp_qemu_pmemsave(q, 0, ram, mem, error)
+        || !g_file_get_contents(mem, &a, &alen, error)
+        || !g_file_get_contents(image, &b, &blen, error))
+        return FALSE;
+    g_unlink(mem);
+    *differing = 0;
+    for (guint64 off = 0; off < ram && off + 4096 <= MIN(alen, blen);
+         off += 4096) {
+        if (off >= LOW_RAM_END && off < HIGH_RAM_START)
+            continue; /* VGA window and ROMs, not RAM */
+        if (memcmp(a + off, b + off, 4096))
+            (*differing)++;
+    }
+    return TRUE;
+}
+
+static char *
+default_kernel(void)
+{
+    const char *env = g_getenv("MP_WORKLOAD");
+    if (env)
+        return g_strdup(env);
+    return g_build_filename(MP_BUILD_ROOT, "samples", "workload",
+                            "workload.elf", NULL);
+}
+
+static int
+run_demo(const DemoOptions *o, const char *dir)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(MpQemu) src = NULL;
+    g_autoptr(MpQemu) dst = NULL;
+    g_autofree char *stream = g_build_filename(dir, "stream.mig", NULL);
+    g_autofree char *ramdir = g_build_filename(dir, "ram", NULL);
+    g_autofree char *image = g_build_filename(ramdir, "pc.ram", NULL);
+    g_autofree char *incoming = NULL, *uri = NULL;
+    json_object *info = NULL;
+
+    if (!mp_qemu_available(o->qemu, NULL, &err)) {
+        fprintf(stderr, "migproxy demo: %s\n", err->message);
+        return 1;
+    }
+    if (!g_file_test(o->kernel, G_FILE_TEST_EXISTS)) {
+        fprintf(stderr,
+                "migproxy demo: the workload guest %s is missing: build it "
+                "(ninja -C build) or give --kernel\n",
+                o->kernel);
+        return 1;
+    }
+
+    MpQemuConfig scfg = {.version = o->qemu, .label = "src",
+                         .machine = o->machine, .memory_mib = o->mem_mib,
+                         .kernel = o->kernel, .append = o->workload};
+    step("source: QEMU %s, %d MiB, workload guest \"%s\"", o->qemu, o->mem_mib,
+         o->workload);
+    src = mp_qemu_start(&scfg, &err);
+    if (!src || !mp_qemu_wait_console(src, "workload: READY",
+                                      READY_TIMEOUT_MS, &err))
+        goto fail;
+    step("source guest has filled its memory (READY)");
+
+    guint16 port = mp_qemu_pick_free_port(&err);
+    if (!port)
+        goto fail;
+    incoming = g_strdup_printf("tcp:127.0.0.1:%u", port);
+    MpQemuConfig dcfg = {.version = o->qemu, .label = "dst",
+                         .machine = o->machine, .memory_mib = o->mem_mib,
+                         .paused = TRUE, .incoming = incoming};
+    step("destination: QEMU %s, -incoming %s, paused (-S)", o->qemu, incoming);
+    dst = mp_qemu_start(&dcfg, &err);
+    if (!dst)
+        goto fail;
+
+    /* The stream is copied to a file on its way (tee) while it flows to
+     * the destination; the relay will do this by itself. */
+    uri = g_strdup_printf(
+        "exec:tee '%s' | socat -u STDIN TCP:127.0.0.1:%u", stream, port);
+    if (!mp_qemu_set_parameter_int(src, "downtime-limit", 50, &err)
+        || !mp_qemu_set_parameter_int(src, "max-bandwidth", 256 << 20, &err))
+        goto fail;
+    step("migrating live, the stream captured to %s", stream);
+    if (!mp_qemu_migrate(src, uri, &err)
+        || !mp_qemu_wait_migration(src, MIGRATE_TIMEOUT_MS, &info, &err))
+        goto fail;
+    json_object *status;
+    json_object_object_get_ex(info, "status", &status);
+    if (g_strcmp0(json_object_get_string(status), "completed") != 0) {
+        fprintf(stderr, "migproxy demo: the migration ended as %s\n",
+                json_object_get_string(status));
+        json_object_put(info);
+        return 1;
+    }
+    json_object *dinfo = NULL;
+    if (!mp_qemu_wait_migration(dst, MIGRATE_TIMEOUT_MS, &dinfo, &err))
+        goto fail;
+    json_object_put(dinfo);
+    step("migration completed: %" G_GINT64_FORMAT " ms, downtime %"
+         G_GINT64_FORMAT " ms (query-migrate)",
+         jint(info, "total-time"), jint(info, "downtime"));
+
+    step("analyzing the stream");
+    MpAnalyzeOptions aopt = {.quiet = TRUE, .dump_ram = ramdir};
+    gboolean ok;
+    json_object *doc = mp_analyze_file(stream, &aopt, &ok);
+
+    guint64 differing = 0;
+    gboolean mem_ok = ok && memory_equals_image(dst, image,
+                                                (guint64)o->mem_mib << 20,
+                                                dir, &differing, &err);
+    if (o->json) {
+        json_object *checks = json_object_new_object();
+        json_object_object_add(checks, "query_migrate",
+                               json_object_get(info));
+        json_object_object_add(
+            checks, "destination_equals_image",
+            json_object_new_boolean(mem_ok && differing == 0));
+        json_object_object_add(doc, "demo", checks);
+        puts(json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY));
+    } else {
+        printf("\n");
+        mp_analysis_print(doc, stdout);
+    }
+
+    gint64 normal = jint(doc, "ram.pages.normal"),
+           zero = jint(doc, "ram.pages.zero");
+    gboolean counts_ok = normal == jint(info, "ram.normal")
+                         && zero == jint(info, "ram.duplicate");
+    FILE *out = o->json ? stderr : stdout;
+    fprintf(out,
+            "\nChecks:\n"
+            "  pages in the stream vs QEMU's query-migrate: normal %"
+            G_GINT64_FORMAT " / %" G_GINT64_FORMAT ", zero %" G_GINT64_FORMAT
+            " / duplicate %" G_GINT64_FORMAT ": %s\n",
+            normal, jint(info, "ram.normal"), zero,
+            jint(info, "ram.duplicate"), counts_ok ? "equal" : "DIFFERENT");
+    if (mem_ok)
+        fprintf(out,
+                "  destination's memory vs the stream's RAM image (%d MiB): "
+                "%s\n",
+                o->mem_mib,
+                differing ? "DIFFERENT" : "identical, byte for byte");
+    else
+        fprintf(out, "  memory comparison failed: %s\n",
+                err ? err->message : "the stream did not parse");
+    json_object_put(doc);
+    json_object_put(info);
+    return counts_ok && mem_ok && differing == 0 ? 0 : 1;
+
+fail:
+    fprintf(stderr, "migproxy demo: %s\n", err ? err->message : "failed");
+    if (info)
+        json_object_put(info);
+    return 1;
+}
+
+int
+mp_cmd_demo(int argc, char **argv)
+{
+    DemoOptions o = {.mem_mib = 128};
+    GOptionEntry entries[] = {
+        {"qemu", 0, 0, G_OPTION_ARG_STRING, &o.qemu,
+         "QEMU version on both sides: 7.2 (system) or 10.0 (from "
+         "scripts/fetch-qemu10.sh); default 7.2",
+         "VERSION"},
+        {"machine", 0, 0, G_OPTION_ARG_STRING, &o.machine,
+         "Machine type (default pc-q35-VERSION)", "TYPE"},
+        {"memory", 'm', 0, G_OPTION_ARG_INT, &o.mem_mib,
+         "Guest RAM in MiB (default 128)", "MIB"},
+        {"workload", 'w', 0, G_OPTION_ARG_STRING, &o.workload,
+         "The workload guest's settings (default \"mem=64M rate=2000\"; see "
+         "samples/workload/README.md)",
+         "ARGS"},
+        {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &o.kernel,
+         "The workload guest (default: the one built in the build tree)",
+         "FILE"},
+        {"keep", 'k', 0, G_OPTION_ARG_FILENAME, &o.keep,
+         "Keep the stream and RAM images in DIR", "DIR"},
+        {"json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
+         "Print the analysis as JSON, with query-migrate's answer", NULL},
+        {NULL},
+    };
+    g_autoptr(GOptionContext) oc = g_option_context_new(NULL);
+    g_autoptr(GError) err = NULL;
+
+    g_option_context_set_summary(
+        oc, "Migrate the workload guest live between two QEMUs on this "
+            "machine, capture the stream and analyze it.\n\n"
+            "Checks that the pages counted in the stream equal QEMU's "
+            "query-migrate counters and that the destination's memory equals "
+            "the RAM image migproxy decodes from the stream.");
+    g_option_context_set_description(
+        oc, "Examples:\n"
+            "  migproxy demo\n"
+            "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
+            "  migproxy demo --keep /tmp/demo && migproxy analyze "
+            "/tmp/demo/stream.mig\n");
+    g_option_context_add_main_entries(oc, entries, NULL);
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy demo: %s\n", err->message);
+        return 2;
+    }
+    if (!o.qemu)
+        o.qemu = g_strdup("7.2");
+    if (strcmp(o.qemu, "7.2") && strcmp(o.qemu, "10.0")) {
+        fprintf(stderr, "migproxy demo: --qemu is 7.2 or 10.0\n");
+        return 2;
+    }
+    if (o.mem_mib < 32 || o.mem_mib > 4096) {
+        fprintf(stderr, "migproxy demo: --memory is 32..4096 MiB\n");
+        return 2;
+    }
+    if (!o.workload)
+        o.workload = g_strdup("mem=64M rate=2000");
+    if (!o.kernel)
+        o.kernel = default_kernel();
+
+    t0 = g_get_monotonic_time();
+    char *dir;
+    if (o.keep) {
+        g_mkdir_with_parents(o.keep, 0755);
+        dir = g_strdup(o.keep);
+    } else {
+        dir = g_dir_make_tmp("migproxy-demo-XXXXXX", &err);
+        if (!dir) {
+            fprintf(stderr, "migproxy demo: %s\n", err->message);
+            return 1;
+        }
+    }
+    int status = run_demo(&o, dir);
+    if (!o.keep) {
+        g_autofree char *ramdir = g_build_filename(dir, "ram", NULL);
+        g_autoptr(GDir) d = g_dir_open(ramdir, 0, NULL);
+        const char *name;
+        while (d && (name = g_dir_read_name(d))) {
+            g_autofree char *p = g_build_filename(ramdir, name, NULL);
+            g_unlink(p);
+        }
+        g_rmdir(ramdir);
+        g_autofree char *stream = g_build_filename(dir, "stream.mig", NULL);
+        g_unlink(stream);
+        g_rmdir(dir);
+    }
+    g_free(dir);
+    g_free(o.qemu);
+    g_free(o.machine);
+    g_free(o.workload);
+    g_free(o.kernel);
+    g_free(o.keep);
+    return status;
+}
