@@ -7,6 +7,10 @@
  * JSON from recursing without end. */
 #define MAX_DEPTH 32
 
+/* Far above any device state, and low enough that sums of field sizes
+ * (each up to 2^32 x 2^32 in hostile JSON) cannot overflow. */
+#define MAX_SECTION_SIZE ((gint64)1 << 48)
+
 struct MpVmdesc {
     gint ref;
     json_object *root;
@@ -54,9 +58,13 @@ vmsd_size(json_object *o, int depth)
                 return -1;
             if (get_int(f, "array_len", &n) && (n < 0 || n > G_MAXUINT32))
                 return -1;
+            if ((guint64)size * (guint64)n
+                > (guint64)(MAX_SECTION_SIZE - total))
+                return -1;
             total += size * n;
         }
-    } else if (!get_int(o, "size", &total) || total < 0) {
+    } else if (!get_int(o, "size", &total) || total < 0
+               || total > MAX_SECTION_SIZE) {
         return -1;
     }
     if (json_object_object_get_ex(o, "subsections", &subs)) {
@@ -68,7 +76,10 @@ vmsd_size(json_object *o, int depth)
             gint64 body = vmsd_size(s, depth + 1);
             if (!name || strlen(name) > 255 || body < 0)
                 return -1;
-            total += 1 + 1 + (gint64)strlen(name) + 4 + body;
+            gint64 sub = 1 + 1 + (gint64)strlen(name) + 4 + body;
+            if (sub > MAX_SECTION_SIZE - total)
+                return -1;
+            total += sub;
         }
     }
     return total;
