@@ -1,0 +1,160 @@
+/* test-ram-image.c: the RAM image writer against an in-memory model, with
+ * random page records of every kind, payloads inside and outside the
+ * "feed buffer", and runs that break anywhere. */
+#include <string.h>
+#include <glib/gstdio.h>
+#include <criterion/criterion.h>
+#include "ram-image.h"
+#include "xbzrle.h"
+
+#define PS     4096u
+#define PAGES  300u
+#define BLOCK  "pc.ram"
+
+static char *dir;
+
+static void
+setup(void)
+{
+    dir = g_dir_make_tmp("mp-ramimg-XXXXXX", NULL);
+    cr_assert_not_null(dir);
+}
+
+static void
+teardown(void)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(dir, n, NULL);
+        g_unlink(p);
+    }
+    g_rmdir(dir);
+    g_free(dir);
+}
+
+TestSuite(ram_image, .init = setup, .fini = teardown);
+
+static void
+add_block(MpRamImage *img, const char *name, guint64 size)
+{
+    MpRecord r = {.kind = MP_REC_RAM_BLOCK};
+    r.u.block.name = name;
+    r.u.block.used_length = size;
+    cr_assert(mp_ram_image_record(img, &r, NULL));
+}
+
+static void
+page(MpRamImage *img, guint64 addr, MpPageKind kind, const guint8 *payload,
+     guint32 len)
+{
+    MpRecord r = {.kind = MP_REC_RAM_PAGE};
+    GError *err = NULL;
+    r.u.page.block = BLOCK;
+    r.u.page.addr = addr;
+    r.u.page.kind = kind;
+    r.u.page.size = PS;
+    r.u.page.payload = payload;
+    r.u.page.payload_len = len;
+    cr_assert(mp_ram_image_record(img, &r, &err), "%s",
+              err ? err->message : "");
+}
+
+Test(ram_image, random_records_match_model)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(MpRamImage) img = mp_ram_image_new(dir, &err);
+    g_autofree guint8 *model = g_malloc0(PAGES * PS);
+    /* a fake feed buffer: pages inside it are queued without a copy */
+    g_autofree guint8 *feed = g_malloc(64 * PS);
+    g_autofree guint8 *scratch = g_malloc(PS);
+    guint8 enc[PS + 64];
+    GRand *rng = g_rand_new_with_seed(42);
+
+    cr_assert_not_null(img);
+    add_block(img, BLOCK, PAGES * PS);
+    for (guint round = 0; round < 40; round++) {
+        mp_ram_image_set_buffer(img, feed, 64 * PS);
+        guint used = 0;
+        for (guint k = 0; k < 64; k++) {
+            /* mostly sequential runs, sometimes a jump */
+            static guint64 next;
+            guint64 idx = g_rand_int_range(rng, 0, 4) ? next
+                                                      : (guint64)g_rand_int_range(rng, 0, PAGES);
+            next = (idx + 1) % PAGES;
+            guint8 *m = model + idx * PS;
+            switch (g_rand_int_range(rng, 0, 5)) {
+            case 0: { /* normal page, payload in the feed buffer */
+                guint8 *p = feed + (used++ % 64) * PS;
+                for (guint i = 0; i < PS; i++)
+                    p[i] = g_rand_int(rng);
+                memcpy(m, p, PS);
+                page(img, idx * PS, MP_PAGE_NORMAL, p, PS);
+                break;
+            }
+            case 1: { /* normal page from elsewhere (reused scratch) */
+                for (guint i = 0; i < PS; i++)
+                    scratch[i] = g_rand_int(rng);
+                memcpy(m, scratch, PS);
+                page(img, idx * PS, MP_PAGE_NORMAL, scratch, PS);
+                memset(scratch, 0xee, PS); /* must not matter */
+                break;
+            }
+            case 2: { /* zero page */
+                guint8 fill = 0;
+                memset(m, 0, PS);
+                page(img, idx * PS, MP_PAGE_ZERO, &fill, 1);
+                break;
+            }
+            case 3: { /* XBZRLE delta against the current content */
+                memcpy(scratch, m, PS);
+                for (guint i = 0; i < 20; i++)
+                    scratch[g_rand_int_range(rng, 0, PS)] ^= 0x5a;
+                gssize n = mp_xbzrle_encode(m, scratch, PS, enc, sizeof(enc));
+                cr_assert_geq(n, 0);
+                memcpy(m, scratch, PS);
+                page(img, idx * PS, MP_PAGE_XBZRLE, n ? enc : NULL, n);
+                break;
+            }
+            default: /* nothing this time */
+                break;
+            }
+        }
+        cr_assert(mp_ram_image_flush(img, &err), "%s",
+                  err ? err->message : "");
+        memset(feed, 0xdd, 64 * PS); /* the buffer is reused */
+    }
+    cr_assert(mp_ram_image_close(img, &err), "%s", err ? err->message : "");
+    g_rand_free(rng);
+
+    g_autofree char *path = g_build_filename(dir, "pc.ram", NULL);
+    g_autofree char *data = NULL;
+    gsize len;
+    cr_assert(g_file_get_contents(path, &data, &len, NULL));
+    cr_assert_eq(len, PAGES * PS);
+    for (guint i = 0; i < PAGES; i++)
+        cr_assert(memcmp(data + i * PS, model + i * PS, PS) == 0,
+                  "page %u differs", i);
+}
+
+Test(ram_image, file_names)
+{
+    g_autofree char *a = mp_ram_image_file_name("/rom@etc/acpi/tables");
+    g_autofree char *b = mp_ram_image_file_name("pc.ram");
+    cr_assert_str_eq(a, "rom@etc_acpi_tables");
+    cr_assert_str_eq(b, "pc.ram");
+}
+
+Test(ram_image, page_of_unknown_block_fails)
+{
+    g_autoptr(MpRamImage) img = mp_ram_image_new(dir, NULL);
+    guint8 p[PS] = {1};
+    MpRecord r = {.kind = MP_REC_RAM_PAGE};
+    g_autoptr(GError) err = NULL;
+    r.u.page.block = "nope";
+    r.u.page.kind = MP_PAGE_NORMAL;
+    r.u.page.payload = p;
+    r.u.page.payload_len = PS;
+    cr_assert_not(mp_ram_image_record(img, &r, &err));
+    cr_assert_not_null(strstr(err->message, "nope"));
+}
