@@ -272,6 +272,8 @@ state_what(QmigState s)
     case Q_VMDESC_LEN:
     case Q_VMDESC:
         return "VMDESCRIPTION";
+    case Q_OPAQUE:
+        return "opaque data";
     default:
         return "stream";
     }
@@ -1040,7 +1042,10 @@ mp_qmig_parser_finish(MpQmigParser *p, GError **error)
             return TRUE;
         break;
     case Q_OPAQUE:
-        return TRUE;
+        /* a PACKAGED blob has a length, even when its content is opaque */
+        if (!p->in_package)
+            return TRUE;
+        break;
     case Q_RAM_BODY:
         if (!mp_ram_parser_finish(p->ram, error))
             return FALSE;
