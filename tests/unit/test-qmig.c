@@ -2264,6 +2264,31 @@ Test(qmig, truncated_at_every_offset, .timeout = 60)
     }
 }
 
+/* A PACKAGED blob has a length: a stream that ends inside it is
+ * truncated, even where the parser passes the blob's device state through
+ * opaquely (no vmdesc in postcopy). */
+Test(qmig, truncated_inside_opaque_package)
+{
+    g_autoptr(Vec) v = vec_new();
+    build_postcopy(v, FALSE, TRUE);
+    const char *pk = strstr(v->ex->str, "command cmd=PACKAGED");
+    const char *pe = strstr(v->ex->str, "packaged_end");
+    cr_assert(pk && pe);
+    /* offsets of the blob: after the 9-byte command, up to packaged_end */
+    guint64 cmd_off, end_off;
+    cr_assert(sscanf(g_strrstr_len(v->ex->str, pk - v->ex->str, "off="),
+                     "off=%" G_GUINT64_FORMAT, &cmd_off) == 1);
+    cr_assert(sscanf(g_strrstr_len(v->ex->str, pe - v->ex->str, "off="),
+                     "off=%" G_GUINT64_FORMAT, &end_off) == 1);
+    for (gsize k = cmd_off + 9 + 1; k < end_off; k++) {
+        g_autofree char *log = feed_log(&qmig_ops, v->b->data, k, 0, 0);
+        g_autofree char *want = g_strdup_printf(
+            "ERROR %d " CH ": stream ends at offset %zu",
+            MP_PARSE_ERROR_TRUNCATED, k);
+        cr_assert(strstr(log, want), "prefix %zu:\n%s", k, log);
+    }
+}
+
 /* ---- a real stream ------------------------------------------------------ */
 
 static guint8 *
