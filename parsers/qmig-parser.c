@@ -127,6 +127,7 @@ struct MpQmigParser {
     gboolean opaque_announced;
 
     MpRamParser *ram;
+    gboolean ram_paused; /* the callback paused on the last RAM record */
 };
 
 /* RAM records come from the sub-parser straight to the user. */
@@ -134,7 +135,10 @@ static MpRecordAction
 ram_record(const MpRecord *rec, gpointer user_data)
 {
     MpQmigParser *p = user_data;
-    return p->cb(rec, p->user_data);
+    MpRecordAction a = p->cb(rec, p->user_data);
+    /* the RAM parser reports END, not PAUSED, after EOS */
+    p->ram_paused = a == MP_REC_PAUSE;
+    return a;
 }
 
 MpQmigParser *
@@ -225,6 +229,12 @@ guint64
 mp_qmig_parser_ram_total(const MpQmigParser *p)
 {
     return mp_ram_parser_ram_total(p->ram);
+}
+
+const MpRamParser *
+mp_qmig_parser_ram(const MpQmigParser *p)
+{
+    return p->ram;
 }
 
 static const char *
@@ -741,6 +751,10 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
             if (st == MP_FEED_END) {
                 p->rec_start = AT(pos);
                 p->state = Q_FOOTER_PEEK;
+                if (p->ram_paused) {
+                    status = MP_FEED_PAUSED;
+                    goto out;
+                }
                 continue;
             }
             if (st == MP_FEED_PAUSED) {
