@@ -75,6 +75,7 @@ typedef struct {
     MpRecordFunc cb;
     gpointer user_data;
     MpQmigParser *p;
+    guint records; /* records reported during the current feed call */
 } PauseCtx;
 
 static MpRecordAction
@@ -82,6 +83,7 @@ pause_record(const MpRecord *rec, gpointer user_data)
 {
     PauseCtx *c = user_data;
     c->cb(rec, c->user_data);
+    c->records++;
     return MP_REC_PAUSE;
 }
 
@@ -99,7 +101,15 @@ static MpFeedStatus
 pause_feed(gpointer p, const guint8 *buf, gsize len, gsize *consumed,
            GError **error)
 {
-    return mp_qmig_parser_feed(((PauseCtx *)p)->p, buf, len, consumed, error);
+    PauseCtx *c = p;
+    c->records = 0;
+    MpFeedStatus st = mp_qmig_parser_feed(c->p, buf, len, consumed, error);
+    /* a pause is honoured: the feed stops right after the record */
+    cr_assert(c->records <= 1, "%u records in one feed despite pausing",
+              c->records);
+    cr_assert(c->records == 0 || st != MP_FEED_MORE,
+              "a record paused but the feed returned MORE");
+    return st;
 }
 
 static gboolean
