@@ -53,6 +53,62 @@ ram_destroy(gpointer p)
 static const MpParserOps ram_ops = {ram_create, ram_feed, ram_finish,
                                     ram_destroy};
 
+/* The same behind a callback that pauses after every record. */
+typedef struct {
+    MpRecordFunc cb;
+    gpointer user_data;
+    MpRamParser *p;
+    guint records;
+} PauseCtx;
+
+static MpRecordAction
+pause_record(const MpRecord *rec, gpointer user_data)
+{
+    PauseCtx *c = user_data;
+    c->cb(rec, c->user_data);
+    c->records++;
+    return MP_REC_PAUSE;
+}
+
+static gpointer
+pause_create(MpRecordFunc cb, gpointer user_data)
+{
+    PauseCtx *c = g_new0(PauseCtx, 1);
+    c->cb = cb;
+    c->user_data = user_data;
+    c->p = ram_create(pause_record, c);
+    return c;
+}
+
+static MpFeedStatus
+pause_feed(gpointer p, const guint8 *buf, gsize len, gsize *consumed,
+           GError **error)
+{
+    PauseCtx *c = p;
+    c->records = 0;
+    MpFeedStatus st = mp_ram_parser_feed(c->p, buf, len, consumed, error);
+    cr_assert(c->records <= 1, "%u records in one feed despite pausing",
+              c->records);
+    cr_assert(c->records == 0 || st != MP_FEED_MORE);
+    return st;
+}
+
+static gboolean
+pause_finish(gpointer p, GError **error)
+{
+    return mp_ram_parser_finish(((PauseCtx *)p)->p, error);
+}
+
+static void
+pause_destroy(gpointer p)
+{
+    mp_ram_parser_free(((PauseCtx *)p)->p);
+    g_free(p);
+}
+
+static const MpParserOps pause_ops = {pause_create, pause_feed, pause_finish,
+                                      pause_destroy};
+
 /* ---- builder: bytes and the expected log ---------------------------- */
 
 typedef struct {
@@ -199,6 +255,10 @@ check_vec(Vec *v, const char *status)
         feed_check_all_splits(&ram_ops, v->b->data, v->b->len);
     g_string_append_printf(v->ex, "%s\n", status);
     cr_assert_str_eq(log, v->ex->str);
+    g_autofree char *pw = feed_log(&pause_ops, v->b->data, v->b->len, 0, 0);
+    cr_assert_str_eq(pw, v->ex->str, "pausing after every record differs");
+    g_autofree char *pb = feed_log(&pause_ops, v->b->data, v->b->len, 1, 0);
+    cr_assert_str_eq(pb, v->ex->str, "pausing, byte by byte, differs");
 }
 
 static void
