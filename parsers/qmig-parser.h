@@ -3,6 +3,7 @@
 
 #include <glib.h>
 #include "parse-common.h"
+#include "ram-parser.h"
 #include "vmdesc.h"
 
 typedef struct MpQmigParser MpQmigParser;
@@ -45,3 +46,8 @@ guint64 mp_qmig_parser_opaque_from(const MpQmigParser *p, const char **why);
 
 /* Sum of used_length of the RAM blocks (0 before MEM_SIZE). */
 guint64 mp_qmig_parser_ram_total(const MpQmigParser *p);
+
+/* The parser of the "ram" section bodies, for a postcopy-preempt
+ * channel's mp_ram_parser_share_blocks().  @return borrowed, valid until
+ * mp_qmig_parser_free(). */
+const MpRamParser *mp_qmig_parser_ram(const MpQmigParser *p);
