@@ -13,6 +13,10 @@
 #include "stream-input.h"
 
 #define READ_SIZE   (1u << 20)
+/* The vmdesc is the stream's tail: 44 KiB for a q35 guest with no disk or
+ * NIC.  Look in a small tail first and widen up to TAIL_SEARCH: reading
+ * (and faulting in) 16 MiB up front cost 14 % of a 1.2 GB summary. */
+#define TAIL_FIRST  (256u << 10)
 #define TAIL_SEARCH (16u << 20) /* the vmdesc is well below this */
 
 typedef struct {
@@ -41,18 +45,24 @@ on_record(const MpRecord *rec, gpointer user_data)
 }
 
 static MpVmdesc *
-find_vmdesc(const char *path)
+find_vmdesc(const char *path, const MpInput *in)
 {
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GBytes) tail = mp_input_read_tail(path, TAIL_SEARCH, &err);
-    gsize off, len, size;
+    /* a zstd tail costs a pass over the whole file: take it once */
+    gsize max = mp_input_is_compressed(in) ? TAIL_SEARCH : TAIL_FIRST;
 
-    if (!tail)
-        return NULL;
-    const guint8 *t = g_bytes_get_data(tail, &size);
-    if (!mp_vmdesc_locate(t, size, &off, &len))
-        return NULL;
-    return mp_vmdesc_new((const char *)t + off, len, NULL);
+    for (;; max = MIN(max * 8, TAIL_SEARCH)) {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(GBytes) tail = mp_input_read_tail(path, max, &err);
+        gsize off, len, size;
+
+        if (!tail)
+            return NULL;
+        const guint8 *t = g_bytes_get_data(tail, &size);
+        if (mp_vmdesc_locate(t, size, &off, &len))
+            return mp_vmdesc_new((const char *)t + off, len, NULL);
+        if (size < max || max == TAIL_SEARCH)
+            return NULL; /* the whole file, or as far as we look */
+    }
 }
 
 static void
@@ -100,7 +110,7 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         ctx.image = image;
     }
     if (!opt->no_vmdesc)
-        vmdesc = find_vmdesc(path);
+        vmdesc = find_vmdesc(path, in);
 
     parser = mp_qmig_parser_new("main", on_record, &ctx);
     if (vmdesc) {
