@@ -220,8 +220,15 @@ typedef struct {
     const char *block;
     guint64 addr;      /* MFD_PAGE */
     gboolean zero;     /* MFD_PAGE from the zero_pages list */
-    const guint8 *data; /* MFD_PAGE: the page, NULL for zero pages */
+    const guint8 *data; /* MFD_PAGE: the page, NULL for zero pages;
+                           MFD_DATA: the chunk (record length bytes) */
     guint32 instance_id; /* DEVICE_STATE */
+    /* MFD_PACKET: the offset array, be64 x (normal_pages + zero_pages)
+     * valid entries (normal pages first) */
+    const guint8 *offsets;
+    /* MFD_PACKET: MFD_PAGE records follow for its pages (FALSE when they
+     * are compressed and not decoded) */
+    gboolean pages_follow;
 } MpMfdInfo;
 
 typedef struct {

@@ -149,6 +149,8 @@ mp_record_describe(const MpRecord *r, GString *s)
                                r->u.mfd.zero_pages, r->u.mfd.next_packet_size,
                                r->u.mfd.packet_num,
                                r->u.mfd.block ? r->u.mfd.block : "");
+        if (!r->u.mfd.pages_follow)
+            g_string_append(s, " undecoded");
         break;
     case MP_REC_MFD_PAGE:
         g_string_append_printf(s,

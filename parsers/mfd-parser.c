@@ -1,0 +1,770 @@
+/* mfd-parser.c: one multifd channel (source to destination).
+ * Spec: QEMU migration/multifd.c multifd_send_initial_packet(),
+ * multifd_recv_unfill_packet(); multifd-zstd.c, multifd-zlib.c (facts
+ * only, never code).
+ *
+ * Handshake, MultiFDInit_t, 64 bytes:
+ *   0 be32 magic 0x11223344 | 4 be32 version 1 | 8 uuid[16] | 24 u8 id |
+ *   25..63 unused
+ *
+ * Then packets until the channel closes.  All start with
+ *   0 be32 magic | 4 be32 version | 8 be32 flags
+ *     flags: 0x01 SYNC, 0x3e compression (0 none, 0x02 zlib, 0x04 zstd,
+ *            0x08 QPL, 0x10 UADK, 0x20 QATzip), 0x40 DEVICE_STATE [10.0+]
+ *
+ * RAM packet, MultiFDPacket_t: 320 fixed bytes + page_count offsets,
+ * page_count = 512 KiB / page_size whatever pages_alloc says (QEMU 10.0
+ * sends SYNC packets with pages_alloc 0 and the full offset array):
+ *   12 be32 pages_alloc | 16 be32 normal_pages | 20 be32 next_packet_size |
+ *   24 be64 packet_num  | 32 be32 zero_pages [9.0+] | 36..63 unused |
+ *   64 ramblock[256]    | 320 be64 offset[page_count]
+ *                           normal pages first, then zero pages
+ * followed, only if normal_pages > 0, by next_packet_size bytes: the
+ * normal pages in offset order (nocomp), or one packet's worth of a
+ * per-channel compressed stream (zstd/zlib flushed at each packet end).
+ * A packet without normal pages carries a stale next_packet_size.
+ *
+ * Device-state packet [10.0+], MultiFDPacketDeviceState_t, 276 bytes:
+ *   12 idstr[256] | 268 be32 instance_id | 272 be32 next_packet_size
+ * followed by next_packet_size bytes of device state.
+ */
+#include <string.h>
+#include <zlib.h>
+#include <zstd.h>
+#include "mfd-parser.h"
+
+#define MFD_COMMON_HDR 12
+
+/* Compressed and device-state bytes are reported in chunks of this size
+ * (the last one shorter), gathered when a feed splits one: the record
+ * boundaries then depend on the stream only, never on how it was read. */
+#define MFD_DATA_CHUNK (64u << 10)
+
+/* VFIO device state comes in buffers far below this; beyond it the
+ * stream is surely desynchronised. */
+#define MFD_MAX_DEVICE_STATE (1u << 30)
+
+/* QEMU compresses a packet (at most 512 KiB of pages) into a buffer of
+ * ZSTD_compressBound() = 526336 bytes (zstd) or compressBound() = 524461
+ * bytes (zlib) and fails if it does not fit.  The slack absorbs other
+ * library versions.  QPL, UADK and QATzip frame their data differently;
+ * for them the bound is the 2 x 512 KiB QEMU's zstd receiver reserves. */
+#define MFD_BOUND_SLACK 4096u
+
+typedef enum {
+    M_INIT,      /* MultiFDInit_t */
+    M_HDR,       /* a packet header: the common 12 bytes, then the rest */
+    M_PAGE,      /* nocomp: the next normal page */
+    M_DATA,      /* compressed or device-state bytes, in chunks */
+    M_PAGES_OUT, /* decoded and zero pages: records that need no input */
+} MfdState;
+
+struct MpMfdParser {
+    char *channel;
+    guint32 page_size;
+    guint32 page_count; /* offset slots per packet */
+    gsize ram_hdr_size; /* 320 + 8 * page_count */
+    MpRecordFunc cb;
+    gpointer user_data;
+    gboolean decode;
+
+    MfdState state;
+    guint64 off;       /* stream offset of buf[0] during a feed */
+    guint64 rec_start; /* offset of the current record's first byte */
+    GError *error;     /* sticky */
+
+    /* Headers are always gathered: 1344 bytes copied per 512 KiB packet. */
+    guint8 *hdr;
+    gsize hdr_have;
+    gsize hdr_need;
+    MpAccum page_acc;  /* a nocomp page split across feeds */
+    MpAccum chunk_acc; /* a data chunk split across feeds (lazy) */
+
+    /* the current packet */
+    MpMfdInfo pkt;
+    char name[257]; /* ramblock or device idstr */
+    guint64 pkt_start;
+    gboolean device_state;
+    guint32 page_i; /* next page to report */
+    guint64 data_left;
+    gboolean decoding;
+
+    /* compression method of the channel, fixed by its first packet with
+     * normal pages (packets without pages may not carry it) */
+    guint32 method;
+    gboolean have_method;
+
+    /* zstd: one decoder for the whole channel, and one packet of pages */
+    ZSTD_DStream *zds;
+    guint8 *dec_buf; /* grows to the largest packet, at most 512 KiB + 1 */
+    gsize dec_cap;
+    ZSTD_outBuffer out;
+};
+
+MpMfdParser *
+mp_mfd_parser_new(const char *channel, guint32 page_size, MpRecordFunc cb,
+                  gpointer user_data)
+{
+    g_return_val_if_fail(page_size >= 512 && page_size <= MP_MAX_PAGE_SIZE
+                             && (page_size & (page_size - 1)) == 0,
+                         NULL);
+
+    MpMfdParser *p = g_new0(MpMfdParser, 1);
+    p->channel = g_strdup(channel);
+    p->page_size = page_size;
+    p->page_count = MP_MULTIFD_PACKET_SIZE / page_size;
+    p->ram_hdr_size = MP_MULTIFD_PACKET_FIXED_SIZE + 8 * p->page_count;
+    p->cb = cb;
+    p->user_data = user_data;
+    p->decode = TRUE;
+    p->hdr = g_malloc(p->ram_hdr_size);
+    mp_accum_init(&p->page_acc, page_size);
+    /* chunk_acc: on the first compressed or device-state packet */
+    return p;
+}
+
+void
+mp_mfd_parser_free(MpMfdParser *p)
+{
+    if (!p)
+        return;
+    g_free(p->channel);
+    g_clear_error(&p->error);
+    g_free(p->hdr);
+    mp_accum_clear(&p->page_acc);
+    mp_accum_clear(&p->chunk_acc);
+    ZSTD_freeDStream(p->zds);
+    g_free(p->dec_buf);
+    g_free(p);
+}
+
+void
+mp_mfd_parser_set_decode(MpMfdParser *p, gboolean decode)
+{
+    g_return_if_fail(p->off == 0);
+    p->decode = decode;
+}
+
+guint64
+mp_mfd_parser_offset(const MpMfdParser *p)
+{
+    return p->off;
+}
+
+static void set_error(MpMfdParser *p, MpParseErrorCode code, const char *fmt,
+                      ...) G_GNUC_PRINTF(3, 4);
+
+/* Sets the sticky error, prefixed with the channel name. */
+static void
+set_error(MpMfdParser *p, MpParseErrorCode code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
+}
+
+/* Copies header bytes until p->hdr_have == p->hdr_need.
+ * @return TRUE when they are all there. */
+static gboolean
+gather_hdr(MpMfdParser *p, const guint8 **pos, const guint8 *end)
+{
+    gsize n = MIN(p->hdr_need - p->hdr_have, (gsize)(end - *pos));
+
+    memcpy(p->hdr + p->hdr_have, *pos, n);
+    p->hdr_have += n;
+    *pos += n;
+    return p->hdr_have == p->hdr_need;
+}
+
+static const char *
+method_name(guint32 method)
+{
+    switch (method) {
+    case MP_MULTIFD_FLAG_NOCOMP:
+        return "none";
+    case MP_MULTIFD_FLAG_ZLIB:
+        return "zlib";
+    case MP_MULTIFD_FLAG_ZSTD:
+        return "zstd";
+    case MP_MULTIFD_FLAG_QPL:
+        return "qpl";
+    case MP_MULTIFD_FLAG_UADK:
+        return "uadk";
+    case MP_MULTIFD_FLAG_QATZIP:
+        return "qatzip";
+    default:
+        return NULL;
+    }
+}
+
+static guint32
+compressed_bound(guint32 method)
+{
+    switch (method) {
+    case MP_MULTIFD_FLAG_ZSTD:
+        return ZSTD_COMPRESSBOUND(MP_MULTIFD_PACKET_SIZE) + MFD_BOUND_SLACK;
+    case MP_MULTIFD_FLAG_ZLIB:
+        return compressBound(MP_MULTIFD_PACKET_SIZE) + MFD_BOUND_SLACK;
+    default:
+        return 2 * MP_MULTIFD_PACKET_SIZE;
+    }
+}
+
+static gboolean
+check_init(MpMfdParser *p)
+{
+    guint32 magic = mp_be32(p->hdr), version = mp_be32(p->hdr + 4);
+
+    if (magic != MP_MULTIFD_MAGIC) {
+        set_error(p, MP_PARSE_ERROR_MAGIC,
+                  "init magic 0x%x at offset %" G_GUINT64_FORMAT
+                  " (expected 0x%x)",
+                  magic, p->rec_start, MP_MULTIFD_MAGIC);
+        return FALSE;
+    }
+    if (version != MP_MULTIFD_VERSION) {
+        set_error(p, MP_PARSE_ERROR_VERSION,
+                  "init version %u at offset %" G_GUINT64_FORMAT
+                  " (expected %u)",
+                  version, p->rec_start + 4, MP_MULTIFD_VERSION);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* The 12 bytes every packet starts with. */
+static gboolean
+check_common(MpMfdParser *p)
+{
+    guint32 magic = mp_be32(p->hdr), version = mp_be32(p->hdr + 4);
+    guint32 flags = mp_be32(p->hdr + 8);
+    guint32 known = MP_MULTIFD_FLAG_SYNC | MP_MULTIFD_FLAG_COMPRESS_MASK
+                    | MP_MULTIFD_FLAG_DEVICE_STATE;
+
+    if (magic != MP_MULTIFD_MAGIC) {
+        set_error(p, MP_PARSE_ERROR_MAGIC,
+                  "packet magic 0x%x at offset %" G_GUINT64_FORMAT
+                  " (expected 0x%x)",
+                  magic, p->rec_start, MP_MULTIFD_MAGIC);
+        return FALSE;
+    }
+    if (version != MP_MULTIFD_VERSION) {
+        set_error(p, MP_PARSE_ERROR_VERSION,
+                  "packet version %u at offset %" G_GUINT64_FORMAT
+                  " (expected %u)",
+                  version, p->rec_start + 4, MP_MULTIFD_VERSION);
+        return FALSE;
+    }
+    if (flags & ~known) {
+        set_error(p, MP_PARSE_ERROR_MULTIFD,
+                  "packet flags 0x%x at offset %" G_GUINT64_FORMAT
+                  " (expected only bits of 0x%x)",
+                  flags, p->rec_start + 8, known);
+        return FALSE;
+    }
+    if (!method_name(flags & MP_MULTIFD_FLAG_COMPRESS_MASK)) {
+        set_error(p, MP_PARSE_ERROR_MULTIFD,
+                  "packet compression 0x%x at offset %" G_GUINT64_FORMAT
+                  " (expected one of 0x0, 0x2, 0x4, 0x8, 0x10, 0x20)",
+                  flags & MP_MULTIFD_FLAG_COMPRESS_MASK, p->rec_start + 8);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Decodes and checks a RAM packet header into p->pkt. */
+static gboolean
+parse_ram_header(MpMfdParser *p)
+{
+    const guint8 *h = p->hdr;
+    MpMfdInfo *m = &p->pkt;
+    guint64 pages;
+    guint32 method;
+
+    memset(m, 0, sizeof(*m));
+    m->flags = mp_be32(h + 8);
+    m->pages_alloc = mp_be32(h + 12);
+    m->normal_pages = mp_be32(h + 16);
+    m->next_packet_size = mp_be32(h + 20);
+    m->packet_num = mp_be64(h + 24);
+    m->zero_pages = mp_be32(h + 32);
+    m->offsets = h + MP_MULTIFD_PACKET_FIXED_SIZE;
+    /* stale when the packet has no pages; still a C string */
+    memcpy(p->name, h + 64, 256);
+    p->name[256] = 0;
+    m->block = p->name;
+    method = m->flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
+    pages = (guint64)m->normal_pages + m->zero_pages;
+
+    /* QEMU's receiver checks pages against pages_alloc, and pages_alloc
+     * against the slots of the offset array. */
+    if (m->pages_alloc > p->page_count) {
+        set_error(p, MP_PARSE_ERROR_MULTIFD,
+                  "packet %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
+                  " has pages_alloc %u (expected at most %u)",
+                  m->packet_num, p->rec_start, m->pages_alloc, p->page_count);
+        return FALSE;
+    }
+    if (pages > m->pages_alloc) {
+        set_error(p, MP_PARSE_ERROR_MULTIFD,
+                  "packet %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
+                  " has %u normal + %u zero pages (expected at most "
+                  "pages_alloc %u)",
+                  m->packet_num, p->rec_start, m->normal_pages, m->zero_pages,
+                  m->pages_alloc);
+        return FALSE;
+    }
+    if (pages > 0) {
+        if (!memchr(h + 64, 0, 256)) {
+            set_error(p, MP_PARSE_ERROR_MULTIFD,
+                      "packet %" G_GUINT64_FORMAT
+                      " at offset %" G_GUINT64_FORMAT
+                      " has a RAMBlock name without NUL in its 256 bytes",
+                      m->packet_num, p->rec_start);
+            return FALSE;
+        }
+        if (p->name[0] == 0) {
+            set_error(p, MP_PARSE_ERROR_MULTIFD,
+                      "packet %" G_GUINT64_FORMAT
+                      " at offset %" G_GUINT64_FORMAT " has %" G_GUINT64_FORMAT
+                      " pages but an empty RAMBlock name",
+                      m->packet_num, p->rec_start, pages);
+            return FALSE;
+        }
+    }
+    for (guint32 i = 0; i < pages; i++) {
+        guint64 o = mp_be64(m->offsets + 8 * i);
+        if (o & (p->page_size - 1)) {
+            set_error(p, MP_PARSE_ERROR_MULTIFD,
+                      "packet %" G_GUINT64_FORMAT
+                      " at offset %" G_GUINT64_FORMAT
+                      " lists page offset 0x%" G_GINT64_MODIFIER
+                      "x at index %u (expected a multiple of %u)",
+                      m->packet_num, p->rec_start, o, i, p->page_size);
+            return FALSE;
+        }
+    }
+    if (m->normal_pages == 0)
+        return TRUE;
+
+    if (!p->have_method) {
+        p->method = method;
+        p->have_method = TRUE;
+    } else if (method != p->method) {
+        set_error(p, MP_PARSE_ERROR_MULTIFD,
+                  "packet %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
+                  " is compressed with %s (expected %s, as earlier packets "
+                  "of the channel)",
+                  m->packet_num, p->rec_start, method_name(method),
+                  method_name(p->method));
+        return FALSE;
+    }
+    if (method == MP_MULTIFD_FLAG_NOCOMP) {
+        guint64 want = (guint64)m->normal_pages * p->page_size;
+        if (m->next_packet_size != want) {
+            set_error(p, MP_PARSE_ERROR_LENGTH,
+                      "packet %" G_GUINT64_FORMAT
+                      " at offset %" G_GUINT64_FORMAT
+                      " has next_packet_size %u (expected %u normal pages "
+                      "x %u = %" G_GUINT64_FORMAT ")",
+                      m->packet_num, p->rec_start, m->next_packet_size,
+                      m->normal_pages, p->page_size, want);
+            return FALSE;
+        }
+    } else if (m->next_packet_size == 0
+               || m->next_packet_size > compressed_bound(method)) {
+        set_error(p, MP_PARSE_ERROR_LENGTH,
+                  "packet %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
+                  " has next_packet_size %u for %u %s pages (expected "
+                  "1..%u)",
+                  m->packet_num, p->rec_start, m->next_packet_size,
+                  m->normal_pages, method_name(method),
+                  compressed_bound(method));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean
+parse_device_header(MpMfdParser *p)
+{
+    const guint8 *h = p->hdr;
+    MpMfdInfo *m = &p->pkt;
+
+    memset(m, 0, sizeof(*m));
+    m->flags = mp_be32(h + 8);
+    if (!memchr(h + MFD_COMMON_HDR, 0, 256)) {
+        set_error(p, MP_PARSE_ERROR_MULTIFD,
+                  "device-state packet at offset %" G_GUINT64_FORMAT
+                  " has an idstr without NUL in its 256 bytes",
+                  p->rec_start);
+        return FALSE;
+    }
+    memcpy(p->name, h + MFD_COMMON_HDR, 256);
+    p->name[256] = 0;
+    m->block = p->name;
+    m->instance_id = mp_be32(h + 268);
+    m->next_packet_size = mp_be32(h + 272);
+    if (m->next_packet_size > MFD_MAX_DEVICE_STATE) {
+        set_error(p, MP_PARSE_ERROR_LENGTH,
+                  "device-state packet \"%s\" at offset %" G_GUINT64_FORMAT
+                  " has next_packet_size %u (expected at most %u)",
+                  p->name, p->rec_start, m->next_packet_size,
+                  MFD_MAX_DEVICE_STATE);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Prepares the decoder and its output for the current packet. */
+static gboolean
+zstd_start_packet(MpMfdParser *p)
+{
+    if (!p->zds) {
+        /* The decoder's window is bounded by libzstd's default limit
+         * (2^27 bytes), the same QEMU's receiver accepts. */
+        p->zds = ZSTD_createDStream();
+        if (!p->zds || ZSTD_isError(ZSTD_initDStream(p->zds))) {
+            set_error(
+                p, MP_PARSE_ERROR_DECODE,
+                "cannot set up a zstd decoder for packet %" G_GUINT64_FORMAT
+                " at offset %" G_GUINT64_FORMAT,
+                p->pkt.packet_num, p->pkt_start);
+            return FALSE;
+        }
+    }
+    /* One byte of room more than the pages need exposes excess output. */
+    p->out.size = (gsize)p->pkt.normal_pages * p->page_size + 1;
+    p->out.pos = 0;
+    if (p->dec_cap < p->out.size) {
+        g_free(p->dec_buf);
+        p->dec_buf = g_malloc(p->out.size);
+        p->dec_cap = p->out.size;
+    }
+    p->out.dst = p->dec_buf;
+    return TRUE;
+}
+
+static gboolean
+zstd_error(MpMfdParser *p, size_t r)
+{
+    if (!ZSTD_isError(r))
+        return FALSE;
+    set_error(p, MP_PARSE_ERROR_DECODE,
+              "zstd data of packet %" G_GUINT64_FORMAT
+              " (at offset %" G_GUINT64_FORMAT
+              ") is invalid in the chunk at offset %" G_GUINT64_FORMAT ": %s",
+              p->pkt.packet_num, p->pkt_start, p->rec_start,
+              ZSTD_getErrorName(r));
+    return TRUE;
+}
+
+static gboolean
+zstd_too_much(MpMfdParser *p)
+{
+    if (p->out.pos < p->out.size)
+        return FALSE;
+    set_error(p, MP_PARSE_ERROR_DECODE,
+              "zstd data of packet %" G_GUINT64_FORMAT
+              " (at offset %" G_GUINT64_FORMAT
+              ") decodes to more than %u normal pages x %u bytes",
+              p->pkt.packet_num, p->pkt_start, p->pkt.normal_pages,
+              p->page_size);
+    return TRUE;
+}
+
+/* Decodes one chunk of compressed bytes into the packet's pages. */
+static gboolean
+zstd_decode(MpMfdParser *p, const guint8 *d, gsize n)
+{
+    ZSTD_inBuffer in = {d, n, 0};
+
+    while (in.pos < in.size) {
+        gsize in_before = in.pos, out_before = p->out.pos;
+        size_t r = ZSTD_decompressStream(p->zds, &p->out, &in);
+        if (zstd_error(p, r) || zstd_too_much(p))
+            return FALSE;
+        if (in.pos == in_before && p->out.pos == out_before) {
+            /* libzstd progresses while it has room and input; never spin */
+            set_error(p, MP_PARSE_ERROR_DECODE,
+                      "zstd decoder stalled in packet %" G_GUINT64_FORMAT
+                      " (at offset %" G_GUINT64_FORMAT
+                      ") in the chunk at offset %" G_GUINT64_FORMAT,
+                      p->pkt.packet_num, p->pkt_start, p->rec_start);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* All of the packet's bytes went in: flush, and check the page count. */
+static gboolean
+zstd_end_packet(MpMfdParser *p)
+{
+    static const guint8 none;
+    ZSTD_inBuffer in = {&none, 0, 0};
+    gsize before;
+
+    do {
+        before = p->out.pos;
+        size_t r = ZSTD_decompressStream(p->zds, &p->out, &in);
+        if (zstd_error(p, r) || zstd_too_much(p))
+            return FALSE;
+    } while (p->out.pos != before);
+    if (p->out.pos != p->out.size - 1) {
+        set_error(p, MP_PARSE_ERROR_DECODE,
+                  "zstd data of packet %" G_GUINT64_FORMAT
+                  " (at offset %" G_GUINT64_FORMAT
+                  ") decodes to %zu bytes (expected %u normal pages x %u)",
+                  p->pkt.packet_num, p->pkt_start, p->out.pos,
+                  p->pkt.normal_pages, p->page_size);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Where to go after a packet header, for p->pkt. */
+static gboolean
+start_packet_body(MpMfdParser *p)
+{
+    MpMfdInfo *m = &p->pkt;
+    guint32 method = m->flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
+
+    p->page_i = 0;
+    p->decoding = FALSE;
+    if (p->device_state) {
+        p->data_left = m->next_packet_size;
+        p->state = p->data_left ? M_DATA : M_HDR;
+        if (p->data_left && !p->chunk_acc.buf)
+            mp_accum_init(&p->chunk_acc, MFD_DATA_CHUNK);
+        return TRUE;
+    }
+    m->pages_follow = TRUE;
+    if (m->normal_pages == 0) {
+        /* no data, even if next_packet_size is not 0 (stale) */
+        p->state = m->zero_pages ? M_PAGES_OUT : M_HDR;
+        return TRUE;
+    }
+    if (method == MP_MULTIFD_FLAG_NOCOMP) {
+        p->state = M_PAGE;
+        return TRUE;
+    }
+    p->data_left = m->next_packet_size;
+    p->state = M_DATA;
+    if (!p->chunk_acc.buf)
+        mp_accum_init(&p->chunk_acc, MFD_DATA_CHUNK);
+    if (method == MP_MULTIFD_FLAG_ZSTD && p->decode) {
+        p->decoding = TRUE;
+        return zstd_start_packet(p);
+    }
+    m->pages_follow = FALSE;
+    return TRUE;
+}
+
+static const char *
+state_what(const MpMfdParser *p, GString *s)
+{
+    switch (p->state) {
+    case M_INIT:
+        g_string_printf(s, "the 64-byte init (%zu bytes read)", p->hdr_have);
+        break;
+    case M_HDR:
+        g_string_printf(s, "a packet header (%zu of %zu bytes read)",
+                        p->hdr_have, p->hdr_need);
+        break;
+    case M_PAGE:
+        g_string_printf(s, "normal page %u of %u of packet %" G_GUINT64_FORMAT,
+                        p->page_i + 1, p->pkt.normal_pages, p->pkt.packet_num);
+        break;
+    default:
+        if (p->device_state)
+            g_string_printf(s,
+                            "the %u bytes of device state \"%s\" "
+                            "(%" G_GUINT64_FORMAT " missing)",
+                            p->pkt.next_packet_size, p->name,
+                            p->data_left - p->chunk_acc.have);
+        else
+            g_string_printf(
+                s,
+                "the %u bytes of %s data of packet %" G_GUINT64_FORMAT
+                " (%" G_GUINT64_FORMAT " missing)",
+                p->pkt.next_packet_size,
+                method_name(p->pkt.flags & MP_MULTIFD_FLAG_COMPRESS_MASK),
+                p->pkt.packet_num, p->data_left - p->chunk_acc.have);
+        break;
+    }
+    return s->str;
+}
+
+MpFeedStatus
+mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
+                   gsize *consumed, GError **error)
+{
+    const guint8 *pos = buf, *end = buf + len;
+    const guint8 *d;
+    MpFeedStatus status = MP_FEED_MORE;
+    MpRecord rec;
+
+    *consumed = 0;
+    if (p->error) {
+        if (error)
+            *error = g_error_copy(p->error);
+        return MP_FEED_ERROR;
+    }
+
+    for (;;) {
+        memset(&rec, 0, sizeof(rec));
+        switch (p->state) {
+        case M_INIT:
+            if (pos == end)
+                goto out;
+            if (p->hdr_have == 0) {
+                p->rec_start = p->pkt_start = p->off + (pos - buf);
+                p->hdr_need = MP_MULTIFD_INIT_SIZE;
+            }
+            if (!gather_hdr(p, &pos, end))
+                goto out;
+            if (!check_init(p))
+                goto fail;
+            p->hdr_have = 0;
+            rec.kind = MP_REC_MFD_INIT;
+            rec.u.mfd.channel_id = p->hdr[24];
+            rec.u.mfd.uuid = p->hdr + 8;
+            p->state = M_HDR;
+            break;
+
+        case M_HDR:
+            if (pos == end)
+                goto out;
+            if (p->hdr_have == 0) {
+                p->rec_start = p->pkt_start = p->off + (pos - buf);
+                p->hdr_need = MFD_COMMON_HDR;
+            }
+            if (!gather_hdr(p, &pos, end))
+                goto out;
+            if (p->hdr_need == MFD_COMMON_HDR) {
+                if (!check_common(p))
+                    goto fail;
+                p->device_state =
+                    !!(mp_be32(p->hdr + 8) & MP_MULTIFD_FLAG_DEVICE_STATE);
+                p->hdr_need = p->device_state ? MP_MULTIFD_DEVICE_STATE_HDR
+                                              : p->ram_hdr_size;
+                continue;
+            }
+            p->hdr_have = 0;
+            if (p->device_state ? !parse_device_header(p)
+                                : !parse_ram_header(p))
+                goto fail;
+            if (!start_packet_body(p))
+                goto fail;
+            rec.kind =
+                p->device_state ? MP_REC_MFD_DEVICE_STATE : MP_REC_MFD_PACKET;
+            rec.u.mfd = p->pkt;
+            break;
+
+        case M_PAGE:
+            if (pos == end)
+                goto out;
+            if (p->page_acc.have == 0)
+                p->rec_start = p->off + (pos - buf);
+            d = mp_accum_take(&p->page_acc, p->page_size, &pos, end);
+            if (!d)
+                goto out;
+            rec.kind = MP_REC_MFD_PAGE;
+            rec.u.mfd = p->pkt;
+            rec.u.mfd.addr = mp_be64(p->pkt.offsets + 8 * p->page_i);
+            rec.u.mfd.data = d;
+            p->page_i++;
+            if (p->page_i == p->pkt.normal_pages)
+                p->state = p->pkt.zero_pages ? M_PAGES_OUT : M_HDR;
+            break;
+
+        case M_DATA: {
+            gsize want = MIN(MFD_DATA_CHUNK, p->data_left);
+            if (pos == end)
+                goto out;
+            if (p->chunk_acc.have == 0)
+                p->rec_start = p->off + (pos - buf);
+            d = mp_accum_take(&p->chunk_acc, want, &pos, end);
+            if (!d)
+                goto out;
+            p->data_left -= want;
+            if (p->decoding && !zstd_decode(p, d, want))
+                goto fail;
+            if (p->data_left == 0) {
+                if (p->decoding && !zstd_end_packet(p))
+                    goto fail;
+                p->state = p->decoding ? M_PAGES_OUT : M_HDR;
+            }
+            rec.kind = MP_REC_MFD_DATA;
+            rec.u.mfd = p->pkt;
+            rec.u.mfd.data = d;
+            break;
+        }
+
+        case M_PAGES_OUT: {
+            guint32 i = p->page_i++;
+            p->rec_start = p->off + (pos - buf);
+            rec.kind = MP_REC_MFD_PAGE;
+            rec.u.mfd = p->pkt;
+            rec.u.mfd.addr = mp_be64(p->pkt.offsets + 8 * i);
+            if (i < p->pkt.normal_pages) {
+                rec.u.mfd.data = p->dec_buf + (gsize)i * p->page_size;
+            } else {
+                rec.u.mfd.zero = TRUE;
+            }
+            if (p->page_i == p->pkt.normal_pages + p->pkt.zero_pages)
+                p->state = M_HDR;
+            break;
+        }
+        }
+
+        rec.offset = p->rec_start;
+        rec.length = p->off + (pos - buf) - p->rec_start;
+        if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
+            status = MP_FEED_PAUSED;
+            goto out;
+        }
+    }
+
+out:
+    *consumed = pos - buf;
+    p->off += *consumed;
+    return status;
+
+fail:
+    *consumed = pos - buf;
+    p->off += *consumed;
+    if (error)
+        *error = g_error_copy(p->error);
+    return MP_FEED_ERROR;
+}
+
+gboolean
+mp_mfd_parser_finish(MpMfdParser *p, GError **error)
+{
+    static const guint8 none;
+    gsize used;
+
+    /* pages owed after a pause need no input: deliver them */
+    while (!p->error && p->state == M_PAGES_OUT)
+        mp_mfd_parser_feed(p, &none, 0, &used, NULL);
+    if (p->error) {
+        if (error)
+            *error = g_error_copy(p->error);
+        return FALSE;
+    }
+    if ((p->state == M_HDR || p->state == M_INIT) && p->hdr_have == 0)
+        return TRUE;
+
+    g_autoptr(GString) what = g_string_new(NULL);
+    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
+                "%s: channel closed at offset %" G_GUINT64_FORMAT
+                " inside %s (%s at offset %" G_GUINT64_FORMAT ")",
+                p->channel, p->off, state_what(p, what),
+                p->state == M_INIT ? "init" : "packet", p->pkt_start);
+    return FALSE;
+}

@@ -1,0 +1,426 @@
+/* rp-parser.c: the return path (destination to source, the reverse
+ * direction of the main connection).
+ * Spec: QEMU migration/migration.c migrate_send_rp_message(),
+ * source_return_path_thread(); ram.c ramblock_recv_bitmap_send() (facts
+ * only, never code).
+ *
+ *   +---------+--------+---------------+
+ *   | be16    | be16   | payload[len]  |   len <= 512
+ *   | type    | len    |               |
+ *   +---------+--------+---------------+
+ *
+ *   type  name            len     payload
+ *   1     SHUT            4       be32 0 ok / 1 error
+ *   2     PONG            4       be32 value of the PING
+ *   3     REQ_PAGES_ID    13+n    be64 start, be32 len, u8 n, idstr[n]
+ *   4     REQ_PAGES       12      be64 start, be32 len (block of the last
+ *                                 REQ_PAGES_ID)
+ *   5     RECV_BITMAP     1+n     u8 n, idstr[n]; then, outside len:
+ *                                 be64 size | bitmap[size] (le) |
+ *                                 be64 0x0123456789abcdef
+ *   6     RESUME_ACK      4       be32 1
+ *   7     SWITCHOVER_ACK  0       [8.1+]
+ *
+ * The bitmap tail is streamed, never buffered: it is reported as one
+ * MP_REC_RP_BITMAP record once its end mark has been checked.
+ */
+#include <string.h>
+#include "rp-parser.h"
+
+#define RP_HDR_SIZE 4
+
+/* One bit per 4 KiB target page and at most 2^40 bytes (1 TiB) in one
+ * RAMBlock: 2^28 bits, 32 MiB of bitmap.  Nothing is allocated from it;
+ * the bound only catches a desynchronised stream early. */
+#define RP_MAX_BITMAP (32u << 20)
+
+typedef enum {
+    RP_HDR,     /* be16 type, be16 len */
+    RP_PAYLOAD, /* len bytes */
+    RP_BM_SIZE, /* RECV_BITMAP tail: be64 size */
+    RP_BM_DATA, /* size bytes, skipped */
+    RP_BM_END,  /* be64 end mark */
+} RpState;
+
+struct MpRpParser {
+    char *channel;
+    MpRecordFunc cb;
+    gpointer user_data;
+
+    RpState state;
+    guint64 off;       /* stream offset of buf[0] during a feed */
+    guint64 rec_start; /* offset of the current record's first byte */
+    guint64 msg_start; /* offset of the last message header */
+    GError *error;     /* sticky */
+
+    /* the message being read: header and payload, always gathered (at
+     * most 516 bytes, so the copy costs nothing next to a syscall) */
+    guint8 msg[RP_HDR_SIZE + MP_RP_MAX_LEN];
+    gsize have;
+    guint16 type;
+    guint16 len;
+
+    /* REQ_PAGES means "same block as the last REQ_PAGES_ID" */
+    char last_block[256];
+    gboolean have_block;
+
+    /* RECV_BITMAP tail */
+    char bm_block[256];
+    guint64 bm_size;
+    guint64 bm_left;
+};
+
+MpRpParser *
+mp_rp_parser_new(const char *channel, MpRecordFunc cb, gpointer user_data)
+{
+    MpRpParser *p = g_new0(MpRpParser, 1);
+
+    p->channel = g_strdup(channel);
+    p->cb = cb;
+    p->user_data = user_data;
+    return p;
+}
+
+void
+mp_rp_parser_free(MpRpParser *p)
+{
+    if (!p)
+        return;
+    g_free(p->channel);
+    g_clear_error(&p->error);
+    g_free(p);
+}
+
+guint64
+mp_rp_parser_offset(const MpRpParser *p)
+{
+    return p->off;
+}
+
+static void set_error(MpRpParser *p, MpParseErrorCode code, const char *fmt,
+                      ...) G_GNUC_PRINTF(3, 4);
+
+/* Sets the sticky error, prefixed with the channel name. */
+static void
+set_error(MpRpParser *p, MpParseErrorCode code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
+}
+
+/* Copies message bytes until p->have == need.  @return TRUE when they are
+ * all there. */
+static gboolean
+gather(MpRpParser *p, gsize need, const guint8 **pos, const guint8 *end)
+{
+    gsize n = MIN(need - p->have, (gsize)(end - *pos));
+
+    memcpy(p->msg + p->have, *pos, n);
+    p->have += n;
+    *pos += n;
+    return p->have == need;
+}
+
+/* Reads a big-endian u64 that may be split across feeds into msg[0..8). */
+static gboolean
+gather_be64(MpRpParser *p, guint64 *v, const guint8 **pos, const guint8 *end)
+{
+    if (!gather(p, 8, pos, end))
+        return FALSE;
+    *v = mp_be64(p->msg);
+    p->have = 0;
+    return TRUE;
+}
+
+/* Payload length each type must have; -1: variable, checked later. */
+static int
+fixed_len(guint16 type)
+{
+    switch (type) {
+    case MP_RP_MSG_SHUT:
+    case MP_RP_MSG_PONG:
+    case MP_RP_MSG_RESUME_ACK:
+        return 4;
+    case MP_RP_MSG_REQ_PAGES:
+        return 12;
+    case MP_RP_MSG_SWITCHOVER_ACK:
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+static gboolean
+check_header(MpRpParser *p)
+{
+    int want;
+
+    if (p->type == MP_RP_MSG_INVALID || p->type >= MP_RP_MSG__MAX) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "message type %u unknown at offset %" G_GUINT64_FORMAT
+                  " (expected 1..%d)",
+                  p->type, p->rec_start, MP_RP_MSG__MAX - 1);
+        return FALSE;
+    }
+    if (p->len > MP_RP_MAX_LEN) {
+        set_error(p, MP_PARSE_ERROR_LENGTH,
+                  "%s message at offset %" G_GUINT64_FORMAT
+                  " has length %u (expected at most %d)",
+                  mp_rp_message_name(p->type), p->rec_start, p->len,
+                  MP_RP_MAX_LEN);
+        return FALSE;
+    }
+    want = fixed_len(p->type);
+    if (want >= 0 && p->len != want) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "%s message at offset %" G_GUINT64_FORMAT
+                  " has length %u (expected %d)",
+                  mp_rp_message_name(p->type), p->rec_start, p->len, want);
+        return FALSE;
+    }
+    if (p->type == MP_RP_MSG_REQ_PAGES_ID && p->len < 13) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "REQ_PAGES_ID message at offset %" G_GUINT64_FORMAT
+                  " has length %u (expected 13 + idstr length)",
+                  p->rec_start, p->len);
+        return FALSE;
+    }
+    if (p->type == MP_RP_MSG_RECV_BITMAP && p->len < 1) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "RECV_BITMAP message at offset %" G_GUINT64_FORMAT
+                  " has length 0 (expected 1 + idstr length)",
+                  p->rec_start);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Copies the counted idstr at `d` (n = d[0], n + 1 bytes available) into
+ * `dst`.  @return FALSE if n is 0 (QEMU would find no RAMBlock by that
+ * name) or the message length does not match n. */
+static gboolean
+take_idstr(MpRpParser *p, const guint8 *d, guint32 avail, char *dst)
+{
+    guint32 n = d[0];
+
+    if (n == 0) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "%s message at offset %" G_GUINT64_FORMAT
+                  " has an empty idstr (expected a RAMBlock name)",
+                  mp_rp_message_name(p->type), p->rec_start);
+        return FALSE;
+    }
+    if (n + 1 != avail) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "%s message at offset %" G_GUINT64_FORMAT
+                  " has an idstr of %u bytes in %u payload bytes "
+                  "(expected length %u)",
+                  mp_rp_message_name(p->type), p->rec_start, n, p->len,
+                  p->len - avail + 1 + n);
+        return FALSE;
+    }
+    memcpy(dst, d + 1, n);
+    dst[n] = 0;
+    return TRUE;
+}
+
+/* Decodes the whole message in p->msg into `rec`.  @return FALSE: bad. */
+static gboolean
+decode_message(MpRpParser *p, MpRecord *rec)
+{
+    const guint8 *d = p->msg + RP_HDR_SIZE;
+    MpRpInfo *rp = &rec->u.rp;
+
+    rec->kind = MP_REC_RP_MESSAGE;
+    rp->type = p->type;
+    rp->len = p->len;
+    rp->payload = d;
+    switch (p->type) {
+    case MP_RP_MSG_SHUT:
+    case MP_RP_MSG_PONG:
+    case MP_RP_MSG_RESUME_ACK:
+        rp->value = mp_be32(d);
+        break;
+    case MP_RP_MSG_REQ_PAGES_ID:
+        if (!take_idstr(p, d + 12, p->len - 12, p->last_block))
+            return FALSE;
+        p->have_block = TRUE;
+        /* fall through */
+    case MP_RP_MSG_REQ_PAGES:
+        if (!p->have_block) {
+            set_error(p, MP_PARSE_ERROR_NO_BLOCK,
+                      "REQ_PAGES message at offset %" G_GUINT64_FORMAT
+                      " with no RAMBlock named by an earlier REQ_PAGES_ID",
+                      p->rec_start);
+            return FALSE;
+        }
+        rp->start = mp_be64(d);
+        rp->req_len = mp_be32(d + 8);
+        rp->block = p->last_block;
+        break;
+    case MP_RP_MSG_RECV_BITMAP:
+        if (!take_idstr(p, d, p->len, p->bm_block))
+            return FALSE;
+        rp->block = p->bm_block;
+        break;
+    default:
+        break;
+    }
+    return TRUE;
+}
+
+static const char *
+state_what(const MpRpParser *p)
+{
+    switch (p->state) {
+    case RP_BM_SIZE:
+        return "the bitmap size";
+    case RP_BM_DATA:
+        return "the bitmap";
+    default:
+        return "the bitmap end mark";
+    }
+}
+
+MpFeedStatus
+mp_rp_parser_feed(MpRpParser *p, const guint8 *buf, gsize len, gsize *consumed,
+                  GError **error)
+{
+    const guint8 *pos = buf, *end = buf + len;
+    MpFeedStatus status = MP_FEED_MORE;
+    MpRecord rec;
+    guint64 v;
+
+    *consumed = 0;
+    if (p->error) {
+        if (error)
+            *error = g_error_copy(p->error);
+        return MP_FEED_ERROR;
+    }
+
+    while (pos < end) {
+        memset(&rec, 0, sizeof(rec));
+        switch (p->state) {
+        case RP_HDR:
+            if (p->have == 0)
+                p->rec_start = p->msg_start = p->off + (pos - buf);
+            if (!gather(p, RP_HDR_SIZE, &pos, end))
+                continue;
+            p->type = mp_be16(p->msg);
+            p->len = mp_be16(p->msg + 2);
+            if (!check_header(p))
+                goto fail;
+            p->state = RP_PAYLOAD;
+            if (p->len > 0)
+                continue;
+            /* SWITCHOVER_ACK: nothing more to read */
+            break;
+        case RP_PAYLOAD:
+            if (!gather(p, RP_HDR_SIZE + p->len, &pos, end))
+                continue;
+            break;
+        case RP_BM_SIZE:
+            if (p->have == 0)
+                p->rec_start = p->off + (pos - buf);
+            if (!gather_be64(p, &v, &pos, end))
+                continue;
+            if (v > RP_MAX_BITMAP) {
+                set_error(p, MP_PARSE_ERROR_LENGTH,
+                          "RECV_BITMAP \"%s\" bitmap size %" G_GUINT64_FORMAT
+                          " at offset %" G_GUINT64_FORMAT
+                          " (expected at most %u)",
+                          p->bm_block, v, p->rec_start, RP_MAX_BITMAP);
+                goto fail;
+            }
+            p->bm_size = p->bm_left = v;
+            p->state = p->bm_size ? RP_BM_DATA : RP_BM_END;
+            continue;
+        case RP_BM_DATA: {
+            gsize n = MIN((guint64)(end - pos), p->bm_left);
+            pos += n;
+            p->bm_left -= n;
+            if (p->bm_left == 0)
+                p->state = RP_BM_END;
+            continue;
+        }
+        case RP_BM_END:
+            if (!gather_be64(p, &v, &pos, end))
+                continue;
+            if (v != MP_RAMBLOCK_RECV_BITMAP_ENDING) {
+                set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                          "RECV_BITMAP \"%s\" end mark 0x%" G_GINT64_MODIFIER
+                          "x at offset %" G_GUINT64_FORMAT
+                          " (expected 0x%" G_GINT64_MODIFIER "x)",
+                          p->bm_block, v, p->off + (pos - buf) - 8,
+                          (guint64)MP_RAMBLOCK_RECV_BITMAP_ENDING);
+                goto fail;
+            }
+            rec.kind = MP_REC_RP_BITMAP;
+            rec.u.rp.type = MP_RP_MSG_RECV_BITMAP;
+            rec.u.rp.block = p->bm_block;
+            rec.u.rp.bitmap_size = p->bm_size;
+            p->state = RP_HDR;
+            goto emit;
+        }
+
+        /* a whole message is in p->msg */
+        p->have = 0;
+        if (!decode_message(p, &rec))
+            goto fail;
+        p->state = p->type == MP_RP_MSG_RECV_BITMAP ? RP_BM_SIZE : RP_HDR;
+    emit:
+        rec.offset = p->rec_start;
+        rec.length = p->off + (pos - buf) - p->rec_start;
+        if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
+            status = MP_FEED_PAUSED;
+            break;
+        }
+    }
+
+    *consumed = pos - buf;
+    p->off += *consumed;
+    return status;
+
+fail:
+    *consumed = pos - buf;
+    p->off += *consumed;
+    if (error)
+        *error = g_error_copy(p->error);
+    return MP_FEED_ERROR;
+}
+
+gboolean
+mp_rp_parser_finish(MpRpParser *p, GError **error)
+{
+    if (p->error) {
+        if (error)
+            *error = g_error_copy(p->error);
+        return FALSE;
+    }
+    if (p->state == RP_HDR && p->have == 0)
+        return TRUE;
+    if (p->state == RP_HDR)
+        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
+                    "%s: stream ends at offset %" G_GUINT64_FORMAT
+                    " inside a message header (%zu of %d bytes)",
+                    p->channel, p->off, p->have, RP_HDR_SIZE);
+    else if (p->state == RP_PAYLOAD)
+        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
+                    "%s: stream ends at offset %" G_GUINT64_FORMAT
+                    " inside the payload of a %s message (%zu of %u bytes; "
+                    "message at offset %" G_GUINT64_FORMAT ")",
+                    p->channel, p->off, mp_rp_message_name(p->type),
+                    p->have - RP_HDR_SIZE, p->len, p->msg_start);
+    else
+        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
+                    "%s: stream ends at offset %" G_GUINT64_FORMAT
+                    " inside %s after RECV_BITMAP \"%s\" (message at "
+                    "offset %" G_GUINT64_FORMAT ")",
+                    p->channel, p->off, state_what(p), p->bm_block,
+                    p->msg_start);
+    return FALSE;
+}
