@@ -6,6 +6,7 @@
 #include <string.h>
 #include <stdarg.h>
 #include "analysis.h"
+#include "parse-common.h"
 
 typedef enum {
     CAT_HEADER,
@@ -66,6 +67,29 @@ typedef struct {
     gboolean sliced; /* size known (vmdesc) */
 } DeviceStat;
 
+/* Where the dirty-page scan was last seen on one channel.  Pages of one
+ * channel come in scan order; across the multifd channels they do not. */
+typedef struct {
+    BlockStat *last_block;
+    guint64 last_addr;
+    guint round; /* the round this channel's pages are in */
+    /* sync epoch: MULTIFD_FLUSH records on main, SYNC packets on multifd */
+    guint syncs;
+    gboolean sync_pending; /* a SYNC packet's own pages are the old epoch */
+} Cursor;
+
+#define MAX_CURSORS 256
+
+typedef struct {
+    guint64 channels; /* MultiFDInit_t seen */
+    guint64 packets, sync_packets, device_state_packets;
+    guint64 normal_pages, zero_pages;
+    guint64 undecoded_packets; /* compressed, pages from the header */
+    guint64 bytes; /* QEMU's multifd-bytes: header + normal pages */
+    guint64 init_bytes; /* the 64-byte inits (counted by QEMU 10.0) */
+    guint64 wire_bytes;
+} MultifdStat;
+
 struct MpAnalysis {
     char *machine;
     guint64 stream_bytes;
@@ -83,9 +107,16 @@ struct MpAnalysis {
     guint64 nonzero_fill;
 
     GArray *rounds; /* Round */
-    BlockStat *last_block;
-    guint64 last_addr;
+    GArray *cursors; /* Cursor, by channel (0: main) */
     gboolean compress_seen;
+    /* [8.1+] MULTIFD_FLUSH marks each wrap of the scan */
+    gboolean flush_rounds;
+    GArray *epoch_round; /* guint: the round of each sync epoch (0: none) */
+    guint64 distinct_pages; /* pages sent at least once */
+    MultifdStat mfd;
+    GHashTable *rp_messages; /* name -> count (GUINT_TO_POINTER) */
+    guint64 rp_bytes;
+    gint64 phase_start_us[PHASE__MAX];
 
     Phase phase;
     GHashTable *commands; /* name -> count (GUINT_TO_POINTER) */
@@ -124,6 +155,12 @@ mp_analysis_new(void)
     a->blocks = g_hash_table_new(g_str_hash, g_str_equal);
     a->block_order = g_ptr_array_new_with_free_func(block_stat_free);
     a->rounds = g_array_new(FALSE, TRUE, sizeof(Round));
+    a->cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
+    g_array_set_size(a->cursors, 1);
+    a->epoch_round = g_array_new(FALSE, TRUE, sizeof(guint));
+    a->rp_messages = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int ph = 0; ph < PHASE__MAX; ph++)
+        a->phase_start_us[ph] = -1;
     a->commands = g_hash_table_new(g_str_hash, g_str_equal);
     a->devices = g_array_new(FALSE, TRUE, sizeof(DeviceStat));
     a->errors = g_ptr_array_new_with_free_func(g_free);
@@ -142,6 +179,9 @@ mp_analysis_free(MpAnalysis *a)
     g_hash_table_destroy(a->blocks);
     g_ptr_array_free(a->block_order, TRUE);
     g_array_free(a->rounds, TRUE);
+    g_array_free(a->cursors, TRUE);
+    g_array_free(a->epoch_round, TRUE);
+    g_hash_table_destroy(a->rp_messages);
     g_hash_table_destroy(a->commands);
     for (guint i = 0; i < a->devices->len; i++)
         g_free(g_array_index(a->devices, DeviceStat, i).name);
@@ -164,7 +204,19 @@ void
 mp_analysis_set_time(MpAnalysis *a, gint64 now_us)
 {
     a->now_us = now_us;
+    if (!a->live && a->phase_start_us[PHASE_SETUP] < 0)
+        a->phase_start_us[PHASE_SETUP] = now_us;
     a->live = TRUE;
+}
+
+static void
+set_phase(MpAnalysis *a, Phase ph)
+{
+    if (a->phase == ph)
+        return;
+    a->phase = ph;
+    if (a->live && a->phase_start_us[ph] < 0)
+        a->phase_start_us[ph] = a->now_us;
 }
 
 void
@@ -196,9 +248,6 @@ cur_round(MpAnalysis *a)
 static Round *
 new_round(MpAnalysis *a, guint64 offset)
 {
-    Round *r = cur_round(a);
-    if (r)
-        r->end_us = a->now_us;
     Round nr = {0};
     nr.index = a->rounds->len + 1;
     nr.phase = a->phase;
@@ -245,61 +294,166 @@ add_block(MpAnalysis *a, const MpRamBlockInfo *bi)
  * of 7.2's compress threads come out up to a few pages out of order, so a
  * short step back within a block is not a wrap once compression is seen. */
 static gboolean
-is_wrap(MpAnalysis *a, BlockStat *b, guint64 addr)
+is_wrap(MpAnalysis *a, const Cursor *c, BlockStat *b, guint64 addr)
 {
-    if (!a->last_block)
+    if (!c->last_block)
         return FALSE;
-    if (b->index != a->last_block->index)
-        return b->index < a->last_block->index;
-    if (addr > a->last_addr)
+    if (b->index != c->last_block->index)
+        return b->index < c->last_block->index;
+    if (addr > c->last_addr)
         return FALSE;
     if (a->compress_seen
-        && a->last_addr - addr <= 64 * (guint64)MP_TARGET_PAGE_SIZE)
+        && c->last_addr - addr <= 64 * (guint64)MP_TARGET_PAGE_SIZE)
         return FALSE;
     return TRUE;
 }
 
+static Cursor *
+cursor_of(MpAnalysis *a, guint channel)
+{
+    channel = MIN(channel, MAX_CURSORS - 1);
+    if (channel >= a->cursors->len)
+        g_array_set_size(a->cursors, channel + 1);
+    return &g_array_index(a->cursors, Cursor, channel);
+}
+
+/* The round a page belongs to.  Without multifd there is one cursor (the
+ * main channel) and a page at or before the previous one starts a round.
+ * With several channels, the first channel whose scan wraps starts the
+ * round and the others catch up when they wrap too.  On 8.1+ with
+ * multifd, every wrap is one sync: MULTIFD_FLUSH on main, a SYNC packet
+ * on every multifd channel, so the sync epoch of the page's channel is
+ * its round, whatever order the channels are read in (docs/rounds.md). */
+static Round *
+page_round(MpAnalysis *a, Cursor *c, BlockStat *b, guint64 addr,
+           guint64 offset, gboolean multifd)
+{
+    Round *r = cur_round(a);
+
+    if (a->phase == PHASE_POSTCOPY) {
+        if (!r || r->phase != PHASE_POSTCOPY)
+            r = new_round(a, offset);
+    } else if (a->flush_rounds) {
+        /* an epoch without pages (a sync that found nothing to send) is
+         * no round */
+        guint epoch = MIN(c->syncs, 1u << 20);
+        if (a->epoch_round->len <= epoch)
+            g_array_set_size(a->epoch_round, epoch + 1);
+        guint *ri = &g_array_index(a->epoch_round, guint, epoch);
+        if (!*ri)
+            *ri = new_round(a, offset)->index;
+        r = &g_array_index(a->rounds, Round, *ri - 1);
+    } else if (!r) {
+        r = new_round(a, offset);
+    } else if (is_wrap(a, c, b, addr) && c->round == r->index
+               /* 7.2 can repeat a packet's last page in the next packet */
+               && !(multifd && c->last_block == b && c->last_addr == addr)) {
+        r = new_round(a, offset);
+    }
+    c->round = r->index;
+    c->last_block = b;
+    c->last_addr = addr;
+    return r;
+}
+
+/* One page of any channel: `length` is its wire size (0 for multifd zero
+ * pages and decoded pages, which have none of their own). */
 static void
-ram_page(MpAnalysis *a, const MpRecord *rec)
+count_page(MpAnalysis *a, guint channel, const char *block, guint64 addr,
+           MpPageKind kind, guint64 length, guint64 offset, gboolean multifd)
+{
+    BlockStat *b = block ? g_hash_table_lookup(a->blocks, block) : NULL;
+
+    /* no START section carries pages: a multifd page read before the
+     * main channel's first PART header belongs to pre-copy already */
+    if (a->phase == PHASE_SETUP)
+        set_phase(a, PHASE_PRECOPY);
+    a->pages[kind]++;
+    a->page_bytes[kind] += length;
+    a->phase_pages[a->phase]++;
+    if (kind == MP_PAGE_COMPRESSED)
+        a->compress_seen = TRUE;
+    if (!b || addr >= b->size)
+        return; /* the parser checks names when the list is known */
+    b->pages[kind]++;
+
+    Round *r = page_round(a, cursor_of(a, channel), b, addr, offset, multifd);
+    guint64 idx = addr / MP_TARGET_PAGE_SIZE;
+    guint8 bit = 1u << (idx % 8);
+    if (b->sent[idx / 8] & bit)
+        r->dirty_pages++;
+    else if (!(b->round_sent[idx / 8] & bit))
+        a->distinct_pages++;
+    if (b->round_sent[idx / 8] & bit)
+        r->repeated++;
+    b->round_sent[idx / 8] |= bit;
+    r->pages[kind]++;
+    r->bytes += length;
+    r->end_offset = offset + length;
+    r->end_us = a->now_us;
+}
+
+static void
+ram_page(MpAnalysis *a, guint channel, const MpRecord *rec)
 {
     const MpRamPage *pg = &rec->u.page;
-    BlockStat *b = g_hash_table_lookup(a->blocks, pg->block);
 
-    a->pages[pg->kind]++;
-    a->page_bytes[pg->kind] += rec->length;
-    a->phase_pages[a->phase]++;
-    if (pg->kind == MP_PAGE_COMPRESSED)
-        a->compress_seen = TRUE;
     if (pg->kind == MP_PAGE_ZERO && pg->payload && pg->payload[0]
         && a->nonzero_fill++ == 0)
         mp_analysis_anomaly(a,
                             "ZERO record with fill 0x%02x at offset %"
                             G_GUINT64_FORMAT " (QEMU always sends 0)",
                             pg->payload[0], rec->offset);
-    if (!b)
-        return; /* the parser checks names when the list is known */
-    b->pages[pg->kind]++;
+    count_page(a, channel, pg->block, pg->addr, pg->kind, rec->length,
+               rec->offset, FALSE);
+}
 
-    Round *r = cur_round(a);
-    if (a->phase == PHASE_POSTCOPY) {
-        if (!r || r->phase != PHASE_POSTCOPY)
-            r = new_round(a, rec->offset);
-    } else if (!r || is_wrap(a, b, pg->addr)) {
-        r = new_round(a, rec->offset);
+/* A multifd packet header.  QEMU's multifd-bytes counts the header and
+ * the uncompressed size of its normal pages (multifd_send_pages@7.2),
+ * SYNC packets included; the 64-byte init is not counted. */
+static void
+mfd_packet(MpAnalysis *a, guint channel, const MpRecord *rec)
+{
+    const MpMfdInfo *m = &rec->u.mfd;
+    Cursor *c = cursor_of(a, channel);
+
+    if (c->sync_pending)
+        c->syncs++;
+    c->sync_pending = !!(m->flags & MP_MULTIFD_FLAG_SYNC);
+    a->mfd.packets++;
+    a->mfd.wire_bytes += rec->length;
+    if (m->flags & MP_MULTIFD_FLAG_SYNC)
+        a->mfd.sync_packets++;
+    a->mfd.bytes += rec->length + (guint64)m->normal_pages
+                                      * MP_TARGET_PAGE_SIZE;
+    if (m->pages_follow)
+        return;
+    /* compressed and not decoded: the pages are known from the header */
+    a->mfd.undecoded_packets++;
+    for (guint32 i = 0; m->offsets && i < m->normal_pages + m->zero_pages;
+         i++) {
+        gboolean zero = i >= m->normal_pages;
+        if (zero)
+            a->mfd.zero_pages++;
+        else
+            a->mfd.normal_pages++;
+        count_page(a, channel, m->block, mp_be64(m->offsets + 8 * i),
+                   zero ? MP_PAGE_ZERO : MP_PAGE_NORMAL, 0, rec->offset, TRUE);
     }
-    a->last_block = b;
-    a->last_addr = pg->addr;
+}
 
-    guint64 idx = pg->addr / MP_TARGET_PAGE_SIZE;
-    guint8 bit = 1u << (idx % 8);
-    if (b->sent[idx / 8] & bit)
-        r->dirty_pages++;
-    if (b->round_sent[idx / 8] & bit)
-        r->repeated++;
-    b->round_sent[idx / 8] |= bit;
-    r->pages[pg->kind]++;
-    r->bytes += rec->length;
-    r->end_offset = rec->offset + rec->length;
+static void
+mfd_page(MpAnalysis *a, guint channel, const MpRecord *rec)
+{
+    const MpMfdInfo *m = &rec->u.mfd;
+
+    if (m->zero)
+        a->mfd.zero_pages++;
+    else
+        a->mfd.normal_pages++;
+    count_page(a, channel, m->block, m->addr,
+               m->zero ? MP_PAGE_ZERO : MP_PAGE_NORMAL, rec->length,
+               rec->offset, TRUE);
 }
 
 static void
@@ -311,6 +465,12 @@ add_device_bytes(MpAnalysis *a, guint64 n)
 
 void
 mp_analysis_record(MpAnalysis *a, const MpRecord *rec)
+{
+    mp_analysis_record_on(a, 0, rec);
+}
+
+void
+mp_analysis_record_on(MpAnalysis *a, guint channel, const MpRecord *rec)
 {
     switch (rec->kind) {
     case MP_REC_STREAM_HEADER:
@@ -328,9 +488,9 @@ mp_analysis_record(MpAnalysis *a, const MpRecord *rec)
             a->sections[s->type]++;
         a->cur_device = NULL;
         if (s->type == MP_QMIG_SECTION_PART && a->phase == PHASE_SETUP)
-            a->phase = PHASE_PRECOPY;
+            set_phase(a, PHASE_PRECOPY);
         if (s->type == MP_QMIG_SECTION_END && a->phase <= PHASE_PRECOPY)
-            a->phase = PHASE_STOPPED;
+            set_phase(a, PHASE_STOPPED);
         if (s->type == MP_QMIG_SECTION_FULL) {
             DeviceStat d = {0};
             d.name = g_strdup(s->idstr);
@@ -368,12 +528,12 @@ mp_analysis_record(MpAnalysis *a, const MpRecord *rec)
         case MP_QMIG_CMD_SWITCHOVER_START:
         case MP_QMIG_CMD_POSTCOPY_RAM_DISCARD:
             if (a->phase <= PHASE_PRECOPY)
-                a->phase = PHASE_STOPPED;
+                set_phase(a, PHASE_STOPPED);
             a->discard_ranges += rec->u.cmd.discard_count;
             break;
         case MP_QMIG_CMD_PACKAGED:
             if (a->phase <= PHASE_PRECOPY)
-                a->phase = PHASE_STOPPED;
+                set_phase(a, PHASE_STOPPED);
             a->packaged_bytes += rec->u.cmd.packaged_len;
             break;
         default:
@@ -381,7 +541,7 @@ mp_analysis_record(MpAnalysis *a, const MpRecord *rec)
         }
         break;
     case MP_REC_PACKAGED_END:
-        a->phase = PHASE_POSTCOPY;
+        set_phase(a, PHASE_POSTCOPY);
         a->cur_device = NULL;
         break;
     case MP_REC_EOF:
@@ -401,15 +561,21 @@ mp_analysis_record(MpAnalysis *a, const MpRecord *rec)
         add_block(a, &rec->u.block);
         break;
     case MP_REC_RAM_EOS:
+        a->cat[CAT_RAM_CONTROL] += rec->length;
+        a->ram_bytes += rec->length;
+        break;
     case MP_REC_RAM_MULTIFD_FLUSH:
         a->cat[CAT_RAM_CONTROL] += rec->length;
         a->ram_bytes += rec->length;
+        /* only multifd streams carry it, so rounds come from it alone */
+        a->flush_rounds = TRUE;
+        cursor_of(a, channel)->syncs++;
         break;
     case MP_REC_RAM_PAGE:
         a->cat[CAT_RAM_PAGES] += rec->length;
         a->ram_bytes += rec->length;
         a->phase_bytes[a->phase] += rec->length;
-        ram_page(a, rec);
+        ram_page(a, channel, rec);
         break;
     case MP_REC_BLK_BLOCK:
         a->cat[CAT_DISK] += rec->length;
@@ -423,10 +589,38 @@ mp_analysis_record(MpAnalysis *a, const MpRecord *rec)
     case MP_REC_BLK_EOS:
         a->cat[CAT_DISK] += rec->length;
         break;
-    case MP_REC_RP_MESSAGE:
+    case MP_REC_RP_MESSAGE: {
+        const char *name = mp_rp_message_name(rec->u.rp.type);
+        gpointer v = g_hash_table_lookup(a->rp_messages, name);
+        g_hash_table_insert(a->rp_messages, (gpointer)name,
+                            GUINT_TO_POINTER(GPOINTER_TO_UINT(v) + 1));
+        a->rp_bytes += rec->length;
         if (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
             || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID)
             a->postcopy_requests++;
+        break;
+    }
+    case MP_REC_RP_BITMAP:
+        a->rp_bytes += rec->length;
+        break;
+    case MP_REC_MFD_INIT:
+        a->mfd.channels++;
+        a->mfd.init_bytes += rec->length;
+        a->mfd.wire_bytes += rec->length;
+        break;
+    case MP_REC_MFD_PACKET:
+        mfd_packet(a, channel, rec);
+        break;
+    case MP_REC_MFD_PAGE:
+        a->mfd.wire_bytes += rec->length;
+        mfd_page(a, channel, rec);
+        break;
+    case MP_REC_MFD_DATA:
+        a->mfd.wire_bytes += rec->length;
+        break;
+    case MP_REC_MFD_DEVICE_STATE:
+        a->mfd.device_state_packets++;
+        a->mfd.wire_bytes += rec->length;
         break;
     default:
         break;
@@ -476,6 +670,33 @@ sum_pages(const guint64 *pages)
     for (int k = 0; k < MP_PAGE__MAX; k++)
         s += pages[k];
     return s;
+}
+
+static json_object *
+round_json(const Round *r)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "index", jint(r->index));
+    json_object_object_add(o, "phase",
+                           json_object_new_string(phase_names[r->phase]));
+    json_object_object_add(o, "pages", jint(sum_pages(r->pages)));
+    json_object_object_add(o, "dirty_pages", jint(r->dirty_pages));
+    json_object_object_add(o, "bytes", jint(r->bytes));
+    json_object_object_add(o, "by_kind", pages_json(r->pages));
+    json_object_object_add(o, "start_offset", jint(r->start_offset));
+    json_object_object_add(o, "end_offset", jint(r->end_offset));
+    if (r->start_us >= 0) {
+        gint64 end = MAX(r->end_us, r->start_us);
+        json_object_object_add(o, "start_us", jint(r->start_us));
+        json_object_object_add(o, "end_us", jint(end));
+        /* bits per second over the round's span (live streams) */
+        json_object_object_add(
+            o, "throughput_bps",
+            jint(end > r->start_us
+                     ? r->bytes * 8 * G_USEC_PER_SEC / (end - r->start_us)
+                     : 0));
+    }
+    return o;
 }
 
 static json_object *
@@ -564,24 +785,9 @@ mp_analysis_to_json(const MpAnalysis *a)
     json_object_object_add(doc, "ram", ram);
 
     json_object *rounds = json_object_new_array();
-    for (guint i = 0; i < a->rounds->len; i++) {
-        const Round *r = &g_array_index(a->rounds, Round, i);
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "index", jint(r->index));
-        json_object_object_add(o, "phase",
-                               json_object_new_string(phase_names[r->phase]));
-        json_object_object_add(o, "pages", jint(sum_pages(r->pages)));
-        json_object_object_add(o, "dirty_pages", jint(r->dirty_pages));
-        json_object_object_add(o, "bytes", jint(r->bytes));
-        json_object_object_add(o, "by_kind", pages_json(r->pages));
-        json_object_object_add(o, "start_offset", jint(r->start_offset));
-        json_object_object_add(o, "end_offset", jint(r->end_offset));
-        if (r->start_us >= 0) {
-            json_object_object_add(o, "start_us", jint(r->start_us));
-            json_object_object_add(o, "end_us", jint(MAX(r->end_us, 0)));
-        }
-        json_object_array_add(rounds, o);
-    }
+    for (guint i = 0; i < a->rounds->len; i++)
+        json_object_array_add(rounds,
+                              round_json(&g_array_index(a->rounds, Round, i)));
     json_object_object_add(doc, "rounds", rounds);
 
     json_object *devices = json_object_new_array();
@@ -624,6 +830,44 @@ mp_analysis_to_json(const MpAnalysis *a)
         json_object_object_add(doc, "postcopy", pc);
     }
 
+    if (a->mfd.channels || a->mfd.packets) {
+        json_object *m = json_object_new_object();
+        json_object_object_add(m, "channels", jint(a->mfd.channels));
+        json_object_object_add(m, "packets", jint(a->mfd.packets));
+        json_object_object_add(m, "sync_packets", jint(a->mfd.sync_packets));
+        json_object_object_add(m, "normal_pages", jint(a->mfd.normal_pages));
+        json_object_object_add(m, "zero_pages", jint(a->mfd.zero_pages));
+        json_object_object_add(m, "undecoded_packets",
+                               jint(a->mfd.undecoded_packets));
+        json_object_object_add(m, "device_state_packets",
+                               jint(a->mfd.device_state_packets));
+        json_object_object_add(m, "bytes", jint(a->mfd.bytes));
+        json_object_object_add(m, "init_bytes", jint(a->mfd.init_bytes));
+        json_object_object_add(m, "wire_bytes", jint(a->mfd.wire_bytes));
+        json_object_object_add(doc, "multifd", m);
+    }
+    if (g_hash_table_size(a->rp_messages)) {
+        json_object *rp = json_object_new_object();
+        json_object *msgs = json_object_new_object();
+        GHashTableIter rit;
+        gpointer rk, rv;
+        g_hash_table_iter_init(&rit, a->rp_messages);
+        while (g_hash_table_iter_next(&rit, &rk, &rv))
+            json_object_object_add(msgs, rk, jint(GPOINTER_TO_UINT(rv)));
+        json_object_object_add(rp, "messages", msgs);
+        json_object_object_add(rp, "bytes", jint(a->rp_bytes));
+        json_object_object_add(doc, "return_path", rp);
+    }
+    if (a->live) {
+        json_object *t = json_object_new_object();
+        for (int ph = 0; ph < PHASE__MAX; ph++)
+            json_object_object_add(t, phase_names[ph],
+                                   a->phase_start_us[ph] >= 0
+                                       ? jint(a->phase_start_us[ph])
+                                       : NULL);
+        json_object_object_add(doc, "phase_start_us", t);
+    }
+
     json_object *bytes = json_object_new_object();
     for (int c = 0; c < CAT__MAX; c++)
         json_object_object_add(bytes, category_names[c], jint(a->cat[c]));
@@ -640,4 +884,40 @@ mp_analysis_to_json(const MpAnalysis *a)
             anom, json_object_new_string(g_ptr_array_index(a->anomalies, i)));
     json_object_object_add(doc, "anomalies", anom);
     return doc;
+}
+
+void
+mp_analysis_progress(const MpAnalysis *a, MpAnalysisProgress *out)
+{
+    const Round *r = a->rounds->len ? &g_array_index(a->rounds, Round,
+                                                     a->rounds->len - 1)
+                                    : NULL;
+    memset(out, 0, sizeof(*out));
+    out->phase = phase_names[a->phase];
+    out->rounds = a->rounds->len;
+    out->ram_total = a->ram_total;
+    out->distinct_pages = a->distinct_pages;
+    for (int k = 0; k < MP_PAGE__MAX; k++)
+        out->pages += a->pages[k];
+    if (r) {
+        out->round_pages = sum_pages(r->pages);
+        out->round_dirty_pages = r->dirty_pages;
+        out->round_start_us = r->start_us;
+        if (a->rounds->len > 1) {
+            const Round *p = r - 1;
+            out->prev_round_pages = sum_pages(p->pages);
+        }
+    }
+    out->postcopy_requests = a->postcopy_requests;
+    out->stop_us = a->phase_start_us[PHASE_STOPPED];
+    out->postcopy_us = a->phase_start_us[PHASE_POSTCOPY];
+    out->eof = a->eof;
+}
+
+json_object *
+mp_analysis_round_json(const MpAnalysis *a, guint index)
+{
+    if (index < 1 || index > a->rounds->len)
+        return NULL;
+    return round_json(&g_array_index(a->rounds, Round, index - 1));
 }

@@ -7,6 +7,7 @@
 #include <glib.h>
 #include "analysis.h"
 #include "analyze-file.h"
+#include "capture-read.h"
 #include "qmig-parser.h"
 #include "ram-image.h"
 #include "record-format.h"
@@ -82,6 +83,17 @@ progress(const char *path, guint64 done, guint64 file_size, gboolean zst,
 json_object *
 mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
 {
+    if (mp_capture_is_dir(path)) {
+        /* a relay capture (docs/capture-format.md): its first session */
+        json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;
+        if (opt->dump_ram && json_object_object_get_ex(doc, "errors", &e)) {
+            json_object_array_add(
+                e, json_object_new_string("--dump-ram reads stream files, "
+                                          "not capture directories"));
+            *ok = FALSE;
+        }
+        return doc;
+    }
     g_autoptr(GError) err = NULL;
     g_autoptr(MpInput) in = mp_input_open(path, &err);
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();

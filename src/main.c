@@ -16,6 +16,8 @@ static const Command commands[] = {
      "analyze captured migration streams (summary, JSON, RAM images)"},
     {"demo", mp_cmd_demo,
      "migrate a sample guest live between two local QEMUs and analyze it"},
+    {"relay", mp_cmd_relay,
+     "relay a live migration between two QEMUs, measuring it on the wire"},
 };
 
 static void

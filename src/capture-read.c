@@ -1,0 +1,316 @@
+/* capture-read.c: replays a capture directory (docs/capture-format.md)
+ * through the session tap, chunk by chunk in the order of their
+ * timestamps across all channels, so that rounds, phases, downtime and
+ * page-request latency come out as the relay measured them live.
+ */
+#include "config.h"
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <glib/gstdio.h>
+#include "capture-read.h"
+#include "parse-common.h"
+#include "record-format.h"
+#include "relay-metrics.h"
+#include "session-tap.h"
+
+#define MAX_CHUNK (64u << 20) /* the relay reads at most 1 MiB at once */
+
+typedef struct {
+    guint channel;
+    MpDir dir;
+    char *file;
+    FILE *data;
+    guint8 *idx;
+    gsize chunks, next;
+    guint64 size;
+    char *end; /* NULL: the capture has no end for it */
+    gint64 end_us;
+    gboolean end_done;
+} Cursor;
+
+typedef struct {
+    const char *dir;
+    MpRelayMetrics *metrics;
+    MpSessionTap *tap;
+    GArray *cursors; /* Cursor */
+    GString *line;
+    guint session;
+    gboolean failed;
+} Replay;
+
+gboolean
+mp_capture_is_dir(const char *path)
+{
+    g_autofree char *index = g_build_filename(path, "index.json", NULL);
+    return g_file_test(path, G_FILE_TEST_IS_DIR)
+           && g_file_test(index, G_FILE_TEST_IS_REGULAR);
+}
+
+static void
+fail(Replay *r, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static void
+fail(Replay *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    GError *err = g_error_new(G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                              "capture %s: %s", r->dir, msg);
+    mp_analysis_error(mp_relay_metrics_analysis(r->metrics), err);
+    g_error_free(err);
+    r->failed = TRUE;
+}
+
+static const char *
+jstr(json_object *o, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v)
+                                                 : NULL;
+}
+
+static gint64
+jint(json_object *o, const char *key, gint64 dflt)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) && v
+               ? json_object_get_int64(v)
+               : dflt;
+}
+
+static guint64
+chunk_time(const Cursor *c, gsize i)
+{
+    return mp_be64(c->idx + 16 * i);
+}
+
+static guint64
+chunk_offset(const Cursor *c, gsize i)
+{
+    return i < c->chunks ? mp_be64(c->idx + 16 * i + 8) : c->size;
+}
+
+/* Opens one direction's files and checks its index. */
+static gboolean
+open_cursor(Replay *r, Cursor *c, json_object *dj)
+{
+    g_autoptr(GError) err = NULL;
+    const char *file = jstr(dj, "file"), *index = jstr(dj, "index");
+    gsize len = 0;
+
+    if (!file || !index || strchr(file, '/') || strchr(index, '/')) {
+        fail(r, "channel %u %s: no valid file names in index.json",
+             c->channel, mp_dir_name(c->dir));
+        return FALSE;
+    }
+    c->file = g_build_filename(r->dir, file, NULL);
+    g_autofree char *ipath = g_build_filename(r->dir, index, NULL);
+    if (!g_file_get_contents(ipath, (char **)&c->idx, &len, &err)) {
+        fail(r, "%s", err->message);
+        return FALSE;
+    }
+    c->data = fopen(c->file, "rb");
+    struct stat st;
+    if (!c->data || fstat(fileno(c->data), &st) < 0) {
+        fail(r, "%s: %s", c->file, g_strerror(errno));
+        return FALSE;
+    }
+    c->size = st.st_size;
+    c->chunks = len / 16;
+    if (len % 16)
+        fail(r, "%s: %zu bytes, not a whole number of 16-byte entries "
+                "(the last one is ignored)",
+             index, len);
+    for (gsize i = 0; i < c->chunks; i++) {
+        guint64 off = chunk_offset(c, i), next = chunk_offset(c, i + 1);
+        if (next < off || next > c->size
+            || (i == 0 && off != 0)
+            || (i && chunk_time(c, i) < chunk_time(c, i - 1))) {
+            fail(r, "%s: entry %zu (offset %" G_GUINT64_FORMAT
+                    ") is out of order or past the end of %s (%"
+                    G_GUINT64_FORMAT " bytes)",
+                 index, i, off, file, c->size);
+            c->chunks = i;
+            break;
+        }
+    }
+    return TRUE;
+}
+
+static void
+cursor_clear(gpointer p)
+{
+    Cursor *c = p;
+    if (c->data)
+        fclose(c->data);
+    g_free(c->idx);
+    g_free(c->file);
+    g_free(c->end);
+}
+
+static void
+print_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
+{
+    Replay *r = user_data;
+    g_string_printf(r->line, "s%u c%u %s ", r->session, channel,
+                    mp_dir_name(dir));
+    mp_record_describe(rec, r->line);
+    puts(r->line->str);
+}
+
+/* The next event: a chunk, or the end of a direction.  Ties go to the
+ * lower channel, then to-dst: a main channel is classified before the
+ * channels that need its block list. */
+static Cursor *
+next_cursor(Replay *r, gint64 *t)
+{
+    Cursor *best = NULL;
+    gint64 best_t = G_MAXINT64;
+
+    for (guint i = 0; i < r->cursors->len; i++) {
+        Cursor *c = &g_array_index(r->cursors, Cursor, i);
+        gint64 ct;
+        if (c->next < c->chunks)
+            ct = (gint64)chunk_time(c, c->next);
+        else if (!c->end_done)
+            ct = c->end ? c->end_us : G_MAXINT64 - 1;
+        else
+            continue;
+        if (ct < best_t) {
+            best = c;
+            best_t = ct;
+        }
+    }
+    *t = best_t;
+    return best;
+}
+
+static void
+replay(Replay *r)
+{
+    gsize cap = 0;
+    g_autofree guint8 *buf = NULL;
+    gint64 t, last = 0;
+    Cursor *c;
+
+    while ((c = next_cursor(r, &t))) {
+        if (t == G_MAXINT64 - 1)
+            t = last; /* no recorded end: the capture was cut */
+        last = MAX(last, t);
+        if (c->next >= c->chunks) {
+            c->end_done = TRUE;
+            mp_session_tap_end(r->tap, c->channel, c->dir,
+                               c->end ? c->end : "missing", t);
+            continue;
+        }
+        guint64 off = chunk_offset(c, c->next);
+        gsize len = chunk_offset(c, c->next + 1) - off;
+        c->next++;
+        if (len > MAX_CHUNK) {
+            fail(r, "%s: a chunk of %zu bytes at offset %" G_GUINT64_FORMAT
+                    " (at most %u expected)",
+                 c->file, len, off, MAX_CHUNK);
+            c->next = c->chunks;
+            continue;
+        }
+        if (len > cap) {
+            cap = MAX(len, 1u << 20);
+            buf = g_realloc(buf, cap);
+        }
+        if (fseeko(c->data, (off_t)off, SEEK_SET) != 0
+            || fread(buf, 1, len, c->data) != len) {
+            fail(r, "%s: cannot read %zu bytes at offset %" G_GUINT64_FORMAT,
+                 c->file, len, off);
+            c->next = c->chunks;
+            continue;
+        }
+        mp_session_tap_feed(r->tap, c->channel, c->dir, buf, len, t);
+    }
+    mp_relay_metrics_finish(r->metrics, last, NULL);
+}
+
+json_object *
+mp_capture_analyze(const char *dir, guint session, gboolean events,
+                   gboolean *ok)
+{
+    g_autofree char *ipath = g_build_filename(dir, "index.json", NULL);
+    json_object *index = json_object_from_file(ipath), *sessions = NULL;
+    json_object *sj = NULL, *chans = NULL;
+    Replay r = {.dir = dir};
+    json_object *numbers = json_object_new_array();
+
+    if (index && json_object_object_get_ex(index, "sessions", &sessions)) {
+        for (size_t i = 0; i < json_object_array_length(sessions); i++) {
+            json_object *s = json_object_array_get_idx(sessions, i);
+            guint n = jint(s, "session", 0);
+            json_object_array_add(numbers, json_object_new_int(n));
+            if (!sj && (session == 0 || n == session))
+                sj = s;
+        }
+    }
+    MpRelayMetricsConfig cfg = {
+        .session = sj ? jint(sj, "session", 0) : session,
+        .start_wall_us = sj ? jint(sj, "start_unix_us", 0) : 0,
+    };
+    r.session = cfg.session;
+    r.metrics = mp_relay_metrics_new(&cfg, 0);
+    r.tap = mp_session_tap_new(r.metrics, cfg.session);
+    r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
+    g_array_set_clear_func(r.cursors, cursor_clear);
+    r.line = g_string_new(NULL);
+    if (events)
+        mp_session_tap_set_record_func(r.tap, print_record, &r);
+
+    if (!index || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
+        fail(&r, "index.json is missing or not a migproxy capture index");
+    else if (jint(index, "version", 0) != 1)
+        fail(&r, "index.json has version %" G_GINT64_FORMAT
+                 " (this migproxy reads version 1)",
+             jint(index, "version", 0));
+    else if (!sj)
+        fail(&r, session ? "no session %u in index.json"
+                         : "index.json lists no session%u",
+             session);
+    else if (!json_object_object_get_ex(sj, "channels", &chans))
+        fail(&r, "session %u lists no channels", cfg.session);
+
+    for (size_t i = 0; chans && i < json_object_array_length(chans); i++) {
+        json_object *cj = json_object_array_get_idx(chans, i), *dj;
+        guint channel = jint(cj, "channel", i);
+        mp_session_tap_add(r.tap, channel, jstr(cj, "peer"),
+                           jint(cj, "open_us", 0));
+        for (int d = 0; d < MP_DIR__MAX; d++) {
+            if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
+                continue;
+            Cursor c = {.channel = channel, .dir = d};
+            if (!open_cursor(&r, &c, dj)) {
+                cursor_clear(&c);
+                continue;
+            }
+            if (jstr(dj, "end")) {
+                c.end = g_strdup(jstr(dj, "end"));
+                c.end_us = jint(dj, "end_us", 0);
+            }
+            g_array_append_val(r.cursors, c);
+        }
+    }
+    if (chans)
+        replay(&r);
+    else
+        mp_relay_metrics_finish(r.metrics, 0, "unreadable capture");
+
+    json_object *doc = mp_relay_metrics_report(r.metrics), *errs;
+    json_object_object_add(doc, "capture", json_object_new_string(dir));
+    json_object_object_add(doc, "capture_sessions", numbers);
+    *ok = !r.failed && !(json_object_object_get_ex(doc, "errors", &errs)
+                         && json_object_array_length(errs) > 0);
+    g_array_free(r.cursors, TRUE);
+    g_string_free(r.line, TRUE);
+    mp_session_tap_free(r.tap);
+    mp_relay_metrics_free(r.metrics);
+    json_object_put(index);
+    return doc;
+}

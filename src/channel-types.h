@@ -1,0 +1,43 @@
+/* channel-types.h: what the relay, its metrics and its captures call the
+ * connections of one migration and their two directions. */
+#pragma once
+
+#include <glib.h>
+
+/* What a connection carries, from its first bytes (reference section 12):
+ *   "QEVM"            main channel (its reverse direction: the return path)
+ *   be32 0x11223344   a multifd channel
+ *   0x08 (a command)  on a later connection: postcopy recovery main channel
+ *   anything else     on a later connection: postcopy-preempt (bare RAM
+ *                     records; 7.2 opens it at the start and sends nothing
+ *                     until post-copy) */
+typedef enum {
+    MP_CHAN_UNKNOWN,  /* no byte yet */
+    MP_CHAN_MAIN,
+    MP_CHAN_MULTIFD,
+    MP_CHAN_PREEMPT,
+    MP_CHAN_RECOVERY,
+    MP_CHAN_FOREIGN, /* not a migration channel */
+    MP_CHAN__MAX,
+} MpChanKind;
+
+typedef enum {
+    MP_DIR_TO_DST, /* source to destination */
+    MP_DIR_TO_SRC, /* destination to source (the return path on main) */
+    MP_DIR__MAX,
+} MpDir;
+
+static inline const char *
+mp_chan_kind_name(MpChanKind kind)
+{
+    static const char *const names[MP_CHAN__MAX] = {
+        "unknown", "main", "multifd", "preempt", "recovery", "foreign"};
+    return kind < MP_CHAN__MAX ? names[kind] : "?";
+}
+
+/* "to-dst", "to-src": as in capture file names and JSON. */
+static inline const char *
+mp_dir_name(MpDir dir)
+{
+    return dir == MP_DIR_TO_DST ? "to-dst" : "to-src";
+}

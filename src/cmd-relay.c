@@ -1,0 +1,219 @@
+/* cmd-relay.c: `migproxy relay`, the live relay between a source and a
+ * destination QEMU (relay.c), with its command line, log output and
+ * signal handling. */
+#include "config.h"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <glib.h>
+#include <glib-unix.h>
+#include "commands.h"
+#include "relay.h"
+
+typedef struct {
+    gint64 start_us;
+    gboolean tty;     /* stderr is a terminal: progress line in use */
+    gboolean verbose; /* debug messages too */
+    MpRelay *relay;
+} LogContext;
+
+/* "migproxy relay [  2.1 s] message": one line each, on stderr.  On a
+ * terminal the progress line is erased first (it is drawn again at the
+ * next 100 ms tick). */
+static GLogWriterOutput
+log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields,
+           gpointer user_data)
+{
+    LogContext *lc = user_data;
+    const char *message = NULL;
+
+    if ((level & G_LOG_LEVEL_DEBUG) && !lc->verbose)
+        return G_LOG_WRITER_HANDLED;
+    for (gsize i = 0; i < n_fields; i++)
+        if (strcmp(fields[i].key, "MESSAGE") == 0)
+            message = fields[i].value;
+    const char *tag = level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL)
+                          ? "error: "
+                      : level & G_LOG_LEVEL_WARNING ? "warning: "
+                                                    : "";
+    fprintf(stderr, "%smigproxy relay [%6.1f s] %s%s\n",
+            lc->tty ? "\r\033[K" : "",
+            (g_get_monotonic_time() - lc->start_us) / 1e6, tag,
+            message ? message : "");
+    fflush(stderr);
+    return G_LOG_WRITER_HANDLED;
+}
+
+static gboolean
+on_signal(gpointer user_data)
+{
+    LogContext *lc = user_data;
+    /* g_unix_signal_add passes no signal number: the sources differ */
+    mp_relay_stop(lc->relay, "signal");
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_sigint(gpointer user_data)
+{
+    LogContext *lc = user_data;
+    mp_relay_stop(lc->relay, "SIGINT");
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_sigterm(gpointer user_data)
+{
+    LogContext *lc = user_data;
+    mp_relay_stop(lc->relay, "SIGTERM");
+    return G_SOURCE_CONTINUE;
+}
+
+int
+mp_cmd_relay(int argc, char **argv)
+{
+    g_autofree char *listen = NULL, *to = NULL, *metrics = NULL,
+                    *report = NULL, *capture = NULL;
+    gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE;
+    gint connect_timeout = 10000, handshake_timeout = 10000;
+    GOptionEntry entries[] = {
+        {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
+         "Where the source migrates to (required)", "HOST:PORT"},
+        {"to", 't', 0, G_OPTION_ARG_STRING, &to,
+         "The destination QEMU's -incoming address (required)", "HOST:PORT"},
+        {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &metrics,
+         "Write metrics as JSON lines while the migration runs (a sample "
+         "every 100 ms, phases, rounds, the end)",
+         "FILE"},
+        {"report", 'r', 0, G_OPTION_ARG_FILENAME, &report,
+         "Write one JSON document when a migration ends: pages, rounds, "
+         "downtime, post-copy latency, channels",
+         "FILE"},
+        {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &capture,
+         "Record every connection, both directions, with timestamps, into "
+         "DIR (read it with 'migproxy analyze DIR')",
+         "DIR"},
+        {"once", '1', 0, G_OPTION_ARG_NONE, &once,
+         "Exit when the first migration ends (status 0 if it completed)",
+         NULL},
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet,
+         "Only warnings and errors on stderr", NULL},
+        {"no-progress", 0, 0, G_OPTION_ARG_NONE, &no_progress,
+         "Log lines instead of the live progress line on a terminal", NULL},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
+         "Also log every connection and channel event", NULL},
+        {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &connect_timeout,
+         "Give up connecting to the destination after MS (default 10000)",
+         "MS"},
+        {"handshake-timeout", 0, 0, G_OPTION_ARG_INT, &handshake_timeout,
+         "Close a new connection that has not sent a stream header after "
+         "MS (default 10000)",
+         "MS"},
+        {NULL},
+    };
+    g_autoptr(GOptionContext) oc = g_option_context_new(NULL);
+    g_autoptr(GError) err = NULL;
+
+    g_option_context_set_summary(
+        oc,
+        "Relay a live migration between two QEMUs and measure it on the "
+        "wire.\n\n"
+        "The source QEMU migrates to --listen instead of to the destination; "
+        "the relay opens the same connections to --to, in the same order, "
+        "and forwards every byte unchanged in both directions, so neither "
+        "QEMU can tell it is there. Every channel is parsed on the way "
+        "(main channel and return path, multifd, postcopy-preempt, postcopy "
+        "recovery): rounds, pages by kind, phases, the downtime as seen on "
+        "the wire, post-copy page-request latency, multifd bytes. A channel "
+        "the parsers cannot follow (TLS, an unknown section) is still "
+        "forwarded byte for byte; its metrics are marked partial.");
+    g_option_context_set_description(
+        oc,
+        "Examples:\n"
+        "  # 1. the destination QEMU waits for the stream, as usual\n"
+        "  qemu-system-x86_64 ... -incoming tcp:127.0.0.1:5555\n\n"
+        "  # 2. the relay listens where the source will migrate to\n"
+        "  migproxy relay --listen 127.0.0.1:4444 --to 127.0.0.1:5555 \\\n"
+        "      --report report.json --metrics metrics.jsonl --once\n\n"
+        "  # 3. the source migrates to the relay (monitor or QMP); set "
+        "capabilities\n"
+        "  #    (multifd, postcopy-ram, xbzrle, ...) on both QEMUs as for a "
+        "direct\n"
+        "  #    migration, the relay needs no option for them\n"
+        "  (qemu) migrate -d tcp:127.0.0.1:4444\n"
+        "  {\"execute\": \"migrate\", \"arguments\": {\"uri\": "
+        "\"tcp:127.0.0.1:4444\"}}\n\n"
+        "  # everything recorded, analyzed afterwards\n"
+        "  migproxy relay -l 0.0.0.0:4444 -t dst-host:5555 --capture cap/ "
+        "--once\n"
+        "  migproxy analyze cap/\n\n"
+        "One migration at a time goes through a relay. Without --once it "
+        "serves one migration after another (the report is rewritten for "
+        "each) until SIGINT or SIGTERM, which close every connection and "
+        "write the report. A client that is not QEMU never reaches the "
+        "destination: it is logged and closed. The metrics and the report "
+        "are described in docs/relay.md, the capture format in "
+        "docs/capture-format.md.\n\n"
+        "Exit status: 0; with --once, 1 if the migration did not complete; "
+        "2 on usage errors.");
+    g_option_context_add_main_entries(oc, entries, NULL);
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy relay: %s\n(see migproxy relay --help)\n",
+                err->message);
+        return 2;
+    }
+    if (!listen || !to) {
+        fprintf(stderr, "migproxy relay: --listen and --to are required\n"
+                        "(see migproxy relay --help)\n");
+        return 2;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "migproxy relay: unexpected argument '%s'\n",
+                argv[1]);
+        return 2;
+    }
+    if (connect_timeout <= 0 || handshake_timeout <= 0) {
+        fprintf(stderr, "migproxy relay: timeouts are positive "
+                        "milliseconds\n");
+        return 2;
+    }
+
+    LogContext lc = {.start_us = g_get_monotonic_time(), .verbose = verbose};
+    gboolean tty = isatty(STDERR_FILENO) && !no_progress && !quiet;
+    lc.tty = tty;
+    g_log_set_writer_func(log_writer, &lc, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    MpRelayOptions opt = {
+        .listen = listen,
+        .to = to,
+        .metrics = metrics,
+        .report = report,
+        .capture = capture,
+        .once = once,
+        .quiet = quiet,
+        .progress = tty,
+        .connect_timeout_ms = connect_timeout,
+        .handshake_timeout_ms = handshake_timeout,
+    };
+    g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
+    if (!relay) {
+        fprintf(stderr, "migproxy relay: %s\n", err->message);
+        return 1;
+    }
+    lc.relay = relay;
+    guint sigint = g_unix_signal_add(SIGINT, on_sigint, &lc);
+    guint sigterm = g_unix_signal_add(SIGTERM, on_sigterm, &lc);
+    guint sighup = g_unix_signal_add(SIGHUP, on_signal, &lc);
+    if (!quiet)
+        g_message("listening on %s, relaying to %s%s",
+                  mp_relay_listen_address(relay), to,
+                  once ? " (one migration)" : "");
+    int status = mp_relay_run(relay);
+    g_source_remove(sigint);
+    g_source_remove(sigterm);
+    g_source_remove(sighup);
+    g_clear_pointer(&relay, mp_relay_free);
+    return status;
+}

@@ -1,0 +1,485 @@
+/* relay-channel.c: one proxied connection (see relay-channel.h).
+ *
+ * One GSource per channel holds the two sockets' fds; an fd is in the
+ * source only while the channel wants an event on it (poll() reports HUP
+ * and ERR even with no events asked, so keeping an fd we cannot serve
+ * would spin).  Each dispatch reads at most once and writes at most once
+ * per direction: a busy channel cannot starve the others on the loop.
+ */
+#include "config.h"
+#include <errno.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include "relay-channel.h"
+
+/* Compact when the unwritten bytes start past half the buffer. */
+#define COMPACT_AT (MP_RELAY_BUFFER / 2)
+
+typedef struct {
+    guint8 *buf; /* MP_RELAY_BUFFER bytes, allocated on first read */
+    gsize head, tail; /* [head, tail) waits to be written */
+    gboolean eof;     /* the sender closed (FIN read) */
+    gboolean shut;    /* the FIN was passed on */
+    gboolean ended;   /* `end` hook called */
+    guint64 bytes;
+} Pump;
+
+typedef struct {
+    GSource base;
+    MpRelayChannel *ch;
+} ChanSource;
+
+struct MpRelayChannel {
+    GSocket *down, *up; /* the source's side, the destination's side */
+    guint64 id;
+    char *peer;
+    MpRelayChannelHooks hooks;
+    gpointer user_data;
+
+    GSource *source;
+    gpointer down_tag, up_tag;
+    GIOCondition down_events, up_events;
+
+    gboolean watching, started, connecting, connected, closed;
+    GError *connect_error; /* to report from the next dispatch */
+    gint64 connect_deadline;
+    guint connect_timeout_ms;
+    Pump pump[MP_DIR__MAX]; /* TO_DST: down -> up; TO_SRC: up -> down */
+};
+
+static GSocket *
+from_sock(MpRelayChannel *ch, MpDir d)
+{
+    return d == MP_DIR_TO_DST ? ch->down : ch->up;
+}
+
+static GSocket *
+to_sock(MpRelayChannel *ch, MpDir d)
+{
+    return d == MP_DIR_TO_DST ? ch->up : ch->down;
+}
+
+static gboolean
+can_read(MpRelayChannel *ch, MpDir d)
+{
+    const Pump *p = &ch->pump[d];
+    if (!ch->started || p->eof || p->ended)
+        return FALSE;
+    if (d == MP_DIR_TO_SRC && !ch->connected)
+        return FALSE;
+    return p->tail - p->head < MP_RELAY_BUFFER;
+}
+
+static gboolean
+wants_write(MpRelayChannel *ch, MpDir d)
+{
+    const Pump *p = &ch->pump[d];
+    if (!ch->connected || p->shut)
+        return FALSE;
+    return p->head < p->tail || p->eof;
+}
+
+static void
+set_fd(MpRelayChannel *ch, GSocket *sock, gpointer *tag, GIOCondition *cur,
+       GIOCondition want)
+{
+    if (!sock || want == *cur)
+        return;
+    if (*tag && !want) {
+        g_source_remove_unix_fd(ch->source, *tag);
+        *tag = NULL;
+    } else if (*tag) {
+        g_source_modify_unix_fd(ch->source, *tag, want);
+    } else {
+        *tag = g_source_add_unix_fd(ch->source, g_socket_get_fd(sock), want);
+    }
+    *cur = want;
+}
+
+static void
+update_watch(MpRelayChannel *ch)
+{
+    GIOCondition down = 0, up = 0;
+
+    if (ch->closed)
+        return;
+    if (ch->watching || can_read(ch, MP_DIR_TO_DST))
+        down |= G_IO_IN;
+    if (wants_write(ch, MP_DIR_TO_SRC))
+        down |= G_IO_OUT;
+    if (ch->connecting)
+        up |= G_IO_OUT;
+    if (can_read(ch, MP_DIR_TO_SRC))
+        up |= G_IO_IN;
+    if (wants_write(ch, MP_DIR_TO_DST))
+        up |= G_IO_OUT;
+    set_fd(ch, ch->down, &ch->down_tag, &ch->down_events, down);
+    set_fd(ch, ch->up, &ch->up_tag, &ch->up_events, up);
+}
+
+static void
+end_dir(MpRelayChannel *ch, MpDir d, const char *how)
+{
+    Pump *p = &ch->pump[d];
+    if (p->ended)
+        return;
+    p->ended = TRUE;
+    if (ch->hooks.end)
+        ch->hooks.end(ch, d, how, ch->user_data);
+}
+
+static void
+close_sockets(MpRelayChannel *ch)
+{
+    if (ch->source) {
+        g_source_destroy(ch->source);
+        g_source_unref(ch->source);
+        ch->source = NULL;
+        ch->down_tag = ch->up_tag = NULL;
+    }
+    if (ch->down) {
+        g_socket_close(ch->down, NULL);
+        g_clear_object(&ch->down);
+    }
+    if (ch->up) {
+        g_socket_close(ch->up, NULL);
+        g_clear_object(&ch->up);
+    }
+}
+
+void
+mp_relay_channel_abort(MpRelayChannel *ch)
+{
+    if (ch->closed)
+        return;
+    ch->closed = TRUE;
+    ch->connecting = FALSE;
+    close_sockets(ch);
+    end_dir(ch, MP_DIR_TO_DST, "aborted");
+    end_dir(ch, MP_DIR_TO_SRC, "aborted");
+    if (ch->hooks.closed)
+        ch->hooks.closed(ch, ch->user_data);
+}
+
+/* A connection broke while reading `d`: that side reset, everything else
+ * is torn down with it. */
+static void
+broke(MpRelayChannel *ch, MpDir d)
+{
+    end_dir(ch, d, "reset");
+    mp_relay_channel_abort(ch);
+}
+
+static void
+maybe_closed(MpRelayChannel *ch)
+{
+    if (ch->closed)
+        return;
+    for (int d = 0; d < MP_DIR__MAX; d++)
+        if (!ch->pump[d].shut)
+            return;
+    ch->closed = TRUE;
+    close_sockets(ch);
+    if (ch->hooks.closed)
+        ch->hooks.closed(ch, ch->user_data);
+}
+
+static void
+pump_read(MpRelayChannel *ch, MpDir d)
+{
+    g_autoptr(GError) err = NULL;
+    Pump *p = &ch->pump[d];
+
+    if (!p->buf)
+        p->buf = g_malloc(MP_RELAY_BUFFER);
+    if (p->head == p->tail) {
+        p->head = p->tail = 0;
+    } else if (p->head >= COMPACT_AT) {
+        memmove(p->buf, p->buf + p->head, p->tail - p->head);
+        p->tail -= p->head;
+        p->head = 0;
+    }
+    gsize room = MP_RELAY_BUFFER - p->tail;
+    if (!room)
+        return;
+    gssize n = g_socket_receive_with_blocking(from_sock(ch, d),
+                                              (char *)p->buf + p->tail, room,
+                                              FALSE, NULL, &err);
+    if (n > 0) {
+        /* The hook sees the bytes before they go anywhere; today they
+         * are forwarded verbatim. */
+        if (ch->hooks.data)
+            ch->hooks.data(ch, d, p->buf + p->tail, n, ch->user_data);
+        p->tail += n;
+        p->bytes += n;
+    } else if (n == 0) {
+        p->eof = TRUE;
+        end_dir(ch, d, "fin");
+    } else if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
+        g_debug("channel %" G_GUINT64_FORMAT " %s: read: %s", ch->id,
+                mp_dir_name(d), err->message);
+        broke(ch, d);
+    }
+}
+
+static void
+pump_write(MpRelayChannel *ch, MpDir d)
+{
+    g_autoptr(GError) err = NULL;
+    Pump *p = &ch->pump[d];
+
+    if (p->head < p->tail) {
+        gssize n = g_socket_send_with_blocking(to_sock(ch, d),
+                                               (char *)p->buf + p->head,
+                                               p->tail - p->head, FALSE, NULL,
+                                               &err);
+        if (n > 0) {
+            p->head += n;
+        } else if (!g_error_matches(err, G_IO_ERROR,
+                                    G_IO_ERROR_WOULD_BLOCK)) {
+            /* the receiver is gone: so is the connection */
+            g_debug("channel %" G_GUINT64_FORMAT " %s: write: %s", ch->id,
+                    mp_dir_name(d), err->message);
+            mp_relay_channel_abort(ch);
+            return;
+        }
+    }
+    if (p->head == p->tail && p->eof && !p->shut) {
+        /* pass the FIN on; the other direction keeps flowing */
+        p->shut = TRUE;
+        if (!g_socket_shutdown(to_sock(ch, d), FALSE, TRUE, NULL)) {
+            mp_relay_channel_abort(ch);
+            return;
+        }
+        maybe_closed(ch);
+    }
+}
+
+static void
+finish_connect(MpRelayChannel *ch)
+{
+    g_autoptr(GError) err = ch->connect_error;
+
+    ch->connect_error = NULL;
+    ch->connecting = FALSE;
+    if (!err && !g_socket_check_connect_result(ch->up, &err)) {
+        /* err set */
+    }
+    g_source_set_ready_time(ch->source, -1);
+    if (!err)
+        ch->connected = TRUE;
+    if (ch->hooks.connected)
+        ch->hooks.connected(ch, err, ch->user_data);
+}
+
+static gboolean
+chan_dispatch(GSource *source, GSourceFunc cb, gpointer user_data)
+{
+    MpRelayChannel *ch = ((ChanSource *)source)->ch;
+    GIOCondition dc = ch->down_tag ? g_source_query_unix_fd(source,
+                                                            ch->down_tag)
+                                   : 0;
+    GIOCondition uc = ch->up_tag ? g_source_query_unix_fd(source, ch->up_tag)
+                                 : 0;
+
+    if (ch->connect_error
+        || (ch->connecting && (uc & (G_IO_OUT | G_IO_ERR | G_IO_HUP)))) {
+        finish_connect(ch);
+        uc = 0;
+    } else if (ch->connecting && g_source_get_time(source)
+                                     >= ch->connect_deadline) {
+        g_set_error(&ch->connect_error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                    "no answer in %u ms", ch->connect_timeout_ms);
+        finish_connect(ch);
+        uc = 0;
+    }
+    if (ch->closed)
+        return G_SOURCE_CONTINUE;
+    if (ch->watching) {
+        if (dc && ch->hooks.readable)
+            ch->hooks.readable(ch, ch->user_data);
+        if (ch->closed)
+            return G_SOURCE_CONTINUE;
+        if (ch->watching) {
+            update_watch(ch);
+            return G_SOURCE_CONTINUE;
+        }
+        dc = 0;
+    }
+
+    /* read first, then write what came in without another poll */
+    if ((dc & (G_IO_IN | G_IO_HUP | G_IO_ERR)) && can_read(ch, MP_DIR_TO_DST))
+        pump_read(ch, MP_DIR_TO_DST);
+    if (!ch->closed && (uc & (G_IO_IN | G_IO_HUP | G_IO_ERR))
+        && can_read(ch, MP_DIR_TO_SRC))
+        pump_read(ch, MP_DIR_TO_SRC);
+    if (!ch->closed && wants_write(ch, MP_DIR_TO_DST))
+        pump_write(ch, MP_DIR_TO_DST);
+    if (!ch->closed && wants_write(ch, MP_DIR_TO_SRC))
+        pump_write(ch, MP_DIR_TO_SRC);
+    update_watch(ch);
+    return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs chan_source_funcs = {
+    .dispatch = chan_dispatch,
+};
+
+static void
+set_nodelay(GSocket *sock)
+{
+    /* page requests and the return path are small and latency-bound */
+    g_socket_set_option(sock, IPPROTO_TCP, TCP_NODELAY, 1, NULL);
+}
+
+static char *
+describe_address(GSocket *sock, gboolean remote)
+{
+    g_autoptr(GSocketAddress) a = remote
+                                      ? g_socket_get_remote_address(sock, NULL)
+                                      : g_socket_get_local_address(sock, NULL);
+    if (!G_IS_INET_SOCKET_ADDRESS(a))
+        return g_strdup("?");
+    g_autofree char *ip = g_inet_address_to_string(
+        g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(a)));
+    guint16 port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(a));
+    return strchr(ip, ':') ? g_strdup_printf("[%s]:%u", ip, port)
+                           : g_strdup_printf("%s:%u", ip, port);
+}
+
+MpRelayChannel *
+mp_relay_channel_new(GSocket *down, guint64 id,
+                     const MpRelayChannelHooks *hooks, gpointer user_data)
+{
+    MpRelayChannel *ch = g_new0(MpRelayChannel, 1);
+
+    ch->down = g_object_ref(down);
+    ch->id = id;
+    ch->hooks = *hooks;
+    ch->user_data = user_data;
+    ch->peer = describe_address(down, TRUE);
+    g_socket_set_blocking(down, FALSE);
+    set_nodelay(down);
+    ch->source = g_source_new(&chan_source_funcs, sizeof(ChanSource));
+    ((ChanSource *)ch->source)->ch = ch;
+    g_source_set_name(ch->source, "migproxy relay channel");
+    g_source_attach(ch->source, NULL);
+    return ch;
+}
+
+void
+mp_relay_channel_free(MpRelayChannel *ch)
+{
+    if (!ch)
+        return;
+    ch->closed = TRUE;
+    close_sockets(ch);
+    for (int d = 0; d < MP_DIR__MAX; d++)
+        g_free(ch->pump[d].buf);
+    g_clear_error(&ch->connect_error);
+    g_free(ch->peer);
+    g_free(ch);
+}
+
+void
+mp_relay_channel_watch(MpRelayChannel *ch, gboolean on)
+{
+    ch->watching = on;
+    update_watch(ch);
+}
+
+gssize
+mp_relay_channel_peek(MpRelayChannel *ch, guint8 *buf, gsize len,
+                      GError **error)
+{
+    GInputVector v = {buf, len};
+    gint flags = G_SOCKET_MSG_PEEK;
+
+    if (!ch->down) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_CLOSED, "closed");
+        return -1;
+    }
+    return g_socket_receive_message(ch->down, NULL, &v, 1, NULL, NULL, &flags,
+                                    NULL, error);
+}
+
+gboolean
+mp_relay_channel_source_closed(MpRelayChannel *ch)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    if (!ch->down)
+        return TRUE;
+    if (getsockopt(g_socket_get_fd(ch->down), IPPROTO_TCP, TCP_INFO, &ti,
+                   &len)
+        < 0)
+        return FALSE;
+    return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
+}
+
+void
+mp_relay_channel_start(MpRelayChannel *ch)
+{
+    ch->watching = FALSE;
+    ch->started = TRUE;
+    update_watch(ch);
+}
+
+void
+mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
+                         guint timeout_ms)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (ch->closed)
+        return;
+    ch->up = g_socket_new(g_socket_address_get_family(to),
+                          G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &err);
+    ch->connect_timeout_ms = timeout_ms;
+    if (ch->up) {
+        g_socket_set_blocking(ch->up, FALSE);
+        set_nodelay(ch->up);
+        if (g_socket_connect(ch->up, to, NULL, &err)
+            || g_error_matches(err, G_IO_ERROR, G_IO_ERROR_PENDING)) {
+            g_clear_error(&err);
+            ch->connecting = TRUE;
+            ch->connect_deadline =
+                timeout_ms ? g_get_monotonic_time() + timeout_ms * 1000ll
+                           : G_MAXINT64;
+            if (timeout_ms)
+                g_source_set_ready_time(ch->source, ch->connect_deadline);
+            update_watch(ch);
+            return;
+        }
+    }
+    /* reported from the loop, never from inside this call */
+    ch->connect_error = g_steal_pointer(&err);
+    g_source_set_ready_time(ch->source, 0);
+}
+
+guint64
+mp_relay_channel_id(const MpRelayChannel *ch)
+{
+    return ch->id;
+}
+
+const char *
+mp_relay_channel_peer(const MpRelayChannel *ch)
+{
+    return ch->peer;
+}
+
+guint64
+mp_relay_channel_bytes(const MpRelayChannel *ch, MpDir dir)
+{
+    return ch->pump[dir].bytes;
+}
+
+gboolean
+mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir)
+{
+    return ch->pump[dir].ended;
+}

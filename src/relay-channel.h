@@ -1,0 +1,95 @@
+/* relay-channel.h: one proxied connection of the relay.
+ *
+ *   source --down--> [ buffer to-dst ] --up--> destination
+ *   source <--down-- [ buffer to-src ] <--up-- destination
+ *
+ * Both sockets are non-blocking and watched by one GSource on the glib
+ * main loop.  Each direction has its own bounded buffer: when the writer
+ * is behind (the buffer holds MP_RELAY_BUFFER bytes) the channel stops
+ * reading that direction, which pushes back through TCP to the sender;
+ * nothing ever waits on another channel or direction, so multifd
+ * synchronisation (the destination holding the main channel until every
+ * multifd channel delivers its SYNC) cannot deadlock in the relay.
+ *
+ * A FIN is passed on as a FIN (shutdown(SHUT_WR) once the buffer is
+ * written), so the return path keeps flowing after the source finished
+ * sending; a reset or a write error aborts the whole connection, closing
+ * both sockets.  The channel reports every chunk it reads through the
+ * `data` hook before forwarding it verbatim: a filter chain would sit at
+ * that point later (relay.c parses and captures there today).
+ */
+#pragma once
+
+#include <gio/gio.h>
+#include "channel-types.h"
+
+#define MP_RELAY_BUFFER (1u << 20) /* per direction */
+
+typedef struct MpRelayChannel MpRelayChannel;
+
+typedef struct {
+    /* `len` bytes read in `dir`, about to be forwarded (borrowed). */
+    void (*data)(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
+                 gpointer user_data);
+    /* `dir` ended: how = "fin" (the sender closed and all was forwarded),
+     * "reset" (the sender's connection broke) or "aborted" (the
+     * connection was torn down: the other side broke, or the relay). */
+    void (*end)(MpRelayChannel *ch, MpDir dir, const char *how,
+                gpointer user_data);
+    /* Both directions ended and both sockets are closed.  The hook may
+     * free the channel. */
+    void (*closed)(MpRelayChannel *ch, gpointer user_data);
+    /* mp_relay_channel_connect() finished: `error` NULL on success. */
+    void (*connected)(MpRelayChannel *ch, const GError *error,
+                      gpointer user_data);
+    /* mp_relay_channel_watch(): the source's side is readable (or hung
+     * up): peek at it. */
+    void (*readable)(MpRelayChannel *ch, gpointer user_data);
+} MpRelayChannelHooks;
+
+/* A channel for the accepted socket `down` (takes a reference).  It does
+ * nothing until mp_relay_channel_watch() or mp_relay_channel_start().
+ * @hooks: copied.  @return a new channel; free with mp_relay_channel_free().
+ */
+MpRelayChannel *mp_relay_channel_new(GSocket *down, guint64 id,
+                                     const MpRelayChannelHooks *hooks,
+                                     gpointer user_data);
+/* Closes both sockets at once (no hooks are called).  Accepts NULL. */
+void mp_relay_channel_free(MpRelayChannel *ch);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpRelayChannel, mp_relay_channel_free)
+
+/* Watches the source's side for readability without reading (for
+ * connections whose first bytes decide what to do with them); TRUE:
+ * watch, FALSE: stop. */
+void mp_relay_channel_watch(MpRelayChannel *ch, gboolean on);
+
+/* Looks at the first bytes without consuming them.
+ * @return bytes copied, 0 if the source closed, -1 with @error set
+ * (G_IO_ERROR_WOULD_BLOCK: nothing yet). */
+gssize mp_relay_channel_peek(MpRelayChannel *ch, guint8 *buf, gsize len,
+                             GError **error);
+
+/* TRUE if the source has closed its side (TCP CLOSE_WAIT): a peek cannot
+ * tell a FIN after a few bytes from bytes still to come. */
+gboolean mp_relay_channel_source_closed(MpRelayChannel *ch);
+
+/* Starts relaying: reads the source's side (into the to-dst buffer until
+ * the destination is connected) and, once connected, both directions. */
+void mp_relay_channel_start(MpRelayChannel *ch);
+
+/* Connects to the destination at `to` (non-blocking; `timeout_ms` 0:
+ * none); the `connected` hook tells the result. */
+void mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
+                              guint timeout_ms);
+
+/* Tears the connection down now: both sockets are closed; the `end` hook
+ * runs for each direction not ended yet ("aborted"), then `closed`. */
+void mp_relay_channel_abort(MpRelayChannel *ch);
+
+guint64 mp_relay_channel_id(const MpRelayChannel *ch);
+/* "127.0.0.1:40312" (borrowed). */
+const char *mp_relay_channel_peer(const MpRelayChannel *ch);
+/* Bytes read in `dir` so far. */
+guint64 mp_relay_channel_bytes(const MpRelayChannel *ch, MpDir dir);
+/* TRUE once `dir` has ended. */
+gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);

@@ -1,0 +1,56 @@
+/* relay.h: `migproxy relay`, a live man-in-the-middle between a source and
+ * a destination QEMU (docs/relay.md).
+ *
+ * The relay listens where the source migrates to and opens one connection
+ * to the destination per accepted connection, in the order they were
+ * accepted (QEMU 7.2's destination tells its channels apart by that order
+ * alone), one at a time and at once (7.2's preempt channel stays silent
+ * until post-copy, so nothing waits for bytes).  The connections of one
+ * migration form a session, which starts with a connection whose first
+ * bytes are a stream header ("QEVM", version 3): until then a connection
+ * is held without being forwarded, and one that sends anything else,
+ * closes early or stays silent is logged and closed, so a stray client
+ * never reaches the destination.  Later connections join the session
+ * while its main channel is open; a session ends when all its connections
+ * have closed (or, after post-copy began, when a recovery never came).
+ * Only one migration at a time goes through one relay.
+ */
+#pragma once
+
+#include <glib.h>
+
+typedef struct {
+    const char *listen;   /* HOST:PORT (port 0: any free port) */
+    const char *to;       /* HOST:PORT of the destination's -incoming */
+    const char *metrics;  /* --metrics FILE: JSON lines, or NULL */
+    const char *report;   /* --report FILE, or NULL */
+    const char *capture;  /* --capture DIR, or NULL */
+    gboolean once;        /* exit when the first session ends */
+    gboolean quiet;       /* warnings only */
+    gboolean progress;    /* live one-line display (stderr is a terminal) */
+    guint connect_timeout_ms;   /* 0: 10000 */
+    guint handshake_timeout_ms; /* a new connection's first bytes; 0: 10000 */
+} MpRelayOptions;
+
+typedef struct MpRelay MpRelay;
+
+/* Resolves both addresses, binds and listens, opens the output files.
+ * @opt: copied.  @return a relay, or NULL with @error set. */
+MpRelay *mp_relay_new(const MpRelayOptions *opt, GError **error);
+/* Closes everything (an active session is cut, not reported: call
+ * mp_relay_stop() and run first).  Accepts NULL. */
+void mp_relay_free(MpRelay *r);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpRelay, mp_relay_free)
+
+/* The address it listens on, "127.0.0.1:4444" (borrowed). */
+const char *mp_relay_listen_address(const MpRelay *r);
+
+/* Serves on the thread-default main context until --once is satisfied or
+ * mp_relay_stop().  @return the exit status: 0, or 1 when --once and the
+ * migration did not complete. */
+int mp_relay_run(MpRelay *r);
+
+/* Clean shutdown (from a signal handler source): stops listening, closes
+ * every connection, writes the reports (outcome "interrupted: WHY"), and
+ * makes mp_relay_run() return 0. */
+void mp_relay_stop(MpRelay *r, const char *why);

@@ -1,0 +1,65 @@
+/* session-tap.h: the parsing side of one migration session.
+ *
+ * The relay (live) and the capture reader (replay) hand it the bytes of
+ * every connection of one migration, per direction and in order, with
+ * the time they passed.  It tells each connection's kind from its first
+ * bytes (channel-types.h), runs the parser of that kind on each direction
+ * and hands the records to the session's metrics.  Parsing never decides
+ * anything about forwarding: when a parser gives up, the tap logs it once
+ * (channel, direction, offset, why), marks the metrics of that direction
+ * partial and only counts its bytes from there on.
+ *
+ *   to-dst  main      qmig-parser (recovery: headerless, resumes the
+ *                     previous main channel's stream)
+ *           multifd   mfd-parser
+ *           preempt   ram-parser, with the main channel's block list
+ *   to-src  main      rp-parser (the return path); other kinds carry
+ *                     nothing and are only counted
+ */
+#pragma once
+
+#include <glib.h>
+#include "channel-types.h"
+#include "mp-record.h"
+#include "relay-metrics.h"
+
+typedef struct MpSessionTap MpSessionTap;
+
+/* Classifies a connection from its first `len` bytes (section 12 of the
+ * stream reference).  `later`: a main channel exists in the session.
+ * @return MP_CHAN_UNKNOWN while fewer than 4 bytes could still turn out to
+ * be a magic number; MP_CHAN_FOREIGN for a first connection that is
+ * neither main nor multifd. */
+MpChanKind mp_chan_classify(const guint8 *buf, gsize len, gboolean later);
+
+/* `metrics` is borrowed and must outlive the tap.
+ * @return a new tap; free with mp_session_tap_free(). */
+MpSessionTap *mp_session_tap_new(MpRelayMetrics *metrics, guint session);
+void mp_session_tap_free(MpSessionTap *t); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpSessionTap, mp_session_tap_free)
+
+/* Every record also goes to `fn` (e.g. `analyze --events`). */
+typedef void (*MpTapRecordFunc)(guint channel, MpDir dir, const MpRecord *rec,
+                                gpointer user_data);
+void mp_session_tap_set_record_func(MpSessionTap *t, MpTapRecordFunc fn,
+                                    gpointer user_data);
+
+/* Connection `channel` (0, 1, ... in accept order) joined the session. */
+void mp_session_tap_add(MpSessionTap *t, guint channel, const char *peer,
+                        gint64 now_us);
+
+/* `len` bytes passed in `dir` (caller keeps ownership). */
+void mp_session_tap_feed(MpSessionTap *t, guint channel, MpDir dir,
+                         const guint8 *buf, gsize len, gint64 now_us);
+
+/* `dir` ended: how = "fin", "reset" or "aborted" (see relay-metrics.h). */
+void mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir,
+                        const char *how, gint64 now_us);
+
+/* @return what `channel` carries (MP_CHAN_UNKNOWN before its first
+ * bytes). */
+MpChanKind mp_session_tap_kind(const MpSessionTap *t, guint channel);
+
+/* @return TRUE if the main channel's stream has reached post-copy and has
+ * not ended with its EOF: a recovery channel may come. */
+gboolean mp_session_tap_in_postcopy(const MpSessionTap *t);
