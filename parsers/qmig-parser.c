@@ -195,7 +195,9 @@ mp_qmig_parser_resume_from(MpQmigParser *p, const MpQmigParser *prev)
     GHashTableIter it;
     gpointer key, value;
 
-    g_return_if_fail(p->state == Q_HEADER && p->off == 0);
+    /* (set_headerless() before is harmless) */
+    g_return_if_fail((p->state == Q_HEADER || p->state == Q_TOP)
+                     && p->off == 0);
     g_hash_table_iter_init(&it, prev->sections);
     while (g_hash_table_iter_next(&it, &key, &value)) {
         Section *s = g_memdup2(value, sizeof(Section));
