@@ -1491,6 +1491,8 @@ Test(qmig, recovery_channel_resumes_sections)
     g_autoptr(GError) err = NULL;
     gsize used;
 
+    g_headerless = TRUE; /* before resume_from(): no harm */
+
     /* the old channel breaks inside a PART, after a page of "mem1" */
     v_header(old);
     v_config(old, "pc-q35-7.2", 0, NULL, NULL);
