@@ -91,8 +91,9 @@ mp_xbzrle_encode(const guint8 *old, const guint8 *new_page, gsize page_size,
         nz = z;
         while (nz < page_size && old[nz] != new_page[nz])
             nz++;
-        /* Runs are limited to 14 bits; pages are at most 64 KiB, so a
-         * long run is split into pieces with a 1-byte literal between. */
+        /* Runs are limited to 14 bits (uleb128_encode_small): 4 KiB
+         * pages never reach that; a longer run fails the encoding (-1),
+         * as it cannot be split (a later zrun may not be 0). */
         gsize zrun = z - i, nzrun = nz - z;
         if (zrun > 0x3fff || nzrun > 0x3fff)
             return -1;
