@@ -98,6 +98,7 @@ struct MpAnalysis {
 
     GHashTable *blocks; /* name -> BlockStat* */
     GPtrArray *block_order;
+    BlockStat *found; /* last find_block() result: pages come in runs */
     guint64 ram_total;
     guint64 pages[MP_PAGE__MAX];
     guint64 page_bytes[MP_PAGE__MAX]; /* wire bytes of the records */
@@ -356,13 +357,26 @@ page_round(MpAnalysis *a, Cursor *c, BlockStat *b, guint64 addr,
     return r;
 }
 
+/* Hashing the block name of every page was a quarter of the summary's
+ * user-space instructions; consecutive pages are nearly always of one
+ * block, so a strcmp against the last one usually settles it. */
+static BlockStat *
+find_block(MpAnalysis *a, const char *name)
+{
+    if (!name)
+        return NULL;
+    if (!a->found || strcmp(a->found->name, name) != 0)
+        a->found = g_hash_table_lookup(a->blocks, name);
+    return a->found;
+}
+
 /* One page of any channel: `length` is its wire size (0 for multifd zero
  * pages and decoded pages, which have none of their own). */
 static void
 count_page(MpAnalysis *a, guint channel, const char *block, guint64 addr,
            MpPageKind kind, guint64 length, guint64 offset, gboolean multifd)
 {
-    BlockStat *b = block ? g_hash_table_lookup(a->blocks, block) : NULL;
+    BlockStat *b = find_block(a, block);
 
     /* no START section carries pages: a multifd page read before the
      * main channel's first PART header belongs to pre-copy already */
