@@ -171,10 +171,8 @@ reject(Conn *c, const char *fmt, ...)
     va_end(ap);
     g_message("connection %" G_GUINT64_FORMAT " from %s: %s; closed", c->id,
               mp_relay_channel_peer(c->ch), why);
-    c->closed = TRUE;
-    mp_relay_channel_free(c->ch);
-    c->ch = NULL;
-    bury(c);
+    /* closes the sockets now; on_closed() buries it, freed from an idle */
+    mp_relay_channel_abort(c->ch);
 }
 
 /* ---- sessions ---- */

@@ -1,0 +1,268 @@
+/* relay-itest.c: helpers of the relay's integration tests (see
+ * relay-itest.h). */
+#include "config.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <glib/gstdio.h>
+#include <criterion/criterion.h>
+#include "itest-util.h"
+#include "relay-itest.h"
+
+#define LISTEN_TIMEOUT_MS 10000
+
+static void
+die_with_parent(gpointer user_data)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+ItRelay *
+it_relay_start(const char *dir, guint16 dst_port, const char *const *extra)
+{
+    g_autoptr(GError) err = NULL;
+    ItRelay *r = g_new0(ItRelay, 1);
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+
+    r->status = -1;
+    r->dst_port = dst_port;
+    r->port = mp_qemu_pick_free_port(&err);
+    cr_assert(r->port, "%s", err ? err->message : "?");
+    r->log = g_build_filename(dir, "relay.log", NULL);
+    r->report = g_build_filename(dir, "report.json", NULL);
+    r->metrics = g_build_filename(dir, "metrics.jsonl", NULL);
+    r->capture = g_build_filename(dir, "capture", NULL);
+    g_ptr_array_add(argv, g_strdup(it_migproxy()));
+    g_ptr_array_add(argv, g_strdup("relay"));
+    g_ptr_array_add(argv, g_strdup_printf("--listen=127.0.0.1:%u", r->port));
+    g_ptr_array_add(argv, g_strdup_printf("--to=127.0.0.1:%u", dst_port));
+    g_ptr_array_add(argv, g_strdup_printf("--report=%s", r->report));
+    g_ptr_array_add(argv, g_strdup_printf("--metrics=%s", r->metrics));
+    g_ptr_array_add(argv, g_strdup_printf("--capture=%s", r->capture));
+    g_ptr_array_add(argv, g_strdup("--once"));
+    g_ptr_array_add(argv, g_strdup("--no-progress"));
+    g_ptr_array_add(argv, g_strdup("--verbose"));
+    for (guint i = 0; extra && extra[i]; i++)
+        g_ptr_array_add(argv, g_strdup(extra[i]));
+    g_ptr_array_add(argv, NULL);
+
+    int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    cr_assert(fd >= 0, "%s: %s", r->log, g_strerror(errno));
+    gboolean ok = g_spawn_async_with_pipes_and_fds(
+        NULL, (const char *const *)argv->pdata, NULL,
+        G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1, -1, fd, NULL,
+        NULL, 0, &r->pid, NULL, NULL, NULL, &err);
+    close(fd);
+    cr_assert(ok, "starting migproxy relay: %s", err ? err->message : "?");
+
+    gint64 deadline = g_get_monotonic_time() + LISTEN_TIMEOUT_MS * 1000ll;
+    for (;;) {
+        g_autofree char *text = it_relay_log_text(r);
+        if (strstr(text, "listening on"))
+            break;
+        cr_assert(!it_relay_exited(r), "migproxy relay exited:\n%s", text);
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "migproxy relay does not listen after %u ms:\n%s",
+                  LISTEN_TIMEOUT_MS, text);
+        g_usleep(20000);
+    }
+    return r;
+}
+
+gboolean
+it_relay_exited(ItRelay *r)
+{
+    int st;
+    if (r->status >= 0)
+        return TRUE;
+    if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
+        r->status = st;
+        g_spawn_close_pid(r->pid);
+        return TRUE;
+    }
+    return FALSE;
+}
+
+int
+it_relay_wait(ItRelay *r, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+
+    while (!it_relay_exited(r)) {
+        if (g_get_monotonic_time() > deadline) {
+            g_autofree char *text = it_relay_log_text(r);
+            cr_assert_fail("migproxy relay still runs after %u ms:\n%s",
+                           timeout_ms, text);
+        }
+        g_usleep(20000);
+    }
+    if (WIFEXITED(r->status))
+        return WEXITSTATUS(r->status);
+    g_autofree char *text = it_relay_log_text(r);
+    cr_assert_fail("migproxy relay died with signal %d:\n%s",
+                   WTERMSIG(r->status), text);
+    return -1;
+}
+
+void
+it_relay_free(ItRelay *r)
+{
+    if (!r)
+        return;
+    if (!it_relay_exited(r)) {
+        kill(r->pid, SIGKILL);
+        int st;
+        waitpid(r->pid, &st, 0);
+        g_spawn_close_pid(r->pid);
+    }
+    g_free(r->log);
+    g_free(r->report);
+    g_free(r->metrics);
+    g_free(r->capture);
+    g_free(r);
+}
+
+json_object *
+it_relay_report(ItRelay *r)
+{
+    json_object *doc = json_object_from_file(r->report);
+    g_autofree char *text = it_relay_log_text(r);
+    cr_assert_not_null(doc, "no report in %s; relay log:\n%s", r->report,
+                       text);
+    return doc;
+}
+
+char *
+it_relay_log_text(ItRelay *r)
+{
+    char *text = NULL;
+    if (!g_file_get_contents(r->log, &text, NULL, NULL))
+        text = g_strdup("");
+    return text;
+}
+
+MpQemu *
+it_start_destination(const char *version, const char *machine,
+                     gboolean running, const char *const *extra)
+{
+    g_autoptr(GError) err = NULL;
+    MpQemuConfig cfg = {
+        .version = version,
+        .label = "dst",
+        .machine = machine,
+        .memory_mib = 128,
+        .paused = !running,
+        .incoming = "defer",
+        .extra_args = extra,
+    };
+    MpQemu *q = mp_qemu_start(&cfg, &err);
+    cr_assert_not_null(q, "%s", err ? err->message : "?");
+    return q;
+}
+
+void
+it_incoming(MpQemu *dst, guint16 port)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *uri = g_strdup_printf("tcp:127.0.0.1:%u", port);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    json_object *ret = mp_qemu_execute(dst, "migrate-incoming", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "%s", err ? err->message : "?");
+    json_object_put(ret);
+}
+
+void
+it_cap(MpQemu *q, const char *cap)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert(mp_qemu_set_capability(q, cap, TRUE, &err), "%s",
+              err ? err->message : "?");
+}
+
+void
+it_migrate(MpQemu *src, guint16 port, gboolean blk)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *uri = g_strdup_printf("tcp:127.0.0.1:%u", port);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    if (blk)
+        json_object_object_add(args, "blk", json_object_new_boolean(TRUE));
+    json_object *ret = mp_qemu_execute(src, "migrate", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate: %s", err ? err->message : "?");
+    json_object_put(ret);
+}
+
+json_object *
+it_wait_final(MpQemu *q, guint timeout_ms)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *info = NULL;
+    mp_qemu_wait_migration(q, timeout_ms, &info, &err);
+    cr_assert_not_null(info, "%s: %s", mp_qemu_name(q),
+                       err ? err->message : "no final migration status");
+    return info;
+}
+
+static char *
+query_string(MpQemu *q, const char *command, const char *key)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *ret = mp_qemu_execute(q, command, NULL, &err), *v;
+    cr_assert_not_null(ret, "%s", err ? err->message : "?");
+    char *s = g_strdup(json_object_object_get_ex(ret, key, &v)
+                           ? json_object_get_string(v)
+                           : "");
+    json_object_put(ret);
+    return s;
+}
+
+char *
+it_migration_status(MpQemu *q)
+{
+    return query_string(q, "query-migrate", "status");
+}
+
+char *
+it_run_state(MpQemu *q)
+{
+    return query_string(q, "query-status", "status");
+}
+
+json_object *
+it_jget(json_object *doc, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    json_object *o = doc;
+    for (guint i = 0; o && parts[i]; i++)
+        if (!json_object_object_get_ex(o, parts[i], &o))
+            return NULL;
+    return o;
+}
+
+double
+it_jnum(json_object *doc, const char *path)
+{
+    json_object *o = it_jget(doc, path);
+    cr_assert_not_null(o, "no %s", path);
+    return json_object_get_double(o);
+}
+
+void
+it_assert_same_ram(MpQemu *a, MpQemu *b, guint64 ram_bytes,
+                   const char *tmpdir)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path = g_build_filename(tmpdir, "reference.bin", NULL);
+
+    cr_assert(mp_qemu_pmemsave(a, 0, ram_bytes, path, &err), "%s",
+              err ? err->message : "?");
+    it_assert_ram_equals(b, path, ram_bytes, tmpdir);
+    g_unlink(path);
+}

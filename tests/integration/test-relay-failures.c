@@ -1,0 +1,360 @@
+/* test-relay-failures.c: `migproxy relay` when things go wrong.
+ *
+ *   - clients that are not QEMU (garbage, an early close, a bare connect,
+ *     a wrong stream version) get a log line and a closed connection,
+ *     never reach the destination, and the relay goes on serving: a real
+ *     migration through the same relay afterwards completes;
+ *   - a destination that refuses: the source's migration fails at once
+ *     and its guest keeps running;
+ *   - the destination QEMU, or the relay, killed mid-migration: the source
+ *     fails, its guest keeps running, and a retry through a fresh relay
+ *     completes;
+ *   - SIGTERM mid-migration and SIGINT when idle: a clean exit, with the
+ *     report written for the migration that was cut.
+ */
+#include "config.h"
+#include <signal.h>
+#include <string.h>
+#include <glib/gstdio.h>
+#include <gio/gio.h>
+#include <criterion/criterion.h>
+#include "itest-util.h"
+#include "relay-itest.h"
+
+#define MIGRATE_TIMEOUT_MS (120 * 1000)
+#define PROMPT_MS          10000 /* "promptly" */
+
+static struct {
+    MpQemu *src, *dst;
+    ItRelay *relay, *relay2;
+    GSocket *fake_dst;
+    char *dir;
+} fx;
+
+static void
+fx_init(void)
+{
+    fx.dir = it_tmpdir();
+}
+
+static void
+fx_fini(void)
+{
+    it_relay_free(fx.relay);
+    it_relay_free(fx.relay2);
+    fx.relay = fx.relay2 = NULL;
+    g_clear_pointer(&fx.src, mp_qemu_free);
+    g_clear_pointer(&fx.dst, mp_qemu_free);
+    if (fx.fake_dst)
+        g_socket_close(fx.fake_dst, NULL);
+    g_clear_object(&fx.fake_dst);
+    if (fx.dir)
+        it_remove_tree(fx.dir);
+    g_clear_pointer(&fx.dir, g_free);
+}
+
+TestSuite(relay_failures, .init = fx_init, .fini = fx_fini, .timeout = 300);
+
+static void
+set_int(MpQemu *q, const char *name, gint64 v)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert(mp_qemu_set_parameter_int(q, name, v, &err), "%s",
+              err ? err->message : "?");
+}
+
+static GSocket *
+connect_to(guint16 port)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, port);
+    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, &err);
+    cr_assert_not_null(s, "%s", err ? err->message : "?");
+    g_socket_set_timeout(s, 5);
+    cr_assert(g_socket_connect(s, a, NULL, &err), "connect: %s",
+              err ? err->message : "?");
+    return s;
+}
+
+/* The relay closes `s`: a read ends (EOF or reset) before the timeout. */
+static void
+assert_closed_by_relay(GSocket *s, const char *what)
+{
+    g_autoptr(GError) err = NULL;
+    char buf[64];
+    gssize n = g_socket_receive(s, buf, sizeof(buf), NULL, &err);
+    cr_assert(n == 0
+                  || (n < 0
+                      && !g_error_matches(err, G_IO_ERROR,
+                                          G_IO_ERROR_TIMED_OUT)),
+              "%s: the relay did not close the connection (%zd%s%s)", what,
+              n, err ? ": " : "", err ? err->message : "");
+}
+
+static void
+assert_log_has(const char *needle)
+{
+    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = it_relay_log_text(fx.relay);
+        if (strstr(text, needle))
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "no \"%s\" in the relay's log:\n%s", needle, text);
+        g_usleep(50000);
+    }
+}
+
+/* A socket listening where the relay's destination is: nothing may ever
+ * connect to it. */
+static guint16
+fake_destination(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
+    fx.fake_dst = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                               G_SOCKET_PROTOCOL_TCP, &err);
+    cr_assert(fx.fake_dst && g_socket_bind(fx.fake_dst, any, TRUE, &err)
+                  && g_socket_listen(fx.fake_dst, &err),
+              "%s", err ? err->message : "?");
+    g_socket_set_blocking(fx.fake_dst, FALSE);
+    g_autoptr(GSocketAddress) bound =
+        g_socket_get_local_address(fx.fake_dst, &err);
+    return g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
+}
+
+static void
+assert_no_connection_to_destination(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GSocket) s = g_socket_accept(fx.fake_dst, NULL, &err);
+    cr_assert_null(s, "a non-QEMU client reached the destination");
+    cr_assert(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK), "%s",
+              err->message);
+}
+
+static void
+assert_src_failed_and_running(gint64 since_us)
+{
+    json_object *info = it_wait_final(fx.src, PROMPT_MS);
+    gint64 took = (g_get_monotonic_time() - since_us) / 1000;
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "failed", "%s", json_object_to_json_string(info));
+    cr_assert_leq(took, PROMPT_MS, "the source took %" G_GINT64_FORMAT
+                  " ms to fail", took);
+    g_printerr("relay-failure source failed after %" G_GINT64_FORMAT
+               " ms: %s\n",
+               took, json_object_get_string(it_jget(info, "error-desc")));
+    json_object_put(info);
+    g_autofree char *state = it_run_state(fx.src);
+    cr_assert_str_eq(state, "running", "the source guest is %s", state);
+}
+
+/* Migrates fx.src through a fresh relay to a fresh paused destination
+ * and checks it completes; the page counts match query-migrate. */
+static void
+retry_through_fresh_relay(void)
+{
+    g_autoptr(GError) err = NULL;
+
+    g_clear_pointer(&fx.dst, mp_qemu_free);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    g_autofree char *dir2 = g_build_filename(fx.dir, "retry", NULL);
+    g_mkdir(dir2, 0755);
+    fx.relay2 = it_relay_start(dir2, dport, NULL);
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 256 << 20);
+    it_migrate(fx.src, fx.relay2->port, FALSE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "retry: %s",
+                     json_object_to_json_string(info));
+    json_object *dinfo = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dinfo, "status")),
+                     "completed");
+    cr_assert_eq(it_relay_wait(fx.relay2, 30000), 0);
+    json_object *rep = it_relay_report(fx.relay2);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed");
+    cr_assert_eq(it_jint(rep, "ram.pages.normal"), it_jint(info, "ram.normal"));
+    cr_assert_eq(it_jint(rep, "ram.pages.zero"),
+                 it_jint(info, "ram.duplicate"));
+    json_object_put(rep);
+    json_object_put(info);
+    json_object_put(dinfo);
+}
+
+Test(relay_failures, not_qemu_clients)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = fake_destination();
+    const char *extra[] = {"--handshake-timeout=500", NULL};
+    fx.relay = it_relay_start(fx.dir, dport, extra);
+
+    /* garbage */
+    g_autoptr(GSocket) a = connect_to(fx.relay->port);
+    const char http[] = "GET / HTTP/1.0\r\n\r\n";
+    cr_assert_eq(g_socket_send(a, http, strlen(http), NULL, &err),
+                 (gssize)strlen(http));
+    assert_closed_by_relay(a, "garbage");
+    assert_log_has("not a QEMU migration stream");
+
+    /* an early close, inside the header */
+    g_autoptr(GSocket) b = connect_to(fx.relay->port);
+    cr_assert_eq(g_socket_send(b, "QE", 2, NULL, &err), 2);
+    g_socket_close(b, NULL);
+    assert_log_has("closed after 2 bytes");
+
+    /* a bare connect, closed at once */
+    g_autoptr(GSocket) c = connect_to(fx.relay->port);
+    g_socket_close(c, NULL);
+    assert_log_has("closed without sending anything");
+
+    /* a bare connect that stays silent */
+    g_autoptr(GSocket) d = connect_to(fx.relay->port);
+    assert_closed_by_relay(d, "silent client");
+    assert_log_has("sent nothing in 500 ms");
+
+    /* a stream header of another version */
+    g_autoptr(GSocket) e = connect_to(fx.relay->port);
+    const guint8 v2[8] = {'Q', 'E', 'V', 'M', 0, 0, 0, 2};
+    cr_assert_eq(g_socket_send(e, (const char *)v2, 8, NULL, &err), 8);
+    assert_closed_by_relay(e, "version 2");
+    assert_log_has("migration stream version 2");
+
+    assert_no_connection_to_destination();
+    cr_assert(!it_relay_exited(fx.relay), "the relay exited");
+
+    /* and it still serves: a real migration, the destination QEMU taking
+     * over the port */
+    g_socket_close(fx.fake_dst, NULL);
+    g_clear_object(&fx.fake_dst);
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    it_incoming(fx.dst, dport);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed");
+    json_object_put(info);
+    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    it_assert_same_ram(fx.src, fx.dst, 128ull << 20, fx.dir);
+}
+
+Test(relay_failures, destination_refused)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = mp_qemu_pick_free_port(&err); /* nobody listens */
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M rate=1000", NULL);
+
+    gint64 t0 = g_get_monotonic_time();
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    assert_src_failed_and_running(t0);
+    cr_assert_eq(it_relay_wait(fx.relay, 10000), 1,
+                 "--once exits 1 when the migration failed");
+    assert_log_has("cannot connect to the destination");
+    json_object *rep = it_relay_report(fx.relay);
+    const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
+    cr_assert(g_str_has_prefix(outcome, "failed: destination"), "%s",
+              outcome);
+    json_object_put(rep);
+}
+
+/* A slow migration (8 MiB/s) of a busy guest, cut after 1.5 s by `kill`
+ * on the destination QEMU or on the relay. */
+static void
+cut_migration(gboolean kill_relay)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    g_usleep(1500 * 1000);
+    g_autofree char *st = it_migration_status(fx.src);
+    cr_assert_str_eq(st, "active");
+
+    gint64 t0 = g_get_monotonic_time();
+    if (kill_relay) {
+        cr_assert_eq(kill(fx.relay->pid, SIGKILL), 0);
+    } else {
+        cr_assert_eq(kill(mp_qemu_pid(fx.dst), SIGKILL), 0);
+    }
+    assert_src_failed_and_running(t0);
+    if (!kill_relay) {
+        /* the relay saw its session break, reported it and exited */
+        cr_assert_eq(it_relay_wait(fx.relay, 10000), 1);
+        json_object *rep = it_relay_report(fx.relay);
+        const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
+        cr_assert(g_str_has_prefix(outcome, "failed"), "%s", outcome);
+        json_object_put(rep);
+    }
+    retry_through_fresh_relay();
+}
+
+Test(relay_failures, destination_killed)
+{
+    cut_migration(FALSE);
+}
+
+Test(relay_failures, relay_killed)
+{
+    cut_migration(TRUE);
+}
+
+Test(relay_failures, sigterm_mid_migration)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    g_usleep(1500 * 1000);
+
+    gint64 t0 = g_get_monotonic_time();
+    cr_assert_eq(kill(fx.relay->pid, SIGTERM), 0);
+    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0,
+                 "a clean shutdown exits 0");
+    assert_log_has("stopping (SIGTERM)");
+    json_object *rep = it_relay_report(fx.relay);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "interrupted: SIGTERM");
+    cr_assert_gt(it_jint(rep, "ram.pages.normal"), 0);
+    cr_assert_geq(json_object_array_length(it_jget(rep, "channels")), 1);
+    json_object_put(rep);
+    /* the capture is complete up to the cut and reads back */
+    json_object *cap = it_analyze(fx.relay->capture, NULL);
+    cr_assert_gt(it_jint(cap, "ram.pages.normal"), 0);
+    json_object_put(cap);
+    assert_src_failed_and_running(t0);
+}
+
+Test(relay_failures, sigint_idle)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    g_autoptr(GSocket) pending = connect_to(fx.relay->port);
+    cr_assert_eq(kill(fx.relay->pid, SIGINT), 0);
+    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
+    assert_log_has("stopping (SIGINT)");
+    assert_closed_by_relay(pending, "pending client at shutdown");
+}
