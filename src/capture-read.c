@@ -13,8 +13,10 @@
 #include "record-format.h"
 #include "relay-metrics.h"
 #include "session-tap.h"
+#include "stream-input.h"
 
-#define MAX_CHUNK (64u << 20) /* the relay reads at most 1 MiB at once */
+#define MAX_CHUNK   (64u << 20) /* the relay reads at most 1 MiB at once */
+#define TAIL_SEARCH (16u << 20) /* the vmdesc is well below this */
 
 typedef struct {
     guint channel;
@@ -188,6 +190,30 @@ next_cursor(Replay *r, gint64 *t)
     return best;
 }
 
+/* The vmdesc at the end of the main channel's stream, if it ended with
+ * one (pre-copy), so that device sections are sliced as for a file. */
+static MpVmdesc *
+find_vmdesc(Replay *r, json_object *chans)
+{
+    for (size_t i = 0; i < json_object_array_length(chans); i++) {
+        json_object *cj = json_object_array_get_idx(chans, i), *dj;
+        if (g_strcmp0(jstr(cj, "kind"), "main") != 0
+            || !json_object_object_get_ex(cj, "to_dst", &dj) || !jstr(dj, "file")
+            || strchr(jstr(dj, "file"), '/'))
+            continue;
+        g_autofree char *path = g_build_filename(r->dir, jstr(dj, "file"), NULL);
+        g_autoptr(GBytes) tail = mp_input_read_tail(path, TAIL_SEARCH, NULL);
+        gsize size, off, len;
+        if (!tail)
+            return NULL;
+        const guint8 *t = g_bytes_get_data(tail, &size);
+        if (!mp_vmdesc_locate(t, size, &off, &len))
+            return NULL;
+        return mp_vmdesc_new((const char *)t + off, len, NULL);
+    }
+    return NULL;
+}
+
 static void
 replay(Replay *r)
 {
@@ -277,6 +303,11 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     else if (!json_object_object_get_ex(sj, "channels", &chans))
         fail(&r, "session %u lists no channels", cfg.session);
 
+    if (chans) {
+        g_autoptr(MpVmdesc) vmdesc = find_vmdesc(&r, chans);
+        if (vmdesc)
+            mp_session_tap_set_vmdesc(r.tap, vmdesc);
+    }
     for (size_t i = 0; chans && i < json_object_array_length(chans); i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
         guint channel = jint(cj, "channel", i);

@@ -41,6 +41,7 @@ struct MpSessionTap {
     MpTapRecordFunc fn;
     gpointer fn_data;
     gint64 now_us; /* of the feed in progress */
+    MpVmdesc *vmdesc;
 };
 
 MpChanKind
@@ -95,7 +96,16 @@ mp_session_tap_free(MpSessionTap *t)
     if (!t)
         return;
     g_ptr_array_free(t->chans, TRUE);
+    mp_vmdesc_unref(t->vmdesc);
     g_free(t);
+}
+
+void
+mp_session_tap_set_vmdesc(MpSessionTap *t, MpVmdesc *vmdesc)
+{
+    mp_vmdesc_unref(t->vmdesc);
+    t->vmdesc = vmdesc ? mp_vmdesc_ref(vmdesc) : NULL;
+    mp_analysis_set_vmdesc(mp_relay_metrics_analysis(t->metrics), vmdesc);
 }
 
 void
@@ -184,6 +194,8 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
             mp_qmig_parser_resume_from(c->qmig, t->main->qmig);
         else if (kind == MP_CHAN_RECOVERY)
             mp_qmig_parser_set_headerless(c->qmig);
+        if (kind == MP_CHAN_MAIN && t->vmdesc && !t->main)
+            mp_qmig_parser_set_vmdesc(c->qmig, t->vmdesc);
         c->rp = mp_rp_parser_new(c->name[MP_DIR_TO_SRC], on_record,
                                  &c->sink[MP_DIR_TO_SRC]);
         t->main = c;
@@ -215,10 +227,10 @@ static void
 give_up(MpSessionTap *t, TapChan *c, MpDir dir, const GError *err)
 {
     c->done[dir] = TRUE;
-    g_message("session %u %s (%s): %s; forwarding it byte for byte from "
-              "offset %" G_GUINT64_FORMAT ", its metrics are partial",
-              t->session, c->name[dir], mp_dir_name(dir), err->message,
-              c->off[dir]);
+    /* the message names the channel and the offset */
+    g_message("session %u %s: %s; forwarding the channel byte for byte, its "
+              "metrics are partial from here on",
+              t->session, mp_dir_name(dir), err->message);
     mp_relay_metrics_partial(t->metrics, c->index, dir, c->off[dir],
                              err->message, t->now_us);
     mp_analysis_error(mp_relay_metrics_analysis(t->metrics), err);

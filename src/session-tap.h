@@ -22,6 +22,7 @@
 #include "channel-types.h"
 #include "mp-record.h"
 #include "relay-metrics.h"
+#include "vmdesc.h"
 
 typedef struct MpSessionTap MpSessionTap;
 
@@ -43,6 +44,11 @@ typedef void (*MpTapRecordFunc)(guint channel, MpDir dir, const MpRecord *rec,
                                 gpointer user_data);
 void mp_session_tap_set_record_func(MpSessionTap *t, MpTapRecordFunc fn,
                                     gpointer user_data);
+
+/* The stream's vmdesc, known only after the fact (a capture's main
+ * channel ends with it): device sections are then sliced and the stream
+ * followed to its EOF.  Call before the first feed; takes a reference. */
+void mp_session_tap_set_vmdesc(MpSessionTap *t, MpVmdesc *vmdesc);
 
 /* Connection `channel` (0, 1, ... in accept order) joined the session. */
 void mp_session_tap_add(MpSessionTap *t, guint channel, const char *peer,

@@ -1,0 +1,165 @@
+/* test-capture.c: the relay's capture format (docs/capture-format.md),
+ * written by MpCapture and read back by mp_capture_analyze. */
+#include "config.h"
+#include <string.h>
+#include <glib/gstdio.h>
+#include <criterion/criterion.h>
+#include "analyze-file.h"
+#include "capture-read.h"
+#include "capture.h"
+#include "parse-common.h"
+#include "stream-input.h"
+
+static char *dir;
+
+static void
+setup(void)
+{
+    dir = g_dir_make_tmp("mp-capture-XXXXXX", NULL);
+    cr_assert_not_null(dir);
+}
+
+static void
+teardown(void)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(dir, name, NULL);
+        g_unlink(p);
+    }
+    g_rmdir(dir);
+    g_clear_pointer(&dir, g_free);
+}
+
+TestSuite(capture, .init = setup, .fini = teardown);
+
+static GByteArray *
+read_sample(const char *name)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path =
+        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
+    g_autoptr(MpInput) in = mp_input_open(path, &err);
+    cr_assert_not_null(in, "%s", err ? err->message : "?");
+    GByteArray *all = g_byte_array_new();
+    guint8 buf[65536];
+    gssize n;
+    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
+        g_byte_array_append(all, buf, n);
+    return all;
+}
+
+static gint64
+jint(json_object *o, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    for (guint i = 0; parts[i]; i++)
+        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
+    return json_object_get_int64(o);
+}
+
+/* Session 1: the sample as channel 0 in 3000-byte chunks 1 ms apart, and
+ * a few return-path bytes; channel 1 opened and closed silent. */
+static void
+write_capture(GByteArray *stream)
+{
+    g_autoptr(GError) err = NULL;
+    MpCapture *c = mp_capture_new(dir, "127.0.0.1:1", "127.0.0.1:2", &err);
+    cr_assert_not_null(c, "%s", err ? err->message : "?");
+    gint64 t0 = 1000000, now = t0;
+
+    mp_capture_session(c, 1, t0, 1700000000000000ll);
+    mp_capture_channel(c, 1, 0, "127.0.0.1:3", t0);
+    mp_capture_channel(c, 1, 1, "127.0.0.1:4", t0 + 10);
+    for (gsize off = 0; off < stream->len; off += 3000) {
+        now += 1000;
+        mp_capture_data(c, 1, 0, MP_DIR_TO_DST, stream->data + off,
+                        MIN(3000, stream->len - off), now);
+        if (off == 0)
+            mp_capture_kind(c, 1, 0, MP_CHAN_MAIN);
+    }
+    mp_capture_end(c, 1, 0, MP_DIR_TO_DST, "fin", now + 5);
+    mp_capture_end(c, 1, 0, MP_DIR_TO_SRC, "fin", now + 6);
+    mp_capture_end(c, 1, 1, MP_DIR_TO_DST, "fin", now + 7);
+    mp_capture_end(c, 1, 1, MP_DIR_TO_SRC, "fin", now + 8);
+    cr_assert_null(mp_capture_error(c));
+    mp_capture_free(c);
+}
+
+Test(capture, round_trip_like_the_file)
+{
+    g_autoptr(GByteArray) stream = read_sample("busy-xbzrle-7.2.mig.zst");
+    write_capture(stream);
+    cr_assert(mp_capture_is_dir(dir));
+
+    /* the raw bytes are the stream, the index has one entry per chunk */
+    g_autofree char *bin = g_build_filename(dir, "s1-c0-to-dst.bin", NULL);
+    g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
+    g_autofree char *data = NULL, *index = NULL;
+    gsize len, ilen;
+    cr_assert(g_file_get_contents(bin, &data, &len, NULL));
+    cr_assert_eq(len, stream->len);
+    cr_assert(memcmp(data, stream->data, len) == 0);
+    cr_assert(g_file_get_contents(idx, &index, &ilen, NULL));
+    cr_assert_eq(ilen, 16 * ((stream->len + 2999) / 3000));
+    cr_assert_eq(mp_be64((guint8 *)index), 1000); /* us since the start */
+    cr_assert_eq(mp_be64((guint8 *)index + 16 + 8), 3000);
+
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(ok, "%s", json_object_to_json_string(cap));
+    g_autofree char *path = g_strdup_printf(
+        "%s/samples/streams/busy-xbzrle-7.2.mig.zst", MP_SOURCE_ROOT);
+    MpAnalyzeOptions opt = {.quiet = TRUE};
+    json_object *file = mp_analyze_file(path, &opt, &ok);
+    const char *keys[] = {"ram.pages.normal", "ram.pages.zero",
+                          "ram.pages.xbzrle", "stream.sections.full"};
+    for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
+        cr_assert_eq(jint(cap, keys[k]), jint(file, keys[k]), "%s",
+                     keys[k]);
+    /* the vmdesc at the end of the main channel slices the devices */
+    json_object *v;
+    json_object_object_get_ex(cap, "stream", &v);
+    json_object_object_get_ex(v, "complete", &v);
+    cr_assert(json_object_get_boolean(v));
+    json_object_object_get_ex(cap, "channels", &v);
+    cr_assert_eq(json_object_array_length(v), 2);
+    cr_assert_eq(jint(cap, "session"), 1);
+    json_object_put(cap);
+    json_object_put(file);
+}
+
+Test(capture, broken_index_is_an_error)
+{
+    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    write_capture(stream);
+    /* entry 1 points before entry 0 */
+    g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
+    g_autofree char *index = NULL;
+    gsize ilen;
+    cr_assert(g_file_get_contents(idx, &index, &ilen, NULL));
+    mp_put_be64((guint8 *)index + 16 + 8, (guint64)stream->len + 1);
+    cr_assert(g_file_set_contents(idx, index, ilen, NULL));
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(!ok);
+    json_object *errs;
+    json_object_object_get_ex(cap, "errors", &errs);
+    cr_assert_geq(json_object_array_length(errs), 1);
+    cr_assert(strstr(json_object_get_string(
+                         json_object_array_get_idx(errs, 0)),
+                     "out of order"),
+              "%s", json_object_to_json_string(errs));
+    json_object_put(cap);
+}
+
+Test(capture, not_a_capture)
+{
+    g_autofree char *path = g_build_filename(dir, "index.json", NULL);
+    cr_assert(g_file_set_contents(path, "{\"format\": \"other\"}", -1, NULL));
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(!ok);
+    json_object_put(cap);
+}

@@ -1,0 +1,161 @@
+/* test-session-tap.c: the relay's parsing side without sockets: channel
+ * classification, and a captured stream fed through a session tap in
+ * chunks of every size gives the same pages as the file analysis. */
+#include "config.h"
+#include <string.h>
+#include <criterion/criterion.h>
+#include "analyze-file.h"
+#include "relay-metrics.h"
+#include "session-tap.h"
+#include "stream-input.h"
+
+static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
+static const guint8 mfd[] = {0x11, 0x22, 0x33, 0x44, 0, 0, 0, 1};
+
+Test(session_tap, classify_by_first_bytes)
+{
+    /* first connection: main or multifd, else not QEMU */
+    cr_assert_eq(mp_chan_classify(qevm, 4, FALSE), MP_CHAN_MAIN);
+    cr_assert_eq(mp_chan_classify(qevm, 3, FALSE), MP_CHAN_UNKNOWN);
+    cr_assert_eq(mp_chan_classify(qevm, 0, FALSE), MP_CHAN_UNKNOWN);
+    cr_assert_eq(mp_chan_classify(mfd, 4, FALSE), MP_CHAN_MULTIFD);
+    cr_assert_eq(mp_chan_classify(mfd, 2, TRUE), MP_CHAN_UNKNOWN);
+    cr_assert_eq(mp_chan_classify((const guint8 *)"GET ", 4, FALSE),
+                 MP_CHAN_FOREIGN);
+    cr_assert_eq(mp_chan_classify((const guint8 *)"QEVX", 4, FALSE),
+                 MP_CHAN_FOREIGN);
+    /* later connections: a command starts a recovery channel, anything
+     * else is the preempt channel's first page header */
+    const guint8 cmd[] = {0x08, 0x00, 0x0a, 0x00};
+    const guint8 page[] = {0x00, 0x00, 0x00, 0x00};
+    cr_assert_eq(mp_chan_classify(cmd, 1, TRUE), MP_CHAN_RECOVERY);
+    cr_assert_eq(mp_chan_classify(page, 1, TRUE), MP_CHAN_PREEMPT);
+    cr_assert_eq(mp_chan_classify(qevm, 4, TRUE), MP_CHAN_MAIN);
+    cr_assert_eq(mp_chan_classify(cmd, 1, FALSE), MP_CHAN_FOREIGN);
+}
+
+static GByteArray *
+read_sample(const char *name)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path =
+        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
+    g_autoptr(MpInput) in = mp_input_open(path, &err);
+    cr_assert_not_null(in, "%s", err ? err->message : "?");
+    GByteArray *all = g_byte_array_new();
+    guint8 buf[65536];
+    gssize n;
+    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
+        g_byte_array_append(all, buf, n);
+    cr_assert_eq(n, 0, "%s", err ? err->message : "?");
+    return all;
+}
+
+static gint64
+jint(json_object *o, const char *path)
+{
+    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
+    for (guint i = 0; parts[i]; i++)
+        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
+    return json_object_get_int64(o);
+}
+
+/* Feeds `stream` as channel 0 in chunks whose sizes cycle through
+ * `sizes`, one millisecond apart. */
+static json_object *
+tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
+{
+    MpRelayMetricsConfig cfg = {.session = 1};
+    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    gsize off = 0;
+    gint64 now = 0;
+
+    mp_session_tap_add(t, 0, "test", 0);
+    for (guint i = 0; off < stream->len; i++) {
+        gsize n = MIN(sizes[i % n_sizes], stream->len - off);
+        now += 1000;
+        mp_session_tap_feed(t, 0, MP_DIR_TO_DST, stream->data + off, n, now);
+        off += n;
+    }
+    cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MAIN);
+    mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", now);
+    mp_session_tap_end(t, 0, MP_DIR_TO_SRC, "fin", now);
+    mp_relay_metrics_finish(m, now, NULL);
+    return mp_relay_metrics_report(m);
+}
+
+static void
+check_against_file(const char *name)
+{
+    g_autofree char *path =
+        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
+    MpAnalyzeOptions opt = {.quiet = TRUE, .no_vmdesc = TRUE};
+    gboolean ok;
+    json_object *file = mp_analyze_file(path, &opt, &ok);
+    cr_assert(ok);
+    g_autoptr(GByteArray) stream = read_sample(name);
+    const gsize odd[] = {1, 2, 3, 5, 8, 13, 4096, 4097, 65536, 7};
+    const gsize whole[] = {G_MAXSIZE};
+    const gsize *sets[] = {odd, whole};
+    const guint lens[] = {G_N_ELEMENTS(odd), 1};
+
+    for (guint s = 0; s < 2; s++) {
+        json_object *rep = tap_report(stream, sets[s], lens[s]);
+        const char *keys[] = {"ram.pages.normal", "ram.pages.zero",
+                              "ram.pages.xbzrle", "ram.total",
+                              "stream.sections.part"};
+        for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
+            cr_assert_eq(jint(rep, keys[k]), jint(file, keys[k]),
+                         "%s %s: tap %" G_GINT64_FORMAT ", file %"
+                         G_GINT64_FORMAT,
+                         name, keys[k], jint(rep, keys[k]),
+                         jint(file, keys[k]));
+        json_object *rounds, *frounds;
+        json_object_object_get_ex(rep, "rounds", &rounds);
+        json_object_object_get_ex(file, "rounds", &frounds);
+        cr_assert_eq(json_object_array_length(rounds),
+                     json_object_array_length(frounds));
+        json_object_put(rep);
+    }
+    json_object_put(file);
+}
+
+Test(session_tap, idle_72_like_the_file)
+{
+    check_against_file("idle-7.2.mig.zst");
+}
+
+Test(session_tap, xbzrle_72_like_the_file)
+{
+    check_against_file("busy-xbzrle-7.2.mig.zst");
+}
+
+/* A parser that cannot follow marks the channel partial and counts on. */
+Test(session_tap, garbage_after_the_header_is_partial)
+{
+    MpRelayMetricsConfig cfg = {.session = 1};
+    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    guint8 junk[4096];
+    memset(junk, 0xee, sizeof(junk));
+
+    mp_session_tap_add(t, 0, "test", 0);
+    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, qevm, sizeof(qevm), 1);
+    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
+    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
+    mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", 4);
+    mp_relay_metrics_finish(m, 4, NULL);
+    json_object *rep = mp_relay_metrics_report(m), *ch, *v;
+    json_object_object_get_ex(rep, "channels", &ch);
+    ch = json_object_array_get_idx(ch, 0);
+    json_object_object_get_ex(ch, "partial", &v);
+    cr_assert(json_object_get_boolean(v));
+    cr_assert_eq(jint(ch, "to_dst.bytes"), sizeof(qevm) + 2 * sizeof(junk));
+    /* where the parser stopped: at or just past the bad byte */
+    cr_assert_geq(jint(ch, "to_dst.partial_offset"), sizeof(qevm));
+    cr_assert_leq(jint(ch, "to_dst.partial_offset"), sizeof(qevm) + 1);
+    json_object_object_get_ex(rep, "errors", &v);
+    cr_assert_eq(json_object_array_length(v), 1);
+    json_object_put(rep);
+}
