@@ -921,6 +921,12 @@ mp_analysis_progress(const MpAnalysis *a, MpAnalysisProgress *out)
             const Round *p = r - 1;
             out->prev_round_pages = sum_pages(p->pages);
         }
+        /* the last finished round if there is one to pair it with, else
+         * the current one so far */
+        const Round *k = a->rounds->len >= 3 ? r - 1 : r;
+        if (a->live && a->rounds->len >= 2 && k[-1].end_us > k[-1].start_us)
+            out->dirty_pages_per_s = k->dirty_pages * 1e6
+                                     / (double)(k[-1].end_us - k[-1].start_us);
     }
     out->postcopy_requests = a->postcopy_requests;
     out->stop_us = a->phase_start_us[PHASE_STOPPED];

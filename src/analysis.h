@@ -64,6 +64,9 @@ typedef struct {
     gint64 stop_us;     /* start of stop-and-copy, or -1 */
     gint64 postcopy_us; /* start of post-copy, or -1 */
     gboolean eof;       /* QEMU_VM_EOF seen */
+    /* pages the guest dirties per second, live: the pages a round sends
+     * again were dirtied while the round before it was sent */
+    double dirty_pages_per_s;
 } MpAnalysisProgress;
 
 void mp_analysis_progress(const MpAnalysis *a, MpAnalysisProgress *out);

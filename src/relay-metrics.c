@@ -489,10 +489,7 @@ live_numbers(const MpRelayMetrics *m, const MpAnalysisProgress *pr,
     guint64 ram_pages = pr->ram_total / PAGE_SIZE;
     if (ram_pages)
         l.ram_sent = MIN(1.0, (double)pr->distinct_pages / ram_pages);
-    if (pr->rounds >= 2 && pr->round_start_us >= 0
-        && now_rel > pr->round_start_us)
-        l.dirty_rate = pr->round_dirty_pages * 1e6
-                       / (double)(now_rel - pr->round_start_us);
+    l.dirty_rate = pr->dirty_pages_per_s;
     if (l.pages_rate > 0 && strcmp(pr->phase, "precopy") == 0) {
         guint64 left;
         if (pr->rounds <= 1)
@@ -628,10 +625,13 @@ mp_relay_metrics_tick(MpRelayMetrics *m, gint64 now_us)
         g_autofree char *eta = l.eta_s >= 0 ? g_strdup_printf("%.1f s",
                                                               l.eta_s)
                                             : g_strdup("-");
+        g_autofree char *round = pr.rounds ? g_strdup_printf("round %u ",
+                                                             pr.rounds)
+                                           : g_strdup("");
         fprintf(stderr,
-                "\r\033[Ksession %u: round %u %s | RAM %3.0f%% sent | %s | "
+                "\r\033[Ksession %u: %s%s | RAM %3.0f%% sent | %s | "
                 "dirty %.0f pages/s | ETA %s",
-                m->cfg.session, pr.rounds, pr.phase, l.ram_sent * 100, rate,
+                m->cfg.session, round, pr.phase, l.ram_sent * 100, rate,
                 l.dirty_rate, eta);
         fflush(stderr);
         m->progress_shown = TRUE;
