@@ -815,7 +815,8 @@ mp_relay_metrics_report(MpRelayMetrics *m)
     }
     g_autofree gint64 *sorted =
         g_memdup2(m->latencies->data, m->latencies->len * sizeof(gint64));
-    qsort(sorted, m->latencies->len, sizeof(gint64), cmp_i64);
+    if (sorted)
+        qsort(sorted, m->latencies->len, sizeof(gint64), cmp_i64);
     json_object *lat = json_object_new_object();
     guint n = m->latencies->len;
     json_object_object_add(lat, "p50", n ? jint(percentile(sorted, n, 50))
