@@ -485,8 +485,27 @@ on_readable(MpRelayChannel *ch, gpointer user_data)
     MpChanKind kind = mp_chan_classify(buf, n, FALSE);
     Session *paused = paused_session(r);
 
-    if (kind == MP_CHAN_FOREIGN && buf[0] == 0x08 && paused) {
-        /* a postcopy recovery main channel: no header (section 8.4) */
+    if (kind == MP_CHAN_RECOVERY && n >= 5) {
+        /* a postcopy recovery main channel has no header (section 8.4):
+         * it starts with RECV_BITMAP (or POSTCOPY_RESUME) */
+        guint16 cmd = buf[1] << 8 | buf[2], len = buf[3] << 8 | buf[4];
+        if ((cmd != MP_QMIG_CMD_RECV_BITMAP
+             && cmd != MP_QMIG_CMD_POSTCOPY_RESUME)
+            || len > 256) {
+            reject(c, "not a QEMU migration stream (it starts %s)", hex);
+            return;
+        }
+        if (!paused) {
+            /* the migration it resumes went through another relay (or
+             * none): its sections are unknown here, parsing will give up
+             * and the bytes are forwarded as they are */
+            Session *s = start_session(r, c);
+            if (!r->opt.quiet)
+                g_message("session %u: a post-copy recovery stream with no "
+                          "session to resume here",
+                          s->number);
+            return;
+        }
         paused->paused = FALSE;
         paused->joinable = TRUE;
         r->current = paused;

@@ -57,11 +57,11 @@ mp_chan_classify(const guint8 *buf, gsize len, gboolean later)
         return len >= 4 ? MP_CHAN_MAIN : MP_CHAN_UNKNOWN;
     if (memcmp(buf, mfd, n) == 0)
         return len >= 4 ? MP_CHAN_MULTIFD : MP_CHAN_UNKNOWN;
-    if (!later)
-        return MP_CHAN_FOREIGN;
     /* a preempt channel starts with a be64 page address, never 0x08.. */
     if (buf[0] == MP_QMIG_COMMAND)
         return MP_CHAN_RECOVERY;
+    if (!later)
+        return MP_CHAN_FOREIGN;
     return MP_CHAN_PREEMPT;
 }
 

@@ -29,8 +29,8 @@ typedef struct MpSessionTap MpSessionTap;
 /* Classifies a connection from its first `len` bytes (section 12 of the
  * stream reference).  `later`: a main channel exists in the session.
  * @return MP_CHAN_UNKNOWN while fewer than 4 bytes could still turn out to
- * be a magic number; MP_CHAN_FOREIGN for a first connection that is
- * neither main nor multifd. */
+ * be a magic number; MP_CHAN_RECOVERY for a command byte; MP_CHAN_FOREIGN
+ * for a first connection that is none of main, multifd, recovery. */
 MpChanKind mp_chan_classify(const guint8 *buf, gsize len, gboolean later);
 
 /* `metrics` is borrowed and must outlive the tap.

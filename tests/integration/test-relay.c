@@ -18,6 +18,7 @@
  *     "relay-downtime" lines; docs/relay.md).
  */
 #include "config.h"
+#include <signal.h>
 #include <string.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
@@ -569,4 +570,101 @@ Test(relay, block_72)
     cr_assert(memcmp(got, data, size) == 0,
               "the destination's disk differs from the source's");
     result_clear(&r);
+}
+
+static void
+wait_status(MpQemu *q, const char *want, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        g_autofree char *st = it_migration_status(q);
+        if (strcmp(st, want) == 0)
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "%s: migration status %s, waited for %s", mp_qemu_name(q),
+                  st, want);
+        g_usleep(50000);
+    }
+}
+
+/* Post-copy recovery: the relay dies in post-copy, both QEMUs pause, and
+ * the migration resumes through a new relay over a new main connection
+ * that carries no header (stream reference 8.4). */
+Test(relay, postcopy_recovery_72)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=5000 verify=1",
+                               NULL);
+    fx.dst = it_start_destination("7.2", NULL, TRUE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    it_cap(fx.src, "postcopy-ram");
+    it_cap(fx.dst, "postcopy-ram");
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 32 << 20);
+    set_int(fx.src, "max-postcopy-bandwidth", 8 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    start_postcopy(fx.src, 500);
+    wait_status(fx.src, "postcopy-active", 10000);
+    g_usleep(1000 * 1000);
+
+    /* the connection breaks: both sides pause */
+    kill(fx.relay->pid, SIGKILL);
+    wait_status(fx.src, "postcopy-paused", 20000);
+    wait_status(fx.dst, "postcopy-paused", 20000);
+
+    /* resume through a new relay */
+    guint16 dport2 = mp_qemu_pick_free_port(&err);
+    cr_assert(dport2, "%s", err ? err->message : "?");
+    g_autofree char *dir2 = g_build_filename(fx.dir, "recovery", NULL);
+    g_mkdir(dir2, 0755);
+    ItRelay *relay2 = it_relay_start(dir2, dport2, NULL);
+    g_autofree char *uri = g_strdup_printf("tcp:127.0.0.1:%u", dport2);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    json_object *ret = mp_qemu_execute(fx.dst, "migrate-recover", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate-recover: %s", err ? err->message : "?");
+    json_object_put(ret);
+    g_autofree char *ruri = g_strdup_printf("tcp:127.0.0.1:%u", relay2->port);
+    args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(ruri));
+    json_object_object_add(args, "resume", json_object_new_boolean(TRUE));
+    ret = mp_qemu_execute(fx.src, "migrate", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate resume: %s", err ? err->message : "?");
+    json_object_put(ret);
+
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *log2 = it_relay_log_text(relay2);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "%s\nrelay log:\n%s",
+                     json_object_to_json_string(info), log2);
+    json_object *dinfo = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dinfo, "status")),
+                     "completed");
+    int rc = it_relay_wait(relay2, 30000);
+    json_object *rep = it_relay_report(relay2);
+    g_free(log2);
+    log2 = it_relay_log_text(relay2);
+    cr_assert_eq(rc, 0, "%s", log2);
+    cr_assert_str_eq(json_object_get_string(it_jget(
+                         json_object_array_get_idx(it_jget(rep, "channels"),
+                                                   0),
+                         "kind")),
+                     "recovery");
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed");
+    g_printerr("relay-recovery requests=%" G_GINT64_FORMAT
+               " (query-migrate %" G_GINT64_FORMAT ") partial=%d\n",
+               it_jint(rep, "postcopy.requests"),
+               it_jint(info, "ram.postcopy-requests"),
+               json_object_get_boolean(it_jget(rep, "partial")));
+    it_relay_free(relay2);
+    check_guest_verifies(fx.dst);
+    json_object_put(rep);
+    json_object_put(info);
+    json_object_put(dinfo);
 }

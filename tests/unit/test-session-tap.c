@@ -31,7 +31,8 @@ Test(session_tap, classify_by_first_bytes)
     cr_assert_eq(mp_chan_classify(cmd, 1, TRUE), MP_CHAN_RECOVERY);
     cr_assert_eq(mp_chan_classify(page, 1, TRUE), MP_CHAN_PREEMPT);
     cr_assert_eq(mp_chan_classify(qevm, 4, TRUE), MP_CHAN_MAIN);
-    cr_assert_eq(mp_chan_classify(cmd, 1, FALSE), MP_CHAN_FOREIGN);
+    /* a recovery channel may reach a relay that saw nothing before */
+    cr_assert_eq(mp_chan_classify(cmd, 1, FALSE), MP_CHAN_RECOVERY);
 }
 
 static GByteArray *
