@@ -49,8 +49,7 @@ mp_capture_is_dir(const char *path)
            && g_file_test(index, G_FILE_TEST_IS_REGULAR);
 }
 
-static void
-fail(Replay *r, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void fail(Replay *r, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void
 fail(Replay *r, const char *fmt, ...)
@@ -78,9 +77,8 @@ static gint64
 jint(json_object *o, const char *key, gint64 dflt)
 {
     json_object *v;
-    return json_object_object_get_ex(o, key, &v) && v
-               ? json_object_get_int64(v)
-               : dflt;
+    return json_object_object_get_ex(o, key, &v) && v ? json_object_get_int64(v)
+                                                      : dflt;
 }
 
 static guint64
@@ -104,8 +102,8 @@ open_cursor(Replay *r, Cursor *c, json_object *dj)
     gsize len = 0;
 
     if (!file || !index || strchr(file, '/') || strchr(index, '/')) {
-        fail(r, "channel %u %s: no valid file names in index.json",
-             c->channel, mp_dir_name(c->dir));
+        fail(r, "channel %u %s: no valid file names in index.json", c->channel,
+             mp_dir_name(c->dir));
         return FALSE;
     }
     c->file = g_build_filename(r->dir, file, NULL);
@@ -123,17 +121,18 @@ open_cursor(Replay *r, Cursor *c, json_object *dj)
     c->size = st.st_size;
     c->chunks = len / 16;
     if (len % 16)
-        fail(r, "%s: %zu bytes, not a whole number of 16-byte entries "
-                "(the last one is ignored)",
+        fail(r,
+             "%s: %zu bytes, not a whole number of 16-byte entries "
+             "(the last one is ignored)",
              index, len);
     for (gsize i = 0; i < c->chunks; i++) {
         guint64 off = chunk_offset(c, i), next = chunk_offset(c, i + 1);
-        if (next < off || next > c->size
-            || (i == 0 && off != 0)
+        if (next < off || next > c->size || (i == 0 && off != 0)
             || (i && chunk_time(c, i) < chunk_time(c, i - 1))) {
-            fail(r, "%s: entry %zu (offset %" G_GUINT64_FORMAT
-                    ") is out of order or past the end of %s (%"
-                    G_GUINT64_FORMAT " bytes)",
+            fail(r,
+                 "%s: entry %zu (offset %" G_GUINT64_FORMAT
+                 ") is out of order or past the end of %s (%" G_GUINT64_FORMAT
+                 " bytes)",
                  index, i, off, file, c->size);
             c->chunks = i;
             break;
@@ -198,10 +197,11 @@ find_vmdesc(Replay *r, json_object *chans)
     for (size_t i = 0; i < json_object_array_length(chans); i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
         if (g_strcmp0(jstr(cj, "kind"), "main") != 0
-            || !json_object_object_get_ex(cj, "to_dst", &dj) || !jstr(dj, "file")
-            || strchr(jstr(dj, "file"), '/'))
+            || !json_object_object_get_ex(cj, "to_dst", &dj)
+            || !jstr(dj, "file") || strchr(jstr(dj, "file"), '/'))
             continue;
-        g_autofree char *path = g_build_filename(r->dir, jstr(dj, "file"), NULL);
+        g_autofree char *path =
+            g_build_filename(r->dir, jstr(dj, "file"), NULL);
         g_autoptr(GBytes) tail = mp_input_read_tail(path, TAIL_SEARCH, NULL);
         gsize size, off, len;
         if (!tail)
@@ -236,8 +236,9 @@ replay(Replay *r)
         gsize len = chunk_offset(c, c->next + 1) - off;
         c->next++;
         if (len > MAX_CHUNK) {
-            fail(r, "%s: a chunk of %zu bytes at offset %" G_GUINT64_FORMAT
-                    " (at most %u expected)",
+            fail(r,
+                 "%s: a chunk of %zu bytes at offset %" G_GUINT64_FORMAT
+                 " (at most %u expected)",
                  c->file, len, off, MAX_CHUNK);
             c->next = c->chunks;
             continue;
@@ -293,12 +294,14 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (!index || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
         fail(&r, "index.json is missing or not a migproxy capture index");
     else if (jint(index, "version", 0) != 1)
-        fail(&r, "index.json has version %" G_GINT64_FORMAT
-                 " (this migproxy reads version 1)",
+        fail(&r,
+             "index.json has version %" G_GINT64_FORMAT
+             " (this migproxy reads version 1)",
              jint(index, "version", 0));
     else if (!sj)
-        fail(&r, session ? "no session %u in index.json"
-                         : "index.json lists no session%u",
+        fail(&r,
+             session ? "no session %u in index.json"
+                     : "index.json lists no session%u",
              session);
     else if (!json_object_object_get_ex(sj, "channels", &chans))
         fail(&r, "session %u lists no channels", cfg.session);
@@ -336,8 +339,9 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     json_object *doc = mp_relay_metrics_report(r.metrics), *errs;
     json_object_object_add(doc, "capture", json_object_new_string(dir));
     json_object_object_add(doc, "capture_sessions", numbers);
-    *ok = !r.failed && !(json_object_object_get_ex(doc, "errors", &errs)
-                         && json_object_array_length(errs) > 0);
+    *ok = !r.failed
+          && !(json_object_object_get_ex(doc, "errors", &errs)
+               && json_object_array_length(errs) > 0);
     g_array_free(r.cursors, TRUE);
     g_string_free(r.line, TRUE);
     mp_session_tap_free(r.tap);

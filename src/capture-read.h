@@ -17,5 +17,5 @@ gboolean mp_capture_is_dir(const char *path);
  * *ok is FALSE when the capture cannot be read or a channel could not be
  * parsed; the reasons are in errors[].
  * @return the document (caller owns). */
-json_object *mp_capture_analyze(const char *dir, guint session,
-                                gboolean events, gboolean *ok);
+json_object *mp_capture_analyze(const char *dir, guint session, gboolean events,
+                                gboolean *ok);

@@ -101,10 +101,10 @@ index_json(const MpCapture *c)
             json_object_object_add(co, "channel",
                                    json_object_new_int(ch->channel));
             json_object_object_add(
-                co, "kind", json_object_new_string(mp_chan_kind_name(ch->kind)));
-            json_object_object_add(co, "peer",
-                                   ch->peer ? json_object_new_string(ch->peer)
-                                            : NULL);
+                co, "kind",
+                json_object_new_string(mp_chan_kind_name(ch->kind)));
+            json_object_object_add(
+                co, "peer", ch->peer ? json_object_new_string(ch->peer) : NULL);
             json_object_object_add(co, "open_us",
                                    json_object_new_int64(ch->open_us));
             for (int d = 0; d < MP_DIR__MAX; d++) {
@@ -121,10 +121,9 @@ index_json(const MpCapture *c)
                 json_object_object_add(dj, "end",
                                        cd->end ? json_object_new_string(cd->end)
                                                : NULL);
-                json_object_object_add(dj, "end_us",
-                                       cd->end
-                                           ? json_object_new_int64(cd->end_us)
-                                           : NULL);
+                json_object_object_add(
+                    dj, "end_us",
+                    cd->end ? json_object_new_int64(cd->end_us) : NULL);
                 json_object_object_add(co, d ? "to_src" : "to_dst", dj);
             }
             json_object_array_add(chans, co);
@@ -258,8 +257,8 @@ open_file(MpCapture *c, const char *name, gsize buffer)
 }
 
 void
-mp_capture_channel(MpCapture *c, guint session, guint channel,
-                   const char *peer, gint64 now_us)
+mp_capture_channel(MpCapture *c, guint session, guint channel, const char *peer,
+                   gint64 now_us)
 {
     CapSession *s = find_session(c, session);
     if (!s)
@@ -270,10 +269,10 @@ mp_capture_channel(MpCapture *c, guint session, guint channel,
     ch->open_us = now_us - s->start_us;
     for (int d = 0; d < MP_DIR__MAX; d++) {
         CapDir *cd = &ch->dir[d];
-        cd->file = g_strdup_printf("s%u-c%u-%s.bin", session, channel,
-                                   mp_dir_name(d));
-        cd->index_file = g_strdup_printf("s%u-c%u-%s.idx", session, channel,
-                                         mp_dir_name(d));
+        cd->file =
+            g_strdup_printf("s%u-c%u-%s.bin", session, channel, mp_dir_name(d));
+        cd->index_file =
+            g_strdup_printf("s%u-c%u-%s.idx", session, channel, mp_dir_name(d));
         if (!c->error) {
             cd->data = open_file(c, cd->file, DATA_BUFFER);
             cd->idx = open_file(c, cd->index_file, INDEX_BUFFER);

@@ -12,7 +12,7 @@
  *                     records; 7.2 opens it at the start and sends nothing
  *                     until post-copy) */
 typedef enum {
-    MP_CHAN_UNKNOWN,  /* no byte yet */
+    MP_CHAN_UNKNOWN, /* no byte yet */
     MP_CHAN_MAIN,
     MP_CHAN_MULTIFD,
     MP_CHAN_PREEMPT,

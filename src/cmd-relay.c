@@ -73,8 +73,8 @@ on_sigterm(gpointer user_data)
 int
 mp_cmd_relay(int argc, char **argv)
 {
-    g_autofree char *listen = NULL, *to = NULL, *metrics = NULL,
-                    *report = NULL, *capture = NULL;
+    g_autofree char *listen = NULL, *to = NULL, *metrics = NULL, *report = NULL,
+                    *capture = NULL;
     gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE;
     gint connect_timeout = 10000, handshake_timeout = 10000;
     GOptionEntry entries[] = {
@@ -95,8 +95,7 @@ mp_cmd_relay(int argc, char **argv)
          "DIR (read it with 'migproxy analyze DIR')",
          "DIR"},
         {"once", '1', 0, G_OPTION_ARG_NONE, &once,
-         "Exit when the first migration ends (status 0 if it completed)",
-         NULL},
+         "Exit when the first migration ends (status 0 if it completed)", NULL},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet,
          "Only warnings and errors on stderr", NULL},
         {"no-progress", 0, 0, G_OPTION_ARG_NONE, &no_progress,
@@ -169,8 +168,7 @@ mp_cmd_relay(int argc, char **argv)
         return 2;
     }
     if (argc > 1) {
-        fprintf(stderr, "migproxy relay: unexpected argument '%s'\n",
-                argv[1]);
+        fprintf(stderr, "migproxy relay: unexpected argument '%s'\n", argv[1]);
         return 2;
     }
     if (connect_timeout <= 0 || handshake_timeout <= 0) {

@@ -18,7 +18,7 @@
 #define COMPACT_AT (MP_RELAY_BUFFER / 2)
 
 typedef struct {
-    guint8 *buf; /* MP_RELAY_BUFFER bytes, allocated on first read */
+    guint8 *buf;      /* MP_RELAY_BUFFER bytes, allocated on first read */
     gsize head, tail; /* [head, tail) waits to be written */
     gboolean eof;     /* the sender closed (FIN read) */
     gboolean shut;    /* the FIN was passed on */
@@ -204,9 +204,8 @@ pump_read(MpRelayChannel *ch, MpDir d)
     gsize room = MP_RELAY_BUFFER - p->tail;
     if (!room)
         return;
-    gssize n = g_socket_receive_with_blocking(from_sock(ch, d),
-                                              (char *)p->buf + p->tail, room,
-                                              FALSE, NULL, &err);
+    gssize n = g_socket_receive_with_blocking(
+        from_sock(ch, d), (char *)p->buf + p->tail, room, FALSE, NULL, &err);
     if (n > 0) {
         /* The hook sees the bytes before they go anywhere; today they
          * are forwarded verbatim. */
@@ -231,14 +230,12 @@ pump_write(MpRelayChannel *ch, MpDir d)
     Pump *p = &ch->pump[d];
 
     if (p->head < p->tail) {
-        gssize n = g_socket_send_with_blocking(to_sock(ch, d),
-                                               (char *)p->buf + p->head,
-                                               p->tail - p->head, FALSE, NULL,
-                                               &err);
+        gssize n = g_socket_send_with_blocking(
+            to_sock(ch, d), (char *)p->buf + p->head, p->tail - p->head, FALSE,
+            NULL, &err);
         if (n > 0) {
             p->head += n;
-        } else if (!g_error_matches(err, G_IO_ERROR,
-                                    G_IO_ERROR_WOULD_BLOCK)) {
+        } else if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
             /* the receiver is gone: so is the connection */
             g_debug("channel %" G_GUINT64_FORMAT " %s: write: %s", ch->id,
                     mp_dir_name(d), err->message);
@@ -278,18 +275,17 @@ static gboolean
 chan_dispatch(GSource *source, GSourceFunc cb, gpointer user_data)
 {
     MpRelayChannel *ch = ((ChanSource *)source)->ch;
-    GIOCondition dc = ch->down_tag ? g_source_query_unix_fd(source,
-                                                            ch->down_tag)
-                                   : 0;
-    GIOCondition uc = ch->up_tag ? g_source_query_unix_fd(source, ch->up_tag)
-                                 : 0;
+    GIOCondition dc =
+        ch->down_tag ? g_source_query_unix_fd(source, ch->down_tag) : 0;
+    GIOCondition uc =
+        ch->up_tag ? g_source_query_unix_fd(source, ch->up_tag) : 0;
 
     if (ch->connect_error
         || (ch->connecting && (uc & (G_IO_OUT | G_IO_ERR | G_IO_HUP)))) {
         finish_connect(ch);
         uc = 0;
-    } else if (ch->connecting && g_source_get_time(source)
-                                     >= ch->connect_deadline) {
+    } else if (ch->connecting
+               && g_source_get_time(source) >= ch->connect_deadline) {
         g_set_error(&ch->connect_error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
                     "no answer in %u ms", ch->connect_timeout_ms);
         finish_connect(ch);
@@ -413,8 +409,7 @@ mp_relay_channel_source_closed(MpRelayChannel *ch)
 
     if (!ch->down)
         return TRUE;
-    if (getsockopt(g_socket_get_fd(ch->down), IPPROTO_TCP, TCP_INFO, &ti,
-                   &len)
+    if (getsockopt(g_socket_get_fd(ch->down), IPPROTO_TCP, TCP_INFO, &ti, &len)
         < 0)
         return FALSE;
     return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE;
@@ -436,8 +431,8 @@ mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
 
     if (ch->closed)
         return;
-    ch->up = g_socket_new(g_socket_address_get_family(to),
-                          G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &err);
+    ch->up = g_socket_new(g_socket_address_get_family(to), G_SOCKET_TYPE_STREAM,
+                          G_SOCKET_PROTOCOL_TCP, &err);
     ch->connect_timeout_ms = timeout_ms;
     if (ch->up) {
         g_socket_set_blocking(ch->up, FALSE);

@@ -13,11 +13,11 @@
 #include <unistd.h>
 #include "relay-metrics.h"
 
-#define MAX_PENDING     4096
-#define MAX_SERIES      (1u << 20) /* 100 ms steps: 29 hours */
-#define MAX_LATENCIES   (1u << 22)
-#define RATE_WINDOW     10         /* ticks: the rate shown is over 1 s */
-#define PAGE_SIZE       MP_TARGET_PAGE_SIZE
+#define MAX_PENDING   4096
+#define MAX_SERIES    (1u << 20) /* 100 ms steps: 29 hours */
+#define MAX_LATENCIES (1u << 22)
+#define RATE_WINDOW   10 /* ticks: the rate shown is over 1 s */
+#define PAGE_SIZE     MP_TARGET_PAGE_SIZE
 
 typedef struct {
     guint index;
@@ -116,8 +116,8 @@ mp_relay_metrics_new(const MpRelayMetricsConfig *cfg, gint64 start_us)
     m->analysis = mp_analysis_new();
     mp_analysis_set_time(m->analysis, 0);
     m->channels = g_ptr_array_new_with_free_func(chan_free);
-    m->pending = g_hash_table_new_full(pending_hash, pending_equal, g_free,
-                                       NULL);
+    m->pending =
+        g_hash_table_new_full(pending_hash, pending_equal, g_free, NULL);
     g_queue_init(&m->pending_order);
     m->latencies = g_array_new(FALSE, FALSE, sizeof(gint64));
     m->shut_us = m->main_last_us = m->last_us = -1;
@@ -201,7 +201,8 @@ emit(MpRelayMetrics *m, const char *event, json_object *o, gint64 now_us)
     }
     json_object *line = json_object_new_object();
     json_object_object_add(line, "event", json_object_new_string(event));
-    json_object_object_add(line, "session", json_object_new_int(m->cfg.session));
+    json_object_object_add(line, "session",
+                           json_object_new_int(m->cfg.session));
     json_object_object_add(line, "t_ms", jms(rel(m, now_us)));
     json_object_object_foreach(o, k, v)
         json_object_object_add(line, k, json_object_get(v));
@@ -241,14 +242,14 @@ mp_relay_metrics_channel_open(MpRelayMetrics *m, guint channel,
     c->open_us = rel(m, now_us);
     json_object *o = json_object_new_object();
     json_object_object_add(o, "channel", json_object_new_int(channel));
-    json_object_object_add(o, "peer", peer ? json_object_new_string(peer)
-                                           : NULL);
+    json_object_object_add(o, "peer",
+                           peer ? json_object_new_string(peer) : NULL);
     emit(m, "channel-open", o, now_us);
 }
 
 void
-mp_relay_metrics_channel_kind(MpRelayMetrics *m, guint channel,
-                              MpChanKind kind, gint64 now_us)
+mp_relay_metrics_channel_kind(MpRelayMetrics *m, guint channel, MpChanKind kind,
+                              gint64 now_us)
 {
     ChanStat *c = chan(m, channel);
     c->kind = kind;
@@ -465,11 +466,11 @@ human_rate(double bytes_per_s)
 }
 
 typedef struct {
-    double rate;        /* bytes/s over the last second */
-    double pages_rate;  /* pages/s */
-    double dirty_rate;  /* pages/s re-sent in the current round */
-    double ram_sent;    /* share of RAM pages sent at least once */
-    double eta_s;       /* -1: unknown */
+    double rate;       /* bytes/s over the last second */
+    double pages_rate; /* pages/s */
+    double dirty_rate; /* pages/s re-sent in the current round */
+    double ram_sent;   /* share of RAM pages sent at least once */
+    double eta_s;      /* -1: unknown */
 } Live;
 
 static Live
@@ -509,8 +510,8 @@ static void
 announce_rounds(MpRelayMetrics *m, guint upto, gint64 now_us)
 {
     while (m->rounds_announced < upto) {
-        json_object *r = mp_analysis_round_json(m->analysis,
-                                                ++m->rounds_announced);
+        json_object *r =
+            mp_analysis_round_json(m->analysis, ++m->rounds_announced);
         if (!r)
             break;
         if (m->cfg.log) {
@@ -537,15 +538,14 @@ announce_rounds(MpRelayMetrics *m, guint upto, gint64 now_us)
 }
 
 static void
-announce_phase(MpRelayMetrics *m, const MpAnalysisProgress *pr,
-               gint64 now_us)
+announce_phase(MpRelayMetrics *m, const MpAnalysisProgress *pr, gint64 now_us)
 {
     if (m->phase_announced && strcmp(m->phase_announced, pr->phase) == 0)
         return;
     m->phase_announced = pr->phase;
     if (m->cfg.log)
-        g_message("session %u: phase %s at %.1f s", m->cfg.session,
-                  pr->phase, rel(m, now_us) / 1e6);
+        g_message("session %u: phase %s at %.1f s", m->cfg.session, pr->phase,
+                  rel(m, now_us) / 1e6);
     json_object *o = json_object_new_object();
     json_object_object_add(o, "phase", json_object_new_string(pr->phase));
     emit(m, "phase", o, now_us);
@@ -586,10 +586,10 @@ mp_relay_metrics_tick(MpRelayMetrics *m, gint64 now_us)
                 co, "kind", json_object_new_string(mp_chan_kind_name(c->kind)));
             for (int d = 0; d < MP_DIR__MAX; d++) {
                 guint64 n = c->bytes[d] - c->tick_bytes[d];
-                g_autofree char *k = g_strdup_printf("%s_bytes",
-                                                     d ? "to_src" : "to_dst");
-                g_autofree char *kr = g_strdup_printf("%s_bps",
-                                                      d ? "to_src" : "to_dst");
+                g_autofree char *k =
+                    g_strdup_printf("%s_bytes", d ? "to_src" : "to_dst");
+                g_autofree char *kr =
+                    g_strdup_printf("%s_bps", d ? "to_src" : "to_dst");
                 json_object_object_add(co, k, jint(n));
                 json_object_object_add(co, kr,
                                        jint(n * 8 * G_USEC_PER_SEC / dt));
@@ -606,9 +606,8 @@ mp_relay_metrics_tick(MpRelayMetrics *m, gint64 now_us)
         json_object_object_add(o, "rate_bps", jint((gint64)(l.rate * 8)));
         json_object_object_add(o, "dirty_pages_per_s",
                                jint((gint64)l.dirty_rate));
-        json_object_object_add(o, "eta_s",
-                               l.eta_s >= 0 ? json_object_new_double(l.eta_s)
-                                            : NULL);
+        json_object_object_add(
+            o, "eta_s", l.eta_s >= 0 ? json_object_new_double(l.eta_s) : NULL);
         json_object_object_add(o, "postcopy_requests",
                                jint(pr.postcopy_requests));
         emit(m, "sample", o, now_us);
@@ -622,12 +621,10 @@ mp_relay_metrics_tick(MpRelayMetrics *m, gint64 now_us)
 
     if (m->cfg.progress) {
         g_autofree char *rate = human_rate(l.rate);
-        g_autofree char *eta = l.eta_s >= 0 ? g_strdup_printf("%.1f s",
-                                                              l.eta_s)
-                                            : g_strdup("-");
-        g_autofree char *round = pr.rounds ? g_strdup_printf("round %u ",
-                                                             pr.rounds)
-                                           : g_strdup("");
+        g_autofree char *eta =
+            l.eta_s >= 0 ? g_strdup_printf("%.1f s", l.eta_s) : g_strdup("-");
+        g_autofree char *round =
+            pr.rounds ? g_strdup_printf("round %u ", pr.rounds) : g_strdup("");
         fprintf(stderr,
                 "\r\033[Ksession %u: %s%s | RAM %3.0f%% sent | %s | "
                 "dirty %.0f pages/s | ETA %s",
@@ -651,8 +648,7 @@ all_clean(const MpRelayMetrics *m)
 }
 
 void
-mp_relay_metrics_finish(MpRelayMetrics *m, gint64 now_us,
-                        const char *failure)
+mp_relay_metrics_finish(MpRelayMetrics *m, gint64 now_us, const char *failure)
 {
     if (m->finished)
         return;
@@ -720,9 +716,8 @@ channel_json(const ChanStat *c)
     for (int d = 0; d < MP_DIR__MAX; d++) {
         json_object *dj = json_object_new_object();
         json_object_object_add(dj, "bytes", jint(c->bytes[d]));
-        json_object_object_add(dj, "end",
-                               c->end[d] ? json_object_new_string(c->end[d])
-                                         : NULL);
+        json_object_object_add(
+            dj, "end", c->end[d] ? json_object_new_string(c->end[d]) : NULL);
         json_object_object_add(dj, "end_ms", jms(c->end_us[d]));
         json_object_object_add(dj, "last_byte_ms", jms(c->last_us[d]));
         json_object_object_add(dj, "partial",
@@ -760,8 +755,8 @@ mp_relay_metrics_report(MpRelayMetrics *m)
     json_object_object_add(doc, "outcome",
                            m->outcome ? json_object_new_string(m->outcome)
                                       : json_object_new_string("running"));
-    g_autoptr(GDateTime) start = g_date_time_new_from_unix_utc(
-        m->cfg.start_wall_us / G_USEC_PER_SEC);
+    g_autoptr(GDateTime) start =
+        g_date_time_new_from_unix_utc(m->cfg.start_wall_us / G_USEC_PER_SEC);
     g_autofree char *iso = start ? g_date_time_format_iso8601(start) : NULL;
     json_object_object_add(doc, "start_time",
                            iso ? json_object_new_string(iso) : NULL);
@@ -799,7 +794,8 @@ mp_relay_metrics_report(MpRelayMetrics *m)
                     break;
                 }
             json_object *p = json_object_new_object();
-            json_object_object_add(p, "phase", json_object_new_string(order[i]));
+            json_object_object_add(p, "phase",
+                                   json_object_new_string(order[i]));
             json_object_object_add(p, "start_ms", jms(st[i]));
             json_object_object_add(p, "end_ms", jms(end));
             json_object_array_add(phases, p);
@@ -819,10 +815,10 @@ mp_relay_metrics_report(MpRelayMetrics *m)
         qsort(sorted, m->latencies->len, sizeof(gint64), cmp_i64);
     json_object *lat = json_object_new_object();
     guint n = m->latencies->len;
-    json_object_object_add(lat, "p50", n ? jint(percentile(sorted, n, 50))
-                                         : NULL);
-    json_object_object_add(lat, "p99", n ? jint(percentile(sorted, n, 99))
-                                         : NULL);
+    json_object_object_add(lat, "p50",
+                           n ? jint(percentile(sorted, n, 50)) : NULL);
+    json_object_object_add(lat, "p99",
+                           n ? jint(percentile(sorted, n, 99)) : NULL);
     json_object_object_add(lat, "max", n ? jint(sorted[n - 1]) : NULL);
     json_object_object_add(lat, "count", jint(n));
     json_object_object_add(pc, "latency_us", lat);
@@ -865,9 +861,8 @@ mp_relay_metrics_summary(MpRelayMetrics *m)
     if (json_object_object_get_ex(rep, "ram", &v)
         && json_object_object_get_ex(v, "pages", &pages)) {
         g_string_append(s, ", pages");
-        json_object_object_foreach(pages, k, val)
-            g_string_append_printf(s, " %s %" G_GINT64_FORMAT, k,
-                                   json_object_get_int64(val));
+        json_object_object_foreach(pages, k, val) g_string_append_printf(
+            s, " %s %" G_GINT64_FORMAT, k, json_object_get_int64(val));
     }
     g_string_append_printf(s, ", %u rounds", pr.rounds);
     if (pr.postcopy_requests)

@@ -24,10 +24,10 @@
 typedef struct MpRelayMetrics MpRelayMetrics;
 
 typedef struct {
-    FILE *lines;       /* JSON lines (--metrics), or NULL; not owned */
-    gboolean progress; /* one-line live display on stderr */
-    gboolean log;      /* log lines (g_message) for phases, rounds, end */
-    guint session;     /* session number, in JSON lines and the report */
+    FILE *lines;          /* JSON lines (--metrics), or NULL; not owned */
+    gboolean progress;    /* one-line live display on stderr */
+    gboolean log;         /* log lines (g_message) for phases, rounds, end */
+    guint session;        /* session number, in JSON lines and the report */
     gint64 start_wall_us; /* g_get_real_time() at the start (report) */
 } MpRelayMetricsConfig;
 
@@ -56,13 +56,12 @@ void mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
 /* The parser of `dir` gave up at `offset`: from there on the bytes are
  * only counted.  `why` is copied. */
 void mp_relay_metrics_partial(MpRelayMetrics *m, guint channel, MpDir dir,
-                              guint64 offset, const char *why,
-                              gint64 now_us);
+                              guint64 offset, const char *why, gint64 now_us);
 /* `dir` ended: `how` is "fin" (orderly close), "reset" or "aborted";
  * `truncated` (may be NULL) says what record the stream ended inside. */
-void mp_relay_metrics_channel_end(MpRelayMetrics *m, guint channel,
-                                  MpDir dir, const char *how,
-                                  const char *truncated, gint64 now_us);
+void mp_relay_metrics_channel_end(MpRelayMetrics *m, guint channel, MpDir dir,
+                                  const char *how, const char *truncated,
+                                  gint64 now_us);
 
 /* Every MP_RELAY_METRICS_INTERVAL_US: a JSON line "sample", new phases
  * and finished rounds, the progress display. */

@@ -25,9 +25,9 @@
 #include "session-tap.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
-#define REPEEK_MS          20  /* a header that came in pieces */
+#define REPEEK_MS          20 /* a header that came in pieces */
 #define TICK_MS            (MP_RELAY_METRICS_INTERVAL_US / 1000)
-#define HEADER_LEN         8   /* be32 "QEVM", be32 version 3 */
+#define HEADER_LEN         8 /* be32 "QEVM", be32 version 3 */
 
 typedef struct Session Session;
 
@@ -159,8 +159,7 @@ bury(Conn *c)
 }
 
 /* A pending connection that will not be relayed. */
-static void
-reject(Conn *c, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void reject(Conn *c, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void
 reject(Conn *c, const char *fmt, ...)
@@ -209,10 +208,9 @@ end_session(Session *s, const char *failure)
     write_report(r, s);
     json_object *rep = mp_relay_metrics_report(s->metrics), *v;
     g_free(r->last_outcome);
-    r->last_outcome = g_strdup(
-        json_object_object_get_ex(rep, "outcome", &v)
-            ? json_object_get_string(v)
-            : "?");
+    r->last_outcome = g_strdup(json_object_object_get_ex(rep, "outcome", &v)
+                                   ? json_object_get_string(v)
+                                   : "?");
     json_object_put(rep);
     if (r->capture)
         mp_capture_flush(r->capture);
@@ -521,11 +519,12 @@ on_readable(MpRelayChannel *ch, gpointer user_data)
         return;
     }
     if (kind == MP_CHAN_MAIN && n == HEADER_LEN) {
-        guint32 version = (guint32)buf[4] << 24 | buf[5] << 16 | buf[6] << 8
-                          | buf[7];
+        guint32 version =
+            (guint32)buf[4] << 24 | buf[5] << 16 | buf[6] << 8 | buf[7];
         if (version != 3) {
-            reject(c, "migration stream version %u (QEMU writes 3; it starts "
-                      "%s)",
+            reject(c,
+                   "migration stream version %u (QEMU writes 3; it starts "
+                   "%s)",
                    version, hex);
             return;
         }
@@ -555,8 +554,9 @@ pending_timeout(gpointer user_data)
     Conn *c = user_data;
     guint8 buf[HEADER_LEN];
     gssize n = mp_relay_channel_peek(c->ch, buf, sizeof(buf), NULL);
-    guint ms = c->relay->opt.handshake_timeout_ms ? c->relay->opt.handshake_timeout_ms
-                                                 : DEFAULT_TIMEOUT_MS;
+    guint ms = c->relay->opt.handshake_timeout_ms
+                   ? c->relay->opt.handshake_timeout_ms
+                   : DEFAULT_TIMEOUT_MS;
 
     c->deadline = 0;
     if (c->waits_for_main)
@@ -650,9 +650,8 @@ resolve(const char *what, const char *hostport, GError **error)
         g_socket_connectable_enumerate(addr);
     GSocketAddress *sa = g_socket_address_enumerator_next(en, NULL, &err);
     if (!sa) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_HOST_NOT_FOUND,
-                    "%s %s: %s", what, hostport,
-                    err ? err->message : "no address");
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_HOST_NOT_FOUND, "%s %s: %s",
+                    what, hostport, err ? err->message : "no address");
         return NULL;
     }
     return sa;
@@ -690,9 +689,9 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         return NULL;
     if (!(laddr = resolve("--listen", opt->listen, error)))
         return NULL;
-    r->listener = g_socket_new(g_socket_address_get_family(laddr),
-                               G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                               error);
+    r->listener =
+        g_socket_new(g_socket_address_get_family(laddr), G_SOCKET_TYPE_STREAM,
+                     G_SOCKET_PROTOCOL_TCP, error);
     if (!r->listener)
         return NULL;
     g_socket_set_blocking(r->listener, FALSE);
@@ -716,14 +715,13 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         }
     }
     if (r->capture_dir) {
-        r->capture = mp_capture_new(r->capture_dir, r->listen_addr, r->to_str,
-                                    error);
+        r->capture =
+            mp_capture_new(r->capture_dir, r->listen_addr, r->to_str, error);
         if (!r->capture)
             return NULL;
     }
     r->accept_source = g_socket_create_source(r->listener, G_IO_IN, NULL);
-    g_source_set_callback(r->accept_source, G_SOURCE_FUNC(on_accept), r,
-                          NULL);
+    g_source_set_callback(r->accept_source, G_SOURCE_FUNC(on_accept), r, NULL);
     g_source_attach(r->accept_source, NULL);
     r->tick_id = g_timeout_add(TICK_MS, on_tick, r);
     return g_steal_pointer(&r);

@@ -20,15 +20,15 @@
 #include <glib.h>
 
 typedef struct {
-    const char *listen;   /* HOST:PORT (port 0: any free port) */
-    const char *to;       /* HOST:PORT of the destination's -incoming */
-    const char *metrics;  /* --metrics FILE: JSON lines, or NULL */
-    const char *report;   /* --report FILE, or NULL */
-    const char *capture;  /* --capture DIR, or NULL */
-    gboolean once;        /* exit when the first session ends */
-    gboolean quiet;       /* warnings only */
-    gboolean progress;    /* live one-line display (stderr is a terminal) */
-    guint connect_timeout_ms;   /* 0: 10000 */
+    const char *listen;       /* HOST:PORT (port 0: any free port) */
+    const char *to;           /* HOST:PORT of the destination's -incoming */
+    const char *metrics;      /* --metrics FILE: JSON lines, or NULL */
+    const char *report;       /* --report FILE, or NULL */
+    const char *capture;      /* --capture DIR, or NULL */
+    gboolean once;            /* exit when the first session ends */
+    gboolean quiet;           /* warnings only */
+    gboolean progress;        /* live one-line display (stderr is a terminal) */
+    guint connect_timeout_ms; /* 0: 10000 */
     guint handshake_timeout_ms; /* a new connection's first bytes; 0: 10000 */
 } MpRelayOptions;
 

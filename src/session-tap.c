@@ -22,10 +22,10 @@ struct TapChan {
     MpChanKind kind;
     guint8 first[4]; /* the first bytes to the destination, until known */
     gsize first_have;
-    MpQmigParser *qmig; /* main, recovery */
-    MpRamParser *ram;   /* preempt */
-    MpMfdParser *mfd;   /* multifd */
-    MpRpParser *rp;     /* the return path of main and recovery */
+    MpQmigParser *qmig;         /* main, recovery */
+    MpRamParser *ram;           /* preempt */
+    MpMfdParser *mfd;           /* multifd */
+    MpRpParser *rp;             /* the return path of main and recovery */
     gboolean done[MP_DIR__MAX]; /* no parser (any more): only counted */
     gboolean ended[MP_DIR__MAX];
     guint64 off[MP_DIR__MAX]; /* bytes fed */
@@ -165,8 +165,7 @@ on_record(const MpRecord *rec, gpointer user_data)
     Sink *s = user_data;
     MpSessionTap *t = s->tap;
 
-    mp_relay_metrics_record(t->metrics, s->chan->index, s->dir, rec,
-                            t->now_us);
+    mp_relay_metrics_record(t->metrics, s->chan->index, s->dir, rec, t->now_us);
     if (t->fn)
         t->fn(s->chan->index, s->dir, rec, t->fn_data);
     return MP_REC_CONTINUE;
@@ -180,11 +179,10 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
     mp_relay_metrics_channel_kind(t->metrics, c->index, kind, t->now_us);
     c->name[MP_DIR_TO_DST] =
         g_strdup_printf("channel %u %s", c->index, mp_chan_kind_name(kind));
-    c->name[MP_DIR_TO_SRC] =
-        g_strdup_printf("channel %u %s", c->index,
-                        kind == MP_CHAN_MAIN || kind == MP_CHAN_RECOVERY
-                            ? "return-path"
-                            : "reverse");
+    c->name[MP_DIR_TO_SRC] = g_strdup_printf(
+        "channel %u %s", c->index,
+        kind == MP_CHAN_MAIN || kind == MP_CHAN_RECOVERY ? "return-path"
+                                                         : "reverse");
     Sink *to_dst = &c->sink[MP_DIR_TO_DST];
     switch (kind) {
     case MP_CHAN_MAIN:
@@ -201,12 +199,12 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
         t->main = c;
         break;
     case MP_CHAN_MULTIFD:
-        c->mfd = mp_mfd_parser_new(c->name[MP_DIR_TO_DST],
-                                   MP_TARGET_PAGE_SIZE, on_record, to_dst);
+        c->mfd = mp_mfd_parser_new(c->name[MP_DIR_TO_DST], MP_TARGET_PAGE_SIZE,
+                                   on_record, to_dst);
         break;
     case MP_CHAN_PREEMPT:
-        c->ram = mp_ram_parser_new(c->name[MP_DIR_TO_DST],
-                                   MP_TARGET_PAGE_SIZE, on_record, to_dst);
+        c->ram = mp_ram_parser_new(c->name[MP_DIR_TO_DST], MP_TARGET_PAGE_SIZE,
+                                   on_record, to_dst);
         if (t->main && t->main->qmig)
             mp_ram_parser_share_blocks(c->ram,
                                        mp_qmig_parser_ram(t->main->qmig));
@@ -301,8 +299,8 @@ mp_session_tap_feed(MpSessionTap *t, guint channel, MpDir dir,
         c->first_have += n;
         buf += n;
         len -= n;
-        MpChanKind kind = mp_chan_classify(
-            c->first, c->first_have, t->main != NULL && t->main != c);
+        MpChanKind kind = mp_chan_classify(c->first, c->first_have,
+                                           t->main != NULL && t->main != c);
         if (kind == MP_CHAN_UNKNOWN)
             return;
         set_kind(t, c, kind);
@@ -312,8 +310,8 @@ mp_session_tap_feed(MpSessionTap *t, guint channel, MpDir dir,
 }
 
 void
-mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir,
-                   const char *how, gint64 now_us)
+mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir, const char *how,
+                   gint64 now_us)
 {
     TapChan *c = chan(t, channel);
     g_autoptr(GError) err = NULL;
@@ -323,8 +321,7 @@ mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir,
     if (c->ended[dir])
         return;
     c->ended[dir] = TRUE;
-    if (dir == MP_DIR_TO_DST && c->kind == MP_CHAN_UNKNOWN
-        && c->first_have) {
+    if (dir == MP_DIR_TO_DST && c->kind == MP_CHAN_UNKNOWN && c->first_have) {
         /* closed after fewer than 4 bytes */
         MpChanKind kind = mp_chan_classify(c->first, c->first_have, TRUE);
         set_kind(t, c, kind == MP_CHAN_UNKNOWN ? MP_CHAN_FOREIGN : kind);

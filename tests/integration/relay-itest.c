@@ -52,9 +52,9 @@ it_relay_start(const char *dir, guint16 dst_port, const char *const *extra)
     int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     cr_assert(fd >= 0, "%s: %s", r->log, g_strerror(errno));
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, (const char *const *)argv->pdata, NULL,
-        G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1, -1, fd, NULL,
-        NULL, 0, &r->pid, NULL, NULL, NULL, &err);
+        NULL, (const char *const *)argv->pdata, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
+        die_with_parent, NULL, -1, -1, fd, NULL, NULL, 0, &r->pid, NULL, NULL,
+        NULL, &err);
     close(fd);
     cr_assert(ok, "starting migproxy relay: %s", err ? err->message : "?");
 
@@ -130,8 +130,7 @@ it_relay_report(ItRelay *r)
 {
     json_object *doc = json_object_from_file(r->report);
     g_autofree char *text = it_relay_log_text(r);
-    cr_assert_not_null(doc, "no report in %s; relay log:\n%s", r->report,
-                       text);
+    cr_assert_not_null(doc, "no report in %s; relay log:\n%s", r->report, text);
     return doc;
 }
 
@@ -145,8 +144,8 @@ it_relay_log_text(ItRelay *r)
 }
 
 MpQemu *
-it_start_destination(const char *version, const char *machine,
-                     gboolean running, const char *const *extra)
+it_start_destination(const char *version, const char *machine, gboolean running,
+                     const char *const *extra)
 {
     g_autoptr(GError) err = NULL;
     MpQemuConfig cfg = {
@@ -255,8 +254,7 @@ it_jnum(json_object *doc, const char *path)
 }
 
 void
-it_assert_same_ram(MpQemu *a, MpQemu *b, guint64 ram_bytes,
-                   const char *tmpdir)
+it_assert_same_ram(MpQemu *a, MpQemu *b, guint64 ram_bytes, const char *tmpdir)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *path = g_build_filename(tmpdir, "reference.bin", NULL);

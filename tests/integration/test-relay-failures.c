@@ -67,7 +67,8 @@ static GSocket *
 connect_to(guint16 port)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
     g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, port);
     GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
                               G_SOCKET_PROTOCOL_TCP, &err);
@@ -85,12 +86,12 @@ assert_closed_by_relay(GSocket *s, const char *what)
     g_autoptr(GError) err = NULL;
     char buf[64];
     gssize n = g_socket_receive(s, buf, sizeof(buf), NULL, &err);
-    cr_assert(n == 0
-                  || (n < 0
-                      && !g_error_matches(err, G_IO_ERROR,
-                                          G_IO_ERROR_TIMED_OUT)),
-              "%s: the relay did not close the connection (%zd%s%s)", what,
-              n, err ? ": " : "", err ? err->message : "");
+    cr_assert(
+        n == 0
+            || (n < 0
+                && !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT)),
+        "%s: the relay did not close the connection (%zd%s%s)", what, n,
+        err ? ": " : "", err ? err->message : "");
 }
 
 static void
@@ -113,7 +114,8 @@ static guint16
 fake_destination(void)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
     g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
     fx.fake_dst = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
                                G_SOCKET_PROTOCOL_TCP, &err);
@@ -141,10 +143,10 @@ assert_src_failed_and_running(gint64 since_us)
 {
     json_object *info = it_wait_final(fx.src, PROMPT_MS);
     gint64 took = (g_get_monotonic_time() - since_us) / 1000;
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
-                     "failed", "%s", json_object_to_json_string(info));
-    cr_assert_leq(took, PROMPT_MS, "the source took %" G_GINT64_FORMAT
-                  " ms to fail", took);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed",
+                     "%s", json_object_to_json_string(info));
+    cr_assert_leq(took, PROMPT_MS,
+                  "the source took %" G_GINT64_FORMAT " ms to fail", took);
     g_printerr("relay-failure source failed after %" G_GINT64_FORMAT
                " ms: %s\n",
                took, json_object_get_string(it_jget(info, "error-desc")));
@@ -262,8 +264,7 @@ Test(relay_failures, destination_refused)
     assert_log_has("cannot connect to the destination");
     json_object *rep = it_relay_report(fx.relay);
     const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
-    cr_assert(g_str_has_prefix(outcome, "failed: destination"), "%s",
-              outcome);
+    cr_assert(g_str_has_prefix(outcome, "failed: destination"), "%s", outcome);
     json_object_put(rep);
 }
 
@@ -330,8 +331,7 @@ Test(relay_failures, sigterm_mid_migration)
 
     gint64 t0 = g_get_monotonic_time();
     cr_assert_eq(kill(fx.relay->pid, SIGTERM), 0);
-    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0,
-                 "a clean shutdown exits 0");
+    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0, "a clean shutdown exits 0");
     assert_log_has("stopping (SIGTERM)");
     json_object *rep = it_relay_report(fx.relay);
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),

@@ -30,7 +30,7 @@
 
 static struct {
     MpQemu *src, *dst;
-    ItRelay *relay;
+    ItRelay *relay, *relay2;
     char *dir;
 } fx;
 
@@ -44,7 +44,8 @@ static void
 fx_fini(void)
 {
     it_relay_free(fx.relay);
-    fx.relay = NULL;
+    it_relay_free(fx.relay2);
+    fx.relay = fx.relay2 = NULL;
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
     if (fx.dir)
@@ -159,8 +160,8 @@ check_capture(json_object *report)
     for (guint i = 0; i < G_N_ELEMENTS(keys); i++)
         if (it_jget(report, keys[i]))
             cr_assert_eq(jint(doc, keys[i]), jint(report, keys[i]),
-                         "%s: capture %" G_GINT64_FORMAT ", live %"
-                         G_GINT64_FORMAT,
+                         "%s: capture %" G_GINT64_FORMAT
+                         ", live %" G_GINT64_FORMAT,
                          keys[i], jint(doc, keys[i]), jint(report, keys[i]));
     cr_assert_eq(json_object_array_length(it_jget(doc, "channels")),
                  json_object_array_length(it_jget(report, "channels")));
@@ -175,8 +176,8 @@ run(const Case *c, Result *res)
     const char *dv = c->dst_version ? c->dst_version : sv;
 
     fx.src = it_start_workload(sv, c->machine, 128, c->append, c->src_extra);
-    fx.dst = it_start_destination(dv, c->machine, c->mem == MEM_GUEST,
-                                  c->dst_extra);
+    fx.dst =
+        it_start_destination(dv, c->machine, c->mem == MEM_GUEST, c->dst_extra);
     guint16 dst_port = mp_qemu_pick_free_port(&err);
     cr_assert(dst_port, "%s", err ? err->message : "?");
     fx.relay = it_relay_start(fx.dir, dst_port, NULL);
@@ -221,11 +222,10 @@ run(const Case *c, Result *res)
                  "errors: %s",
                  json_object_to_json_string(it_jget(rep, "errors")));
     cr_assert(!json_object_get_boolean(it_jget(rep, "partial")));
-    cr_assert_str_eq(json_object_get_string(
-                         it_jget(json_object_array_get_idx(
-                                     it_jget(rep, "channels"), 0),
-                                 "kind")),
-                     "main");
+    cr_assert_str_eq(
+        json_object_get_string(it_jget(
+            json_object_array_get_idx(it_jget(rep, "channels"), 0), "kind")),
+        "main");
     cr_assert_eq(jint(rep, "ram.total"), jint(res->src, "ram.total"));
     cr_assert_geq(json_object_array_length(it_jget(rep, "rounds")), 1);
     cr_assert_gt(it_jnum(rep, "total_ms"), 0);
@@ -242,8 +242,9 @@ run(const Case *c, Result *res)
                json_object_get_string(it_jget(rep, "downtime.end_marker")),
                jint(res->src, "total-time"), it_jnum(rep, "total_ms"));
     cr_assert_geq(wire, 0);
-    cr_assert_leq(wire, qemu + 50, "wire downtime %.1f ms, QEMU %" G_GINT64_FORMAT
-                  " ms", wire, qemu);
+    cr_assert_leq(wire, qemu + 50,
+                  "wire downtime %.1f ms, QEMU %" G_GINT64_FORMAT " ms", wire,
+                  qemu);
 
     check_metrics_file(fx.relay->metrics);
     check_capture(rep);
@@ -269,17 +270,16 @@ run(const Case *c, Result *res)
 static void
 check_pages_exact(const Result *r)
 {
-    cr_assert_eq(jint(r->report, "ram.pages.normal"),
-                 jint(r->src, "ram.normal"),
-                 "normal pages: wire %" G_GINT64_FORMAT ", query-migrate %"
-                 G_GINT64_FORMAT,
-                 jint(r->report, "ram.pages.normal"), jint(r->src, "ram.normal"));
-    cr_assert_eq(jint(r->report, "ram.pages.zero"),
-                 jint(r->src, "ram.duplicate"),
-                 "zero pages: wire %" G_GINT64_FORMAT ", query-migrate "
-                 "duplicate %" G_GINT64_FORMAT,
-                 jint(r->report, "ram.pages.zero"),
-                 jint(r->src, "ram.duplicate"));
+    cr_assert_eq(
+        jint(r->report, "ram.pages.normal"), jint(r->src, "ram.normal"),
+        "normal pages: wire %" G_GINT64_FORMAT
+        ", query-migrate %" G_GINT64_FORMAT,
+        jint(r->report, "ram.pages.normal"), jint(r->src, "ram.normal"));
+    cr_assert_eq(
+        jint(r->report, "ram.pages.zero"), jint(r->src, "ram.duplicate"),
+        "zero pages: wire %" G_GINT64_FORMAT ", query-migrate "
+        "duplicate %" G_GINT64_FORMAT,
+        jint(r->report, "ram.pages.zero"), jint(r->src, "ram.duplicate"));
 }
 
 /* A running destination: the workload (verify=1) goes on checking every
@@ -295,11 +295,9 @@ check_guest_verifies(MpQemu *dst)
         g_autofree char *text = NULL;
         g_file_get_contents(path, &text, NULL, NULL);
         cr_assert(!text || !strstr(text, "CORRUPT"),
-                  "the guest found corrupt pages after migrating:\n%s",
-                  text);
+                  "the guest found corrupt pages after migrating:\n%s", text);
         passes = 0;
-        for (const char *p = text; p && (p = strstr(p, "verify pass="));
-             p++)
+        for (const char *p = text; p && (p = strstr(p, "verify pass=")); p++)
             passes++;
         if (passes >= 3)
             break;
@@ -317,8 +315,8 @@ check_postcopy(const Result *r)
     cr_assert_gt(jint(r->src, "ram.postcopy-requests"), 0,
                  "QEMU sent no page request");
     cr_assert_eq(requests, jint(r->src, "ram.postcopy-requests"),
-                 "page requests: wire %" G_GINT64_FORMAT ", query-migrate %"
-                 G_GINT64_FORMAT,
+                 "page requests: wire %" G_GINT64_FORMAT
+                 ", query-migrate %" G_GINT64_FORMAT,
                  requests, jint(r->src, "ram.postcopy-requests"));
     gint64 n = jint(r->report, "postcopy.latency_us.count");
     cr_assert_leq(n, requests);
@@ -342,25 +340,29 @@ check_postcopy(const Result *r)
 
 Test(relay, precopy_72)
 {
-    Case c = {.name = "precopy_72", .append = "mem=64M rate=4000",
-              .downtime_ms = 20, .mem = MEM_STREAM};
+    Case c = {.name = "precopy_72",
+              .append = "mem=64M rate=4000",
+              .downtime_ms = 20,
+              .mem = MEM_STREAM};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);
     json_object *rounds = it_jget(r.report, "rounds");
     cr_assert_geq(json_object_array_length(rounds), 2);
-    cr_assert_gt(jint(json_object_array_get_idx(rounds, 1), "dirty_pages"),
-                 0);
-    cr_assert_not_null(it_jget(json_object_array_get_idx(rounds, 0),
-                               "throughput_bps"));
+    cr_assert_gt(jint(json_object_array_get_idx(rounds, 1), "dirty_pages"), 0);
+    cr_assert_not_null(
+        it_jget(json_object_array_get_idx(rounds, 0), "throughput_bps"));
     result_clear(&r);
 }
 
 Test(relay, precopy_100)
 {
-    Case c = {.name = "precopy_100", .src_version = "10.0",
-              .machine = "pc-q35-10.0", .append = "mem=64M rate=4000",
-              .downtime_ms = 20, .mem = MEM_SOURCE};
+    Case c = {.name = "precopy_100",
+              .src_version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=4000",
+              .downtime_ms = 20,
+              .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);
@@ -370,8 +372,10 @@ Test(relay, precopy_100)
 
 Test(relay, precopy_72_to_100)
 {
-    Case c = {.name = "precopy_72_to_100", .dst_version = "10.0",
-              .machine = "pc-q35-7.2", .append = "mem=48M",
+    Case c = {.name = "precopy_72_to_100",
+              .dst_version = "10.0",
+              .machine = "pc-q35-7.2",
+              .append = "mem=48M",
               .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
@@ -381,10 +385,13 @@ Test(relay, precopy_72_to_100)
 
 Test(relay, xbzrle_72)
 {
-    Case c = {.name = "xbzrle_72", .append = "mem=64M rate=3000 touch=64",
-              .caps = {"xbzrle"}, .downtime_ms = 20,
+    Case c = {.name = "xbzrle_72",
+              .append = "mem=64M rate=3000 touch=64",
+              .caps = {"xbzrle"},
+              .downtime_ms = 20,
               /* 7.2 sends deltas from round 3 on: slow enough for it */
-              .bandwidth = 32 << 20, .mem = MEM_STREAM};
+              .bandwidth = 32 << 20,
+              .mem = MEM_STREAM};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);
@@ -402,8 +409,10 @@ Test(relay, xbzrle_72)
  * bounds. */
 Test(relay, compress_72)
 {
-    Case c = {.name = "compress_72", .append = "mem=48M",
-              .caps = {"compress"}, .mem = MEM_SOURCE};
+    Case c = {.name = "compress_72",
+              .append = "mem=48M",
+              .caps = {"compress"},
+              .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
     gint64 comp = jint(r.report, "ram.pages.compressed");
@@ -433,22 +442,24 @@ check_multifd_channels(json_object *report, guint n)
  * exact.  A quiet guest: memory is compared with the source. */
 Test(relay, multifd_72)
 {
-    Case c = {.name = "multifd_72", .append = "mem=64M",
-              .caps = {"multifd"}, .multifd_channels = 4,
+    Case c = {.name = "multifd_72",
+              .append = "mem=64M",
+              .caps = {"multifd"},
+              .multifd_channels = 4,
               .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
     check_multifd_channels(r.report, 4);
-    cr_assert_eq(jint(r.report, "multifd.bytes"),
-                 jint(r.src, "ram.multifd-bytes"),
-                 "multifd bytes: wire %" G_GINT64_FORMAT ", query-migrate %"
-                 G_GINT64_FORMAT,
-                 jint(r.report, "multifd.bytes"),
-                 jint(r.src, "ram.multifd-bytes"));
+    cr_assert_eq(
+        jint(r.report, "multifd.bytes"), jint(r.src, "ram.multifd-bytes"),
+        "multifd bytes: wire %" G_GINT64_FORMAT
+        ", query-migrate %" G_GINT64_FORMAT,
+        jint(r.report, "multifd.bytes"), jint(r.src, "ram.multifd-bytes"));
     gint64 wire = jint(r.report, "ram.pages.normal"),
            normal = jint(r.src, "ram.normal");
     cr_assert_geq(wire, normal);
-    cr_assert_leq(wire * 100, normal * 101, "wire %" G_GINT64_FORMAT
+    cr_assert_leq(wire * 100, normal * 101,
+                  "wire %" G_GINT64_FORMAT
                   " normal pages, query-migrate %" G_GINT64_FORMAT,
                   wire, normal);
     cr_assert_eq(jint(r.report, "ram.pages.zero"),
@@ -460,10 +471,14 @@ Test(relay, multifd_72)
  * not (docs/relay.md). */
 Test(relay, multifd_100)
 {
-    Case c = {.name = "multifd_100", .src_version = "10.0",
-              .machine = "pc-q35-10.0", .append = "mem=64M rate=3000",
-              .caps = {"multifd"}, .multifd_channels = 4,
-              .downtime_ms = 20, .mem = MEM_SOURCE};
+    Case c = {.name = "multifd_100",
+              .src_version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=3000",
+              .caps = {"multifd"},
+              .multifd_channels = 4,
+              .downtime_ms = 20,
+              .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
     check_multifd_channels(r.report, 4);
@@ -476,9 +491,12 @@ Test(relay, multifd_100)
 
 Test(relay, postcopy_72)
 {
-    Case c = {.name = "postcopy_72", .append = "mem=64M rate=5000 verify=1",
-              .caps = {"postcopy-ram"}, .bandwidth = 32 << 20,
-              .postcopy_after_ms = 500, .mem = MEM_GUEST};
+    Case c = {.name = "postcopy_72",
+              .append = "mem=64M rate=5000 verify=1",
+              .caps = {"postcopy-ram"},
+              .bandwidth = 32 << 20,
+              .postcopy_after_ms = 500,
+              .mem = MEM_GUEST};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);
@@ -504,9 +522,11 @@ check_preempt_channel(json_object *report)
 
 Test(relay, preempt_72)
 {
-    Case c = {.name = "preempt_72", .append = "mem=64M rate=5000 verify=1",
+    Case c = {.name = "preempt_72",
+              .append = "mem=64M rate=5000 verify=1",
               .caps = {"postcopy-ram", "postcopy-preempt"},
-              .bandwidth = 32 << 20, .postcopy_after_ms = 500,
+              .bandwidth = 32 << 20,
+              .postcopy_after_ms = 500,
               .mem = MEM_GUEST};
     Result r = {0};
     run(&c, &r);
@@ -518,11 +538,13 @@ Test(relay, preempt_72)
 
 Test(relay, preempt_100)
 {
-    Case c = {.name = "preempt_100", .src_version = "10.0",
+    Case c = {.name = "preempt_100",
+              .src_version = "10.0",
               .machine = "pc-q35-10.0",
               .append = "mem=64M rate=5000 verify=1",
               .caps = {"postcopy-ram", "postcopy-preempt"},
-              .bandwidth = 32 << 20, .postcopy_after_ms = 500,
+              .bandwidth = 32 << 20,
+              .postcopy_after_ms = 500,
               .mem = MEM_GUEST};
     Result r = {0};
     run(&c, &r);
@@ -553,9 +575,13 @@ Test(relay, block_72)
     g_autofree guint8 *zero = g_malloc0(size);
     cr_assert(g_file_set_contents(ddisk, (char *)zero, size, NULL));
 
-    Case c = {.name = "block_72", .append = "mem=32M",
-              .caps = {"zero-blocks"}, .blk = TRUE, .src_extra = sextra,
-              .dst_extra = dextra, .mem = MEM_SOURCE};
+    Case c = {.name = "block_72",
+              .append = "mem=32M",
+              .caps = {"zero-blocks"},
+              .blk = TRUE,
+              .src_extra = sextra,
+              .dst_extra = dextra,
+              .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);
@@ -581,8 +607,8 @@ wait_status(MpQemu *q, const char *want, guint timeout_ms)
         if (strcmp(st, want) == 0)
             return;
         cr_assert(g_get_monotonic_time() < deadline,
-                  "%s: migration status %s, waited for %s", mp_qemu_name(q),
-                  st, want);
+                  "%s: migration status %s, waited for %s", mp_qemu_name(q), st,
+                  want);
         g_usleep(50000);
     }
 }
@@ -594,8 +620,8 @@ Test(relay, postcopy_recovery_72)
 {
     g_autoptr(GError) err = NULL;
 
-    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=5000 verify=1",
-                               NULL);
+    fx.src =
+        it_start_workload("7.2", NULL, 128, "mem=64M rate=5000 verify=1", NULL);
     fx.dst = it_start_destination("7.2", NULL, TRUE, NULL);
     guint16 dport = mp_qemu_pick_free_port(&err);
     cr_assert(dport, "%s", err ? err->message : "?");
@@ -620,7 +646,7 @@ Test(relay, postcopy_recovery_72)
     cr_assert(dport2, "%s", err ? err->message : "?");
     g_autofree char *dir2 = g_build_filename(fx.dir, "recovery", NULL);
     g_mkdir(dir2, 0755);
-    ItRelay *relay2 = it_relay_start(dir2, dport2, NULL);
+    ItRelay *relay2 = fx.relay2 = it_relay_start(dir2, dport2, NULL);
     g_autofree char *uri = g_strdup_printf("tcp:127.0.0.1:%u", dport2);
     json_object *args = json_object_new_object();
     json_object_object_add(args, "uri", json_object_new_string(uri));
@@ -650,11 +676,10 @@ Test(relay, postcopy_recovery_72)
     g_free(log2);
     log2 = it_relay_log_text(relay2);
     cr_assert_eq(rc, 0, "%s", log2);
-    cr_assert_str_eq(json_object_get_string(it_jget(
-                         json_object_array_get_idx(it_jget(rep, "channels"),
-                                                   0),
-                         "kind")),
-                     "recovery");
+    cr_assert_str_eq(
+        json_object_get_string(it_jget(
+            json_object_array_get_idx(it_jget(rep, "channels"), 0), "kind")),
+        "recovery");
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
                      "completed");
     g_printerr("relay-recovery requests=%" G_GINT64_FORMAT
@@ -662,7 +687,6 @@ Test(relay, postcopy_recovery_72)
                it_jint(rep, "postcopy.requests"),
                it_jint(info, "ram.postcopy-requests"),
                json_object_get_boolean(it_jget(rep, "partial")));
-    it_relay_free(relay2);
     check_guest_verifies(fx.dst);
     json_object_put(rep);
     json_object_put(info);

@@ -116,8 +116,7 @@ Test(capture, round_trip_like_the_file)
     const char *keys[] = {"ram.pages.normal", "ram.pages.zero",
                           "ram.pages.xbzrle", "stream.sections.full"};
     for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
-        cr_assert_eq(jint(cap, keys[k]), jint(file, keys[k]), "%s",
-                     keys[k]);
+        cr_assert_eq(jint(cap, keys[k]), jint(file, keys[k]), "%s", keys[k]);
     /* the vmdesc at the end of the main channel slices the devices */
     json_object *v;
     json_object_object_get_ex(cap, "stream", &v);
@@ -147,8 +146,7 @@ Test(capture, broken_index_is_an_error)
     json_object *errs;
     json_object_object_get_ex(cap, "errors", &errs);
     cr_assert_geq(json_object_array_length(errs), 1);
-    cr_assert(strstr(json_object_get_string(
-                         json_object_array_get_idx(errs, 0)),
+    cr_assert(strstr(json_object_get_string(json_object_array_get_idx(errs, 0)),
                      "out of order"),
               "%s", json_object_to_json_string(errs));
     json_object_put(cap);

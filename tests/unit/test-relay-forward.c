@@ -53,8 +53,7 @@ static void
 send_all(GSocket *s, const guint8 *p, gsize n)
 {
     while (n) {
-        gssize w = g_socket_send(s, (const char *)p, MIN(n, 65536), NULL,
-                                 NULL);
+        gssize w = g_socket_send(s, (const char *)p, MIN(n, 65536), NULL, NULL);
         cr_assert_gt(w, 0);
         p += w;
         n -= w;
@@ -139,8 +138,11 @@ start_relay(Ctx *x, const char *report)
     guint16 dport;
     x->dst_listener = listener(&dport);
     g_autofree char *to = g_strdup_printf("127.0.0.1:%u", dport);
-    MpRelayOptions opt = {.listen = "127.0.0.1:0", .to = to,
-                          .report = report, .once = TRUE, .quiet = TRUE};
+    MpRelayOptions opt = {.listen = "127.0.0.1:0",
+                          .to = to,
+                          .report = report,
+                          .once = TRUE,
+                          .quiet = TRUE};
     MpRelay *r = mp_relay_new(&opt, &err);
     cr_assert_not_null(r, "%s", err ? err->message : "?");
     x->relay_addr = g_strdup(mp_relay_listen_address(r));

@@ -107,11 +107,10 @@ check_against_file(const char *name)
                               "ram.pages.xbzrle", "ram.total",
                               "stream.sections.part"};
         for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
-            cr_assert_eq(jint(rep, keys[k]), jint(file, keys[k]),
-                         "%s %s: tap %" G_GINT64_FORMAT ", file %"
-                         G_GINT64_FORMAT,
-                         name, keys[k], jint(rep, keys[k]),
-                         jint(file, keys[k]));
+            cr_assert_eq(
+                jint(rep, keys[k]), jint(file, keys[k]),
+                "%s %s: tap %" G_GINT64_FORMAT ", file %" G_GINT64_FORMAT, name,
+                keys[k], jint(rep, keys[k]), jint(file, keys[k]));
         json_object *rounds, *frounds;
         json_object_object_get_ex(rep, "rounds", &rounds);
         json_object_object_get_ex(file, "rounds", &frounds);
