@@ -1,10 +1,16 @@
 /* cmd-demo.c: `migproxy demo`, a real live migration of the workload guest
- * between two QEMU processes on this machine, captured and analyzed, with
- * the analysis checked against QEMU's own counters and the destination's
- * memory. */
+ * between two QEMU processes on this machine, through `migproxy relay`,
+ * captured and analyzed, with the analysis checked against QEMU's own
+ * counters and the destination's memory. */
 #include "config.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <glib.h>
 #include <glib/gstdio.h>
 #include "analysis.h"
@@ -78,6 +84,97 @@ memory_equals_image(MpQemu *q, const char *image, guint64 ram,
     return TRUE;
 }
 
+static void
+die_with_parent(gpointer user_data)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+/* `migproxy relay --once` (this very binary) from 127.0.0.1:`listen` to
+ * 127.0.0.1:`to`, its report, capture and log in `dir`; returns once it
+ * listens. */
+static gboolean
+start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
+            GError **error)
+{
+    g_autofree char *self = g_file_read_link("/proc/self/exe", error);
+    g_autofree char *log = g_build_filename(dir, "relay.log", NULL);
+    g_autofree char *a_listen =
+        g_strdup_printf("--listen=127.0.0.1:%u", listen);
+    g_autofree char *a_to = g_strdup_printf("--to=127.0.0.1:%u", to);
+    g_autofree char *a_report =
+        g_strdup_printf("--report=%s/report.json", dir);
+    g_autofree char *a_capture = g_strdup_printf("--capture=%s/capture", dir);
+    const char *argv[] = {self,     "relay",   a_listen,  a_to,
+                          "--once", a_report,  a_capture, "--no-progress",
+                          NULL};
+
+    if (!self)
+        return FALSE;
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "%s: %s",
+                    log, g_strerror(e));
+        return FALSE;
+    }
+    gboolean ok = g_spawn_async_with_pipes_and_fds(
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL,
+        -1, -1, fd, NULL, NULL, 0, pid, NULL, NULL, NULL, error);
+    close(fd);
+    if (!ok)
+        return FALSE;
+    for (int i = 0; i < 500; i++) {
+        g_autofree char *text = NULL;
+        int st;
+        g_file_get_contents(log, &text, NULL, NULL);
+        if (text && strstr(text, "listening on"))
+            return TRUE;
+        if (waitpid(*pid, &st, WNOHANG) == *pid) {
+            *pid = 0;
+            g_set_error(error, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
+                        "migproxy relay exited: %s", text ? text : "");
+            return FALSE;
+        }
+        g_usleep(20000);
+    }
+    g_set_error(error, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
+                "migproxy relay does not listen after 10 s");
+    return FALSE;
+}
+
+/* Waits for the relay to exit (it does once the migration's connections
+ * have closed); kills it after 30 s. */
+static void
+stop_relay(GPid pid)
+{
+    int st;
+    if (!pid)
+        return;
+    for (int i = 0; i < 1500; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return;
+        g_usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+}
+
+static void
+remove_tree(const char *path)
+{
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    const char *name;
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(path, name, NULL);
+        if (g_file_test(p, G_FILE_TEST_IS_DIR))
+            remove_tree(p);
+        else
+            g_unlink(p);
+    }
+    g_rmdir(path);
+}
+
 static char *
 default_kernel(void)
 {
@@ -94,7 +191,11 @@ run_demo(const DemoOptions *o, const char *dir)
     g_autoptr(GError) err = NULL;
     g_autoptr(MpQemu) src = NULL;
     g_autoptr(MpQemu) dst = NULL;
-    g_autofree char *stream = g_build_filename(dir, "stream.mig", NULL);
+    /* the main channel as the relay captured it: the whole stream */
+    g_autofree char *stream =
+        g_build_filename(dir, "capture", "s1-c0-to-dst.bin", NULL);
+    g_autofree char *report = g_build_filename(dir, "report.json", NULL);
+    GPid relay = 0;
     g_autofree char *ramdir = g_build_filename(dir, "ram", NULL);
     g_autofree char *image = g_build_filename(ramdir, "pc.ram", NULL);
     g_autofree char *incoming = NULL, *uri = NULL;
@@ -135,14 +236,19 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!dst)
         goto fail;
 
-    /* The stream is copied to a file on its way (tee) while it flows to
-     * the destination; the relay will do this by itself. */
-    uri = g_strdup_printf(
-        "exec:tee '%s' | socat -u STDIN TCP:127.0.0.1:%u", stream, port);
+    /* The source migrates to the relay, which forwards to the destination
+     * and records every channel on the way. */
+    guint16 relay_port = mp_qemu_pick_free_port(&err);
+    if (!relay_port || !start_relay(dir, relay_port, port, &relay, &err))
+        goto fail;
+    step("relay: migproxy relay --listen 127.0.0.1:%u --to 127.0.0.1:%u "
+         "--once (log, report and capture in %s)",
+         relay_port, port, dir);
+    uri = g_strdup_printf("tcp:127.0.0.1:%u", relay_port);
     if (!mp_qemu_set_parameter_int(src, "downtime-limit", 50, &err)
         || !mp_qemu_set_parameter_int(src, "max-bandwidth", 256 << 20, &err))
         goto fail;
-    step("migrating live, the stream captured to %s", stream);
+    step("migrating live through the relay: migrate %s", uri);
     if (!mp_qemu_migrate(src, uri, &err)
         || !mp_qemu_wait_migration(src, MIGRATE_TIMEOUT_MS, &info, &err))
         goto fail;
@@ -161,6 +267,25 @@ run_demo(const DemoOptions *o, const char *dir)
     step("migration completed: %" G_GINT64_FORMAT " ms, downtime %"
          G_GINT64_FORMAT " ms (query-migrate)",
          jint(info, "total-time"), jint(info, "downtime"));
+    stop_relay(relay);
+    relay = 0;
+    json_object *rep = json_object_from_file(report), *v;
+    if (rep) {
+        json_object *rounds = NULL;
+        json_object_object_get_ex(rep, "rounds", &rounds);
+        step("relay report: %.0f ms, downtime %.1f ms on the wire, %zu "
+             "rounds, normal %" G_GINT64_FORMAT " zero %" G_GINT64_FORMAT
+             " pages (%s)",
+             json_object_object_get_ex(rep, "total_ms", &v)
+                 ? json_object_get_double(v)
+                 : -1.0,
+             json_object_object_get_ex(rep, "downtime_ms", &v)
+                 ? json_object_get_double(v)
+                 : -1.0,
+             rounds ? json_object_array_length(rounds) : (size_t)0,
+             jint(rep, "ram.pages.normal"), jint(rep, "ram.pages.zero"),
+             report);
+    }
 
     step("analyzing the stream");
     MpAnalyzeOptions aopt = {.quiet = TRUE, .dump_ram = ramdir};
@@ -178,6 +303,9 @@ run_demo(const DemoOptions *o, const char *dir)
         json_object_object_add(
             checks, "destination_equals_image",
             json_object_new_boolean(mem_ok && differing == 0));
+        if (rep)
+            json_object_object_add(checks, "relay_report",
+                                   json_object_get(rep));
         json_object_object_add(doc, "demo", checks);
         puts(json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY));
     } else {
@@ -189,6 +317,8 @@ run_demo(const DemoOptions *o, const char *dir)
            zero = jint(doc, "ram.pages.zero");
     gboolean counts_ok = normal == jint(info, "ram.normal")
                          && zero == jint(info, "ram.duplicate");
+    gboolean relay_ok = rep && jint(rep, "ram.pages.normal") == normal
+                        && jint(rep, "ram.pages.zero") == zero;
     FILE *out = o->json ? stderr : stdout;
     fprintf(out,
             "\nChecks:\n"
@@ -197,6 +327,8 @@ run_demo(const DemoOptions *o, const char *dir)
             " / duplicate %" G_GINT64_FORMAT ": %s\n",
             normal, jint(info, "ram.normal"), zero,
             jint(info, "ram.duplicate"), counts_ok ? "equal" : "DIFFERENT");
+    fprintf(out, "  pages the relay counted live vs the stream: %s\n",
+            relay_ok ? "equal" : "DIFFERENT");
     if (mem_ok)
         fprintf(out,
                 "  destination's memory vs the stream's RAM image (%d MiB): "
@@ -208,10 +340,15 @@ run_demo(const DemoOptions *o, const char *dir)
                 err ? err->message : "the stream did not parse");
     json_object_put(doc);
     json_object_put(info);
-    return counts_ok && mem_ok && differing == 0 ? 0 : 1;
+    json_object_put(rep);
+    return counts_ok && relay_ok && mem_ok && differing == 0 ? 0 : 1;
 
 fail:
     fprintf(stderr, "migproxy demo: %s\n", err ? err->message : "failed");
+    if (relay) {
+        kill(relay, SIGKILL);
+        stop_relay(relay);
+    }
     if (info)
         json_object_put(info);
     return 1;
@@ -248,7 +385,8 @@ mp_cmd_demo(int argc, char **argv)
 
     g_option_context_set_summary(
         oc, "Migrate the workload guest live between two QEMUs on this "
-            "machine, capture the stream and analyze it.\n\n"
+            "machine through `migproxy relay`, capture the stream and "
+            "analyze it.\n\n"
             "Checks that the pages counted in the stream equal QEMU's "
             "query-migrate counters and that the destination's memory equals "
             "the RAM image migproxy decodes from the stream.");
@@ -257,7 +395,7 @@ mp_cmd_demo(int argc, char **argv)
             "  migproxy demo\n"
             "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
             "  migproxy demo --keep /tmp/demo && migproxy analyze "
-            "/tmp/demo/stream.mig\n");
+            "/tmp/demo/capture\n");
     g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy demo: %s\n", err->message);
@@ -292,17 +430,7 @@ mp_cmd_demo(int argc, char **argv)
     }
     int status = run_demo(&o, dir);
     if (!o.keep) {
-        g_autofree char *ramdir = g_build_filename(dir, "ram", NULL);
-        g_autoptr(GDir) d = g_dir_open(ramdir, 0, NULL);
-        const char *name;
-        while (d && (name = g_dir_read_name(d))) {
-            g_autofree char *p = g_build_filename(ramdir, name, NULL);
-            g_unlink(p);
-        }
-        g_rmdir(ramdir);
-        g_autofree char *stream = g_build_filename(dir, "stream.mig", NULL);
-        g_unlink(stream);
-        g_rmdir(dir);
+        remove_tree(dir);
     }
     g_free(dir);
     g_free(o.qemu);
