@@ -1,7 +1,7 @@
 #!/bin/bash
 # test.sh: set everything up and run the whole test suite:
 #   1. unit and integration tests (real QEMU 7.2 and 10.0) in build/;
-#   2. the same unit tests and the analyzer's integration tests under
+#   2. the same unit tests and the analyzer's and relay's integration tests under
 #      AddressSanitizer + UBSan in build-asan/;
 #   3. each libFuzzer target for MP_FUZZ_SECONDS (default 30) in build-fuzz/.
 # Exits non-zero if anything fails; ends with "N passed, N failed".
@@ -49,7 +49,7 @@ if [ -z "${MP_TEST_QUICK:-}" ]; then
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
             meson test -C build-asan --print-errorlogs --num-processes 2 -t 4 \
-            --suite unit --suite analyze
+            --suite unit --suite analyze --suite relay
         count build-asan
     else
         ninja -C build-asan
