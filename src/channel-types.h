@@ -8,6 +8,8 @@
  *   "QEVM"            main channel (its reverse direction: the return path)
  *   be32 0x11223344   a multifd channel
  *   0x08 (a command)  on a later connection: postcopy recovery main channel
+ *   0x16 0x03         a TLS handshake record (tls-creds: every channel
+ *                     is encrypted; forwarded, never parsed)
  *   anything else     on a later connection: postcopy-preempt (bare RAM
  *                     records; 7.2 opens it at the start and sends nothing
  *                     until post-copy) */
@@ -18,6 +20,7 @@ typedef enum {
     MP_CHAN_PREEMPT,
     MP_CHAN_RECOVERY,
     MP_CHAN_FOREIGN, /* not a migration channel */
+    MP_CHAN_TLS,     /* a TLS handshake: encrypted, never parsed */
     MP_CHAN__MAX,
 } MpChanKind;
 
@@ -31,7 +34,7 @@ static inline const char *
 mp_chan_kind_name(MpChanKind kind)
 {
     static const char *const names[MP_CHAN__MAX] = {
-        "unknown", "main", "multifd", "preempt", "recovery", "foreign"};
+        "unknown", "main", "multifd", "preempt", "recovery", "foreign", "tls"};
     return kind < MP_CHAN__MAX ? names[kind] : "?";
 }
 

@@ -659,8 +659,17 @@ mp_relay_metrics_finish(MpRelayMetrics *m, gint64 now_us, const char *failure)
 
     MpAnalysisProgress pr;
     mp_analysis_progress(m->analysis, &pr);
+    gboolean tls = FALSE;
+    for (guint i = 0; i < m->channels->len; i++) {
+        const ChanStat *c = g_ptr_array_index(m->channels, i);
+        tls |= c && c->kind == MP_CHAN_TLS;
+    }
     if (failure)
         m->outcome = g_strdup(failure);
+    else if (tls)
+        /* encrypted: only how the connections ended is known */
+        m->outcome = g_strdup(all_clean(m) ? "ended cleanly (TLS, not parsed)"
+                                           : "failed: a connection broke");
     else if (m->shut_value == 0)
         m->outcome = g_strdup("completed");
     else if (m->shut_value > 0)

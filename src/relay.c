@@ -531,6 +531,11 @@ on_readable(MpRelayChannel *ch, gpointer user_data)
         start_session(r, c);
         return;
     }
+    if (kind == MP_CHAN_TLS) {
+        /* tls-creds: every channel is encrypted, the first one is main */
+        start_session(r, c);
+        return;
+    }
     if (kind == MP_CHAN_MULTIFD) {
         /* its main channel was accepted before it and has not spoken */
         c->waits_for_main = TRUE;
@@ -780,7 +785,11 @@ mp_relay_run(MpRelay *r)
     g_main_loop_run(r->loop);
     if (r->stopping || !r->opt.once)
         return 0;
-    return g_strcmp0(r->last_outcome, "completed") == 0 ? 0 : 1;
+    return g_strcmp0(r->last_outcome, "completed") == 0
+                   || g_str_has_prefix(r->last_outcome ? r->last_outcome : "",
+                                       "ended cleanly")
+               ? 0
+               : 1;
 }
 
 void

@@ -57,6 +57,9 @@ mp_chan_classify(const guint8 *buf, gsize len, gboolean later)
         return len >= 4 ? MP_CHAN_MAIN : MP_CHAN_UNKNOWN;
     if (memcmp(buf, mfd, n) == 0)
         return len >= 4 ? MP_CHAN_MULTIFD : MP_CHAN_UNKNOWN;
+    /* TLS: a handshake record, 0x16 then the major version 3 */
+    if (buf[0] == 0x16 && (len < 2 || buf[1] == 0x03))
+        return len >= 2 ? MP_CHAN_TLS : MP_CHAN_UNKNOWN;
     /* a preempt channel starts with a be64 page address, never 0x08.. */
     if (buf[0] == MP_QMIG_COMMAND)
         return MP_CHAN_RECOVERY;
@@ -208,6 +211,14 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
         if (t->main && t->main->qmig)
             mp_ram_parser_share_blocks(c->ram,
                                        mp_qmig_parser_ram(t->main->qmig));
+        break;
+    case MP_CHAN_TLS:
+        c->done[MP_DIR_TO_DST] = TRUE;
+        g_message("session %u channel %u: TLS (tls-creds): forwarded byte "
+                  "for byte, not parsed",
+                  t->session, c->index);
+        mp_relay_metrics_partial(t->metrics, c->index, MP_DIR_TO_DST, 0,
+                                 "TLS: encrypted", t->now_us);
         break;
     default:
         c->done[MP_DIR_TO_DST] = TRUE;

@@ -692,3 +692,49 @@ Test(relay, postcopy_recovery_72)
     json_object_put(info);
     json_object_put(dinfo);
 }
+
+/* TLS (tls-creds, here a pre-shared key): the relay cannot parse, it
+ * forwards every channel byte for byte and says so. */
+Test(relay, tls_72)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *keys = g_build_filename(fx.dir, "keys.psk", NULL);
+    cr_assert(g_file_set_contents(
+        keys, "qemu:0123456789abcdef0123456789abcdef\n", -1, NULL));
+    g_autofree char *server =
+        g_strdup_printf("tls-creds-psk,id=tls0,endpoint=server,dir=%s", fx.dir);
+    g_autofree char *client =
+        g_strdup_printf("tls-creds-psk,id=tls0,endpoint=client,dir=%s", fx.dir);
+    const char *sextra[] = {"-object", client, NULL};
+    const char *dextra[] = {"-object", server, NULL};
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", sextra);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, dextra);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    cr_assert(mp_qemu_set_parameter_str(fx.src, "tls-creds", "tls0", &err),
+              "%s", err ? err->message : "?");
+    cr_assert(mp_qemu_set_parameter_str(fx.dst, "tls-creds", "tls0", &err),
+              "%s", err ? err->message : "?");
+    it_incoming(fx.dst, dport);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed");
+    json_object *dinfo = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dinfo, "status")),
+                     "completed");
+    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    json_object *rep = it_relay_report(fx.relay);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "ended cleanly (TLS, not parsed)");
+    cr_assert(json_object_get_boolean(it_jget(rep, "partial")));
+    json_object *ch0 = json_object_array_get_idx(it_jget(rep, "channels"), 0);
+    cr_assert_str_eq(json_object_get_string(it_jget(ch0, "kind")), "tls");
+    cr_assert_gt(it_jnum(ch0, "to_dst.bytes"), 1 << 20);
+    it_assert_same_ram(fx.src, fx.dst, RAM_BYTES, fx.dir);
+    json_object_put(rep);
+    json_object_put(info);
+    json_object_put(dinfo);
+}

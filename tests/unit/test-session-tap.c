@@ -31,6 +31,11 @@ Test(session_tap, classify_by_first_bytes)
     cr_assert_eq(mp_chan_classify(cmd, 1, TRUE), MP_CHAN_RECOVERY);
     cr_assert_eq(mp_chan_classify(page, 1, TRUE), MP_CHAN_PREEMPT);
     cr_assert_eq(mp_chan_classify(qevm, 4, TRUE), MP_CHAN_MAIN);
+    /* TLS: a handshake record */
+    const guint8 tls[] = {0x16, 0x03, 0x01, 0x02};
+    cr_assert_eq(mp_chan_classify(tls, 1, FALSE), MP_CHAN_UNKNOWN);
+    cr_assert_eq(mp_chan_classify(tls, 3, FALSE), MP_CHAN_TLS);
+    cr_assert_eq(mp_chan_classify(tls, 3, TRUE), MP_CHAN_TLS);
     /* a recovery channel may reach a relay that saw nothing before */
     cr_assert_eq(mp_chan_classify(cmd, 1, FALSE), MP_CHAN_RECOVERY);
 }
