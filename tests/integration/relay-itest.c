@@ -23,6 +23,13 @@ die_with_parent(gpointer user_data)
 ItRelay *
 it_relay_start(const char *dir, guint16 dst_port, const char *const *extra)
 {
+    return it_relay_start_full(dir, dst_port, TRUE, extra);
+}
+
+ItRelay *
+it_relay_start_full(const char *dir, guint16 dst_port, gboolean once,
+                    const char *const *extra)
+{
     g_autoptr(GError) err = NULL;
     ItRelay *r = g_new0(ItRelay, 1);
     g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
@@ -42,7 +49,8 @@ it_relay_start(const char *dir, guint16 dst_port, const char *const *extra)
     g_ptr_array_add(argv, g_strdup_printf("--report=%s", r->report));
     g_ptr_array_add(argv, g_strdup_printf("--metrics=%s", r->metrics));
     g_ptr_array_add(argv, g_strdup_printf("--capture=%s", r->capture));
-    g_ptr_array_add(argv, g_strdup("--once"));
+    if (once)
+        g_ptr_array_add(argv, g_strdup("--once"));
     g_ptr_array_add(argv, g_strdup("--no-progress"));
     g_ptr_array_add(argv, g_strdup("--verbose"));
     for (guint i = 0; extra && extra[i]; i++)

@@ -19,10 +19,13 @@ typedef struct {
     int status;    /* waitpid status once exited, else -1 */
 } ItRelay;
 
-/* Starts the relay (extra arguments may be NULL) and waits until it
- * listens.  Asserts on failure. */
+/* Starts the relay (extra arguments may be NULL) with --once and waits
+ * until it listens.  Asserts on failure. */
 ItRelay *it_relay_start(const char *dir, guint16 dst_port,
                         const char *const *extra);
+/* The same, without --once if `once` is FALSE: it serves until killed. */
+ItRelay *it_relay_start_full(const char *dir, guint16 dst_port, gboolean once,
+                             const char *const *extra);
 /* TRUE once it exited (reaps it; never blocks). */
 gboolean it_relay_exited(ItRelay *r);
 /* Waits for it to exit; asserts it does within `timeout_ms`.

@@ -10,7 +10,9 @@
  *     fails, its guest keeps running, and a retry through a fresh relay
  *     completes;
  *   - SIGTERM mid-migration and SIGINT when idle: a clean exit, with the
- *     report written for the migration that was cut.
+ *     report written for the migration that was cut;
+ *   - migrate_cancel mid-migration: the session ends, and the same relay
+ *     serves the next migration.
  */
 #include "config.h"
 #include <signal.h>
@@ -357,4 +359,69 @@ Test(relay_failures, sigint_idle)
     cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
     assert_log_has("stopping (SIGINT)");
     assert_closed_by_relay(pending, "pending client at shutdown");
+}
+
+static void
+wait_report_outcome(const char *prefix, guint session)
+{
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    for (;;) {
+        json_object *rep = json_object_from_file(fx.relay->report);
+        if (rep) {
+            const char *o = json_object_get_string(it_jget(rep, "outcome"));
+            gint64 s = json_object_get_int64(it_jget(rep, "session"));
+            gboolean ok = s == session && g_str_has_prefix(o, prefix);
+            json_object_put(rep);
+            if (ok)
+                return;
+        }
+        g_autofree char *log = it_relay_log_text(fx.relay);
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "no report for session %u with outcome %s...; log:\n%s",
+                  session, prefix, log);
+        g_usleep(50000);
+    }
+}
+
+/* migrate-cancel mid-migration: the connections close, the session ends
+ * (reported), and the same relay serves the next migration. */
+Test(relay_failures, cancel_then_migrate_again)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start_full(fx.dir, dport, FALSE, NULL);
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    g_usleep(1500 * 1000);
+
+    json_object *ret = mp_qemu_execute(fx.src, "migrate_cancel", NULL, &err);
+    cr_assert_not_null(ret, "%s", err ? err->message : "?");
+    json_object_put(ret);
+    json_object *info = it_wait_final(fx.src, PROMPT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "cancelled");
+    json_object_put(info);
+    g_autofree char *state = it_run_state(fx.src);
+    cr_assert_str_eq(state, "running");
+    wait_report_outcome("failed", 1);
+    cr_assert(!it_relay_exited(fx.relay), "the relay exited");
+
+    /* the destination gave up on its stream; a new one on the same port */
+    g_clear_pointer(&fx.dst, mp_qemu_free);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 256 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed");
+    json_object_put(info);
+    wait_report_outcome("completed", 2);
+    kill(fx.relay->pid, SIGTERM);
+    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
 }
