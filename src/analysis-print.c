@@ -34,6 +34,96 @@ cmp_device_bytes(const void *x, const void *y)
     return (a < b) - (a > b);
 }
 
+static double
+getd(json_object *o, const char *key)
+{
+    json_object *v = get(o, key);
+    return v ? json_object_get_double(v) : -1;
+}
+
+static char *
+latency(json_object *o, const char *key)
+{
+    json_object *v = get(o, key);
+    if (!v)
+        return g_strdup("-");
+    gint64 us = json_object_get_int64(v);
+    return us >= 1000 ? g_strdup_printf("%.1f ms", us / 1000.0)
+                      : g_strdup_printf("%" G_GINT64_FORMAT " us", us);
+}
+
+/* What only live streams have (the relay's report, a capture directory):
+ * multifd, the return path, timing and the channels. */
+static void
+print_live(json_object *doc, FILE *out)
+{
+    json_object *mfd = get(doc, "multifd");
+    if (mfd) {
+        g_autofree char *mb = human(geti(mfd, "bytes"));
+        fprintf(out,
+                "Multifd: %" G_GINT64_FORMAT " channels, %" G_GINT64_FORMAT
+                " packets (%" G_GINT64_FORMAT " SYNC), %" G_GINT64_FORMAT
+                " normal and %" G_GINT64_FORMAT " zero pages, %s "
+                "(multifd-bytes)\n",
+                geti(mfd, "channels"), geti(mfd, "packets"),
+                geti(mfd, "sync_packets"), geti(mfd, "normal_pages"),
+                geti(mfd, "zero_pages"), mb);
+    }
+    json_object *rp = get(get(doc, "return_path"), "messages");
+    if (rp) {
+        fprintf(out, "Return path:");
+        json_object_object_foreach(rp, name, n)
+            fprintf(out, " %s=%" G_GINT64_FORMAT, name,
+                    json_object_get_int64(n));
+        fprintf(out, "\n");
+    }
+    json_object *chans = get(doc, "channels");
+    if (!chans)
+        return;
+    json_object *dt = get(doc, "downtime");
+    fprintf(out, "\nLive: %s, %.0f ms", json_object_get_string(get(doc, "outcome")),
+            getd(doc, "total_ms"));
+    if (get(doc, "downtime_ms"))
+        fprintf(out, ", downtime %.1f ms on the wire (until %s)",
+                getd(doc, "downtime_ms"),
+                json_object_get_string(get(dt, "end_marker")));
+    fprintf(out, "\n");
+    json_object *phases = get(doc, "phases");
+    for (size_t i = 0; phases && i < json_object_array_length(phases); i++) {
+        json_object *p = json_object_array_get_idx(phases, i);
+        fprintf(out, "%s%s %.0f-%.0f ms", i ? ", " : "  phases: ",
+                json_object_get_string(get(p, "phase")), getd(p, "start_ms"),
+                getd(p, "end_ms"));
+    }
+    if (phases && json_object_array_length(phases))
+        fprintf(out, "\n");
+    json_object *pc = get(doc, "postcopy");
+    json_object *lat = get(pc, "latency_us");
+    if (lat && geti(lat, "count")) {
+        g_autofree char *p50 = latency(lat, "p50");
+        g_autofree char *p99 = latency(lat, "p99");
+        g_autofree char *max = latency(lat, "max");
+        fprintf(out,
+                "  page requests: %" G_GINT64_FORMAT " answered, latency p50 %s, "
+                "p99 %s, max %s\n",
+                geti(lat, "count"), p50, p99, max);
+    }
+    fprintf(out, "  %7s %-9s %12s %12s  %s\n", "channel", "kind", "to-dst",
+            "to-src", "end");
+    for (size_t i = 0; i < json_object_array_length(chans); i++) {
+        json_object *c = json_object_array_get_idx(chans, i);
+        json_object *d = get(c, "to_dst"), *s = get(c, "to_src");
+        g_autofree char *db = human(geti(d, "bytes"));
+        g_autofree char *sb = human(geti(s, "bytes"));
+        json_object *de = get(d, "end"), *se = get(s, "end");
+        fprintf(out, "  %7" G_GINT64_FORMAT " %-9s %12s %12s  %s/%s%s\n",
+                geti(c, "channel"), json_object_get_string(get(c, "kind")), db,
+                sb, de ? json_object_get_string(de) : "-",
+                se ? json_object_get_string(se) : "-",
+                json_object_get_boolean(get(c, "partial")) ? " (partial)" : "");
+    }
+}
+
 void
 mp_analysis_print(json_object *doc, FILE *out)
 {
@@ -124,12 +214,16 @@ mp_analysis_print(json_object *doc, FILE *out)
                 geti(disk, "chunks"), geti(disk, "zero_chunks"), db);
     }
     json_object *pc = get(doc, "postcopy");
-    if (pc)
+    if (pc
+        && (geti(pc, "packaged_bytes") || geti(pc, "discard_ranges")
+            || geti(pc, "requests")))
         fprintf(out, "Postcopy: package %" G_GINT64_FORMAT
                      " bytes, %" G_GINT64_FORMAT " discarded ranges, %"
                      G_GINT64_FORMAT " page requests\n",
                 geti(pc, "packaged_bytes"), geti(pc, "discard_ranges"),
                 geti(pc, "requests"));
+
+    print_live(doc, out);
 
     json_object *devs = get(doc, "devices");
     size_t nd = json_object_array_length(devs);

@@ -285,6 +285,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     r.session = cfg.session;
     r.metrics = mp_relay_metrics_new(&cfg, 0);
     r.tap = mp_session_tap_new(r.metrics, cfg.session);
+    mp_session_tap_set_logging(r.tap, FALSE);
     r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
     g_array_set_clear_func(r.cursors, cursor_clear);
     r.line = g_string_new(NULL);

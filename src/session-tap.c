@@ -42,6 +42,7 @@ struct MpSessionTap {
     gpointer fn_data;
     gint64 now_us; /* of the feed in progress */
     MpVmdesc *vmdesc;
+    gboolean quiet;
 };
 
 MpChanKind
@@ -101,6 +102,12 @@ mp_session_tap_free(MpSessionTap *t)
     g_ptr_array_free(t->chans, TRUE);
     mp_vmdesc_unref(t->vmdesc);
     g_free(t);
+}
+
+void
+mp_session_tap_set_logging(MpSessionTap *t, gboolean on)
+{
+    t->quiet = !on;
 }
 
 void
@@ -214,9 +221,10 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
         break;
     case MP_CHAN_TLS:
         c->done[MP_DIR_TO_DST] = TRUE;
-        g_message("session %u channel %u: TLS (tls-creds): forwarded byte "
-                  "for byte, not parsed",
-                  t->session, c->index);
+        if (!t->quiet)
+            g_message("session %u channel %u: TLS (tls-creds): forwarded byte "
+                      "for byte, not parsed",
+                      t->session, c->index);
         mp_relay_metrics_partial(t->metrics, c->index, MP_DIR_TO_DST, 0,
                                  "TLS: encrypted", t->now_us);
         break;
@@ -237,9 +245,11 @@ give_up(MpSessionTap *t, TapChan *c, MpDir dir, const GError *err)
 {
     c->done[dir] = TRUE;
     /* the message names the channel and the offset */
-    g_message("session %u %s: %s; forwarding the channel byte for byte, its "
-              "metrics are partial from here on",
-              t->session, mp_dir_name(dir), err->message);
+    if (!t->quiet)
+        g_message(
+            "session %u %s: %s; forwarding the channel byte for byte, its "
+            "metrics are partial from here on",
+            t->session, mp_dir_name(dir), err->message);
     mp_relay_metrics_partial(t->metrics, c->index, dir, c->off[dir],
                              err->message, t->now_us);
     mp_analysis_error(mp_relay_metrics_analysis(t->metrics), err);

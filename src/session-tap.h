@@ -39,6 +39,10 @@ MpSessionTap *mp_session_tap_new(MpRelayMetrics *metrics, guint session);
 void mp_session_tap_free(MpSessionTap *t); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpSessionTap, mp_session_tap_free)
 
+/* Log lines (a parser giving up, TLS) as g_message: on by default; the
+ * capture reader turns them off (the errors are in the document). */
+void mp_session_tap_set_logging(MpSessionTap *t, gboolean on);
+
 /* Every record also goes to `fn` (e.g. `analyze --events`). */
 typedef void (*MpTapRecordFunc)(guint channel, MpDir dir, const MpRecord *rec,
                                 gpointer user_data);
