@@ -62,7 +62,7 @@ if [ -z "${MP_TEST_QUICK:-}" ]; then
     fi
     if ninja -C build-fuzz >/dev/null; then
         for f in build-fuzz/tests/fuzz/fuzz-*; do
-            [ -x "$f" ] || continue
+            [ -f "$f" ] && [ -x "$f" ] || continue  # meson also makes fuzz-*.p directories
             name=$(basename "$f")
             corpus=$(mktemp -d)
             seeds=tests/fuzz/corpus/${name#fuzz-}
