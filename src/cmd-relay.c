@@ -75,7 +75,8 @@ mp_cmd_relay(int argc, char **argv)
 {
     g_autofree char *listen = NULL, *to = NULL, *metrics = NULL, *report = NULL,
                     *capture = NULL;
-    gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE;
+    gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE,
+             no_zero_pages = FALSE;
     gint connect_timeout = 10000, handshake_timeout = 10000;
     GOptionEntry entries[] = {
         {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
@@ -102,6 +103,10 @@ mp_cmd_relay(int argc, char **argv)
          "Log lines instead of the live progress line on a terminal", NULL},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
          "Also log every connection and channel event", NULL},
+        {"no-zero-pages", 0, 0, G_OPTION_ARG_NONE, &no_zero_pages,
+         "Forward all-zero pages as they came (by default a full page of "
+         "zeros becomes a ZERO record: 1 byte instead of 4096)",
+         NULL},
         {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &connect_timeout,
          "Give up connecting to the destination after MS (default 10000)",
          "MS"},
@@ -120,8 +125,10 @@ mp_cmd_relay(int argc, char **argv)
         "wire.\n\n"
         "The source QEMU migrates to --listen instead of to the destination; "
         "the relay opens the same connections to --to, in the same order, "
-        "and forwards every byte unchanged in both directions, so neither "
-        "QEMU can tell it is there. Every channel is parsed on the way "
+        "and forwards the stream in both directions, so neither QEMU can "
+        "tell it is there. Only where the destination's memory comes out "
+        "the same does it change a record: a page of zeros is sent as a "
+        "ZERO record (--no-zero-pages: not). Every channel is parsed on the way "
         "(main channel and return path, multifd, postcopy-preempt, postcopy "
         "recovery): rounds, pages by kind, phases, the downtime as seen on "
         "the wire, post-copy page-request latency, multifd bytes. A channel "
@@ -194,6 +201,7 @@ mp_cmd_relay(int argc, char **argv)
         .progress = tty,
         .connect_timeout_ms = connect_timeout,
         .handshake_timeout_ms = handshake_timeout,
+        .no_zero_pages = no_zero_pages,
     };
     g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
     if (!relay) {

@@ -17,13 +17,20 @@
 /* Compact when the unwritten bytes start past half the buffer. */
 #define COMPACT_AT (MP_RELAY_BUFFER / 2)
 
+/* Filtered: what a read returns goes to the `data` hook only, which
+ * queues the bytes to write with mp_relay_channel_send(). */
+#define FILTERED_READ (256u << 10)
+
 typedef struct {
-    guint8 *buf;      /* MP_RELAY_BUFFER bytes, allocated on first read */
+    guint8 *buf;      /* `cap` bytes, allocated on first read */
+    gsize cap;        /* MP_RELAY_BUFFER; more when filtered */
     gsize head, tail; /* [head, tail) waits to be written */
     gboolean eof;     /* the sender closed (FIN read) */
     gboolean shut;    /* the FIN was passed on */
     gboolean ended;   /* `end` hook called */
-    guint64 bytes;
+    gboolean filtered;
+    guint8 *in; /* filtered: FILTERED_READ bytes */
+    guint64 bytes, sent;
 } Pump;
 
 typedef struct {
@@ -186,33 +193,61 @@ maybe_closed(MpRelayChannel *ch)
         ch->hooks.closed(ch, ch->user_data);
 }
 
+/* Room for `more` bytes after tail. */
+static void
+make_room(Pump *p, gsize more)
+{
+    if (!p->buf) {
+        p->cap = MAX(MP_RELAY_BUFFER, more);
+        p->buf = g_malloc(p->cap);
+    }
+    if (p->head == p->tail) {
+        p->head = p->tail = 0;
+    } else if (p->head >= COMPACT_AT || p->tail + more > p->cap) {
+        memmove(p->buf, p->buf + p->head, p->tail - p->head);
+        p->tail -= p->head;
+        p->head = 0;
+    }
+    if (p->tail + more > p->cap) {
+        /* filtered: a record held back, then released with a chunk */
+        p->cap = p->tail + more;
+        p->buf = g_realloc(p->buf, p->cap);
+    }
+}
+
 static void
 pump_read(MpRelayChannel *ch, MpDir d)
 {
     g_autoptr(GError) err = NULL;
     Pump *p = &ch->pump[d];
+    guint8 *into;
+    gsize room;
 
-    if (!p->buf)
-        p->buf = g_malloc(MP_RELAY_BUFFER);
-    if (p->head == p->tail) {
-        p->head = p->tail = 0;
-    } else if (p->head >= COMPACT_AT) {
-        memmove(p->buf, p->buf + p->head, p->tail - p->head);
-        p->tail -= p->head;
-        p->head = 0;
+    if (p->filtered) {
+        if (!p->in)
+            p->in = g_malloc(FILTERED_READ);
+        into = p->in;
+        room = MIN(FILTERED_READ, MP_RELAY_BUFFER - (p->tail - p->head));
+    } else {
+        make_room(p, 0);
+        into = p->buf + p->tail;
+        room = MP_RELAY_BUFFER - p->tail;
     }
-    gsize room = MP_RELAY_BUFFER - p->tail;
     if (!room)
         return;
-    gssize n = g_socket_receive_with_blocking(
-        from_sock(ch, d), (char *)p->buf + p->tail, room, FALSE, NULL, &err);
+    gssize n = g_socket_receive_with_blocking(from_sock(ch, d), (char *)into,
+                                              room, FALSE, NULL, &err);
     if (n > 0) {
-        /* The hook sees the bytes before they go anywhere; today they
-         * are forwarded verbatim. */
-        if (ch->hooks.data)
-            ch->hooks.data(ch, d, p->buf + p->tail, n, ch->user_data);
-        p->tail += n;
+        /* The hook sees the bytes before they go anywhere: unfiltered,
+         * they are forwarded verbatim; filtered, the hook sends what is
+         * to go out. */
         p->bytes += n;
+        if (!p->filtered) {
+            p->tail += n;
+            p->sent += n;
+        }
+        if (ch->hooks.data)
+            ch->hooks.data(ch, d, into, n, ch->user_data);
     } else if (n == 0) {
         p->eof = TRUE;
         end_dir(ch, d, "fin");
@@ -372,8 +407,10 @@ mp_relay_channel_free(MpRelayChannel *ch)
         return;
     ch->closed = TRUE;
     close_sockets(ch);
-    for (int d = 0; d < MP_DIR__MAX; d++)
+    for (int d = 0; d < MP_DIR__MAX; d++) {
         g_free(ch->pump[d].buf);
+        g_free(ch->pump[d].in);
+    }
     g_clear_error(&ch->connect_error);
     g_free(ch->peer);
     g_free(ch);
@@ -471,6 +508,32 @@ guint64
 mp_relay_channel_bytes(const MpRelayChannel *ch, MpDir dir)
 {
     return ch->pump[dir].bytes;
+}
+
+guint64
+mp_relay_channel_bytes_sent(const MpRelayChannel *ch, MpDir dir)
+{
+    return ch->pump[dir].sent;
+}
+
+void
+mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir)
+{
+    ch->pump[dir].filtered = TRUE;
+}
+
+void
+mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
+                      gsize len)
+{
+    Pump *p = &ch->pump[dir];
+
+    if (ch->closed || p->shut || !len)
+        return;
+    make_room(p, len);
+    memcpy(p->buf + p->tail, buf, len);
+    p->tail += len;
+    p->sent += len;
 }
 
 gboolean

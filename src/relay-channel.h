@@ -15,8 +15,8 @@
  * written), so the return path keeps flowing after the source finished
  * sending; a reset or a write error aborts the whole connection, closing
  * both sockets.  The channel reports every chunk it reads through the
- * `data` hook before forwarding it verbatim: a filter chain would sit at
- * that point later (relay.c parses and captures there today).
+ * `data` hook before forwarding it verbatim; a filtered direction forwards
+ * only what the hook sends (relay.c runs the filter chain there).
  */
 #pragma once
 
@@ -91,5 +91,17 @@ guint64 mp_relay_channel_id(const MpRelayChannel *ch);
 const char *mp_relay_channel_peer(const MpRelayChannel *ch);
 /* Bytes read in `dir` so far. */
 guint64 mp_relay_channel_bytes(const MpRelayChannel *ch, MpDir dir);
+/* Bytes queued to be written in `dir` so far. */
+guint64 mp_relay_channel_bytes_sent(const MpRelayChannel *ch, MpDir dir);
+
+/* From now on what is read in `dir` goes to the `data` hook only, and
+ * what the hook (or the `end` hook, before the FIN is passed on) gives to
+ * mp_relay_channel_send() is written.  Call before mp_relay_channel_start().
+ * The buffer bound still holds for reading: the channel stops reading while
+ * MP_RELAY_BUFFER bytes wait to be written. */
+void mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir);
+/* Queues `len` bytes (copied) to be written in `dir`. */
+void mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
+                           gsize len);
 /* TRUE once `dir` has ended. */
 gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);

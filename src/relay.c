@@ -19,15 +19,20 @@
 #include <string.h>
 #include <gio/gio.h>
 #include "capture.h"
+#include "filter-zero.h"
 #include "relay-channel.h"
 #include "relay-metrics.h"
 #include "relay.h"
 #include "session-tap.h"
+#include "stream-editor.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
 #define REPEEK_MS          20 /* a header that came in pieces */
 #define TICK_MS            (MP_RELAY_METRICS_INTERVAL_US / 1000)
 #define HEADER_LEN         8 /* be32 "QEVM", be32 version 3 */
+/* The longest record the editor may hold back: a 1 MiB disk chunk of
+ * block migration and its header. */
+#define EDIT_HOLD_LIMIT (2u << 20)
 
 typedef struct Session Session;
 
@@ -41,6 +46,7 @@ typedef struct {
     MpChanKind kind;  /* as last told to the capture */
     guint deadline;   /* pending: the handshake timeout */
     guint repeek;     /* pending: a header that came in pieces */
+    MpStreamEditor *editor; /* to the destination, when filters run */
     gboolean waits_for_main;
     gboolean closed;
 } Conn;
@@ -58,6 +64,8 @@ struct Session {
     Conn *main;
     MpRelayMetrics *metrics;
     MpSessionTap *tap;
+    GPtrArray *filters; /* MpFilter*, the chain of every channel */
+    MpFilter *zero;     /* in `filters`, or NULL */
     gint64 start_us;
     char *failure;
 };
@@ -84,6 +92,9 @@ struct MpRelay {
 };
 
 static const MpRelayChannelHooks conn_hooks;
+static void emit_to_dst(const guint8 *buf, gsize len, gpointer user_data);
+static void on_record(guint channel, MpDir dir, const MpRecord *rec,
+                      gpointer user_data);
 
 /* ---- conns ---- */
 
@@ -102,6 +113,7 @@ conn_free(Conn *c)
 {
     stop_timers(c);
     mp_relay_channel_free(c->ch);
+    mp_stream_editor_free(c->editor);
     g_free(c);
 }
 
@@ -113,6 +125,7 @@ session_free(Session *s)
         conn_free(g_ptr_array_index(s->conns, i));
     g_ptr_array_free(s->conns, TRUE);
     mp_session_tap_free(s->tap);
+    g_ptr_array_free(s->filters, TRUE);
     mp_relay_metrics_free(s->metrics);
     g_free(s->failure);
     g_free(s);
@@ -176,11 +189,45 @@ reject(Conn *c, const char *fmt, ...)
 
 /* ---- sessions ---- */
 
+/* The filters' counters: `filters {chain[], NAME {...}, bytes_in,
+ * bytes_out}` (bytes towards the destination of the edited channels). */
+static json_object *
+filters_report(Session *s)
+{
+    json_object *o = json_object_new_object(), *chain = json_object_new_array();
+    guint64 in = 0, out = 0;
+
+    for (guint i = 0; i < s->filters->len; i++) {
+        MpFilter *f = g_ptr_array_index(s->filters, i);
+        json_object_array_add(chain, json_object_new_string(f->name));
+        json_object_object_add(o, f->name, f->report(f));
+    }
+    json_object_object_add(o, "chain", chain);
+    for (guint i = 0; i < s->conns->len; i++) {
+        Conn *c = g_ptr_array_index(s->conns, i);
+        if (c->editor) {
+            in += mp_stream_editor_bytes_in(c->editor);
+            out += mp_stream_editor_bytes_out(c->editor);
+        }
+    }
+    json_object_object_add(o, "bytes_in", json_object_new_int64(in));
+    json_object_object_add(o, "bytes_out", json_object_new_int64(out));
+    return o;
+}
+
+static json_object *
+session_report(Session *s)
+{
+    json_object *rep = mp_relay_metrics_report(s->metrics);
+    json_object_object_add(rep, "filters", filters_report(s));
+    return rep;
+}
+
 static void
 write_report(MpRelay *r, Session *s)
 {
     g_autoptr(GError) err = NULL;
-    json_object *rep = mp_relay_metrics_report(s->metrics);
+    json_object *rep = session_report(s);
     const char *text = json_object_to_json_string_ext(
         rep, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
 
@@ -205,6 +252,12 @@ end_session(Session *s, const char *failure)
     g_autofree char *summary = mp_relay_metrics_summary(s->metrics);
     if (!r->opt.quiet)
         g_message("%s", summary);
+    if (s->zero && mp_filter_zero_rewritten(s->zero) && !r->opt.quiet)
+        g_message("session %u: %" G_GUINT64_FORMAT
+                  " all-zero pages sent as ZERO records, %.1f MiB less to "
+                  "the destination",
+                  s->number, mp_filter_zero_rewritten(s->zero),
+                  mp_filter_zero_bytes_saved(s->zero) / 1048576.0);
     write_report(r, s);
     json_object *rep = mp_relay_metrics_report(s->metrics), *v;
     g_free(r->last_outcome);
@@ -233,6 +286,11 @@ join(Session *s, Conn *c)
     c->index = s->conns->len;
     c->waits_for_main = FALSE;
     g_ptr_array_add(s->conns, c);
+    if (s->filters->len) {
+        c->editor = mp_stream_editor_new(s->filters, c->index, EDIT_HOLD_LIMIT,
+                                         emit_to_dst, c);
+        mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
+    }
     s->open++;
     mp_session_tap_add(s->tap, c->index, mp_relay_channel_peer(c->ch), now);
     if (r->capture)
@@ -292,6 +350,10 @@ start_session(MpRelay *r, Conn *main)
     };
     s->metrics = mp_relay_metrics_new(&cfg, s->start_us);
     s->tap = mp_session_tap_new(s->metrics, s->number);
+    mp_session_tap_set_record_func(s->tap, on_record, s);
+    s->filters = g_ptr_array_new_with_free_func((GDestroyNotify)mp_filter_free);
+    if (!r->opt.no_zero_pages)
+        g_ptr_array_add(s->filters, s->zero = mp_filter_zero_new());
     g_ptr_array_add(r->sessions, s);
     r->current = s;
     if (r->capture)
@@ -317,6 +379,27 @@ start_session(MpRelay *r, Conn *main)
 /* ---- channel hooks ---- */
 
 static void
+emit_to_dst(const guint8 *buf, gsize len, gpointer user_data)
+{
+    Conn *c = user_data;
+    mp_relay_channel_send(c->ch, MP_DIR_TO_DST, buf, len);
+}
+
+/* Every record of the session, from the tap: the editors see those of
+ * their channel towards the destination. */
+static void
+on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
+{
+    Session *s = user_data;
+
+    if (dir != MP_DIR_TO_DST || channel >= s->conns->len)
+        return;
+    Conn *c = g_ptr_array_index(s->conns, channel);
+    if (c->editor)
+        mp_stream_editor_record(c->editor, rec);
+}
+
+static void
 on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
         gpointer user_data)
 {
@@ -329,8 +412,16 @@ on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
         return;
     if (r->capture)
         mp_capture_data(r->capture, s->number, c->index, dir, buf, len, now);
+    MpStreamEditor *ed = dir == MP_DIR_TO_DST ? c->editor : NULL;
+    if (ed)
+        mp_stream_editor_begin(ed, buf, len);
     mp_session_tap_feed(s->tap, c->index, dir, buf, len, now);
     MpChanKind kind = mp_session_tap_kind(s->tap, c->index);
+    if (ed)
+        mp_stream_editor_end(
+            ed, (kind == MP_CHAN_UNKNOWN || kind == MP_CHAN_MAIN
+                 || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT)
+                    && mp_session_tap_following(s->tap, c->index, dir));
     if (kind != c->kind) {
         c->kind = kind;
         if (r->capture)
@@ -352,6 +443,8 @@ on_end(MpRelayChannel *ch, MpDir dir, const char *how, gpointer user_data)
         return;
     if (r->capture)
         mp_capture_end(r->capture, s->number, c->index, dir, how, now);
+    if (dir == MP_DIR_TO_DST && c->editor)
+        mp_stream_editor_flush(c->editor); /* before the FIN is passed on */
     mp_session_tap_end(s->tap, c->index, dir, how, now);
     g_debug("session %u: channel %u %s ended (%s)", s->number, c->index,
             mp_dir_name(dir), how);

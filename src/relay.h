@@ -30,6 +30,7 @@ typedef struct {
     gboolean progress;        /* live one-line display (stderr is a terminal) */
     guint connect_timeout_ms; /* 0: 10000 */
     guint handshake_timeout_ms; /* a new connection's first bytes; 0: 10000 */
+    gboolean no_zero_pages;     /* keep all-zero PAGE records as they are */
 } MpRelayOptions;
 
 typedef struct MpRelay MpRelay;

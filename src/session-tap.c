@@ -162,6 +162,15 @@ mp_session_tap_kind(const MpSessionTap *t, guint channel)
 }
 
 gboolean
+mp_session_tap_following(const MpSessionTap *t, guint channel, MpDir dir)
+{
+    if (channel >= t->chans->len || !g_ptr_array_index(t->chans, channel))
+        return TRUE;
+    const TapChan *c = g_ptr_array_index(t->chans, channel);
+    return c->kind == MP_CHAN_UNKNOWN || !c->done[dir];
+}
+
+gboolean
 mp_session_tap_in_postcopy(const MpSessionTap *t)
 {
     MpAnalysisProgress pr;

@@ -70,6 +70,12 @@ void mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir,
  * bytes). */
 MpChanKind mp_session_tap_kind(const MpSessionTap *t, guint channel);
 
+/* @return TRUE while `dir` of `channel` is parsed (or its kind is still
+ * unknown); FALSE once its parser gave up or its stream ended, or for a
+ * kind that has no parser. */
+gboolean mp_session_tap_following(const MpSessionTap *t, guint channel,
+                                  MpDir dir);
+
 /* @return TRUE if the main channel's stream has reached post-copy and has
  * not ended with its EOF: a recovery channel may come. */
 gboolean mp_session_tap_in_postcopy(const MpSessionTap *t);
