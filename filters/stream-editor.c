@@ -35,6 +35,10 @@ struct MpStreamEditor {
     GByteArray *out;  /* a filter's replacement */
     GByteArray *wire; /* a record split between hold and chunk */
     guint64 bytes_in, bytes_out;
+    /* the last record given to mp_stream_editor_record() */
+    gboolean placed;
+    guint64 placed_rec, placed_off;
+    gsize placed_len;
 };
 
 MpStreamEditor *
@@ -129,9 +133,15 @@ mp_stream_editor_record(MpStreamEditor *ed, const MpRecord *rec)
 {
     guint64 end = rec->offset + rec->length;
 
+    ed->placed = FALSE;
     if (ed->passthrough || !ed->chunk || rec->offset < ed->base
         || end > ed->chunk_off + ed->chunk_len)
         return; /* not in the bytes at hand: nothing to edit */
+    /* kept: every byte before it goes out as it is */
+    ed->placed = TRUE;
+    ed->placed_rec = rec->offset;
+    ed->placed_off = ed->bytes_out + (rec->offset - ed->base);
+    ed->placed_len = rec->length;
     if (end > ed->safe)
         ed->safe = end;
     if (rec->kind == MP_REC_COMMAND && rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
@@ -143,6 +153,8 @@ mp_stream_editor_record(MpStreamEditor *ed, const MpRecord *rec)
         g_byte_array_set_size(ed->out, 0);
         if (f->rewrite(f, ed->channel, rec, wire_of(ed, rec), ed->out)) {
             emit_to(ed, rec->offset);
+            ed->placed_off = ed->bytes_out;
+            ed->placed_len = ed->out->len;
             put(ed, ed->out->data, ed->out->len);
             ed->base = end;
             return;
@@ -190,6 +202,17 @@ mp_stream_editor_end(MpStreamEditor *ed, gboolean following)
         ed->passthrough = TRUE;
         mp_stream_editor_flush(ed);
     }
+}
+
+gboolean
+mp_stream_editor_placed(const MpStreamEditor *ed, const MpRecord *rec,
+                        guint64 *out_off, gsize *out_len)
+{
+    if (!ed->placed || ed->placed_rec != rec->offset)
+        return FALSE;
+    *out_off = ed->placed_off;
+    *out_len = ed->placed_len;
+    return TRUE;
 }
 
 gboolean

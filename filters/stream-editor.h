@@ -48,6 +48,13 @@ void mp_stream_editor_begin(MpStreamEditor *ed, const guint8 *buf, gsize len);
  * the first byte given to the editor is offset 0). */
 void mp_stream_editor_record(MpStreamEditor *ed, const MpRecord *rec);
 
+/* Where `rec`, just given to mp_stream_editor_record(), goes out: at
+ * output offset *out_off (bytes emitted before it), *out_len bytes (its
+ * replacement's length if a filter rewrote it).  @return FALSE if it is
+ * not placed (passthrough, or not in the bytes at hand). */
+gboolean mp_stream_editor_placed(const MpStreamEditor *ed, const MpRecord *rec,
+                                 guint64 *out_off, gsize *out_len);
+
 /* The chunk was parsed.  `following` FALSE: the parser gave up or ended;
  * everything held goes out and so does every later byte, unedited. */
 void mp_stream_editor_end(MpStreamEditor *ed, gboolean following);

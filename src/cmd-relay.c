@@ -9,6 +9,7 @@
 #include <glib.h>
 #include <glib-unix.h>
 #include "commands.h"
+#include "rate-pacer.h"
 #include "relay.h"
 
 typedef struct {
@@ -74,9 +75,9 @@ int
 mp_cmd_relay(int argc, char **argv)
 {
     g_autofree char *listen = NULL, *to = NULL, *metrics = NULL, *report = NULL,
-                    *capture = NULL;
+                    *capture = NULL, *rate = NULL, *queue = NULL;
     gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE,
-             no_zero_pages = FALSE;
+             no_zero_pages = FALSE, no_priority = FALSE;
     gint connect_timeout = 10000, handshake_timeout = 10000;
     GOptionEntry entries[] = {
         {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
@@ -107,6 +108,21 @@ mp_cmd_relay(int argc, char **argv)
          "Forward all-zero pages as they came (by default a full page of "
          "zeros becomes a ZERO record: 1 byte instead of 4096)",
          NULL},
+        {"rate", 0, 0, G_OPTION_ARG_STRING, &rate,
+         "Send towards the destination at most RATE, written as tc writes "
+         "rates (95mbit, 1gbit, 12mbps); set it just below the link's rate "
+         "so that nothing queues in the network and requested post-copy "
+         "pages get through at once (default: as fast as the link takes)",
+         "RATE"},
+        {"queue", 0, 0, G_OPTION_ARG_STRING, &queue,
+         "Read ahead from the source up to SIZE per connection (K, M, G; "
+         "default 16M): the queue in which requested post-copy pages go "
+         "ahead; also the relay's memory bound per connection",
+         "SIZE"},
+        {"no-priority", 0, 0, G_OPTION_ARG_NONE, &no_priority,
+         "Post-copy: forward requested pages in stream order (by default "
+         "a page the destination asked for goes ahead of the queue)",
+         NULL},
         {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &connect_timeout,
          "Give up connecting to the destination after MS (default 10000)",
          "MS"},
@@ -128,7 +144,9 @@ mp_cmd_relay(int argc, char **argv)
         "and forwards the stream in both directions, so neither QEMU can "
         "tell it is there. Only where the destination's memory comes out "
         "the same does it change a record: a page of zeros is sent as a "
-        "ZERO record (--no-zero-pages: not). Every channel is parsed on the way "
+        "ZERO record (--no-zero-pages: not), and in post-copy a page the "
+        "destination asked for goes ahead of the queued ones (--no-priority: "
+        "not; see --rate and --queue). Every channel is parsed on the way "
         "(main channel and return path, multifd, postcopy-preempt, postcopy "
         "recovery): rounds, pages by kind, phases, the downtime as seen on "
         "the wire, post-copy page-request latency, multifd bytes. A channel "
@@ -184,6 +202,17 @@ mp_cmd_relay(int argc, char **argv)
         return 2;
     }
 
+    guint64 rate_bytes = 0, queue_bytes = 0;
+    if (rate && !(rate_bytes = mp_rate_parse(rate, &err))) {
+        fprintf(stderr, "migproxy relay: --rate: %s\n", err->message);
+        return 2;
+    }
+    if (queue && (queue_bytes = mp_size_parse(queue, &err)) < (64u << 10)) {
+        fprintf(stderr, "migproxy relay: --queue: %s\n",
+                err ? err->message : "at least 64K");
+        return 2;
+    }
+
     LogContext lc = {.start_us = g_get_monotonic_time(), .verbose = verbose};
     gboolean tty = isatty(STDERR_FILENO) && !no_progress && !quiet;
     lc.tty = tty;
@@ -202,6 +231,9 @@ mp_cmd_relay(int argc, char **argv)
         .connect_timeout_ms = connect_timeout,
         .handshake_timeout_ms = handshake_timeout,
         .no_zero_pages = no_zero_pages,
+        .no_priority = no_priority,
+        .rate = rate_bytes,
+        .queue = queue_bytes,
     };
     g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
     if (!relay) {

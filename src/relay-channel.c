@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include "rate-pacer.h"
 #include "relay-channel.h"
 
 /* Compact when the unwritten bytes start past half the buffer. */
@@ -29,9 +30,15 @@ typedef struct {
     gboolean shut;    /* the FIN was passed on */
     gboolean ended;   /* `end` hook called */
     gboolean filtered;
-    guint8 *in; /* filtered: FILTERED_READ bytes */
-    guint64 bytes, sent;
+    guint8 *in;           /* filtered: FILTERED_READ bytes */
+    gsize limit;          /* stop reading with this much queued */
+    MpRatePacer *pacer;   /* borrowed, or NULL */
+    gsize write_cap;      /* bytes per write, 0: no cap */
+    guint64 bytes, sent;  /* read; queued (written + still queued) */
 } Pump;
+
+/* Paced writes wait for at least this many tokens (or the whole rest). */
+#define PACE_MIN 4096
 
 typedef struct {
     GSource base;
@@ -76,7 +83,7 @@ can_read(MpRelayChannel *ch, MpDir d)
         return FALSE;
     if (d == MP_DIR_TO_SRC && !ch->connected)
         return FALSE;
-    return p->tail - p->head < MP_RELAY_BUFFER;
+    return p->tail - p->head < (p->limit ? p->limit : MP_RELAY_BUFFER);
 }
 
 static gboolean
@@ -105,13 +112,29 @@ set_fd(MpRelayChannel *ch, GSocket *sock, gpointer *tag, GIOCondition *cur,
     *cur = want;
 }
 
+/* The pacer lets `d` write now; else when it will, in *at. */
+static gboolean
+paced_ok(MpRelayChannel *ch, MpDir d, gint64 *at)
+{
+    Pump *p = &ch->pump[d];
+    if (!p->pacer || p->head == p->tail)
+        return TRUE;
+    gint64 now = g_get_monotonic_time();
+    *at = mp_rate_pacer_ready_at(p->pacer, MIN(p->tail - p->head, PACE_MIN),
+                                 now);
+    return *at <= now;
+}
+
 static void
 update_watch(MpRelayChannel *ch)
 {
     GIOCondition down = 0, up = 0;
+    gint64 at = -1;
 
     if (ch->closed)
         return;
+    if (!ch->connecting && !ch->connect_error)
+        g_source_set_ready_time(ch->source, -1);
     if (ch->watching || can_read(ch, MP_DIR_TO_DST))
         down |= G_IO_IN;
     if (wants_write(ch, MP_DIR_TO_SRC))
@@ -120,8 +143,12 @@ update_watch(MpRelayChannel *ch)
         up |= G_IO_OUT;
     if (can_read(ch, MP_DIR_TO_SRC))
         up |= G_IO_IN;
-    if (wants_write(ch, MP_DIR_TO_DST))
-        up |= G_IO_OUT;
+    if (wants_write(ch, MP_DIR_TO_DST)) {
+        if (paced_ok(ch, MP_DIR_TO_DST, &at))
+            up |= G_IO_OUT;
+        else
+            g_source_set_ready_time(ch->source, at); /* tokens, then OUT */
+    }
     set_fd(ch, ch->down, &ch->down_tag, &ch->down_events, down);
     set_fd(ch, ch->up, &ch->up_tag, &ch->up_events, up);
 }
@@ -227,7 +254,9 @@ pump_read(MpRelayChannel *ch, MpDir d)
         if (!p->in)
             p->in = g_malloc(FILTERED_READ);
         into = p->in;
-        room = MIN(FILTERED_READ, MP_RELAY_BUFFER - (p->tail - p->head));
+        room = MIN(FILTERED_READ,
+                   (p->limit ? p->limit : MP_RELAY_BUFFER)
+                       - (p->tail - p->head));
     } else {
         make_room(p, 0);
         into = p->buf + p->tail;
@@ -265,11 +294,23 @@ pump_write(MpRelayChannel *ch, MpDir d)
     Pump *p = &ch->pump[d];
 
     if (p->head < p->tail) {
-        gssize n = g_socket_send_with_blocking(
-            to_sock(ch, d), (char *)p->buf + p->head, p->tail - p->head, FALSE,
-            NULL, &err);
+        gsize len = p->tail - p->head;
+        if (p->write_cap)
+            len = MIN(len, p->write_cap);
+        if (p->pacer) {
+            gsize allow =
+                mp_rate_pacer_allowance(p->pacer, g_get_monotonic_time());
+            if (allow < MIN(len, PACE_MIN))
+                return; /* update_watch() sets the time to come back */
+            len = MIN(len, allow);
+        }
+        gssize n = g_socket_send_with_blocking(to_sock(ch, d),
+                                               (char *)p->buf + p->head, len,
+                                               FALSE, NULL, &err);
         if (n > 0) {
             p->head += n;
+            if (p->pacer)
+                mp_rate_pacer_spend(p->pacer, n);
         } else if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
             /* the receiver is gone: so is the connection */
             g_debug("channel %" G_GUINT64_FORMAT " %s: write: %s", ch->id,
@@ -520,6 +561,73 @@ void
 mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir)
 {
     ch->pump[dir].filtered = TRUE;
+}
+
+void
+mp_relay_channel_set_limit(MpRelayChannel *ch, MpDir dir, gsize bytes)
+{
+    ch->pump[dir].limit = bytes;
+}
+
+void
+mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir, MpRatePacer *pacer)
+{
+    ch->pump[dir].pacer = pacer;
+}
+
+void
+mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes)
+{
+    Pump *p = &ch->pump[dir];
+    GSocket *s = to_sock(ch, dir);
+
+    p->write_cap = bytes;
+    /* the kernel wakes us only when little is left unsent, so what waits
+     * stays in our queue, where a page can still go ahead */
+    if (s)
+        g_socket_set_option(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, (gint)bytes,
+                            NULL);
+}
+
+guint64
+mp_relay_channel_bytes_written(const MpRelayChannel *ch, MpDir dir)
+{
+    const Pump *p = &ch->pump[dir];
+    return p->sent - (p->tail - p->head);
+}
+
+const guint8 *
+mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir, guint64 at,
+                            gsize len)
+{
+    Pump *p = &ch->pump[dir];
+    guint64 written = p->sent - (p->tail - p->head);
+
+    if (at < written || at + len > p->sent)
+        return NULL;
+    return p->buf + p->head + (at - written);
+}
+
+gboolean
+mp_relay_channel_queue_splice(MpRelayChannel *ch, MpDir dir, guint64 at,
+                              gsize remove, const guint8 *insert,
+                              gsize insert_len)
+{
+    Pump *p = &ch->pump[dir];
+    guint64 written = p->sent - (p->tail - p->head);
+
+    if (ch->closed || p->shut || at < written || at + remove > p->sent)
+        return FALSE;
+    if (insert_len > remove)
+        make_room(p, insert_len - remove); /* may move head */
+    guint8 *pos = p->buf + p->head + (at - written);
+    gsize after = p->tail - (pos - p->buf) - remove;
+    memmove(pos + insert_len, pos + remove, after);
+    if (insert_len)
+        memcpy(pos, insert, insert_len);
+    p->tail = p->tail - remove + insert_len;
+    p->sent = p->sent - remove + insert_len;
+    return TRUE;
 }
 
 void

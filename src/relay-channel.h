@@ -22,6 +22,7 @@
 
 #include <gio/gio.h>
 #include "channel-types.h"
+#include "rate-pacer.h"
 
 #define MP_RELAY_BUFFER (1u << 20) /* per direction */
 
@@ -103,5 +104,29 @@ void mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir);
 /* Queues `len` bytes (copied) to be written in `dir`. */
 void mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
                            gsize len);
+/* Filtered `dir`: stop reading while `bytes` wait to be written (instead
+ * of MP_RELAY_BUFFER): the relay's own queue. */
+void mp_relay_channel_set_limit(MpRelayChannel *ch, MpDir dir, gsize bytes);
+/* Writes in `dir` take tokens from `pacer` (borrowed; NULL: none). */
+void mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir,
+                                MpRatePacer *pacer);
+/* At most `bytes` per write and TCP_NOTSENT_LOWAT `bytes` on the socket
+ * `dir` writes to (connected): little waits in the kernel. */
+void mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir,
+                                      gsize bytes);
+
+/* The queue of `dir` in absolute offsets: bytes [written, sent) wait to be
+ * written, where sent = mp_relay_channel_bytes_sent(). */
+guint64 mp_relay_channel_bytes_written(const MpRelayChannel *ch, MpDir dir);
+/* @return the queued bytes [at, at + len) (valid until the next change of
+ * the queue), or NULL if they are not all queued. */
+const guint8 *mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir,
+                                          guint64 at, gsize len);
+/* Replaces the queued bytes [at, at + remove) with `insert`; the bytes
+ * after move by insert_len - remove.  @return FALSE (nothing changed) if
+ * they are not all still queued. */
+gboolean mp_relay_channel_queue_splice(MpRelayChannel *ch, MpDir dir,
+                                       guint64 at, gsize remove,
+                                       const guint8 *insert, gsize insert_len);
 /* TRUE once `dir` has ended. */
 gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);

@@ -20,6 +20,8 @@
 #include <gio/gio.h>
 #include "capture.h"
 #include "filter-zero.h"
+#include "pcopy-lane.h"
+#include "rate-pacer.h"
 #include "relay-channel.h"
 #include "relay-metrics.h"
 #include "relay.h"
@@ -66,6 +68,8 @@ struct Session {
     MpSessionTap *tap;
     GPtrArray *filters; /* MpFilter*, the chain of every channel */
     MpFilter *zero;     /* in `filters`, or NULL */
+    MpPcopyLane *lane;  /* on the main channel, or NULL */
+    MpRatePacer *pacer; /* --rate, shared by the channels, or NULL */
     gint64 start_us;
     char *failure;
 };
@@ -126,6 +130,8 @@ session_free(Session *s)
     g_ptr_array_free(s->conns, TRUE);
     mp_session_tap_free(s->tap);
     g_ptr_array_free(s->filters, TRUE);
+    mp_pcopy_lane_free(s->lane);
+    mp_rate_pacer_free(s->pacer);
     mp_relay_metrics_free(s->metrics);
     g_free(s->failure);
     g_free(s);
@@ -215,11 +221,28 @@ filters_report(Session *s)
     return o;
 }
 
+/* `priority {enabled, rate_bps, queue_bytes, + the lane's counters}` */
+static json_object *
+priority_report(Session *s)
+{
+    MpRelay *r = s->relay;
+    json_object *o = s->lane ? mp_pcopy_lane_report(s->lane)
+                             : json_object_new_object();
+    json_object_object_add(o, "enabled", json_object_new_boolean(s->lane != NULL));
+    json_object_object_add(o, "rate_bps", json_object_new_int64(r->opt.rate * 8));
+    json_object_object_add(o, "queue_bytes",
+                           json_object_new_int64(r->opt.queue
+                                                     ? r->opt.queue
+                                                     : MP_RELAY_DEFAULT_QUEUE));
+    return o;
+}
+
 static json_object *
 session_report(Session *s)
 {
     json_object *rep = mp_relay_metrics_report(s->metrics);
     json_object_object_add(rep, "filters", filters_report(s));
+    json_object_object_add(rep, "priority", priority_report(s));
     return rep;
 }
 
@@ -286,11 +309,18 @@ join(Session *s, Conn *c)
     c->index = s->conns->len;
     c->waits_for_main = FALSE;
     g_ptr_array_add(s->conns, c);
-    if (s->filters->len) {
+    if (s->filters->len || !r->opt.no_priority) {
         c->editor = mp_stream_editor_new(s->filters, c->index, EDIT_HOLD_LIMIT,
                                          emit_to_dst, c);
         mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
+        mp_relay_channel_set_limit(c->ch, MP_DIR_TO_DST,
+                                   r->opt.queue ? r->opt.queue
+                                                : MP_RELAY_DEFAULT_QUEUE);
     }
+    if (c == s->main && c->editor && !r->opt.no_priority)
+        s->lane = mp_pcopy_lane_new(c->ch);
+    if (s->pacer)
+        mp_relay_channel_set_pacer(c->ch, MP_DIR_TO_DST, s->pacer);
     s->open++;
     mp_session_tap_add(s->tap, c->index, mp_relay_channel_peer(c->ch), now);
     if (r->capture)
@@ -354,6 +384,8 @@ start_session(MpRelay *r, Conn *main)
     s->filters = g_ptr_array_new_with_free_func((GDestroyNotify)mp_filter_free);
     if (!r->opt.no_zero_pages)
         g_ptr_array_add(s->filters, s->zero = mp_filter_zero_new());
+    if (r->opt.rate)
+        s->pacer = mp_rate_pacer_new(r->opt.rate, now);
     g_ptr_array_add(r->sessions, s);
     r->current = s;
     if (r->capture)
@@ -392,11 +424,26 @@ on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
 {
     Session *s = user_data;
 
-    if (dir != MP_DIR_TO_DST || channel >= s->conns->len)
+    if (channel >= s->conns->len)
         return;
     Conn *c = g_ptr_array_index(s->conns, channel);
-    if (c->editor)
-        mp_stream_editor_record(c->editor, rec);
+    gboolean lane = s->lane && c == s->main;
+    if (dir == MP_DIR_TO_SRC) {
+        if (lane && rec->kind == MP_REC_RP_MESSAGE
+            && (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
+                || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID))
+            mp_pcopy_lane_request(s->lane, rec->u.rp.block, rec->u.rp.start,
+                                  rec->u.rp.req_len);
+        return;
+    }
+    if (!c->editor)
+        return;
+    mp_stream_editor_record(c->editor, rec);
+    guint64 off = 0;
+    gsize len = 0;
+    if (lane && (rec->kind != MP_REC_RAM_PAGE
+                 || mp_stream_editor_placed(c->editor, rec, &off, &len)))
+        mp_pcopy_lane_record(s->lane, rec, off, len);
 }
 
 static void
@@ -422,6 +469,8 @@ on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
             ed, (kind == MP_CHAN_UNKNOWN || kind == MP_CHAN_MAIN
                  || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT)
                     && mp_session_tap_following(s->tap, c->index, dir));
+    if (ed && s->lane && c == s->main)
+        mp_pcopy_lane_flush(s->lane); /* the records' bytes are queued now */
     if (kind != c->kind) {
         c->kind = kind;
         if (r->capture)
@@ -448,6 +497,8 @@ on_end(MpRelayChannel *ch, MpDir dir, const char *how, gpointer user_data)
     mp_session_tap_end(s->tap, c->index, dir, how, now);
     g_debug("session %u: channel %u %s ended (%s)", s->number, c->index,
             mp_dir_name(dir), how);
+    if (c == s->main && s->lane && strcmp(how, "fin") != 0)
+        mp_pcopy_lane_detach(s->lane); /* its queue is gone */
     if (dir == MP_DIR_TO_DST && c == s->main) {
         /* the migration's main stream is over: no more channels join */
         s->joinable = FALSE;

@@ -1,0 +1,63 @@
+/* pcopy-lane.h: the post-copy priority lane of the relay's main channel.
+ *
+ * In post-copy the destination runs the guest and asks for each missing
+ * page it touches (REQ_PAGES on the return path).  Without help that page
+ * waits behind everything queued before it: in QEMU's socket, in the
+ * network, and in the relay.  The relay reads the source's main channel
+ * ahead into its own queue (--queue), keeps little in the kernel (small
+ * writes, TCP_NOTSENT_LOWAT) and, with --rate, nothing at the bottleneck;
+ * the lane then puts each requested page at the front of that queue:
+ *
+ *   queue:  [being written][P2][P3][EOS][footer][PART hdr][P4] ... [P9]
+ *   REQ P9: [being written][P9'][P2][P3] ...                [P4] ...
+ *
+ * A requested page already queued moves at once; one not yet queued (QEMU
+ * sends a requested page next, on this channel unless postcopy-preempt)
+ * moves when it arrives.  Only RAM page records after the PACKAGED blob
+ * (post-copy proper) are indexed, and a page only goes in front of another
+ * RAM page record, inside a RAM section body, where the destination reads
+ * RAM records anyway.  CONTINUE ("same block as the record before") stays
+ * right: the moved page always names its block, and the page that follows
+ * its new place, or its old one, gets its block name written out when it
+ * had CONTINUE.  A page is never sent twice (the destination fails on a
+ * page placed twice) and pages of host pages larger than the target page
+ * are never reordered (they must arrive together).
+ */
+#pragma once
+
+#include <glib.h>
+#include <json-c/json.h>
+#include "mp-record.h"
+#include "relay-channel.h"
+
+typedef struct MpPcopyLane MpPcopyLane;
+
+/* The lane of `ch`'s direction to the destination (borrowed; must outlive
+ * the lane).  @return a new lane; free with mp_pcopy_lane_free(). */
+MpPcopyLane *mp_pcopy_lane_new(MpRelayChannel *ch);
+void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
+
+/* A record of the main channel towards the destination, as it will be
+ * queued: at editor output offset `out_off`, `out_len` bytes (after the
+ * filters).  Call in stream order, before mp_pcopy_lane_flush(). */
+void mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec,
+                          guint64 out_off, gsize out_len);
+
+/* The destination asked for [start, start + len) of `block`. */
+void mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
+                           guint64 len);
+
+/* The bytes of the records given so far are queued: apply what is due
+ * (pages to move, block names to write out). */
+void mp_pcopy_lane_flush(MpPcopyLane *l);
+
+/* The channel is gone: stop touching it. */
+void mp_pcopy_lane_detach(MpPcopyLane *l);
+
+/* TRUE once post-copy started on the channel. */
+gboolean mp_pcopy_lane_active(const MpPcopyLane *l);
+
+/* @return counters as a new JSON object: requests, moved (from_queue,
+ * on_arrival), bytes_jumped, names_written, not_moved_host_pages. */
+json_object *mp_pcopy_lane_report(const MpPcopyLane *l);

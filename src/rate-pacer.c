@@ -1,0 +1,150 @@
+/* rate-pacer.c: token bucket and tc-style rate parsing (see
+ * rate-pacer.h). */
+#include "config.h"
+#include <string.h>
+#include "rate-pacer.h"
+
+/* 2 ms worth of bytes, at least 16 KiB: small enough that a burst does not
+ * queue at the bottleneck for long, large enough for few wakeups. */
+#define BURST_US  2000
+#define MIN_BURST (16u << 10)
+
+struct MpRatePacer {
+    guint64 rate; /* bytes per second */
+    gsize burst;
+    double tokens;
+    gint64 last_us;
+};
+
+MpRatePacer *
+mp_rate_pacer_new(guint64 bytes_per_s, gint64 now_us)
+{
+    MpRatePacer *p = g_new0(MpRatePacer, 1);
+    p->rate = MAX(bytes_per_s, 1);
+    p->burst = MAX(MIN_BURST, p->rate * BURST_US / G_USEC_PER_SEC);
+    p->tokens = p->burst;
+    p->last_us = now_us;
+    return p;
+}
+
+void
+mp_rate_pacer_free(MpRatePacer *p)
+{
+    g_free(p);
+}
+
+static void
+refill(MpRatePacer *p, gint64 now_us)
+{
+    if (now_us > p->last_us) {
+        p->tokens += (double)(now_us - p->last_us) * p->rate / G_USEC_PER_SEC;
+        if (p->tokens > p->burst)
+            p->tokens = p->burst;
+        p->last_us = now_us;
+    }
+}
+
+gsize
+mp_rate_pacer_allowance(MpRatePacer *p, gint64 now_us)
+{
+    refill(p, now_us);
+    return p->tokens > 0 ? (gsize)p->tokens : 0;
+}
+
+void
+mp_rate_pacer_spend(MpRatePacer *p, gsize n)
+{
+    p->tokens -= n;
+}
+
+gint64
+mp_rate_pacer_ready_at(MpRatePacer *p, gsize n, gint64 now_us)
+{
+    refill(p, now_us);
+    double need = MIN(n, p->burst) - p->tokens;
+    if (need <= 0)
+        return now_us;
+    return now_us + (gint64)(need * G_USEC_PER_SEC / p->rate) + 1;
+}
+
+/* "95mbit" -> 95, "mbit" */
+static gboolean
+split_number(const char *text, double *v, const char **unit, GError **error)
+{
+    char *end = NULL;
+
+    *v = g_ascii_strtod(text, &end);
+    if (end == text || !(*v > 0) || *v > 1e18) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "'%s' is not a positive number with a unit", text);
+        return FALSE;
+    }
+    *unit = end;
+    return TRUE;
+}
+
+guint64
+mp_rate_parse(const char *text, GError **error)
+{
+    static const struct {
+        const char *unit;
+        double bytes; /* per second, per 1 of the unit */
+    } units[] = {
+        {"", 1 / 8.0},          {"bit", 1 / 8.0},
+        {"kbit", 1e3 / 8},      {"mbit", 1e6 / 8},
+        {"gbit", 1e9 / 8},      {"tbit", 1e12 / 8},
+        {"kibit", 1024 / 8.0},  {"mibit", 1048576 / 8.0},
+        {"gibit", 1073741824 / 8.0}, {"tibit", 1099511627776 / 8.0},
+        {"bps", 1},             {"kbps", 1e3},
+        {"mbps", 1e6},          {"gbps", 1e9},
+        {"tbps", 1e12},         {"kibps", 1024},
+        {"mibps", 1048576},     {"gibps", 1073741824},
+        {"tibps", 1099511627776},
+    };
+    double v;
+    const char *unit;
+
+    if (!split_number(text, &v, &unit, error))
+        return 0;
+    for (guint i = 0; i < G_N_ELEMENTS(units); i++) {
+        if (g_ascii_strcasecmp(unit, units[i].unit) == 0) {
+            double b = v * units[i].bytes;
+            if (b < 1) {
+                g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                            "rate '%s' is below 1 byte per second", text);
+                return 0;
+            }
+            return (guint64)b;
+        }
+    }
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "rate '%s': unknown unit '%s' (as tc writes rates: 95mbit, "
+                "1gbit, 500kbit, 10mbps)",
+                text, unit);
+    return 0;
+}
+
+guint64
+mp_size_parse(const char *text, GError **error)
+{
+    static const struct {
+        const char *unit;
+        guint64 mult;
+    } units[] = {
+        {"", 1},           {"b", 1},          {"k", 1u << 10},
+        {"kib", 1u << 10}, {"m", 1u << 20},   {"mib", 1u << 20},
+        {"g", 1u << 30},   {"gib", 1u << 30},
+    };
+    double v;
+    const char *unit;
+
+    if (!split_number(text, &v, &unit, error))
+        return 0;
+    for (guint i = 0; i < G_N_ELEMENTS(units); i++)
+        if (g_ascii_strcasecmp(unit, units[i].unit) == 0)
+            return (guint64)(v * units[i].mult);
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "size '%s': unknown unit '%s' (bytes, or K, M, G)", text,
+                unit);
+    return 0;
+}
