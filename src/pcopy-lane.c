@@ -1,10 +1,13 @@
 /* pcopy-lane.c: requested post-copy pages ahead of the queue (see
  * pcopy-lane.h).
  *
- * The index holds the RAM page records still queued on the channel, in
- * order, at their offsets in the channel's queue (mp_relay_channel_queue_*
- * offsets).  Editor output offsets become queue offsets by adding `delta`,
- * the bytes the lane itself added (block names) or took out and put back.
+ * The index holds the RAM page records queued on the channel since
+ * post-copy began, in order, at their offsets in the channel's queue.  The
+ * lane never moves queued bytes: it adds edits (relay-channel.h) that the
+ * writer applies as it reaches them: a hole where a moved page was, the
+ * page again in front, a header with its block name in place of one with
+ * CONTINUE.  So a move costs a page, however deep the queue, and the
+ * editor's output offsets are the queue's offsets.
  */
 #include "config.h"
 #include <string.h>
@@ -16,14 +19,16 @@
 
 typedef struct {
     guint64 off; /* in the channel's queue */
-    guint32 len;
+    guint32 len; /* as queued */
     const char *block; /* interned */
     guint64 addr;
-    gboolean cont;      /* CONTINUE: its block name is not on the wire */
-    gboolean movable;   /* PAGE or ZERO (xbzrle, compressed: not) */
-    gboolean urgent;    /* requested: goes ahead at the next flush */
-    gboolean name_due;  /* must name its block (its predecessor moved) */
-    gboolean arrival;   /* urgent because it arrived after its request */
+    gboolean cont;    /* queued with CONTINUE */
+    gboolean named;   /* an edit writes its block name out */
+    gboolean movable; /* PAGE or ZERO (xbzrle, compressed: not) */
+    gboolean gone;    /* moved to the front */
+    gboolean urgent;  /* requested: goes to the front at the next flush */
+    gboolean name_due; /* must name its block (its predecessor moved) */
+    gboolean arrival; /* urgent because it came after its request */
 } Entry;
 
 typedef struct {
@@ -34,10 +39,12 @@ typedef struct {
 struct MpPcopyLane {
     MpRelayChannel *ch;
     gboolean active;
-    GArray *idx; /* Entry */
-    gint64 delta;
-    GArray *waiting;       /* Waiting, oldest first */
-    gboolean name_next;    /* the next page record must name its block */
+    GArray *idx;      /* Entry, in queue order; [first, len) are live */
+    guint first;
+    GHashTable *by_addr; /* page address -> index + 1 (last seen) */
+    GArray *due;      /* indices with work at the next flush */
+    GArray *waiting;  /* Waiting, oldest first */
+    gboolean name_next; /* the next page record must name its block */
     GByteArray *scratch;
     guint64 requests, moved_queue, moved_arrival, jumped, names, host_pages;
 };
@@ -48,6 +55,9 @@ mp_pcopy_lane_new(MpRelayChannel *ch)
     MpPcopyLane *l = g_new0(MpPcopyLane, 1);
     l->ch = ch;
     l->idx = g_array_new(FALSE, FALSE, sizeof(Entry));
+    l->by_addr = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                       NULL);
+    l->due = g_array_new(FALSE, FALSE, sizeof(guint));
     l->waiting = g_array_new(FALSE, FALSE, sizeof(Waiting));
     l->scratch = g_byte_array_new();
     return l;
@@ -59,6 +69,8 @@ mp_pcopy_lane_free(MpPcopyLane *l)
     if (!l)
         return;
     g_array_unref(l->idx);
+    g_hash_table_unref(l->by_addr);
+    g_array_unref(l->due);
     g_array_unref(l->waiting);
     g_byte_array_unref(l->scratch);
     g_free(l);
@@ -70,6 +82,9 @@ mp_pcopy_lane_detach(MpPcopyLane *l)
     l->ch = NULL;
     l->active = FALSE;
     g_array_set_size(l->idx, 0);
+    g_array_set_size(l->due, 0);
+    g_hash_table_remove_all(l->by_addr);
+    l->first = 0;
 }
 
 gboolean
@@ -84,26 +99,23 @@ at(MpPcopyLane *l, guint i)
     return &g_array_index(l->idx, Entry, i);
 }
 
-static void
-shift_from(MpPcopyLane *l, guint i, gint64 by)
+/* The live entries around i (gone ones went to the front). */
+static gint
+prev_live(MpPcopyLane *l, guint i)
 {
-    for (; i < l->idx->len; i++)
-        at(l, i)->off += by;
+    while (i-- > l->first)
+        if (!at(l, i)->gone)
+            return i;
+    return -1;
 }
 
-/* Replaces [off, off + remove) of the queue; entries from `from` on move.
- * @return FALSE if the bytes are no longer all queued. */
-static gboolean
-splice(MpPcopyLane *l, guint64 off, gsize remove, const guint8 *ins,
-       gsize ins_len, guint from)
+static gint
+next_live(MpPcopyLane *l, guint i)
 {
-    if (!mp_relay_channel_queue_splice(l->ch, MP_DIR_TO_DST, off, remove, ins,
-                                       ins_len))
-        return FALSE;
-    gint64 by = (gint64)ins_len - (gint64)remove;
-    shift_from(l, from, by);
-    l->delta += by;
-    return TRUE;
+    for (i++; i < l->idx->len; i++)
+        if (!at(l, i)->gone)
+            return i;
+    return -1;
 }
 
 /* Header without CONTINUE, then u8 len and the block name. */
@@ -118,76 +130,107 @@ named_header(GByteArray *out, const guint8 *hdr, const char *block)
     g_byte_array_append(out, (const guint8 *)block, n);
 }
 
-/* Entry i had CONTINUE: write its block name out. */
+/* Entry i was queued with CONTINUE: its block name goes out with it. */
 static gboolean
 name_block(MpPcopyLane *l, guint i)
 {
     Entry *e = at(l, i);
-    const guint8 *hdr = mp_relay_channel_queue_peek(l->ch, MP_DIR_TO_DST,
-                                                    e->off, 8);
+    const guint8 *hdr =
+        mp_relay_channel_queue_peek(l->ch, MP_DIR_TO_DST, e->off, 8);
+    e->name_due = FALSE;
+    if (!e->cont || e->named)
+        return TRUE;
     if (!hdr)
         return FALSE;
     g_byte_array_set_size(l->scratch, 0);
     named_header(l->scratch, hdr, e->block);
-    gsize grow = l->scratch->len - 8;
-    if (!splice(l, e->off, 8, l->scratch->data, l->scratch->len, i + 1))
+    if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, e->off, 8,
+                                     l->scratch->data, l->scratch->len))
         return FALSE;
-    e = at(l, i);
-    e->len += grow;
-    e->cont = FALSE;
-    e->name_due = FALSE;
+    e->named = TRUE;
     l->names++;
     return TRUE;
 }
 
-/* Moves entry k to the front of the queue (before entry 0). */
+/* Entry k goes out before the first live entry not yet being written. */
 static void
 move_to_front(MpPcopyLane *l, guint k)
 {
-    Entry e = *at(l, k);
-    const guint8 *bytes =
-        mp_relay_channel_queue_peek(l->ch, MP_DIR_TO_DST, e.off, e.len);
+    guint64 head = mp_relay_channel_bytes_written(l->ch, MP_DIR_TO_DST);
+    gint front = -1;
 
+    for (guint i = l->first; i < l->idx->len && front < 0; i++)
+        if (!at(l, i)->gone && at(l, i)->off > head)
+            front = i;
+    if (front < 0 || (guint)front >= k)
+        return; /* nothing queued before it: it is next anyway */
+
+    Entry *e = at(l, k);
+    const guint8 *bytes =
+        mp_relay_channel_queue_peek(l->ch, MP_DIR_TO_DST, e->off, e->len);
     if (!bytes)
         return;
-    if (k == 0) {
-        /* already next: later requests go after it */
-        g_array_remove_index(l->idx, 0);
-        return;
-    }
     /* the page as it will go out: naming its block */
-    g_autoptr(GByteArray) page = g_byte_array_sized_new(e.len + 256);
-    if (e.cont)
-        named_header(page, bytes, e.block);
+    g_autoptr(GByteArray) page = g_byte_array_sized_new(e->len + 256);
+    if (e->cont)
+        named_header(page, bytes, e->block);
     else
         g_byte_array_append(page, bytes, 8);
-    g_byte_array_append(page, bytes + 8, e.len - 8);
+    g_byte_array_append(page, bytes + 8, e->len - 8);
 
     /* its old successor follows another page now */
-    if (k + 1 < l->idx->len) {
-        Entry *n = at(l, k + 1);
-        if (n->cont && n->block != at(l, k - 1)->block && !name_block(l, k + 1))
-            return;
-    } else {
+    gint n = next_live(l, k), p = prev_live(l, k);
+    if (n < 0)
         l->name_next = TRUE;
-    }
-    e = *at(l, k);
-    if (!splice(l, e.off, e.len, NULL, 0, k + 1))
+    else if (at(l, n)->block != (p >= 0 ? at(l, p)->block : NULL)
+             && !name_block(l, n))
         return;
-    g_array_remove_index(l->idx, k);
-
     /* the page it goes in front of follows it now */
-    Entry *c = at(l, 0);
-    if (c->cont && c->block != e.block && !name_block(l, 0))
+    if (at(l, front)->block != e->block && !name_block(l, front))
         return;
-    guint64 front = at(l, 0)->off;
-    if (!splice(l, front, 0, page->data, page->len, 0))
+
+    e = at(l, k);
+    if (e->named)
+        mp_relay_channel_queue_unedit(l->ch, MP_DIR_TO_DST, e->off);
+    if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, e->off, e->len,
+                                     NULL, 0))
         return;
-    l->jumped += e.off - front;
-    if (e.arrival)
+    if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, at(l, front)->off,
+                                     0, page->data, page->len)) {
+        /* cannot happen (front > head): put the page back */
+        mp_relay_channel_queue_unedit(l->ch, MP_DIR_TO_DST, e->off);
+        return;
+    }
+    e->gone = TRUE;
+    l->jumped += e->off - at(l, front)->off;
+    if (e->arrival)
         l->moved_arrival++;
     else
         l->moved_queue++;
+}
+
+/* Drops the entries being written (and compacts now and then). */
+static void
+prune(MpPcopyLane *l)
+{
+    guint64 head = mp_relay_channel_bytes_written(l->ch, MP_DIR_TO_DST);
+
+    while (l->first < l->idx->len
+           && (at(l, l->first)->gone || at(l, l->first)->off <= head))
+        l->first++;
+    if (l->first < 4096 || l->first < l->idx->len / 2)
+        return;
+    g_array_remove_range(l->idx, 0, l->first);
+    for (guint i = 0; i < l->due->len; i++)
+        g_array_index(l->due, guint, i) -= MIN(g_array_index(l->due, guint, i),
+                                               l->first);
+    l->first = 0;
+    g_hash_table_remove_all(l->by_addr);
+    for (guint i = 0; i < l->idx->len; i++) {
+        gint64 *key = g_new(gint64, 1);
+        *key = at(l, i)->addr;
+        g_hash_table_insert(l->by_addr, key, GUINT_TO_POINTER(i + 1));
+    }
 }
 
 void
@@ -195,26 +238,20 @@ mp_pcopy_lane_flush(MpPcopyLane *l)
 {
     if (!l->active || !l->ch)
         return;
-    /* entries whose first byte went to the kernel cannot change */
-    guint64 written = mp_relay_channel_bytes_written(l->ch, MP_DIR_TO_DST);
-    guint drop = 0;
-    while (drop < l->idx->len && at(l, drop)->off < written)
-        drop++;
-    if (drop)
-        g_array_remove_range(l->idx, 0, drop);
-
-    for (guint i = 0; i < l->idx->len; i++)
-        if (at(l, i)->name_due && at(l, i)->cont)
-            name_block(l, i);
-    for (guint i = 0; i < l->idx->len; i++) {
-        if (!at(l, i)->urgent)
+    prune(l);
+    /* in order: a name first, pages to the front in request order */
+    for (guint d = 0; d < l->due->len; d++) {
+        guint i = g_array_index(l->due, guint, d);
+        if (i < l->first || i >= l->idx->len || at(l, i)->gone)
             continue;
-        at(l, i)->urgent = FALSE;
-        move_to_front(l, i);
-        /* entries before i are unchanged; the one now at i is the next */
-        if (i < l->idx->len && at(l, i)->urgent)
-            i--;
+        if (at(l, i)->name_due)
+            name_block(l, i);
+        if (at(l, i)->urgent) {
+            at(l, i)->urgent = FALSE;
+            move_to_front(l, i);
+        }
     }
+    g_array_set_size(l->due, 0);
 }
 
 static gboolean
@@ -243,13 +280,13 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
         return;
     const MpRamPage *pg = &rec->u.page;
     Entry e = {
-        .off = out_off + l->delta,
+        .off = out_off,
         .len = out_len,
         .block = g_intern_string(pg->block),
         .addr = pg->addr,
         .cont = (pg->flags & MP_RAM_SAVE_FLAG_CONTINUE) != 0,
         .movable = pg->kind == MP_PAGE_NORMAL || pg->kind == MP_PAGE_ZERO,
-        .name_due = l->name_next,
+        .name_due = l->name_next && (pg->flags & MP_RAM_SAVE_FLAG_CONTINUE),
     };
     l->name_next = FALSE;
     for (guint i = 0; e.movable && i < l->waiting->len; i++) {
@@ -260,7 +297,13 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
             break;
         }
     }
+    guint i = l->idx->len;
     g_array_append_val(l->idx, e);
+    gint64 *key = g_new(gint64, 1);
+    *key = e.addr;
+    g_hash_table_replace(l->by_addr, key, GUINT_TO_POINTER(i + 1));
+    if (e.urgent || e.name_due)
+        g_array_append_val(l->due, i);
 }
 
 void
@@ -276,17 +319,17 @@ mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
         return;
     }
     const char *b = g_intern_string(block);
-    gboolean found = FALSE;
-    for (guint i = 0; i < l->idx->len; i++) {
-        Entry *e = at(l, i);
-        if (e->movable && in_range(e->block, e->addr, b, start, len)) {
-            e->urgent = found = TRUE;
-            break;
+    gint64 key = start;
+    guint i = GPOINTER_TO_UINT(g_hash_table_lookup(l->by_addr, &key));
+    if (i && i - 1 >= l->first && i - 1 < l->idx->len) {
+        Entry *e = at(l, i - 1);
+        if (e->movable && !e->gone && e->block == b && e->addr == start) {
+            e->urgent = TRUE;
+            i--;
+            g_array_append_val(l->due, i);
+            mp_pcopy_lane_flush(l);
+            return;
         }
-    }
-    if (found) {
-        mp_pcopy_lane_flush(l);
-        return;
     }
     /* QEMU sends it soon (or sent it already: then it is never matched
      * and ages out) */

@@ -39,8 +39,9 @@ void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 
 /* A record of the main channel towards the destination, as it will be
- * queued: at editor output offset `out_off`, `out_len` bytes (after the
- * filters).  Call in stream order, before mp_pcopy_lane_flush(). */
+ * queued: at queue offset `out_off` (the editor's output offset: the
+ * editor is all that queues bytes on the channel), `out_len` bytes (after
+ * the filters).  Call in stream order, before mp_pcopy_lane_flush(). */
 void mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec,
                           guint64 out_off, gsize out_len);
 

@@ -4,8 +4,10 @@
 #include <string.h>
 #include "rate-pacer.h"
 
-/* 2 ms worth of bytes, at least 16 KiB: small enough that a burst does not
- * queue at the bottleneck for long, large enough for few wakeups. */
+/* 2 ms worth of bytes, at least 16 KiB: a burst sent at once queues at
+ * the bottleneck for at most that long, which a requested page waits
+ * behind (8 ms bursts doubled the blocked time per request in
+ * bench-postcopy; see docs/benchmarks.md). */
 #define BURST_US  2000
 #define MIN_BURST (16u << 10)
 
@@ -25,6 +27,12 @@ mp_rate_pacer_new(guint64 bytes_per_s, gint64 now_us)
     p->tokens = p->burst;
     p->last_us = now_us;
     return p;
+}
+
+guint64
+mp_rate_pacer_rate(const MpRatePacer *p)
+{
+    return p->rate;
 }
 
 void

@@ -14,6 +14,7 @@ typedef struct MpRatePacer MpRatePacer;
 
 /* `bytes_per_s` > 0.  @return a new pacer with a full bucket; free with
  * mp_rate_pacer_free(). */
+guint64 mp_rate_pacer_rate(const MpRatePacer *p); /* bytes per second */
 MpRatePacer *mp_rate_pacer_new(guint64 bytes_per_s, gint64 now_us);
 void mp_rate_pacer_free(MpRatePacer *p); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpRatePacer, mp_rate_pacer_free)

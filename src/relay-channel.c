@@ -35,7 +35,18 @@ typedef struct {
     MpRatePacer *pacer;   /* borrowed, or NULL */
     gsize write_cap;      /* bytes per write, 0: no cap */
     guint64 bytes, sent;  /* read; queued (written + still queued) */
+    GQueue edits;         /* Edit*, by `at` (mp_relay_channel_queue_edit) */
 } Pump;
+
+/* Where the queue goes out differently: at queue offset `at`, `len` bytes
+ * go out instead of the `remove` queued ones.  The queued bytes never
+ * move, so an edit costs its own bytes however long the queue. */
+typedef struct {
+    guint64 at;
+    gsize remove;
+    gsize len, done;
+    guint8 bytes[];
+} Edit;
 
 /* Paced writes wait for at least this many tokens (or the whole rest). */
 #define PACE_MIN 4096
@@ -92,7 +103,14 @@ wants_write(MpRelayChannel *ch, MpDir d)
     const Pump *p = &ch->pump[d];
     if (!ch->connected || p->shut)
         return FALSE;
-    return p->head < p->tail || p->eof;
+    return p->head < p->tail || p->eof || p->edits.length;
+}
+
+/* Queue offset of the next byte to be written. */
+static guint64
+head_at(const Pump *p)
+{
+    return p->sent - (p->tail - p->head);
 }
 
 static void
@@ -230,7 +248,9 @@ make_room(Pump *p, gsize more)
     }
     if (p->head == p->tail) {
         p->head = p->tail = 0;
-    } else if (p->head >= COMPACT_AT || p->tail + more > p->cap) {
+    } else if ((p->head >= COMPACT_AT && p->head >= p->tail - p->head)
+               || p->tail + more > p->cap) {
+        /* (moves no more than it frees: linear however deep the queue) */
         memmove(p->buf, p->buf + p->head, p->tail - p->head);
         p->tail -= p->head;
         p->head = 0;
@@ -287,39 +307,67 @@ pump_read(MpRelayChannel *ch, MpDir d)
     }
 }
 
-static void
-pump_write(MpRelayChannel *ch, MpDir d)
+/* Writes at most `len` bytes from `buf`, within the write cap and the
+ * pacer.  @return bytes written, 0 if none now, -1 if the connection was
+ * torn down. */
+static gssize
+write_some(MpRelayChannel *ch, MpDir d, const guint8 *buf, gsize len)
 {
     g_autoptr(GError) err = NULL;
     Pump *p = &ch->pump[d];
 
-    if (p->head < p->tail) {
-        gsize len = p->tail - p->head;
-        if (p->write_cap)
-            len = MIN(len, p->write_cap);
-        if (p->pacer) {
-            gsize allow =
-                mp_rate_pacer_allowance(p->pacer, g_get_monotonic_time());
-            if (allow < MIN(len, PACE_MIN))
-                return; /* update_watch() sets the time to come back */
-            len = MIN(len, allow);
-        }
-        gssize n = g_socket_send_with_blocking(to_sock(ch, d),
-                                               (char *)p->buf + p->head, len,
-                                               FALSE, NULL, &err);
-        if (n > 0) {
-            p->head += n;
-            if (p->pacer)
-                mp_rate_pacer_spend(p->pacer, n);
-        } else if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
-            /* the receiver is gone: so is the connection */
-            g_debug("channel %" G_GUINT64_FORMAT " %s: write: %s", ch->id,
-                    mp_dir_name(d), err->message);
-            mp_relay_channel_abort(ch);
-            return;
-        }
+    if (p->write_cap)
+        len = MIN(len, p->write_cap);
+    if (p->pacer) {
+        gsize allow = mp_rate_pacer_allowance(p->pacer, g_get_monotonic_time());
+        if (allow < MIN(len, PACE_MIN))
+            return 0; /* update_watch() sets the time to come back */
+        len = MIN(len, allow);
     }
-    if (p->head == p->tail && p->eof && !p->shut) {
+    gssize n = g_socket_send_with_blocking(to_sock(ch, d), (const char *)buf,
+                                           len, FALSE, NULL, &err);
+    if (n > 0) {
+        if (p->pacer)
+            mp_rate_pacer_spend(p->pacer, n);
+        return n;
+    }
+    if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        return 0;
+    /* the receiver is gone: so is the connection */
+    g_debug("channel %" G_GUINT64_FORMAT " %s: write: %s", ch->id,
+            mp_dir_name(d), err->message);
+    mp_relay_channel_abort(ch);
+    return -1;
+}
+
+static void
+pump_write(MpRelayChannel *ch, MpDir d)
+{
+    Pump *p = &ch->pump[d];
+    Edit *e = g_queue_peek_head(&p->edits);
+
+    if (e && e->at == head_at(p)) {
+        /* an edit's turn: its bytes, then past what it replaces */
+        if (e->done < e->len) {
+            gssize n = write_some(ch, d, e->bytes + e->done, e->len - e->done);
+            if (n < 0)
+                return;
+            e->done += n;
+        }
+        if (e->done == e->len) {
+            p->head += e->remove;
+            g_free(g_queue_pop_head(&p->edits));
+        }
+    } else if (p->head < p->tail) {
+        gsize len = p->tail - p->head;
+        if (e)
+            len = MIN(len, e->at - head_at(p));
+        gssize n = write_some(ch, d, p->buf + p->head, len);
+        if (n < 0)
+            return;
+        p->head += n;
+    }
+    if (p->head == p->tail && !p->edits.length && p->eof && !p->shut) {
         /* pass the FIN on; the other direction keeps flowing */
         p->shut = TRUE;
         if (!g_socket_shutdown(to_sock(ch, d), FALSE, TRUE, NULL)) {
@@ -451,6 +499,7 @@ mp_relay_channel_free(MpRelayChannel *ch)
     for (int d = 0; d < MP_DIR__MAX; d++) {
         g_free(ch->pump[d].buf);
         g_free(ch->pump[d].in);
+        g_queue_clear_full(&ch->pump[d].edits, g_free);
     }
     g_clear_error(&ch->connect_error);
     g_free(ch->peer);
@@ -592,8 +641,7 @@ mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes)
 guint64
 mp_relay_channel_bytes_written(const MpRelayChannel *ch, MpDir dir)
 {
-    const Pump *p = &ch->pump[dir];
-    return p->sent - (p->tail - p->head);
+    return head_at(&ch->pump[dir]);
 }
 
 const guint8 *
@@ -601,33 +649,66 @@ mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir, guint64 at,
                             gsize len)
 {
     Pump *p = &ch->pump[dir];
-    guint64 written = p->sent - (p->tail - p->head);
+    guint64 head = head_at(p);
 
-    if (at < written || at + len > p->sent)
+    if (at < head || at + len > p->sent)
         return NULL;
-    return p->buf + p->head + (at - written);
+    return p->buf + p->head + (at - head);
 }
 
 gboolean
-mp_relay_channel_queue_splice(MpRelayChannel *ch, MpDir dir, guint64 at,
-                              gsize remove, const guint8 *insert,
-                              gsize insert_len)
+mp_relay_channel_queue_edit(MpRelayChannel *ch, MpDir dir, guint64 at,
+                            gsize remove, const guint8 *bytes, gsize len)
 {
     Pump *p = &ch->pump[dir];
-    guint64 written = p->sent - (p->tail - p->head);
+    Edit *first = g_queue_peek_head(&p->edits);
 
-    if (ch->closed || p->shut || at < written || at + remove > p->sent)
+    if (ch->closed || p->shut || at + remove > p->sent || at < head_at(p)
+        || (first && first->at == at && first->done))
         return FALSE;
-    if (insert_len > remove)
-        make_room(p, insert_len - remove); /* may move head */
-    guint8 *pos = p->buf + p->head + (at - written);
-    gsize after = p->tail - (pos - p->buf) - remove;
-    memmove(pos + insert_len, pos + remove, after);
-    if (insert_len)
-        memcpy(pos, insert, insert_len);
-    p->tail = p->tail - remove + insert_len;
-    p->sent = p->sent - remove + insert_len;
+    /* after every edit before `at`; at `at`, insertions (remove 0) in
+     * order, then the one edit that replaces bytes there */
+    GList *l;
+    for (l = p->edits.head; l; l = l->next) {
+        Edit *o = l->data;
+        if (o->at > at)
+            break;
+        if (o->at == at && o->remove) {
+            if (remove)
+                return FALSE; /* two edits replacing the same bytes */
+            break;
+        }
+    }
+    Edit *e = g_malloc(sizeof(Edit) + len);
+    e->at = at;
+    e->remove = remove;
+    e->len = len;
+    e->done = 0;
+    if (len)
+        memcpy(e->bytes, bytes, len);
+    if (l)
+        g_queue_insert_before(&p->edits, l, e);
+    else
+        g_queue_push_tail(&p->edits, e);
     return TRUE;
+}
+
+gboolean
+mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir, guint64 at)
+{
+    Pump *p = &ch->pump[dir];
+
+    for (GList *l = p->edits.head; l; l = l->next) {
+        Edit *e = l->data;
+        if (e->at > at)
+            break;
+        if (e->at == at && e->remove && !e->done) {
+            g_queue_delete_link(&p->edits, l);
+            g_free(e);
+            return TRUE;
+        }
+    }
+    return FALSE;
 }
 
 void

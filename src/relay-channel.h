@@ -122,11 +122,18 @@ guint64 mp_relay_channel_bytes_written(const MpRelayChannel *ch, MpDir dir);
  * the queue), or NULL if they are not all queued. */
 const guint8 *mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir,
                                           guint64 at, gsize len);
-/* Replaces the queued bytes [at, at + remove) with `insert`; the bytes
- * after move by insert_len - remove.  @return FALSE (nothing changed) if
- * they are not all still queued. */
-gboolean mp_relay_channel_queue_splice(MpRelayChannel *ch, MpDir dir,
-                                       guint64 at, gsize remove,
-                                       const guint8 *insert, gsize insert_len);
+/* At queue offset `at`, `len` bytes (copied) go out instead of the
+ * `remove` queued bytes there (remove 0: an insertion).  Queue offsets do
+ * not change.  Several insertions at one offset go out in the order they
+ * were made, before the one edit that may replace bytes there.  @return
+ * FALSE (nothing changed) if the bytes are not all still queued, an edit
+ * already replaces bytes at `at`, or the writer has begun an edit there. */
+gboolean mp_relay_channel_queue_edit(MpRelayChannel *ch, MpDir dir,
+                                     guint64 at, gsize remove,
+                                     const guint8 *bytes, gsize len);
+/* Drops the edit that replaces bytes at `at`, if the writer has not begun
+ * it.  @return TRUE if there was one. */
+gboolean mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir,
+                                       guint64 at);
 /* TRUE once `dir` has ended. */
 gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);

@@ -52,6 +52,7 @@ Test(rate_pacer, bucket)
 {
     /* 12.5 MB/s: the burst is 2 ms worth, 25000 bytes */
     g_autoptr(MpRatePacer) p = mp_rate_pacer_new(12500000, 0);
+    cr_assert_eq(mp_rate_pacer_rate(p), 12500000);
     cr_assert_eq(mp_rate_pacer_allowance(p, 0), 25000);
     mp_rate_pacer_spend(p, 25000);
     cr_assert_eq(mp_rate_pacer_allowance(p, 0), 0);

@@ -1,0 +1,157 @@
+/* test-relay-queue.c: a relay channel's queue with edits (what the
+ * post-copy lane uses): insertions and replacements go out at their queue
+ * offsets, in order, and the queued bytes themselves never move. */
+#include "config.h"
+#include <string.h>
+#include <gio/gio.h>
+#include <criterion/criterion.h>
+#include "rate-pacer.h"
+#include "relay-channel.h"
+
+#define N 100000
+
+static GSocket *
+listener(GSocketAddress **addr)
+{
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, 0);
+    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, NULL);
+    cr_assert(g_socket_bind(s, a, TRUE, NULL) && g_socket_listen(s, NULL));
+    *addr = g_socket_get_local_address(s, NULL);
+    return s;
+}
+
+static GSocket *
+dial(GSocketAddress *a)
+{
+    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, NULL);
+    cr_assert(g_socket_connect(s, a, NULL, NULL));
+    return s;
+}
+
+typedef struct {
+    gboolean connected;
+} State;
+
+static void
+on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
+        gpointer user_data)
+{
+    if (dir == MP_DIR_TO_DST)
+        mp_relay_channel_send(ch, dir, buf, len);
+}
+
+static void
+on_connected(MpRelayChannel *ch, const GError *error, gpointer user_data)
+{
+    cr_assert_null(error);
+    ((State *)user_data)->connected = TRUE;
+}
+
+static const MpRelayChannelHooks hooks = {.data = on_data,
+                                          .connected = on_connected};
+
+static void
+spin_until(gboolean (*done)(gpointer), gpointer data)
+{
+    gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (!done(data)) {
+        cr_assert(g_get_monotonic_time() < deadline, "timed out");
+        g_main_context_iteration(NULL, TRUE);
+    }
+}
+
+static gboolean
+all_queued(gpointer ch)
+{
+    return mp_relay_channel_bytes_sent(ch, MP_DIR_TO_DST) == N;
+}
+
+static gboolean
+connected(gpointer st)
+{
+    return ((State *)st)->connected;
+}
+
+Test(relay_queue, edits_go_out_in_place)
+{
+    g_autoptr(GSocketAddress) src_addr = NULL, dst_addr = NULL;
+    g_autoptr(GSocket) src_l = listener(&src_addr);
+    g_autoptr(GSocket) dst_l = listener(&dst_addr);
+    g_autoptr(GSocket) client = dial(src_addr);
+    g_autoptr(GSocket) down = g_socket_accept(src_l, NULL, NULL);
+    State st = {0};
+    g_autoptr(MpRelayChannel) ch = mp_relay_channel_new(down, 1, &hooks, &st);
+    /* 20 KB/s: the queue stays full while the edits are made */
+    g_autoptr(MpRatePacer) slow = mp_rate_pacer_new(20000, 0);
+    guint8 *data = g_malloc(N);
+
+    for (guint i = 0; i < N; i++)
+        data[i] = 'a' + i % 26;
+    mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
+    mp_relay_channel_set_pacer(ch, MP_DIR_TO_DST, slow);
+    mp_relay_channel_start(ch);
+    mp_relay_channel_connect(ch, dst_addr, 5000);
+    g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
+    spin_until(connected, &st);
+    cr_assert_eq(g_socket_send(client, (char *)data, N, NULL, NULL), N);
+    spin_until(all_queued, ch);
+
+    guint64 head = mp_relay_channel_bytes_written(ch, MP_DIR_TO_DST);
+    cr_assert_lt(head, 40000, "%" G_GUINT64_FORMAT " written already", head);
+    /* a hole, a page put in front, a header written out, two insertions
+     * at one offset in order */
+    cr_assert(mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 60000, 1000, NULL,
+                                          0));
+    cr_assert(mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 50000, 8,
+                                          (const guint8 *)"HEADER!!name", 12));
+    cr_assert(mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 50000, 0,
+                                          (const guint8 *)"first", 5));
+    cr_assert(mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 50000, 0,
+                                          (const guint8 *)"second", 6));
+    /* two replacements of the same bytes, or bytes not queued: refused */
+    cr_assert(!mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 50000, 4,
+                                           (const guint8 *)"x", 1));
+    cr_assert(!mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, N - 10, 20,
+                                           NULL, 0));
+    cr_assert(!mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 0, 0,
+                                           (const guint8 *)"x", 1));
+    /* a dropped replacement: the bytes go out as queued */
+    cr_assert(mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, 70000, 3,
+                                          (const guint8 *)"zz", 2));
+    cr_assert(mp_relay_channel_queue_unedit(ch, MP_DIR_TO_DST, 70000));
+    const guint8 *peek = mp_relay_channel_queue_peek(ch, MP_DIR_TO_DST,
+                                                     60000, 4);
+    cr_assert(peek && memcmp(peek, data + 60000, 4) == 0);
+
+    mp_relay_channel_set_pacer(ch, MP_DIR_TO_DST, NULL);
+    g_socket_shutdown(client, FALSE, TRUE, NULL);
+    GByteArray *want = g_byte_array_new();
+    g_byte_array_append(want, data, 50000);
+    g_byte_array_append(want, (const guint8 *)"firstsecondHEADER!!name", 23);
+    g_byte_array_append(want, data + 50008, 60000 - 50008);
+    g_byte_array_append(want, data + 61000, N - 61000);
+
+    GByteArray *got = g_byte_array_new();
+    g_socket_set_blocking(up, FALSE);
+    gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    for (;;) {
+        guint8 buf[65536];
+        gssize n = g_socket_receive(up, (char *)buf, sizeof(buf), NULL, NULL);
+        if (n == 0)
+            break;
+        if (n > 0)
+            g_byte_array_append(got, buf, n);
+        else
+            g_main_context_iteration(NULL, FALSE);
+        cr_assert(g_get_monotonic_time() < deadline, "timed out");
+    }
+    cr_assert_eq(got->len, want->len);
+    cr_assert(memcmp(got->data, want->data, want->len) == 0);
+    g_byte_array_unref(got);
+    g_byte_array_unref(want);
+    g_free(data);
+}
