@@ -29,11 +29,13 @@ typedef struct {
     gboolean urgent;  /* requested: goes to the front at the next flush */
     gboolean name_due; /* must name its block (its predecessor moved) */
     gboolean arrival; /* urgent because it came after its request */
+    gint64 t_req;     /* when it was requested (urgent) */
 } Entry;
 
 typedef struct {
     const char *block; /* interned */
     guint64 start, len;
+    gint64 t;
 } Waiting;
 
 struct MpPcopyLane {
@@ -46,6 +48,9 @@ struct MpPcopyLane {
     GArray *waiting;  /* Waiting, oldest first */
     gboolean name_next; /* the next page record must name its block */
     GByteArray *scratch;
+    guint next_tag;
+    GHashTable *inflight; /* tag -> request time (gint64*): moved, queued */
+    GArray *latency_us;   /* guint32: request -> page written */
     guint64 requests, moved_queue, moved_arrival, jumped, names, host_pages;
 };
 
@@ -60,6 +65,8 @@ mp_pcopy_lane_new(MpRelayChannel *ch)
     l->due = g_array_new(FALSE, FALSE, sizeof(guint));
     l->waiting = g_array_new(FALSE, FALSE, sizeof(Waiting));
     l->scratch = g_byte_array_new();
+    l->inflight = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    l->latency_us = g_array_new(FALSE, FALSE, sizeof(guint32));
     return l;
 }
 
@@ -73,6 +80,8 @@ mp_pcopy_lane_free(MpPcopyLane *l)
     g_array_unref(l->due);
     g_array_unref(l->waiting);
     g_byte_array_unref(l->scratch);
+    g_hash_table_unref(l->inflight);
+    g_array_unref(l->latency_us);
     g_free(l);
 }
 
@@ -195,13 +204,17 @@ move_to_front(MpPcopyLane *l, guint k)
     if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, e->off, e->len,
                                      NULL, 0))
         return;
-    if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, at(l, front)->off,
-                                     0, page->data, page->len)) {
+    gpointer tag = GUINT_TO_POINTER(++l->next_tag ? l->next_tag
+                                                   : ++l->next_tag);
+    if (!mp_relay_channel_queue_edit_tagged(l->ch, MP_DIR_TO_DST,
+                                            at(l, front)->off, 0, page->data,
+                                            page->len, tag)) {
         /* cannot happen (front > head): put the page back */
         mp_relay_channel_queue_unedit(l->ch, MP_DIR_TO_DST, e->off);
         return;
     }
     e->gone = TRUE;
+    g_hash_table_insert(l->inflight, tag, g_memdup2(&e->t_req, sizeof(gint64)));
     l->jumped += e->off - at(l, front)->off;
     if (e->arrival)
         l->moved_arrival++;
@@ -293,6 +306,7 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
         Waiting *w = &g_array_index(l->waiting, Waiting, i);
         if (in_range(e.block, e.addr, w->block, w->start, w->len)) {
             e.urgent = e.arrival = TRUE;
+            e.t_req = w->t;
             g_array_remove_index(l->waiting, i);
             break;
         }
@@ -307,8 +321,19 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
 }
 
 void
+mp_pcopy_lane_written(MpPcopyLane *l, gpointer tag, gint64 now_us)
+{
+    gint64 *t = g_hash_table_lookup(l->inflight, tag);
+    if (!t)
+        return;
+    guint32 us = MIN(now_us - *t, G_MAXUINT32);
+    g_array_append_val(l->latency_us, us);
+    g_hash_table_remove(l->inflight, tag);
+}
+
+void
 mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
-                      guint64 len)
+                      guint64 len, gint64 now_us)
 {
     if (!l->active || !l->ch || !block)
         return;
@@ -325,6 +350,7 @@ mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
         Entry *e = at(l, i - 1);
         if (e->movable && !e->gone && e->block == b && e->addr == start) {
             e->urgent = TRUE;
+            e->t_req = now_us;
             i--;
             g_array_append_val(l->due, i);
             mp_pcopy_lane_flush(l);
@@ -335,8 +361,15 @@ mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
      * and ages out) */
     if (l->waiting->len >= MAX_WAITING)
         g_array_remove_index(l->waiting, 0);
-    Waiting w = {b, start, len};
+    Waiting w = {b, start, len, now_us};
     g_array_append_val(l->waiting, w);
+}
+
+static gint
+cmp_u32(gconstpointer a, gconstpointer b)
+{
+    guint32 x = *(const guint32 *)a, y = *(const guint32 *)b;
+    return x < y ? -1 : x > y;
 }
 
 json_object *
@@ -354,5 +387,22 @@ mp_pcopy_lane_report(const MpPcopyLane *l)
     json_object_object_add(o, "names_written", json_object_new_int64(l->names));
     json_object_object_add(o, "not_moved_host_pages",
                            json_object_new_int64(l->host_pages));
+    json_object *lat = json_object_new_object();
+    guint n = l->latency_us->len;
+    g_autoptr(GArray) v = g_array_copy(l->latency_us);
+    g_array_sort(v, cmp_u32);
+    json_object_object_add(lat, "count", json_object_new_int64(n));
+    json_object_object_add(
+        lat, "p50",
+        n ? json_object_new_int64(g_array_index(v, guint32, (n - 1) / 2))
+          : NULL);
+    json_object_object_add(
+        lat, "p99",
+        n ? json_object_new_int64(g_array_index(v, guint32, (n - 1) * 99 / 100))
+          : NULL);
+    json_object_object_add(
+        lat, "max",
+        n ? json_object_new_int64(g_array_index(v, guint32, n - 1)) : NULL);
+    json_object_object_add(o, "latency_us", lat);
     return o;
 }

@@ -45,9 +45,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 void mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec,
                           guint64 out_off, gsize out_len);
 
-/* The destination asked for [start, start + len) of `block`. */
+/* The destination asked for [start, start + len) of `block` (the return
+ * path's REQ_PAGES passed the relay at `now_us`). */
 void mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
-                           guint64 len);
+                           guint64 len, gint64 now_us);
+
+/* The channel's `edit_written` hook: a moved page went to the kernel. */
+void mp_pcopy_lane_written(MpPcopyLane *l, gpointer tag, gint64 now_us);
 
 /* The bytes of the records given so far are queued: apply what is due
  * (pages to move, block names to write out). */
@@ -60,5 +64,7 @@ void mp_pcopy_lane_detach(MpPcopyLane *l);
 gboolean mp_pcopy_lane_active(const MpPcopyLane *l);
 
 /* @return counters as a new JSON object: requests, moved (from_queue,
- * on_arrival), bytes_jumped, names_written, not_moved_host_pages. */
+ * on_arrival), bytes_jumped, names_written, not_moved_host_pages, and
+ * latency_us {count, p50, p99, max}: from a moved page's request to its
+ * last byte handed to the kernel towards the destination. */
 json_object *mp_pcopy_lane_report(const MpPcopyLane *l);

@@ -45,6 +45,7 @@ typedef struct {
     guint64 at;
     gsize remove;
     gsize len, done;
+    gpointer tag;
     guint8 bytes[];
 } Edit;
 
@@ -355,8 +356,11 @@ pump_write(MpRelayChannel *ch, MpDir d)
             e->done += n;
         }
         if (e->done == e->len) {
+            gpointer tag = e->tag;
             p->head += e->remove;
             g_free(g_queue_pop_head(&p->edits));
+            if (tag && ch->hooks.edit_written)
+                ch->hooks.edit_written(ch, d, tag, ch->user_data);
         }
     } else if (p->head < p->tail) {
         gsize len = p->tail - p->head;
@@ -660,6 +664,15 @@ gboolean
 mp_relay_channel_queue_edit(MpRelayChannel *ch, MpDir dir, guint64 at,
                             gsize remove, const guint8 *bytes, gsize len)
 {
+    return mp_relay_channel_queue_edit_tagged(ch, dir, at, remove, bytes, len,
+                                              NULL);
+}
+
+gboolean
+mp_relay_channel_queue_edit_tagged(MpRelayChannel *ch, MpDir dir, guint64 at,
+                                   gsize remove, const guint8 *bytes,
+                                   gsize len, gpointer tag)
+{
     Pump *p = &ch->pump[dir];
     Edit *first = g_queue_peek_head(&p->edits);
 
@@ -684,6 +697,7 @@ mp_relay_channel_queue_edit(MpRelayChannel *ch, MpDir dir, guint64 at,
     e->remove = remove;
     e->len = len;
     e->done = 0;
+    e->tag = tag;
     if (len)
         memcpy(e->bytes, bytes, len);
     if (l)

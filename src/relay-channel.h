@@ -46,6 +46,9 @@ typedef struct {
     /* mp_relay_channel_watch(): the source's side is readable (or hung
      * up): peek at it. */
     void (*readable)(MpRelayChannel *ch, gpointer user_data);
+    /* The last byte of an edit made with a `tag` went to the kernel. */
+    void (*edit_written)(MpRelayChannel *ch, MpDir dir, gpointer tag,
+                         gpointer user_data);
 } MpRelayChannelHooks;
 
 /* A channel for the accepted socket `down` (takes a reference).  It does
@@ -131,6 +134,12 @@ const guint8 *mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir,
 gboolean mp_relay_channel_queue_edit(MpRelayChannel *ch, MpDir dir,
                                      guint64 at, gsize remove,
                                      const guint8 *bytes, gsize len);
+/* The same; when its last byte is written, the `edit_written` hook gets
+ * `tag` (not NULL). */
+gboolean mp_relay_channel_queue_edit_tagged(MpRelayChannel *ch, MpDir dir,
+                                            guint64 at, gsize remove,
+                                            const guint8 *bytes, gsize len,
+                                            gpointer tag);
 /* Drops the edit that replaces bytes at `at`, if the writer has not begun
  * it.  @return TRUE if there was one. */
 gboolean mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir,

@@ -433,7 +433,7 @@ on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
             && (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
                 || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID))
             mp_pcopy_lane_request(s->lane, rec->u.rp.block, rec->u.rp.start,
-                                  rec->u.rp.req_len);
+                                  rec->u.rp.req_len, g_get_monotonic_time());
         return;
     }
     if (!c->editor)
@@ -774,7 +774,17 @@ on_tick(gpointer user_data)
     return G_SOURCE_CONTINUE;
 }
 
+static void
+on_edit_written(MpRelayChannel *ch, MpDir dir, gpointer tag,
+                gpointer user_data)
+{
+    Conn *c = user_data;
+    if (c->session && c->session->lane && c == c->session->main)
+        mp_pcopy_lane_written(c->session->lane, tag, g_get_monotonic_time());
+}
+
 static const MpRelayChannelHooks conn_hooks = {
+    .edit_written = on_edit_written,
     .data = on_data,
     .end = on_end,
     .closed = on_closed,

@@ -576,6 +576,7 @@ check_priority(const Result *r, const char *name)
                " moved=%" G_GINT64_FORMAT " from_queue=%" G_GINT64_FORMAT
                " on_arrival=%" G_GINT64_FORMAT " bytes_jumped=%" G_GINT64_FORMAT
                " names=%" G_GINT64_FORMAT " latency_p50_us=%" G_GINT64_FORMAT
+               " moved_latency_us p50=%" G_GINT64_FORMAT " p99=%" G_GINT64_FORMAT
                "\n",
                name, jint(r->report, "priority.requests"),
                jint(r->report, "priority.moved"),
@@ -583,7 +584,11 @@ check_priority(const Result *r, const char *name)
                jint(r->report, "priority.moved_on_arrival"),
                jint(r->report, "priority.bytes_jumped"),
                jint(r->report, "priority.names_written"),
-               jint(r->report, "postcopy.latency_us.p50"));
+               jint(r->report, "postcopy.latency_us.p50"),
+               jint(r->report, "priority.latency_us.p50"),
+               jint(r->report, "priority.latency_us.p99"));
+    cr_assert_eq(jint(r->report, "priority.latency_us.count"),
+                 jint(r->report, "priority.moved"));
     cr_assert(json_object_get_boolean(it_jget(r->report, "priority.enabled")));
     cr_assert_eq(jint(r->report, "priority.rate_bps"), 80000000);
     cr_assert_eq(jint(r->report, "priority.requests"),
