@@ -1,0 +1,86 @@
+#!/bin/bash
+# bench-relay.sh: what `migproxy relay` costs (issue 3, item 8; see
+# docs/benchmarks.md, "Relay overhead").  One run measures both:
+#   live    real live migrations on loopback (QEMU 7.2, TCG, the workload
+#           guest, 512 MiB), direct, through the relay (as it runs by
+#           default, and plain: parsing only) and through socat,
+#           alternated: migration time, the relay's CPU per GB and memory;
+#   stream  a captured >= 2 GB stream pushed through the relay, through
+#           socat and straight into a sink: GB/s, CPU per GB, peak RSS.
+#
+#   bench/bench-relay.sh [--rev REV] [--runs 8] [--stream-runs 5]
+#                        [--parts live,stream] [--json FILE] [--keep] ...
+#
+# Builds a release tree in build-bench/ (as bench-analyze.sh does) from the
+# working tree, or with --rev REV (first argument) from that commit alone
+# (git archive into bench/.cache/rev-HASH/, built there): the relay of a
+# commit, whatever is being edited in the working tree.  Then it reuses
+# or captures bench/.cache/long-7.2.mig (bench-analyze's long stream), and
+# runs bench/bench-relay.py, which prints markdown tables on stdout and
+# progress on stderr.  All options are that script's (--help).  About 4 to
+# 6 minutes with the defaults (2 cores), plus the build and, once, the
+# capture.
+#
+# Cleanup: the Python script ends what it started by pid; this trap is the
+# second line, for a Python script that was killed: it ends every process
+# recorded in the pid file whose start time still matches (so a reused pid
+# is never hit).  Ports are held only by those processes.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=$ROOT/build-bench
+SRC=$ROOT
+rev_args=()
+
+command -v socat >/dev/null || { echo "bench-relay: needs socat" >&2; exit 1; }
+if [[ ${1:-} == --rev ]]; then
+    hash=$(git -C "$ROOT" rev-parse --verify "${2:?--rev needs a commit}^{commit}")
+    shift 2
+    SRC=$ROOT/bench/.cache/rev-${hash:0:12}/src
+    BUILD=$ROOT/bench/.cache/rev-${hash:0:12}/build
+    if [ ! -f "$SRC/meson.build" ]; then
+        rm -rf "$SRC"
+        mkdir -p "$SRC"
+        git -C "$ROOT" archive "$hash" | tar -x -C "$SRC"
+    fi
+    rev_args=(--commit "$hash")
+fi
+if [ ! -f "$BUILD/build.ninja" ]; then
+    meson setup "$BUILD" "$SRC" -Dbuildtype=release -Db_ndebug=if-release \
+        -Dtests=disabled >&2
+fi
+ninja -C "$BUILD" src/migproxy samples/workload/workload.elf >&2
+
+PIDFILE=$(mktemp /tmp/bench-relay-pids.XXXXXX)
+py=
+
+cleanup() {
+    local pid start name now
+    trap - EXIT INT TERM HUP
+    if [[ -n $py ]] && kill -0 "$py" 2>/dev/null; then
+        kill -TERM "$py" 2>/dev/null || true
+        wait "$py" 2>/dev/null || true
+    fi
+    while read -r pid start name; do
+        [[ -r /proc/$pid/stat ]] || continue
+        now=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat" 2>/dev/null || true)
+        if [[ $now == "$start" ]]; then
+            echo "bench-relay: ending leftover $name (pid $pid)" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done <"$PIDFILE"
+    rm -f "$PIDFILE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# In the background, so that a signal to this script runs the trap at once
+# instead of after the Python script returns.
+MP_BENCH_PIDFILE=$PIDFILE python3 "$ROOT/bench/bench-relay.py" \
+    --build "$BUILD" "${rev_args[@]}" "$@" &
+py=$!
+rc=0
+wait "$py" || rc=$?
+py=
+exit "$rc"
