@@ -115,9 +115,12 @@ mp_cmd_relay(int argc, char **argv)
          "pages get through at once (default: as fast as the link takes)",
          "RATE"},
         {"queue", 0, 0, G_OPTION_ARG_STRING, &queue,
-         "Read ahead from the source up to SIZE per connection (K, M, G; "
-         "default 16M): the queue in which requested post-copy pages go "
-         "ahead; also the relay's memory bound per connection",
+         "In post-copy, read the main channel ahead from the source up to "
+         "SIZE (K, M, G; default 16M): the queue in which requested pages go "
+         "ahead, and the relay's memory bound for it; at least the guest's "
+         "RAM lets QEMU send a requested page at once without "
+         "postcopy-preempt (before post-copy the relay holds 1 MiB per "
+         "connection at most)",
          "SIZE"},
         {"no-priority", 0, 0, G_OPTION_ARG_NONE, &no_priority,
          "Post-copy: forward requested pages in stream order (by default "

@@ -40,6 +40,7 @@ typedef struct {
 
 struct MpPcopyLane {
     MpRelayChannel *ch;
+    gsize queue;
     gboolean active;
     GArray *idx;      /* Entry, in queue order; [first, len) are live */
     guint first;
@@ -55,10 +56,11 @@ struct MpPcopyLane {
 };
 
 MpPcopyLane *
-mp_pcopy_lane_new(MpRelayChannel *ch)
+mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue)
 {
     MpPcopyLane *l = g_new0(MpPcopyLane, 1);
     l->ch = ch;
+    l->queue = queue;
     l->idx = g_array_new(FALSE, FALSE, sizeof(Entry));
     l->by_addr = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
                                        NULL);
@@ -286,6 +288,7 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
             l->active = TRUE;
             mp_relay_channel_set_low_latency(l->ch, MP_DIR_TO_DST,
                                              LOW_LATENCY_BYTES);
+            mp_relay_channel_set_limit(l->ch, MP_DIR_TO_DST, l->queue);
         }
         return;
     }

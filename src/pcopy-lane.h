@@ -33,8 +33,11 @@
 typedef struct MpPcopyLane MpPcopyLane;
 
 /* The lane of `ch`'s direction to the destination (borrowed; must outlive
- * the lane).  @return a new lane; free with mp_pcopy_lane_free(). */
-MpPcopyLane *mp_pcopy_lane_new(MpRelayChannel *ch);
+ * the lane).  When post-copy starts the channel may queue up to `queue`
+ * bytes (before, reading ahead would only hide the link's rate from
+ * QEMU's bandwidth estimate).  @return a new lane; free with
+ * mp_pcopy_lane_free(). */
+MpPcopyLane *mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue);
 void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 

@@ -250,8 +250,10 @@ make_room(Pump *p, gsize more)
     if (p->head == p->tail) {
         p->head = p->tail = 0;
     } else if ((p->head >= COMPACT_AT && p->head >= p->tail - p->head)
-               || p->tail + more > p->cap) {
-        /* (moves no more than it frees: linear however deep the queue) */
+               || p->tail + more > p->cap || p->tail == p->cap) {
+        /* (moves no more than it frees: linear however deep the queue;
+         * and never leaves a full end with room at the front, where a
+         * readable socket would spin the loop) */
         memmove(p->buf, p->buf + p->head, p->tail - p->head);
         p->tail -= p->head;
         p->head = 0;
@@ -489,6 +491,10 @@ mp_relay_channel_new(GSocket *down, guint64 id,
     ch->source = g_source_new(&chan_source_funcs, sizeof(ChanSource));
     ((ChanSource *)ch->source)->ch = ch;
     g_source_set_name(ch->source, "migproxy relay channel");
+    /* nothing in a dispatch runs the loop again; without this glib takes
+     * the fds out of poll and puts them back around every dispatch (four
+     * eventfd writes each time) */
+    g_source_set_can_recurse(ch->source, TRUE);
     g_source_attach(ch->source, NULL);
     return ch;
 }

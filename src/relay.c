@@ -313,12 +313,11 @@ join(Session *s, Conn *c)
         c->editor = mp_stream_editor_new(s->filters, c->index, EDIT_HOLD_LIMIT,
                                          emit_to_dst, c);
         mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
-        mp_relay_channel_set_limit(c->ch, MP_DIR_TO_DST,
-                                   r->opt.queue ? r->opt.queue
-                                                : MP_RELAY_DEFAULT_QUEUE);
     }
     if (c == s->main && c->editor && !r->opt.no_priority)
-        s->lane = mp_pcopy_lane_new(c->ch);
+        s->lane = mp_pcopy_lane_new(c->ch, r->opt.queue
+                                               ? r->opt.queue
+                                               : MP_RELAY_DEFAULT_QUEUE);
     if (s->pacer)
         mp_relay_channel_set_pacer(c->ch, MP_DIR_TO_DST, s->pacer);
     s->open++;
