@@ -14,7 +14,9 @@
  *
  * A replacement must be a valid encoding of the same meaning for the
  * destination QEMU: the destination's guest memory after loading the
- * stream must be the same as without the filter.
+ * stream must be the same as without the filter.  In the relay it is no
+ * longer than the record (or the record is kept: the relay writes the
+ * stream in place, see stream-editor.h).
  */
 #pragma once
 

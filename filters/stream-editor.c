@@ -19,6 +19,7 @@ struct MpStreamEditor {
     GPtrArray *filters; /* MpFilter*, borrowed */
     guint channel;
     gsize hold_limit;
+    gboolean shrink_only;
     MpStreamEmitFunc emit;
     gpointer user_data;
 
@@ -43,12 +44,14 @@ struct MpStreamEditor {
 
 MpStreamEditor *
 mp_stream_editor_new(GPtrArray *filters, guint channel, gsize hold_limit,
-                     MpStreamEmitFunc emit, gpointer user_data)
+                     gboolean shrink_only, MpStreamEmitFunc emit,
+                     gpointer user_data)
 {
     MpStreamEditor *ed = g_new0(MpStreamEditor, 1);
     ed->filters = filters;
     ed->channel = channel;
     ed->hold_limit = hold_limit;
+    ed->shrink_only = shrink_only;
     ed->emit = emit;
     ed->user_data = user_data;
     ed->hold = g_byte_array_new();
@@ -151,7 +154,8 @@ mp_stream_editor_record(MpStreamEditor *ed, const MpRecord *rec)
     for (guint i = 0; i < ed->filters->len; i++) {
         MpFilter *f = g_ptr_array_index(ed->filters, i);
         g_byte_array_set_size(ed->out, 0);
-        if (f->rewrite(f, ed->channel, rec, wire_of(ed, rec), ed->out)) {
+        if (f->rewrite(f, ed->channel, rec, wire_of(ed, rec), ed->out)
+            && (!ed->shrink_only || ed->out->len <= rec->length)) {
             emit_to(ed, rec->offset);
             ed->placed_off = ed->bytes_out;
             ed->placed_len = ed->out->len;
@@ -213,6 +217,12 @@ mp_stream_editor_placed(const MpStreamEditor *ed, const MpRecord *rec,
     *out_off = ed->placed_off;
     *out_len = ed->placed_len;
     return TRUE;
+}
+
+gsize
+mp_stream_editor_held(const MpStreamEditor *ed)
+{
+    return ed->hold->len - (ed->base - ed->hold_off);
 }
 
 gboolean

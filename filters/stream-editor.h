@@ -18,6 +18,12 @@
  * already on the wire).  When the parser cannot follow any more, the caller
  * says so (`following` FALSE) and from then on the editor passes every
  * byte on as it comes, so editing never breaks a stream it cannot parse.
+ *
+ * It emits in stream order.  A `shrink_only` editor never lets the output
+ * run ahead of the input: up to any byte of a chunk, it emits no more than
+ * what it held before the chunk plus the chunk's bytes before that one (a
+ * replacement longer than its record is not used).  So a writer may take
+ * the chunk's bytes in place (relay-channel.h).
  */
 #pragma once
 
@@ -32,9 +38,11 @@ typedef void (*MpStreamEmitFunc)(const guint8 *buf, gsize len,
 
 /* `filters`: MpFilter* in order, borrowed (must outlive the editor), may
  * be empty.  `channel` is handed to the filters.  Bytes go to `emit`.
+ * `shrink_only`: see above.
  * @return a new editor; free with mp_stream_editor_free(). */
 MpStreamEditor *mp_stream_editor_new(GPtrArray *filters, guint channel,
-                                     gsize hold_limit, MpStreamEmitFunc emit,
+                                     gsize hold_limit, gboolean shrink_only,
+                                     MpStreamEmitFunc emit,
                                      gpointer user_data);
 void mp_stream_editor_free(MpStreamEditor *ed); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpStreamEditor, mp_stream_editor_free)
@@ -61,6 +69,9 @@ void mp_stream_editor_end(MpStreamEditor *ed, gboolean following);
 
 /* The stream ended: whatever is held goes out. */
 void mp_stream_editor_flush(MpStreamEditor *ed);
+
+/* Bytes held back, to go out before any of the next chunk's. */
+gsize mp_stream_editor_held(const MpStreamEditor *ed);
 
 /* TRUE once the editor passes everything on (not following, or the hold
  * limit was hit). */

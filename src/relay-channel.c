@@ -18,9 +18,10 @@
 /* Compact when the unwritten bytes start past half the buffer. */
 #define COMPACT_AT (MP_RELAY_BUFFER / 2)
 
-/* Filtered: what a read returns goes to the `data` hook only, which
- * queues the bytes to write with mp_relay_channel_send(). */
-#define FILTERED_READ (256u << 10)
+/* Read only with room for this much (or the whole bound, if smaller):
+ * a nearly full queue would otherwise be topped up a few bytes at a time,
+ * a system call and a loop iteration for each. */
+#define READ_MIN (64u << 10)
 
 typedef struct {
     guint8 *buf;      /* `cap` bytes, allocated on first read */
@@ -30,7 +31,9 @@ typedef struct {
     gboolean shut;    /* the FIN was passed on */
     gboolean ended;   /* `end` hook called */
     gboolean filtered;
-    guint8 *in;           /* filtered: FILTERED_READ bytes */
+    gsize read_gap;       /* filtered: read this far past tail */
+    const guint8 *reading; /* filtered: the bytes the hook has, in buf */
+    gsize reading_len;
     gsize limit;          /* stop reading with this much queued */
     MpRatePacer *pacer;   /* borrowed, or NULL */
     gsize write_cap;      /* bytes per write, 0: no cap */
@@ -95,7 +98,8 @@ can_read(MpRelayChannel *ch, MpDir d)
         return FALSE;
     if (d == MP_DIR_TO_SRC && !ch->connected)
         return FALSE;
-    return p->tail - p->head < (p->limit ? p->limit : MP_RELAY_BUFFER);
+    gsize bound = p->limit ? p->limit : MP_RELAY_BUFFER;
+    return p->tail - p->head + MIN(READ_MIN, bound) <= bound;
 }
 
 static gboolean
@@ -274,12 +278,17 @@ pump_read(MpRelayChannel *ch, MpDir d)
     gsize room;
 
     if (p->filtered) {
-        if (!p->in)
-            p->in = g_malloc(FILTERED_READ);
-        into = p->in;
-        room = MIN(FILTERED_READ,
-                   (p->limit ? p->limit : MP_RELAY_BUFFER)
-                       - (p->tail - p->head));
+        gsize bound = p->limit ? p->limit : MP_RELAY_BUFFER;
+        gsize queued = p->tail - p->head;
+        /* (a read at most a buffer's worth: the hook's work comes in
+         * bounded steps, whatever the --queue) */
+        room = queued < bound ? MIN(bound - queued, MP_RELAY_BUFFER) : 0;
+        if (!room)
+            return;
+        /* in place: the hook's bytes that go out unchanged are queued
+         * where they are; the gap takes what it sends ahead of them */
+        make_room(p, p->read_gap + room);
+        into = p->buf + p->tail + p->read_gap;
     } else {
         make_room(p, 0);
         into = p->buf + p->tail;
@@ -298,8 +307,13 @@ pump_read(MpRelayChannel *ch, MpDir d)
             p->tail += n;
             p->sent += n;
         }
+        if (p->filtered) {
+            p->reading = into;
+            p->reading_len = n;
+        }
         if (ch->hooks.data)
             ch->hooks.data(ch, d, into, n, ch->user_data);
+        p->reading = NULL;
     } else if (n == 0) {
         p->eof = TRUE;
         end_dir(ch, d, "fin");
@@ -508,7 +522,6 @@ mp_relay_channel_free(MpRelayChannel *ch)
     close_sockets(ch);
     for (int d = 0; d < MP_DIR__MAX; d++) {
         g_free(ch->pump[d].buf);
-        g_free(ch->pump[d].in);
         g_queue_clear_full(&ch->pump[d].edits, g_free);
     }
     g_clear_error(&ch->connect_error);
@@ -732,6 +745,12 @@ mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir, guint64 at)
 }
 
 void
+mp_relay_channel_set_read_gap(MpRelayChannel *ch, MpDir dir, gsize gap)
+{
+    ch->pump[dir].read_gap = gap;
+}
+
+void
 mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
                       gsize len)
 {
@@ -739,8 +758,21 @@ mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
 
     if (ch->closed || p->shut || !len)
         return;
-    make_room(p, len);
-    memcpy(p->buf + p->tail, buf, len);
+    if (p->reading) {
+        /* Inside the hook: the bytes read lie at tail + gap or later, and
+         * the hook's contract keeps every write below the read bytes it
+         * has not sent yet; make_room() must not run (it could move or
+         * reallocate them), and need not (room was made for the read). */
+        guint8 *to = p->buf + p->tail;
+        gboolean read_bytes =
+            buf >= p->reading && buf + len <= p->reading + p->reading_len;
+        g_assert(read_bytes ? to <= buf : to + len <= p->buf + p->cap);
+        if (to != buf)
+            memmove(to, buf, len);
+    } else {
+        make_room(p, len);
+        memcpy(p->buf + p->tail, buf, len);
+    }
     p->tail += len;
     p->sent += len;
 }

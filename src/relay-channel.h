@@ -102,9 +102,21 @@ guint64 mp_relay_channel_bytes_sent(const MpRelayChannel *ch, MpDir dir);
  * what the hook (or the `end` hook, before the FIN is passed on) gives to
  * mp_relay_channel_send() is written.  Call before mp_relay_channel_start().
  * The buffer bound still holds for reading: the channel stops reading while
- * MP_RELAY_BUFFER bytes wait to be written. */
+ * MP_RELAY_BUFFER bytes wait to be written.
+ *
+ * The bytes are read into the write queue itself, `gap` bytes past its end
+ * (mp_relay_channel_set_read_gap()), so that the hook's bytes that came
+ * from them are queued without a copy.  The hook must then keep to this:
+ * up to any byte of what was read, it sends no more than `gap` bytes plus
+ * the bytes read before that one (a filter may shrink the stream, never
+ * grow it), and it sends those bytes in order. */
 void mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir);
-/* Queues `len` bytes (copied) to be written in `dir`. */
+/* Filtered `dir`: the most the `data` hook will send, from now on, ahead
+ * of the bytes of the next read (bytes it holds back from earlier reads).
+ * 0 at first. */
+void mp_relay_channel_set_read_gap(MpRelayChannel *ch, MpDir dir, gsize gap);
+/* Queues `len` bytes to be written in `dir`: copied, unless they are bytes
+ * the `data` hook was given (then they stay where they are). */
 void mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
                            gsize len);
 /* Filtered `dir`: stop reading while `bytes` wait to be written (instead

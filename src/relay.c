@@ -310,8 +310,9 @@ join(Session *s, Conn *c)
     c->waits_for_main = FALSE;
     g_ptr_array_add(s->conns, c);
     if (s->filters->len || !r->opt.no_priority) {
+        /* shrink-only: the channel writes what it read in place */
         c->editor = mp_stream_editor_new(s->filters, c->index, EDIT_HOLD_LIMIT,
-                                         emit_to_dst, c);
+                                         TRUE, emit_to_dst, c);
         mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
     }
     if (c == s->main && c->editor && !r->opt.no_priority)
@@ -468,6 +469,8 @@ on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
             ed, (kind == MP_CHAN_UNKNOWN || kind == MP_CHAN_MAIN
                  || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT)
                     && mp_session_tap_following(s->tap, c->index, dir));
+    if (ed) /* what it holds goes out ahead of the next read */
+        mp_relay_channel_set_read_gap(ch, dir, mp_stream_editor_held(ed));
     if (ed && s->lane && c == s->main)
         mp_pcopy_lane_flush(s->lane); /* the records' bytes are queued now */
     if (kind != c->kind) {

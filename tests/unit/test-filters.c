@@ -85,10 +85,10 @@ on_emit(const guint8 *buf, gsize len, gpointer user_data)
 }
 
 /* Runs `in` through a qmig parser and an editor with `filter`, in chunks
- * of `chunk` bytes (0: whole).  @return the bytes that came out. */
+ * of `chunk` bytes (0: whole); shrink-only as the relay's editors are.  @return the bytes that came out. */
 static GByteArray *
 edit(const GByteArray *in, MpFilter *filter, gsize chunk,
-     guint64 stop_following_at)
+     guint64 stop_following_at, gboolean shrink_only)
 {
     g_autoptr(GPtrArray) chain = g_ptr_array_new();
     Run r = {.out = g_byte_array_new(),
@@ -97,7 +97,7 @@ edit(const GByteArray *in, MpFilter *filter, gsize chunk,
     gboolean following = TRUE;
 
     g_ptr_array_add(chain, filter);
-    r.ed = mp_stream_editor_new(chain, 0, 2u << 20, on_emit, &r);
+    r.ed = mp_stream_editor_new(chain, 0, 2u << 20, shrink_only, on_emit, &r);
     for (gsize off = 0; off < in->len;) {
         gsize n = chunk ? MIN(chunk, in->len - off) : in->len;
         mp_stream_editor_begin(r.ed, in->data + off, n);
@@ -132,14 +132,18 @@ static void
 round_trip(const char *name, guint64 zero_pages)
 {
     g_autoptr(GByteArray) orig = load(name);
-    g_autoptr(GByteArray) fat = edit(orig, &inflate_filter, 0, G_MAXUINT64);
+    g_autoptr(GByteArray) fat = edit(orig, &inflate_filter, 0, G_MAXUINT64, FALSE);
     cr_assert_eq(fat->len, orig->len + zero_pages * 4095,
                  "inflated by %u bytes", fat->len - orig->len);
+    /* a shrink-only editor keeps a record whose replacement is longer */
+    g_autoptr(GByteArray) kept =
+        edit(orig, &inflate_filter, 4096, G_MAXUINT64, TRUE);
+    assert_same(kept, orig);
 
     static const gsize chunks[] = {0, 1 << 20, 65536, 4099, 4096, 977, 8};
     for (guint i = 0; i < G_N_ELEMENTS(chunks); i++) {
         g_autoptr(MpFilter) zero = mp_filter_zero_new();
-        g_autoptr(GByteArray) back = edit(fat, zero, chunks[i], G_MAXUINT64);
+        g_autoptr(GByteArray) back = edit(fat, zero, chunks[i], G_MAXUINT64, TRUE);
         assert_same(back, orig);
         cr_assert_eq(mp_filter_zero_rewritten(zero), zero_pages,
                      "chunk %zu: %" G_GUINT64_FORMAT " pages rewritten",
@@ -158,7 +162,7 @@ Test(filters, zero_round_trip_7_2_xbzrle)
     g_autoptr(GByteArray) orig = load("busy-xbzrle-7.2");
     /* xbzrle and CONTINUE records pass untouched between the pages */
     g_autoptr(MpFilter) zero = mp_filter_zero_new();
-    g_autoptr(GByteArray) same = edit(orig, zero, 4000, G_MAXUINT64);
+    g_autoptr(GByteArray) same = edit(orig, zero, 4000, G_MAXUINT64, TRUE);
     assert_same(same, orig);
     cr_assert_eq(mp_filter_zero_rewritten(zero), 0);
 }
@@ -168,10 +172,10 @@ Test(filters, zero_round_trip_7_2_xbzrle)
 Test(filters, passthrough_when_not_following)
 {
     g_autoptr(GByteArray) orig = load("busy-10.0");
-    g_autoptr(GByteArray) fat = edit(orig, &inflate_filter, 0, G_MAXUINT64);
+    g_autoptr(GByteArray) fat = edit(orig, &inflate_filter, 0, G_MAXUINT64, FALSE);
     g_autoptr(MpFilter) zero = mp_filter_zero_new();
     guint64 cut = fat->len / 2;
-    g_autoptr(GByteArray) out = edit(fat, zero, 65536, cut);
+    g_autoptr(GByteArray) out = edit(fat, zero, 65536, cut, TRUE);
 
     guint64 n = mp_filter_zero_rewritten(zero);
     cr_assert(n > 0 && n < 15586, "%" G_GUINT64_FORMAT " rewritten", n);
@@ -191,7 +195,7 @@ Test(filters, hold_limit)
     guint8 buf[1000];
 
     memset(buf, 0x5a, sizeof(buf));
-    r.ed = mp_stream_editor_new(chain, 0, 4096, on_emit, &r);
+    r.ed = mp_stream_editor_new(chain, 0, 4096, FALSE, on_emit, &r);
     for (int i = 0; i < 4; i++) {
         mp_stream_editor_begin(r.ed, buf, sizeof(buf));
         mp_stream_editor_end(r.ed, TRUE);

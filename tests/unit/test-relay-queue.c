@@ -155,3 +155,120 @@ Test(relay_queue, edits_go_out_in_place)
     g_byte_array_unref(want);
     g_free(data);
 }
+
+/* A filtered direction reads into its write queue, `gap` bytes past the
+ * queue's end: a hook that holds bytes back, drops some and replaces
+ * others (as the stream editor does) must still get exactly its output
+ * on the wire, whatever the reads' sizes. */
+typedef struct {
+    State st;
+    GByteArray *held; /* the tail of the last read, sent before the next */
+    gboolean ended;
+} Shrinker;
+
+#define HOLD_BACK 3000
+
+static void
+shrink_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
+            gpointer user_data)
+{
+    Shrinker *sh = user_data;
+
+    if (dir != MP_DIR_TO_DST)
+        return;
+    mp_relay_channel_send(ch, dir, sh->held->data, sh->held->len);
+    g_byte_array_set_size(sh->held, 0);
+    gsize keep = len > HOLD_BACK ? len - HOLD_BACK : 0;
+    /* 'q' is dropped, 'z' replaced by a 'Z' that is not among the read
+     * bytes, the rest goes out in runs taken in place */
+    gsize run = 0;
+    for (gsize i = 0; i < keep; i++) {
+        if (buf[i] != 'q' && buf[i] != 'z')
+            continue;
+        mp_relay_channel_send(ch, dir, buf + run, i - run);
+        if (buf[i] == 'z')
+            mp_relay_channel_send(ch, dir, (const guint8 *)"Z", 1);
+        run = i + 1;
+    }
+    mp_relay_channel_send(ch, dir, buf + run, keep - run);
+    for (gsize i = keep; i < len; i++)
+        if (buf[i] != 'q')
+            g_byte_array_append(sh->held, buf[i] == 'z' ? (const guint8 *)"Z"
+                                                        : buf + i, 1);
+    mp_relay_channel_set_read_gap(ch, dir, sh->held->len);
+}
+
+static void
+shrink_end(MpRelayChannel *ch, MpDir dir, const char *how, gpointer user_data)
+{
+    Shrinker *sh = user_data;
+
+    if (dir != MP_DIR_TO_DST)
+        return;
+    mp_relay_channel_send(ch, dir, sh->held->data, sh->held->len);
+    g_byte_array_set_size(sh->held, 0);
+    sh->ended = TRUE;
+}
+
+static const MpRelayChannelHooks shrink_hooks = {
+    .data = shrink_data, .end = shrink_end, .connected = on_connected};
+
+Test(relay_queue, filtered_reads_go_out_in_place)
+{
+    enum { LEN = 3 << 20 };
+    g_autoptr(GSocketAddress) src_addr = NULL, dst_addr = NULL;
+    g_autoptr(GSocket) src_l = listener(&src_addr);
+    g_autoptr(GSocket) dst_l = listener(&dst_addr);
+    g_autoptr(GSocket) client = dial(src_addr);
+    g_autoptr(GSocket) down = g_socket_accept(src_l, NULL, NULL);
+    Shrinker sh = {.held = g_byte_array_new()};
+    g_autoptr(MpRelayChannel) ch =
+        mp_relay_channel_new(down, 1, &shrink_hooks, &sh);
+    g_autoptr(GRand) rnd = g_rand_new_with_seed(7);
+    guint8 *data = g_malloc(LEN);
+    GByteArray *want = g_byte_array_new();
+
+    for (guint i = 0; i < LEN; i++) {
+        data[i] = 'a' + g_rand_int_range(rnd, 0, 26);
+        if (data[i] != 'q')
+            g_byte_array_append(want, data[i] == 'z' ? (const guint8 *)"Z"
+                                                     : data + i, 1);
+    }
+    mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
+    mp_relay_channel_start(ch);
+    mp_relay_channel_connect(ch, dst_addr, 5000);
+    g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
+    spin_until(connected, &sh.st);
+
+    /* writes of odd sizes, the destination read as it goes */
+    GByteArray *got = g_byte_array_new();
+    g_socket_set_blocking(client, FALSE);
+    g_socket_set_blocking(up, FALSE);
+    gsize off = 0;
+    gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    for (;;) {
+        guint8 buf[65536];
+        if (off < LEN) {
+            gsize n = MIN(LEN - off, 1 + (gsize)g_rand_int_range(rnd, 0, 200000));
+            gssize w = g_socket_send(client, (char *)data + off, n, NULL, NULL);
+            if (w > 0)
+                off += w;
+            if (off == LEN)
+                g_socket_shutdown(client, FALSE, TRUE, NULL);
+        }
+        gssize n = g_socket_receive(up, (char *)buf, sizeof(buf), NULL, NULL);
+        if (n == 0)
+            break;
+        if (n > 0)
+            g_byte_array_append(got, buf, n);
+        g_main_context_iteration(NULL, FALSE);
+        cr_assert(g_get_monotonic_time() < deadline, "timed out");
+    }
+    cr_assert(sh.ended);
+    cr_assert_eq(got->len, want->len);
+    cr_assert(memcmp(got->data, want->data, want->len) == 0);
+    g_byte_array_unref(got);
+    g_byte_array_unref(want);
+    g_byte_array_unref(sh.held);
+    g_free(data);
+}
