@@ -21,9 +21,8 @@
 /* Filtered: the most one read takes.  Only a queue larger than the
  * buffer (the post-copy read-ahead) reads this much at once; the larger
  * the reads, the sooner the source's backlog is in the queue, where a
- * requested page can jump it (64 KiB reads made post-copy requests 13
- * times slower than 1 MiB reads, 4 MiB halved the time again and cut the
- * tail from 35 to 3 ms; docs/benchmarks.md). */
+ * requested page can jump it (docs/benchmarks.md: smaller reads left
+ * requested pages waiting in the source's socket). */
 #define FILTERED_READ_MAX (4u << 20)
 
 /* Read only with room for this much (or the whole bound, if smaller):
@@ -291,8 +290,6 @@ pump_read(MpRelayChannel *ch, MpDir d)
         /* (at most FILTERED_READ_MAX: the hook's work comes in bounded
          * steps, whatever the --queue) */
         room = queued < bound ? MIN(bound - queued, FILTERED_READ_MAX) : 0;
-        if (!room)
-            return;
         /* in place: the hook's bytes that go out unchanged are queued
          * where they are; the gap takes what it sends ahead of them */
         make_room(p, p->read_gap + room);

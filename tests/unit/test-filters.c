@@ -85,7 +85,8 @@ on_emit(const guint8 *buf, gsize len, gpointer user_data)
 }
 
 /* Runs `in` through a qmig parser and an editor with `filter`, in chunks
- * of `chunk` bytes (0: whole); shrink-only as the relay's editors are.  @return the bytes that came out. */
+ * of `chunk` bytes (0: whole), shrink-only as the relay's editors are or
+ * not.  @return the bytes that came out. */
 static GByteArray *
 edit(const GByteArray *in, MpFilter *filter, gsize chunk,
      guint64 stop_following_at, gboolean shrink_only)
@@ -97,7 +98,8 @@ edit(const GByteArray *in, MpFilter *filter, gsize chunk,
     gboolean following = TRUE;
 
     g_ptr_array_add(chain, filter);
-    r.ed = mp_stream_editor_new(chain, 0, 2u << 20, shrink_only, on_emit, &r);
+    r.ed =
+        mp_stream_editor_new(chain, 0, 2u << 20, shrink_only, on_emit, &r);
     for (gsize off = 0; off < in->len;) {
         gsize n = chunk ? MIN(chunk, in->len - off) : in->len;
         mp_stream_editor_begin(r.ed, in->data + off, n);
@@ -132,7 +134,8 @@ static void
 round_trip(const char *name, guint64 zero_pages)
 {
     g_autoptr(GByteArray) orig = load(name);
-    g_autoptr(GByteArray) fat = edit(orig, &inflate_filter, 0, G_MAXUINT64, FALSE);
+    g_autoptr(GByteArray) fat =
+        edit(orig, &inflate_filter, 0, G_MAXUINT64, FALSE);
     cr_assert_eq(fat->len, orig->len + zero_pages * 4095,
                  "inflated by %u bytes", fat->len - orig->len);
     /* a shrink-only editor keeps a record whose replacement is longer */
@@ -143,7 +146,8 @@ round_trip(const char *name, guint64 zero_pages)
     static const gsize chunks[] = {0, 1 << 20, 65536, 4099, 4096, 977, 8};
     for (guint i = 0; i < G_N_ELEMENTS(chunks); i++) {
         g_autoptr(MpFilter) zero = mp_filter_zero_new();
-        g_autoptr(GByteArray) back = edit(fat, zero, chunks[i], G_MAXUINT64, TRUE);
+        g_autoptr(GByteArray) back =
+            edit(fat, zero, chunks[i], G_MAXUINT64, TRUE);
         assert_same(back, orig);
         cr_assert_eq(mp_filter_zero_rewritten(zero), zero_pages,
                      "chunk %zu: %" G_GUINT64_FORMAT " pages rewritten",
@@ -172,7 +176,8 @@ Test(filters, zero_round_trip_7_2_xbzrle)
 Test(filters, passthrough_when_not_following)
 {
     g_autoptr(GByteArray) orig = load("busy-10.0");
-    g_autoptr(GByteArray) fat = edit(orig, &inflate_filter, 0, G_MAXUINT64, FALSE);
+    g_autoptr(GByteArray) fat =
+        edit(orig, &inflate_filter, 0, G_MAXUINT64, FALSE);
     g_autoptr(MpFilter) zero = mp_filter_zero_new();
     guint64 cut = fat->len / 2;
     g_autoptr(GByteArray) out = edit(fat, zero, 65536, cut, TRUE);

@@ -249,8 +249,10 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     for (;;) {
         guint8 buf[65536];
         if (off < LEN) {
-            gsize n = MIN(LEN - off, 1 + (gsize)g_rand_int_range(rnd, 0, 200000));
-            gssize w = g_socket_send(client, (char *)data + off, n, NULL, NULL);
+            gsize n = MIN(LEN - off,
+                          1 + (gsize)g_rand_int_range(rnd, 0, 200000));
+            gssize w =
+                g_socket_send(client, (char *)data + off, n, NULL, NULL);
             if (w > 0)
                 off += w;
             if (off == LEN)
