@@ -356,7 +356,10 @@ def migrate(args, res, qs, qd, dst, uri, run_dir):
         st = s.get("status")
         if st == "postcopy-active" and t_active is None:
             t_active = time.monotonic()
-        if st in ("completed", "failed", "cancelled"):
+        # (QEMU 7.2 says completed a moment before it sets total-time:
+        # a poll in between reads 0)
+        if st in ("failed", "cancelled") or (st == "completed"
+                                              and s.get("total-time")):
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"source migration still {st} after "

@@ -705,6 +705,17 @@ mp_qemu_wait_migration(MpQemu *q, guint timeout_ms, json_object **final_info,
         }
         if (json_object_object_get_ex(info, "status", &v))
             status = json_object_get_string(v);
+        /* QEMU (7.2 at least) says completed on the source a moment
+         * before it sets total-time and downtime: read 0 for both, poll
+         * again (a destination has no total-time) */
+        if (g_strcmp0(status, "completed") == 0
+            && json_object_object_get_ex(info, "total-time", &v)
+            && json_object_get_int64(v) == 0
+            && g_get_monotonic_time() < deadline) {
+            json_object_put(info);
+            g_usleep(MP_QEMU_POLL_US);
+            continue;
+        }
         if (g_strcmp0(status, "completed") == 0
             || g_strcmp0(status, "failed") == 0
             || g_strcmp0(status, "cancelled") == 0) {
