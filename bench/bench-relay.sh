@@ -3,8 +3,10 @@
 # docs/benchmarks.md, "Relay overhead").  One run measures both:
 #   live    real live migrations on loopback (QEMU 7.2, TCG, the workload
 #           guest, 512 MiB), direct, through the relay (as it runs by
-#           default, and plain: parsing only) and through socat,
-#           alternated: migration time, the relay's CPU per GB and memory;
+#           default, and plain: parsing only), through socat and through
+#           bench/splice-forward.c (the cheapest middle: splice(), no
+#           parsing), alternated: migration time, the relay's CPU per GB
+#           and memory;
 #   stream  a captured >= 2 GB stream pushed through the relay, through
 #           socat and straight into a sink: GB/s, CPU per GB, peak RSS.
 #
@@ -49,6 +51,9 @@ if [ ! -f "$BUILD/build.ninja" ]; then
         -Dtests=disabled >&2
 fi
 ninja -C "$BUILD" src/migproxy samples/workload/workload.elf >&2
+# the reference middle (splice, no parsing), always from this tree
+mkdir -p "$BUILD/bench"
+cc -O2 -Wall -o "$BUILD/bench/splice-forward" "$ROOT/bench/splice-forward.c"
 
 PIDFILE=$(mktemp /tmp/bench-relay-pids.XXXXXX)
 py=
