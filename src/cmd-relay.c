@@ -2,8 +2,6 @@
  * destination QEMU (relay.c), with its command line, log output and
  * signal handling. */
 #include "config.h"
-#include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,29 +71,13 @@ on_sigterm(gpointer user_data)
     return G_SOURCE_CONTINUE;
 }
 
-/* SCHED_FIFO at the lowest real-time priority, for this thread (the one
- * that moves every byte): the relay runs as soon as bytes arrive instead
- * of waiting for a turn behind busy vCPU threads, which on a saturated
- * host stalls the stream (docs/benchmarks.md, "Relay overhead").  It never
- * spins (it sleeps in poll), every other real-time thread still comes
- * first, and the kernel's real-time throttling bounds a runaway. */
-static int
-go_realtime(void)
-{
-    struct sched_param sp = {.sched_priority = 1};
-
-    return sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0
-               ? 0
-               : errno;
-}
-
 int
 mp_cmd_relay(int argc, char **argv)
 {
     g_autofree char *listen = NULL, *to = NULL, *metrics = NULL, *report = NULL,
                     *capture = NULL, *rate = NULL, *queue = NULL;
     gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE,
-             no_zero_pages = FALSE, no_priority = FALSE, realtime = FALSE;
+             no_zero_pages = FALSE, no_priority = FALSE;
     gint connect_timeout = 10000, handshake_timeout = 10000;
     GOptionEntry entries[] = {
         {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
@@ -143,12 +125,6 @@ mp_cmd_relay(int argc, char **argv)
         {"no-priority", 0, 0, G_OPTION_ARG_NONE, &no_priority,
          "Post-copy: forward requested pages in stream order (by default "
          "a page the destination asked for goes ahead of the queue)",
-         NULL},
-        {"realtime", 0, 0, G_OPTION_ARG_NONE, &realtime,
-         "Run at real-time priority (SCHED_FIFO 1; needs root or "
-         "CAP_SYS_NICE), so that on a host whose CPUs are all busy the "
-         "stream never waits for the relay to get a turn: there a relay at "
-         "normal priority can make a migration 20 % slower",
          NULL},
         {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &connect_timeout,
          "Give up connecting to the destination after MS (default 10000)",
@@ -245,11 +221,6 @@ mp_cmd_relay(int argc, char **argv)
     lc.tty = tty;
     g_log_set_writer_func(log_writer, &lc, NULL);
     signal(SIGPIPE, SIG_IGN);
-    int rt_error = realtime ? go_realtime() : 0;
-    if (rt_error)
-        g_warning("--realtime: %s%s; going on at normal priority",
-                  g_strerror(rt_error),
-                  rt_error == EPERM ? " (needs root or CAP_SYS_NICE)" : "");
 
     MpRelayOptions opt = {
         .listen = listen,

@@ -366,8 +366,6 @@ Test(relay, precopy_72)
     result_clear(&r);
 }
 
-/* ... also with the relay at real-time priority (--realtime; where the
- * kernel refuses it the relay says so and goes on, and so does this). */
 Test(relay, precopy_100)
 {
     Case c = {.name = "precopy_100",
@@ -375,16 +373,11 @@ Test(relay, precopy_100)
               .machine = "pc-q35-10.0",
               .append = "mem=64M rate=4000",
               .downtime_ms = 20,
-              .mem = MEM_SOURCE,
-              .relay_args = {"--realtime"}};
+              .mem = MEM_SOURCE};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);
     cr_assert_eq(jint(r.report, "commands.SWITCHOVER_START"), 1);
-    g_autofree char *log = it_relay_log_text(fx.relay);
-    if (strstr(log, "--realtime:"))
-        g_printerr("precopy_100: the relay ran at normal priority:\n%s",
-                   log);
     result_clear(&r);
 }
 
