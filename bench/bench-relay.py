@@ -13,7 +13,7 @@ live    Real live migrations on loopback, QEMU 7.2 (TCG), the workload
                        migrate-set-parameters max-bandwidth=--max-bandwidth
                        (10 GiB/s: no limit) downtime-limit=--downtime-limit
           destination  -m 512M -incoming tcp:127.0.0.1:Q
-        in six modes, alternated (the order rotates each round):
+        in five modes, alternated (the order rotates each round):
           direct       migrate tcp:127.0.0.1:Q
           relay        migproxy relay --listen 127.0.0.1:P
                            --to 127.0.0.1:Q --once --report R -q;
@@ -22,8 +22,6 @@ live    Real live migrations on loopback, QEMU 7.2 (TCG), the workload
                        turned off (--no-zero-pages --no-priority, those the
                        relay knows; left out if it knows neither): parsing
                        and forwarding only
-          relay-rt     relay with --realtime (SCHED_FIFO 1; left out if the
-                       relay has no such option)
           socat        socat TCP-LISTEN:P,reuseaddr TCP:127.0.0.1:Q;
                            migrate tcp:127.0.0.1:P
           splice       bench/splice-forward P Q: the cheapest middle
@@ -50,7 +48,6 @@ stream  The relay alone: a captured stream of >= 2 GB (bench-analyze's
           socat-1M     the same with -b 1048576 (the relay's buffer size)
           relay        migproxy relay ... --once --report R -q
           relay-plain  as in live
-          relay-rt     as in live
           splice       as in live
         GB/s = stream bytes / (sender starts connecting .. sink reads EOF);
         CPU seconds per GB and peak RSS of the middle as above.  The relay's
@@ -85,9 +82,9 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 MACHINE = "pc-q35-7.2"
 GUEST_RAM = "512M"
 WORKLOAD = "mem=448M rate=20000"
-LIVE_MODES = ("direct", "relay", "relay-plain", "relay-rt", "socat", "splice")
+LIVE_MODES = ("direct", "relay", "relay-plain", "socat", "splice")
 STREAM_MODES = ("direct", "socat", "socat-1M", "relay", "relay-plain",
-                "relay-rt", "splice")
+                "splice")
 # what relay-plain turns off, if the relay has it
 PLAIN_OPTIONS = ("--no-zero-pages", "--no-priority")
 # issue 3, item 8
@@ -409,39 +406,24 @@ def check_report(path, mid, want_bytes=None):
     return rep
 
 
-def check_realtime(mode, log_path):
-    """relay-rt measures nothing if the kernel refused SCHED_FIFO."""
-    if mode == "relay-rt":
-        with open(log_path) as f:
-            text = f.read()
-        if "--realtime:" in text:
-            raise RuntimeError(f"relay-rt ran at normal priority: {text}")
-
-
-def relay_options(migproxy):
-    """Every option `migproxy relay --help` lists."""
-    helptext = subprocess.run([migproxy, "relay", "--help"],
-                              capture_output=True, text=True).stdout
-    return [w.split("=")[0] for w in helptext.split() if w.startswith("--")]
-
-
 def plain_options(migproxy):
     """The options of PLAIN_OPTIONS this relay has."""
-    return [o for o in PLAIN_OPTIONS if o in relay_options(migproxy)]
+    helptext = subprocess.run([migproxy, "relay", "--help"],
+                              capture_output=True, text=True).stdout
+    return [o for o in PLAIN_OPTIONS if o in helptext.split()]
 
 
 _plain = {}
 
 
 def middle_argv(mode, migproxy, lport, dport, report):
-    if mode in ("relay", "relay-plain", "relay-rt"):
+    if mode in ("relay", "relay-plain"):
         if mode == "relay-plain" and migproxy not in _plain:
             _plain[migproxy] = plain_options(migproxy)
-        extra = {"relay": [], "relay-rt": ["--realtime"],
-                 "relay-plain": _plain.get(migproxy)}[mode]
         return [migproxy, "relay", "--listen", f"127.0.0.1:{lport}",
                 "--to", f"127.0.0.1:{dport}", "--once", "--report", report,
-                "-q", "--no-progress"] + extra
+                "-q", "--no-progress"] + (_plain[migproxy]
+                                          if mode == "relay-plain" else [])
     if mode == "socat":
         return ["socat", f"TCP-LISTEN:{lport},reuseaddr",
                 f"TCP:127.0.0.1:{dport}"]
@@ -558,7 +540,6 @@ def live_run(args, mode, run_dir, procs, migproxy, workload):
         res["stime_s"] = mid.rusage.ru_stime
         res["peak_rss_kib"] = mid.hwm_kib
         if mode.startswith("relay"):
-            check_realtime(mode, f"{run_dir}/{mode}.log")
             rep = check_report(report, mid)
             res["bytes"] = channel_bytes(rep)
             res["relay_total_ms"] = rep.get("total_ms")
@@ -629,7 +610,6 @@ def stream_run(args, mode, path, size, run_dir, procs, migproxy):
         res["user_s_per_gb"] = res["utime_s"] / (size / 1e9)
         want = size
         if mode.startswith("relay"):
-            check_realtime(mode, f"{run_dir}/{mode}.log")
             rep = check_report(report, mid, want_bytes=size)
             res["outcome"] = rep["outcome"]
             res["partial"] = rep["partial"]
@@ -752,13 +732,12 @@ def report(results):
                   + (f"| {x['peak_rss_kib'] / 1024:.1f} MiB |"
                      if x["peak_rss_kib"] else "| - |"))
         print()
-        for mode in ("relay", "relay-rt"):
-            if mode not in s:
-                continue
-            r = s[mode]["median"] / d if d and s[mode]["median"] else None
-            print(f"{mode} / direct = {fmt(r, 3)} (target <= {TARGET_LIVE}): "
-                  + ("met" if r is not None and r <= TARGET_LIVE
-                     else "NOT met"))
+        r = s["relay"]["median"] / d if d and s["relay"]["median"] else None
+        print(f"relay / direct = {fmt(r, 3)} (target <= {TARGET_LIVE}): "
+              + ("met" if r is not None and r <= TARGET_LIVE else "NOT met"))
+        if "splice" in s and s["splice"]["median"] and d:
+            print(f"splice / direct = {s['splice']['median'] / d:.3f} (the "
+                  f"floor: what any middle costs here)")
         print("paired (median over the rounds of the ratio within a round): "
               + ", ".join(f"{k} {fmt(v, 3)}"
                           for k, v in live["paired"].items()))
@@ -797,16 +776,15 @@ def report(results):
                   f"({fmt(x['user_s_per_gb'], 3)}) "
                   + (f"| {x['peak_rss_kib'] / 1024:.1f} MiB |"
                      if x["peak_rss_kib"] else "| - |"))
-        for mode in ("relay", "relay-rt"):
-            rl = s[mode]["median"] if mode in s else None
-            for name, ref in (("socat", sc), ("socat -b 1M", sb)):
-                if rl is None:
-                    continue
-                r = rl / ref if rl and ref else None
-                print(f"\n{mode} / {name} = {fmt(r, 3)} (target >= "
-                      f"{TARGET_STREAM}): "
-                      + ("met" if r is not None and r >= TARGET_STREAM
-                         else "NOT met"), end="")
+        rl = s["relay"]["median"] if "relay" in s else None
+        for name, ref in (("socat", sc), ("socat -b 1M", sb)):
+            if rl is None:
+                continue
+            r = rl / ref if ref else None
+            print(f"\nrelay / {name} = {fmt(r, 3)} (target >= "
+                  f"{TARGET_STREAM}): "
+                  + ("met" if r is not None and r >= TARGET_STREAM
+                     else "NOT met"), end="")
         print("\npaired (median over the rounds of the ratio within a "
               "round): " + ", ".join(f"{k} {fmt(v, 3)}" for
                                      k, v in st["paired"].items()),
@@ -858,6 +836,12 @@ def main():
                     help="live migrations per mode")
     ap.add_argument("--stream-runs", type=int, default=5,
                     help="stream runs per mode")
+    ap.add_argument("--live-modes", default=",".join(LIVE_MODES),
+                    help="comma-separated, direct among them (default: "
+                         "all)")
+    ap.add_argument("--stream-modes", default=",".join(STREAM_MODES),
+                    help="comma-separated, socat and socat-1M among them "
+                         "(default: all)")
     ap.add_argument("--qemu", default=QEMU)
     ap.add_argument("--guest-ram", default=GUEST_RAM)
     ap.add_argument("--workload", default=WORKLOAD,
@@ -884,6 +868,15 @@ def main():
     ap.add_argument("--json", default="", help="write all results here")
     args = ap.parse_args()
     parts = [p for p in args.parts.split(",") if p]
+    live_modes = [m for m in args.live_modes.split(",") if m]
+    stream_modes = [m for m in args.stream_modes.split(",") if m]
+    for m in live_modes + stream_modes:
+        if m not in LIVE_MODES + STREAM_MODES:
+            ap.error(f"unknown mode {m}")
+    if "direct" not in live_modes:
+        ap.error("--live-modes: direct is the reference")
+    if not {"socat", "socat-1M"} <= set(stream_modes):
+        ap.error("--stream-modes: socat and socat-1M are the references")
     for p in parts:
         if p not in ("live", "stream"):
             ap.error(f"unknown part {p}")
@@ -911,7 +904,6 @@ def main():
                 json.dump(results, f, indent=1)
 
     plain = plain_options(migproxy)
-    has_rt = "--realtime" in relay_options(migproxy)
     results["relay_plain_options"] = plain
     procs = Procs(pidfile)
     t_start = time.monotonic()
@@ -920,9 +912,8 @@ def main():
             path = ensure_stream(args, workload)
             size = os.path.getsize(path)
         if "live" in parts:
-            lmodes = [m for m in LIVE_MODES
-                      if (m != "relay-plain" or plain)
-                      and (m != "relay-rt" or has_rt)]
+            lmodes = [m for m in LIVE_MODES if m in live_modes
+                      and (m != "relay-plain" or plain)]
             live = {"modes": lmodes, "setup": f"-m {args.guest_ram}, -append "
                              f"'{args.workload}', max-bandwidth "
                              f"{args.max_bandwidth}, downtime-limit "
@@ -959,9 +950,8 @@ def main():
             log(f"stream: {path}, {size / 1e9:.3f} GB; warming the page "
                 f"cache")
             warm(path)
-            modes = [m for m in STREAM_MODES
-                     if (m != "relay-plain" or plain)
-                     and (m != "relay-rt" or has_rt)]
+            modes = [m for m in STREAM_MODES if m in stream_modes
+                     and (m != "relay-plain" or plain)]
             st = {"path": os.path.relpath(path, ROOT), "bytes": size,
                   "modes": modes, "runs": args.stream_runs,
                   "runs_list": []}
@@ -986,7 +976,7 @@ def main():
             st["runs_per_mode"] = args.stream_runs
             st["summary"] = summarize(st["runs"], modes, "gb_s")
             pairs = [("relay", "socat"), ("relay", "socat-1M"),
-                     ("relay-plain", "socat-1M"), ("relay-rt", "socat-1M"),
+                     ("relay-plain", "socat-1M"), ("splice", "socat-1M"),
                      ("relay", "relay-plain")]
             st["paired"] = {f"{p[0]} / {p[1]}": paired(st["runs"], "gb_s",
                                                        *p)
