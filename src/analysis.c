@@ -6,6 +6,7 @@
 #include <string.h>
 #include <stdarg.h>
 #include "analysis.h"
+#include "page-marks.h"
 #include "parse-common.h"
 
 typedef enum {
@@ -45,8 +46,8 @@ typedef struct {
     guint index;
     guint64 size;
     guint64 pages[MP_PAGE__MAX];
-    guint8 *sent; /* bit per page: sent in an earlier round */
-    guint8 *round_sent; /* bit per page: sent in the current round */
+    MpPageMarks *marks; /* which pages were sent, this round or before */
+    gboolean untracked; /* pages past the marks' limit seen (noted once) */
 } BlockStat;
 
 typedef struct {
@@ -144,8 +145,7 @@ block_stat_free(gpointer p)
 {
     BlockStat *b = p;
     g_free(b->name);
-    g_free(b->sent);
-    g_free(b->round_sent);
+    mp_page_marks_free(b->marks);
     g_free(b);
 }
 
@@ -259,10 +259,7 @@ new_round(MpAnalysis *a, guint64 offset)
     /* pages of the round that ended now count as "sent before" */
     for (guint i = 0; i < a->block_order->len; i++) {
         BlockStat *b = g_ptr_array_index(a->block_order, i);
-        gsize n = b->size / MP_TARGET_PAGE_SIZE / 8 + 1;
-        for (gsize k = 0; k < n; k++)
-            b->sent[k] |= b->round_sent[k];
-        memset(b->round_sent, 0, n);
+        mp_page_marks_next_round(b->marks);
     }
     return cur_round(a);
 }
@@ -284,8 +281,8 @@ add_block(MpAnalysis *a, const MpRamBlockInfo *bi)
     b->name = g_strdup(bi->name);
     b->index = a->block_order->len;
     b->size = bi->used_length;
-    b->sent = g_malloc0(b->size / MP_TARGET_PAGE_SIZE / 8 + 1);
-    b->round_sent = g_malloc0(b->size / MP_TARGET_PAGE_SIZE / 8 + 1);
+    /* (marks made as pages come: the size is the stream's word only) */
+    b->marks = mp_page_marks_new();
     g_hash_table_insert(a->blocks, b->name, b);
     g_ptr_array_add(a->block_order, b);
 }
@@ -392,15 +389,28 @@ count_page(MpAnalysis *a, guint channel, const char *block, guint64 addr,
     b->pages[kind]++;
 
     Round *r = page_round(a, cursor_of(a, channel), b, addr, offset, multifd);
-    guint64 idx = addr / MP_TARGET_PAGE_SIZE;
-    guint8 bit = 1u << (idx % 8);
-    if (b->sent[idx / 8] & bit)
-        r->dirty_pages++;
-    else if (!(b->round_sent[idx / 8] & bit))
-        a->distinct_pages++;
-    if (b->round_sent[idx / 8] & bit)
-        r->repeated++;
-    b->round_sent[idx / 8] |= bit;
+    guint was = mp_page_marks_mark(b->marks, addr / MP_TARGET_PAGE_SIZE);
+    if (was & MP_PAGE_UNTRACKED) {
+        if (!b->untracked)
+            mp_analysis_anomaly(a,
+                                "block %s: pages over more than %u GiB of it; "
+                                "from offset %" G_GUINT64_FORMAT " on, "
+                                "dirty and distinct pages are not counted "
+                                "for the rest",
+                                b->name,
+                                (guint)((guint64)MP_PAGE_MARKS_MAX_CHUNKS
+                                        * MP_PAGE_MARKS_CHUNK
+                                        * MP_TARGET_PAGE_SIZE >> 30),
+                                offset);
+        b->untracked = TRUE;
+    } else {
+        if (was & MP_PAGE_SENT_BEFORE)
+            r->dirty_pages++;
+        else if (!(was & MP_PAGE_SENT_THIS_ROUND))
+            a->distinct_pages++;
+        if (was & MP_PAGE_SENT_THIS_ROUND)
+            r->repeated++;
+    }
     r->pages[kind]++;
     r->bytes += length;
     r->end_offset = offset + length;

@@ -217,10 +217,22 @@ add_block(MpRamImage *img, const char *name, guint64 size, GError **error)
     g_autofree char *base = mp_ram_image_file_name(name);
     b->file = g_build_filename(img->dir, base, NULL);
     b->size = size;
-    b->written = g_malloc0(size / img->page_size / 8 + 1);
     b->fd = open(b->file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (b->fd < 0 || ftruncate(b->fd, size) < 0) {
         io_fail(b, "creating", error);
+        block_free(b);
+        return NULL;
+    }
+    /* The size is the stream's word: only after the file system took it
+     * (its largest file bounds this map), and without aborting if even
+     * that is more than this machine has */
+    b->written = g_try_malloc0(size / img->page_size / 8 + 1);
+    if (!b->written) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
+                    "--dump-ram: RAM block %s claims %" G_GUINT64_FORMAT
+                    " bytes, too many to track here",
+                    name, size);
+        unlink(b->file);
         block_free(b);
         return NULL;
     }
