@@ -312,9 +312,22 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
         if (vmdesc)
             mp_session_tap_set_vmdesc(r.tap, vmdesc);
     }
-    for (size_t i = 0; chans && i < json_object_array_length(chans); i++) {
+    gsize n_chans = chans ? json_object_array_length(chans) : 0;
+    g_autofree gboolean *seen = g_new0(gboolean, n_chans + 1);
+    for (size_t i = 0; i < n_chans; i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
-        guint channel = jint(cj, "channel", i);
+        gint64 number = jint(cj, "channel", i);
+        /* channels are numbered 0, 1, ... in the session: any other
+         * number would size the tables by what the file claims */
+        if (number < 0 || (guint64)number >= n_chans || seen[number]) {
+            fail(&r,
+                 "session %u: channel number %" G_GINT64_FORMAT
+                 " at position %zu (0 to %zu, each once, expected)",
+                 cfg.session, number, i, n_chans - 1);
+            continue;
+        }
+        seen[number] = TRUE;
+        guint channel = (guint)number;
         mp_session_tap_add(r.tap, channel, jstr(cj, "peer"),
                            jint(cj, "open_us", 0));
         for (int d = 0; d < MP_DIR__MAX; d++) {

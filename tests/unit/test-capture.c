@@ -161,3 +161,33 @@ Test(capture, not_a_capture)
     cr_assert(!ok);
     json_object_put(cap);
 }
+
+/* index.json numbers the channels; a number far past the list (or one
+ * used twice) is an error, not tables sized by it (3e9 made analyze
+ * abort allocating 2 GiB of channel slots). */
+Test(capture, channel_numbers_checked)
+{
+    const char *numbers[] = {"3000000000", "-1", "1"};
+    for (guint i = 0; i < G_N_ELEMENTS(numbers); i++) {
+        g_autofree char *bin = g_build_filename(dir, "a.bin", NULL);
+        g_autofree char *idx = g_build_filename(dir, "a.idx", NULL);
+        g_autofree char *path = g_build_filename(dir, "index.json", NULL);
+        g_autofree char *text = g_strdup_printf(
+            "{\"format\": \"migproxy-capture\", \"version\": 1, "
+            "\"sessions\": [{\"session\": 1, \"channels\": ["
+            "{\"channel\": %s, \"to_dst\": {\"file\": \"a.bin\", "
+            "\"index\": \"a.idx\"}}]}]}",
+            numbers[i]);
+        cr_assert(g_file_set_contents(bin, "", 0, NULL));
+        cr_assert(g_file_set_contents(idx, "", 0, NULL));
+        cr_assert(g_file_set_contents(path, text, -1, NULL));
+        gboolean ok;
+        json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+        cr_assert(!ok, "channel %s taken", numbers[i]);
+        json_object *errs;
+        cr_assert(json_object_object_get_ex(cap, "errors", &errs));
+        cr_assert(strstr(json_object_to_json_string(errs), "channel number"),
+                  "%s", json_object_to_json_string(errs));
+        json_object_put(cap);
+    }
+}
