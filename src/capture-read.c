@@ -73,6 +73,18 @@ jstr(json_object *o, const char *key)
                                                  : NULL;
 }
 
+/* `key`'s value if it is a list, else NULL (json-c's array calls abort on
+ * anything else, and index.json is only what the file says). */
+static json_object *
+jarray(json_object *o, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v)
+                   && json_object_is_type(v, json_type_array)
+               ? v
+               : NULL;
+}
+
 static gint64
 jint(json_object *o, const char *key, gint64 dflt)
 {
@@ -269,7 +281,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     Replay r = {.dir = dir};
     json_object *numbers = json_object_new_array();
 
-    if (index && json_object_object_get_ex(index, "sessions", &sessions)) {
+    if (index && (sessions = jarray(index, "sessions"))) {
         for (size_t i = 0; i < json_object_array_length(sessions); i++) {
             json_object *s = json_object_array_get_idx(sessions, i);
             guint n = jint(s, "session", 0);
@@ -304,7 +316,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
              session ? "no session %u in index.json"
                      : "index.json lists no session%u",
              session);
-    else if (!json_object_object_get_ex(sj, "channels", &chans))
+    else if (!(chans = jarray(sj, "channels")))
         fail(&r, "session %u lists no channels", cfg.session);
 
     if (chans) {
@@ -317,6 +329,11 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     for (size_t i = 0; i < n_chans; i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
         gint64 number = jint(cj, "channel", i);
+        if (!json_object_is_type(cj, json_type_object)) {
+            fail(&r, "session %u: channel entry %zu is not an object",
+                 cfg.session, i);
+            continue;
+        }
         /* channels are numbered 0, 1, ... in the session: any other
          * number would size the tables by what the file claims */
         if (number < 0 || (guint64)number >= n_chans || seen[number]) {

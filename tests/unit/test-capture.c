@@ -191,3 +191,25 @@ Test(capture, channel_numbers_checked)
         json_object_put(cap);
     }
 }
+
+/* A list where index.json has something else is an error (json-c's array
+ * calls abort on a wrong type). */
+Test(capture, wrong_types_in_index)
+{
+    const char *texts[] = {
+        "{\"format\": \"migproxy-capture\", \"version\": 1, "
+        "\"sessions\": \"main\"}",
+        "{\"format\": \"migproxy-capture\", \"version\": 1, "
+        "\"sessions\": [{\"session\": 1, \"channels\": 5}]}",
+        "{\"format\": \"migproxy-capture\", \"version\": 1, "
+        "\"sessions\": [{\"session\": 1, \"channels\": [\"x\", 3]}]}",
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(texts); i++) {
+        g_autofree char *path = g_build_filename(dir, "index.json", NULL);
+        cr_assert(g_file_set_contents(path, texts[i], -1, NULL));
+        gboolean ok;
+        json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+        cr_assert(!ok, "%s taken", texts[i]);
+        json_object_put(cap);
+    }
+}
