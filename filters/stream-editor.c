@@ -169,10 +169,10 @@ mp_stream_editor_record(MpStreamEditor *ed, const MpRecord *rec)
 void
 mp_stream_editor_flush(MpStreamEditor *ed)
 {
-    gsize sent = ed->base - ed->hold_off; /* of the held bytes */
+    gsize held = mp_stream_editor_held(ed);
 
-    if (ed->hold->len > sent) /* (an empty hold has no data pointer) */
-        put(ed, ed->hold->data + sent, ed->hold->len - sent);
+    if (held) /* (an empty hold has no data pointer) */
+        put(ed, ed->hold->data + ed->hold->len - held, held);
     ed->base = ed->hold_off + ed->hold->len;
     ed->hold_off = ed->chunk_off = ed->safe = ed->base;
     g_byte_array_set_size(ed->hold, 0);

@@ -325,15 +325,15 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
             mp_session_tap_set_vmdesc(r.tap, vmdesc);
     }
     gsize n_chans = chans ? json_object_array_length(chans) : 0;
-    g_autofree gboolean *seen = g_new0(gboolean, n_chans + 1);
+    g_autofree gboolean *seen = g_new0(gboolean, n_chans);
     for (size_t i = 0; i < n_chans; i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
-        gint64 number = jint(cj, "channel", i);
         if (!json_object_is_type(cj, json_type_object)) {
             fail(&r, "session %u: channel entry %zu is not an object",
                  cfg.session, i);
             continue;
         }
+        gint64 number = jint(cj, "channel", i);
         /* channels are numbered 0, 1, ... in the session: any other
          * number would size the tables by what the file claims */
         if (number < 0 || (guint64)number >= n_chans || seen[number]) {

@@ -38,6 +38,17 @@ mp_chan_kind_name(MpChanKind kind)
     return kind < MP_CHAN__MAX ? names[kind] : "?";
 }
 
+/* Towards the destination, may the stream editor rewrite records of this
+ * kind?  Main, recovery and preempt channels carry RAM records one by one
+ * (UNKNOWN: none yet); a multifd packet's header counts its pages, and
+ * foreign and TLS bytes are never parsed. */
+static inline gboolean
+mp_chan_kind_editable(MpChanKind kind)
+{
+    return kind == MP_CHAN_UNKNOWN || kind == MP_CHAN_MAIN
+           || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT;
+}
+
 /* "to-dst", "to-src": as in capture file names and JSON. */
 static inline const char *
 mp_dir_name(MpDir dir)

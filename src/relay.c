@@ -466,8 +466,7 @@ on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
     MpChanKind kind = mp_session_tap_kind(s->tap, c->index);
     if (ed)
         mp_stream_editor_end(
-            ed, (kind == MP_CHAN_UNKNOWN || kind == MP_CHAN_MAIN
-                 || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT)
+            ed, mp_chan_kind_editable(kind)
                     && mp_session_tap_following(s->tap, c->index, dir));
     if (ed) /* what it holds goes out ahead of the next read */
         mp_relay_channel_set_read_gap(ch, dir, mp_stream_editor_held(ed));

@@ -55,13 +55,6 @@ on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
         mp_stream_editor_record(r->ed, rec);
 }
 
-static gboolean
-editable(MpChanKind kind)
-{
-    return kind == MP_CHAN_UNKNOWN || kind == MP_CHAN_MAIN
-           || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT;
-}
-
 /* The editor's output for `data` cut into `chunk`-byte reads. */
 static GByteArray *
 run(const guint8 *data, gsize size, gsize chunk, gboolean second,
@@ -95,7 +88,7 @@ run(const guint8 *data, gsize size, gsize chunk, gboolean second,
         mp_session_tap_feed(tap, r.channel, MP_DIR_TO_DST, buf, len,
                             (gint64)off);
         MpChanKind kind = mp_session_tap_kind(tap, r.channel);
-        mp_stream_editor_end(r.ed, editable(kind)
+        mp_stream_editor_end(r.ed, mp_chan_kind_editable(kind)
                                        && mp_session_tap_following(
                                            tap, r.channel, MP_DIR_TO_DST));
         g_free(buf);
