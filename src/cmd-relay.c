@@ -76,6 +76,7 @@ mp_cmd_relay(int argc, char **argv)
 {
     g_autofree char *listen = NULL, *to = NULL, *metrics = NULL, *report = NULL,
                     *capture = NULL, *rate = NULL, *queue = NULL;
+    g_auto(GStrv) allow = NULL;
     gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE,
              no_zero_pages = FALSE, no_priority = FALSE;
     gint connect_timeout = 10000, handshake_timeout = 10000;
@@ -84,6 +85,11 @@ mp_cmd_relay(int argc, char **argv)
          "Where the source migrates to (required)", "HOST:PORT"},
         {"to", 't', 0, G_OPTION_ARG_STRING, &to,
          "The destination QEMU's -incoming address (required)", "HOST:PORT"},
+        {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &allow,
+         "Accept connections only from this address or network (repeat "
+         "for more; default: any address that can reach --listen). Others "
+         "are closed at once",
+         "ADDR[/PREFIX]"},
         {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &metrics,
          "Write metrics as JSON lines while the migration runs (a sample "
          "every 100 ms, phases, rounds, the end)",
@@ -130,8 +136,9 @@ mp_cmd_relay(int argc, char **argv)
          "Give up connecting to the destination after MS (default 10000)",
          "MS"},
         {"handshake-timeout", 0, 0, G_OPTION_ARG_INT, &handshake_timeout,
-         "Close a new connection that has not sent a stream header after "
-         "MS (default 10000)",
+         "Close a new connection whose first bytes do not show a migration "
+         "channel (a stream header and its first record, a multifd "
+         "handshake, ...) after MS (default 10000)",
          "MS"},
         {NULL},
     };
@@ -171,15 +178,27 @@ mp_cmd_relay(int argc, char **argv)
         "  (qemu) migrate -d tcp:127.0.0.1:4444\n"
         "  {\"execute\": \"migrate\", \"arguments\": {\"uri\": "
         "\"tcp:127.0.0.1:4444\"}}\n\n"
-        "  # everything recorded, analyzed afterwards\n"
-        "  migproxy relay -l 0.0.0.0:4444 -t dst-host:5555 --capture cap/ "
-        "--once\n"
+        "  # between two hosts: listen on the address the source reaches,\n"
+        "  # and let only the source host in; everything recorded\n"
+        "  migproxy relay -l 10.0.0.2:4444 -t 10.0.0.3:5555 --allow 10.0.0.1 "
+        "\\\n"
+        "      --capture cap/ --once\n"
         "  migproxy analyze cap/\n\n"
+        "Who may migrate: like QEMU's own -incoming tcp:, the relay "
+        "authenticates no one. Anyone who can reach --listen can start a "
+        "migration to the destination (0.0.0.0 means every interface of "
+        "this host); --allow limits that to the source hosts. The channels "
+        "of a migration must come from its main channel's address and pass "
+        "checks of their first bytes before anything reaches the "
+        "destination. On an untrusted network use QEMU's tls-creds: the "
+        "relay then forwards the encrypted channels and measures timing "
+        "only. See docs/relay.md.\n\n"
         "One migration at a time goes through a relay. Without --once it "
         "serves one migration after another (the report is rewritten for "
         "each) until SIGINT or SIGTERM, which close every connection and "
         "write the report. A client that is not QEMU never reaches the "
-        "destination: it is logged and closed. The metrics and the report "
+        "destination: it is logged and closed; a second migration while "
+        "one runs is refused. The metrics and the report "
         "are described in docs/relay.md, the capture format in "
         "docs/capture-format.md.\n\n"
         "Exit status: 0; with --once, 1 if the migration did not complete; "
@@ -237,6 +256,7 @@ mp_cmd_relay(int argc, char **argv)
         .no_priority = no_priority,
         .rate = rate_bytes,
         .queue = queue_bytes,
+        .allow = (const char *const *)allow,
     };
     g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
     if (!relay) {

@@ -73,6 +73,7 @@ struct MpRelayMetrics {
     gboolean finished;
     gint64 end_us;
     char *outcome;
+    MpRelayOutcome outcome_kind;
 };
 
 static guint
@@ -664,18 +665,21 @@ mp_relay_metrics_finish(MpRelayMetrics *m, gint64 now_us, const char *failure)
         const ChanStat *c = g_ptr_array_index(m->channels, i);
         tls |= c && c->kind == MP_CHAN_TLS;
     }
+    m->outcome_kind = MP_RELAY_OUTCOME_FAILED;
     if (failure)
         m->outcome = g_strdup(failure);
-    else if (tls)
+    else if (tls && all_clean(m)) {
         /* encrypted: only how the connections ended is known */
-        m->outcome = g_strdup(all_clean(m) ? "ended cleanly (TLS, not parsed)"
-                                           : "failed: a connection broke");
-    else if (m->shut_value == 0)
+        m->outcome = g_strdup("ended cleanly (TLS, not parsed)");
+        m->outcome_kind = MP_RELAY_OUTCOME_TLS_CLEAN;
+    } else if (tls)
+        m->outcome = g_strdup("failed: a connection broke");
+    else if (m->shut_value == 0 || (m->shut_value < 0 && pr.stop_us >= 0
+                                    && all_clean(m))) {
         m->outcome = g_strdup("completed");
-    else if (m->shut_value > 0)
+        m->outcome_kind = MP_RELAY_OUTCOME_COMPLETED;
+    } else if (m->shut_value > 0)
         m->outcome = g_strdup("failed: the destination reported an error");
-    else if (pr.stop_us >= 0 && all_clean(m))
-        m->outcome = g_strdup("completed");
     else if (pr.stop_us < 0)
         m->outcome = g_strdup("failed: ended before the source stopped");
     else
@@ -880,4 +884,10 @@ mp_relay_metrics_summary(MpRelayMetrics *m)
     g_string_append_printf(s, ", %.1f MiB", total_bytes(m) / 1048576.0);
     json_object_put(rep);
     return g_string_free(s, FALSE);
+}
+
+MpRelayOutcome
+mp_relay_metrics_outcome(const MpRelayMetrics *m)
+{
+    return m->finished ? m->outcome_kind : MP_RELAY_OUTCOME_RUNNING;
 }

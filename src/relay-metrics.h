@@ -72,6 +72,15 @@ void mp_relay_metrics_tick(MpRelayMetrics *m, gint64 now_us);
 void mp_relay_metrics_finish(MpRelayMetrics *m, gint64 now_us,
                              const char *failure);
 
+/* How the session ended, once mp_relay_metrics_finish() was called. */
+typedef enum {
+    MP_RELAY_OUTCOME_RUNNING,   /* not finished */
+    MP_RELAY_OUTCOME_COMPLETED, /* "completed" */
+    MP_RELAY_OUTCOME_TLS_CLEAN, /* "ended cleanly (TLS, not parsed)" */
+    MP_RELAY_OUTCOME_FAILED,    /* "failed: ...", "interrupted: ..." */
+} MpRelayOutcome;
+MpRelayOutcome mp_relay_metrics_outcome(const MpRelayMetrics *m);
+
 /* @return the report (caller owns): the analysis document plus session,
  * outcome, total_ms, downtime_ms, downtime, phases[], postcopy (requests,
  * latency_us), channels[]. */

@@ -1,17 +1,21 @@
 /* relay.c: listener, sessions and channel classification of the relay
  * (see relay.h).
  *
- *   accept --> pending (peek, never read) --"QEVM" v3--> session main
- *                 |                                       + every pending
- *                 +-- multifd magic: waits for its main     connection
- *                 +-- 0x08 with a session paused in         accepted after it
- *                 |   post-copy: recovery channel
- *                 +-- other bytes, early close, silence: logged, closed
+ *   accept --(--allow, caps)--> pending: peeked, never read, until its
+ *      first bytes pass relay-admit.c's checks:
+ *        stream header + a first record,   starts a session (one at a
+ *        TLS ClientHello                   time: refused while one runs)
+ *        multifd initial packet            joins the running session if
+ *        RAM records, or silence (7.2's    it agrees with it (same peer,
+ *          preempt channel)                UUID, new id, post-copy ...)
+ *        RECV_BITMAP / POSTCOPY_RESUME     resumes the paused session
+ *        anything else, early close,       logged, closed: never reaches
+ *          silence past the timeout          the destination
  *
- * Connections of a session are connected upstream one at a time in
- * accept order; each relays its bytes through its MpRelayChannel, and
- * every chunk read goes to the session's tap (parsers, metrics) and to
- * the capture on the way.
+ * Connections of a session are connected upstream one at a time in the
+ * order they joined (main first); each relays its bytes through its
+ * MpRelayChannel, and every chunk read goes to the session's tap
+ * (parsers, metrics) and to the capture on the way.
  */
 #include "config.h"
 #include <errno.h>
@@ -22,6 +26,7 @@
 #include "filter-zero.h"
 #include "pcopy-lane.h"
 #include "rate-pacer.h"
+#include "relay-admit.h"
 #include "relay-channel.h"
 #include "relay-metrics.h"
 #include "relay.h"
@@ -31,7 +36,11 @@
 #define DEFAULT_TIMEOUT_MS 10000
 #define REPEEK_MS          20 /* a header that came in pieces */
 #define TICK_MS            (MP_RELAY_METRICS_INTERVAL_US / 1000)
-#define HEADER_LEN         8 /* be32 "QEVM", be32 version 3 */
+/* Connections held while their first bytes are checked: a migration with
+ * 255 multifd channels fits, with room for strangers. */
+#define MAX_PENDING 512
+/* accept() out of file descriptors: stop accepting for this long. */
+#define ACCEPT_BACKOFF_MS 1000
 /* The longest record the editor may hold back: a 1 MiB disk chunk of
  * block migration and its header. */
 #define EDIT_HOLD_LIMIT (2u << 20)
@@ -49,6 +58,8 @@ typedef struct {
     guint deadline;   /* pending: the handshake timeout */
     guint repeek;     /* pending: a header that came in pieces */
     MpStreamEditor *editor; /* to the destination, when filters run */
+    GInetAddress *host;     /* the peer's address (IPv4-mapped: IPv4) */
+    gsize tls_hello;        /* TLS main: bytes of its ClientHello record */
     gboolean waits_for_main;
     gboolean closed;
 } Conn;
@@ -70,6 +81,9 @@ struct Session {
     MpFilter *zero;     /* in `filters`, or NULL */
     MpPcopyLane *lane;  /* on the main channel, or NULL */
     MpRatePacer *pacer; /* --rate, shared by the channels, or NULL */
+    MpAdmitSession *admit; /* who may join */
+    guint64 after_main;    /* the first connection from the main's peer
+                              after it (0: none yet): 7.2's preempt */
     gint64 start_us;
     char *failure;
 };
@@ -91,8 +105,13 @@ struct MpRelay {
     MpCapture *capture;
     guint tick_id, reap_id;
     GPtrArray *dead; /* rejected Conn* to free from an idle */
+    GPtrArray *allow; /* GInetAddressMask*: --allow (empty: anyone) */
+    guint admit_id;   /* an idle looking at pending connections again */
+    guint backoff_id; /* accept() paused (out of fds) */
+    guint refused;    /* at accept, since the last log line */
+    gint64 refused_log_us;
     gboolean stopping, once_done;
-    char *last_outcome;
+    MpRelayOutcome last_outcome;
 };
 
 static const MpRelayChannelHooks conn_hooks;
@@ -118,6 +137,7 @@ conn_free(Conn *c)
     stop_timers(c);
     mp_relay_channel_free(c->ch);
     mp_stream_editor_free(c->editor);
+    g_clear_object(&c->host);
     g_free(c);
 }
 
@@ -133,6 +153,7 @@ session_free(Session *s)
     mp_pcopy_lane_free(s->lane);
     mp_rate_pacer_free(s->pacer);
     mp_relay_metrics_free(s->metrics);
+    mp_admit_session_free(s->admit);
     g_free(s->failure);
     g_free(s);
 }
@@ -259,6 +280,18 @@ write_report(MpRelay *r, Session *s)
     json_object_put(rep);
 }
 
+/* Did a migration reach the destination, for --once?  A session's main
+ * channel passed the checks; an encrypted one only proves itself by
+ * going on past its ClientHello (a stranger's `16 03 ...` must not end
+ * --once). */
+static gboolean
+session_was_migration(Session *s)
+{
+    Conn *m = s->main;
+    return !m->tls_hello
+           || mp_relay_channel_bytes(m->ch, MP_DIR_TO_DST) > m->tls_hello;
+}
+
 static void
 end_session(Session *s, const char *failure)
 {
@@ -282,23 +315,24 @@ end_session(Session *s, const char *failure)
                   s->number, mp_filter_zero_rewritten(s->zero),
                   mp_filter_zero_bytes_saved(s->zero) / 1048576.0);
     write_report(r, s);
-    json_object *rep = mp_relay_metrics_report(s->metrics), *v;
-    g_free(r->last_outcome);
-    r->last_outcome = g_strdup(json_object_object_get_ex(rep, "outcome", &v)
-                                   ? json_object_get_string(v)
-                                   : "?");
-    json_object_put(rep);
     if (r->capture)
         mp_capture_flush(r->capture);
-    if (r->opt.once)
+    if (r->opt.once && session_was_migration(s)) {
+        r->last_outcome = mp_relay_metrics_outcome(s->metrics);
         r->once_done = TRUE;
+    } else if (r->opt.once && !r->opt.quiet) {
+        g_message("session %u: a TLS client that went no further than its "
+                  "ClientHello; --once waits for a migration",
+                  s->number);
+    }
     schedule_reap(r);
 }
 
 static void connect_next(Session *s);
 
+/* `c` passed the checks: it is channel `kind` of `s`. */
 static void
-join(Session *s, Conn *c)
+join(Session *s, Conn *c, MpChanKind kind)
 {
     MpRelay *r = s->relay;
     gint64 now = g_get_monotonic_time();
@@ -323,12 +357,15 @@ join(Session *s, Conn *c)
         mp_relay_channel_set_pacer(c->ch, MP_DIR_TO_DST, s->pacer);
     s->open++;
     mp_session_tap_add(s->tap, c->index, mp_relay_channel_peer(c->ch), now);
+    /* the checks told its kind: the tap does not guess again */
+    mp_session_tap_set_kind(s->tap, c->index, kind, now);
     if (r->capture)
         mp_capture_channel(r->capture, s->number, c->index,
                            mp_relay_channel_peer(c->ch), now);
-    g_debug("session %u: channel %u is connection %" G_GUINT64_FORMAT
+    g_debug("session %u: channel %u (%s) is connection %" G_GUINT64_FORMAT
             " from %s",
-            s->number, c->index, c->id, mp_relay_channel_peer(c->ch));
+            s->number, c->index, mp_chan_kind_name(kind), c->id,
+            mp_relay_channel_peer(c->ch));
     mp_relay_channel_start(c->ch);
     connect_next(s);
 }
@@ -353,8 +390,23 @@ connect_next(Session *s)
     }
 }
 
+static void schedule_admit(MpRelay *r);
+
+/* The first pending connection from the main channel's host accepted
+ * after it (QEMU 7.2 opens its preempt channel there), or 0. */
+static guint64
+first_after(MpRelay *r, Conn *main)
+{
+    for (guint i = 0; i < r->pending->len; i++) {
+        Conn *c = g_ptr_array_index(r->pending, i);
+        if (c->id > main->id && mp_admit_same_host(c->host, main->host))
+            return c->id;
+    }
+    return 0;
+}
+
 static Session *
-start_session(MpRelay *r, Conn *main)
+start_session(MpRelay *r, Conn *main, MpChanKind kind)
 {
     Session *s = g_new0(Session, 1);
     gint64 now = g_get_monotonic_time();
@@ -366,6 +418,9 @@ start_session(MpRelay *r, Conn *main)
             end_session(old, "failed: post-copy paused and not recovered");
     }
     s->relay = r;
+    s->admit = mp_admit_session_new(main->host, kind == MP_CHAN_TLS,
+                                    kind == MP_CHAN_RECOVERY);
+    s->after_main = first_after(r, main);
     s->number = ++r->session_count;
     s->conns = g_ptr_array_new();
     s->start_us = main->accept_us;
@@ -395,16 +450,9 @@ start_session(MpRelay *r, Conn *main)
         g_message("session %u: migration stream from %s, relaying to %s",
                   s->number, mp_relay_channel_peer(main->ch), r->to_str);
 
-    /* main first, then whatever was accepted after it, in order */
-    g_autoptr(GPtrArray) later = g_ptr_array_new();
-    for (guint i = 0; i < r->pending->len; i++) {
-        Conn *c = g_ptr_array_index(r->pending, i);
-        if (c->id > main->id)
-            g_ptr_array_add(later, c);
-    }
-    join(s, main);
-    for (guint i = 0; i < later->len; i++)
-        join(s, g_ptr_array_index(later, i));
+    join(s, main, kind);
+    /* multifd channels that came before it spoke, 7.2's silent preempt */
+    schedule_admit(r);
     return s;
 }
 
@@ -436,6 +484,8 @@ on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
                                   rec->u.rp.req_len, g_get_monotonic_time());
         return;
     }
+    if (c == s->main && mp_admit_session_record(s->admit, rec))
+        schedule_admit(s->relay); /* post-copy: a preempt channel may join */
     if (!c->editor)
         return;
     mp_stream_editor_record(c->editor, rec);
@@ -569,21 +619,30 @@ on_connected(MpRelayChannel *ch, const GError *error, gpointer user_data)
 /* ---- pending connections ---- */
 
 static gboolean pending_timeout(gpointer user_data);
-static void on_readable(MpRelayChannel *ch, gpointer user_data);
+static void consider(Conn *c);
 
 static gboolean
 repeek(gpointer user_data)
 {
     Conn *c = user_data;
     c->repeek = 0;
-    on_readable(c->ch, c);
+    consider(c);
     return G_SOURCE_REMOVE;
+}
+
+static void
+on_readable(MpRelayChannel *ch, gpointer user_data)
+{
+    Conn *c = user_data;
+    if (!c->session)
+        consider(c);
 }
 
 static char *
 hex_preview(const guint8 *b, gsize n)
 {
     GString *s = g_string_new(NULL);
+    n = MIN(n, 16);
     for (gsize i = 0; i < n; i++)
         g_string_append_printf(s, "%s%02x", i ? " " : "", b[i]);
     g_string_append(s, " \"");
@@ -604,105 +663,193 @@ paused_session(MpRelay *r)
     return NULL;
 }
 
-static void
-on_readable(MpRelayChannel *ch, gpointer user_data)
+static gboolean
+is_pending(Conn *c)
 {
-    Conn *c = user_data;
+    return !c->session && !c->closed
+           && g_ptr_array_find(c->relay->pending, c, NULL);
+}
+
+/* A channel of the running session, if its checks let it in. */
+static void
+join_checked(Session *s, Conn *c, const MpAdmitInfo *info, MpChanKind kind)
+{
+    char why[256];
+
+    if (c->id < s->main->id) {
+        reject(c, "a %s channel accepted before the migration's main channel",
+               mp_chan_kind_name(kind));
+        return;
+    }
+    if (!mp_admit_session_join(s->admit, c->host, info, why, sizeof why)) {
+        reject(c, "a %s channel refused for session %u: %s",
+               mp_chan_kind_name(kind), s->number, why);
+        return;
+    }
+    join(s, c, kind);
+}
+
+/* The paused session `s` resumes over `c` (reference 8.4). */
+static void
+resume(Session *s, Conn *c, const MpAdmitInfo *info)
+{
+    MpRelay *r = s->relay;
+    char why[256];
+
+    if (!mp_admit_session_join(s->admit, c->host, info, why, sizeof why)) {
+        reject(c, "a post-copy recovery channel refused for session %u: %s",
+               s->number, why);
+        return;
+    }
+    s->paused = FALSE;
+    s->joinable = TRUE;
+    r->current = s;
+    if (!r->opt.quiet)
+        g_message("session %u: recovery channel from %s", s->number,
+                  mp_relay_channel_peer(c->ch));
+    s->main = c;
+    s->after_main = first_after(r, c);
+    join(s, c, MP_CHAN_RECOVERY);
+    schedule_admit(r);
+}
+
+/* A connection that has sent nothing: 7.2's preempt channel, or nobody. */
+static void
+consider_silent(Conn *c)
+{
+    Session *s = c->relay->current;
+
+    if (!s || c->waits_for_main || c->id < s->main->id
+        || !mp_admit_session_join_silent(s->admit, c->host,
+                                         c->id == s->after_main))
+        return; /* held until it speaks or its timeout */
+    if (!c->relay->opt.quiet)
+        g_message("session %u: connection %" G_GUINT64_FORMAT
+                  " from %s is its postcopy-preempt channel (silent until "
+                  "post-copy)",
+                  s->number, c->id, mp_relay_channel_peer(c->ch));
+    join(s, c, MP_CHAN_PREEMPT);
+}
+
+/* What a pending connection's first bytes (peeked, never read) make of
+ * it: a new session, a channel of the running one, a refusal, or
+ * nothing yet. */
+static void
+consider(Conn *c)
+{
     MpRelay *r = c->relay;
     g_autoptr(GError) err = NULL;
-    guint8 buf[HEADER_LEN];
-    gssize n = mp_relay_channel_peek(c->ch, buf, sizeof(buf), &err);
+    g_autofree guint8 *buf = g_malloc(MP_ADMIT_PEEK);
+    MpAdmitInfo info;
 
-    if (c->session)
+    if (!is_pending(c))
         return;
+    gssize n = mp_relay_channel_peek(c->ch, buf, MP_ADMIT_PEEK, &err);
     if (n < 0) {
         if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
             reject(c, "%s", err->message);
+        else
+            consider_silent(c);
         return;
     }
-    if (n == 0) {
-        reject(c, "closed without sending anything");
-        return;
-    }
+    MpAdmitKind kind = mp_admit_classify(
+        buf, n, n == 0 || mp_relay_channel_source_closed(c->ch), &info);
     g_autofree char *hex = hex_preview(buf, n);
-    MpChanKind kind = mp_chan_classify(buf, n, FALSE);
-    Session *paused = paused_session(r);
+    Session *cur = r->current, *paused;
 
-    if (kind == MP_CHAN_RECOVERY && n >= 5) {
-        /* a postcopy recovery main channel has no header (section 8.4):
-         * it starts with RECV_BITMAP (or POSTCOPY_RESUME) */
-        guint16 cmd = buf[1] << 8 | buf[2], len = buf[3] << 8 | buf[4];
-        if ((cmd != MP_QMIG_CMD_RECV_BITMAP
-             && cmd != MP_QMIG_CMD_POSTCOPY_RESUME)
-            || len > 256) {
-            reject(c, "not a QEMU migration stream (it starts %s)", hex);
-            return;
+    switch (kind) {
+    case MP_ADMIT_MORE:
+        /* peeking cannot wait for more: look again soon */
+        mp_relay_channel_watch(c->ch, FALSE);
+        if (!c->repeek)
+            c->repeek = g_timeout_add(REPEEK_MS, repeek, c);
+        return;
+    case MP_ADMIT_REFUSE:
+        if (n == 0)
+            reject(c, "%s", info.why);
+        else
+            reject(c, "%s (it starts %s)", info.why, hex);
+        return;
+    case MP_ADMIT_MAIN:
+    case MP_ADMIT_TLS:
+        if (cur && kind == MP_ADMIT_TLS && cur->main->tls_hello) {
+            join_checked(cur, c, &info, MP_CHAN_TLS);
+        } else if (cur) {
+            reject(c,
+                   "a second migration stream while session %u runs (one "
+                   "migration at a time through a relay; it starts %s)",
+                   cur->number, hex);
+        } else {
+            if (kind == MP_ADMIT_TLS)
+                c->tls_hello = 5 + (buf[3] << 8 | buf[4]);
+            start_session(r, c, kind == MP_ADMIT_TLS ? MP_CHAN_TLS
+                                                     : MP_CHAN_MAIN);
         }
-        if (!paused) {
+        return;
+    case MP_ADMIT_RECOVERY:
+        if ((paused = paused_session(r))) {
+            resume(paused, c, &info);
+        } else if (cur) {
+            reject(c,
+                   "a post-copy recovery stream while session %u runs and "
+                   "is not paused",
+                   cur->number);
+        } else {
             /* the migration it resumes went through another relay (or
              * none): its sections are unknown here, parsing will give up
              * and the bytes are forwarded as they are */
-            Session *s = start_session(r, c);
+            Session *s = start_session(r, c, MP_CHAN_RECOVERY);
             if (!r->opt.quiet)
                 g_message("session %u: a post-copy recovery stream with no "
                           "session to resume here",
                           s->number);
-            return;
         }
-        paused->paused = FALSE;
-        paused->joinable = TRUE;
-        r->current = paused;
-        if (!r->opt.quiet)
-            g_message("session %u: recovery channel from %s", paused->number,
-                      mp_relay_channel_peer(c->ch));
-        paused->main = c;
-        join(paused, c);
         return;
-    }
-    if (kind == MP_CHAN_FOREIGN) {
-        reject(c, "not a QEMU migration stream (it starts %s)", hex);
-        return;
-    }
-    if (kind == MP_CHAN_MAIN && n == HEADER_LEN) {
-        guint32 version =
-            (guint32)buf[4] << 24 | buf[5] << 16 | buf[6] << 8 | buf[7];
-        if (version != 3) {
-            reject(c,
-                   "migration stream version %u (QEMU writes 3; it starts "
-                   "%s)",
-                   version, hex);
-            return;
+    case MP_ADMIT_MULTIFD:
+        if (cur) {
+            join_checked(cur, c, &info, MP_CHAN_MULTIFD);
+        } else {
+            /* its main channel may not have spoken yet */
+            c->waits_for_main = TRUE;
+            mp_relay_channel_watch(c->ch, FALSE);
         }
-        start_session(r, c);
+        return;
+    case MP_ADMIT_PREEMPT:
+        if (cur)
+            join_checked(cur, c, &info, MP_CHAN_PREEMPT);
+        else
+            reject(c, "RAM records with no migration running (it starts %s)",
+                   hex);
         return;
     }
-    if (kind == MP_CHAN_TLS) {
-        /* tls-creds: every channel is encrypted, the first one is main */
-        start_session(r, c);
-        return;
-    }
-    if (kind == MP_CHAN_MULTIFD) {
-        /* its main channel was accepted before it and has not spoken */
-        c->waits_for_main = TRUE;
-        mp_relay_channel_watch(c->ch, FALSE);
-        return;
-    }
-    /* a header in pieces: look again soon (peeking cannot wait for more) */
-    mp_relay_channel_watch(c->ch, FALSE);
-    if (mp_relay_channel_source_closed(c->ch)) {
-        reject(c, "closed after %zd bytes (%s), before a stream header", n,
-               hex);
-        return;
-    }
-    if (!c->repeek)
-        c->repeek = g_timeout_add(REPEEK_MS, repeek, c);
+}
+
+static gboolean
+admit_idle(gpointer user_data)
+{
+    MpRelay *r = user_data;
+    g_autoptr(GPtrArray) pending = g_ptr_array_copy(r->pending, NULL, NULL);
+
+    r->admit_id = 0;
+    for (guint i = 0; i < pending->len; i++)
+        consider(g_ptr_array_index(pending, i));
+    return G_SOURCE_REMOVE;
+}
+
+/* Look at every pending connection again: a session started, or its
+ * stream told something that lets a held connection in. */
+static void
+schedule_admit(MpRelay *r)
+{
+    if (!r->admit_id && !r->stopping)
+        r->admit_id = g_idle_add(admit_idle, r);
 }
 
 static gboolean
 pending_timeout(gpointer user_data)
 {
     Conn *c = user_data;
-    guint8 buf[HEADER_LEN];
+    guint8 buf[16];
     gssize n = mp_relay_channel_peek(c->ch, buf, sizeof(buf), NULL);
     guint ms = c->relay->opt.handshake_timeout_ms
                    ? c->relay->opt.handshake_timeout_ms
@@ -714,7 +861,9 @@ pending_timeout(gpointer user_data)
                ms);
     else if (n > 0) {
         g_autofree char *hex = hex_preview(buf, n);
-        reject(c, "sent only %zd bytes (%s) in %u ms", n, hex, ms);
+        reject(c, "sent only %zd bytes (%s), not enough to tell a migration "
+                  "channel, in %u ms",
+               n, hex, ms);
     } else {
         reject(c, "sent nothing in %u ms", ms);
     }
@@ -722,6 +871,75 @@ pending_timeout(gpointer user_data)
 }
 
 /* ---- listener ---- */
+
+static gboolean on_accept(GSocket *listener, GIOCondition cond,
+                          gpointer user_data);
+
+static void
+watch_listener(MpRelay *r)
+{
+    r->accept_source = g_socket_create_source(r->listener, G_IO_IN, NULL);
+    g_source_set_callback(r->accept_source, G_SOURCE_FUNC(on_accept), r, NULL);
+    g_source_attach(r->accept_source, NULL);
+}
+
+static gboolean
+end_backoff(gpointer user_data)
+{
+    MpRelay *r = user_data;
+    r->backoff_id = 0;
+    if (!r->stopping)
+        watch_listener(r);
+    return G_SOURCE_REMOVE;
+}
+
+/* Out of file descriptors: accept() would fail at once again and again.
+ * Stop watching the listener for a while (the kernel keeps new
+ * connections in its backlog) and say so once. */
+static void
+back_off(MpRelay *r, const GError *err)
+{
+    g_warning("accept on %s: %s; not accepting for %u ms (%u connections "
+              "pending, %u sessions)",
+              r->listen_addr, err->message, ACCEPT_BACKOFF_MS, r->pending->len,
+              r->sessions->len);
+    g_source_destroy(r->accept_source);
+    g_clear_pointer(&r->accept_source, g_source_unref);
+    r->backoff_id = g_timeout_add(ACCEPT_BACKOFF_MS, end_backoff, r);
+}
+
+static gboolean
+allowed(MpRelay *r, GInetAddress *host)
+{
+    if (r->allow->len == 0)
+        return TRUE;
+    for (guint i = 0; i < r->allow->len; i++)
+        if (g_inet_address_mask_matches(g_ptr_array_index(r->allow, i), host))
+            return TRUE;
+    return FALSE;
+}
+
+/* Closed at accept (--allow, too many pending): a log line, at most
+ * about one a second under a flood. */
+static void
+refuse_at_accept(MpRelay *r, GSocket *sock, const char *peer, const char *why)
+{
+    gint64 now = g_get_monotonic_time();
+
+    g_socket_close(sock, NULL);
+    if (now - r->refused_log_us < G_USEC_PER_SEC) {
+        r->refused++;
+        return;
+    }
+    if (r->refused)
+        g_message("connection from %s: %s; closed (and %u more closed at "
+                  "accept since the last such line)",
+                  peer, why, r->refused);
+    else
+        g_message("connection from %s: %s; closed", peer, why);
+    r->refused = 0;
+    r->refused_log_us = now;
+}
 
 static gboolean
 on_accept(GSocket *listener, GIOCondition cond, gpointer user_data)
@@ -732,22 +950,49 @@ on_accept(GSocket *listener, GIOCondition cond, gpointer user_data)
         g_autoptr(GError) err = NULL;
         g_autoptr(GSocket) sock = g_socket_accept(listener, NULL, &err);
         if (!sock) {
-            if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-                g_warning("accept on %s: %s", r->listen_addr, err->message);
+            int code = err->domain == G_IO_ERROR ? err->code : -1;
+            if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+                break;
+            /* EMFILE, ENFILE (GIO has no code for them), ENOBUFS, ENOMEM */
+            if (code == G_IO_ERROR_TOO_MANY_OPEN_FILES
+                || code == G_IO_ERROR_NO_SPACE || code == G_IO_ERROR_FAILED) {
+                back_off(r, err);
+                return G_SOURCE_REMOVE;
+            }
+            g_debug("accept on %s: %s", r->listen_addr, err->message);
             break;
+        }
+        g_autoptr(GSocketAddress) pa = g_socket_get_remote_address(sock, NULL);
+        if (!pa || !G_IS_INET_SOCKET_ADDRESS(pa)) {
+            g_socket_close(sock, NULL);
+            continue;
+        }
+        g_autoptr(GInetAddress) host = mp_admit_host(
+            g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(pa)));
+        if (!allowed(r, host)) {
+            g_autofree char *ip = g_inet_address_to_string(host);
+            refuse_at_accept(r, sock, ip, "not in --allow");
+            continue;
+        }
+        if (r->pending->len >= MAX_PENDING) {
+            g_autofree char *ip = g_inet_address_to_string(host);
+            refuse_at_accept(r, sock, ip,
+                             "too many connections waiting to be told "
+                             "apart (" G_STRINGIFY(MAX_PENDING) ")");
+            continue;
         }
         Conn *c = g_new0(Conn, 1);
         c->relay = r;
         c->id = ++r->next_id;
         c->accept_us = g_get_monotonic_time();
         c->kind = MP_CHAN_UNKNOWN;
+        c->host = g_steal_pointer(&host);
         c->ch = mp_relay_channel_new(sock, c->id, &conn_hooks, c);
         g_debug("connection %" G_GUINT64_FORMAT " from %s", c->id,
                 mp_relay_channel_peer(c->ch));
-        if (r->current && r->current->joinable) {
-            join(r->current, c);
-            continue;
-        }
+        if (r->current && !r->current->after_main
+            && mp_admit_same_host(c->host, r->current->main->host))
+            r->current->after_main = c->id;
         /* held, never read, until its first bytes say what it is */
         g_ptr_array_add(r->pending, c);
         c->deadline = g_timeout_add(r->opt.handshake_timeout_ms
@@ -755,6 +1000,7 @@ on_accept(GSocket *listener, GIOCondition cond, gpointer user_data)
                                         : DEFAULT_TIMEOUT_MS,
                                     pending_timeout, c);
         mp_relay_channel_watch(c->ch, TRUE);
+        schedule_admit(r); /* silent: a preempt channel, maybe */
     }
     return G_SOURCE_CONTINUE;
 }
@@ -843,7 +1089,21 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
     r->pending = g_ptr_array_new();
     r->sessions = g_ptr_array_new();
     r->dead = g_ptr_array_new();
+    r->allow = g_ptr_array_new_with_free_func(g_object_unref);
     r->loop = g_main_loop_new(NULL, FALSE);
+
+    for (guint i = 0; opt->allow && opt->allow[i]; i++) {
+        g_autoptr(GError) err = NULL;
+        GInetAddressMask *m =
+            g_inet_address_mask_new_from_string(opt->allow[i], &err);
+        if (!m) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "--allow %s: %s (expected ADDR or ADDR/PREFIX)",
+                        opt->allow[i], err->message);
+            return NULL;
+        }
+        g_ptr_array_add(r->allow, m);
+    }
 
     if (!(r->to = resolve("--to", opt->to, error)))
         return NULL;
@@ -880,9 +1140,7 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         if (!r->capture)
             return NULL;
     }
-    r->accept_source = g_socket_create_source(r->listener, G_IO_IN, NULL);
-    g_source_set_callback(r->accept_source, G_SOURCE_FUNC(on_accept), r, NULL);
-    g_source_attach(r->accept_source, NULL);
+    watch_listener(r);
     r->tick_id = g_timeout_add(TICK_MS, on_tick, r);
     return g_steal_pointer(&r);
 }
@@ -900,6 +1158,10 @@ mp_relay_free(MpRelay *r)
         g_source_remove(r->tick_id);
     if (r->reap_id)
         g_source_remove(r->reap_id);
+    if (r->admit_id)
+        g_source_remove(r->admit_id);
+    if (r->backoff_id)
+        g_source_remove(r->backoff_id);
     for (guint i = 0; i < r->pending->len; i++)
         conn_free(g_ptr_array_index(r->pending, i));
     g_ptr_array_free(r->pending, TRUE);
@@ -909,6 +1171,7 @@ mp_relay_free(MpRelay *r)
     for (guint i = 0; i < r->dead->len; i++)
         conn_free(g_ptr_array_index(r->dead, i));
     g_ptr_array_free(r->dead, TRUE);
+    g_ptr_array_unref(r->allow);
     if (r->listener)
         g_socket_close(r->listener, NULL);
     g_clear_object(&r->listener);
@@ -924,7 +1187,6 @@ mp_relay_free(MpRelay *r)
     g_free(r->report_path);
     g_free(r->capture_dir);
     g_free(r->listen_addr);
-    g_free(r->last_outcome);
     g_free(r);
 }
 
@@ -940,9 +1202,8 @@ mp_relay_run(MpRelay *r)
     g_main_loop_run(r->loop);
     if (r->stopping || !r->opt.once)
         return 0;
-    return g_strcmp0(r->last_outcome, "completed") == 0
-                   || g_str_has_prefix(r->last_outcome ? r->last_outcome : "",
-                                       "ended cleanly")
+    return r->last_outcome == MP_RELAY_OUTCOME_COMPLETED
+                   || r->last_outcome == MP_RELAY_OUTCOME_TLS_CLEAN
                ? 0
                : 1;
 }
@@ -959,6 +1220,9 @@ mp_relay_stop(MpRelay *r, const char *why)
         g_source_destroy(r->accept_source);
         g_clear_pointer(&r->accept_source, g_source_unref);
     }
+    if (r->backoff_id)
+        g_source_remove(r->backoff_id);
+    r->backoff_id = 0;
     while (r->pending->len)
         reject(g_ptr_array_index(r->pending, 0), "the relay is stopping");
     g_autofree char *failure = g_strdup_printf("interrupted: %s", why);

@@ -2,18 +2,16 @@
  * a destination QEMU (docs/relay.md).
  *
  * The relay listens where the source migrates to and opens one connection
- * to the destination per accepted connection, in the order they were
- * accepted (QEMU 7.2's destination tells its channels apart by that order
- * alone), one at a time and at once (7.2's preempt channel stays silent
- * until post-copy, so nothing waits for bytes).  The connections of one
- * migration form a session, which starts with a connection whose first
- * bytes are a stream header ("QEVM", version 3): until then a connection
- * is held without being forwarded, and one that sends anything else,
- * closes early or stays silent is logged and closed, so a stray client
- * never reaches the destination.  Later connections join the session
- * while its main channel is open; a session ends when all its connections
- * have closed (or, after post-copy began, when a recovery never came).
- * Only one migration at a time goes through one relay.
+ * to the destination per channel of the migration, main first, one at a
+ * time (QEMU 7.2's destination tells its channels apart by that order).
+ * Every accepted connection is held without being read until its first
+ * bytes pass the checks of relay-admit.h: a stream header and a first
+ * record start a session; multifd, preempt and recovery channels join it
+ * only if they agree with it and come from its main channel's address;
+ * anything else, an early close or silence is logged and closed, so a
+ * stray client never reaches the destination.  A session ends when all
+ * its connections have closed (or, after post-copy began, when a recovery
+ * never came).  Only one migration at a time goes through one relay.
  */
 #pragma once
 
@@ -34,6 +32,8 @@ typedef struct {
     gboolean no_priority;       /* no post-copy priority lane */
     guint64 rate;               /* bytes/s towards the destination; 0: any */
     guint64 queue;              /* bytes queued per channel; 0: default */
+    const char *const *allow;   /* --allow ADDR[/PREFIX], NULL-terminated;
+                                   NULL or empty: any address */
 } MpRelayOptions;
 
 /* --queue when not given: a few seconds of a slow link, little memory. */

@@ -248,6 +248,18 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
         c->done[MP_DIR_TO_SRC] = TRUE;
 }
 
+void
+mp_session_tap_set_kind(MpSessionTap *t, guint channel, MpChanKind kind,
+                        gint64 now_us)
+{
+    TapChan *c = chan(t, channel);
+
+    if (c->kind != MP_CHAN_UNKNOWN || kind == MP_CHAN_UNKNOWN)
+        return;
+    t->now_us = now_us;
+    set_kind(t, c, kind);
+}
+
 /* The parser of `dir` cannot follow: say so once, count from now on. */
 static void
 give_up(MpSessionTap *t, TapChan *c, MpDir dir, const GError *err)

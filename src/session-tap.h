@@ -58,6 +58,11 @@ void mp_session_tap_set_vmdesc(MpSessionTap *t, MpVmdesc *vmdesc);
 void mp_session_tap_add(MpSessionTap *t, guint channel, const char *peer,
                         gint64 now_us);
 
+/* The relay's checks told what `channel` carries (before its first
+ * bytes): it is parsed as that kind, not classified from its bytes. */
+void mp_session_tap_set_kind(MpSessionTap *t, guint channel, MpChanKind kind,
+                             gint64 now_us);
+
 /* `len` bytes passed in `dir` (caller keeps ownership). */
 void mp_session_tap_feed(MpSessionTap *t, guint channel, MpDir dir,
                          const guint8 *buf, gsize len, gint64 now_us);

@@ -91,8 +91,12 @@ make(const guint8 *head, gsize head_len, gsize n, guint seed)
     return a;
 }
 
-static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
-static const guint8 mfd[] = {0x11, 0x22, 0x33, 0x44};
+/* What the relay's checks want to see before anything is forwarded: a
+ * stream header and a whole first record (here OPEN_RETURN_PATH); a
+ * multifd initial packet (magic, version 1, a UUID, id 0). */
+static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3,
+                              0x08, 0, 1, 0, 0};
+static const guint8 mfd[64] = {0x11, 0x22, 0x33, 0x44, 0, 0, 0, 1, 0xab};
 
 typedef struct {
     char *relay_addr;
