@@ -1,0 +1,452 @@
+/* test-relay-strangers.c: clients that are not the migrating QEMU, while a
+ * real migration goes through the relay (issue 9: strangers and bounds).
+ *
+ *   - during a 7.2 multifd migration, strangers on the same host (HTTP,
+ *     random bytes, a bare header, a second migration, multifd packets of
+ *     another VM or a taken id, RAM records, a recovery command, one from
+ *     another address, a silent one) are each refused with a log line and
+ *     never join: the migration completes, the report counts its own five
+ *     channels only, memory is identical;
+ *   - --allow: a client outside it is closed at accept, a migration from
+ *     inside completes;
+ *   - --once is not ended by a header and a close, `16 03` and garbage, or
+ *     a header and silence: none reaches the destination, and the real
+ *     migration that follows ends it with status 0;
+ *   - at RLIMIT_NOFILE 32, a flood of connections: the relay backs off
+ *     accept() with a warning a second (not thousands) and a migration
+ *     afterwards completes;
+ *   - soak: a multifd migration while hostile clients connect, send and
+ *     hold connections all along: memory identical, report completed, the
+ *     relay's fds and RSS back where they were.
+ */
+#include "config.h"
+#include <signal.h>
+#include <string.h>
+#include <errno.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <glib/gstdio.h>
+#include <gio/gio.h>
+#include <criterion/criterion.h>
+#include "itest-util.h"
+#include "relay-itest.h"
+
+#define MIGRATE_TIMEOUT_MS (120 * 1000)
+#define RAM_BYTES          (128ull << 20)
+
+static struct {
+    MpQemu *src, *dst;
+    ItRelay *relay;
+    GSocket *fake_dst;
+    char *dir;
+} fx;
+
+static void
+fx_init(void)
+{
+    fx.dir = it_tmpdir();
+}
+
+static void
+fx_fini(void)
+{
+    it_relay_free(fx.relay);
+    fx.relay = NULL;
+    g_clear_pointer(&fx.src, mp_qemu_free);
+    g_clear_pointer(&fx.dst, mp_qemu_free);
+    if (fx.fake_dst)
+        g_socket_close(fx.fake_dst, NULL);
+    g_clear_object(&fx.fake_dst);
+    if (fx.dir)
+        it_remove_tree(fx.dir);
+    g_clear_pointer(&fx.dir, g_free);
+}
+
+TestSuite(relay_strangers, .init = fx_init, .fini = fx_fini, .timeout = 300);
+
+static void
+set_int(MpQemu *q, const char *name, gint64 v)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert(mp_qemu_set_parameter_int(q, name, v, &err), "%s",
+              err ? err->message : "?");
+}
+
+/* A client of the relay from `from` (a loopback address: 127.0.0.2 is
+ * another host as far as the relay can tell). */
+static GSocket *
+connect_from(const char *from, guint16 port)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, port);
+    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, &err);
+    cr_assert_not_null(s, "%s", err ? err->message : "?");
+    if (from) {
+        g_autoptr(GInetAddress) fa = g_inet_address_new_from_string(from);
+        g_autoptr(GSocketAddress) fsa = g_inet_socket_address_new(fa, 0);
+        cr_assert(g_socket_bind(s, fsa, FALSE, &err), "bind %s: %s", from,
+                  err->message);
+    }
+    g_socket_set_timeout(s, 5);
+    cr_assert(g_socket_connect(s, a, NULL, &err), "connect: %s",
+              err ? err->message : "?");
+    return s;
+}
+
+static GSocket *
+connect_to(guint16 port)
+{
+    return connect_from(NULL, port);
+}
+
+static void
+send_bytes(GSocket *s, const void *buf, gsize len)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert_eq(g_socket_send(s, buf, len, NULL, &err), (gssize)len, "%s",
+                 err ? err->message : "short send");
+}
+
+/* The relay closes `s`: a read ends (EOF or reset) before the timeout. */
+static void
+assert_closed_by_relay(GSocket *s, const char *what)
+{
+    g_autoptr(GError) err = NULL;
+    char buf[64];
+    gssize n = g_socket_receive(s, buf, sizeof(buf), NULL, &err);
+    cr_assert(
+        n == 0
+            || (n < 0
+                && !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT)),
+        "%s: the relay did not close the connection (%zd%s%s)", what, n,
+        err ? ": " : "", err ? err->message : "");
+}
+
+static void
+assert_log_has(const char *needle)
+{
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = it_relay_log_text(fx.relay);
+        if (strstr(text, needle))
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "no \"%s\" in the relay's log:\n%s", needle, text);
+        g_usleep(50000);
+    }
+}
+
+/* A socket listening where the relay's destination is: nothing may ever
+ * connect to it. */
+static guint16
+fake_destination(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
+    fx.fake_dst = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                               G_SOCKET_PROTOCOL_TCP, &err);
+    cr_assert(fx.fake_dst && g_socket_bind(fx.fake_dst, any, TRUE, &err)
+                  && g_socket_listen(fx.fake_dst, &err),
+              "%s", err ? err->message : "?");
+    g_socket_set_blocking(fx.fake_dst, FALSE);
+    g_autoptr(GSocketAddress) bound =
+        g_socket_get_local_address(fx.fake_dst, &err);
+    return g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
+}
+
+static void
+assert_no_connection_to_destination(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GSocket) s = g_socket_accept(fx.fake_dst, NULL, &err);
+    cr_assert_null(s, "a client that is not QEMU reached the destination");
+    cr_assert(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK), "%s",
+              err->message);
+}
+
+/* The fake destination steps aside: the real one takes its port. */
+static void
+drop_fake_destination(void)
+{
+    g_socket_close(fx.fake_dst, NULL);
+    g_clear_object(&fx.fake_dst);
+}
+
+/* What QEMU sends first on each kind of channel, and what strangers send. */
+static const guint8 header_cmd[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3,
+                                    0x08, 0, 1, 0, 0}; /* OPEN_RETURN_PATH */
+
+static void
+mfd_init(guint8 *p, guint8 id, guint8 uuid_byte)
+{
+    memset(p, 0, 64);
+    p[0] = 0x11, p[1] = 0x22, p[2] = 0x33, p[3] = 0x44;
+    p[7] = 1;
+    memset(p + 8, uuid_byte, 16);
+    p[24] = id;
+}
+
+/* A 7.2 source with multifd (4 channels) to a paused destination through
+ * the relay; the migration is throttled so that it runs for seconds. */
+static void
+start_multifd_migration(const char *const *relay_args, gboolean once,
+                        guint64 bandwidth)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start_full(fx.dir, dport, once, relay_args);
+    it_cap(fx.src, "multifd");
+    it_cap(fx.dst, "multifd");
+    set_int(fx.src, "multifd-channels", 4);
+    set_int(fx.dst, "multifd-channels", 4);
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", bandwidth);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+}
+
+/* Completed on both sides; memory identical. */
+static void
+assert_migration_completed(void)
+{
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "%s\nrelay log:\n%s",
+                     json_object_to_json_string(info), log);
+    json_object_put(info);
+    json_object *dinfo = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dinfo, "status")),
+                     "completed");
+    json_object_put(dinfo);
+    it_assert_same_ram(fx.src, fx.dst, RAM_BYTES, fx.dir);
+}
+
+/* The report: completed, with exactly main + 4 multifd channels. */
+static void
+assert_report_is_the_migrations(json_object *rep)
+{
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed", "relay log:\n%s", log);
+    json_object *chans = it_jget(rep, "channels");
+    cr_assert_eq(json_object_array_length(chans), 5, "channels: %s",
+                 json_object_to_json_string(chans));
+    for (guint i = 0; i < 5; i++) {
+        const char *kind = json_object_get_string(
+            it_jget(json_object_array_get_idx(chans, i), "kind"));
+        cr_assert_str_eq(kind, i ? "multifd" : "main", "channel %u", i);
+    }
+    cr_assert(!json_object_get_boolean(it_jget(rep, "partial")),
+              "partial: %s", json_object_to_json_string(rep));
+}
+
+Test(relay_strangers, refused_during_multifd_72)
+{
+    g_autoptr(GError) err = NULL;
+    const char *args[] = {"--handshake-timeout=1000", NULL};
+
+    start_multifd_migration(args, TRUE, 16 << 20);
+    /* QEMU's own channels are in before the strangers come */
+    assert_log_has("channel 4 is multifd");
+
+    struct {
+        const char *what, *from;
+        guint8 bytes[80];
+        gsize len;
+        const char *log;
+    } s[] = {
+        {"http", NULL, "GET / HTTP/1.0\r\n\r\n", 18,
+         "not a QEMU migration stream"},
+        {"random", NULL, {0x9c, 0x31, 0xe7, 0x05, 0x44, 0xfe, 0x10, 0x6b, 0x2a},
+         9, "not a QEMU migration stream"},
+        {"bare header", NULL, {'Q', 'E', 'V', 'M', 0, 0, 0, 3}, 8,
+         "sent only 8 bytes"},
+        {"second migration", NULL, {0}, 0, "a second migration stream"},
+        {"multifd garbage", NULL, {0x11, 0x22, 0x33, 0x44, 0xde, 0xad}, 64,
+         "multifd initial packet of version"},
+        {"another VM", NULL, {0}, 64, "names another VM"},
+        {"taken id", NULL, {0}, 64, "id 0 is taken"},
+        {"another host", "127.0.0.2", {0}, 64, "another address"},
+        {"RAM records", NULL,
+         {0, 0, 0, 0, 0, 0x01, 0x20, 0x08, 6, 'p', 'c', '.', 'r', 'a', 'm'},
+         15, "without post-copy"},
+        {"recovery", NULL, {0x08, 0, 9, 0, 0}, 5, "is not paused"},
+        {"silent", NULL, {0}, 0, "sent nothing in 1000 ms"},
+    };
+    memcpy(s[3].bytes, header_cmd, sizeof header_cmd);
+    s[3].len = sizeof header_cmd;
+    mfd_init(s[5].bytes, 1, 0x5a);
+    mfd_init(s[6].bytes, 0, 0); /* QEMU's UUID is zeros without -uuid */
+    mfd_init(s[7].bytes, 7, 0);
+
+    GSocket *socks[G_N_ELEMENTS(s)];
+    for (guint i = 0; i < G_N_ELEMENTS(s); i++) {
+        socks[i] = connect_from(s[i].from, fx.relay->port);
+        if (s[i].len)
+            send_bytes(socks[i], s[i].bytes, s[i].len);
+    }
+    /* each is closed and says why; the migration goes on */
+    for (guint i = 0; i < G_N_ELEMENTS(s); i++) {
+        assert_closed_by_relay(socks[i], s[i].what);
+        assert_log_has(s[i].log);
+        g_object_unref(socks[i]);
+    }
+    g_autofree char *st = it_migration_status(fx.src);
+    cr_assert_str_eq(st, "active", "the strangers outlived the migration");
+
+    assert_migration_completed();
+    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    json_object *rep = it_relay_report(fx.relay);
+    assert_report_is_the_migrations(rep);
+    json_object_put(rep);
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    cr_assert_null(strstr(log, "session 2"), "a stranger got a session:\n%s",
+                   log);
+}
+
+Test(relay_strangers, allow_limits_who_migrates)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = fake_destination();
+    const char *args[] = {"--allow", "192.0.2.0/24", "--allow", "127.0.0.1",
+                          NULL};
+
+    fx.relay = it_relay_start(fx.dir, dport, args);
+    /* a whole stream header and record, from outside --allow */
+    g_autoptr(GSocket) out = connect_from("127.0.0.2", fx.relay->port);
+    send_bytes(out, header_cmd, sizeof header_cmd);
+    assert_closed_by_relay(out, "outside --allow");
+    assert_log_has("connection from 127.0.0.2: not in --allow; closed");
+    assert_no_connection_to_destination();
+    cr_assert(!it_relay_exited(fx.relay), "the relay exited");
+
+    /* from inside: a real migration */
+    drop_fake_destination();
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    it_incoming(fx.dst, dport);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed");
+    json_object_put(info);
+    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    it_assert_same_ram(fx.src, fx.dst, RAM_BYTES, fx.dir);
+}
+
+Test(relay_strangers, allow_rejects_bad_masks)
+{
+    const char *argv[] = {it_migproxy(), "relay",     "--listen=127.0.0.1:0",
+                          "--to=127.0.0.1:1", "--allow", "10.0.0.0/99",
+                          NULL};
+    g_autofree char *out = NULL, *errs = NULL;
+    int status = 0;
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &out, &errs, &status, NULL));
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%d: %s",
+              status, errs);
+    cr_assert(strstr(errs, "--allow 10.0.0.0/99"), "%s", errs);
+}
+
+Test(relay_strangers, once_is_not_ended_by_strangers)
+{
+    guint16 dport = fake_destination();
+    const char *args[] = {"--handshake-timeout=500", NULL};
+
+    fx.relay = it_relay_start(fx.dir, dport, args);
+    /* a header, and a close */
+    g_autoptr(GSocket) a = connect_to(fx.relay->port);
+    send_bytes(a, header_cmd, 8);
+    g_socket_close(a, NULL);
+    assert_log_has("a stream header and no complete record");
+    /* a TLS record type and version, then garbage, and a close */
+    g_autoptr(GSocket) b = connect_to(fx.relay->port);
+    send_bytes(b, "\x16\x03\xee\x12\x34\x56garbage", 13);
+    g_socket_close(b, NULL);
+    assert_log_has("not a TLS ClientHello");
+    /* a header, and silence */
+    g_autoptr(GSocket) c = connect_to(fx.relay->port);
+    send_bytes(c, header_cmd, 8);
+    assert_closed_by_relay(c, "a header and silence");
+    assert_log_has("sent only 8 bytes");
+
+    g_usleep(300 * 1000);
+    assert_no_connection_to_destination();
+    cr_assert(!it_relay_exited(fx.relay), "a stranger ended --once");
+
+    drop_fake_destination();
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    it_incoming(fx.dst, dport);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed");
+    json_object_put(info);
+    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    json_object *rep = it_relay_report(fx.relay);
+    cr_assert_eq(json_object_get_int64(it_jget(rep, "session")), 1);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed");
+    json_object_put(rep);
+}
+
+static guint
+count_lines(const char *text, const char *needle)
+{
+    guint n = 0;
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    for (guint i = 0; lines[i]; i++)
+        n += !needle || strstr(lines[i], needle) != NULL;
+    return n;
+}
+
+Test(relay_strangers, accept_backs_off_at_the_fd_limit)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    const char *args[] = {"--handshake-timeout=500", NULL};
+
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, args);
+    struct rlimit lim = {32, 32};
+    cr_assert_eq(prlimit(fx.relay->pid, RLIMIT_NOFILE, &lim, NULL), 0, "%s",
+                 g_strerror(errno));
+
+    /* 100 connections held open for 1.5 s: most wait in the backlog */
+    g_autoptr(GPtrArray) socks = g_ptr_array_new_with_free_func(g_object_unref);
+    for (guint i = 0; i < 100; i++)
+        g_ptr_array_add(socks, connect_to(fx.relay->port));
+    g_usleep(1500 * 1000);
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    guint warnings = count_lines(log, "Too many open files");
+    guint lines = count_lines(log, NULL);
+    g_printerr("relay-fd-limit warnings=%u log_lines=%u\n", warnings, lines);
+    cr_assert_geq(warnings, 1, "the limit was not reached:\n%s", log);
+    cr_assert_leq(warnings, 4, "accept() warned %u times in 1.5 s", warnings);
+    /* a line per connection at most (accepted, refused) */
+    cr_assert_leq(lines, 2 * 100 + 20, "%u log lines", lines);
+    g_ptr_array_set_size(socks, 0);
+
+    /* and a migration afterwards */
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    it_incoming(fx.dst, dport);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_free(log);
+    log = it_relay_log_text(fx.relay);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "relay log:\n%s", log);
+    json_object_put(info);
+    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+}
