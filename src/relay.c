@@ -945,22 +945,26 @@ static gboolean
 on_accept(GSocket *listener, GIOCondition cond, gpointer user_data)
 {
     MpRelay *r = user_data;
+    guint failed = 0;
 
     for (;;) {
         g_autoptr(GError) err = NULL;
         g_autoptr(GSocket) sock = g_socket_accept(listener, NULL, &err);
         if (!sock) {
-            int code = err->domain == G_IO_ERROR ? err->code : -1;
             if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
                 break;
-            /* EMFILE, ENFILE (GIO has no code for them), ENOBUFS, ENOMEM */
-            if (code == G_IO_ERROR_TOO_MANY_OPEN_FILES
-                || code == G_IO_ERROR_NO_SPACE || code == G_IO_ERROR_FAILED) {
+            /* EMFILE, ENFILE; ENOMEM; or (GIO's FAILED) ENOBUFS, and
+             * ECONNABORTED, EPROTO for one connection that went away:
+             * those may be skipped, but not forever */
+            if (g_error_matches(err, G_IO_ERROR,
+                                G_IO_ERROR_TOO_MANY_OPEN_FILES)
+                || g_error_matches(err, G_IO_ERROR, G_IO_ERROR_NO_SPACE)
+                || ++failed >= 8) {
                 back_off(r, err);
                 return G_SOURCE_REMOVE;
             }
             g_debug("accept on %s: %s", r->listen_addr, err->message);
-            break;
+            continue;
         }
         g_autoptr(GSocketAddress) pa = g_socket_get_remote_address(sock, NULL);
         if (!pa || !G_IS_INET_SOCKET_ADDRESS(pa)) {

@@ -450,3 +450,155 @@ Test(relay_strangers, accept_backs_off_at_the_fd_limit)
     json_object_put(info);
     cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
 }
+
+/* ---- soak ---- */
+
+static guint
+relay_fds(GPid pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    guint n = 0;
+    cr_assert_not_null(d, "%s", path);
+    while (g_dir_read_name(d))
+        n++;
+    return n;
+}
+
+static guint64
+relay_rss_kib(GPid pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", pid);
+    g_autofree char *text = NULL;
+    cr_assert(g_file_get_contents(path, &text, NULL, NULL), "%s", path);
+    const char *p = strstr(text, "VmRSS:");
+    cr_assert_not_null(p);
+    return g_ascii_strtoull(p + 6, NULL, 10);
+}
+
+typedef struct {
+    guint16 port;
+    gint stop;
+    guint sent; /* connections made */
+} Hostile;
+
+/* Connects again and again, sends one of the strangers' openings (or
+ * nothing) and holds up to 40 connections open, until told to stop. */
+static gpointer
+hostile_clients(gpointer user_data)
+{
+    Hostile *h = user_data;
+    g_autoptr(GPtrArray) held = g_ptr_array_new_with_free_func(g_object_unref);
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) to = g_inet_socket_address_new(lo, h->port);
+    g_autoptr(GInetAddress) other = g_inet_address_new_from_string("127.0.0.2");
+    g_autoptr(GSocketAddress) from = g_inet_socket_address_new(other, 0);
+    guint8 mfd_taken[64], mfd_garbage[64];
+
+    mfd_init(mfd_taken, 0, 0);
+    memset(mfd_garbage, 0xa5, sizeof mfd_garbage);
+    memcpy(mfd_garbage, "\x11\x22\x33\x44", 4);
+    while (!g_atomic_int_get(&h->stop)) {
+        guint i = h->sent++;
+        GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                                  G_SOCKET_PROTOCOL_TCP, NULL);
+        if (i % 7 == 6)
+            g_socket_bind(s, from, FALSE, NULL);
+        if (!g_socket_connect(s, to, NULL, NULL)) {
+            g_object_unref(s);
+            g_usleep(20000);
+            continue;
+        }
+        g_socket_set_blocking(s, FALSE);
+        switch (i % 7) {
+        case 0:
+            g_socket_send(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, NULL, NULL);
+            break;
+        case 1:
+            for (guint k = 0; k < 16; k++) {
+                guint32 r = g_random_int();
+                g_socket_send(s, (const char *)&r, 4, NULL, NULL);
+            }
+            break;
+        case 2:
+            g_socket_send(s, (const char *)header_cmd, 8, NULL, NULL);
+            break;
+        case 3: /* a TLS record header, then garbage (a whole stream
+                 * header and record would be a next migration once this
+                 * one ended: refused_during_multifd_72 sends it while one
+                 * runs) */
+            g_socket_send(s, "\x16\x03\xee\x12\x34\x56garbage", 13, NULL,
+                          NULL);
+            break;
+        case 4:
+            g_socket_send(s, (const char *)mfd_garbage, 64, NULL, NULL);
+            break;
+        case 5:
+            g_socket_send(s, (const char *)mfd_taken, 64, NULL, NULL);
+            break;
+        case 6: /* silent, from another address */
+            break;
+        }
+        g_ptr_array_add(held, s);
+        if (held->len > 40)
+            g_ptr_array_remove_index(held, 0);
+        g_usleep(20000);
+    }
+    return NULL;
+}
+
+/* A real multifd migration (7.2, 4 channels) while hostile clients
+ * connect, send and hold connections throughout. */
+Test(relay_strangers, soak_multifd_72, .timeout = 400)
+{
+    const char *args[] = {"--handshake-timeout=1000", NULL};
+
+    start_multifd_migration(args, FALSE, 16 << 20);
+    guint fds0 = relay_fds(fx.relay->pid);
+    guint64 rss0 = relay_rss_kib(fx.relay->pid);
+    Hostile h = {.port = fx.relay->port};
+    GThread *t = g_thread_new("hostile", hostile_clients, &h);
+
+    assert_migration_completed();
+    g_atomic_int_set(&h.stop, 1);
+    g_thread_join(t);
+
+    /* the report is the migration's, written at its end */
+    gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    json_object *rep = NULL;
+    for (;;) {
+        rep = json_object_from_file(fx.relay->report);
+        if (rep && g_strcmp0(json_object_get_string(it_jget(rep, "outcome")),
+                             "completed")
+                       == 0)
+            break;
+        g_clear_pointer(&rep, json_object_put);
+        g_autofree char *text = it_relay_log_text(fx.relay);
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "no completed report; relay log:\n%s", text);
+        g_usleep(100000);
+    }
+    cr_assert_eq(json_object_get_int64(it_jget(rep, "session")), 1);
+    assert_report_is_the_migrations(rep);
+    json_object_put(rep);
+
+    /* every stranger gone: pending ones time out after 1 s */
+    g_usleep(2500 * 1000);
+    guint fds1 = relay_fds(fx.relay->pid);
+    guint64 rss1 = relay_rss_kib(fx.relay->pid);
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    guint lines = count_lines(log, NULL);
+    g_printerr("relay-soak strangers=%u fds=%u->%u rss_kib=%" G_GUINT64_FORMAT
+               "->%" G_GUINT64_FORMAT " log_lines=%u\n",
+               h.sent, fds0, fds1, rss0, rss1, lines);
+    cr_assert_geq(h.sent, 50, "too few strangers to mean anything");
+    /* No fd per stranger.  The capture's files of the migration's five
+     * channels may stay open (issue 9 item 3, fixed apart: 4 each). */
+    cr_assert_leq(fds1, fds0 + 5 * 4 + 2, "fds %u -> %u", fds0, fds1);
+    cr_assert_leq(rss1, rss0 + 48 * 1024, "RSS %" G_GUINT64_FORMAT
+                  " -> %" G_GUINT64_FORMAT " KiB", rss0, rss1);
+    cr_assert_null(strstr(log, "session 2"), "a stranger got a session");
+    /* a line or two per stranger, not a flood */
+    cr_assert_leq(lines, 3 * h.sent + 300, "%u log lines", lines);
+}
