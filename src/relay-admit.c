@@ -28,8 +28,8 @@ struct MpAdmitSession {
     gboolean blocks_overflow;
 };
 
-static MpAdmitKind
-refuse(MpAdmitInfo *out, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static MpAdmitKind refuse(MpAdmitInfo *out, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
 
 static MpAdmitKind
 refuse(MpAdmitInfo *out, const char *fmt, ...)
@@ -75,8 +75,9 @@ static MpAdmitKind
 classify_main(const guint8 *buf, gsize len, gboolean closed, MpAdmitInfo *out)
 {
     if (len < 8)
-        return closed ? refuse(out, "closed after %zu bytes, before a stream "
-                                    "header",
+        return closed ? refuse(out,
+                               "closed after %zu bytes, before a stream "
+                               "header",
                                len)
                       : (out->kind = MP_ADMIT_MORE);
     guint32 version = mp_be32(buf + 4);
@@ -101,8 +102,9 @@ classify_main(const guint8 *buf, gsize len, gboolean closed, MpAdmitInfo *out)
                       "complete record",
                       len);
     if (len >= MP_ADMIT_PEEK)
-        return refuse(out, "no complete record in the first %u bytes after "
-                           "its stream header",
+        return refuse(out,
+                      "no complete record in the first %u bytes after "
+                      "its stream header",
                       MP_ADMIT_PEEK);
     return out->kind = MP_ADMIT_MORE;
 }
@@ -113,8 +115,9 @@ static MpAdmitKind
 classify_tls(const guint8 *buf, gsize len, gboolean closed, MpAdmitInfo *out)
 {
     if (len < 9)
-        return closed ? refuse(out, "closed after %zu bytes, inside a TLS "
-                                    "record header",
+        return closed ? refuse(out,
+                               "closed after %zu bytes, inside a TLS "
+                               "record header",
                                len)
                       : (out->kind = MP_ADMIT_MORE);
     guint16 rec_len = mp_be16(buf + 3);
@@ -136,14 +139,16 @@ classify_multifd(const guint8 *buf, gsize len, gboolean closed,
                  MpAdmitInfo *out)
 {
     if (len < 64)
-        return closed ? refuse(out, "closed after %zu bytes, inside a "
-                                    "multifd initial packet (64 bytes)",
+        return closed ? refuse(out,
+                               "closed after %zu bytes, inside a "
+                               "multifd initial packet (64 bytes)",
                                len)
                       : (out->kind = MP_ADMIT_MORE);
     out->mfd_version = mp_be32(buf + 4);
     if (out->mfd_version != MP_MULTIFD_VERSION)
-        return refuse(out, "multifd initial packet of version %u (QEMU "
-                           "writes 1)",
+        return refuse(out,
+                      "multifd initial packet of version %u (QEMU "
+                      "writes 1)",
                       out->mfd_version);
     memcpy(out->mfd_uuid, buf + 8, 16);
     out->mfd_id = buf[24];
@@ -157,16 +162,18 @@ classify_recovery(const guint8 *buf, gsize len, gboolean closed,
                   MpAdmitInfo *out)
 {
     if (len < 5)
-        return closed ? refuse(out, "closed after %zu bytes, inside a "
-                                    "command",
+        return closed ? refuse(out,
+                               "closed after %zu bytes, inside a "
+                               "command",
                                len)
                       : (out->kind = MP_ADMIT_MORE);
     guint16 cmd = mp_be16(buf + 1), cmd_len = mp_be16(buf + 3);
     if (cmd == MP_QMIG_CMD_POSTCOPY_RESUME && cmd_len == 0)
         return out->kind = MP_ADMIT_RECOVERY;
     if (cmd != MP_QMIG_CMD_RECV_BITMAP)
-        return refuse(out, "command %u where a post-copy recovery starts "
-                           "with RECV_BITMAP (10) or POSTCOPY_RESUME (9)",
+        return refuse(out,
+                      "command %u where a post-copy recovery starts "
+                      "with RECV_BITMAP (10) or POSTCOPY_RESUME (9)",
                       cmd);
     if (len < 6)
         return closed ? refuse(out, "closed inside a RECV_BITMAP command")
@@ -245,8 +252,7 @@ mp_admit_host(GInetAddress *a)
                                           0, 0, 0, 0, 0xff, 0xff};
         const guint8 *b = g_inet_address_to_bytes(a);
         if (memcmp(b, mapped, sizeof mapped) == 0)
-            return g_inet_address_new_from_bytes(b + 12,
-                                                 G_SOCKET_FAMILY_IPV4);
+            return g_inet_address_new_from_bytes(b + 12, G_SOCKET_FAMILY_IPV4);
     }
     return g_object_ref(a);
 }
@@ -336,8 +342,8 @@ mp_admit_session_record(MpAdmitSession *s, const MpRecord *rec)
     }
 }
 
-static gboolean
-fail(char *why, gsize why_len, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static gboolean fail(char *why, gsize why_len, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
 
 static gboolean
 fail(char *why, gsize why_len, const char *fmt, ...)
@@ -375,11 +381,11 @@ mp_admit_session_join(MpAdmitSession *s, GInetAddress *peer,
         break;
     case MP_ADMIT_MULTIFD:
         if (s->preempt)
-            return fail(why, why_len, "a multifd channel after the "
-                                      "postcopy-preempt channel");
+            return fail(why, why_len,
+                        "a multifd channel after the "
+                        "postcopy-preempt channel");
         if (s->mfd >= MP_ADMIT_MAX_MULTIFD)
-            return fail(why, why_len, "%u multifd channels already",
-                        s->mfd);
+            return fail(why, why_len, "%u multifd channels already", s->mfd);
         if (s->mfd
             && (info->mfd_version != s->mfd_version
                 || memcmp(info->mfd_uuid, s->mfd_uuid, 16) != 0))
@@ -398,13 +404,15 @@ mp_admit_session_join(MpAdmitSession *s, GInetAddress *peer,
         break;
     case MP_ADMIT_PREEMPT:
         if (!s->postcopy)
-            return fail(why, why_len, "RAM records on a new connection of "
-                                      "a migration without post-copy");
+            return fail(why, why_len,
+                        "RAM records on a new connection of "
+                        "a migration without post-copy");
         if (s->preempt)
             return fail(why, why_len, "a second postcopy-preempt channel");
         if (!known_block(s, info->block))
-            return fail(why, why_len, "RAM block \"%s\" is not the "
-                                      "migration's",
+            return fail(why, why_len,
+                        "RAM block \"%s\" is not the "
+                        "migration's",
                         info->block);
         s->preempt = TRUE;
         break;
@@ -428,8 +436,8 @@ gboolean
 mp_admit_session_join_silent(MpAdmitSession *s, GInetAddress *peer,
                              gboolean first_after_main)
 {
-    if (s->tls || !s->postcopy || s->preempt
-        || s->conns >= MP_ADMIT_MAX_CONNS || !mp_admit_same_host(peer, s->peer))
+    if (s->tls || !s->postcopy || s->preempt || s->conns >= MP_ADMIT_MAX_CONNS
+        || !mp_admit_same_host(peer, s->peer))
         return FALSE;
     /* 7.2: right after the main channel (7.2 has no multifd with
      * post-copy); 8.0+: at the switchover, after any multifd channels */

@@ -674,8 +674,8 @@ mp_relay_metrics_finish(MpRelayMetrics *m, gint64 now_us, const char *failure)
         m->outcome_kind = MP_RELAY_OUTCOME_TLS_CLEAN;
     } else if (tls)
         m->outcome = g_strdup("failed: a connection broke");
-    else if (m->shut_value == 0 || (m->shut_value < 0 && pr.stop_us >= 0
-                                    && all_clean(m))) {
+    else if (m->shut_value == 0
+             || (m->shut_value < 0 && pr.stop_us >= 0 && all_clean(m))) {
         m->outcome = g_strdup("completed");
         m->outcome_kind = MP_RELAY_OUTCOME_COMPLETED;
     } else if (m->shut_value > 0)

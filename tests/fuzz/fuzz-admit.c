@@ -29,8 +29,7 @@
 int LLVMFuzzerTestOneInput(const guint8 *data, gsize size);
 
 static MpAdmitKind
-classify_copy(const guint8 *data, gsize len, gboolean closed,
-              MpAdmitInfo *info)
+classify_copy(const guint8 *data, gsize len, gboolean closed, MpAdmitInfo *info)
 {
     guint8 *buf = g_memdup2(data, len);
     MpAdmitKind kind = mp_admit_classify(buf, len, closed, info);
@@ -38,8 +37,7 @@ classify_copy(const guint8 *data, gsize len, gboolean closed,
     if (closed && kind == MP_ADMIT_MORE)
         abort();
     if (kind == MP_ADMIT_REFUSE
-        && (info->why[0] == '\0'
-            || !memchr(info->why, '\0', sizeof info->why)))
+        && (info->why[0] == '\0' || !memchr(info->why, '\0', sizeof info->why)))
         abort();
     return kind;
 }
@@ -68,10 +66,10 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
 {
     if (size < 1)
         return 0;
-    g_autoptr(GInetAddress) main_host = g_inet_address_new_from_string(
-        "10.0.0.1");
-    g_autoptr(GInetAddress) other = g_inet_address_new_from_string(
-        "::ffff:10.0.0.2");
+    g_autoptr(GInetAddress) main_host =
+        g_inet_address_new_from_string("10.0.0.1");
+    g_autoptr(GInetAddress) other =
+        g_inet_address_new_from_string("::ffff:10.0.0.2");
     g_autoptr(MpAdmitSession) s = NULL;
     guint8 ev = data[0];
     gsize off = 1;
@@ -93,8 +91,9 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
                 guint before = mp_admit_session_conns(s);
                 gboolean ok =
                     mp_admit_session_join_silent(s, host, !!(flags & 8));
-                if (ok && (mp_admit_session_conns(s) != before + 1
-                           || mp_admit_session_join_silent(s, host, TRUE)))
+                if (ok
+                    && (mp_admit_session_conns(s) != before + 1
+                        || mp_admit_session_join_silent(s, host, TRUE)))
                     abort(); /* one silent preempt channel at most */
             }
             continue;

@@ -178,8 +178,8 @@ drop_fake_destination(void)
 }
 
 /* What QEMU sends first on each kind of channel, and what strangers send. */
-static const guint8 header_cmd[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3,
-                                    0x08, 0, 1, 0, 0}; /* OPEN_RETURN_PATH */
+static const guint8 header_cmd[] = {
+    'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x08, 0, 1, 0, 0}; /* OPEN_RETURN_PATH */
 
 static void
 mfd_init(guint8 *p, guint8 id, guint8 uuid_byte)
@@ -245,8 +245,8 @@ assert_report_is_the_migrations(json_object *rep)
             it_jget(json_object_array_get_idx(chans, i), "kind"));
         cr_assert_str_eq(kind, i ? "multifd" : "main", "channel %u", i);
     }
-    cr_assert(!json_object_get_boolean(it_jget(rep, "partial")),
-              "partial: %s", json_object_to_json_string(rep));
+    cr_assert(!json_object_get_boolean(it_jget(rep, "partial")), "partial: %s",
+              json_object_to_json_string(rep));
 }
 
 Test(relay_strangers, refused_during_multifd_72)
@@ -266,19 +266,30 @@ Test(relay_strangers, refused_during_multifd_72)
     } s[] = {
         {"http", NULL, "GET / HTTP/1.0\r\n\r\n", 18,
          "not a QEMU migration stream"},
-        {"random", NULL, {0x9c, 0x31, 0xe7, 0x05, 0x44, 0xfe, 0x10, 0x6b, 0x2a},
-         9, "not a QEMU migration stream"},
-        {"bare header", NULL, {'Q', 'E', 'V', 'M', 0, 0, 0, 3}, 8,
+        {"random",
+         NULL,
+         {0x9c, 0x31, 0xe7, 0x05, 0x44, 0xfe, 0x10, 0x6b, 0x2a},
+         9,
+         "not a QEMU migration stream"},
+        {"bare header",
+         NULL,
+         {'Q', 'E', 'V', 'M', 0, 0, 0, 3},
+         8,
          "sent only 8 bytes"},
         {"second migration", NULL, {0}, 0, "a second migration stream"},
-        {"multifd garbage", NULL, {0x11, 0x22, 0x33, 0x44, 0xde, 0xad}, 64,
+        {"multifd garbage",
+         NULL,
+         {0x11, 0x22, 0x33, 0x44, 0xde, 0xad},
+         64,
          "multifd initial packet of version"},
         {"another VM", NULL, {0}, 64, "names another VM"},
         {"taken id", NULL, {0}, 64, "id 0 is taken"},
         {"another host", "127.0.0.2", {0}, 64, "another address"},
-        {"RAM records", NULL,
+        {"RAM records",
+         NULL,
          {0, 0, 0, 0, 0, 0x01, 0x20, 0x08, 6, 'p', 'c', '.', 'r', 'a', 'm'},
-         15, "without post-copy"},
+         15,
+         "without post-copy"},
         {"recovery", NULL, {0x08, 0, 9, 0, 0}, 5, "is not paused"},
         {"silent", NULL, {0}, 0, "sent nothing in 1000 ms"},
     };
@@ -345,15 +356,19 @@ Test(relay_strangers, allow_limits_who_migrates)
 
 Test(relay_strangers, allow_rejects_bad_masks)
 {
-    const char *argv[] = {it_migproxy(), "relay",     "--listen=127.0.0.1:0",
-                          "--to=127.0.0.1:1", "--allow", "10.0.0.0/99",
+    const char *argv[] = {it_migproxy(),
+                          "relay",
+                          "--listen=127.0.0.1:0",
+                          "--to=127.0.0.1:1",
+                          "--allow",
+                          "10.0.0.0/99",
                           NULL};
     g_autofree char *out = NULL, *errs = NULL;
     int status = 0;
     cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
                            NULL, &out, &errs, &status, NULL));
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%d: %s",
-              status, errs);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%d: %s", status,
+              errs);
     cr_assert(strstr(errs, "--allow 10.0.0.0/99"), "%s", errs);
 }
 
@@ -513,7 +528,8 @@ hostile_clients(gpointer user_data)
         g_socket_set_blocking(s, FALSE);
         switch (i % 7) {
         case 0:
-            g_socket_send(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, NULL, NULL);
+            g_socket_send(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, NULL,
+                          NULL);
             break;
         case 1:
             for (guint k = 0; k < 16; k++) {
@@ -528,8 +544,7 @@ hostile_clients(gpointer user_data)
                  * header and record would be a next migration once this
                  * one ended: refused_during_multifd_72 sends it while one
                  * runs) */
-            g_socket_send(s, "\x16\x03\xee\x12\x34\x56garbage", 13, NULL,
-                          NULL);
+            g_socket_send(s, "\x16\x03\xee\x12\x34\x56garbage", 13, NULL, NULL);
             break;
         case 4:
             g_socket_send(s, (const char *)mfd_garbage, 64, NULL, NULL);
@@ -569,9 +584,10 @@ Test(relay_strangers, soak_multifd_72, .timeout = 400)
     json_object *rep = NULL;
     for (;;) {
         rep = json_object_from_file(fx.relay->report);
-        if (rep && g_strcmp0(json_object_get_string(it_jget(rep, "outcome")),
-                             "completed")
-                       == 0)
+        if (rep
+            && g_strcmp0(json_object_get_string(it_jget(rep, "outcome")),
+                         "completed")
+                   == 0)
             break;
         g_clear_pointer(&rep, json_object_put);
         g_autofree char *text = it_relay_log_text(fx.relay);
@@ -596,8 +612,9 @@ Test(relay_strangers, soak_multifd_72, .timeout = 400)
     /* No fd per stranger.  The capture's files of the migration's five
      * channels may stay open (issue 9 item 3, fixed apart: 4 each). */
     cr_assert_leq(fds1, fds0 + 5 * 4 + 2, "fds %u -> %u", fds0, fds1);
-    cr_assert_leq(rss1, rss0 + 48 * 1024, "RSS %" G_GUINT64_FORMAT
-                  " -> %" G_GUINT64_FORMAT " KiB", rss0, rss1);
+    cr_assert_leq(rss1, rss0 + 48 * 1024,
+                  "RSS %" G_GUINT64_FORMAT " -> %" G_GUINT64_FORMAT " KiB",
+                  rss0, rss1);
     cr_assert_null(strstr(log, "session 2"), "a stranger got a session");
     /* a line or two per stranger, not a flood */
     cr_assert_leq(lines, 3 * h.sent + 300, "%u log lines", lines);

@@ -6,8 +6,8 @@
 #include <criterion/criterion.h>
 #include "relay-admit.h"
 
-static const guint8 header_cmd[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3,
-                                    0x08, 0, 1, 0, 0}; /* OPEN_RETURN_PATH */
+static const guint8 header_cmd[] = {
+    'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x08, 0, 1, 0, 0}; /* OPEN_RETURN_PATH */
 
 static MpAdmitKind
 classify(const void *buf, gsize len, gboolean closed, MpAdmitInfo *info)
@@ -156,10 +156,10 @@ Test(admit, multifd_channel_count_is_bounded)
     }
 }
 
-static const MpRecord advise = {
-    .kind = MP_REC_COMMAND, .u.cmd = {.cmd = MP_QMIG_CMD_POSTCOPY_ADVISE}};
-static const MpRecord packaged = {
-    .kind = MP_REC_COMMAND, .u.cmd = {.cmd = MP_QMIG_CMD_PACKAGED}};
+static const MpRecord advise = {.kind = MP_REC_COMMAND,
+                                .u.cmd = {.cmd = MP_QMIG_CMD_POSTCOPY_ADVISE}};
+static const MpRecord packaged = {.kind = MP_REC_COMMAND,
+                                  .u.cmd = {.cmd = MP_QMIG_CMD_PACKAGED}};
 
 static void
 add_block(MpAdmitSession *s, const char *name)
@@ -241,8 +241,7 @@ Test(admit, recovery_matches_the_paused_session)
     guint8 ping[] = {0x08, 0, 2, 0, 4, 0, 0, 0, 1};
     cr_assert_eq(classify(ping, sizeof ping, FALSE, NULL), MP_ADMIT_REFUSE);
     guint8 badlen[] = {0x08, 0, 10, 0, 9, 6, 'p', 'c', '.', 'r', 'a', 'm'};
-    cr_assert_eq(classify(badlen, sizeof badlen, FALSE, NULL),
-                 MP_ADMIT_REFUSE);
+    cr_assert_eq(classify(badlen, sizeof badlen, FALSE, NULL), MP_ADMIT_REFUSE);
 
     add_block(s, "pc.ram");
     add_block(s, "vga.vram");
