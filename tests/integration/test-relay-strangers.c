@@ -398,6 +398,22 @@ Test(relay_strangers, once_is_not_ended_by_strangers)
     assert_no_connection_to_destination();
     cr_assert(!it_relay_exited(fx.relay), "a stranger ended --once");
 
+    /* A plausible ClientHello and a close: it may be a TLS migration, so
+     * it reaches the destination; it went no further, so --once waits */
+    guint8 hello[9 + 41] = {0x16, 0x03, 0x01, 0x00, 45, 0x01, 0, 0, 41};
+    g_autoptr(GSocket) d = connect_to(fx.relay->port);
+    send_bytes(d, hello, sizeof hello);
+    g_socket_close(d, NULL);
+    g_autoptr(GSocket) at_dst = NULL;
+    for (int i = 0; i < 100 && !at_dst; i++, g_usleep(20000))
+        at_dst = g_socket_accept(fx.fake_dst, NULL, NULL);
+    cr_assert_not_null(at_dst, "the ClientHello did not reach the "
+                               "destination");
+    g_socket_close(at_dst, NULL);
+    assert_log_has("went no further than its ClientHello");
+    g_usleep(300 * 1000);
+    cr_assert(!it_relay_exited(fx.relay), "a ClientHello ended --once");
+
     drop_fake_destination();
     fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
@@ -409,7 +425,8 @@ Test(relay_strangers, once_is_not_ended_by_strangers)
     json_object_put(info);
     cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
     json_object *rep = it_relay_report(fx.relay);
-    cr_assert_eq(json_object_get_int64(it_jget(rep, "session")), 1);
+    /* session 1 was the ClientHello */
+    cr_assert_eq(json_object_get_int64(it_jget(rep, "session")), 2);
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
                      "completed");
     json_object_put(rep);
