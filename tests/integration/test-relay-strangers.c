@@ -15,6 +15,9 @@
  *   - at RLIMIT_NOFILE 32, a flood of connections: the relay backs off
  *     accept() with a warning a second (not thousands) and a migration
  *     afterwards completes;
+ *   - post-copy paused (migrate-pause) in a relay that saw the migration:
+ *     recovery commands from another address, or naming a block that is
+ *     not the migration's, are refused; QEMU's own recovery resumes it;
  *   - soak: a multifd migration while hostile clients connect, send and
  *     hold connections all along: memory identical, report completed, the
  *     relay's fds and RSS back where they were.
@@ -635,4 +638,128 @@ Test(relay_strangers, soak_multifd_72, .timeout = 400)
     cr_assert_null(strstr(log, "session 2"), "a stranger got a session");
     /* a line or two per stranger, not a flood */
     cr_assert_leq(lines, 3 * h.sent + 300, "%u log lines", lines);
+}
+
+/* ---- post-copy recovery through the relay that saw the migration ---- */
+
+static void
+start_postcopy(MpQemu *src, guint after_ms)
+{
+    g_autoptr(GError) err = NULL;
+    gint64 t0 = g_get_monotonic_time();
+
+    for (;;) {
+        g_autofree char *st = it_migration_status(src);
+        cr_assert(strcmp(st, "failed") && strcmp(st, "completed"),
+                  "the migration ended (%s) before post-copy started", st);
+        if (strcmp(st, "active") == 0
+            && g_get_monotonic_time() - t0 >= after_ms * 1000ll)
+            break;
+        g_usleep(20000);
+    }
+    json_object *ret =
+        mp_qemu_execute(src, "migrate-start-postcopy", NULL, &err);
+    cr_assert_not_null(ret, "%s", err ? err->message : "?");
+    json_object_put(ret);
+}
+
+static void
+wait_status(MpQemu *q, const char *want, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        g_autofree char *st = it_migration_status(q);
+        if (strcmp(st, want) == 0)
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "%s: migration status %s, waited for %s", mp_qemu_name(q), st,
+                  want);
+        g_usleep(50000);
+    }
+}
+
+static void
+qmp_uri(MpQemu *q, const char *cmd, const char *uri, gboolean resume)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    if (resume)
+        json_object_object_add(args, "resume", json_object_new_boolean(TRUE));
+    json_object *ret = mp_qemu_execute(q, cmd, args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "%s: %s", cmd, err ? err->message : "?");
+    json_object_put(ret);
+}
+
+static GSocket *
+recv_bitmap_client(const char *from, const char *block)
+{
+    guint8 b[5 + 1 + 255] = {0x08, 0, 10, 0, 0};
+    gsize n = strlen(block);
+    b[4] = 1 + n;
+    b[5] = n;
+    memcpy(b + 6, block, n);
+    GSocket *s = connect_from(from, fx.relay->port);
+    send_bytes(s, b, 6 + n);
+    return s;
+}
+
+/* The source pauses post-copy (migrate-pause): the relay's session waits
+ * for its recovery.  Strangers' recovery commands (another address, a
+ * block that is not the migration's) are refused; QEMU's own recovery
+ * resumes the session, and the migration completes. */
+Test(relay_strangers, recovery_matches_the_paused_session_72)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src =
+        it_start_workload("7.2", NULL, 128, "mem=64M rate=5000 verify=1", NULL);
+    fx.dst = it_start_destination("7.2", NULL, TRUE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start_full(fx.dir, dport, FALSE, NULL);
+    it_cap(fx.src, "postcopy-ram");
+    it_cap(fx.dst, "postcopy-ram");
+    it_incoming(fx.dst, dport);
+    set_int(fx.src, "max-bandwidth", 32 << 20);
+    set_int(fx.src, "max-postcopy-bandwidth", 8 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    start_postcopy(fx.src, 500);
+    wait_status(fx.src, "postcopy-active", 10000);
+    g_usleep(500 * 1000);
+
+    json_object *ret = mp_qemu_execute(fx.src, "migrate-pause", NULL, &err);
+    cr_assert_not_null(ret, "migrate-pause: %s", err ? err->message : "?");
+    json_object_put(ret);
+    wait_status(fx.src, "postcopy-paused", 20000);
+    wait_status(fx.dst, "postcopy-paused", 20000);
+    assert_log_has("waiting for a recovery channel");
+
+    g_autoptr(GSocket) a = recv_bitmap_client("127.0.0.2", "pc.ram");
+    assert_closed_by_relay(a, "recovery from another address");
+    assert_log_has("another address than the migration's main channel");
+    g_autoptr(GSocket) b = recv_bitmap_client(NULL, "xx.ram");
+    assert_closed_by_relay(b, "recovery naming another block");
+    assert_log_has("not the paused migration's");
+
+    /* QEMU's own: the destination listens at the relay's --to again */
+    g_autofree char *duri = g_strdup_printf("tcp:127.0.0.1:%u", dport);
+    qmp_uri(fx.dst, "migrate-recover", duri, FALSE);
+    g_autofree char *suri = g_strdup_printf("tcp:127.0.0.1:%u", fx.relay->port);
+    qmp_uri(fx.src, "migrate", suri, TRUE);
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "%s\nrelay log:\n%s",
+                     json_object_to_json_string(info), log);
+    json_object_put(info);
+    assert_log_has("session 1: recovery channel from 127.0.0.1");
+    assert_log_has("session 1 completed");
+    cr_assert_null(strstr(log, "session 2"), "%s", log);
+    g_autofree char *console = NULL;
+    g_usleep(1000 * 1000);
+    g_file_get_contents(mp_qemu_console_path(fx.dst), &console, NULL, NULL);
+    cr_assert(console && !strstr(console, "CORRUPT"),
+              "the guest found corrupt pages:\n%s", console);
 }
