@@ -22,7 +22,14 @@ typedef struct {
 
 typedef struct MpVmdesc MpVmdesc;
 
-/* Parses `len` bytes of JSON.  @return a new vmdesc (ref 1) or NULL. */
+/* Parsing bounds, whatever the JSON: a q35 guest's vmdesc is 44 KB and
+ * parses in 1.2 MB of heap, so these leave a hundredfold margin. */
+#define MP_VMDESC_MAX_SIZE (16u << 20) /* bytes of JSON */
+#define MP_VMDESC_MAX_HEAP (128u << 20) /* json-c's heap, estimated */
+
+/* Parses `len` bytes of JSON: at most MP_VMDESC_MAX_SIZE bytes, and no
+ * more values than fit MP_VMDESC_MAX_HEAP.  @return a new vmdesc (ref 1)
+ * or NULL with an error. */
 MpVmdesc *mp_vmdesc_new(const char *json, gsize len, GError **error);
 MpVmdesc *mp_vmdesc_ref(MpVmdesc *vd);
 void mp_vmdesc_unref(MpVmdesc *vd); /* accepts NULL */

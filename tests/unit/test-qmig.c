@@ -2440,3 +2440,62 @@ Test(qmig, vmdesc_grows_as_it_comes)
                   chunks[i], log);
     }
 }
+
+/* Peak RSS of this process in KiB (VmHWM). */
+static guint64
+vm_hwm_kib(void)
+{
+    g_autofree char *status = NULL;
+    cr_assert(g_file_get_contents("/proc/self/status", &status, NULL, NULL));
+    const char *l = strstr(status, "\nVmHWM:");
+    cr_assert(l);
+    return g_ascii_strtoull(l + 7, NULL, 10);
+}
+
+/* A vmdesc that would cost json-c more than MP_VMDESC_MAX_HEAP (15 MiB of
+ * "[],": 778 MB and seconds before the bound) is refused before json-c
+ * sees it, naming the estimate; one over MP_VMDESC_MAX_SIZE too.  A real
+ * vmdesc scaled 100 times (a q35 guest's devices, 4.4 MB) still parses. */
+Test(qmig, vmdesc_parse_bounded)
+{
+    g_autoptr(GString) json = g_string_new("{\"devices\":[");
+    while (json->len < (15u << 20))
+        g_string_append(json, "[],");
+    g_string_append(json, "[]]}");
+
+    guint64 before = vm_hwm_kib();
+    g_autoptr(GError) err = NULL;
+    MpVmdesc *vd = mp_vmdesc_new(json->str, json->len, &err);
+    cr_assert_null(vd);
+    cr_assert(err && err->code == MP_PARSE_ERROR_LENGTH);
+    cr_assert(strstr(err->message, "vmdesc: 15728644 bytes of JSON would "
+                                   "take about 1935 MiB to parse (at most "
+                                   "128 MiB)"),
+              "%s", err->message);
+    cr_assert_lt(vm_hwm_kib() - before, 16384);
+
+    g_string_set_size(json, 0);
+    g_string_append(json, "{\"devices\":[],\"x\":\"");
+    while (json->len <= MP_VMDESC_MAX_SIZE)
+        g_string_append(json, "0123456789abcdef");
+    g_string_append(json, "\"}");
+    g_clear_error(&err);
+    cr_assert_null(mp_vmdesc_new(json->str, json->len, &err));
+    cr_assert(strstr(err->message, "(at most 16777216 parsed)"), "%s",
+              err->message);
+
+    /* strings hide brackets from the estimate, escapes included */
+    g_string_set_size(json, 0);
+    g_string_append(json, "{\"devices\":[{\"name\":\"a\\\"[[[{{{\",\"size\":1}");
+    for (int i = 0; i < 100 * 29; i++)
+        g_string_append_printf(
+            json, ",{\"name\":\"d%d\",\"fields\":[{\"size\":4},{\"size\":8}],"
+                  "\"subsections\":[{\"vmsd_name\":\"s\",\"fields\":"
+                  "[{\"size\":1}]}]}",
+            i);
+    g_string_append(json, "]}");
+    vd = mp_vmdesc_new(json->str, json->len, &err);
+    cr_assert_not_null(vd);
+    cr_assert_eq(mp_vmdesc_n_devices(vd), 1 + 100 * 29);
+    mp_vmdesc_unref(vd);
+}
