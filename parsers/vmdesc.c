@@ -11,13 +11,6 @@
  * (each up to 2^32 x 2^32 in hostile JSON) cannot overflow. */
 #define MAX_SECTION_SIZE ((gint64)1 << 48)
 
-/* json-c's heap per value, measured with json-c 0.16 on x86-64 (peak
- * RSS over parsing 2^17 to 2^20 copies of one value): an object about
- * 890 bytes (its hash table starts with 16 slots), an array or an object
- * member 150 to 180, a scalar 70 to 90.  Rounded up. */
-#define COST_OBJECT 1024
-#define COST_VALUE  192
-
 struct MpVmdesc {
     gint ref;
     json_object *root;
@@ -92,33 +85,6 @@ vmsd_size(json_object *o, int depth)
     return total;
 }
 
-/* What json-c would take to parse `json`, from its objects ('{') and
- * other values ('[' and ','), counted outside strings: a few ms for
- * 16 MiB, where json-c took 778 MB and 9 s for 15 MiB of "[[],[],...]". */
-static guint64
-parse_cost(const char *json, gsize len)
-{
-    guint64 objects = 0, values = 1;
-    gboolean in_string = FALSE;
-
-    for (gsize i = 0; i < len; i++) {
-        char ch = json[i];
-        if (in_string) {
-            if (ch == '\\')
-                i++;
-            else if (ch == '"')
-                in_string = FALSE;
-        } else if (ch == '"') {
-            in_string = TRUE;
-        } else if (ch == '{') {
-            objects++;
-        } else if (ch == '[' || ch == ',') {
-            values++;
-        }
-    }
-    return objects * COST_OBJECT + values * COST_VALUE + len;
-}
-
 MpVmdesc *
 mp_vmdesc_new(const char *json, gsize len, GError **error)
 {
@@ -128,12 +94,12 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
                     MP_VMDESC_MAX_SIZE);
         return NULL;
     }
-    guint64 cost = parse_cost(json, len);
-    if (cost > MP_VMDESC_MAX_HEAP) {
+    guint64 cost = mp_json_heap_estimate(json, len);
+    if (cost > MP_JSON_MAX_HEAP) {
         g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_LENGTH,
                     "vmdesc: %zu bytes of JSON would take about %"
                     G_GUINT64_FORMAT " MiB to parse (at most %u MiB)",
-                    len, cost >> 20, MP_VMDESC_MAX_HEAP >> 20);
+                    len, cost >> 20, MP_JSON_MAX_HEAP >> 20);
         return NULL;
     }
 
