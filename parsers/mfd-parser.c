@@ -55,8 +55,8 @@
 /* QEMU compresses each channel as one zstd stream from ZSTD_initCStream()
  * at multifd-zstd-level (0..20, QEMU refuses more).  Its frame window is
  * then zstd's for that level with an unknown size: 2^19 at level 1, 2^21
- * at the default 3, 2^23 at 17..19 and 2^25 at 20 (libzstd 1.3 to 1.5,
- * checked with ZSTD_getFrameHeader()).  The decoder reserves the window
+ * at the default 3, 2^23 at 17..19 and 2^25 at 20 (measured with
+ * ZSTD_getFrameHeader() on libzstd 1.5.4).  The decoder reserves the window
  * plus two blocks (32.5 MiB at 2^25), so libzstd's own limit of 2^27
  * would let any peer take 128 MiB per channel.  A frame asking for more
  * than QEMU's highest level is not QEMU's: the decoder refuses its header
