@@ -444,8 +444,7 @@ zstd_start_packet(MpMfdParser *p)
     if (!p->zds) {
         p->zds = ZSTD_createDStream();
         if (!p->zds || ZSTD_isError(ZSTD_initDStream(p->zds))
-            || ZSTD_isError(ZSTD_DCtx_setParameter(p->zds,
-                                                   ZSTD_d_windowLogMax,
+            || ZSTD_isError(ZSTD_DCtx_setParameter(p->zds, ZSTD_d_windowLogMax,
                                                    MFD_ZSTD_WINDOW_LOG_MAX))) {
             set_error(
                 p, MP_PARSE_ERROR_DECODE,
@@ -475,8 +474,7 @@ zstd_error(MpMfdParser *p, size_t r)
     set_error(p, MP_PARSE_ERROR_DECODE,
               "zstd data of packet %" G_GUINT64_FORMAT
               " (at offset %" G_GUINT64_FORMAT
-              ") is invalid in the chunk at offset %" G_GUINT64_FORMAT
-              ": %s%s",
+              ") is invalid in the chunk at offset %" G_GUINT64_FORMAT ": %s%s",
               p->pkt.packet_num, p->pkt_start, p->rec_start,
               ZSTD_getErrorName(r),
               ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge

@@ -96,10 +96,11 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
     }
     guint64 cost = mp_json_heap_estimate(json, len);
     if (cost > MP_JSON_MAX_HEAP) {
-        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_LENGTH,
-                    "vmdesc: %zu bytes of JSON would take about %"
-                    G_GUINT64_FORMAT " MiB to parse (at most %u MiB)",
-                    len, cost >> 20, MP_JSON_MAX_HEAP >> 20);
+        g_set_error(
+            error, MP_PARSE_ERROR, MP_PARSE_ERROR_LENGTH,
+            "vmdesc: %zu bytes of JSON would take about %" G_GUINT64_FORMAT
+            " MiB to parse (at most %u MiB)",
+            len, cost >> 20, MP_JSON_MAX_HEAP >> 20);
         return NULL;
     }
 

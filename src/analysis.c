@@ -395,8 +395,8 @@ count_page(MpAnalysis *a, guint channel, const char *block, guint64 addr,
     if (was & MP_PAGE_UNTRACKED) {
         if (!b->untracked)
             mp_analysis_anomaly(a,
-                                "block %s: pages over more than %u GiB of guest "
-                                "RAM (all blocks together); "
+                                "block %s: pages over more than %u GiB of "
+                                "guest RAM (all blocks together); "
                                 "from offset %" G_GUINT64_FORMAT " on, "
                                 "dirty and distinct pages are not counted "
                                 "for the rest",

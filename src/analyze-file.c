@@ -91,8 +91,7 @@ progress(const char *path, guint64 done, guint64 file_size, gboolean zst,
 /* Reads the stream's first 8 bytes (magic and version) into the parser.
  * @return FALSE with an error if they are not a stream header. */
 static gboolean
-check_header(MpInput *in, MpQmigParser *parser, guint64 *total,
-             GError **error)
+check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
 {
     guint8 hdr[8];
     gsize have = 0, used;

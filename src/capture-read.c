@@ -24,8 +24,8 @@
  * its parse is bounded by MP_JSON_MAX_HEAP too */
 #define MAX_INDEX_JSON (16u << 20)
 /* .idx entries read at once (64 KiB): an index is never read whole */
-#define IDX_WINDOW  4096u
-#define IDX_ENTRY   16u
+#define IDX_WINDOW 4096u
+#define IDX_ENTRY  16u
 
 typedef struct {
     guint channel;
@@ -167,7 +167,8 @@ idx_load(Replay *r, Cursor *c, gsize i)
     c->win_first = i;
     c->win_n = n;
     for (gsize k = MAX(i, c->checked); k < i + n; k++) {
-        guint64 t = chunk_time(c, k), off = mp_be64(c->win + IDX_ENTRY * (k - i) + 8);
+        guint64 t = chunk_time(c, k),
+                off = mp_be64(c->win + IDX_ENTRY * (k - i) + 8);
         if (off > c->size || (k == 0 && off != 0)
             || (k && (off < c->prev_off || t < c->prev_time))) {
             fail(r,
@@ -391,18 +392,18 @@ read_index(const char *path, char **why)
     }
     close(fd);
     if (have < size) {
-        *why = g_strdup_printf("%s: cannot read its %" G_GUINT64_FORMAT
-                               " bytes",
-                               path, size);
+        *why = g_strdup_printf(
+            "%s: cannot read its %" G_GUINT64_FORMAT " bytes", path, size);
         return NULL;
     }
     text[have] = 0;
     guint64 cost = mp_json_heap_estimate(text, have);
     if (cost > MP_JSON_MAX_HEAP) {
-        *why = g_strdup_printf("%s: %zu bytes of JSON would take about %"
-                               G_GUINT64_FORMAT " MiB to parse (at most %u "
-                               "MiB)",
-                               path, have, cost >> 20, MP_JSON_MAX_HEAP >> 20);
+        *why = g_strdup_printf(
+            "%s: %zu bytes of JSON would take about %" G_GUINT64_FORMAT
+            " MiB to parse (at most %u "
+            "MiB)",
+            path, have, cost >> 20, MP_JSON_MAX_HEAP >> 20);
         return NULL;
     }
     json_tokener *tok = json_tokener_new();

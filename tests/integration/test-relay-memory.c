@@ -254,8 +254,8 @@ hostile_multifd(int window_log, gsize *per_channel)
     }
     guint64 grown = relay_kib("VmHWM") - before;
     g_printerr("relay-memory: %d channels, window 2^%d, %zu bytes each: "
-               "peak RSS +%" G_GUINT64_FORMAT " KiB (RSS before %"
-               G_GUINT64_FORMAT " KiB)\n",
+               "peak RSS +%" G_GUINT64_FORMAT
+               " KiB (RSS before %" G_GUINT64_FORMAT " KiB)\n",
                CHANNELS, window_log, *per_channel, grown, before);
     for (guint i = 0; i <= CHANNELS; i++)
         g_object_unref(conns[i]);
