@@ -2486,7 +2486,8 @@ Test(qmig, vmdesc_parse_bounded)
 
     /* strings hide brackets from the estimate, escapes included */
     g_string_set_size(json, 0);
-    g_string_append(json, "{\"devices\":[{\"name\":\"a\\\"[[[{{{\",\"size\":1}");
+    g_string_append(json,
+                    "{\"devices\":[{\"name\":\"a\\\"[[[{{{\",\"size\":1}");
     for (int i = 0; i < 100 * 29; i++)
         g_string_append_printf(
             json, ",{\"name\":\"d%d\",\"fields\":[{\"size\":4},{\"size\":8}],"
