@@ -31,6 +31,7 @@
 #include <string.h>
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 #include "mfd-parser.h"
 
 #define MFD_COMMON_HDR 12
@@ -50,6 +51,17 @@
  * library versions.  QPL, UADK and QATzip frame their data differently;
  * for them the bound is the 2 x 512 KiB QEMU's zstd receiver reserves. */
 #define MFD_BOUND_SLACK 4096u
+
+/* QEMU compresses each channel as one zstd stream from ZSTD_initCStream()
+ * at multifd-zstd-level (0..20, QEMU refuses more).  Its frame window is
+ * then zstd's for that level with an unknown size: 2^19 at level 1, 2^21
+ * at the default 3, 2^23 at 17..19 and 2^25 at 20 (measured with
+ * ZSTD_getFrameHeader() on libzstd 1.5.4).  The decoder reserves the window
+ * plus two blocks (32.5 MiB at 2^25), so libzstd's own limit of 2^27
+ * would let any peer take 128 MiB per channel.  A frame asking for more
+ * than QEMU's highest level is not QEMU's: the decoder refuses its header
+ * before reserving anything. */
+#define MFD_ZSTD_WINDOW_LOG_MAX 25
 
 typedef enum {
     M_INIT,      /* MultiFDInit_t */
@@ -164,6 +176,12 @@ set_error(MpMfdParser *p, MpParseErrorCode code, const char *fmt, ...)
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
+    /* the error is sticky: the decoder (up to 32.5 MiB) is of no more use
+     * while the relay forwards the rest of the channel */
+    ZSTD_freeDStream(p->zds);
+    p->zds = NULL;
+    g_clear_pointer(&p->dec_buf, g_free);
+    p->dec_cap = 0;
 }
 
 /* Copies header bytes until p->hdr_have == p->hdr_need.
@@ -424,10 +442,10 @@ static gboolean
 zstd_start_packet(MpMfdParser *p)
 {
     if (!p->zds) {
-        /* The decoder's window is bounded by libzstd's default limit
-         * (2^27 bytes), the same QEMU's receiver accepts. */
         p->zds = ZSTD_createDStream();
-        if (!p->zds || ZSTD_isError(ZSTD_initDStream(p->zds))) {
+        if (!p->zds || ZSTD_isError(ZSTD_initDStream(p->zds))
+            || ZSTD_isError(ZSTD_DCtx_setParameter(p->zds, ZSTD_d_windowLogMax,
+                                                   MFD_ZSTD_WINDOW_LOG_MAX))) {
             set_error(
                 p, MP_PARSE_ERROR_DECODE,
                 "cannot set up a zstd decoder for packet %" G_GUINT64_FORMAT
@@ -456,9 +474,13 @@ zstd_error(MpMfdParser *p, size_t r)
     set_error(p, MP_PARSE_ERROR_DECODE,
               "zstd data of packet %" G_GUINT64_FORMAT
               " (at offset %" G_GUINT64_FORMAT
-              ") is invalid in the chunk at offset %" G_GUINT64_FORMAT ": %s",
+              ") is invalid in the chunk at offset %" G_GUINT64_FORMAT ": %s%s",
               p->pkt.packet_num, p->pkt_start, p->rec_start,
-              ZSTD_getErrorName(r));
+              ZSTD_getErrorName(r),
+              ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge
+                  ? " (more than the 2^25 bytes of window QEMU's highest "
+                    "multifd-zstd-level uses)"
+                  : "");
     return TRUE;
 }
 

@@ -138,3 +138,35 @@ mp_rp_message_name(guint16 type)
     };
     return type < MP_RP_MSG__MAX ? names[type] : "UNKNOWN";
 }
+
+/* json-c's heap per value, measured with json-c 0.16 on x86-64 (peak RSS
+ * over parsing 2^17 to 2^20 copies of one value): an object about 890
+ * bytes (its hash table starts with 16 slots), an array or an object
+ * member 150 to 180, a scalar 70 to 90.  Rounded up; an array element
+ * counts its ',' and its own '[', so arrays of arrays count twice. */
+#define JSON_COST_OBJECT 1024
+#define JSON_COST_VALUE  192
+
+guint64
+mp_json_heap_estimate(const char *json, gsize len)
+{
+    guint64 objects = 0, values = 1;
+    gboolean in_string = FALSE;
+
+    for (gsize i = 0; i < len; i++) {
+        char ch = json[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = FALSE;
+        } else if (ch == '"') {
+            in_string = TRUE;
+        } else if (ch == '{') {
+            objects++;
+        } else if (ch == '[' || ch == ',') {
+            values++;
+        }
+    }
+    return objects * JSON_COST_OBJECT + values * JSON_COST_VALUE + len;
+}

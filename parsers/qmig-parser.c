@@ -20,6 +20,7 @@
 #define MAX_SECTIONS    65536
 #define MAX_CONFIG_NAME 4096
 #define MAX_VMDESC      (64u << 20)
+#define VMDESC_FIRST    (64u << 10) /* a q35 guest's is 44 KiB */
 #define MAX_CAPS        256
 
 typedef enum {
@@ -119,7 +120,7 @@ struct MpQmigParser {
 
     /* vmdesc */
     guint8 *vmdesc_buf;
-    guint32 vmdesc_len, vmdesc_have;
+    guint32 vmdesc_len, vmdesc_have, vmdesc_cap;
 
     /* opaque pass-through */
     guint64 opaque_from;
@@ -962,11 +963,10 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
                      "%s: VMDESCRIPTION of %u bytes at offset %" G_GUINT64_FORMAT
                      " (at most %u accepted)",
                      p->channel, p->vmdesc_len, p->rec_start, MAX_VMDESC);
-            p->vmdesc_buf = g_try_malloc(p->vmdesc_len + 1);
-            if (!p->vmdesc_buf)
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: no memory for a VMDESCRIPTION of %u bytes",
-                     p->channel, p->vmdesc_len);
+            /* the buffer grows as the JSON comes: four bytes of length
+             * alone must not reserve 64 MiB */
+            p->vmdesc_cap = MIN(p->vmdesc_len + 1, VMDESC_FIRST);
+            p->vmdesc_buf = g_malloc(p->vmdesc_cap);
             p->vmdesc_have = 0;
             p->state = Q_VMDESC;
             if (p->vmdesc_len)
@@ -974,6 +974,12 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
             goto vmdesc_done;
         case Q_VMDESC: {
             gsize n = MIN((gsize)(lim - pos), p->vmdesc_len - p->vmdesc_have);
+            if (p->vmdesc_have + n + 1 > p->vmdesc_cap) {
+                p->vmdesc_cap = MIN(MAX(2 * p->vmdesc_cap,
+                                        p->vmdesc_have + n + 1),
+                                    p->vmdesc_len + 1);
+                p->vmdesc_buf = g_realloc(p->vmdesc_buf, p->vmdesc_cap);
+            }
             memcpy(p->vmdesc_buf + p->vmdesc_have, pos, n);
             p->vmdesc_have += n;
             pos += n;

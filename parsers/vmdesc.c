@@ -88,6 +88,22 @@ vmsd_size(json_object *o, int depth)
 MpVmdesc *
 mp_vmdesc_new(const char *json, gsize len, GError **error)
 {
+    if (len > MP_VMDESC_MAX_SIZE) {
+        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_LENGTH,
+                    "vmdesc: %zu bytes of JSON (at most %u parsed)", len,
+                    MP_VMDESC_MAX_SIZE);
+        return NULL;
+    }
+    guint64 cost = mp_json_heap_estimate(json, len);
+    if (cost > MP_JSON_MAX_HEAP) {
+        g_set_error(
+            error, MP_PARSE_ERROR, MP_PARSE_ERROR_LENGTH,
+            "vmdesc: %zu bytes of JSON would take about %" G_GUINT64_FORMAT
+            " MiB to parse (at most %u MiB)",
+            len, cost >> 20, MP_JSON_MAX_HEAP >> 20);
+        return NULL;
+    }
+
     g_autoptr(MpVmdesc) vd = g_new0(MpVmdesc, 1);
     json_tokener *tok = json_tokener_new_ex(64);
     json_object *devices;

@@ -10,6 +10,7 @@
 
 #include <glib.h>
 #include <json-c/json.h>
+#include "parse-common.h"
 
 typedef struct {
     const char *name; /* section idstr */
@@ -22,7 +23,13 @@ typedef struct {
 
 typedef struct MpVmdesc MpVmdesc;
 
-/* Parses `len` bytes of JSON.  @return a new vmdesc (ref 1) or NULL. */
+/* A q35 guest's vmdesc is 44 KB and parses in 1.2 MB of heap: this bound
+ * and MP_JSON_MAX_HEAP leave a hundredfold margin. */
+#define MP_VMDESC_MAX_SIZE (16u << 20) /* bytes of JSON */
+
+/* Parses `len` bytes of JSON: at most MP_VMDESC_MAX_SIZE bytes, and no
+ * more values than fit MP_JSON_MAX_HEAP.  @return a new vmdesc (ref 1)
+ * or NULL with an error. */
 MpVmdesc *mp_vmdesc_new(const char *json, gsize len, GError **error);
 MpVmdesc *mp_vmdesc_ref(MpVmdesc *vd);
 void mp_vmdesc_unref(MpVmdesc *vd); /* accepts NULL */

@@ -138,6 +138,7 @@ struct MpAnalysis {
     char *opaque_why;
     gboolean eof, vmdesc_seen;
     MpVmdesc *vmdesc;
+    guint marks_left; /* page-mark chunks all blocks may still make */
 };
 
 static void
@@ -168,6 +169,7 @@ mp_analysis_new(void)
     a->anomalies = g_ptr_array_new_with_free_func(g_free);
     a->opaque_from = G_MAXUINT64;
     a->now_us = -1;
+    a->marks_left = MP_PAGE_MARKS_MAX_CHUNKS;
     return a;
 }
 
@@ -282,7 +284,7 @@ add_block(MpAnalysis *a, const MpRamBlockInfo *bi)
     b->index = a->block_order->len;
     b->size = bi->used_length;
     /* (marks made as pages come: the size is the stream's word only) */
-    b->marks = mp_page_marks_new();
+    b->marks = mp_page_marks_new_shared(&a->marks_left);
     g_hash_table_insert(a->blocks, b->name, b);
     g_ptr_array_add(a->block_order, b);
 }
@@ -393,7 +395,8 @@ count_page(MpAnalysis *a, guint channel, const char *block, guint64 addr,
     if (was & MP_PAGE_UNTRACKED) {
         if (!b->untracked)
             mp_analysis_anomaly(a,
-                                "block %s: pages over more than %u GiB of it; "
+                                "block %s: pages over more than %u GiB of "
+                                "guest RAM (all blocks together); "
                                 "from offset %" G_GUINT64_FORMAT " on, "
                                 "dirty and distinct pages are not counted "
                                 "for the rest",

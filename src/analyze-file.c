@@ -45,8 +45,10 @@ on_record(const MpRecord *rec, gpointer user_data)
     return MP_REC_CONTINUE;
 }
 
+/* The stream's vmdesc, or NULL: none, or one it will do without (an
+ * anomaly says why: too large to parse, malformed). */
 static MpVmdesc *
-find_vmdesc(const char *path, const MpInput *in)
+find_vmdesc(const char *path, const MpInput *in, MpAnalysis *analysis)
 {
     /* a zstd tail costs a pass over the whole file: take it once */
     gsize max = mp_input_is_compressed(in) ? TAIL_SEARCH : TAIL_FIRST;
@@ -59,8 +61,14 @@ find_vmdesc(const char *path, const MpInput *in)
         if (!tail)
             return NULL;
         const guint8 *t = g_bytes_get_data(tail, &size);
-        if (mp_vmdesc_locate(t, size, &off, &len))
-            return mp_vmdesc_new((const char *)t + off, len, NULL);
+        if (mp_vmdesc_locate(t, size, &off, &len)) {
+            MpVmdesc *vd = mp_vmdesc_new((const char *)t + off, len, &err);
+            if (!vd)
+                mp_analysis_anomaly(analysis,
+                                    "%s; device sections are not sliced",
+                                    err->message);
+            return vd;
+        }
         if (size < max || max == TAIL_SEARCH)
             return NULL; /* the whole file, or as far as we look */
     }
@@ -78,6 +86,28 @@ progress(const char *path, guint64 done, guint64 file_size, gboolean zst,
         fprintf(stderr, "\r%s: %5.1f%% %.1f GB, %.2f GB/s  ", path,
                 100.0 * done / file_size, done / 1e9,
                 s > 0 ? done / 1e9 / s : 0);
+}
+
+/* Reads the stream's first 8 bytes (magic and version) into the parser.
+ * @return FALSE with an error if they are not a stream header. */
+static gboolean
+check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
+{
+    guint8 hdr[8];
+    gsize have = 0, used;
+    gssize n;
+
+    while (have < sizeof(hdr)
+           && (n = mp_input_read(in, hdr + have, sizeof(hdr) - have, error))
+                  > 0)
+        have += n;
+    if (have < sizeof(hdr) && n < 0)
+        return FALSE;
+    *total += have;
+    if (mp_qmig_parser_feed(parser, hdr, have, &used, error) == MP_FEED_ERROR)
+        return FALSE;
+    /* a file shorter than a header ends here, with the parser's word */
+    return have == sizeof(hdr) || mp_qmig_parser_finish(parser, error);
 }
 
 json_object *
@@ -121,10 +151,16 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         }
         ctx.image = image;
     }
-    if (!opt->no_vmdesc)
-        vmdesc = find_vmdesc(path, in);
-
     parser = mp_qmig_parser_new("main", on_record, &ctx);
+    /* the header first: a file that is no stream is told so before a
+     * .zst is decompressed in full to find its vmdesc */
+    if (!check_header(in, parser, &total, &err)) {
+        mp_analysis_error(analysis, err);
+        *ok = FALSE;
+        goto done;
+    }
+    if (!opt->no_vmdesc)
+        vmdesc = find_vmdesc(path, in, analysis);
     if (vmdesc) {
         mp_qmig_parser_set_vmdesc(parser, vmdesc);
         mp_analysis_set_vmdesc(analysis, vmdesc);

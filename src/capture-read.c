@@ -4,8 +4,11 @@
  * page-request latency come out as the relay measured them live.
  */
 #include "config.h"
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <glib/gstdio.h>
 #include "capture-read.h"
@@ -17,13 +20,24 @@
 
 #define MAX_CHUNK   (64u << 20) /* the relay reads at most 1 MiB at once */
 #define TAIL_SEARCH (16u << 20) /* the vmdesc is well below this */
+/* index.json: 300 bytes a session and 400 a channel, so 40 000 channels;
+ * its parse is bounded by MP_JSON_MAX_HEAP too */
+#define MAX_INDEX_JSON (16u << 20)
+/* .idx entries read at once (64 KiB): an index is never read whole */
+#define IDX_WINDOW 4096u
+#define IDX_ENTRY  16u
 
 typedef struct {
     guint channel;
     MpDir dir;
     char *file;
     FILE *data;
-    guint8 *idx;
+    char *index;
+    int idx_fd;
+    guint8 *win; /* entries win_first .. win_first + win_n - 1 */
+    gsize win_first, win_n;
+    gsize checked; /* entries before this one were checked */
+    guint64 prev_time, prev_off;
     gsize chunks, next;
     guint64 size;
     char *end; /* NULL: the capture has no end for it */
@@ -93,25 +107,93 @@ jint(json_object *o, const char *key, gint64 dflt)
                                                       : dflt;
 }
 
+/* Entry i's fields; idx_load() made it readable. */
 static guint64
 chunk_time(const Cursor *c, gsize i)
 {
-    return mp_be64(c->idx + 16 * i);
+    return mp_be64(c->win + IDX_ENTRY * (i - c->win_first));
 }
 
 static guint64
 chunk_offset(const Cursor *c, gsize i)
 {
-    return i < c->chunks ? mp_be64(c->idx + 16 * i + 8) : c->size;
+    return i < c->chunks ? mp_be64(c->win + IDX_ENTRY * (i - c->win_first) + 8)
+                         : c->size;
 }
 
-/* Opens one direction's files and checks its index. */
+/* Opens `path` for reading if it is a regular file (a capture's files
+ * are: a FIFO would block, a device never end), with its size.
+ * @return the fd, or -1 with the reason in `why`. */
+static int
+open_regular(const char *path, guint64 *size, const char **why)
+{
+    struct stat st;
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        *why = g_strerror(errno);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *why = "not a regular file";
+        close(fd);
+        return -1;
+    }
+    *size = st.st_size;
+    return fd;
+}
+
+/* Makes entries i and i + 1 (when there is one) readable, reading
+ * IDX_WINDOW entries at i, and checks entries not seen yet: offsets from
+ * 0, growing and within the data file, times not going back.  A bad or
+ * unreadable entry ends the direction before it (c->chunks). */
+static void
+idx_load(Replay *r, Cursor *c, gsize i)
+{
+    if (i >= c->win_first && MIN(i + 2, c->chunks) <= c->win_first + c->win_n)
+        return;
+    gsize n = MIN(IDX_WINDOW, c->chunks - i);
+    ssize_t got = pread(c->idx_fd, c->win, n * IDX_ENTRY, (off_t)i * IDX_ENTRY);
+    if (got != (ssize_t)(n * IDX_ENTRY)) {
+        fail(r, "%s: cannot read entry %zu: %s", c->index, i,
+             got < 0 ? g_strerror(errno) : "the file shrank");
+        c->chunks = i;
+        c->win_n = 0;
+        return;
+    }
+    c->win_first = i;
+    c->win_n = n;
+    for (gsize k = MAX(i, c->checked); k < i + n; k++) {
+        guint64 t = chunk_time(c, k),
+                off = mp_be64(c->win + IDX_ENTRY * (k - i) + 8);
+        if (off > c->size || (k == 0 && off != 0)
+            || (k && (off < c->prev_off || t < c->prev_time))) {
+            fail(r,
+                 "%s: entry %zu (offset %" G_GUINT64_FORMAT
+                 ") is out of order or past the end of %s (%" G_GUINT64_FORMAT
+                 " bytes)",
+                 c->index, k, off, c->file, c->size);
+            c->chunks = k;
+            c->win_n = k - i;
+            return;
+        }
+        c->prev_time = t;
+        c->prev_off = off;
+        c->checked = k + 1;
+    }
+}
+
+/* Opens one direction's files; its index is read as the replay goes. */
 static gboolean
 open_cursor(Replay *r, Cursor *c, json_object *dj)
 {
-    g_autoptr(GError) err = NULL;
     const char *file = jstr(dj, "file"), *index = jstr(dj, "index");
-    gsize len = 0;
+    const char *why;
+    guint64 len;
+    int fd;
 
     if (!file || !index || strchr(file, '/') || strchr(index, '/')) {
         fail(r, "channel %u %s: no valid file names in index.json", c->channel,
@@ -119,37 +201,26 @@ open_cursor(Replay *r, Cursor *c, json_object *dj)
         return FALSE;
     }
     c->file = g_build_filename(r->dir, file, NULL);
-    g_autofree char *ipath = g_build_filename(r->dir, index, NULL);
-    if (!g_file_get_contents(ipath, (char **)&c->idx, &len, &err)) {
-        fail(r, "%s", err->message);
+    c->index = g_build_filename(r->dir, index, NULL);
+    c->idx_fd = open_regular(c->index, &len, &why);
+    if (c->idx_fd < 0) {
+        fail(r, "%s: %s", c->index, why);
         return FALSE;
     }
-    c->data = fopen(c->file, "rb");
-    struct stat st;
-    if (!c->data || fstat(fileno(c->data), &st) < 0) {
-        fail(r, "%s: %s", c->file, g_strerror(errno));
+    fd = open_regular(c->file, &c->size, &why);
+    if (fd < 0 || !(c->data = fdopen(fd, "rb"))) {
+        fail(r, "%s: %s", c->file, fd < 0 ? why : g_strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return FALSE;
     }
-    c->size = st.st_size;
-    c->chunks = len / 16;
-    if (len % 16)
+    c->win = g_malloc(IDX_WINDOW * IDX_ENTRY);
+    c->chunks = len / IDX_ENTRY;
+    if (len % IDX_ENTRY)
         fail(r,
-             "%s: %zu bytes, not a whole number of 16-byte entries "
-             "(the last one is ignored)",
+             "%s: %" G_GUINT64_FORMAT " bytes, not a whole number of "
+             "16-byte entries (the last one is ignored)",
              index, len);
-    for (gsize i = 0; i < c->chunks; i++) {
-        guint64 off = chunk_offset(c, i), next = chunk_offset(c, i + 1);
-        if (next < off || next > c->size || (i == 0 && off != 0)
-            || (i && chunk_time(c, i) < chunk_time(c, i - 1))) {
-            fail(r,
-                 "%s: entry %zu (offset %" G_GUINT64_FORMAT
-                 ") is out of order or past the end of %s (%" G_GUINT64_FORMAT
-                 " bytes)",
-                 index, i, off, file, c->size);
-            c->chunks = i;
-            break;
-        }
-    }
     return TRUE;
 }
 
@@ -159,7 +230,10 @@ cursor_clear(gpointer p)
     Cursor *c = p;
     if (c->data)
         fclose(c->data);
-    g_free(c->idx);
+    if (c->idx_fd >= 0)
+        close(c->idx_fd);
+    g_free(c->win);
+    g_free(c->index);
     g_free(c->file);
     g_free(c->end);
 }
@@ -186,6 +260,8 @@ next_cursor(Replay *r, gint64 *t)
     for (guint i = 0; i < r->cursors->len; i++) {
         Cursor *c = &g_array_index(r->cursors, Cursor, i);
         gint64 ct;
+        if (c->next < c->chunks)
+            idx_load(r, c, c->next); /* may end the direction there */
         if (c->next < c->chunks)
             ct = (gint64)chunk_time(c, c->next);
         else if (!c->end_done)
@@ -214,6 +290,13 @@ find_vmdesc(Replay *r, json_object *chans)
             continue;
         g_autofree char *path =
             g_build_filename(r->dir, jstr(dj, "file"), NULL);
+        g_autoptr(GError) err = NULL;
+        const char *why;
+        guint64 file_size;
+        int fd = open_regular(path, &file_size, &why);
+        if (fd < 0)
+            return NULL; /* open_cursor() says why */
+        close(fd);
         g_autoptr(GBytes) tail = mp_input_read_tail(path, TAIL_SEARCH, NULL);
         gsize size, off, len;
         if (!tail)
@@ -221,7 +304,12 @@ find_vmdesc(Replay *r, json_object *chans)
         const guint8 *t = g_bytes_get_data(tail, &size);
         if (!mp_vmdesc_locate(t, size, &off, &len))
             return NULL;
-        return mp_vmdesc_new((const char *)t + off, len, NULL);
+        MpVmdesc *vd = mp_vmdesc_new((const char *)t + off, len, &err);
+        if (!vd)
+            mp_analysis_anomaly(mp_relay_metrics_analysis(r->metrics),
+                                "%s; device sections are not sliced",
+                                err->message);
+        return vd;
     }
     return NULL;
 }
@@ -271,12 +359,73 @@ replay(Replay *r)
     mp_relay_metrics_finish(r->metrics, last, NULL);
 }
 
+/* index.json, if it is a regular file of at most MAX_INDEX_JSON bytes
+ * that json-c can parse within MP_JSON_MAX_HEAP.  @return the document
+ * or NULL with the reason in *why (g_free it). */
+static json_object *
+read_index(const char *path, char **why)
+{
+    const char *err;
+    guint64 size;
+    int fd = open_regular(path, &size, &err);
+
+    if (fd < 0) {
+        *why = g_strdup_printf("%s: %s", path, err);
+        return NULL;
+    }
+    if (size > MAX_INDEX_JSON) {
+        *why = g_strdup_printf("%s: %" G_GUINT64_FORMAT " bytes (at most %u "
+                               "read)",
+                               path, size, MAX_INDEX_JSON);
+        close(fd);
+        return NULL;
+    }
+    g_autofree char *text = g_malloc(size + 1);
+    gsize have = 0;
+    while (have < size) {
+        ssize_t n = read(fd, text + have, size - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        have += n;
+    }
+    close(fd);
+    if (have < size) {
+        *why = g_strdup_printf(
+            "%s: cannot read its %" G_GUINT64_FORMAT " bytes", path, size);
+        return NULL;
+    }
+    text[have] = 0;
+    guint64 cost = mp_json_heap_estimate(text, have);
+    if (cost > MP_JSON_MAX_HEAP) {
+        *why = g_strdup_printf(
+            "%s: %zu bytes of JSON would take about %" G_GUINT64_FORMAT
+            " MiB to parse (at most %u "
+            "MiB)",
+            path, have, cost >> 20, MP_JSON_MAX_HEAP >> 20);
+        return NULL;
+    }
+    json_tokener *tok = json_tokener_new();
+    json_object *doc = json_tokener_parse_ex(tok, text, (int)have);
+    if (json_tokener_get_error(tok) != json_tokener_success) {
+        *why = g_strdup_printf(
+            "%s: invalid JSON: %s", path,
+            json_tokener_error_desc(json_tokener_get_error(tok)));
+        json_object_put(doc);
+        doc = NULL;
+    }
+    json_tokener_free(tok);
+    return doc;
+}
+
 json_object *
 mp_capture_analyze(const char *dir, guint session, gboolean events,
                    gboolean *ok)
 {
     g_autofree char *ipath = g_build_filename(dir, "index.json", NULL);
-    json_object *index = json_object_from_file(ipath), *sessions = NULL;
+    g_autofree char *index_why = NULL;
+    json_object *index = read_index(ipath, &index_why), *sessions = NULL;
     json_object *sj = NULL, *chans = NULL;
     Replay r = {.dir = dir};
     json_object *numbers = json_object_new_array();
@@ -304,7 +453,10 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (events)
         mp_session_tap_set_record_func(r.tap, print_record, &r);
 
-    if (!index || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
+    if (index_why)
+        fail(&r, "%s", index_why);
+    else if (!index
+             || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
         fail(&r, "index.json is missing or not a migproxy capture index");
     else if (jint(index, "version", 0) != 1)
         fail(&r,
@@ -350,7 +502,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
         for (int d = 0; d < MP_DIR__MAX; d++) {
             if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
                 continue;
-            Cursor c = {.channel = channel, .dir = d};
+            Cursor c = {.channel = channel, .dir = d, .idx_fd = -1};
             if (!open_cursor(&r, &c, dj)) {
                 cursor_clear(&c);
                 continue;

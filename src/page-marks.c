@@ -16,6 +16,8 @@ struct MpPageMarks {
     GPtrArray *round_chunks; /* Chunk* with marks of the current round */
     guint64 last_no;        /* pages come in runs: the last chunk looked up */
     Chunk *last;
+    guint own_left; /* chunks these marks may still make, unless shared */
+    guint *left;    /* &own_left, or the budget of all blocks of a stream */
 };
 
 MpPageMarks *
@@ -27,6 +29,16 @@ mp_page_marks_new(void)
     m->chunks = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
                                       g_free);
     m->round_chunks = g_ptr_array_new();
+    m->own_left = MP_PAGE_MARKS_MAX_CHUNKS;
+    m->left = &m->own_left;
+    return m;
+}
+
+MpPageMarks *
+mp_page_marks_new_shared(guint *chunks_left)
+{
+    MpPageMarks *m = mp_page_marks_new();
+    m->left = chunks_left;
     return m;
 }
 
@@ -48,8 +60,9 @@ chunk_of(MpPageMarks *m, guint64 no)
         return m->last;
     Chunk *c = g_hash_table_lookup(m->chunks, &no);
     if (!c) {
-        if (g_hash_table_size(m->chunks) >= MP_PAGE_MARKS_MAX_CHUNKS)
+        if (*m->left == 0)
             return NULL;
+        (*m->left)--;
         c = g_new0(Chunk, 1);
         g_hash_table_insert(m->chunks, g_memdup2(&no, sizeof no), c);
     }

@@ -6,7 +6,8 @@
  * first marked, so memory follows the pages seen, not the block size the
  * stream claims: a hostile stream that announces a block of 2^64 bytes
  * costs nothing until it sends pages, and at most MP_PAGE_MARKS_MAX_CHUNKS
- * chunks (4 TiB of guest RAM, 256 MiB of marks) per block after that;
+ * chunks (4 TiB of guest RAM, 256 MiB of marks, 290 MiB with the hash
+ * table) per block, or per stream with mp_page_marks_new_shared();
  * pages past that are not tracked (mp_page_marks_mark() says so).
  */
 #pragma once
@@ -25,8 +26,14 @@ enum {
     MP_PAGE_UNTRACKED = 1u << 2, /* over the chunk limit: nothing known */
 };
 
-/* @return empty marks; free with mp_page_marks_free(). */
+/* @return empty marks that make at most MP_PAGE_MARKS_MAX_CHUNKS chunks;
+ * free with mp_page_marks_free(). */
 MpPageMarks *mp_page_marks_new(void);
+/* The same, making chunks while *chunks_left > 0 and counting them down:
+ * one budget for all blocks of a stream, which may list 4096 of them
+ * (ram-parser.c), bounds the stream's marks, not just each block's.
+ * *chunks_left must outlive the marks; freeing them gives nothing back. */
+MpPageMarks *mp_page_marks_new_shared(guint *chunks_left);
 void mp_page_marks_free(MpPageMarks *m); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPageMarks, mp_page_marks_free)
 

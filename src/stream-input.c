@@ -44,6 +44,11 @@ mp_input_open(const char *path, GError **error)
         && (magic[0] | magic[1] << 8 | magic[2] << 16 | (guint32)magic[3] << 24)
                == ZSTD_MAGIC) {
         in->zs = ZSTD_createDStream();
+        /* the window a frame may ask for, and so the decoder's memory: 2^27
+         * (128 MiB), libzstd's default, said here because the bound is
+         * documented (README); zstd --long and levels 20-22 need it */
+        ZSTD_DCtx_setParameter(in->zs, ZSTD_d_windowLogMax,
+                               MP_INPUT_ZSTD_WINDOW_LOG_MAX);
         in->zcap = ZSTD_DStreamInSize();
         in->zbuf = g_malloc(in->zcap);
         in->zin.src = in->zbuf;

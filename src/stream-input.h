@@ -6,6 +6,10 @@
 
 typedef struct MpInput MpInput;
 
+/* A .zst frame needing a larger window is refused (zstd's error names
+ * it): its decoder then holds at most 128 MiB plus two 128 KiB blocks. */
+#define MP_INPUT_ZSTD_WINDOW_LOG_MAX 27
+
 /* @return an open input, or NULL with an error naming the file. */
 MpInput *mp_input_open(const char *path, GError **error);
 void mp_input_free(MpInput *in); /* accepts NULL */

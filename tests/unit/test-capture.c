@@ -1,7 +1,11 @@
 /* test-capture.c: the relay's capture format (docs/capture-format.md),
  * written by MpCapture and read back by mp_capture_analyze. */
 #include "config.h"
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "analyze-file.h"
@@ -212,4 +216,135 @@ Test(capture, wrong_types_in_index)
         cr_assert(!ok, "%s taken", texts[i]);
         json_object_put(cap);
     }
+}
+
+/* ---- hostile capture directories: bounded memory, no hang ------------ */
+
+static guint64
+status_kib(const char *field)
+{
+    g_autofree char *status = NULL;
+    cr_assert(g_file_get_contents("/proc/self/status", &status, NULL, NULL));
+    g_autofree char *key = g_strdup_printf("\n%s:", field);
+    const char *l = strstr(status, key);
+    cr_assert(l, "no %s", field);
+    return g_ascii_strtoull(l + strlen(key), NULL, 10);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MP_ASAN 1
+#endif
+#endif
+
+/* Caps this test process's address space at its size now + `mib` (not
+ * under ASan, whose shadow memory is terabytes of address space), so a
+ * regression fails the test instead of taking the machine's memory. */
+static void
+limit_memory(guint mib)
+{
+#ifndef MP_ASAN
+    struct rlimit rl;
+    rl.rlim_cur = rl.rlim_max = (status_kib("VmSize") + mib * 1024ull) << 10;
+    cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+#else
+    (void)mib;
+#endif
+}
+
+/* The first error of the report. */
+static const char *
+first_error(json_object *cap)
+{
+    json_object *errs;
+    cr_assert(json_object_object_get_ex(cap, "errors", &errs));
+    cr_assert_geq(json_object_array_length(errs), 1);
+    return json_object_get_string(json_object_array_get_idx(errs, 0));
+}
+
+/* An .idx linked to /dev/zero (it grew analyze to 1 GB, read whole) and a
+ * FIFO as data file (opening it waited for a writer) are refused as not
+ * regular files, at once. */
+Test(capture, index_and_data_must_be_regular_files, .timeout = 30)
+{
+    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    write_capture(stream);
+    limit_memory(256);
+    g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
+    cr_assert_eq(g_unlink(idx), 0);
+    cr_assert_eq(symlink("/dev/zero", idx), 0);
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(!ok);
+    cr_assert(strstr(first_error(cap), "s1-c0-to-dst.idx: not a regular file"),
+              "%s", first_error(cap));
+    json_object_put(cap);
+
+    g_autofree char *bin = g_build_filename(dir, "s1-c1-to-dst.bin", NULL);
+    cr_assert_eq(g_unlink(bin), 0);
+    cr_assert_eq(mkfifo(bin, 0600), 0);
+    cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(!ok);
+    json_object *errs;
+    json_object_object_get_ex(cap, "errors", &errs);
+    cr_assert(strstr(json_object_to_json_string(errs),
+                     "s1-c1-to-dst.bin: not a regular file"),
+              "%s", json_object_to_json_string(errs));
+    json_object_put(cap);
+}
+
+/* A 16 MiB .idx (1 Mi entries of zero-length chunks, sparse) is read in
+ * 64 KiB windows: it was read whole (peak RSS +16 MiB; a 1 GB one, or
+ * /dev/zero, as much). */
+Test(capture, large_index_read_in_windows, .timeout = 120)
+{
+    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    write_capture(stream);
+    g_autofree char *idx = g_build_filename(dir, "s1-c1-to-dst.idx", NULL);
+    int fd = open(idx, O_WRONLY | O_TRUNC);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, 16u << 20), 0);
+    close(fd);
+    guint64 before = status_kib("VmHWM");
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    guint64 grown = status_kib("VmHWM") - before;
+    cr_assert(ok, "%s", json_object_to_json_string(cap));
+    cr_assert_lt(grown, 8u << 10, "peak RSS grew by %" G_GUINT64_FORMAT
+                 " KiB", grown);
+    json_object_put(cap);
+}
+
+/* index.json over 16 MiB, or one whose JSON would take json-c over
+ * MP_JSON_MAX_HEAP (3 MiB of "{}," took it about 900 MB), is refused
+ * with its size or the estimate. */
+Test(capture, index_json_bounded, .timeout = 30)
+{
+    g_autofree char *path = g_build_filename(dir, "index.json", NULL);
+    g_autoptr(GString) text = g_string_new("{\"format\": \"migproxy-capture\"");
+    while (text->len < (17u << 20))
+        g_string_append(text, "                                ");
+    g_string_append(text, "}");
+    cr_assert(g_file_set_contents(path, text->str, text->len, NULL));
+    limit_memory(256);
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(!ok);
+    cr_assert(strstr(first_error(cap), "index.json: 17825822 bytes (at most "
+                                       "16777216 read)"),
+              "%s", first_error(cap));
+    json_object_put(cap);
+
+    g_string_assign(text, "{\"format\": \"migproxy-capture\", \"x\": [");
+    while (text->len < (3u << 20))
+        g_string_append(text, "{},");
+    g_string_append(text, "{}]}");
+    cr_assert(g_file_set_contents(path, text->str, text->len, NULL));
+    cap = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(!ok);
+    cr_assert(strstr(first_error(cap), "MiB to parse (at most 128 MiB)"), "%s",
+              first_error(cap));
+    json_object_put(cap);
 }

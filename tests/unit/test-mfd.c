@@ -1191,3 +1191,43 @@ Test(mfd, finish_delivers_owed_pages)
                                            "mfd_page@6848+0\n"));
     g_string_free(c.log, TRUE);
 }
+
+/* One zstd packet of two pages from a channel stream with the given
+ * window, fed whole; @return the parser's log. */
+static char *
+zstd_window_log(int window_log)
+{
+    const guint64 offs[] = {0x1000, 0x2000};
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    g_autoptr(GByteArray) d = g_byte_array_new();
+    ZSTD_CStream *cs = zstd_channel_window(window_log);
+    gsize n = zstd_pages(cs, d, offs, 2);
+    ZSTD_freeCStream(cs);
+
+    init_msg(b, 1, MP_MULTIFD_MAGIC, MP_MULTIFD_VERSION);
+    packet(b, &(Pkt){MP_MULTIFD_FLAG_ZSTD, 128, 2, 0, n, 1, "pc.ram", offs});
+    g_byte_array_append(b, d->data, n);
+    return feed_log(&mfd_ops, b->data, b->len, 0, 0);
+}
+
+/* QEMU's highest multifd-zstd-level (20) writes frames with a 2^25 window:
+ * decoded.  A frame asking for 2^26 is no QEMU's and would make the
+ * decoder reserve 64 MiB (libzstd alone accepts 2^27): refused at its
+ * header, naming the packet and the chunk.  (Before the limit, the 2^26
+ * frame was decoded.) */
+Test(mfd, zstd_window_limited_to_qemu_levels)
+{
+    g_autofree char *ok = zstd_window_log(25);
+    cr_assert(g_str_has_suffix(ok, "MORE\n"), "%s", ok);
+    cr_assert(strstr(ok, "mfd_page"), "%s", ok);
+
+    g_autofree char *big = zstd_window_log(26);
+    g_autofree char *want = g_strdup_printf(
+        "ERROR %d " CHANNEL ": zstd data of packet 1 (at offset 64) is "
+        "invalid in the chunk at offset %u: ",
+        MP_PARSE_ERROR_DECODE, 64 + HDR);
+    cr_assert(strstr(big, want), "%s", big);
+    cr_assert(strstr(big, "more than the 2^25 bytes of window QEMU's "
+                          "highest multifd-zstd-level uses"),
+              "%s", big);
+}

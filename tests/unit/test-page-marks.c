@@ -55,3 +55,24 @@ Test(page_marks, bounded)
     mp_page_marks_next_round(m);
     cr_assert_eq(mp_page_marks_mark(m, 1), MP_PAGE_SENT_BEFORE);
 }
+
+/* Blocks of one stream share a chunk budget: a stream listing 4096 blocks
+ * could otherwise make 2^18 chunks (290 MiB) in each. */
+Test(page_marks, shared_budget)
+{
+    guint left = 3;
+    g_autoptr(MpPageMarks) a = mp_page_marks_new_shared(&left);
+    g_autoptr(MpPageMarks) b = mp_page_marks_new_shared(&left);
+
+    cr_assert_eq(mp_page_marks_mark(a, 0), 0);
+    cr_assert_eq(mp_page_marks_mark(a, MP_PAGE_MARKS_CHUNK), 0);
+    cr_assert_eq(mp_page_marks_mark(b, 5), 0);
+    cr_assert_eq(left, 0);
+    /* chunks made go on; new ones, in either block, are not made */
+    cr_assert_eq(mp_page_marks_mark(a, 1), 0);
+    cr_assert_eq(mp_page_marks_mark(b, 5), MP_PAGE_SENT_THIS_ROUND);
+    cr_assert_eq(mp_page_marks_mark(a, 2 * MP_PAGE_MARKS_CHUNK),
+                 MP_PAGE_UNTRACKED);
+    cr_assert_eq(mp_page_marks_mark(b, MP_PAGE_MARKS_CHUNK),
+                 MP_PAGE_UNTRACKED);
+}

@@ -2379,3 +2379,124 @@ Test(qmig, golden_idle_7_2, .timeout = 90)
                                      "65536"),
               "%s", last);
 }
+
+/* Address space of this process (VmSize), which a reservation grows even
+ * before it is touched. */
+static guint64
+vm_size_kib(void)
+{
+    g_autofree char *status = NULL;
+    cr_assert(g_file_get_contents("/proc/self/status", &status, NULL, NULL));
+    const char *l = strstr(status, "\nVmSize:");
+    cr_assert(l);
+    return g_ascii_strtoull(l + 8, NULL, 10);
+}
+
+/* A vmdesc length of 64 MiB followed by 1000 bytes costs about 1000
+ * bytes, not 64 MiB reserved at the length (it did before the buffer
+ * grew with the data: VmSize +65536 KiB). */
+Test(qmig, vmdesc_length_reserves_nothing_before_data)
+{
+    g_autoptr(Vec) v = vec_new();
+    v_header(v);
+    v_eof(v);
+    put_u8(v->b, MP_QMIG_VMDESCRIPTION);
+    put_be32(v->b, 64u << 20);
+    put_u8(v->b, '{');
+    for (int i = 0; i < 999; i++)
+        put_u8(v->b, ' ');
+
+    g_autoptr(MpQmigParser) p = mp_qmig_parser_new(CH, ignore_record, NULL);
+    guint64 before = vm_size_kib();
+    gsize used;
+    cr_assert_eq(mp_qmig_parser_feed(p, v->b->data, v->b->len, &used, NULL),
+                 MP_FEED_MORE);
+    cr_assert_eq(used, v->b->len);
+    guint64 grown = vm_size_kib() - before;
+    cr_assert_lt(grown, 8192, "VmSize grew by %" G_GUINT64_FORMAT " KiB",
+                 grown);
+}
+
+/* A vmdesc larger than the first buffer, split anywhere, comes out
+ * whole. */
+Test(qmig, vmdesc_grows_as_it_comes)
+{
+    g_autoptr(Vec) v = vec_new();
+    g_autoptr(GString) json = g_string_new("{\"devices\": [");
+    for (int i = 0; i < 20000; i++)
+        g_string_append_printf(json, "%s{\"name\": \"d%d\", \"size\": 0}",
+                               i ? ", " : "", i);
+    g_string_append(json, "]}");
+    cr_assert_gt(json->len, 256u << 10);
+    v_header(v);
+    v_eof(v);
+    v_vmdesc(v, json->str);
+    g_string_append(v->ex, "END\n");
+    const gsize chunks[] = {0, 1000, 65535, 65537, 100000};
+    for (guint i = 0; i < G_N_ELEMENTS(chunks); i++) {
+        g_autofree char *log =
+            feed_log(&qmig_ops, v->b->data, v->b->len, chunks[i], 0);
+        cr_assert(g_str_equal(log, v->ex->str), "chunk %zu: %.300s",
+                  chunks[i], log);
+    }
+}
+
+/* Peak RSS of this process in KiB (VmHWM). */
+static guint64
+vm_hwm_kib(void)
+{
+    g_autofree char *status = NULL;
+    cr_assert(g_file_get_contents("/proc/self/status", &status, NULL, NULL));
+    const char *l = strstr(status, "\nVmHWM:");
+    cr_assert(l);
+    return g_ascii_strtoull(l + 7, NULL, 10);
+}
+
+/* A vmdesc that would cost json-c more than MP_VMDESC_MAX_HEAP (15 MiB of
+ * "[],": 778 MB and seconds before the bound) is refused before json-c
+ * sees it, naming the estimate; one over MP_VMDESC_MAX_SIZE too.  A real
+ * vmdesc scaled 100 times (a q35 guest's devices, 4.4 MB) still parses. */
+Test(qmig, vmdesc_parse_bounded)
+{
+    g_autoptr(GString) json = g_string_new("{\"devices\":[");
+    while (json->len < (15u << 20))
+        g_string_append(json, "[],");
+    g_string_append(json, "[]]}");
+
+    guint64 before = vm_hwm_kib();
+    g_autoptr(GError) err = NULL;
+    MpVmdesc *vd = mp_vmdesc_new(json->str, json->len, &err);
+    cr_assert_null(vd);
+    cr_assert(err && err->code == MP_PARSE_ERROR_LENGTH);
+    cr_assert(strstr(err->message, "vmdesc: 15728644 bytes of JSON would "
+                                   "take about 1935 MiB to parse (at most "
+                                   "128 MiB)"),
+              "%s", err->message);
+    cr_assert_lt(vm_hwm_kib() - before, 16384);
+
+    g_string_set_size(json, 0);
+    g_string_append(json, "{\"devices\":[],\"x\":\"");
+    while (json->len <= MP_VMDESC_MAX_SIZE)
+        g_string_append(json, "0123456789abcdef");
+    g_string_append(json, "\"}");
+    g_clear_error(&err);
+    cr_assert_null(mp_vmdesc_new(json->str, json->len, &err));
+    cr_assert(strstr(err->message, "(at most 16777216 parsed)"), "%s",
+              err->message);
+
+    /* strings hide brackets from the estimate, escapes included */
+    g_string_set_size(json, 0);
+    g_string_append(json,
+                    "{\"devices\":[{\"name\":\"a\\\"[[[{{{\",\"size\":1}");
+    for (int i = 0; i < 100 * 29; i++)
+        g_string_append_printf(
+            json, ",{\"name\":\"d%d\",\"fields\":[{\"size\":4},{\"size\":8}],"
+                  "\"subsections\":[{\"vmsd_name\":\"s\",\"fields\":"
+                  "[{\"size\":1}]}]}",
+            i);
+    g_string_append(json, "]}");
+    vd = mp_vmdesc_new(json->str, json->len, &err);
+    cr_assert_not_null(vd);
+    cr_assert_eq(mp_vmdesc_n_devices(vd), 1 + 100 * 29);
+    mp_vmdesc_unref(vd);
+}
