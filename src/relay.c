@@ -61,6 +61,7 @@ typedef struct {
     GInetAddress *host;     /* the peer's address (IPv4-mapped: IPv4) */
     gsize tls_hello;        /* TLS main: bytes of its ClientHello record */
     gboolean waits_for_main;
+    gboolean waits_for_turn; /* passed, behind an earlier connection */
     gboolean closed;
 } Conn;
 
@@ -189,6 +190,8 @@ schedule_reap(MpRelay *r)
         r->reap_id = g_idle_add(reap, r);
 }
 
+static void schedule_admit(MpRelay *r);
+
 static void
 bury(Conn *c)
 {
@@ -196,6 +199,7 @@ bury(Conn *c)
     g_ptr_array_remove(c->relay->pending, c);
     g_ptr_array_add(c->relay->dead, c);
     schedule_reap(c->relay);
+    schedule_admit(c->relay); /* one waiting for its turn may go */
 }
 
 /* A pending connection that will not be relayed. */
@@ -339,6 +343,7 @@ join(Session *s, Conn *c, MpChanKind kind)
 
     stop_timers(c);
     g_ptr_array_remove(r->pending, c);
+    schedule_admit(r); /* one waiting for its turn may go */
     c->session = s;
     c->index = s->conns->len;
     c->waits_for_main = FALSE;
@@ -389,8 +394,6 @@ connect_next(Session *s)
                                      : DEFAULT_TIMEOUT_MS);
     }
 }
-
-static void schedule_admit(MpRelay *r);
 
 /* The first pending connection from the main channel's host accepted
  * after it (QEMU 7.2 opens its preempt channel there), or 0. */
@@ -670,6 +673,23 @@ is_pending(Conn *c)
            && g_ptr_array_find(c->relay->pending, c, NULL);
 }
 
+/* Is a connection from the migration's host, accepted after its main
+ * channel and before `c`, still undecided?  Channels join in the order
+ * they were accepted (QEMU 7.2's destination counts them in that order),
+ * and a client that connects after QEMU's channel cannot take its
+ * multifd id by speaking first. */
+static gboolean
+earlier_undecided(MpRelay *r, Session *s, Conn *c)
+{
+    for (guint i = 0; i < r->pending->len; i++) {
+        Conn *p = g_ptr_array_index(r->pending, i);
+        if (p != c && p->id > s->main->id && p->id < c->id
+            && mp_admit_same_host(p->host, s->main->host))
+            return TRUE;
+    }
+    return FALSE;
+}
+
 /* A channel of the running session, if its checks let it in. */
 static void
 join_checked(Session *s, Conn *c, const MpAdmitInfo *info, MpChanKind kind)
@@ -679,6 +699,13 @@ join_checked(Session *s, Conn *c, const MpAdmitInfo *info, MpChanKind kind)
     if (c->id < s->main->id) {
         reject(c, "a %s channel accepted before the migration's main channel",
                mp_chan_kind_name(kind));
+        return;
+    }
+    if (mp_admit_same_host(c->host, s->main->host)
+        && earlier_undecided(s->relay, s, c)) {
+        /* looked at again when that one is decided (schedule_admit) */
+        c->waits_for_turn = TRUE;
+        mp_relay_channel_watch(c->ch, FALSE);
         return;
     }
     if (!mp_admit_session_join(s->admit, c->host, info, why, sizeof why)) {
@@ -856,9 +883,21 @@ pending_timeout(gpointer user_data)
                    : DEFAULT_TIMEOUT_MS;
 
     c->deadline = 0;
+    if (c->waits_for_turn) {
+        /* it passed; the one it waits for has a deadline of its own,
+         * reached about now (accepted a moment earlier) */
+        c->waits_for_turn = FALSE;
+        consider(c);
+        /* still waiting, or now for something else (its session ended):
+         * a deadline of its own again, so nothing waits forever */
+        if (is_pending(c) && !c->deadline)
+            c->deadline = g_timeout_add(REPEEK_MS, pending_timeout, c);
+        return G_SOURCE_REMOVE;
+    }
     if (c->waits_for_main)
         reject(c, "a multifd channel whose main channel never came (%u ms)",
                ms);
+
     else if (n > 0) {
         g_autofree char *hex = hex_preview(buf, n);
         reject(c, "sent only %zd bytes (%s), not enough to tell a migration "

@@ -164,3 +164,33 @@ Test(session_tap, garbage_after_the_header_is_partial)
     cr_assert_eq(json_object_array_length(v), 1);
     json_object_put(rep);
 }
+
+/* The relay tells the kind it checked: a channel joined as 7.2's silent
+ * preempt channel is "preempt" before any byte, and a multifd channel is
+ * parsed as one even though no main channel came first. */
+Test(session_tap, kind_told_by_the_relay)
+{
+    MpRelayMetricsConfig cfg = {.session = 1};
+    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+
+    mp_session_tap_add(t, 0, "test", 0);
+    mp_session_tap_set_kind(t, 0, MP_CHAN_MULTIFD, 0);
+    mp_session_tap_add(t, 1, "test", 0);
+    mp_session_tap_set_kind(t, 1, MP_CHAN_PREEMPT, 0);
+    cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MULTIFD);
+    cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
+    /* told once: bytes that look like another kind change nothing */
+    mp_session_tap_set_kind(t, 1, MP_CHAN_MAIN, 1);
+    mp_session_tap_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
+    cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
+    mp_relay_metrics_finish(m, 3, NULL);
+    json_object *rep = mp_relay_metrics_report(m), *ch;
+    json_object_object_get_ex(rep, "channels", &ch);
+    json_object *k;
+    json_object_object_get_ex(json_object_array_get_idx(ch, 0), "kind", &k);
+    cr_assert_str_eq(json_object_get_string(k), "multifd");
+    json_object_object_get_ex(json_object_array_get_idx(ch, 1), "kind", &k);
+    cr_assert_str_eq(json_object_get_string(k), "preempt");
+    json_object_put(rep);
+}
