@@ -146,6 +146,8 @@ file_name(guint session, guint channel, MpDir dir, const char *ext)
                            ext);
 }
 
+#define NO_OFFSET G_MAXUINT64 /* the file could not be created: `why` names it */
+
 /* Records the first error; later ones (a full disk fails every write
  * after the first) add nothing. */
 static void
@@ -156,7 +158,7 @@ fail(MpCapture *c, guint session, const char *file, guint64 offset,
 
     g_mutex_lock(&c->lock);
     if (!c->error) {
-        if (file)
+        if (file && offset != NO_OFFSET)
             msg = g_strdup_printf("capture %s: %s at offset %" G_GUINT64_FORMAT
                                   ": %s (the capture stops here; the relay "
                                   "goes on)",
@@ -167,7 +169,7 @@ fail(MpCapture *c, guint session, const char *file, guint64 offset,
                                   c->dir, why);
         c->error = g_error_new_literal(G_FILE_ERROR, G_FILE_ERROR_FAILED, msg);
         c->error_file = g_strdup(file);
-        c->error_offset = offset;
+        c->error_offset = offset == NO_OFFSET ? 0 : offset;
         c->error_session = session;
         g_atomic_int_set(&c->failed, 1);
     }
@@ -287,7 +289,7 @@ open_files(MpCapture *c, WSession *s, WChan *ch)
                 file_name(s->number, ch->channel, d, k ? "idx" : "bin");
             int fd = mp_out_file_create(c->dirfd, name, &err);
             if (fd < 0) {
-                fail(c, s->number, name, 0, err->message);
+                fail(c, s->number, name, NO_OFFSET, err->message);
                 return;
             }
             *(k ? &ch->dir[d].idx : &ch->dir[d].data) = fd;

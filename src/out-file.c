@@ -73,9 +73,13 @@ mp_out_dir_open(const char *path, gboolean must_be_empty, GError **error)
     else if (errno != EEXIST)
         return set_errno_error(error, errno, "%s", p);
     int fd = open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return set_errno_error(error, errno == ENOTDIR ? EEXIST : errno,
-                               "%s", p);
+    if (fd < 0) {
+        int e = errno;
+        struct stat lst;
+        if (lstat(p, &lst) == 0 && S_ISLNK(lst.st_mode))
+            e = ELOOP; /* "is a symbolic link" */
+        return set_errno_error(error, e, "%s", p);
+    }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
