@@ -18,6 +18,7 @@
  */
 #include "config.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 #include "capture.h"
@@ -254,6 +255,21 @@ session_json(MpCapture *c, const WSession *s)
     return so;
 }
 
+/* On a full disk the new s<S>.json has no room, but the old one's blocks
+ * (a file system allocates whole blocks, and the text grows by a line or
+ * two) take the last word: written over in place. */
+static gboolean
+overwrite(MpCapture *c, const char *name, const char *text)
+{
+    int fd = openat(c->dirfd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    int e = 0;
+    if (fd < 0)
+        return FALSE;
+    gboolean ok = write_all(fd, text, strlen(text), &e)
+                  && ftruncate(fd, (off_t)strlen(text)) == 0;
+    return close(fd) == 0 && ok;
+}
+
 /* s<S>.json, replaced whole (a reader never sees half of it). */
 static void
 write_session(MpCapture *c, const WSession *s)
@@ -264,7 +280,9 @@ write_session(MpCapture *c, const WSession *s)
     const char *text =
         json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY);
 
-    if (!mp_out_file_replace(c->dirfd, name, text, strlen(text), &err))
+    if (!mp_out_file_replace(c->dirfd, name, text, strlen(text), &err)
+        && !(g_error_matches(err, G_FILE_ERROR, G_FILE_ERROR_NOSPC)
+             && overwrite(c, name, text)))
         fail(c, s->number, NULL, 0, err->message);
     json_object_put(doc);
 }
