@@ -32,7 +32,6 @@ typedef enum {
     JOB_DATA,
     JOB_END,
     JOB_SESSION_END,
-    JOB_STOP, /* the queue overflowed */
 } JobType;
 
 typedef struct {
@@ -40,6 +39,7 @@ typedef struct {
     guint session, channel;
     MpDir dir;
     MpChanKind kind;
+    gboolean no_files; /* JOB_CHANNEL after the capture stopped */
     gint64 time_us, wall_us;
     char *text; /* peer, how it ended */
     MpCaptureDone done;
@@ -92,9 +92,12 @@ struct MpCapture {
     guint error_session;
     GPtrArray *notify; /* GSource*, done() not yet run */
 
-    gint failed;      /* atomic: an error was recorded */
-    gboolean stopped; /* main loop only: no more data is queued */
-    GHashTable *sessions; /* thread only: number -> WSession* */
+    gint failed;           /* atomic: an error was recorded */
+    gboolean stopped;      /* main only: no more data is queued */
+    gboolean overflowed;   /* main only: the queue was full */
+    GHashTable *queued_at; /* main only: (session, channel, dir) -> bytes */
+    gboolean wfailed;      /* thread only: its writes stopped */
+    GHashTable *sessions;  /* thread only: number -> WSession* */
 };
 
 typedef struct {
@@ -177,6 +180,15 @@ fail(MpCapture *c, guint session, const char *file, guint64 offset,
     g_mutex_unlock(&c->lock);
     if (msg)
         g_warning("%s", msg);
+}
+
+/* An error of the writer thread: it writes no more data. */
+static void
+wfail(MpCapture *c, guint session, const char *file, guint64 offset,
+      const char *why)
+{
+    c->wfailed = TRUE;
+    fail(c, session, file, offset, why);
 }
 
 static gboolean
@@ -283,7 +295,7 @@ write_session(MpCapture *c, const WSession *s)
     if (!mp_out_file_replace(c->dirfd, name, text, strlen(text), &err)
         && !(g_error_matches(err, G_FILE_ERROR, G_FILE_ERROR_NOSPC)
              && overwrite(c, name, text)))
-        fail(c, s->number, NULL, 0, err->message);
+        wfail(c, s->number, NULL, 0, err->message);
     json_object_put(doc);
 }
 
@@ -307,7 +319,7 @@ open_files(MpCapture *c, WSession *s, WChan *ch)
                 file_name(s->number, ch->channel, d, k ? "idx" : "bin");
             int fd = mp_out_file_create(c->dirfd, name, &err);
             if (fd < 0) {
-                fail(c, s->number, name, NO_OFFSET, err->message);
+                wfail(c, s->number, name, NO_OFFSET, err->message);
                 return;
             }
             *(k ? &ch->dir[d].idx : &ch->dir[d].data) = fd;
@@ -325,8 +337,8 @@ close_dir(MpCapture *c, WSession *s, WChan *ch, MpDir d)
         if (*fd >= 0 && close(*fd) < 0) {
             g_autofree char *name =
                 file_name(s->number, ch->channel, d, k ? "idx" : "bin");
-            fail(c, s->number, name, k ? 16 * w->chunks : w->bytes,
-                 g_strerror(errno));
+            wfail(c, s->number, name, k ? 16 * w->chunks : w->bytes,
+                  g_strerror(errno));
         }
         *fd = -1;
     }
@@ -339,8 +351,8 @@ write_chunk(MpCapture *c, WSession *s, WChan *ch, const Job *j)
     guint8 rec[16];
     int e = 0;
 
-    if (w->data < 0 || w->idx < 0 || g_atomic_int_get(&c->failed))
-        return;
+    if (w->data < 0 || w->idx < 0 || c->wfailed)
+        return; /* after an overflow, what was queued is still written */
     mp_put_be64(rec, (guint64)MAX(j->time_us - s->start_us, 0));
     mp_put_be64(rec + 8, w->bytes);
     if (!write_all(w->data, j->data, j->len, &e)) {
@@ -350,7 +362,7 @@ write_chunk(MpCapture *c, WSession *s, WChan *ch, const Job *j)
             g_warning("capture %s: %s: cannot cut back to %" G_GUINT64_FORMAT
                       " bytes: %s",
                       c->dir, name, w->bytes, g_strerror(errno));
-        fail(c, s->number, name, w->bytes, g_strerror(e));
+        wfail(c, s->number, name, w->bytes, g_strerror(e));
         return;
     }
     if (!write_all(w->idx, rec, sizeof(rec), &e)) {
@@ -360,7 +372,7 @@ write_chunk(MpCapture *c, WSession *s, WChan *ch, const Job *j)
             g_warning("capture %s: %s: cannot cut back the chunk that has no "
                       "entry: %s",
                       c->dir, name, g_strerror(errno));
-        fail(c, s->number, name, 16 * w->chunks, g_strerror(e));
+        wfail(c, s->number, name, 16 * w->chunks, g_strerror(e));
         return;
     }
     w->bytes += j->len;
@@ -448,7 +460,7 @@ run_job(MpCapture *c, Job *j)
         ch->open_us = j->time_us - s->start_us;
         for (int d = 0; d < MP_DIR__MAX; d++)
             ch->dir[d].data = ch->dir[d].idx = -1;
-        if (!g_atomic_int_get(&c->failed))
+        if (!c->wfailed && !j->no_files)
             open_files(c, s, ch);
         while (s->chans->len <= j->channel)
             g_ptr_array_add(s->chans, NULL);
@@ -474,24 +486,13 @@ run_job(MpCapture *c, Job *j)
         close_dir(c, s, ch, j->dir);
         write_session(c, s);
         break;
-    case JOB_STOP: {
-        g_autofree char *why = g_strdup_printf(
-            "the disk did not keep up: more than %u MiB waiting to be "
-            "written",
-            MP_CAPTURE_QUEUE_LIMIT >> 20);
-        g_autofree char *name =
-            ch ? file_name(j->session, j->channel, j->dir, "bin") : NULL;
-        fail(c, j->session, name, ch ? ch->dir[j->dir].bytes : 0, why);
-        if (s)
-            write_session(c, s);
-        break;
-    }
     case JOB_SESSION_END:
         if (s) {
             end_session(c, s, TRUE);
             g_hash_table_remove(c->sessions, GUINT_TO_POINTER(j->session));
         }
-        notify(c, j);
+        if (j->done || j->destroy)
+            notify(c, j);
         break;
     }
 }
@@ -590,6 +591,8 @@ mp_capture_new(const char *dir, const char *listen, const char *to,
     g_queue_init(&c->jobs);
     c->notify = g_ptr_array_new();
     c->sessions = g_hash_table_new_full(NULL, NULL, NULL, wsession_free);
+    c->queued_at = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
+                                         g_free);
     c->thread = g_thread_new("capture", writer_thread, c);
     return c;
 }
@@ -612,6 +615,7 @@ mp_capture_free(MpCapture *c)
     }
     g_ptr_array_free(c->notify, TRUE);
     g_hash_table_destroy(c->sessions);
+    g_hash_table_destroy(c->queued_at);
     g_queue_clear(&c->jobs);
     g_clear_error(&c->error);
     g_free(c->error_file);
@@ -640,6 +644,7 @@ mp_capture_channel(MpCapture *c, guint session, guint channel, const char *peer,
 {
     Job *j = job_new(JOB_CHANNEL, session, channel, 0);
     j->text = g_strdup(peer);
+    j->no_files = c->stopped || g_atomic_int_get(&c->failed);
     j->time_us = now_us;
     push(c, j);
 }
@@ -652,6 +657,20 @@ mp_capture_kind(MpCapture *c, guint session, guint channel, MpChanKind kind)
     push(c, j);
 }
 
+/* Where the next chunk of (session, channel, dir) goes in its .bin. */
+static guint64 *
+queued_at(MpCapture *c, guint session, guint channel, MpDir dir)
+{
+    guint64 key = (guint64)session << 33 | (guint64)channel << 1 | dir;
+    guint64 *v = g_hash_table_lookup(c->queued_at, &key);
+    if (!v) {
+        v = g_new0(guint64, 2);
+        v[1] = key; /* the key lives in the value */
+        g_hash_table_insert(c->queued_at, &v[1], v);
+    }
+    return v;
+}
+
 void
 mp_capture_data(MpCapture *c, guint session, guint channel, MpDir dir,
                 const guint8 *buf, gsize len, gint64 now_us)
@@ -662,17 +681,26 @@ mp_capture_data(MpCapture *c, guint session, guint channel, MpDir dir,
         c->stopped = TRUE; /* nothing more would be written */
         return;
     }
+    guint64 *at = queued_at(c, session, channel, dir);
     g_mutex_lock(&c->lock);
     gboolean full = c->queued + sizeof(Job) + len > MP_CAPTURE_QUEUE_LIMIT;
     g_mutex_unlock(&c->lock);
-    Job *j = job_new(full ? JOB_STOP : JOB_DATA, session, channel,
-                     full ? 0 : len);
+    if (full) {
+        /* what is queued is still written: the capture ends at `at` */
+        g_autofree char *name = file_name(session, channel, dir, "bin");
+        g_autofree char *why = g_strdup_printf(
+            "the disk did not keep up: more than %u MiB waiting to be "
+            "written",
+            MP_CAPTURE_QUEUE_LIMIT >> 20);
+        fail(c, session, name, *at, why);
+        c->stopped = c->overflowed = TRUE;
+        return;
+    }
+    Job *j = job_new(JOB_DATA, session, channel, len);
     j->dir = dir;
     j->time_us = now_us;
-    if (full)
-        c->stopped = TRUE; /* what is queued is written, then it stops */
-    else
-        memcpy(j->data, buf, len);
+    memcpy(j->data, buf, len);
+    *at += len;
     push(c, j);
 }
 
@@ -687,6 +715,12 @@ mp_capture_end(MpCapture *c, guint session, guint channel, MpDir dir,
     push(c, j);
 }
 
+static gboolean
+same_session(gpointer key, gpointer value, gpointer user_data)
+{
+    return *(guint64 *)key >> 33 == GPOINTER_TO_UINT(user_data);
+}
+
 void
 mp_capture_session_end(MpCapture *c, guint session, gint64 now_us,
                        MpCaptureDone done, gpointer data,
@@ -697,6 +731,14 @@ mp_capture_session_end(MpCapture *c, guint session, gint64 now_us,
     j->done = done;
     j->done_data = data;
     j->destroy = destroy;
+    g_hash_table_foreach_remove(c->queued_at, same_session,
+                                GUINT_TO_POINTER(session));
+    if (c->overflowed) {
+        /* the thread is behind, maybe stuck on the disk: the session's
+         * report need not wait for it (the capture already failed) */
+        notify(c, j);
+        j->done = NULL;
+    }
     push(c, j);
 }
 

@@ -41,6 +41,8 @@ typedef struct {
 static struct {
     char *dir;
     char *tmpfs; /* mounted here, or NULL */
+    char *loop;  /* an ext4 image mounted here, or NULL */
+    gboolean frozen;
     Relay *relay;
     GSocket *dst;
     GThread *dst_thread;
@@ -215,6 +217,8 @@ source_pieces(guint16 port, gsize extra, gsize piece)
         g_socket_client_connect_to_host(c, hp, 0, NULL, NULL);
     cr_assert_not_null(conn, "connect %s", hp);
     GSocket *s = g_socket_connection_get_socket(conn);
+    /* a relay that stalls fails the test instead of hanging it */
+    g_socket_set_timeout(s, WAIT_MS / 1000);
     cr_assert_eq(g_socket_send(s, (const char *)qevm, 8, NULL, NULL), 8);
     g_autofree guint8 *buf = g_malloc(65536);
     for (gsize i = 0; i < 65536; i++)
@@ -222,7 +226,7 @@ source_pieces(guint16 port, gsize extra, gsize piece)
     while (extra) {
         gssize n =
             g_socket_send(s, (const char *)buf, MIN(extra, piece), NULL, NULL);
-        cr_assert_gt(n, 0);
+        cr_assert_gt(n, 0, "the relay stopped reading");
         extra -= n;
         if (piece < 65536)
             g_usleep(1000); /* read as many chunks */
@@ -230,7 +234,6 @@ source_pieces(guint16 port, gsize extra, gsize piece)
     g_socket_shutdown(s, FALSE, TRUE, NULL);
     /* the relay closes its side once the destination has it all */
     char b;
-    g_socket_set_timeout(s, WAIT_MS / 1000);
     while (g_socket_receive(s, &b, 1, NULL, NULL) > 0)
         ;
     g_socket_close(s, NULL);
@@ -264,6 +267,8 @@ jget(json_object *o, const char *path)
     return o;
 }
 
+static gboolean run_tool(const char *tool, const char *a1, const char *a2);
+
 static void
 remove_tree(const char *path)
 {
@@ -280,6 +285,19 @@ remove_tree(const char *path)
     g_rmdir(path);
 }
 
+/* Runs a system tool; @return TRUE if it exited 0. */
+static gboolean
+run_tool(const char *tool, const char *a1, const char *a2)
+{
+    const char *argv[] = {tool, a1, a2, NULL};
+    int status;
+    return g_spawn_sync(NULL, (char **)argv, NULL,
+                        G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL
+                            | G_SPAWN_STDERR_TO_DEV_NULL,
+                        NULL, NULL, NULL, NULL, &status, NULL)
+           && g_spawn_check_wait_status(status, NULL);
+}
+
 static void
 setup(void)
 {
@@ -292,6 +310,10 @@ setup(void)
 static void
 teardown(void)
 {
+    /* thawed first: a process blocked on a frozen disk cannot be reaped */
+    if (fx.frozen)
+        run_tool("fsfreeze", "-u", fx.loop);
+    fx.frozen = FALSE;
     relay_free(fx.relay);
     fx.relay = NULL;
     if (fx.dst) {
@@ -299,6 +321,10 @@ teardown(void)
         g_socket_close(fx.dst, NULL);
         g_thread_join(fx.dst_thread);
         g_clear_object(&fx.dst);
+    }
+    if (fx.loop) {
+        umount2(fx.loop, MNT_DETACH);
+        g_clear_pointer(&fx.loop, g_free);
     }
     if (fx.tmpfs) {
         umount2(fx.tmpfs, MNT_DETACH);
@@ -528,4 +554,76 @@ Test(relay_files, disk_full_metrics_and_report)
     g_free(log);
     log = log_text(fx.relay);
     cr_assert(strstr(log, "error: session 1: the report is lost"), "%s", log);
+}
+
+/* A disk that stops answering (an ext4 image, frozen with fsfreeze:
+ * every write blocks) must not stall forwarding: 160 MiB go through
+ * while nothing can be written, the capture stops once 64 MiB wait, and
+ * the report says so at once; after the thaw, what was queued is
+ * written and reads back up to the offset the report gave. */
+Test(relay_files, frozen_disk_never_stalls_forwarding)
+{
+    guint16 dport = dst_start();
+    g_autofree char *img = g_build_filename(fx.dir, "disk.img", NULL);
+    g_autofree char *mnt = g_build_filename(fx.dir, "disk", NULL);
+    cr_assert_eq(g_mkdir(mnt, 0700), 0);
+    int fd = open(img, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert(fd >= 0 && ftruncate(fd, 256 << 20) == 0);
+    close(fd);
+    if (!run_tool("mkfs.ext4", "-qF", img))
+        cr_skip_test("mkfs.ext4 failed");
+    const char *argv[] = {"mount", "-o", "loop", img, mnt, NULL};
+    int status;
+    if (!g_spawn_sync(NULL, (char **)argv, NULL,
+                      G_SPAWN_SEARCH_PATH | G_SPAWN_STDERR_TO_DEV_NULL, NULL,
+                      NULL, NULL, NULL, &status, NULL)
+        || !g_spawn_check_wait_status(status, NULL))
+        cr_skip_test("cannot mount a loop device");
+    fx.loop = g_strdup(mnt);
+
+    g_autofree char *cap = g_build_filename(mnt, "cap", NULL);
+    g_autofree char *report = g_build_filename(fx.dir, "report.json", NULL);
+    g_autofree char *a_cap = g_strdup_printf("--capture=%s", cap);
+    g_autofree char *a_rep = g_strdup_printf("--report=%s", report);
+    const char *args[] = {a_cap, a_rep, "--once", NULL};
+    fx.relay = relay_start(dport, FALSE, args);
+    source_pieces(fx.relay->port, 1 << 20, 65536); /* session 1 written */
+    relay_wait(fx.relay);
+    relay_free(fx.relay);
+    fx.relay = NULL;
+    remove_tree(cap);
+    g_unlink(report);
+    g_atomic_pointer_set(&fx.dst_bytes, 0);
+
+    fx.relay = relay_start(dport, FALSE, args);
+    cr_assert(run_tool("fsfreeze", "-f", mnt), "fsfreeze failed");
+    fx.frozen = TRUE;
+    gint64 t0 = g_get_monotonic_time();
+    source(fx.relay->port, 160u << 20);
+    gint64 t1 = g_get_monotonic_time();
+    cr_assert_eq(g_atomic_pointer_get(&fx.dst_bytes), 8 + (160u << 20),
+                 "forwarding stalled behind the frozen disk");
+    cr_log_info("160 MiB forwarded in %.2f s with the capture's disk frozen",
+                (t1 - t0) / 1e6);
+    wait_for(report); /* written while the disk is still frozen */
+    json_object *r = json_object_from_file(report);
+    cr_assert_not_null(r);
+    json_object *c = jget(r, "outputs.capture");
+    cr_assert(!json_object_get_boolean(jget(c, "complete")), "%s",
+              json_object_to_json_string(r));
+    cr_assert(strstr(json_object_get_string(jget(c, "error")),
+                     "did not keep up"),
+              "%s", json_object_get_string(jget(c, "error")));
+    gint64 off = json_object_get_int64(jget(c, "offset"));
+    cr_assert_gt(off, 0);
+    cr_assert_leq(off, 64 << 20);
+    json_object_put(r);
+
+    cr_assert(run_tool("fsfreeze", "-u", mnt));
+    fx.frozen = FALSE;
+    relay_wait(fx.relay);
+    g_autofree char *bin = g_build_filename(cap, "s1-c0-to-dst.bin", NULL);
+    struct stat st;
+    cr_assert_eq(stat(bin, &st), 0);
+    cr_assert_eq(st.st_size, off, "what was queued is written after the thaw");
 }
