@@ -25,6 +25,8 @@
 #include "out-file.h"
 #include "parse-common.h"
 
+#define ORPHAN_WAIT_S 5 /* see mp_capture_free() */
+
 typedef enum {
     JOB_SESSION,
     JOB_CHANNEL,
@@ -86,6 +88,8 @@ struct MpCapture {
     GQueue jobs;
     gsize queued; /* cost of the jobs queued or in progress */
     gboolean busy, quit;
+    gboolean finished; /* the thread is past its last job */
+    gboolean orphaned; /* freed while the thread was stuck: it frees */
     GError *error;
     char *error_file;
     guint64 error_offset;
@@ -416,6 +420,13 @@ notify(MpCapture *c, Job *j)
     n->source = g_idle_source_new();
     g_source_set_callback(n->source, notify_dispatch, n, notify_free);
     g_mutex_lock(&c->lock);
+    if (c->orphaned) {
+        /* no one is left to hear it, nor to free its data safely */
+        n->destroy = NULL;
+        g_mutex_unlock(&c->lock);
+        g_source_unref(n->source);
+        return;
+    }
     g_ptr_array_add(c->notify, n->source);
     g_source_attach(n->source, c->context);
     g_source_unref(n->source); /* the context holds it until dispatched */
@@ -497,6 +508,8 @@ run_job(MpCapture *c, Job *j)
     }
 }
 
+static void capture_destroy(MpCapture *c);
+
 static gpointer
 writer_thread(gpointer data)
 {
@@ -528,6 +541,13 @@ writer_thread(gpointer data)
     g_hash_table_iter_init(&it, c->sessions);
     while (g_hash_table_iter_next(&it, NULL, &v))
         end_session(c, v, FALSE);
+    g_mutex_lock(&c->lock);
+    c->finished = TRUE;
+    g_cond_broadcast(&c->idle);
+    gboolean orphaned = c->orphaned;
+    g_mutex_unlock(&c->lock);
+    if (orphaned)
+        capture_destroy(c);
     return NULL;
 }
 
@@ -597,26 +617,13 @@ mp_capture_new(const char *dir, const char *listen, const char *to,
     return c;
 }
 
-void
-mp_capture_free(MpCapture *c)
+static void
+capture_destroy(MpCapture *c)
 {
-    if (!c)
-        return;
-    g_mutex_lock(&c->lock);
-    c->quit = TRUE;
-    g_cond_signal(&c->wake);
-    g_mutex_unlock(&c->lock);
-    g_thread_join(c->thread);
-    /* done() callbacks not yet run: their sessions are written, but no
-     * one is left to hear it */
-    while (c->notify->len) {
-        GSource *src = g_ptr_array_steal_index_fast(c->notify, 0);
-        g_source_destroy(src);
-    }
     g_ptr_array_free(c->notify, TRUE);
     g_hash_table_destroy(c->sessions);
     g_hash_table_destroy(c->queued_at);
-    g_queue_clear(&c->jobs);
+    g_queue_clear(&c->jobs); /* empty: the thread took every job */
     g_clear_error(&c->error);
     g_free(c->error_file);
     g_mutex_clear(&c->lock);
@@ -626,6 +633,45 @@ mp_capture_free(MpCapture *c)
     close(c->dirfd);
     g_free(c->dir);
     g_free(c);
+}
+
+void
+mp_capture_free(MpCapture *c)
+{
+    if (!c)
+        return;
+    GThread *thread = c->thread;
+    g_mutex_lock(&c->lock);
+    c->quit = TRUE;
+    g_cond_signal(&c->wake);
+    /* done() callbacks not yet run: their sessions are written, but no
+     * one is left to hear it (their data is freed here, while its owner
+     * is alive) */
+    while (c->notify->len)
+        g_source_destroy(g_ptr_array_steal_index_fast(c->notify, 0));
+    /* after an overflow the writer may be stuck on a disk that does not
+     * answer (an NFS server gone): waiting for it would hang the relay's
+     * exit, so after ORPHAN_WAIT_S it finishes on its own and frees the
+     * rest (a slow disk has written its backlog by then) */
+    gint64 deadline = g_get_monotonic_time() + ORPHAN_WAIT_S * G_USEC_PER_SEC;
+    while (c->overflowed && !c->finished
+           && g_cond_wait_until(&c->idle, &c->lock, deadline))
+        ;
+    gboolean orphaned = c->orphaned = c->overflowed && !c->finished;
+    for (GList *l = orphaned ? c->jobs.head : NULL; l; l = l->next) {
+        Job *j = l->data;
+        if (j->destroy)
+            j->destroy(j->done_data);
+        j->destroy = NULL;
+        j->done = NULL;
+    }
+    g_mutex_unlock(&c->lock);
+    if (orphaned) {
+        g_thread_unref(thread); /* `c` may be gone already */
+        return;
+    }
+    g_thread_join(thread);
+    capture_destroy(c);
 }
 
 void

@@ -39,7 +39,9 @@ MpCapture *mp_capture_new(const char *dir, const char *listen, const char *to,
                           GError **error);
 /* Writes what is queued, closes every file (sessions still open keep no
  * end) and stops the thread; session-end callbacks not yet run are dropped
- * (their destroy notify runs).  Accepts NULL. */
+ * (their destroy notify runs).  After an overflow it waits at most 5 s for
+ * a writer stuck on its disk, then leaves it to finish (and free the
+ * rest) on its own.  Accepts NULL. */
 void mp_capture_free(MpCapture *c);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpCapture, mp_capture_free)
 
