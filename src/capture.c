@@ -154,7 +154,8 @@ file_name(guint session, guint channel, MpDir dir, const char *ext)
                            ext);
 }
 
-#define NO_OFFSET G_MAXUINT64 /* the file could not be created: `why` names it */
+/* the file could not be created: `why` names it */
+#define NO_OFFSET G_MAXUINT64
 
 /* Records the first error; later ones (a full disk fails every write
  * after the first) add nothing. */
@@ -230,9 +231,9 @@ session_json(MpCapture *c, const WSession *s)
                            json_object_new_int64(s->start_wall_us));
     json_object_object_add(so, "ended", json_object_new_boolean(s->ended));
     g_mutex_lock(&c->lock);
-    json_object_object_add(
-        so, "capture_error",
-        c->error ? json_object_new_string(c->error->message) : NULL);
+    json_object_object_add(so, "capture_error",
+                           c->error ? json_object_new_string(c->error->message)
+                                    : NULL);
     g_mutex_unlock(&c->lock);
     json_object *chans = json_object_new_array();
     for (guint k = 0; k < s->chans->len; k++) {
@@ -256,7 +257,8 @@ session_json(MpCapture *c, const WSession *s)
             g_autofree char *idx = file_name(s->number, ch->channel, d, "idx");
             json_object_object_add(dj, "file", json_object_new_string(bin));
             json_object_object_add(dj, "index", json_object_new_string(idx));
-            json_object_object_add(dj, "bytes", json_object_new_int64(w->bytes));
+            json_object_object_add(dj, "bytes",
+                                   json_object_new_int64(w->bytes));
             json_object_object_add(dj, "chunks",
                                    json_object_new_int64(w->chunks));
             json_object_object_add(
@@ -306,7 +308,8 @@ write_session(MpCapture *c, const WSession *s)
 static WChan *
 find_chan(MpCapture *c, const Job *j, WSession **sp)
 {
-    WSession *s = g_hash_table_lookup(c->sessions, GUINT_TO_POINTER(j->session));
+    WSession *s =
+        g_hash_table_lookup(c->sessions, GUINT_TO_POINTER(j->session));
     *sp = s;
     if (!s || j->channel >= s->chans->len)
         return NULL;
@@ -360,7 +363,8 @@ write_chunk(MpCapture *c, WSession *s, WChan *ch, const Job *j)
     mp_put_be64(rec, (guint64)MAX(j->time_us - s->start_us, 0));
     mp_put_be64(rec + 8, w->bytes);
     if (!write_all(w->data, j->data, j->len, &e)) {
-        g_autofree char *name = file_name(s->number, ch->channel, j->dir, "bin");
+        g_autofree char *name =
+            file_name(s->number, ch->channel, j->dir, "bin");
         /* no chunk without its entry: the last one would seem longer */
         if (ftruncate(w->data, (off_t)w->bytes) < 0)
             g_warning("capture %s: %s: cannot cut back to %" G_GUINT64_FORMAT
@@ -370,7 +374,8 @@ write_chunk(MpCapture *c, WSession *s, WChan *ch, const Job *j)
         return;
     }
     if (!write_all(w->idx, rec, sizeof(rec), &e)) {
-        g_autofree char *name = file_name(s->number, ch->channel, j->dir, "idx");
+        g_autofree char *name =
+            file_name(s->number, ch->channel, j->dir, "idx");
         if (ftruncate(w->idx, (off_t)(16 * w->chunks)) < 0
             || ftruncate(w->data, (off_t)w->bytes) < 0)
             g_warning("capture %s: %s: cannot cut back the chunk that has no "
@@ -611,8 +616,8 @@ mp_capture_new(const char *dir, const char *listen, const char *to,
     g_queue_init(&c->jobs);
     c->notify = g_ptr_array_new();
     c->sessions = g_hash_table_new_full(NULL, NULL, NULL, wsession_free);
-    c->queued_at = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
-                                         g_free);
+    c->queued_at =
+        g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
     c->thread = g_thread_new("capture", writer_thread, c);
     return c;
 }
@@ -816,10 +821,9 @@ mp_capture_status(MpCapture *c)
     if (c->error) {
         json_object_object_add(o, "error",
                                json_object_new_string(c->error->message));
-        json_object_object_add(o, "file",
-                               c->error_file
-                                   ? json_object_new_string(c->error_file)
-                                   : NULL);
+        json_object_object_add(
+            o, "file",
+            c->error_file ? json_object_new_string(c->error_file) : NULL);
         json_object_object_add(o, "offset",
                                json_object_new_int64(c->error_offset));
         json_object_object_add(o, "session",

@@ -12,8 +12,8 @@
 #define FILE_MODE 0600
 #define DIR_MODE  0700
 
-static int
-set_errno_error(GError **error, int e, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static int set_errno_error(GError **error, int e, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
 
 /* "WHAT: strerror" as a G_FILE_ERROR; @return -1. */
 static int
@@ -23,9 +23,9 @@ set_errno_error(GError **error, int e, const char *fmt, ...)
     va_start(ap, fmt);
     g_autofree char *what = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "%s: %s",
-                what, e == ELOOP ? "is a symbolic link (not followed)"
-                                 : g_strerror(e));
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "%s: %s", what,
+                e == ELOOP ? "is a symbolic link (not followed)"
+                           : g_strerror(e));
     return -1;
 }
 
@@ -114,9 +114,9 @@ mp_out_dir_open(const char *path, gboolean must_be_empty, GError **error)
 int
 mp_out_file_create(int dirfd, const char *name, GError **error)
 {
-    int fd = openat(dirfd, name,
-                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                    FILE_MODE);
+    int fd =
+        openat(dirfd, name,
+               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, FILE_MODE);
     if (fd < 0)
         return set_errno_error(error, errno, "%s", name);
     if (fchmod(fd, FILE_MODE) < 0) { /* a umask of 0400 would leave 0200 */

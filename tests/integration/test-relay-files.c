@@ -114,8 +114,7 @@ relay_start(guint16 dport, gboolean may_fail, const char *const *args)
             cr_assert(may_fail, "the relay exited: %s", text);
             return r;
         }
-        cr_assert(g_get_monotonic_time() < deadline, "not listening: %s",
-                  text);
+        cr_assert(g_get_monotonic_time() < deadline, "not listening: %s", text);
         g_usleep(20000);
     }
 }
@@ -133,8 +132,7 @@ relay_wait(Relay *r)
             break;
         }
         g_autofree char *text = log_text(r);
-        cr_assert(g_get_monotonic_time() < deadline, "still running: %s",
-                  text);
+        cr_assert(g_get_monotonic_time() < deadline, "still running: %s", text);
         g_usleep(20000);
     }
     cr_assert(WIFEXITED(r->status));
@@ -495,8 +493,9 @@ Test(relay_files, disk_full_capture)
     g_autofree char *out = NULL;
     int status;
     const char *argv[] = {migproxy(), "analyze", "--json", cap, NULL};
-    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_STDERR_TO_DEV_NULL,
-                           NULL, NULL, &out, NULL, &status, NULL));
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL,
+                           G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL,
+                           &status, NULL));
     json_object *a = json_tokener_parse(out);
     cr_assert_not_null(a, "%s", out);
     json_object *ch = json_object_array_get_idx(jget(a, "channels"), 0);
@@ -611,9 +610,9 @@ Test(relay_files, frozen_disk_never_stalls_forwarding)
     json_object *c = jget(r, "outputs.capture");
     cr_assert(!json_object_get_boolean(jget(c, "complete")), "%s",
               json_object_to_json_string(r));
-    cr_assert(strstr(json_object_get_string(jget(c, "error")),
-                     "did not keep up"),
-              "%s", json_object_get_string(jget(c, "error")));
+    cr_assert(
+        strstr(json_object_get_string(jget(c, "error")), "did not keep up"),
+        "%s", json_object_get_string(jget(c, "error")));
     gint64 off = json_object_get_int64(jget(c, "offset"));
     cr_assert_gt(off, 0);
     cr_assert_leq(off, 64 << 20);
