@@ -420,3 +420,37 @@ Test(capture, files_closed_when_channels_end)
                   before);
     mp_capture_free(c);
 }
+
+/* A version 1 capture (one index.json with every session, migproxy up to
+ * 765a17d) still reads: the same session as a v2 s1.json. */
+Test(capture, version_1_still_read)
+{
+    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    write_capture(stream);
+    gboolean ok;
+    json_object *v2 = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(ok);
+
+    g_autofree char *s1 = g_build_filename(dir, "s1.json", NULL);
+    g_autofree char *index = g_build_filename(dir, "index.json", NULL);
+    json_object *session = json_object_from_file(s1);
+    cr_assert_not_null(session);
+    json_object *doc = json_object_new_object(), *list = json_object_new_array();
+    json_object_object_add(doc, "format",
+                           json_object_new_string("migproxy-capture"));
+    json_object_object_add(doc, "version", json_object_new_int(1));
+    json_object_array_add(list, session);
+    json_object_object_add(doc, "sessions", list);
+    cr_assert_eq(json_object_to_file(index, doc), 0);
+    json_object_put(doc);
+    cr_assert_eq(g_unlink(s1), 0);
+
+    json_object *v1 = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(ok, "%s", json_object_to_json_string(v1));
+    const char *keys[] = {"ram.pages.normal", "ram.pages.zero", "session",
+                          "stream.bytes"};
+    for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
+        cr_assert_eq(jint(v1, keys[k]), jint(v2, keys[k]), "%s", keys[k]);
+    json_object_put(v1);
+    json_object_put(v2);
+}
