@@ -640,6 +640,17 @@ capture_destroy(MpCapture *c)
     g_free(c);
 }
 
+/* done() callbacks not yet run: their sessions are written, but no one
+ * is left to hear it (their data is freed here, on the main context,
+ * while its owner is alive).  Called with the lock held or the thread
+ * gone. */
+static void
+drop_notifications(MpCapture *c)
+{
+    while (c->notify->len)
+        g_source_destroy(g_ptr_array_steal_index_fast(c->notify, 0));
+}
+
 void
 mp_capture_free(MpCapture *c)
 {
@@ -649,11 +660,6 @@ mp_capture_free(MpCapture *c)
     g_mutex_lock(&c->lock);
     c->quit = TRUE;
     g_cond_signal(&c->wake);
-    /* done() callbacks not yet run: their sessions are written, but no
-     * one is left to hear it (their data is freed here, while its owner
-     * is alive) */
-    while (c->notify->len)
-        g_source_destroy(g_ptr_array_steal_index_fast(c->notify, 0));
     /* after an overflow the writer may be stuck on a disk that does not
      * answer (an NFS server gone): waiting for it would hang the relay's
      * exit, so after ORPHAN_WAIT_S it finishes on its own and frees the
@@ -663,12 +669,15 @@ mp_capture_free(MpCapture *c)
            && g_cond_wait_until(&c->idle, &c->lock, deadline))
         ;
     gboolean orphaned = c->orphaned = c->overflowed && !c->finished;
-    for (GList *l = orphaned ? c->jobs.head : NULL; l; l = l->next) {
-        Job *j = l->data;
-        if (j->destroy)
-            j->destroy(j->done_data);
-        j->destroy = NULL;
-        j->done = NULL;
+    if (orphaned) {
+        drop_notifications(c);
+        for (GList *l = c->jobs.head; l; l = l->next) {
+            Job *j = l->data;
+            if (j->destroy)
+                j->destroy(j->done_data);
+            j->destroy = NULL;
+            j->done = NULL;
+        }
     }
     g_mutex_unlock(&c->lock);
     if (orphaned) {
@@ -676,6 +685,7 @@ mp_capture_free(MpCapture *c)
         return;
     }
     g_thread_join(thread);
+    drop_notifications(c); /* with those of the sessions it just ended */
     capture_destroy(c);
 }
 

@@ -454,3 +454,61 @@ Test(capture, version_1_still_read)
     json_object_put(v1);
     json_object_put(v2);
 }
+
+typedef struct {
+    const char *dir;
+    gint64 bin_size; /* of s<S>-c0-to-dst.bin when done() ran */
+    guint done, destroyed;
+} DoneCtx;
+
+static void
+on_done(MpCapture *c, guint session, gpointer data)
+{
+    DoneCtx *x = data;
+    g_autofree char *name = g_strdup_printf("s%u-c0-to-dst.bin", session);
+    g_autofree char *p = g_build_filename(x->dir, name, NULL);
+    struct stat st;
+    x->bin_size = stat(p, &st) == 0 ? st.st_size : -1;
+    x->done++;
+}
+
+static void
+on_destroy(gpointer data)
+{
+    ((DoneCtx *)data)->destroyed++;
+}
+
+/* mp_capture_session_end()'s callback runs on the main context once the
+ * session's bytes are on disk (the relay writes the report then); one
+ * that has not run when the capture is freed is dropped, its data freed
+ * once. */
+Test(capture, session_end_callback)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *sub = g_build_filename(dir, "cap", NULL);
+    MpCapture *c = mp_capture_new(sub, "a", "b", &err);
+    cr_assert_not_null(c, "%s", err ? err->message : "?");
+    DoneCtx x = {.dir = sub}, y = {.dir = sub};
+    static guint8 chunk[100000];
+
+    mp_capture_session(c, 1, 0, 0);
+    mp_capture_channel(c, 1, 0, "p", 0);
+    for (guint i = 0; i < 20; i++)
+        mp_capture_data(c, 1, 0, MP_DIR_TO_DST, chunk, sizeof(chunk), i);
+    mp_capture_session_end(c, 1, 30, on_done, &x, on_destroy);
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!x.done && g_get_monotonic_time() < deadline)
+        g_main_context_iteration(NULL, FALSE);
+    cr_assert_eq(x.done, 1);
+    cr_assert_eq(x.bin_size, 20 * (gint64)sizeof(chunk));
+    cr_assert_eq(x.destroyed, 1);
+
+    mp_capture_session(c, 2, 0, 0);
+    mp_capture_channel(c, 2, 0, "p", 0);
+    mp_capture_session_end(c, 2, 30, on_done, &y, on_destroy);
+    mp_capture_free(c); /* before the main context ran */
+    while (g_main_context_iteration(NULL, FALSE))
+        ;
+    cr_assert_eq(y.done, 0);
+    cr_assert_eq(y.destroyed, 1);
+}
