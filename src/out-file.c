@@ -145,16 +145,34 @@ write_all(int fd, const char *data, gsize len, int *err)
     return TRUE;
 }
 
+/* A new file "NAME.tmpXXXXXX" in `dirfd` (a random name: in a shared
+ * directory someone else's file under a fixed name would block us).
+ * @return its fd, its name in *tmp; or -1 with @error. */
+static int
+create_temp(int dirfd, const char *name, char **tmp, GError **error)
+{
+    for (int i = 0;; i++) {
+        g_autoptr(GError) err = NULL;
+        *tmp = g_strdup_printf("%s.tmp%06x", name, g_random_int() & 0xffffff);
+        int fd = mp_out_file_create(dirfd, *tmp, &err);
+        if (fd >= 0)
+            return fd;
+        g_clear_pointer(tmp, g_free);
+        if (i == 9 || !g_error_matches(err, G_FILE_ERROR, G_FILE_ERROR_EXIST)) {
+            g_propagate_error(error, g_steal_pointer(&err));
+            return -1;
+        }
+    }
+}
+
 gboolean
 mp_out_file_replace(int dirfd, const char *name, const char *data, gsize len,
                     GError **error)
 {
-    g_autofree char *tmp = g_strdup_printf("%s.tmp", name);
+    g_autofree char *tmp = NULL;
     int fd, e = 0;
 
-    /* a stale one (a crash between create and rename) is ours to drop */
-    unlinkat(dirfd, tmp, 0);
-    if ((fd = mp_out_file_create(dirfd, tmp, error)) < 0)
+    if ((fd = create_temp(dirfd, name, &tmp, error)) < 0)
         return FALSE;
     gboolean ok = write_all(fd, data, len, &e);
     if (close(fd) < 0 && ok) {
@@ -207,9 +225,8 @@ mp_out_path_check(const char *path, GError **error)
     int dirfd = open_parent(path, &base, error);
     if (dirfd < 0)
         return FALSE;
-    g_autofree char *tmp = g_strdup_printf("%s.tmp", base);
-    unlinkat(dirfd, tmp, 0);
-    int fd = mp_out_file_create(dirfd, tmp, error);
+    g_autofree char *tmp = NULL;
+    int fd = create_temp(dirfd, base, &tmp, error);
     if (fd >= 0) {
         close(fd);
         unlinkat(dirfd, tmp, 0);
@@ -234,9 +251,8 @@ mp_out_lines_new(const char *path, GError **error)
     int dirfd = open_parent(path, &base, error);
     if (dirfd < 0)
         return NULL;
-    g_autofree char *tmp = g_strdup_printf("%s.tmp", base);
-    unlinkat(dirfd, tmp, 0);
-    int fd = mp_out_file_create(dirfd, tmp, error);
+    g_autofree char *tmp = NULL;
+    int fd = create_temp(dirfd, base, &tmp, error);
     if (fd >= 0 && renameat(dirfd, tmp, dirfd, base) < 0) {
         set_errno_error(error, errno, "%s", path);
         unlinkat(dirfd, tmp, 0);

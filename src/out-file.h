@@ -28,7 +28,8 @@ int mp_out_dir_open(const char *path, gboolean must_be_empty, GError **error);
 int mp_out_file_create(int dirfd, const char *name, GError **error);
 
 /* Writes `len` bytes of `data` to `name` in `dirfd`, replacing what is
- * there: through "name.tmp" (removed on failure) and rename(); no fsync.
+ * there: through a new "name.tmpXXXXXX" (removed on failure) and rename();
+ * no fsync.
  * @return TRUE, or FALSE with @error. */
 gboolean mp_out_file_replace(int dirfd, const char *name, const char *data,
                              gsize len, GError **error);
