@@ -359,11 +359,12 @@ replay(Replay *r)
     mp_relay_metrics_finish(r->metrics, last, NULL);
 }
 
-/* index.json, if it is a regular file of at most MAX_INDEX_JSON bytes
- * that json-c can parse within MP_JSON_MAX_HEAP.  @return the document
+/* A JSON file (index.json, s<S>.json), if it is a regular file of at
+ * most MAX_INDEX_JSON bytes that json-c can parse within
+ * MP_JSON_MAX_HEAP.  @return the document
  * or NULL with the reason in *why (g_free it). */
 static json_object *
-read_index(const char *path, char **why)
+read_json_file(const char *path, char **why)
 {
     const char *err;
     guint64 size;
@@ -419,18 +420,69 @@ read_index(const char *path, char **why)
     return doc;
 }
 
+/* The number of "s<S>.json", or 0 for another name. */
+static guint
+session_file_number(const char *name)
+{
+    char *end;
+    if (name[0] != 's' || !g_ascii_isdigit(name[1]))
+        return 0;
+    guint64 n = g_ascii_strtoull(name + 1, &end, 10);
+    return strcmp(end, ".json") == 0 && n <= G_MAXUINT ? (guint)n : 0;
+}
+
+static gint
+cmp_uint(gconstpointer a, gconstpointer b)
+{
+    guint x = *(const guint *)a, y = *(const guint *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Version 2: one s<S>.json per session next to index.json.  Adds the
+ * session numbers found to `numbers` and loads the one asked for (0: the
+ * first).  @return it (caller owns), or NULL. */
+static json_object *
+load_session_file(const char *dir, guint session, json_object *numbers)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    g_autoptr(GArray) found = g_array_new(FALSE, FALSE, sizeof(guint));
+    const char *name;
+    guint n;
+
+    while (d && (name = g_dir_read_name(d)))
+        if ((n = session_file_number(name)))
+            g_array_append_val(found, n);
+    g_array_sort(found, cmp_uint);
+    for (guint i = 0; i < found->len; i++)
+        json_object_array_add(
+            numbers, json_object_new_int(g_array_index(found, guint, i)));
+    if (!found->len)
+        return NULL;
+    n = session ? session : g_array_index(found, guint, 0);
+    g_autofree char *file = g_strdup_printf("s%u.json", n);
+    g_autofree char *path = g_build_filename(dir, file, NULL);
+    g_autofree char *why = NULL;
+    json_object *sj = read_json_file(path, &why);
+    if (sj && !json_object_is_type(sj, json_type_object))
+        g_clear_pointer(&sj, json_object_put);
+    return sj;
+}
+
 json_object *
 mp_capture_analyze(const char *dir, guint session, gboolean events,
                    gboolean *ok)
 {
     g_autofree char *ipath = g_build_filename(dir, "index.json", NULL);
     g_autofree char *index_why = NULL;
-    json_object *index = read_index(ipath, &index_why), *sessions = NULL;
-    json_object *sj = NULL, *chans = NULL;
+    json_object *index = read_json_file(ipath, &index_why), *sessions = NULL;
+    json_object *sj = NULL, *chans = NULL, *sj_file = NULL;
     Replay r = {.dir = dir};
     json_object *numbers = json_object_new_array();
+    gint64 version = index ? jint(index, "version", 0) : 0;
 
-    if (index && (sessions = jarray(index, "sessions"))) {
+    if (version == 2)
+        sj = sj_file = load_session_file(dir, session, numbers);
+    else if (index && (sessions = jarray(index, "sessions"))) {
         for (size_t i = 0; i < json_object_array_length(sessions); i++) {
             json_object *s = json_object_array_get_idx(sessions, i);
             guint n = jint(s, "session", 0);
@@ -458,11 +510,11 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     else if (!index
              || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
         fail(&r, "index.json is missing or not a migproxy capture index");
-    else if (jint(index, "version", 0) != 1)
+    else if (version != 1 && version != 2)
         fail(&r,
              "index.json has version %" G_GINT64_FORMAT
-             " (this migproxy reads version 1)",
-             jint(index, "version", 0));
+             " (this migproxy reads versions 1 and 2)",
+             version);
     else if (!sj)
         fail(&r,
              session ? "no session %u in index.json"
@@ -522,6 +574,11 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     json_object *doc = mp_relay_metrics_report(r.metrics), *errs;
     json_object_object_add(doc, "capture", json_object_new_string(dir));
     json_object_object_add(doc, "capture_sessions", numbers);
+    /* the relay's capture stopped early (disk full, ...): say so */
+    const char *cap_err = sj ? jstr(sj, "capture_error") : NULL;
+    if (cap_err)
+        json_object_object_add(doc, "capture_error",
+                               json_object_new_string(cap_err));
     *ok = !r.failed
           && !(json_object_object_get_ex(doc, "errors", &errs)
                && json_object_array_length(errs) > 0);
@@ -530,5 +587,6 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     mp_session_tap_free(r.tap);
     mp_relay_metrics_free(r.metrics);
     json_object_put(index);
+    json_object_put(sj_file);
     return doc;
 }

@@ -419,6 +419,16 @@ mp_cmd_demo(int argc, char **argv)
     t0 = g_get_monotonic_time();
     char *dir;
     if (o.keep) {
+        /* the relay never writes over a capture: say so before the QEMUs
+         * start, not after */
+        g_autofree char *cap = g_build_filename(o.keep, "capture", NULL);
+        if (g_file_test(cap, G_FILE_TEST_EXISTS)) {
+            fprintf(stderr,
+                    "migproxy demo: %s holds an earlier capture: remove it "
+                    "or --keep another directory\n",
+                    cap);
+            return 1;
+        }
         g_mkdir_with_parents(o.keep, 0755);
         dir = g_strdup(o.keep);
     } else {

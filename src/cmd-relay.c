@@ -92,15 +92,19 @@ mp_cmd_relay(int argc, char **argv)
          "ADDR[/PREFIX]"},
         {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &metrics,
          "Write metrics as JSON lines while the migration runs (a sample "
-         "every 100 ms, phases, rounds, the end)",
+         "every 100 ms, phases, rounds, the end); FILE is replaced, "
+         "never written through a link",
          "FILE"},
         {"report", 'r', 0, G_OPTION_ARG_FILENAME, &report,
-         "Write one JSON document when a migration ends: pages, rounds, "
-         "downtime, post-copy latency, channels",
+         "Write one JSON document per migration when it ends: pages, "
+         "rounds, downtime, post-copy latency, channels; the first goes to "
+         "FILE, the Nth to FILE with -N before its extension (report.json, "
+         "report-2.json, ...)",
          "FILE"},
         {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &capture,
          "Record every connection, both directions, with timestamps, into "
-         "DIR (read it with 'migproxy analyze DIR')",
+         "DIR, which must be new or empty (read it with 'migproxy analyze "
+         "DIR')",
          "DIR"},
         {"once", '1', 0, G_OPTION_ARG_NONE, &once,
          "Exit when the first migration ends (status 0 if it completed)", NULL},
@@ -194,15 +198,25 @@ mp_cmd_relay(int argc, char **argv)
         "relay then forwards the encrypted channels and measures timing "
         "only. See docs/relay.md.\n\n"
         "One migration at a time goes through a relay. Without --once it "
-        "serves one migration after another (the report is rewritten for "
-        "each) until SIGINT or SIGTERM, which close every connection and "
-        "write the report. A client that is not QEMU never reaches the "
+        "serves one migration after another (each with its own report: "
+        "report.json, report-2.json, ...; the report names its session) "
+        "until SIGINT or SIGTERM, which close every connection and write "
+        "the reports. A client that is not QEMU never reaches the "
         "destination: it is logged and closed; a second migration while "
         "one runs is refused. The metrics and the report "
         "are described in docs/relay.md, the capture format in "
         "docs/capture-format.md.\n\n"
-        "Exit status: 0; with --once, 1 if the migration did not complete; "
-        "2 on usage errors.");
+        "Files: the report, the metrics and the capture are readable by "
+        "their user only (0600, the capture directory 0700), and never "
+        "written through a symbolic link or into a file that was there: a "
+        "report or metrics file is replaced (written under a temporary "
+        "name and renamed), a capture directory must be new or empty. A "
+        "capture whose disk fails or falls behind by more than 64 MiB "
+        "stops with an error (the migration goes on) and the report says "
+        "where and why (outputs.capture); so for the metrics file "
+        "(outputs.metrics).\n\n"
+        "Exit status: 0; with --once, 1 if the migration did not complete "
+        "or its report could not be written; 2 on usage errors.");
     g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy relay: %s\n(see migproxy relay --help)\n",

@@ -15,6 +15,7 @@
 #include <zlib.h>
 #include <gio/gio.h>
 #include <json-c/json.h>
+#include "out-file.h"
 #include "ram-image.h"
 #include "xbzrle.h"
 
@@ -31,6 +32,7 @@ typedef struct {
 
 struct MpRamImage {
     char *dir;
+    int dirfd; /* files are created in it, never through a link */
     GHashTable *blocks; /* name -> Block* */
     GPtrArray *order;   /* Block*, in stream order */
     Block *last;        /* block of the last page: the next one's, mostly */
@@ -78,14 +80,16 @@ block_free(gpointer data)
 MpRamImage *
 mp_ram_image_new(const char *dir, GError **error)
 {
-    if (g_mkdir_with_parents(dir, 0755) < 0) {
-        int e = errno;
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e),
-                    "--dump-ram: cannot create %s: %s", dir, g_strerror(e));
+    /* guest memory: 0700 if created here (an existing directory is used
+     * as it is, its new files are 0600) */
+    int dirfd = mp_out_dir_open(dir, FALSE, error);
+    if (dirfd < 0) {
+        g_prefix_error(error, "--dump-ram: ");
         return NULL;
     }
     MpRamImage *img = g_new0(MpRamImage, 1);
     img->dir = g_strdup(dir);
+    img->dirfd = dirfd;
     img->blocks = g_hash_table_new(g_str_hash, g_str_equal);
     img->order = g_ptr_array_new_with_free_func(block_free);
     img->page_size = MP_TARGET_PAGE_SIZE;
@@ -106,6 +110,7 @@ mp_ram_image_free(MpRamImage *img)
     g_free(img->zero_page);
     g_free(img->work);
     g_free(img->dir);
+    close(img->dirfd);
     g_free(img);
 }
 
@@ -217,8 +222,16 @@ add_block(MpRamImage *img, const char *name, guint64 size, GError **error)
     g_autofree char *base = mp_ram_image_file_name(name);
     b->file = g_build_filename(img->dir, base, NULL);
     b->size = size;
-    b->fd = open(b->file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (b->fd < 0 || ftruncate(b->fd, size) < 0) {
+    /* an image left by an earlier run is removed, not written into: a
+     * link (or a hard link) planted in its place keeps its target */
+    if (unlinkat(img->dirfd, base, 0) < 0 && errno != ENOENT) {
+        io_fail(b, "removing the earlier", error);
+        block_free(b);
+        return NULL;
+    }
+    b->fd = openat(img->dirfd, base,
+                   O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (b->fd < 0 || fchmod(b->fd, 0600) < 0 || ftruncate(b->fd, size) < 0) {
         io_fail(b, "creating", error);
         block_free(b);
         return NULL;
@@ -232,7 +245,7 @@ add_block(MpRamImage *img, const char *name, guint64 size, GError **error)
                     "--dump-ram: RAM block %s claims %" G_GUINT64_FORMAT
                     " bytes, too many to track here",
                     name, size);
-        unlink(b->file);
+        unlinkat(img->dirfd, base, 0);
         block_free(b);
         return NULL;
     }
@@ -374,10 +387,12 @@ mp_ram_image_close(MpRamImage *img, GError **error)
         }
         b->fd = -1;
     }
-    g_autofree char *index = g_build_filename(img->dir, "index.json", NULL);
     const char *text =
         json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PRETTY);
-    gboolean ok = g_file_set_contents(index, text, -1, error);
+    gboolean ok = mp_out_file_replace(img->dirfd, "index.json", text,
+                                      strlen(text), error);
+    if (!ok)
+        g_prefix_error(error, "--dump-ram %s: ", img->dir);
     json_object_put(arr);
     return ok;
 }

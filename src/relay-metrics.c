@@ -135,9 +135,8 @@ mp_relay_metrics_new(const MpRelayMetricsConfig *cfg, gint64 start_us)
         g_autofree char *iso = t ? g_date_time_format_iso8601(t) : NULL;
         json_object_object_add(o, "time",
                                iso ? json_object_new_string(iso) : NULL);
-        fprintf(m->cfg.lines, "%s\n",
-                json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-        fflush(m->cfg.lines);
+        mp_out_lines_write(m->cfg.lines, json_object_to_json_string_ext(
+                                             o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
     }
     return m;
@@ -208,9 +207,8 @@ emit(MpRelayMetrics *m, const char *event, json_object *o, gint64 now_us)
     json_object_object_foreach(o, k, v)
         json_object_object_add(line, k, json_object_get(v));
     json_object_put(o);
-    fprintf(m->cfg.lines, "%s\n",
-            json_object_to_json_string_ext(line, JSON_C_TO_STRING_PLAIN));
-    fflush(m->cfg.lines);
+    mp_out_lines_write(m->cfg.lines, json_object_to_json_string_ext(
+                                         line, JSON_C_TO_STRING_PLAIN));
     json_object_put(line);
 }
 

@@ -18,13 +18,14 @@
 #include "analysis.h"
 #include "channel-types.h"
 #include "mp-record.h"
+#include "out-file.h"
 
 #define MP_RELAY_METRICS_INTERVAL_US 100000 /* time series step */
 
 typedef struct MpRelayMetrics MpRelayMetrics;
 
 typedef struct {
-    FILE *lines;          /* JSON lines (--metrics), or NULL; not owned */
+    MpOutLines *lines;    /* JSON lines (--metrics), or NULL; not owned */
     gboolean progress;    /* one-line live display on stderr */
     gboolean log;         /* log lines (g_message) for phases, rounds, end */
     guint session;        /* session number, in JSON lines and the report */

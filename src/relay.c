@@ -23,6 +23,7 @@
 #include <string.h>
 #include <gio/gio.h>
 #include "capture.h"
+#include "out-file.h"
 #include "filter-zero.h"
 #include "pcopy-lane.h"
 #include "rate-pacer.h"
@@ -102,8 +103,10 @@ struct MpRelay {
     GPtrArray *sessions; /* Session*, not yet freed */
     Session *current;    /* the joinable session */
     guint session_count;
-    FILE *metrics_file;
+    MpOutLines *metrics_file;
     MpCapture *capture;
+    guint reports_pending; /* sessions ended, their capture not yet written */
+    gboolean report_failed;
     guint tick_id, reap_id;
     GPtrArray *dead; /* rejected Conn* to free from an idle */
     GPtrArray *allow; /* GInetAddressMask*: --allow (empty: anyone) */
@@ -177,7 +180,8 @@ reap(gpointer user_data)
             i++;
         }
     }
-    if (r->once_done || (r->stopping && r->sessions->len == 0))
+    if ((r->once_done || (r->stopping && r->sessions->len == 0))
+        && !r->reports_pending)
         g_main_loop_quit(r->loop);
     return G_SOURCE_REMOVE;
 }
@@ -271,16 +275,66 @@ session_report(Session *s)
     return rep;
 }
 
+/* Session 1's report goes to --report itself (what --once users read),
+ * session N's to the same name with "-N" before the extension:
+ * report.json, report-2.json, ... */
+static char *
+report_path(const char *path, guint session)
+{
+    if (session <= 1)
+        return g_strdup(path);
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = strrchr(base, '.');
+    if (!dot || dot == base)
+        return g_strdup_printf("%s-%u", path, session);
+    return g_strdup_printf("%.*s-%u%s", (int)(dot - path), path, session, dot);
+}
+
+/* `outputs {capture, metrics}`: whether the files the relay writes are
+ * whole, and if not where they stop and why. */
+static json_object *
+outputs_report(MpRelay *r)
+{
+    json_object *o = json_object_new_object();
+    if (r->capture)
+        json_object_object_add(o, "capture", mp_capture_status(r->capture));
+    if (r->metrics_file) {
+        guint64 off;
+        const char *err = mp_out_lines_error(r->metrics_file, &off);
+        json_object *m = json_object_new_object();
+        json_object_object_add(
+            m, "file",
+            json_object_new_string(mp_out_lines_path(r->metrics_file)));
+        json_object_object_add(m, "complete", json_object_new_boolean(!err));
+        if (err) {
+            json_object_object_add(m, "error", json_object_new_string(err));
+            json_object_object_add(m, "offset", json_object_new_int64(off));
+        }
+        json_object_object_add(o, "metrics", m);
+    }
+    return o;
+}
+
+/* Writes (and takes) session `number`'s report.  A report that cannot be
+ * written is an error (and --once's exit status says so), not a warning:
+ * it is what the relay is run for. */
 static void
-write_report(MpRelay *r, Session *s)
+write_report(MpRelay *r, guint number, json_object *rep)
 {
     g_autoptr(GError) err = NULL;
-    json_object *rep = session_report(s);
-    const char *text = json_object_to_json_string_ext(
-        rep, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
 
-    if (r->report_path && !g_file_set_contents(r->report_path, text, -1, &err))
-        g_warning("report %s: %s", r->report_path, err->message);
+    if (r->report_path) {
+        g_autofree char *path = report_path(r->report_path, number);
+        json_object_object_add(rep, "outputs", outputs_report(r));
+        const char *text = json_object_to_json_string_ext(
+            rep, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+        if (!mp_out_path_replace(path, text, strlen(text), &err)) {
+            g_critical("session %u: the report is lost: %s", number,
+                       err->message);
+            r->report_failed = TRUE;
+        }
+    }
     json_object_put(rep);
 }
 
@@ -294,6 +348,29 @@ session_was_migration(Session *s)
     Conn *m = s->main;
     return !m->tls_hello
            || mp_relay_channel_bytes(m->ch, MP_DIR_TO_DST) > m->tls_hello;
+}
+
+typedef struct {
+    MpRelay *relay;
+    json_object *report;
+} PendingReport;
+
+static void
+pending_report_free(gpointer p)
+{
+    PendingReport *pr = p;
+    json_object_put(pr->report);
+    pr->relay->reports_pending--;
+    schedule_reap(pr->relay);
+    g_free(pr);
+}
+
+/* The capture of the session is written: its report can say so. */
+static void
+capture_done(MpCapture *cap, guint session, gpointer data)
+{
+    PendingReport *pr = data;
+    write_report(pr->relay, session, g_steal_pointer(&pr->report));
 }
 
 static void
@@ -318,9 +395,19 @@ end_session(Session *s, const char *failure)
                   "the destination",
                   s->number, mp_filter_zero_rewritten(s->zero),
                   mp_filter_zero_bytes_saved(s->zero) / 1048576.0);
-    write_report(r, s);
-    if (r->capture)
-        mp_capture_flush(r->capture);
+    json_object *rep = session_report(s);
+    if (r->capture) {
+        /* written once the capture thread has the session's last bytes
+         * on disk (or failed): the report tells which */
+        PendingReport *pr = g_new0(PendingReport, 1);
+        pr->relay = r;
+        pr->report = rep;
+        r->reports_pending++;
+        mp_capture_session_end(r->capture, s->number, g_get_monotonic_time(),
+                               capture_done, pr, pending_report_free);
+    } else {
+        write_report(r, s->number, rep);
+    }
     if (r->opt.once && session_was_migration(s)) {
         r->last_outcome = mp_relay_metrics_outcome(s->metrics);
         r->once_done = TRUE;
@@ -1059,8 +1146,6 @@ on_tick(gpointer user_data)
         if (!s->ended && !s->paused)
             mp_relay_metrics_tick(s->metrics, now);
     }
-    if (r->capture)
-        mp_capture_flush(r->capture);
     return G_SOURCE_CONTINUE;
 }
 
@@ -1169,13 +1254,17 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         return NULL;
     r->listen_addr = address_string(bound);
     if (r->metrics_path) {
-        r->metrics_file = fopen(r->metrics_path, "w");
+        r->metrics_file = mp_out_lines_new(r->metrics_path, error);
         if (!r->metrics_file) {
-            int e = errno;
-            g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e),
-                        "--metrics %s: %s", r->metrics_path, g_strerror(e));
+            g_prefix_error(error, "--metrics: ");
             return NULL;
         }
+    }
+    /* a report that could not be written would be found missing only
+     * after the migration */
+    if (r->report_path && !mp_out_path_check(r->report_path, error)) {
+        g_prefix_error(error, "--report: ");
+        return NULL;
     }
     if (r->capture_dir) {
         r->capture =
@@ -1193,6 +1282,8 @@ mp_relay_free(MpRelay *r)
 {
     if (!r)
         return;
+    /* first: a report it still owes is dropped, and schedules a reap */
+    g_clear_pointer(&r->capture, mp_capture_free);
     if (r->accept_source) {
         g_source_destroy(r->accept_source);
         g_source_unref(r->accept_source);
@@ -1219,9 +1310,7 @@ mp_relay_free(MpRelay *r)
         g_socket_close(r->listener, NULL);
     g_clear_object(&r->listener);
     g_clear_object(&r->to);
-    mp_capture_free(r->capture);
-    if (r->metrics_file)
-        fclose(r->metrics_file);
+    mp_out_lines_free(r->metrics_file);
     if (r->loop)
         g_main_loop_unref(r->loop);
     g_free(r->listen_str);
@@ -1243,6 +1332,8 @@ int
 mp_relay_run(MpRelay *r)
 {
     g_main_loop_run(r->loop);
+    if (r->opt.once && r->report_failed)
+        return 1;
     if (r->stopping || !r->opt.once)
         return 0;
     return r->last_outcome == MP_RELAY_OUTCOME_COMPLETED

@@ -21,7 +21,7 @@ typedef struct {
     const char *listen;       /* HOST:PORT (port 0: any free port) */
     const char *to;           /* HOST:PORT of the destination's -incoming */
     const char *metrics;      /* --metrics FILE: JSON lines, or NULL */
-    const char *report;       /* --report FILE, or NULL */
+    const char *report;       /* --report FILE (session N>1: FILE-N) or NULL */
     const char *capture;      /* --capture DIR, or NULL */
     gboolean once;            /* exit when the first session ends */
     gboolean quiet;           /* warnings only */
@@ -54,7 +54,7 @@ const char *mp_relay_listen_address(const MpRelay *r);
 
 /* Serves on the thread-default main context until --once is satisfied or
  * mp_relay_stop().  @return the exit status: 0, or 1 when --once and the
- * migration did not complete. */
+ * migration did not complete or its report could not be written. */
 int mp_relay_run(MpRelay *r);
 
 /* Clean shutdown (from a signal handler source): stops listening, closes

@@ -1,11 +1,13 @@
 /* test-capture.c: the relay's capture format (docs/capture-format.md),
  * written by MpCapture and read back by mp_capture_analyze. */
 #include "config.h"
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "analyze-file.h"
@@ -351,4 +353,298 @@ Test(capture, index_json_bounded, .timeout = 30)
     cr_assert(strstr(first_error(cap), "MiB to parse (at most 128 MiB)"), "%s",
               first_error(cap));
     json_object_put(cap);
+}
+
+/* ---- the writer's files: private, never through a link, never over an
+ * earlier capture, and a write error that leaves what was written
+ * readable ---- */
+
+static guint
+open_fds(void)
+{
+    g_autoptr(GDir) d = g_dir_open("/proc/self/fd", 0, NULL);
+    guint n = 0;
+    while (d && g_dir_read_name(d))
+        n++;
+    return n;
+}
+
+static mode_t
+mode_of(const char *path)
+{
+    struct stat st;
+    cr_assert_eq(lstat(path, &st), 0, "%s: %s", path, g_strerror(errno));
+    return st.st_mode & 07777;
+}
+
+/* Guest memory is the user's alone, whatever the umask (0755/0644
+ * before). */
+Test(capture, private_whatever_the_umask)
+{
+    const mode_t masks[] = {0, 022, 0277};
+    for (guint i = 0; i < G_N_ELEMENTS(masks); i++) {
+        g_autoptr(GError) err = NULL;
+        g_autofree char *sub = g_strdup_printf("%s/cap%u", dir, i);
+        mode_t old = umask(masks[i]);
+        MpCapture *c = mp_capture_new(sub, "a", "b", &err);
+        cr_assert_not_null(c, "%s", err ? err->message : "?");
+        mp_capture_session(c, 1, 0, 0);
+        mp_capture_channel(c, 1, 0, "p", 0);
+        mp_capture_data(c, 1, 0, MP_DIR_TO_DST, (const guint8 *)"QEVM", 4, 1);
+        mp_capture_free(c);
+        umask(old);
+        cr_assert_eq(mode_of(sub), 0700, "umask %o: dir %o", masks[i],
+                     mode_of(sub));
+        const char *files[] = {"index.json", "s1.json", "s1-c0-to-dst.bin",
+                               "s1-c0-to-src.idx"};
+        for (guint k = 0; k < G_N_ELEMENTS(files); k++) {
+            g_autofree char *p = g_build_filename(sub, files[k], NULL);
+            cr_assert_eq(mode_of(p), 0600, "umask %o: %s %o", masks[i],
+                         files[k], mode_of(p));
+            g_unlink(p);
+        }
+        g_autoptr(GDir) d = g_dir_open(sub, 0, NULL);
+        const char *n;
+        while ((n = g_dir_read_name(d))) {
+            g_autofree char *p = g_build_filename(sub, n, NULL);
+            g_unlink(p);
+        }
+        cr_assert_eq(g_rmdir(sub), 0);
+    }
+}
+
+/* A directory holding anything (an earlier capture) is refused, so that
+ * nothing in it is truncated; so is a link to a directory. */
+Test(capture, refuses_non_empty_or_linked_directory)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *old = g_build_filename(dir, "s1-c0-to-dst.bin", NULL);
+    cr_assert(g_file_set_contents(old, "earlier", -1, NULL));
+    MpCapture *c = mp_capture_new(dir, "a", "b", &err);
+    cr_assert_null(c);
+    cr_assert(strstr(err->message, "not empty"), "%s", err->message);
+    g_autofree char *text = NULL;
+    cr_assert(g_file_get_contents(old, &text, NULL, NULL));
+    cr_assert_str_eq(text, "earlier");
+
+    g_clear_error(&err);
+    g_autofree char *target = g_dir_make_tmp("mp-capture-target-XXXXXX", NULL);
+    g_autofree char *link = g_build_filename(dir, "link", NULL);
+    cr_assert_eq(symlink(target, link), 0);
+    g_autofree char *slash = g_strdup_printf("%s/", link);
+    c = mp_capture_new(slash, "a", "b", &err);
+    cr_assert_null(c, "a link to a directory was followed");
+    cr_assert(strstr(err->message, "symbolic link"), "%s", err->message);
+    cr_assert_eq(g_rmdir(target), 0, "something was written in the target");
+    g_unlink(link);
+    g_unlink(old);
+}
+
+/* A file planted under a capture file's name (a link to a victim) is
+ * neither followed nor overwritten: the capture fails, naming it. */
+Test(capture, planted_link_not_followed)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *sub = g_build_filename(dir, "cap", NULL);
+    g_autofree char *victim = g_build_filename(dir, "victim", NULL);
+    cr_assert(g_file_set_contents(victim, "precious", -1, NULL));
+    MpCapture *c = mp_capture_new(sub, "a", "b", &err);
+    cr_assert_not_null(c, "%s", err ? err->message : "?");
+    g_autofree char *bin = g_build_filename(sub, "s1-c0-to-dst.bin", NULL);
+    cr_assert_eq(symlink(victim, bin), 0);
+    mp_capture_session(c, 1, 0, 0);
+    mp_capture_channel(c, 1, 0, "p", 0);
+    mp_capture_data(c, 1, 0, MP_DIR_TO_DST, (const guint8 *)"QEVMxxxx", 8, 1);
+    mp_capture_sync(c);
+    const GError *e = mp_capture_error(c);
+    cr_assert_not_null(e, "the link was taken");
+    cr_assert(strstr(e->message, "s1-c0-to-dst.bin"), "%s", e->message);
+    mp_capture_free(c);
+    g_autofree char *text = NULL;
+    cr_assert(g_file_get_contents(victim, &text, NULL, NULL));
+    cr_assert_str_eq(text, "precious");
+    g_autoptr(GDir) d = g_dir_open(sub, 0, NULL);
+    const char *n;
+    while ((n = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(sub, n, NULL);
+        g_unlink(p);
+    }
+    g_rmdir(sub);
+    g_unlink(victim);
+}
+
+/* A write that fails half-way (here the file size limit, as a full disk
+ * would): the capture stops with an error naming file and offset, the
+ * .bin is cut back to the last whole chunk, the .idx matches it, and
+ * analyze reads what was captured. */
+Test(capture, write_error_leaves_a_readable_capture)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autofree char *sub = g_build_filename(dir, "cap", NULL);
+    MpCapture *c = mp_capture_new(sub, "a", "b", &err);
+    cr_assert_not_null(c, "%s", err ? err->message : "?");
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = {.rlim_cur = 100000, .rlim_max = RLIM_INFINITY};
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+    mp_capture_session(c, 1, 0, 0);
+    mp_capture_channel(c, 1, 0, "p", 0);
+    gsize sent = 0;
+    for (gsize off = 0; off < MIN(stream->len, 300000); off += 7000) {
+        gsize n = MIN(7000, stream->len - off);
+        mp_capture_data(c, 1, 0, MP_DIR_TO_DST, stream->data + off, n,
+                        1000 + off);
+        sent += n;
+    }
+    mp_capture_end(c, 1, 0, MP_DIR_TO_DST, "fin", 400000);
+    mp_capture_sync(c);
+    const GError *e = mp_capture_error(c);
+    cr_assert_not_null(e);
+    cr_assert(strstr(e->message, "s1-c0-to-dst.bin at offset 98000"), "%s",
+              e->message);
+    json_object *st = mp_capture_status(c), *v;
+    cr_assert(json_object_object_get_ex(st, "complete", &v)
+              && !json_object_get_boolean(v));
+    cr_assert(json_object_object_get_ex(st, "offset", &v));
+    cr_assert_eq(json_object_get_int64(v), 98000);
+    json_object_put(st);
+    mp_capture_free(c);
+
+    g_autofree char *bin = g_build_filename(sub, "s1-c0-to-dst.bin", NULL);
+    g_autofree char *idx = g_build_filename(sub, "s1-c0-to-dst.idx", NULL);
+    g_autofree char *data = NULL, *index = NULL;
+    gsize len, ilen;
+    cr_assert(g_file_get_contents(bin, &data, &len, NULL));
+    cr_assert(g_file_get_contents(idx, &index, &ilen, NULL));
+    cr_assert_eq(len, 98000, "the half-written chunk was not cut off");
+    cr_assert_eq(ilen, 16 * 14);
+    cr_assert(memcmp(data, stream->data, len) == 0);
+    gboolean ok;
+    json_object *cap = mp_capture_analyze(sub, 0, FALSE, &ok);
+    cr_assert(json_object_object_get_ex(cap, "capture_error", &v), "%s",
+              json_object_to_json_string(cap));
+    json_object_object_get_ex(cap, "channels", &v);
+    v = json_object_array_get_idx(v, 0);
+    json_object_object_get_ex(v, "to_dst", &v);
+    json_object_object_get_ex(v, "bytes", &v);
+    cr_assert_eq(json_object_get_int64(v), 98000);
+    json_object_put(cap);
+}
+
+/* A direction's files are closed when it ends (four fds per channel
+ * stayed open for ever: 1 208 after 300 sessions). */
+Test(capture, files_closed_when_channels_end)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *sub = g_build_filename(dir, "cap", NULL);
+    MpCapture *c = mp_capture_new(sub, "a", "b", &err);
+    cr_assert_not_null(c, "%s", err ? err->message : "?");
+    mp_capture_sync(c);
+    guint before = open_fds();
+    for (guint s = 1; s <= 50; s++) {
+        mp_capture_session(c, s, 0, 0);
+        mp_capture_channel(c, s, 0, "p", 0);
+        mp_capture_data(c, s, 0, MP_DIR_TO_DST, (const guint8 *)"QEVM", 4, 1);
+        mp_capture_end(c, s, 0, MP_DIR_TO_DST, "fin", 2);
+        mp_capture_end(c, s, 0, MP_DIR_TO_SRC, "fin", 2);
+        if (s % 2) /* half of them end as a session too */
+            mp_capture_session_end(c, s, 3, NULL, NULL, NULL);
+    }
+    mp_capture_sync(c);
+    cr_assert_leq(open_fds(), before, "%u fds open, %u before", open_fds(),
+                  before);
+    mp_capture_free(c);
+}
+
+/* A version 1 capture (one index.json with every session, migproxy up to
+ * 765a17d) still reads: the same session as a v2 s1.json. */
+Test(capture, version_1_still_read)
+{
+    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    write_capture(stream);
+    gboolean ok;
+    json_object *v2 = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(ok);
+
+    g_autofree char *s1 = g_build_filename(dir, "s1.json", NULL);
+    g_autofree char *index = g_build_filename(dir, "index.json", NULL);
+    json_object *session = json_object_from_file(s1);
+    cr_assert_not_null(session);
+    json_object *doc = json_object_new_object(), *list = json_object_new_array();
+    json_object_object_add(doc, "format",
+                           json_object_new_string("migproxy-capture"));
+    json_object_object_add(doc, "version", json_object_new_int(1));
+    json_object_array_add(list, session);
+    json_object_object_add(doc, "sessions", list);
+    cr_assert_eq(json_object_to_file(index, doc), 0);
+    json_object_put(doc);
+    cr_assert_eq(g_unlink(s1), 0);
+
+    json_object *v1 = mp_capture_analyze(dir, 0, FALSE, &ok);
+    cr_assert(ok, "%s", json_object_to_json_string(v1));
+    const char *keys[] = {"ram.pages.normal", "ram.pages.zero", "session",
+                          "stream.bytes"};
+    for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
+        cr_assert_eq(jint(v1, keys[k]), jint(v2, keys[k]), "%s", keys[k]);
+    json_object_put(v1);
+    json_object_put(v2);
+}
+
+typedef struct {
+    const char *dir;
+    gint64 bin_size; /* of s<S>-c0-to-dst.bin when done() ran */
+    guint done, destroyed;
+} DoneCtx;
+
+static void
+on_done(MpCapture *c, guint session, gpointer data)
+{
+    DoneCtx *x = data;
+    g_autofree char *name = g_strdup_printf("s%u-c0-to-dst.bin", session);
+    g_autofree char *p = g_build_filename(x->dir, name, NULL);
+    struct stat st;
+    x->bin_size = stat(p, &st) == 0 ? st.st_size : -1;
+    x->done++;
+}
+
+static void
+on_destroy(gpointer data)
+{
+    ((DoneCtx *)data)->destroyed++;
+}
+
+/* mp_capture_session_end()'s callback runs on the main context once the
+ * session's bytes are on disk (the relay writes the report then); one
+ * that has not run when the capture is freed is dropped, its data freed
+ * once. */
+Test(capture, session_end_callback)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *sub = g_build_filename(dir, "cap", NULL);
+    MpCapture *c = mp_capture_new(sub, "a", "b", &err);
+    cr_assert_not_null(c, "%s", err ? err->message : "?");
+    DoneCtx x = {.dir = sub}, y = {.dir = sub};
+    static guint8 chunk[100000];
+
+    mp_capture_session(c, 1, 0, 0);
+    mp_capture_channel(c, 1, 0, "p", 0);
+    for (guint i = 0; i < 20; i++)
+        mp_capture_data(c, 1, 0, MP_DIR_TO_DST, chunk, sizeof(chunk), i);
+    mp_capture_session_end(c, 1, 30, on_done, &x, on_destroy);
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!x.done && g_get_monotonic_time() < deadline)
+        g_main_context_iteration(NULL, FALSE);
+    cr_assert_eq(x.done, 1);
+    cr_assert_eq(x.bin_size, 20 * (gint64)sizeof(chunk));
+    cr_assert_eq(x.destroyed, 1);
+
+    mp_capture_session(c, 2, 0, 0);
+    mp_capture_channel(c, 2, 0, "p", 0);
+    mp_capture_session_end(c, 2, 30, on_done, &y, on_destroy);
+    mp_capture_free(c); /* before the main context ran */
+    while (g_main_context_iteration(NULL, FALSE))
+        ;
+    cr_assert_eq(y.done, 0);
+    cr_assert_eq(y.destroyed, 1);
 }

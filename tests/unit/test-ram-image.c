@@ -2,6 +2,8 @@
  * random page records of every kind, payloads inside and outside the
  * "feed buffer", and runs that break anywhere. */
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "ram-image.h"
@@ -157,4 +159,45 @@ Test(ram_image, page_of_unknown_block_fails)
     r.u.page.payload_len = PS;
     cr_assert_not(mp_ram_image_record(img, &r, &err));
     cr_assert_not_null(strstr(err->message, "nope"));
+}
+
+static mode_t
+mode_of(const char *path)
+{
+    struct stat st;
+    cr_assert_eq(lstat(path, &st), 0, "%s", path);
+    return st.st_mode & 07777;
+}
+
+/* RAM images are guest memory: directory 0700 and files 0600 whatever
+ * the umask (0755/0644 before), and a link planted under a block's file
+ * name is replaced, its target untouched. */
+Test(ram_image, private_and_no_link_followed)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *sub = g_build_filename(dir, "ram", NULL);
+    g_autofree char *victim = g_build_filename(dir, "victim", NULL);
+    cr_assert(g_file_set_contents(victim, "precious", -1, NULL));
+    mode_t old = umask(0);
+    g_autoptr(MpRamImage) img = mp_ram_image_new(sub, &err);
+    umask(old);
+    cr_assert_not_null(img, "%s", err ? err->message : "?");
+    g_autofree char *file = g_build_filename(sub, BLOCK, NULL);
+    cr_assert_eq(symlink(victim, file), 0);
+    add_block(img, BLOCK, 16 * PS);
+    guint8 p[PS];
+    memset(p, 0x5a, sizeof(p));
+    page(img, 0, MP_PAGE_NORMAL, p, PS);
+    cr_assert(mp_ram_image_close(img, &err), "%s", err ? err->message : "?");
+    cr_assert_eq(mode_of(sub), 0700, "dir %o", mode_of(sub));
+    cr_assert_eq(mode_of(file), 0600, "file %o", mode_of(file));
+    g_autofree char *index = g_build_filename(sub, "index.json", NULL);
+    cr_assert_eq(mode_of(index), 0600, "index %o", mode_of(index));
+    g_autofree char *text = NULL;
+    cr_assert(g_file_get_contents(victim, &text, NULL, NULL));
+    cr_assert_str_eq(text, "precious");
+    g_unlink(file);
+    g_unlink(index);
+    g_rmdir(sub);
+    g_unlink(victim);
 }
