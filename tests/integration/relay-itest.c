@@ -136,9 +136,26 @@ it_relay_free(ItRelay *r)
 json_object *
 it_relay_report(ItRelay *r)
 {
-    json_object *doc = json_object_from_file(r->report);
+    return it_relay_session_report(r, 1);
+}
+
+char *
+it_relay_report_path(ItRelay *r, guint session)
+{
+    g_assert(g_str_has_suffix(r->report, ".json"));
+    return session > 1 ? g_strdup_printf("%.*s-%u.json",
+                                         (int)strlen(r->report) - 5,
+                                         r->report, session)
+                       : g_strdup(r->report);
+}
+
+json_object *
+it_relay_session_report(ItRelay *r, guint session)
+{
+    g_autofree char *path = it_relay_report_path(r, session);
+    json_object *doc = json_object_from_file(path);
     g_autofree char *text = it_relay_log_text(r);
-    cr_assert_not_null(doc, "no report in %s; relay log:\n%s", r->report, text);
+    cr_assert_not_null(doc, "no report in %s; relay log:\n%s", path, text);
     return doc;
 }
 

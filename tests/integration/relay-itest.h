@@ -35,6 +35,11 @@ int it_relay_wait(ItRelay *r, guint timeout_ms);
 void it_relay_free(ItRelay *r);
 /* @return the --report document (caller owns); asserts it parses. */
 json_object *it_relay_report(ItRelay *r);
+/* Session N > 1 reports to report-N.json (docs/relay.md).  @return its
+ * path (caller frees). */
+char *it_relay_report_path(ItRelay *r, guint session);
+/* @return session N's report (caller owns); asserts it parses. */
+json_object *it_relay_session_report(ItRelay *r, guint session);
 /* @return its stderr so far (caller frees). */
 char *it_relay_log_text(ItRelay *r);
 

@@ -365,12 +365,7 @@ static void
 wait_report_outcome(const char *prefix, guint session)
 {
     gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-    /* session N > 1 reports to report-N.json */
-    g_autofree char *path =
-        session > 1 ? g_strdup_printf("%.*s-%u.json",
-                                      (int)strlen(fx.relay->report) - 5,
-                                      fx.relay->report, session)
-                    : g_strdup(fx.relay->report);
+    g_autofree char *path = it_relay_report_path(fx.relay, session);
     for (;;) {
         json_object *rep = json_object_from_file(path);
         if (rep) {

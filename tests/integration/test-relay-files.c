@@ -228,6 +228,13 @@ source_pieces(guint16 port, gsize extra, gsize piece)
         extra -= n;
         if (piece < 65536)
             g_usleep(1000); /* read as many chunks */
+        /* the relay checks a connection before it forwards it: wait for
+         * that, so that the first chunk is small too */
+        gint64 deadline = g_get_monotonic_time() + WAIT_MS * 1000ll;
+        while (piece < 65536 && !g_atomic_pointer_get(&fx.dst_bytes)) {
+            cr_assert(g_get_monotonic_time() < deadline, "nothing forwarded");
+            g_usleep(1000);
+        }
     }
     g_socket_shutdown(s, FALSE, TRUE, NULL);
     /* the relay closes its side once the destination has it all */

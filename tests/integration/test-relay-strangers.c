@@ -427,8 +427,8 @@ Test(relay_strangers, once_is_not_ended_by_strangers)
                      "completed");
     json_object_put(info);
     cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
-    json_object *rep = it_relay_report(fx.relay);
     /* session 1 was the ClientHello */
+    json_object *rep = it_relay_session_report(fx.relay, 2);
     cr_assert_eq(json_object_get_int64(it_jget(rep, "session")), 2);
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
                      "completed");
