@@ -17,6 +17,7 @@
 #include "config.h"
 #include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <gio/gio.h>
 #include <criterion/criterion.h>
@@ -359,6 +360,48 @@ Test(relay_failures, sigint_idle)
     cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
     assert_log_has("stopping (SIGINT)");
     assert_closed_by_relay(pending, "pending client at shutdown");
+}
+
+/* `migproxy relay ARGS...` with a bad option: exit 2 and `message` on
+ * stderr. */
+static void
+assert_usage_error(const char *const *args, const char *message)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_ptr_array_add(argv, (gpointer)it_migproxy());
+    g_ptr_array_add(argv, "relay");
+    g_ptr_array_add(argv, "--listen=127.0.0.1:0");
+    g_ptr_array_add(argv, "--to=127.0.0.1:9");
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (gpointer)args[i]);
+    g_ptr_array_add(argv, NULL);
+    g_autofree char *out = NULL, *errs = NULL;
+    gint status = 0;
+    g_autoptr(GError) err = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_DEFAULT,
+                           NULL, NULL, &out, &errs, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status), "%s: killed by signal %d (stderr: %s)",
+              args[0], WTERMSIG(status), errs);
+    cr_assert_eq(WEXITSTATUS(status), 2, "%s: exit %d (stderr: %s)", args[0],
+                 WEXITSTATUS(status), errs);
+    cr_assert(strstr(errs, message), "%s: stderr is \"%s\"", args[0], errs);
+}
+
+/* Rates and sizes that overflow 64 bits: the relay crashed on --rate
+ * 1e17tbit (a NULL error dereferenced). */
+Test(relay_failures, rate_and_queue_out_of_range)
+{
+    assert_usage_error((const char *[]){"--rate", "1e17tbit", NULL},
+                       "--rate: rate '1e17tbit' is above 8000tbit");
+    assert_usage_error((const char *[]){"--rate", "1e400mbit", NULL},
+                       "--rate: rate '1e400mbit' is above");
+    assert_usage_error((const char *[]){"--queue", "1e17G", NULL},
+                       "--queue: size '1e17G' is above");
+    assert_usage_error((const char *[]){"--queue", "0.1", NULL},
+                       "--queue: size '0.1' is below 1 byte");
+    assert_usage_error((const char *[]){"--queue", "1K", NULL},
+                       "--queue: at least 64K");
 }
 
 static void
