@@ -362,6 +362,19 @@ Test(relay_failures, sigint_idle)
     assert_closed_by_relay(pending, "pending client at shutdown");
 }
 
+/* SIGHUP (the terminal went away) stops the relay like SIGTERM, with its
+ * name in the log; it used to say "stopping (signal)", undocumented. */
+Test(relay_failures, sighup_idle)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    cr_assert_eq(kill(fx.relay->pid, SIGHUP), 0);
+    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
+    assert_log_has("stopping (SIGHUP)");
+}
+
 /* `migproxy relay ARGS...` with a bad option: exit 2 and `message` on
  * stderr. */
 static void
