@@ -18,6 +18,7 @@
 #define MAX_LATENCIES (1u << 22)
 #define RATE_WINDOW   10 /* ticks: the rate shown is over 1 s */
 #define PAGE_SIZE     MP_TARGET_PAGE_SIZE
+#define MAX_PINGS     64 /* QEMU sends 4 or 5 per migration */
 
 typedef struct {
     guint index;
@@ -59,6 +60,23 @@ struct MpRelayMetrics {
     gint64 shut_value;
     gint64 main_last_us; /* last byte of the main channel to the dst */
     gint64 last_us;      /* last byte of any channel */
+
+    /* Where the downtime starts and ends on the wire (downtime()).  With
+     * multifd the stop-and-copy pages go out on the multifd channels while
+     * QEMU still holds the main channel's END section in its buffer: the
+     * first multifd read after the main channel's last pre-copy read is
+     * the earlier start. */
+    gint64 mfd_since_main_us;  /* first multifd read since the last main read */
+    gint64 mfd_before_main_us; /* the same, before the latest main read */
+    gint64 mfd_stop_us;        /* its value when the stop was seen */
+    gboolean stop_seen;
+    gboolean in_package;       /* inside the PACKAGED blob */
+    gboolean package_passed;   /* the blob's end was read */
+    /* PINGs sent outside the blob (its own come after device sections
+     * that are not parsed): a PONG to any other is the destination's
+     * answer to the PING inside the blob, after it loaded the devices */
+    GArray *pings;             /* guint32, at most MAX_PINGS */
+    gint64 package_pong_us;
 
     /* ticks */
     gint64 last_tick_us;
@@ -121,6 +139,9 @@ mp_relay_metrics_new(const MpRelayMetricsConfig *cfg, gint64 start_us)
     g_queue_init(&m->pending_order);
     m->latencies = g_array_new(FALSE, FALSE, sizeof(gint64));
     m->shut_us = m->main_last_us = m->last_us = -1;
+    m->mfd_since_main_us = m->mfd_before_main_us = m->mfd_stop_us = -1;
+    m->package_pong_us = -1;
+    m->pings = g_array_new(FALSE, FALSE, sizeof(guint32));
     m->shut_value = -1;
     m->last_tick_us = start_us;
     if (m->cfg.lines) {
@@ -152,6 +173,7 @@ mp_relay_metrics_free(MpRelayMetrics *m)
     g_queue_clear(&m->pending_order);
     g_hash_table_destroy(m->pending);
     g_array_free(m->latencies, TRUE);
+    g_array_free(m->pings, TRUE);
     g_free(m->outcome);
     g_free(m);
 }
@@ -273,8 +295,14 @@ mp_relay_metrics_bytes(MpRelayMetrics *m, guint channel, MpDir dir, gsize n,
     c->last_us[dir] = t;
     m->last_us = MAX(m->last_us, t);
     if (dir == MP_DIR_TO_DST
-        && (c->kind == MP_CHAN_MAIN || c->kind == MP_CHAN_RECOVERY))
+        && (c->kind == MP_CHAN_MAIN || c->kind == MP_CHAN_RECOVERY)) {
         m->main_last_us = t;
+        m->mfd_before_main_us = m->mfd_since_main_us;
+        m->mfd_since_main_us = -1;
+    } else if (dir == MP_DIR_TO_DST && c->kind == MP_CHAN_MULTIFD
+               && m->mfd_since_main_us < 0) {
+        m->mfd_since_main_us = t;
+    }
     if (bucket < MAX_SERIES) {
         GArray *s = c->series[dir];
         if (s->len <= bucket)
@@ -318,6 +346,15 @@ pending_match(MpRelayMetrics *m, const char *block, guint64 addr, gint64 t)
     g_hash_table_remove(m->pending, p);
 }
 
+static gboolean
+ping_seen(const MpRelayMetrics *m, guint32 value)
+{
+    for (guint i = 0; i < m->pings->len; i++)
+        if (g_array_index(m->pings, guint32, i) == value)
+            return TRUE;
+    return FALSE;
+}
+
 void
 mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
                         const MpRecord *rec, gint64 now_us)
@@ -327,6 +364,29 @@ mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
     mp_analysis_set_time(m->analysis, t);
     mp_analysis_record_on(m->analysis, channel, rec);
     switch (rec->kind) {
+    case MP_REC_SECTION_HEADER:
+    case MP_REC_COMMAND:
+        /* (only these records start the stop-and-copy phase) */
+        if (!m->stop_seen) {
+            MpAnalysisProgress pr;
+            mp_analysis_progress(m->analysis, &pr);
+            if (pr.stop_us >= 0) {
+                m->stop_seen = TRUE;
+                m->mfd_stop_us = m->mfd_before_main_us;
+            }
+        }
+        if (rec->kind != MP_REC_COMMAND)
+            break;
+        if (rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
+            m->in_package = TRUE;
+        else if (rec->u.cmd.cmd == MP_QMIG_CMD_PING && !m->in_package
+                 && m->pings->len < MAX_PINGS)
+            g_array_append_val(m->pings, rec->u.cmd.ping_value);
+        break;
+    case MP_REC_PACKAGED_END:
+        m->in_package = FALSE;
+        m->package_passed = TRUE;
+        break;
     case MP_REC_RP_MESSAGE:
         if (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
             || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID) {
@@ -335,6 +395,9 @@ mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
         } else if (rec->u.rp.type == MP_RP_MSG_SHUT) {
             m->shut_us = t;
             m->shut_value = rec->u.rp.value;
+        } else if (rec->u.rp.type == MP_RP_MSG_PONG && m->package_pong_us < 0
+                   && m->package_passed && !ping_seen(m, rec->u.rp.value)) {
+            m->package_pong_us = t;
         }
         break;
     case MP_REC_RAM_PAGE:
@@ -413,28 +476,55 @@ typedef struct {
     const char *end_marker;
 } Downtime;
 
-/* The downtime as the wire shows it: from the first record that only a
- * stopped source sends (END section, SWITCHOVER_START, DISCARD,
- * PACKAGED) to the PACKAGED blob having passed (post-copy: the
- * destination runs the guest from there), or else to the return path's
- * SHUT, or else to the last byte of the main channel. */
+/* The downtime as the wire shows it (docs/relay.md).  It starts at the
+ * first record that only a stopped source sends (END section,
+ * SWITCHOVER_START, DISCARD, PACKAGED), or with multifd at the first
+ * multifd read after the main channel's last pre-copy read, if earlier.
+ * It ends with the destination's answer: in post-copy its PONG to the
+ * PING inside the PACKAGED blob (it has loaded the devices and runs the
+ * guest), else the return path's SHUT, else the destination closing the
+ * main channel (it closes it once it has loaded everything); failing
+ * those, at the PACKAGED blob or the last byte of the main channel.
+ *
+ * QEMU buffers the main channel: the stop-and-copy records often leave
+ * the source in one write, and an end taken from the source's side
+ * (PACKAGED passed, last byte) then read 0 ms.  The destination answers
+ * only after the relay has forwarded those bytes, so an end taken from its
+ * side is always later than the start. */
 static Downtime
 downtime(const MpRelayMetrics *m)
 {
     MpAnalysisProgress pr;
     Downtime d = {-1, -1, NULL};
+    const ChanStat *mc = NULL;
 
     mp_analysis_progress(m->analysis, &pr);
     if (pr.stop_us < 0)
         return d;
     d.stop_us = pr.stop_us;
-    if (pr.postcopy_us >= 0) {
+    if (m->mfd_stop_us >= 0 && m->mfd_stop_us < d.stop_us)
+        d.stop_us = m->mfd_stop_us;
+    for (guint i = 0; i < m->channels->len && !mc; i++) {
+        const ChanStat *c = g_ptr_array_index(m->channels, i);
+        if (c && c->kind == MP_CHAN_MAIN)
+            mc = c;
+    }
+    if (pr.postcopy_us >= 0 && m->package_pong_us >= pr.postcopy_us) {
+        d.resume_us = m->package_pong_us;
+        d.end_marker = "PONG to the PING in the PACKAGED blob (the "
+                       "destination loaded the devices)";
+    } else if (pr.postcopy_us >= 0) {
         d.resume_us = pr.postcopy_us;
         d.end_marker = "PACKAGED blob sent (post-copy starts)";
-    } else if (m->shut_us >= pr.stop_us) {
+    } else if (m->shut_us >= d.stop_us) {
         d.resume_us = m->shut_us;
         d.end_marker = "return-path SHUT";
-    } else if (m->main_last_us >= pr.stop_us) {
+    } else if (mc && mc->end_us[MP_DIR_TO_SRC] >= d.stop_us
+               && mc->end[MP_DIR_TO_SRC]
+               && strcmp(mc->end[MP_DIR_TO_SRC], "aborted") != 0) {
+        d.resume_us = mc->end_us[MP_DIR_TO_SRC];
+        d.end_marker = "destination closed the main channel";
+    } else if (m->main_last_us >= d.stop_us) {
         d.resume_us = m->main_last_us;
         d.end_marker = "last byte of the main channel";
     } else {
