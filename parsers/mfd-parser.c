@@ -164,6 +164,8 @@ set_error(MpMfdParser *p, MpParseErrorCode code, const char *fmt, ...)
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
+    /* its message may quote a name from the stream */
+    mp_error_make_printable(p->error);
 }
 
 /* Copies header bytes until p->hdr_have == p->hdr_need.
@@ -766,5 +768,7 @@ mp_mfd_parser_finish(MpMfdParser *p, GError **error)
                 " inside %s (%s at offset %" G_GUINT64_FORMAT ")",
                 p->channel, p->off, state_what(p, what),
                 p->state == M_INIT ? "init" : "packet", p->pkt_start);
+    if (error)
+        mp_error_make_printable(*error);
     return FALSE;
 }

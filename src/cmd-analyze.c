@@ -6,6 +6,7 @@
 #include "analysis.h"
 #include "analyze-file.h"
 #include "commands.h"
+#include "parse-common.h"
 
 int
 mp_cmd_analyze(int argc, char **argv)
@@ -84,10 +85,12 @@ mp_cmd_analyze(int argc, char **argv)
         }
         json_object *errs;
         if (json_object_object_get_ex(doc, "errors", &errs))
-            for (size_t k = 0; k < json_object_array_length(errs); k++)
-                fprintf(stderr, "migproxy analyze: %s: %s\n", files[i],
-                        json_object_get_string(
-                            json_object_array_get_idx(errs, k)));
+            for (size_t k = 0; k < json_object_array_length(errs); k++) {
+                /* (errors quote names from the stream) */
+                g_autofree char *e = mp_printable(json_object_get_string(
+                    json_object_array_get_idx(errs, k)));
+                fprintf(stderr, "migproxy analyze: %s: %s\n", files[i], e);
+            }
         json_object_put(doc);
     }
     if (opt.json) {

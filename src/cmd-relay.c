@@ -9,6 +9,7 @@
 #include <glib.h>
 #include <glib-unix.h>
 #include "commands.h"
+#include "parse-common.h"
 #include "rate-pacer.h"
 #include "relay.h"
 
@@ -34,6 +35,16 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields,
     for (gsize i = 0; i < n_fields; i++)
         if (strcmp(fields[i].key, "MESSAGE") == 0)
             message = fields[i].value;
+    /* Names from the stream are escaped where they are quoted; this
+     * catches any that is not, so that no log line can clear the
+     * terminal or forge a line of its own (parse-common.h). */
+    g_autofree char *clean = NULL;
+    for (const char *p = message; p && *p; p++) {
+        if ((guchar)*p < 0x20 || (guchar)*p >= 0x7f) {
+            message = clean = mp_printable(message);
+            break;
+        }
+    }
     const char *tag = level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL)
                           ? "error: "
                       : level & G_LOG_LEVEL_WARNING ? "warning: "
