@@ -657,6 +657,9 @@ check_priority(const Result *r, const char *name)
     cr_assert_eq(jint(r->report, "priority.latency_us.count"),
                  jint(r->report, "priority.moved"));
     cr_assert(json_object_get_boolean(it_jget(r->report, "priority.enabled")));
+    cr_assert(
+        json_object_get_boolean(it_jget(r->report, "priority.notsent_lowat")),
+        "TCP_NOTSENT_LOWAT was not set on the destination's socket");
     cr_assert_eq(jint(r->report, "priority.rate_bps"), 80000000);
     cr_assert_eq(jint(r->report, "priority.requests"),
                  jint(r->report, "postcopy.requests"));
