@@ -375,6 +375,39 @@ Test(relay_failures, sighup_idle)
     assert_log_has("stopping (SIGHUP)");
 }
 
+/* A stream whose RAMBlock name clears the terminal and starts a forged
+ * line: the relay's log quotes it escaped (it cleared the terminal and
+ * printed "session 1 completed"). */
+Test(relay_failures, stream_names_escaped_in_log)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = fake_destination();
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    static const char evil[] = "\033[2J\nsession 1 completed";
+    GByteArray *b = g_byte_array_new();
+    /* header, START of "ram" (id 1, version 4), MEM_SIZE 4096 with the
+     * block list "pc.ram" of 4096, then a PAGE for the evil block */
+    static const guint8 head[] = {
+        'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x01, 0, 0, 0, 1, 3, 'r', 'a', 'm',
+        0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x10, 0x04, 6, 'p', 'c',
+        '.', 'r', 'a', 'm', 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0,
+        0x08};
+    g_byte_array_append(b, head, sizeof head);
+    guint8 len = strlen(evil);
+    g_byte_array_append(b, &len, 1);
+    g_byte_array_append(b, (const guint8 *)evil, len);
+    g_autoptr(GSocket) a = connect_to(fx.relay->port);
+    cr_assert_eq(g_socket_send(a, (const char *)b->data, b->len, NULL, &err),
+                 (gssize)b->len);
+    g_byte_array_unref(b);
+    assert_log_has("unknown RAMBlock \"\\x1b[2J\\nsession 1 completed\"");
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    for (const char *p = log; *p; p++)
+        cr_assert((guchar)*p >= 0x20 || *p == '\n',
+                  "byte 0x%02x in the relay's log:\n%s", (guchar)*p, log);
+    cr_assert_null(strstr(log, "\nsession 1 completed"), "%s", log);
+}
+
 /* `migproxy relay ARGS...` with a bad option: exit 2 and `message` on
  * stderr. */
 static void
