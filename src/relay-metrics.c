@@ -61,15 +61,15 @@ struct MpRelayMetrics {
     gint64 main_last_us; /* last byte of the main channel to the dst */
     gint64 last_us;      /* last byte of any channel */
 
-    /* Where the downtime starts and ends on the wire (downtime()).  With
-     * multifd the stop-and-copy pages go out on the multifd channels while
-     * QEMU still holds the main channel's END section in its buffer: the
-     * first multifd read after the main channel's last pre-copy read is
-     * the earlier start. */
-    gint64 mfd_since_main_us;  /* first multifd read since the last main read */
+    /* Where the downtime starts on the wire (downtime()) */
+    gint64 main_prev_us;      /* the main channel's read before the latest */
+    gint64 mfd_since_main_us; /* first multifd read since the latest main
+                                 read, -1: none */
     gint64 mfd_before_main_us; /* the same, before the latest main read */
-    gint64 mfd_stop_us;        /* its value when the stop was seen */
+    gint64 precopy_end_us;    /* main_prev_us when the stop was seen */
+    gint64 mfd_stop_us;       /* mfd_before_main_us when the stop was seen */
     gboolean stop_seen;
+    gboolean multifd;         /* a multifd channel took part */
     gboolean in_package;       /* inside the PACKAGED blob */
     gboolean package_passed;   /* the blob's end was read */
     /* PINGs sent outside the blob (its own come after device sections
@@ -139,7 +139,8 @@ mp_relay_metrics_new(const MpRelayMetricsConfig *cfg, gint64 start_us)
     g_queue_init(&m->pending_order);
     m->latencies = g_array_new(FALSE, FALSE, sizeof(gint64));
     m->shut_us = m->main_last_us = m->last_us = -1;
-    m->mfd_since_main_us = m->mfd_before_main_us = m->mfd_stop_us = -1;
+    m->main_prev_us = m->precopy_end_us = m->mfd_stop_us = -1;
+    m->mfd_since_main_us = m->mfd_before_main_us = -1;
     m->package_pong_us = -1;
     m->pings = g_array_new(FALSE, FALSE, sizeof(guint32));
     m->shut_value = -1;
@@ -296,12 +297,14 @@ mp_relay_metrics_bytes(MpRelayMetrics *m, guint channel, MpDir dir, gsize n,
     m->last_us = MAX(m->last_us, t);
     if (dir == MP_DIR_TO_DST
         && (c->kind == MP_CHAN_MAIN || c->kind == MP_CHAN_RECOVERY)) {
+        m->main_prev_us = m->main_last_us;
         m->main_last_us = t;
         m->mfd_before_main_us = m->mfd_since_main_us;
         m->mfd_since_main_us = -1;
-    } else if (dir == MP_DIR_TO_DST && c->kind == MP_CHAN_MULTIFD
-               && m->mfd_since_main_us < 0) {
-        m->mfd_since_main_us = t;
+    } else if (dir == MP_DIR_TO_DST && c->kind == MP_CHAN_MULTIFD) {
+        m->multifd = TRUE;
+        if (m->mfd_since_main_us < 0)
+            m->mfd_since_main_us = t;
     }
     if (bucket < MAX_SERIES) {
         GArray *s = c->series[dir];
@@ -372,6 +375,7 @@ mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
             mp_analysis_progress(m->analysis, &pr);
             if (pr.stop_us >= 0) {
                 m->stop_seen = TRUE;
+                m->precopy_end_us = m->main_prev_us;
                 m->mfd_stop_us = m->mfd_before_main_us;
             }
         }
@@ -474,61 +478,80 @@ percentile(const gint64 *v, guint n, guint pct)
 typedef struct {
     gint64 stop_us, resume_us;
     const char *end_marker;
+    gint64 answer_us; /* the destination's answer, or -1 */
+    const char *answer;
 } Downtime;
 
-/* The downtime as the wire shows it (docs/relay.md).  It starts at the
- * first record that only a stopped source sends (END section,
- * SWITCHOVER_START, DISCARD, PACKAGED), or with multifd at the first
- * multifd read after the main channel's last pre-copy read, if earlier.
- * It ends with the destination's answer: in post-copy its PONG to the
- * PING inside the PACKAGED blob (it has loaded the devices and runs the
- * guest), else the return path's SHUT, else the destination closing the
- * main channel (it closes it once it has loaded everything); failing
- * those, at the PACKAGED blob or the last byte of the main channel.
+/* The downtime as the wire shows it (docs/relay.md), measured as QEMU
+ * measures its own `downtime`: on the source's side.
  *
- * QEMU buffers the main channel: the stop-and-copy records often leave
- * the source in one write, and an end taken from the source's side
- * (PACKAGED passed, last byte) then read 0 ms.  The destination answers
- * only after the relay has forwarded those bytes, so an end taken from its
- * side is always later than the start. */
+ * QEMU holds the records of the stop-and-copy phase in the main
+ * channel's buffer until it fills or the phase ends, so the first of them
+ * (END section, SWITCHOVER_START, DISCARD, PACKAGED) often came in the same
+ * read as the end, and the downtime read 0 ms (multifd with zstd: against
+ * QEMU's 61 ms).  It starts earlier:
+ *   - with multifd, at the first multifd read after the main channel's
+ *     last pre-copy read: the final pages and SYNC packets leave on the
+ *     multifd channels before the main channel's buffer (QEMU waits for
+ *     the SYNCs to be sent before it flushes it);
+ *   - without, where the main channel's last pre-copy read ended: QEMU
+ *     flushes it at the end of every pre-copy iteration and stops the
+ *     guest right after the last one (or after a rate-limit wait of up to
+ *     100 ms, when max-bandwidth held that iteration back).
+ * With no such read it starts at that first record.
+ *
+ * It ends where QEMU's ends: the PACKAGED blob passed in post-copy, else
+ * the return path's SHUT (QEMU waits for it), else the last byte of the
+ * main channel.  `answer` is when the destination answered (the PONG to
+ * the PING inside the PACKAGED blob, SHUT, or its close of the main
+ * channel, which QEMU does once it has loaded everything): what the guest
+ * waits for, the destination's loading included. */
 static Downtime
 downtime(const MpRelayMetrics *m)
 {
     MpAnalysisProgress pr;
-    Downtime d = {-1, -1, NULL};
+    Downtime d = {-1, -1, NULL, -1, NULL};
     const ChanStat *mc = NULL;
 
     mp_analysis_progress(m->analysis, &pr);
     if (pr.stop_us < 0)
         return d;
     d.stop_us = pr.stop_us;
-    if (m->mfd_stop_us >= 0 && m->mfd_stop_us < d.stop_us)
-        d.stop_us = m->mfd_stop_us;
+    gint64 before = m->multifd ? m->mfd_stop_us : m->precopy_end_us;
+    if (before >= 0 && before < d.stop_us)
+        d.stop_us = before;
     for (guint i = 0; i < m->channels->len && !mc; i++) {
         const ChanStat *c = g_ptr_array_index(m->channels, i);
         if (c && c->kind == MP_CHAN_MAIN)
             mc = c;
     }
-    if (pr.postcopy_us >= 0 && m->package_pong_us >= pr.postcopy_us) {
-        d.resume_us = m->package_pong_us;
-        d.end_marker = "PONG to the PING in the PACKAGED blob (the "
-                       "destination loaded the devices)";
-    } else if (pr.postcopy_us >= 0) {
+
+    if (pr.postcopy_us >= 0) {
         d.resume_us = pr.postcopy_us;
         d.end_marker = "PACKAGED blob sent (post-copy starts)";
     } else if (m->shut_us >= d.stop_us) {
         d.resume_us = m->shut_us;
         d.end_marker = "return-path SHUT";
-    } else if (mc && mc->end_us[MP_DIR_TO_SRC] >= d.stop_us
-               && mc->end[MP_DIR_TO_SRC]
-               && strcmp(mc->end[MP_DIR_TO_SRC], "aborted") != 0) {
-        d.resume_us = mc->end_us[MP_DIR_TO_SRC];
-        d.end_marker = "destination closed the main channel";
     } else if (m->main_last_us >= d.stop_us) {
         d.resume_us = m->main_last_us;
         d.end_marker = "last byte of the main channel";
     } else {
         d.stop_us = -1;
+        return d;
+    }
+
+    if (pr.postcopy_us >= 0 && m->package_pong_us >= pr.postcopy_us) {
+        d.answer_us = m->package_pong_us;
+        d.answer = "PONG to the PING in the PACKAGED blob";
+    } else if (pr.postcopy_us < 0 && m->shut_us >= d.stop_us) {
+        d.answer_us = m->shut_us;
+        d.answer = "return-path SHUT";
+    } else if (pr.postcopy_us < 0 && mc
+               && mc->end_us[MP_DIR_TO_SRC] >= d.stop_us
+               && mc->end[MP_DIR_TO_SRC]
+               && strcmp(mc->end[MP_DIR_TO_SRC], "aborted") != 0) {
+        d.answer_us = mc->end_us[MP_DIR_TO_SRC];
+        d.answer = "destination closed the main channel";
     }
     return d;
 }
@@ -870,6 +893,14 @@ mp_relay_metrics_report(MpRelayMetrics *m)
     json_object_object_add(dto, "end_marker",
                            dt.end_marker ? json_object_new_string(dt.end_marker)
                                          : NULL);
+    json_object_object_add(dto, "first_record_ms",
+                           dt.stop_us >= 0 ? jms(pr.stop_us) : NULL);
+    json_object_object_add(dto, "until_answer_ms",
+                           dt.answer_us >= 0 ? jms(dt.answer_us - dt.stop_us)
+                                             : NULL);
+    json_object_object_add(dto, "answer",
+                           dt.answer ? json_object_new_string(dt.answer)
+                                     : NULL);
     json_object_object_add(doc, "downtime", dto);
 
     /* phases with their spans, from the analysis' phase start times */

@@ -251,19 +251,21 @@ run(const Case *c, Result *res)
     cr_assert_not_null(dt, "no downtime_ms in the report");
     double wire = json_object_get_double(dt);
     gint64 qemu = jint(res->src, "downtime");
+    json_object *answer = it_jget(rep, "downtime.until_answer_ms");
     g_printerr("relay-downtime case=%s qemu_ms=%" G_GINT64_FORMAT
-               " wire_ms=%.3f end=%s total_qemu_ms=%" G_GINT64_FORMAT
-               " total_wire_ms=%.1f\n",
+               " wire_ms=%.3f end=%s until_answer_ms=%.1f"
+               " total_qemu_ms=%" G_GINT64_FORMAT " total_wire_ms=%.1f\n",
                c->name, qemu, wire,
                json_object_get_string(it_jget(rep, "downtime.end_marker")),
+               answer ? json_object_get_double(answer) : -1.0,
                jint(res->src, "total-time"), it_jnum(rep, "total_ms"));
     /* Same order as QEMU's, not a timing: when the stop-and-copy is large
      * (zero_pages_off_100 sends full zero pages) the relay reads the last
      * bytes only as fast as the destination drains its queue, so the wire
      * value can exceed QEMU's by that drain (up to ~100 ms seen). */
-    /* The end is the destination's answer (docs/relay.md), which comes
-     * only after the relay forwarded the stop-and-copy: never 0, whatever
-     * QEMU buffered (it read 0.0 in several modes). */
+    /* It starts at the main channel's last pre-copy read, before the
+     * read that carries the first stop-and-copy record (docs/relay.md):
+     * never 0, whatever QEMU buffered (it read 0.0 in several modes). */
     cr_assert_gt(wire, 0, "wire downtime %.3f ms (QEMU %" G_GINT64_FORMAT
                  " ms), ended by %s",
                  wire, qemu,
