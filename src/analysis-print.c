@@ -108,15 +108,14 @@ print_live(json_object *doc, FILE *out, GPtrArray *keep)
             getd(doc, "total_ms"));
     if (get(doc, "downtime_ms"))
         fprintf(out, ", downtime %.1f ms on the wire (until %s)",
-                getd(doc, "downtime_ms"),
-                str(keep, get(dt, "end_marker")));
+                getd(doc, "downtime_ms"), str(keep, get(dt, "end_marker")));
     fprintf(out, "\n");
     json_object *phases = get(doc, "phases");
     for (size_t i = 0; phases && i < json_object_array_length(phases); i++) {
         json_object *p = json_object_array_get_idx(phases, i);
-        fprintf(out, "%s%s %.0f-%.0f ms", i ? ", " : "  phases: ",
-                str(keep, get(p, "phase")), getd(p, "start_ms"),
-                getd(p, "end_ms"));
+        fprintf(out, "%s%s %.0f-%.0f ms",
+                i ? ", " : "  phases: ", str(keep, get(p, "phase")),
+                getd(p, "start_ms"), getd(p, "end_ms"));
     }
     if (phases && json_object_array_length(phases))
         fprintf(out, "\n");
@@ -140,9 +139,8 @@ print_live(json_object *doc, FILE *out, GPtrArray *keep)
         g_autofree char *sb = human(geti(s, "bytes"));
         json_object *de = get(d, "end"), *se = get(s, "end");
         fprintf(out, "  %7" G_GINT64_FORMAT " %-9s %12s %12s  %s/%s%s\n",
-                geti(c, "channel"), str(keep, get(c, "kind")), db,
-                sb, de ? str(keep, de) : "-",
-                se ? str(keep, se) : "-",
+                geti(c, "channel"), str(keep, get(c, "kind")), db, sb,
+                de ? str(keep, de) : "-", se ? str(keep, se) : "-",
                 json_object_get_boolean(get(c, "partial")) ? " (partial)" : "");
     }
 }
@@ -159,16 +157,16 @@ mp_analysis_print(json_object *doc, FILE *out)
             json_object_get_boolean(get(stream, "complete"))
                 ? "complete (ends with EOF)"
                 : "incomplete (no EOF)",
-            machine ? str(keep, machine) : "(no configuration)",
-            sz);
+            machine ? str(keep, machine) : "(no configuration)", sz);
     json_object *secs = get(stream, "sections");
     fprintf(out, "Sections: %" G_GINT64_FORMAT " START, %" G_GINT64_FORMAT
                  " PART, %" G_GINT64_FORMAT " END, %" G_GINT64_FORMAT " FULL\n",
             geti(secs, "start"), geti(secs, "part"), geti(secs, "end"),
             geti(secs, "full"));
     if (get(stream, "opaque_from"))
-        fprintf(out, "Passed through unparsed from offset %" G_GINT64_FORMAT
-                     ": %s\n",
+        fprintf(out,
+                "Passed through unparsed from offset %" G_GINT64_FORMAT
+                ": %s\n",
                 geti(stream, "opaque_from"),
                 str(keep, get(stream, "opaque_reason")));
 
@@ -203,8 +201,7 @@ mp_analysis_print(json_object *doc, FILE *out)
             continue;
         g_autofree char *pb = human(geti(ph, "bytes"));
         fprintf(out, "  %-10s %10" G_GINT64_FORMAT " pages  %s\n",
-                key(keep, name),
-                geti(ph, "pages"), pb);
+                key(keep, name), geti(ph, "pages"), pb);
     }
 
     json_object *rounds = get(doc, "rounds");
@@ -219,8 +216,8 @@ mp_analysis_print(json_object *doc, FILE *out)
         fprintf(out,
                 "  %5" G_GINT64_FORMAT " %-10s %10" G_GINT64_FORMAT
                 " %10" G_GINT64_FORMAT " %12s\n",
-                geti(r, "index"), str(keep, get(r, "phase")),
-                geti(r, "pages"), geti(r, "dirty_pages"), b);
+                geti(r, "index"), str(keep, get(r, "phase")), geti(r, "pages"),
+                geti(r, "dirty_pages"), b);
     }
 
     fprintf(out, "\nCommands:");
@@ -267,8 +264,9 @@ mp_analysis_print(json_object *doc, FILE *out)
         qsort(sorted->pdata, sorted->len, sizeof(gpointer), cmp_device_bytes);
         for (guint i = 0; i < sorted->len && i < 12; i++) {
             json_object *d = g_ptr_array_index(sorted, i);
-            fprintf(out, "  %-32s inst %-3" G_GINT64_FORMAT " v%-3"
-                         G_GINT64_FORMAT " %10" G_GINT64_FORMAT " bytes\n",
+            fprintf(out,
+                    "  %-32s inst %-3" G_GINT64_FORMAT " v%-3" G_GINT64_FORMAT
+                    " %10" G_GINT64_FORMAT " bytes\n",
                     str(keep, get(d, "name")), geti(d, "instance"),
                     geti(d, "version"), geti(d, "bytes"));
         }
@@ -296,10 +294,8 @@ mp_analysis_print(json_object *doc, FILE *out)
     fprintf(out, "\nAnomalies: %s\n",
             json_object_array_length(anom) ? "" : "none");
     for (size_t i = 0; i < json_object_array_length(anom); i++)
-        fprintf(out, "  %s\n",
-                str(keep, json_object_array_get_idx(anom, i)));
+        fprintf(out, "  %s\n", str(keep, json_object_array_get_idx(anom, i)));
     fprintf(out, "Errors: %s\n", json_object_array_length(errs) ? "" : "none");
     for (size_t i = 0; i < json_object_array_length(errs); i++)
-        fprintf(out, "  %s\n",
-                str(keep, json_object_array_get_idx(errs, i)));
+        fprintf(out, "  %s\n", str(keep, json_object_array_get_idx(errs, i)));
 }

@@ -43,15 +43,13 @@ on_record(const MpRecord *rec, gpointer user_data)
         if (puts(ctx->line->str) == EOF) {
             /* a full disk: an error, not a silently short listing */
             int e = errno;
-            g_set_error(&ctx->stop_error, G_IO_ERROR,
-                        g_io_error_from_errno(e),
+            g_set_error(&ctx->stop_error, G_IO_ERROR, g_io_error_from_errno(e),
                         "--events: writing to the standard output: %s",
                         g_strerror(e));
             return MP_REC_PAUSE;
         }
     }
-    if (ctx->image
-        && !mp_ram_image_record(ctx->image, rec, &ctx->stop_error))
+    if (ctx->image && !mp_ram_image_record(ctx->image, rec, &ctx->stop_error))
         return MP_REC_PAUSE; /* stop: the error is reported by the caller */
     return MP_REC_CONTINUE;
 }

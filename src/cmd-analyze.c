@@ -90,8 +90,8 @@ mp_cmd_analyze(int argc, char **argv)
         if (json_object_object_get_ex(doc, "errors", &errs))
             for (size_t k = 0; k < json_object_array_length(errs); k++) {
                 /* (errors quote names from the stream) */
-                g_autofree char *e = mp_printable(json_object_get_string(
-                    json_object_array_get_idx(errs, k)));
+                g_autofree char *e = mp_printable(
+                    json_object_get_string(json_object_array_get_idx(errs, k)));
                 fprintf(stderr, "migproxy analyze: %s: %s\n", files[i], e);
             }
         json_object_put(doc);

@@ -13,7 +13,7 @@
 /* Limits of what the parsers accept: far above any link or memory, and
  * low enough that the pacer's arithmetic (rate x BURST_US) and a size in
  * bytes stay well inside 64 bits. */
-#define MAX_RATE 1e15             /* bytes per second: 8000 tbit */
+#define MAX_RATE 1e15                 /* bytes per second: 8000 tbit */
 #define MAX_SIZE (double)(1ull << 50) /* 1 PiB */
 
 struct MpRatePacer {

@@ -62,20 +62,20 @@ struct MpRelayMetrics {
     gint64 last_us;      /* last byte of any channel */
 
     /* Where the downtime starts on the wire (downtime()) */
-    gint64 main_prev_us;      /* the main channel's read before the latest */
-    gint64 mfd_since_main_us; /* first multifd read since the latest main
-                                 read, -1: none */
+    gint64 main_prev_us;       /* the main channel's read before the latest */
+    gint64 mfd_since_main_us;  /* first multifd read since the latest main
+                                  read, -1: none */
     gint64 mfd_before_main_us; /* the same, before the latest main read */
-    gint64 precopy_end_us;    /* main_prev_us when the stop was seen */
-    gint64 mfd_stop_us;       /* mfd_before_main_us when the stop was seen */
+    gint64 precopy_end_us;     /* main_prev_us when the stop was seen */
+    gint64 mfd_stop_us;        /* mfd_before_main_us when the stop was seen */
     gboolean stop_seen;
-    gboolean multifd;         /* a multifd channel took part */
-    gboolean in_package;       /* inside the PACKAGED blob */
-    gboolean package_passed;   /* the blob's end was read */
+    gboolean multifd;        /* a multifd channel took part */
+    gboolean in_package;     /* inside the PACKAGED blob */
+    gboolean package_passed; /* the blob's end was read */
     /* PINGs sent outside the blob (its own come after device sections
      * that are not parsed): a PONG to any other is the destination's
      * answer to the PING inside the blob, after it loaded the devices */
-    GArray *pings;             /* guint32, at most MAX_PINGS */
+    GArray *pings; /* guint32, at most MAX_PINGS */
     gint64 package_pong_us;
 
     /* ticks */
@@ -898,9 +898,8 @@ mp_relay_metrics_report(MpRelayMetrics *m)
     json_object_object_add(dto, "until_answer_ms",
                            dt.answer_us >= 0 ? jms(dt.answer_us - dt.stop_us)
                                              : NULL);
-    json_object_object_add(dto, "answer",
-                           dt.answer ? json_object_new_string(dt.answer)
-                                     : NULL);
+    json_object_object_add(
+        dto, "answer", dt.answer ? json_object_new_string(dt.answer) : NULL);
     json_object_object_add(doc, "downtime", dto);
 
     /* phases with their spans, from the analysis' phase start times */

@@ -345,9 +345,10 @@ assert_full_disk_fails(const char *what, const char *arg)
 {
     g_autofree char *sample = g_build_filename(
         MP_SOURCE_ROOT, "samples", "streams", "idle-7.2.mig.zst", NULL);
-    const char *argv[] = {"/bin/sh", "-c",
-                          "exec \"$0\" analyze -q $1 \"$2\" > /dev/full",
-                          it_migproxy(), arg, sample, NULL};
+    const char *argv[] = {
+        "/bin/sh",     "-c", "exec \"$0\" analyze -q $1 \"$2\" > /dev/full",
+        it_migproxy(), arg,  sample,
+        NULL};
     g_autofree char *out = NULL, *errout = NULL;
     int status = 0;
     g_autoptr(GError) err = NULL;
@@ -355,10 +356,9 @@ assert_full_disk_fails(const char *what, const char *arg)
                            NULL, &out, &errout, &status, &err),
               "%s", err ? err->message : "?");
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
-              "%s to a full disk: status %d, stderr: %s", what, status,
+              "%s to a full disk: status %d, stderr: %s", what, status, errout);
+    cr_assert(strstr(errout, "No space left on device"), "%s: stderr: %s", what,
               errout);
-    cr_assert(strstr(errout, "No space left on device"), "%s: stderr: %s",
-              what, errout);
 }
 
 Test(analyze, output_to_full_disk)

@@ -388,10 +388,10 @@ Test(relay_failures, stream_names_escaped_in_log)
     /* header, START of "ram" (id 1, version 4), MEM_SIZE 4096 with the
      * block list "pc.ram" of 4096, then a PAGE for the evil block */
     static const guint8 head[] = {
-        'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x01, 0, 0, 0, 1, 3, 'r', 'a', 'm',
-        0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x10, 0x04, 6, 'p', 'c',
-        '.', 'r', 'a', 'm', 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0,
-        0x08};
+        'Q', 'E', 'V', 'M',  0,    0, 0,   3,   0x01, 0,   0,   0,   1, 3,
+        'r', 'a', 'm', 0,    0,    0, 0,   0,   0,    0,   4,   0,   0, 0,
+        0,   0,   0,   0x10, 0x04, 6, 'p', 'c', '.',  'r', 'a', 'm', 0, 0,
+        0,   0,   0,   0,    0x10, 0, 0,   0,   0,    0,   0,   0,   0, 0x08};
     g_byte_array_append(b, head, sizeof head);
     guint8 len = strlen(evil);
     g_byte_array_append(b, &len, 1);

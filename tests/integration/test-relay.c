@@ -266,7 +266,8 @@ run(const Case *c, Result *res)
     /* It starts at the main channel's last pre-copy read, before the
      * read that carries the first stop-and-copy record (docs/relay.md):
      * never 0, whatever QEMU buffered (it read 0.0 in several modes). */
-    cr_assert_gt(wire, 0, "wire downtime %.3f ms (QEMU %" G_GINT64_FORMAT
+    cr_assert_gt(wire, 0,
+                 "wire downtime %.3f ms (QEMU %" G_GINT64_FORMAT
                  " ms), ended by %s",
                  wire, qemu,
                  json_object_get_string(it_jget(rep, "downtime.end_marker")));

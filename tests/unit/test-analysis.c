@@ -234,8 +234,8 @@ static void
 assert_plain_text(const char *what, const char *text)
 {
     for (const char *p = text; *p; p++)
-        cr_assert((guchar)*p >= 0x20 || *p == '\n',
-                  "%s: byte 0x%02x at %zd", what, (guchar)*p, p - text);
+        cr_assert((guchar)*p >= 0x20 || *p == '\n', "%s: byte 0x%02x at %zd",
+                  what, (guchar)*p, p - text);
     cr_assert(!strstr(text, "\nsession 1"), "%s: a forged line", what);
 }
 
@@ -265,8 +265,7 @@ Test(analysis, stream_names_are_printed_escaped)
     cr_assert_str_eq(json_object_get_string(json_object_object_get(
                          json_object_array_get_idx(
                              json_object_object_get(
-                                 json_object_object_get(doc, "ram"),
-                                 "blocks"),
+                                 json_object_object_get(doc, "ram"), "blocks"),
                              0),
                          "name")),
                      evil); /* the data keeps the name as it is */
@@ -277,8 +276,8 @@ Test(analysis, stream_names_are_printed_escaped)
     mp_analysis_print(doc, f);
     fclose(f);
     assert_plain_text("summary", text);
-    cr_assert(strstr(text, "\\x1b[2J\\nsession 1 completed\\r\\x9b"),
-              "%s", text);
+    cr_assert(strstr(text, "\\x1b[2J\\nsession 1 completed\\r\\x9b"), "%s",
+              text);
     free(text);
     /* json-c escapes control bytes itself */
     assert_plain_text("json", json_object_to_json_string(doc));

@@ -290,13 +290,13 @@ Test(relay_queue, low_latency_failure_is_reported)
     g_autoptr(MpRelayChannel) ch = mp_relay_channel_new(down, 1, &hooks, &st);
     g_autoptr(GError) err = NULL;
 
-    cr_assert_not(mp_relay_channel_set_low_latency(ch, MP_DIR_TO_SRC, 16384,
-                                                   &err));
+    cr_assert_not(
+        mp_relay_channel_set_low_latency(ch, MP_DIR_TO_SRC, 16384, &err));
     cr_assert_not_null(err);
     cr_assert(strstr(err->message, "TCP_NOTSENT_LOWAT"), "%s", err->message);
     g_clear_error(&err);
     /* towards a destination not connected yet: no socket to set it on */
-    cr_assert_not(mp_relay_channel_set_low_latency(ch, MP_DIR_TO_DST, 16384,
-                                                   &err));
+    cr_assert_not(
+        mp_relay_channel_set_low_latency(ch, MP_DIR_TO_DST, 16384, &err));
     cr_assert_not_null(err);
 }
