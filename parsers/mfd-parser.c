@@ -182,6 +182,8 @@ set_error(MpMfdParser *p, MpParseErrorCode code, const char *fmt, ...)
     p->zds = NULL;
     g_clear_pointer(&p->dec_buf, g_free);
     p->dec_cap = 0;
+    /* its message may quote a name from the stream */
+    mp_error_make_printable(p->error);
 }
 
 /* Copies header bytes until p->hdr_have == p->hdr_need.
@@ -788,5 +790,7 @@ mp_mfd_parser_finish(MpMfdParser *p, GError **error)
                 " inside %s (%s at offset %" G_GUINT64_FORMAT ")",
                 p->channel, p->off, state_what(p, what),
                 p->state == M_INIT ? "init" : "packet", p->pkt_start);
+    if (error)
+        mp_error_make_printable(*error);
     return FALSE;
 }

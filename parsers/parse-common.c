@@ -170,3 +170,62 @@ mp_json_heap_estimate(const char *json, gsize len)
     }
     return objects * JSON_COST_OBJECT + values * JSON_COST_VALUE + len;
 }
+
+static gboolean
+printable_byte(guchar c)
+{
+    return c >= 0x20 && c < 0x7f;
+}
+
+void
+mp_string_append_printable(GString *out, const char *s)
+{
+    if (!s) {
+        g_string_append(out, "(null)");
+        return;
+    }
+    for (const guchar *p = (const guchar *)s; *p; p++) {
+        const guchar *run = p;
+        while (*p && printable_byte(*p))
+            p++;
+        g_string_append_len(out, (const char *)run, p - run);
+        if (!*p)
+            break;
+        switch (*p) {
+        case '\n':
+            g_string_append(out, "\\n");
+            break;
+        case '\r':
+            g_string_append(out, "\\r");
+            break;
+        case '\t':
+            g_string_append(out, "\\t");
+            break;
+        default:
+            g_string_append_printf(out, "\\x%02x", *p);
+        }
+    }
+}
+
+char *
+mp_printable(const char *s)
+{
+    GString *out = g_string_new(NULL);
+    mp_string_append_printable(out, s);
+    return g_string_free(out, FALSE);
+}
+
+void
+mp_error_make_printable(GError *e)
+{
+    if (!e || !e->message)
+        return;
+    for (const guchar *p = (const guchar *)e->message; *p; p++) {
+        if (!printable_byte(*p)) {
+            char *clean = mp_printable(e->message);
+            g_free(e->message);
+            e->message = clean;
+            return;
+        }
+    }
+}

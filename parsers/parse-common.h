@@ -109,3 +109,18 @@ gboolean mp_buffer_is_zero(const guint8 *p, gsize len);
  * from its objects and other values counted outside strings (a few ms
  * for 16 MiB).  @return bytes. */
 guint64 mp_json_heap_estimate(const char *json, gsize len);
+
+/* Text from the stream (RAMBlock, section and device names, a machine
+ * type) as it may be printed on a terminal or in a log line: every byte
+ * outside printable ASCII (ESC, CR, newline and the other control bytes,
+ * DEL, bytes >= 0x80) becomes \xNN (\n, \r and \t as such), so that a name
+ * can neither move the cursor, clear the screen nor start a line of its
+ * own.  Printable text comes out as it went in: escaping twice is the
+ * same as once, and a name with a backslash is ambiguous but harmless.
+ * NULL appends "(null)". */
+void mp_string_append_printable(GString *out, const char *s);
+/* The same as a new string (free with g_free()). */
+char *mp_printable(const char *s);
+/* Makes `e`'s message printable in place (accepts NULL).  Parsers call it
+ * on every error they raise, whose messages quote names from the stream. */
+void mp_error_make_printable(GError *e);

@@ -1038,6 +1038,8 @@ out:
     return status;
 
 fail:
+    /* its message may quote a name from the stream */
+    mp_error_make_printable(p->error);
     *consumed = pos - buf;
     p->off += *consumed;
     if (error)

@@ -2,6 +2,7 @@
  * `migproxy analyze --events` and test comparisons.  The format is stable:
  *   off=4107 len=4105 ram_page block="pc.ram" addr=0x1000 kind=normal
  */
+#include "parse-common.h"
 #include "record-format.h"
 
 static void
@@ -16,8 +17,8 @@ describe_section(GString *s, const MpSectionInfo *si)
                                si->idstr, si->instance_id, si->version_id);
 }
 
-void
-mp_record_describe(const MpRecord *r, GString *s)
+static void
+describe(const MpRecord *r, GString *s)
 {
     g_string_append_printf(s, "off=%" G_GUINT64_FORMAT " len=%" G_GUINT64_FORMAT
                               " %s",
@@ -169,5 +170,24 @@ mp_record_describe(const MpRecord *r, GString *s)
         break;
     default:
         break;
+    }
+}
+
+void
+mp_record_describe(const MpRecord *r, GString *s)
+{
+    gsize from = s->len;
+
+    describe(r, s);
+    /* block, section and device names come from the stream: the line
+     * stays one line of plain text whatever they hold */
+    for (gsize i = from; i < s->len; i++) {
+        guchar c = s->str[i];
+        if (c < 0x20 || c >= 0x7f) {
+            g_autofree char *line = g_strdup(s->str + from);
+            g_string_truncate(s, from);
+            mp_string_append_printable(s, line);
+            break;
+        }
     }
 }

@@ -110,6 +110,8 @@ set_error(MpRpParser *p, MpParseErrorCode code, const char *fmt, ...)
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
+    /* its message may quote a name from the stream */
+    mp_error_make_printable(p->error);
 }
 
 /* Copies message bytes until p->have == need.  @return TRUE when they are
@@ -422,5 +424,7 @@ mp_rp_parser_finish(MpRpParser *p, GError **error)
                     "offset %" G_GUINT64_FORMAT ")",
                     p->channel, p->off, state_what(p), p->bm_block,
                     p->msg_start);
+    if (error)
+        mp_error_make_printable(*error);
     return FALSE;
 }

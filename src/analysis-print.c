@@ -3,6 +3,29 @@
 #include <stdlib.h>
 #include <string.h>
 #include "analysis.h"
+#include "parse-common.h"
+
+/* Every string printed came from a stream or a capture's index.json:
+ * printable, whatever it holds (parse-common.h); `keep` holds the copies
+ * until the summary is printed. */
+static const char *
+str(GPtrArray *keep, json_object *v)
+{
+    const char *s = json_object_get_string(v);
+    if (!s)
+        return "(null)";
+    char *p = mp_printable(s);
+    g_ptr_array_add(keep, p);
+    return p;
+}
+
+static const char *
+key(GPtrArray *keep, const char *k)
+{
+    char *p = mp_printable(k);
+    g_ptr_array_add(keep, p);
+    return p;
+}
 
 static gint64
 geti(json_object *o, const char *key)
@@ -55,7 +78,7 @@ latency(json_object *o, const char *key)
 /* What only live streams have (the relay's report, a capture directory):
  * multifd, the return path, timing and the channels. */
 static void
-print_live(json_object *doc, FILE *out)
+print_live(json_object *doc, FILE *out, GPtrArray *keep)
 {
     json_object *mfd = get(doc, "multifd");
     if (mfd) {
@@ -73,7 +96,7 @@ print_live(json_object *doc, FILE *out)
     if (rp) {
         fprintf(out, "Return path:");
         json_object_object_foreach(rp, name, n)
-            fprintf(out, " %s=%" G_GINT64_FORMAT, name,
+            fprintf(out, " %s=%" G_GINT64_FORMAT, key(keep, name),
                     json_object_get_int64(n));
         fprintf(out, "\n");
     }
@@ -81,19 +104,18 @@ print_live(json_object *doc, FILE *out)
     if (!chans)
         return;
     json_object *dt = get(doc, "downtime");
-    fprintf(out, "\nLive: %s, %.0f ms", json_object_get_string(get(doc, "outcome")),
+    fprintf(out, "\nLive: %s, %.0f ms", str(keep, get(doc, "outcome")),
             getd(doc, "total_ms"));
     if (get(doc, "downtime_ms"))
         fprintf(out, ", downtime %.1f ms on the wire (until %s)",
-                getd(doc, "downtime_ms"),
-                json_object_get_string(get(dt, "end_marker")));
+                getd(doc, "downtime_ms"), str(keep, get(dt, "end_marker")));
     fprintf(out, "\n");
     json_object *phases = get(doc, "phases");
     for (size_t i = 0; phases && i < json_object_array_length(phases); i++) {
         json_object *p = json_object_array_get_idx(phases, i);
-        fprintf(out, "%s%s %.0f-%.0f ms", i ? ", " : "  phases: ",
-                json_object_get_string(get(p, "phase")), getd(p, "start_ms"),
-                getd(p, "end_ms"));
+        fprintf(out, "%s%s %.0f-%.0f ms",
+                i ? ", " : "  phases: ", str(keep, get(p, "phase")),
+                getd(p, "start_ms"), getd(p, "end_ms"));
     }
     if (phases && json_object_array_length(phases))
         fprintf(out, "\n");
@@ -117,9 +139,8 @@ print_live(json_object *doc, FILE *out)
         g_autofree char *sb = human(geti(s, "bytes"));
         json_object *de = get(d, "end"), *se = get(s, "end");
         fprintf(out, "  %7" G_GINT64_FORMAT " %-9s %12s %12s  %s/%s%s\n",
-                geti(c, "channel"), json_object_get_string(get(c, "kind")), db,
-                sb, de ? json_object_get_string(de) : "-",
-                se ? json_object_get_string(se) : "-",
+                geti(c, "channel"), str(keep, get(c, "kind")), db, sb,
+                de ? str(keep, de) : "-", se ? str(keep, se) : "-",
                 json_object_get_boolean(get(c, "partial")) ? " (partial)" : "");
     }
 }
@@ -127,6 +148,7 @@ print_live(json_object *doc, FILE *out)
 void
 mp_analysis_print(json_object *doc, FILE *out)
 {
+    g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
     json_object *stream = get(doc, "stream"), *ram = get(doc, "ram");
     json_object *machine = get(stream, "machine");
     g_autofree char *sz = human(geti(stream, "bytes"));
@@ -135,18 +157,18 @@ mp_analysis_print(json_object *doc, FILE *out)
             json_object_get_boolean(get(stream, "complete"))
                 ? "complete (ends with EOF)"
                 : "incomplete (no EOF)",
-            machine ? json_object_get_string(machine) : "(no configuration)",
-            sz);
+            machine ? str(keep, machine) : "(no configuration)", sz);
     json_object *secs = get(stream, "sections");
     fprintf(out, "Sections: %" G_GINT64_FORMAT " START, %" G_GINT64_FORMAT
                  " PART, %" G_GINT64_FORMAT " END, %" G_GINT64_FORMAT " FULL\n",
             geti(secs, "start"), geti(secs, "part"), geti(secs, "end"),
             geti(secs, "full"));
     if (get(stream, "opaque_from"))
-        fprintf(out, "Passed through unparsed from offset %" G_GINT64_FORMAT
-                     ": %s\n",
+        fprintf(out,
+                "Passed through unparsed from offset %" G_GINT64_FORMAT
+                ": %s\n",
                 geti(stream, "opaque_from"),
-                json_object_get_string(get(stream, "opaque_reason")));
+                str(keep, get(stream, "opaque_reason")));
 
     json_object *blocks = get(ram, "blocks");
     g_autofree char *total = human(geti(ram, "total"));
@@ -162,7 +184,7 @@ mp_analysis_print(json_object *doc, FILE *out)
         fprintf(out,
                 "  %-28s %10s %10" G_GINT64_FORMAT " %10" G_GINT64_FORMAT
                 " %10" G_GINT64_FORMAT " %10" G_GINT64_FORMAT "\n",
-                json_object_get_string(get(b, "name")), bs, geti(p, "normal"),
+                str(keep, get(b, "name")), bs, geti(p, "normal"),
                 geti(p, "zero"), geti(p, "xbzrle"), geti(p, "compressed"));
     }
     json_object *pages = get(ram, "pages");
@@ -178,8 +200,8 @@ mp_analysis_print(json_object *doc, FILE *out)
         if (!geti(ph, "pages"))
             continue;
         g_autofree char *pb = human(geti(ph, "bytes"));
-        fprintf(out, "  %-10s %10" G_GINT64_FORMAT " pages  %s\n", name,
-                geti(ph, "pages"), pb);
+        fprintf(out, "  %-10s %10" G_GINT64_FORMAT " pages  %s\n",
+                key(keep, name), geti(ph, "pages"), pb);
     }
 
     json_object *rounds = get(doc, "rounds");
@@ -194,8 +216,8 @@ mp_analysis_print(json_object *doc, FILE *out)
         fprintf(out,
                 "  %5" G_GINT64_FORMAT " %-10s %10" G_GINT64_FORMAT
                 " %10" G_GINT64_FORMAT " %12s\n",
-                geti(r, "index"), json_object_get_string(get(r, "phase")),
-                geti(r, "pages"), geti(r, "dirty_pages"), b);
+                geti(r, "index"), str(keep, get(r, "phase")), geti(r, "pages"),
+                geti(r, "dirty_pages"), b);
     }
 
     fprintf(out, "\nCommands:");
@@ -203,7 +225,8 @@ mp_analysis_print(json_object *doc, FILE *out)
     if (!json_object_object_length(cmds))
         fprintf(out, " none");
     json_object_object_foreach(cmds, cname, cnt)
-        fprintf(out, " %s=%" G_GINT64_FORMAT, cname, json_object_get_int64(cnt));
+        fprintf(out, " %s=%" G_GINT64_FORMAT, key(keep, cname),
+                json_object_get_int64(cnt));
     fprintf(out, "\n");
 
     json_object *disk = get(doc, "disk");
@@ -223,7 +246,7 @@ mp_analysis_print(json_object *doc, FILE *out)
                 geti(pc, "packaged_bytes"), geti(pc, "discard_ranges"),
                 geti(pc, "requests"));
 
-    print_live(doc, out);
+    print_live(doc, out, keep);
 
     json_object *devs = get(doc, "devices");
     size_t nd = json_object_array_length(devs);
@@ -241,9 +264,10 @@ mp_analysis_print(json_object *doc, FILE *out)
         qsort(sorted->pdata, sorted->len, sizeof(gpointer), cmp_device_bytes);
         for (guint i = 0; i < sorted->len && i < 12; i++) {
             json_object *d = g_ptr_array_index(sorted, i);
-            fprintf(out, "  %-32s inst %-3" G_GINT64_FORMAT " v%-3"
-                         G_GINT64_FORMAT " %10" G_GINT64_FORMAT " bytes\n",
-                    json_object_get_string(get(d, "name")), geti(d, "instance"),
+            fprintf(out,
+                    "  %-32s inst %-3" G_GINT64_FORMAT " v%-3" G_GINT64_FORMAT
+                    " %10" G_GINT64_FORMAT " bytes\n",
+                    str(keep, get(d, "name")), geti(d, "instance"),
                     geti(d, "version"), geti(d, "bytes"));
         }
         if (sorted->len > 12)
@@ -262,7 +286,7 @@ mp_analysis_print(json_object *doc, FILE *out)
         if (!v)
             continue;
         g_autofree char *hb = human(v);
-        fprintf(out, "  %-12s %12s %6.2f%%\n", cat, hb,
+        fprintf(out, "  %-12s %12s %6.2f%%\n", key(keep, cat), hb,
                 all ? 100.0 * v / all : 0.0);
     }
 
@@ -270,10 +294,8 @@ mp_analysis_print(json_object *doc, FILE *out)
     fprintf(out, "\nAnomalies: %s\n",
             json_object_array_length(anom) ? "" : "none");
     for (size_t i = 0; i < json_object_array_length(anom); i++)
-        fprintf(out, "  %s\n",
-                json_object_get_string(json_object_array_get_idx(anom, i)));
+        fprintf(out, "  %s\n", str(keep, json_object_array_get_idx(anom, i)));
     fprintf(out, "Errors: %s\n", json_object_array_length(errs) ? "" : "none");
     for (size_t i = 0; i < json_object_array_length(errs); i++)
-        fprintf(out, "  %s\n",
-                json_object_get_string(json_object_array_get_idx(errs, i)));
+        fprintf(out, "  %s\n", str(keep, json_object_array_get_idx(errs, i)));
 }

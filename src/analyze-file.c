@@ -1,10 +1,11 @@
 /* analyze-file.c: one stream file through the main-channel parser into an
  * analysis (and optionally a RAM image). */
 #include "config.h"
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
-#include <glib.h>
+#include <gio/gio.h>
 #include "analysis.h"
 #include "analyze-file.h"
 #include "capture-read.h"
@@ -24,7 +25,7 @@ typedef struct {
     const MpAnalyzeOptions *opt;
     MpAnalysis *analysis;
     MpRamImage *image;
-    GError *image_error;
+    GError *stop_error; /* the RAM image or --events output failed */
     GString *line;
 } FileCtx;
 
@@ -34,13 +35,21 @@ on_record(const MpRecord *rec, gpointer user_data)
     FileCtx *ctx = user_data;
 
     mp_analysis_record(ctx->analysis, rec);
+    if (ctx->stop_error)
+        return MP_REC_PAUSE;
     if (ctx->opt->events) {
         g_string_truncate(ctx->line, 0);
         mp_record_describe(rec, ctx->line);
-        puts(ctx->line->str);
+        if (puts(ctx->line->str) == EOF) {
+            /* a full disk: an error, not a silently short listing */
+            int e = errno;
+            g_set_error(&ctx->stop_error, G_IO_ERROR, g_io_error_from_errno(e),
+                        "--events: writing to the standard output: %s",
+                        g_strerror(e));
+            return MP_REC_PAUSE;
+        }
     }
-    if (ctx->image && !ctx->image_error
-        && !mp_ram_image_record(ctx->image, rec, &ctx->image_error))
+    if (ctx->image && !mp_ram_image_record(ctx->image, rec, &ctx->stop_error))
         return MP_REC_PAUSE; /* stop: the error is reported by the caller */
     return MP_REC_CONTINUE;
 }
@@ -166,7 +175,7 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         mp_analysis_set_vmdesc(analysis, vmdesc);
     }
     guint8 *buf = g_malloc(READ_SIZE);
-    gboolean ended = FALSE, failed = FALSE;
+    gboolean ended = FALSE, failed = FALSE, image_failed = FALSE;
     for (;;) {
         gssize n = mp_input_read(in, buf, READ_SIZE, &err);
         if (n < 0) {
@@ -193,8 +202,9 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
             MpFeedStatus st =
                 mp_qmig_parser_feed(parser, buf + off, n - off, &used, &err);
             off += used;
-            if (ctx.image_error) {
-                mp_analysis_error(analysis, ctx.image_error);
+            if (ctx.stop_error) {
+                mp_analysis_error(analysis, ctx.stop_error);
+                image_failed = ctx.image != NULL;
                 failed = TRUE;
             } else if (st == MP_FEED_ERROR) {
                 mp_analysis_error(analysis, err);
@@ -212,7 +222,7 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         if (image && !failed && !mp_ram_image_flush(image, &err)) {
             mp_analysis_error(analysis, err);
             g_clear_error(&err);
-            failed = TRUE;
+            image_failed = failed = TRUE;
         }
         if (failed)
             break;
@@ -230,7 +240,9 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         g_clear_error(&err);
         failed = TRUE;
     }
-    if (image && !mp_ram_image_close(image, &err)) {
+    /* an image a write failed for is left without its index.json (and
+     * its pending pages, which would only fail again) */
+    if (image && !image_failed && !mp_ram_image_close(image, &err)) {
         mp_analysis_error(analysis, err);
         g_clear_error(&err);
         failed = TRUE;
@@ -240,6 +252,7 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
 done:
     mp_analysis_finish(analysis, total);
     g_string_free(ctx.line, TRUE);
+    g_clear_error(&ctx.stop_error);
     json_object *doc = mp_analysis_to_json(analysis);
     json_object_object_add(doc, "file", json_object_new_string(path));
     return doc;

@@ -1,11 +1,13 @@
 /* cmd-analyze.c: `migproxy analyze FILE...`, offline analysis of stream
  * files as QEMU writes them with `migrate "exec:cat > FILE"`. */
 #include "config.h"
+#include <errno.h>
 #include <stdio.h>
 #include <glib.h>
 #include "analysis.h"
 #include "analyze-file.h"
 #include "commands.h"
+#include "parse-common.h"
 
 int
 mp_cmd_analyze(int argc, char **argv)
@@ -48,7 +50,9 @@ mp_cmd_analyze(int argc, char **argv)
             "      cmp out/pc.ram guest-memory.bin\n"
             "  migproxy analyze --events vm.mig | less  every record\n\n"
             "Exit status: 0 if every file parsed cleanly, 1 if a file could "
-            "not be read or holds an invalid stream, 2 on usage errors.");
+            "not be read or holds an invalid stream, or the output (standard "
+            "output, --dump-ram) could not be written, 2 on usage "
+            "errors.");
     g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy analyze: %s\n(see migproxy analyze --help)\n",
@@ -66,7 +70,7 @@ mp_cmd_analyze(int argc, char **argv)
         return 2;
     }
 
-    int status = 0;
+    int status = 0, out_errno = 0;
     json_object *all = json_object_new_array();
     for (guint i = 0; files[i]; i++) {
         gboolean ok;
@@ -84,20 +88,39 @@ mp_cmd_analyze(int argc, char **argv)
         }
         json_object *errs;
         if (json_object_object_get_ex(doc, "errors", &errs))
-            for (size_t k = 0; k < json_object_array_length(errs); k++)
-                fprintf(stderr, "migproxy analyze: %s: %s\n", files[i],
-                        json_object_get_string(
-                            json_object_array_get_idx(errs, k)));
+            for (size_t k = 0; k < json_object_array_length(errs); k++) {
+                /* (errors quote names from the stream) */
+                g_autofree char *e = mp_printable(
+                    json_object_get_string(json_object_array_get_idx(errs, k)));
+                fprintf(stderr, "migproxy analyze: %s: %s\n", files[i], e);
+            }
         json_object_put(doc);
     }
     if (opt.json) {
         json_object *out = json_object_array_length(all) == 1
                                ? json_object_array_get_idx(all, 0)
                                : all;
-        puts(json_object_to_json_string_ext(
-            out, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+        if (puts(json_object_to_json_string_ext(
+                out, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE))
+            == EOF)
+            out_errno = errno;
     }
     json_object_put(all);
     g_free(opt.dump_ram);
+    /* A full disk or a file system that fails on close: an error and a
+     * non-zero exit, not a silently short output (a closed pipe ends the
+     * command with SIGPIPE, as for any filter). */
+    errno = 0;
+    gboolean bad_output = fflush(stdout) != 0 || ferror(stdout);
+    int e = errno ? errno : out_errno;
+    if (fclose(stdout) != 0 && !bad_output) {
+        bad_output = TRUE;
+        e = errno;
+    }
+    if (bad_output) {
+        fprintf(stderr, "migproxy analyze: writing the output: %s\n",
+                e ? g_strerror(e) : "write error");
+        status = 1;
+    }
     return status;
 }

@@ -9,6 +9,7 @@
 #include <glib.h>
 #include <glib-unix.h>
 #include "commands.h"
+#include "parse-common.h"
 #include "rate-pacer.h"
 #include "relay.h"
 
@@ -34,6 +35,16 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields,
     for (gsize i = 0; i < n_fields; i++)
         if (strcmp(fields[i].key, "MESSAGE") == 0)
             message = fields[i].value;
+    /* Names from the stream are escaped where they are quoted; this
+     * catches any that is not, so that no log line can clear the
+     * terminal or forge a line of its own (parse-common.h). */
+    g_autofree char *clean = NULL;
+    for (const char *p = message; p && *p; p++) {
+        if ((guchar)*p < 0x20 || (guchar)*p >= 0x7f) {
+            message = clean = mp_printable(message);
+            break;
+        }
+    }
     const char *tag = level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL)
                           ? "error: "
                       : level & G_LOG_LEVEL_WARNING ? "warning: "
@@ -46,28 +57,21 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields,
     return G_LOG_WRITER_HANDLED;
 }
 
-static gboolean
-on_signal(gpointer user_data)
-{
-    LogContext *lc = user_data;
-    /* g_unix_signal_add passes no signal number: the sources differ */
-    mp_relay_stop(lc->relay, "signal");
-    return G_SOURCE_CONTINUE;
-}
+/* SIGINT, SIGTERM and SIGHUP (the terminal the relay was started from
+ * went away) all stop it cleanly; g_unix_signal_add passes no signal
+ * number, so each source carries its name. */
+typedef struct {
+    LogContext *lc;
+    const char *name;
+    int signum;
+    guint source;
+} StopSignal;
 
 static gboolean
-on_sigint(gpointer user_data)
+on_stop_signal(gpointer user_data)
 {
-    LogContext *lc = user_data;
-    mp_relay_stop(lc->relay, "SIGINT");
-    return G_SOURCE_CONTINUE;
-}
-
-static gboolean
-on_sigterm(gpointer user_data)
-{
-    LogContext *lc = user_data;
-    mp_relay_stop(lc->relay, "SIGTERM");
+    const StopSignal *s = user_data;
+    mp_relay_stop(s->lc->relay, s->name);
     return G_SOURCE_CONTINUE;
 }
 
@@ -200,10 +204,10 @@ mp_cmd_relay(int argc, char **argv)
         "One migration at a time goes through a relay. Without --once it "
         "serves one migration after another (each with its own report: "
         "report.json, report-2.json, ...; the report names its session) "
-        "until SIGINT or SIGTERM, which close every connection and write "
-        "the reports. A client that is not QEMU never reaches the "
-        "destination: it is logged and closed; a second migration while "
-        "one runs is refused. The metrics and the report "
+        "until SIGINT, SIGTERM or SIGHUP (its terminal closed), which close "
+        "every connection and write the reports. A client that is not QEMU "
+        "never reaches the destination: it is logged and closed; a second "
+        "migration while one runs is refused. The metrics and the report "
         "are described in docs/relay.md, the capture format in "
         "docs/capture-format.md.\n\n"
         "Files: the report, the metrics and the capture are readable by "
@@ -278,17 +282,21 @@ mp_cmd_relay(int argc, char **argv)
         return 1;
     }
     lc.relay = relay;
-    guint sigint = g_unix_signal_add(SIGINT, on_sigint, &lc);
-    guint sigterm = g_unix_signal_add(SIGTERM, on_sigterm, &lc);
-    guint sighup = g_unix_signal_add(SIGHUP, on_signal, &lc);
+    StopSignal stops[] = {
+        {&lc, "SIGINT", SIGINT, 0},
+        {&lc, "SIGTERM", SIGTERM, 0},
+        {&lc, "SIGHUP", SIGHUP, 0},
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        stops[i].source =
+            g_unix_signal_add(stops[i].signum, on_stop_signal, &stops[i]);
     if (!quiet)
         g_message("listening on %s, relaying to %s%s",
                   mp_relay_listen_address(relay), to,
                   once ? " (one migration)" : "");
     int status = mp_relay_run(relay);
-    g_source_remove(sigint);
-    g_source_remove(sigterm);
-    g_source_remove(sighup);
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        g_source_remove(stops[i].source);
     g_clear_pointer(&relay, mp_relay_free);
     return status;
 }

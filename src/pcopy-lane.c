@@ -42,6 +42,7 @@ struct MpPcopyLane {
     MpRelayChannel *ch;
     gsize queue;
     gboolean active;
+    gboolean notsent_lowat; /* TCP_NOTSENT_LOWAT set once active */
     GArray *idx;      /* Entry, in queue order; [first, len) are live */
     guint first;
     GHashTable *by_addr; /* page address -> index + 1 (last seen) */
@@ -285,9 +286,16 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
     if (!l->active) {
         if (rec->kind == MP_REC_PACKAGED_END) {
             /* the destination runs the guest: page requests come now */
+            g_autoptr(GError) err = NULL;
             l->active = TRUE;
-            mp_relay_channel_set_low_latency(l->ch, MP_DIR_TO_DST,
-                                             LOW_LATENCY_BYTES);
+            l->notsent_lowat = mp_relay_channel_set_low_latency(
+                l->ch, MP_DIR_TO_DST, LOW_LATENCY_BYTES, &err);
+            if (!l->notsent_lowat)
+                /* once per session: requested pages then wait behind what
+                 * the kernel holds, and latency degrades silently */
+                g_warning("post-copy priority: %s; requested pages may "
+                          "wait behind the socket's send buffer",
+                          err->message);
             mp_relay_channel_set_limit(l->ch, MP_DIR_TO_DST, l->queue);
         }
         return;
@@ -390,6 +398,10 @@ mp_pcopy_lane_report(const MpPcopyLane *l)
     json_object_object_add(o, "names_written", json_object_new_int64(l->names));
     json_object_object_add(o, "not_moved_host_pages",
                            json_object_new_int64(l->host_pages));
+    /* null until post-copy starts */
+    json_object_object_add(o, "notsent_lowat",
+                           l->active ? json_object_new_boolean(l->notsent_lowat)
+                                     : NULL);
     json_object *lat = json_object_new_object();
     guint n = l->latency_us->len;
     g_autoptr(GArray) v = g_array_copy(l->latency_us);

@@ -145,6 +145,11 @@ mp_ram_image_flush(MpRamImage *img, GError **error)
                     continue;
                 return io_fail(b, "writing", error);
             }
+            if (n == 0) {
+                /* (nothing written and no error: it would loop forever) */
+                errno = ENOSPC;
+                return io_fail(b, "writing", error);
+            }
             off += n;
             while (cnt > 0 && (size_t)n >= iov->iov_len) {
                 n -= iov->iov_len;

@@ -10,6 +10,11 @@
  * bench-postcopy; see docs/benchmarks.md). */
 #define BURST_US  2000
 #define MIN_BURST (16u << 10)
+/* Limits of what the parsers accept: far above any link or memory, and
+ * low enough that the pacer's arithmetic (rate x BURST_US) and a size in
+ * bytes stay well inside 64 bits. */
+#define MAX_RATE 1e15                 /* bytes per second: 8000 tbit */
+#define MAX_SIZE (double)(1ull << 50) /* 1 PiB */
 
 struct MpRatePacer {
     guint64 rate; /* bytes per second */
@@ -82,7 +87,8 @@ split_number(const char *text, double *v, const char **unit, GError **error)
     char *end = NULL;
 
     *v = g_ascii_strtod(text, &end);
-    if (end == text || !(*v > 0) || *v > 1e18) {
+    /* (an overflow, "1e400", is +inf: the caller's range check says so) */
+    if (end == text || !(*v > 0)) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "'%s' is not a positive number with a unit", text);
         return FALSE;
@@ -122,6 +128,13 @@ mp_rate_parse(const char *text, GError **error)
                             "rate '%s' is below 1 byte per second", text);
                 return 0;
             }
+            if (b > MAX_RATE) {
+                /* (a double beyond 2^64 does not convert to a guint64) */
+                g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                            "rate '%s' is above 8000tbit (1 PB per second)",
+                            text);
+                return 0;
+            }
             return (guint64)b;
         }
     }
@@ -148,9 +161,18 @@ mp_size_parse(const char *text, GError **error)
 
     if (!split_number(text, &v, &unit, error))
         return 0;
-    for (guint i = 0; i < G_N_ELEMENTS(units); i++)
-        if (g_ascii_strcasecmp(unit, units[i].unit) == 0)
-            return (guint64)(v * units[i].mult);
+    for (guint i = 0; i < G_N_ELEMENTS(units); i++) {
+        if (g_ascii_strcasecmp(unit, units[i].unit) != 0)
+            continue;
+        double b = v * units[i].mult;
+        if (b < 1 || b > MAX_SIZE) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                        "size '%s' is %s", text,
+                        b < 1 ? "below 1 byte" : "above 1048576G (1 PiB)");
+            return 0;
+        }
+        return (guint64)b;
+    }
     g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                 "size '%s': unknown unit '%s' (bytes, or K, M, G)", text,
                 unit);

@@ -29,8 +29,10 @@ gint64 mp_rate_pacer_ready_at(MpRatePacer *p, gsize n, gint64 now_us);
 /* Parses a rate as tc(8) writes it: a number and a unit, "bit" (also a
  * bare number), "kbit", "mbit", "gbit", "tbit" (powers of 1000),
  * "kibit" ... "tibit" (powers of 1024), "bps", "kbps" ... (bytes per
- * second).  @return bytes per second, or 0 with @error set. */
+ * second), from 1 byte per second to 8000tbit.  @return bytes per second,
+ * or 0 with @error set. */
 guint64 mp_rate_parse(const char *text, GError **error);
 /* Parses a size: a number with an optional "K", "M", "G" (powers of 1024;
- * "KiB", "MiB", "GiB" alike).  @return bytes, or 0 with @error set. */
+ * "KiB", "MiB", "GiB" alike), from 1 byte to 1 PiB.  @return bytes, or 0
+ * with @error set. */
 guint64 mp_size_parse(const char *text, GError **error);

@@ -652,8 +652,9 @@ mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir, MpRatePacer *pacer)
     ch->pump[dir].pacer = pacer;
 }
 
-void
-mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes)
+gboolean
+mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes,
+                                 GError **error)
 {
     Pump *p = &ch->pump[dir];
     GSocket *s = to_sock(ch, dir);
@@ -661,9 +662,19 @@ mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes)
     p->write_cap = bytes;
     /* the kernel wakes us only when little is left unsent, so what waits
      * stays in our queue, where a page can still go ahead */
-    if (s)
-        g_socket_set_option(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, (gint)bytes,
-                            NULL);
+    if (!s) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_CONNECTED,
+                    "TCP_NOTSENT_LOWAT: the channel has no socket towards "
+                    "the %s",
+                    dir == MP_DIR_TO_DST ? "destination" : "source");
+        return FALSE;
+    }
+    if (!g_socket_set_option(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, (gint)bytes,
+                             error)) {
+        g_prefix_error(error, "setsockopt(TCP_NOTSENT_LOWAT, %zu): ", bytes);
+        return FALSE;
+    }
+    return TRUE;
 }
 
 guint64

@@ -126,9 +126,11 @@ void mp_relay_channel_set_limit(MpRelayChannel *ch, MpDir dir, gsize bytes);
 void mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir,
                                 MpRatePacer *pacer);
 /* At most `bytes` per write and TCP_NOTSENT_LOWAT `bytes` on the socket
- * `dir` writes to (connected): little waits in the kernel. */
-void mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir,
-                                      gsize bytes);
+ * `dir` writes to (connected): little waits in the kernel.  @return FALSE
+ * with @error set if the socket option could not be set (the write cap
+ * holds anyway, but the kernel's queue is then as deep as its buffer). */
+gboolean mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir,
+                                          gsize bytes, GError **error);
 
 /* The queue of `dir` in absolute offsets: bytes [written, sent) wait to be
  * written, where sent = mp_relay_channel_bytes_sent(). */

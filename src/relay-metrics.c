@@ -18,6 +18,7 @@
 #define MAX_LATENCIES (1u << 22)
 #define RATE_WINDOW   10 /* ticks: the rate shown is over 1 s */
 #define PAGE_SIZE     MP_TARGET_PAGE_SIZE
+#define MAX_PINGS     64 /* QEMU sends 4 or 5 per migration */
 
 typedef struct {
     guint index;
@@ -59,6 +60,23 @@ struct MpRelayMetrics {
     gint64 shut_value;
     gint64 main_last_us; /* last byte of the main channel to the dst */
     gint64 last_us;      /* last byte of any channel */
+
+    /* Where the downtime starts on the wire (downtime()) */
+    gint64 main_prev_us;       /* the main channel's read before the latest */
+    gint64 mfd_since_main_us;  /* first multifd read since the latest main
+                                  read, -1: none */
+    gint64 mfd_before_main_us; /* the same, before the latest main read */
+    gint64 precopy_end_us;     /* main_prev_us when the stop was seen */
+    gint64 mfd_stop_us;        /* mfd_before_main_us when the stop was seen */
+    gboolean stop_seen;
+    gboolean multifd;        /* a multifd channel took part */
+    gboolean in_package;     /* inside the PACKAGED blob */
+    gboolean package_passed; /* the blob's end was read */
+    /* PINGs sent outside the blob (its own come after device sections
+     * that are not parsed): a PONG to any other is the destination's
+     * answer to the PING inside the blob, after it loaded the devices */
+    GArray *pings; /* guint32, at most MAX_PINGS */
+    gint64 package_pong_us;
 
     /* ticks */
     gint64 last_tick_us;
@@ -122,6 +140,10 @@ mp_relay_metrics_new(const MpRelayMetricsConfig *cfg, gint64 start_us)
     g_queue_init(&m->pending_order);
     m->latencies = g_array_new(FALSE, FALSE, sizeof(gint64));
     m->shut_us = m->main_last_us = m->last_us = -1;
+    m->main_prev_us = m->precopy_end_us = m->mfd_stop_us = -1;
+    m->mfd_since_main_us = m->mfd_before_main_us = -1;
+    m->package_pong_us = -1;
+    m->pings = g_array_new(FALSE, FALSE, sizeof(guint32));
     m->shut_value = -1;
     m->last_tick_us = start_us;
     if (m->cfg.lines) {
@@ -152,6 +174,7 @@ mp_relay_metrics_free(MpRelayMetrics *m)
     g_queue_clear(&m->pending_order);
     g_hash_table_destroy(m->pending);
     g_array_free(m->latencies, TRUE);
+    g_array_free(m->pings, TRUE);
     g_free(m->outcome);
     g_free(m);
 }
@@ -272,8 +295,16 @@ mp_relay_metrics_bytes(MpRelayMetrics *m, guint channel, MpDir dir, gsize n,
     c->last_us[dir] = t;
     m->last_us = MAX(m->last_us, t);
     if (dir == MP_DIR_TO_DST
-        && (c->kind == MP_CHAN_MAIN || c->kind == MP_CHAN_RECOVERY))
+        && (c->kind == MP_CHAN_MAIN || c->kind == MP_CHAN_RECOVERY)) {
+        m->main_prev_us = m->main_last_us;
         m->main_last_us = t;
+        m->mfd_before_main_us = m->mfd_since_main_us;
+        m->mfd_since_main_us = -1;
+    } else if (dir == MP_DIR_TO_DST && c->kind == MP_CHAN_MULTIFD) {
+        m->multifd = TRUE;
+        if (m->mfd_since_main_us < 0)
+            m->mfd_since_main_us = t;
+    }
     if (bucket < MAX_SERIES) {
         GArray *s = c->series[dir];
         if (s->len <= bucket)
@@ -317,6 +348,15 @@ pending_match(MpRelayMetrics *m, const char *block, guint64 addr, gint64 t)
     g_hash_table_remove(m->pending, p);
 }
 
+static gboolean
+ping_seen(const MpRelayMetrics *m, guint32 value)
+{
+    for (guint i = 0; i < m->pings->len; i++)
+        if (g_array_index(m->pings, guint32, i) == value)
+            return TRUE;
+    return FALSE;
+}
+
 void
 mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
                         const MpRecord *rec, gint64 now_us)
@@ -326,6 +366,30 @@ mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
     mp_analysis_set_time(m->analysis, t);
     mp_analysis_record_on(m->analysis, channel, rec);
     switch (rec->kind) {
+    case MP_REC_SECTION_HEADER:
+    case MP_REC_COMMAND:
+        /* (only these records start the stop-and-copy phase) */
+        if (!m->stop_seen) {
+            MpAnalysisProgress pr;
+            mp_analysis_progress(m->analysis, &pr);
+            if (pr.stop_us >= 0) {
+                m->stop_seen = TRUE;
+                m->precopy_end_us = m->main_prev_us;
+                m->mfd_stop_us = m->mfd_before_main_us;
+            }
+        }
+        if (rec->kind != MP_REC_COMMAND)
+            break;
+        if (rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
+            m->in_package = TRUE;
+        else if (rec->u.cmd.cmd == MP_QMIG_CMD_PING && !m->in_package
+                 && m->pings->len < MAX_PINGS)
+            g_array_append_val(m->pings, rec->u.cmd.ping_value);
+        break;
+    case MP_REC_PACKAGED_END:
+        m->in_package = FALSE;
+        m->package_passed = TRUE;
+        break;
     case MP_REC_RP_MESSAGE:
         if (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
             || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID) {
@@ -334,6 +398,9 @@ mp_relay_metrics_record(MpRelayMetrics *m, guint channel, MpDir dir,
         } else if (rec->u.rp.type == MP_RP_MSG_SHUT) {
             m->shut_us = t;
             m->shut_value = rec->u.rp.value;
+        } else if (rec->u.rp.type == MP_RP_MSG_PONG && m->package_pong_us < 0
+                   && m->package_passed && !ping_seen(m, rec->u.rp.value)) {
+            m->package_pong_us = t;
         }
         break;
     case MP_REC_RAM_PAGE:
@@ -410,34 +477,80 @@ percentile(const gint64 *v, guint n, guint pct)
 typedef struct {
     gint64 stop_us, resume_us;
     const char *end_marker;
+    gint64 answer_us; /* the destination's answer, or -1 */
+    const char *answer;
 } Downtime;
 
-/* The downtime as the wire shows it: from the first record that only a
- * stopped source sends (END section, SWITCHOVER_START, DISCARD,
- * PACKAGED) to the PACKAGED blob having passed (post-copy: the
- * destination runs the guest from there), or else to the return path's
- * SHUT, or else to the last byte of the main channel. */
+/* The downtime as the wire shows it (docs/relay.md), measured as QEMU
+ * measures its own `downtime`: on the source's side.
+ *
+ * QEMU holds the records of the stop-and-copy phase in the main
+ * channel's buffer until it fills or the phase ends, so the first of them
+ * (END section, SWITCHOVER_START, DISCARD, PACKAGED) often came in the same
+ * read as the end, and the downtime read 0 ms (multifd with zstd: against
+ * QEMU's 61 ms).  It starts earlier:
+ *   - with multifd, at the first multifd read after the main channel's
+ *     last pre-copy read: the final pages and SYNC packets leave on the
+ *     multifd channels before the main channel's buffer (QEMU waits for
+ *     the SYNCs to be sent before it flushes it);
+ *   - without, where the main channel's last pre-copy read ended: QEMU
+ *     flushes it at the end of every pre-copy iteration and stops the
+ *     guest right after the last one (or after a rate-limit wait of up to
+ *     100 ms, when max-bandwidth held that iteration back).
+ * With no such read it starts at that first record.
+ *
+ * It ends where QEMU's ends: the PACKAGED blob passed in post-copy, else
+ * the return path's SHUT (QEMU waits for it), else the last byte of the
+ * main channel.  `answer` is when the destination answered (the PONG to
+ * the PING inside the PACKAGED blob, SHUT, or its close of the main
+ * channel, which QEMU does once it has loaded everything): what the guest
+ * waits for, the destination's loading included. */
 static Downtime
 downtime(const MpRelayMetrics *m)
 {
     MpAnalysisProgress pr;
-    Downtime d = {-1, -1, NULL};
+    Downtime d = {-1, -1, NULL, -1, NULL};
+    const ChanStat *mc = NULL;
 
     mp_analysis_progress(m->analysis, &pr);
     if (pr.stop_us < 0)
         return d;
     d.stop_us = pr.stop_us;
+    gint64 before = m->multifd ? m->mfd_stop_us : m->precopy_end_us;
+    if (before >= 0 && before < d.stop_us)
+        d.stop_us = before;
+    for (guint i = 0; i < m->channels->len && !mc; i++) {
+        const ChanStat *c = g_ptr_array_index(m->channels, i);
+        if (c && c->kind == MP_CHAN_MAIN)
+            mc = c;
+    }
+
     if (pr.postcopy_us >= 0) {
         d.resume_us = pr.postcopy_us;
         d.end_marker = "PACKAGED blob sent (post-copy starts)";
-    } else if (m->shut_us >= pr.stop_us) {
+    } else if (m->shut_us >= d.stop_us) {
         d.resume_us = m->shut_us;
         d.end_marker = "return-path SHUT";
-    } else if (m->main_last_us >= pr.stop_us) {
+    } else if (m->main_last_us >= d.stop_us) {
         d.resume_us = m->main_last_us;
         d.end_marker = "last byte of the main channel";
     } else {
         d.stop_us = -1;
+        return d;
+    }
+
+    if (pr.postcopy_us >= 0 && m->package_pong_us >= pr.postcopy_us) {
+        d.answer_us = m->package_pong_us;
+        d.answer = "PONG to the PING in the PACKAGED blob";
+    } else if (pr.postcopy_us < 0 && m->shut_us >= d.stop_us) {
+        d.answer_us = m->shut_us;
+        d.answer = "return-path SHUT";
+    } else if (pr.postcopy_us < 0 && mc
+               && mc->end_us[MP_DIR_TO_SRC] >= d.stop_us
+               && mc->end[MP_DIR_TO_SRC]
+               && strcmp(mc->end[MP_DIR_TO_SRC], "aborted") != 0) {
+        d.answer_us = mc->end_us[MP_DIR_TO_SRC];
+        d.answer = "destination closed the main channel";
     }
     return d;
 }
@@ -782,6 +895,13 @@ mp_relay_metrics_report(MpRelayMetrics *m)
     json_object_object_add(dto, "end_marker",
                            dt.end_marker ? json_object_new_string(dt.end_marker)
                                          : NULL);
+    json_object_object_add(dto, "first_record_ms",
+                           dt.stop_us >= 0 ? jms(pr.stop_us) : NULL);
+    json_object_object_add(dto, "until_answer_ms",
+                           dt.answer_us >= 0 ? jms(dt.answer_us - dt.stop_us)
+                                             : NULL);
+    json_object_object_add(
+        dto, "answer", dt.answer ? json_object_new_string(dt.answer) : NULL);
     json_object_object_add(doc, "downtime", dto);
 
     /* phases with their spans, from the analysis' phase start times */

@@ -451,3 +451,34 @@ Test(analyze_hostile, huge_vmdesc_skipped)
     cr_assert_lt(rss, 96 << 10, "peak RSS %ld KiB", rss);
     json_object_put(doc);
 }
+
+/* `migproxy analyze ARGS SAMPLE > /dev/full`: a full disk is an error
+ * (exit 1, the reason on stderr), not a silently short output; every
+ * output form exited 0. */
+static void
+assert_full_disk_fails(const char *what, const char *arg)
+{
+    g_autofree char *sample = g_build_filename(
+        MP_SOURCE_ROOT, "samples", "streams", "idle-7.2.mig.zst", NULL);
+    const char *argv[] = {
+        "/bin/sh",     "-c", "exec \"$0\" analyze -q $1 \"$2\" > /dev/full",
+        it_migproxy(), arg,  sample,
+        NULL};
+    g_autofree char *out = NULL, *errout = NULL;
+    int status = 0;
+    g_autoptr(GError) err = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &out, &errout, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+              "%s to a full disk: status %d, stderr: %s", what, status, errout);
+    cr_assert(strstr(errout, "No space left on device"), "%s: stderr: %s", what,
+              errout);
+}
+
+Test(analyze, output_to_full_disk)
+{
+    assert_full_disk_fails("summary", "");
+    assert_full_disk_fails("--json", "--json");
+    assert_full_disk_fails("--events", "--events");
+}

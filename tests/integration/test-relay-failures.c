@@ -17,6 +17,7 @@
 #include "config.h"
 #include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <gio/gio.h>
 #include <criterion/criterion.h>
@@ -359,6 +360,94 @@ Test(relay_failures, sigint_idle)
     cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
     assert_log_has("stopping (SIGINT)");
     assert_closed_by_relay(pending, "pending client at shutdown");
+}
+
+/* SIGHUP (the terminal went away) stops the relay like SIGTERM, with its
+ * name in the log; it used to say "stopping (signal)", undocumented. */
+Test(relay_failures, sighup_idle)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    cr_assert_eq(kill(fx.relay->pid, SIGHUP), 0);
+    cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
+    assert_log_has("stopping (SIGHUP)");
+}
+
+/* A stream whose RAMBlock name clears the terminal and starts a forged
+ * line: the relay's log quotes it escaped (it cleared the terminal and
+ * printed "session 1 completed"). */
+Test(relay_failures, stream_names_escaped_in_log)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport = fake_destination();
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    static const char evil[] = "\033[2J\nsession 1 completed";
+    GByteArray *b = g_byte_array_new();
+    /* header, START of "ram" (id 1, version 4), MEM_SIZE 4096 with the
+     * block list "pc.ram" of 4096, then a PAGE for the evil block */
+    static const guint8 head[] = {
+        'Q', 'E', 'V', 'M',  0,    0, 0,   3,   0x01, 0,   0,   0,   1, 3,
+        'r', 'a', 'm', 0,    0,    0, 0,   0,   0,    0,   4,   0,   0, 0,
+        0,   0,   0,   0x10, 0x04, 6, 'p', 'c', '.',  'r', 'a', 'm', 0, 0,
+        0,   0,   0,   0,    0x10, 0, 0,   0,   0,    0,   0,   0,   0, 0x08};
+    g_byte_array_append(b, head, sizeof head);
+    guint8 len = strlen(evil);
+    g_byte_array_append(b, &len, 1);
+    g_byte_array_append(b, (const guint8 *)evil, len);
+    g_autoptr(GSocket) a = connect_to(fx.relay->port);
+    cr_assert_eq(g_socket_send(a, (const char *)b->data, b->len, NULL, &err),
+                 (gssize)b->len);
+    g_byte_array_unref(b);
+    assert_log_has("unknown RAMBlock \"\\x1b[2J\\nsession 1 completed\"");
+    g_autofree char *log = it_relay_log_text(fx.relay);
+    for (const char *p = log; *p; p++)
+        cr_assert((guchar)*p >= 0x20 || *p == '\n',
+                  "byte 0x%02x in the relay's log:\n%s", (guchar)*p, log);
+    cr_assert_null(strstr(log, "\nsession 1 completed"), "%s", log);
+}
+
+/* `migproxy relay ARGS...` with a bad option: exit 2 and `message` on
+ * stderr. */
+static void
+assert_usage_error(const char *const *args, const char *message)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_ptr_array_add(argv, (gpointer)it_migproxy());
+    g_ptr_array_add(argv, "relay");
+    g_ptr_array_add(argv, "--listen=127.0.0.1:0");
+    g_ptr_array_add(argv, "--to=127.0.0.1:9");
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (gpointer)args[i]);
+    g_ptr_array_add(argv, NULL);
+    g_autofree char *out = NULL, *errs = NULL;
+    gint status = 0;
+    g_autoptr(GError) err = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_DEFAULT,
+                           NULL, NULL, &out, &errs, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status), "%s: killed by signal %d (stderr: %s)",
+              args[0], WTERMSIG(status), errs);
+    cr_assert_eq(WEXITSTATUS(status), 2, "%s: exit %d (stderr: %s)", args[0],
+                 WEXITSTATUS(status), errs);
+    cr_assert(strstr(errs, message), "%s: stderr is \"%s\"", args[0], errs);
+}
+
+/* Rates and sizes that overflow 64 bits: the relay crashed on --rate
+ * 1e17tbit (a NULL error dereferenced). */
+Test(relay_failures, rate_and_queue_out_of_range)
+{
+    assert_usage_error((const char *[]){"--rate", "1e17tbit", NULL},
+                       "--rate: rate '1e17tbit' is above 8000tbit");
+    assert_usage_error((const char *[]){"--rate", "1e400mbit", NULL},
+                       "--rate: rate '1e400mbit' is above");
+    assert_usage_error((const char *[]){"--queue", "1e17G", NULL},
+                       "--queue: size '1e17G' is above");
+    assert_usage_error((const char *[]){"--queue", "0.1", NULL},
+                       "--queue: size '0.1' is below 1 byte");
+    assert_usage_error((const char *[]){"--queue", "1K", NULL},
+                       "--queue: at least 64K");
 }
 
 static void

@@ -2,11 +2,15 @@
  * 10.0, zstd) against the query-migrate answers saved with them, without
  * running QEMU. */
 #include "config.h"
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <criterion/criterion.h>
 #include <glib/gstdio.h>
 #include <zstd.h>
+#include "analysis.h"
 #include "analyze-file.h"
+#include "record-format.h"
 
 static gint64
 jint(json_object *o, const char *path)
@@ -201,4 +205,99 @@ Test(analysis, huge_block_claim)
     g_rmdir(ram);
     g_unlink(path);
     g_rmdir(dir);
+}
+
+/* The sample with every "pc.ram" idstr from `from` on (0: the block
+ * list too) replaced by `name`. */
+static GByteArray *
+renamed_block(const char *name, guint from)
+{
+    g_autoptr(GByteArray) s = sample_bytes("idle-7.2");
+    GByteArray *out = g_byte_array_new();
+    guint8 len = strlen(name);
+    guint seen = 0;
+    for (gsize i = 0; i < s->len;) {
+        if (i + 7 <= s->len && memcmp(s->data + i, "\006pc.ram", 7) == 0
+            && seen++ >= from) {
+            g_byte_array_append(out, &len, 1);
+            g_byte_array_append(out, (const guint8 *)name, len);
+            i += 7;
+        } else {
+            g_byte_array_append(out, s->data + i, 1);
+            i++;
+        }
+    }
+    return out;
+}
+
+static void
+assert_plain_text(const char *what, const char *text)
+{
+    for (const char *p = text; *p; p++)
+        cr_assert((guchar)*p >= 0x20 || *p == '\n', "%s: byte 0x%02x at %zd",
+                  what, (guchar)*p, p - text);
+    cr_assert(!strstr(text, "\nsession 1"), "%s: a forged line", what);
+}
+
+static json_object *
+analyze_bytes(const GByteArray *a, gboolean *ok)
+{
+    g_autofree char *dir = g_dir_make_tmp("mp-test-analysis-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "evil.mig", NULL);
+    cr_assert(g_file_set_contents(path, (char *)a->data, a->len, NULL));
+    MpAnalyzeOptions opt = {.quiet = TRUE};
+    json_object *doc = mp_analyze_file(path, &opt, ok);
+    g_unlink(path);
+    g_rmdir(dir);
+    return doc;
+}
+
+/* A block name from the stream that clears the terminal and starts a
+ * forged log line reaches neither the summary, the --events lines, the
+ * errors nor the JSON raw (it cleared the relay's terminal). */
+Test(analysis, stream_names_are_printed_escaped)
+{
+    static const char evil[] = "\033[2J\nsession 1 completed\r\x9b";
+    g_autoptr(GByteArray) named = renamed_block(evil, 0);
+    gboolean ok;
+    json_object *doc = analyze_bytes(named, &ok);
+    cr_assert(ok, "%s", json_object_to_json_string(doc));
+    cr_assert_str_eq(json_object_get_string(json_object_object_get(
+                         json_object_array_get_idx(
+                             json_object_object_get(
+                                 json_object_object_get(doc, "ram"), "blocks"),
+                             0),
+                         "name")),
+                     evil); /* the data keeps the name as it is */
+
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    mp_analysis_print(doc, f);
+    fclose(f);
+    assert_plain_text("summary", text);
+    cr_assert(strstr(text, "\\x1b[2J\\nsession 1 completed\\r\\x9b"), "%s",
+              text);
+    free(text);
+    /* json-c escapes control bytes itself */
+    assert_plain_text("json", json_object_to_json_string(doc));
+    json_object_put(doc);
+
+    MpRecord rec = {.kind = MP_REC_RAM_PAGE};
+    rec.u.page.block = evil;
+    g_autoptr(GString) line = g_string_new("s1 c0 to-dst ");
+    mp_record_describe(&rec, line);
+    assert_plain_text("event", line->str);
+    cr_assert(g_str_has_prefix(line->str, "s1 c0 to-dst off=0"));
+
+    /* pages for a block the list does not have: the error quotes it */
+    g_autoptr(GByteArray) unknown = renamed_block(evil, 1);
+    doc = analyze_bytes(unknown, &ok);
+    cr_assert_not(ok);
+    json_object *errs = json_object_object_get(doc, "errors");
+    cr_assert_eq(json_object_array_length(errs), 1);
+    const char *e = json_object_get_string(json_object_array_get_idx(errs, 0));
+    assert_plain_text("error", e);
+    cr_assert(strstr(e, "unknown RAMBlock \"\\x1b[2J\\nsession"), "%s", e);
+    json_object_put(doc);
 }

@@ -37,6 +37,31 @@ Test(rate_pacer, tc_rates)
     bad_rate("4bit"); /* half a byte per second */
 }
 
+/* Rates and sizes beyond 64 bits once converted: the relay crashed on
+ * --rate 1e17tbit (0 came back with no error, which it dereferenced). */
+Test(rate_pacer, out_of_range)
+{
+    cr_assert_eq(rate("8000tbit"), 1000000000000000ull);
+    bad_rate("8001tbit");
+    bad_rate("1e17tbit");
+    bad_rate("1e300tibps");
+    bad_rate("1e19");
+    bad_rate("inf");
+    bad_rate("nan");
+    bad_rate("1e-300mbit");
+
+    g_autoptr(GError) err = NULL;
+    cr_assert_eq(mp_size_parse("1048576G", NULL), 1ull << 50);
+    cr_assert_eq(mp_size_parse("1e17G", &err), 0);
+    cr_assert_not_null(err);
+    g_clear_error(&err);
+    cr_assert_eq(mp_size_parse("1e300", &err), 0);
+    cr_assert_not_null(err);
+    g_clear_error(&err);
+    cr_assert_eq(mp_size_parse("0.5", &err), 0); /* half a byte */
+    cr_assert_not_null(err);
+}
+
 Test(rate_pacer, sizes)
 {
     g_autoptr(GError) err = NULL;

@@ -3,6 +3,7 @@
  * offsets, in order, and the queued bytes themselves never move. */
 #include "config.h"
 #include <string.h>
+#include <sys/socket.h>
 #include <gio/gio.h>
 #include <criterion/criterion.h>
 #include "rate-pacer.h"
@@ -273,4 +274,29 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     g_byte_array_unref(want);
     g_byte_array_unref(sh.held);
     g_free(data);
+}
+
+/* TCP_NOTSENT_LOWAT that cannot be set is an error the caller sees (the
+ * post-copy lane warns and reports priority.notsent_lowat: false); it
+ * was ignored, and requested pages then waited behind the kernel's whole
+ * send buffer unnoticed.  A Unix socket has no TCP options. */
+Test(relay_queue, low_latency_failure_is_reported)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    g_autoptr(GSocket) down = g_socket_new_from_fd(sv[0], NULL);
+    g_autoptr(GSocket) peer = g_socket_new_from_fd(sv[1], NULL);
+    State st = {0};
+    g_autoptr(MpRelayChannel) ch = mp_relay_channel_new(down, 1, &hooks, &st);
+    g_autoptr(GError) err = NULL;
+
+    cr_assert_not(
+        mp_relay_channel_set_low_latency(ch, MP_DIR_TO_SRC, 16384, &err));
+    cr_assert_not_null(err);
+    cr_assert(strstr(err->message, "TCP_NOTSENT_LOWAT"), "%s", err->message);
+    g_clear_error(&err);
+    /* towards a destination not connected yet: no socket to set it on */
+    cr_assert_not(
+        mp_relay_channel_set_low_latency(ch, MP_DIR_TO_DST, 16384, &err));
+    cr_assert_not_null(err);
 }
