@@ -41,23 +41,6 @@ mp_accum_take(MpAccum *a, gsize need, const guint8 **pos, const guint8 *end)
     return a->buf;
 }
 
-gboolean
-mp_buffer_is_zero(const guint8 *p, gsize len)
-{
-    /* Word loop first: most non-zero pages differ in their first bytes. */
-    const guint8 *end = p + len;
-    for (; p + 8 <= end; p += 8) {
-        guint64 w;
-        memcpy(&w, p, 8);
-        if (w)
-            return FALSE;
-    }
-    for (; p < end; p++)
-        if (*p)
-            return FALSE;
-    return TRUE;
-}
-
 const char *
 mp_record_kind_name(MpRecordKind kind)
 {

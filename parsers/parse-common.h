@@ -97,6 +97,3 @@ mp_put_be64(guint8 *p, guint64 v)
     mp_put_be32(p, v >> 32);
     mp_put_be32(p + 4, (guint32)v);
 }
-
-/* TRUE if the `len` bytes at `p` are all zero (len a multiple of 8). */
-gboolean mp_buffer_is_zero(const guint8 *p, gsize len);
