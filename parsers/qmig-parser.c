@@ -401,7 +401,9 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
     } while (0)
 #define TAKE(n)                                                               \
     do {                                                                      \
-        d = mp_accum_take(&p->acc, (n), &pos, lim);                           \
+        MpCursor c_ = {buf, pos, lim, 0};                                     \
+        d = mp_accum_take(&p->acc, (n), &c_);                                 \
+        pos = c_.pos;                                                         \
         if (!d)                                                               \
             goto next;                                                        \
     } while (0)

@@ -288,7 +288,9 @@ mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
     } while (0)
 #define TAKE(n)                                                               \
     do {                                                                      \
-        d = mp_accum_take(&p->acc, (n), &pos, end);                           \
+        MpCursor c_ = {buf, pos, end, 0};                                     \
+        d = mp_accum_take(&p->acc, (n), &c_);                                 \
+        pos = c_.pos;                                                         \
         if (!d)                                                               \
             goto out;                                                         \
     } while (0)
