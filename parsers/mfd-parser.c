@@ -28,6 +28,7 @@
  *   12 idstr[256] | 268 be32 instance_id | 272 be32 next_packet_size
  * followed by next_packet_size bytes of device state.
  */
+#include <stdarg.h>
 #include <string.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -63,13 +64,38 @@
  * before reserving anything. */
 #define MFD_ZSTD_WINDOW_LOG_MAX 25
 
+/* Where the fields after the common 12 bytes are, counted from the
+ * packet's first byte as in the layout above. */
+enum {
+    RAM_PAGES_ALLOC = 12,
+    RAM_NORMAL_PAGES = 16,
+    RAM_NEXT_PACKET_SIZE = 20,
+    RAM_PACKET_NUM = 24,
+    RAM_ZERO_PAGES = 32,
+    RAM_BLOCK = 64,
+    RAM_OFFSETS = MP_MULTIFD_PACKET_FIXED_SIZE,
+    DEV_IDSTR = 12,
+    DEV_INSTANCE_ID = 268,
+    DEV_NEXT_PACKET_SIZE = 272,
+};
+
 typedef enum {
     M_INIT,      /* MultiFDInit_t */
-    M_HDR,       /* a packet header: the common 12 bytes, then the rest */
+    M_COMMON,    /* the 12 bytes every packet starts with */
+    M_RAM_HDR,   /* the rest of a RAM packet's header */
+    M_DEV_HDR,   /* the rest of a device-state packet's header */
     M_PAGE,      /* nocomp: the next normal page */
     M_DATA,      /* compressed or device-state bytes, in chunks */
     M_PAGES_OUT, /* decoded and zero pages: records that need no input */
 } MfdState;
+
+/* What a state function did; the feed loop acts on it. */
+typedef enum {
+    MS_NEXT,  /* go on in p->state */
+    MS_SHORT, /* the input ended inside a field */
+    MS_EMIT,  /* `rec` is a whole record: report it, go on */
+    MS_ERROR, /* p->error is set */
+} MfdStep;
 
 struct MpMfdParser {
     char *channel;
@@ -85,16 +111,16 @@ struct MpMfdParser {
     guint64 rec_start; /* offset of the current record's first byte */
     GError *error;     /* sticky */
 
-    /* Headers are always gathered: 1344 bytes copied per 512 KiB packet. */
-    guint8 *hdr;
-    gsize hdr_have;
-    gsize hdr_need;
+    MpAccum hdr_acc;   /* the init or a header split across feeds */
     MpAccum page_acc;  /* a nocomp page split across feeds */
     MpAccum chunk_acc; /* a data chunk split across feeds (lazy) */
 
     /* the current packet */
     MpMfdInfo pkt;
-    char name[257]; /* ramblock or device idstr */
+    guint32 pkt_flags; /* from the common header */
+    guint8 *offsets;   /* pkt.offsets: its pages' entries, kept for the
+                          MFD_PAGE records of later feeds */
+    char name[257];    /* ramblock or device idstr */
     guint64 pkt_start;
     gboolean device_state;
     guint32 page_i; /* next page to report */
@@ -129,7 +155,11 @@ mp_mfd_parser_new(const char *channel, guint32 page_size, MpRecordFunc cb,
     p->cb = cb;
     p->user_data = user_data;
     p->decode = TRUE;
-    p->hdr = g_malloc(p->ram_hdr_size);
+    mp_accum_init(&p->hdr_acc,
+                  MAX(p->ram_hdr_size - MFD_COMMON_HDR,
+                      MAX(MP_MULTIFD_DEVICE_STATE_HDR - MFD_COMMON_HDR,
+                          MP_MULTIFD_INIT_SIZE)));
+    p->offsets = g_malloc(8 * (gsize)p->page_count);
     mp_accum_init(&p->page_acc, page_size);
     /* chunk_acc: on the first compressed or device-state packet */
     return p;
@@ -142,7 +172,8 @@ mp_mfd_parser_free(MpMfdParser *p)
         return;
     g_free(p->channel);
     g_clear_error(&p->error);
-    g_free(p->hdr);
+    mp_accum_clear(&p->hdr_acc);
+    g_free(p->offsets);
     mp_accum_clear(&p->page_acc);
     mp_accum_clear(&p->chunk_acc);
     ZSTD_freeDStream(p->zds);
@@ -173,30 +204,14 @@ set_error(MpMfdParser *p, MpParseErrorCode code, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    mp_parse_error_set_valist(&p->error, p->channel, code, fmt, ap);
     va_end(ap);
-    g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
     /* the error is sticky: the decoder (up to 32.5 MiB) is of no more use
      * while the relay forwards the rest of the channel */
     ZSTD_freeDStream(p->zds);
     p->zds = NULL;
     g_clear_pointer(&p->dec_buf, g_free);
     p->dec_cap = 0;
-    /* its message may quote a name from the stream */
-    mp_error_make_printable(p->error);
-}
-
-/* Copies header bytes until p->hdr_have == p->hdr_need.
- * @return TRUE when they are all there. */
-static gboolean
-gather_hdr(MpMfdParser *p, const guint8 **pos, const guint8 *end)
-{
-    gsize n = MIN(p->hdr_need - p->hdr_have, (gsize)(end - *pos));
-
-    memcpy(p->hdr + p->hdr_have, *pos, n);
-    p->hdr_have += n;
-    *pos += n;
-    return p->hdr_have == p->hdr_need;
 }
 
 static const char *
@@ -233,10 +248,11 @@ compressed_bound(guint32 method)
     }
 }
 
+/* The 64-byte init at `h`. */
 static gboolean
-check_init(MpMfdParser *p)
+check_init(MpMfdParser *p, const guint8 *h)
 {
-    guint32 magic = mp_be32(p->hdr), version = mp_be32(p->hdr + 4);
+    guint32 magic = mp_be32(h), version = mp_be32(h + 4);
 
     if (magic != MP_MULTIFD_MAGIC) {
         set_error(p, MP_PARSE_ERROR_MAGIC,
@@ -255,12 +271,12 @@ check_init(MpMfdParser *p)
     return TRUE;
 }
 
-/* The 12 bytes every packet starts with. */
+/* The 12 bytes every packet starts with, at `h`. */
 static gboolean
-check_common(MpMfdParser *p)
+check_common(MpMfdParser *p, const guint8 *h)
 {
-    guint32 magic = mp_be32(p->hdr), version = mp_be32(p->hdr + 4);
-    guint32 flags = mp_be32(p->hdr + 8);
+    guint32 magic = mp_be32(h), version = mp_be32(h + 4);
+    guint32 flags = mp_be32(h + 8);
     guint32 known = MP_MULTIFD_FLAG_SYNC | MP_MULTIFD_FLAG_COMPRESS_MASK
                     | MP_MULTIFD_FLAG_DEVICE_STATE;
 
@@ -295,32 +311,24 @@ check_common(MpMfdParser *p)
     return TRUE;
 }
 
-/* Decodes and checks a RAM packet header into p->pkt. */
-static gboolean
-parse_ram_header(MpMfdParser *p)
+/* @return the field at packet offset `at` in `rest`, the header after
+ * the common 12 bytes. */
+static const guint8 *
+field(const guint8 *rest, gsize at)
 {
-    const guint8 *h = p->hdr;
-    MpMfdInfo *m = &p->pkt;
-    guint64 pages;
-    guint32 method;
+    return rest + (at - MFD_COMMON_HDR);
+}
 
-    memset(m, 0, sizeof(*m));
-    m->flags = mp_be32(h + 8);
-    m->pages_alloc = mp_be32(h + 12);
-    m->normal_pages = mp_be32(h + 16);
-    m->next_packet_size = mp_be32(h + 20);
-    m->packet_num = mp_be64(h + 24);
-    m->zero_pages = mp_be32(h + 32);
-    m->offsets = h + MP_MULTIFD_PACKET_FIXED_SIZE;
-    /* stale when the packet has no pages; still a C string */
-    memcpy(p->name, h + 64, 256);
-    p->name[256] = 0;
-    m->block = p->name;
-    method = m->flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
-    pages = (guint64)m->normal_pages + m->zero_pages;
+/* The page counts, the block name and the offsets of p->pkt: what QEMU's
+ * receiver checks.  Keeps the offsets of its pages. */
+static gboolean
+check_ram_pages(MpMfdParser *p, const guint8 *block, const guint8 *offsets)
+{
+    const MpMfdInfo *m = &p->pkt;
+    guint64 pages = (guint64)m->normal_pages + m->zero_pages;
 
-    /* QEMU's receiver checks pages against pages_alloc, and pages_alloc
-     * against the slots of the offset array. */
+    /* pages against pages_alloc, and pages_alloc against the slots of the
+     * offset array */
     if (m->pages_alloc > p->page_count) {
         set_error(p, MP_PARSE_ERROR_MULTIFD,
                   "packet %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
@@ -338,7 +346,7 @@ parse_ram_header(MpMfdParser *p)
         return FALSE;
     }
     if (pages > 0) {
-        if (!memchr(h + 64, 0, 256)) {
+        if (!memchr(block, 0, 256)) {
             set_error(p, MP_PARSE_ERROR_MULTIFD,
                       "packet %" G_GUINT64_FORMAT
                       " at offset %" G_GUINT64_FORMAT
@@ -355,8 +363,10 @@ parse_ram_header(MpMfdParser *p)
             return FALSE;
         }
     }
+    /* (pages <= pages_alloc <= page_count: the copy fits) */
+    memcpy(p->offsets, offsets, 8 * pages);
     for (guint32 i = 0; i < pages; i++) {
-        guint64 o = mp_be64(m->offsets + 8 * i);
+        guint64 o = mp_be64(offsets + 8 * i);
         if (o & (p->page_size - 1)) {
             set_error(p, MP_PARSE_ERROR_MULTIFD,
                       "packet %" G_GUINT64_FORMAT
@@ -367,8 +377,16 @@ parse_ram_header(MpMfdParser *p)
             return FALSE;
         }
     }
-    if (m->normal_pages == 0)
-        return TRUE;
+    return TRUE;
+}
+
+/* The compression method and data length of p->pkt, which has normal
+ * pages. */
+static gboolean
+check_ram_method(MpMfdParser *p)
+{
+    const MpMfdInfo *m = &p->pkt;
+    guint32 method = m->flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
 
     if (!p->have_method) {
         p->method = method;
@@ -408,26 +426,53 @@ parse_ram_header(MpMfdParser *p)
     return TRUE;
 }
 
+/* Decodes and checks a RAM packet header (`rest`: after the common
+ * bytes) into p->pkt. */
 static gboolean
-parse_device_header(MpMfdParser *p)
+parse_ram_header(MpMfdParser *p, const guint8 *rest)
 {
-    const guint8 *h = p->hdr;
+    const guint8 *block = field(rest, RAM_BLOCK);
     MpMfdInfo *m = &p->pkt;
 
     memset(m, 0, sizeof(*m));
-    m->flags = mp_be32(h + 8);
-    if (!memchr(h + MFD_COMMON_HDR, 0, 256)) {
+    m->flags = p->pkt_flags;
+    m->pages_alloc = mp_be32(field(rest, RAM_PAGES_ALLOC));
+    m->normal_pages = mp_be32(field(rest, RAM_NORMAL_PAGES));
+    m->next_packet_size = mp_be32(field(rest, RAM_NEXT_PACKET_SIZE));
+    m->packet_num = mp_be64(field(rest, RAM_PACKET_NUM));
+    m->zero_pages = mp_be32(field(rest, RAM_ZERO_PAGES));
+    m->offsets = p->offsets;
+    /* stale when the packet has no pages; still a C string */
+    memcpy(p->name, block, 256);
+    p->name[256] = 0;
+    m->block = p->name;
+    if (!check_ram_pages(p, block, field(rest, RAM_OFFSETS)))
+        return FALSE;
+    return m->normal_pages == 0 || check_ram_method(p);
+}
+
+/* Decodes and checks a device-state packet header (`rest`: after the
+ * common bytes) into p->pkt. */
+static gboolean
+parse_device_header(MpMfdParser *p, const guint8 *rest)
+{
+    const guint8 *idstr = field(rest, DEV_IDSTR);
+    MpMfdInfo *m = &p->pkt;
+
+    memset(m, 0, sizeof(*m));
+    m->flags = p->pkt_flags;
+    if (!memchr(idstr, 0, 256)) {
         set_error(p, MP_PARSE_ERROR_MULTIFD,
                   "device-state packet at offset %" G_GUINT64_FORMAT
                   " has an idstr without NUL in its 256 bytes",
                   p->rec_start);
         return FALSE;
     }
-    memcpy(p->name, h + MFD_COMMON_HDR, 256);
+    memcpy(p->name, idstr, 256);
     p->name[256] = 0;
     m->block = p->name;
-    m->instance_id = mp_be32(h + 268);
-    m->next_packet_size = mp_be32(h + 272);
+    m->instance_id = mp_be32(field(rest, DEV_INSTANCE_ID));
+    m->next_packet_size = mp_be32(field(rest, DEV_NEXT_PACKET_SIZE));
     if (m->next_packet_size > MFD_MAX_DEVICE_STATE) {
         set_error(p, MP_PARSE_ERROR_LENGTH,
                   "device-state packet \"%s\" at offset %" G_GUINT64_FORMAT
@@ -561,7 +606,7 @@ start_packet_body(MpMfdParser *p)
     p->decoding = FALSE;
     if (p->device_state) {
         p->data_left = m->next_packet_size;
-        p->state = p->data_left ? M_DATA : M_HDR;
+        p->state = p->data_left ? M_DATA : M_COMMON;
         if (p->data_left && !p->chunk_acc.buf)
             mp_accum_init(&p->chunk_acc, MFD_DATA_CHUNK);
         return TRUE;
@@ -569,7 +614,7 @@ start_packet_body(MpMfdParser *p)
     m->pages_follow = TRUE;
     if (m->normal_pages == 0) {
         /* no data, even if next_packet_size is not 0 (stale) */
-        p->state = m->zero_pages ? M_PAGES_OUT : M_HDR;
+        p->state = m->zero_pages ? M_PAGES_OUT : M_COMMON;
         return TRUE;
     }
     if (method == MP_MULTIFD_FLAG_NOCOMP) {
@@ -588,22 +633,56 @@ start_packet_body(MpMfdParser *p)
     return TRUE;
 }
 
+/* @return what the parser reads in state `s`. */
 static const char *
-state_what(const MpMfdParser *p, GString *s)
+mfd_state_name(MfdState s)
 {
+    switch (s) {
+    case M_INIT:
+        return "the 64-byte init";
+    case M_COMMON:
+    case M_RAM_HDR:
+    case M_DEV_HDR:
+        return "a packet header";
+    case M_PAGE:
+        return "normal page";
+    case M_DATA:
+        return "packet data";
+    case M_PAGES_OUT:
+        break;
+    }
+    return "decoded and zero pages";
+}
+
+/* Says where in its grammar the parser is, for a truncation error. */
+static const char *
+describe_position(const MpMfdParser *p, GString *s)
+{
+    const char *name = mfd_state_name(p->state);
+    gsize have = p->hdr_acc.have;
+
     switch (p->state) {
     case M_INIT:
-        g_string_printf(s, "the 64-byte init (%zu bytes read)", p->hdr_have);
+        g_string_printf(s, "%s (%zu bytes read)", name, have);
         break;
-    case M_HDR:
-        g_string_printf(s, "a packet header (%zu of %zu bytes read)",
-                        p->hdr_have, p->hdr_need);
+    case M_COMMON:
+        g_string_printf(s, "%s (%zu of %d bytes read)", name, have,
+                        MFD_COMMON_HDR);
+        break;
+    case M_RAM_HDR:
+        g_string_printf(s, "%s (%zu of %zu bytes read)", name,
+                        MFD_COMMON_HDR + have, p->ram_hdr_size);
+        break;
+    case M_DEV_HDR:
+        g_string_printf(s, "%s (%zu of %d bytes read)", name,
+                        MFD_COMMON_HDR + have, MP_MULTIFD_DEVICE_STATE_HDR);
         break;
     case M_PAGE:
-        g_string_printf(s, "normal page %u of %u of packet %" G_GUINT64_FORMAT,
+        g_string_printf(s, "%s %u of %u of packet %" G_GUINT64_FORMAT, name,
                         p->page_i + 1, p->pkt.normal_pages, p->pkt.packet_num);
         break;
-    default:
+    case M_DATA:
+    case M_PAGES_OUT:
         if (p->device_state)
             g_string_printf(s,
                             "the %u bytes of device state \"%s\" "
@@ -623,12 +702,165 @@ state_what(const MpMfdParser *p, GString *s)
     return s->str;
 }
 
+static MfdStep
+read_init(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (p->hdr_acc.have == 0)
+        p->rec_start = p->pkt_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->hdr_acc, MP_MULTIFD_INIT_SIZE, in)))
+        return MS_SHORT;
+    if (!check_init(p, d))
+        return MS_ERROR;
+    rec->kind = MP_REC_MFD_INIT;
+    rec->u.mfd.channel_id = d[24];
+    rec->u.mfd.uuid = d + 8;
+    p->state = M_COMMON;
+    return MS_EMIT;
+}
+
+/* magic, version and flags: which kind of packet this is. */
+static MfdStep
+read_common(MpMfdParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (p->hdr_acc.have == 0)
+        p->rec_start = p->pkt_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->hdr_acc, MFD_COMMON_HDR, in)))
+        return MS_SHORT;
+    if (!check_common(p, d))
+        return MS_ERROR;
+    p->pkt_flags = mp_be32(d + 8);
+    p->device_state = !!(p->pkt_flags & MP_MULTIFD_FLAG_DEVICE_STATE);
+    p->state = p->device_state ? M_DEV_HDR : M_RAM_HDR;
+    return MS_NEXT;
+}
+
+static MfdStep
+read_ram_hdr(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    d = mp_accum_take(&p->hdr_acc, p->ram_hdr_size - MFD_COMMON_HDR, in);
+    if (!d)
+        return MS_SHORT;
+    if (!parse_ram_header(p, d) || !start_packet_body(p))
+        return MS_ERROR;
+    rec->kind = MP_REC_MFD_PACKET;
+    rec->u.mfd = p->pkt;
+    return MS_EMIT;
+}
+
+static MfdStep
+read_dev_hdr(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    d = mp_accum_take(&p->hdr_acc, MP_MULTIFD_DEVICE_STATE_HDR - MFD_COMMON_HDR,
+                      in);
+    if (!d)
+        return MS_SHORT;
+    if (!parse_device_header(p, d) || !start_packet_body(p))
+        return MS_ERROR;
+    rec->kind = MP_REC_MFD_DEVICE_STATE;
+    rec->u.mfd = p->pkt;
+    return MS_EMIT;
+}
+
+/* nocomp: one normal page, spanned on the wire. */
+static MfdStep
+read_page(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (p->page_acc.have == 0)
+        p->rec_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->page_acc, p->page_size, in)))
+        return MS_SHORT;
+    rec->kind = MP_REC_MFD_PAGE;
+    rec->u.mfd = p->pkt;
+    rec->u.mfd.addr = mp_be64(p->pkt.offsets + 8 * p->page_i);
+    rec->u.mfd.data = d;
+    p->page_i++;
+    if (p->page_i == p->pkt.normal_pages)
+        p->state = p->pkt.zero_pages ? M_PAGES_OUT : M_COMMON;
+    return MS_EMIT;
+}
+
+/* One chunk of compressed or device-state bytes (decoded if zstd). */
+static MfdStep
+read_data(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    gsize want = MIN(MFD_DATA_CHUNK, p->data_left);
+    const guint8 *d;
+
+    if (p->chunk_acc.have == 0)
+        p->rec_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->chunk_acc, want, in)))
+        return MS_SHORT;
+    p->data_left -= want;
+    if (p->decoding && !zstd_decode(p, d, want))
+        return MS_ERROR;
+    if (p->data_left == 0) {
+        if (p->decoding && !zstd_end_packet(p))
+            return MS_ERROR;
+        p->state = p->decoding ? M_PAGES_OUT : M_COMMON;
+    }
+    rec->kind = MP_REC_MFD_DATA;
+    rec->u.mfd = p->pkt;
+    rec->u.mfd.data = d;
+    return MS_EMIT;
+}
+
+/* One decoded or zero page: a view, no bytes on the wire. */
+static MfdStep
+pages_out(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    guint32 i = p->page_i++;
+
+    p->rec_start = mp_cursor_offset(in);
+    rec->kind = MP_REC_MFD_PAGE;
+    rec->u.mfd = p->pkt;
+    rec->u.mfd.addr = mp_be64(p->pkt.offsets + 8 * i);
+    if (i < p->pkt.normal_pages)
+        rec->u.mfd.data = p->dec_buf + (gsize)i * p->page_size;
+    else
+        rec->u.mfd.zero = TRUE;
+    if (p->page_i == p->pkt.normal_pages + p->pkt.zero_pages)
+        p->state = M_COMMON;
+    return MS_EMIT;
+}
+
+/* Runs the function of the current state. */
+static MfdStep
+read_state(MpMfdParser *p, MpCursor *in, MpRecord *rec)
+{
+    switch (p->state) {
+    case M_INIT:
+        return read_init(p, in, rec);
+    case M_COMMON:
+        return read_common(p, in);
+    case M_RAM_HDR:
+        return read_ram_hdr(p, in, rec);
+    case M_DEV_HDR:
+        return read_dev_hdr(p, in, rec);
+    case M_PAGE:
+        return read_page(p, in, rec);
+    case M_DATA:
+        return read_data(p, in, rec);
+    case M_PAGES_OUT:
+        return pages_out(p, in, rec);
+    }
+    g_assert_not_reached();
+}
+
 MpFeedStatus
 mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
                    gsize *consumed, GError **error)
 {
-    const guint8 *pos = buf, *end = buf + len;
-    const guint8 *d;
+    MpCursor in = {.buf = buf, .pos = buf, .end = buf + len, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
     MpRecord rec;
 
@@ -640,127 +872,35 @@ mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
     }
 
     for (;;) {
+        /* every state but the pages owed reads input */
+        if (in.pos == in.end && p->state != M_PAGES_OUT)
+            break;
         memset(&rec, 0, sizeof(rec));
-        switch (p->state) {
-        case M_INIT:
-            if (pos == end)
-                goto out;
-            if (p->hdr_have == 0) {
-                p->rec_start = p->pkt_start = p->off + (pos - buf);
-                p->hdr_need = MP_MULTIFD_INIT_SIZE;
-            }
-            if (!gather_hdr(p, &pos, end))
-                goto out;
-            if (!check_init(p))
-                goto fail;
-            p->hdr_have = 0;
-            rec.kind = MP_REC_MFD_INIT;
-            rec.u.mfd.channel_id = p->hdr[24];
-            rec.u.mfd.uuid = p->hdr + 8;
-            p->state = M_HDR;
-            break;
-
-        case M_HDR:
-            if (pos == end)
-                goto out;
-            if (p->hdr_have == 0) {
-                p->rec_start = p->pkt_start = p->off + (pos - buf);
-                p->hdr_need = MFD_COMMON_HDR;
-            }
-            if (!gather_hdr(p, &pos, end))
-                goto out;
-            if (p->hdr_need == MFD_COMMON_HDR) {
-                if (!check_common(p))
-                    goto fail;
-                p->device_state =
-                    !!(mp_be32(p->hdr + 8) & MP_MULTIFD_FLAG_DEVICE_STATE);
-                p->hdr_need = p->device_state ? MP_MULTIFD_DEVICE_STATE_HDR
-                                              : p->ram_hdr_size;
-                continue;
-            }
-            p->hdr_have = 0;
-            if (p->device_state ? !parse_device_header(p)
-                                : !parse_ram_header(p))
-                goto fail;
-            if (!start_packet_body(p))
-                goto fail;
-            rec.kind =
-                p->device_state ? MP_REC_MFD_DEVICE_STATE : MP_REC_MFD_PACKET;
-            rec.u.mfd = p->pkt;
-            break;
-
-        case M_PAGE:
-            if (pos == end)
-                goto out;
-            if (p->page_acc.have == 0)
-                p->rec_start = p->off + (pos - buf);
-            d = mp_accum_take(&p->page_acc, p->page_size, &pos, end);
-            if (!d)
-                goto out;
-            rec.kind = MP_REC_MFD_PAGE;
-            rec.u.mfd = p->pkt;
-            rec.u.mfd.addr = mp_be64(p->pkt.offsets + 8 * p->page_i);
-            rec.u.mfd.data = d;
-            p->page_i++;
-            if (p->page_i == p->pkt.normal_pages)
-                p->state = p->pkt.zero_pages ? M_PAGES_OUT : M_HDR;
-            break;
-
-        case M_DATA: {
-            gsize want = MIN(MFD_DATA_CHUNK, p->data_left);
-            if (pos == end)
-                goto out;
-            if (p->chunk_acc.have == 0)
-                p->rec_start = p->off + (pos - buf);
-            d = mp_accum_take(&p->chunk_acc, want, &pos, end);
-            if (!d)
-                goto out;
-            p->data_left -= want;
-            if (p->decoding && !zstd_decode(p, d, want))
-                goto fail;
-            if (p->data_left == 0) {
-                if (p->decoding && !zstd_end_packet(p))
-                    goto fail;
-                p->state = p->decoding ? M_PAGES_OUT : M_HDR;
-            }
-            rec.kind = MP_REC_MFD_DATA;
-            rec.u.mfd = p->pkt;
-            rec.u.mfd.data = d;
-            break;
-        }
-
-        case M_PAGES_OUT: {
-            guint32 i = p->page_i++;
-            p->rec_start = p->off + (pos - buf);
-            rec.kind = MP_REC_MFD_PAGE;
-            rec.u.mfd = p->pkt;
-            rec.u.mfd.addr = mp_be64(p->pkt.offsets + 8 * i);
-            if (i < p->pkt.normal_pages) {
-                rec.u.mfd.data = p->dec_buf + (gsize)i * p->page_size;
-            } else {
-                rec.u.mfd.zero = TRUE;
-            }
-            if (p->page_i == p->pkt.normal_pages + p->pkt.zero_pages)
-                p->state = M_HDR;
-            break;
-        }
-        }
-
-        rec.offset = p->rec_start;
-        rec.length = p->off + (pos - buf) - p->rec_start;
-        if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
-            status = MP_FEED_PAUSED;
+        switch (read_state(p, &in, &rec)) {
+        case MS_NEXT:
+            continue;
+        case MS_SHORT:
             goto out;
+        case MS_EMIT:
+            rec.offset = p->rec_start;
+            rec.length = mp_cursor_offset(&in) - p->rec_start;
+            if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
+                status = MP_FEED_PAUSED;
+                goto out;
+            }
+            continue;
+        case MS_ERROR:
+            goto error;
         }
     }
 
 out:
-    *consumed = pos - buf;
+    *consumed = in.pos - buf;
     p->off += *consumed;
     return status;
 
-fail:
-    *consumed = pos - buf;
+error:
+    *consumed = in.pos - buf;
     p->off += *consumed;
     if (error)
         *error = g_error_copy(p->error);
@@ -781,16 +921,14 @@ mp_mfd_parser_finish(MpMfdParser *p, GError **error)
             *error = g_error_copy(p->error);
         return FALSE;
     }
-    if ((p->state == M_HDR || p->state == M_INIT) && p->hdr_have == 0)
+    if ((p->state == M_COMMON || p->state == M_INIT) && p->hdr_acc.have == 0)
         return TRUE;
 
     g_autoptr(GString) what = g_string_new(NULL);
-    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
-                "%s: channel closed at offset %" G_GUINT64_FORMAT
-                " inside %s (%s at offset %" G_GUINT64_FORMAT ")",
-                p->channel, p->off, state_what(p, what),
-                p->state == M_INIT ? "init" : "packet", p->pkt_start);
-    if (error)
-        mp_error_make_printable(*error);
+    mp_parse_error_set(error, p->channel, MP_PARSE_ERROR_TRUNCATED,
+                       "channel closed at offset %" G_GUINT64_FORMAT
+                       " inside %s (%s at offset %" G_GUINT64_FORMAT ")",
+                       p->off, describe_position(p, what),
+                       p->state == M_INIT ? "init" : "packet", p->pkt_start);
     return FALSE;
 }

@@ -21,41 +21,47 @@ mp_accum_clear(MpAccum *a)
 }
 
 const guint8 *
-mp_accum_take(MpAccum *a, gsize need, const guint8 **pos, const guint8 *end)
+mp_accum_take(MpAccum *a, gsize need, MpCursor *in)
 {
-    gsize avail = end - *pos;
+    gsize avail = mp_cursor_left(in);
 
     g_assert(need <= a->cap);
     if (a->have == 0 && avail >= need) {
-        const guint8 *p = *pos;
-        *pos += need;
+        const guint8 *p = in->pos;
+        in->pos += need;
         return p;
     }
     gsize n = MIN(need - a->have, avail);
-    memcpy(a->buf + a->have, *pos, n);
+    memcpy(a->buf + a->have, in->pos, n);
     a->have += n;
-    *pos += n;
+    in->pos += n;
     if (a->have < need)
         return NULL;
     a->have = 0;
     return a->buf;
 }
 
-gboolean
-mp_buffer_is_zero(const guint8 *p, gsize len)
+void
+mp_parse_error_set_valist(GError **error, const char *channel,
+                          MpParseErrorCode code, const char *fmt, va_list ap)
 {
-    /* Word loop first: most non-zero pages differ in their first bytes. */
-    const guint8 *end = p + len;
-    for (; p + 8 <= end; p += 8) {
-        guint64 w;
-        memcpy(&w, p, 8);
-        if (w)
-            return FALSE;
-    }
-    for (; p < end; p++)
-        if (*p)
-            return FALSE;
-    return TRUE;
+    if (!error)
+        return;
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    g_set_error(error, MP_PARSE_ERROR, code, "%s: %s", channel, msg);
+    /* its message may quote a name from the stream */
+    mp_error_make_printable(*error);
+}
+
+void
+mp_parse_error_set(GError **error, const char *channel, MpParseErrorCode code,
+                   const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    mp_parse_error_set_valist(error, channel, code, fmt, ap);
+    va_end(ap);
 }
 
 const char *

@@ -37,14 +37,49 @@ typedef enum {
     MP_PARSE_ERROR_UNSUPPORTED,  /* valid, but we cannot follow it */
 } MpParseErrorCode;
 
-/* Gathers a field that may arrive split across feeds.
+/* Sets *error (if not NULL) to "CHANNEL: message" in MP_PARSE_ERROR: every
+ * parser error names its channel first. */
+void mp_parse_error_set(GError **error, const char *channel,
+                        MpParseErrorCode code, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
+void mp_parse_error_set_valist(GError **error, const char *channel,
+                               MpParseErrorCode code, const char *fmt,
+                               va_list ap) G_GNUC_PRINTF(4, 0);
+
+/* The input of one feed call, as a parser's state functions read it. */
+typedef struct {
+    const guint8 *buf; /* the feed's first byte */
+    const guint8 *pos; /* the next byte to read */
+    const guint8 *end; /* where reading stops (the input's end, or a
+                          nested length's: a PACKAGED blob) */
+    guint64 off;       /* stream offset of buf[0] */
+} MpCursor;
+
+/* @return the stream offset of c->pos. */
+static inline guint64
+mp_cursor_offset(const MpCursor *c)
+{
+    return c->off + (guint64)(c->pos - c->buf);
+}
+
+/* @return how many bytes are left to read. */
+static inline gsize
+mp_cursor_left(const MpCursor *c)
+{
+    return (gsize)(c->end - c->pos);
+}
+
+/* Gathers a field that may arrive split across feeds: the one way every
+ * parser does it.
  *
  * mp_accum_take() returns a pointer to `need` contiguous bytes once they
  * are all there: straight into the caller's buffer when the field is whole
  * in it (no copy), otherwise into the accumulator.  It returns NULL when
  * the input ran out first; call again with the next chunk and the same
  * `need`.  The pointer is valid until the next take or the end of the
- * feed call, whichever comes first. */
+ * feed call, whichever comes first: copy what must outlive it.
+ * `have` counts the bytes of a split field gathered so far (0 between
+ * fields). */
 typedef struct {
     guint8 *buf;
     gsize cap;
@@ -53,8 +88,7 @@ typedef struct {
 
 void mp_accum_init(MpAccum *a, gsize cap);
 void mp_accum_clear(MpAccum *a);
-const guint8 *mp_accum_take(MpAccum *a, gsize need, const guint8 **pos,
-                            const guint8 *end);
+const guint8 *mp_accum_take(MpAccum *a, gsize need, MpCursor *in);
 
 static inline guint16
 mp_be16(const guint8 *p)
@@ -97,9 +131,6 @@ mp_put_be64(guint8 *p, guint64 v)
     mp_put_be32(p, v >> 32);
     mp_put_be32(p + 4, (guint32)v);
 }
-
-/* TRUE if the `len` bytes at `p` are all zero (len a multiple of 8). */
-gboolean mp_buffer_is_zero(const guint8 *p, gsize len);
 
 /* json-c's heap for a document, whatever its shape: 15 MiB of "[],"
  * took it 778 MB.  Callers refuse JSON estimated above this. */

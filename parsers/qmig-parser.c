@@ -13,6 +13,7 @@
  * and vmstate for devices, which has no length: it is sliced with the
  * vmdesc when there is one, and passed through opaquely otherwise.
  */
+#include <stdarg.h>
 #include <string.h>
 #include "qmig-parser.h"
 #include "ram-parser.h"
@@ -58,11 +59,38 @@ typedef enum {
     Q_OPAQUE,
 } QmigState;
 
+/* What a state function did; the feed loop acts on it. */
+typedef enum {
+    QS_NEXT,      /* go on in p->state */
+    QS_SHORT,     /* the input (or the PACKAGED blob) ended inside a field */
+    QS_EMIT,      /* `rec` is a whole record: report it, go on */
+    QS_EMIT_LAST, /* `rec` is the stream's last record: report it, end */
+    QS_PAUSED,    /* the RAM parser's callback paused */
+    QS_ERROR,     /* p->error is set */
+} QmigStep;
+
 typedef enum {
     BODY_RAM,
     BODY_BLOCK,
     BODY_DEVICE,
 } BodyKind;
+
+/* The subsections of the configuration section (savevm.c). */
+typedef enum {
+    SUB_UNKNOWN,
+    SUB_PAGE_BITS,
+    SUB_CAPABILITIES,
+    SUB_UUID,
+} SubsectionKind;
+
+/* Why the parser stopped following the stream (it passes bytes through
+ * from there on). */
+typedef enum {
+    OPAQUE_NOT,
+    OPAQUE_ITERABLE_DEVICE,
+    OPAQUE_NOT_IN_VMDESC,
+    OPAQUE_NO_VMDESC,
+} OpaqueWhy;
 
 typedef struct {
     MpSectionInfo info;
@@ -86,10 +114,12 @@ struct MpQmigParser {
     guint8 type;
     guint32 n; /* a length being read */
     guint16 cmd, cmd_len;
+    char cmd_block[256]; /* RAM_DISCARD, RECV_BITMAP: the block named */
 
     /* configuration */
     char machine[MAX_CONFIG_NAME + 1];
     char subname[256];
+    SubsectionKind sub;
     guint32 caps_left;
     gboolean x_ignore_shared, mapped_ram;
 
@@ -124,7 +154,7 @@ struct MpQmigParser {
 
     /* opaque pass-through */
     guint64 opaque_from;
-    const char *opaque_why;
+    OpaqueWhy opaque_why;
     gboolean opaque_announced;
 
     MpRamParser *ram;
@@ -153,8 +183,8 @@ mp_qmig_parser_new(const char *channel, MpRecordFunc cb, gpointer user_data)
     p->page_size = MP_TARGET_PAGE_SIZE;
     /* largest field taken whole: a command payload (be16 length) */
     mp_accum_init(&p->acc, 65536 + 64);
-    p->sections = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
-                                        g_free);
+    p->sections =
+        g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     p->ram = mp_ram_parser_new(channel, p->page_size, ram_record, p);
     p->opaque_from = G_MAXUINT64;
     return p;
@@ -220,11 +250,28 @@ mp_qmig_parser_offset(const MpQmigParser *p)
     return p->off;
 }
 
+/* @return the reason as reports show it, or NULL for OPAQUE_NOT. */
+static const char *
+opaque_why_name(OpaqueWhy why)
+{
+    switch (why) {
+    case OPAQUE_NOT:
+        return NULL;
+    case OPAQUE_ITERABLE_DEVICE:
+        return "an iterable section whose format migproxy does not follow";
+    case OPAQUE_NOT_IN_VMDESC:
+        return "a device section that the vmdesc does not describe";
+    case OPAQUE_NO_VMDESC:
+        return "device state (no vmdesc to slice it)";
+    }
+    return NULL;
+}
+
 guint64
 mp_qmig_parser_opaque_from(const MpQmigParser *p, const char **why)
 {
     if (why)
-        *why = p->opaque_why;
+        *why = opaque_why_name(p->opaque_why);
     return p->opaque_from;
 }
 
@@ -257,21 +304,38 @@ section_type_name(guint8 t)
     }
 }
 
+/* @return what the parser reads in state `s`, for errors ("inside %s"). */
 static const char *
-state_what(QmigState s)
+qmig_state_name(QmigState s)
 {
     switch (s) {
     case Q_HEADER:
         return "stream header";
     case Q_TOP:
         return "record type";
-    case Q_CFG_LEN ... Q_SUB_UUID:
+    case Q_CFG_LEN:
+    case Q_CFG_NAME:
+    case Q_CFG_PEEK:
+    case Q_SUB_HDR:
+    case Q_SUB_NAME:
+    case Q_SUB_VER:
+    case Q_SUB_PAGEBITS:
+    case Q_SUB_CAPS_COUNT:
+    case Q_SUB_CAP_LEN:
+    case Q_SUB_CAP:
+    case Q_SUB_UUID:
         return "configuration section";
-    case Q_SEC_ID ... Q_SEC_INSTVER:
+    case Q_SEC_ID:
+    case Q_SEC_IDLEN:
+    case Q_SEC_IDSTR:
+    case Q_SEC_INSTVER:
         return "section header";
     case Q_RAM_BODY:
         return "RAM section";
-    case Q_BLK_HDR ... Q_BLK_DATA:
+    case Q_BLK_HDR:
+    case Q_BLK_NAMELEN:
+    case Q_BLK_NAME:
+    case Q_BLK_DATA:
         return "block section";
     case Q_DEV_BODY:
         return "device section";
@@ -287,9 +351,25 @@ state_what(QmigState s)
         return "VMDESCRIPTION";
     case Q_OPAQUE:
         return "opaque data";
-    default:
-        return "stream";
+    case Q_DONE:
+        break;
     }
+    return "stream";
+}
+
+static QmigStep fail(MpQmigParser *p, MpParseErrorCode code, const char *fmt,
+                     ...) G_GNUC_PRINTF(3, 4);
+
+/* Sets the sticky error ("CHANNEL: ...").  @return QS_ERROR. */
+static QmigStep
+fail(MpQmigParser *p, MpParseErrorCode code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    mp_parse_error_set_valist(&p->error, p->channel, code, fmt, ap);
+    va_end(ap);
+    return QS_ERROR;
 }
 
 /* Fixed payload lengths of commands; -1 for variable (checked apart). */
@@ -309,23 +389,33 @@ command_len(guint16 cmd)
     }
 }
 
-/* Validates and decodes a command payload into `ci`.  FALSE: bad. */
 static gboolean
-decode_command(MpQmigParser *p, MpCommandInfo *ci, const guint8 *d,
-               char *block, GError **error)
+bad_command_len(MpQmigParser *p, const MpCommandInfo *ci)
+{
+    fail(p, MP_PARSE_ERROR_COMMAND,
+         "command %s at offset %" G_GUINT64_FORMAT
+         " has a malformed payload of %u bytes",
+         mp_qmig_command_name(ci->cmd), p->rec_start, ci->len);
+    return FALSE;
+}
+
+/* Validates and decodes a command payload `d` into `ci`.
+ * @return FALSE with p->error set if it is bad. */
+static gboolean
+decode_command(MpQmigParser *p, MpCommandInfo *ci, const guint8 *d)
 {
     int want = command_len(ci->cmd);
 
     ci->payload = d;
     if (ci->cmd == MP_QMIG_CMD_INVALID || ci->cmd >= MP_QMIG_CMD__MAX) {
-        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_COMMAND,
-                    "%s: unknown command %u at offset %" G_GUINT64_FORMAT
-                    " (expected 1..%d)",
-                    p->channel, ci->cmd, p->rec_start, MP_QMIG_CMD__MAX - 1);
+        fail(p, MP_PARSE_ERROR_COMMAND,
+             "unknown command %u at offset %" G_GUINT64_FORMAT
+             " (expected 1..%d)",
+             ci->cmd, p->rec_start, MP_QMIG_CMD__MAX - 1);
         return FALSE;
     }
     if (want >= 0 && ci->len != want)
-        goto bad_len;
+        return bad_command_len(p, ci);
     switch (ci->cmd) {
     case MP_QMIG_CMD_PING:
         ci->ping_value = mp_be32(d);
@@ -334,78 +424,944 @@ decode_command(MpQmigParser *p, MpCommandInfo *ci, const guint8 *d,
         ci->packaged_len = mp_be32(d);
         break;
     case MP_QMIG_CMD_POSTCOPY_ADVISE:
-        if (ci->len == 16) {
-            ci->advise_summary = mp_be64(d);
-            ci->advise_target_page_size = mp_be64(d + 8);
-            if (ci->advise_target_page_size != p->page_size) {
-                g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_UNSUPPORTED,
-                            "%s: POSTCOPY_ADVISE at offset %" G_GUINT64_FORMAT
-                            " gives target page size %" G_GUINT64_FORMAT
-                            " (expected %u)",
-                            p->channel, p->rec_start,
-                            ci->advise_target_page_size, p->page_size);
-                return FALSE;
-            }
-        } else if (ci->len != 0) {
-            goto bad_len;
+        if (ci->len == 0)
+            break;
+        if (ci->len != 16)
+            return bad_command_len(p, ci);
+        ci->advise_summary = mp_be64(d);
+        ci->advise_target_page_size = mp_be64(d + 8);
+        if (ci->advise_target_page_size != p->page_size) {
+            fail(p, MP_PARSE_ERROR_UNSUPPORTED,
+                 "POSTCOPY_ADVISE at offset %" G_GUINT64_FORMAT
+                 " gives target page size %" G_GUINT64_FORMAT " (expected %u)",
+                 p->rec_start, ci->advise_target_page_size, p->page_size);
+            return FALSE;
         }
         break;
-    case MP_QMIG_CMD_POSTCOPY_RAM_DISCARD: {
+    case MP_QMIG_CMD_POSTCOPY_RAM_DISCARD:
         /* u8 version(0) u8 n idstr[n] u8 0 {be64 start, be64 len}*
          * loadvm_postcopy_ram_handle_discard@7.2 wants len >= 20 */
-        if (ci->len < 20 || d[0] != 0 || ci->len < 3u + d[1]
-            || d[2 + d[1]] != 0 || (ci->len - 3u - d[1]) % 16)
-            goto bad_len;
-        memcpy(block, d + 2, d[1]);
-        block[d[1]] = 0;
-        ci->block = block;
+        if (ci->len < 20 || d[0] != 0 || ci->len < 3u + d[1] || d[2 + d[1]] != 0
+            || (ci->len - 3u - d[1]) % 16)
+            return bad_command_len(p, ci);
+        memcpy(p->cmd_block, d + 2, d[1]);
+        p->cmd_block[d[1]] = 0;
+        ci->block = p->cmd_block;
         ci->discard_count = (ci->len - 3u - d[1]) / 16;
         ci->discard_ranges = d + 3 + d[1];
         break;
-    }
     case MP_QMIG_CMD_RECV_BITMAP:
         if (ci->len < 1 || ci->len != 1u + d[0])
-            goto bad_len;
-        memcpy(block, d + 1, d[0]);
-        block[d[0]] = 0;
-        ci->block = block;
+            return bad_command_len(p, ci);
+        memcpy(p->cmd_block, d + 1, d[0]);
+        p->cmd_block[d[0]] = 0;
+        ci->block = p->cmd_block;
         break;
     default:
         break;
     }
     return TRUE;
+}
 
-bad_len:
-    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_COMMAND,
-                "%s: command %s at offset %" G_GUINT64_FORMAT
-                " has a malformed payload of %u bytes",
-                p->channel, mp_qmig_command_name(ci->cmd), p->rec_start,
-                ci->len);
-    return FALSE;
+/* Each state below reads from `in` (bounded by the PACKAGED blob when in
+ * one), may fill `rec`, and tells the feed loop what to do next. */
+
+static QmigStep
+read_header(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (p->acc.have == 0)
+        p->rec_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return QS_SHORT;
+    if (mp_be32(d) != MP_QMIG_FILE_MAGIC)
+        return fail(p, MP_PARSE_ERROR_MAGIC,
+                    "bad magic 0x%08x at offset 0 (expected 0x%08x "
+                    "\"QEVM\")",
+                    mp_be32(d), MP_QMIG_FILE_MAGIC);
+    if (mp_be32(d + 4) != MP_QMIG_FILE_VERSION)
+        return fail(p, MP_PARSE_ERROR_VERSION,
+                    "stream version %u at offset 4 (expected %u)",
+                    mp_be32(d + 4), MP_QMIG_FILE_VERSION);
+    rec->kind = MP_REC_STREAM_HEADER;
+    rec->u.header.magic = MP_QMIG_FILE_MAGIC;
+    rec->u.header.version = MP_QMIG_FILE_VERSION;
+    p->state = Q_TOP;
+    return QS_EMIT;
+}
+
+/* The byte that starts every top-level record. */
+static QmigStep
+read_top(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    p->rec_start = mp_cursor_offset(in);
+    p->type = *in->pos++;
+    switch (p->type) {
+    case MP_QMIG_CONFIGURATION:
+        if (p->rec_start != 8)
+            return fail(p, MP_PARSE_ERROR_SECTION_TYPE,
+                        "configuration section at offset %" G_GUINT64_FORMAT
+                        " (expected only right after the header)",
+                        p->rec_start);
+        p->state = Q_CFG_LEN;
+        return QS_NEXT;
+    case MP_QMIG_SECTION_START:
+    case MP_QMIG_SECTION_PART:
+    case MP_QMIG_SECTION_END:
+    case MP_QMIG_SECTION_FULL:
+        p->state = Q_SEC_ID;
+        return QS_NEXT;
+    case MP_QMIG_COMMAND:
+        p->state = Q_CMD_HDR;
+        return QS_NEXT;
+    case MP_QMIG_EOF:
+        if (p->in_package)
+            return fail(
+                p, MP_PARSE_ERROR_SECTION_TYPE,
+                "EOF inside the PACKAGED blob at offset %" G_GUINT64_FORMAT,
+                p->rec_start);
+        rec->kind = MP_REC_EOF;
+        p->cur = NULL;
+        rec->section = NULL;
+        p->state = Q_AFTER_EOF;
+        return QS_EMIT;
+    default:
+        return fail(p, MP_PARSE_ERROR_SECTION_TYPE,
+                    "unknown section type 0x%02x at offset %" G_GUINT64_FORMAT
+                    " (expected a section, a command or EOF)",
+                    p->type, p->rec_start);
+    }
+}
+
+/* configuration: be32 len machine[len] {0x05 subsection}* */
+
+static QmigStep
+read_cfg_len(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return QS_SHORT;
+    p->n = mp_be32(d);
+    if (p->n > MAX_CONFIG_NAME)
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "machine type name of %u bytes at offset %" G_GUINT64_FORMAT
+                    " (at most %d expected)",
+                    p->n, mp_cursor_offset(in) - 4, MAX_CONFIG_NAME);
+    p->machine[0] = 0;
+    p->state = p->n ? Q_CFG_NAME : Q_CFG_PEEK;
+    return QS_NEXT;
+}
+
+static QmigStep
+read_cfg_name(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->n, in)))
+        return QS_SHORT;
+    memcpy(p->machine, d, p->n);
+    p->machine[p->n] = 0;
+    p->state = Q_CFG_PEEK;
+    return QS_NEXT;
+}
+
+/* A subsection, or the end of the configuration. */
+static QmigStep
+peek_cfg(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    if (*in->pos == MP_QMIG_SUBSECTION) {
+        p->state = Q_SUB_HDR;
+        return QS_NEXT;
+    }
+    rec->kind = MP_REC_CONFIGURATION;
+    rec->u.config.machine = p->machine;
+    rec->u.config.x_ignore_shared = p->x_ignore_shared;
+    rec->u.config.mapped_ram = p->mapped_ram;
+    mp_ram_parser_set_ignore_shared(p->ram, p->x_ignore_shared);
+    p->state = Q_TOP;
+    return QS_EMIT;
+}
+
+/* 0x05 and the name's length byte. */
+static QmigStep
+read_sub_hdr(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 2, in)))
+        return QS_SHORT;
+    p->n = d[1];
+    p->state = Q_SUB_NAME;
+    return QS_NEXT;
+}
+
+static SubsectionKind
+subsection_kind(const char *name)
+{
+    static const struct {
+        const char *name;
+        SubsectionKind kind;
+    } known[] = {
+        {"configuration/target-page-bits", SUB_PAGE_BITS},
+        {"configuration/capabilities", SUB_CAPABILITIES},
+        {"configuration/uuid", SUB_UUID},
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(known); i++)
+        if (strcmp(name, known[i].name) == 0)
+            return known[i].kind;
+    return SUB_UNKNOWN;
+}
+
+static QmigStep
+read_sub_name(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->n, in)))
+        return QS_SHORT;
+    memcpy(p->subname, d, p->n);
+    p->subname[p->n] = 0;
+    p->sub = subsection_kind(p->subname);
+    p->state = Q_SUB_VER;
+    return QS_NEXT;
+}
+
+/* The subsection's version (not checked); its body follows by kind. */
+static QmigStep
+read_sub_version(MpQmigParser *p, MpCursor *in)
+{
+    if (!mp_accum_take(&p->acc, 4, in))
+        return QS_SHORT;
+    switch (p->sub) {
+    case SUB_PAGE_BITS:
+        p->state = Q_SUB_PAGEBITS;
+        return QS_NEXT;
+    case SUB_CAPABILITIES:
+        p->state = Q_SUB_CAPS_COUNT;
+        return QS_NEXT;
+    case SUB_UUID:
+        p->state = Q_SUB_UUID;
+        return QS_NEXT;
+    case SUB_UNKNOWN:
+        break;
+    }
+    return fail(
+        p, MP_PARSE_ERROR_UNSUPPORTED,
+        "unknown configuration subsection \"%s\" at offset %" G_GUINT64_FORMAT,
+        p->subname, mp_cursor_offset(in) - 4);
+}
+
+static QmigStep
+read_sub_page_bits(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return QS_SHORT;
+    if (mp_be32(d) >= 32 || (1u << mp_be32(d)) != p->page_size)
+        return fail(p, MP_PARSE_ERROR_UNSUPPORTED,
+                    "target page bits %u at offset %" G_GUINT64_FORMAT
+                    " (only %u-byte pages are supported)",
+                    mp_be32(d), mp_cursor_offset(in) - 4, p->page_size);
+    p->state = Q_CFG_PEEK;
+    return QS_NEXT;
+}
+
+static QmigStep
+read_sub_caps_count(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return QS_SHORT;
+    p->caps_left = mp_be32(d);
+    if (p->caps_left > MAX_CAPS)
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "%u capabilities at offset %" G_GUINT64_FORMAT
+                    " (at most %d expected)",
+                    p->caps_left, mp_cursor_offset(in) - 4, MAX_CAPS);
+    p->state = p->caps_left ? Q_SUB_CAP_LEN : Q_CFG_PEEK;
+    return QS_NEXT;
+}
+
+/* One capability name of p->n bytes at `d`. */
+static QmigStep
+capability_done(MpQmigParser *p, const guint8 *d)
+{
+    if (p->n == strlen("x-ignore-shared")
+        && memcmp(d, "x-ignore-shared", p->n) == 0)
+        p->x_ignore_shared = TRUE;
+    if (p->n == strlen("mapped-ram") && memcmp(d, "mapped-ram", p->n) == 0)
+        p->mapped_ram = TRUE;
+    p->state = --p->caps_left ? Q_SUB_CAP_LEN : Q_CFG_PEEK;
+    return QS_NEXT;
+}
+
+static QmigStep
+read_sub_cap_len(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 1, in)))
+        return QS_SHORT;
+    p->n = d[0];
+    p->state = Q_SUB_CAP;
+    if (p->n == 0)
+        return capability_done(p, in->pos);
+    return QS_NEXT;
+}
+
+static QmigStep
+read_sub_cap(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->n, in)))
+        return QS_SHORT;
+    return capability_done(p, d);
+}
+
+static QmigStep
+read_sub_uuid(MpQmigParser *p, MpCursor *in)
+{
+    if (!mp_accum_take(&p->acc, 16, in))
+        return QS_SHORT;
+    p->state = Q_CFG_PEEK;
+    return QS_NEXT;
+}
+
+/* section headers: be32 id [u8 n idstr[n] be32 instance be32 version] */
+
+static BodyKind
+body_kind(const char *idstr)
+{
+    if (strcmp(idstr, "ram") == 0)
+        return BODY_RAM;
+    if (strcmp(idstr, "block") == 0)
+        return BODY_BLOCK;
+    return BODY_DEVICE;
+}
+
+/* A device section's body: sliced by the vmdesc, or passed through. */
+static void
+device_section_begins(MpQmigParser *p)
+{
+    const MpVmdescDevice *dev = NULL;
+
+    if (p->type == MP_QMIG_SECTION_START) {
+        p->opaque_why = OPAQUE_ITERABLE_DEVICE;
+        p->state = Q_OPAQUE;
+        return;
+    }
+    if (p->vmdesc)
+        dev = mp_vmdesc_lookup(p->vmdesc, p->cur->idstr,
+                               p->cur->info.instance_id, &p->vmdesc_cursor);
+    if (!dev) {
+        p->opaque_why = p->vmdesc ? OPAQUE_NOT_IN_VMDESC : OPAQUE_NO_VMDESC;
+        p->state = Q_OPAQUE;
+        return;
+    }
+    p->dev_left = dev->size;
+    p->dev_contig = TRUE;
+    p->dev_data = NULL;
+    p->state = p->dev_left ? Q_DEV_BODY : Q_FOOTER_PEEK;
+}
+
+/* The header of section p->cur is whole: report it, and go on with its
+ * body. */
+static QmigStep
+section_begins(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    rec->kind = MP_REC_SECTION_HEADER;
+    rec->section = &p->cur->info;
+    rec->u.sect = p->cur->info;
+    switch (p->cur->body) {
+    case BODY_RAM:
+        if (p->cur->info.version_id != 4)
+            return fail(
+                p, MP_PARSE_ERROR_VERSION,
+                "\"ram\" section version %u at offset %" G_GUINT64_FORMAT
+                " (expected 4)",
+                p->cur->info.version_id, p->rec_start);
+        if (p->mapped_ram)
+            return fail(p, MP_PARSE_ERROR_UNSUPPORTED,
+                        "mapped-ram streams (file: migration) are not "
+                        "supported (offset %" G_GUINT64_FORMAT ")",
+                        p->rec_start);
+        mp_ram_parser_set_section(p->ram, &p->cur->info);
+        p->state = Q_RAM_BODY;
+        break;
+    case BODY_BLOCK:
+        p->state = Q_BLK_HDR;
+        break;
+    case BODY_DEVICE:
+        device_section_begins(p);
+        break;
+    }
+    /* the header of a section the parser cannot follow is still a
+     * well-parsed record */
+    if (p->state == Q_OPAQUE)
+        p->opaque_from = mp_cursor_offset(in);
+    return QS_EMIT;
+}
+
+static QmigStep
+read_sec_id(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return QS_SHORT;
+    memset(&p->pending, 0, sizeof(p->pending));
+    p->pending.info.type = p->type;
+    p->pending.info.section_id = mp_be32(d);
+    if (p->type == MP_QMIG_SECTION_START || p->type == MP_QMIG_SECTION_FULL) {
+        p->state = Q_SEC_IDLEN;
+        return QS_NEXT;
+    }
+    p->cur = g_hash_table_lookup(p->sections,
+                                 GUINT_TO_POINTER(p->pending.info.section_id));
+    if (!p->cur)
+        return fail(p, MP_PARSE_ERROR_SECTION,
+                    "%s section at offset %" G_GUINT64_FORMAT
+                    " has section id %u, which no START announced",
+                    section_type_name(p->type), p->rec_start,
+                    p->pending.info.section_id);
+    p->cur->info.type = p->type;
+    return section_begins(p, in, rec);
+}
+
+/* The idstr of p->n bytes at `d`. */
+static QmigStep
+idstr_done(MpQmigParser *p, const guint8 *d)
+{
+    memcpy(p->pending.idstr, d, p->n);
+    p->pending.idstr[p->n] = 0;
+    p->state = Q_SEC_INSTVER;
+    return QS_NEXT;
+}
+
+static QmigStep
+read_sec_idlen(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 1, in)))
+        return QS_SHORT;
+    p->n = d[0];
+    p->state = Q_SEC_IDSTR;
+    if (p->n == 0)
+        return idstr_done(p, in->pos);
+    return QS_NEXT;
+}
+
+static QmigStep
+read_sec_idstr(MpQmigParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->n, in)))
+        return QS_SHORT;
+    return idstr_done(p, d);
+}
+
+/* be32 instance_id be32 version_id: the START/FULL header is whole. */
+static QmigStep
+read_sec_instver(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return QS_SHORT;
+    Section *s = g_hash_table_lookup(
+        p->sections, GUINT_TO_POINTER(p->pending.info.section_id));
+    if (!s) {
+        if (g_hash_table_size(p->sections) >= MAX_SECTIONS)
+            return fail(p, MP_PARSE_ERROR_LENGTH,
+                        "more than %d sections at offset %" G_GUINT64_FORMAT,
+                        MAX_SECTIONS, p->rec_start);
+        s = g_new0(Section, 1);
+        g_hash_table_insert(p->sections,
+                            GUINT_TO_POINTER(p->pending.info.section_id), s);
+    }
+    *s = p->pending;
+    s->info.idstr = s->idstr;
+    s->info.instance_id = mp_be32(d);
+    s->info.version_id = mp_be32(d + 4);
+    s->info.known = TRUE;
+    s->body = body_kind(s->idstr);
+    p->cur = s;
+    return section_begins(p, in, rec);
+}
+
+/* "ram" section body: RAM records up to EOS, by ram-parser.c. */
+static QmigStep
+read_ram_body(MpQmigParser *p, MpCursor *in)
+{
+    g_autoptr(GError) err = NULL;
+    gsize used = 0;
+
+    mp_ram_parser_set_offset(p->ram, mp_cursor_offset(in));
+    MpFeedStatus st =
+        mp_ram_parser_feed(p->ram, in->pos, mp_cursor_left(in), &used, &err);
+    in->pos += used;
+    switch (st) {
+    case MP_FEED_ERROR:
+        p->error = g_steal_pointer(&err);
+        return QS_ERROR;
+    case MP_FEED_END:
+        p->rec_start = mp_cursor_offset(in);
+        p->state = Q_FOOTER_PEEK;
+        return p->ram_paused ? QS_PAUSED : QS_NEXT;
+    case MP_FEED_PAUSED:
+        return QS_PAUSED;
+    case MP_FEED_MORE:
+        break;
+    }
+    return QS_NEXT;
+}
+
+/* "block" section (disk pre-copy, <= 9.0):
+ *   be64 sector << 9 | flags [u8 n device[n] [1 MiB data]] */
+
+static QmigStep
+blk_eos(MpQmigParser *p, MpRecord *rec)
+{
+    rec->kind = MP_REC_BLK_EOS;
+    p->state = Q_FOOTER_PEEK;
+    return QS_EMIT;
+}
+
+static QmigStep
+read_blk_hdr(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint32 known = MP_BLK_MIG_FLAG_DEVICE_BLOCK | MP_BLK_MIG_FLAG_EOS
+                          | MP_BLK_MIG_FLAG_PROGRESS
+                          | MP_BLK_MIG_FLAG_ZERO_BLOCK;
+    const guint8 *d;
+
+    if (p->acc.have == 0)
+        p->rec_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return QS_SHORT;
+    guint64 v = mp_be64(d);
+    p->blk_flags = v & ((1u << MP_BLK_SECTOR_BITS) - 1);
+    p->blk_addr = v >> MP_BLK_SECTOR_BITS;
+    if ((p->blk_flags & ~known) || p->blk_flags == 0)
+        return fail(
+            p, MP_PARSE_ERROR_RAM_FLAGS,
+            "unknown block migration flags 0x%x at offset %" G_GUINT64_FORMAT,
+            p->blk_flags, p->rec_start);
+    if (p->blk_flags & MP_BLK_MIG_FLAG_DEVICE_BLOCK) {
+        p->state = Q_BLK_NAMELEN;
+        return QS_NEXT;
+    }
+    if (p->blk_flags & MP_BLK_MIG_FLAG_PROGRESS) {
+        rec->kind = MP_REC_BLK_PROGRESS;
+        rec->u.blk.flags = p->blk_flags;
+        rec->u.blk.progress = p->blk_addr;
+        p->state =
+            (p->blk_flags & MP_BLK_MIG_FLAG_EOS) ? Q_FOOTER_PEEK : Q_BLK_HDR;
+        return QS_EMIT;
+    }
+    /* block_load@7.2: anything else must carry EOS */
+    if (!(p->blk_flags & MP_BLK_MIG_FLAG_EOS))
+        return fail(p, MP_PARSE_ERROR_RAM_FLAGS,
+                    "block migration flags 0x%x at offset %" G_GUINT64_FORMAT
+                    " (ZERO_BLOCK without DEVICE_BLOCK)",
+                    p->blk_flags, p->rec_start);
+    return blk_eos(p, rec);
+}
+
+/* A DEVICE_BLOCK record is whole (its data streamed, or a zero block). */
+static QmigStep
+blk_block_done(MpQmigParser *p, MpRecord *rec)
+{
+    rec->kind = MP_REC_BLK_BLOCK;
+    rec->u.blk.device = p->blk_device;
+    rec->u.blk.sector = p->blk_addr;
+    rec->u.blk.flags = p->blk_flags;
+    rec->u.blk.zero = !!(p->blk_flags & MP_BLK_MIG_FLAG_ZERO_BLOCK);
+    rec->u.blk.data = (!rec->u.blk.zero && p->blk_contig) ? p->blk_data : NULL;
+    /* EOS may ride on a data record; report both */
+    p->state = (p->blk_flags & MP_BLK_MIG_FLAG_EOS) ? Q_FOOTER_PEEK : Q_BLK_HDR;
+    return QS_EMIT;
+}
+
+/* The device name of p->n bytes at `d`. */
+static QmigStep
+blk_name_done(MpQmigParser *p, MpRecord *rec, const guint8 *d)
+{
+    memcpy(p->blk_device, d, p->n);
+    p->blk_device[p->n] = 0;
+    if (p->blk_flags & MP_BLK_MIG_FLAG_ZERO_BLOCK)
+        return blk_block_done(p, rec);
+    p->blk_left = MP_BLK_MIG_BLOCK_SIZE;
+    p->blk_contig = TRUE;
+    p->blk_data = NULL;
+    p->state = Q_BLK_DATA;
+    return QS_NEXT;
+}
+
+static QmigStep
+read_blk_namelen(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 1, in)))
+        return QS_SHORT;
+    p->n = d[0];
+    p->state = Q_BLK_NAME;
+    if (p->n == 0)
+        return blk_name_done(p, rec, in->pos);
+    return QS_NEXT;
+}
+
+static QmigStep
+read_blk_name(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->n, in)))
+        return QS_SHORT;
+    return blk_name_done(p, rec, d);
+}
+
+/* 1 MiB chunks are streamed, never gathered. */
+static QmigStep
+read_blk_data(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    gsize n = MIN(mp_cursor_left(in), p->blk_left);
+
+    if (p->blk_left == MP_BLK_MIG_BLOCK_SIZE) {
+        p->blk_data = in->pos;
+        if (n < p->blk_left)
+            p->blk_contig = FALSE;
+    }
+    in->pos += n;
+    p->blk_left -= n;
+    if (p->blk_left)
+        return QS_NEXT;
+    return blk_block_done(p, rec);
+}
+
+/* A device (FULL) section's body, of the size its vmdesc entry gives. */
+static QmigStep
+read_dev_body(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    gsize n = MIN((guint64)mp_cursor_left(in), p->dev_left);
+
+    if (!p->dev_data) {
+        p->dev_data = in->pos;
+        p->rec_start = mp_cursor_offset(in);
+    }
+    if (n < p->dev_left)
+        p->dev_contig = FALSE;
+    in->pos += n;
+    p->dev_left -= n;
+    if (p->dev_left)
+        return QS_NEXT;
+    rec->kind = MP_REC_DEVICE_DATA;
+    rec->u.raw.data = p->dev_contig ? p->dev_data : NULL;
+    rec->u.raw.len =
+        (guint32)MIN(mp_cursor_offset(in) - p->rec_start, G_MAXUINT32);
+    p->state = Q_FOOTER_PEEK;
+    return QS_EMIT;
+}
+
+/* 0x7e be32 section_id, unless the stream has no footers (<= 2.3). */
+static QmigStep
+peek_footer(MpQmigParser *p, MpCursor *in)
+{
+    p->rec_start = mp_cursor_offset(in);
+    if (*in->pos == MP_QMIG_SECTION_FOOTER && !p->no_footers) {
+        p->footers_seen = TRUE;
+        p->state = Q_FOOTER;
+        return QS_NEXT;
+    }
+    if (p->footers_seen)
+        return fail(p, MP_PARSE_ERROR_SECTION,
+                    "byte 0x%02x at offset %" G_GUINT64_FORMAT
+                    " where the footer of section %u (\"%s\") belongs "
+                    "(expected 0x7e)",
+                    *in->pos, p->rec_start, p->cur->info.section_id,
+                    p->cur->idstr);
+    /* streams of machine types <= 2.3 have no footers */
+    p->no_footers = TRUE;
+    p->state = Q_TOP;
+    return QS_NEXT;
+}
+
+static QmigStep
+read_footer(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 5, in)))
+        return QS_SHORT;
+    if (mp_be32(d + 1) != p->cur->info.section_id)
+        return fail(p, MP_PARSE_ERROR_SECTION,
+                    "footer at offset %" G_GUINT64_FORMAT
+                    " names section %u inside section %u (\"%s\")",
+                    p->rec_start, mp_be32(d + 1), p->cur->info.section_id,
+                    p->cur->idstr);
+    rec->kind = MP_REC_SECTION_FOOTER;
+    rec->u.sect = p->cur->info;
+    p->state = Q_TOP;
+    return QS_EMIT;
+}
+
+/* commands: be16 cmd be16 len payload[len] */
+
+/* The command's payload (p->cmd_len bytes at `d`) is whole. */
+static QmigStep
+command_done(MpQmigParser *p, MpCursor *in, MpRecord *rec, const guint8 *d)
+{
+    rec->kind = MP_REC_COMMAND;
+    rec->section = NULL;
+    rec->u.cmd.cmd = p->cmd;
+    rec->u.cmd.len = p->cmd_len;
+    if (!decode_command(p, &rec->u.cmd, d))
+        return QS_ERROR;
+    p->state = Q_TOP;
+    if (p->cmd == MP_QMIG_CMD_POSTCOPY_ADVISE && p->cmd_len == 16)
+        mp_ram_parser_set_postcopy_summary(p->ram, rec->u.cmd.advise_summary);
+    if (p->cmd == MP_QMIG_CMD_PACKAGED) {
+        if (p->in_package)
+            return fail(p, MP_PARSE_ERROR_COMMAND,
+                        "PACKAGED inside PACKAGED at offset %" G_GUINT64_FORMAT,
+                        p->rec_start);
+        p->in_package = TRUE;
+        p->pkg_end = mp_cursor_offset(in) + rec->u.cmd.packaged_len;
+    }
+    return QS_EMIT;
+}
+
+static QmigStep
+read_cmd_hdr(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return QS_SHORT;
+    p->cmd = mp_be16(d);
+    p->cmd_len = mp_be16(d + 2);
+    p->state = Q_CMD_PAYLOAD;
+    if (p->cmd_len == 0)
+        return command_done(p, in, rec, in->pos);
+    return QS_NEXT;
+}
+
+static QmigStep
+read_cmd_payload(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->cmd_len, in)))
+        return QS_SHORT;
+    return command_done(p, in, rec, d);
+}
+
+/* after EOF: the vmdesc (0x06 be32 len json[len]), or nothing */
+
+static QmigStep
+read_after_eof(MpQmigParser *p, MpCursor *in)
+{
+    p->rec_start = mp_cursor_offset(in);
+    if (*in->pos != MP_QMIG_VMDESCRIPTION)
+        return fail(p, MP_PARSE_ERROR_SECTION_TYPE,
+                    "byte 0x%02x at offset %" G_GUINT64_FORMAT
+                    " after EOF (expected VMDESCRIPTION 0x06 or the end)",
+                    *in->pos, p->rec_start);
+    in->pos++;
+    p->state = Q_VMDESC_LEN;
+    return QS_NEXT;
+}
+
+/* The JSON is whole in p->vmdesc_buf: the stream's last record. */
+static QmigStep
+vmdesc_done(MpQmigParser *p, MpRecord *rec)
+{
+    p->vmdesc_buf[p->vmdesc_len] = 0;
+    rec->kind = MP_REC_VMDESC;
+    rec->section = NULL;
+    rec->u.vmdesc.json = (const char *)p->vmdesc_buf;
+    rec->u.vmdesc.len = p->vmdesc_len;
+    p->state = Q_DONE;
+    return QS_EMIT_LAST;
+}
+
+/* be32 len: the buffer for the JSON starts here. */
+static QmigStep
+read_vmdesc_len(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return QS_SHORT;
+    p->vmdesc_len = mp_be32(d);
+    if (p->vmdesc_len > MAX_VMDESC)
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "VMDESCRIPTION of %u bytes at offset %" G_GUINT64_FORMAT
+                    " (at most %u accepted)",
+                    p->vmdesc_len, p->rec_start, MAX_VMDESC);
+    /* the buffer grows as the JSON comes: four bytes of length alone must
+     * not reserve 64 MiB */
+    p->vmdesc_cap = MIN(p->vmdesc_len + 1, VMDESC_FIRST);
+    p->vmdesc_buf = g_malloc(p->vmdesc_cap);
+    p->vmdesc_have = 0;
+    p->state = Q_VMDESC;
+    if (p->vmdesc_len == 0)
+        return vmdesc_done(p, rec);
+    return QS_NEXT;
+}
+
+/* The JSON, copied as it arrives. */
+static QmigStep
+read_vmdesc(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    gsize n = MIN(mp_cursor_left(in), p->vmdesc_len - p->vmdesc_have);
+
+    if (p->vmdesc_have + n + 1 > p->vmdesc_cap) {
+        p->vmdesc_cap = MIN(MAX(2 * p->vmdesc_cap, p->vmdesc_have + n + 1),
+                            p->vmdesc_len + 1);
+        p->vmdesc_buf = g_realloc(p->vmdesc_buf, p->vmdesc_cap);
+    }
+    memcpy(p->vmdesc_buf + p->vmdesc_have, in->pos, n);
+    p->vmdesc_have += n;
+    in->pos += n;
+    if (p->vmdesc_have < p->vmdesc_len)
+        return QS_NEXT;
+    return vmdesc_done(p, rec);
+}
+
+/* Everything up to the end (of the input, or of the PACKAGED blob) is
+ * passed through as it is. */
+static QmigStep
+read_opaque(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    p->rec_start = mp_cursor_offset(in);
+    rec->kind = MP_REC_OPAQUE;
+    rec->u.raw.data = in->pos;
+    rec->u.raw.len = mp_cursor_left(in);
+    if (!p->opaque_announced) {
+        rec->u.raw.why = opaque_why_name(p->opaque_why);
+        p->opaque_announced = TRUE;
+    }
+    in->pos = in->end;
+    return QS_EMIT;
+}
+
+/* Runs the function of the current state.  Not called in Q_DONE: the
+ * feed returns at once there. */
+static QmigStep
+read_state(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    switch (p->state) {
+    case Q_HEADER:
+        return read_header(p, in, rec);
+    case Q_TOP:
+        return read_top(p, in, rec);
+    case Q_CFG_LEN:
+        return read_cfg_len(p, in);
+    case Q_CFG_NAME:
+        return read_cfg_name(p, in);
+    case Q_CFG_PEEK:
+        return peek_cfg(p, in, rec);
+    case Q_SUB_HDR:
+        return read_sub_hdr(p, in);
+    case Q_SUB_NAME:
+        return read_sub_name(p, in);
+    case Q_SUB_VER:
+        return read_sub_version(p, in);
+    case Q_SUB_PAGEBITS:
+        return read_sub_page_bits(p, in);
+    case Q_SUB_CAPS_COUNT:
+        return read_sub_caps_count(p, in);
+    case Q_SUB_CAP_LEN:
+        return read_sub_cap_len(p, in);
+    case Q_SUB_CAP:
+        return read_sub_cap(p, in);
+    case Q_SUB_UUID:
+        return read_sub_uuid(p, in);
+    case Q_SEC_ID:
+        return read_sec_id(p, in, rec);
+    case Q_SEC_IDLEN:
+        return read_sec_idlen(p, in);
+    case Q_SEC_IDSTR:
+        return read_sec_idstr(p, in);
+    case Q_SEC_INSTVER:
+        return read_sec_instver(p, in, rec);
+    case Q_RAM_BODY:
+        return read_ram_body(p, in);
+    case Q_BLK_HDR:
+        return read_blk_hdr(p, in, rec);
+    case Q_BLK_NAMELEN:
+        return read_blk_namelen(p, in, rec);
+    case Q_BLK_NAME:
+        return read_blk_name(p, in, rec);
+    case Q_BLK_DATA:
+        return read_blk_data(p, in, rec);
+    case Q_DEV_BODY:
+        return read_dev_body(p, in, rec);
+    case Q_FOOTER_PEEK:
+        return peek_footer(p, in);
+    case Q_FOOTER:
+        return read_footer(p, in, rec);
+    case Q_CMD_HDR:
+        return read_cmd_hdr(p, in, rec);
+    case Q_CMD_PAYLOAD:
+        return read_cmd_payload(p, in, rec);
+    case Q_AFTER_EOF:
+        return read_after_eof(p, in);
+    case Q_VMDESC_LEN:
+        return read_vmdesc_len(p, in, rec);
+    case Q_VMDESC:
+        return read_vmdesc(p, in, rec);
+    case Q_OPAQUE:
+        return read_opaque(p, in, rec);
+    case Q_DONE:
+        break;
+    }
+    g_assert_not_reached();
+}
+
+/* The PACKAGED blob ends at in->pos: back to the outer stream. */
+static QmigStep
+package_ends(MpQmigParser *p, MpCursor *in, MpRecord *rec)
+{
+    p->rec_start = mp_cursor_offset(in);
+    rec->kind = MP_REC_PACKAGED_END; /* no bytes of its own */
+    p->in_package = FALSE;
+    if (p->state == Q_OPAQUE) {
+        /* the device state of the package was opaque; the outer stream
+         * is parsed again (PING, RAM PART/END, EOF) */
+        p->state = Q_TOP;
+    }
+    return QS_EMIT;
+}
+
+/* Reports `rec`, which spans from p->rec_start to in->pos. */
+static MpRecordAction
+emit(MpQmigParser *p, const MpCursor *in, MpRecord *rec)
+{
+    rec->offset = p->rec_start;
+    rec->length = mp_cursor_offset(in) - p->rec_start;
+    return p->cb(rec, p->user_data);
 }
 
 MpFeedStatus
 mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
                     gsize *consumed, GError **error)
 {
-    const guint8 *pos = buf, *end = buf + len, *lim;
-    const guint8 *d;
-    MpRecord rec;
+    const guint8 *end = buf + len;
+    MpCursor in = {.buf = buf, .pos = buf, .end = end, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
-    char block[256];
-
-#define AT(ptr) (p->off + (guint64)((ptr) - buf))
-#define FAIL(code, ...)                                                       \
-    do {                                                                      \
-        g_set_error(&p->error, MP_PARSE_ERROR, (code), __VA_ARGS__);          \
-        goto fail;                                                            \
-    } while (0)
-#define TAKE(n)                                                               \
-    do {                                                                      \
-        d = mp_accum_take(&p->acc, (n), &pos, lim);                           \
-        if (!d)                                                               \
-            goto next;                                                        \
-    } while (0)
+    MpRecord rec;
+    QmigStep step;
 
     *consumed = 0;
     if (p->error) {
@@ -416,638 +1372,67 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
     if (p->state == Q_DONE)
         return MP_FEED_END;
 
-    while (TRUE) {
-        lim = end;
-        if (p->in_package && p->pkg_end - AT(pos) < (guint64)(end - pos))
-            lim = pos + (p->pkg_end - AT(pos));
-        /* The blob ended: back to the outer stream. */
-        if (p->in_package && AT(pos) == p->pkg_end
-            && (p->state == Q_TOP || p->state == Q_OPAQUE)) {
-            memset(&rec, 0, sizeof(rec));
-            rec.kind = MP_REC_PACKAGED_END;
-            rec.offset = AT(pos);
-            p->in_package = FALSE;
-            if (p->state == Q_OPAQUE) {
-                /* the device state of the package was opaque; the outer
-                 * stream is parsed again (PING, RAM PART/END, EOF) */
-                p->state = Q_TOP;
-            }
-            if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
-                status = MP_FEED_PAUSED;
-                break;
-            }
-            continue;
-        }
-        if (pos >= end)
-            break;
-        if (pos == lim)
-            FAIL(MP_PARSE_ERROR_COMMAND,
-                 "%s: %s at offset %" G_GUINT64_FORMAT
-                 " runs past the end of the PACKAGED blob at offset %"
-                 G_GUINT64_FORMAT,
-                 p->channel, state_what(p->state), p->rec_start, p->pkg_end);
+    for (;;) {
+        guint64 at = mp_cursor_offset(&in);
 
+        /* states read up to the end of the input or of the blob */
+        in.end = end;
+        if (p->in_package && p->pkg_end - at < (guint64)(end - in.pos))
+            in.end = in.pos + (p->pkg_end - at);
         memset(&rec, 0, sizeof(rec));
-        rec.section = p->cur ? &p->cur->info : NULL;
-
-        switch (p->state) {
-        case Q_HEADER:
-            if (p->acc.have == 0)
-                p->rec_start = AT(pos);
-            TAKE(8);
-            if (mp_be32(d) != MP_QMIG_FILE_MAGIC)
-                FAIL(MP_PARSE_ERROR_MAGIC,
-                     "%s: bad magic 0x%08x at offset 0 (expected 0x%08x "
-                     "\"QEVM\")",
-                     p->channel, mp_be32(d), MP_QMIG_FILE_MAGIC);
-            if (mp_be32(d + 4) != MP_QMIG_FILE_VERSION)
-                FAIL(MP_PARSE_ERROR_VERSION,
-                     "%s: stream version %u at offset 4 (expected %u)",
-                     p->channel, mp_be32(d + 4), MP_QMIG_FILE_VERSION);
-            rec.kind = MP_REC_STREAM_HEADER;
-            rec.u.header.magic = MP_QMIG_FILE_MAGIC;
-            rec.u.header.version = MP_QMIG_FILE_VERSION;
-            p->state = Q_TOP;
-            goto emit;
-
-        case Q_TOP:
-            p->rec_start = AT(pos);
-            p->type = *pos++;
-            switch (p->type) {
-            case MP_QMIG_CONFIGURATION:
-                if (p->rec_start != 8)
-                    FAIL(MP_PARSE_ERROR_SECTION_TYPE,
-                         "%s: configuration section at offset %" G_GUINT64_FORMAT
-                         " (expected only right after the header)",
-                         p->channel, p->rec_start);
-                p->state = Q_CFG_LEN;
-                continue;
-            case MP_QMIG_SECTION_START:
-            case MP_QMIG_SECTION_PART:
-            case MP_QMIG_SECTION_END:
-            case MP_QMIG_SECTION_FULL:
-                p->state = Q_SEC_ID;
-                continue;
-            case MP_QMIG_COMMAND:
-                p->state = Q_CMD_HDR;
-                continue;
-            case MP_QMIG_EOF:
-                if (p->in_package)
-                    FAIL(MP_PARSE_ERROR_SECTION_TYPE,
-                         "%s: EOF inside the PACKAGED blob at offset %"
-                         G_GUINT64_FORMAT,
-                         p->channel, p->rec_start);
-                rec.kind = MP_REC_EOF;
-                p->cur = NULL;
-                rec.section = NULL;
-                p->state = Q_AFTER_EOF;
-                goto emit;
-            default:
-                FAIL(MP_PARSE_ERROR_SECTION_TYPE,
-                     "%s: unknown section type 0x%02x at offset %"
-                     G_GUINT64_FORMAT " (expected a section, a command "
-                     "or EOF)",
-                     p->channel, p->type, p->rec_start);
-            }
-
-        /* configuration */
-        case Q_CFG_LEN:
-            TAKE(4);
-            p->n = mp_be32(d);
-            if (p->n > MAX_CONFIG_NAME)
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: machine type name of %u bytes at offset %"
-                     G_GUINT64_FORMAT " (at most %d expected)",
-                     p->channel, p->n, AT(pos) - 4, MAX_CONFIG_NAME);
-            p->machine[0] = 0;
-            p->state = Q_CFG_NAME;
-            if (p->n == 0)
-                p->state = Q_CFG_PEEK;
-            continue;
-        case Q_CFG_NAME:
-            TAKE(p->n);
-            memcpy(p->machine, d, p->n);
-            p->machine[p->n] = 0;
-            p->state = Q_CFG_PEEK;
-            continue;
-        case Q_CFG_PEEK:
-            if (*pos == MP_QMIG_SUBSECTION) {
-                p->state = Q_SUB_HDR;
-                continue;
-            }
-            rec.kind = MP_REC_CONFIGURATION;
-            rec.u.config.machine = p->machine;
-            rec.u.config.x_ignore_shared = p->x_ignore_shared;
-            rec.u.config.mapped_ram = p->mapped_ram;
-            mp_ram_parser_set_ignore_shared(p->ram, p->x_ignore_shared);
-            p->state = Q_TOP;
-            goto emit;
-        case Q_SUB_HDR:
-            TAKE(2);
-            p->n = d[1];
-            p->state = Q_SUB_NAME;
-            continue;
-        case Q_SUB_NAME:
-            TAKE(p->n);
-            memcpy(p->subname, d, p->n);
-            p->subname[p->n] = 0;
-            p->state = Q_SUB_VER;
-            continue;
-        case Q_SUB_VER:
-            TAKE(4);
-            if (strcmp(p->subname, "configuration/target-page-bits") == 0)
-                p->state = Q_SUB_PAGEBITS;
-            else if (strcmp(p->subname, "configuration/capabilities") == 0)
-                p->state = Q_SUB_CAPS_COUNT;
-            else if (strcmp(p->subname, "configuration/uuid") == 0)
-                p->state = Q_SUB_UUID;
-            else
-                FAIL(MP_PARSE_ERROR_UNSUPPORTED,
-                     "%s: unknown configuration subsection \"%s\" at offset %"
-                     G_GUINT64_FORMAT,
-                     p->channel, p->subname, AT(pos) - 4);
-            continue;
-        case Q_SUB_PAGEBITS:
-            TAKE(4);
-            if (mp_be32(d) >= 32 || (1u << mp_be32(d)) != p->page_size)
-                FAIL(MP_PARSE_ERROR_UNSUPPORTED,
-                     "%s: target page bits %u at offset %" G_GUINT64_FORMAT
-                     " (only %u-byte pages are supported)",
-                     p->channel, mp_be32(d), AT(pos) - 4, p->page_size);
-            p->state = Q_CFG_PEEK;
-            continue;
-        case Q_SUB_CAPS_COUNT:
-            TAKE(4);
-            p->caps_left = mp_be32(d);
-            if (p->caps_left > MAX_CAPS)
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: %u capabilities at offset %" G_GUINT64_FORMAT
-                     " (at most %d expected)",
-                     p->channel, p->caps_left, AT(pos) - 4, MAX_CAPS);
-            p->state = p->caps_left ? Q_SUB_CAP_LEN : Q_CFG_PEEK;
-            continue;
-        case Q_SUB_CAP_LEN:
-            TAKE(1);
-            p->n = d[0];
-            p->state = Q_SUB_CAP;
-            if (p->n)
-                continue;
-            d = pos;
-            goto cap_done;
-        case Q_SUB_CAP:
-            TAKE(p->n);
-        cap_done:
-            if (p->n == strlen("x-ignore-shared")
-                && memcmp(d, "x-ignore-shared", p->n) == 0)
-                p->x_ignore_shared = TRUE;
-            if (p->n == strlen("mapped-ram")
-                && memcmp(d, "mapped-ram", p->n) == 0)
-                p->mapped_ram = TRUE;
-            p->state = --p->caps_left ? Q_SUB_CAP_LEN : Q_CFG_PEEK;
-            continue;
-        case Q_SUB_UUID:
-            TAKE(16);
-            p->state = Q_CFG_PEEK;
-            continue;
-
-        /* section headers */
-        case Q_SEC_ID:
-            TAKE(4);
-            memset(&p->pending, 0, sizeof(p->pending));
-            p->pending.info.type = p->type;
-            p->pending.info.section_id = mp_be32(d);
-            if (p->type == MP_QMIG_SECTION_START
-                || p->type == MP_QMIG_SECTION_FULL) {
-                p->state = Q_SEC_IDLEN;
-                continue;
-            }
-            p->cur = g_hash_table_lookup(
-                p->sections, GUINT_TO_POINTER(p->pending.info.section_id));
-            if (!p->cur)
-                FAIL(MP_PARSE_ERROR_SECTION,
-                     "%s: %s section at offset %" G_GUINT64_FORMAT
-                     " has section id %u, which no START announced",
-                     p->channel, section_type_name(p->type), p->rec_start,
-                     p->pending.info.section_id);
-            p->cur->info.type = p->type;
-            goto section_begins;
-        case Q_SEC_IDLEN:
-            TAKE(1);
-            p->n = d[0];
-            p->state = Q_SEC_IDSTR;
-            if (p->n)
-                continue;
-            d = pos;
-            goto idstr_done;
-        case Q_SEC_IDSTR:
-            TAKE(p->n);
-        idstr_done:
-            memcpy(p->pending.idstr, d, p->n);
-            p->pending.idstr[p->n] = 0;
-            p->state = Q_SEC_INSTVER;
-            continue;
-        case Q_SEC_INSTVER: {
-            TAKE(8);
-            Section *s = g_hash_table_lookup(
-                p->sections, GUINT_TO_POINTER(p->pending.info.section_id));
-            if (!s) {
-                if (g_hash_table_size(p->sections) >= MAX_SECTIONS)
-                    FAIL(MP_PARSE_ERROR_LENGTH,
-                         "%s: more than %d sections at offset %"
-                         G_GUINT64_FORMAT,
-                         p->channel, MAX_SECTIONS, p->rec_start);
-                s = g_new0(Section, 1);
-                g_hash_table_insert(p->sections,
-                                    GUINT_TO_POINTER(
-                                        p->pending.info.section_id),
-                                    s);
-            }
-            *s = p->pending;
-            s->info.idstr = s->idstr;
-            s->info.instance_id = mp_be32(d);
-            s->info.version_id = mp_be32(d + 4);
-            s->info.known = TRUE;
-            if (strcmp(s->idstr, "ram") == 0)
-                s->body = BODY_RAM;
-            else if (strcmp(s->idstr, "block") == 0)
-                s->body = BODY_BLOCK;
-            else
-                s->body = BODY_DEVICE;
-            p->cur = s;
-        }
-        section_begins:
-            rec.kind = MP_REC_SECTION_HEADER;
-            rec.section = &p->cur->info;
-            rec.u.sect = p->cur->info;
-            switch (p->cur->body) {
-            case BODY_RAM:
-                if (p->cur->info.version_id != 4)
-                    FAIL(MP_PARSE_ERROR_VERSION,
-                         "%s: \"ram\" section version %u at offset %"
-                         G_GUINT64_FORMAT " (expected 4)",
-                         p->channel, p->cur->info.version_id, p->rec_start);
-                if (p->mapped_ram)
-                    FAIL(MP_PARSE_ERROR_UNSUPPORTED,
-                         "%s: mapped-ram streams (file: migration) are not "
-                         "supported (offset %" G_GUINT64_FORMAT ")",
-                         p->channel, p->rec_start);
-                mp_ram_parser_set_section(p->ram, &p->cur->info);
-                p->state = Q_RAM_BODY;
-                break;
-            case BODY_BLOCK:
-                p->state = Q_BLK_HDR;
-                break;
-            case BODY_DEVICE:
-                if (p->type == MP_QMIG_SECTION_START) {
-                    p->opaque_why = "an iterable section whose format "
-                                    "migproxy does not follow";
-                    p->state = Q_OPAQUE;
-                    break;
-                }
-                {
-                    const MpVmdescDevice *dev =
-                        p->vmdesc ? mp_vmdesc_lookup(p->vmdesc,
-                                                     p->cur->idstr,
-                                                     p->cur->info.instance_id,
-                                                     &p->vmdesc_cursor)
-                                  : NULL;
-                    if (!dev) {
-                        p->opaque_why = p->vmdesc
-                                            ? "a device section that the "
-                                              "vmdesc does not describe"
-                                            : "device state (no vmdesc to "
-                                              "slice it)";
-                        p->state = Q_OPAQUE;
-                        break;
-                    }
-                    p->dev_left = dev->size;
-                    p->dev_contig = TRUE;
-                    p->dev_data = NULL;
-                    p->state = p->dev_left ? Q_DEV_BODY : Q_FOOTER_PEEK;
-                }
-                break;
-            }
-            if (p->state == Q_OPAQUE) {
-                /* the header itself is still a well-parsed record */
-                rec.offset = p->rec_start;
-                rec.length = AT(pos) - p->rec_start;
-                p->opaque_from = AT(pos);
-                if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
-                    status = MP_FEED_PAUSED;
-                    goto out;
-                }
-                continue;
-            }
-            goto emit;
-
-        case Q_RAM_BODY: {
-            g_autoptr(GError) err = NULL;
-            gsize used = 0;
-            mp_ram_parser_set_offset(p->ram, AT(pos));
-            MpFeedStatus st =
-                mp_ram_parser_feed(p->ram, pos, lim - pos, &used, &err);
-            pos += used;
-            if (st == MP_FEED_ERROR) {
-                p->error = g_steal_pointer(&err);
-                goto fail;
-            }
-            if (st == MP_FEED_END) {
-                p->rec_start = AT(pos);
-                p->state = Q_FOOTER_PEEK;
-                if (p->ram_paused) {
-                    status = MP_FEED_PAUSED;
-                    goto out;
-                }
-                continue;
-            }
-            if (st == MP_FEED_PAUSED) {
-                status = MP_FEED_PAUSED;
-                goto out;
-            }
-            continue;
-        }
-
-        /* "block" section (disk pre-copy, <= 9.0) */
-        case Q_BLK_HDR: {
-            if (p->acc.have == 0)
-                p->rec_start = AT(pos);
-            TAKE(8);
-            guint64 v = mp_be64(d);
-            p->blk_flags = v & ((1u << MP_BLK_SECTOR_BITS) - 1);
-            p->blk_addr = v >> MP_BLK_SECTOR_BITS;
-            guint32 known = MP_BLK_MIG_FLAG_DEVICE_BLOCK | MP_BLK_MIG_FLAG_EOS
-                            | MP_BLK_MIG_FLAG_PROGRESS
-                            | MP_BLK_MIG_FLAG_ZERO_BLOCK;
-            if ((p->blk_flags & ~known) || p->blk_flags == 0)
-                FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                     "%s: unknown block migration flags 0x%x at offset %"
-                     G_GUINT64_FORMAT,
-                     p->channel, p->blk_flags, p->rec_start);
-            if (p->blk_flags & MP_BLK_MIG_FLAG_DEVICE_BLOCK) {
-                p->state = Q_BLK_NAMELEN;
-                continue;
-            }
-            if (p->blk_flags & MP_BLK_MIG_FLAG_PROGRESS) {
-                rec.kind = MP_REC_BLK_PROGRESS;
-                rec.u.blk.flags = p->blk_flags;
-                rec.u.blk.progress = p->blk_addr;
-                p->state = (p->blk_flags & MP_BLK_MIG_FLAG_EOS) ? Q_FOOTER_PEEK
-                                                                : Q_BLK_HDR;
-                goto emit;
-            }
-            /* block_load@7.2: anything else must carry EOS */
-            if (!(p->blk_flags & MP_BLK_MIG_FLAG_EOS))
-                FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                     "%s: block migration flags 0x%x at offset %"
-                     G_GUINT64_FORMAT " (ZERO_BLOCK without DEVICE_BLOCK)",
-                     p->channel, p->blk_flags, p->rec_start);
-            goto blk_eos;
-        }
-        case Q_BLK_NAMELEN:
-            TAKE(1);
-            p->n = d[0];
-            p->state = Q_BLK_NAME;
-            if (p->n)
-                continue;
-            d = pos;
-            goto blk_name;
-        case Q_BLK_NAME:
-            TAKE(p->n);
-        blk_name:
-            memcpy(p->blk_device, d, p->n);
-            p->blk_device[p->n] = 0;
-            if (p->blk_flags & MP_BLK_MIG_FLAG_ZERO_BLOCK)
-                goto blk_block_done;
-            p->blk_left = MP_BLK_MIG_BLOCK_SIZE;
-            p->blk_contig = TRUE;
-            p->blk_data = NULL;
-            p->state = Q_BLK_DATA;
-            continue;
-        case Q_BLK_DATA: {
-            /* 1 MiB chunks are streamed, never gathered */
-            gsize n = MIN((gsize)(lim - pos), p->blk_left);
-            if (p->blk_left == MP_BLK_MIG_BLOCK_SIZE)
-                p->blk_data = pos;
-            if (n < p->blk_left && p->blk_left == MP_BLK_MIG_BLOCK_SIZE)
-                p->blk_contig = FALSE;
-            pos += n;
-            p->blk_left -= n;
-            if (p->blk_left)
-                continue;
-        }
-        blk_block_done:
-            rec.kind = MP_REC_BLK_BLOCK;
-            rec.u.blk.device = p->blk_device;
-            rec.u.blk.sector = p->blk_addr;
-            rec.u.blk.flags = p->blk_flags;
-            rec.u.blk.zero = !!(p->blk_flags & MP_BLK_MIG_FLAG_ZERO_BLOCK);
-            rec.u.blk.data = (!rec.u.blk.zero && p->blk_contig) ? p->blk_data
-                                                                : NULL;
-            if (p->blk_flags & MP_BLK_MIG_FLAG_EOS) {
-                /* EOS may ride on a data record; report both */
-                p->state = Q_FOOTER_PEEK;
-            } else {
-                p->state = Q_BLK_HDR;
-            }
-            goto emit;
-        blk_eos:
-            rec.kind = MP_REC_BLK_EOS;
-            p->state = Q_FOOTER_PEEK;
-            goto emit;
-
-        /* device (FULL) section sliced by the vmdesc */
-        case Q_DEV_BODY: {
-            gsize n = MIN((guint64)(lim - pos), p->dev_left);
-            if (!p->dev_data) {
-                p->dev_data = pos;
-                p->rec_start = AT(pos);
-            }
-            if (n < p->dev_left)
-                p->dev_contig = FALSE;
-            pos += n;
-            p->dev_left -= n;
-            if (p->dev_left)
-                continue;
-            rec.kind = MP_REC_DEVICE_DATA;
-            rec.u.raw.data = p->dev_contig ? p->dev_data : NULL;
-            rec.u.raw.len = (guint32)MIN(AT(pos) - p->rec_start, G_MAXUINT32);
-            p->state = Q_FOOTER_PEEK;
-            goto emit;
-        }
-
-        case Q_FOOTER_PEEK:
-            p->rec_start = AT(pos);
-            if (*pos == MP_QMIG_SECTION_FOOTER && !p->no_footers) {
-                p->footers_seen = TRUE;
-                p->state = Q_FOOTER;
-                continue;
-            }
-            if (p->footers_seen)
-                FAIL(MP_PARSE_ERROR_SECTION,
-                     "%s: byte 0x%02x at offset %" G_GUINT64_FORMAT
-                     " where the footer of section %u (\"%s\") belongs "
-                     "(expected 0x7e)",
-                     p->channel, *pos, AT(pos), p->cur->info.section_id,
-                     p->cur->idstr);
-            /* streams of machine types <= 2.3 have no footers */
-            p->no_footers = TRUE;
-            p->state = Q_TOP;
-            continue;
-        case Q_FOOTER:
-            TAKE(5);
-            if (mp_be32(d + 1) != p->cur->info.section_id)
-                FAIL(MP_PARSE_ERROR_SECTION,
-                     "%s: footer at offset %" G_GUINT64_FORMAT
-                     " names section %u inside section %u (\"%s\")",
-                     p->channel, p->rec_start, mp_be32(d + 1),
-                     p->cur->info.section_id, p->cur->idstr);
-            rec.kind = MP_REC_SECTION_FOOTER;
-            rec.u.sect = p->cur->info;
-            p->state = Q_TOP;
-            goto emit;
-
-        /* commands */
-        case Q_CMD_HDR:
-            TAKE(4);
-            p->cmd = mp_be16(d);
-            p->cmd_len = mp_be16(d + 2);
-            p->state = Q_CMD_PAYLOAD;
-            if (p->cmd_len)
-                continue;
-            d = pos;
-            goto cmd_payload;
-        case Q_CMD_PAYLOAD:
-            TAKE(p->cmd_len);
-        cmd_payload: {
-            GError *err = NULL;
-            rec.kind = MP_REC_COMMAND;
-            rec.section = NULL;
-            rec.u.cmd.cmd = p->cmd;
-            rec.u.cmd.len = p->cmd_len;
-            if (!decode_command(p, &rec.u.cmd, d, block, &err)) {
-                p->error = err;
-                goto fail;
-            }
-            p->state = Q_TOP;
-            if (p->cmd == MP_QMIG_CMD_POSTCOPY_ADVISE && p->cmd_len == 16)
-                mp_ram_parser_set_postcopy_summary(p->ram,
-                                                   rec.u.cmd.advise_summary);
-            if (p->cmd == MP_QMIG_CMD_PACKAGED) {
-                if (p->in_package)
-                    FAIL(MP_PARSE_ERROR_COMMAND,
-                         "%s: PACKAGED inside PACKAGED at offset %"
-                         G_GUINT64_FORMAT,
-                         p->channel, p->rec_start);
-                p->in_package = TRUE;
-                p->pkg_end = AT(pos) + rec.u.cmd.packaged_len;
-            }
-            goto emit;
-        }
-
-        /* after EOF: the vmdesc, or nothing */
-        case Q_AFTER_EOF:
-            p->rec_start = AT(pos);
-            if (*pos != MP_QMIG_VMDESCRIPTION)
-                FAIL(MP_PARSE_ERROR_SECTION_TYPE,
-                     "%s: byte 0x%02x at offset %" G_GUINT64_FORMAT
-                     " after EOF (expected VMDESCRIPTION 0x06 or the end)",
-                     p->channel, *pos, AT(pos));
-            pos++;
-            p->state = Q_VMDESC_LEN;
-            continue;
-        case Q_VMDESC_LEN:
-            TAKE(4);
-            p->vmdesc_len = mp_be32(d);
-            if (p->vmdesc_len > MAX_VMDESC)
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: VMDESCRIPTION of %u bytes at offset %" G_GUINT64_FORMAT
-                     " (at most %u accepted)",
-                     p->channel, p->vmdesc_len, p->rec_start, MAX_VMDESC);
-            /* the buffer grows as the JSON comes: four bytes of length
-             * alone must not reserve 64 MiB */
-            p->vmdesc_cap = MIN(p->vmdesc_len + 1, VMDESC_FIRST);
-            p->vmdesc_buf = g_malloc(p->vmdesc_cap);
-            p->vmdesc_have = 0;
-            p->state = Q_VMDESC;
-            if (p->vmdesc_len)
-                continue;
-            goto vmdesc_done;
-        case Q_VMDESC: {
-            gsize n = MIN((gsize)(lim - pos), p->vmdesc_len - p->vmdesc_have);
-            if (p->vmdesc_have + n + 1 > p->vmdesc_cap) {
-                p->vmdesc_cap = MIN(MAX(2 * p->vmdesc_cap,
-                                        p->vmdesc_have + n + 1),
-                                    p->vmdesc_len + 1);
-                p->vmdesc_buf = g_realloc(p->vmdesc_buf, p->vmdesc_cap);
-            }
-            memcpy(p->vmdesc_buf + p->vmdesc_have, pos, n);
-            p->vmdesc_have += n;
-            pos += n;
-            if (p->vmdesc_have < p->vmdesc_len)
-                continue;
-        }
-        vmdesc_done:
-            p->vmdesc_buf[p->vmdesc_len] = 0;
-            rec.kind = MP_REC_VMDESC;
-            rec.section = NULL;
-            rec.u.vmdesc.json = (const char *)p->vmdesc_buf;
-            rec.u.vmdesc.len = p->vmdesc_len;
-            p->state = Q_DONE;
-            status = MP_FEED_END;
-            goto emit;
-
-        case Q_DONE:
-            goto out;
-
-        case Q_OPAQUE:
-            rec.kind = MP_REC_OPAQUE;
-            rec.offset = AT(pos);
-            rec.length = lim - pos;
-            rec.u.raw.data = pos;
-            rec.u.raw.len = lim - pos;
-            if (!p->opaque_announced) {
-                rec.u.raw.why = p->opaque_why;
-                p->opaque_announced = TRUE;
-            }
-            pos = lim;
-            if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
-                status = MP_FEED_PAUSED;
-                goto out;
-            }
-            continue;
-        }
-        g_assert_not_reached();
-
-    emit:
-        rec.offset = p->rec_start;
-        rec.length = AT(pos) - p->rec_start;
-        if (p->cb(&rec, p->user_data) == MP_REC_PAUSE && status == MP_FEED_MORE)
-            status = MP_FEED_PAUSED;
-        if (status != MP_FEED_MORE)
-            goto out;
-        continue;
-    next:
-        /* TAKE ran out of input (or hit the package end) */
-        if (pos == end)
+        if (p->in_package && at == p->pkg_end
+            && (p->state == Q_TOP || p->state == Q_OPAQUE)) {
+            step = package_ends(p, &in, &rec);
+        } else if (in.pos == end) {
             break;
+        } else if (in.pos == in.end) {
+            step = fail(p, MP_PARSE_ERROR_COMMAND,
+                        "%s at offset %" G_GUINT64_FORMAT
+                        " runs past the end of the PACKAGED blob at offset "
+                        "%" G_GUINT64_FORMAT,
+                        qmig_state_name(p->state), p->rec_start, p->pkg_end);
+        } else {
+            rec.section = p->cur ? &p->cur->info : NULL;
+            step = read_state(p, &in, &rec);
+        }
+
+        switch (step) {
+        case QS_NEXT:
+            continue;
+        case QS_SHORT:
+            /* at the blob's end, the checks above report it */
+            if (in.pos == end)
+                goto out;
+            continue;
+        case QS_EMIT:
+            if (emit(p, &in, &rec) == MP_REC_PAUSE) {
+                status = MP_FEED_PAUSED;
+                goto out;
+            }
+            continue;
+        case QS_EMIT_LAST:
+            emit(p, &in, &rec);
+            status = MP_FEED_END;
+            goto out;
+        case QS_PAUSED:
+            status = MP_FEED_PAUSED;
+            goto out;
+        case QS_ERROR:
+            goto error;
+        }
     }
 
 out:
-    *consumed = pos - buf;
+    *consumed = in.pos - buf;
     p->off += *consumed;
     return status;
 
-fail:
-    /* its message may quote a name from the stream */
-    mp_error_make_printable(p->error);
-    *consumed = pos - buf;
+error:
+    *consumed = in.pos - buf;
     p->off += *consumed;
     if (error)
         *error = g_error_copy(p->error);
     return MP_FEED_ERROR;
-#undef AT
-#undef FAIL
-#undef TAKE
 }
 
 gboolean
@@ -1077,9 +1462,10 @@ mp_qmig_parser_finish(MpQmigParser *p, GError **error)
     default:
         break;
     }
-    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
-                "%s: stream ends at offset %" G_GUINT64_FORMAT " inside %s%s",
-                p->channel, p->off, state_what(p->state),
-                p->in_package ? " (in a PACKAGED blob)" : "");
+    mp_parse_error_set(error, p->channel, MP_PARSE_ERROR_TRUNCATED,
+                       "stream ends at offset %" G_GUINT64_FORMAT
+                       " inside %s%s",
+                       p->off, qmig_state_name(p->state),
+                       p->in_package ? " (in a PACKAGED blob)" : "");
     return FALSE;
 }

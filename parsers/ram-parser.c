@@ -16,6 +16,7 @@
  * The "current block" for CONTINUE belongs to the channel: it survives
  * EOS and section boundaries, exactly as the destination keeps it.
  */
+#include <stdarg.h>
 #include <string.h>
 #include "ram-parser.h"
 #include "xbzrle.h"
@@ -39,6 +40,15 @@ typedef enum {
     R_BL_PSIZE_VAL, /* take it */
     R_BL_MRADDR,
 } RamState;
+
+/* What a state function did; the feed loop acts on it. */
+typedef enum {
+    RS_NEXT,     /* go on in p->state */
+    RS_SHORT,    /* the input ended inside a field */
+    RS_EMIT,     /* `rec` is a whole record: report it, go on */
+    RS_EMIT_END, /* `rec` is EOS: report it; the section body ended */
+    RS_ERROR,    /* p->error is set */
+} RamStep;
 
 struct MpRamParser {
     char *channel;
@@ -185,8 +195,9 @@ compress_bound(guint32 n)
     return n + (n >> 12) + (n >> 14) + (n >> 25) + 13;
 }
 
+/* @return what the parser reads in state `s`, for errors ("inside a %s"). */
 static const char *
-state_what(RamState s)
+ram_state_name(RamState s)
 {
     switch (s) {
     case R_HDR:
@@ -204,9 +215,30 @@ state_what(RamState s)
     case R_COMP_LEN:
     case R_COMP_DATA:
         return "compressed page";
-    default:
-        return "RAM block list";
+    case R_BL_IDLEN:
+    case R_BL_ID:
+    case R_BL_USED:
+    case R_BL_PSIZE:
+    case R_BL_PSIZE_VAL:
+    case R_BL_MRADDR:
+        break;
     }
+    return "RAM block list";
+}
+
+static RamStep fail(MpRamParser *p, MpParseErrorCode code, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+/* Sets the sticky error ("CHANNEL: ...").  @return RS_ERROR. */
+static RamStep
+fail(MpRamParser *p, MpParseErrorCode code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    mp_parse_error_set_valist(&p->error, p->channel, code, fmt, ap);
+    va_end(ap);
+    return RS_ERROR;
 }
 
 /* The bulk of a precopy stream is PAGE and ZERO records with CONTINUE,
@@ -214,13 +246,12 @@ state_what(RamState s)
  * the state machine and its per-step record reset (which was 40 % of the
  * parser's time), from a record cleared once per call.  It stops at any
  * other record, a split one, or a page that the general path would reject
- * (which then reports it), leaving *pos at that record's first byte.
+ * (which then reports it), leaving in->pos at that record's first byte.
  * @return MP_FEED_PAUSED if a callback paused, else MP_FEED_MORE. */
 static MpFeedStatus
-fast_pages(MpRamParser *p, const guint8 *buf, const guint8 **pos_io,
-           const guint8 *end)
+fast_pages(MpRamParser *p, MpCursor *in)
 {
-    const guint8 *pos = *pos_io;
+    const guint8 *pos = in->pos, *end = in->end;
     const guint32 ps = p->page_size;
     MpFeedStatus status = MP_FEED_MORE;
     MpRecord rec;
@@ -252,7 +283,7 @@ fast_pages(MpRamParser *p, const guint8 *buf, const guint8 **pos_io,
             || (p->block_used
                 && (addr >= p->block_used || p->block_used - addr < ps)))
             break;
-        p->rec_start = p->off + (guint64)(pos - buf);
+        p->rec_start = in->off + (guint64)(pos - in->buf);
         p->hdr_addr = addr;
         p->hdr_flags = flags;
         rec.offset = p->rec_start;
@@ -266,32 +297,483 @@ fast_pages(MpRamParser *p, const guint8 *buf, const guint8 **pos_io,
             break;
         }
     }
-    *pos_io = pos;
+    in->pos = pos;
     return status;
+}
+
+/* Each state below reads from `in`, may fill `rec`, and tells the feed
+ * loop what to do next. */
+
+/* MEM_SIZE: the block list follows, until its sizes add up to the total. */
+static RamStep
+mem_size(MpRamParser *p, MpRecord *rec)
+{
+    if (p->hdr_flags & MP_RAM_SAVE_FLAG_CONTINUE)
+        return fail(p, MP_PARSE_ERROR_RAM_FLAGS,
+                    "MEM_SIZE with CONTINUE at offset %" G_GUINT64_FORMAT,
+                    p->rec_start);
+    if (p->ignore_shared && p->postcopy_summary
+        && p->postcopy_summary != p->page_size)
+        return fail(p, MP_PARSE_ERROR_UNSUPPORTED,
+                    "block list at offset %" G_GUINT64_FORMAT
+                    " mixes x-ignore-shared with huge-page postcopy; "
+                    "its optional fields cannot be told apart",
+                    p->rec_start);
+    rec->kind = MP_REC_RAM_MEM_SIZE;
+    rec->u.mem_size.total = p->hdr_addr;
+    p->list_remaining = p->hdr_addr;
+    p->ram_total = p->hdr_addr;
+    g_hash_table_remove_all(p->blocks);
+    p->have_block = FALSE;
+    p->state = p->list_remaining ? R_BL_IDLEN : R_HDR;
+    return RS_EMIT;
+}
+
+/* The page's block is known: check the address, then read the payload
+ * its flags announce. */
+static RamStep
+page_begins(MpRamParser *p)
+{
+    /* (written so that an address near 2^64 cannot wrap) */
+    if (p->block_used
+        && (p->hdr_addr >= p->block_used
+            || p->block_used - p->hdr_addr < p->page_size))
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "RAM page at 0x%" G_GINT64_MODIFIER
+                    "x is past the end of \"%s\" (0x%" G_GINT64_MODIFIER
+                    "x bytes) at offset %" G_GUINT64_FORMAT,
+                    p->hdr_addr, p->block, p->block_used, p->rec_start);
+    switch (p->hdr_flags & ~MP_RAM_SAVE_FLAG_CONTINUE) {
+    case MP_RAM_SAVE_FLAG_ZERO:
+        p->state = R_ZERO;
+        break;
+    case MP_RAM_SAVE_FLAG_PAGE:
+        p->state = R_PAGE;
+        break;
+    case MP_RAM_SAVE_FLAG_XBZRLE:
+        p->state = R_XBZ_HDR;
+        break;
+    default:
+        p->state = R_COMP_LEN;
+        break;
+    }
+    return RS_NEXT;
+}
+
+/* be64 offset | flags: what the record is. */
+static RamStep
+read_hdr(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    guint64 v;
+
+    if (p->have_pending) {
+        v = p->pending_hdr;
+        p->rec_start = p->pending_start;
+        p->have_pending = FALSE;
+    } else {
+        const guint8 *d;
+        if (p->acc.have == 0)
+            p->rec_start = mp_cursor_offset(in);
+        if (!(d = mp_accum_take(&p->acc, 8, in)))
+            return RS_SHORT;
+        v = mp_be64(d);
+    }
+    p->hdr_flags = v & (p->page_size - 1);
+    p->hdr_addr = v & ~(guint64)(p->page_size - 1);
+    switch (p->hdr_flags & ~MP_RAM_SAVE_FLAG_CONTINUE) {
+    case MP_RAM_SAVE_FLAG_MEM_SIZE:
+        return mem_size(p, rec);
+    case MP_RAM_SAVE_FLAG_EOS:
+        rec->kind = MP_REC_RAM_EOS;
+        p->state = R_HDR;
+        return RS_EMIT_END;
+    case MP_RAM_SAVE_FLAG_MULTIFD_FLUSH:
+        rec->kind = MP_REC_RAM_MULTIFD_FLUSH;
+        p->state = R_HDR;
+        return RS_EMIT;
+    case MP_RAM_SAVE_FLAG_ZERO:
+    case MP_RAM_SAVE_FLAG_PAGE:
+    case MP_RAM_SAVE_FLAG_XBZRLE:
+    case MP_RAM_SAVE_FLAG_COMPRESS_PAGE:
+        if (!(p->hdr_flags & MP_RAM_SAVE_FLAG_CONTINUE)) {
+            p->state = R_IDLEN;
+            return RS_NEXT;
+        }
+        if (!p->have_block)
+            return fail(p, MP_PARSE_ERROR_NO_BLOCK,
+                        "RAM record with CONTINUE but no previous "
+                        "block at offset %" G_GUINT64_FORMAT,
+                        p->rec_start);
+        return page_begins(p);
+    case MP_RAM_SAVE_FLAG_HOOK:
+        return fail(p, MP_PARSE_ERROR_UNSUPPORTED,
+                    "RAM_SAVE_FLAG_HOOK (RDMA) at offset %" G_GUINT64_FORMAT
+                    " is not supported",
+                    p->rec_start);
+    default:
+        return fail(p, MP_PARSE_ERROR_RAM_FLAGS,
+                    "unknown RAM flags 0x%x at offset %" G_GUINT64_FORMAT
+                    " (expected one of ZERO, MEM_SIZE, PAGE, EOS, XBZRLE, "
+                    "COMPRESS_PAGE, MULTIFD_FLUSH, optionally with CONTINUE)",
+                    p->hdr_flags, p->rec_start);
+    }
+}
+
+static RamStep
+read_idlen(MpRamParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 1, in)))
+        return RS_SHORT;
+    if (d[0] == 0)
+        return fail(p, MP_PARSE_ERROR_RAM_FLAGS,
+                    "empty RAMBlock id at offset %" G_GUINT64_FORMAT,
+                    mp_cursor_offset(in) - 1);
+    p->payload_len = d[0];
+    p->state = R_ID;
+    return RS_NEXT;
+}
+
+/* The record names its block: the channel's current block from now on. */
+static RamStep
+read_id(MpRamParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->payload_len, in)))
+        return RS_SHORT;
+    memcpy(p->block, d, p->payload_len);
+    p->block[p->payload_len] = 0;
+    p->have_block = TRUE;
+    p->block_used = 0;
+    GHashTable *t = block_table(p);
+    if (g_hash_table_size(t)) {
+        guint64 *used = g_hash_table_lookup(t, p->block);
+        if (!used) {
+            p->have_block = FALSE;
+            return fail(p, MP_PARSE_ERROR_RAM_FLAGS,
+                        "RAM record for unknown RAMBlock \"%s\" at "
+                        "offset %" G_GUINT64_FORMAT,
+                        p->block, p->rec_start);
+        }
+        p->block_used = *used;
+    }
+    return page_begins(p);
+}
+
+/* The payload of the page record is whole: `len` bytes at `payload`. */
+static RamStep
+page_done(MpRamParser *p, MpRecord *rec, MpPageKind kind, const guint8 *payload,
+          guint32 len)
+{
+    rec->kind = MP_REC_RAM_PAGE;
+    rec->u.page.kind = kind;
+    rec->u.page.payload = payload;
+    rec->u.page.payload_len = len;
+    rec->u.page.block = p->block;
+    rec->u.page.addr = p->hdr_addr;
+    rec->u.page.flags = p->hdr_flags;
+    rec->u.page.size = p->page_size;
+    p->state = R_HDR;
+    return RS_EMIT;
+}
+
+static RamStep
+read_zero(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 1, in)))
+        return RS_SHORT;
+    return page_done(p, rec, MP_PAGE_ZERO, d, 1);
+}
+
+static RamStep
+read_page(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->page_size, in)))
+        return RS_SHORT;
+    return page_done(p, rec, MP_PAGE_NORMAL, d, p->page_size);
+}
+
+/* The XBZRLE data (p->payload_len bytes at `d`) is whole. */
+static RamStep
+xbzrle_done(MpRamParser *p, MpRecord *rec, const guint8 *d)
+{
+    if (!mp_xbzrle_check(d, p->payload_len, p->page_size))
+        return fail(
+            p, MP_PARSE_ERROR_DECODE,
+            "malformed XBZRLE data in the record at offset %" G_GUINT64_FORMAT,
+            p->rec_start);
+    return page_done(p, rec, MP_PAGE_XBZRLE, d, p->payload_len);
+}
+
+/* u8 0x01 be16 len */
+static RamStep
+read_xbz_hdr(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 3, in)))
+        return RS_SHORT;
+    if (d[0] != MP_ENCODING_FLAG_XBZRLE)
+        return fail(p, MP_PARSE_ERROR_DECODE,
+                    "XBZRLE encoding flag 0x%x at offset %" G_GUINT64_FORMAT
+                    " (expected 0x1)",
+                    d[0], mp_cursor_offset(in) - 3);
+    p->payload_len = mp_be16(d + 1);
+    if (p->payload_len > p->page_size)
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "XBZRLE length %u at offset %" G_GUINT64_FORMAT
+                    " exceeds the page size %u",
+                    p->payload_len, mp_cursor_offset(in) - 2, p->page_size);
+    p->state = R_XBZ_DATA;
+    if (p->payload_len == 0)
+        return xbzrle_done(p, rec, NULL);
+    return RS_NEXT;
+}
+
+static RamStep
+read_xbz_data(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->payload_len, in)))
+        return RS_SHORT;
+    return xbzrle_done(p, rec, d);
+}
+
+static RamStep
+read_comp_len(MpRamParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 4, in)))
+        return RS_SHORT;
+    p->payload_len = mp_be32(d);
+    if (p->payload_len == 0 || p->payload_len > compress_bound(p->page_size))
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "compressed page length %u at offset %" G_GUINT64_FORMAT
+                    " (expected 1..%u)",
+                    p->payload_len, mp_cursor_offset(in) - 4,
+                    compress_bound(p->page_size));
+    p->state = R_COMP_DATA;
+    return RS_NEXT;
+}
+
+static RamStep
+read_comp_data(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->payload_len, in)))
+        return RS_SHORT;
+    return page_done(p, rec, MP_PAGE_COMPRESSED, d, p->payload_len);
+}
+
+/* the block list of MEM_SIZE:
+ *   u8 n idstr[n] be64 used_length [be64 page_size] [be64 mr_addr] */
+
+/* An entry of the block list is whole. */
+static RamStep
+block_entry_done(MpRamParser *p, MpRecord *rec)
+{
+    if (g_hash_table_size(p->blocks) >= MAX_BLOCKS)
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "more than %d RAMBlocks in the block list at offset "
+                    "%" G_GUINT64_FORMAT,
+                    MAX_BLOCKS, p->rec_start);
+    g_hash_table_insert(p->blocks, g_strdup(p->bl_name),
+                        g_memdup2(&p->bl.used_length, 8));
+    rec->kind = MP_REC_RAM_BLOCK;
+    rec->u.block = p->bl;
+    p->state = p->list_remaining ? R_BL_IDLEN : R_HDR;
+    return RS_EMIT;
+}
+
+/* After the page_size field, if any: the entry is complete unless an
+ * mr_addr follows. */
+static RamStep
+block_page_size_done(MpRamParser *p, MpRecord *rec)
+{
+    if (p->ignore_shared) {
+        p->state = R_BL_MRADDR;
+        return RS_NEXT;
+    }
+    return block_entry_done(p, rec);
+}
+
+static RamStep
+read_bl_idlen(MpRamParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (p->acc.have == 0)
+        p->rec_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->acc, 1, in)))
+        return RS_SHORT;
+    if (d[0] == 0)
+        return fail(
+            p, MP_PARSE_ERROR_RAM_FLAGS,
+            "empty RAMBlock id in the block list at offset %" G_GUINT64_FORMAT
+            " (%" G_GUINT64_FORMAT " bytes of RAM still unlisted)",
+            p->rec_start, p->list_remaining);
+    p->payload_len = d[0];
+    p->state = R_BL_ID;
+    return RS_NEXT;
+}
+
+static RamStep
+read_bl_id(MpRamParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->payload_len, in)))
+        return RS_SHORT;
+    memcpy(p->bl_name, d, p->payload_len);
+    p->bl_name[p->payload_len] = 0;
+    memset(&p->bl, 0, sizeof(p->bl));
+    p->bl.name = p->bl_name;
+    p->state = R_BL_USED;
+    return RS_NEXT;
+}
+
+static RamStep
+read_bl_used(MpRamParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return RS_SHORT;
+    p->bl.used_length = mp_be64(d);
+    if (p->bl.used_length > p->list_remaining)
+        return fail(p, MP_PARSE_ERROR_LENGTH,
+                    "RAMBlock \"%s\" of %" G_GUINT64_FORMAT
+                    " bytes exceeds the %" G_GUINT64_FORMAT
+                    " bytes left of MEM_SIZE at offset %" G_GUINT64_FORMAT,
+                    p->bl_name, p->bl.used_length, p->list_remaining,
+                    mp_cursor_offset(in) - 8);
+    p->list_remaining -= p->bl.used_length;
+    p->state = R_BL_PSIZE;
+    return RS_NEXT;
+}
+
+/* Whether a page_size field follows.  It exists only for blocks whose page
+ * size differs from the host's, which the ADVISE summary reveals.  It
+ * starts with a 0x00 byte where a next id length cannot. */
+static RamStep
+peek_bl_page_size(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (p->postcopy_summary == 0 || p->postcopy_summary == p->page_size)
+        return block_page_size_done(p, rec);
+    if (p->list_remaining) {
+        if (*in->pos != 0)
+            return block_page_size_done(p, rec);
+        p->state = R_BL_PSIZE_VAL;
+        return RS_NEXT;
+    }
+    /* Last block: what follows is either its page_size (low bits clear)
+     * or the next record's header (some flag set), kept for R_HDR. */
+    guint64 v_start = mp_cursor_offset(in) - p->acc.have;
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return RS_SHORT;
+    guint64 v = mp_be64(d);
+    if (v & (p->page_size - 1)) {
+        p->pending_hdr = v;
+        p->pending_start = v_start;
+        p->have_pending = TRUE;
+    } else {
+        p->bl.page_size = v;
+    }
+    return block_entry_done(p, rec);
+}
+
+static RamStep
+read_bl_page_size(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return RS_SHORT;
+    p->bl.page_size = mp_be64(d);
+    return block_page_size_done(p, rec);
+}
+
+static RamStep
+read_bl_mr_addr(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return RS_SHORT;
+    p->bl.mr_addr = mp_be64(d);
+    p->bl.has_mr_addr = TRUE;
+    return block_entry_done(p, rec);
+}
+
+/* Runs the function of the current state. */
+static RamStep
+read_state(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    switch (p->state) {
+    case R_HDR:
+        return read_hdr(p, in, rec);
+    case R_IDLEN:
+        return read_idlen(p, in);
+    case R_ID:
+        return read_id(p, in);
+    case R_ZERO:
+        return read_zero(p, in, rec);
+    case R_PAGE:
+        return read_page(p, in, rec);
+    case R_XBZ_HDR:
+        return read_xbz_hdr(p, in, rec);
+    case R_XBZ_DATA:
+        return read_xbz_data(p, in, rec);
+    case R_COMP_LEN:
+        return read_comp_len(p, in);
+    case R_COMP_DATA:
+        return read_comp_data(p, in, rec);
+    case R_BL_IDLEN:
+        return read_bl_idlen(p, in);
+    case R_BL_ID:
+        return read_bl_id(p, in);
+    case R_BL_USED:
+        return read_bl_used(p, in);
+    case R_BL_PSIZE:
+        return peek_bl_page_size(p, in, rec);
+    case R_BL_PSIZE_VAL:
+        return read_bl_page_size(p, in, rec);
+    case R_BL_MRADDR:
+        return read_bl_mr_addr(p, in, rec);
+    }
+    g_assert_not_reached();
+}
+
+/* Reports `rec`, which starts at p->rec_start and ends at in->pos, or
+ * where the pending header starts when its 8 bytes were taken already. */
+static MpRecordAction
+emit(MpRamParser *p, const MpCursor *in, MpRecord *rec)
+{
+    guint64 end = p->have_pending ? p->pending_start : mp_cursor_offset(in);
+
+    rec->offset = p->rec_start;
+    rec->length = end - p->rec_start;
+    return p->cb(rec, p->user_data);
 }
 
 MpFeedStatus
 mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
                    gsize *consumed, GError **error)
 {
-    const guint8 *pos = buf, *end = buf + len;
-    const guint8 *d;
-    MpRecord rec;
+    MpCursor in = {.buf = buf, .pos = buf, .end = buf + len, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
-    guint64 hold; /* bytes taken that belong to the next record */
-
-#define AT(ptr) (p->off + (guint64)((ptr) - buf))
-#define FAIL(code, ...)                                                       \
-    do {                                                                      \
-        g_set_error(&p->error, MP_PARSE_ERROR, (code), __VA_ARGS__);          \
-        goto fail;                                                            \
-    } while (0)
-#define TAKE(n)                                                               \
-    do {                                                                      \
-        d = mp_accum_take(&p->acc, (n), &pos, end);                           \
-        if (!d)                                                               \
-            goto out;                                                         \
-    } while (0)
+    MpRecord rec;
 
     *consumed = 0;
     if (p->error) {
@@ -300,335 +782,47 @@ mp_ram_parser_feed(MpRamParser *p, const guint8 *buf, gsize len,
         return MP_FEED_ERROR;
     }
 
-    while (pos < end || p->have_pending) {
+    while (in.pos < in.end || p->have_pending) {
         if (p->state == R_HDR && p->have_block && p->acc.have == 0
             && !p->have_pending) {
-            status = fast_pages(p, buf, &pos, end);
-            if (status != MP_FEED_MORE || pos == end)
+            status = fast_pages(p, &in);
+            if (status != MP_FEED_MORE || in.pos == in.end)
                 break;
         }
         memset(&rec, 0, sizeof(rec));
         rec.section = p->section;
-        hold = 0;
-        switch (p->state) {
-        case R_HDR: {
-            guint64 v;
-            if (p->have_pending) {
-                v = p->pending_hdr;
-                p->rec_start = p->pending_start;
-                p->have_pending = FALSE;
-            } else {
-                if (p->acc.have == 0)
-                    p->rec_start = AT(pos);
-                TAKE(8);
-                v = mp_be64(d);
+        switch (read_state(p, &in, &rec)) {
+        case RS_NEXT:
+            continue;
+        case RS_SHORT:
+            goto out;
+        case RS_EMIT:
+            if (emit(p, &in, &rec) == MP_REC_PAUSE) {
+                status = MP_FEED_PAUSED;
+                goto out;
             }
-            p->hdr_flags = v & (p->page_size - 1);
-            p->hdr_addr = v & ~(guint64)(p->page_size - 1);
-            guint32 type = p->hdr_flags & ~MP_RAM_SAVE_FLAG_CONTINUE;
-            switch (type) {
-            case MP_RAM_SAVE_FLAG_MEM_SIZE:
-                if (p->hdr_flags & MP_RAM_SAVE_FLAG_CONTINUE)
-                    FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                         "%s: MEM_SIZE with CONTINUE at offset %" G_GUINT64_FORMAT,
-                         p->channel, p->rec_start);
-                if (p->ignore_shared && p->postcopy_summary
-                    && p->postcopy_summary != p->page_size)
-                    FAIL(MP_PARSE_ERROR_UNSUPPORTED,
-                         "%s: block list at offset %" G_GUINT64_FORMAT
-                         " mixes x-ignore-shared with huge-page postcopy; "
-                         "its optional fields cannot be told apart",
-                         p->channel, p->rec_start);
-                rec.kind = MP_REC_RAM_MEM_SIZE;
-                rec.u.mem_size.total = p->hdr_addr;
-                p->list_remaining = p->hdr_addr;
-                p->ram_total = p->hdr_addr;
-                g_hash_table_remove_all(p->blocks);
-                p->have_block = FALSE;
-                p->state = p->list_remaining ? R_BL_IDLEN : R_HDR;
-                goto emit;
-            case MP_RAM_SAVE_FLAG_EOS:
-                rec.kind = MP_REC_RAM_EOS;
-                p->state = R_HDR;
-                status = MP_FEED_END;
-                goto emit;
-            case MP_RAM_SAVE_FLAG_MULTIFD_FLUSH:
-                rec.kind = MP_REC_RAM_MULTIFD_FLUSH;
-                p->state = R_HDR;
-                goto emit;
-            case MP_RAM_SAVE_FLAG_ZERO:
-            case MP_RAM_SAVE_FLAG_PAGE:
-            case MP_RAM_SAVE_FLAG_XBZRLE:
-            case MP_RAM_SAVE_FLAG_COMPRESS_PAGE:
-                if (p->hdr_flags & MP_RAM_SAVE_FLAG_CONTINUE) {
-                    if (!p->have_block)
-                        FAIL(MP_PARSE_ERROR_NO_BLOCK,
-                             "%s: RAM record with CONTINUE but no previous "
-                             "block at offset %" G_GUINT64_FORMAT,
-                             p->channel, p->rec_start);
-                    goto have_block;
-                }
-                p->state = R_IDLEN;
-                continue;
-            case MP_RAM_SAVE_FLAG_HOOK:
-                FAIL(MP_PARSE_ERROR_UNSUPPORTED,
-                     "%s: RAM_SAVE_FLAG_HOOK (RDMA) at offset %" G_GUINT64_FORMAT
-                     " is not supported",
-                     p->channel, p->rec_start);
-            default:
-                FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                     "%s: unknown RAM flags 0x%x at offset %" G_GUINT64_FORMAT
-                     " (expected one of ZERO, MEM_SIZE, PAGE, EOS, XBZRLE, "
-                     "COMPRESS_PAGE, MULTIFD_FLUSH, optionally with CONTINUE)",
-                     p->channel, p->hdr_flags, p->rec_start);
-            }
+            continue;
+        case RS_EMIT_END:
+            /* (the caller learns of a pause here by its callback) */
+            emit(p, &in, &rec);
+            status = MP_FEED_END;
+            goto out;
+        case RS_ERROR:
+            goto error;
         }
-        case R_IDLEN:
-            TAKE(1);
-            if (d[0] == 0)
-                FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                     "%s: empty RAMBlock id at offset %" G_GUINT64_FORMAT,
-                     p->channel, AT(pos) - 1);
-            p->payload_len = d[0];
-            p->state = R_ID;
-            continue;
-        case R_ID: {
-            TAKE(p->payload_len);
-            memcpy(p->block, d, p->payload_len);
-            p->block[p->payload_len] = 0;
-            p->have_block = TRUE;
-            p->block_used = 0;
-            GHashTable *t = block_table(p);
-            if (g_hash_table_size(t)) {
-                guint64 *used = g_hash_table_lookup(t, p->block);
-                if (!used) {
-                    p->have_block = FALSE;
-                    FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                         "%s: RAM record for unknown RAMBlock \"%s\" at "
-                         "offset %" G_GUINT64_FORMAT,
-                         p->channel, p->block, p->rec_start);
-                }
-                p->block_used = *used;
-            }
-        }
-        have_block:
-            /* (written so that an address near 2^64 cannot wrap) */
-            if (p->block_used
-                && (p->hdr_addr >= p->block_used
-                    || p->block_used - p->hdr_addr < p->page_size))
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: RAM page at 0x%" G_GINT64_MODIFIER
-                     "x is past the end of \"%s\" (0x%" G_GINT64_MODIFIER
-                     "x bytes) at offset %" G_GUINT64_FORMAT,
-                     p->channel, p->hdr_addr, p->block, p->block_used,
-                     p->rec_start);
-            switch (p->hdr_flags & ~MP_RAM_SAVE_FLAG_CONTINUE) {
-            case MP_RAM_SAVE_FLAG_ZERO:
-                p->state = R_ZERO;
-                break;
-            case MP_RAM_SAVE_FLAG_PAGE:
-                p->state = R_PAGE;
-                break;
-            case MP_RAM_SAVE_FLAG_XBZRLE:
-                p->state = R_XBZ_HDR;
-                break;
-            default:
-                p->state = R_COMP_LEN;
-                break;
-            }
-            continue;
-        case R_ZERO:
-            TAKE(1);
-            rec.u.page.kind = MP_PAGE_ZERO;
-            rec.u.page.payload = d;
-            rec.u.page.payload_len = 1;
-            goto emit_page;
-        case R_PAGE:
-            TAKE(p->page_size);
-            rec.u.page.kind = MP_PAGE_NORMAL;
-            rec.u.page.payload = d;
-            rec.u.page.payload_len = p->page_size;
-            goto emit_page;
-        case R_XBZ_HDR:
-            TAKE(3);
-            if (d[0] != MP_ENCODING_FLAG_XBZRLE)
-                FAIL(MP_PARSE_ERROR_DECODE,
-                     "%s: XBZRLE encoding flag 0x%x at offset %" G_GUINT64_FORMAT
-                     " (expected 0x1)",
-                     p->channel, d[0], AT(pos) - 3);
-            p->payload_len = mp_be16(d + 1);
-            if (p->payload_len > p->page_size)
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: XBZRLE length %u at offset %" G_GUINT64_FORMAT
-                     " exceeds the page size %u",
-                     p->channel, p->payload_len, AT(pos) - 2, p->page_size);
-            p->state = R_XBZ_DATA;
-            if (p->payload_len == 0)
-                goto xbz_data;
-            continue;
-        case R_XBZ_DATA:
-            TAKE(p->payload_len);
-        xbz_data:
-            if (!mp_xbzrle_check(p->payload_len ? d : NULL, p->payload_len,
-                                 p->page_size))
-                FAIL(MP_PARSE_ERROR_DECODE,
-                     "%s: malformed XBZRLE data in the record at offset %"
-                     G_GUINT64_FORMAT,
-                     p->channel, p->rec_start);
-            rec.u.page.kind = MP_PAGE_XBZRLE;
-            rec.u.page.payload = p->payload_len ? d : NULL;
-            rec.u.page.payload_len = p->payload_len;
-            goto emit_page;
-        case R_COMP_LEN:
-            TAKE(4);
-            p->payload_len = mp_be32(d);
-            if (p->payload_len == 0
-                || p->payload_len > compress_bound(p->page_size))
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: compressed page length %u at offset %" G_GUINT64_FORMAT
-                     " (expected 1..%u)",
-                     p->channel, p->payload_len, AT(pos) - 4,
-                     compress_bound(p->page_size));
-            p->state = R_COMP_DATA;
-            continue;
-        case R_COMP_DATA:
-            TAKE(p->payload_len);
-            rec.u.page.kind = MP_PAGE_COMPRESSED;
-            rec.u.page.payload = d;
-            rec.u.page.payload_len = p->payload_len;
-            goto emit_page;
-
-        /* the block list of MEM_SIZE */
-        case R_BL_IDLEN:
-            if (p->acc.have == 0)
-                p->rec_start = AT(pos);
-            TAKE(1);
-            if (d[0] == 0)
-                FAIL(MP_PARSE_ERROR_RAM_FLAGS,
-                     "%s: empty RAMBlock id in the block list at offset %"
-                     G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT
-                     " bytes of RAM still unlisted)",
-                     p->channel, p->rec_start, p->list_remaining);
-            p->payload_len = d[0];
-            p->state = R_BL_ID;
-            continue;
-        case R_BL_ID:
-            TAKE(p->payload_len);
-            memcpy(p->bl_name, d, p->payload_len);
-            p->bl_name[p->payload_len] = 0;
-            memset(&p->bl, 0, sizeof(p->bl));
-            p->bl.name = p->bl_name;
-            p->state = R_BL_USED;
-            continue;
-        case R_BL_USED:
-            TAKE(8);
-            p->bl.used_length = mp_be64(d);
-            if (p->bl.used_length > p->list_remaining)
-                FAIL(MP_PARSE_ERROR_LENGTH,
-                     "%s: RAMBlock \"%s\" of %" G_GUINT64_FORMAT
-                     " bytes exceeds the %" G_GUINT64_FORMAT
-                     " bytes left of MEM_SIZE at offset %" G_GUINT64_FORMAT,
-                     p->channel, p->bl_name, p->bl.used_length,
-                     p->list_remaining, AT(pos) - 8);
-            p->list_remaining -= p->bl.used_length;
-            p->state = R_BL_PSIZE;
-            continue;
-        case R_BL_PSIZE:
-            /* A page_size field exists only for blocks whose page size
-             * differs from the host's, which the ADVISE summary reveals.
-             * It starts with a 0x00 byte where a next id length cannot. */
-            if (p->postcopy_summary == 0
-                || p->postcopy_summary == p->page_size)
-                goto no_page_size;
-            if (p->list_remaining) {
-                if (*pos != 0)
-                    goto no_page_size;
-                p->state = R_BL_PSIZE_VAL;
-                continue;
-            }
-            /* Last block: what follows is either its page_size (low bits
-             * clear) or the next record's header (some flag set). */
-            {
-                guint64 v_start = AT(pos) - p->acc.have;
-                TAKE(8);
-                guint64 v = mp_be64(d);
-                if (v & (p->page_size - 1)) {
-                    p->pending_hdr = v;
-                    p->pending_start = v_start;
-                    p->have_pending = TRUE;
-                    hold = 8;
-                } else {
-                    p->bl.page_size = v;
-                }
-                p->state = R_HDR;
-                goto block_done;
-            }
-        case R_BL_PSIZE_VAL:
-            TAKE(8);
-            p->bl.page_size = mp_be64(d);
-        no_page_size:
-            /* the entry is complete unless an mr_addr follows */
-            if (p->ignore_shared) {
-                p->state = R_BL_MRADDR;
-                continue;
-            }
-            p->state = R_HDR;
-            goto block_done;
-        case R_BL_MRADDR:
-            TAKE(8);
-            p->bl.mr_addr = mp_be64(d);
-            p->bl.has_mr_addr = TRUE;
-            p->state = R_HDR;
-            goto block_done;
-        }
-        g_assert_not_reached();
-
-    block_done:
-        if (g_hash_table_size(p->blocks) >= MAX_BLOCKS)
-            FAIL(MP_PARSE_ERROR_LENGTH,
-                 "%s: more than %d RAMBlocks in the block list at offset %"
-                 G_GUINT64_FORMAT,
-                 p->channel, MAX_BLOCKS, p->rec_start);
-        g_hash_table_insert(p->blocks, g_strdup(p->bl_name),
-                            g_memdup2(&p->bl.used_length, 8));
-        rec.kind = MP_REC_RAM_BLOCK;
-        rec.u.block = p->bl;
-        if (p->list_remaining)
-            p->state = R_BL_IDLEN;
-        goto emit;
-
-    emit_page:
-        rec.kind = MP_REC_RAM_PAGE;
-        rec.u.page.block = p->block;
-        rec.u.page.addr = p->hdr_addr;
-        rec.u.page.flags = p->hdr_flags;
-        rec.u.page.size = p->page_size;
-        p->state = R_HDR;
-    emit:
-        rec.offset = p->rec_start;
-        rec.length = AT(pos) - hold - p->rec_start;
-        if (p->cb(&rec, p->user_data) == MP_REC_PAUSE && status != MP_FEED_END)
-            status = MP_FEED_PAUSED;
-        if (status != MP_FEED_MORE)
-            break;
     }
 
 out:
-    *consumed = pos - buf;
+    *consumed = in.pos - buf;
     p->off += *consumed;
     return status;
 
-fail:
-    /* its message may quote a name from the stream */
-    mp_error_make_printable(p->error);
-    *consumed = pos - buf;
+error:
+    *consumed = in.pos - buf;
     p->off += *consumed;
     if (error)
         *error = g_error_copy(p->error);
     return MP_FEED_ERROR;
-#undef AT
-#undef FAIL
-#undef TAKE
 }
 
 gboolean
@@ -641,9 +835,10 @@ mp_ram_parser_finish(MpRamParser *p, GError **error)
     }
     if (p->state == R_HDR && p->acc.have == 0)
         return TRUE;
-    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
-                "%s: stream ends at offset %" G_GUINT64_FORMAT
-                " inside a %s (record started at offset %" G_GUINT64_FORMAT ")",
-                p->channel, p->off, state_what(p->state), p->rec_start);
+    mp_parse_error_set(
+        error, p->channel, MP_PARSE_ERROR_TRUNCATED,
+        "stream ends at offset %" G_GUINT64_FORMAT
+        " inside a %s (record started at offset %" G_GUINT64_FORMAT ")",
+        p->off, ram_state_name(p->state), p->rec_start);
     return FALSE;
 }

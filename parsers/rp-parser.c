@@ -24,6 +24,7 @@
  * The bitmap tail is streamed, never buffered: it is reported as one
  * MP_REC_RP_BITMAP record once its end mark has been checked.
  */
+#include <stdarg.h>
 #include <string.h>
 #include "rp-parser.h"
 
@@ -42,6 +43,14 @@ typedef enum {
     RP_BM_END,  /* be64 end mark */
 } RpState;
 
+/* What a state function did; the feed loop acts on it. */
+typedef enum {
+    RPS_NEXT,  /* go on in p->state */
+    RPS_SHORT, /* the input ended inside a field */
+    RPS_EMIT,  /* `rec` is a whole record: report it, go on */
+    RPS_ERROR, /* p->error is set */
+} RpStep;
+
 struct MpRpParser {
     char *channel;
     MpRecordFunc cb;
@@ -52,11 +61,9 @@ struct MpRpParser {
     guint64 rec_start; /* offset of the current record's first byte */
     guint64 msg_start; /* offset of the last message header */
     GError *error;     /* sticky */
+    MpAccum acc;       /* a field split across feeds */
 
-    /* the message being read: header and payload, always gathered (at
-     * most 516 bytes, so the copy costs nothing next to a syscall) */
-    guint8 msg[RP_HDR_SIZE + MP_RP_MAX_LEN];
-    gsize have;
+    /* the message being read */
     guint16 type;
     guint16 len;
 
@@ -78,6 +85,8 @@ mp_rp_parser_new(const char *channel, MpRecordFunc cb, gpointer user_data)
     p->channel = g_strdup(channel);
     p->cb = cb;
     p->user_data = user_data;
+    /* largest field: a payload */
+    mp_accum_init(&p->acc, MP_RP_MAX_LEN);
     return p;
 }
 
@@ -88,6 +97,7 @@ mp_rp_parser_free(MpRpParser *p)
         return;
     g_free(p->channel);
     g_clear_error(&p->error);
+    mp_accum_clear(&p->acc);
     g_free(p);
 }
 
@@ -95,6 +105,25 @@ guint64
 mp_rp_parser_offset(const MpRpParser *p)
 {
     return p->off;
+}
+
+/* @return what the parser reads in state `s`, for errors ("inside %s"). */
+static const char *
+rp_state_name(RpState s)
+{
+    switch (s) {
+    case RP_HDR:
+        return "a message header";
+    case RP_PAYLOAD:
+        return "the payload of a message";
+    case RP_BM_SIZE:
+        return "the bitmap size";
+    case RP_BM_DATA:
+        return "the bitmap";
+    case RP_BM_END:
+        break;
+    }
+    return "the bitmap end mark";
 }
 
 static void set_error(MpRpParser *p, MpParseErrorCode code, const char *fmt,
@@ -107,35 +136,8 @@ set_error(MpRpParser *p, MpParseErrorCode code, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    mp_parse_error_set_valist(&p->error, p->channel, code, fmt, ap);
     va_end(ap);
-    g_set_error(&p->error, MP_PARSE_ERROR, code, "%s: %s", p->channel, msg);
-    /* its message may quote a name from the stream */
-    mp_error_make_printable(p->error);
-}
-
-/* Copies message bytes until p->have == need.  @return TRUE when they are
- * all there. */
-static gboolean
-gather(MpRpParser *p, gsize need, const guint8 **pos, const guint8 *end)
-{
-    gsize n = MIN(need - p->have, (gsize)(end - *pos));
-
-    memcpy(p->msg + p->have, *pos, n);
-    p->have += n;
-    *pos += n;
-    return p->have == need;
-}
-
-/* Reads a big-endian u64 that may be split across feeds into msg[0..8). */
-static gboolean
-gather_be64(MpRpParser *p, guint64 *v, const guint8 **pos, const guint8 *end)
-{
-    if (!gather(p, 8, pos, end))
-        return FALSE;
-    *v = mp_be64(p->msg);
-    p->have = 0;
-    return TRUE;
 }
 
 /* Payload length each type must have; -1: variable, checked later. */
@@ -230,11 +232,11 @@ take_idstr(MpRpParser *p, const guint8 *d, guint32 avail, char *dst)
     return TRUE;
 }
 
-/* Decodes the whole message in p->msg into `rec`.  @return FALSE: bad. */
+/* Decodes the payload `d` (p->len bytes) of the message into `rec`.
+ * @return FALSE: bad. */
 static gboolean
-decode_message(MpRpParser *p, MpRecord *rec)
+decode_message(MpRpParser *p, MpRecord *rec, const guint8 *d)
 {
-    const guint8 *d = p->msg + RP_HDR_SIZE;
     MpRpInfo *rp = &rec->u.rp;
 
     rec->kind = MP_REC_RP_MESSAGE;
@@ -275,27 +277,134 @@ decode_message(MpRpParser *p, MpRecord *rec)
     return TRUE;
 }
 
-static const char *
-state_what(const MpRpParser *p)
+/* The message's payload (p->len bytes at `d`) is whole. */
+static RpStep
+message_done(MpRpParser *p, MpRecord *rec, const guint8 *d)
+{
+    if (!decode_message(p, rec, d))
+        return RPS_ERROR;
+    p->state = p->type == MP_RP_MSG_RECV_BITMAP ? RP_BM_SIZE : RP_HDR;
+    return RPS_EMIT;
+}
+
+static RpStep
+read_hdr(MpRpParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (p->acc.have == 0)
+        p->rec_start = p->msg_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->acc, RP_HDR_SIZE, in)))
+        return RPS_SHORT;
+    p->type = mp_be16(d);
+    p->len = mp_be16(d + 2);
+    if (!check_header(p))
+        return RPS_ERROR;
+    p->state = RP_PAYLOAD;
+    /* SWITCHOVER_ACK: nothing more to read */
+    if (p->len == 0)
+        return message_done(p, rec, in->pos);
+    return RPS_NEXT;
+}
+
+static RpStep
+read_payload(MpRpParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, p->len, in)))
+        return RPS_SHORT;
+    return message_done(p, rec, d);
+}
+
+/* The RECV_BITMAP tail: be64 size | bitmap[size] | be64 end mark */
+
+static RpStep
+read_bm_size(MpRpParser *p, MpCursor *in)
+{
+    const guint8 *d;
+
+    if (p->acc.have == 0)
+        p->rec_start = mp_cursor_offset(in);
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return RPS_SHORT;
+    guint64 v = mp_be64(d);
+    if (v > RP_MAX_BITMAP) {
+        set_error(p, MP_PARSE_ERROR_LENGTH,
+                  "RECV_BITMAP \"%s\" bitmap size %" G_GUINT64_FORMAT
+                  " at offset %" G_GUINT64_FORMAT " (expected at most %u)",
+                  p->bm_block, v, p->rec_start, RP_MAX_BITMAP);
+        return RPS_ERROR;
+    }
+    p->bm_size = p->bm_left = v;
+    p->state = p->bm_size ? RP_BM_DATA : RP_BM_END;
+    return RPS_NEXT;
+}
+
+/* The bitmap itself is skipped, never buffered. */
+static RpStep
+read_bm_data(MpRpParser *p, MpCursor *in)
+{
+    gsize n = MIN((guint64)mp_cursor_left(in), p->bm_left);
+
+    in->pos += n;
+    p->bm_left -= n;
+    if (p->bm_left == 0)
+        p->state = RP_BM_END;
+    return RPS_NEXT;
+}
+
+static RpStep
+read_bm_end(MpRpParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 8, in)))
+        return RPS_SHORT;
+    guint64 v = mp_be64(d);
+    if (v != MP_RAMBLOCK_RECV_BITMAP_ENDING) {
+        set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
+                  "RECV_BITMAP \"%s\" end mark 0x%" G_GINT64_MODIFIER
+                  "x at offset %" G_GUINT64_FORMAT
+                  " (expected 0x%" G_GINT64_MODIFIER "x)",
+                  p->bm_block, v, mp_cursor_offset(in) - 8,
+                  (guint64)MP_RAMBLOCK_RECV_BITMAP_ENDING);
+        return RPS_ERROR;
+    }
+    rec->kind = MP_REC_RP_BITMAP;
+    rec->u.rp.type = MP_RP_MSG_RECV_BITMAP;
+    rec->u.rp.block = p->bm_block;
+    rec->u.rp.bitmap_size = p->bm_size;
+    p->state = RP_HDR;
+    return RPS_EMIT;
+}
+
+/* Runs the function of the current state. */
+static RpStep
+read_state(MpRpParser *p, MpCursor *in, MpRecord *rec)
 {
     switch (p->state) {
+    case RP_HDR:
+        return read_hdr(p, in, rec);
+    case RP_PAYLOAD:
+        return read_payload(p, in, rec);
     case RP_BM_SIZE:
-        return "the bitmap size";
+        return read_bm_size(p, in);
     case RP_BM_DATA:
-        return "the bitmap";
-    default:
-        return "the bitmap end mark";
+        return read_bm_data(p, in);
+    case RP_BM_END:
+        return read_bm_end(p, in, rec);
     }
+    g_assert_not_reached();
 }
 
 MpFeedStatus
 mp_rp_parser_feed(MpRpParser *p, const guint8 *buf, gsize len, gsize *consumed,
                   GError **error)
 {
-    const guint8 *pos = buf, *end = buf + len;
+    MpCursor in = {.buf = buf, .pos = buf, .end = buf + len, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
     MpRecord rec;
-    guint64 v;
 
     *consumed = 0;
     if (p->error) {
@@ -304,91 +413,32 @@ mp_rp_parser_feed(MpRpParser *p, const guint8 *buf, gsize len, gsize *consumed,
         return MP_FEED_ERROR;
     }
 
-    while (pos < end) {
+    while (in.pos < in.end) {
         memset(&rec, 0, sizeof(rec));
-        switch (p->state) {
-        case RP_HDR:
-            if (p->have == 0)
-                p->rec_start = p->msg_start = p->off + (pos - buf);
-            if (!gather(p, RP_HDR_SIZE, &pos, end))
-                continue;
-            p->type = mp_be16(p->msg);
-            p->len = mp_be16(p->msg + 2);
-            if (!check_header(p))
-                goto fail;
-            p->state = RP_PAYLOAD;
-            if (p->len > 0)
-                continue;
-            /* SWITCHOVER_ACK: nothing more to read */
-            break;
-        case RP_PAYLOAD:
-            if (!gather(p, RP_HDR_SIZE + p->len, &pos, end))
-                continue;
-            break;
-        case RP_BM_SIZE:
-            if (p->have == 0)
-                p->rec_start = p->off + (pos - buf);
-            if (!gather_be64(p, &v, &pos, end))
-                continue;
-            if (v > RP_MAX_BITMAP) {
-                set_error(p, MP_PARSE_ERROR_LENGTH,
-                          "RECV_BITMAP \"%s\" bitmap size %" G_GUINT64_FORMAT
-                          " at offset %" G_GUINT64_FORMAT
-                          " (expected at most %u)",
-                          p->bm_block, v, p->rec_start, RP_MAX_BITMAP);
-                goto fail;
-            }
-            p->bm_size = p->bm_left = v;
-            p->state = p->bm_size ? RP_BM_DATA : RP_BM_END;
+        switch (read_state(p, &in, &rec)) {
+        case RPS_NEXT:
+        case RPS_SHORT:
             continue;
-        case RP_BM_DATA: {
-            gsize n = MIN((guint64)(end - pos), p->bm_left);
-            pos += n;
-            p->bm_left -= n;
-            if (p->bm_left == 0)
-                p->state = RP_BM_END;
-            continue;
-        }
-        case RP_BM_END:
-            if (!gather_be64(p, &v, &pos, end))
-                continue;
-            if (v != MP_RAMBLOCK_RECV_BITMAP_ENDING) {
-                set_error(p, MP_PARSE_ERROR_RP_MESSAGE,
-                          "RECV_BITMAP \"%s\" end mark 0x%" G_GINT64_MODIFIER
-                          "x at offset %" G_GUINT64_FORMAT
-                          " (expected 0x%" G_GINT64_MODIFIER "x)",
-                          p->bm_block, v, p->off + (pos - buf) - 8,
-                          (guint64)MP_RAMBLOCK_RECV_BITMAP_ENDING);
-                goto fail;
+        case RPS_EMIT:
+            rec.offset = p->rec_start;
+            rec.length = mp_cursor_offset(&in) - p->rec_start;
+            if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
+                status = MP_FEED_PAUSED;
+                goto out;
             }
-            rec.kind = MP_REC_RP_BITMAP;
-            rec.u.rp.type = MP_RP_MSG_RECV_BITMAP;
-            rec.u.rp.block = p->bm_block;
-            rec.u.rp.bitmap_size = p->bm_size;
-            p->state = RP_HDR;
-            goto emit;
-        }
-
-        /* a whole message is in p->msg */
-        p->have = 0;
-        if (!decode_message(p, &rec))
-            goto fail;
-        p->state = p->type == MP_RP_MSG_RECV_BITMAP ? RP_BM_SIZE : RP_HDR;
-    emit:
-        rec.offset = p->rec_start;
-        rec.length = p->off + (pos - buf) - p->rec_start;
-        if (p->cb(&rec, p->user_data) == MP_REC_PAUSE) {
-            status = MP_FEED_PAUSED;
-            break;
+            continue;
+        case RPS_ERROR:
+            goto error;
         }
     }
 
-    *consumed = pos - buf;
+out:
+    *consumed = in.pos - buf;
     p->off += *consumed;
     return status;
 
-fail:
-    *consumed = pos - buf;
+error:
+    *consumed = in.pos - buf;
     p->off += *consumed;
     if (error)
         *error = g_error_copy(p->error);
@@ -403,28 +453,34 @@ mp_rp_parser_finish(MpRpParser *p, GError **error)
             *error = g_error_copy(p->error);
         return FALSE;
     }
-    if (p->state == RP_HDR && p->have == 0)
-        return TRUE;
-    if (p->state == RP_HDR)
-        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
-                    "%s: stream ends at offset %" G_GUINT64_FORMAT
-                    " inside a message header (%zu of %d bytes)",
-                    p->channel, p->off, p->have, RP_HDR_SIZE);
-    else if (p->state == RP_PAYLOAD)
-        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
-                    "%s: stream ends at offset %" G_GUINT64_FORMAT
-                    " inside the payload of a %s message (%zu of %u bytes; "
-                    "message at offset %" G_GUINT64_FORMAT ")",
-                    p->channel, p->off, mp_rp_message_name(p->type),
-                    p->have - RP_HDR_SIZE, p->len, p->msg_start);
-    else
-        g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_TRUNCATED,
-                    "%s: stream ends at offset %" G_GUINT64_FORMAT
-                    " inside %s after RECV_BITMAP \"%s\" (message at "
-                    "offset %" G_GUINT64_FORMAT ")",
-                    p->channel, p->off, state_what(p), p->bm_block,
-                    p->msg_start);
-    if (error)
-        mp_error_make_printable(*error);
+    switch (p->state) {
+    case RP_HDR:
+        if (p->acc.have == 0)
+            return TRUE;
+        mp_parse_error_set(error, p->channel, MP_PARSE_ERROR_TRUNCATED,
+                           "stream ends at offset %" G_GUINT64_FORMAT
+                           " inside %s (%zu of %d bytes)",
+                           p->off, rp_state_name(p->state), p->acc.have,
+                           RP_HDR_SIZE);
+        break;
+    case RP_PAYLOAD:
+        mp_parse_error_set(error, p->channel, MP_PARSE_ERROR_TRUNCATED,
+                           "stream ends at offset %" G_GUINT64_FORMAT
+                           " inside the payload of a %s message (%zu of %u "
+                           "bytes; message at offset %" G_GUINT64_FORMAT ")",
+                           p->off, mp_rp_message_name(p->type), p->acc.have,
+                           p->len, p->msg_start);
+        break;
+    case RP_BM_SIZE:
+    case RP_BM_DATA:
+    case RP_BM_END:
+        mp_parse_error_set(error, p->channel, MP_PARSE_ERROR_TRUNCATED,
+                           "stream ends at offset %" G_GUINT64_FORMAT
+                           " inside %s after RECV_BITMAP \"%s\" (message at "
+                           "offset %" G_GUINT64_FORMAT ")",
+                           p->off, rp_state_name(p->state), p->bm_block,
+                           p->msg_start);
+        break;
+    }
     return FALSE;
 }
