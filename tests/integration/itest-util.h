@@ -5,6 +5,20 @@
 #include <json-c/json.h>
 #include "qemu-process.h"
 
+/* TRUE in a build with AddressSanitizer (scripts/test.sh's build-asan):
+ * its shadow memory and quarantine make a process's RSS ASan's, so
+ * memory bounds are checked in the plain build only. */
+#if defined(__SANITIZE_ADDRESS__)
+#define IT_ASAN TRUE
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define IT_ASAN TRUE
+#endif
+#endif
+#ifndef IT_ASAN
+#define IT_ASAN FALSE
+#endif
+
 #define IT_LOW_RAM_END    0xa0000u  /* RAM below the VGA window */
 #define IT_HIGH_RAM_START 0x100000u /* RAM above the BIOS area */
 
