@@ -227,15 +227,22 @@ multifd_channel(guint8 id, int window_log)
 static guint64
 hostile_multifd(int window_log, gsize *per_channel)
 {
-    static const guint8 header[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
+    /* the relay forwards a main channel once it holds a stream header
+     * and a whole first record (here OPEN_RETURN_PATH) */
+    static const guint8 header[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3,
+                                    0x08, 0, 1, 0, 0};
     GSocket *conns[CHANNELS + 1];
     gint64 expect = sizeof(header);
 
     fx.relay = it_relay_start_full(fx.dir, sink_start(&fx.sink), FALSE, NULL);
     conns[0] = connect_relay();
     send_all(conns[0], header, sizeof(header));
-    while (g_atomic_pointer_get(&fx.sink.bytes) < expect)
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (g_atomic_pointer_get(&fx.sink.bytes) < expect) {
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "the relay did not forward the main channel");
         g_usleep(10000);
+    }
     guint64 before = relay_kib("VmRSS");
     for (guint i = 1; i <= CHANNELS; i++) {
         g_autoptr(GByteArray) b = multifd_channel(i, window_log);
@@ -244,7 +251,7 @@ hostile_multifd(int window_log, gsize *per_channel)
         send_all(conns[i], b->data, b->len);
         expect += b->len;
     }
-    gint64 deadline = g_get_monotonic_time() + 120 * G_USEC_PER_SEC;
+    deadline = g_get_monotonic_time() + 120 * G_USEC_PER_SEC;
     while (g_atomic_pointer_get(&fx.sink.bytes) < expect) {
         cr_assert(g_get_monotonic_time() < deadline,
                   "the sink has %" G_GINT64_FORMAT " of %" G_GINT64_FORMAT
