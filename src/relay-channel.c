@@ -16,6 +16,7 @@
 #include <linux/sockios.h>
 #include "rate-pacer.h"
 #include "relay-channel.h"
+#include "tcp-info.h"
 
 /* Compact when the unwritten bytes start past half the buffer. */
 #define COMPACT_AT (MP_RELAY_BUFFER / 2)
@@ -53,6 +54,8 @@ typedef struct {
     guint64 acked;        /* of those, taken by the path at the last sample */
     gboolean pushed_back; /* the kernel took less than offered */
     gboolean went_idle;   /* the queue ran dry */
+    guint64 rwnd_us;      /* receiver-limited time at the last sample */
+    gint64 sampled_us;    /* when */
 } Pump;
 
 /* Where the queue goes out differently: at queue offset `at`, `len` bytes
@@ -827,6 +830,20 @@ mp_relay_channel_drain_sample(MpRelayChannel *ch, MpDir dir,
      * channel our own pacer holds back is not pushed back by the kernel */
     *saturated = (p->pushed_back || unsent > 0) && !p->went_idle
                  && (p->head < p->tail || p->edits.length);
+    /* but not by the network when the receiver's window held the kernel
+     * back for more than a tenth of the time: a destination busy
+     * elsewhere (a loaded host, the guest's first accesses) reads at a
+     * rate that says nothing of the link's, and pacing post-copy at it
+     * would slow the migration down (docs/benchmarks.md, item 14) */
+    gint64 now = g_get_monotonic_time();
+    guint64 rwnd;
+    if (mp_tcp_rwnd_limited_us(g_socket_get_fd(s), &rwnd)) {
+        if (p->sampled_us && rwnd > p->rwnd_us
+            && (gint64)(rwnd - p->rwnd_us) * 10 > now - p->sampled_us)
+            *saturated = FALSE;
+        p->rwnd_us = rwnd;
+    }
+    p->sampled_us = now;
     p->pushed_back = p->went_idle = FALSE;
     return n;
 }

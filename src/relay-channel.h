@@ -160,8 +160,9 @@ gboolean mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir,
  * of `dir` the path took (acknowledged by the receiver) since the last
  * call; *saturated: the path held the channel back all that time (bytes
  * waited in its queue throughout, and the kernel's send buffer was full
- * at least once or holds unsent bytes now).  0 and FALSE while not
- * connected. */
+ * at least once or holds unsent bytes now) and the receiver did not (its
+ * window limited the kernel for at most a tenth of the time).  0 and
+ * FALSE while not connected. */
 guint64 mp_relay_channel_drain_sample(MpRelayChannel *ch, MpDir dir,
                                       gboolean *saturated);
 /* TRUE once `dir` has ended. */
