@@ -39,11 +39,11 @@ void mp_rate_pacer_set_rate(MpRatePacer *p, guint64 bytes_per_s);
  * intervals where the saturated connections carried nearly all the bytes
  * count: when the source is the limit (QEMU's max-bandwidth, a slow
  * source) the relay's queue runs dry and nothing is measured, so an
- * unsaturated path is never paced.  The estimate is the bytes over the
- * time of the last MP_RATE_EST_WINDOW counted intervals, trusted once
- * they add up to MP_RATE_EST_MIN_US. */
+ * unsaturated path is never paced.  The estimate is the median rate of
+ * the last MP_RATE_EST_WINDOW counted intervals, trusted once they add up
+ * to MP_RATE_EST_MIN_US. */
 #define MP_RATE_EST_WINDOW 20
-#define MP_RATE_EST_MIN_US 500000
+#define MP_RATE_EST_MIN_US 1000000
 
 typedef struct MpRateEstimator MpRateEstimator;
 
