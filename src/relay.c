@@ -329,8 +329,10 @@ join(Session *s, Conn *c)
                                          TRUE, emit_to_dst, c);
         mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
     }
-    if (c == s->main && c->editor && !r->opt.no_priority)
+    if (c == s->main && c->editor && !r->opt.no_priority) {
+        mp_pcopy_lane_free(s->lane); /* a recovery channel's new main */
         s->lane = mp_pcopy_lane_new(c->ch, r->opt.queue);
+    }
     if (s->pacer)
         mp_relay_channel_set_pacer(c->ch, MP_DIR_TO_DST, s->pacer);
     s->open++;
