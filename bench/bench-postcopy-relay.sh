@@ -7,16 +7,19 @@
 #
 #   bench/bench-postcopy-relay.sh [--rounds 3] [--qemu 10.0,7.2]
 #                                 [--rate 95mbit] [--queue 1G] [--out DIR]
+#                                 [--labels direct,relay,relay-prio]
 #
 # Configurations (each with and without postcopy-preempt):
 #   direct      source -> destination over the shaped link
 #   relay       through the relay in the source namespace, --no-priority
 #   relay-prio  through the relay with --rate RATE --queue SIZE (priority)
+#   relay-auto  through the relay with no options (priority, the queue
+#               sized from the guest's RAM, the pace from the measured rate)
 # Everything else is bench/bench-postcopy.sh's (link 100 Mbit/s, Linux
 # guest 512 MiB, post-copy after 2 s).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-rounds=3 qemus=10.0,7.2 rate=95mbit queue=1G out=
+rounds=3 qemus=10.0,7.2 rate=95mbit queue=1G out= labels=direct,relay,relay-prio
 while [[ $# -gt 0 ]]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -24,7 +27,8 @@ while [[ $# -gt 0 ]]; do
     --rate) rate=$2; shift 2 ;;
     --queue) queue=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --labels) labels=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench-postcopy-relay: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -36,12 +40,13 @@ relay="$MIGPROXY relay --listen {listen_host}:{listen_port} --to {to_host}:{to_p
 
 for ((i = 0; i < rounds; i++)); do
     for q in ${qemus//,/ }; do
-        for label in direct relay relay-prio; do
+        for label in ${labels//,/ }; do
             args=(--qemu "$q" --cases plain,preempt --runs 1 --label "$label"
                   --json "$out/$q-$label-$i.json")
             case $label in
             relay) args+=(--relay "$relay --no-priority") ;;
             relay-prio) args+=(--relay "$relay --rate $rate --queue $queue") ;;
+            relay-auto) args+=(--relay "$relay") ;;
             esac
             echo "bench-postcopy-relay: round $((i + 1))/$rounds, QEMU $q, $label" >&2
             "$ROOT/bench/bench-postcopy.sh" "${args[@]}" >/dev/null \
@@ -58,7 +63,7 @@ spec.loader.exec_module(bp)
 results = []
 for path in sorted(glob.glob(sys.argv[2] + "/*.json")):
     results += json.load(open(path))
-order = {"direct": 0, "relay": 1, "relay-prio": 2}
+order = {"direct": 0, "relay": 1, "relay-prio": 2, "relay-auto": 3}
 results.sort(key=lambda r: (r["qemu"], order.get(r["label"], 9), r["preempt"]))
 print(bp.table(results))
 PY

@@ -633,6 +633,12 @@ def main():
                     finally:
                         procs.stop_all()
                     r["run"] = i
+                    # what the relay chose (queue, pace), if it reported
+                    try:
+                        with open(os.path.join(run_dir, "report.json")) as f:
+                            r["relay_priority"] = json.load(f).get("priority")
+                    except (OSError, ValueError):
+                        pass
                     results.append(r)
                     port += 2
                     if args.json:

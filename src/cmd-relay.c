@@ -124,17 +124,21 @@ mp_cmd_relay(int argc, char **argv)
          NULL},
         {"rate", 0, 0, G_OPTION_ARG_STRING, &rate,
          "Send towards the destination at most RATE, written as tc writes "
-         "rates (95mbit, 1gbit, 12mbps); set it just below the link's rate "
-         "so that nothing queues in the network and requested post-copy "
-         "pages get through at once (default: as fast as the link takes)",
+         "rates (95mbit, 1gbit, 12mbps), just below the link's rate, so "
+         "that nothing queues in the network and requested post-copy pages "
+         "get through at once. Default: for a migration with post-copy "
+         "enabled, 97 % of the rate the relay measured while the path to "
+         "the destination held it back (90 % for the first 0.5 s); no pacing "
+         "when the path never did (a fast link, QEMU's max-bandwidth)",
          "RATE"},
         {"queue", 0, 0, G_OPTION_ARG_STRING, &queue,
          "In post-copy, read the main channel ahead from the source up to "
-         "SIZE (K, M, G; default 16M): the queue in which requested pages go "
-         "ahead, and the relay's memory bound for it; at least the guest's "
-         "RAM lets QEMU send a requested page at once without "
-         "postcopy-preempt (before post-copy the relay holds 1 MiB per "
-         "connection at most)",
+         "SIZE (K, M, G): the queue in which requested pages go ahead, and "
+         "the relay's memory bound for it. Default: the guest's RAM (from "
+         "the stream) plus 0.2 % and 1 MiB, so that QEMU sends a requested "
+         "page at once, within a quarter of the host's MemAvailable and "
+         "8G, at least 16M; allocated as it fills. Before post-copy the "
+         "relay holds 1 MiB per connection at most",
          "SIZE"},
         {"no-priority", 0, 0, G_OPTION_ARG_NONE, &no_priority,
          "Post-copy: forward requested pages in stream order (by default "

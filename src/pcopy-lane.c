@@ -40,7 +40,10 @@ typedef struct {
 
 struct MpPcopyLane {
     MpRelayChannel *ch;
-    gsize queue;
+    gsize queue;         /* 0 until post-copy when not given */
+    gboolean queue_auto; /* not given: mp_pcopy_auto_queue() */
+    guint64 ram_total, mem_available;
+    gboolean advised;
     gboolean active;
     gboolean notsent_lowat; /* TCP_NOTSENT_LOWAT set once active */
     GArray *idx;      /* Entry, in queue order; [first, len) are live */
@@ -56,12 +59,42 @@ struct MpPcopyLane {
     guint64 requests, moved_queue, moved_arrival, jumped, names, host_pages;
 };
 
+guint64
+mp_pcopy_auto_queue(guint64 ram_total, guint64 mem_available)
+{
+    guint64 bound = MIN(MP_PCOPY_QUEUE_AUTO_MAX, mem_available / 4);
+
+    if (!ram_total || !mem_available)
+        return MP_PCOPY_QUEUE_MIN;
+    /* (the size is the stream's: no sum that could wrap) */
+    if (ram_total < bound)
+        bound = MIN(bound, ram_total + ram_total / 512 + (1u << 20));
+    return MAX(bound, MP_PCOPY_QUEUE_MIN);
+}
+
+guint64
+mp_pcopy_mem_available(void)
+{
+    g_autofree char *text = NULL;
+    const char *line;
+
+    /* a few KiB, read once per post-copy migration */
+    if (!g_file_get_contents("/proc/meminfo", &text, NULL, NULL))
+        return 0;
+    line = strstr(text, "\nMemAvailable:");
+    if (!line)
+        return 0;
+    guint64 kib = g_ascii_strtoull(line + strlen("\nMemAvailable:"), NULL, 10);
+    return kib <= G_MAXUINT64 / 1024 ? kib * 1024 : 0;
+}
+
 MpPcopyLane *
 mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue)
 {
     MpPcopyLane *l = g_new0(MpPcopyLane, 1);
     l->ch = ch;
     l->queue = queue;
+    l->queue_auto = queue == 0;
     l->idx = g_array_new(FALSE, FALSE, sizeof(Entry));
     l->by_addr = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
                                        NULL);
@@ -103,6 +136,12 @@ gboolean
 mp_pcopy_lane_active(const MpPcopyLane *l)
 {
     return l->active;
+}
+
+gboolean
+mp_pcopy_lane_advised(const MpPcopyLane *l)
+{
+    return l->advised;
 }
 
 static Entry *
@@ -283,11 +322,20 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
 {
     if (!l->ch)
         return;
+    if (rec->kind == MP_REC_RAM_MEM_SIZE)
+        l->ram_total = rec->u.mem_size.total;
+    if (rec->kind == MP_REC_COMMAND
+        && rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE)
+        l->advised = TRUE;
     if (!l->active) {
         if (rec->kind == MP_REC_PACKAGED_END) {
             /* the destination runs the guest: page requests come now */
             g_autoptr(GError) err = NULL;
             l->active = TRUE;
+            if (l->queue_auto) {
+                l->mem_available = mp_pcopy_mem_available();
+                l->queue = mp_pcopy_auto_queue(l->ram_total, l->mem_available);
+            }
             l->notsent_lowat = mp_relay_channel_set_low_latency(
                 l->ch, MP_DIR_TO_DST, LOW_LATENCY_BYTES, &err);
             if (!l->notsent_lowat)
@@ -387,6 +435,16 @@ json_object *
 mp_pcopy_lane_report(const MpPcopyLane *l)
 {
     json_object *o = json_object_new_object();
+    json_object_object_add(o, "queue_bytes",
+                           l->queue ? json_object_new_int64(l->queue) : NULL);
+    json_object_object_add(
+        o, "queue_source",
+        json_object_new_string(l->queue_auto ? "auto" : "given"));
+    json_object_object_add(o, "ram_bytes", json_object_new_int64(l->ram_total));
+    if (l->queue_auto)
+        json_object_object_add(
+            o, "mem_available",
+            l->mem_available ? json_object_new_int64(l->mem_available) : NULL);
     json_object_object_add(o, "requests", json_object_new_int64(l->requests));
     json_object_object_add(
         o, "moved", json_object_new_int64(l->moved_queue + l->moved_arrival));

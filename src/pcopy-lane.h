@@ -32,11 +32,28 @@
 
 typedef struct MpPcopyLane MpPcopyLane;
 
+/* The read-ahead when none is given (`--queue`): it holds the guest's
+ * whole RAM, as the stream's MEM_SIZE record gives it, plus its records'
+ * headers (1/512 of it) and 1 MiB, so that the source's socket stays
+ * empty in post-copy and a requested page reaches the relay at once; at
+ * most a quarter of the memory available to the host when post-copy
+ * starts (MemAvailable, /proc/meminfo) and at most
+ * MP_PCOPY_QUEUE_AUTO_MAX; never less than MP_PCOPY_QUEUE_MIN (also
+ * when the RAM size or the available memory is unknown).  The queue is
+ * allocated as it fills, not at once. */
+#define MP_PCOPY_QUEUE_MIN      (16u << 20)
+#define MP_PCOPY_QUEUE_AUTO_MAX (G_GUINT64_CONSTANT(8) << 30)
+/* @return the queue for a guest of `ram_total` bytes (0: unknown) on a
+ * host with `mem_available` bytes available (0: unknown). */
+guint64 mp_pcopy_auto_queue(guint64 ram_total, guint64 mem_available);
+/* @return MemAvailable of /proc/meminfo in bytes, 0 if unknown. */
+guint64 mp_pcopy_mem_available(void);
+
 /* The lane of `ch`'s direction to the destination (borrowed; must outlive
  * the lane).  When post-copy starts the channel may queue up to `queue`
- * bytes (before, reading ahead would only hide the link's rate from
- * QEMU's bandwidth estimate).  @return a new lane; free with
- * mp_pcopy_lane_free(). */
+ * bytes, 0: mp_pcopy_auto_queue() (before, reading ahead would only hide
+ * the link's rate from QEMU's bandwidth estimate).  @return a new lane;
+ * free with mp_pcopy_lane_free(). */
 MpPcopyLane *mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue);
 void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
@@ -65,8 +82,14 @@ void mp_pcopy_lane_detach(MpPcopyLane *l);
 
 /* TRUE once post-copy started on the channel. */
 gboolean mp_pcopy_lane_active(const MpPcopyLane *l);
+/* TRUE once the stream said it may switch to post-copy (POSTCOPY_ADVISE:
+ * the source has the postcopy-ram capability). */
+gboolean mp_pcopy_lane_advised(const MpPcopyLane *l);
 
-/* @return counters as a new JSON object: requests, moved (from_queue,
+/* @return counters as a new JSON object: queue_bytes (the read-ahead
+ * bound: the one given, or the automatic one once post-copy started),
+ * queue_source ("given", "auto"), ram_bytes (MEM_SIZE), mem_available
+ * (auto: when post-copy started), requests, moved (from_queue,
  * on_arrival), bytes_jumped, names_written, not_moved_host_pages, and
  * latency_us {count, p50, p99, max}: from a moved page's request to its
  * last byte handed to the kernel towards the destination. */

@@ -11,9 +11,12 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h>
 #include "rate-pacer.h"
 #include "relay-channel.h"
+#include "tcp-info.h"
 
 /* Compact when the unwritten bytes start past half the buffer. */
 #define COMPACT_AT (MP_RELAY_BUFFER / 2)
@@ -46,6 +49,13 @@ typedef struct {
     gsize write_cap;      /* bytes per write, 0: no cap */
     guint64 bytes, sent;  /* read; queued (written + still queued) */
     GQueue edits;         /* Edit*, by `at` (mp_relay_channel_queue_edit) */
+    /* mp_relay_channel_drain_sample(): since the last sample */
+    guint64 wire;         /* bytes handed to the kernel, ever */
+    guint64 acked;        /* of those, taken by the path at the last sample */
+    gboolean pushed_back; /* the kernel took less than offered */
+    gboolean went_idle;   /* the queue ran dry */
+    guint64 rwnd_us;      /* receiver-limited time at the last sample */
+    gint64 sampled_us;    /* when */
 } Pump;
 
 /* Where the queue goes out differently: at queue offset `at`, `len` bytes
@@ -351,10 +361,15 @@ write_some(MpRelayChannel *ch, MpDir d, const guint8 *buf, gsize len)
     if (n > 0) {
         if (p->pacer)
             mp_rate_pacer_spend(p->pacer, n);
+        p->wire += n;
+        if ((gsize)n < len)
+            p->pushed_back = TRUE;
         return n;
     }
-    if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+    if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
+        p->pushed_back = TRUE;
         return 0;
+    }
     /* the receiver is gone: so is the connection */
     g_debug("channel %" G_GUINT64_FORMAT " %s: write: %s", ch->id,
             mp_dir_name(d), err->message);
@@ -392,6 +407,8 @@ pump_write(MpRelayChannel *ch, MpDir d)
             return;
         p->head += n;
     }
+    if (p->head == p->tail && !p->edits.length)
+        p->went_idle = TRUE;
     if (p->head == p->tail && !p->edits.length && p->eof && !p->shut) {
         /* pass the FIN on; the other direction keeps flowing */
         p->shut = TRUE;
@@ -791,6 +808,55 @@ mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
     }
     p->tail += len;
     p->sent += len;
+}
+
+guint64
+mp_relay_channel_drain_sample(MpRelayChannel *ch, MpDir dir,
+                              gboolean *saturated)
+{
+    Pump *p = &ch->pump[dir];
+    GSocket *s = to_sock(ch, dir);
+    int outq = 0, unsent = 0;
+    guint64 acked, n = 0;
+
+    *saturated = FALSE;
+    if (ch->closed || !ch->connected || !s)
+        return 0;
+    /* SIOCOUTQ (TCP): bytes written and not yet acknowledged;
+     * SIOCOUTQNSD: of those, not yet sent (the network or the receiver
+     * holds them back) */
+    if (ioctl(g_socket_get_fd(s), SIOCOUTQ, &outq) < 0 || outq < 0)
+        outq = 0;
+    if (ioctl(g_socket_get_fd(s), SIOCOUTQNSD, &unsent) < 0)
+        unsent = 0;
+    acked = p->wire - MIN((guint64)outq, p->wire);
+    if (acked > p->acked) {
+        n = acked - p->acked;
+        p->acked = acked;
+    }
+    /* held back all along: bytes waited here the whole interval (the
+     * queue never ran dry, and holds some now) and the kernel's buffer
+     * was full at least once, or holds unsent bytes now (a full buffer is
+     * not written to at all: poll() does not say it is writable); a
+     * channel our own pacer holds back is not pushed back by the kernel */
+    *saturated = (p->pushed_back || unsent > 0) && !p->went_idle
+                 && (p->head < p->tail || p->edits.length);
+    /* but not by the network when the receiver's window held the kernel
+     * back for more than a tenth of the time: a destination busy
+     * elsewhere (a loaded host, the guest's first accesses) reads at a
+     * rate that says nothing of the link's, and pacing post-copy at it
+     * would slow the migration down (docs/benchmarks.md, item 14) */
+    gint64 now = g_get_monotonic_time();
+    guint64 rwnd;
+    if (mp_tcp_rwnd_limited_us(g_socket_get_fd(s), &rwnd)) {
+        if (p->sampled_us && rwnd > p->rwnd_us
+            && (gint64)(rwnd - p->rwnd_us) * 10 > now - p->sampled_us)
+            *saturated = FALSE;
+        p->rwnd_us = rwnd;
+    }
+    p->sampled_us = now;
+    p->pushed_back = p->went_idle = FALSE;
+    return n;
 }
 
 gboolean

@@ -158,5 +158,14 @@ gboolean mp_relay_channel_queue_edit_tagged(MpRelayChannel *ch, MpDir dir,
  * it.  @return TRUE if there was one. */
 gboolean mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir,
                                        guint64 at);
+/* For the path's rate (rate-pacer.h, MpRateEstimator): @return the bytes
+ * of `dir` the path took (acknowledged by the receiver) since the last
+ * call; *saturated: the path held the channel back all that time (bytes
+ * waited in its queue throughout, and the kernel's send buffer was full
+ * at least once or holds unsent bytes now) and the receiver did not (its
+ * window limited the kernel for at most a tenth of the time).  0 and
+ * FALSE while not connected. */
+guint64 mp_relay_channel_drain_sample(MpRelayChannel *ch, MpDir dir,
+                                      gboolean *saturated);
 /* TRUE once `dir` has ended. */
 gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);

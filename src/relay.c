@@ -86,6 +86,9 @@ struct Session {
     MpAdmitSession *admit; /* who may join */
     guint64 after_main;    /* the first connection from the main's peer
                               after it (0: none yet): 7.2's preempt */
+    MpRateEstimator *est; /* no --rate: the path's rate, or NULL */
+    guint64 measured;     /* its estimate when pacing began */
+    gint64 sample_us, paced_us;
     gint64 start_us;
     char *failure;
 };
@@ -156,6 +159,7 @@ session_free(Session *s)
     g_ptr_array_free(s->filters, TRUE);
     mp_pcopy_lane_free(s->lane);
     mp_rate_pacer_free(s->pacer);
+    mp_rate_estimator_free(s->est);
     mp_relay_metrics_free(s->metrics);
     mp_admit_session_free(s->admit);
     g_free(s->failure);
@@ -250,19 +254,29 @@ filters_report(Session *s)
     return o;
 }
 
-/* `priority {enabled, rate_bps, queue_bytes, + the lane's counters}` */
+/* `priority {enabled, rate_bps, rate_source, measured_bps, + the lane's
+ * queue and counters}` */
 static json_object *
 priority_report(Session *s)
 {
     MpRelay *r = s->relay;
     json_object *o = s->lane ? mp_pcopy_lane_report(s->lane)
                              : json_object_new_object();
+    guint64 measured = s->measured ? s->measured
+                       : s->est    ? mp_rate_estimator_rate(s->est)
+                                   : 0;
+
     json_object_object_add(o, "enabled", json_object_new_boolean(s->lane != NULL));
-    json_object_object_add(o, "rate_bps", json_object_new_int64(r->opt.rate * 8));
-    json_object_object_add(o, "queue_bytes",
-                           json_object_new_int64(r->opt.queue
-                                                     ? r->opt.queue
-                                                     : MP_RELAY_DEFAULT_QUEUE));
+    json_object_object_add(
+        o, "rate_bps",
+        json_object_new_int64(s->pacer ? mp_rate_pacer_rate(s->pacer) * 8 : 0));
+    json_object_object_add(o, "rate_source",
+                           json_object_new_string(r->opt.rate ? "given"
+                                                  : s->pacer  ? "measured"
+                                                              : "none"));
+    json_object_object_add(o, "measured_bps",
+                           measured ? json_object_new_int64(measured * 8)
+                                    : NULL);
     return o;
 }
 
@@ -441,10 +455,10 @@ join(Session *s, Conn *c, MpChanKind kind)
                                          TRUE, emit_to_dst, c);
         mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
     }
-    if (c == s->main && c->editor && !r->opt.no_priority)
-        s->lane = mp_pcopy_lane_new(c->ch, r->opt.queue
-                                               ? r->opt.queue
-                                               : MP_RELAY_DEFAULT_QUEUE);
+    if (c == s->main && c->editor && !r->opt.no_priority) {
+        mp_pcopy_lane_free(s->lane); /* a recovery channel's new main */
+        s->lane = mp_pcopy_lane_new(c->ch, r->opt.queue);
+    }
     if (s->pacer)
         mp_relay_channel_set_pacer(c->ch, MP_DIR_TO_DST, s->pacer);
     s->open++;
@@ -531,6 +545,9 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
         g_ptr_array_add(s->filters, s->zero = mp_filter_zero_new());
     if (r->opt.rate)
         s->pacer = mp_rate_pacer_new(r->opt.rate, now);
+    else if (!r->opt.no_priority)
+        s->est = mp_rate_estimator_new();
+    s->sample_us = now;
     g_ptr_array_add(r->sessions, s);
     r->current = s;
     if (r->capture)
@@ -1135,6 +1152,48 @@ on_accept(GSocket *listener, GIOCondition cond, gpointer user_data)
     return G_SOURCE_CONTINUE;
 }
 
+/* No --rate: measures the path's rate while it holds the relay back and,
+ * for a migration that may switch to post-copy, paces every channel from
+ * that estimate (rate-pacer.h); the estimate is kept once pacing began
+ * (paced, the path no longer shows its rate). */
+static void
+auto_pace(Session *s, gint64 now)
+{
+    guint64 all = 0, saturated = 0;
+
+    if (!s->est)
+        return;
+    if (s->pacer) {
+        mp_rate_pacer_set_rate(
+            s->pacer, mp_rate_auto_pace(s->measured, now - s->paced_us));
+        return;
+    }
+    for (guint i = 0; i < s->conns->len; i++) {
+        Conn *c = g_ptr_array_index(s->conns, i);
+        gboolean full;
+        guint64 n = mp_relay_channel_drain_sample(c->ch, MP_DIR_TO_DST, &full);
+        all += n;
+        saturated += full ? n : 0;
+    }
+    mp_rate_estimator_add(s->est, now - s->sample_us, all, saturated);
+    s->sample_us = now;
+    s->measured = mp_rate_estimator_rate(s->est);
+    if (!s->measured || !s->lane || !mp_pcopy_lane_advised(s->lane)) {
+        s->measured = 0;
+        return;
+    }
+    s->paced_us = now;
+    s->pacer = mp_rate_pacer_new(mp_rate_auto_pace(s->measured, 0), now);
+    for (guint i = 0; i < s->conns->len; i++)
+        mp_relay_channel_set_pacer(((Conn *)g_ptr_array_index(s->conns, i))->ch,
+                                   MP_DIR_TO_DST, s->pacer);
+    if (!s->relay->opt.quiet)
+        g_message("session %u: the path to the destination takes %.1f "
+                  "Mbit/s; pacing at %.1f Mbit/s for post-copy",
+                  s->number, s->measured * 8 / 1e6,
+                  mp_rate_auto_pace(s->measured, G_MAXINT64) * 8 / 1e6);
+}
+
 static gboolean
 on_tick(gpointer user_data)
 {
@@ -1143,8 +1202,10 @@ on_tick(gpointer user_data)
 
     for (guint i = 0; i < r->sessions->len; i++) {
         Session *s = g_ptr_array_index(r->sessions, i);
-        if (!s->ended && !s->paused)
+        if (!s->ended && !s->paused) {
             mp_relay_metrics_tick(s->metrics, now);
+            auto_pace(s, now);
+        }
     }
     return G_SOURCE_CONTINUE;
 }

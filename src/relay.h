@@ -30,14 +30,11 @@ typedef struct {
     guint handshake_timeout_ms; /* a new connection's first bytes; 0: 10000 */
     gboolean no_zero_pages;     /* keep all-zero PAGE records as they are */
     gboolean no_priority;       /* no post-copy priority lane */
-    guint64 rate;               /* bytes/s towards the destination; 0: any */
-    guint64 queue;              /* bytes queued per channel; 0: default */
-    const char *const *allow;   /* --allow ADDR[/PREFIX], NULL-terminated;
-                                   NULL or empty: any address */
+    guint64 rate;  /* bytes/s towards the destination; 0: measured */
+    guint64 queue; /* post-copy read-ahead; 0: mp_pcopy_auto_queue() */
+    const char *const *allow; /* --allow ADDR[/PREFIX], NULL-terminated;
+                                 NULL or empty: any address */
 } MpRelayOptions;
-
-/* --queue when not given: a few seconds of a slow link, little memory. */
-#define MP_RELAY_DEFAULT_QUEUE (16u << 20)
 
 typedef struct MpRelay MpRelay;
 

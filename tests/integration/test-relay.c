@@ -619,6 +619,26 @@ Test(relay, multifd_zlib_100)
     multifd_compressed("multifd_zlib_100", "zlib");
 }
 
+/* No --queue, no --rate: the read-ahead holds the guest's RAM (MEM_SIZE
+ * of the stream); the source is held to 32 MiB/s by its max-bandwidth on
+ * loopback, so the path to the destination never held the relay back and
+ * nothing is paced (issue 9, item 14). */
+static void
+check_auto_priority(const Result *r)
+{
+    gint64 ram = jint(r->report, "priority.ram_bytes");
+    cr_assert_str_eq(json_object_get_string(
+                         it_jget(r->report, "priority.queue_source")),
+                     "auto");
+    cr_assert_geq(ram, 64 << 20, "ram_bytes %" G_GINT64_FORMAT, ram);
+    cr_assert_geq(jint(r->report, "priority.queue_bytes"), ram);
+    cr_assert_gt(jint(r->report, "priority.mem_available"), 0);
+    cr_assert_str_eq(json_object_get_string(
+                         it_jget(r->report, "priority.rate_source")),
+                     "none");
+    cr_assert_eq(jint(r->report, "priority.rate_bps"), 0);
+}
+
 Test(relay, postcopy_72)
 {
     Case c = {.name = "postcopy_72",
@@ -631,6 +651,7 @@ Test(relay, postcopy_72)
     run(&c, &r);
     check_pages_exact(&r);
     check_postcopy(&r);
+    check_auto_priority(&r);
     cr_assert_not_null(it_jget(r.report, "downtime.end_marker"));
     result_clear(&r);
 }
@@ -734,6 +755,7 @@ Test(relay, preempt_72)
     check_pages_exact(&r);
     check_preempt_channel(r.report);
     check_postcopy(&r);
+    check_auto_priority(&r);
     result_clear(&r);
 }
 

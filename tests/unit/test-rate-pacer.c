@@ -88,3 +88,97 @@ Test(rate_pacer, bucket)
     /* never more than the burst, however long it waited */
     cr_assert_eq(mp_rate_pacer_allowance(p, 10 * G_USEC_PER_SEC), 25000);
 }
+
+/* ---- the path's rate (MpRateEstimator) ---- */
+
+#define TICK 100000 /* the relay samples every 100 ms */
+
+Test(rate_estimator, trusted_after_enough_saturated_time)
+{
+    g_autoptr(MpRateEstimator) e = mp_rate_estimator_new();
+    /* 12.5 MB/s: 1.25 MB per 100 ms, all over saturated connections */
+    for (int i = 0; i < 9; i++) {
+        mp_rate_estimator_add(e, TICK, 1250000, 1250000);
+        cr_assert_eq(mp_rate_estimator_rate(e), 0, "trusted after %d", i + 1);
+    }
+    mp_rate_estimator_add(e, TICK, 1250000, 1250000);
+    cr_assert_eq(mp_rate_estimator_span_us(e), 1000000);
+    cr_assert_eq(mp_rate_estimator_rate(e), 12500000);
+}
+
+Test(rate_estimator, unsaturated_intervals_do_not_count)
+{
+    g_autoptr(MpRateEstimator) e = mp_rate_estimator_new();
+    /* the source is the limit (QEMU's max-bandwidth, a fast link): the
+     * relay's queue ran dry, nothing is measured however long */
+    for (int i = 0; i < 100; i++)
+        mp_rate_estimator_add(e, TICK, 2000000, 0);
+    cr_assert_eq(mp_rate_estimator_rate(e), 0);
+    cr_assert_eq(mp_rate_estimator_span_us(e), 0);
+    /* one saturated channel beside another that carried a third of the
+     * bytes unsaturated: not the path's rate either */
+    for (int i = 0; i < 100; i++)
+        mp_rate_estimator_add(e, TICK, 3000000, 2000000);
+    cr_assert_eq(mp_rate_estimator_rate(e), 0);
+    /* multifd: the data channels saturated, the main channel's few bytes
+     * not: counts, on the sum */
+    for (int i = 0; i < 10; i++)
+        mp_rate_estimator_add(e, TICK, 1250000, 1240000);
+    cr_assert_eq(mp_rate_estimator_rate(e), 12500000);
+}
+
+Test(rate_estimator, window_follows_the_last_intervals)
+{
+    g_autoptr(MpRateEstimator) e = mp_rate_estimator_new();
+    /* a slow start (the send buffer filling at first) ages out */
+    for (int i = 0; i < 10; i++)
+        mp_rate_estimator_add(e, TICK, 100000, 100000);
+    cr_assert_eq(mp_rate_estimator_rate(e), 1000000);
+    for (int i = 0; i < MP_RATE_EST_WINDOW; i++)
+        mp_rate_estimator_add(e, TICK, 1250000, 1250000);
+    cr_assert_eq(mp_rate_estimator_rate(e), 12500000);
+    cr_assert_eq(mp_rate_estimator_span_us(e), MP_RATE_EST_WINDOW * TICK);
+    /* a minority of intervals far off (the relay starved of CPU, acks
+     * bunched into the next interval) does not move the median */
+    g_autoptr(MpRateEstimator) u = mp_rate_estimator_new();
+    for (int i = 0; i < 7; i++)
+        mp_rate_estimator_add(u, TICK, 1250000, 1250000);
+    mp_rate_estimator_add(u, TICK, 300000, 300000);
+    mp_rate_estimator_add(u, TICK, 400000, 400000);
+    mp_rate_estimator_add(u, 300000, 6000000, 6000000);
+    cr_assert_eq(mp_rate_estimator_rate(u), 12500000);
+    /* an even count: the middle two, halved */
+    g_autoptr(MpRateEstimator) v = mp_rate_estimator_new();
+    for (int i = 0; i < 5; i++)
+        mp_rate_estimator_add(v, 2 * TICK, 2000000, 2000000);
+    mp_rate_estimator_add(v, 2 * TICK, 3000000, 3000000);
+    cr_assert_eq(mp_rate_estimator_rate(v), 10000000);
+}
+
+Test(rate_estimator, nonsense_intervals_are_ignored)
+{
+    g_autoptr(MpRateEstimator) e = mp_rate_estimator_new();
+    mp_rate_estimator_add(e, 0, 1000, 1000);
+    mp_rate_estimator_add(e, -5, 1000, 1000);
+    mp_rate_estimator_add(e, 10 * G_USEC_PER_SEC, 1000, 1000); /* stalled */
+    mp_rate_estimator_add(e, TICK, 1000, 2000); /* more saturated than all */
+    cr_assert_eq(mp_rate_estimator_span_us(e), 0);
+}
+
+Test(rate_estimator, pace)
+{
+    /* 90 % while the bottleneck's standing queue drains, then 97 % */
+    cr_assert_eq(mp_rate_auto_pace(12500000, 0), 11250000);
+    cr_assert_eq(mp_rate_auto_pace(12500000, MP_RATE_DRAIN_US - 1), 11250000);
+    cr_assert_eq(mp_rate_auto_pace(12500000, MP_RATE_DRAIN_US), 12125000);
+    cr_assert_eq(mp_rate_auto_pace(12500000, G_MAXINT64), 12125000);
+    cr_assert_eq(mp_rate_auto_pace(50, 0), 1);
+}
+
+Test(rate_pacer, set_rate)
+{
+    g_autoptr(MpRatePacer) p = mp_rate_pacer_new(12500000, 0);
+    mp_rate_pacer_set_rate(p, 1000000); /* burst 16 KiB, the minimum */
+    cr_assert_eq(mp_rate_pacer_rate(p), 1000000);
+    cr_assert_eq(mp_rate_pacer_allowance(p, 0), 16384);
+}
