@@ -8,6 +8,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
+#include <gio/gio.h>
 #include <criterion/criterion.h>
 #include "itest-util.h"
 #include "relay-itest.h"
@@ -166,6 +167,151 @@ it_relay_log_text(ItRelay *r)
     if (!g_file_get_contents(r->log, &text, NULL, NULL))
         text = g_strdup("");
     return text;
+}
+
+void
+it_relay_assert_log_has(ItRelay *r, const char *needle, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        g_autofree char *text = it_relay_log_text(r);
+        if (strstr(text, needle))
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "no \"%s\" in the relay's log:\n%s", needle, text);
+        g_usleep(50000);
+    }
+}
+
+GSocket *
+it_connect_from(const char *from, guint16 port)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, port);
+    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, &err);
+    cr_assert_not_null(s, "%s", err ? err->message : "?");
+    if (from) {
+        g_autoptr(GInetAddress) fa = g_inet_address_new_from_string(from);
+        g_autoptr(GSocketAddress) fsa = g_inet_socket_address_new(fa, 0);
+        cr_assert(g_socket_bind(s, fsa, FALSE, &err), "bind %s: %s", from,
+                  err->message);
+    }
+    g_socket_set_timeout(s, 5);
+    cr_assert(g_socket_connect(s, a, NULL, &err), "connect: %s",
+              err ? err->message : "?");
+    return s;
+}
+
+GSocket *
+it_connect_port(guint16 port)
+{
+    return it_connect_from(NULL, port);
+}
+
+void
+it_send_all(GSocket *s, const void *buf, gsize len)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert_eq(g_socket_send(s, buf, len, NULL, &err), (gssize)len, "%s",
+                 err ? err->message : "short send");
+}
+
+void
+it_assert_closed_by_relay(GSocket *s, const char *what)
+{
+    g_autoptr(GError) err = NULL;
+    char buf[64];
+    gssize n = g_socket_receive(s, buf, sizeof(buf), NULL, &err);
+    cr_assert(
+        n == 0
+            || (n < 0
+                && !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT)),
+        "%s: the relay did not close the connection (%zd%s%s)", what, n,
+        err ? ": " : "", err ? err->message : "");
+}
+
+GSocket *
+it_fake_destination(guint16 *port)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
+    GSocket *fake = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                                 G_SOCKET_PROTOCOL_TCP, &err);
+    cr_assert(fake && g_socket_bind(fake, any, TRUE, &err)
+                  && g_socket_listen(fake, &err),
+              "%s", err ? err->message : "?");
+    /* non-blocking: it_assert_no_connection() polls it with accept() */
+    g_socket_set_blocking(fake, FALSE);
+    g_autoptr(GSocketAddress) bound = g_socket_get_local_address(fake, &err);
+    *port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
+    return fake;
+}
+
+void
+it_assert_no_connection(GSocket *fake)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GSocket) s = g_socket_accept(fake, NULL, &err);
+    cr_assert_null(s, "a client that is not QEMU reached the destination");
+    cr_assert(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK), "%s",
+              err->message);
+}
+
+void
+it_fake_destination_close(GSocket **fake)
+{
+    if (*fake)
+        g_socket_close(*fake, NULL);
+    g_clear_object(fake);
+}
+
+void
+it_set_int(MpQemu *q, const char *name, gint64 v)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert(mp_qemu_set_parameter_int(q, name, v, &err), "%s",
+              err ? err->message : "?");
+}
+
+void
+it_wait_status(MpQemu *q, const char *want, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        g_autofree char *st = it_migration_status(q);
+        if (strcmp(st, want) == 0)
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "%s: migration status %s, waited for %s",
+                  mp_qemu_name(q), st, want);
+        g_usleep(50000);
+    }
+}
+
+void
+it_start_postcopy(MpQemu *src, guint after_ms)
+{
+    g_autoptr(GError) err = NULL;
+    gint64 t0 = g_get_monotonic_time();
+
+    for (;;) {
+        g_autofree char *st = it_migration_status(src);
+        cr_assert(strcmp(st, "failed") && strcmp(st, "completed"),
+                  "the migration ended (%s) before post-copy started", st);
+        if (strcmp(st, "active") == 0
+            && g_get_monotonic_time() - t0 >= after_ms * 1000ll)
+            break;
+        g_usleep(20000);
+    }
+    json_object *ret =
+        mp_qemu_execute(src, "migrate-start-postcopy", NULL, &err);
+    cr_assert_not_null(ret, "%s", err ? err->message : "?");
+    json_object_put(ret);
 }
 
 MpQemu *

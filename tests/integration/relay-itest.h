@@ -4,6 +4,7 @@
 #pragma once
 
 #include <glib.h>
+#include <gio/gio.h>
 #include <json-c/json.h>
 #include "qemu-process.h"
 
@@ -42,6 +43,40 @@ char *it_relay_report_path(ItRelay *r, guint session);
 json_object *it_relay_session_report(ItRelay *r, guint session);
 /* @return its stderr so far (caller frees). */
 char *it_relay_log_text(ItRelay *r);
+
+/* Waits up to `timeout_ms` for `needle` in its stderr; asserts it comes. */
+void it_relay_assert_log_has(ItRelay *r, const char *needle, guint timeout_ms);
+
+/* A client of 127.0.0.1:port from the loopback address `from` (NULL: any;
+ * 127.0.0.2 is another host as far as the relay can tell), with a 5 s
+ * timeout on each read and write.  Asserts; @return it (caller owns). */
+GSocket *it_connect_from(const char *from, guint16 port);
+/* it_connect_from(NULL, port). */
+GSocket *it_connect_port(guint16 port);
+/* Sends all `len` bytes of `buf`; asserts. */
+void it_send_all(GSocket *s, const void *buf, gsize len);
+/* The relay closes `s`: a read ends (EOF or reset) before the socket's
+ * timeout.  `what` names the client in the failure message. */
+void it_assert_closed_by_relay(GSocket *s, const char *what);
+
+/* A socket listening on a free loopback port, standing where the relay's
+ * destination is so that a test can check nothing ever connects to it.
+ * Sets *port.  @return it (caller owns; it_fake_destination_close()). */
+GSocket *it_fake_destination(guint16 *port);
+/* Asserts that no client is waiting at `fake`. */
+void it_assert_no_connection(GSocket *fake);
+/* Closes and clears *fake so the real destination can take its port.
+ * Accepts *fake == NULL. */
+void it_fake_destination_close(GSocket **fake);
+
+/* migrate-set-parameters `name` = v on `q`; asserts. */
+void it_set_int(MpQemu *q, const char *name, gint64 v);
+/* Polls query-migrate until its status is `want`; asserts it is within
+ * `timeout_ms`. */
+void it_wait_status(MpQemu *q, const char *want, guint timeout_ms);
+/* Starts post-copy on `src` once its migration is active and `after_ms`
+ * passed; asserts the migration did not end before. */
+void it_start_postcopy(MpQemu *src, guint after_ms);
 
 /* A destination QEMU with `-incoming defer` (capabilities can be set
  * first), memory 128 MiB, paused (-S) unless `running`. */

@@ -26,6 +26,7 @@
 
 #define MIGRATE_TIMEOUT_MS (120 * 1000)
 #define PROMPT_MS          10000 /* "promptly" */
+#define LOG_WAIT_MS        5000  /* for a line in the relay's log */
 
 static struct {
     MpQemu *src, *dst;
@@ -48,98 +49,13 @@ fx_fini(void)
     fx.relay = fx.relay2 = NULL;
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
-    if (fx.fake_dst)
-        g_socket_close(fx.fake_dst, NULL);
-    g_clear_object(&fx.fake_dst);
+    it_fake_destination_close(&fx.fake_dst);
     if (fx.dir)
         it_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 
 TestSuite(relay_failures, .init = fx_init, .fini = fx_fini, .timeout = 300);
-
-static void
-set_int(MpQemu *q, const char *name, gint64 v)
-{
-    g_autoptr(GError) err = NULL;
-    cr_assert(mp_qemu_set_parameter_int(q, name, v, &err), "%s",
-              err ? err->message : "?");
-}
-
-static GSocket *
-connect_to(guint16 port)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GInetAddress) lo =
-        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
-    g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, port);
-    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                              G_SOCKET_PROTOCOL_TCP, &err);
-    cr_assert_not_null(s, "%s", err ? err->message : "?");
-    g_socket_set_timeout(s, 5);
-    cr_assert(g_socket_connect(s, a, NULL, &err), "connect: %s",
-              err ? err->message : "?");
-    return s;
-}
-
-/* The relay closes `s`: a read ends (EOF or reset) before the timeout. */
-static void
-assert_closed_by_relay(GSocket *s, const char *what)
-{
-    g_autoptr(GError) err = NULL;
-    char buf[64];
-    gssize n = g_socket_receive(s, buf, sizeof(buf), NULL, &err);
-    cr_assert(
-        n == 0
-            || (n < 0
-                && !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT)),
-        "%s: the relay did not close the connection (%zd%s%s)", what, n,
-        err ? ": " : "", err ? err->message : "");
-}
-
-static void
-assert_log_has(const char *needle)
-{
-    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
-    for (;;) {
-        g_autofree char *text = it_relay_log_text(fx.relay);
-        if (strstr(text, needle))
-            return;
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "no \"%s\" in the relay's log:\n%s", needle, text);
-        g_usleep(50000);
-    }
-}
-
-/* A socket listening where the relay's destination is: nothing may ever
- * connect to it. */
-static guint16
-fake_destination(void)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GInetAddress) lo =
-        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
-    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
-    fx.fake_dst = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                               G_SOCKET_PROTOCOL_TCP, &err);
-    cr_assert(fx.fake_dst && g_socket_bind(fx.fake_dst, any, TRUE, &err)
-                  && g_socket_listen(fx.fake_dst, &err),
-              "%s", err ? err->message : "?");
-    g_socket_set_blocking(fx.fake_dst, FALSE);
-    g_autoptr(GSocketAddress) bound =
-        g_socket_get_local_address(fx.fake_dst, &err);
-    return g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
-}
-
-static void
-assert_no_connection_to_destination(void)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GSocket) s = g_socket_accept(fx.fake_dst, NULL, &err);
-    cr_assert_null(s, "a non-QEMU client reached the destination");
-    cr_assert(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK), "%s",
-              err->message);
-}
 
 static void
 assert_src_failed_and_running(gint64 since_us)
@@ -173,7 +89,7 @@ retry_through_fresh_relay(void)
     g_mkdir(dir2, 0755);
     fx.relay2 = it_relay_start(dir2, dport, NULL);
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 256 << 20);
+    it_set_int(fx.src, "max-bandwidth", 256 << 20);
     it_migrate(fx.src, fx.relay2->port, FALSE);
     json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
     cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
@@ -197,48 +113,51 @@ retry_through_fresh_relay(void)
 Test(relay_failures, not_qemu_clients)
 {
     g_autoptr(GError) err = NULL;
-    guint16 dport = fake_destination();
+    guint16 dport;
+    fx.fake_dst = it_fake_destination(&dport);
     const char *extra[] = {"--handshake-timeout=500", NULL};
     fx.relay = it_relay_start(fx.dir, dport, extra);
 
     /* garbage */
-    g_autoptr(GSocket) a = connect_to(fx.relay->port);
+    g_autoptr(GSocket) a = it_connect_port(fx.relay->port);
     const char http[] = "GET / HTTP/1.0\r\n\r\n";
     cr_assert_eq(g_socket_send(a, http, strlen(http), NULL, &err),
                  (gssize)strlen(http));
-    assert_closed_by_relay(a, "garbage");
-    assert_log_has("not a QEMU migration stream");
+    it_assert_closed_by_relay(a, "garbage");
+    it_relay_assert_log_has(fx.relay, "not a QEMU migration stream",
+                            LOG_WAIT_MS);
 
     /* an early close, inside the header */
-    g_autoptr(GSocket) b = connect_to(fx.relay->port);
+    g_autoptr(GSocket) b = it_connect_port(fx.relay->port);
     cr_assert_eq(g_socket_send(b, "QE", 2, NULL, &err), 2);
     g_socket_close(b, NULL);
-    assert_log_has("closed after 2 bytes");
+    it_relay_assert_log_has(fx.relay, "closed after 2 bytes", LOG_WAIT_MS);
 
     /* a bare connect, closed at once */
-    g_autoptr(GSocket) c = connect_to(fx.relay->port);
+    g_autoptr(GSocket) c = it_connect_port(fx.relay->port);
     g_socket_close(c, NULL);
-    assert_log_has("closed without sending anything");
+    it_relay_assert_log_has(fx.relay, "closed without sending anything",
+                            LOG_WAIT_MS);
 
     /* a bare connect that stays silent */
-    g_autoptr(GSocket) d = connect_to(fx.relay->port);
-    assert_closed_by_relay(d, "silent client");
-    assert_log_has("sent nothing in 500 ms");
+    g_autoptr(GSocket) d = it_connect_port(fx.relay->port);
+    it_assert_closed_by_relay(d, "silent client");
+    it_relay_assert_log_has(fx.relay, "sent nothing in 500 ms", LOG_WAIT_MS);
 
     /* a stream header of another version */
-    g_autoptr(GSocket) e = connect_to(fx.relay->port);
+    g_autoptr(GSocket) e = it_connect_port(fx.relay->port);
     const guint8 v2[8] = {'Q', 'E', 'V', 'M', 0, 0, 0, 2};
     cr_assert_eq(g_socket_send(e, (const char *)v2, 8, NULL, &err), 8);
-    assert_closed_by_relay(e, "version 2");
-    assert_log_has("migration stream version 2");
+    it_assert_closed_by_relay(e, "version 2");
+    it_relay_assert_log_has(fx.relay, "migration stream version 2",
+                            LOG_WAIT_MS);
 
-    assert_no_connection_to_destination();
+    it_assert_no_connection(fx.fake_dst);
     cr_assert(!it_relay_exited(fx.relay), "the relay exited");
 
     /* and it still serves: a real migration, the destination QEMU taking
      * over the port */
-    g_socket_close(fx.fake_dst, NULL);
-    g_clear_object(&fx.fake_dst);
+    it_fake_destination_close(&fx.fake_dst);
     fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
     it_incoming(fx.dst, dport);
@@ -264,7 +183,8 @@ Test(relay_failures, destination_refused)
     assert_src_failed_and_running(t0);
     cr_assert_eq(it_relay_wait(fx.relay, 10000), 1,
                  "--once exits 1 when the migration failed");
-    assert_log_has("cannot connect to the destination");
+    it_relay_assert_log_has(fx.relay, "cannot connect to the destination",
+                            LOG_WAIT_MS);
     json_object *rep = it_relay_report(fx.relay);
     const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
     cr_assert(g_str_has_prefix(outcome, "failed: destination"), "%s", outcome);
@@ -284,7 +204,7 @@ cut_migration(gboolean kill_relay)
     cr_assert(dport, "%s", err ? err->message : "?");
     fx.relay = it_relay_start(fx.dir, dport, NULL);
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_set_int(fx.src, "max-bandwidth", 8 << 20);
     it_migrate(fx.src, fx.relay->port, FALSE);
     g_usleep(1500 * 1000);
     g_autofree char *st = it_migration_status(fx.src);
@@ -328,14 +248,14 @@ Test(relay_failures, sigterm_mid_migration)
     cr_assert(dport, "%s", err ? err->message : "?");
     fx.relay = it_relay_start(fx.dir, dport, NULL);
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_set_int(fx.src, "max-bandwidth", 8 << 20);
     it_migrate(fx.src, fx.relay->port, FALSE);
     g_usleep(1500 * 1000);
 
     gint64 t0 = g_get_monotonic_time();
     cr_assert_eq(kill(fx.relay->pid, SIGTERM), 0);
     cr_assert_eq(it_relay_wait(fx.relay, 5000), 0, "a clean shutdown exits 0");
-    assert_log_has("stopping (SIGTERM)");
+    it_relay_assert_log_has(fx.relay, "stopping (SIGTERM)", LOG_WAIT_MS);
     json_object *rep = it_relay_report(fx.relay);
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
                      "interrupted: SIGTERM");
@@ -355,11 +275,11 @@ Test(relay_failures, sigint_idle)
     guint16 dport = mp_qemu_pick_free_port(&err);
     cr_assert(dport, "%s", err ? err->message : "?");
     fx.relay = it_relay_start(fx.dir, dport, NULL);
-    g_autoptr(GSocket) pending = connect_to(fx.relay->port);
+    g_autoptr(GSocket) pending = it_connect_port(fx.relay->port);
     cr_assert_eq(kill(fx.relay->pid, SIGINT), 0);
     cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
-    assert_log_has("stopping (SIGINT)");
-    assert_closed_by_relay(pending, "pending client at shutdown");
+    it_relay_assert_log_has(fx.relay, "stopping (SIGINT)", LOG_WAIT_MS);
+    it_assert_closed_by_relay(pending, "pending client at shutdown");
 }
 
 /* SIGHUP (the terminal went away) stops the relay like SIGTERM, with its
@@ -372,7 +292,7 @@ Test(relay_failures, sighup_idle)
     fx.relay = it_relay_start(fx.dir, dport, NULL);
     cr_assert_eq(kill(fx.relay->pid, SIGHUP), 0);
     cr_assert_eq(it_relay_wait(fx.relay, 5000), 0);
-    assert_log_has("stopping (SIGHUP)");
+    it_relay_assert_log_has(fx.relay, "stopping (SIGHUP)", LOG_WAIT_MS);
 }
 
 /* A stream whose RAMBlock name clears the terminal and starts a forged
@@ -381,7 +301,8 @@ Test(relay_failures, sighup_idle)
 Test(relay_failures, stream_names_escaped_in_log)
 {
     g_autoptr(GError) err = NULL;
-    guint16 dport = fake_destination();
+    guint16 dport;
+    fx.fake_dst = it_fake_destination(&dport);
     fx.relay = it_relay_start(fx.dir, dport, NULL);
     static const char evil[] = "\033[2J\nsession 1 completed";
     GByteArray *b = g_byte_array_new();
@@ -396,11 +317,13 @@ Test(relay_failures, stream_names_escaped_in_log)
     guint8 len = strlen(evil);
     g_byte_array_append(b, &len, 1);
     g_byte_array_append(b, (const guint8 *)evil, len);
-    g_autoptr(GSocket) a = connect_to(fx.relay->port);
+    g_autoptr(GSocket) a = it_connect_port(fx.relay->port);
     cr_assert_eq(g_socket_send(a, (const char *)b->data, b->len, NULL, &err),
                  (gssize)b->len);
     g_byte_array_unref(b);
-    assert_log_has("unknown RAMBlock \"\\x1b[2J\\nsession 1 completed\"");
+    it_relay_assert_log_has(
+        fx.relay, "unknown RAMBlock \"\\x1b[2J\\nsession 1 completed\"",
+        LOG_WAIT_MS);
     g_autofree char *log = it_relay_log_text(fx.relay);
     for (const char *p = log; *p; p++)
         cr_assert((guchar)*p >= 0x20 || *p == '\n',
@@ -485,7 +408,7 @@ Test(relay_failures, cancel_then_migrate_again)
     cr_assert(dport, "%s", err ? err->message : "?");
     fx.relay = it_relay_start_full(fx.dir, dport, FALSE, NULL);
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_set_int(fx.src, "max-bandwidth", 8 << 20);
     it_migrate(fx.src, fx.relay->port, FALSE);
     g_usleep(1500 * 1000);
 
@@ -505,7 +428,7 @@ Test(relay_failures, cancel_then_migrate_again)
     g_clear_pointer(&fx.dst, mp_qemu_free);
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 256 << 20);
+    it_set_int(fx.src, "max-bandwidth", 256 << 20);
     it_migrate(fx.src, fx.relay->port, FALSE);
     info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
     cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),

@@ -26,6 +26,7 @@
 #include <gio/gio.h>
 #include <criterion/criterion.h>
 #include <json-c/json.h>
+#include "itest-util.h"
 
 #define WAIT_MS 20000
 
@@ -274,22 +275,6 @@ jget(json_object *o, const char *path)
 
 static gboolean run_tool(const char *tool, const char *a1, const char *a2);
 
-static void
-remove_tree(const char *path)
-{
-    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
-    const char *n;
-    while (d && (n = g_dir_read_name(d))) {
-        g_autofree char *p = g_build_filename(path, n, NULL);
-        if (g_file_test(p, G_FILE_TEST_IS_DIR)
-            && !g_file_test(p, G_FILE_TEST_IS_SYMLINK))
-            remove_tree(p);
-        else
-            g_unlink(p);
-    }
-    g_rmdir(path);
-}
-
 /* Runs a system tool; @return TRUE if it exited 0. */
 static gboolean
 run_tool(const char *tool, const char *a1, const char *a2)
@@ -335,7 +320,7 @@ teardown(void)
         umount2(fx.tmpfs, MNT_DETACH);
         g_clear_pointer(&fx.tmpfs, g_free);
     }
-    remove_tree(fx.dir);
+    it_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 
@@ -597,7 +582,7 @@ Test(relay_files, frozen_disk_never_stalls_forwarding)
     relay_wait(fx.relay);
     relay_free(fx.relay);
     fx.relay = NULL;
-    remove_tree(cap);
+    it_remove_tree(cap);
     g_unlink(report);
     g_atomic_pointer_set(&fx.dst_bytes, 0);
 

@@ -36,6 +36,7 @@
 
 #define MIGRATE_TIMEOUT_MS (120 * 1000)
 #define RAM_BYTES          (128ull << 20)
+#define LOG_WAIT_MS        10000 /* for a line in the relay's log */
 
 static struct {
     MpQemu *src, *dst;
@@ -57,128 +58,13 @@ fx_fini(void)
     fx.relay = NULL;
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
-    if (fx.fake_dst)
-        g_socket_close(fx.fake_dst, NULL);
-    g_clear_object(&fx.fake_dst);
+    it_fake_destination_close(&fx.fake_dst);
     if (fx.dir)
         it_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 
 TestSuite(relay_strangers, .init = fx_init, .fini = fx_fini, .timeout = 300);
-
-static void
-set_int(MpQemu *q, const char *name, gint64 v)
-{
-    g_autoptr(GError) err = NULL;
-    cr_assert(mp_qemu_set_parameter_int(q, name, v, &err), "%s",
-              err ? err->message : "?");
-}
-
-/* A client of the relay from `from` (a loopback address: 127.0.0.2 is
- * another host as far as the relay can tell). */
-static GSocket *
-connect_from(const char *from, guint16 port)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GInetAddress) lo =
-        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
-    g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, port);
-    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                              G_SOCKET_PROTOCOL_TCP, &err);
-    cr_assert_not_null(s, "%s", err ? err->message : "?");
-    if (from) {
-        g_autoptr(GInetAddress) fa = g_inet_address_new_from_string(from);
-        g_autoptr(GSocketAddress) fsa = g_inet_socket_address_new(fa, 0);
-        cr_assert(g_socket_bind(s, fsa, FALSE, &err), "bind %s: %s", from,
-                  err->message);
-    }
-    g_socket_set_timeout(s, 5);
-    cr_assert(g_socket_connect(s, a, NULL, &err), "connect: %s",
-              err ? err->message : "?");
-    return s;
-}
-
-static GSocket *
-connect_to(guint16 port)
-{
-    return connect_from(NULL, port);
-}
-
-static void
-send_bytes(GSocket *s, const void *buf, gsize len)
-{
-    g_autoptr(GError) err = NULL;
-    cr_assert_eq(g_socket_send(s, buf, len, NULL, &err), (gssize)len, "%s",
-                 err ? err->message : "short send");
-}
-
-/* The relay closes `s`: a read ends (EOF or reset) before the timeout. */
-static void
-assert_closed_by_relay(GSocket *s, const char *what)
-{
-    g_autoptr(GError) err = NULL;
-    char buf[64];
-    gssize n = g_socket_receive(s, buf, sizeof(buf), NULL, &err);
-    cr_assert(
-        n == 0
-            || (n < 0
-                && !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT)),
-        "%s: the relay did not close the connection (%zd%s%s)", what, n,
-        err ? ": " : "", err ? err->message : "");
-}
-
-static void
-assert_log_has(const char *needle)
-{
-    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-    for (;;) {
-        g_autofree char *text = it_relay_log_text(fx.relay);
-        if (strstr(text, needle))
-            return;
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "no \"%s\" in the relay's log:\n%s", needle, text);
-        g_usleep(50000);
-    }
-}
-
-/* A socket listening where the relay's destination is: nothing may ever
- * connect to it. */
-static guint16
-fake_destination(void)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GInetAddress) lo =
-        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
-    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
-    fx.fake_dst = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                               G_SOCKET_PROTOCOL_TCP, &err);
-    cr_assert(fx.fake_dst && g_socket_bind(fx.fake_dst, any, TRUE, &err)
-                  && g_socket_listen(fx.fake_dst, &err),
-              "%s", err ? err->message : "?");
-    g_socket_set_blocking(fx.fake_dst, FALSE);
-    g_autoptr(GSocketAddress) bound =
-        g_socket_get_local_address(fx.fake_dst, &err);
-    return g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
-}
-
-static void
-assert_no_connection_to_destination(void)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GSocket) s = g_socket_accept(fx.fake_dst, NULL, &err);
-    cr_assert_null(s, "a client that is not QEMU reached the destination");
-    cr_assert(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK), "%s",
-              err->message);
-}
-
-/* The fake destination steps aside: the real one takes its port. */
-static void
-drop_fake_destination(void)
-{
-    g_socket_close(fx.fake_dst, NULL);
-    g_clear_object(&fx.fake_dst);
-}
 
 /* What QEMU sends first on each kind of channel, and what strangers send. */
 static const guint8 header_cmd[] = {
@@ -209,10 +95,10 @@ start_multifd_migration(const char *const *relay_args, gboolean once,
     fx.relay = it_relay_start_full(fx.dir, dport, once, relay_args);
     it_cap(fx.src, "multifd");
     it_cap(fx.dst, "multifd");
-    set_int(fx.src, "multifd-channels", 4);
-    set_int(fx.dst, "multifd-channels", 4);
+    it_set_int(fx.src, "multifd-channels", 4);
+    it_set_int(fx.dst, "multifd-channels", 4);
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", bandwidth);
+    it_set_int(fx.src, "max-bandwidth", bandwidth);
     it_migrate(fx.src, fx.relay->port, FALSE);
 }
 
@@ -259,7 +145,7 @@ Test(relay_strangers, refused_during_multifd_72)
 
     start_multifd_migration(args, TRUE, 16 << 20);
     /* QEMU's own channels are in before the strangers come */
-    assert_log_has("channel 4 is multifd");
+    it_relay_assert_log_has(fx.relay, "channel 4 is multifd", LOG_WAIT_MS);
 
     struct {
         const char *what, *from;
@@ -304,14 +190,14 @@ Test(relay_strangers, refused_during_multifd_72)
 
     GSocket *socks[G_N_ELEMENTS(s)];
     for (guint i = 0; i < G_N_ELEMENTS(s); i++) {
-        socks[i] = connect_from(s[i].from, fx.relay->port);
+        socks[i] = it_connect_from(s[i].from, fx.relay->port);
         if (s[i].len)
-            send_bytes(socks[i], s[i].bytes, s[i].len);
+            it_send_all(socks[i], s[i].bytes, s[i].len);
     }
     /* each is closed and says why; the migration goes on */
     for (guint i = 0; i < G_N_ELEMENTS(s); i++) {
-        assert_closed_by_relay(socks[i], s[i].what);
-        assert_log_has(s[i].log);
+        it_assert_closed_by_relay(socks[i], s[i].what);
+        it_relay_assert_log_has(fx.relay, s[i].log, LOG_WAIT_MS);
         g_object_unref(socks[i]);
     }
     g_autofree char *st = it_migration_status(fx.src);
@@ -330,21 +216,24 @@ Test(relay_strangers, refused_during_multifd_72)
 Test(relay_strangers, allow_limits_who_migrates)
 {
     g_autoptr(GError) err = NULL;
-    guint16 dport = fake_destination();
+    guint16 dport;
+    fx.fake_dst = it_fake_destination(&dport);
     const char *args[] = {"--allow", "192.0.2.0/24", "--allow", "127.0.0.1",
                           NULL};
 
     fx.relay = it_relay_start(fx.dir, dport, args);
     /* a whole stream header and record, from outside --allow */
-    g_autoptr(GSocket) out = connect_from("127.0.0.2", fx.relay->port);
-    send_bytes(out, header_cmd, sizeof header_cmd);
-    assert_closed_by_relay(out, "outside --allow");
-    assert_log_has("connection from 127.0.0.2: not in --allow; closed");
-    assert_no_connection_to_destination();
+    g_autoptr(GSocket) out = it_connect_from("127.0.0.2", fx.relay->port);
+    it_send_all(out, header_cmd, sizeof header_cmd);
+    it_assert_closed_by_relay(out, "outside --allow");
+    it_relay_assert_log_has(
+        fx.relay, "connection from 127.0.0.2: not in --allow; closed",
+        LOG_WAIT_MS);
+    it_assert_no_connection(fx.fake_dst);
     cr_assert(!it_relay_exited(fx.relay), "the relay exited");
 
     /* from inside: a real migration */
-    drop_fake_destination();
+    it_fake_destination_close(&fx.fake_dst);
     fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
     it_incoming(fx.dst, dport);
@@ -377,35 +266,37 @@ Test(relay_strangers, allow_rejects_bad_masks)
 
 Test(relay_strangers, once_is_not_ended_by_strangers)
 {
-    guint16 dport = fake_destination();
+    guint16 dport;
+    fx.fake_dst = it_fake_destination(&dport);
     const char *args[] = {"--handshake-timeout=500", NULL};
 
     fx.relay = it_relay_start(fx.dir, dport, args);
     /* a header, and a close */
-    g_autoptr(GSocket) a = connect_to(fx.relay->port);
-    send_bytes(a, header_cmd, 8);
+    g_autoptr(GSocket) a = it_connect_port(fx.relay->port);
+    it_send_all(a, header_cmd, 8);
     g_socket_close(a, NULL);
-    assert_log_has("a stream header and no complete record");
+    it_relay_assert_log_has(fx.relay, "a stream header and no complete record",
+                            LOG_WAIT_MS);
     /* a TLS record type and version, then garbage, and a close */
-    g_autoptr(GSocket) b = connect_to(fx.relay->port);
-    send_bytes(b, "\x16\x03\xee\x12\x34\x56garbage", 13);
+    g_autoptr(GSocket) b = it_connect_port(fx.relay->port);
+    it_send_all(b, "\x16\x03\xee\x12\x34\x56garbage", 13);
     g_socket_close(b, NULL);
-    assert_log_has("not a TLS ClientHello");
+    it_relay_assert_log_has(fx.relay, "not a TLS ClientHello", LOG_WAIT_MS);
     /* a header, and silence */
-    g_autoptr(GSocket) c = connect_to(fx.relay->port);
-    send_bytes(c, header_cmd, 8);
-    assert_closed_by_relay(c, "a header and silence");
-    assert_log_has("sent only 8 bytes");
+    g_autoptr(GSocket) c = it_connect_port(fx.relay->port);
+    it_send_all(c, header_cmd, 8);
+    it_assert_closed_by_relay(c, "a header and silence");
+    it_relay_assert_log_has(fx.relay, "sent only 8 bytes", LOG_WAIT_MS);
 
     g_usleep(300 * 1000);
-    assert_no_connection_to_destination();
+    it_assert_no_connection(fx.fake_dst);
     cr_assert(!it_relay_exited(fx.relay), "a stranger ended --once");
 
     /* A plausible ClientHello and a close: it may be a TLS migration, so
      * it reaches the destination; it went no further, so --once waits */
     guint8 hello[9 + 41] = {0x16, 0x03, 0x01, 0x00, 45, 0x01, 0, 0, 41};
-    g_autoptr(GSocket) d = connect_to(fx.relay->port);
-    send_bytes(d, hello, sizeof hello);
+    g_autoptr(GSocket) d = it_connect_port(fx.relay->port);
+    it_send_all(d, hello, sizeof hello);
     g_socket_close(d, NULL);
     g_autoptr(GSocket) at_dst = NULL;
     for (int i = 0; i < 100 && !at_dst; i++, g_usleep(20000))
@@ -413,11 +304,12 @@ Test(relay_strangers, once_is_not_ended_by_strangers)
     cr_assert_not_null(at_dst, "the ClientHello did not reach the "
                                "destination");
     g_socket_close(at_dst, NULL);
-    assert_log_has("went no further than its ClientHello");
+    it_relay_assert_log_has(fx.relay, "went no further than its ClientHello",
+                            LOG_WAIT_MS);
     g_usleep(300 * 1000);
     cr_assert(!it_relay_exited(fx.relay), "a ClientHello ended --once");
 
-    drop_fake_destination();
+    it_fake_destination_close(&fx.fake_dst);
     fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
     it_incoming(fx.dst, dport);
@@ -460,7 +352,7 @@ Test(relay_strangers, accept_backs_off_at_the_fd_limit)
     /* 100 connections held open for 1.5 s: most wait in the backlog */
     g_autoptr(GPtrArray) socks = g_ptr_array_new_with_free_func(g_object_unref);
     for (guint i = 0; i < 100; i++)
-        g_ptr_array_add(socks, connect_to(fx.relay->port));
+        g_ptr_array_add(socks, it_connect_port(fx.relay->port));
     g_usleep(1500 * 1000);
     g_autofree char *log = it_relay_log_text(fx.relay);
     guint warnings = count_lines(log, "Too many open files");
@@ -663,42 +555,6 @@ Test(relay_strangers, soak_multifd_72, .timeout = 400)
 /* ---- post-copy recovery through the relay that saw the migration ---- */
 
 static void
-start_postcopy(MpQemu *src, guint after_ms)
-{
-    g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-
-    for (;;) {
-        g_autofree char *st = it_migration_status(src);
-        cr_assert(strcmp(st, "failed") && strcmp(st, "completed"),
-                  "the migration ended (%s) before post-copy started", st);
-        if (strcmp(st, "active") == 0
-            && g_get_monotonic_time() - t0 >= after_ms * 1000ll)
-            break;
-        g_usleep(20000);
-    }
-    json_object *ret =
-        mp_qemu_execute(src, "migrate-start-postcopy", NULL, &err);
-    cr_assert_not_null(ret, "%s", err ? err->message : "?");
-    json_object_put(ret);
-}
-
-static void
-wait_status(MpQemu *q, const char *want, guint timeout_ms)
-{
-    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
-    for (;;) {
-        g_autofree char *st = it_migration_status(q);
-        if (strcmp(st, want) == 0)
-            return;
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "%s: migration status %s, waited for %s", mp_qemu_name(q), st,
-                  want);
-        g_usleep(50000);
-    }
-}
-
-static void
 qmp_uri(MpQemu *q, const char *cmd, const char *uri, gboolean resume)
 {
     g_autoptr(GError) err = NULL;
@@ -720,8 +576,8 @@ recv_bitmap_client(const char *from, const char *block)
     b[4] = 1 + n;
     b[5] = n;
     memcpy(b + 6, block, n);
-    GSocket *s = connect_from(from, fx.relay->port);
-    send_bytes(s, b, 6 + n);
+    GSocket *s = it_connect_from(from, fx.relay->port);
+    it_send_all(s, b, 6 + n);
     return s;
 }
 
@@ -742,26 +598,30 @@ Test(relay_strangers, recovery_matches_the_paused_session_72)
     it_cap(fx.src, "postcopy-ram");
     it_cap(fx.dst, "postcopy-ram");
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 32 << 20);
-    set_int(fx.src, "max-postcopy-bandwidth", 8 << 20);
+    it_set_int(fx.src, "max-bandwidth", 32 << 20);
+    it_set_int(fx.src, "max-postcopy-bandwidth", 8 << 20);
     it_migrate(fx.src, fx.relay->port, FALSE);
-    start_postcopy(fx.src, 500);
-    wait_status(fx.src, "postcopy-active", 10000);
+    it_start_postcopy(fx.src, 500);
+    it_wait_status(fx.src, "postcopy-active", 10000);
     g_usleep(500 * 1000);
 
     json_object *ret = mp_qemu_execute(fx.src, "migrate-pause", NULL, &err);
     cr_assert_not_null(ret, "migrate-pause: %s", err ? err->message : "?");
     json_object_put(ret);
-    wait_status(fx.src, "postcopy-paused", 20000);
-    wait_status(fx.dst, "postcopy-paused", 20000);
-    assert_log_has("waiting for a recovery channel");
+    it_wait_status(fx.src, "postcopy-paused", 20000);
+    it_wait_status(fx.dst, "postcopy-paused", 20000);
+    it_relay_assert_log_has(fx.relay, "waiting for a recovery channel",
+                            LOG_WAIT_MS);
 
     g_autoptr(GSocket) a = recv_bitmap_client("127.0.0.2", "pc.ram");
-    assert_closed_by_relay(a, "recovery from another address");
-    assert_log_has("another address than the migration's main channel");
+    it_assert_closed_by_relay(a, "recovery from another address");
+    it_relay_assert_log_has(
+        fx.relay, "another address than the migration's main channel",
+        LOG_WAIT_MS);
     g_autoptr(GSocket) b = recv_bitmap_client(NULL, "xx.ram");
-    assert_closed_by_relay(b, "recovery naming another block");
-    assert_log_has("not the paused migration's");
+    it_assert_closed_by_relay(b, "recovery naming another block");
+    it_relay_assert_log_has(fx.relay, "not the paused migration's",
+                            LOG_WAIT_MS);
 
     /* QEMU's own: the destination listens at the relay's --to again */
     g_autofree char *duri = g_strdup_printf("tcp:127.0.0.1:%u", dport);
@@ -774,8 +634,9 @@ Test(relay_strangers, recovery_matches_the_paused_session_72)
                      "completed", "%s\nrelay log:\n%s",
                      json_object_to_json_string(info), log);
     json_object_put(info);
-    assert_log_has("session 1: recovery channel from 127.0.0.1");
-    assert_log_has("session 1 completed");
+    it_relay_assert_log_has(
+        fx.relay, "session 1: recovery channel from 127.0.0.1", LOG_WAIT_MS);
+    it_relay_assert_log_has(fx.relay, "session 1 completed", LOG_WAIT_MS);
     cr_assert_null(strstr(log, "session 2"), "%s", log);
     g_autofree char *console = NULL;
     g_usleep(1000 * 1000);

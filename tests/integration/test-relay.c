@@ -101,36 +101,6 @@ jint(json_object *o, const char *path)
 }
 
 static void
-set_int(MpQemu *q, const char *name, gint64 v)
-{
-    g_autoptr(GError) err = NULL;
-    cr_assert(mp_qemu_set_parameter_int(q, name, v, &err), "%s",
-              err ? err->message : "?");
-}
-
-/* Starts post-copy once the migration is active and `after_ms` passed. */
-static void
-start_postcopy(MpQemu *src, guint after_ms)
-{
-    g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-
-    for (;;) {
-        g_autofree char *st = it_migration_status(src);
-        cr_assert(strcmp(st, "failed") && strcmp(st, "completed"),
-                  "the migration ended (%s) before post-copy started", st);
-        if (strcmp(st, "active") == 0
-            && g_get_monotonic_time() - t0 >= after_ms * 1000ll)
-            break;
-        g_usleep(20000);
-    }
-    json_object *ret =
-        mp_qemu_execute(src, "migrate-start-postcopy", NULL, &err);
-    cr_assert_not_null(ret, "%s", err ? err->message : "?");
-    json_object_put(ret);
-}
-
-static void
 check_metrics_file(const char *path)
 {
     g_autofree char *text = NULL;
@@ -191,8 +161,8 @@ run(const Case *c, Result *res)
         it_cap(fx.dst, c->caps[i]);
     }
     if (c->multifd_channels) {
-        set_int(fx.src, "multifd-channels", c->multifd_channels);
-        set_int(fx.dst, "multifd-channels", c->multifd_channels);
+        it_set_int(fx.src, "multifd-channels", c->multifd_channels);
+        it_set_int(fx.dst, "multifd-channels", c->multifd_channels);
     }
     if (c->multifd_compression) {
         cr_assert(mp_qemu_set_parameter_str(fx.src, "multifd-compression",
@@ -203,9 +173,10 @@ run(const Case *c, Result *res)
                   "%s", err ? err->message : "?");
     }
     it_incoming(fx.dst, dst_port);
-    set_int(fx.src, "max-bandwidth", c->bandwidth ? c->bandwidth : 256 << 20);
+    it_set_int(fx.src, "max-bandwidth",
+               c->bandwidth ? c->bandwidth : 256 << 20);
     if (c->downtime_ms)
-        set_int(fx.src, "downtime-limit", c->downtime_ms);
+        it_set_int(fx.src, "downtime-limit", c->downtime_ms);
     if (c->zero_page_detection)
         cr_assert(mp_qemu_set_parameter_str(fx.src, "zero-page-detection",
                                             c->zero_page_detection, &err),
@@ -214,11 +185,11 @@ run(const Case *c, Result *res)
      * loopback, before the destination guest may touch a missing page;
      * slower, it surely does (page requests > 0) */
     if (c->postcopy_after_ms)
-        set_int(fx.src, "max-postcopy-bandwidth", 16 << 20);
+        it_set_int(fx.src, "max-postcopy-bandwidth", 16 << 20);
 
     it_migrate(fx.src, fx.relay->port, c->blk);
     if (c->postcopy_after_ms)
-        start_postcopy(fx.src, c->postcopy_after_ms);
+        it_start_postcopy(fx.src, c->postcopy_after_ms);
     res->src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
     g_autofree char *log = it_relay_log_text(fx.relay);
     cr_assert_str_eq(json_object_get_string(it_jget(res->src, "status")),
@@ -821,21 +792,6 @@ Test(relay, block_72)
     result_clear(&r);
 }
 
-static void
-wait_status(MpQemu *q, const char *want, guint timeout_ms)
-{
-    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
-    for (;;) {
-        g_autofree char *st = it_migration_status(q);
-        if (strcmp(st, want) == 0)
-            return;
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "%s: migration status %s, waited for %s", mp_qemu_name(q), st,
-                  want);
-        g_usleep(50000);
-    }
-}
-
 /* Post-copy recovery: the relay dies in post-copy, both QEMUs pause, and
  * the migration resumes through a new relay over a new main connection
  * that carries no header (stream reference 8.4). */
@@ -852,17 +808,17 @@ Test(relay, postcopy_recovery_72)
     it_cap(fx.src, "postcopy-ram");
     it_cap(fx.dst, "postcopy-ram");
     it_incoming(fx.dst, dport);
-    set_int(fx.src, "max-bandwidth", 32 << 20);
-    set_int(fx.src, "max-postcopy-bandwidth", 8 << 20);
+    it_set_int(fx.src, "max-bandwidth", 32 << 20);
+    it_set_int(fx.src, "max-postcopy-bandwidth", 8 << 20);
     it_migrate(fx.src, fx.relay->port, FALSE);
-    start_postcopy(fx.src, 500);
-    wait_status(fx.src, "postcopy-active", 10000);
+    it_start_postcopy(fx.src, 500);
+    it_wait_status(fx.src, "postcopy-active", 10000);
     g_usleep(1000 * 1000);
 
     /* the connection breaks: both sides pause */
     kill(fx.relay->pid, SIGKILL);
-    wait_status(fx.src, "postcopy-paused", 20000);
-    wait_status(fx.dst, "postcopy-paused", 20000);
+    it_wait_status(fx.src, "postcopy-paused", 20000);
+    it_wait_status(fx.dst, "postcopy-paused", 20000);
 
     /* resume through a new relay */
     guint16 dport2 = mp_qemu_pick_free_port(&err);
