@@ -41,6 +41,16 @@ refuse(MpAdmitInfo *out, const char *fmt, ...)
     return out->kind = MP_ADMIT_REFUSE;
 }
 
+/* Too few bytes to tell yet: wait for more, or, when the peer has closed
+ * and none will come, refuse saying where its bytes stopped. */
+static MpAdmitKind
+cut_short(MpAdmitInfo *out, gboolean closed, gsize len, const char *where)
+{
+    if (!closed)
+        return out->kind = MP_ADMIT_MORE;
+    return refuse(out, "closed after %zu bytes, %s", len, where);
+}
+
 /* A block name as QEMU writes it: printable ASCII, no NUL. */
 static gboolean
 printable_name(const guint8 *p, gsize n)
@@ -75,11 +85,7 @@ static MpAdmitKind
 classify_main(const guint8 *buf, gsize len, gboolean closed, MpAdmitInfo *out)
 {
     if (len < 8)
-        return closed ? refuse(out,
-                               "closed after %zu bytes, before a stream "
-                               "header",
-                               len)
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len, "before a stream header");
     guint32 version = mp_be32(buf + 4);
     if (version != MP_QMIG_FILE_VERSION)
         return refuse(out, "migration stream version %u (QEMU writes 3)",
@@ -115,11 +121,7 @@ static MpAdmitKind
 classify_tls(const guint8 *buf, gsize len, gboolean closed, MpAdmitInfo *out)
 {
     if (len < 9)
-        return closed ? refuse(out,
-                               "closed after %zu bytes, inside a TLS "
-                               "record header",
-                               len)
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len, "inside a TLS record header");
     guint16 rec_len = mp_be16(buf + 3);
     guint32 hs_len = (guint32)buf[6] << 16 | buf[7] << 8 | buf[8];
     if (buf[1] != 0x03 || buf[2] > 0x04 || rec_len < 4
@@ -139,11 +141,8 @@ classify_multifd(const guint8 *buf, gsize len, gboolean closed,
                  MpAdmitInfo *out)
 {
     if (len < 64)
-        return closed ? refuse(out,
-                               "closed after %zu bytes, inside a "
-                               "multifd initial packet (64 bytes)",
-                               len)
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len,
+                         "inside a multifd initial packet (64 bytes)");
     out->mfd_version = mp_be32(buf + 4);
     if (out->mfd_version != MP_MULTIFD_VERSION)
         return refuse(out,
@@ -162,11 +161,7 @@ classify_recovery(const guint8 *buf, gsize len, gboolean closed,
                   MpAdmitInfo *out)
 {
     if (len < 5)
-        return closed ? refuse(out,
-                               "closed after %zu bytes, inside a "
-                               "command",
-                               len)
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len, "inside a command");
     guint16 cmd = mp_be16(buf + 1), cmd_len = mp_be16(buf + 3);
     if (cmd == MP_QMIG_CMD_POSTCOPY_RESUME && cmd_len == 0)
         return out->kind = MP_ADMIT_RECOVERY;
@@ -176,15 +171,13 @@ classify_recovery(const guint8 *buf, gsize len, gboolean closed,
                       "with RECV_BITMAP (10) or POSTCOPY_RESUME (9)",
                       cmd);
     if (len < 6)
-        return closed ? refuse(out, "closed inside a RECV_BITMAP command")
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len, "inside a RECV_BITMAP command");
     guint8 n = buf[5];
     if (cmd_len != 1u + n || n == 0)
         return refuse(out, "RECV_BITMAP of length %u for a name of %u bytes",
                       cmd_len, n);
     if (len < 6u + n)
-        return closed ? refuse(out, "closed inside a RECV_BITMAP command")
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len, "inside a RECV_BITMAP command");
     if (!printable_name(buf + 6, n))
         return refuse(out, "RECV_BITMAP names no RAM block (unprintable)");
     memcpy(out->block, buf + 6, n);
@@ -200,8 +193,8 @@ classify_preempt(const guint8 *buf, gsize len, gboolean closed,
 {
     const char *what = "not a QEMU migration stream";
     if (len < 9)
-        return closed ? refuse(out, "%s (closed after %zu bytes)", what, len)
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len,
+                         "inside a RAM record (not a QEMU migration stream)");
     guint64 v = mp_be64(buf);
     guint32 flags = v & (MP_TARGET_PAGE_SIZE - 1);
     if ((flags != MP_RAM_SAVE_FLAG_PAGE && flags != MP_RAM_SAVE_FLAG_ZERO)
@@ -209,8 +202,8 @@ classify_preempt(const guint8 *buf, gsize len, gboolean closed,
         return refuse(out, "%s", what);
     guint8 n = buf[8];
     if (len < 9u + n)
-        return closed ? refuse(out, "%s (closed after %zu bytes)", what, len)
-                      : (out->kind = MP_ADMIT_MORE);
+        return cut_short(out, closed, len,
+                         "inside a RAM record (not a QEMU migration stream)");
     if (!printable_name(buf + 9, n))
         return refuse(out, "%s", what);
     memcpy(out->block, buf + 9, n);
