@@ -435,3 +435,20 @@ it_assert_same_ram(MpQemu *a, MpQemu *b, guint64 ram_bytes, const char *tmpdir)
     it_assert_ram_equals(b, path, ram_bytes, tmpdir);
     g_unlink(path);
 }
+
+void
+it_relay_migrate_72(ItRelay *r, guint16 dport, MpQemu **src, MpQemu **dst,
+                    const char *dir)
+{
+    *src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
+    *dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    it_incoming(*dst, dport);
+    it_migrate(*src, r->port, FALSE);
+    json_object *info = it_wait_final(*src, 120 * 1000);
+    g_autofree char *log = it_relay_log_text(r);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "relay log:\n%s", log);
+    json_object_put(info);
+    cr_assert_eq(it_relay_wait(r, 30000), 0);
+    it_assert_same_ram(*src, *dst, 128ull << 20, dir);
+}

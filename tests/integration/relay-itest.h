@@ -105,3 +105,11 @@ double it_jnum(json_object *doc, const char *path);
  * `b`'s is the same. */
 void it_assert_same_ram(MpQemu *a, MpQemu *b, guint64 ram_bytes,
                         const char *tmpdir);
+
+/* A real migration through `r` (started with --once) after strangers
+ * were refused: QEMU 7.2, a 128 MiB workload guest, to a destination on
+ * `dport`.  Asserts the source completed, the relay exited 0 and the
+ * destination's memory is the source's.  *src and *dst are the caller's
+ * to free (a fixture's, so that a failed assertion still cleans up). */
+void it_relay_migrate_72(ItRelay *r, guint16 dport, MpQemu **src,
+                         MpQemu **dst, const char *dir);

@@ -158,16 +158,7 @@ Test(relay_failures, not_qemu_clients)
     /* and it still serves: a real migration, the destination QEMU taking
      * over the port */
     it_fake_destination_close(&fx.fake_dst);
-    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
-    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
-    it_incoming(fx.dst, dport);
-    it_migrate(fx.src, fx.relay->port, FALSE);
-    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
-                     "completed");
-    json_object_put(info);
-    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
-    it_assert_same_ram(fx.src, fx.dst, 128ull << 20, fx.dir);
+    it_relay_migrate_72(fx.relay, dport, &fx.src, &fx.dst, fx.dir);
 }
 
 Test(relay_failures, destination_refused)

@@ -234,16 +234,7 @@ Test(relay_strangers, allow_limits_who_migrates)
 
     /* from inside: a real migration */
     it_fake_destination_close(&fx.fake_dst);
-    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
-    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
-    it_incoming(fx.dst, dport);
-    it_migrate(fx.src, fx.relay->port, FALSE);
-    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
-                     "completed");
-    json_object_put(info);
-    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
-    it_assert_same_ram(fx.src, fx.dst, RAM_BYTES, fx.dir);
+    it_relay_migrate_72(fx.relay, dport, &fx.src, &fx.dst, fx.dir);
 }
 
 Test(relay_strangers, allow_rejects_bad_masks)
@@ -310,15 +301,7 @@ Test(relay_strangers, once_is_not_ended_by_strangers)
     cr_assert(!it_relay_exited(fx.relay), "a ClientHello ended --once");
 
     it_fake_destination_close(&fx.fake_dst);
-    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
-    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
-    it_incoming(fx.dst, dport);
-    it_migrate(fx.src, fx.relay->port, FALSE);
-    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
-                     "completed");
-    json_object_put(info);
-    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    it_relay_migrate_72(fx.relay, dport, &fx.src, &fx.dst, fx.dir);
     /* session 1 was the ClientHello */
     json_object *rep = it_relay_session_report(fx.relay, 2);
     cr_assert_eq(json_object_get_int64(it_jget(rep, "session")), 2);
@@ -365,17 +348,7 @@ Test(relay_strangers, accept_backs_off_at_the_fd_limit)
     g_ptr_array_set_size(socks, 0);
 
     /* and a migration afterwards */
-    fx.src = it_start_workload("7.2", NULL, 128, "mem=32M", NULL);
-    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
-    it_incoming(fx.dst, dport);
-    it_migrate(fx.src, fx.relay->port, FALSE);
-    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
-    g_free(log);
-    log = it_relay_log_text(fx.relay);
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
-                     "completed", "relay log:\n%s", log);
-    json_object_put(info);
-    cr_assert_eq(it_relay_wait(fx.relay, 30000), 0);
+    it_relay_migrate_72(fx.relay, dport, &fx.src, &fx.dst, fx.dir);
 }
 
 /* ---- soak ---- */
