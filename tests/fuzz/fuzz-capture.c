@@ -1,5 +1,5 @@
 /* fuzz-capture.c: libFuzzer target for reading a capture directory
- * (src/capture-read.c, docs/capture-format.md), as `migproxy analyze DIR`
+ * (src/io/capture-read.c, docs/capture-format.md), as `migproxy analyze DIR`
  * does.
  *
  * Input: be16 n, then n bytes of index.json; a byte k, then k 16-byte

@@ -1,4 +1,4 @@
-/* test-qemu-harness.c: the QEMU harness (src/qemu-process.c, qmp-client.c)
+/* test-qemu-harness.c: the QEMU harness (src/qemu/qemu-process.c, qmp-client.c)
  * against real QEMU 7.2 and 10.0 under TCG.
  *
  * Each migration case starts a source (128 MiB, no kernel: SeaBIOS runs

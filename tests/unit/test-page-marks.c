@@ -1,5 +1,5 @@
 /* test-page-marks.c: the per-page sent marks behind dirty-page counting
- * (src/page-marks.c). */
+ * (src/analysis/page-marks.c). */
 #include "config.h"
 #include <criterion/criterion.h>
 #include "page-marks.h"
