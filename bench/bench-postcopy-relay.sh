@@ -8,6 +8,7 @@
 #   bench/bench-postcopy-relay.sh [--rounds 3] [--qemu 10.0,7.2]
 #                                 [--rate 95mbit] [--queue 1G] [--out DIR]
 #                                 [--labels direct,relay,relay-prio]
+#                                 [--before BIN]
 #
 # Configurations (each with and without postcopy-preempt):
 #   direct      source -> destination over the shaped link
@@ -15,11 +16,15 @@
 #   relay-prio  through the relay with --rate RATE --queue SIZE (priority)
 #   relay-auto  through the relay with no options (priority, the queue
 #               sized from the guest's RAM, the pace from the measured rate)
+#   before      as relay-auto, with the binary given by --before BIN (an
+#               older build), so that a change is measured against its
+#               parent in the same rounds
 # Everything else is bench/bench-postcopy.sh's (link 100 Mbit/s, Linux
 # guest 512 MiB, post-copy after 2 s).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=3 qemus=10.0,7.2 rate=95mbit queue=1G out= labels=direct,relay,relay-prio
+before=
 while [[ $# -gt 0 ]]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -28,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     --queue) queue=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --labels) labels=$2; shift 2 ;;
+    --before) before=$(realpath "$2"); shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench-postcopy-relay: unknown option $1" >&2; exit 2 ;;
     esac
@@ -36,7 +42,12 @@ out=${out:-$(mktemp -d /tmp/bench-postcopy-relay.XXXXXX)}
 mkdir -p "$out"
 ninja -C "$ROOT/build" src/migproxy >&2
 MIGPROXY=$ROOT/build/src/migproxy
-relay="$MIGPROXY relay --listen {listen_host}:{listen_port} --to {to_host}:{to_port} --once --quiet --report {run_dir}/report.json"
+relay_args="relay --listen {listen_host}:{listen_port} --to {to_host}:{to_port} --once --quiet --report {run_dir}/report.json"
+relay="$MIGPROXY $relay_args"
+if [[ $labels == *before* && -z $before ]]; then
+    echo "bench-postcopy-relay: the label 'before' needs --before BIN" >&2
+    exit 2
+fi
 
 for ((i = 0; i < rounds; i++)); do
     for q in ${qemus//,/ }; do
@@ -47,6 +58,7 @@ for ((i = 0; i < rounds; i++)); do
             relay) args+=(--relay "$relay --no-priority") ;;
             relay-prio) args+=(--relay "$relay --rate $rate --queue $queue") ;;
             relay-auto) args+=(--relay "$relay") ;;
+            before) args+=(--relay "$before $relay_args") ;;
             esac
             echo "bench-postcopy-relay: round $((i + 1))/$rounds, QEMU $q, $label" >&2
             "$ROOT/bench/bench-postcopy.sh" "${args[@]}" >/dev/null \
@@ -63,7 +75,8 @@ spec.loader.exec_module(bp)
 results = []
 for path in sorted(glob.glob(sys.argv[2] + "/*.json")):
     results += json.load(open(path))
-order = {"direct": 0, "relay": 1, "relay-prio": 2, "relay-auto": 3}
+order = {"direct": 0, "relay": 1, "relay-prio": 2, "before": 3,
+         "relay-auto": 4}
 results.sort(key=lambda r: (r["qemu"], order.get(r["label"], 9), r["preempt"]))
 print(bp.table(results))
 PY
