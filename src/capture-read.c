@@ -14,7 +14,8 @@
 #include "capture-read.h"
 #include "parse-common.h"
 #include "record-format.h"
-#include "relay-metrics.h"
+#include "metrics.h"
+#include "metrics-report.h"
 #include "session-tap.h"
 #include "stream-input.h"
 
@@ -47,7 +48,7 @@ typedef struct {
 
 typedef struct {
     const char *dir;
-    MpRelayMetrics *metrics;
+    MpMetrics *metrics;
     MpSessionTap *tap;
     GArray *cursors; /* Cursor */
     GString *line;
@@ -74,7 +75,7 @@ fail(Replay *r, const char *fmt, ...)
     va_end(ap);
     GError *err = g_error_new(G_FILE_ERROR, G_FILE_ERROR_FAILED,
                               "capture %s: %s", r->dir, msg);
-    mp_analysis_error(mp_relay_metrics_analysis(r->metrics), err);
+    mp_analysis_error(mp_metrics_analysis(r->metrics), err);
     g_error_free(err);
     r->failed = TRUE;
 }
@@ -306,7 +307,7 @@ find_vmdesc(Replay *r, json_object *chans)
             return NULL;
         MpVmdesc *vd = mp_vmdesc_new((const char *)t + off, len, &err);
         if (!vd)
-            mp_analysis_anomaly(mp_relay_metrics_analysis(r->metrics),
+            mp_analysis_anomaly(mp_metrics_analysis(r->metrics),
                                 "%s; device sections are not sliced",
                                 err->message);
         return vd;
@@ -356,7 +357,7 @@ replay(Replay *r)
         }
         mp_session_tap_feed(r->tap, c->channel, c->dir, buf, len, t);
     }
-    mp_relay_metrics_finish(r->metrics, last, NULL);
+    mp_metrics_finish(r->metrics, last, NULL);
 }
 
 /* A JSON file (index.json, s<S>.json), if it is a regular file of at
@@ -491,13 +492,10 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                 sj = s;
         }
     }
-    MpRelayMetricsConfig cfg = {
-        .session = sj ? jint(sj, "session", 0) : session,
-        .start_wall_us = sj ? jint(sj, "start_unix_us", 0) : 0,
-    };
-    r.session = cfg.session;
-    r.metrics = mp_relay_metrics_new(&cfg, 0);
-    r.tap = mp_session_tap_new(r.metrics, cfg.session);
+    r.session = sj ? jint(sj, "session", 0) : session;
+    r.metrics = mp_metrics_new(r.session,
+                               sj ? jint(sj, "start_unix_us", 0) : 0, 0);
+    r.tap = mp_session_tap_new(r.metrics, r.session);
     mp_session_tap_set_logging(r.tap, FALSE);
     r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
     g_array_set_clear_func(r.cursors, cursor_clear);
@@ -521,7 +519,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                      : "index.json lists no session%u",
              session);
     else if (!(chans = jarray(sj, "channels")))
-        fail(&r, "session %u lists no channels", cfg.session);
+        fail(&r, "session %u lists no channels", r.session);
 
     if (chans) {
         g_autoptr(MpVmdesc) vmdesc = find_vmdesc(&r, chans);
@@ -534,7 +532,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
         if (!json_object_is_type(cj, json_type_object)) {
             fail(&r, "session %u: channel entry %zu is not an object",
-                 cfg.session, i);
+                 r.session, i);
             continue;
         }
         gint64 number = jint(cj, "channel", i);
@@ -544,7 +542,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
             fail(&r,
                  "session %u: channel number %" G_GINT64_FORMAT
                  " at position %zu (0 to %zu, each once, expected)",
-                 cfg.session, number, i, n_chans - 1);
+                 r.session, number, i, n_chans - 1);
             continue;
         }
         seen[number] = TRUE;
@@ -569,9 +567,9 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (chans)
         replay(&r);
     else
-        mp_relay_metrics_finish(r.metrics, 0, "unreadable capture");
+        mp_metrics_finish(r.metrics, 0, "unreadable capture");
 
-    json_object *doc = mp_relay_metrics_report(r.metrics), *errs;
+    json_object *doc = mp_metrics_report(r.metrics), *errs;
     json_object_object_add(doc, "capture", json_object_new_string(dir));
     json_object_object_add(doc, "capture_sessions", numbers);
     /* the relay's capture stopped early (disk full, ...): say so */
@@ -585,7 +583,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     g_array_free(r.cursors, TRUE);
     g_string_free(r.line, TRUE);
     mp_session_tap_free(r.tap);
-    mp_relay_metrics_free(r.metrics);
+    mp_metrics_free(r.metrics);
     json_object_put(index);
     json_object_put(sj_file);
     return doc;

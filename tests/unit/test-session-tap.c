@@ -5,7 +5,8 @@
 #include <string.h>
 #include <criterion/criterion.h>
 #include "analyze-file.h"
-#include "relay-metrics.h"
+#include "metrics.h"
+#include "metrics-report.h"
 #include "session-tap.h"
 #include "stream-input.h"
 
@@ -71,8 +72,7 @@ jint(json_object *o, const char *path)
 static json_object *
 tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
     g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
     gsize off = 0;
     gint64 now = 0;
@@ -87,8 +87,8 @@ tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
     cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MAIN);
     mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", now);
     mp_session_tap_end(t, 0, MP_DIR_TO_SRC, "fin", now);
-    mp_relay_metrics_finish(m, now, NULL);
-    return mp_relay_metrics_report(m);
+    mp_metrics_finish(m, now, NULL);
+    return mp_metrics_report(m);
 }
 
 static void
@@ -139,8 +139,7 @@ Test(session_tap, xbzrle_72_like_the_file)
 /* A parser that cannot follow marks the channel partial and counts on. */
 Test(session_tap, garbage_after_the_header_is_partial)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
     g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
     guint8 junk[4096];
     memset(junk, 0xee, sizeof(junk));
@@ -150,8 +149,8 @@ Test(session_tap, garbage_after_the_header_is_partial)
     mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
     mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
     mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", 4);
-    mp_relay_metrics_finish(m, 4, NULL);
-    json_object *rep = mp_relay_metrics_report(m), *ch, *v;
+    mp_metrics_finish(m, 4, NULL);
+    json_object *rep = mp_metrics_report(m), *ch, *v;
     json_object_object_get_ex(rep, "channels", &ch);
     ch = json_object_array_get_idx(ch, 0);
     json_object_object_get_ex(ch, "partial", &v);
@@ -170,8 +169,7 @@ Test(session_tap, garbage_after_the_header_is_partial)
  * parsed as one even though no main channel came first. */
 Test(session_tap, kind_told_by_the_relay)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
     g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
 
     mp_session_tap_add(t, 0, "test", 0);
@@ -184,8 +182,8 @@ Test(session_tap, kind_told_by_the_relay)
     mp_session_tap_set_kind(t, 1, MP_CHAN_MAIN, 1);
     mp_session_tap_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
     cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
-    mp_relay_metrics_finish(m, 3, NULL);
-    json_object *rep = mp_relay_metrics_report(m), *ch;
+    mp_metrics_finish(m, 3, NULL);
+    json_object *rep = mp_metrics_report(m), *ch;
     json_object_object_get_ex(rep, "channels", &ch);
     json_object *k;
     json_object_object_get_ex(json_object_array_get_idx(ch, 0), "kind", &k);
