@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <gio/gio.h>
+#include "address.h"
 #include "capture.h"
 #include "out-file.h"
 #include "filter-zero.h"
@@ -1257,16 +1258,6 @@ resolve(const char *what, const char *hostport, GError **error)
     return sa;
 }
 
-static char *
-address_string(GSocketAddress *a)
-{
-    g_autofree char *ip = g_inet_address_to_string(
-        g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(a)));
-    guint16 port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(a));
-    return strchr(ip, ':') ? g_strdup_printf("[%s]:%u", ip, port)
-                           : g_strdup_printf("%s:%u", ip, port);
-}
-
 MpRelay *
 mp_relay_new(const MpRelayOptions *opt, GError **error)
 {
@@ -1318,7 +1309,7 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
     bound = g_socket_get_local_address(r->listener, error);
     if (!bound)
         return NULL;
-    r->listen_addr = address_string(bound);
+    r->listen_addr = mp_address_string(bound);
     if (r->metrics_path) {
         r->metrics_file = mp_out_lines_new(r->metrics_path, error);
         if (!r->metrics_file) {
