@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <glib/gstdio.h>
 #include "capture-read.h"
+#include "json-util.h"
 #include "parse-common.h"
 #include "record-format.h"
 #include "metrics.h"
@@ -78,34 +79,6 @@ fail(Replay *r, const char *fmt, ...)
     mp_analysis_error(mp_metrics_analysis(r->metrics), err);
     g_error_free(err);
     r->failed = TRUE;
-}
-
-static const char *
-jstr(json_object *o, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v)
-                                                 : NULL;
-}
-
-/* `key`'s value if it is a list, else NULL (json-c's array calls abort on
- * anything else, and index.json is only what the file says). */
-static json_object *
-jarray(json_object *o, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v)
-                   && json_object_is_type(v, json_type_array)
-               ? v
-               : NULL;
-}
-
-static gint64
-jint(json_object *o, const char *key, gint64 dflt)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v) && v ? json_object_get_int64(v)
-                                                      : dflt;
 }
 
 /* Entry i's fields; idx_load() made it readable. */
@@ -191,7 +164,8 @@ idx_load(Replay *r, Cursor *c, gsize i)
 static gboolean
 open_cursor(Replay *r, Cursor *c, json_object *dj)
 {
-    const char *file = jstr(dj, "file"), *index = jstr(dj, "index");
+    const char *file = mp_json_string(dj, "file"),
+               *index = mp_json_string(dj, "index");
     const char *why;
     guint64 len;
     int fd;
@@ -285,12 +259,13 @@ find_vmdesc(Replay *r, json_object *chans)
 {
     for (size_t i = 0; i < json_object_array_length(chans); i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
-        if (g_strcmp0(jstr(cj, "kind"), "main") != 0
+        if (g_strcmp0(mp_json_string(cj, "kind"), "main") != 0
             || !json_object_object_get_ex(cj, "to_dst", &dj)
-            || !jstr(dj, "file") || strchr(jstr(dj, "file"), '/'))
+            || !mp_json_string(dj, "file")
+            || strchr(mp_json_string(dj, "file"), '/'))
             continue;
         g_autofree char *path =
-            g_build_filename(r->dir, jstr(dj, "file"), NULL);
+            g_build_filename(r->dir, mp_json_string(dj, "file"), NULL);
         g_autoptr(GError) err = NULL;
         const char *why;
         guint64 file_size;
@@ -479,22 +454,22 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     json_object *sj = NULL, *chans = NULL, *sj_file = NULL;
     Replay r = {.dir = dir};
     json_object *numbers = json_object_new_array();
-    gint64 version = index ? jint(index, "version", 0) : 0;
+    gint64 version = index ? mp_json_int_or(index, "version", 0) : 0;
 
     if (version == 2)
         sj = sj_file = load_session_file(dir, session, numbers);
-    else if (index && (sessions = jarray(index, "sessions"))) {
+    else if (index && (sessions = mp_json_array(index, "sessions"))) {
         for (size_t i = 0; i < json_object_array_length(sessions); i++) {
             json_object *s = json_object_array_get_idx(sessions, i);
-            guint n = jint(s, "session", 0);
+            guint n = mp_json_int_or(s, "session", 0);
             json_object_array_add(numbers, json_object_new_int(n));
             if (!sj && (session == 0 || n == session))
                 sj = s;
         }
     }
-    r.session = sj ? jint(sj, "session", 0) : session;
-    r.metrics = mp_metrics_new(r.session,
-                               sj ? jint(sj, "start_unix_us", 0) : 0, 0);
+    r.session = sj ? mp_json_int_or(sj, "session", 0) : session;
+    r.metrics = mp_metrics_new(
+        r.session, sj ? mp_json_int_or(sj, "start_unix_us", 0) : 0, 0);
     r.tap = mp_session_tap_new(r.metrics, r.session);
     mp_session_tap_set_logging(r.tap, FALSE);
     r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
@@ -506,7 +481,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (index_why)
         fail(&r, "%s", index_why);
     else if (!index
-             || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
+             || g_strcmp0(mp_json_string(index, "format"), "migproxy-capture")
+                    != 0)
         fail(&r, "index.json is missing or not a migproxy capture index");
     else if (version != 1 && version != 2)
         fail(&r,
@@ -518,7 +494,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
              session ? "no session %u in index.json"
                      : "index.json lists no session%u",
              session);
-    else if (!(chans = jarray(sj, "channels")))
+    else if (!(chans = mp_json_array(sj, "channels")))
         fail(&r, "session %u lists no channels", r.session);
 
     if (chans) {
@@ -535,7 +511,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                  r.session, i);
             continue;
         }
-        gint64 number = jint(cj, "channel", i);
+        gint64 number = mp_json_int_or(cj, "channel", i);
         /* channels are numbered 0, 1, ... in the session: any other
          * number would size the tables by what the file claims */
         if (number < 0 || (guint64)number >= n_chans || seen[number]) {
@@ -547,8 +523,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
         }
         seen[number] = TRUE;
         guint channel = (guint)number;
-        mp_session_tap_add(r.tap, channel, jstr(cj, "peer"),
-                           jint(cj, "open_us", 0));
+        mp_session_tap_add(r.tap, channel, mp_json_string(cj, "peer"),
+                           mp_json_int_or(cj, "open_us", 0));
         for (int d = 0; d < MP_DIR__MAX; d++) {
             if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
                 continue;
@@ -557,9 +533,9 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                 cursor_clear(&c);
                 continue;
             }
-            if (jstr(dj, "end")) {
-                c.end = g_strdup(jstr(dj, "end"));
-                c.end_us = jint(dj, "end_us", 0);
+            if (mp_json_string(dj, "end")) {
+                c.end = g_strdup(mp_json_string(dj, "end"));
+                c.end_us = mp_json_int_or(dj, "end_us", 0);
             }
             g_array_append_val(r.cursors, c);
         }
@@ -573,7 +549,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     json_object_object_add(doc, "capture", json_object_new_string(dir));
     json_object_object_add(doc, "capture_sessions", numbers);
     /* the relay's capture stopped early (disk full, ...): say so */
-    const char *cap_err = sj ? jstr(sj, "capture_error") : NULL;
+    const char *cap_err = sj ? mp_json_string(sj, "capture_error") : NULL;
     if (cap_err)
         json_object_object_add(doc, "capture_error",
                                json_object_new_string(cap_err));

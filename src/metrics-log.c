@@ -1,5 +1,6 @@
 /* metrics-log.c: log lines of the metrics model (see metrics-log.h). */
 #include "config.h"
+#include "json-util.h"
 #include "metrics-log.h"
 
 static void
@@ -11,13 +12,6 @@ on_phase(MpMetricsObserver *self, const MpMetrics *m, const char *phase,
               mp_metrics_rel(m, now_us) / 1e6);
 }
 
-static gint64
-member_int(json_object *o, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
-}
-
 static void
 on_round(MpMetricsObserver *self, const MpMetrics *m, guint round,
          gint64 now_us)
@@ -27,11 +21,14 @@ on_round(MpMetricsObserver *self, const MpMetrics *m, guint round,
     (void)self, (void)now_us;
     if (!r)
         return;
-    g_message("session %u: round %u: %" G_GINT64_FORMAT
-              " pages (%" G_GINT64_FORMAT " dirty), %.1f MiB in %.0f ms",
-              mp_metrics_session(m), round, member_int(r, "pages"),
-              member_int(r, "dirty_pages"), member_int(r, "bytes") / 1048576.0,
-              (member_int(r, "end_us") - member_int(r, "start_us")) / 1000.0);
+    g_message(
+        "session %u: round %u: %" G_GINT64_FORMAT " pages (%" G_GINT64_FORMAT
+        " dirty), %.1f MiB in %.0f ms",
+        mp_metrics_session(m), round, mp_json_int_or(r, "pages", 0),
+        mp_json_int_or(r, "dirty_pages", 0),
+        mp_json_int_or(r, "bytes", 0) / 1048576.0,
+        (mp_json_int_or(r, "end_us", 0) - mp_json_int_or(r, "start_us", 0))
+            / 1000.0);
     json_object_put(r);
 }
 

@@ -1,6 +1,7 @@
 /* metrics-report.c: the report document of the metrics model (see
  * metrics-report.h and docs/relay.md). */
 #include "config.h"
+#include "json-util.h"
 #include "metrics-report.h"
 
 json_object *
@@ -108,12 +109,8 @@ phases_json(const MpMetrics *m, json_object *doc)
 
     if (!json_object_object_get_ex(doc, "phase_start_us", &starts))
         return phases;
-    for (guint i = 0; i < G_N_ELEMENTS(order); i++) {
-        json_object *v;
-        st[i] = json_object_object_get_ex(starts, order[i], &v) && v
-                    ? json_object_get_int64(v)
-                    : -1;
-    }
+    for (guint i = 0; i < G_N_ELEMENTS(order); i++)
+        st[i] = mp_json_int_or(starts, order[i], -1);
     for (guint i = 0; i < G_N_ELEMENTS(order); i++) {
         if (st[i] < 0)
             continue;
