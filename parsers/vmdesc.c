@@ -87,7 +87,6 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
 
     g_autoptr(MpVmdesc) vd = g_new0(MpVmdesc, 1);
     json_tokener *tok = json_tokener_new_ex(64);
-    json_object *devices;
     gint64 ps = 0;
 
     vd->ref = 1;
@@ -103,8 +102,8 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
     json_tokener_free(tok);
     if (mp_json_int(vd->root, "page_size", &ps) && ps > 0 && ps <= G_MAXUINT32)
         vd->page_size = ps;
-    if (!json_object_object_get_ex(vd->root, "devices", &devices)
-        || !json_object_is_type(devices, json_type_array)) {
+    json_object *devices = mp_json_array(vd->root, "devices");
+    if (!devices) {
         g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_DECODE,
                     "vmdesc: no \"devices\" array");
         return NULL;

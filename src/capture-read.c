@@ -20,8 +20,7 @@
 #include "session-tap.h"
 #include "stream-input.h"
 
-#define MAX_CHUNK   (64u << 20) /* the relay reads at most 1 MiB at once */
-#define TAIL_SEARCH (16u << 20) /* the vmdesc is well below this */
+#define MAX_CHUNK (64u << 20) /* the relay reads at most 1 MiB at once */
 /* index.json: 300 bytes a session and 400 a channel, so 40 000 channels;
  * its parse is bounded by MP_JSON_MAX_HEAP too */
 #define MAX_INDEX_JSON (16u << 20)
@@ -273,15 +272,9 @@ find_vmdesc(Replay *r, json_object *chans)
         if (fd < 0)
             return NULL; /* open_cursor() says why */
         close(fd);
-        g_autoptr(GBytes) tail = mp_input_read_tail(path, TAIL_SEARCH, NULL);
-        gsize size, off, len;
-        if (!tail)
-            return NULL;
-        const guint8 *t = g_bytes_get_data(tail, &size);
-        if (!mp_vmdesc_locate(t, size, &off, &len))
-            return NULL;
-        MpVmdesc *vd = mp_vmdesc_new((const char *)t + off, len, &err);
-        if (!vd)
+        /* (a capture's data files are raw bytes) */
+        MpVmdesc *vd = mp_input_find_vmdesc(path, FALSE, &err);
+        if (err)
             mp_analysis_anomaly(mp_metrics_analysis(r->metrics),
                                 "%s; device sections are not sliced",
                                 err->message);
