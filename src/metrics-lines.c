@@ -37,6 +37,16 @@ channel_event(guint channel)
     return o;
 }
 
+/* {"channel", "direction"} of an event about one direction */
+static json_object *
+flow_event(guint channel, MpDir dir)
+{
+    json_object *o = channel_event(channel);
+    json_object_object_add(o, "direction",
+                           json_object_new_string(mp_dir_name(dir)));
+    return o;
+}
+
 static void
 on_channel_open(MpMetricsObserver *self, const MpMetrics *m, guint channel,
                 gint64 now_us)
@@ -64,9 +74,7 @@ on_partial(MpMetricsObserver *self, const MpMetrics *m, guint channel,
            MpDir dir, gint64 now_us)
 {
     const MpMetricsFlow *f = &mp_metrics_channel(m, channel)->dir[dir];
-    json_object *o = channel_event(channel);
-    json_object_object_add(o, "direction",
-                           json_object_new_string(mp_dir_name(dir)));
+    json_object *o = flow_event(channel, dir);
     json_object_object_add(o, "offset",
                            json_object_new_int64(f->partial_offset));
     json_object_object_add(o, "why", json_object_new_string(f->partial_why));
@@ -78,9 +86,7 @@ on_channel_end(MpMetricsObserver *self, const MpMetrics *m, guint channel,
                MpDir dir, gint64 now_us)
 {
     const MpMetricsFlow *f = &mp_metrics_channel(m, channel)->dir[dir];
-    json_object *o = channel_event(channel);
-    json_object_object_add(o, "direction",
-                           json_object_new_string(mp_dir_name(dir)));
+    json_object *o = flow_event(channel, dir);
     json_object_object_add(o, "how", json_object_new_string(f->end));
     if (f->truncated)
         json_object_object_add(o, "truncated",

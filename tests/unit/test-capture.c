@@ -15,27 +15,20 @@
 #include "capture.h"
 #include "parse-common.h"
 #include "stream-input.h"
+#include "test-util.h"
 
 static char *dir;
 
 static void
 setup(void)
 {
-    dir = g_dir_make_tmp("mp-capture-XXXXXX", NULL);
-    cr_assert_not_null(dir);
+    dir = tu_tmpdir_new("mp-capture");
 }
 
 static void
 teardown(void)
 {
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    while (d && (name = g_dir_read_name(d))) {
-        g_autofree char *p = g_build_filename(dir, name, NULL);
-        g_unlink(p);
-    }
-    g_rmdir(dir);
-    g_clear_pointer(&dir, g_free);
+    g_clear_pointer(&dir, tu_tmpdir_remove);
 }
 
 TestSuite(capture, .init = setup, .fini = teardown);
@@ -54,15 +47,6 @@ read_sample(const char *name)
     while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
         g_byte_array_append(all, buf, n);
     return all;
-}
-
-static gint64
-jint(json_object *o, const char *path)
-{
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    for (guint i = 0; parts[i]; i++)
-        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
-    return json_object_get_int64(o);
 }
 
 /* Session 1: the sample as channel 0 in 3000-byte chunks 1 ms apart, and
@@ -122,7 +106,8 @@ Test(capture, round_trip_like_the_file)
     const char *keys[] = {"ram.pages.normal", "ram.pages.zero",
                           "ram.pages.xbzrle", "stream.sections.full"};
     for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
-        cr_assert_eq(jint(cap, keys[k]), jint(file, keys[k]), "%s", keys[k]);
+        cr_assert_eq(tu_json_int(cap, keys[k]), tu_json_int(file, keys[k]),
+                     "%s", keys[k]);
     /* the vmdesc at the end of the main channel slices the devices */
     json_object *v;
     json_object_object_get_ex(cap, "stream", &v);
@@ -130,7 +115,7 @@ Test(capture, round_trip_like_the_file)
     cr_assert(json_object_get_boolean(v));
     json_object_object_get_ex(cap, "channels", &v);
     cr_assert_eq(json_object_array_length(v), 2);
-    cr_assert_eq(jint(cap, "session"), 1);
+    cr_assert_eq(tu_json_int(cap, "session"), 1);
     json_object_put(cap);
     json_object_put(file);
 }
@@ -586,7 +571,8 @@ Test(capture, version_1_still_read)
     const char *keys[] = {"ram.pages.normal", "ram.pages.zero", "session",
                           "stream.bytes"};
     for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
-        cr_assert_eq(jint(v1, keys[k]), jint(v2, keys[k]), "%s", keys[k]);
+        cr_assert_eq(tu_json_int(v1, keys[k]), tu_json_int(v2, keys[k]), "%s",
+                     keys[k]);
     json_object_put(v1);
     json_object_put(v2);
 }

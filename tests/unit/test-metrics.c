@@ -11,6 +11,7 @@
 #include "metrics-lines.h"
 #include "metrics-progress.h"
 #include "metrics-report.h"
+#include "test-util.h"
 
 /* the session starts at monotonic time 1000 */
 #define T0 1000
@@ -264,7 +265,7 @@ Test(metrics, progress_line)
 
 Test(metrics, json_lines)
 {
-    g_autofree char *dir = g_dir_make_tmp("test-metrics-XXXXXX", NULL);
+    char *dir = tu_tmpdir_new("mp-metrics");
     g_autofree char *path = g_build_filename(dir, "m.jsonl", NULL);
     g_autoptr(GError) err = NULL;
     MpOutLines *lines = mp_out_lines_new(path, &err);
@@ -295,8 +296,7 @@ Test(metrics, json_lines)
         "{\"event\":\"channel-end\",\"session\":2,\"t_ms\":1.800,"
         "\"channel\":0,\"direction\":\"to-dst\",\"how\":\"reset\","
         "\"truncated\":\"page\"}\n");
-    g_unlink(path);
-    g_rmdir(dir);
+    tu_tmpdir_remove(dir);
 }
 
 Test(metrics, report_of_a_running_session)

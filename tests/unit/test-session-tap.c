@@ -9,6 +9,7 @@
 #include "metrics-report.h"
 #include "session-tap.h"
 #include "stream-input.h"
+#include "test-util.h"
 
 static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
 static const guint8 mfd[] = {0x11, 0x22, 0x33, 0x44, 0, 0, 0, 1};
@@ -58,15 +59,6 @@ read_sample(const char *name)
     return all;
 }
 
-static gint64
-jint(json_object *o, const char *path)
-{
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    for (guint i = 0; parts[i]; i++)
-        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
-    return json_object_get_int64(o);
-}
-
 /* Feeds `stream` as channel 0 in chunks whose sizes cycle through
  * `sizes`, one millisecond apart. */
 static json_object *
@@ -113,9 +105,9 @@ check_against_file(const char *name)
                               "stream.sections.part"};
         for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
             cr_assert_eq(
-                jint(rep, keys[k]), jint(file, keys[k]),
+                tu_json_int(rep, keys[k]), tu_json_int(file, keys[k]),
                 "%s %s: tap %" G_GINT64_FORMAT ", file %" G_GINT64_FORMAT, name,
-                keys[k], jint(rep, keys[k]), jint(file, keys[k]));
+                keys[k], tu_json_int(rep, keys[k]), tu_json_int(file, keys[k]));
         json_object *rounds, *frounds;
         json_object_object_get_ex(rep, "rounds", &rounds);
         json_object_object_get_ex(file, "rounds", &frounds);
@@ -155,10 +147,11 @@ Test(session_tap, garbage_after_the_header_is_partial)
     ch = json_object_array_get_idx(ch, 0);
     json_object_object_get_ex(ch, "partial", &v);
     cr_assert(json_object_get_boolean(v));
-    cr_assert_eq(jint(ch, "to_dst.bytes"), sizeof(qevm) + 2 * sizeof(junk));
+    cr_assert_eq(tu_json_int(ch, "to_dst.bytes"),
+                 sizeof(qevm) + 2 * sizeof(junk));
     /* where the parser stopped: at or just past the bad byte */
-    cr_assert_geq(jint(ch, "to_dst.partial_offset"), sizeof(qevm));
-    cr_assert_leq(jint(ch, "to_dst.partial_offset"), sizeof(qevm) + 1);
+    cr_assert_geq(tu_json_int(ch, "to_dst.partial_offset"), sizeof(qevm));
+    cr_assert_leq(tu_json_int(ch, "to_dst.partial_offset"), sizeof(qevm) + 1);
     json_object_object_get_ex(rep, "errors", &v);
     cr_assert_eq(json_object_array_length(v), 1);
     json_object_put(rep);

@@ -6,27 +6,20 @@
 #include <glib/gstdio.h>
 #include <zstd.h>
 #include "stream-input.h"
+#include "test-util.h"
 
 static char *dir;
 
 static void
 setup(void)
 {
-    dir = g_dir_make_tmp("test-stream-input-XXXXXX", NULL);
-    cr_assert_not_null(dir);
+    dir = tu_tmpdir_new("mp-stream-input");
 }
 
 static void
 teardown(void)
 {
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    while (d && (name = g_dir_read_name(d))) {
-        g_autofree char *p = g_build_filename(dir, name, NULL);
-        g_unlink(p);
-    }
-    g_rmdir(dir);
-    g_free(dir);
+    g_clear_pointer(&dir, tu_tmpdir_remove);
 }
 
 TestSuite(stream_input, .init = setup, .fini = teardown);
