@@ -596,30 +596,31 @@ mp_qemu_set_capability(MpQemu *q, const char *capability, gboolean on,
     return ok;
 }
 
-gboolean
-mp_qemu_set_parameter_int(MpQemu *q, const char *name, gint64 value,
-                          GError **error)
+/* migrate-set-parameters {name: value}; takes `value`. */
+static gboolean
+set_parameter(MpQemu *q, const char *name, json_object *value, GError **error)
 {
     json_object *args = json_object_new_object();
     gboolean ok;
 
-    json_object_object_add(args, name, json_object_new_int64(value));
+    json_object_object_add(args, name, value);
     ok = execute_void(q, "migrate-set-parameters", args, error);
     json_object_put(args);
     return ok;
 }
 
 gboolean
+mp_qemu_set_parameter_int(MpQemu *q, const char *name, gint64 value,
+                          GError **error)
+{
+    return set_parameter(q, name, json_object_new_int64(value), error);
+}
+
+gboolean
 mp_qemu_set_parameter_str(MpQemu *q, const char *name, const char *value,
                           GError **error)
 {
-    json_object *args = json_object_new_object();
-    gboolean ok;
-
-    json_object_object_add(args, name, json_object_new_string(value));
-    ok = execute_void(q, "migrate-set-parameters", args, error);
-    json_object_put(args);
-    return ok;
+    return set_parameter(q, name, json_object_new_string(value), error);
 }
 
 gboolean

@@ -33,22 +33,6 @@ teardown(void)
 
 TestSuite(capture, .init = setup, .fini = teardown);
 
-static GByteArray *
-read_sample(const char *name)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *path =
-        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
-    cr_assert_not_null(in, "%s", err ? err->message : "?");
-    GByteArray *all = g_byte_array_new();
-    guint8 buf[65536];
-    gssize n;
-    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
-        g_byte_array_append(all, buf, n);
-    return all;
-}
-
 /* Session 1: the sample as channel 0 in 3000-byte chunks 1 ms apart, and
  * a few return-path bytes; channel 1 opened and closed silent. */
 static void
@@ -79,7 +63,7 @@ write_capture(GByteArray *stream)
 
 Test(capture, round_trip_like_the_file)
 {
-    g_autoptr(GByteArray) stream = read_sample("busy-xbzrle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("busy-xbzrle-7.2.mig.zst");
     write_capture(stream);
     cr_assert(mp_capture_is_dir(dir));
 
@@ -122,7 +106,7 @@ Test(capture, round_trip_like_the_file)
 
 Test(capture, broken_index_is_an_error)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     /* entry 1 points before entry 0 */
     g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
@@ -256,7 +240,7 @@ first_error(json_object *cap)
  * regular files, at once. */
 Test(capture, index_and_data_must_be_regular_files, .timeout = 30)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     limit_memory(256);
     g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
@@ -287,7 +271,7 @@ Test(capture, index_and_data_must_be_regular_files, .timeout = 30)
  * /dev/zero, as much). */
 Test(capture, large_index_read_in_windows, .timeout = 120)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     g_autofree char *idx = g_build_filename(dir, "s1-c1-to-dst.idx", NULL);
     int fd = open(idx, O_WRONLY | O_TRUNC);
@@ -465,7 +449,7 @@ Test(capture, planted_link_not_followed)
 Test(capture, write_error_leaves_a_readable_capture)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autofree char *sub = g_build_filename(dir, "cap", NULL);
     MpCapture *c = mp_capture_new(sub, "a", "b", &err);
     cr_assert_not_null(c, "%s", err ? err->message : "?");
@@ -546,7 +530,7 @@ Test(capture, files_closed_when_channels_end)
  * 765a17d) still reads: the same session as a v2 s1.json. */
 Test(capture, version_1_still_read)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     gboolean ok;
     json_object *v2 = mp_capture_analyze(dir, 0, FALSE, &ok);

@@ -42,23 +42,6 @@ Test(session_tap, classify_by_first_bytes)
     cr_assert_eq(mp_chan_classify(cmd, 1, FALSE), MP_CHAN_RECOVERY);
 }
 
-static GByteArray *
-read_sample(const char *name)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *path =
-        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
-    cr_assert_not_null(in, "%s", err ? err->message : "?");
-    GByteArray *all = g_byte_array_new();
-    guint8 buf[65536];
-    gssize n;
-    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
-        g_byte_array_append(all, buf, n);
-    cr_assert_eq(n, 0, "%s", err ? err->message : "?");
-    return all;
-}
-
 /* Feeds `stream` as channel 0 in chunks whose sizes cycle through
  * `sizes`, one millisecond apart. */
 static json_object *
@@ -92,7 +75,7 @@ check_against_file(const char *name)
     gboolean ok;
     json_object *file = mp_analyze_file(path, &opt, &ok);
     cr_assert(ok);
-    g_autoptr(GByteArray) stream = read_sample(name);
+    g_autoptr(GByteArray) stream = tu_read_sample(name);
     const gsize odd[] = {1, 2, 3, 5, 8, 13, 4096, 4097, 65536, 7};
     const gsize whole[] = {G_MAXSIZE};
     const gsize *sets[] = {odd, whole};

@@ -13,3 +13,7 @@ void tu_tmpdir_remove(char *dir);
 /* The integer at `path` ("ram.pages.zero") of a document; a missing one
  * fails the test. */
 gint64 tu_json_int(json_object *doc, const char *path);
+
+/* The whole content of samples/streams/`name` (plain or .zst).  @return a
+ * new array (caller frees); a file it cannot read fails the test. */
+GByteArray *tu_read_sample(const char *name);
