@@ -1,6 +1,6 @@
 /* test-metrics.c: the metrics model fed by hand (records, byte counts,
  * ends) and read back through its accessors, with no I/O; then its
- * presentations (JSON lines, progress line) on what it was fed. */
+ * presentations (JSON lines, progress line, summary) on what it was fed. */
 #include "config.h"
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +9,7 @@
 #include <glib/gstdio.h>
 #include "metrics.h"
 #include "metrics-lines.h"
+#include "metrics-log.h"
 #include "metrics-progress.h"
 #include "metrics-report.h"
 #include "test-util.h"
@@ -319,4 +320,15 @@ Test(metrics, report_of_a_running_session)
     cr_assert(json_object_object_get_ex(v, "bytes", &v));
     cr_assert_eq(json_object_get_int64(v), 42);
     json_object_put(rep);
+}
+
+Test(metrics, summary_line)
+{
+    g_autoptr(MpMetrics) m = mp_metrics_new(6, 0, T0);
+    mp_metrics_bytes(m, 0, MP_DIR_TO_DST, 3 << 20, T0 + 2500000);
+    feed_rp(m, MP_RP_MSG_SHUT, NULL, 0, 0, T0 + 2500000);
+    mp_metrics_finish(m, T0 + 2600000, NULL);
+    g_autofree char *s = mp_metrics_summary(m);
+    cr_assert_str_eq(s, "session 6 completed: 2.5 s, pages normal 0 zero 0 "
+                        "xbzrle 0 compressed 0, 0 rounds, 3.0 MiB");
 }
