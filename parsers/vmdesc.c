@@ -1,6 +1,7 @@
 /* vmdesc.c: VMDESCRIPTION JSON (QEMU migration/vmstate.c vmsd_desc_*). */
 #include <string.h>
 #include "vmdesc.h"
+#include "json-util.h"
 #include "parse-common.h"
 
 /* Nesting of subsections is shallow in practice; a bound keeps hostile
@@ -18,27 +19,6 @@ struct MpVmdesc {
     GArray *devices; /* MpVmdescDevice */
 };
 
-static gboolean
-get_int(json_object *o, const char *key, gint64 *out)
-{
-    json_object *v;
-    if (!json_object_object_get_ex(o, key, &v)
-        || !json_object_is_type(v, json_type_int))
-        return FALSE;
-    *out = json_object_get_int64(v);
-    return TRUE;
-}
-
-static const char *
-get_str(json_object *o, const char *key)
-{
-    json_object *v;
-    if (!json_object_object_get_ex(o, key, &v)
-        || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 /* Bytes a vmsd object (device, or subsection) wrote; -1 if malformed. */
 static gint64
 vmsd_size(json_object *o, int depth)
@@ -54,16 +34,17 @@ vmsd_size(json_object *o, int depth)
         for (size_t i = 0; i < json_object_array_length(fields); i++) {
             json_object *f = json_object_array_get_idx(fields, i);
             gint64 size, n = 1;
-            if (!get_int(f, "size", &size) || size < 0 || size > G_MAXUINT32)
+            if (!mp_json_int(f, "size", &size) || size < 0
+                || size > G_MAXUINT32)
                 return -1;
-            if (get_int(f, "array_len", &n) && (n < 0 || n > G_MAXUINT32))
+            if (mp_json_int(f, "array_len", &n) && (n < 0 || n > G_MAXUINT32))
                 return -1;
             if ((guint64)size * (guint64)n
                 > (guint64)(MAX_SECTION_SIZE - total))
                 return -1;
             total += size * n;
         }
-    } else if (!get_int(o, "size", &total) || total < 0
+    } else if (!mp_json_int(o, "size", &total) || total < 0
                || total > MAX_SECTION_SIZE) {
         return -1;
     }
@@ -72,7 +53,7 @@ vmsd_size(json_object *o, int depth)
             return -1;
         for (size_t i = 0; i < json_object_array_length(subs); i++) {
             json_object *s = json_object_array_get_idx(subs, i);
-            const char *name = get_str(s, "vmsd_name");
+            const char *name = mp_json_string(s, "vmsd_name");
             gint64 body = vmsd_size(s, depth + 1);
             if (!name || strlen(name) > 255 || body < 0)
                 return -1;
@@ -106,7 +87,6 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
 
     g_autoptr(MpVmdesc) vd = g_new0(MpVmdesc, 1);
     json_tokener *tok = json_tokener_new_ex(64);
-    json_object *devices;
     gint64 ps = 0;
 
     vd->ref = 1;
@@ -120,10 +100,10 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
         return NULL;
     }
     json_tokener_free(tok);
-    if (get_int(vd->root, "page_size", &ps) && ps > 0 && ps <= G_MAXUINT32)
+    if (mp_json_int(vd->root, "page_size", &ps) && ps > 0 && ps <= G_MAXUINT32)
         vd->page_size = ps;
-    if (!json_object_object_get_ex(vd->root, "devices", &devices)
-        || !json_object_is_type(devices, json_type_array)) {
+    json_object *devices = mp_json_array(vd->root, "devices");
+    if (!devices) {
         g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_DECODE,
                     "vmdesc: no \"devices\" array");
         return NULL;
@@ -133,10 +113,10 @@ mp_vmdesc_new(const char *json, gsize len, GError **error)
         MpVmdescDevice dev = {0};
         gint64 inst = 0, ver = 0, size;
 
-        dev.name = get_str(o, "name");
-        dev.vmsd_name = get_str(o, "vmsd_name");
-        get_int(o, "instance_id", &inst);
-        get_int(o, "version", &ver);
+        dev.name = mp_json_string(o, "name");
+        dev.vmsd_name = mp_json_string(o, "vmsd_name");
+        mp_json_int(o, "instance_id", &inst);
+        mp_json_int(o, "version", &ver);
         size = vmsd_size(o, 0);
         if (!dev.name || size < 0) {
             g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_DECODE,

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "analysis.h"
+#include "json-util.h"
 #include "parse-common.h"
 
 /* Every string printed came from a stream or a capture's index.json:
@@ -27,20 +28,11 @@ key(GPtrArray *keep, const char *k)
     return p;
 }
 
+/* The document's numbers; 0: missing or null */
 static gint64
 geti(json_object *o, const char *key)
 {
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v)
-                                                 : 0;
-}
-
-static json_object *
-get(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    json_object_object_get_ex(o, key, &v);
-    return v;
+    return mp_json_int_or(o, key, 0);
 }
 
 static char *
@@ -60,14 +52,14 @@ cmp_device_bytes(const void *x, const void *y)
 static double
 getd(json_object *o, const char *key)
 {
-    json_object *v = get(o, key);
+    json_object *v = mp_json_get(o, key);
     return v ? json_object_get_double(v) : -1;
 }
 
 static char *
 latency(json_object *o, const char *key)
 {
-    json_object *v = get(o, key);
+    json_object *v = mp_json_get(o, key);
     if (!v)
         return g_strdup("-");
     gint64 us = json_object_get_int64(v);
@@ -80,7 +72,7 @@ latency(json_object *o, const char *key)
 static void
 print_live(json_object *doc, FILE *out, GPtrArray *keep)
 {
-    json_object *mfd = get(doc, "multifd");
+    json_object *mfd = mp_json_get(doc, "multifd");
     if (mfd) {
         g_autofree char *mb = human(geti(mfd, "bytes"));
         fprintf(out,
@@ -92,7 +84,7 @@ print_live(json_object *doc, FILE *out, GPtrArray *keep)
                 geti(mfd, "sync_packets"), geti(mfd, "normal_pages"),
                 geti(mfd, "zero_pages"), mb);
     }
-    json_object *rp = get(get(doc, "return_path"), "messages");
+    json_object *rp = mp_json_get(mp_json_get(doc, "return_path"), "messages");
     if (rp) {
         fprintf(out, "Return path:");
         json_object_object_foreach(rp, name, n)
@@ -100,27 +92,28 @@ print_live(json_object *doc, FILE *out, GPtrArray *keep)
                     json_object_get_int64(n));
         fprintf(out, "\n");
     }
-    json_object *chans = get(doc, "channels");
+    json_object *chans = mp_json_get(doc, "channels");
     if (!chans)
         return;
-    json_object *dt = get(doc, "downtime");
-    fprintf(out, "\nLive: %s, %.0f ms", str(keep, get(doc, "outcome")),
+    json_object *dt = mp_json_get(doc, "downtime");
+    fprintf(out, "\nLive: %s, %.0f ms", str(keep, mp_json_get(doc, "outcome")),
             getd(doc, "total_ms"));
-    if (get(doc, "downtime_ms"))
+    if (mp_json_get(doc, "downtime_ms"))
         fprintf(out, ", downtime %.1f ms on the wire (until %s)",
-                getd(doc, "downtime_ms"), str(keep, get(dt, "end_marker")));
+                getd(doc, "downtime_ms"),
+                str(keep, mp_json_get(dt, "end_marker")));
     fprintf(out, "\n");
-    json_object *phases = get(doc, "phases");
+    json_object *phases = mp_json_get(doc, "phases");
     for (size_t i = 0; phases && i < json_object_array_length(phases); i++) {
         json_object *p = json_object_array_get_idx(phases, i);
         fprintf(out, "%s%s %.0f-%.0f ms",
-                i ? ", " : "  phases: ", str(keep, get(p, "phase")),
+                i ? ", " : "  phases: ", str(keep, mp_json_get(p, "phase")),
                 getd(p, "start_ms"), getd(p, "end_ms"));
     }
     if (phases && json_object_array_length(phases))
         fprintf(out, "\n");
-    json_object *pc = get(doc, "postcopy");
-    json_object *lat = get(pc, "latency_us");
+    json_object *pc = mp_json_get(doc, "postcopy");
+    json_object *lat = mp_json_get(pc, "latency_us");
     if (lat && geti(lat, "count")) {
         g_autofree char *p50 = latency(lat, "p50");
         g_autofree char *p99 = latency(lat, "p99");
@@ -134,14 +127,17 @@ print_live(json_object *doc, FILE *out, GPtrArray *keep)
             "to-src", "end");
     for (size_t i = 0; i < json_object_array_length(chans); i++) {
         json_object *c = json_object_array_get_idx(chans, i);
-        json_object *d = get(c, "to_dst"), *s = get(c, "to_src");
+        json_object *d = mp_json_get(c, "to_dst"),
+                    *s = mp_json_get(c, "to_src");
         g_autofree char *db = human(geti(d, "bytes"));
         g_autofree char *sb = human(geti(s, "bytes"));
-        json_object *de = get(d, "end"), *se = get(s, "end");
+        json_object *de = mp_json_get(d, "end"), *se = mp_json_get(s, "end");
         fprintf(out, "  %7" G_GINT64_FORMAT " %-9s %12s %12s  %s/%s%s\n",
-                geti(c, "channel"), str(keep, get(c, "kind")), db, sb,
+                geti(c, "channel"), str(keep, mp_json_get(c, "kind")), db, sb,
                 de ? str(keep, de) : "-", se ? str(keep, se) : "-",
-                json_object_get_boolean(get(c, "partial")) ? " (partial)" : "");
+                json_object_get_boolean(mp_json_get(c, "partial"))
+                    ? " (partial)"
+                    : "");
     }
 }
 
@@ -149,28 +145,29 @@ void
 mp_analysis_print(json_object *doc, FILE *out)
 {
     g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
-    json_object *stream = get(doc, "stream"), *ram = get(doc, "ram");
-    json_object *machine = get(stream, "machine");
+    json_object *stream = mp_json_get(doc, "stream"),
+                *ram = mp_json_get(doc, "ram");
+    json_object *machine = mp_json_get(stream, "machine");
     g_autofree char *sz = human(geti(stream, "bytes"));
 
     fprintf(out, "Stream: %s, machine %s, %s\n",
-            json_object_get_boolean(get(stream, "complete"))
+            json_object_get_boolean(mp_json_get(stream, "complete"))
                 ? "complete (ends with EOF)"
                 : "incomplete (no EOF)",
             machine ? str(keep, machine) : "(no configuration)", sz);
-    json_object *secs = get(stream, "sections");
+    json_object *secs = mp_json_get(stream, "sections");
     fprintf(out, "Sections: %" G_GINT64_FORMAT " START, %" G_GINT64_FORMAT
                  " PART, %" G_GINT64_FORMAT " END, %" G_GINT64_FORMAT " FULL\n",
             geti(secs, "start"), geti(secs, "part"), geti(secs, "end"),
             geti(secs, "full"));
-    if (get(stream, "opaque_from"))
+    if (mp_json_get(stream, "opaque_from"))
         fprintf(out,
                 "Passed through unparsed from offset %" G_GINT64_FORMAT
                 ": %s\n",
                 geti(stream, "opaque_from"),
-                str(keep, get(stream, "opaque_reason")));
+                str(keep, mp_json_get(stream, "opaque_reason")));
 
-    json_object *blocks = get(ram, "blocks");
+    json_object *blocks = mp_json_get(ram, "blocks");
     g_autofree char *total = human(geti(ram, "total"));
     fprintf(out, "\nRAM: %s in %zu blocks\n", total,
             json_object_array_length(blocks));
@@ -179,22 +176,22 @@ mp_analysis_print(json_object *doc, FILE *out)
                 "normal", "zero", "xbzrle", "compressed");
     for (size_t i = 0; i < json_object_array_length(blocks); i++) {
         json_object *b = json_object_array_get_idx(blocks, i);
-        json_object *p = get(b, "pages");
+        json_object *p = mp_json_get(b, "pages");
         g_autofree char *bs = human(geti(b, "size"));
         fprintf(out,
                 "  %-28s %10s %10" G_GINT64_FORMAT " %10" G_GINT64_FORMAT
                 " %10" G_GINT64_FORMAT " %10" G_GINT64_FORMAT "\n",
-                str(keep, get(b, "name")), bs, geti(p, "normal"),
+                str(keep, mp_json_get(b, "name")), bs, geti(p, "normal"),
                 geti(p, "zero"), geti(p, "xbzrle"), geti(p, "compressed"));
     }
-    json_object *pages = get(ram, "pages");
+    json_object *pages = mp_json_get(ram, "pages");
     g_autofree char *rb = human(geti(ram, "bytes"));
     fprintf(out, "Pages: %" G_GINT64_FORMAT " normal, %" G_GINT64_FORMAT
                  " zero, %" G_GINT64_FORMAT " xbzrle, %" G_GINT64_FORMAT
                  " compressed; RAM records %s\n",
             geti(pages, "normal"), geti(pages, "zero"), geti(pages, "xbzrle"),
             geti(pages, "compressed"), rb);
-    json_object *phases = get(ram, "phases");
+    json_object *phases = mp_json_get(ram, "phases");
     json_object_object_foreach(phases, name, ph)
     {
         if (!geti(ph, "pages"))
@@ -204,7 +201,7 @@ mp_analysis_print(json_object *doc, FILE *out)
                 key(keep, name), geti(ph, "pages"), pb);
     }
 
-    json_object *rounds = get(doc, "rounds");
+    json_object *rounds = mp_json_get(doc, "rounds");
     fprintf(out, "\nRounds: %zu (a round is one pass of the dirty-page scan)\n",
             json_object_array_length(rounds));
     if (json_object_array_length(rounds))
@@ -216,12 +213,12 @@ mp_analysis_print(json_object *doc, FILE *out)
         fprintf(out,
                 "  %5" G_GINT64_FORMAT " %-10s %10" G_GINT64_FORMAT
                 " %10" G_GINT64_FORMAT " %12s\n",
-                geti(r, "index"), str(keep, get(r, "phase")), geti(r, "pages"),
-                geti(r, "dirty_pages"), b);
+                geti(r, "index"), str(keep, mp_json_get(r, "phase")),
+                geti(r, "pages"), geti(r, "dirty_pages"), b);
     }
 
     fprintf(out, "\nCommands:");
-    json_object *cmds = get(doc, "commands");
+    json_object *cmds = mp_json_get(doc, "commands");
     if (!json_object_object_length(cmds))
         fprintf(out, " none");
     json_object_object_foreach(cmds, cname, cnt)
@@ -229,14 +226,14 @@ mp_analysis_print(json_object *doc, FILE *out)
                 json_object_get_int64(cnt));
     fprintf(out, "\n");
 
-    json_object *disk = get(doc, "disk");
+    json_object *disk = mp_json_get(doc, "disk");
     if (disk) {
         g_autofree char *db = human(geti(disk, "data_bytes"));
         fprintf(out, "Disk (block migration): %" G_GINT64_FORMAT
                      " chunks of 1 MiB, %" G_GINT64_FORMAT " zero, %s of data\n",
                 geti(disk, "chunks"), geti(disk, "zero_chunks"), db);
     }
-    json_object *pc = get(doc, "postcopy");
+    json_object *pc = mp_json_get(doc, "postcopy");
     if (pc
         && (geti(pc, "packaged_bytes") || geti(pc, "discard_ranges")
             || geti(pc, "requests")))
@@ -248,7 +245,7 @@ mp_analysis_print(json_object *doc, FILE *out)
 
     print_live(doc, out, keep);
 
-    json_object *devs = get(doc, "devices");
+    json_object *devs = mp_json_get(doc, "devices");
     size_t nd = json_object_array_length(devs);
     fprintf(out, "\nDevices: %zu sections", nd);
     GPtrArray *sorted = g_ptr_array_new();
@@ -258,7 +255,7 @@ mp_analysis_print(json_object *doc, FILE *out)
         g_ptr_array_add(sorted, d);
         dev_total += geti(d, "bytes");
     }
-    if (nd && get(json_object_array_get_idx(devs, 0), "bytes")) {
+    if (nd && mp_json_get(json_object_array_get_idx(devs, 0), "bytes")) {
         g_autofree char *dt = human(dev_total);
         fprintf(out, ", %s; largest first:\n", dt);
         qsort(sorted->pdata, sorted->len, sizeof(gpointer), cmp_device_bytes);
@@ -267,7 +264,7 @@ mp_analysis_print(json_object *doc, FILE *out)
             fprintf(out,
                     "  %-32s inst %-3" G_GINT64_FORMAT " v%-3" G_GINT64_FORMAT
                     " %10" G_GINT64_FORMAT " bytes\n",
-                    str(keep, get(d, "name")), geti(d, "instance"),
+                    str(keep, mp_json_get(d, "name")), geti(d, "instance"),
                     geti(d, "version"), geti(d, "bytes"));
         }
         if (sorted->len > 12)
@@ -278,7 +275,7 @@ mp_analysis_print(json_object *doc, FILE *out)
     g_ptr_array_free(sorted, TRUE);
 
     fprintf(out, "\nBytes by category:\n");
-    json_object *bytes = get(doc, "bytes");
+    json_object *bytes = mp_json_get(doc, "bytes");
     gint64 all = geti(stream, "bytes");
     json_object_object_foreach(bytes, cat, n)
     {
@@ -290,7 +287,8 @@ mp_analysis_print(json_object *doc, FILE *out)
                 all ? 100.0 * v / all : 0.0);
     }
 
-    json_object *anom = get(doc, "anomalies"), *errs = get(doc, "errors");
+    json_object *anom = mp_json_get(doc, "anomalies"),
+                *errs = mp_json_get(doc, "errors");
     fprintf(out, "\nAnomalies: %s\n",
             json_object_array_length(anom) ? "" : "none");
     for (size_t i = 0; i < json_object_array_length(anom); i++)

@@ -16,6 +16,7 @@
 #include "analysis.h"
 #include "analyze-file.h"
 #include "commands.h"
+#include "json-util.h"
 #include "qemu-process.h"
 
 #define READY_TIMEOUT_MS   (120 * 1000)
@@ -49,14 +50,13 @@ step(const char *fmt, ...)
     va_end(ap);
 }
 
+/* QMP's and the report's numbers; -1: missing */
 static gint64
 jint(json_object *o, const char *path)
 {
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    for (guint i = 0; parts[i]; i++)
-        if (!json_object_object_get_ex(o, parts[i], &o))
-            return -1;
-    return json_object_get_int64(o);
+    json_object *v = mp_json_path(o, path);
+    return json_object_is_type(v, json_type_int) ? json_object_get_int64(v)
+                                                 : -1;
 }
 
 /* Compares guest RAM of `q` with the RAM image `image`. */
@@ -252,11 +252,10 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!mp_qemu_migrate(src, uri, &err)
         || !mp_qemu_wait_migration(src, MIGRATE_TIMEOUT_MS, &info, &err))
         goto fail;
-    json_object *status;
-    json_object_object_get_ex(info, "status", &status);
-    if (g_strcmp0(json_object_get_string(status), "completed") != 0) {
+    const char *status = mp_json_string(info, "status");
+    if (g_strcmp0(status, "completed") != 0) {
         fprintf(stderr, "migproxy demo: the migration ended as %s\n",
-                json_object_get_string(status));
+                status ? status : "?");
         json_object_put(info);
         return 1;
     }
@@ -271,8 +270,7 @@ run_demo(const DemoOptions *o, const char *dir)
     relay = 0;
     json_object *rep = json_object_from_file(report), *v;
     if (rep) {
-        json_object *rounds = NULL;
-        json_object_object_get_ex(rep, "rounds", &rounds);
+        json_object *rounds = mp_json_array(rep, "rounds");
         step("relay report: %.0f ms, downtime %.1f ms on the wire, %zu "
              "rounds, normal %" G_GINT64_FORMAT " zero %" G_GINT64_FORMAT
              " pages (%s)",

@@ -12,14 +12,15 @@
 #include <sys/stat.h>
 #include <glib/gstdio.h>
 #include "capture-read.h"
+#include "json-util.h"
 #include "parse-common.h"
 #include "record-format.h"
-#include "relay-metrics.h"
+#include "metrics.h"
+#include "metrics-report.h"
 #include "session-tap.h"
 #include "stream-input.h"
 
-#define MAX_CHUNK   (64u << 20) /* the relay reads at most 1 MiB at once */
-#define TAIL_SEARCH (16u << 20) /* the vmdesc is well below this */
+#define MAX_CHUNK (64u << 20) /* the relay reads at most 1 MiB at once */
 /* index.json: 300 bytes a session and 400 a channel, so 40 000 channels;
  * its parse is bounded by MP_JSON_MAX_HEAP too */
 #define MAX_INDEX_JSON (16u << 20)
@@ -47,7 +48,7 @@ typedef struct {
 
 typedef struct {
     const char *dir;
-    MpRelayMetrics *metrics;
+    MpMetrics *metrics;
     MpSessionTap *tap;
     GArray *cursors; /* Cursor */
     GString *line;
@@ -74,37 +75,9 @@ fail(Replay *r, const char *fmt, ...)
     va_end(ap);
     GError *err = g_error_new(G_FILE_ERROR, G_FILE_ERROR_FAILED,
                               "capture %s: %s", r->dir, msg);
-    mp_analysis_error(mp_relay_metrics_analysis(r->metrics), err);
+    mp_analysis_error(mp_metrics_analysis(r->metrics), err);
     g_error_free(err);
     r->failed = TRUE;
-}
-
-static const char *
-jstr(json_object *o, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v)
-                                                 : NULL;
-}
-
-/* `key`'s value if it is a list, else NULL (json-c's array calls abort on
- * anything else, and index.json is only what the file says). */
-static json_object *
-jarray(json_object *o, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v)
-                   && json_object_is_type(v, json_type_array)
-               ? v
-               : NULL;
-}
-
-static gint64
-jint(json_object *o, const char *key, gint64 dflt)
-{
-    json_object *v;
-    return json_object_object_get_ex(o, key, &v) && v ? json_object_get_int64(v)
-                                                      : dflt;
 }
 
 /* Entry i's fields; idx_load() made it readable. */
@@ -190,7 +163,8 @@ idx_load(Replay *r, Cursor *c, gsize i)
 static gboolean
 open_cursor(Replay *r, Cursor *c, json_object *dj)
 {
-    const char *file = jstr(dj, "file"), *index = jstr(dj, "index");
+    const char *file = mp_json_string(dj, "file"),
+               *index = mp_json_string(dj, "index");
     const char *why;
     guint64 len;
     int fd;
@@ -284,12 +258,13 @@ find_vmdesc(Replay *r, json_object *chans)
 {
     for (size_t i = 0; i < json_object_array_length(chans); i++) {
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
-        if (g_strcmp0(jstr(cj, "kind"), "main") != 0
+        if (g_strcmp0(mp_json_string(cj, "kind"), "main") != 0
             || !json_object_object_get_ex(cj, "to_dst", &dj)
-            || !jstr(dj, "file") || strchr(jstr(dj, "file"), '/'))
+            || !mp_json_string(dj, "file")
+            || strchr(mp_json_string(dj, "file"), '/'))
             continue;
         g_autofree char *path =
-            g_build_filename(r->dir, jstr(dj, "file"), NULL);
+            g_build_filename(r->dir, mp_json_string(dj, "file"), NULL);
         g_autoptr(GError) err = NULL;
         const char *why;
         guint64 file_size;
@@ -297,16 +272,10 @@ find_vmdesc(Replay *r, json_object *chans)
         if (fd < 0)
             return NULL; /* open_cursor() says why */
         close(fd);
-        g_autoptr(GBytes) tail = mp_input_read_tail(path, TAIL_SEARCH, NULL);
-        gsize size, off, len;
-        if (!tail)
-            return NULL;
-        const guint8 *t = g_bytes_get_data(tail, &size);
-        if (!mp_vmdesc_locate(t, size, &off, &len))
-            return NULL;
-        MpVmdesc *vd = mp_vmdesc_new((const char *)t + off, len, &err);
-        if (!vd)
-            mp_analysis_anomaly(mp_relay_metrics_analysis(r->metrics),
+        /* (a capture's data files are raw bytes) */
+        MpVmdesc *vd = mp_input_find_vmdesc(path, FALSE, &err);
+        if (err)
+            mp_analysis_anomaly(mp_metrics_analysis(r->metrics),
                                 "%s; device sections are not sliced",
                                 err->message);
         return vd;
@@ -356,7 +325,7 @@ replay(Replay *r)
         }
         mp_session_tap_feed(r->tap, c->channel, c->dir, buf, len, t);
     }
-    mp_relay_metrics_finish(r->metrics, last, NULL);
+    mp_metrics_finish(r->metrics, last, NULL);
 }
 
 /* A JSON file (index.json, s<S>.json), if it is a regular file of at
@@ -478,26 +447,23 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     json_object *sj = NULL, *chans = NULL, *sj_file = NULL;
     Replay r = {.dir = dir};
     json_object *numbers = json_object_new_array();
-    gint64 version = index ? jint(index, "version", 0) : 0;
+    gint64 version = index ? mp_json_int_or(index, "version", 0) : 0;
 
     if (version == 2)
         sj = sj_file = load_session_file(dir, session, numbers);
-    else if (index && (sessions = jarray(index, "sessions"))) {
+    else if (index && (sessions = mp_json_array(index, "sessions"))) {
         for (size_t i = 0; i < json_object_array_length(sessions); i++) {
             json_object *s = json_object_array_get_idx(sessions, i);
-            guint n = jint(s, "session", 0);
+            guint n = mp_json_int_or(s, "session", 0);
             json_object_array_add(numbers, json_object_new_int(n));
             if (!sj && (session == 0 || n == session))
                 sj = s;
         }
     }
-    MpRelayMetricsConfig cfg = {
-        .session = sj ? jint(sj, "session", 0) : session,
-        .start_wall_us = sj ? jint(sj, "start_unix_us", 0) : 0,
-    };
-    r.session = cfg.session;
-    r.metrics = mp_relay_metrics_new(&cfg, 0);
-    r.tap = mp_session_tap_new(r.metrics, cfg.session);
+    r.session = sj ? mp_json_int_or(sj, "session", 0) : session;
+    r.metrics = mp_metrics_new(
+        r.session, sj ? mp_json_int_or(sj, "start_unix_us", 0) : 0, 0);
+    r.tap = mp_session_tap_new(r.metrics, r.session);
     mp_session_tap_set_logging(r.tap, FALSE);
     r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
     g_array_set_clear_func(r.cursors, cursor_clear);
@@ -508,7 +474,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (index_why)
         fail(&r, "%s", index_why);
     else if (!index
-             || g_strcmp0(jstr(index, "format"), "migproxy-capture") != 0)
+             || g_strcmp0(mp_json_string(index, "format"), "migproxy-capture")
+                    != 0)
         fail(&r, "index.json is missing or not a migproxy capture index");
     else if (version != 1 && version != 2)
         fail(&r,
@@ -520,8 +487,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
              session ? "no session %u in index.json"
                      : "index.json lists no session%u",
              session);
-    else if (!(chans = jarray(sj, "channels")))
-        fail(&r, "session %u lists no channels", cfg.session);
+    else if (!(chans = mp_json_array(sj, "channels")))
+        fail(&r, "session %u lists no channels", r.session);
 
     if (chans) {
         g_autoptr(MpVmdesc) vmdesc = find_vmdesc(&r, chans);
@@ -534,23 +501,23 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
         json_object *cj = json_object_array_get_idx(chans, i), *dj;
         if (!json_object_is_type(cj, json_type_object)) {
             fail(&r, "session %u: channel entry %zu is not an object",
-                 cfg.session, i);
+                 r.session, i);
             continue;
         }
-        gint64 number = jint(cj, "channel", i);
+        gint64 number = mp_json_int_or(cj, "channel", i);
         /* channels are numbered 0, 1, ... in the session: any other
          * number would size the tables by what the file claims */
         if (number < 0 || (guint64)number >= n_chans || seen[number]) {
             fail(&r,
                  "session %u: channel number %" G_GINT64_FORMAT
                  " at position %zu (0 to %zu, each once, expected)",
-                 cfg.session, number, i, n_chans - 1);
+                 r.session, number, i, n_chans - 1);
             continue;
         }
         seen[number] = TRUE;
         guint channel = (guint)number;
-        mp_session_tap_add(r.tap, channel, jstr(cj, "peer"),
-                           jint(cj, "open_us", 0));
+        mp_session_tap_add(r.tap, channel, mp_json_string(cj, "peer"),
+                           mp_json_int_or(cj, "open_us", 0));
         for (int d = 0; d < MP_DIR__MAX; d++) {
             if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
                 continue;
@@ -559,9 +526,9 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                 cursor_clear(&c);
                 continue;
             }
-            if (jstr(dj, "end")) {
-                c.end = g_strdup(jstr(dj, "end"));
-                c.end_us = jint(dj, "end_us", 0);
+            if (mp_json_string(dj, "end")) {
+                c.end = g_strdup(mp_json_string(dj, "end"));
+                c.end_us = mp_json_int_or(dj, "end_us", 0);
             }
             g_array_append_val(r.cursors, c);
         }
@@ -569,13 +536,13 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (chans)
         replay(&r);
     else
-        mp_relay_metrics_finish(r.metrics, 0, "unreadable capture");
+        mp_metrics_finish(r.metrics, 0, "unreadable capture");
 
-    json_object *doc = mp_relay_metrics_report(r.metrics), *errs;
+    json_object *doc = mp_metrics_report(r.metrics), *errs;
     json_object_object_add(doc, "capture", json_object_new_string(dir));
     json_object_object_add(doc, "capture_sessions", numbers);
     /* the relay's capture stopped early (disk full, ...): say so */
-    const char *cap_err = sj ? jstr(sj, "capture_error") : NULL;
+    const char *cap_err = sj ? mp_json_string(sj, "capture_error") : NULL;
     if (cap_err)
         json_object_object_add(doc, "capture_error",
                                json_object_new_string(cap_err));
@@ -585,7 +552,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     g_array_free(r.cursors, TRUE);
     g_string_free(r.line, TRUE);
     mp_session_tap_free(r.tap);
-    mp_relay_metrics_free(r.metrics);
+    mp_metrics_free(r.metrics);
     json_object_put(index);
     json_object_put(sj_file);
     return doc;

@@ -185,3 +185,26 @@ mp_input_read_tail(const char *path, gsize max, GError **error)
     g_free(ring);
     return g_bytes_new_take(tail, filled);
 }
+
+/* Reading (and faulting in) 16 MiB up front cost 14 % of a 1.2 GB
+ * `analyze` summary; a q35 guest's vmdesc is 44 KiB. */
+#define VMDESC_FIRST (256u << 10)
+
+MpVmdesc *
+mp_input_find_vmdesc(const char *path, gboolean compressed, GError **error)
+{
+    gsize max = compressed ? MP_INPUT_VMDESC_SEARCH : VMDESC_FIRST;
+
+    for (;; max = MIN(max * 8, MP_INPUT_VMDESC_SEARCH)) {
+        g_autoptr(GBytes) tail = mp_input_read_tail(path, max, NULL);
+        gsize off, len, size;
+
+        if (!tail)
+            return NULL;
+        const guint8 *t = g_bytes_get_data(tail, &size);
+        if (mp_vmdesc_locate(t, size, &off, &len))
+            return mp_vmdesc_new((const char *)t + off, len, error);
+        if (size < max || max == MP_INPUT_VMDESC_SEARCH)
+            return NULL; /* the whole file, or as far as we look */
+    }
+}

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <glib.h>
+#include "vmdesc.h"
 
 typedef struct MpInput MpInput;
 
@@ -26,3 +27,13 @@ guint64 mp_input_file_size(const MpInput *in);
  * vmdesc.  Plain files: read directly; zstd: decompresses the whole file
  * once.  @return a new GBytes or NULL with an error. */
 GBytes *mp_input_read_tail(const char *path, gsize max, GError **error);
+
+/* The vmdesc a stream file ends with (pre-copy), so that device sections
+ * can be sliced.  Looks in the last 256 KiB, then 8 times more up to
+ * MP_INPUT_VMDESC_SEARCH; a compressed file in that much at once (its
+ * tail costs a pass over the whole file).  @return the vmdesc; or NULL:
+ * none there (or the tail cannot be read), or with *error set, one that
+ * does not parse. */
+#define MP_INPUT_VMDESC_SEARCH (16u << 20) /* the vmdesc is well below */
+MpVmdesc *mp_input_find_vmdesc(const char *path, gboolean compressed,
+                               GError **error);

@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <linux/sockios.h>
+#include "address.h"
 #include "rate-pacer.h"
 #include "relay-channel.h"
 #include "tcp-info.h"
@@ -502,13 +503,7 @@ describe_address(GSocket *sock, gboolean remote)
     g_autoptr(GSocketAddress) a = remote
                                       ? g_socket_get_remote_address(sock, NULL)
                                       : g_socket_get_local_address(sock, NULL);
-    if (!G_IS_INET_SOCKET_ADDRESS(a))
-        return g_strdup("?");
-    g_autofree char *ip = g_inet_address_to_string(
-        g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(a)));
-    guint16 port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(a));
-    return strchr(ip, ':') ? g_strdup_printf("[%s]:%u", ip, port)
-                           : g_strdup_printf("%s:%u", ip, port);
+    return mp_address_string(a);
 }
 
 MpRelayChannel *

@@ -14,12 +14,7 @@
 #include "record-format.h"
 #include "stream-input.h"
 
-#define READ_SIZE   (1u << 20)
-/* The vmdesc is the stream's tail: 44 KiB for a q35 guest with no disk or
- * NIC.  Look in a small tail first and widen up to TAIL_SEARCH: reading
- * (and faulting in) 16 MiB up front cost 14 % of a 1.2 GB summary. */
-#define TAIL_FIRST  (256u << 10)
-#define TAIL_SEARCH (16u << 20) /* the vmdesc is well below this */
+#define READ_SIZE (1u << 20)
 
 typedef struct {
     const MpAnalyzeOptions *opt;
@@ -59,28 +54,12 @@ on_record(const MpRecord *rec, gpointer user_data)
 static MpVmdesc *
 find_vmdesc(const char *path, const MpInput *in, MpAnalysis *analysis)
 {
-    /* a zstd tail costs a pass over the whole file: take it once */
-    gsize max = mp_input_is_compressed(in) ? TAIL_SEARCH : TAIL_FIRST;
-
-    for (;; max = MIN(max * 8, TAIL_SEARCH)) {
-        g_autoptr(GError) err = NULL;
-        g_autoptr(GBytes) tail = mp_input_read_tail(path, max, &err);
-        gsize off, len, size;
-
-        if (!tail)
-            return NULL;
-        const guint8 *t = g_bytes_get_data(tail, &size);
-        if (mp_vmdesc_locate(t, size, &off, &len)) {
-            MpVmdesc *vd = mp_vmdesc_new((const char *)t + off, len, &err);
-            if (!vd)
-                mp_analysis_anomaly(analysis,
-                                    "%s; device sections are not sliced",
-                                    err->message);
-            return vd;
-        }
-        if (size < max || max == TAIL_SEARCH)
-            return NULL; /* the whole file, or as far as we look */
-    }
+    g_autoptr(GError) err = NULL;
+    MpVmdesc *vd = mp_input_find_vmdesc(path, mp_input_is_compressed(in), &err);
+    if (err)
+        mp_analysis_anomaly(analysis, "%s; device sections are not sliced",
+                            err->message);
+    return vd;
 }
 
 static void

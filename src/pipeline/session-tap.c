@@ -34,7 +34,7 @@ struct TapChan {
 };
 
 struct MpSessionTap {
-    MpRelayMetrics *metrics;
+    MpMetrics *metrics;
     guint session;
     GPtrArray *chans; /* TapChan*, by index */
     TapChan *main;    /* the latest main (or recovery) channel */
@@ -85,7 +85,7 @@ chan_free(gpointer p)
 }
 
 MpSessionTap *
-mp_session_tap_new(MpRelayMetrics *metrics, guint session)
+mp_session_tap_new(MpMetrics *metrics, guint session)
 {
     MpSessionTap *t = g_new0(MpSessionTap, 1);
     t->metrics = metrics;
@@ -115,7 +115,7 @@ mp_session_tap_set_vmdesc(MpSessionTap *t, MpVmdesc *vmdesc)
 {
     mp_vmdesc_unref(t->vmdesc);
     t->vmdesc = vmdesc ? mp_vmdesc_ref(vmdesc) : NULL;
-    mp_analysis_set_vmdesc(mp_relay_metrics_analysis(t->metrics), vmdesc);
+    mp_analysis_set_vmdesc(mp_metrics_analysis(t->metrics), vmdesc);
 }
 
 void
@@ -150,7 +150,7 @@ mp_session_tap_add(MpSessionTap *t, guint channel, const char *peer,
                    gint64 now_us)
 {
     chan(t, channel);
-    mp_relay_metrics_channel_open(t->metrics, channel, peer, now_us);
+    mp_metrics_channel_open(t->metrics, channel, peer, now_us);
 }
 
 MpChanKind
@@ -174,7 +174,7 @@ gboolean
 mp_session_tap_in_postcopy(const MpSessionTap *t)
 {
     MpAnalysisProgress pr;
-    mp_analysis_progress(mp_relay_metrics_analysis(t->metrics), &pr);
+    mp_analysis_progress(mp_metrics_analysis(t->metrics), &pr);
     return pr.postcopy_us >= 0 && !pr.eof;
 }
 
@@ -184,7 +184,7 @@ on_record(const MpRecord *rec, gpointer user_data)
     Sink *s = user_data;
     MpSessionTap *t = s->tap;
 
-    mp_relay_metrics_record(t->metrics, s->chan->index, s->dir, rec, t->now_us);
+    mp_metrics_record(t->metrics, s->chan->index, s->dir, rec, t->now_us);
     if (t->fn)
         t->fn(s->chan->index, s->dir, rec, t->fn_data);
     return MP_REC_CONTINUE;
@@ -195,7 +195,7 @@ static void
 set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
 {
     c->kind = kind;
-    mp_relay_metrics_channel_kind(t->metrics, c->index, kind, t->now_us);
+    mp_metrics_channel_kind(t->metrics, c->index, kind, t->now_us);
     c->name[MP_DIR_TO_DST] =
         g_strdup_printf("channel %u %s", c->index, mp_chan_kind_name(kind));
     c->name[MP_DIR_TO_SRC] = g_strdup_printf(
@@ -234,13 +234,13 @@ set_kind(MpSessionTap *t, TapChan *c, MpChanKind kind)
             g_message("session %u channel %u: TLS (tls-creds): forwarded byte "
                       "for byte, not parsed",
                       t->session, c->index);
-        mp_relay_metrics_partial(t->metrics, c->index, MP_DIR_TO_DST, 0,
-                                 "TLS: encrypted", t->now_us);
+        mp_metrics_partial(t->metrics, c->index, MP_DIR_TO_DST, 0,
+                           "TLS: encrypted", t->now_us);
         break;
     default:
         c->done[MP_DIR_TO_DST] = TRUE;
-        mp_relay_metrics_partial(t->metrics, c->index, MP_DIR_TO_DST, 0,
-                                 "not a migration channel", t->now_us);
+        mp_metrics_partial(t->metrics, c->index, MP_DIR_TO_DST, 0,
+                           "not a migration channel", t->now_us);
         break;
     }
     /* nothing should come back, or it came before we knew what to parse */
@@ -271,9 +271,9 @@ give_up(MpSessionTap *t, TapChan *c, MpDir dir, const GError *err)
             "session %u %s: %s; forwarding the channel byte for byte, its "
             "metrics are partial from here on",
             t->session, mp_dir_name(dir), err->message);
-    mp_relay_metrics_partial(t->metrics, c->index, dir, c->off[dir],
-                             err->message, t->now_us);
-    mp_analysis_error(mp_relay_metrics_analysis(t->metrics), err);
+    mp_metrics_partial(t->metrics, c->index, dir, c->off[dir], err->message,
+                       t->now_us);
+    mp_analysis_error(mp_metrics_analysis(t->metrics), err);
 }
 
 static void
@@ -308,7 +308,7 @@ parse(MpSessionTap *t, TapChan *c, MpDir dir, const guint8 *buf, gsize len)
             /* the channel's grammar ended (EOF + vmdesc, preempt EOS) */
             c->done[dir] = TRUE;
             if (len)
-                mp_analysis_anomaly(mp_relay_metrics_analysis(t->metrics),
+                mp_analysis_anomaly(mp_metrics_analysis(t->metrics),
                                     "%s: %zu bytes after the end of its "
                                     "stream at offset %" G_GUINT64_FORMAT,
                                     c->name[dir], len, c->off[dir]);
@@ -327,7 +327,7 @@ mp_session_tap_feed(MpSessionTap *t, guint channel, MpDir dir,
     TapChan *c = chan(t, channel);
 
     t->now_us = now_us;
-    mp_relay_metrics_bytes(t->metrics, channel, dir, len, now_us);
+    mp_metrics_bytes(t->metrics, channel, dir, len, now_us);
     if (!len)
         return;
     if (c->kind == MP_CHAN_UNKNOWN) {
@@ -385,6 +385,6 @@ mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir, const char *how,
     }
     /* A stream cut inside a record is normal for a cancelled or failed
      * migration; it is reported with the channel's end, not as an error. */
-    mp_relay_metrics_channel_end(t->metrics, channel, dir, how,
-                                 ok ? NULL : err->message, now_us);
+    mp_metrics_channel_end(t->metrics, channel, dir, how,
+                           ok ? NULL : err->message, now_us);
 }

@@ -21,7 +21,7 @@
 #include <glib.h>
 #include "channel-types.h"
 #include "mp-record.h"
-#include "relay-metrics.h"
+#include "metrics.h"
 #include "vmdesc.h"
 
 typedef struct MpSessionTap MpSessionTap;
@@ -35,7 +35,7 @@ MpChanKind mp_chan_classify(const guint8 *buf, gsize len, gboolean later);
 
 /* `metrics` is borrowed and must outlive the tap.
  * @return a new tap; free with mp_session_tap_free(). */
-MpSessionTap *mp_session_tap_new(MpRelayMetrics *metrics, guint session);
+MpSessionTap *mp_session_tap_new(MpMetrics *metrics, guint session);
 void mp_session_tap_free(MpSessionTap *t); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpSessionTap, mp_session_tap_free)
 
@@ -67,7 +67,7 @@ void mp_session_tap_set_kind(MpSessionTap *t, guint channel, MpChanKind kind,
 void mp_session_tap_feed(MpSessionTap *t, guint channel, MpDir dir,
                          const guint8 *buf, gsize len, gint64 now_us);
 
-/* `dir` ended: how = "fin", "reset" or "aborted" (see relay-metrics.h). */
+/* `dir` ended: how = "fin", "reset" or "aborted" (see metrics.h). */
 void mp_session_tap_end(MpSessionTap *t, guint channel, MpDir dir,
                         const char *how, gint64 now_us);
 

@@ -24,6 +24,7 @@
 #include <glib/gstdio.h>
 #include <gio/gio.h>
 
+#include "json-util.h"
 #include "qemu-process.h"
 
 #define MP_QEMU72_BINARY      "/usr/bin/qemu-system-x86_64"
@@ -595,30 +596,31 @@ mp_qemu_set_capability(MpQemu *q, const char *capability, gboolean on,
     return ok;
 }
 
-gboolean
-mp_qemu_set_parameter_int(MpQemu *q, const char *name, gint64 value,
-                          GError **error)
+/* migrate-set-parameters {name: value}; takes `value`. */
+static gboolean
+set_parameter(MpQemu *q, const char *name, json_object *value, GError **error)
 {
     json_object *args = json_object_new_object();
     gboolean ok;
 
-    json_object_object_add(args, name, json_object_new_int64(value));
+    json_object_object_add(args, name, value);
     ok = execute_void(q, "migrate-set-parameters", args, error);
     json_object_put(args);
     return ok;
 }
 
 gboolean
+mp_qemu_set_parameter_int(MpQemu *q, const char *name, gint64 value,
+                          GError **error)
+{
+    return set_parameter(q, name, json_object_new_int64(value), error);
+}
+
+gboolean
 mp_qemu_set_parameter_str(MpQemu *q, const char *name, const char *value,
                           GError **error)
 {
-    json_object *args = json_object_new_object();
-    gboolean ok;
-
-    json_object_object_add(args, name, json_object_new_string(value));
-    ok = execute_void(q, "migrate-set-parameters", args, error);
-    json_object_put(args);
-    return ok;
+    return set_parameter(q, name, json_object_new_string(value), error);
 }
 
 gboolean
@@ -695,7 +697,6 @@ mp_qemu_wait_migration(MpQemu *q, guint timeout_ms, json_object **final_info,
     for (;;) {
         GError *err = NULL;
         json_object *info = execute_raw(q, "query-migrate", NULL, &err);
-        json_object *v;
         const char *status = NULL;
 
         if (info == NULL) {
@@ -703,14 +704,12 @@ mp_qemu_wait_migration(MpQemu *q, guint timeout_ms, json_object **final_info,
                                        "%s: waiting for migration: ", q->name);
             return FALSE;
         }
-        if (json_object_object_get_ex(info, "status", &v))
-            status = json_object_get_string(v);
+        status = mp_json_string(info, "status");
         /* QEMU (7.2 at least) says completed on the source a moment
          * before it sets total-time and downtime: read 0 for both, poll
          * again (a destination has no total-time) */
         if (g_strcmp0(status, "completed") == 0
-            && json_object_object_get_ex(info, "total-time", &v)
-            && json_object_get_int64(v) == 0
+            && mp_json_int_or(info, "total-time", -1) == 0
             && g_get_monotonic_time() < deadline) {
             json_object_put(info);
             g_usleep(MP_QEMU_POLL_US);
@@ -722,10 +721,8 @@ mp_qemu_wait_migration(MpQemu *q, guint timeout_ms, json_object **final_info,
             gboolean ok = g_strcmp0(status, "completed") == 0;
 
             if (!ok) {
-                const char *desc = NULL;
+                const char *desc = mp_json_string(info, "error-desc");
 
-                if (json_object_object_get_ex(info, "error-desc", &v))
-                    desc = json_object_get_string(v);
                 g_set_error(error, MP_QEMU_ERROR, MP_QEMU_ERROR_MIGRATION,
                             "%s: migration %s: %s", q->name, status,
                             desc != NULL ? desc : "(no error-desc)");

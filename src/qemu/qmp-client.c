@@ -15,6 +15,7 @@
 #include <gio/gio.h>
 #include <gio/gunixsocketaddress.h>
 
+#include "json-util.h"
 #include "qmp-client.h"
 
 /* Longest message accepted.  The largest replies we expect are
@@ -237,17 +238,6 @@ code_of_class(const char *cls)
     return MP_QMP_ERROR_GENERIC;
 }
 
-static const char *
-get_string(json_object *obj, const char *key)
-{
-    json_object *v;
-
-    if (!json_object_object_get_ex(obj, key, &v)
-        || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 /* Waits for the reply to the command sent with @id, queueing events.
  * @return the "return" value (caller owns) or NULL with *error set.
  */
@@ -268,7 +258,7 @@ wait_reply(MpQmpClient *c, const char *id, gint64 deadline, GError **error)
         /* A reply without "id" answers a request QEMU could not parse:
          * that can only be ours.
          */
-        msg_id = get_string(msg, "id");
+        msg_id = mp_json_string(msg, "id");
         if (json_object_object_get_ex(msg, "id", NULL)
             && g_strcmp0(msg_id, id) != 0) {
             g_debug("qmp: dropping late reply %s",
@@ -283,8 +273,8 @@ wait_reply(MpQmpClient *c, const char *id, gint64 deadline, GError **error)
             return ret != NULL ? ret : json_object_new_object();
         }
         if (json_object_object_get_ex(msg, "error", &v)) {
-            const char *cls = get_string(v, "class");
-            const char *desc = get_string(v, "desc");
+            const char *cls = mp_json_string(v, "class");
+            const char *desc = mp_json_string(v, "desc");
 
             g_set_error(error, MP_QMP_ERROR, code_of_class(cls), "%s: %s",
                         cls != NULL ? cls : "(no class)",

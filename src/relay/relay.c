@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <gio/gio.h>
+#include "address.h"
 #include "capture.h"
 #include "out-file.h"
 #include "filter-zero.h"
@@ -29,14 +30,18 @@
 #include "rate-pacer.h"
 #include "relay-admit.h"
 #include "relay-channel.h"
-#include "relay-metrics.h"
+#include "metrics.h"
+#include "metrics-lines.h"
+#include "metrics-log.h"
+#include "metrics-progress.h"
+#include "metrics-report.h"
 #include "relay.h"
 #include "session-tap.h"
 #include "stream-editor.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
 #define REPEEK_MS          20 /* a header that came in pieces */
-#define TICK_MS            (MP_RELAY_METRICS_INTERVAL_US / 1000)
+#define TICK_MS            (MP_METRICS_INTERVAL_US / 1000)
 /* Connections held while their first bytes are checked: a migration with
  * 255 multifd channels fits, with room for strangers. */
 #define MAX_PENDING 512
@@ -77,7 +82,7 @@ struct Session {
     gboolean ended;
     gboolean paused; /* every connection closed in post-copy */
     Conn *main;
-    MpRelayMetrics *metrics;
+    MpMetrics *metrics;
     MpSessionTap *tap;
     GPtrArray *filters; /* MpFilter*, the chain of every channel */
     MpFilter *zero;     /* in `filters`, or NULL */
@@ -118,7 +123,7 @@ struct MpRelay {
     guint refused;    /* at accept, since the last log line */
     gint64 refused_log_us;
     gboolean stopping, once_done;
-    MpRelayOutcome last_outcome;
+    MpMetricsOutcome last_outcome;
 };
 
 static const MpRelayChannelHooks conn_hooks;
@@ -160,7 +165,7 @@ session_free(Session *s)
     mp_pcopy_lane_free(s->lane);
     mp_rate_pacer_free(s->pacer);
     mp_rate_estimator_free(s->est);
-    mp_relay_metrics_free(s->metrics);
+    mp_metrics_free(s->metrics);
     mp_admit_session_free(s->admit);
     g_free(s->failure);
     g_free(s);
@@ -283,7 +288,7 @@ priority_report(Session *s)
 static json_object *
 session_report(Session *s)
 {
-    json_object *rep = mp_relay_metrics_report(s->metrics);
+    json_object *rep = mp_metrics_report(s->metrics);
     json_object_object_add(rep, "filters", filters_report(s));
     json_object_object_add(rep, "priority", priority_report(s));
     return rep;
@@ -398,9 +403,9 @@ end_session(Session *s, const char *failure)
     s->joinable = FALSE;
     if (r->current == s)
         r->current = NULL;
-    mp_relay_metrics_finish(s->metrics, g_get_monotonic_time(),
-                            failure ? failure : s->failure);
-    g_autofree char *summary = mp_relay_metrics_summary(s->metrics);
+    mp_metrics_finish(s->metrics, g_get_monotonic_time(),
+                      failure ? failure : s->failure);
+    g_autofree char *summary = mp_metrics_summary(s->metrics);
     if (!r->opt.quiet)
         g_message("%s", summary);
     if (s->zero && mp_filter_zero_rewritten(s->zero) && !r->opt.quiet)
@@ -423,7 +428,7 @@ end_session(Session *s, const char *failure)
         write_report(r, s->number, rep);
     }
     if (r->opt.once && session_was_migration(s)) {
-        r->last_outcome = mp_relay_metrics_outcome(s->metrics);
+        r->last_outcome = mp_metrics_outcome(s->metrics);
         r->once_done = TRUE;
     } else if (r->opt.once && !r->opt.quiet) {
         g_message("session %u: a TLS client that went no further than its "
@@ -530,14 +535,15 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
     s->start_us = main->accept_us;
     s->joinable = TRUE;
     s->main = main;
-    MpRelayMetricsConfig cfg = {
-        .lines = r->metrics_file,
-        .progress = r->opt.progress && !r->opt.quiet,
-        .log = !r->opt.quiet && !r->opt.progress,
-        .session = s->number,
-        .start_wall_us = g_get_real_time() - (now - s->start_us),
-    };
-    s->metrics = mp_relay_metrics_new(&cfg, s->start_us);
+    s->metrics = mp_metrics_new(s->number,
+                                g_get_real_time() - (now - s->start_us),
+                                s->start_us);
+    if (r->metrics_file)
+        mp_metrics_lines_attach(s->metrics, r->metrics_file);
+    if (r->opt.progress && !r->opt.quiet)
+        mp_metrics_progress_attach(s->metrics, stderr);
+    else if (!r->opt.quiet)
+        mp_metrics_log_attach(s->metrics);
     s->tap = mp_session_tap_new(s->metrics, s->number);
     mp_session_tap_set_record_func(s->tap, on_record, s);
     s->filters = g_ptr_array_new_with_free_func((GDestroyNotify)mp_filter_free);
@@ -552,7 +558,7 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
     r->current = s;
     if (r->capture)
         mp_capture_session(r->capture, s->number, s->start_us,
-                           cfg.start_wall_us);
+                           mp_metrics_start_wall_us(s->metrics));
     if (!r->opt.quiet)
         g_message("session %u: migration stream from %s, relaying to %s",
                   s->number, mp_relay_channel_peer(main->ch), r->to_str);
@@ -1203,7 +1209,7 @@ on_tick(gpointer user_data)
     for (guint i = 0; i < r->sessions->len; i++) {
         Session *s = g_ptr_array_index(r->sessions, i);
         if (!s->ended && !s->paused) {
-            mp_relay_metrics_tick(s->metrics, now);
+            mp_metrics_tick(s->metrics, now);
             auto_pace(s, now);
         }
     }
@@ -1250,16 +1256,6 @@ resolve(const char *what, const char *hostport, GError **error)
         return NULL;
     }
     return sa;
-}
-
-static char *
-address_string(GSocketAddress *a)
-{
-    g_autofree char *ip = g_inet_address_to_string(
-        g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(a)));
-    guint16 port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(a));
-    return strchr(ip, ':') ? g_strdup_printf("[%s]:%u", ip, port)
-                           : g_strdup_printf("%s:%u", ip, port);
 }
 
 MpRelay *
@@ -1313,7 +1309,7 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
     bound = g_socket_get_local_address(r->listener, error);
     if (!bound)
         return NULL;
-    r->listen_addr = address_string(bound);
+    r->listen_addr = mp_address_string(bound);
     if (r->metrics_path) {
         r->metrics_file = mp_out_lines_new(r->metrics_path, error);
         if (!r->metrics_file) {
@@ -1397,8 +1393,8 @@ mp_relay_run(MpRelay *r)
         return 1;
     if (r->stopping || !r->opt.once)
         return 0;
-    return r->last_outcome == MP_RELAY_OUTCOME_COMPLETED
-                   || r->last_outcome == MP_RELAY_OUTCOME_TLS_CLEAN
+    return r->last_outcome == MP_METRICS_OUTCOME_COMPLETED
+                   || r->last_outcome == MP_METRICS_OUTCOME_TLS_CLEAN
                ? 0
                : 1;
 }

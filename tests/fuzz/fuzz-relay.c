@@ -20,7 +20,7 @@
 #include <string.h>
 #include <glib.h>
 #include "filter-zero.h"
-#include "relay-metrics.h"
+#include "metrics.h"
 #include "session-tap.h"
 #include "stream-editor.h"
 
@@ -60,8 +60,7 @@ static GByteArray *
 run(const guint8 *data, gsize size, gsize chunk, gboolean second,
     guint64 *saved)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    MpRelayMetrics *metrics = mp_relay_metrics_new(&cfg, 0);
+    MpMetrics *metrics = mp_metrics_new(1, 0, 0);
     MpSessionTap *tap = mp_session_tap_new(metrics, 1);
     GPtrArray *filters =
         g_ptr_array_new_with_free_func((GDestroyNotify)mp_filter_free);
@@ -104,8 +103,8 @@ run(const guint8 *data, gsize size, gsize chunk, gboolean second,
     mp_stream_editor_free(r.ed);
     g_ptr_array_unref(filters);
     mp_session_tap_free(tap);
-    mp_relay_metrics_finish(metrics, (gint64)size, NULL);
-    mp_relay_metrics_free(metrics);
+    mp_metrics_finish(metrics, (gint64)size, NULL);
+    mp_metrics_free(metrics);
     return r.out;
 }
 

@@ -11,15 +11,7 @@
 #include "analysis.h"
 #include "analyze-file.h"
 #include "record-format.h"
-
-static gint64
-jint(json_object *o, const char *path)
-{
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    for (guint i = 0; parts[i]; i++)
-        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
-    return json_object_get_int64(o);
-}
+#include "test-util.h"
 
 static json_object *
 analyze_sample(const char *name)
@@ -52,14 +44,17 @@ check_sample(const char *name)
     json_object *doc = analyze_sample(name);
     json_object *q = query_migrate(name);
 
-    cr_assert_eq(jint(doc, "ram.pages.normal"), jint(q, "ram.normal"));
-    cr_assert_eq(jint(doc, "ram.pages.zero"), jint(q, "ram.duplicate"));
-    cr_assert_eq(jint(doc, "ram.total"), jint(q, "ram.total"));
+    cr_assert_eq(tu_json_int(doc, "ram.pages.normal"),
+                 tu_json_int(q, "ram.normal"));
+    cr_assert_eq(tu_json_int(doc, "ram.pages.zero"),
+                 tu_json_int(q, "ram.duplicate"));
+    cr_assert_eq(tu_json_int(doc, "ram.total"), tu_json_int(q, "ram.total"));
     /* precopy rounds: the first sends everything, later ones re-send */
     json_object *rounds;
     cr_assert(json_object_object_get_ex(doc, "rounds", &rounds));
     cr_assert_gt(json_object_array_length(rounds), 0);
-    cr_assert_eq(jint(json_object_array_get_idx(rounds, 0), "dirty_pages"), 0);
+    cr_assert_eq(
+        tu_json_int(json_object_array_get_idx(rounds, 0), "dirty_pages"), 0);
     json_object_put(doc);
     json_object_put(q);
 }
@@ -83,12 +78,12 @@ Test(analysis, xbzrle_bytes_match_qemu_counter)
 {
     json_object *doc = analyze_sample("busy-xbzrle-7.2");
     json_object *q = query_migrate("busy-xbzrle-7.2");
-    gint64 pages = jint(doc, "ram.pages.xbzrle");
+    gint64 pages = tu_json_int(doc, "ram.pages.xbzrle");
 
     cr_assert_gt(pages, 0);
-    cr_assert_eq(jint(doc, "ram.bytes_by_kind.xbzrle") - 8 * pages
-                     + 4096 * jint(q, "xbzrle-cache.overflow"),
-                 jint(q, "xbzrle-cache.bytes"));
+    cr_assert_eq(tu_json_int(doc, "ram.bytes_by_kind.xbzrle") - 8 * pages
+                     + 4096 * tu_json_int(q, "xbzrle-cache.overflow"),
+                 tu_json_int(q, "xbzrle-cache.bytes"));
     cr_assert_gt(json_object_array_length(json_object_object_get(doc, "rounds")),
                  2);
     json_object_put(doc);
@@ -98,7 +93,7 @@ Test(analysis, xbzrle_bytes_match_qemu_counter)
 Test(analysis, switchover_start_on_10)
 {
     json_object *doc = analyze_sample("busy-10.0");
-    cr_assert_eq(jint(doc, "commands.SWITCHOVER_START"), 1);
+    cr_assert_eq(tu_json_int(doc, "commands.SWITCHOVER_START"), 1);
     json_object_put(doc);
 }
 
@@ -186,9 +181,12 @@ Test(analysis, huge_block_claim)
     json_object *doc = mp_analyze_file(path, &opt, &ok);
     json_object *orig = analyze_sample("idle-7.2");
     cr_assert(ok, "%s", json_object_to_json_string(doc));
-    cr_assert_eq(jint(doc, "ram.pages.normal"), jint(orig, "ram.pages.normal"));
-    cr_assert_eq(jint(doc, "ram.pages.zero"), jint(orig, "ram.pages.zero"));
-    cr_assert_eq(jint(doc, "ram.total"), (gint64)(total - old + huge) & ~0xfff);
+    cr_assert_eq(tu_json_int(doc, "ram.pages.normal"),
+                 tu_json_int(orig, "ram.pages.normal"));
+    cr_assert_eq(tu_json_int(doc, "ram.pages.zero"),
+                 tu_json_int(orig, "ram.pages.zero"));
+    cr_assert_eq(tu_json_int(doc, "ram.total"),
+                 (gint64)(total - old + huge) & ~0xfff);
     json_object_put(doc);
     json_object_put(orig);
 

@@ -15,55 +15,23 @@
 #include "capture.h"
 #include "parse-common.h"
 #include "stream-input.h"
+#include "test-util.h"
 
 static char *dir;
 
 static void
 setup(void)
 {
-    dir = g_dir_make_tmp("mp-capture-XXXXXX", NULL);
-    cr_assert_not_null(dir);
+    dir = tu_tmpdir_new("mp-capture");
 }
 
 static void
 teardown(void)
 {
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    while (d && (name = g_dir_read_name(d))) {
-        g_autofree char *p = g_build_filename(dir, name, NULL);
-        g_unlink(p);
-    }
-    g_rmdir(dir);
-    g_clear_pointer(&dir, g_free);
+    g_clear_pointer(&dir, tu_tmpdir_remove);
 }
 
 TestSuite(capture, .init = setup, .fini = teardown);
-
-static GByteArray *
-read_sample(const char *name)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *path =
-        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
-    cr_assert_not_null(in, "%s", err ? err->message : "?");
-    GByteArray *all = g_byte_array_new();
-    guint8 buf[65536];
-    gssize n;
-    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
-        g_byte_array_append(all, buf, n);
-    return all;
-}
-
-static gint64
-jint(json_object *o, const char *path)
-{
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    for (guint i = 0; parts[i]; i++)
-        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
-    return json_object_get_int64(o);
-}
 
 /* Session 1: the sample as channel 0 in 3000-byte chunks 1 ms apart, and
  * a few return-path bytes; channel 1 opened and closed silent. */
@@ -95,7 +63,7 @@ write_capture(GByteArray *stream)
 
 Test(capture, round_trip_like_the_file)
 {
-    g_autoptr(GByteArray) stream = read_sample("busy-xbzrle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("busy-xbzrle-7.2.mig.zst");
     write_capture(stream);
     cr_assert(mp_capture_is_dir(dir));
 
@@ -122,7 +90,8 @@ Test(capture, round_trip_like_the_file)
     const char *keys[] = {"ram.pages.normal", "ram.pages.zero",
                           "ram.pages.xbzrle", "stream.sections.full"};
     for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
-        cr_assert_eq(jint(cap, keys[k]), jint(file, keys[k]), "%s", keys[k]);
+        cr_assert_eq(tu_json_int(cap, keys[k]), tu_json_int(file, keys[k]),
+                     "%s", keys[k]);
     /* the vmdesc at the end of the main channel slices the devices */
     json_object *v;
     json_object_object_get_ex(cap, "stream", &v);
@@ -130,14 +99,14 @@ Test(capture, round_trip_like_the_file)
     cr_assert(json_object_get_boolean(v));
     json_object_object_get_ex(cap, "channels", &v);
     cr_assert_eq(json_object_array_length(v), 2);
-    cr_assert_eq(jint(cap, "session"), 1);
+    cr_assert_eq(tu_json_int(cap, "session"), 1);
     json_object_put(cap);
     json_object_put(file);
 }
 
 Test(capture, broken_index_is_an_error)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     /* entry 1 points before entry 0 */
     g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
@@ -271,7 +240,7 @@ first_error(json_object *cap)
  * regular files, at once. */
 Test(capture, index_and_data_must_be_regular_files, .timeout = 30)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     limit_memory(256);
     g_autofree char *idx = g_build_filename(dir, "s1-c0-to-dst.idx", NULL);
@@ -302,7 +271,7 @@ Test(capture, index_and_data_must_be_regular_files, .timeout = 30)
  * /dev/zero, as much). */
 Test(capture, large_index_read_in_windows, .timeout = 120)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     g_autofree char *idx = g_build_filename(dir, "s1-c1-to-dst.idx", NULL);
     int fd = open(idx, O_WRONLY | O_TRUNC);
@@ -480,7 +449,7 @@ Test(capture, planted_link_not_followed)
 Test(capture, write_error_leaves_a_readable_capture)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autofree char *sub = g_build_filename(dir, "cap", NULL);
     MpCapture *c = mp_capture_new(sub, "a", "b", &err);
     cr_assert_not_null(c, "%s", err ? err->message : "?");
@@ -561,7 +530,7 @@ Test(capture, files_closed_when_channels_end)
  * 765a17d) still reads: the same session as a v2 s1.json. */
 Test(capture, version_1_still_read)
 {
-    g_autoptr(GByteArray) stream = read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     write_capture(stream);
     gboolean ok;
     json_object *v2 = mp_capture_analyze(dir, 0, FALSE, &ok);
@@ -586,7 +555,8 @@ Test(capture, version_1_still_read)
     const char *keys[] = {"ram.pages.normal", "ram.pages.zero", "session",
                           "stream.bytes"};
     for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
-        cr_assert_eq(jint(v1, keys[k]), jint(v2, keys[k]), "%s", keys[k]);
+        cr_assert_eq(tu_json_int(v1, keys[k]), tu_json_int(v2, keys[k]), "%s",
+                     keys[k]);
     json_object_put(v1);
     json_object_put(v2);
 }

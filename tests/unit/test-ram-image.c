@@ -7,6 +7,7 @@
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "ram-image.h"
+#include "test-util.h"
 #include "xbzrle.h"
 
 #define PS     4096u
@@ -18,21 +19,13 @@ static char *dir;
 static void
 setup(void)
 {
-    dir = g_dir_make_tmp("mp-ramimg-XXXXXX", NULL);
-    cr_assert_not_null(dir);
+    dir = tu_tmpdir_new("mp-ramimg");
 }
 
 static void
 teardown(void)
 {
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *n;
-    while (d && (n = g_dir_read_name(d))) {
-        g_autofree char *p = g_build_filename(dir, n, NULL);
-        g_unlink(p);
-    }
-    g_rmdir(dir);
-    g_free(dir);
+    g_clear_pointer(&dir, tu_tmpdir_remove);
 }
 
 TestSuite(ram_image, .init = setup, .fini = teardown);

@@ -5,9 +5,11 @@
 #include <string.h>
 #include <criterion/criterion.h>
 #include "analyze-file.h"
-#include "relay-metrics.h"
+#include "metrics.h"
+#include "metrics-report.h"
 #include "session-tap.h"
 #include "stream-input.h"
+#include "test-util.h"
 
 static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
 static const guint8 mfd[] = {0x11, 0x22, 0x33, 0x44, 0, 0, 0, 1};
@@ -40,39 +42,12 @@ Test(session_tap, classify_by_first_bytes)
     cr_assert_eq(mp_chan_classify(cmd, 1, FALSE), MP_CHAN_RECOVERY);
 }
 
-static GByteArray *
-read_sample(const char *name)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *path =
-        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
-    cr_assert_not_null(in, "%s", err ? err->message : "?");
-    GByteArray *all = g_byte_array_new();
-    guint8 buf[65536];
-    gssize n;
-    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
-        g_byte_array_append(all, buf, n);
-    cr_assert_eq(n, 0, "%s", err ? err->message : "?");
-    return all;
-}
-
-static gint64
-jint(json_object *o, const char *path)
-{
-    g_auto(GStrv) parts = g_strsplit(path, ".", -1);
-    for (guint i = 0; parts[i]; i++)
-        cr_assert(json_object_object_get_ex(o, parts[i], &o), "no %s", path);
-    return json_object_get_int64(o);
-}
-
 /* Feeds `stream` as channel 0 in chunks whose sizes cycle through
  * `sizes`, one millisecond apart. */
 static json_object *
 tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
     g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
     gsize off = 0;
     gint64 now = 0;
@@ -87,8 +62,8 @@ tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
     cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MAIN);
     mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", now);
     mp_session_tap_end(t, 0, MP_DIR_TO_SRC, "fin", now);
-    mp_relay_metrics_finish(m, now, NULL);
-    return mp_relay_metrics_report(m);
+    mp_metrics_finish(m, now, NULL);
+    return mp_metrics_report(m);
 }
 
 static void
@@ -100,7 +75,7 @@ check_against_file(const char *name)
     gboolean ok;
     json_object *file = mp_analyze_file(path, &opt, &ok);
     cr_assert(ok);
-    g_autoptr(GByteArray) stream = read_sample(name);
+    g_autoptr(GByteArray) stream = tu_read_sample(name);
     const gsize odd[] = {1, 2, 3, 5, 8, 13, 4096, 4097, 65536, 7};
     const gsize whole[] = {G_MAXSIZE};
     const gsize *sets[] = {odd, whole};
@@ -113,9 +88,9 @@ check_against_file(const char *name)
                               "stream.sections.part"};
         for (guint k = 0; k < G_N_ELEMENTS(keys); k++)
             cr_assert_eq(
-                jint(rep, keys[k]), jint(file, keys[k]),
+                tu_json_int(rep, keys[k]), tu_json_int(file, keys[k]),
                 "%s %s: tap %" G_GINT64_FORMAT ", file %" G_GINT64_FORMAT, name,
-                keys[k], jint(rep, keys[k]), jint(file, keys[k]));
+                keys[k], tu_json_int(rep, keys[k]), tu_json_int(file, keys[k]));
         json_object *rounds, *frounds;
         json_object_object_get_ex(rep, "rounds", &rounds);
         json_object_object_get_ex(file, "rounds", &frounds);
@@ -139,8 +114,7 @@ Test(session_tap, xbzrle_72_like_the_file)
 /* A parser that cannot follow marks the channel partial and counts on. */
 Test(session_tap, garbage_after_the_header_is_partial)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
     g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
     guint8 junk[4096];
     memset(junk, 0xee, sizeof(junk));
@@ -150,16 +124,17 @@ Test(session_tap, garbage_after_the_header_is_partial)
     mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
     mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
     mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", 4);
-    mp_relay_metrics_finish(m, 4, NULL);
-    json_object *rep = mp_relay_metrics_report(m), *ch, *v;
+    mp_metrics_finish(m, 4, NULL);
+    json_object *rep = mp_metrics_report(m), *ch, *v;
     json_object_object_get_ex(rep, "channels", &ch);
     ch = json_object_array_get_idx(ch, 0);
     json_object_object_get_ex(ch, "partial", &v);
     cr_assert(json_object_get_boolean(v));
-    cr_assert_eq(jint(ch, "to_dst.bytes"), sizeof(qevm) + 2 * sizeof(junk));
+    cr_assert_eq(tu_json_int(ch, "to_dst.bytes"),
+                 sizeof(qevm) + 2 * sizeof(junk));
     /* where the parser stopped: at or just past the bad byte */
-    cr_assert_geq(jint(ch, "to_dst.partial_offset"), sizeof(qevm));
-    cr_assert_leq(jint(ch, "to_dst.partial_offset"), sizeof(qevm) + 1);
+    cr_assert_geq(tu_json_int(ch, "to_dst.partial_offset"), sizeof(qevm));
+    cr_assert_leq(tu_json_int(ch, "to_dst.partial_offset"), sizeof(qevm) + 1);
     json_object_object_get_ex(rep, "errors", &v);
     cr_assert_eq(json_object_array_length(v), 1);
     json_object_put(rep);
@@ -170,8 +145,7 @@ Test(session_tap, garbage_after_the_header_is_partial)
  * parsed as one even though no main channel came first. */
 Test(session_tap, kind_told_by_the_relay)
 {
-    MpRelayMetricsConfig cfg = {.session = 1};
-    g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
     g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
 
     mp_session_tap_add(t, 0, "test", 0);
@@ -184,8 +158,8 @@ Test(session_tap, kind_told_by_the_relay)
     mp_session_tap_set_kind(t, 1, MP_CHAN_MAIN, 1);
     mp_session_tap_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
     cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
-    mp_relay_metrics_finish(m, 3, NULL);
-    json_object *rep = mp_relay_metrics_report(m), *ch;
+    mp_metrics_finish(m, 3, NULL);
+    json_object *rep = mp_metrics_report(m), *ch;
     json_object_object_get_ex(rep, "channels", &ch);
     json_object *k;
     json_object_object_get_ex(json_object_array_get_idx(ch, 0), "kind", &k);

@@ -1,0 +1,54 @@
+/* test-util.c: see test-util.h. */
+#include "config.h"
+#include <criterion/criterion.h>
+#include <glib/gstdio.h>
+#include "json-util.h"
+#include "stream-input.h"
+#include "test-util.h"
+
+char *
+tu_tmpdir_new(const char *prefix)
+{
+    g_autofree char *tmpl = g_strdup_printf("%s-XXXXXX", prefix);
+    char *dir = g_dir_make_tmp(tmpl, NULL);
+    cr_assert_not_null(dir);
+    return dir;
+}
+
+void
+tu_tmpdir_remove(char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(dir, name, NULL);
+        g_unlink(p);
+    }
+    g_rmdir(dir);
+    g_free(dir);
+}
+
+gint64
+tu_json_int(json_object *doc, const char *path)
+{
+    json_object *v = mp_json_path(doc, path);
+    cr_assert_not_null(v, "no %s", path);
+    return json_object_get_int64(v);
+}
+
+GByteArray *
+tu_read_sample(const char *name)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path =
+        g_strdup_printf("%s/samples/streams/%s", MP_SOURCE_ROOT, name);
+    g_autoptr(MpInput) in = mp_input_open(path, &err);
+    cr_assert_not_null(in, "%s", err ? err->message : "?");
+    GByteArray *all = g_byte_array_new();
+    guint8 buf[65536];
+    gssize n;
+    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
+        g_byte_array_append(all, buf, n);
+    cr_assert_eq(n, 0, "%s", err ? err->message : "?");
+    return all;
+}

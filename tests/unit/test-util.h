@@ -1,0 +1,19 @@
+/* test-util.h: what several unit tests of src/ need (Criterion). */
+#pragma once
+
+#include <glib.h>
+#include <json-c/json.h>
+
+/* A new private directory under $TMPDIR.  @return its path (caller frees
+ * with tu_tmpdir_remove()). */
+char *tu_tmpdir_new(const char *prefix);
+/* Removes the files in `dir`, `dir` itself, and frees the path. */
+void tu_tmpdir_remove(char *dir);
+
+/* The integer at `path` ("ram.pages.zero") of a document; a missing one
+ * fails the test. */
+gint64 tu_json_int(json_object *doc, const char *path);
+
+/* The whole content of samples/streams/`name` (plain or .zst).  @return a
+ * new array (caller frees); a file it cannot read fails the test. */
+GByteArray *tu_read_sample(const char *name);
