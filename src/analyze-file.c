@@ -9,6 +9,7 @@
 #include "analysis.h"
 #include "analyze-file.h"
 #include "capture-read.h"
+#include "input-format.h"
 #include "qmig-parser.h"
 #include "ram-image.h"
 #include "record-format.h"
@@ -119,10 +120,62 @@ check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
     return have == sizeof(hdr) || mp_qmig_parser_finish(parser, error);
 }
 
-json_object *
-mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+/* The document of a file that holds nothing to analyze: its one error
+ * and why (MpAnalyzeInputError), no analysis. */
+static json_object *
+input_error_doc(const char *path, MpInputFormat format, const char *kind,
+                const char *message)
 {
-    if (mp_capture_is_dir(path)) {
+    json_object *doc = json_object_new_object(), *errs;
+
+    json_object_object_add(doc, "file", json_object_new_string(path));
+    if (format != MP_FORMAT_UNKNOWN)
+        json_object_object_add(
+            doc, "format",
+            json_object_new_string(mp_input_format_name(format)));
+    json_object_object_add(doc, "input_error", json_object_new_string(kind));
+    errs = json_object_new_array();
+    json_object_array_add(errs, json_object_new_string(message));
+    json_object_object_add(doc, "errors", errs);
+    return doc;
+}
+
+/* What the file holds, by content: a stream (plain, zstd, in a libvirt
+ * image) goes on below; NULL then.  Otherwise its document. */
+static json_object *
+dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
+         gboolean *ok)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *why = NULL;
+
+    if (!mp_input_format_detect(path, format, &why, &err)) {
+        *ok = FALSE;
+        return input_error_doc(path, MP_FORMAT_UNKNOWN, "open", err->message);
+    }
+    switch (*format) {
+    case MP_FORMAT_UNKNOWN: {
+        g_autofree char *msg = g_strdup_printf(
+            "%s: not a known format (a QEMU migration stream, zstd-compressed "
+            "or not, a libvirt save image, a mapped-ram file, a qcow2 image "
+            "or a relay capture directory): %s",
+            path, why);
+        *ok = FALSE;
+        return input_error_doc(path, *format, "format", msg);
+    }
+    case MP_FORMAT_PCAP: {
+        g_autofree char *msg = g_strdup_printf(
+            "%s: a packet capture (pcap): recognised, not supported yet", path);
+        *ok = FALSE;
+        return input_error_doc(path, *format, "format", msg);
+    }
+    case MP_FORMAT_QCOW2: {
+        g_autofree char *msg = g_strdup_printf(
+            "%s: a qcow2 image: its snapshots are not supported yet", path);
+        *ok = FALSE;
+        return input_error_doc(path, *format, "format", msg);
+    }
+    case MP_FORMAT_CAPTURE: {
         /* a relay capture (docs/capture-format.md): its first session */
         json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;
         if (opt->dump_ram && json_object_object_get_ex(doc, "errors", &e)) {
@@ -131,8 +184,23 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
                                           "not capture directories"));
             *ok = FALSE;
         }
+        json_object_object_add(doc, "format",
+                               json_object_new_string("capture"));
         return doc;
     }
+    default:
+        return NULL;
+    }
+}
+
+json_object *
+mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+{
+    MpInputFormat format;
+    json_object *early = dispatch(path, opt, &format, ok);
+    if (early)
+        return early;
+
     g_autoptr(GError) err = NULL;
     g_autoptr(MpInput) in = mp_input_open(path, &err);
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();
@@ -146,10 +214,21 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
 
     *ok = TRUE;
     if (!in) {
-        mp_analysis_error(analysis, err);
+        /* a libvirt image whose header is broken: nothing to analyze */
         *ok = FALSE;
-        goto done;
+        g_string_free(ctx.line, TRUE);
+        return input_error_doc(path, format,
+                               g_error_matches(err, G_IO_ERROR,
+                                               G_IO_ERROR_NOT_SUPPORTED)
+                                   ? "format"
+                                   : "invalid",
+                               err->message);
     }
+    if (mp_input_libvirt(in) && !mp_input_libvirt(in)->complete)
+        mp_analysis_anomaly(analysis,
+                            "the libvirt save image is marked incomplete "
+                            "(\"%s\": libvirt did not finish writing it)",
+                            MP_LIBVIRT_MAGIC_PART);
     if (opt->dump_ram) {
         g_autofree char *dir = g_strdup(opt->dump_ram);
         image = mp_ram_image_new(dir, &err);
@@ -255,6 +334,15 @@ done:
     g_clear_error(&ctx.stop_error);
     json_object *doc = mp_analysis_to_json(analysis);
     json_object_object_add(doc, "file", json_object_new_string(path));
+    json_object_object_add(doc, "format",
+                           json_object_new_string(mp_input_format_name(format)));
+    if (in && mp_input_compression(in))
+        json_object_object_add(
+            doc, "compression",
+            json_object_new_string(mp_input_compression(in)));
+    if (in && mp_input_libvirt(in))
+        json_object_object_add(doc, "libvirt",
+                               mp_libvirt_image_to_json(mp_input_libvirt(in)));
     return doc;
 }
 

@@ -484,3 +484,70 @@ Test(analyze, output_to_full_disk)
     assert_full_disk_fails("--json", "--json");
     assert_full_disk_fails("--events", "--events");
 }
+
+/* `migproxy analyze ARGS FILE`: its exit status, stdout and stderr. */
+static int
+run_analyze(const char *arg, const char *file, char **out, char **errout)
+{
+    const char *argv[] = {it_migproxy(), "analyze", "-q", arg, file, NULL};
+    int status = 0;
+    g_autoptr(GError) err = NULL;
+    if (!arg[0]) {
+        argv[3] = file;
+        argv[4] = NULL;
+    }
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, out, errout, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status), "status 0x%x", status);
+    return WEXITSTATUS(status);
+}
+
+/* A file that cannot be opened (3) or is no known format (4): one line on
+ * stderr, no summary (issue 12: it printed the summary of an empty
+ * stream, "Stream: incomplete (no EOF) ... 0 bytes", with status 1). */
+Test(analyze_hostile, no_input_one_line_no_summary)
+{
+    g_autofree char *missing = g_build_filename(fx.dir, "gone.save", NULL);
+    g_autofree char *text = g_build_filename(fx.dir, "notes.mig", NULL);
+    g_autofree char *pcap = g_build_filename(fx.dir, "x.mig", NULL);
+    const guint8 pcap_hdr[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0};
+    cr_assert(g_file_set_contents(text, "not a stream\n", -1, NULL));
+    cr_assert(g_file_set_contents(pcap, (const char *)pcap_hdr,
+                                  sizeof(pcap_hdr), NULL));
+    static const struct {
+        const char *arg;
+    } forms[] = {{""}, {"--json"}};
+    for (guint f = 0; f < G_N_ELEMENTS(forms); f++) {
+        struct {
+            const char *file;
+            int status;
+            const char *says;
+        } cases[] = {
+            {missing, 3, "cannot open: No such file or directory"},
+            {text, 4, "not a known format"},
+            {pcap, 4, "recognised, not supported yet"},
+        };
+        for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+            g_autofree char *out = NULL, *errout = NULL;
+            int st = run_analyze(forms[f].arg, cases[i].file, &out, &errout);
+            cr_assert_eq(st, cases[i].status, "%s %s: status %d, stderr %s",
+                         forms[f].arg, cases[i].file, st, errout);
+            cr_assert(strstr(errout, cases[i].says), "stderr: %s", errout);
+            /* one line */
+            cr_assert_eq(strchr(errout, '\n'), errout + strlen(errout) - 1,
+                         "stderr: %s", errout);
+            if (!forms[f].arg[0])
+                cr_assert_str_empty(out, "a summary: %s", out);
+            else
+                cr_assert(strstr(out, "\"input_error\""), "%s", out);
+        }
+    }
+    /* several files: the highest status */
+    const char *argv[] = {it_migproxy(), "analyze", "-q", text, missing, NULL};
+    int status;
+    g_autofree char *o = NULL, *e = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &o, &e, &status, NULL));
+    cr_assert_eq(WEXITSTATUS(status), 4, "%s", e);
+}
