@@ -10,6 +10,7 @@
 #include "analyze-file.h"
 #include "capture-read.h"
 #include "input-format.h"
+#include "mapped-ram.h"
 #include "qmig-parser.h"
 #include "ram-image.h"
 #include "record-format.h"
@@ -175,6 +176,8 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         *ok = FALSE;
         return input_error_doc(path, *format, "format", msg);
     }
+    case MP_FORMAT_MAPPED_RAM:
+        return mp_mapped_ram_analyze(path, opt, ok);
     case MP_FORMAT_CAPTURE: {
         /* a relay capture (docs/capture-format.md): its first session */
         json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;

@@ -551,3 +551,75 @@ Test(analyze_hostile, no_input_one_line_no_summary)
                            NULL, &o, &e, &status, NULL));
     cr_assert_eq(WEXITSTATUS(status), 4, "%s", e);
 }
+
+/* ---- state files: mapped-ram (issue 12) ------------------------------- */
+
+/* QEMU 10.0 `migrate file:PATH` with mapped-ram, of a stopped guest (as
+ * `virsh save` stops it): the file's bitmaps give QEMU's own counts (a
+ * page in the file is a normal page, a clear bit a zero page) and
+ * --dump-ram the guest's memory. */
+static void
+run_mapped_ram(gboolean multifd)
+{
+    g_autofree char *file = g_build_filename(fx.dir, "vm.mig", NULL);
+    g_autofree char *dump = g_build_filename(fx.dir, "ram", NULL);
+    g_autofree char *image = g_build_filename(dump, "pc.ram", NULL);
+    g_autoptr(GError) err = NULL;
+    json_object *info = NULL, *ret;
+
+    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128, "mem=64M rate=4000",
+                               NULL);
+    cr_assert(mp_qemu_set_capability(fx.src, "mapped-ram", TRUE, &err), "%s",
+              err ? err->message : "?");
+    if (multifd)
+        cr_assert(mp_qemu_set_capability(fx.src, "multifd", TRUE, &err), "%s",
+                  err ? err->message : "?");
+    ret = mp_qemu_execute(fx.src, "stop", NULL, &err);
+    cr_assert_not_null(ret, "stop: %s", err ? err->message : "?");
+    json_object_put(ret);
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    ret = mp_qemu_execute(fx.src, "migrate", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate: %s", err ? err->message : "?");
+    json_object_put(ret);
+    cr_assert(mp_qemu_wait_migration(fx.src, MIGRATE_TIMEOUT_MS, &info, &err),
+              "%s", err ? err->message : "?");
+    cr_assert_str_eq(json_object_get_string(jget(info, "status")),
+                     "completed");
+
+    json_object *doc = it_analyze(file, dump);
+    json_object *errs = jget(doc, "errors");
+    cr_assert_eq(json_object_array_length(errs), 0, "analysis errors: %s",
+                 json_object_to_json_string(errs));
+    cr_assert_str_eq(json_object_get_string(jget(doc, "format")),
+                     "mapped-ram");
+    cr_assert(json_object_get_boolean(jget(doc, "stream.complete")));
+    cr_assert_str_eq(json_object_get_string(jget(doc, "stream.machine")),
+                     "pc-q35-10.0");
+    cr_assert_eq(it_jint(doc, "ram.pages.normal"), it_jint(info, "ram.normal"),
+                 "normal pages: file %" G_GINT64_FORMAT
+                 ", query-migrate %" G_GINT64_FORMAT,
+                 it_jint(doc, "ram.pages.normal"), it_jint(info, "ram.normal"));
+    cr_assert_eq(it_jint(doc, "ram.pages.zero"), it_jint(info, "ram.duplicate"),
+                 "zero pages: file %" G_GINT64_FORMAT
+                 ", query-migrate duplicate %" G_GINT64_FORMAT,
+                 it_jint(doc, "ram.pages.zero"),
+                 it_jint(info, "ram.duplicate"));
+    cr_assert_eq(it_jint(doc, "ram.total"), it_jint(info, "ram.total"));
+    cr_assert_gt(json_object_array_length(jget(doc, "devices")), 10);
+    it_assert_ram_equals(fx.src, image, 128u << 20, fx.dir);
+    json_object_put(doc);
+    json_object_put(info);
+}
+
+Test(analyze, mapped_ram_100)
+{
+    run_mapped_ram(FALSE);
+}
+
+Test(analyze, mapped_ram_multifd_100)
+{
+    run_mapped_ram(TRUE);
+}
