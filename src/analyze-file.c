@@ -11,6 +11,7 @@
 #include "capture-read.h"
 #include "input-format.h"
 #include "mapped-ram.h"
+#include "qcow2.h"
 #include "qmig-parser.h"
 #include "ram-image.h"
 #include "record-format.h"
@@ -66,7 +67,7 @@ find_vmdesc(const char *path, const MpInput *in, MpAnalysis *analysis)
 
     for (;; max = MIN(max * 8, TAIL_SEARCH)) {
         g_autoptr(GError) err = NULL;
-        g_autoptr(GBytes) tail = mp_input_read_tail(path, max, &err);
+        g_autoptr(GBytes) tail = mp_input_reread_tail(in, max, &err);
         gsize off, len, size;
 
         if (!tail)
@@ -171,10 +172,21 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         return input_error_doc(path, *format, "format", msg);
     }
     case MP_FORMAT_QCOW2: {
-        g_autofree char *msg = g_strdup_printf(
-            "%s: a qcow2 image: its snapshots are not supported yet", path);
-        *ok = FALSE;
-        return input_error_doc(path, *format, "format", msg);
+        if (opt->snapshot)
+            return NULL; /* its VM state is a stream */
+        /* no snapshot named: the list of them */
+        g_autoptr(MpQcow2) q = mp_qcow2_open(path, &err);
+        if (!q) {
+            *ok = FALSE;
+            return input_error_doc(path, *format, "invalid", err->message);
+        }
+        json_object *doc = json_object_new_object();
+        json_object_object_add(doc, "file", json_object_new_string(path));
+        json_object_object_add(doc, "format", json_object_new_string("qcow2"));
+        json_object_object_add(doc, "qcow2", mp_qcow2_to_json(q));
+        json_object_object_add(doc, "errors", json_object_new_array());
+        *ok = TRUE;
+        return doc;
     }
     case MP_FORMAT_MAPPED_RAM:
         return mp_mapped_ram_analyze(path, opt, ok);
@@ -192,6 +204,13 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         return doc;
     }
     default:
+        if (opt->snapshot) {
+            g_autofree char *msg = g_strdup_printf(
+                "%s: --snapshot reads qcow2 images; this is a %s", path,
+                mp_input_format_name(*format));
+            *ok = FALSE;
+            return input_error_doc(path, *format, "format", msg);
+        }
         return NULL;
     }
 }
@@ -205,7 +224,10 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         return early;
 
     g_autoptr(GError) err = NULL;
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
+    g_autoptr(MpInput) in = opt->snapshot
+                                ? mp_input_open_snapshot(path, opt->snapshot,
+                                                         &err)
+                                : mp_input_open(path, &err);
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();
     g_autoptr(MpVmdesc) vmdesc = NULL;
     g_autoptr(MpRamImage) image = NULL;
@@ -343,6 +365,9 @@ done:
         json_object_object_add(
             doc, "compression",
             json_object_new_string(mp_input_compression(in)));
+    if (opt->snapshot)
+        json_object_object_add(doc, "snapshot",
+                               json_object_new_string(opt->snapshot));
     if (in && mp_input_libvirt(in))
         json_object_object_add(doc, "libvirt",
                                mp_libvirt_image_to_json(mp_input_libvirt(in)));

@@ -19,6 +19,50 @@ enum {
     EXIT_FORMAT = 4,   /* a FILE is no known format (or one not supported) */
 };
 
+/* A qcow2 image analyzed without --snapshot: its snapshots. */
+static void
+print_qcow2(json_object *doc, FILE *out)
+{
+    json_object *q = json_object_object_get(doc, "qcow2");
+    json_object *snaps = json_object_object_get(q, "snapshots");
+    size_t n = json_object_array_length(snaps), with_state = 0;
+
+    fprintf(out,
+            "qcow2 image (version %d, clusters of %" G_GUINT64_FORMAT
+            " KiB, disk of %" G_GUINT64_FORMAT " MiB): %zu snapshot%s\n",
+            json_object_get_int(json_object_object_get(q, "version")),
+            json_object_get_uint64(json_object_object_get(q, "cluster_size"))
+                >> 10,
+            json_object_get_uint64(json_object_object_get(q, "disk_size"))
+                >> 20,
+            n, n == 1 ? "" : "s");
+    if (n)
+        fprintf(out, "  %-6s %-24s %14s  %-19s\n", "ID", "NAME",
+                "VM STATE", "DATE (UTC)");
+    for (size_t i = 0; i < n; i++) {
+        json_object *s = json_object_array_get_idx(snaps, i);
+        g_autofree char *id = mp_printable(
+            json_object_get_string(json_object_object_get(s, "id")));
+        g_autofree char *name = mp_printable(
+            json_object_get_string(json_object_object_get(s, "name")));
+        guint64 vm = json_object_get_uint64(
+            json_object_object_get(s, "vm_state_size"));
+        g_autoptr(GDateTime) t = g_date_time_new_from_unix_utc(
+            json_object_get_int64(json_object_object_get(s, "date")));
+        g_autofree char *date =
+            t ? g_date_time_format(t, "%Y-%m-%d %H:%M:%S") : g_strdup("?");
+        g_autofree char *size = vm ? g_format_size_full(vm, G_FORMAT_SIZE_IEC_UNITS)
+                                   : g_strdup("(disk only)");
+        with_state += vm != 0;
+        fprintf(out, "  %-6s %-24s %14s  %-19s\n", id, name, size, date);
+    }
+    if (with_state)
+        fprintf(out, "Analyze the VM state of one: migproxy analyze "
+                     "--snapshot NAME FILE\n");
+    else
+        fprintf(out, "No snapshot holds VM state (savevm makes them).\n");
+}
+
 /* The line a libvirt save image adds before the summary. */
 static void
 print_libvirt(json_object *doc, FILE *out)
@@ -69,6 +113,10 @@ mp_cmd_analyze(int argc, char **argv)
         {"no-vmdesc", 0, 0, G_OPTION_ARG_NONE, &opt.no_vmdesc,
          "Do not slice device sections with the vmdesc at the file's end",
          NULL},
+        {"snapshot", 's', 0, G_OPTION_ARG_STRING, &opt.snapshot,
+         "qcow2 image: analyze the VM state of this internal snapshot "
+         "(name or id; without it, the snapshots are listed)",
+         "NAME"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet,
          "No progress display on stderr", NULL},
         {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files, NULL,
@@ -86,6 +134,10 @@ mp_cmd_analyze(int argc, char **argv)
             "    plain or compressed with zstd;\n"
             "  a libvirt save image (virsh save, virsh managedsave), raw or\n"
             "    compressed by save_image_format (gzip, bzip2, xz, lzop, zstd);\n"
+            "  a mapped-ram file (QEMU 9+ migrate \"file:FILE\" with the\n"
+            "    mapped-ram capability, with or without multifd);\n"
+            "  a qcow2 image: its internal snapshots (savevm) are listed,\n"
+            "    --snapshot NAME analyzes one's VM state;\n"
             "  a relay capture directory (migproxy relay --capture).");
     g_option_context_set_description(
         oc, "Examples:\n"
@@ -94,7 +146,9 @@ mp_cmd_analyze(int argc, char **argv)
             "  migproxy analyze --dump-ram out/ vm.mig  RAM images; then\n"
             "      cmp out/pc.ram guest-memory.bin\n"
             "  migproxy analyze --events vm.mig | less  every record\n\n"
-            "  migproxy analyze --json f.save | jq .libvirt.domain\n\n"
+            "  migproxy analyze --json f.save | jq .libvirt.domain\n"
+            "  migproxy analyze disk.qcow2              its snapshots\n"
+            "  migproxy analyze --snapshot snap1 --dump-ram out/ disk.qcow2\n\n"
             "Exit status: 0 if every file parsed cleanly; 1 if a file holds "
             "an invalid stream or a malformed header, or the output "
             "(standard output, --dump-ram) could not be written; 2 on usage "
@@ -159,8 +213,12 @@ mp_cmd_analyze(int argc, char **argv)
         if (!opt.events) {
             if (files[1])
                 printf("%s== %s ==\n", i ? "\n" : "", files[i]);
-            print_libvirt(doc, stdout);
-            mp_analysis_print(doc, stdout);
+            if (json_object_object_get_ex(doc, "qcow2", NULL)) {
+                print_qcow2(doc, stdout);
+            } else {
+                print_libvirt(doc, stdout);
+                mp_analysis_print(doc, stdout);
+            }
         }
         json_object *errs;
         if (json_object_object_get_ex(doc, "errors", &errs))
@@ -183,6 +241,7 @@ mp_cmd_analyze(int argc, char **argv)
     }
     json_object_put(all);
     g_free(opt.dump_ram);
+    g_free(opt.snapshot);
     /* A full disk or a file system that fails on close: an error and a
      * non-zero exit, not a silently short output (a closed pipe ends the
      * command with SIGPIPE, as for any filter). */

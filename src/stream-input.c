@@ -12,6 +12,7 @@
 #include <zlib.h>
 #include <zstd.h>
 #include <gio/gio.h>
+#include "qcow2.h"
 #include "stream-input.h"
 
 #define ZSTD_MAGIC 0xfd2fb528u /* little-endian on disk: 28 b5 2f fd */
@@ -83,6 +84,10 @@ struct MpInput {
     gboolean eof;
     gboolean frame_open; /* inside a frame: a clean end needs it closed */
     MpLibvirtImage *libvirt;
+    /* a qcow2 snapshot's VM state: read through the image's tables */
+    MpQcow2 *qcow2;
+    char *snapshot;
+    guint64 qpos;
 };
 
 static const char *const dec_names[] = {NULL, "zstd", "gzip", "bzip2", "xz",
@@ -204,11 +209,38 @@ decoder_end(MpInput *in)
     in->dec_ready = FALSE;
 }
 
+MpInput *
+mp_input_open_snapshot(const char *path, const char *snapshot, GError **error)
+{
+    g_autoptr(MpInput) in = g_new0(MpInput, 1);
+
+    in->path = g_strdup(path);
+    in->fd = -1;
+    in->qcow2 = mp_qcow2_open(path, error);
+    if (!in->qcow2)
+        return NULL;
+    const MpQcow2Snapshot *s = mp_qcow2_find(in->qcow2, snapshot);
+    if (!s) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                    "%s: no snapshot named \"%s\" (migproxy analyze %s "
+                    "lists them)",
+                    path, snapshot, path);
+        return NULL;
+    }
+    if (!mp_qcow2_select(in->qcow2, s, error))
+        return NULL;
+    in->snapshot = g_strdup(snapshot);
+    in->size = mp_qcow2_state_size(in->qcow2);
+    return g_steal_pointer(&in);
+}
+
 void
 mp_input_free(MpInput *in)
 {
     if (!in)
         return;
+    mp_qcow2_free(in->qcow2);
+    g_free(in->snapshot);
     if (in->fd >= 0)
         close(in->fd);
     decoder_end(in);
@@ -249,6 +281,12 @@ mp_input_file_size(const MpInput *in)
 static gssize
 read_fd(MpInput *in, guint8 *buf, gsize cap, GError **error)
 {
+    if (in->qcow2) {
+        gssize n = mp_qcow2_pread(in->qcow2, buf, cap, in->qpos, error);
+        if (n > 0)
+            in->qpos += n;
+        return n;
+    }
     for (;;) {
         gssize n = read(in->fd, buf, cap);
         if (n >= 0)
@@ -629,13 +667,43 @@ mp_input_read(MpInput *in, guint8 *buf, gsize cap, GError **error)
     return pos;
 }
 
+static GBytes *tail_of(MpInput *in, gsize max, GError **error);
+
 GBytes *
 mp_input_read_tail(const char *path, gsize max, GError **error)
 {
     g_autoptr(MpInput) in = mp_input_open(path, error);
-    if (!in)
-        return NULL;
+    return in ? tail_of(in, max, error) : NULL;
+}
 
+GBytes *
+mp_input_reread_tail(const MpInput *orig, gsize max, GError **error)
+{
+    g_autoptr(MpInput) in =
+        orig->snapshot ? mp_input_open_snapshot(orig->path, orig->snapshot,
+                                                error)
+                       : mp_input_open(orig->path, error);
+    return in ? tail_of(in, max, error) : NULL;
+}
+
+static GBytes *
+tail_of(MpInput *in, gsize max, GError **error)
+{
+    const char *path = in->path;
+
+    if (in->qcow2) {
+        gsize n = MIN(max, in->size);
+        guint8 *buf = g_malloc(MAX(n, 1));
+        gssize got = mp_qcow2_pread(in->qcow2, buf, n, in->size - n, error);
+        if (got != (gssize)n) {
+            if (got >= 0)
+                g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                            "%s: cannot read the last %zu bytes", path, n);
+            g_free(buf);
+            return NULL;
+        }
+        return g_bytes_new_take(buf, n);
+    }
     if (in->dec == DEC_NONE) {
         gsize n = MIN(max, in->size - in->start);
         guint8 *buf = g_malloc(n);

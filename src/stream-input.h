@@ -22,6 +22,10 @@ typedef struct MpInput MpInput;
 /* @return an open input, or NULL with an error naming the file (it cannot
  * be opened; a libvirt save image whose header is malformed). */
 MpInput *mp_input_open(const char *path, GError **error);
+/* The VM state of snapshot `snapshot` (name or id) of the qcow2 image
+ * `path`.  @return an open input, or NULL with an error. */
+MpInput *mp_input_open_snapshot(const char *path, const char *snapshot,
+                                GError **error);
 void mp_input_free(MpInput *in); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpInput, mp_input_free)
 
@@ -41,3 +45,6 @@ guint64 mp_input_file_size(const MpInput *in);
  * vmdesc.  Plain files: read directly; zstd: decompresses the whole file
  * once.  @return a new GBytes or NULL with an error. */
 GBytes *mp_input_read_tail(const char *path, gsize max, GError **error);
+/* The same for what `in` reads (a file, or a qcow2 snapshot's VM state),
+ * through a second input of its own. */
+GBytes *mp_input_reread_tail(const MpInput *in, gsize max, GError **error);

@@ -623,3 +623,148 @@ Test(analyze, mapped_ram_multifd_100)
 {
     run_mapped_ram(TRUE);
 }
+
+/* ---- state files: qcow2 internal snapshots (issue 12) ----------------- */
+
+static void
+hmp(MpQemu *q, const char *line)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "command-line", json_object_new_string(line));
+    json_object *ret = mp_qemu_execute(q, "human-monitor-command", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "%s: %s", line, err ? err->message : "?");
+    /* HMP says what went wrong in its output; success says nothing */
+    const char *out = json_object_get_string(ret);
+    cr_assert(!out || !*out || !strstr(out, "rror"), "%s: %s", line, out);
+    json_object_put(ret);
+}
+
+static void
+qmp(MpQemu *q, const char *command)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *ret = mp_qemu_execute(q, command, NULL, &err);
+    cr_assert_not_null(ret, "%s: %s", command, err ? err->message : "?");
+    json_object_put(ret);
+}
+
+/* `migproxy analyze --json -q ARGS... FILE`: its document; asserts the
+ * exit status. */
+static json_object *
+analyze_args(const char *const *args, int expect_status)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_ptr_array_add(argv, (char *)it_migproxy());
+    g_ptr_array_add(argv, "analyze");
+    g_ptr_array_add(argv, "--json");
+    g_ptr_array_add(argv, "-q");
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (char *)args[i]);
+    g_ptr_array_add(argv, NULL);
+    g_autofree char *out = NULL, *errout = NULL;
+    int status = 0;
+    g_autoptr(GError) err = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_DEFAULT,
+                           NULL, NULL, &out, &errout, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == expect_status,
+              "status 0x%x, stderr: %s", status, errout);
+    json_object *doc = json_tokener_parse(out);
+    cr_assert_not_null(doc, "not JSON: %s", out);
+    return doc;
+}
+
+/* RAM below 640 KiB and above 1 MiB (what pmemsave can read) equal. */
+static void
+assert_same_ram(const char *image, const char *mem, guint64 bytes)
+{
+    g_autofree char *a = NULL, *b = NULL;
+    gsize la, lb;
+    cr_assert(g_file_get_contents(image, &a, &la, NULL), "%s", image);
+    cr_assert(g_file_get_contents(mem, &b, &lb, NULL), "%s", mem);
+    cr_assert_geq(la, bytes);
+    cr_assert_eq(lb, bytes);
+    cr_assert(memcmp(a, b, 640 << 10) == 0, "RAM below 640 KiB differs");
+    cr_assert(memcmp(a + (1 << 20), b + (1 << 20), bytes - (1 << 20)) == 0,
+              "RAM above 1 MiB differs");
+}
+
+/* Two `savevm` snapshots of a running guest in a qcow2 image made by
+ * qemu-img, a disk-only one between them: the image lists them; each
+ * one's VM state is analyzed whole (its size is the snapshot table's,
+ * every page of RAM once) and its --dump-ram equals the guest's memory
+ * at the snapshot (pmemsave while stopped). */
+Test(analyze, qcow2_savevm_snapshots_100)
+{
+    g_autofree char *disk = g_build_filename(fx.dir, "disk.qcow2", NULL);
+    g_autofree char *m1 = g_build_filename(fx.dir, "m1.bin", NULL);
+    g_autofree char *m2 = g_build_filename(fx.dir, "m2.bin", NULL);
+    g_autoptr(GError) err = NULL;
+    const char *mk[] = {"qemu-img", "create", "-q", "-f", "qcow2", disk, "16M",
+                        NULL};
+    int status;
+    cr_assert(g_spawn_sync(NULL, (char **)mk, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                           NULL, NULL, NULL, &status, &err)
+                  && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "qemu-img create: %s", err ? err->message : "exit status");
+    g_autofree char *drive =
+        g_strdup_printf("file=%s,if=none,id=d0,format=qcow2", disk);
+    const char *extra[] = {"-drive", drive, NULL};
+
+    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128, "mem=64M rate=4000",
+                               extra);
+    qmp(fx.src, "stop");
+    hmp(fx.src, "savevm first");
+    cr_assert(mp_qemu_pmemsave(fx.src, 0, 128u << 20, m1, &err), "%s",
+              err ? err->message : "?");
+    qmp(fx.src, "cont");
+    g_usleep(500 * 1000); /* the guest dirties pages between the two */
+    qmp(fx.src, "stop");
+    /* a disk-only snapshot is listed, with no state to analyze */
+    hmp(fx.src, "snapshot_blkdev_internal d0 diskonly");
+    hmp(fx.src, "savevm second");
+    cr_assert(mp_qemu_pmemsave(fx.src, 0, 128u << 20, m2, &err), "%s",
+              err ? err->message : "?");
+    g_clear_pointer(&fx.src, mp_qemu_free); /* its image flushed and closed */
+
+    const char *list_args[] = {disk, NULL};
+    json_object *list = analyze_args(list_args, 0);
+    json_object *snaps = jget(list, "qcow2.snapshots");
+    cr_assert_eq(json_object_array_length(snaps), 3);
+    const char *names[] = {"first", "diskonly", "second"};
+    const char *dumps[] = {m1, NULL, m2};
+    for (guint i = 0; i < 3; i++) {
+        json_object *s = json_object_array_get_idx(snaps, i);
+        cr_assert_str_eq(json_object_get_string(jget(s, "name")), names[i]);
+        gint64 vm = it_jint(s, "vm_state_size");
+        if (!dumps[i]) {
+            cr_assert_eq(vm, 0);
+            const char *args[] = {"--snapshot", names[i], disk, NULL};
+            json_object *doc = analyze_args(args, 1);
+            cr_assert(strstr(json_object_to_json_string(doc),
+                             "holds no VM state"),
+                      "%s", json_object_to_json_string(doc));
+            json_object_put(doc);
+            continue;
+        }
+        g_autofree char *dump = g_strdup_printf("%s/ram-%s", fx.dir, names[i]);
+        g_autofree char *image = g_build_filename(dump, "pc.ram", NULL);
+        const char *args[] = {"--snapshot", names[i], "--dump-ram", dump, disk,
+                              NULL};
+        json_object *doc = analyze_args(args, 0);
+        cr_assert_eq(json_object_array_length(jget(doc, "errors")), 0, "%s",
+                     json_object_to_json_string(jget(doc, "errors")));
+        cr_assert(json_object_get_boolean(jget(doc, "stream.complete")));
+        cr_assert_eq(it_jint(doc, "stream.bytes"), vm);
+        cr_assert_gt(json_object_array_length(jget(doc, "devices")), 10);
+        /* savevm sends every page once */
+        cr_assert_eq(it_jint(doc, "ram.pages.normal")
+                         + it_jint(doc, "ram.pages.zero"),
+                     it_jint(doc, "ram.total") / 4096);
+        assert_same_ram(image, dumps[i], 128u << 20);
+        json_object_put(doc);
+    }
+    json_object_put(list);
+}
