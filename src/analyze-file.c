@@ -178,7 +178,12 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         g_autoptr(MpQcow2) q = mp_qcow2_open(path, &err);
         if (!q) {
             *ok = FALSE;
-            return input_error_doc(path, *format, "invalid", err->message);
+            return input_error_doc(path, *format,
+                                   g_error_matches(err, G_IO_ERROR,
+                                                   G_IO_ERROR_NOT_SUPPORTED)
+                                       ? "format"
+                                       : "invalid",
+                                   err->message);
         }
         json_object *doc = json_object_new_object();
         json_object_object_add(doc, "file", json_object_new_string(path));

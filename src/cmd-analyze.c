@@ -27,15 +27,17 @@ print_qcow2(json_object *doc, FILE *out)
     json_object *snaps = json_object_object_get(q, "snapshots");
     size_t n = json_object_array_length(snaps), with_state = 0;
 
+    g_autofree char *cluster = g_format_size_full(
+        json_object_get_uint64(json_object_object_get(q, "cluster_size")),
+        G_FORMAT_SIZE_IEC_UNITS);
+    g_autofree char *disk = g_format_size_full(
+        json_object_get_uint64(json_object_object_get(q, "disk_size")),
+        G_FORMAT_SIZE_IEC_UNITS);
     fprintf(out,
-            "qcow2 image (version %d, clusters of %" G_GUINT64_FORMAT
-            " KiB, disk of %" G_GUINT64_FORMAT " MiB): %zu snapshot%s\n",
-            json_object_get_int(json_object_object_get(q, "version")),
-            json_object_get_uint64(json_object_object_get(q, "cluster_size"))
-                >> 10,
-            json_object_get_uint64(json_object_object_get(q, "disk_size"))
-                >> 20,
-            n, n == 1 ? "" : "s");
+            "qcow2 image (version %d, clusters of %s, disk of %s): %zu "
+            "snapshot%s\n",
+            json_object_get_int(json_object_object_get(q, "version")), cluster,
+            disk, n, n == 1 ? "" : "s");
     if (n)
         fprintf(out, "  %-6s %-24s %14s  %-19s\n", "ID", "NAME",
                 "VM STATE", "DATE (UTC)");

@@ -538,3 +538,315 @@ Test(statefiles, libvirt_gzip_corrupt_and_truncated)
               first_error(doc));
     json_object_put(doc);
 }
+
+/* --- qcow2 images made here ------------------------------------------- */
+
+#define QC_BITS 12u /* 4 KiB clusters: 512 L2 entries, 2 MiB per L1 entry */
+#define QC_SIZE (1u << QC_BITS)
+
+static void
+put_be(guint8 *p, guint64 v, guint n)
+{
+    for (guint i = 0; i < n; i++)
+        p[i] = v >> (8 * (n - 1 - i));
+}
+
+/* A qcow2 v3 image of a 1 MiB disk with one snapshot "snap" (id 1) whose
+ * VM state is `state`, every `compress_every`-th cluster compressed with
+ * raw deflate (0: none), the rest plain; all-zero clusters left
+ * unallocated.  Layout: header, snapshot table, L1, L2 tables, data. */
+static GByteArray *
+qcow2_image(const GByteArray *state, guint compress_every, guint32 crypt)
+{
+    guint64 nclusters = (state->len + QC_SIZE - 1) / QC_SIZE;
+    guint64 nl2 = (nclusters + 511) / 512;
+    guint64 l1_size = 1 + nl2; /* entry 0 is the disk's: empty */
+    guint64 l1_off = 2 * QC_SIZE, l2_off = 3 * QC_SIZE;
+    guint64 data_off = l2_off + nl2 * QC_SIZE;
+    GByteArray *img = g_byte_array_new();
+    g_byte_array_set_size(img, data_off);
+    memset(img->data, 0, data_off);
+
+    guint8 *h = img->data;
+    put_be(h, 0x514649fb, 4);
+    put_be(h + 4, 3, 4);
+    put_be(h + 20, QC_BITS, 4);
+    put_be(h + 24, 1 << 20, 8);
+    put_be(h + 32, crypt, 4);
+    put_be(h + 60, 1, 4);          /* snapshots */
+    put_be(h + 64, QC_SIZE, 8);    /* their table */
+    put_be(h + 96, 4, 4);          /* refcount order */
+    put_be(h + 100, 104, 4);       /* header length */
+    guint8 *s = img->data + QC_SIZE;
+    put_be(s, l1_off, 8);
+    put_be(s + 8, l1_size, 4);
+    put_be(s + 12, 1, 2);
+    put_be(s + 14, 4, 2);
+    put_be(s + 16, 1764892800, 4);
+    put_be(s + 32, state->len, 4);
+    put_be(s + 36, 16, 4);
+    put_be(s + 40, state->len, 8);
+    put_be(s + 48, 1 << 20, 8);
+    memcpy(s + 56, "1snap", 5);
+
+    g_autofree guint8 *zero = g_malloc0(QC_SIZE);
+    g_autofree guint8 *cl = g_malloc0(QC_SIZE);
+    g_autofree guint8 *cz = g_malloc(2 * QC_SIZE);
+    for (guint64 i = 0; i < nclusters; i++) {
+        gsize n = MIN(QC_SIZE, state->len - i * QC_SIZE);
+        memset(cl, 0, QC_SIZE);
+        memcpy(cl, state->data + i * QC_SIZE, n);
+        guint64 l2 = i / 512, entry;
+        if (l2 == 0 || i % 512 == 0)
+            put_be(img->data + l1_off + (1 + l2) * 8,
+                   (l2_off + l2 * QC_SIZE) | (1ull << 63), 8);
+        if (memcmp(cl, zero, QC_SIZE) == 0)
+            continue; /* unallocated: reads as zeros */
+        guint64 at = img->len;
+        if (compress_every && i % compress_every == 0) {
+            z_stream z = {0};
+            cr_assert_eq(deflateInit2(&z, 6, Z_DEFLATED, -12, 8,
+                                      Z_DEFAULT_STRATEGY),
+                         Z_OK);
+            z.next_in = cl;
+            z.avail_in = QC_SIZE;
+            z.next_out = cz;
+            z.avail_out = 2 * QC_SIZE;
+            cr_assert_eq(deflate(&z, Z_FINISH), Z_STREAM_END);
+            gsize clen = z.total_out;
+            deflateEnd(&z);
+            /* unaligned on purpose: the sector count covers the offset */
+            at += 100;
+            g_byte_array_set_size(img, at);
+            g_byte_array_append(img, cz, clen);
+            guint64 sectors = ((at & 511) + clen + 511) / 512;
+            guint shift = 62 - (QC_BITS - 8);
+            entry = (1ull << 62) | ((sectors - 1) << shift) | at;
+        } else {
+            /* plain clusters are cluster-aligned */
+            at = (at + QC_SIZE - 1) / QC_SIZE * QC_SIZE;
+            g_byte_array_set_size(img, at);
+            g_byte_array_append(img, cl, QC_SIZE);
+            entry = at | (1ull << 63);
+        }
+        put_be(img->data + l2_off + i * 8, entry, 8);
+    }
+    return img;
+}
+
+static json_object *
+analyze_snapshot(const char *path, const char *snap, const char *dump,
+                 gboolean *ok)
+{
+    MpAnalyzeOptions opt = {.quiet = TRUE, .dump_ram = (char *)dump,
+                            .snapshot = (char *)snap};
+    return mp_analyze_file(path, &opt, ok);
+}
+
+static void
+check_qcow2(guint compress_every)
+{
+    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) img = qcow2_image(stream, compress_every, 0);
+    g_autofree char *path = write_file("disk.img", img->data, img->len);
+    gboolean ok = FALSE;
+
+    /* without --snapshot: the list */
+    json_object *doc = analyze(path, NULL, &ok);
+    cr_assert(ok, "%s", json_object_to_json_string(doc));
+    cr_assert_str_eq(jstr(doc, "format"), "qcow2");
+    json_object *snaps = json_object_object_get(
+        json_object_object_get(doc, "qcow2"), "snapshots");
+    cr_assert_eq(json_object_array_length(snaps), 1);
+    json_object *s = json_object_array_get_idx(snaps, 0);
+    cr_assert_str_eq(jstr(s, "name"), "snap");
+    cr_assert_eq(jint(s, "vm_state_size"), stream->len);
+    json_object_put(doc);
+
+    /* its VM state: the stream it holds, counts and RAM as the stream's */
+    g_autofree char *dump = g_build_filename(tmpdir, "ram", NULL);
+    doc = analyze_snapshot(path, "snap", dump, &ok);
+    json_object *q = query_migrate("idle-7.2");
+    cr_assert(ok, "%s", first_error(doc));
+    cr_assert_eq(jint(doc, "stream.bytes"), stream->len);
+    cr_assert_eq(jint(doc, "ram.pages.normal"), jint(q, "ram.normal"));
+    cr_assert_eq(jint(doc, "ram.pages.zero"), jint(q, "ram.duplicate"));
+    json_object_put(doc);
+    json_object_put(q);
+    g_autofree char *bare = write_file("bare.mig", stream->data, stream->len);
+    g_autofree char *dump2 = g_build_filename(tmpdir, "ram2", NULL);
+    json_object_put(analyze(bare, dump2, &ok));
+    g_autofree char *a = g_build_filename(dump, "pc.ram", NULL);
+    g_autofree char *b = g_build_filename(dump2, "pc.ram", NULL);
+    g_autofree char *ca = NULL, *cb = NULL;
+    gsize la, lb;
+    cr_assert(g_file_get_contents(a, &ca, &la, NULL));
+    cr_assert(g_file_get_contents(b, &cb, &lb, NULL));
+    cr_assert(la == lb && memcmp(ca, cb, la) == 0, "pc.ram differs");
+}
+
+Test(statefiles, qcow2_plain_clusters, .timeout = 60)
+{
+    check_qcow2(0);
+}
+
+Test(statefiles, qcow2_compressed_clusters, .timeout = 60)
+{
+    check_qcow2(3);
+}
+
+Test(statefiles, qcow2_refused_and_broken)
+{
+    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_byte_array_set_size(stream, 64 << 10);
+    gboolean ok = TRUE;
+
+    /* encrypted: refused, no state read */
+    g_autoptr(GByteArray) enc = qcow2_image(stream, 0, 2);
+    g_autofree char *p1 = write_file("enc.qcow2", enc->data, enc->len);
+    json_object *doc = analyze(p1, NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert_str_eq(jstr(doc, "input_error"), "format");
+    cr_assert(strstr(first_error(doc), "encrypted"), "%s", first_error(doc));
+    json_object_put(doc);
+
+    /* no such snapshot */
+    g_autoptr(GByteArray) img = qcow2_image(stream, 2, 0);
+    g_autofree char *p2 = write_file("x.qcow2", img->data, img->len);
+    doc = analyze_snapshot(p2, "other", NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "no snapshot named \"other\""), "%s",
+              first_error(doc));
+    json_object_put(doc);
+
+    /* a compressed cluster whose bytes are garbage */
+    g_autoptr(GByteArray) bad = g_byte_array_new();
+    g_byte_array_append(bad, img->data, img->len);
+    memset(bad->data + 6 * QC_SIZE + 100, 0xff, 64);
+    g_autofree char *p3 = write_file("bad.qcow2", bad->data, bad->len);
+    doc = analyze_snapshot(p3, "snap", NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(json_object_to_json_string(doc),
+                     "does not decompress to one cluster"),
+              "%s", json_object_to_json_string(doc));
+    json_object_put(doc);
+
+    /* an L1 table that claims 2^32 - 1 entries */
+    memcpy(bad->data, img->data, img->len);
+    put_be(bad->data + QC_SIZE + 8, 0xffffffffu, 4);
+    g_autofree char *p4 = write_file("l1.qcow2", bad->data, bad->len);
+    doc = analyze_snapshot(p4, "snap", NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "L1 table of 4294967295 entries"),
+              "%s", first_error(doc));
+    json_object_put(doc);
+
+    /* a snapshot table past the file's end */
+    memcpy(bad->data, img->data, img->len);
+    put_be(bad->data + 64, (guint64)1 << 40, 8);
+    g_autofree char *p5 = write_file("t.qcow2", bad->data, bad->len);
+    doc = analyze(p5, NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "snapshot table offset"), "%s",
+              first_error(doc));
+    json_object_put(doc);
+}
+
+/* --- mapped-ram: a file from QEMU 10.0 (migrate file: with mapped-ram,
+ * 32 MiB guest, stopped) with each block cut to 4 pages, pages 0 and 2
+ * written ('A' + block index), its bitmap and pages right after its
+ * header; the rest of the stream as QEMU wrote it (the fuzz seed) ----- */
+
+static GByteArray *
+mapped_ram_seed(void)
+{
+    g_autofree char *path = g_strdup_printf(
+        "%s/tests/fuzz/corpus/statefile/mapped-ram", MP_SOURCE_ROOT);
+    g_autofree char *d = NULL;
+    gsize len;
+    cr_assert(g_file_get_contents(path, &d, &len, NULL), "%s", path);
+    GByteArray *b = g_byte_array_new();
+    g_byte_array_append(b, (const guint8 *)d, len);
+    return b;
+}
+
+/* Offset of the MappedRamHeader of block `name`. */
+static gsize
+mr_header_of(const GByteArray *b, const char *name)
+{
+    gsize n = strlen(name);
+    for (gsize i = 0; i + n + 9 < b->len; i++)
+        if (b->data[i] == n && memcmp(b->data + i + 1, name, n) == 0)
+            return i + 1 + n + 8;
+    cr_assert_fail("no block %s", name);
+    return 0;
+}
+
+Test(statefiles, mapped_ram_follows_the_bitmaps)
+{
+    g_autoptr(GByteArray) b = mapped_ram_seed();
+    g_autofree char *path = write_file("vm.mig", b->data, b->len);
+    g_autofree char *dump = g_build_filename(tmpdir, "ram", NULL);
+    gboolean ok = FALSE;
+    json_object *doc = analyze(path, dump, &ok);
+    cr_assert(ok, "%s", first_error(doc));
+    cr_assert_str_eq(jstr(doc, "format"), "mapped-ram");
+    cr_assert_eq(jint(doc, "ram.pages.normal"), 12);
+    cr_assert_eq(jint(doc, "ram.pages.zero"), 12);
+    cr_assert_eq(jint(doc, "mapped_ram.blocks"), 6);
+    cr_assert(json_object_get_boolean(json_object_object_get(
+        json_object_object_get(doc, "stream"), "complete")));
+    json_object_put(doc);
+    g_autofree char *img = g_build_filename(dump, "pc.ram", NULL);
+    g_autofree char *ram = NULL;
+    gsize len;
+    cr_assert(g_file_get_contents(img, &ram, &len, NULL));
+    cr_assert_eq(len, 4 * 4096);
+    for (gsize i = 0; i < len; i++)
+        cr_assert_eq(ram[i], (i / 4096) % 2 ? 0 : 'A', "byte %zu", i);
+}
+
+Test(statefiles, mapped_ram_bad_headers)
+{
+    g_autoptr(GByteArray) b = mapped_ram_seed();
+    gsize h = mr_header_of(b, "pc.bios");
+    gboolean ok = TRUE;
+
+    /* a bitmap before its own header */
+    g_autoptr(GByteArray) m = g_byte_array_new();
+    g_byte_array_append(m, b->data, b->len);
+    put_be(m->data + h + 12, 10, 8);
+    g_autofree char *p1 = write_file("a.mig", m->data, m->len);
+    json_object *doc = analyze(p1, NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "\"pc.bios\"")
+                  && strstr(first_error(doc), "bad bitmap offset"),
+              "%s", first_error(doc));
+    json_object_put(doc);
+
+    /* pages far past the file's end (a truncated file) */
+    memcpy(m->data, b->data, b->len);
+    put_be(m->data + h + 20, (guint64)1 << 40, 8);
+    g_autofree char *p2 = write_file("b.mig", m->data, m->len);
+    doc = analyze(p2, NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "past the file's end"), "%s",
+              first_error(doc));
+    json_object_put(doc);
+
+    /* a header version QEMU never wrote */
+    memcpy(m->data, b->data, b->len);
+    put_be(m->data + h, 2, 4);
+    g_autofree char *p3 = write_file("c.mig", m->data, m->len);
+    doc = analyze(p3, NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "mapped-ram header version 2"), "%s",
+              first_error(doc));
+    json_object_put(doc);
+
+    /* the file cut in the middle of the device state */
+    g_autofree char *p4 = write_file("d.mig", b->data, b->len - 80000);
+    doc = analyze(p4, NULL, &ok);
+    cr_assert_not(ok);
+    json_object_put(doc);
+}
