@@ -308,6 +308,15 @@ mp_qcow2_select(MpQcow2 *q, const MpQcow2Snapshot *s, GError **error)
                    "snapshot \"%s\": L1 table of %u entries at offset %"
                    G_GUINT64_FORMAT " (at most %u bytes, 8-aligned)",
                    s->name, s->l1_size, s->l1_offset, MP_QCOW2_L1_MAX);
+    /* QEMU writes a VM state in plain clusters, so it is never larger
+     * than its image; a state that claims far more (unallocated or shared
+     * clusters read again and again) would cost time without bound */
+    if (s->vm_state_size > 2 * q->file_size + MP_QCOW2_STATE_SLACK)
+        return bad(q, error, G_IO_ERROR_INVALID_DATA,
+                   "snapshot \"%s\": VM state of %" G_GUINT64_FORMAT
+                   " bytes in an image of %" G_GUINT64_FORMAT
+                   " (at most twice the image plus 64 MiB)",
+                   s->name, s->vm_state_size, q->file_size);
     if (s->disk_size > G_MAXUINT64 - span || s->vm_state_size > G_MAXINT64)
         return bad(q, error, G_IO_ERROR_INVALID_DATA,
                    "snapshot \"%s\": disk size %" G_GUINT64_FORMAT

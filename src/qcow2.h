@@ -11,6 +11,9 @@
 #define MP_QCOW2_SNAPSHOT_TABLE_MAX (64u << 20)
 #define MP_QCOW2_SNAPSHOTS_MAX      65536u /* QEMU's own limit */
 #define MP_QCOW2_L1_MAX             (32u << 20) /* bytes, as QEMU */
+/* A VM state is read up to its size, which may not exceed twice the
+ * image's size plus this (QEMU's are never larger than their image). */
+#define MP_QCOW2_STATE_SLACK        (64ull << 20)
 
 typedef struct MpQcow2 MpQcow2;
 

@@ -741,6 +741,17 @@ Test(statefiles, qcow2_refused_and_broken)
               "%s", first_error(doc));
     json_object_put(doc);
 
+    /* a VM state of 1 TiB in a small image (read again and again from
+     * the same clusters, it would take hours) */
+    memcpy(bad->data, img->data, img->len);
+    put_be(bad->data + QC_SIZE + 40, (guint64)1 << 40, 8);
+    g_autofree char *p6 = write_file("big.qcow2", bad->data, bad->len);
+    doc = analyze_snapshot(p6, "snap", NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert(strstr(first_error(doc), "at most twice the image"), "%s",
+              first_error(doc));
+    json_object_put(doc);
+
     /* a snapshot table past the file's end */
     memcpy(bad->data, img->data, img->len);
     put_be(bad->data + 64, (guint64)1 << 40, 8);
