@@ -2,6 +2,8 @@
  * analysis (and optionally a RAM image). */
 #include "config.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -142,6 +144,39 @@ input_error_doc(const char *path, MpInputFormat format, const char *kind,
     return doc;
 }
 
+/* A libvirt image of format "sparse" (libvirt 11+: QEMU wrote a
+ * mapped-ram stream after the header): its document; NULL for the other
+ * formats, which are streams read through MpInput. */
+static json_object *
+libvirt_sparse(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+{
+    g_autoptr(MpLibvirtImage) img = NULL;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return NULL; /* the stream path says why */
+    }
+    img = mp_libvirt_image_read(fd, path, st.st_size, NULL);
+    close(fd);
+    if (!img || img->format != MP_LIBVIRT_SPARSE)
+        return NULL;
+    json_object *doc = mp_mapped_ram_analyze(path, opt, img->data_offset, ok);
+    json_object_object_add(doc, "format", json_object_new_string("libvirt"));
+    json_object_object_add(doc, "libvirt", mp_libvirt_image_to_json(img));
+    if (!img->complete) {
+        json_object *an;
+        if (json_object_object_get_ex(doc, "anomalies", &an))
+            json_object_array_add(
+                an, json_object_new_string("the libvirt save image is marked "
+                                           "incomplete (libvirt did not "
+                                           "finish writing it)"));
+    }
+    return doc;
+}
+
 /* What the file holds, by content: a stream (plain, zstd, in a libvirt
  * image) goes on below; NULL then.  Otherwise its document. */
 static json_object *
@@ -194,7 +229,11 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         return doc;
     }
     case MP_FORMAT_MAPPED_RAM:
-        return mp_mapped_ram_analyze(path, opt, ok);
+        return mp_mapped_ram_analyze(path, opt, 0, ok);
+    case MP_FORMAT_LIBVIRT:
+        if (!opt->snapshot)
+            return libvirt_sparse(path, opt, ok);
+        G_GNUC_FALLTHROUGH;
     case MP_FORMAT_CAPTURE: {
         /* a relay capture (docs/capture-format.md): its first session */
         json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;

@@ -274,7 +274,7 @@ find_vmdesc(Ctx *c)
 
 json_object *
 mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
-                      gboolean *ok)
+                      guint64 start, gboolean *ok)
 {
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();
     g_autoptr(MpRamImage) image = NULL;
@@ -283,7 +283,7 @@ mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
     g_autoptr(GError) err = NULL;
     Ctx c = {opt, path, -1, 0, analysis, NULL, NULL, g_string_new(NULL)};
     struct stat st;
-    guint64 pos = 0, stream_bytes = 0;
+    guint64 pos = start, stream_bytes = 0;
     gboolean ended = FALSE, failed = FALSE;
     guint8 *buf = g_malloc(READ_SIZE), *pagebuf = NULL;
 

@@ -14,6 +14,9 @@
 #include <json-c/json.h>
 #include "analyze-file.h"
 
-/* As mp_analyze_file for a file whose stream lists mapped-ram. */
+/* As mp_analyze_file for a file whose stream, from offset `start` (0, or
+ * a libvirt "sparse" image's data offset), lists mapped-ram.  The
+ * headers' offsets are offsets in the file. */
 json_object *mp_mapped_ram_analyze(const char *path,
-                                   const MpAnalyzeOptions *opt, gboolean *ok);
+                                   const MpAnalyzeOptions *opt, guint64 start,
+                                   gboolean *ok);

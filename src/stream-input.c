@@ -117,9 +117,9 @@ decoder_for_libvirt(MpInput *in, GError **error)
         return TRUE;
     default:
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
-                    "%s: libvirt save image of format \"%s\" (a mapped-ram "
-                    "stream at offset %" G_GUINT64_FORMAT
-                    "): not supported yet",
+                    "%s: libvirt save image of format \"%s\": its "
+                    "mapped-ram stream at offset %" G_GUINT64_FORMAT
+                    " is not a sequential stream",
                     in->path, mp_libvirt_format_name(in->libvirt->format),
                     in->start);
         return FALSE;

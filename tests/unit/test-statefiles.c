@@ -861,3 +861,44 @@ Test(statefiles, mapped_ram_bad_headers)
     cr_assert_not(ok);
     json_object_put(doc);
 }
+
+/* libvirt 11's "sparse" format: QEMU's mapped-ram stream after the
+ * header, its offsets offsets in the file: the same analysis as the bare
+ * file. */
+Test(statefiles, libvirt_sparse_mapped_ram)
+{
+    g_autoptr(GByteArray) mr = mapped_ram_seed();
+    g_autoptr(GByteArray) img =
+        libvirt_image(MP_LIBVIRT_MAGIC, 2, MP_LIBVIRT_SPARSE, mr);
+    guint64 shift = img->len - mr->len;
+    static const char *const blocks[] = {
+        "pc.ram", "/rom@etc/acpi/tables", "pc.bios", "pc.rom",
+        "/rom@etc/table-loader", "/rom@etc/acpi/rsdp"};
+    for (guint i = 0; i < G_N_ELEMENTS(blocks); i++) {
+        gsize h = shift + mr_header_of(mr, blocks[i]);
+        for (guint k = 12; k <= 20; k += 8) {
+            guint64 v = 0;
+            for (guint j = 0; j < 8; j++)
+                v = v << 8 | img->data[h + k + j];
+            put_be(img->data + h + k, v + shift, 8);
+        }
+    }
+    g_autofree char *path = write_file("sparse.save", img->data, img->len);
+    g_autofree char *dump = g_build_filename(tmpdir, "ram", NULL);
+    gboolean ok = FALSE;
+    json_object *doc = analyze(path, dump, &ok);
+    cr_assert(ok, "%s", first_error(doc));
+    cr_assert_str_eq(jstr(doc, "format"), "libvirt");
+    cr_assert_str_eq(jstr(doc, "libvirt.format"), "sparse");
+    cr_assert_str_eq(jstr(doc, "libvirt.domain.name"), "guest-one");
+    cr_assert_eq(jint(doc, "ram.pages.normal"), 12);
+    cr_assert_eq(jint(doc, "ram.pages.zero"), 12);
+    json_object_put(doc);
+    g_autofree char *pc = g_build_filename(dump, "pc.ram", NULL);
+    g_autofree char *ram = NULL;
+    gsize len;
+    cr_assert(g_file_get_contents(pc, &ram, &len, NULL));
+    cr_assert_eq(len, 4 * 4096);
+    cr_assert_eq(ram[0], 'A');
+    cr_assert_eq(ram[4096], 0);
+}
