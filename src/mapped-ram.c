@@ -105,11 +105,11 @@ check_block(Ctx *c, const Block *b, guint64 stream_at)
     return FALSE;
 }
 
-static MpRecordAction
-on_record(const MpRecord *rec, gpointer user_data)
+/* A record of the stream, or a page of the bitmaps: into the analysis,
+ * the --events listing and the image.  FALSE with c->error. */
+static gboolean
+take_record(Ctx *c, const MpRecord *rec)
 {
-    Ctx *c = user_data;
-
     mp_analysis_record(c->analysis, rec);
     if (c->opt->events) {
         g_string_truncate(c->line, 0);
@@ -119,10 +119,18 @@ on_record(const MpRecord *rec, gpointer user_data)
             g_set_error(&c->error, G_IO_ERROR, g_io_error_from_errno(e),
                         "--events: writing to the standard output: %s",
                         g_strerror(e));
-            return MP_REC_PAUSE;
+            return FALSE;
         }
     }
-    if (c->image && !mp_ram_image_record(c->image, rec, &c->error))
+    return !c->image || mp_ram_image_record(c->image, rec, &c->error);
+}
+
+static MpRecordAction
+on_record(const MpRecord *rec, gpointer user_data)
+{
+    Ctx *c = user_data;
+
+    if (!take_record(c, rec))
         return MP_REC_PAUSE;
     if (rec->kind == MP_REC_RAM_PAGE) {
         g_set_error(&c->error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
@@ -162,8 +170,7 @@ emit_page(Ctx *c, const Block *b, guint64 index, const guint8 *data)
     rec.offset = b->pages_offset + rec.u.page.addr;
     rec.length = MP_TARGET_PAGE_SIZE;
     c->normal++;
-    mp_analysis_record(c->analysis, &rec);
-    return !c->image || mp_ram_image_record(c->image, &rec, &c->error);
+    return take_record(c, &rec);
 }
 
 static gboolean
@@ -183,8 +190,7 @@ emit_zero(Ctx *c, const Block *b, guint64 index)
     rec.offset = b->bitmap_offset + index / 8;
     rec.length = 0;
     c->zero++;
-    mp_analysis_record(c->analysis, &rec);
-    return !c->image || mp_ram_image_record(c->image, &rec, &c->error);
+    return take_record(c, &rec);
 }
 
 /* A run of `count` pages from `first`, all in the file: with --dump-ram
