@@ -17,7 +17,8 @@
 
 #define READ_SIZE   (1u << 20)
 #define BITMAP_READ (64u << 10) /* bytes of bitmap read at a time */
-#define TAIL_SEARCH (16u << 20) /* as for a stream file: the vmdesc */
+#define TAIL_FIRST  (256u << 10) /* as for a stream file: the vmdesc */
+#define TAIL_SEARCH (16u << 20)
 
 typedef struct {
     char *name;
@@ -260,22 +261,29 @@ block_pages(Ctx *c, const Block *b, guint8 *buf)
     return !c->image || mp_ram_image_flush(c->image, &c->error);
 }
 
-/* The vmdesc: at the file's end, as for a stream. */
+/* The vmdesc: at the file's end, as for a stream; a small tail first
+ * (44 KiB for a q35 guest), then up to TAIL_SEARCH. */
 static MpVmdesc *
 find_vmdesc(Ctx *c)
 {
-    gsize n = MIN(c->size, TAIL_SEARCH), off, len;
-    g_autofree guint8 *tail = g_malloc(n ? n : 1);
-    g_autoptr(GError) err = NULL;
+    for (gsize max = TAIL_FIRST;; max = TAIL_SEARCH) {
+        gsize n = MIN(c->size, max), off, len;
+        g_autofree guint8 *tail = g_malloc(n ? n : 1);
+        g_autoptr(GError) err = NULL;
 
-    if (!n || pread(c->fd, tail, n, c->size - n) != (gssize)n
-        || !mp_vmdesc_locate(tail, n, &off, &len))
-        return NULL;
-    MpVmdesc *vd = mp_vmdesc_new((const char *)tail + off, len, &err);
-    if (!vd)
-        mp_analysis_anomaly(c->analysis, "%s; device sections are not sliced",
-                            err->message);
-    return vd;
+        if (!n || pread(c->fd, tail, n, c->size - n) != (gssize)n)
+            return NULL;
+        if (mp_vmdesc_locate(tail, n, &off, &len)) {
+            MpVmdesc *vd = mp_vmdesc_new((const char *)tail + off, len, &err);
+            if (!vd)
+                mp_analysis_anomaly(c->analysis,
+                                    "%s; device sections are not sliced",
+                                    err->message);
+            return vd;
+        }
+        if (n < max || max == TAIL_SEARCH)
+            return NULL;
+    }
 }
 
 json_object *
