@@ -125,7 +125,7 @@ check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
 }
 
 /* The document of a file that holds nothing to analyze: its one error
- * and why (MpAnalyzeInputError), no analysis. */
+ * and why ("input_error": "open", "format" or "invalid"), no analysis. */
 static json_object *
 input_error_doc(const char *path, MpInputFormat format, const char *kind,
                 const char *message)
@@ -230,10 +230,6 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
     }
     case MP_FORMAT_MAPPED_RAM:
         return mp_mapped_ram_analyze(path, opt, 0, ok);
-    case MP_FORMAT_LIBVIRT:
-        if (!opt->snapshot)
-            return libvirt_sparse(path, opt, ok);
-        G_GNUC_FALLTHROUGH;
     case MP_FORMAT_CAPTURE: {
         /* a relay capture (docs/capture-format.md): its first session */
         json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;
@@ -247,10 +243,14 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
                                json_object_new_string("capture"));
         return doc;
     }
+    case MP_FORMAT_LIBVIRT:
+        if (!opt->snapshot)
+            return libvirt_sparse(path, opt, ok);
+        G_GNUC_FALLTHROUGH;
     default:
         if (opt->snapshot) {
             g_autofree char *msg = g_strdup_printf(
-                "%s: --snapshot reads qcow2 images; this is a %s", path,
+                "%s: --snapshot reads qcow2 images; this file is %s", path,
                 mp_input_format_name(*format));
             *ok = FALSE;
             return input_error_doc(path, *format, "format", msg);

@@ -902,3 +902,24 @@ Test(statefiles, libvirt_sparse_mapped_ram)
     cr_assert_eq(ram[0], 'A');
     cr_assert_eq(ram[4096], 0);
 }
+
+/* --snapshot on anything but a qcow2 image: one line, no analysis (a
+ * libvirt image went on to the capture reader on the previous commit) */
+Test(statefiles, snapshot_of_a_non_qcow2_file)
+{
+    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) img =
+        libvirt_image(MP_LIBVIRT_MAGIC, 2, MP_LIBVIRT_RAW, stream);
+    g_autofree char *p1 = write_file("a.save", img->data, img->len);
+    g_autofree char *p2 = write_file("a.mig", stream->data, stream->len);
+    const char *paths[] = {p1, p2};
+    for (guint i = 0; i < 2; i++) {
+        gboolean ok = TRUE;
+        json_object *doc = analyze_snapshot(paths[i], "s1", NULL, &ok);
+        cr_assert_not(ok);
+        cr_assert_str_eq(jstr(doc, "input_error"), "format");
+        cr_assert(strstr(first_error(doc), "--snapshot reads qcow2 images"),
+                  "%s", first_error(doc));
+        json_object_put(doc);
+    }
+}
