@@ -186,6 +186,14 @@ typedef struct {
     guint64 page_size; /* 0 if not on the wire */
     guint64 mr_addr;   /* x-ignore-shared only */
     gboolean has_mr_addr;
+    /* mapped-ram [9.0+] (MappedRamHeader): where the block's bitmap and
+     * pages sit in the file; the stream goes on at pages_offset +
+     * used_length */
+    gboolean mapped_ram;
+    guint32 mr_version;
+    guint64 mr_page_size;
+    guint64 bitmap_offset;
+    guint64 pages_offset;
 } MpRamBlockInfo;
 
 typedef struct {

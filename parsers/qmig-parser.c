@@ -122,6 +122,7 @@ struct MpQmigParser {
     SubsectionKind sub;
     guint32 caps_left;
     gboolean x_ignore_shared, mapped_ram;
+    gboolean mapped_ram_ok; /* the caller follows the file's offsets */
 
     /* sections */
     GHashTable *sections; /* section_id -> Section* */
@@ -211,6 +212,12 @@ mp_qmig_parser_set_vmdesc(MpQmigParser *p, MpVmdesc *vmdesc)
     mp_vmdesc_unref(p->vmdesc);
     p->vmdesc = vmdesc ? mp_vmdesc_ref(vmdesc) : NULL;
     p->vmdesc_cursor = 0;
+}
+
+void
+mp_qmig_parser_allow_mapped_ram(MpQmigParser *p)
+{
+    p->mapped_ram_ok = TRUE;
 }
 
 void
@@ -786,7 +793,8 @@ section_begins(MpQmigParser *p, MpCursor *in, MpRecord *rec)
                 "\"ram\" section version %u at offset %" G_GUINT64_FORMAT
                 " (expected 4)",
                 p->cur->info.version_id, p->rec_start);
-        if (p->mapped_ram)
+        mp_ram_parser_set_mapped_ram(p->ram, p->mapped_ram);
+        if (p->mapped_ram && !p->mapped_ram_ok)
             return fail(p, MP_PARSE_ERROR_UNSUPPORTED,
                         "mapped-ram streams (file: migration) are not "
                         "supported (offset %" G_GUINT64_FORMAT ")",

@@ -21,6 +21,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpQmigParser, mp_qmig_parser_free)
  * of the PACKAGED blob) into MP_REC_OPAQUE.  Takes a reference. */
 void mp_qmig_parser_set_vmdesc(MpQmigParser *p, MpVmdesc *vmdesc);
 
+/* The caller reads a mapped-ram file (QEMU 9+ `file:` migration with the
+ * mapped-ram capability): after each MP_REC_RAM_BLOCK, whose mapped_ram
+ * fields say where the block's bitmap and pages are, it pauses and feeds
+ * on from pages_offset + used_length, where the stream goes on.  Without
+ * this, a stream whose configuration lists mapped-ram is refused. */
+void mp_qmig_parser_allow_mapped_ram(MpQmigParser *p);
+
 /* A postcopy recovery channel starts without magic and version. */
 void mp_qmig_parser_set_headerless(MpQmigParser *p);
 

@@ -39,6 +39,7 @@ typedef enum {
     R_BL_PSIZE,     /* decide whether a page_size field follows */
     R_BL_PSIZE_VAL, /* take it */
     R_BL_MRADDR,
+    R_BL_MAPPED, /* MappedRamHeader */
 } RamState;
 
 /* What a state function did; the feed loop acts on it. */
@@ -80,6 +81,7 @@ struct MpRamParser {
     /* block list (MEM_SIZE) */
     guint64 postcopy_summary;
     gboolean ignore_shared;
+    gboolean mapped_ram;
     GHashTable *blocks; /* idstr -> guint64* used_length */
     const MpRamParser *shared;
     guint64 list_remaining;
@@ -134,6 +136,12 @@ mp_ram_parser_set_ignore_shared(MpRamParser *p, gboolean on)
 }
 
 void
+mp_ram_parser_set_mapped_ram(MpRamParser *p, gboolean on)
+{
+    p->mapped_ram = on;
+}
+
+void
 mp_ram_parser_set_section(MpRamParser *p, const MpSectionInfo *section)
 {
     p->section = section;
@@ -170,6 +178,7 @@ mp_ram_parser_inherit(MpRamParser *p, const MpRamParser *prev)
     p->ram_total = prev->ram_total;
     p->postcopy_summary = prev->postcopy_summary;
     p->ignore_shared = prev->ignore_shared;
+    p->mapped_ram = prev->mapped_ram;
     /* the destination's last_recv_block outlives the channel */
     memcpy(p->block, prev->block, sizeof(p->block));
     p->have_block = prev->have_block;
@@ -221,6 +230,7 @@ ram_state_name(RamState s)
     case R_BL_PSIZE:
     case R_BL_PSIZE_VAL:
     case R_BL_MRADDR:
+    case R_BL_MAPPED:
         break;
     }
     return "RAM block list";
@@ -594,8 +604,20 @@ block_entry_done(MpRamParser *p, MpRecord *rec)
     return RS_EMIT;
 }
 
+/* After the mr_addr field, if any: the entry is complete unless a
+ * MappedRamHeader follows. */
+static RamStep
+block_mr_addr_done(MpRamParser *p, MpRecord *rec)
+{
+    if (p->mapped_ram) {
+        p->state = R_BL_MAPPED;
+        return RS_NEXT;
+    }
+    return block_entry_done(p, rec);
+}
+
 /* After the page_size field, if any: the entry is complete unless an
- * mr_addr follows. */
+ * mr_addr or a MappedRamHeader follows. */
 static RamStep
 block_page_size_done(MpRamParser *p, MpRecord *rec)
 {
@@ -603,7 +625,7 @@ block_page_size_done(MpRamParser *p, MpRecord *rec)
         p->state = R_BL_MRADDR;
         return RS_NEXT;
     }
-    return block_entry_done(p, rec);
+    return block_mr_addr_done(p, rec);
 }
 
 static RamStep
@@ -713,6 +735,28 @@ read_bl_mr_addr(MpRamParser *p, MpCursor *in, MpRecord *rec)
         return RS_SHORT;
     p->bl.mr_addr = mp_be64(d);
     p->bl.has_mr_addr = TRUE;
+    return block_mr_addr_done(p, rec);
+}
+
+/* MappedRamHeader (packed): be32 version, be64 page_size, be64
+ * bitmap_offset, be64 pages_offset. */
+static RamStep
+read_bl_mapped(MpRamParser *p, MpCursor *in, MpRecord *rec)
+{
+    const guint8 *d;
+
+    if (!(d = mp_accum_take(&p->acc, 28, in)))
+        return RS_SHORT;
+    p->bl.mapped_ram = TRUE;
+    p->bl.mr_version = mp_be32(d);
+    p->bl.mr_page_size = mp_be64(d + 4);
+    p->bl.bitmap_offset = mp_be64(d + 12);
+    p->bl.pages_offset = mp_be64(d + 20);
+    if (p->bl.mr_version != 1)
+        return fail(p, MP_PARSE_ERROR_VERSION,
+                    "mapped-ram header version %u of RAMBlock \"%s\" at "
+                    "offset %" G_GUINT64_FORMAT " (expected 1)",
+                    p->bl.mr_version, p->bl_name, mp_cursor_offset(in) - 28);
     return block_entry_done(p, rec);
 }
 
@@ -751,6 +795,8 @@ read_state(MpRamParser *p, MpCursor *in, MpRecord *rec)
         return read_bl_page_size(p, in, rec);
     case R_BL_MRADDR:
         return read_bl_mr_addr(p, in, rec);
+    case R_BL_MAPPED:
+        return read_bl_mapped(p, in, rec);
     }
     g_assert_not_reached();
 }

@@ -20,6 +20,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpRamParser, mp_ram_parser_free)
  * size) and the x-ignore-shared capability (entries carry an address). */
 void mp_ram_parser_set_postcopy_summary(MpRamParser *p, guint64 summary);
 void mp_ram_parser_set_ignore_shared(MpRamParser *p, gboolean on);
+/* mapped-ram: each block list entry ends with a MappedRamHeader. */
+void mp_ram_parser_set_mapped_ram(MpRamParser *p, gboolean on);
 
 /* Records are tagged with this section (the caller keeps it alive). */
 void mp_ram_parser_set_section(MpRamParser *p, const MpSectionInfo *section);

@@ -13,14 +13,17 @@ BUILD=${MP_BUILD:-$ROOT/build}
 
 # Build: meson, a C compiler, the libraries.  Tests: criterion, QEMU 7.2,
 # clang with libFuzzer (fuzz targets), iproute2 (namespaces), socat,
-# zstd (sample streams), valgrind (meson test --setup=valgrind).
+# zstd (sample streams), valgrind (meson test --setup=valgrind), libvirt
+# (analyze's test of virsh save images).
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
+    liblzma-dev libbz2-dev liblzo2-dev
     libcriterion-dev
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev
     iproute2 socat zstd valgrind
+    libvirt-daemon-system libvirt-clients
 )
 
 log() {

@@ -1,5 +1,7 @@
-/* cmd-analyze.c: `migproxy analyze FILE...`, offline analysis of stream
- * files as QEMU writes them with `migrate "exec:cat > FILE"`. */
+/* cmd-analyze.c: `migproxy analyze FILE...`, offline analysis of the
+ * state files users hold: streams as QEMU writes them with
+ * `migrate "exec:cat > FILE"` (plain or zstd), libvirt save images and
+ * relay capture directories, told apart by content. */
 #include "config.h"
 #include <errno.h>
 #include <stdio.h>
@@ -8,6 +10,92 @@
 #include "analyze-file.h"
 #include "commands.h"
 #include "parse-common.h"
+
+/* Exit statuses (documented in --help and README.md) */
+enum {
+    EXIT_INVALID = 1,  /* invalid content, or the output failed */
+    EXIT_USAGE = 2,
+    EXIT_NO_INPUT = 3, /* a FILE cannot be opened or read */
+    EXIT_FORMAT = 4,   /* a FILE is no known format (or one not supported) */
+};
+
+/* A qcow2 image analyzed without --snapshot: its snapshots. */
+static void
+print_qcow2(json_object *doc, FILE *out)
+{
+    json_object *q = json_object_object_get(doc, "qcow2");
+    json_object *snaps = json_object_object_get(q, "snapshots");
+    size_t n = json_object_array_length(snaps), with_state = 0;
+
+    g_autofree char *cluster = g_format_size_full(
+        json_object_get_uint64(json_object_object_get(q, "cluster_size")),
+        G_FORMAT_SIZE_IEC_UNITS);
+    g_autofree char *disk = g_format_size_full(
+        json_object_get_uint64(json_object_object_get(q, "disk_size")),
+        G_FORMAT_SIZE_IEC_UNITS);
+    fprintf(out,
+            "qcow2 image (version %d, clusters of %s, disk of %s): %zu "
+            "snapshot%s\n",
+            json_object_get_int(json_object_object_get(q, "version")), cluster,
+            disk, n, n == 1 ? "" : "s");
+    if (n)
+        fprintf(out, "  %-6s %-24s %14s  %-19s\n", "ID", "NAME",
+                "VM STATE", "DATE (UTC)");
+    for (size_t i = 0; i < n; i++) {
+        json_object *s = json_object_array_get_idx(snaps, i);
+        g_autofree char *id = mp_printable(
+            json_object_get_string(json_object_object_get(s, "id")));
+        g_autofree char *name = mp_printable(
+            json_object_get_string(json_object_object_get(s, "name")));
+        guint64 vm = json_object_get_uint64(
+            json_object_object_get(s, "vm_state_size"));
+        g_autoptr(GDateTime) t = g_date_time_new_from_unix_utc(
+            json_object_get_int64(json_object_object_get(s, "date")));
+        g_autofree char *date =
+            t ? g_date_time_format(t, "%Y-%m-%d %H:%M:%S") : g_strdup("?");
+        g_autofree char *size = vm ? g_format_size_full(vm, G_FORMAT_SIZE_IEC_UNITS)
+                                   : g_strdup("(disk only)");
+        with_state += vm != 0;
+        fprintf(out, "  %-6s %-24s %14s  %-19s\n", id, name, size, date);
+    }
+    if (with_state)
+        fprintf(out, "Analyze the VM state of one: migproxy analyze "
+                     "--snapshot NAME FILE\n");
+    else
+        fprintf(out, "No snapshot holds VM state (savevm makes them).\n");
+}
+
+/* The line a libvirt save image adds before the summary. */
+static void
+print_libvirt(json_object *doc, FILE *out)
+{
+    json_object *lv, *d, *v;
+
+    if (!json_object_object_get_ex(doc, "libvirt", &lv))
+        return;
+    json_object_object_get_ex(lv, "domain", &d);
+    g_autofree char *name =
+        json_object_object_get_ex(d, "name", &v) && v
+            ? mp_printable(json_object_get_string(v))
+            : g_strdup("(no name)");
+    g_autofree char *machine =
+        json_object_object_get_ex(d, "machine", &v) && v
+            ? mp_printable(json_object_get_string(v))
+            : g_strdup("(not given)");
+    guint64 mem = json_object_object_get_ex(d, "memory", &v) && v
+                      ? json_object_get_uint64(v)
+                      : 0;
+    json_object_object_get_ex(lv, "format", &v);
+    const char *format = json_object_get_string(v);
+    json_object_object_get_ex(lv, "complete", &v);
+    gboolean complete = json_object_get_boolean(v);
+    json_object_object_get_ex(lv, "version", &v);
+    fprintf(out,
+            "libvirt save image (version %d, %s%s): domain %s, memory %"
+            G_GUINT64_FORMAT " MiB, machine %s\n",
+            json_object_get_int(v), format,
+            complete ? "" : ", INCOMPLETE", name, mem >> 20, machine);
+}
 
 int
 mp_cmd_analyze(int argc, char **argv)
@@ -27,6 +115,10 @@ mp_cmd_analyze(int argc, char **argv)
         {"no-vmdesc", 0, 0, G_OPTION_ARG_NONE, &opt.no_vmdesc,
          "Do not slice device sections with the vmdesc at the file's end",
          NULL},
+        {"snapshot", 's', 0, G_OPTION_ARG_STRING, &opt.snapshot,
+         "qcow2 image: analyze the VM state of this internal snapshot "
+         "(name or id; without it, the snapshots are listed)",
+         "NAME"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet,
          "No progress display on stderr", NULL},
         {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files, NULL,
@@ -39,52 +131,97 @@ mp_cmd_analyze(int argc, char **argv)
     g_option_context_set_summary(
         oc, "Analyze QEMU migration stream files: what the stream holds, "
             "page by page.\n\n"
-            "FILE is a stream as QEMU writes it with\n"
-            "  (qemu) migrate \"exec:cat > FILE\"\n"
-            "or the same compressed with zstd (detected by content).");
+            "FILE is one of (told by content, not by name):\n"
+            "  a stream as QEMU writes it with (qemu) migrate \"exec:cat > FILE\",\n"
+            "    plain or compressed with zstd;\n"
+            "  a libvirt save image (virsh save, virsh managedsave), raw or\n"
+            "    compressed by save_image_format (gzip, bzip2, xz, lzop, zstd),\n"
+            "    or sparse (mapped-ram);\n"
+            "  a mapped-ram file (QEMU 9+ migrate \"file:FILE\" with the\n"
+            "    mapped-ram capability, with or without multifd);\n"
+            "  a qcow2 image: its internal snapshots (savevm) are listed,\n"
+            "    --snapshot NAME analyzes one's VM state;\n"
+            "  a relay capture directory (migproxy relay --capture).");
     g_option_context_set_description(
         oc, "Examples:\n"
             "  migproxy analyze vm.mig                  summary\n"
             "  migproxy analyze --json vm.mig.zst | jq .ram.pages\n"
             "  migproxy analyze --dump-ram out/ vm.mig  RAM images; then\n"
             "      cmp out/pc.ram guest-memory.bin\n"
-            "  migproxy analyze --events vm.mig | less  every record\n\n"
-            "Exit status: 0 if every file parsed cleanly, 1 if a file could "
-            "not be read or holds an invalid stream, or the output (standard "
-            "output, --dump-ram) could not be written, 2 on usage "
-            "errors.");
+            "  migproxy analyze --events vm.mig | less  every record\n"
+            "  migproxy analyze --json f.save | jq .libvirt.domain\n"
+            "  migproxy analyze disk.qcow2              its snapshots\n"
+            "  migproxy analyze --snapshot snap1 --dump-ram out/ disk.qcow2\n\n"
+            "Exit status: 0 if every file parsed cleanly; 1 if a file holds "
+            "an invalid stream or a malformed header, or the output "
+            "(standard output, --dump-ram) could not be written; 2 on usage "
+            "errors; 3 if a file cannot be opened or read; 4 if a file is "
+            "not a known format, or one recognised but not supported yet "
+            "(pcap).  Cases 3 and 4 print one line and no summary.  With "
+            "several files, the highest status.");
     g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy analyze: %s\n(see migproxy analyze --help)\n",
                 err->message);
-        return 2;
+        return EXIT_USAGE;
     }
     if (!files || !files[0]) {
         fprintf(stderr, "migproxy analyze: no FILE given\n"
                         "(see migproxy analyze --help)\n");
-        return 2;
+        return EXIT_USAGE;
     }
     if (opt.dump_ram && g_strv_length(files) > 1) {
         fprintf(stderr,
                 "migproxy analyze: --dump-ram takes a single FILE\n");
-        return 2;
+        return EXIT_USAGE;
     }
 
     int status = 0, out_errno = 0;
     json_object *all = json_object_new_array();
     for (guint i = 0; files[i]; i++) {
         gboolean ok;
-        json_object *doc = mp_analyze_file(files[i], &opt, &ok);
-        if (!ok)
-            status = 1;
+        json_object *doc = mp_analyze_file(files[i], &opt, &ok), *ie;
+        /* nothing analyzed: one line, no summary */
+        gboolean no_input = json_object_object_get_ex(doc, "input_error", &ie);
+        int file_status = ok ? 0 : EXIT_INVALID;
+        if (no_input) {
+            const char *kind = json_object_get_string(ie);
+            file_status = g_str_equal(kind, "open")     ? EXIT_NO_INPUT
+                          : g_str_equal(kind, "format") ? EXIT_FORMAT
+                                                        : EXIT_INVALID;
+        }
+        status = MAX(status, file_status);
         if (opt.json) {
             json_object_array_add(all, doc);
+            if (no_input) {
+                /* the document says it; a line says it to whoever reads
+                 * the terminal */
+                json_object *errs;
+                json_object_object_get_ex(doc, "errors", &errs);
+                g_autofree char *e = mp_printable(json_object_get_string(
+                    json_object_array_get_idx(errs, 0)));
+                fprintf(stderr, "migproxy analyze: %s\n", e);
+            }
+            continue;
+        }
+        if (no_input) {
+            json_object *errs;
+            json_object_object_get_ex(doc, "errors", &errs);
+            g_autofree char *e = mp_printable(
+                json_object_get_string(json_object_array_get_idx(errs, 0)));
+            fprintf(stderr, "migproxy analyze: %s\n", e);
+            json_object_put(doc);
             continue;
         }
         if (!opt.events) {
             if (files[1])
                 printf("%s== %s ==\n", i ? "\n" : "", files[i]);
-            mp_analysis_print(doc, stdout);
+            if (json_object_object_get_ex(doc, "qcow2", NULL)) {
+                print_qcow2(doc, stdout);
+            } else {
+                print_libvirt(doc, stdout);
+                mp_analysis_print(doc, stdout);
+            }
         }
         json_object *errs;
         if (json_object_object_get_ex(doc, "errors", &errs))
@@ -107,6 +244,7 @@ mp_cmd_analyze(int argc, char **argv)
     }
     json_object_put(all);
     g_free(opt.dump_ram);
+    g_free(opt.snapshot);
     /* A full disk or a file system that fails on close: an error and a
      * non-zero exit, not a silently short output (a closed pipe ends the
      * command with SIGPIPE, as for any filter). */
@@ -120,7 +258,7 @@ mp_cmd_analyze(int argc, char **argv)
     if (bad_output) {
         fprintf(stderr, "migproxy analyze: writing the output: %s\n",
                 e ? g_strerror(e) : "write error");
-        status = 1;
+        status = MAX(status, EXIT_INVALID);
     }
     return status;
 }

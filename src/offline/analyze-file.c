@@ -2,6 +2,8 @@
  * analysis (and optionally a RAM image). */
 #include "config.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -9,6 +11,9 @@
 #include "analysis.h"
 #include "analyze-file.h"
 #include "capture-read.h"
+#include "input-format.h"
+#include "mapped-ram.h"
+#include "qcow2.h"
 #include "qmig-parser.h"
 #include "ram-image.h"
 #include "record-format.h"
@@ -55,7 +60,7 @@ static MpVmdesc *
 find_vmdesc(const char *path, const MpInput *in, MpAnalysis *analysis)
 {
     g_autoptr(GError) err = NULL;
-    MpVmdesc *vd = mp_input_find_vmdesc(path, mp_input_is_compressed(in), &err);
+    MpVmdesc *vd = mp_input_find_vmdesc_of(in, &err);
     if (err)
         mp_analysis_anomaly(analysis, "%s; device sections are not sliced",
                             err->message);
@@ -98,10 +103,113 @@ check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
     return have == sizeof(hdr) || mp_qmig_parser_finish(parser, error);
 }
 
-json_object *
-mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+/* The document of a file that holds nothing to analyze: its one error
+ * and why ("input_error": "open", "format" or "invalid"), no analysis. */
+static json_object *
+input_error_doc(const char *path, MpInputFormat format, const char *kind,
+                const char *message)
 {
-    if (mp_capture_is_dir(path)) {
+    json_object *doc = json_object_new_object(), *errs;
+
+    json_object_object_add(doc, "file", json_object_new_string(path));
+    if (format != MP_FORMAT_UNKNOWN)
+        json_object_object_add(
+            doc, "format",
+            json_object_new_string(mp_input_format_name(format)));
+    json_object_object_add(doc, "input_error", json_object_new_string(kind));
+    errs = json_object_new_array();
+    json_object_array_add(errs, json_object_new_string(message));
+    json_object_object_add(doc, "errors", errs);
+    return doc;
+}
+
+/* A libvirt image of format "sparse" (libvirt 11+: QEMU wrote a
+ * mapped-ram stream after the header): its document; NULL for the other
+ * formats, which are streams read through MpInput. */
+static json_object *
+libvirt_sparse(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+{
+    g_autoptr(MpLibvirtImage) img = NULL;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return NULL; /* the stream path says why */
+    }
+    img = mp_libvirt_image_read(fd, path, st.st_size, NULL);
+    close(fd);
+    if (!img || img->format != MP_LIBVIRT_SPARSE)
+        return NULL;
+    json_object *doc = mp_mapped_ram_analyze(path, opt, img->data_offset, ok);
+    json_object_object_add(doc, "format", json_object_new_string("libvirt"));
+    json_object_object_add(doc, "libvirt", mp_libvirt_image_to_json(img));
+    if (!img->complete) {
+        json_object *an;
+        if (json_object_object_get_ex(doc, "anomalies", &an))
+            json_object_array_add(
+                an, json_object_new_string("the libvirt save image is marked "
+                                           "incomplete (libvirt did not "
+                                           "finish writing it)"));
+    }
+    return doc;
+}
+
+/* What the file holds, by content: a stream (plain, zstd, in a libvirt
+ * image) goes on below; NULL then.  Otherwise its document. */
+static json_object *
+dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
+         gboolean *ok)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *why = NULL;
+
+    if (!mp_input_format_detect(path, format, &why, &err)) {
+        *ok = FALSE;
+        return input_error_doc(path, MP_FORMAT_UNKNOWN, "open", err->message);
+    }
+    switch (*format) {
+    case MP_FORMAT_UNKNOWN: {
+        g_autofree char *msg = g_strdup_printf(
+            "%s: not a known format (a QEMU migration stream, zstd-compressed "
+            "or not, a libvirt save image, a mapped-ram file, a qcow2 image "
+            "or a relay capture directory): %s",
+            path, why);
+        *ok = FALSE;
+        return input_error_doc(path, *format, "format", msg);
+    }
+    case MP_FORMAT_PCAP: {
+        g_autofree char *msg = g_strdup_printf(
+            "%s: a packet capture (pcap): recognised, not supported yet", path);
+        *ok = FALSE;
+        return input_error_doc(path, *format, "format", msg);
+    }
+    case MP_FORMAT_QCOW2: {
+        if (opt->snapshot)
+            return NULL; /* its VM state is a stream */
+        /* no snapshot named: the list of them */
+        g_autoptr(MpQcow2) q = mp_qcow2_open(path, &err);
+        if (!q) {
+            *ok = FALSE;
+            return input_error_doc(path, *format,
+                                   g_error_matches(err, G_IO_ERROR,
+                                                   G_IO_ERROR_NOT_SUPPORTED)
+                                       ? "format"
+                                       : "invalid",
+                                   err->message);
+        }
+        json_object *doc = json_object_new_object();
+        json_object_object_add(doc, "file", json_object_new_string(path));
+        json_object_object_add(doc, "format", json_object_new_string("qcow2"));
+        json_object_object_add(doc, "qcow2", mp_qcow2_to_json(q));
+        json_object_object_add(doc, "errors", json_object_new_array());
+        *ok = TRUE;
+        return doc;
+    }
+    case MP_FORMAT_MAPPED_RAM:
+        return mp_mapped_ram_analyze(path, opt, 0, ok);
+    case MP_FORMAT_CAPTURE: {
         /* a relay capture (docs/capture-format.md): its first session */
         json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;
         if (opt->dump_ram && json_object_object_get_ex(doc, "errors", &e)) {
@@ -110,10 +218,39 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
                                           "not capture directories"));
             *ok = FALSE;
         }
+        json_object_object_add(doc, "format",
+                               json_object_new_string("capture"));
         return doc;
     }
+    case MP_FORMAT_LIBVIRT:
+        if (!opt->snapshot)
+            return libvirt_sparse(path, opt, ok);
+        G_GNUC_FALLTHROUGH;
+    default:
+        if (opt->snapshot) {
+            g_autofree char *msg = g_strdup_printf(
+                "%s: --snapshot reads qcow2 images; this file is %s", path,
+                mp_input_format_name(*format));
+            *ok = FALSE;
+            return input_error_doc(path, *format, "format", msg);
+        }
+        return NULL;
+    }
+}
+
+json_object *
+mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+{
+    MpInputFormat format;
+    json_object *early = dispatch(path, opt, &format, ok);
+    if (early)
+        return early;
+
     g_autoptr(GError) err = NULL;
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
+    g_autoptr(MpInput) in = opt->snapshot
+                                ? mp_input_open_snapshot(path, opt->snapshot,
+                                                         &err)
+                                : mp_input_open(path, &err);
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();
     g_autoptr(MpVmdesc) vmdesc = NULL;
     g_autoptr(MpRamImage) image = NULL;
@@ -125,10 +262,21 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
 
     *ok = TRUE;
     if (!in) {
-        mp_analysis_error(analysis, err);
+        /* a libvirt image whose header is broken: nothing to analyze */
         *ok = FALSE;
-        goto done;
+        g_string_free(ctx.line, TRUE);
+        return input_error_doc(path, format,
+                               g_error_matches(err, G_IO_ERROR,
+                                               G_IO_ERROR_NOT_SUPPORTED)
+                                   ? "format"
+                                   : "invalid",
+                               err->message);
     }
+    if (mp_input_libvirt(in) && !mp_input_libvirt(in)->complete)
+        mp_analysis_anomaly(analysis,
+                            "the libvirt save image is marked incomplete "
+                            "(\"%s\": libvirt did not finish writing it)",
+                            MP_LIBVIRT_MAGIC_PART);
     if (opt->dump_ram) {
         g_autofree char *dir = g_strdup(opt->dump_ram);
         image = mp_ram_image_new(dir, &err);
@@ -234,6 +382,18 @@ done:
     g_clear_error(&ctx.stop_error);
     json_object *doc = mp_analysis_to_json(analysis);
     json_object_object_add(doc, "file", json_object_new_string(path));
+    json_object_object_add(doc, "format",
+                           json_object_new_string(mp_input_format_name(format)));
+    if (in && mp_input_compression(in))
+        json_object_object_add(
+            doc, "compression",
+            json_object_new_string(mp_input_compression(in)));
+    if (opt->snapshot)
+        json_object_object_add(doc, "snapshot",
+                               json_object_new_string(opt->snapshot));
+    if (in && mp_input_libvirt(in))
+        json_object_object_add(doc, "libvirt",
+                               mp_libvirt_image_to_json(mp_input_libvirt(in)));
     return doc;
 }
 

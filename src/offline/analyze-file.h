@@ -10,6 +10,7 @@ typedef struct {
     gboolean no_vmdesc; /* do not slice device sections with the vmdesc */
     gboolean quiet;     /* no progress on stderr */
     char *dump_ram;     /* write RAM images into this directory */
+    char *snapshot;     /* qcow2: analyze this snapshot's VM state */
 } MpAnalyzeOptions;
 
 /* Analyzes `path` into a JSON document (mp_analysis_to_json plus "file").

@@ -484,3 +484,287 @@ Test(analyze, output_to_full_disk)
     assert_full_disk_fails("--json", "--json");
     assert_full_disk_fails("--events", "--events");
 }
+
+/* `migproxy analyze ARGS FILE`: its exit status, stdout and stderr. */
+static int
+run_analyze(const char *arg, const char *file, char **out, char **errout)
+{
+    const char *argv[] = {it_migproxy(), "analyze", "-q", arg, file, NULL};
+    int status = 0;
+    g_autoptr(GError) err = NULL;
+    if (!arg[0]) {
+        argv[3] = file;
+        argv[4] = NULL;
+    }
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, out, errout, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status), "status 0x%x", status);
+    return WEXITSTATUS(status);
+}
+
+/* A file that cannot be opened (3) or is no known format (4): one line on
+ * stderr, no summary (issue 12: it printed the summary of an empty
+ * stream, "Stream: incomplete (no EOF) ... 0 bytes", with status 1). */
+Test(analyze_hostile, no_input_one_line_no_summary)
+{
+    g_autofree char *missing = g_build_filename(fx.dir, "gone.save", NULL);
+    g_autofree char *text = g_build_filename(fx.dir, "notes.mig", NULL);
+    g_autofree char *pcap = g_build_filename(fx.dir, "x.mig", NULL);
+    const guint8 pcap_hdr[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0};
+    cr_assert(g_file_set_contents(text, "not a stream\n", -1, NULL));
+    cr_assert(g_file_set_contents(pcap, (const char *)pcap_hdr,
+                                  sizeof(pcap_hdr), NULL));
+    static const struct {
+        const char *arg;
+    } forms[] = {{""}, {"--json"}};
+    for (guint f = 0; f < G_N_ELEMENTS(forms); f++) {
+        struct {
+            const char *file;
+            int status;
+            const char *says;
+        } cases[] = {
+            {missing, 3, "cannot open: No such file or directory"},
+            {text, 4, "not a known format"},
+            {pcap, 4, "recognised, not supported yet"},
+        };
+        for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+            g_autofree char *out = NULL, *errout = NULL;
+            int st = run_analyze(forms[f].arg, cases[i].file, &out, &errout);
+            cr_assert_eq(st, cases[i].status, "%s %s: status %d, stderr %s",
+                         forms[f].arg, cases[i].file, st, errout);
+            cr_assert(strstr(errout, cases[i].says), "stderr: %s", errout);
+            /* one line */
+            cr_assert_eq(strchr(errout, '\n'), errout + strlen(errout) - 1,
+                         "stderr: %s", errout);
+            if (!forms[f].arg[0])
+                cr_assert_str_empty(out, "a summary: %s", out);
+            else
+                cr_assert(strstr(out, "\"input_error\""), "%s", out);
+        }
+    }
+    /* several files: the highest status */
+    const char *argv[] = {it_migproxy(), "analyze", "-q", text, missing, NULL};
+    int status;
+    g_autofree char *o = NULL, *e = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &o, &e, &status, NULL));
+    cr_assert_eq(WEXITSTATUS(status), 4, "%s", e);
+}
+
+/* ---- state files: mapped-ram (issue 12) ------------------------------- */
+
+/* QEMU 10.0 `migrate file:PATH` with mapped-ram, of a stopped guest (as
+ * `virsh save` stops it): the file's bitmaps give QEMU's own counts (a
+ * page in the file is a normal page, a clear bit a zero page) and
+ * --dump-ram the guest's memory. */
+static void
+run_mapped_ram(gboolean multifd)
+{
+    g_autofree char *file = g_build_filename(fx.dir, "vm.mig", NULL);
+    g_autofree char *dump = g_build_filename(fx.dir, "ram", NULL);
+    g_autofree char *image = g_build_filename(dump, "pc.ram", NULL);
+    g_autoptr(GError) err = NULL;
+    json_object *info = NULL, *ret;
+
+    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128, "mem=64M rate=4000",
+                               NULL);
+    cr_assert(mp_qemu_set_capability(fx.src, "mapped-ram", TRUE, &err), "%s",
+              err ? err->message : "?");
+    if (multifd)
+        cr_assert(mp_qemu_set_capability(fx.src, "multifd", TRUE, &err), "%s",
+                  err ? err->message : "?");
+    ret = mp_qemu_execute(fx.src, "stop", NULL, &err);
+    cr_assert_not_null(ret, "stop: %s", err ? err->message : "?");
+    json_object_put(ret);
+    g_autofree char *uri = g_strdup_printf("file:%s", file);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(uri));
+    ret = mp_qemu_execute(fx.src, "migrate", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate: %s", err ? err->message : "?");
+    json_object_put(ret);
+    cr_assert(mp_qemu_wait_migration(fx.src, MIGRATE_TIMEOUT_MS, &info, &err),
+              "%s", err ? err->message : "?");
+    cr_assert_str_eq(json_object_get_string(jget(info, "status")),
+                     "completed");
+
+    json_object *doc = it_analyze(file, dump);
+    json_object *errs = jget(doc, "errors");
+    cr_assert_eq(json_object_array_length(errs), 0, "analysis errors: %s",
+                 json_object_to_json_string(errs));
+    cr_assert_str_eq(json_object_get_string(jget(doc, "format")),
+                     "mapped-ram");
+    cr_assert(json_object_get_boolean(jget(doc, "stream.complete")));
+    cr_assert_str_eq(json_object_get_string(jget(doc, "stream.machine")),
+                     "pc-q35-10.0");
+    cr_assert_eq(it_jint(doc, "ram.pages.normal"), it_jint(info, "ram.normal"),
+                 "normal pages: file %" G_GINT64_FORMAT
+                 ", query-migrate %" G_GINT64_FORMAT,
+                 it_jint(doc, "ram.pages.normal"), it_jint(info, "ram.normal"));
+    cr_assert_eq(it_jint(doc, "ram.pages.zero"), it_jint(info, "ram.duplicate"),
+                 "zero pages: file %" G_GINT64_FORMAT
+                 ", query-migrate duplicate %" G_GINT64_FORMAT,
+                 it_jint(doc, "ram.pages.zero"),
+                 it_jint(info, "ram.duplicate"));
+    cr_assert_eq(it_jint(doc, "ram.total"), it_jint(info, "ram.total"));
+    cr_assert_gt(json_object_array_length(jget(doc, "devices")), 10);
+    it_assert_ram_equals(fx.src, image, 128u << 20, fx.dir);
+    json_object_put(doc);
+    json_object_put(info);
+}
+
+Test(analyze, mapped_ram_100)
+{
+    run_mapped_ram(FALSE);
+}
+
+Test(analyze, mapped_ram_multifd_100)
+{
+    run_mapped_ram(TRUE);
+}
+
+/* ---- state files: qcow2 internal snapshots (issue 12) ----------------- */
+
+static void
+hmp(MpQemu *q, const char *line)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "command-line", json_object_new_string(line));
+    json_object *ret = mp_qemu_execute(q, "human-monitor-command", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "%s: %s", line, err ? err->message : "?");
+    /* HMP says what went wrong in its output; success says nothing */
+    const char *out = json_object_get_string(ret);
+    cr_assert(!out || !*out || !strstr(out, "rror"), "%s: %s", line, out);
+    json_object_put(ret);
+}
+
+static void
+qmp(MpQemu *q, const char *command)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *ret = mp_qemu_execute(q, command, NULL, &err);
+    cr_assert_not_null(ret, "%s: %s", command, err ? err->message : "?");
+    json_object_put(ret);
+}
+
+/* `migproxy analyze --json -q ARGS... FILE`: its document; asserts the
+ * exit status. */
+static json_object *
+analyze_args(const char *const *args, int expect_status)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_ptr_array_add(argv, (char *)it_migproxy());
+    g_ptr_array_add(argv, "analyze");
+    g_ptr_array_add(argv, "--json");
+    g_ptr_array_add(argv, "-q");
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (char *)args[i]);
+    g_ptr_array_add(argv, NULL);
+    g_autofree char *out = NULL, *errout = NULL;
+    int status = 0;
+    g_autoptr(GError) err = NULL;
+    cr_assert(g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_DEFAULT,
+                           NULL, NULL, &out, &errout, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == expect_status,
+              "status 0x%x, stderr: %s", status, errout);
+    json_object *doc = json_tokener_parse(out);
+    cr_assert_not_null(doc, "not JSON: %s", out);
+    return doc;
+}
+
+/* RAM below 640 KiB and above 1 MiB (what pmemsave can read) equal. */
+static void
+assert_same_ram(const char *image, const char *mem, guint64 bytes)
+{
+    g_autofree char *a = NULL, *b = NULL;
+    gsize la, lb;
+    cr_assert(g_file_get_contents(image, &a, &la, NULL), "%s", image);
+    cr_assert(g_file_get_contents(mem, &b, &lb, NULL), "%s", mem);
+    cr_assert_geq(la, bytes);
+    cr_assert_eq(lb, bytes);
+    cr_assert(memcmp(a, b, 640 << 10) == 0, "RAM below 640 KiB differs");
+    cr_assert(memcmp(a + (1 << 20), b + (1 << 20), bytes - (1 << 20)) == 0,
+              "RAM above 1 MiB differs");
+}
+
+/* Two `savevm` snapshots of a running guest in a qcow2 image made by
+ * qemu-img, a disk-only one between them: the image lists them; each
+ * one's VM state is analyzed whole (its size is the snapshot table's,
+ * every page of RAM once) and its --dump-ram equals the guest's memory
+ * at the snapshot (pmemsave while stopped). */
+Test(analyze, qcow2_savevm_snapshots_100)
+{
+    g_autofree char *disk = g_build_filename(fx.dir, "disk.qcow2", NULL);
+    g_autofree char *m1 = g_build_filename(fx.dir, "m1.bin", NULL);
+    g_autofree char *m2 = g_build_filename(fx.dir, "m2.bin", NULL);
+    g_autoptr(GError) err = NULL;
+    const char *mk[] = {"qemu-img", "create", "-q", "-f", "qcow2", disk, "16M",
+                        NULL};
+    int status;
+    cr_assert(g_spawn_sync(NULL, (char **)mk, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                           NULL, NULL, NULL, &status, &err)
+                  && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "qemu-img create: %s", err ? err->message : "exit status");
+    g_autofree char *drive =
+        g_strdup_printf("file=%s,if=none,id=d0,format=qcow2", disk);
+    const char *extra[] = {"-drive", drive, NULL};
+
+    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128, "mem=64M rate=4000",
+                               extra);
+    qmp(fx.src, "stop");
+    hmp(fx.src, "savevm first");
+    cr_assert(mp_qemu_pmemsave(fx.src, 0, 128u << 20, m1, &err), "%s",
+              err ? err->message : "?");
+    qmp(fx.src, "cont");
+    g_usleep(500 * 1000); /* the guest dirties pages between the two */
+    qmp(fx.src, "stop");
+    /* a disk-only snapshot is listed, with no state to analyze */
+    hmp(fx.src, "snapshot_blkdev_internal d0 diskonly");
+    hmp(fx.src, "savevm second");
+    cr_assert(mp_qemu_pmemsave(fx.src, 0, 128u << 20, m2, &err), "%s",
+              err ? err->message : "?");
+    g_clear_pointer(&fx.src, mp_qemu_free); /* its image flushed and closed */
+
+    const char *list_args[] = {disk, NULL};
+    json_object *list = analyze_args(list_args, 0);
+    json_object *snaps = jget(list, "qcow2.snapshots");
+    cr_assert_eq(json_object_array_length(snaps), 3);
+    const char *names[] = {"first", "diskonly", "second"};
+    const char *dumps[] = {m1, NULL, m2};
+    for (guint i = 0; i < 3; i++) {
+        json_object *s = json_object_array_get_idx(snaps, i);
+        cr_assert_str_eq(json_object_get_string(jget(s, "name")), names[i]);
+        gint64 vm = it_jint(s, "vm_state_size");
+        if (!dumps[i]) {
+            cr_assert_eq(vm, 0);
+            const char *args[] = {"--snapshot", names[i], disk, NULL};
+            json_object *doc = analyze_args(args, 1);
+            cr_assert(strstr(json_object_to_json_string(doc),
+                             "holds no VM state"),
+                      "%s", json_object_to_json_string(doc));
+            json_object_put(doc);
+            continue;
+        }
+        g_autofree char *dump = g_strdup_printf("%s/ram-%s", fx.dir, names[i]);
+        g_autofree char *image = g_build_filename(dump, "pc.ram", NULL);
+        const char *args[] = {"--snapshot", names[i], "--dump-ram", dump, disk,
+                              NULL};
+        json_object *doc = analyze_args(args, 0);
+        cr_assert_eq(json_object_array_length(jget(doc, "errors")), 0, "%s",
+                     json_object_to_json_string(jget(doc, "errors")));
+        cr_assert(json_object_get_boolean(jget(doc, "stream.complete")));
+        cr_assert_eq(it_jint(doc, "stream.bytes"), vm);
+        cr_assert_gt(json_object_array_length(jget(doc, "devices")), 10);
+        /* savevm sends every page once */
+        cr_assert_eq(it_jint(doc, "ram.pages.normal")
+                         + it_jint(doc, "ram.pages.zero"),
+                     it_jint(doc, "ram.total") / 4096);
+        assert_same_ram(image, dumps[i], 128u << 20);
+        json_object_put(doc);
+    }
+    json_object_put(list);
+}
