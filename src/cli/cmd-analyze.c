@@ -9,64 +9,59 @@
 #include "commands.h"
 #include "parse-common.h"
 
-int
-mp_cmd_analyze(int argc, char **argv)
+typedef struct {
+    MpAnalyzeOptions opt;
+    GStrv files;
+} AnalyzeArgs;
+
+static GOptionEntry *
+analyze_entries(gpointer store)
 {
-    MpAnalyzeOptions opt = {0};
-    g_auto(GStrv) files = NULL;
-    GOptionEntry entries[] = {
-        {"json", 'j', 0, G_OPTION_ARG_NONE, &opt.json,
+    AnalyzeArgs *a = store;
+    const GOptionEntry entries[] = {
+        {"json", 'j', 0, G_OPTION_ARG_NONE, &a->opt.json,
          "Print one JSON document instead of the summary", NULL},
-        {"dump-ram", 'd', 0, G_OPTION_ARG_FILENAME, &opt.dump_ram,
+        {"dump-ram", 'd', 0, G_OPTION_ARG_FILENAME, &a->opt.dump_ram,
          "Write each RAM block, as the destination would hold it after "
          "loading the stream, to a file in DIR (plus DIR/index.json)",
          "DIR"},
-        {"events", 'e', 0, G_OPTION_ARG_NONE, &opt.events,
+        {"events", 'e', 0, G_OPTION_ARG_NONE, &a->opt.events,
          "Print every record (offset, length, kind, fields), one per line",
          NULL},
-        {"no-vmdesc", 0, 0, G_OPTION_ARG_NONE, &opt.no_vmdesc,
+        {"no-vmdesc", 0, 0, G_OPTION_ARG_NONE, &a->opt.no_vmdesc,
          "Do not slice device sections with the vmdesc at the file's end",
          NULL},
-        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet,
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->opt.quiet,
          "No progress display on stderr", NULL},
-        {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files, NULL,
+        {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &a->files, NULL,
          "FILE..."},
         {NULL},
     };
-    g_autoptr(GOptionContext) oc = g_option_context_new("FILE...");
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static int
+analyze_run(int argc, char **argv)
+{
+    AnalyzeArgs a = {0};
+    g_autofree GOptionEntry *entries = analyze_entries(&a);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_analyze, entries);
     g_autoptr(GError) err = NULL;
 
-    g_option_context_set_summary(
-        oc, "Analyze QEMU migration stream files: what the stream holds, "
-            "page by page.\n\n"
-            "FILE is a stream as QEMU writes it with\n"
-            "  (qemu) migrate \"exec:cat > FILE\"\n"
-            "or the same compressed with zstd (detected by content).");
-    g_option_context_set_description(
-        oc, "Examples:\n"
-            "  migproxy analyze vm.mig                  summary\n"
-            "  migproxy analyze --json vm.mig.zst | jq .ram.pages\n"
-            "  migproxy analyze --dump-ram out/ vm.mig  RAM images; then\n"
-            "      cmp out/pc.ram guest-memory.bin\n"
-            "  migproxy analyze --events vm.mig | less  every record\n\n"
-            "Exit status: 0 if every file parsed cleanly, 1 if a file could "
-            "not be read or holds an invalid stream, or the output (standard "
-            "output, --dump-ram) could not be written, 2 on usage "
-            "errors.");
-    g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy analyze: %s\n(see migproxy analyze --help)\n",
                 err->message);
         return 2;
     }
+    g_auto(GStrv) files = a.files;
+    MpAnalyzeOptions opt = a.opt;
     if (!files || !files[0]) {
         fprintf(stderr, "migproxy analyze: no FILE given\n"
                         "(see migproxy analyze --help)\n");
         return 2;
     }
     if (opt.dump_ram && g_strv_length(files) > 1) {
-        fprintf(stderr,
-                "migproxy analyze: --dump-ram takes a single FILE\n");
+        fprintf(stderr, "migproxy analyze: --dump-ram takes a single FILE\n");
         return 2;
     }
 
@@ -124,3 +119,27 @@ mp_cmd_analyze(int argc, char **argv)
     }
     return status;
 }
+
+const MpCommand mp_cmd_analyze = {
+    .name = "analyze",
+    .purpose = "analyze captured migration streams (summary, JSON, RAM images)",
+    .operands = "FILE...",
+    .summary = "Analyze QEMU migration stream files: what the stream holds, "
+               "page by page.\n\n"
+               "FILE is a stream as QEMU writes it with\n"
+               "  (qemu) migrate \"exec:cat > FILE\"\n"
+               "or the same compressed with zstd (detected by content).",
+    .description =
+        "Examples:\n"
+        "  migproxy analyze vm.mig                  summary\n"
+        "  migproxy analyze --json vm.mig.zst | jq .ram.pages\n"
+        "  migproxy analyze --dump-ram out/ vm.mig  RAM images; then\n"
+        "      cmp out/pc.ram guest-memory.bin\n"
+        "  migproxy analyze --events vm.mig | less  every record\n\n"
+        "Exit status: 0 if every file parsed cleanly, 1 if a file could "
+        "not be read or holds an invalid stream, or the output (standard "
+        "output, --dump-ram) could not be written, 2 on usage errors.",
+    .entries = analyze_entries,
+    .store_size = sizeof(AnalyzeArgs),
+    .run = analyze_run,
+};

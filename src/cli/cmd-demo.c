@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
@@ -35,8 +36,7 @@ typedef struct {
 
 static gint64 t0;
 
-static void
-step(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void step(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 static void
 step(const char *fmt, ...)
@@ -61,8 +61,8 @@ jint(json_object *o, const char *path)
 
 /* Compares guest RAM of `q` with the RAM image `image`. */
 static gboolean
-memory_equals_image(MpQemu *q, const char *image, guint64 ram,
-                    const char *dir, guint64 *differing, GError **error)
+memory_equals_image(MpQemu *q, const char *image, guint64 ram, const char *dir,
+                    guint64 *differing, GError **error)
 {
     g_autofree char *mem = g_build_filename(dir, "destination.bin", NULL);
     g_autofree char *a = NULL, *b = NULL;
@@ -102,12 +102,10 @@ start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
     g_autofree char *a_listen =
         g_strdup_printf("--listen=127.0.0.1:%u", listen);
     g_autofree char *a_to = g_strdup_printf("--to=127.0.0.1:%u", to);
-    g_autofree char *a_report =
-        g_strdup_printf("--report=%s/report.json", dir);
+    g_autofree char *a_report = g_strdup_printf("--report=%s/report.json", dir);
     g_autofree char *a_capture = g_strdup_printf("--capture=%s/capture", dir);
-    const char *argv[] = {self,     "relay",   a_listen,  a_to,
-                          "--once", a_report,  a_capture, "--no-progress",
-                          NULL};
+    const char *argv[] = {self,     "relay",   a_listen,        a_to, "--once",
+                          a_report, a_capture, "--no-progress", NULL};
 
     if (!self)
         return FALSE;
@@ -119,8 +117,8 @@ start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
         return FALSE;
     }
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL,
-        -1, -1, fd, NULL, NULL, 0, pid, NULL, NULL, NULL, error);
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
+        -1, fd, NULL, NULL, 0, pid, NULL, NULL, NULL, error);
     close(fd);
     if (!ok)
         return FALSE;
@@ -175,14 +173,30 @@ remove_tree(const char *path)
     g_rmdir(path);
 }
 
+/* The workload guest: $MP_WORKLOAD; else, for the binary in the build
+ * tree, the one built beside it; else the one installed with it, found
+ * from the binary's own place (so that a package unpacked anywhere finds
+ * its guest too). */
 static char *
 default_kernel(void)
 {
     const char *env = g_getenv("MP_WORKLOAD");
     if (env)
         return g_strdup(env);
-    return g_build_filename(MP_BUILD_ROOT, "samples", "workload",
-                            "workload.elf", NULL);
+    g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *built =
+        g_build_filename(MP_BUILD_ROOT, "src", "migproxy", NULL);
+    g_autofree char *built_real = realpath(built, NULL);
+    if (!self || (built_real && strcmp(self, built_real) == 0))
+        return g_build_filename(MP_BUILD_ROOT, "samples", "workload",
+                                "workload.elf", NULL);
+    if (g_path_is_absolute(MP_WORKLOAD_FROM_BINDIR))
+        return g_strdup(MP_WORKLOAD_FROM_BINDIR);
+    g_autofree char *bindir = g_path_get_dirname(self);
+    g_autofree char *installed =
+        g_build_filename(bindir, MP_WORKLOAD_FROM_BINDIR, NULL);
+    g_autofree char *installed_real = realpath(installed, NULL);
+    return g_strdup(installed_real ? installed_real : installed);
 }
 
 static int
@@ -208,19 +222,23 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!g_file_test(o->kernel, G_FILE_TEST_EXISTS)) {
         fprintf(stderr,
                 "migproxy demo: the workload guest %s is missing: build it "
-                "(ninja -C build) or give --kernel\n",
+                "(ninja -C build), install it or give --kernel\n",
                 o->kernel);
         return 1;
     }
 
-    MpQemuConfig scfg = {.version = o->qemu, .label = "src",
-                         .machine = o->machine, .memory_mib = o->mem_mib,
-                         .kernel = o->kernel, .append = o->workload};
+    MpQemuConfig scfg = {.version = o->qemu,
+                         .label = "src",
+                         .machine = o->machine,
+                         .memory_mib = o->mem_mib,
+                         .kernel = o->kernel,
+                         .append = o->workload};
     step("source: QEMU %s, %d MiB, workload guest \"%s\"", o->qemu, o->mem_mib,
          o->workload);
     src = mp_qemu_start(&scfg, &err);
-    if (!src || !mp_qemu_wait_console(src, "workload: READY",
-                                      READY_TIMEOUT_MS, &err))
+    if (!src
+        || !mp_qemu_wait_console(src, "workload: READY", READY_TIMEOUT_MS,
+                                 &err))
         goto fail;
     step("source guest has filled its memory (READY)");
 
@@ -228,9 +246,12 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!port)
         goto fail;
     incoming = g_strdup_printf("tcp:127.0.0.1:%u", port);
-    MpQemuConfig dcfg = {.version = o->qemu, .label = "dst",
-                         .machine = o->machine, .memory_mib = o->mem_mib,
-                         .paused = TRUE, .incoming = incoming};
+    MpQemuConfig dcfg = {.version = o->qemu,
+                         .label = "dst",
+                         .machine = o->machine,
+                         .memory_mib = o->mem_mib,
+                         .paused = TRUE,
+                         .incoming = incoming};
     step("destination: QEMU %s, -incoming %s, paused (-S)", o->qemu, incoming);
     dst = mp_qemu_start(&dcfg, &err);
     if (!dst)
@@ -264,8 +285,8 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!mp_qemu_wait_migration(dst, MIGRATE_TIMEOUT_MS, &dinfo, &err))
         goto fail;
     json_object_put(dinfo);
-    step("migration completed: %" G_GINT64_FORMAT " ms, downtime %"
-         G_GINT64_FORMAT " ms (query-migrate)",
+    step("migration completed: %" G_GINT64_FORMAT
+         " ms, downtime %" G_GINT64_FORMAT " ms (query-migrate)",
          jint(info, "total-time"), jint(info, "downtime"));
     stop_relay(relay);
     relay = 0;
@@ -293,13 +314,13 @@ run_demo(const DemoOptions *o, const char *dir)
     json_object *doc = mp_analyze_file(stream, &aopt, &ok);
 
     guint64 differing = 0;
-    gboolean mem_ok = ok && memory_equals_image(dst, image,
-                                                (guint64)o->mem_mib << 20,
-                                                dir, &differing, &err);
+    gboolean mem_ok =
+        ok
+        && memory_equals_image(dst, image, (guint64)o->mem_mib << 20, dir,
+                               &differing, &err);
     if (o->json) {
         json_object *checks = json_object_new_object();
-        json_object_object_add(checks, "query_migrate",
-                               json_object_get(info));
+        json_object_object_add(checks, "query_migrate", json_object_get(info));
         json_object_object_add(
             checks, "destination_equals_image",
             json_object_new_boolean(mem_ok && differing == 0));
@@ -322,11 +343,12 @@ run_demo(const DemoOptions *o, const char *dir)
     FILE *out = o->json ? stderr : stdout;
     fprintf(out,
             "\nChecks:\n"
-            "  pages in the stream vs QEMU's query-migrate: normal %"
-            G_GINT64_FORMAT " / %" G_GINT64_FORMAT ", zero %" G_GINT64_FORMAT
-            " / duplicate %" G_GINT64_FORMAT ": %s\n",
-            normal, jint(info, "ram.normal"), zero,
-            jint(info, "ram.duplicate"), counts_ok ? "equal" : "DIFFERENT");
+            "  pages in the stream vs QEMU's query-migrate: normal "
+            "%" G_GINT64_FORMAT " / %" G_GINT64_FORMAT
+            ", zero %" G_GINT64_FORMAT " / duplicate %" G_GINT64_FORMAT
+            ": %s\n",
+            normal, jint(info, "ram.normal"), zero, jint(info, "ram.duplicate"),
+            counts_ok ? "equal" : "DIFFERENT");
     fprintf(out, "  pages the relay counted live vs the stream: %s\n",
             relay_ok ? "equal" : "DIFFERENT");
     if (mem_ok)
@@ -354,49 +376,44 @@ fail:
     return 1;
 }
 
-int
-mp_cmd_demo(int argc, char **argv)
+static GOptionEntry *
+demo_entries(gpointer store)
 {
-    DemoOptions o = {.mem_mib = 128};
-    GOptionEntry entries[] = {
-        {"qemu", 0, 0, G_OPTION_ARG_STRING, &o.qemu,
+    DemoOptions *o = store;
+    const GOptionEntry entries[] = {
+        {"qemu", 0, 0, G_OPTION_ARG_STRING, &o->qemu,
          "QEMU version on both sides: 7.2 (system) or 10.0 (from "
          "scripts/fetch-qemu10.sh); default 7.2",
          "VERSION"},
-        {"machine", 0, 0, G_OPTION_ARG_STRING, &o.machine,
+        {"machine", 0, 0, G_OPTION_ARG_STRING, &o->machine,
          "Machine type (default pc-q35-VERSION)", "TYPE"},
-        {"memory", 'm', 0, G_OPTION_ARG_INT, &o.mem_mib,
+        {"memory", 'm', 0, G_OPTION_ARG_INT, &o->mem_mib,
          "Guest RAM in MiB (default 128)", "MIB"},
-        {"workload", 'w', 0, G_OPTION_ARG_STRING, &o.workload,
+        {"workload", 'w', 0, G_OPTION_ARG_STRING, &o->workload,
          "The workload guest's settings (default \"mem=64M rate=2000\"; see "
          "samples/workload/README.md)",
          "ARGS"},
-        {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &o.kernel,
-         "The workload guest (default: the one built in the build tree)",
+        {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &o->kernel,
+         "The workload guest (default: the one installed with migproxy, or "
+         "built beside it in the build tree)",
          "FILE"},
-        {"keep", 'k', 0, G_OPTION_ARG_FILENAME, &o.keep,
+        {"keep", 'k', 0, G_OPTION_ARG_FILENAME, &o->keep,
          "Keep the stream and RAM images in DIR", "DIR"},
-        {"json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
+        {"json", 'j', 0, G_OPTION_ARG_NONE, &o->json,
          "Print the analysis as JSON, with query-migrate's answer", NULL},
         {NULL},
     };
-    g_autoptr(GOptionContext) oc = g_option_context_new(NULL);
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static int
+demo_run(int argc, char **argv)
+{
+    DemoOptions o = {.mem_mib = 128};
+    g_autofree GOptionEntry *entries = demo_entries(&o);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_demo, entries);
     g_autoptr(GError) err = NULL;
 
-    g_option_context_set_summary(
-        oc, "Migrate the workload guest live between two QEMUs on this "
-            "machine through `migproxy relay`, capture the stream and "
-            "analyze it.\n\n"
-            "Checks that the pages counted in the stream equal QEMU's "
-            "query-migrate counters and that the destination's memory equals "
-            "the RAM image migproxy decodes from the stream.");
-    g_option_context_set_description(
-        oc, "Examples:\n"
-            "  migproxy demo\n"
-            "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
-            "  migproxy demo --keep /tmp/demo && migproxy analyze "
-            "/tmp/demo/capture\n");
-    g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy demo: %s\n", err->message);
         return 2;
@@ -450,3 +467,25 @@ mp_cmd_demo(int argc, char **argv)
     g_free(o.keep);
     return status;
 }
+
+const MpCommand mp_cmd_demo = {
+    .name = "demo",
+    .purpose = "migrate a sample guest live between two local QEMUs and "
+               "analyze it",
+    .summary =
+        "Migrate the workload guest live between two QEMUs on this "
+        "machine through `migproxy relay`, capture the stream and "
+        "analyze it.\n\n"
+        "Checks that the pages counted in the stream equal QEMU's "
+        "query-migrate counters and that the destination's memory equals "
+        "the RAM image migproxy decodes from the stream.",
+    .description =
+        "Examples:\n"
+        "  migproxy demo\n"
+        "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
+        "  migproxy demo --keep /tmp/demo && migproxy analyze "
+        "/tmp/demo/capture\n",
+    .entries = demo_entries,
+    .store_size = sizeof(DemoOptions),
+    .run = demo_run,
+};
