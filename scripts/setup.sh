@@ -13,7 +13,8 @@ BUILD=${MP_BUILD:-$ROOT/build}
 
 # Build: meson, a C compiler, the libraries.  Tests: criterion, QEMU 7.2,
 # clang with libFuzzer (fuzz targets), iproute2 (namespaces), socat,
-# zstd (sample streams), valgrind (meson test --setup=valgrind).
+# zstd (sample streams), valgrind (meson test --setup=valgrind), debhelper
+# and lintian (tests/package: the Debian package).
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
@@ -21,6 +22,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev
     iproute2 socat zstd valgrind
+    debhelper lintian
 )
 
 log() {
