@@ -48,13 +48,16 @@ analyze_run(int argc, char **argv)
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_analyze, entries);
     g_autoptr(GError) err = NULL;
 
-    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+    gboolean parsed = g_option_context_parse(oc, &argc, &argv, &err);
+    /* owned here, whatever the parse left in them */
+    g_auto(GStrv) files = a.files;
+    g_autofree char *dump_ram = a.opt.dump_ram;
+    MpAnalyzeOptions opt = a.opt; /* borrows dump_ram */
+    if (!parsed) {
         fprintf(stderr, "migproxy analyze: %s\n(see migproxy analyze --help)\n",
                 err->message);
         return 2;
     }
-    g_auto(GStrv) files = a.files;
-    MpAnalyzeOptions opt = a.opt;
     if (!files || !files[0]) {
         fprintf(stderr, "migproxy analyze: no FILE given\n"
                         "(see migproxy analyze --help)\n");
@@ -101,7 +104,6 @@ analyze_run(int argc, char **argv)
             out_errno = errno;
     }
     json_object_put(all);
-    g_free(opt.dump_ram);
     /* A full disk or a file system that fails on close: an error and a
      * non-zero exit, not a silently short output (a closed pipe ends the
      * command with SIGPIPE, as for any filter). */

@@ -406,39 +406,43 @@ demo_entries(gpointer store)
     return g_memdup2(entries, sizeof(entries));
 }
 
-static int
-demo_run(int argc, char **argv)
+static void
+demo_options_clear(DemoOptions *o)
 {
-    DemoOptions o = {.mem_mib = 128};
-    g_autofree GOptionEntry *entries = demo_entries(&o);
-    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_demo, entries);
+    g_free(o->qemu);
+    g_free(o->machine);
+    g_free(o->workload);
+    g_free(o->kernel);
+    g_free(o->keep);
+}
+
+/* Checks the parsed options `o`, fills in the defaults, runs the demo. */
+static int
+demo_with(DemoOptions *o)
+{
     g_autoptr(GError) err = NULL;
 
-    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
-        fprintf(stderr, "migproxy demo: %s\n", err->message);
-        return 2;
-    }
-    if (!o.qemu)
-        o.qemu = g_strdup("7.2");
-    if (strcmp(o.qemu, "7.2") && strcmp(o.qemu, "10.0")) {
+    if (!o->qemu)
+        o->qemu = g_strdup("7.2");
+    if (strcmp(o->qemu, "7.2") && strcmp(o->qemu, "10.0")) {
         fprintf(stderr, "migproxy demo: --qemu is 7.2 or 10.0\n");
         return 2;
     }
-    if (o.mem_mib < 32 || o.mem_mib > 4096) {
+    if (o->mem_mib < 32 || o->mem_mib > 4096) {
         fprintf(stderr, "migproxy demo: --memory is 32..4096 MiB\n");
         return 2;
     }
-    if (!o.workload)
-        o.workload = g_strdup("mem=64M rate=2000");
-    if (!o.kernel)
-        o.kernel = default_kernel();
+    if (!o->workload)
+        o->workload = g_strdup("mem=64M rate=2000");
+    if (!o->kernel)
+        o->kernel = default_kernel();
 
     t0 = g_get_monotonic_time();
-    char *dir;
-    if (o.keep) {
+    g_autofree char *dir = NULL;
+    if (o->keep) {
         /* the relay never writes over a capture: say so before the QEMUs
          * start, not after */
-        g_autofree char *cap = g_build_filename(o.keep, "capture", NULL);
+        g_autofree char *cap = g_build_filename(o->keep, "capture", NULL);
         if (g_file_test(cap, G_FILE_TEST_EXISTS)) {
             fprintf(stderr,
                     "migproxy demo: %s holds an earlier capture: remove it "
@@ -446,8 +450,8 @@ demo_run(int argc, char **argv)
                     cap);
             return 1;
         }
-        g_mkdir_with_parents(o.keep, 0755);
-        dir = g_strdup(o.keep);
+        g_mkdir_with_parents(o->keep, 0755);
+        dir = g_strdup(o->keep);
     } else {
         dir = g_dir_make_tmp("migproxy-demo-XXXXXX", &err);
         if (!dir) {
@@ -455,16 +459,28 @@ demo_run(int argc, char **argv)
             return 1;
         }
     }
-    int status = run_demo(&o, dir);
-    if (!o.keep) {
+    int status = run_demo(o, dir);
+    if (!o->keep)
         remove_tree(dir);
+    return status;
+}
+
+static int
+demo_run(int argc, char **argv)
+{
+    DemoOptions o = {.mem_mib = 128};
+    g_autofree GOptionEntry *entries = demo_entries(&o);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_demo, entries);
+    g_autoptr(GError) err = NULL;
+    int status;
+
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy demo: %s\n", err->message);
+        status = 2;
+    } else {
+        status = demo_with(&o);
     }
-    g_free(dir);
-    g_free(o.qemu);
-    g_free(o.machine);
-    g_free(o.workload);
-    g_free(o.kernel);
-    g_free(o.keep);
+    demo_options_clear(&o);
     return status;
 }
 
