@@ -500,7 +500,14 @@ const MpCommand mp_cmd_demo = {
         "  migproxy demo\n"
         "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
         "  migproxy demo --keep /tmp/demo && migproxy analyze "
-        "/tmp/demo/capture\n",
+        "/tmp/demo/capture\n\n"
+        "Exit status: 0 if every check passed, 1 if one failed or the demo "
+        "could not run (QEMU or the workload guest missing, a migration "
+        "that failed), 2 on usage errors.\n\n"
+        "Environment: MP_WORKLOAD is the workload guest when --kernel is "
+        "not given; MP_QEMU10_PREFIX is the directory QEMU 10.0 was "
+        "unpacked into (default: .qemu/10.0 in the source tree, where "
+        "scripts/fetch-qemu10.sh puts it).",
     .entries = demo_entries,
     .store_size = sizeof(DemoOptions),
     .run = demo_run,
