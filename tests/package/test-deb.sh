@@ -22,7 +22,23 @@ set -uo pipefail
 
 SRC=$(cd "$1" && pwd)
 tmp=$(mktemp -d /tmp/migproxy-deb-XXXXXX)
+child=
 trap 'rm -rf "$tmp"' EXIT
+# stopped (meson's timeout): stop the step that runs, then clean up
+trap '[ -n "$child" ] && kill "$child" 2>/dev/null; wait; exit 1' TERM INT HUP
+
+# bounded SECONDS LOG DIR CMD...: CMD in DIR, output to LOG, killed after
+# SECONDS (timeout passes our SIGTERM on to it); @return its status.
+bounded() {
+    local seconds=$1 log=$2 dir=$3
+    shift 3
+    (cd "$dir" && exec timeout --kill-after=10 "$seconds" "$@") >"$log" 2>&1 &
+    child=$!
+    wait "$child"
+    local rc=$?
+    child=
+    return $rc
+}
 fail=0
 bad() {
     echo "FAIL: $*" >&2
@@ -50,8 +66,7 @@ else
 fi
 
 step "dpkg-buildpackage -us -uc -b"
-if ! (cd "$tmp/src" && timeout --kill-after=10 1200 \
-        dpkg-buildpackage -us -uc -b >"$tmp/build.log" 2>&1); then
+if ! bounded 1200 "$tmp/build.log" "$tmp/src" dpkg-buildpackage -us -uc -b; then
     tail -n 60 "$tmp/build.log"
     echo "FAIL: dpkg-buildpackage"
     exit 1
@@ -64,10 +79,10 @@ echo "built $(basename "$deb"), $(stat -c %s "$deb") bytes"
 step "lintian"
 if command -v lintian >/dev/null; then
     changes=("$tmp"/migproxy_*.changes)
-    if ! out=$(timeout 600 lintian --fail-on error,warning "${changes[0]}" 2>&1); then
-        echo "$out"
-        bad "lintian"
-    fi
+    bounded 600 "$tmp/lintian.log" "$tmp" lintian --fail-on error,warning \
+        "${changes[0]}" || bad "lintian"
+    out=$(cat "$tmp/lintian.log")
+    echo "$out"
     grep -E '^[EW]: ' <<<"$out" && bad "lintian tags"
 else
     echo "lintian not installed: skipped (scripts/setup.sh installs it)"
@@ -127,8 +142,7 @@ fi
 step "migproxy demo from the unpacked package"
 # the guest is found beside the binary (../libexec/migproxy), not in a
 # build tree
-if ! (cd "$tmp" && env -u MP_WORKLOAD timeout --kill-after=10 600 \
-        "$bin" demo >"$tmp/demo.log" 2>&1); then
+if ! bounded 600 "$tmp/demo.log" "$tmp" env -u MP_WORKLOAD "$bin" demo; then
     tail -n 40 "$tmp/demo.log"
     bad "migproxy demo"
 else
