@@ -85,8 +85,7 @@ expand_exec_start(const char *exec_start, const char *state_root,
         if (!*words[i])
             continue;
         if (i == 0) {
-            cr_assert(g_str_has_suffix(words[0], "/migproxy"), "%s",
-                      words[0]);
+            cr_assert(g_str_has_suffix(words[0], "/migproxy"), "%s", words[0]);
             g_ptr_array_add(argv, g_strdup(it_migproxy()));
             continue;
         }
@@ -152,8 +151,8 @@ Test(relay_service, stop_writes_report)
     /* StateDirectory=migproxy/relay-%i, StateDirectoryMode=0700 */
     g_autofree char *root = g_build_filename(fx.dir, "var-lib", NULL);
     cr_assert_str_eq(state_dir, "migproxy/relay-%i");
-    g_autofree char *state = g_build_filename(root, "migproxy", "relay-test",
-                                              NULL);
+    g_autofree char *state =
+        g_build_filename(root, "migproxy", "relay-test", NULL);
     cr_assert_eq(g_mkdir_with_parents(state, 0700), 0);
 
     fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
@@ -175,8 +174,8 @@ Test(relay_service, stop_writes_report)
     fx.relay->dst_port = dport;
     fx.relay->log = g_build_filename(fx.dir, "journal.log", NULL);
     fx.relay->report = g_build_filename(state, "report.json", NULL);
-    int fd = open(fx.relay->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                  0600);
+    int fd =
+        open(fx.relay->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     cr_assert(fd >= 0);
     gboolean ok = g_spawn_async_with_pipes_and_fds(
         NULL, (const char *const *)argv->pdata, envp,
@@ -194,9 +193,13 @@ Test(relay_service, stop_writes_report)
     g_usleep(1500 * 1000);
 
     /* systemctl stop: SIGTERM, then SIGKILL after TimeoutStopSec= */
+    gint64 t0 = g_get_monotonic_time();
     cr_assert_eq(kill(fx.relay->pid, SIGTERM), 0);
     cr_assert_eq(it_relay_wait(fx.relay, stop_ms), 0,
                  "a stopped relay exits 0 (systemd: inactive, not failed)");
+    g_printerr("relay-service: exited %.0f ms after SIGTERM "
+               "(TimeoutStopSec=%s)\n",
+               (g_get_monotonic_time() - t0) / 1e3, stop_timeout);
     it_relay_assert_log_has(fx.relay, "stopping (SIGTERM)", PROMPT_MS);
 
     json_object *rep = it_relay_report(fx.relay);
@@ -209,8 +212,7 @@ Test(relay_service, stop_writes_report)
     assert_private_file(metrics);
 
     json_object *info = it_wait_final(fx.src, PROMPT_MS);
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
-                     "failed");
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed");
     json_object_put(info);
     g_autofree char *run = it_run_state(fx.src);
     cr_assert_str_eq(run, "running", "the source guest is %s", run);
