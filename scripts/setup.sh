@@ -14,7 +14,8 @@ BUILD=${MP_BUILD:-$ROOT/build}
 # Build: meson, a C compiler, the libraries.  Tests: criterion, QEMU 7.2,
 # clang with libFuzzer (fuzz targets), iproute2 (namespaces), socat,
 # zstd (sample streams), valgrind (meson test --setup=valgrind), libvirt
-# (analyze's test of virsh save images).
+# (analyze's test of virsh save images), debhelper and lintian
+# (tests/package: the Debian package).
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
@@ -24,6 +25,7 @@ PACKAGES=(
     clang libclang-rt-14-dev
     iproute2 socat zstd valgrind
     libvirt-daemon-system libvirt-clients
+    debhelper lintian
 )
 
 log() {

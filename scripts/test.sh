@@ -49,7 +49,7 @@ if [ -z "${MP_TEST_QUICK:-}" ]; then
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
             meson test -C build-asan --print-errorlogs --num-processes 2 -t 4 \
-            --suite unit --suite analyze --suite relay
+            --suite unit --suite analyze --suite relay --suite dist
         count build-asan
     else
         ninja -C build-asan

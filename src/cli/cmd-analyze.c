@@ -1,7 +1,5 @@
-/* cmd-analyze.c: `migproxy analyze FILE...`, offline analysis of the
- * state files users hold: streams as QEMU writes them with
- * `migrate "exec:cat > FILE"` (plain or zstd), libvirt save images and
- * relay capture directories, told apart by content. */
+/* cmd-analyze.c: `migproxy analyze FILE...`, offline analysis of stream
+ * files as QEMU writes them with `migrate "exec:cat > FILE"`. */
 #include "config.h"
 #include <errno.h>
 #include <stdio.h>
@@ -97,70 +95,56 @@ print_libvirt(json_object *doc, FILE *out)
             complete ? "" : ", INCOMPLETE", name, mem >> 20, machine);
 }
 
-int
-mp_cmd_analyze(int argc, char **argv)
+typedef struct {
+    MpAnalyzeOptions opt;
+    GStrv files;
+} AnalyzeArgs;
+
+static GOptionEntry *
+analyze_entries(gpointer store)
 {
-    MpAnalyzeOptions opt = {0};
-    g_auto(GStrv) files = NULL;
-    GOptionEntry entries[] = {
-        {"json", 'j', 0, G_OPTION_ARG_NONE, &opt.json,
+    AnalyzeArgs *a = store;
+    const GOptionEntry entries[] = {
+        {"json", 'j', 0, G_OPTION_ARG_NONE, &a->opt.json,
          "Print one JSON document instead of the summary", NULL},
-        {"dump-ram", 'd', 0, G_OPTION_ARG_FILENAME, &opt.dump_ram,
+        {"dump-ram", 'd', 0, G_OPTION_ARG_FILENAME, &a->opt.dump_ram,
          "Write each RAM block, as the destination would hold it after "
          "loading the stream, to a file in DIR (plus DIR/index.json)",
          "DIR"},
-        {"events", 'e', 0, G_OPTION_ARG_NONE, &opt.events,
+        {"events", 'e', 0, G_OPTION_ARG_NONE, &a->opt.events,
          "Print every record (offset, length, kind, fields), one per line",
          NULL},
-        {"no-vmdesc", 0, 0, G_OPTION_ARG_NONE, &opt.no_vmdesc,
+        {"no-vmdesc", 0, 0, G_OPTION_ARG_NONE, &a->opt.no_vmdesc,
          "Do not slice device sections with the vmdesc at the file's end",
          NULL},
-        {"snapshot", 's', 0, G_OPTION_ARG_STRING, &opt.snapshot,
+        {"snapshot", 's', 0, G_OPTION_ARG_STRING, &a->opt.snapshot,
          "qcow2 image: analyze the VM state of this internal snapshot "
          "(name or id; without it, the snapshots are listed)",
          "NAME"},
-        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet,
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->opt.quiet,
          "No progress display on stderr", NULL},
-        {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files, NULL,
+        {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &a->files, NULL,
          "FILE..."},
         {NULL},
     };
-    g_autoptr(GOptionContext) oc = g_option_context_new("FILE...");
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static int
+analyze_run(int argc, char **argv)
+{
+    AnalyzeArgs a = {0};
+    g_autofree GOptionEntry *entries = analyze_entries(&a);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_analyze, entries);
     g_autoptr(GError) err = NULL;
 
-    g_option_context_set_summary(
-        oc, "Analyze QEMU migration stream files: what the stream holds, "
-            "page by page.\n\n"
-            "FILE is one of (told by content, not by name):\n"
-            "  a stream as QEMU writes it with (qemu) migrate \"exec:cat > FILE\",\n"
-            "    plain or compressed with zstd;\n"
-            "  a libvirt save image (virsh save, virsh managedsave), raw or\n"
-            "    compressed by save_image_format (gzip, bzip2, xz, lzop, zstd),\n"
-            "    or sparse (mapped-ram);\n"
-            "  a mapped-ram file (QEMU 9+ migrate \"file:FILE\" with the\n"
-            "    mapped-ram capability, with or without multifd);\n"
-            "  a qcow2 image: its internal snapshots (savevm) are listed,\n"
-            "    --snapshot NAME analyzes one's VM state;\n"
-            "  a relay capture directory (migproxy relay --capture).");
-    g_option_context_set_description(
-        oc, "Examples:\n"
-            "  migproxy analyze vm.mig                  summary\n"
-            "  migproxy analyze --json vm.mig.zst | jq .ram.pages\n"
-            "  migproxy analyze --dump-ram out/ vm.mig  RAM images; then\n"
-            "      cmp out/pc.ram guest-memory.bin\n"
-            "  migproxy analyze --events vm.mig | less  every record\n"
-            "  migproxy analyze --json f.save | jq .libvirt.domain\n"
-            "  migproxy analyze disk.qcow2              its snapshots\n"
-            "  migproxy analyze --snapshot snap1 --dump-ram out/ disk.qcow2\n\n"
-            "Exit status: 0 if every file parsed cleanly; 1 if a file holds "
-            "an invalid stream or a malformed header, or the output "
-            "(standard output, --dump-ram) could not be written; 2 on usage "
-            "errors; 3 if a file cannot be opened or read; 4 if a file is "
-            "not a known format, or one recognised but not supported yet "
-            "(pcap).  Cases 3 and 4 print one line and no summary.  With "
-            "several files, the highest status.");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+    gboolean parsed = g_option_context_parse(oc, &argc, &argv, &err);
+    /* owned here, whatever the parse left in them */
+    g_auto(GStrv) files = a.files;
+    g_autofree char *dump_ram = a.opt.dump_ram;
+    g_autofree char *snapshot = a.opt.snapshot;
+    MpAnalyzeOptions opt = a.opt; /* borrows dump_ram, snapshot */
+    if (!parsed) {
         fprintf(stderr, "migproxy analyze: %s\n(see migproxy analyze --help)\n",
                 err->message);
         return EXIT_USAGE;
@@ -171,8 +155,7 @@ mp_cmd_analyze(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (opt.dump_ram && g_strv_length(files) > 1) {
-        fprintf(stderr,
-                "migproxy analyze: --dump-ram takes a single FILE\n");
+        fprintf(stderr, "migproxy analyze: --dump-ram takes a single FILE\n");
         return EXIT_USAGE;
     }
 
@@ -243,8 +226,6 @@ mp_cmd_analyze(int argc, char **argv)
             out_errno = errno;
     }
     json_object_put(all);
-    g_free(opt.dump_ram);
-    g_free(opt.snapshot);
     /* A full disk or a file system that fails on close: an error and a
      * non-zero exit, not a silently short output (a closed pipe ends the
      * command with SIGPIPE, as for any filter). */
@@ -262,3 +243,42 @@ mp_cmd_analyze(int argc, char **argv)
     }
     return status;
 }
+
+const MpCommand mp_cmd_analyze = {
+    .name = "analyze",
+    .purpose = "analyze captured migration streams (summary, JSON, RAM images)",
+    .operands = "FILE...",
+    .summary = "Analyze QEMU migration stream files: what the stream holds, "
+            "page by page.\n\n"
+            "FILE is one of (told by content, not by name):\n"
+            "  a stream as QEMU writes it with (qemu) migrate \"exec:cat > FILE\",\n"
+            "    plain or compressed with zstd;\n"
+            "  a libvirt save image (virsh save, virsh managedsave), raw or\n"
+            "    compressed by save_image_format (gzip, bzip2, xz, lzop, zstd),\n"
+            "    or sparse (mapped-ram);\n"
+            "  a mapped-ram file (QEMU 9+ migrate \"file:FILE\" with the\n"
+            "    mapped-ram capability, with or without multifd);\n"
+            "  a qcow2 image: its internal snapshots (savevm) are listed,\n"
+            "    --snapshot NAME analyzes one's VM state;\n"
+            "  a relay capture directory (migproxy relay --capture).",
+    .description =
+        "Examples:\n"
+            "  migproxy analyze vm.mig                  summary\n"
+            "  migproxy analyze --json vm.mig.zst | jq .ram.pages\n"
+            "  migproxy analyze --dump-ram out/ vm.mig  RAM images; then\n"
+            "      cmp out/pc.ram guest-memory.bin\n"
+            "  migproxy analyze --events vm.mig | less  every record\n"
+            "  migproxy analyze --json f.save | jq .libvirt.domain\n"
+            "  migproxy analyze disk.qcow2              its snapshots\n"
+            "  migproxy analyze --snapshot snap1 --dump-ram out/ disk.qcow2\n\n"
+            "Exit status: 0 if every file parsed cleanly; 1 if a file holds "
+            "an invalid stream or a malformed header, or the output "
+            "(standard output, --dump-ram) could not be written; 2 on usage "
+            "errors; 3 if a file cannot be opened or read; 4 if a file is "
+            "not a known format, or one recognised but not supported yet "
+            "(pcap).  Cases 3 and 4 print one line and no summary.  With "
+            "several files, the highest status.",
+    .entries = analyze_entries,
+    .store_size = sizeof(AnalyzeArgs),
+    .run = analyze_run,
+};

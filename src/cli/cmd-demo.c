@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
@@ -36,8 +37,7 @@ typedef struct {
 
 static gint64 t0;
 
-static void
-step(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void step(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 static void
 step(const char *fmt, ...)
@@ -61,8 +61,8 @@ jint(json_object *o, const char *path)
 
 /* Compares guest RAM of `q` with the RAM image `image`. */
 static gboolean
-memory_equals_image(MpQemu *q, const char *image, guint64 ram,
-                    const char *dir, guint64 *differing, GError **error)
+memory_equals_image(MpQemu *q, const char *image, guint64 ram, const char *dir,
+                    guint64 *differing, GError **error)
 {
     g_autofree char *mem = g_build_filename(dir, "destination.bin", NULL);
     g_autofree char *a = NULL, *b = NULL;
@@ -102,12 +102,10 @@ start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
     g_autofree char *a_listen =
         g_strdup_printf("--listen=127.0.0.1:%u", listen);
     g_autofree char *a_to = g_strdup_printf("--to=127.0.0.1:%u", to);
-    g_autofree char *a_report =
-        g_strdup_printf("--report=%s/report.json", dir);
+    g_autofree char *a_report = g_strdup_printf("--report=%s/report.json", dir);
     g_autofree char *a_capture = g_strdup_printf("--capture=%s/capture", dir);
-    const char *argv[] = {self,     "relay",   a_listen,  a_to,
-                          "--once", a_report,  a_capture, "--no-progress",
-                          NULL};
+    const char *argv[] = {self,     "relay",   a_listen,        a_to, "--once",
+                          a_report, a_capture, "--no-progress", NULL};
 
     if (!self)
         return FALSE;
@@ -119,8 +117,8 @@ start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
         return FALSE;
     }
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL,
-        -1, -1, fd, NULL, NULL, 0, pid, NULL, NULL, NULL, error);
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
+        -1, fd, NULL, NULL, 0, pid, NULL, NULL, NULL, error);
     close(fd);
     if (!ok)
         return FALSE;
@@ -175,14 +173,30 @@ remove_tree(const char *path)
     g_rmdir(path);
 }
 
+/* The workload guest: $MP_WORKLOAD; else, for the binary in the build
+ * tree, the one built beside it; else the one installed with it, found
+ * from the binary's own place (so that a package unpacked anywhere finds
+ * its guest too). */
 static char *
 default_kernel(void)
 {
     const char *env = g_getenv("MP_WORKLOAD");
     if (env)
         return g_strdup(env);
-    return g_build_filename(MP_BUILD_ROOT, "samples", "workload",
-                            "workload.elf", NULL);
+    g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *built =
+        g_build_filename(MP_BUILD_ROOT, "src", "migproxy", NULL);
+    g_autofree char *built_real = realpath(built, NULL);
+    if (!self || (built_real && strcmp(self, built_real) == 0))
+        return g_build_filename(MP_BUILD_ROOT, "samples", "workload",
+                                "workload.elf", NULL);
+    if (g_path_is_absolute(MP_WORKLOAD_FROM_BINDIR))
+        return g_strdup(MP_WORKLOAD_FROM_BINDIR);
+    g_autofree char *bindir = g_path_get_dirname(self);
+    g_autofree char *installed =
+        g_build_filename(bindir, MP_WORKLOAD_FROM_BINDIR, NULL);
+    g_autofree char *installed_real = realpath(installed, NULL);
+    return g_strdup(installed_real ? installed_real : installed);
 }
 
 static int
@@ -208,19 +222,23 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!g_file_test(o->kernel, G_FILE_TEST_EXISTS)) {
         fprintf(stderr,
                 "migproxy demo: the workload guest %s is missing: build it "
-                "(ninja -C build) or give --kernel\n",
+                "(ninja -C build), install it or give --kernel\n",
                 o->kernel);
         return 1;
     }
 
-    MpQemuConfig scfg = {.version = o->qemu, .label = "src",
-                         .machine = o->machine, .memory_mib = o->mem_mib,
-                         .kernel = o->kernel, .append = o->workload};
+    MpQemuConfig scfg = {.version = o->qemu,
+                         .label = "src",
+                         .machine = o->machine,
+                         .memory_mib = o->mem_mib,
+                         .kernel = o->kernel,
+                         .append = o->workload};
     step("source: QEMU %s, %d MiB, workload guest \"%s\"", o->qemu, o->mem_mib,
          o->workload);
     src = mp_qemu_start(&scfg, &err);
-    if (!src || !mp_qemu_wait_console(src, "workload: READY",
-                                      READY_TIMEOUT_MS, &err))
+    if (!src
+        || !mp_qemu_wait_console(src, "workload: READY", READY_TIMEOUT_MS,
+                                 &err))
         goto fail;
     step("source guest has filled its memory (READY)");
 
@@ -228,9 +246,12 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!port)
         goto fail;
     incoming = g_strdup_printf("tcp:127.0.0.1:%u", port);
-    MpQemuConfig dcfg = {.version = o->qemu, .label = "dst",
-                         .machine = o->machine, .memory_mib = o->mem_mib,
-                         .paused = TRUE, .incoming = incoming};
+    MpQemuConfig dcfg = {.version = o->qemu,
+                         .label = "dst",
+                         .machine = o->machine,
+                         .memory_mib = o->mem_mib,
+                         .paused = TRUE,
+                         .incoming = incoming};
     step("destination: QEMU %s, -incoming %s, paused (-S)", o->qemu, incoming);
     dst = mp_qemu_start(&dcfg, &err);
     if (!dst)
@@ -263,8 +284,8 @@ run_demo(const DemoOptions *o, const char *dir)
     if (!mp_qemu_wait_migration(dst, MIGRATE_TIMEOUT_MS, &dinfo, &err))
         goto fail;
     json_object_put(dinfo);
-    step("migration completed: %" G_GINT64_FORMAT " ms, downtime %"
-         G_GINT64_FORMAT " ms (query-migrate)",
+    step("migration completed: %" G_GINT64_FORMAT
+         " ms, downtime %" G_GINT64_FORMAT " ms (query-migrate)",
          jint(info, "total-time"), jint(info, "downtime"));
     stop_relay(relay);
     relay = 0;
@@ -291,13 +312,13 @@ run_demo(const DemoOptions *o, const char *dir)
     json_object *doc = mp_analyze_file(stream, &aopt, &ok);
 
     guint64 differing = 0;
-    gboolean mem_ok = ok && memory_equals_image(dst, image,
-                                                (guint64)o->mem_mib << 20,
-                                                dir, &differing, &err);
+    gboolean mem_ok =
+        ok
+        && memory_equals_image(dst, image, (guint64)o->mem_mib << 20, dir,
+                               &differing, &err);
     if (o->json) {
         json_object *checks = json_object_new_object();
-        json_object_object_add(checks, "query_migrate",
-                               json_object_get(info));
+        json_object_object_add(checks, "query_migrate", json_object_get(info));
         json_object_object_add(
             checks, "destination_equals_image",
             json_object_new_boolean(mem_ok && differing == 0));
@@ -320,11 +341,12 @@ run_demo(const DemoOptions *o, const char *dir)
     FILE *out = o->json ? stderr : stdout;
     fprintf(out,
             "\nChecks:\n"
-            "  pages in the stream vs QEMU's query-migrate: normal %"
-            G_GINT64_FORMAT " / %" G_GINT64_FORMAT ", zero %" G_GINT64_FORMAT
-            " / duplicate %" G_GINT64_FORMAT ": %s\n",
-            normal, jint(info, "ram.normal"), zero,
-            jint(info, "ram.duplicate"), counts_ok ? "equal" : "DIFFERENT");
+            "  pages in the stream vs QEMU's query-migrate: normal "
+            "%" G_GINT64_FORMAT " / %" G_GINT64_FORMAT
+            ", zero %" G_GINT64_FORMAT " / duplicate %" G_GINT64_FORMAT
+            ": %s\n",
+            normal, jint(info, "ram.normal"), zero, jint(info, "ram.duplicate"),
+            counts_ok ? "equal" : "DIFFERENT");
     fprintf(out, "  pages the relay counted live vs the stream: %s\n",
             relay_ok ? "equal" : "DIFFERENT");
     if (mem_ok)
@@ -352,74 +374,73 @@ fail:
     return 1;
 }
 
-int
-mp_cmd_demo(int argc, char **argv)
+static GOptionEntry *
+demo_entries(gpointer store)
 {
-    DemoOptions o = {.mem_mib = 128};
-    GOptionEntry entries[] = {
-        {"qemu", 0, 0, G_OPTION_ARG_STRING, &o.qemu,
+    DemoOptions *o = store;
+    const GOptionEntry entries[] = {
+        {"qemu", 0, 0, G_OPTION_ARG_STRING, &o->qemu,
          "QEMU version on both sides: 7.2 (system) or 10.0 (from "
          "scripts/fetch-qemu10.sh); default 7.2",
          "VERSION"},
-        {"machine", 0, 0, G_OPTION_ARG_STRING, &o.machine,
+        {"machine", 0, 0, G_OPTION_ARG_STRING, &o->machine,
          "Machine type (default pc-q35-VERSION)", "TYPE"},
-        {"memory", 'm', 0, G_OPTION_ARG_INT, &o.mem_mib,
+        {"memory", 'm', 0, G_OPTION_ARG_INT, &o->mem_mib,
          "Guest RAM in MiB (default 128)", "MIB"},
-        {"workload", 'w', 0, G_OPTION_ARG_STRING, &o.workload,
+        {"workload", 'w', 0, G_OPTION_ARG_STRING, &o->workload,
          "The workload guest's settings (default \"mem=64M rate=2000\"; see "
          "samples/workload/README.md)",
          "ARGS"},
-        {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &o.kernel,
-         "The workload guest (default: the one built in the build tree)",
+        {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &o->kernel,
+         "The workload guest (default: the one installed with migproxy, or "
+         "built beside it in the build tree)",
          "FILE"},
-        {"keep", 'k', 0, G_OPTION_ARG_FILENAME, &o.keep,
+        {"keep", 'k', 0, G_OPTION_ARG_FILENAME, &o->keep,
          "Keep the stream and RAM images in DIR", "DIR"},
-        {"json", 'j', 0, G_OPTION_ARG_NONE, &o.json,
+        {"json", 'j', 0, G_OPTION_ARG_NONE, &o->json,
          "Print the analysis as JSON, with query-migrate's answer", NULL},
         {NULL},
     };
-    g_autoptr(GOptionContext) oc = g_option_context_new(NULL);
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static void
+demo_options_clear(DemoOptions *o)
+{
+    g_free(o->qemu);
+    g_free(o->machine);
+    g_free(o->workload);
+    g_free(o->kernel);
+    g_free(o->keep);
+}
+
+/* Checks the parsed options `o`, fills in the defaults, runs the demo. */
+static int
+demo_with(DemoOptions *o)
+{
     g_autoptr(GError) err = NULL;
 
-    g_option_context_set_summary(
-        oc, "Migrate the workload guest live between two QEMUs on this "
-            "machine through `migproxy relay`, capture the stream and "
-            "analyze it.\n\n"
-            "Checks that the pages counted in the stream equal QEMU's "
-            "query-migrate counters and that the destination's memory equals "
-            "the RAM image migproxy decodes from the stream.");
-    g_option_context_set_description(
-        oc, "Examples:\n"
-            "  migproxy demo\n"
-            "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
-            "  migproxy demo --keep /tmp/demo && migproxy analyze "
-            "/tmp/demo/capture\n");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
-        fprintf(stderr, "migproxy demo: %s\n", err->message);
-        return 2;
-    }
-    if (!o.qemu)
-        o.qemu = g_strdup("7.2");
-    if (strcmp(o.qemu, "7.2") && strcmp(o.qemu, "10.0")) {
+    if (!o->qemu)
+        o->qemu = g_strdup("7.2");
+    if (strcmp(o->qemu, "7.2") && strcmp(o->qemu, "10.0")) {
         fprintf(stderr, "migproxy demo: --qemu is 7.2 or 10.0\n");
         return 2;
     }
-    if (o.mem_mib < 32 || o.mem_mib > 4096) {
+    if (o->mem_mib < 32 || o->mem_mib > 4096) {
         fprintf(stderr, "migproxy demo: --memory is 32..4096 MiB\n");
         return 2;
     }
-    if (!o.workload)
-        o.workload = g_strdup("mem=64M rate=2000");
-    if (!o.kernel)
-        o.kernel = default_kernel();
+    if (!o->workload)
+        o->workload = g_strdup("mem=64M rate=2000");
+    if (!o->kernel)
+        o->kernel = default_kernel();
 
     t0 = g_get_monotonic_time();
-    char *dir;
-    if (o.keep) {
+    g_autofree char *dir = NULL;
+    if (o->keep) {
         /* the relay never writes over a capture: say so before the QEMUs
          * start, not after */
-        g_autofree char *cap = g_build_filename(o.keep, "capture", NULL);
+        g_autofree char *cap = g_build_filename(o->keep, "capture", NULL);
         if (g_file_test(cap, G_FILE_TEST_EXISTS)) {
             fprintf(stderr,
                     "migproxy demo: %s holds an earlier capture: remove it "
@@ -427,8 +448,8 @@ mp_cmd_demo(int argc, char **argv)
                     cap);
             return 1;
         }
-        g_mkdir_with_parents(o.keep, 0755);
-        dir = g_strdup(o.keep);
+        g_mkdir_with_parents(o->keep, 0755);
+        dir = g_strdup(o->keep);
     } else {
         dir = g_dir_make_tmp("migproxy-demo-XXXXXX", &err);
         if (!dir) {
@@ -436,15 +457,56 @@ mp_cmd_demo(int argc, char **argv)
             return 1;
         }
     }
-    int status = run_demo(&o, dir);
-    if (!o.keep) {
+    int status = run_demo(o, dir);
+    if (!o->keep)
         remove_tree(dir);
-    }
-    g_free(dir);
-    g_free(o.qemu);
-    g_free(o.machine);
-    g_free(o.workload);
-    g_free(o.kernel);
-    g_free(o.keep);
     return status;
 }
+
+static int
+demo_run(int argc, char **argv)
+{
+    DemoOptions o = {.mem_mib = 128};
+    g_autofree GOptionEntry *entries = demo_entries(&o);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_demo, entries);
+    g_autoptr(GError) err = NULL;
+    int status;
+
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy demo: %s\n", err->message);
+        status = 2;
+    } else {
+        status = demo_with(&o);
+    }
+    demo_options_clear(&o);
+    return status;
+}
+
+const MpCommand mp_cmd_demo = {
+    .name = "demo",
+    .purpose = "migrate a sample guest live between two local QEMUs and "
+               "analyze it",
+    .summary =
+        "Migrate the workload guest live between two QEMUs on this "
+        "machine through `migproxy relay`, capture the stream and "
+        "analyze it.\n\n"
+        "Checks that the pages counted in the stream equal QEMU's "
+        "query-migrate counters and that the destination's memory equals "
+        "the RAM image migproxy decodes from the stream.",
+    .description =
+        "Examples:\n"
+        "  migproxy demo\n"
+        "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
+        "  migproxy demo --keep /tmp/demo && migproxy analyze "
+        "/tmp/demo/capture\n\n"
+        "Exit status: 0 if every check passed, 1 if one failed or the demo "
+        "could not run (QEMU or the workload guest missing, a migration "
+        "that failed), 2 on usage errors.\n\n"
+        "Environment: MP_WORKLOAD is the workload guest when --kernel is "
+        "not given; MP_QEMU10_PREFIX is the directory QEMU 10.0 was "
+        "unpacked into (default: .qemu/10.0 in the source tree, where "
+        "scripts/fetch-qemu10.sh puts it).",
+    .entries = demo_entries,
+    .store_size = sizeof(DemoOptions),
+    .run = demo_run,
+};

@@ -75,54 +75,153 @@ on_stop_signal(gpointer user_data)
     return G_SOURCE_CONTINUE;
 }
 
-int
-mp_cmd_relay(int argc, char **argv)
+typedef struct {
+    char *listen, *to, *metrics, *report, *capture, *rate, *queue;
+    GStrv allow;
+    gboolean once, quiet, verbose, no_progress, no_zero_pages, no_priority;
+    gint connect_timeout, handshake_timeout;
+} RelayArgs;
+
+static void
+relay_args_clear(RelayArgs *a)
 {
-    g_autofree char *listen = NULL, *to = NULL, *metrics = NULL, *report = NULL,
-                    *capture = NULL, *rate = NULL, *queue = NULL;
-    g_auto(GStrv) allow = NULL;
-    gboolean once = FALSE, quiet = FALSE, verbose = FALSE, no_progress = FALSE,
-             no_zero_pages = FALSE, no_priority = FALSE;
-    gint connect_timeout = 10000, handshake_timeout = 10000;
-    GOptionEntry entries[] = {
-        {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
+    g_free(a->listen);
+    g_free(a->to);
+    g_free(a->metrics);
+    g_free(a->report);
+    g_free(a->capture);
+    g_free(a->rate);
+    g_free(a->queue);
+    g_strfreev(a->allow);
+}
+
+/* Runs the relay the parsed arguments `a` (caller keeps ownership) and
+ * the remaining `argv` describe. */
+static int
+relay_with(const RelayArgs *a, int argc, char **argv)
+{
+    g_autoptr(GError) err = NULL;
+    const char *listen = a->listen, *to = a->to;
+    gboolean once = a->once, quiet = a->quiet;
+
+    if (!listen || !to) {
+        fprintf(stderr, "migproxy relay: --listen and --to are required\n"
+                        "(see migproxy relay --help)\n");
+        return 2;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "migproxy relay: unexpected argument '%s'\n", argv[1]);
+        return 2;
+    }
+    if (a->connect_timeout <= 0 || a->handshake_timeout <= 0) {
+        fprintf(stderr, "migproxy relay: timeouts are positive "
+                        "milliseconds\n");
+        return 2;
+    }
+
+    guint64 rate_bytes = 0, queue_bytes = 0;
+    if (a->rate && !(rate_bytes = mp_rate_parse(a->rate, &err))) {
+        fprintf(stderr, "migproxy relay: --rate: %s\n", err->message);
+        return 2;
+    }
+    if (a->queue
+        && (queue_bytes = mp_size_parse(a->queue, &err)) < (64u << 10)) {
+        fprintf(stderr, "migproxy relay: --queue: %s\n",
+                err ? err->message : "at least 64K");
+        return 2;
+    }
+
+    LogContext lc = {.start_us = g_get_monotonic_time(), .verbose = a->verbose};
+    gboolean tty = isatty(STDERR_FILENO) && !a->no_progress && !quiet;
+    lc.tty = tty;
+    g_log_set_writer_func(log_writer, &lc, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    MpRelayOptions opt = {
+        .listen = listen,
+        .to = to,
+        .metrics = a->metrics,
+        .report = a->report,
+        .capture = a->capture,
+        .once = once,
+        .quiet = quiet,
+        .progress = tty,
+        .connect_timeout_ms = a->connect_timeout,
+        .handshake_timeout_ms = a->handshake_timeout,
+        .no_zero_pages = a->no_zero_pages,
+        .no_priority = a->no_priority,
+        .rate = rate_bytes,
+        .queue = queue_bytes,
+        .allow = (const char *const *)a->allow,
+    };
+    g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
+    if (!relay) {
+        fprintf(stderr, "migproxy relay: %s\n", err->message);
+        return 1;
+    }
+    lc.relay = relay;
+    StopSignal stops[] = {
+        {&lc, "SIGINT", SIGINT, 0},
+        {&lc, "SIGTERM", SIGTERM, 0},
+        {&lc, "SIGHUP", SIGHUP, 0},
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        stops[i].source =
+            g_unix_signal_add(stops[i].signum, on_stop_signal, &stops[i]);
+    if (!quiet)
+        g_message("listening on %s, relaying to %s%s",
+                  mp_relay_listen_address(relay), to,
+                  once ? " (one migration)" : "");
+    int status = mp_relay_run(relay);
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        g_source_remove(stops[i].source);
+    g_clear_pointer(&relay, mp_relay_free);
+    return status;
+}
+
+static GOptionEntry *
+relay_entries(gpointer store)
+{
+    RelayArgs *a = store;
+    const GOptionEntry entries[] = {
+        {"listen", 'l', 0, G_OPTION_ARG_STRING, &a->listen,
          "Where the source migrates to (required)", "HOST:PORT"},
-        {"to", 't', 0, G_OPTION_ARG_STRING, &to,
+        {"to", 't', 0, G_OPTION_ARG_STRING, &a->to,
          "The destination QEMU's -incoming address (required)", "HOST:PORT"},
-        {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &allow,
+        {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &a->allow,
          "Accept connections only from this address or network (repeat "
          "for more; default: any address that can reach --listen). Others "
          "are closed at once",
          "ADDR[/PREFIX]"},
-        {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &metrics,
+        {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &a->metrics,
          "Write metrics as JSON lines while the migration runs (a sample "
          "every 100 ms, phases, rounds, the end); FILE is replaced, "
          "never written through a link",
          "FILE"},
-        {"report", 'r', 0, G_OPTION_ARG_FILENAME, &report,
+        {"report", 'r', 0, G_OPTION_ARG_FILENAME, &a->report,
          "Write one JSON document per migration when it ends: pages, "
          "rounds, downtime, post-copy latency, channels; the first goes to "
          "FILE, the Nth to FILE with -N before its extension (report.json, "
          "report-2.json, ...)",
          "FILE"},
-        {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &capture,
+        {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &a->capture,
          "Record every connection, both directions, with timestamps, into "
          "DIR, which must be new or empty (read it with 'migproxy analyze "
          "DIR')",
          "DIR"},
-        {"once", '1', 0, G_OPTION_ARG_NONE, &once,
+        {"once", '1', 0, G_OPTION_ARG_NONE, &a->once,
          "Exit when the first migration ends (status 0 if it completed)", NULL},
-        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet,
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
-        {"no-progress", 0, 0, G_OPTION_ARG_NONE, &no_progress,
+        {"no-progress", 0, 0, G_OPTION_ARG_NONE, &a->no_progress,
          "Log lines instead of the live progress line on a terminal", NULL},
-        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &a->verbose,
          "Also log every connection and channel event", NULL},
-        {"no-zero-pages", 0, 0, G_OPTION_ARG_NONE, &no_zero_pages,
+        {"no-zero-pages", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_pages,
          "Forward all-zero pages as they came (by default a full page of "
          "zeros becomes a ZERO record: 1 byte instead of 4096)",
          NULL},
-        {"rate", 0, 0, G_OPTION_ARG_STRING, &rate,
+        {"rate", 0, 0, G_OPTION_ARG_STRING, &a->rate,
          "Send towards the destination at most RATE, written as tc writes "
          "rates (95mbit, 1gbit, 12mbps), just below the link's rate, so "
          "that nothing queues in the network and requested post-copy pages "
@@ -131,7 +230,7 @@ mp_cmd_relay(int argc, char **argv)
          "the destination held it back (90 % for the first 0.5 s); no pacing "
          "when the path never did (a fast link, QEMU's max-bandwidth)",
          "RATE"},
-        {"queue", 0, 0, G_OPTION_ARG_STRING, &queue,
+        {"queue", 0, 0, G_OPTION_ARG_STRING, &a->queue,
          "In post-copy, read the main channel ahead from the source up to "
          "SIZE (K, M, G): the queue in which requested pages go ahead, and "
          "the relay's memory bound for it. Default: the guest's RAM (from "
@@ -140,25 +239,47 @@ mp_cmd_relay(int argc, char **argv)
          "8G, at least 16M; allocated as it fills. Before post-copy the "
          "relay holds 1 MiB per connection at most",
          "SIZE"},
-        {"no-priority", 0, 0, G_OPTION_ARG_NONE, &no_priority,
+        {"no-priority", 0, 0, G_OPTION_ARG_NONE, &a->no_priority,
          "Post-copy: forward requested pages in stream order (by default "
          "a page the destination asked for goes ahead of the queue)",
          NULL},
-        {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &connect_timeout,
+        {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &a->connect_timeout,
          "Give up connecting to the destination after MS (default 10000)",
          "MS"},
-        {"handshake-timeout", 0, 0, G_OPTION_ARG_INT, &handshake_timeout,
+        {"handshake-timeout", 0, 0, G_OPTION_ARG_INT, &a->handshake_timeout,
          "Close a new connection whose first bytes do not show a migration "
          "channel (a stream header and its first record, a multifd "
          "handshake, ...) after MS (default 10000)",
          "MS"},
         {NULL},
     };
-    g_autoptr(GOptionContext) oc = g_option_context_new(NULL);
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static int
+relay_run(int argc, char **argv)
+{
+    RelayArgs a = {.connect_timeout = 10000, .handshake_timeout = 10000};
+    g_autofree GOptionEntry *entries = relay_entries(&a);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_relay, entries);
     g_autoptr(GError) err = NULL;
 
-    g_option_context_set_summary(
-        oc,
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy relay: %s\n(see migproxy relay --help)\n",
+                err->message);
+        relay_args_clear(&a);
+        return 2;
+    }
+    int status = relay_with(&a, argc, argv);
+    relay_args_clear(&a);
+    return status;
+}
+
+const MpCommand mp_cmd_relay = {
+    .name = "relay",
+    .purpose = "relay a live migration between two QEMUs, measuring it on "
+               "the wire",
+    .summary =
         "Relay a live migration between two QEMUs and measure it on the "
         "wire.\n\n"
         "The source QEMU migrates to --listen instead of to the destination; "
@@ -173,9 +294,8 @@ mp_cmd_relay(int argc, char **argv)
         "recovery): rounds, pages by kind, phases, the downtime as seen on "
         "the wire, post-copy page-request latency, multifd bytes. A channel "
         "the parsers cannot follow (TLS, an unknown section) is still "
-        "forwarded byte for byte; its metrics are marked partial.");
-    g_option_context_set_description(
-        oc,
+        "forwarded byte for byte; its metrics are marked partial.",
+    .description =
         "Examples:\n"
         "  # 1. the destination QEMU waits for the stream, as usual\n"
         "  qemu-system-x86_64 ... -incoming tcp:127.0.0.1:5555\n\n"
@@ -205,7 +325,8 @@ mp_cmd_relay(int argc, char **argv)
         "destination. On an untrusted network use QEMU's tls-creds: the "
         "relay then forwards the encrypted channels and measures timing "
         "only. See docs/relay.md.\n\n"
-        "One migration at a time goes through a relay. Without --once it "
+        "Sessions: one migration at a time goes through a relay. Without "
+        "--once it "
         "serves one migration after another (each with its own report: "
         "report.json, report-2.json, ...; the report names its session) "
         "until SIGINT, SIGTERM or SIGHUP (its terminal closed), which close "
@@ -224,83 +345,8 @@ mp_cmd_relay(int argc, char **argv)
         "where and why (outputs.capture); so for the metrics file "
         "(outputs.metrics).\n\n"
         "Exit status: 0; with --once, 1 if the migration did not complete "
-        "or its report could not be written; 2 on usage errors.");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
-        fprintf(stderr, "migproxy relay: %s\n(see migproxy relay --help)\n",
-                err->message);
-        return 2;
-    }
-    if (!listen || !to) {
-        fprintf(stderr, "migproxy relay: --listen and --to are required\n"
-                        "(see migproxy relay --help)\n");
-        return 2;
-    }
-    if (argc > 1) {
-        fprintf(stderr, "migproxy relay: unexpected argument '%s'\n", argv[1]);
-        return 2;
-    }
-    if (connect_timeout <= 0 || handshake_timeout <= 0) {
-        fprintf(stderr, "migproxy relay: timeouts are positive "
-                        "milliseconds\n");
-        return 2;
-    }
-
-    guint64 rate_bytes = 0, queue_bytes = 0;
-    if (rate && !(rate_bytes = mp_rate_parse(rate, &err))) {
-        fprintf(stderr, "migproxy relay: --rate: %s\n", err->message);
-        return 2;
-    }
-    if (queue && (queue_bytes = mp_size_parse(queue, &err)) < (64u << 10)) {
-        fprintf(stderr, "migproxy relay: --queue: %s\n",
-                err ? err->message : "at least 64K");
-        return 2;
-    }
-
-    LogContext lc = {.start_us = g_get_monotonic_time(), .verbose = verbose};
-    gboolean tty = isatty(STDERR_FILENO) && !no_progress && !quiet;
-    lc.tty = tty;
-    g_log_set_writer_func(log_writer, &lc, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    MpRelayOptions opt = {
-        .listen = listen,
-        .to = to,
-        .metrics = metrics,
-        .report = report,
-        .capture = capture,
-        .once = once,
-        .quiet = quiet,
-        .progress = tty,
-        .connect_timeout_ms = connect_timeout,
-        .handshake_timeout_ms = handshake_timeout,
-        .no_zero_pages = no_zero_pages,
-        .no_priority = no_priority,
-        .rate = rate_bytes,
-        .queue = queue_bytes,
-        .allow = (const char *const *)allow,
-    };
-    g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
-    if (!relay) {
-        fprintf(stderr, "migproxy relay: %s\n", err->message);
-        return 1;
-    }
-    lc.relay = relay;
-    StopSignal stops[] = {
-        {&lc, "SIGINT", SIGINT, 0},
-        {&lc, "SIGTERM", SIGTERM, 0},
-        {&lc, "SIGHUP", SIGHUP, 0},
-    };
-    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
-        stops[i].source =
-            g_unix_signal_add(stops[i].signum, on_stop_signal, &stops[i]);
-    if (!quiet)
-        g_message("listening on %s, relaying to %s%s",
-                  mp_relay_listen_address(relay), to,
-                  once ? " (one migration)" : "");
-    int status = mp_relay_run(relay);
-    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
-        g_source_remove(stops[i].source);
-    g_clear_pointer(&relay, mp_relay_free);
-    return status;
-}
+        "or its report could not be written; 2 on usage errors.",
+    .entries = relay_entries,
+    .store_size = sizeof(RelayArgs),
+    .run = relay_run,
+};

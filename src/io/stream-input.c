@@ -769,13 +769,13 @@ tail_of_input(gconstpointer src, gsize max)
 }
 
 static MpVmdesc *
-find_vmdesc(TailFunc tail_of, gconstpointer src, gboolean compressed,
+find_vmdesc(TailFunc read_tail, gconstpointer src, gboolean compressed,
             GError **error)
 {
     gsize max = compressed ? MP_INPUT_VMDESC_SEARCH : VMDESC_FIRST;
 
     for (;; max = MIN(max * 8, MP_INPUT_VMDESC_SEARCH)) {
-        g_autoptr(GBytes) tail = tail_of(src, max);
+        g_autoptr(GBytes) tail = read_tail(src, max);
         gsize off, len, size;
 
         if (!tail)
