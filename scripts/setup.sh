@@ -17,6 +17,7 @@ BUILD=${MP_BUILD:-$ROOT/build}
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
+    libxxhash-dev
     libcriterion-dev
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev
