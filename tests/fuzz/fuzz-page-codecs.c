@@ -46,7 +46,7 @@ fuzz_delta(const guint8 *in, gsize len)
 static void
 fuzz_zstd(const guint8 *in, gsize len)
 {
-    g_autoptr(MpCompDec) d = mp_comp_dec_new(20, NULL);
+    g_autoptr(MpCompDec) d = mp_comp_dec_new(17, NULL);
     while (len >= 8) {
         guint32 raw = mp_be32(in) % (256 * 1024);
         gsize n = MIN(mp_be32(in + 4), len - 8);
@@ -73,7 +73,8 @@ static void
 fuzz_batches(const guint8 *in, gsize len)
 {
     g_autoptr(MpPageCache) c = mp_pcache_new(PS, 32 * PS);
-    g_autoptr(MpBatchDec) d = mp_batch_dec_new(PS, c, 20);
+    /* small windows and images: every run maps its memory afresh */
+    g_autoptr(MpBatchDec) d = mp_batch_dec_new(PS, c, 17);
     guint8 p[PS];
     mp_pcache_block_id(c, "pc.ram");
     for (guint i = 0; i < 4; i++) {
@@ -98,7 +99,7 @@ apply(const char *block, guint64 index, guint32 count, const guint8 *page,
       gpointer user_data)
 {
     Image *img = user_data;
-    if (strcmp(block, "pc.ram") != 0 || index + count > 256)
+    if (strcmp(block, "pc.ram") != 0 || index + count > 64)
         abort();
     for (guint32 k = 0; k < count; k++) {
         if (page)
@@ -116,15 +117,15 @@ fuzz_round_trip(const guint8 *in, gsize len)
     g_autoptr(MpZeroRuns) z = mp_zrun_new(PS);
     MpBatchOpts o = {TRUE, TRUE, TRUE};
     g_autoptr(MpBatchEnc) e = mp_batch_enc_new(PS, sc, z, &o);
-    g_autoptr(MpBatchDec) d = mp_batch_dec_new(PS, dc, 20);
-    g_autoptr(MpCompEnc) comp = mp_comp_enc_new(1, 20, NULL);
-    g_autofree guint8 *src = g_malloc0(256 * PS);
-    Image dst = {g_malloc0(256 * PS)};
+    g_autoptr(MpBatchDec) d = mp_batch_dec_new(PS, dc, 17);
+    g_autoptr(MpCompEnc) comp = mp_comp_enc_new(1, 17, NULL);
+    g_autofree guint8 *src = g_malloc0(64 * PS);
+    Image dst = {g_malloc0(64 * PS)};
     g_autoptr(GByteArray) out = g_byte_array_new();
     guint8 page[PS];
     guint n = 0;
 
-    mp_zrun_declare_block(z, 0, 256, TRUE);
+    mp_zrun_declare_block(z, 0, 64, TRUE);
     for (gsize at = 0; at < len; at += PS / 16, n++) {
         /* 256 bytes of input spread over a page: sparse and repetitive
          * pages, as in guest RAM */
@@ -162,7 +163,7 @@ fuzz_round_trip(const guint8 *in, gsize len)
     if (out->len)
         abort(); /* everything was flushed already */
     if (mp_pcache_digest(sc) != mp_pcache_digest(dc)
-        || memcmp(src, dst.ram, 256 * PS) != 0)
+        || memcmp(src, dst.ram, 64 * PS) != 0)
         abort();
     g_free(dst.ram);
 }
