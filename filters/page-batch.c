@@ -160,7 +160,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
     e->pages++;
 
     if (e->opts.zero) {
-        guint64 t0 = mp_codec_cpu_ns();
+        guint64 t0 = mp_codec_now_ns();
         gboolean here = e->run_open && e->run_end == index;
         MpZeroVerdict v = mp_zrun_classify(e->zero, key.block, index, page,
                                            here);
@@ -192,7 +192,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
             return TRUE;
     }
     if (e->opts.dedup) {
-        guint64 t0 = mp_codec_cpu_ns();
+        guint64 t0 = mp_codec_now_ns();
         MpPageKey ref;
         gboolean hit = mp_pcache_find(e->cache, page, &ref);
         if (hit) {
@@ -210,7 +210,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
             return TRUE;
     }
     if (e->opts.delta) {
-        guint64 t0 = mp_codec_cpu_ns();
+        guint64 t0 = mp_codec_now_ns();
         const guint8 *old = mp_pcache_get(e->cache, key);
         gssize dl = -1;
         if (old)
@@ -231,7 +231,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
         if (dl >= 0)
             return TRUE;
     }
-    guint64 t0 = mp_codec_cpu_ns();
+    guint64 t0 = mp_codec_now_ns();
     put_entry(e, MP_BATCH_PAGE, index, NULL, 0);
     g_byte_array_append(e->body, page, e->page_size);
     mp_pcache_put(e->cache, key, page);
@@ -329,7 +329,7 @@ gboolean
 mp_batch_decode(MpBatchDec *d, const guint8 *payload, gsize len,
                 MpBatchPageFunc cb, gpointer user_data, GError **error)
 {
-    guint64 t0 = mp_codec_cpu_ns();
+    guint64 t0 = mp_codec_now_ns();
     gsize hl = header_len(payload, len);
     char block[256] = "?";
 
@@ -349,12 +349,9 @@ mp_batch_decode(MpBatchDec *d, const guint8 *payload, gsize len,
     if (!(flags & MP_BATCH_COMPRESSED) && zctx)
         return bad(error, block, 1, len,
                    "zstd context %u on an uncompressed batch", zctx);
-    gint mine = mp_pcache_block_id(d->cache, block);
-    if (mine != id)
-        return bad(error, block, 2, len,
-                   "block id %u, but this side's cache has it as %d: the "
-                   "caches are out of step",
-                   id, mine);
+    g_autoptr(GError) berr = NULL;
+    if (!mp_pcache_block_bind(d->cache, id, block, &berr))
+        return bad(error, block, 2, len, "%s", berr->message);
     if (n == 0 || n > MP_BATCH_MAX_PAGES || body_len > MP_BATCH_MAX_BODY)
         return bad(error, block, hl - 8, len,
                    "%u entries, body of %u bytes: expected 1..%u entries, a "

@@ -53,7 +53,7 @@ typedef struct {
     gboolean dedup;
 } MpBatchOpts;
 
-/* What each encoder did, with its CPU time. */
+/* What each encoder did, with its busy time (codec-stats.h). */
 typedef struct {
     MpCodecStats zero;  /* pages classified; out: run entries */
     MpCodecStats dedup; /* pages looked up; out: references */

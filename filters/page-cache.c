@@ -2,6 +2,7 @@
 #include "config.h"
 #include <string.h>
 #include <xxhash.h>
+#include "parse-common.h"
 #include "page-cache.h"
 
 typedef struct Entry Entry;
@@ -9,7 +10,10 @@ struct Entry {
     MpPageKey key;
     guint64 hash; /* XXH3-64 of data */
     Entry *prev, *next; /* LRU list: head most recent */
-    Entry *hash_next;   /* entries with the same content hash */
+    /* entries with the same content hash, newest first; doubly linked,
+     * because guest RAM holds thousands of identical pages and unlinking
+     * one must not walk them all */
+    Entry *hash_prev, *hash_next;
     guint8 data[];
 };
 
@@ -22,6 +26,7 @@ struct MpPageCache {
     GHashTable *by_hash; /* &Entry.hash -> first Entry of that hash */
     Entry *head, *tail;
     GHashTable *blocks; /* name -> id + 1 */
+    GPtrArray *names;   /* id -> name (borrowed from blocks), or NULL */
 };
 
 static guint64
@@ -55,6 +60,7 @@ mp_pcache_new(guint32 page_size, guint64 budget)
     c->by_key = g_hash_table_new_full(u64_hash, u64_equal, g_free, NULL);
     c->by_hash = g_hash_table_new(u64_hash, u64_equal);
     c->blocks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    c->names = g_ptr_array_new();
     return c;
 }
 
@@ -70,6 +76,7 @@ mp_pcache_free(MpPageCache *c)
     g_hash_table_destroy(c->by_key);
     g_hash_table_destroy(c->by_hash);
     g_hash_table_destroy(c->blocks);
+    g_ptr_array_unref(c->names);
     g_free(c);
 }
 
@@ -87,11 +94,50 @@ mp_pcache_block_id(MpPageCache *c, const char *name)
     gpointer v = g_hash_table_lookup(c->blocks, name);
     if (v)
         return GPOINTER_TO_INT(v) - 1;
-    guint n = g_hash_table_size(c->blocks);
+    guint n = c->names->len;
     if (n >= MP_PCACHE_MAX_BLOCKS)
         return -1;
-    g_hash_table_insert(c->blocks, g_strdup(name), GINT_TO_POINTER(n + 1));
+    char *key = g_strdup(name);
+    g_hash_table_insert(c->blocks, key, GINT_TO_POINTER(n + 1));
+    g_ptr_array_add(c->names, key);
     return (gint)n;
+}
+
+gboolean
+mp_pcache_block_bind(MpPageCache *c, guint id, const char *name,
+                     GError **error)
+{
+    gpointer v = g_hash_table_lookup(c->blocks, name);
+    const char *bound = id < c->names->len ? c->names->pdata[id] : NULL;
+
+    if (v && (guint)GPOINTER_TO_INT(v) - 1 == id)
+        return TRUE;
+    if (v) {
+        mp_parse_error_set(error, "page cache", MP_PARSE_ERROR_DECODE,
+                           "block \"%s\" came as id %d, now as %u: the "
+                           "caches are out of step",
+                           name, GPOINTER_TO_INT(v) - 1, id);
+        return FALSE;
+    }
+    if (bound) {
+        mp_parse_error_set(error, "page cache", MP_PARSE_ERROR_DECODE,
+                           "block id %u is \"%s\", now \"%s\": the caches "
+                           "are out of step",
+                           id, bound, name);
+        return FALSE;
+    }
+    if (id >= MP_PCACHE_MAX_BLOCKS) {
+        mp_parse_error_set(error, "page cache", MP_PARSE_ERROR_DECODE,
+                           "block id %u for \"%s\", expected below %u", id,
+                           name, MP_PCACHE_MAX_BLOCKS);
+        return FALSE;
+    }
+    if (id >= c->names->len)
+        g_ptr_array_set_size(c->names, id + 1);
+    char *key = g_strdup(name);
+    g_hash_table_insert(c->blocks, key, GINT_TO_POINTER(id + 1));
+    c->names->pdata[id] = key;
+    return TRUE;
 }
 
 static void
@@ -132,29 +178,27 @@ touch(MpPageCache *c, Entry *e)
 static void
 hash_unlink(MpPageCache *c, Entry *e)
 {
-    Entry *first = g_hash_table_lookup(c->by_hash, &e->hash);
-    if (first == e) {
-        if (e->hash_next)
-            g_hash_table_replace(c->by_hash, &e->hash_next->hash,
-                                 e->hash_next);
-        else
-            g_hash_table_remove(c->by_hash, &e->hash);
+    if (e->hash_prev) {
+        e->hash_prev->hash_next = e->hash_next;
+    } else if (e->hash_next) {
+        /* the table's key must point into a live entry: the new head's */
+        g_hash_table_replace(c->by_hash, &e->hash_next->hash, e->hash_next);
     } else {
-        Entry *p = first;
-        while (p && p->hash_next != e)
-            p = p->hash_next;
-        g_assert(p);
-        p->hash_next = e->hash_next;
+        g_hash_table_remove(c->by_hash, &e->hash);
     }
-    e->hash_next = NULL;
+    if (e->hash_next)
+        e->hash_next->hash_prev = e->hash_prev;
+    e->hash_prev = e->hash_next = NULL;
 }
 
 static void
 hash_link(MpPageCache *c, Entry *e)
 {
     Entry *first = g_hash_table_lookup(c->by_hash, &e->hash);
+    e->hash_prev = NULL;
     e->hash_next = first;
-    /* the key pointer must point into a live entry: use the new head's */
+    if (first)
+        first->hash_prev = e;
     g_hash_table_replace(c->by_hash, &e->hash, e);
 }
 
@@ -209,7 +253,7 @@ mp_pcache_put(MpPageCache *c, MpPageKey key, const guint8 *page)
     e = g_malloc(sizeof(Entry) + c->page_size);
     e->key = key;
     e->hash = h;
-    e->hash_next = NULL;
+    e->hash_prev = e->hash_next = NULL;
     memcpy(e->data, page, c->page_size);
     guint64 *k = g_new(guint64, 1);
     *k = pack(key);

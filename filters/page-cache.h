@@ -10,9 +10,11 @@
  * the destination holds: a delta against a cached page, or a reference to
  * one, always resolves on the other side.
  *
- * Pages are keyed by (block id, page index).  Block ids are handed out in
- * order of first use by mp_pcache_block_id(), so both sides give a block
- * the same id.  Eviction is least-recently-used; "use" is an update, a
+ * Pages are keyed by (block id, page index).  The source side's cache
+ * hands out block ids (mp_pcache_block_id(), in order of first use); each
+ * batch carries its block's id and name, and the destination's cache binds
+ * that id to that name (mp_pcache_block_bind()), so the two use the same
+ * ids whatever order the source assigned them in.  Eviction is least-recently-used; "use" is an update, a
  * delta base or a dedup reference, on both sides alike.
  *
  * Not thread-safe: one cache belongs to one stream's ordered stage.
@@ -47,6 +49,13 @@ guint64 mp_pcache_auto_size(guint64 ram_bytes);
 /* @return the id of block `name`, assigned on first use (0, 1, ...), or -1
  * once MP_PCACHE_MAX_BLOCKS names are known. */
 gint mp_pcache_block_id(MpPageCache *c, const char *name);
+
+/* Destination side: block `id` is `name`, as the source's batch says.
+ * @return FALSE with an error when the id is bound to another name, the
+ * name to another id, or the id is out of range (the caches are then out
+ * of step). */
+gboolean mp_pcache_block_bind(MpPageCache *c, guint id, const char *name,
+                              GError **error);
 
 /* @return the cached version of a page (page_size bytes, valid until the
  * next change to the cache) and marks it used, or NULL. */

@@ -52,7 +52,7 @@ mp_comp_enc_free(MpCompEnc *e)
 gsize
 mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len, GByteArray *out)
 {
-    guint64 t0 = mp_codec_cpu_ns();
+    guint64 t0 = mp_codec_now_ns();
     gsize start = out->len;
     ZSTD_inBuffer ib = {in, len, 0};
 
@@ -115,7 +115,7 @@ gboolean
 mp_comp_dec_batch(MpCompDec *d, const guint8 *in, gsize len, guint8 *out,
                   gsize raw_len, GError **error)
 {
-    guint64 t0 = mp_codec_cpu_ns();
+    guint64 t0 = mp_codec_now_ns();
     ZSTD_inBuffer ib = {in, len, 0};
     ZSTD_outBuffer ob = {out, raw_len, 0};
     guint8 extra;

@@ -106,7 +106,7 @@ MpZeroVerdict
 mp_zrun_classify(MpZeroRuns *z, guint16 block, guint64 index,
                  const guint8 *page, gboolean run_ends_here)
 {
-    guint64 t0 = mp_codec_cpu_ns();
+    guint64 t0 = mp_codec_now_ns();
     MpZeroVerdict v;
     guint64 out = 0;
 

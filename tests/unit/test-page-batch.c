@@ -60,10 +60,14 @@ pair_init(Pair *p, const MpBatchOpts *opts, guint64 budget)
         p->comp[i] = mp_comp_enc_new(3, 23, NULL);
         p->dst.ram[i] = g_malloc0(NPAGES * PS);
     }
-    /* the destination starts with zero RAM: block 0 declared so */
-    mp_zrun_declare_block(p->zero, 0, NPAGES, TRUE);
+    /* the source names blocks in its own order, one it never sends
+     * first: the destination binds the ids its batches carry */
+    cr_assert_eq(mp_pcache_block_id(p->src_cache, "/rom@etc/acpi/tables"), 0);
+    cr_assert_eq(mp_pcache_block_id(p->src_cache, blocks[1]), 1);
+    cr_assert_eq(mp_pcache_block_id(p->src_cache, blocks[0]), 2);
+    /* the destination starts with zero RAM: pc.ram declared so */
+    mp_zrun_declare_block(p->zero, 2, NPAGES, TRUE);
     mp_zrun_declare_block(p->zero, 1, NPAGES, FALSE);
-    cr_assert_eq(mp_pcache_block_id(p->src_cache, blocks[0]), 0);
 }
 
 static void
@@ -318,8 +322,18 @@ Test(page_batch, hostile)
     g_autoptr(GByteArray) h = g_byte_array_new();
     put_hdr(h, 0, 3, "pc.ram", 1, 0);
     put_entry(h, MP_BATCH_ZERO_RUN, 5, x, 4);
-    expect_batch_error(h, "block id 3, but this side's cache has it as 0: the "
-                          "caches are out of step");
+    expect_batch_error(h, "page cache: block \"pc.ram\" came as id 0, now "
+                          "as 3: the caches are out of step");
+
+    g_autoptr(GByteArray) h2 = g_byte_array_new();
+    put_hdr(h2, 0, 0, "other", 1, 0);
+    put_entry(h2, MP_BATCH_ZERO_RUN, 5, x, 4);
+    expect_batch_error(h2, "block id 0 is \"pc.ram\", now \"other\"");
+
+    g_autoptr(GByteArray) h3 = g_byte_array_new();
+    put_hdr(h3, 0, 5000, "other", 1, 0);
+    put_entry(h3, MP_BATCH_ZERO_RUN, 5, x, 4);
+    expect_batch_error(h3, "block id 5000 for \"other\", expected below 4096");
 
     g_autoptr(GByteArray) i = g_byte_array_new();
     put_hdr(i, MP_BATCH_COMPRESSED, 0, "pc.ram", 1, PS);
