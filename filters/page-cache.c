@@ -5,8 +5,13 @@
 #include "parse-common.h"
 #include "page-cache.h"
 
+/* Entries and page data live in two arrays made once, at the cache's
+ * size: no allocation per page (each new 4 KiB allocation was a page
+ * fault, most of the cost of a put on the development VM), and a budget
+ * that is exactly what the cache can take. */
 typedef struct Entry Entry;
 struct Entry {
+    guint64 packed; /* by_key's key */
     MpPageKey key;
     guint64 hash; /* XXH3-64 of data */
     Entry *prev, *next; /* LRU list: head most recent */
@@ -14,7 +19,7 @@ struct Entry {
      * because guest RAM holds thousands of identical pages and unlinking
      * one must not walk them all */
     Entry *hash_prev, *hash_next;
-    guint8 data[];
+    guint8 *data; /* page_size bytes in the data array */
 };
 
 struct MpPageCache {
@@ -22,7 +27,10 @@ struct MpPageCache {
     guint64 capacity; /* pages */
     guint64 count;
     guint64 evictions;
-    GHashTable *by_key;  /* packed key -> Entry */
+    Entry *entries;     /* capacity of them */
+    guint8 *data;       /* capacity * page_size */
+    Entry *free_list;   /* unused entries, linked by next */
+    GHashTable *by_key;  /* &Entry.packed -> Entry */
     GHashTable *by_hash; /* &Entry.hash -> first Entry of that hash */
     Entry *head, *tail;
     GHashTable *blocks; /* name -> id + 1 */
@@ -49,7 +57,6 @@ u64_equal(gconstpointer a, gconstpointer b)
     return *(const guint64 *)a == *(const guint64 *)b;
 }
 
-/* by_key's keys live in a small heap cell per entry */
 MpPageCache *
 mp_pcache_new(guint32 page_size, guint64 budget)
 {
@@ -57,7 +64,14 @@ mp_pcache_new(guint32 page_size, guint64 budget)
     g_assert(page_size > 0);
     c->page_size = page_size;
     c->capacity = MAX(budget / page_size, 1);
-    c->by_key = g_hash_table_new_full(u64_hash, u64_equal, g_free, NULL);
+    c->entries = g_new0(Entry, c->capacity);
+    c->data = g_malloc((gsize)c->capacity * page_size);
+    for (guint64 i = c->capacity; i-- > 0;) {
+        c->entries[i].data = c->data + i * page_size;
+        c->entries[i].next = c->free_list;
+        c->free_list = &c->entries[i];
+    }
+    c->by_key = g_hash_table_new(u64_hash, u64_equal);
     c->by_hash = g_hash_table_new(u64_hash, u64_equal);
     c->blocks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     c->names = g_ptr_array_new();
@@ -69,10 +83,8 @@ mp_pcache_free(MpPageCache *c)
 {
     if (!c)
         return;
-    for (Entry *e = c->head, *n; e; e = n) {
-        n = e->next;
-        g_free(e);
-    }
+    g_free(c->entries);
+    g_free(c->data);
     g_hash_table_destroy(c->by_key);
     g_hash_table_destroy(c->by_hash);
     g_hash_table_destroy(c->blocks);
@@ -205,12 +217,12 @@ hash_link(MpPageCache *c, Entry *e)
 static void
 drop(MpPageCache *c, Entry *e)
 {
-    guint64 k = pack(e->key);
     lru_unlink(c, e);
     hash_unlink(c, e);
-    g_hash_table_remove(c->by_key, &k);
+    g_hash_table_remove(c->by_key, &e->packed);
     c->count--;
-    g_free(e);
+    e->next = c->free_list;
+    c->free_list = e;
 }
 
 static Entry *
@@ -250,14 +262,14 @@ mp_pcache_put(MpPageCache *c, MpPageKey key, const guint8 *page)
         c->evictions++;
         drop(c, c->tail);
     }
-    e = g_malloc(sizeof(Entry) + c->page_size);
+    e = c->free_list;
+    c->free_list = e->next;
+    e->packed = pack(key);
     e->key = key;
     e->hash = h;
     e->hash_prev = e->hash_next = NULL;
     memcpy(e->data, page, c->page_size);
-    guint64 *k = g_new(guint64, 1);
-    *k = pack(key);
-    g_hash_table_insert(c->by_key, k, e);
+    g_hash_table_insert(c->by_key, &e->packed, e);
     hash_link(c, e);
     lru_push_head(c, e);
     c->count++;

@@ -18,7 +18,8 @@
  * delta base or a dedup reference, on both sides alike.
  *
  * Not thread-safe: one cache belongs to one stream's ordered stage.
- * Memory: budget bytes of page data plus about 80 bytes per page.
+ * Memory: budget bytes of page data, reserved at creation (touched as the
+ * cache fills), plus about 130 bytes per page of entries and indexes.
  */
 #pragma once
 
