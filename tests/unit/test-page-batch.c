@@ -366,3 +366,42 @@ Test(page_batch, hostile)
     put_hdr(n, 0x80, 0, "pc.ram", 1, 0);
     expect_batch_error(n, "flags 0x80, expected 0 or 1");
 }
+
+/* One page several times in one batch: entries apply in order, so the
+ * last version wins on the destination, and runs do not swallow it. */
+Test(page_batch, same_page_twice_in_a_batch)
+{
+    MpBatchOpts o = {TRUE, TRUE, TRUE};
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autoptr(GRand) r = g_rand_new_with_seed(8);
+    guint8 a[PS], b[PS], zero[PS] = {0};
+    Pair p;
+
+    pair_init(&p, &o, 1 << 20);
+    page_gen(a, PS, PG_TEXT, r);
+    memcpy(b, a, PS);
+    b[17] ^= 0x40;
+    /* pc.ram (id 2) starts zero at the peer */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 5, a, out));    /* PAGE */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 6, zero, out)); /* skip */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 5, zero, out)); /* run */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 6, zero, out)); /* +1 */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 5, a, out));    /* PAGE */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 5, b, out));    /* DELTA */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 9, b, out));    /* DEDUP */
+    cr_assert(mp_batch_enc_add(p.enc, blocks[0], 6, a, out));    /* PAGE */
+    mp_batch_enc_flush(p.enc, out);
+    cr_assert_eq(mp_be32(out->data + 4 + 5 + strlen(blocks[0])), 6,
+                 "six entries");
+    pair_deliver(&p, out);
+    cr_assert_eq(memcmp(p.dst.ram[0] + 5 * PS, b, PS), 0);
+    cr_assert_eq(memcmp(p.dst.ram[0] + 9 * PS, b, PS), 0);
+    cr_assert_eq(memcmp(p.dst.ram[0] + 6 * PS, a, PS), 0);
+    const MpBatchStats *s = mp_batch_enc_stats(p.enc);
+    cr_assert_eq(s->skipped, 1);
+    cr_assert_eq(s->zero_pages, 2);
+    cr_assert_eq(s->delta_used, 1);
+    cr_assert_eq(s->dedup_hits, 1);
+    cr_assert_eq(s->raw.pages_in, 3);
+    pair_clear(&p);
+}
