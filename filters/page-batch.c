@@ -274,7 +274,8 @@ struct MpBatchDec {
     MpPageCache *cache;
     guint window_log;
     MpCompDec *comp[256]; /* made on first use of a context */
-    guint8 *body;         /* MP_BATCH_MAX_BODY, made on first use */
+    guint8 *body;         /* decompressed body, grown to the largest */
+    gsize body_cap;
     guint8 *page;
     MpCodecStats stats;
 };
@@ -404,8 +405,12 @@ mp_batch_decode(MpBatchDec *d, const guint8 *payload, gsize len,
             if (!d->comp[zctx])
                 return FALSE;
         }
-        if (!d->body)
-            d->body = g_malloc(MP_BATCH_MAX_BODY);
+        if (d->body_cap < body_len) {
+            /* body_len <= MP_BATCH_MAX_BODY, checked above */
+            g_free(d->body);
+            d->body = g_malloc(body_len);
+            d->body_cap = body_len;
+        }
         g_autoptr(GError) zerr = NULL;
         if (!mp_comp_dec_batch(d->comp[zctx], body, wire_body, d->body,
                                body_len, &zerr))
