@@ -222,7 +222,8 @@ Test(page_cache, mirrors_stay_identical)
     g_autoptr(GRand) r = g_rand_new_with_seed(4);
     guint8 p[PS];
     /* allocate some garbage between the two so addresses differ */
-    g_autofree void *junk = g_malloc(12345);
+    g_autofree guint8 *junk = g_malloc(12345);
+    junk[0] = 1;
     g_autoptr(MpPageCache) y = mp_pcache_new(PS, 64 * PS);
 
     cr_assert_eq(mp_pcache_block_id(x, "pc.ram"), 0);
