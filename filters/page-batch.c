@@ -31,6 +31,7 @@ struct MpBatchEnc {
     MpBatchOpts opts;
     char *block;
     gint block_id;
+    gint zero_block; /* the block's id in the session's zero tracker */
     GByteArray *entries;
     GByteArray *body;
     guint32 n_entries;
@@ -151,6 +152,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
         g_free(e->block);
         e->block = g_strdup(block);
         e->block_id = id;
+        e->zero_block = e->zero ? mp_zrun_block_id(e->zero, block) : -1;
     }
     if (e->pages + 1 > MP_BATCH_MAX_PAGES
         || e->body->len + e->page_size > MP_BATCH_MAX_BODY)
@@ -162,8 +164,8 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
     if (e->opts.zero) {
         guint64 t0 = mp_codec_now_ns();
         gboolean here = e->run_open && e->run_end == index;
-        MpZeroVerdict v = mp_zrun_classify(e->zero, key.block, index, page,
-                                           here);
+        MpZeroVerdict v = mp_zrun_classify(e->zero, e->zero_block, index,
+                                           page, here);
         /* a page the peer holds as zero is not cached (it was forgotten
          * when it became zero), and the peer sees nothing of a skipped
          * page: only run pages touch the cache */

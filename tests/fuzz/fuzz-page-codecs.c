@@ -125,7 +125,7 @@ fuzz_round_trip(const guint8 *in, gsize len)
     guint8 page[PS];
     guint n = 0;
 
-    mp_zrun_declare_block(z, 0, 64, TRUE);
+    mp_zrun_declare_block(z, "pc.ram", 64, TRUE);
     for (gsize at = 0; at < len; at += PS / 16, n++) {
         /* 256 bytes of input spread over a page: sparse and repetitive
          * pages, as in guest RAM */

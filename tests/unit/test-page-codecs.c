@@ -102,8 +102,10 @@ Test(zero_runs, skip_extend_start)
     guint8 zero[PS] = {0}, data[PS] = {0};
     data[100] = 1;
 
-    cr_assert(mp_zrun_declare_block(z, 0, 100, TRUE));
-    cr_assert(mp_zrun_declare_block(z, 1, 100, FALSE));
+    cr_assert_eq(mp_zrun_declare_block(z, "pc.ram", 100, TRUE), 0);
+    cr_assert_eq(mp_zrun_declare_block(z, "vga.vram", 100, FALSE), 1);
+    cr_assert_eq(mp_zrun_block_id(z, "vga.vram"), 1);
+    cr_assert_eq(mp_zrun_block_id(z, "nope"), -1);
     /* block 0 starts zero at the peer: nothing to send */
     cr_assert_eq(mp_zrun_classify(z, 0, 5, zero, FALSE), MP_ZRUN_SKIP);
     /* block 1 does not: a run starts, then grows */
@@ -124,25 +126,28 @@ Test(zero_runs, skip_extend_start)
     cr_assert_not(mp_zrun_peer_zero(z, 0, 5));
     cr_assert(mp_zrun_peer_zero(z, 0, 10));
     /* unknown blocks and pages past the end are never assumed zero */
-    cr_assert_eq(mp_zrun_classify(z, 7, 0, zero, FALSE), MP_ZRUN_START);
+    cr_assert_eq(mp_zrun_classify(z, -1, 0, zero, FALSE), MP_ZRUN_START);
     cr_assert_not(mp_zrun_peer_zero(z, 0, 100));
     cr_assert_eq(mp_zrun_skipped(z), 2);
     cr_assert_eq(mp_zrun_runs(z), 3);
     cr_assert_eq(mp_zrun_zero_pages(z), 5);
-    cr_assert_eq(mp_zrun_stats(z)->pages_in, 9);
-    cr_assert_eq(mp_zrun_stats(z)->bytes_out, 3 * MP_ZRUN_WIRE_LEN);
+    cr_assert_eq(mp_zrun_stats(z).pages_in, 9);
+    cr_assert_eq(mp_zrun_stats(z).bytes_out, 3 * MP_ZRUN_WIRE_LEN);
 }
 
 Test(zero_runs, bitmap_edges)
 {
     g_autoptr(MpZeroRuns) z = mp_zrun_new(PS);
-    cr_assert(mp_zrun_declare_block(z, 0, 65, TRUE));
+    cr_assert_eq(mp_zrun_declare_block(z, "a", 65, TRUE), 0);
     cr_assert(mp_zrun_peer_zero(z, 0, 63));
     cr_assert(mp_zrun_peer_zero(z, 0, 64));
     cr_assert_not(mp_zrun_peer_zero(z, 0, 65));
-    cr_assert_not(mp_zrun_declare_block(z, 1, (guint64)1 << 33, FALSE));
-    cr_assert(mp_zrun_declare_block(z, 2, 0, TRUE));
-    cr_assert_not(mp_zrun_peer_zero(z, 2, 0));
+    cr_assert_eq(mp_zrun_declare_block(z, "b", (guint64)1 << 33, FALSE), -1);
+    cr_assert_eq(mp_zrun_declare_block(z, "c", 0, TRUE), 1);
+    cr_assert_not(mp_zrun_peer_zero(z, 1, 0));
+    /* declared again: same id, new bitmap */
+    cr_assert_eq(mp_zrun_declare_block(z, "a", 65, FALSE), 0);
+    cr_assert_not(mp_zrun_peer_zero(z, 0, 63));
 }
 
 Test(zero_runs, check_rejects_runs_outside_their_block)
