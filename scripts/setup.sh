@@ -20,6 +20,7 @@ PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
     liblzma-dev libbz2-dev liblzo2-dev
+    libxxhash-dev
     libcriterion-dev
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev

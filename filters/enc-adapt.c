@@ -1,0 +1,40 @@
+/* enc-adapt.c: whether an encoder pays (see enc-adapt.h). */
+#include "config.h"
+#include <math.h>
+#include "enc-adapt.h"
+
+#define GIB 1073741824.0
+
+MpAdaptVerdict
+mp_adapt_decide(const MpAdaptInput *in, gboolean now_on)
+{
+    MpAdaptVerdict v = {.use = now_on};
+
+    if (!(in->link_bps > 0) || !(in->enc_bps > 0) || !(in->ratio > 0)
+        || !isfinite(in->link_bps) || !isfinite(in->enc_bps)
+        || !isfinite(in->ratio)) {
+        v.why = "not measured yet: unchanged";
+        return v;
+    }
+    double enc_w = MAX(in->enc_workers, 1);
+    double dec_w = MAX(in->dec_workers, 1);
+    double t_link = in->ratio / in->link_bps;
+    double t_enc = 1.0 / (in->enc_bps * enc_w);
+    double t_dec = in->dec_bps > 0 && isfinite(in->dec_bps)
+                       ? 1.0 / (in->dec_bps * dec_w)
+                       : 0;
+    double enc = MAX(t_link, MAX(t_enc, t_dec));
+    double direct = 1.0 / in->link_bps;
+
+    v.direct_s = direct * GIB;
+    v.encoded_s = enc * GIB;
+    v.gain = 1.0 - enc / direct;
+    v.use = now_on ? v.gain >= MP_ADAPT_OFF_GAIN : v.gain >= MP_ADAPT_ON_GAIN;
+    if (v.use)
+        v.why = "saves link time";
+    else if (t_link >= direct * (1 - MP_ADAPT_ON_GAIN))
+        v.why = "pages do not compress enough";
+    else
+        v.why = "CPU-bound: the link is faster than the encoder";
+    return v;
+}

@@ -1,0 +1,44 @@
+/* enc-adapt.h: does an encoder pay?  The source side asks this for each
+ * encoder every so often, from what it measured, so the tunnel never makes
+ * a migration slower than a direct one at the same link speed.
+ *
+ * Model: encoding, sending and decoding run as a pipeline, so a byte of
+ * guest stream costs the slowest stage's time:
+ *
+ *   direct   = 1 / link
+ *   encoded  = max(1 / (enc * workers), ratio / link, 1 / (dec * workers))
+ *
+ * (link in tunnel bytes/s; enc, dec in input bytes per CPU-second of one
+ * thread; ratio = bytes out / bytes in).  The encoder is switched on when
+ * it saves at least MP_ADAPT_ON_GAIN of the time and off when it saves
+ * less than MP_ADAPT_OFF_GAIN: the gap keeps it from flapping when it
+ * barely pays.  A pure function: no state, no clock.
+ */
+#pragma once
+
+#include <glib.h>
+
+#define MP_ADAPT_ON_GAIN  0.10
+#define MP_ADAPT_OFF_GAIN 0.02
+
+typedef struct {
+    double link_bps;  /* measured link rate, bytes/s; <= 0: unknown */
+    double enc_bps;   /* encoder: input bytes per CPU-second; <= 0: unknown */
+    double dec_bps;   /* peer's decoder, same unit; <= 0: not limiting */
+    guint enc_workers; /* threads encoding (>= 1) */
+    guint dec_workers; /* threads decoding at the peer (>= 1) */
+    double ratio;     /* bytes out / bytes in; <= 0: unknown */
+} MpAdaptInput;
+
+typedef struct {
+    gboolean use;
+    double direct_s;  /* seconds per GiB of stream sent direct */
+    double encoded_s; /* seconds per GiB of stream through the encoder */
+    double gain;      /* 1 - encoded / direct (negative: slower) */
+    const char *why;  /* a static phrase for the log */
+} MpAdaptVerdict;
+
+/* @return the decision, given whether the encoder is on now.  With a
+ * measurement missing, the encoder keeps its state (a new encoder starts
+ * on, so that it gets measured). */
+MpAdaptVerdict mp_adapt_decide(const MpAdaptInput *in, gboolean now_on);

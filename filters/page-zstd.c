@@ -1,0 +1,173 @@
+/* page-zstd.c: zstd with a long window shared across page batches (see
+ * page-zstd.h). */
+#include "config.h"
+#include <zstd.h>
+#include "parse-common.h"
+#include "page-zstd.h"
+
+struct MpCompEnc {
+    ZSTD_CCtx *cctx;
+    MpCodecStats stats;
+};
+
+struct MpCompDec {
+    ZSTD_DCtx *dctx;
+    gboolean broken;
+    MpCodecStats stats;
+};
+
+MpCompEnc *
+mp_comp_enc_new(int level, guint window_log, GError **error)
+{
+    if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel() || level == 0
+        || window_log < 10 || window_log > MP_COMP_WINDOW_LOG_MAX) {
+        mp_parse_error_set(error, "zstd", MP_PARSE_ERROR_UNSUPPORTED,
+                           "level %d, window log %u: expected level %d..%d "
+                           "(not 0), window log 10..%d",
+                           level, window_log, ZSTD_minCLevel(),
+                           ZSTD_maxCLevel(), MP_COMP_WINDOW_LOG_MAX);
+        return NULL;
+    }
+    MpCompEnc *e = g_new0(MpCompEnc, 1);
+    e->cctx = ZSTD_createCCtx();
+    g_assert(e->cctx);
+    ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, level);
+    ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_windowLog, (int)window_log);
+    /* pages repeat at distances of MiB: long-distance matching finds them */
+    ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_enableLongDistanceMatching, 1);
+    /* the batch's length travels in the frame; no need for it here */
+    ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_checksumFlag, 0);
+    return e;
+}
+
+void
+mp_comp_enc_free(MpCompEnc *e)
+{
+    if (!e)
+        return;
+    ZSTD_freeCCtx(e->cctx);
+    g_free(e);
+}
+
+gsize
+mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len, GByteArray *out)
+{
+    guint64 t0 = mp_codec_now_ns();
+    gsize start = out->len;
+    ZSTD_inBuffer ib = {in, len, 0};
+
+    if (len == 0)
+        return 0;
+    for (;;) {
+        gsize room = ZSTD_compressBound(len - ib.pos) + 64;
+        gsize at = out->len;
+        g_byte_array_set_size(out, at + room);
+        ZSTD_outBuffer ob = {out->data + at, room, 0};
+        gsize r = ZSTD_compressStream2(e->cctx, &ob, &ib, ZSTD_e_flush);
+        g_byte_array_set_size(out, at + ob.pos);
+        /* only misuse fails here (parameters are checked in _new) */
+        g_assert(!ZSTD_isError(r));
+        if (r == 0 && ib.pos == len)
+            break;
+    }
+    gsize n = out->len - start;
+    mp_codec_stats_add(&e->stats, 0, len, n, t0);
+    return n;
+}
+
+MpCompDec *
+mp_comp_dec_new(guint window_log, GError **error)
+{
+    if (window_log < 10 || window_log > MP_COMP_WINDOW_LOG_MAX) {
+        mp_parse_error_set(error, "zstd", MP_PARSE_ERROR_UNSUPPORTED,
+                           "window log %u, expected 10..%d", window_log,
+                           MP_COMP_WINDOW_LOG_MAX);
+        return NULL;
+    }
+    MpCompDec *d = g_new0(MpCompDec, 1);
+    d->dctx = ZSTD_createDCtx();
+    g_assert(d->dctx);
+    ZSTD_DCtx_setParameter(d->dctx, ZSTD_d_windowLogMax, (int)window_log);
+    return d;
+}
+
+void
+mp_comp_dec_free(MpCompDec *d)
+{
+    if (!d)
+        return;
+    ZSTD_freeDCtx(d->dctx);
+    g_free(d);
+}
+
+static gboolean
+dec_fail(MpCompDec *d, GError **error, gsize len, gsize pos, gsize r)
+{
+    mp_parse_error_set(error, "zstd", MP_PARSE_ERROR_DECODE,
+                       "batch of %" G_GSIZE_FORMAT " bytes, at byte %"
+                       G_GSIZE_FORMAT ": %s",
+                       len, pos, ZSTD_getErrorName(r));
+    d->broken = TRUE;
+    return FALSE;
+}
+
+gboolean
+mp_comp_dec_batch(MpCompDec *d, const guint8 *in, gsize len, guint8 *out,
+                  gsize raw_len, GError **error)
+{
+    guint64 t0 = mp_codec_now_ns();
+    ZSTD_inBuffer ib = {in, len, 0};
+    ZSTD_outBuffer ob = {out, raw_len, 0};
+    guint8 extra;
+    gboolean more = FALSE;
+
+    if (d->broken) {
+        mp_parse_error_set(error, "zstd", MP_PARSE_ERROR_DECODE,
+                           "an earlier batch failed: the stream is lost");
+        return FALSE;
+    }
+    while (ib.pos < len && ob.pos < ob.size) {
+        gsize r = ZSTD_decompressStream(d->dctx, &ob, &ib);
+        if (ZSTD_isError(r))
+            return dec_fail(d, error, len, ib.pos, r);
+    }
+    if (ob.pos == raw_len) {
+        /* the batch must hold exactly raw_len bytes: anything it still
+         * gives (from input left, or held inside zstd) is a lie */
+        for (;;) {
+            ZSTD_outBuffer eb = {&extra, 1, 0};
+            gsize before = ib.pos;
+            gsize r = ZSTD_decompressStream(d->dctx, &eb, &ib);
+            if (ZSTD_isError(r))
+                return dec_fail(d, error, len, ib.pos, r);
+            if (eb.pos || (ib.pos == before && ib.pos < len)) {
+                more = TRUE;
+                break;
+            }
+            if (ib.pos == len)
+                break;
+        }
+        if (!more) {
+            mp_codec_stats_add(&d->stats, 0, len, raw_len, t0);
+            return TRUE;
+        }
+    }
+    mp_parse_error_set(error, "zstd", MP_PARSE_ERROR_DECODE,
+                       "batch of %" G_GSIZE_FORMAT " bytes gives %s%"
+                       G_GSIZE_FORMAT " bytes, expected %" G_GSIZE_FORMAT,
+                       len, more ? "more than " : "", ob.pos, raw_len);
+    d->broken = TRUE;
+    return FALSE;
+}
+
+const MpCodecStats *
+mp_comp_enc_stats(const MpCompEnc *e)
+{
+    return &e->stats;
+}
+
+const MpCodecStats *
+mp_comp_dec_stats(const MpCompDec *d)
+{
+    return &d->stats;
+}

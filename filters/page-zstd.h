@@ -1,0 +1,57 @@
+/* page-zstd.h: zstd over page batches with one long window shared by every
+ * batch of a context.
+ *
+ * The encoder is one streaming ZSTD_CCtx; each batch is compressed and
+ * flushed (ZSTD_e_flush), so its bytes are complete on the wire while the
+ * window keeps the pages of earlier batches: a page like one sent a few
+ * MiB before costs a few bytes.  The decoder is one ZSTD_DCtx that must see
+ * that context's batches in the order they were made; its window is
+ * bounded by the negotiated window log, so a hostile peer cannot make it
+ * allocate more.
+ *
+ * One context per worker thread (a context is used by one thread at a
+ * time; there is no shared state).  The tunnel names the context in the
+ * batch, and the destination keeps one decoder per source context.
+ *
+ * Memory, per context: about 2^window_log on each side plus zstd's tables
+ * (level 3, window 2^23: about 10 MiB encoder, 8.2 MiB decoder).
+ */
+#pragma once
+
+#include <glib.h>
+#include "codec-stats.h"
+
+#define MP_COMP_WINDOW_LOG_DEFAULT 23 /* 8 MiB: two thousand pages */
+#define MP_COMP_WINDOW_LOG_MAX     27
+#define MP_COMP_LEVEL_DEFAULT      3
+
+typedef struct MpCompEnc MpCompEnc;
+typedef struct MpCompDec MpCompDec;
+
+/* @return an encoder at zstd `level` (1..19; negative: faster) with a
+ * window of 2^window_log bytes (10..MP_COMP_WINDOW_LOG_MAX), or NULL with
+ * an error for values out of range. */
+MpCompEnc *mp_comp_enc_new(int level, guint window_log, GError **error);
+void mp_comp_enc_free(MpCompEnc *e); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpCompEnc, mp_comp_enc_free)
+
+/* Compresses `len` bytes as the next batch and appends it, flushed, to
+ * `out`.  @return the number of bytes appended (0 only for len 0). */
+gsize mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len,
+                        GByteArray *out);
+
+/* @return a decoder for batches of an encoder whose window_log is at most
+ * `window_log`. */
+MpCompDec *mp_comp_dec_new(guint window_log, GError **error);
+void mp_comp_dec_free(MpCompDec *d); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpCompDec, mp_comp_dec_free)
+
+/* Decompresses the next batch, which must give exactly `raw_len` bytes,
+ * into `out` (raw_len bytes).  @return FALSE with an error (corrupt data,
+ * a window over the bound, more or fewer bytes than raw_len); the decoder
+ * is then unusable (the stream is lost: the tunnel fails it). */
+gboolean mp_comp_dec_batch(MpCompDec *d, const guint8 *in, gsize len,
+                           guint8 *out, gsize raw_len, GError **error);
+
+const MpCodecStats *mp_comp_enc_stats(const MpCompEnc *e);
+const MpCodecStats *mp_comp_dec_stats(const MpCompDec *d);

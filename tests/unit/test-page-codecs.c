@@ -1,0 +1,409 @@
+/* test-page-codecs.c: the tunnel's page codecs one by one: delta, zero
+ * runs, mirrored page cache, zstd with a shared window, and the decision
+ * whether an encoder pays. */
+#include "config.h"
+#include <string.h>
+#include <criterion/criterion.h>
+#include "enc-adapt.h"
+#include "page-cache.h"
+#include "page-delta.h"
+#include "page-gen.h"
+#include "page-zstd.h"
+#include "zero-runs.h"
+
+#define PS 4096
+
+/* --- delta ------------------------------------------------------------ */
+
+static void
+delta_round_trip(const guint8 *old, const guint8 *page, gboolean must_fit)
+{
+    guint8 d[PS * 2], out[PS];
+    gssize n = mp_delta_encode(old, page, PS, d, sizeof(d));
+    cr_assert(n >= 0);
+    g_autoptr(GError) err = NULL;
+    cr_assert(mp_delta_decode(old, d, (gsize)n, PS, out, &err), "%s",
+              err ? err->message : "");
+    cr_assert_eq(memcmp(out, page, PS), 0);
+    if (must_fit)
+        cr_assert_lt(n, PS / 4, "delta of %zd bytes", n);
+    /* in place */
+    guint8 inplace[PS];
+    memcpy(inplace, old, PS);
+    cr_assert(mp_delta_decode(inplace, d, (gsize)n, PS, inplace, NULL));
+    cr_assert_eq(memcmp(inplace, page, PS), 0);
+}
+
+Test(delta, round_trip_every_kind_of_change)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(1);
+    guint8 old[PS], page[PS];
+
+    for (int k = 0; k < PG__MAX; k++) {
+        for (int i = 0; i < 50; i++) {
+            page_gen(old, PS, (PageKind)k, r);
+            memcpy(page, old, PS);
+            /* a few changed words, at the ends too */
+            int changes = g_rand_int_range(r, 0, 10);
+            for (int c = 0; c < changes; c++)
+                page[g_rand_int_range(r, 0, PS)] ^= 0x5a;
+            page[0] ^= i & 1;
+            page[PS - 1] ^= i & 2;
+            delta_round_trip(old, page, TRUE);
+            /* unrelated pages: correct, however long */
+            page_gen(page, PS, (PageKind)g_rand_int_range(r, 0, PG__MAX), r);
+            delta_round_trip(old, page, FALSE);
+        }
+    }
+}
+
+Test(delta, identical_is_empty_and_random_does_not_pay)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(2);
+    guint8 old[PS], page[PS], d[PS];
+    page_gen(old, PS, PG_TEXT, r);
+    cr_assert_eq(mp_delta_encode(old, old, PS, d, sizeof(d)), 0);
+    page_gen(page, PS, PG_RANDOM, r);
+    cr_assert_eq(mp_delta_encode(old, page, PS, d, PS * 3 / 4), -1);
+}
+
+static void
+expect_delta_error(const guint8 *d, gsize n, const char *text)
+{
+    guint8 old[PS] = {0}, out[PS];
+    g_autoptr(GError) err = NULL;
+    cr_assert_not(mp_delta_decode(old, d, n, PS, out, &err));
+    cr_assert(strstr(err->message, text), "%s", err->message);
+}
+
+Test(delta, hostile_deltas)
+{
+    const guint8 overlong[] = {0x80, 0x80, 0x80, 0x01, 1, 0};
+    expect_delta_error(overlong, sizeof(overlong),
+                       "delta: malformed length at delta offset 0 of 6");
+    const guint8 cut[] = {0x05};
+    expect_delta_error(cut, sizeof(cut), "malformed length at delta offset 0");
+    const guint8 past_page[] = {0xff, 0x1f, 2, 1, 2}; /* skip 4095, 2 */
+    expect_delta_error(past_page, sizeof(past_page),
+                       "pair at delta offset 0 (skip 4095, 2 bytes) runs "
+                       "past the 4096-byte page");
+    const guint8 past_delta[] = {0, 5, 1, 2};
+    expect_delta_error(past_delta, sizeof(past_delta),
+                       "or the 4-byte delta");
+    const guint8 empty_lit[] = {3, 0};
+    expect_delta_error(empty_lit, sizeof(empty_lit), "(skip 3, 0 bytes)");
+}
+
+/* --- zero runs -------------------------------------------------------- */
+
+Test(zero_runs, skip_extend_start)
+{
+    g_autoptr(MpZeroRuns) z = mp_zrun_new(PS);
+    guint8 zero[PS] = {0}, data[PS] = {0};
+    data[100] = 1;
+
+    cr_assert_eq(mp_zrun_declare_block(z, "pc.ram", 100, TRUE), 0);
+    cr_assert_eq(mp_zrun_declare_block(z, "vga.vram", 100, FALSE), 1);
+    cr_assert_eq(mp_zrun_block_id(z, "vga.vram"), 1);
+    cr_assert_eq(mp_zrun_block_id(z, "nope"), -1);
+    /* block 0 starts zero at the peer: nothing to send */
+    cr_assert_eq(mp_zrun_classify(z, 0, 5, zero, FALSE), MP_ZRUN_SKIP);
+    /* block 1 does not: a run starts, then grows */
+    cr_assert_eq(mp_zrun_classify(z, 1, 5, zero, FALSE), MP_ZRUN_START);
+    cr_assert_eq(mp_zrun_classify(z, 1, 6, zero, TRUE), MP_ZRUN_EXTEND);
+    /* now the peer holds 5 and 6 as zero */
+    cr_assert(mp_zrun_peer_zero(z, 1, 6));
+    cr_assert_eq(mp_zrun_classify(z, 1, 6, zero, FALSE), MP_ZRUN_SKIP);
+    /* a page that is not zero is sent and clears the bit */
+    cr_assert_eq(mp_zrun_classify(z, 1, 6, data, FALSE), MP_ZRUN_DATA);
+    cr_assert_not(mp_zrun_peer_zero(z, 1, 6));
+    cr_assert_eq(mp_zrun_classify(z, 0, 7, data, FALSE), MP_ZRUN_DATA);
+    cr_assert_eq(mp_zrun_classify(z, 0, 7, zero, FALSE), MP_ZRUN_START);
+    /* a peer-zero page inside an open run extends it for free */
+    cr_assert_eq(mp_zrun_classify(z, 0, 8, zero, TRUE), MP_ZRUN_EXTEND);
+    /* discard: no longer known zero */
+    mp_zrun_forget(z, 0, 0, 10);
+    cr_assert_not(mp_zrun_peer_zero(z, 0, 5));
+    cr_assert(mp_zrun_peer_zero(z, 0, 10));
+    /* unknown blocks and pages past the end are never assumed zero */
+    cr_assert_eq(mp_zrun_classify(z, -1, 0, zero, FALSE), MP_ZRUN_START);
+    cr_assert_not(mp_zrun_peer_zero(z, 0, 100));
+    cr_assert_eq(mp_zrun_skipped(z), 2);
+    cr_assert_eq(mp_zrun_runs(z), 3);
+    cr_assert_eq(mp_zrun_zero_pages(z), 5);
+    cr_assert_eq(mp_zrun_stats(z).pages_in, 9);
+    cr_assert_eq(mp_zrun_stats(z).bytes_out, 3 * MP_ZRUN_WIRE_LEN);
+}
+
+Test(zero_runs, bitmap_edges)
+{
+    g_autoptr(MpZeroRuns) z = mp_zrun_new(PS);
+    cr_assert_eq(mp_zrun_declare_block(z, "a", 65, TRUE), 0);
+    cr_assert(mp_zrun_peer_zero(z, 0, 63));
+    cr_assert(mp_zrun_peer_zero(z, 0, 64));
+    cr_assert_not(mp_zrun_peer_zero(z, 0, 65));
+    cr_assert_eq(mp_zrun_declare_block(z, "b", (guint64)1 << 33, FALSE), -1);
+    cr_assert_eq(mp_zrun_declare_block(z, "c", 0, TRUE), 1);
+    cr_assert_not(mp_zrun_peer_zero(z, 1, 0));
+    /* declared again: same id, new bitmap */
+    cr_assert_eq(mp_zrun_declare_block(z, "a", 65, FALSE), 0);
+    cr_assert_not(mp_zrun_peer_zero(z, 0, 63));
+}
+
+Test(zero_runs, check_rejects_runs_outside_their_block)
+{
+    MpZeroRun ok = {0, 10, 90}, past = {3, 10, 91}, none = {0, 1, 0},
+              wrap = {0, G_MAXUINT64 - 1, 5};
+    g_autoptr(GError) err = NULL;
+    cr_assert(mp_zrun_check(&ok, 100, NULL));
+    cr_assert_not(mp_zrun_check(&past, 100, &err));
+    cr_assert_str_eq(err->message,
+                     "zero run: run of 91 pages from page 10 in block 3, "
+                     "expected 1 or more pages inside its 100 pages");
+    cr_assert_not(mp_zrun_check(&none, 100, NULL));
+    cr_assert_not(mp_zrun_check(&wrap, 0, NULL));
+}
+
+/* --- page cache ------------------------------------------------------- */
+
+Test(page_cache, lru_within_budget)
+{
+    g_autoptr(MpPageCache) c = mp_pcache_new(PS, 3 * PS);
+    guint8 p[PS];
+    for (int i = 0; i < 4; i++) {
+        memset(p, i + 1, PS);
+        mp_pcache_put(c, (MpPageKey){0, (guint64)i}, p);
+        if (i == 1) /* page 0 used again: page 1 is now the oldest */
+            cr_assert_not_null(mp_pcache_get(c, (MpPageKey){0, 0}));
+    }
+    cr_assert_eq(mp_pcache_pages(c), 3);
+    cr_assert_eq(mp_pcache_evictions(c), 1);
+    cr_assert_null(mp_pcache_get(c, (MpPageKey){0, 1}));
+    const guint8 *g = mp_pcache_get(c, (MpPageKey){0, 0});
+    cr_assert(g && g[0] == 1 && g[PS - 1] == 1);
+    /* replacing keeps one entry */
+    memset(p, 9, PS);
+    mp_pcache_put(c, (MpPageKey){0, 3}, p);
+    cr_assert_eq(mp_pcache_pages(c), 3);
+    cr_assert_eq(mp_pcache_get(c, (MpPageKey){0, 3})[7], 9);
+    mp_pcache_forget(c, (MpPageKey){0, 3});
+    mp_pcache_forget(c, (MpPageKey){5, 5}); /* not there: nothing */
+    cr_assert_eq(mp_pcache_pages(c), 2);
+    cr_assert_eq(mp_pcache_capacity(c), 3);
+}
+
+Test(page_cache, dedup_finds_identical_bytes_only)
+{
+    g_autoptr(MpPageCache) c = mp_pcache_new(PS, 1 << 20);
+    g_autoptr(GRand) r = g_rand_new_with_seed(3);
+    guint8 a[PS], b[PS];
+    MpPageKey k;
+    page_gen(a, PS, PG_TEXT, r);
+    memcpy(b, a, PS);
+    b[4000] ^= 1;
+    mp_pcache_put(c, (MpPageKey){1, 42}, a);
+    cr_assert(mp_pcache_find(c, a, &k));
+    cr_assert_eq(k.block, 1);
+    cr_assert_eq(k.index, 42);
+    cr_assert_not(mp_pcache_find(c, b, &k));
+    /* the same content under two keys: the newest is found first */
+    mp_pcache_put(c, (MpPageKey){0, 7}, a);
+    cr_assert(mp_pcache_find(c, a, &k));
+    cr_assert_eq(k.index, 7);
+    mp_pcache_forget(c, (MpPageKey){0, 7});
+    cr_assert(mp_pcache_find(c, a, &k));
+    cr_assert_eq(k.index, 42);
+    /* content changed under a key: the old content is gone */
+    mp_pcache_put(c, (MpPageKey){1, 42}, b);
+    cr_assert_not(mp_pcache_find(c, a, &k));
+    cr_assert(mp_pcache_find(c, b, &k));
+}
+
+/* The same sequence of operations gives the same cache on both sides,
+ * whatever the allocator does. */
+Test(page_cache, mirrors_stay_identical)
+{
+    g_autoptr(MpPageCache) x = mp_pcache_new(PS, 64 * PS);
+    g_autoptr(GRand) r = g_rand_new_with_seed(4);
+    guint8 p[PS];
+    /* allocate some garbage between the two so addresses differ */
+    g_autofree guint8 *junk = g_malloc(12345);
+    junk[0] = 1;
+    g_autoptr(MpPageCache) y = mp_pcache_new(PS, 64 * PS);
+
+    cr_assert_eq(mp_pcache_block_id(x, "pc.ram"), 0);
+    cr_assert_eq(mp_pcache_block_id(x, "vga.vram"), 1);
+    cr_assert_eq(mp_pcache_block_id(x, "pc.ram"), 0);
+    cr_assert_eq(mp_pcache_block_id(y, "pc.ram"), 0);
+    cr_assert_eq(mp_pcache_block_id(y, "vga.vram"), 1);
+    for (int i = 0; i < 5000; i++) {
+        MpPageKey k = {(guint16)g_rand_int_range(r, 0, 2),
+                       (guint64)g_rand_int_range(r, 0, 200)};
+        int op = g_rand_int_range(r, 0, 10);
+        page_gen(p, PS, (PageKind)g_rand_int_range(r, 1, 3), r);
+        if (op < 6) {
+            mp_pcache_put(x, k, p);
+            mp_pcache_put(y, k, p);
+        } else if (op < 8) {
+            cr_assert_eq(mp_pcache_get(x, k) != NULL,
+                         mp_pcache_get(y, k) != NULL);
+        } else if (op < 9) {
+            mp_pcache_forget(x, k);
+            mp_pcache_forget(y, k);
+        } else {
+            MpPageKey kx, ky;
+            const guint8 *held = mp_pcache_get(x, k);
+            (void)mp_pcache_get(y, k);
+            if (held) {
+                memcpy(p, held, PS);
+                cr_assert(mp_pcache_find(x, p, &kx));
+                cr_assert(mp_pcache_find(y, p, &ky));
+                cr_assert_eq(kx.block, ky.block);
+                cr_assert_eq(kx.index, ky.index);
+            }
+        }
+        cr_assert_eq(mp_pcache_digest(x), mp_pcache_digest(y), "op %d", i);
+    }
+    cr_assert_gt(mp_pcache_evictions(x), 0);
+    cr_assert_eq(mp_pcache_evictions(x), mp_pcache_evictions(y));
+}
+
+Test(page_cache, auto_size)
+{
+    guint64 mib = 1024 * 1024;
+    cr_assert_eq(mp_pcache_auto_size(16 * mib), 16 * mib);
+    cr_assert_eq(mp_pcache_auto_size(64 * mib), 32 * mib);
+    cr_assert_eq(mp_pcache_auto_size(512 * mib), 128 * mib);
+    cr_assert_eq(mp_pcache_auto_size(64 * 1024 * mib), 2048 * mib);
+}
+
+/* --- zstd ------------------------------------------------------------- */
+
+Test(page_zstd, batches_share_a_window)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(5);
+    g_autoptr(MpCompEnc) e = mp_comp_enc_new(3, 23, NULL);
+    g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
+    gsize n = 64 * PS;
+    g_autofree guint8 *raw = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(n);
+    for (gsize i = 0; i < n; i += PS)
+        page_gen(raw + i, PS, (PageKind)((i / PS) % PG__MAX), r);
+
+    g_autoptr(GByteArray) b1 = g_byte_array_new();
+    g_autoptr(GByteArray) b2 = g_byte_array_new();
+    gsize c1 = mp_comp_enc_batch(e, raw, n, b1);
+    gsize c2 = mp_comp_enc_batch(e, raw, n, b2); /* the same pages again */
+    cr_assert_gt(c1, 0);
+    cr_assert_lt(c2 * 50, c1, "second batch %zu, first %zu", c2, c1);
+    cr_assert(mp_comp_dec_batch(d, b1->data, b1->len, out, n, NULL));
+    cr_assert_eq(memcmp(out, raw, n), 0);
+    cr_assert(mp_comp_dec_batch(d, b2->data, b2->len, out, n, NULL));
+    cr_assert_eq(memcmp(out, raw, n), 0);
+    cr_assert_eq(mp_comp_enc_stats(e)->bytes_in, 2 * n);
+    cr_assert_eq(mp_comp_enc_stats(e)->bytes_out, c1 + c2);
+    cr_assert_eq(mp_comp_dec_stats(d)->bytes_out, 2 * n);
+}
+
+static GByteArray *
+one_batch(gsize n, guint window_log)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(6);
+    g_autoptr(MpCompEnc) e = mp_comp_enc_new(1, window_log, NULL);
+    g_autofree guint8 *raw = g_malloc(n);
+    for (gsize i = 0; i < n; i += PS)
+        page_gen(raw + i, PS, PG_TEXT, r);
+    GByteArray *b = g_byte_array_new();
+    mp_comp_enc_batch(e, raw, n, b);
+    return b;
+}
+
+static void
+expect_zstd_error(const guint8 *in, gsize len, gsize raw_len, guint wlog,
+                  const char *text)
+{
+    g_autoptr(MpCompDec) d = mp_comp_dec_new(wlog, NULL);
+    g_autofree guint8 *out = g_malloc(raw_len + 1);
+    g_autoptr(GError) err = NULL;
+    cr_assert_not(mp_comp_dec_batch(d, in, len, out, raw_len, &err));
+    cr_assert(strstr(err->message, text), "%s", err->message);
+    /* the stream is lost: later batches fail too */
+    g_autoptr(GError) err2 = NULL;
+    cr_assert_not(mp_comp_dec_batch(d, in, len, out, raw_len, &err2));
+    cr_assert(strstr(err2->message, "stream is lost"));
+}
+
+Test(page_zstd, hostile_batches)
+{
+    g_autoptr(GByteArray) b = one_batch(16 * PS, 23);
+    expect_zstd_error(b->data, b->len, 16 * PS - 1, 23,
+                      "gives more than 65535 bytes, expected 65535");
+    expect_zstd_error(b->data, b->len, 16 * PS + 1, 23,
+                      "gives 65536 bytes, expected 65537");
+    expect_zstd_error(b->data, b->len / 2, 16 * PS, 23, "expected 65536");
+    g_autoptr(GByteArray) c = g_byte_array_new();
+    g_byte_array_append(c, b->data, b->len);
+    for (guint i = 4; i < c->len; i += 7)
+        c->data[i] ^= 0xa5;
+    expect_zstd_error(c->data, c->len, 16 * PS, 23, "zstd: batch of");
+    const guint8 junk[] = "this is not zstd at all";
+    expect_zstd_error(junk, sizeof(junk), 100, 23, "zstd: batch of 24 bytes");
+    /* a window above the decoder's bound is refused, not allocated */
+    g_autoptr(GByteArray) w = one_batch(4 << 20, 27);
+    expect_zstd_error(w->data, w->len, 4 << 20, 20, "zstd: batch of");
+}
+
+Test(page_zstd, parameters_checked)
+{
+    g_autoptr(GError) err = NULL;
+    cr_assert_null(mp_comp_enc_new(0, 23, &err));
+    cr_assert(strstr(err->message, "level 0, window log 23"));
+    cr_assert_null(mp_comp_enc_new(3, 31, NULL));
+    cr_assert_null(mp_comp_dec_new(9, NULL));
+    g_autoptr(MpCompEnc) fast = mp_comp_enc_new(-5, 20, NULL);
+    cr_assert_not_null(fast);
+}
+
+/* --- adaptive decision ------------------------------------------------ */
+
+static MpAdaptVerdict
+decide(double link, double enc, double ratio, guint workers, gboolean on)
+{
+    MpAdaptInput in = {.link_bps = link, .enc_bps = enc, .ratio = ratio,
+                       .enc_workers = workers, .dec_workers = 1};
+    return mp_adapt_decide(&in, on);
+}
+
+Test(adapt, decisions)
+{
+    double mb = 1e6;
+    /* 100 Mbit/s, zstd at 300 MB/s, pages to a third: pays */
+    MpAdaptVerdict v = decide(12.5 * mb, 300 * mb, 0.33, 1, FALSE);
+    cr_assert(v.use);
+    cr_assert_float_eq(v.gain, 0.67, 1e-9);
+    cr_assert_str_eq(v.why, "saves link time");
+    /* 10 Gbit/s link, one 300 MB/s worker: CPU-bound, slower than direct */
+    v = decide(1250 * mb, 300 * mb, 0.33, 1, TRUE);
+    cr_assert_not(v.use);
+    cr_assert_lt(v.gain, 0);
+    cr_assert_str_eq(v.why, "CPU-bound: the link is faster than the encoder");
+    /* the same with 8 workers: 2400 MB/s of encoding, link-bound again */
+    v = decide(1250 * mb, 300 * mb, 0.33, 8, FALSE);
+    cr_assert(v.use);
+    /* random pages: ratio 1.0 never pays */
+    v = decide(12.5 * mb, 300 * mb, 1.0, 4, TRUE);
+    cr_assert_not(v.use);
+    cr_assert_str_eq(v.why, "pages do not compress enough");
+    /* hysteresis: a 5% gain keeps an encoder on but does not start one */
+    cr_assert(decide(100 * mb, 1e12, 0.95, 1, TRUE).use);
+    cr_assert_not(decide(100 * mb, 1e12, 0.95, 1, FALSE).use);
+    /* nothing measured: unchanged */
+    cr_assert(decide(0, 300 * mb, 0.5, 1, TRUE).use);
+    cr_assert_not(decide(12.5 * mb, 0, 0.5, 1, FALSE).use);
+    cr_assert_not(decide(12.5 * mb, 300 * mb, 0, 1, FALSE).use);
+    /* a slow decoder at the peer limits too */
+    MpAdaptInput in = {.link_bps = 1250 * mb, .enc_bps = 4000 * mb,
+                       .dec_bps = 500 * mb, .enc_workers = 1,
+                       .dec_workers = 1, .ratio = 0.2};
+    cr_assert_not(mp_adapt_decide(&in, TRUE).use);
+}
