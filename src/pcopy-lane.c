@@ -39,6 +39,7 @@ typedef struct {
 } Waiting;
 
 struct MpPcopyLane {
+    MpStage stage; /* mp_pcopy_lane_stage() */
     MpRelayChannel *ch;
     gsize queue;         /* 0 until post-copy when not given */
     gboolean queue_auto; /* not given: mp_pcopy_auto_queue() */
@@ -88,10 +89,53 @@ mp_pcopy_mem_available(void)
     return kib <= G_MAXUINT64 / 1024 ? kib * 1024 : 0;
 }
 
+/* ---- the lane as a stage of the main channel's pipeline ---- */
+
+static MpStageVerdict
+stage_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
+             const guint8 *wire, MpStageOut *out)
+{
+    return MP_STAGE_PASS; /* it moves records, it never changes them */
+}
+
+static void
+stage_placed(MpStage *self, const MpRecord *rec, gboolean placed,
+             guint64 out_off, gsize out_len)
+{
+    MpPcopyLane *l = (MpPcopyLane *)self;
+    /* a page it cannot find in the queue is never moved */
+    if (rec->kind != MP_REC_RAM_PAGE || placed)
+        mp_pcopy_lane_record(l, rec, placed ? out_off : 0,
+                             placed ? out_len : 0);
+}
+
+static void
+stage_written(MpStage *self)
+{
+    mp_pcopy_lane_flush((MpPcopyLane *)self);
+}
+
+static void
+stage_destroy(MpStage *self)
+{
+    /* owned by whoever made the lane */
+}
+
+MpStage *
+mp_pcopy_lane_stage(MpPcopyLane *l)
+{
+    return &l->stage;
+}
+
 MpPcopyLane *
 mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue)
 {
     MpPcopyLane *l = g_new0(MpPcopyLane, 1);
+    l->stage.name = "pcopy_lane";
+    l->stage.record = stage_record;
+    l->stage.placed = stage_placed;
+    l->stage.written = stage_written;
+    l->stage.destroy = stage_destroy;
     l->ch = ch;
     l->queue = queue;
     l->queue_auto = queue == 0;

@@ -29,6 +29,7 @@
 #include <json-c/json.h>
 #include "mp-record.h"
 #include "relay-channel.h"
+#include "stage.h"
 
 typedef struct MpPcopyLane MpPcopyLane;
 
@@ -58,10 +59,17 @@ MpPcopyLane *mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue);
 void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 
+/* The lane as a stage of the main channel's pipeline towards the
+ * destination (borrowed: lives as long as the lane): each record's place
+ * goes to mp_pcopy_lane_record(), and mp_pcopy_lane_flush() runs once the
+ * pipeline wrote a feed's output.  It never changes a record. */
+MpStage *mp_pcopy_lane_stage(MpPcopyLane *l);
+
 /* A record of the main channel towards the destination, as it will be
- * queued: at queue offset `out_off` (the editor's output offset: the
- * editor is all that queues bytes on the channel), `out_len` bytes (after
- * the filters).  Call in stream order, before mp_pcopy_lane_flush(). */
+ * queued: at queue offset `out_off` (the pipeline's output offset: the
+ * pipeline is all that queues bytes on the channel), `out_len` bytes
+ * (after the stages).  Call in stream order, before
+ * mp_pcopy_lane_flush(). */
 void mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec,
                           guint64 out_off, gsize out_len);
 

@@ -194,7 +194,7 @@ update_watch(MpRelayChannel *ch)
 }
 
 static void
-end_dir(MpRelayChannel *ch, MpDir d, const char *how)
+end_dir(MpRelayChannel *ch, MpDir d, MpEndReason how)
 {
     Pump *p = &ch->pump[d];
     if (p->ended)
@@ -231,8 +231,8 @@ mp_relay_channel_abort(MpRelayChannel *ch)
     ch->closed = TRUE;
     ch->connecting = FALSE;
     close_sockets(ch);
-    end_dir(ch, MP_DIR_TO_DST, "aborted");
-    end_dir(ch, MP_DIR_TO_SRC, "aborted");
+    end_dir(ch, MP_DIR_TO_DST, MP_END_ABORTED);
+    end_dir(ch, MP_DIR_TO_SRC, MP_END_ABORTED);
     if (ch->hooks.closed)
         ch->hooks.closed(ch, ch->user_data);
 }
@@ -242,7 +242,7 @@ mp_relay_channel_abort(MpRelayChannel *ch)
 static void
 broke(MpRelayChannel *ch, MpDir d)
 {
-    end_dir(ch, d, "reset");
+    end_dir(ch, d, MP_END_RESET);
     mp_relay_channel_abort(ch);
 }
 
@@ -331,7 +331,7 @@ pump_read(MpRelayChannel *ch, MpDir d)
         p->reading = NULL;
     } else if (n == 0) {
         p->eof = TRUE;
-        end_dir(ch, d, "fin");
+        end_dir(ch, d, MP_END_FIN);
     } else if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
         g_debug("channel %" G_GUINT64_FORMAT " %s: read: %s", ch->id,
                 mp_dir_name(d), err->message);
@@ -757,6 +757,26 @@ mp_relay_channel_queue_edit_tagged(MpRelayChannel *ch, MpDir dir, guint64 at,
     else
         g_queue_push_tail(&p->edits, e);
     return TRUE;
+}
+
+void
+mp_relay_channel_queue_append(MpRelayChannel *ch, MpDir dir,
+                              const guint8 *bytes, gsize len)
+{
+    Pump *p = &ch->pump[dir];
+
+    if (ch->closed || p->shut || !len)
+        return;
+    /* every other edit lies before `sent`, or replaces bytes ending
+     * there: this one goes out last */
+    Edit *e = g_malloc(sizeof(Edit) + len);
+    e->at = p->sent;
+    e->remove = 0;
+    e->len = len;
+    e->done = 0;
+    e->tag = NULL;
+    memcpy(e->bytes, bytes, len);
+    g_queue_push_tail(&p->edits, e);
 }
 
 gboolean

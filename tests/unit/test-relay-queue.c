@@ -201,7 +201,7 @@ shrink_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
 }
 
 static void
-shrink_end(MpRelayChannel *ch, MpDir dir, const char *how, gpointer user_data)
+shrink_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
 {
     Shrinker *sh = user_data;
 

@@ -6,7 +6,7 @@
 #include <criterion/criterion.h>
 #include "analyze-file.h"
 #include "relay-metrics.h"
-#include "session-tap.h"
+#include "session.h"
 #include "stream-input.h"
 
 static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
@@ -73,20 +73,20 @@ tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
 {
     MpRelayMetricsConfig cfg = {.session = 1};
     g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
-    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    g_autoptr(MpSession) t = mp_session_new(m, 1);
     gsize off = 0;
     gint64 now = 0;
 
-    mp_session_tap_add(t, 0, "test", 0);
+    mp_session_add(t, 0, "test", 0);
     for (guint i = 0; off < stream->len; i++) {
         gsize n = MIN(sizes[i % n_sizes], stream->len - off);
         now += 1000;
-        mp_session_tap_feed(t, 0, MP_DIR_TO_DST, stream->data + off, n, now);
+        mp_session_feed(t, 0, MP_DIR_TO_DST, stream->data + off, n, now);
         off += n;
     }
-    cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MAIN);
-    mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", now);
-    mp_session_tap_end(t, 0, MP_DIR_TO_SRC, "fin", now);
+    cr_assert_eq(mp_session_kind(t, 0), MP_CHAN_MAIN);
+    mp_session_end(t, 0, MP_DIR_TO_DST, MP_END_FIN, now);
+    mp_session_end(t, 0, MP_DIR_TO_SRC, MP_END_FIN, now);
     mp_relay_metrics_finish(m, now, NULL);
     return mp_relay_metrics_report(m);
 }
@@ -141,15 +141,15 @@ Test(session_tap, garbage_after_the_header_is_partial)
 {
     MpRelayMetricsConfig cfg = {.session = 1};
     g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
-    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    g_autoptr(MpSession) t = mp_session_new(m, 1);
     guint8 junk[4096];
     memset(junk, 0xee, sizeof(junk));
 
-    mp_session_tap_add(t, 0, "test", 0);
-    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, qevm, sizeof(qevm), 1);
-    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
-    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
-    mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", 4);
+    mp_session_add(t, 0, "test", 0);
+    mp_session_feed(t, 0, MP_DIR_TO_DST, qevm, sizeof(qevm), 1);
+    mp_session_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
+    mp_session_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
+    mp_session_end(t, 0, MP_DIR_TO_DST, MP_END_FIN, 4);
     mp_relay_metrics_finish(m, 4, NULL);
     json_object *rep = mp_relay_metrics_report(m), *ch, *v;
     json_object_object_get_ex(rep, "channels", &ch);
@@ -172,18 +172,18 @@ Test(session_tap, kind_told_by_the_relay)
 {
     MpRelayMetricsConfig cfg = {.session = 1};
     g_autoptr(MpRelayMetrics) m = mp_relay_metrics_new(&cfg, 0);
-    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    g_autoptr(MpSession) t = mp_session_new(m, 1);
 
-    mp_session_tap_add(t, 0, "test", 0);
-    mp_session_tap_set_kind(t, 0, MP_CHAN_MULTIFD, 0);
-    mp_session_tap_add(t, 1, "test", 0);
-    mp_session_tap_set_kind(t, 1, MP_CHAN_PREEMPT, 0);
-    cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MULTIFD);
-    cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
+    mp_session_add(t, 0, "test", 0);
+    mp_session_set_kind(t, 0, MP_CHAN_MULTIFD, 0);
+    mp_session_add(t, 1, "test", 0);
+    mp_session_set_kind(t, 1, MP_CHAN_PREEMPT, 0);
+    cr_assert_eq(mp_session_kind(t, 0), MP_CHAN_MULTIFD);
+    cr_assert_eq(mp_session_kind(t, 1), MP_CHAN_PREEMPT);
     /* told once: bytes that look like another kind change nothing */
-    mp_session_tap_set_kind(t, 1, MP_CHAN_MAIN, 1);
-    mp_session_tap_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
-    cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
+    mp_session_set_kind(t, 1, MP_CHAN_MAIN, 1);
+    mp_session_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
+    cr_assert_eq(mp_session_kind(t, 1), MP_CHAN_PREEMPT);
     mp_relay_metrics_finish(m, 3, NULL);
     json_object *rep = mp_relay_metrics_report(m), *ch;
     json_object_object_get_ex(rep, "channels", &ch);
