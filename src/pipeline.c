@@ -310,7 +310,16 @@ tell_held(MpPipeline *p)
 MpSlot *
 mp_stage_out_slot(MpStageOut *out)
 {
+    MpPipeline *p = out->owner;
     MpSlot *s = g_new0(MpSlot, 1);
+
+    g_assert(!out->slot);
+    /* (a worker may fill it before record() returns) */
+    s->p = p;
+    s->stage = out->stage;
+    g_mutex_lock(&p->lock);
+    p->unfilled++;
+    g_mutex_unlock(&p->lock);
     out->slot = s;
     return s;
 }
@@ -414,7 +423,7 @@ edit_record(MpPipeline *p, const MpRecord *rec)
     if (rec->offset >= p->no_edit_until && rec->length) {
         for (guint i = 0; i < p->stages->len; i++) {
             MpStage *st = g_ptr_array_index(p->stages, i);
-            MpStageOut out = {.bytes = p->out};
+            MpStageOut out = {.bytes = p->out, .owner = p, .stage = st};
             g_byte_array_set_size(p->out, 0);
             gint64 t0 = mp_stage_thread_cpu_us();
             MpStageVerdict v = st->record(st, p->channel, p->dir, rec,
@@ -429,11 +438,6 @@ edit_record(MpPipeline *p, const MpRecord *rec)
             if (v == MP_STAGE_TAKE) {
                 g_assert(out.slot);
                 Seg *s = g_new0(Seg, 1);
-                out.slot->p = p;
-                out.slot->stage = st;
-                g_mutex_lock(&p->lock);
-                p->unfilled++;
-                g_mutex_unlock(&p->lock);
                 s->slot = out.slot;
                 g_queue_push_tail(&p->queue, s);
                 tell_placed(p, rec, FALSE, 0, 0);

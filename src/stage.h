@@ -65,6 +65,8 @@ typedef struct {
 struct MpStageOut {
     GByteArray *bytes; /* MP_STAGE_REPLACE: append the replacement */
     MpSlot *slot;      /* MP_STAGE_TAKE: set by mp_stage_out_slot() */
+    gpointer owner;    /* the pipeline's (private) */
+    MpStage *stage;    /* the stage given the record */
 };
 
 struct MpStage {
