@@ -98,6 +98,8 @@ struct MpPipeline {
     GMutex lock; /* slots filled by workers */
     GCond filled;
     guint unfilled;
+    void (*wake)(gpointer data);
+    gpointer wake_data;
 };
 
 gint64
@@ -335,7 +337,17 @@ mp_slot_fill(MpSlot *slot, GBytes *bytes)
     slot->filled = TRUE;
     p->unfilled--;
     g_cond_broadcast(&p->filled);
+    /* (under the lock: the pipeline is not freed before it returns) */
+    if (p->wake)
+        p->wake(p->wake_data);
     g_mutex_unlock(&p->lock);
+}
+
+void
+mp_pipeline_set_wake(MpPipeline *p, void (*fn)(gpointer data), gpointer data)
+{
+    p->wake = fn;
+    p->wake_data = data;
 }
 
 static void
@@ -467,6 +479,16 @@ go_passthrough(MpPipeline *p)
     flush_stages(p, MP_STAGE_FLUSH_END);
 }
 
+static void
+tell_written(MpPipeline *p)
+{
+    for (guint i = 0; i < p->stages->len; i++) {
+        MpStage *st = g_ptr_array_index(p->stages, i);
+        if (st->written)
+            st->written(st);
+    }
+}
+
 /* The feed's bytes were parsed: what may go out goes, the rest is held. */
 static void
 end_chunk(MpPipeline *p, gboolean following)
@@ -509,11 +531,7 @@ end_chunk(MpPipeline *p, gboolean following)
     }
     p->in_feed = FALSE;
     tell_held(p);
-    for (guint i = 0; i < p->stages->len; i++) {
-        MpStage *st = g_ptr_array_index(p->stages, i);
-        if (st->written)
-            st->written(st);
-    }
+    tell_written(p);
 }
 
 /* Everything held goes out (the stream ended). */
@@ -713,7 +731,7 @@ parse(MpPipeline *p, const guint8 *buf, gsize len)
 static void
 feed_edit(MpPipeline *p, const guint8 *buf, gsize len)
 {
-    if (!p->has_sink || p->dir != MP_DIR_TO_DST) {
+    if (!p->has_sink) {
         parse(p, buf, len);
         return;
     }
@@ -736,10 +754,12 @@ feed_edit(MpPipeline *p, const guint8 *buf, gsize len)
         parse(p, buf, len);
         p->in_feed = FALSE;
         tell_held(p);
+        tell_written(p);
         return;
     }
     parse(p, buf, len);
-    end_chunk(p, mp_chan_kind_editable(p->kind)
+    /* (the return path is only passed on) */
+    end_chunk(p, p->dir == MP_DIR_TO_DST && mp_chan_kind_editable(p->kind)
                      && p->state == MP_PIPELINE_FOLLOWING);
 }
 

@@ -29,6 +29,11 @@
  *     v  up to the first unfilled slot
  *   sink: write(bytes) / insert(bytes) / held(n)
  *   (the relay: the channel's write queue; tests and fuzz: a buffer)
+ *     ^
+ *     |  out-scheduler.h: a stage that reorders the stream (the post-copy
+ *     |  lane) learns where each record was placed (MpStage.placed) and
+ *     |  asks the queue to send a queued record earlier or to write out
+ *     |  its block name; the queued bytes never move
  *
  * Untouched bytes go to the sink as pointers into the fed buffer (no
  * copy): the relay reads into its write queue and the sink's write
@@ -51,8 +56,15 @@
  * are never changed (its length is already on the wire); multifd, TLS and
  * foreign channels are only parsed, never changed.
  *
+ * At most `hold_limit` bytes wait behind an unfilled slot: past that the
+ * stages are told to release everything (MP_STAGE_FLUSH_END) and the
+ * pipeline waits for its workers.  Only the direction towards the
+ * destination is edited; a sink on the return path gets its bytes as
+ * they came.
+ *
  * One thread owns a pipeline; only mp_slot_fill() may be called from
- * other threads (stage workers).
+ * other threads (stage workers), and the owner learns of it through the
+ * wake function (mp_pipeline_set_wake()) or at its next feed or end.
  */
 #pragma once
 
@@ -136,6 +148,12 @@ void mp_pipeline_set_classify(MpPipeline *p, MpPipelineClassify fn,
 void mp_pipeline_set_vmdesc(MpPipeline *p, MpVmdesc *vmdesc);
 /* `name` in parse errors ("channel 2 multifd"); default from the kind. */
 void mp_pipeline_set_name(MpPipeline *p, const char *name);
+
+/* `fn(data)` is called, from the worker's thread, when a worker filled a
+ * slot: the owner should call mp_pipeline_drain() from its own thread
+ * (e.g. through g_main_context_invoke()). */
+void mp_pipeline_set_wake(MpPipeline *p, void (*fn)(gpointer data),
+                          gpointer data);
 
 /* Adds an observer (`ops` copied), called after those added before. */
 void mp_pipeline_observe(MpPipeline *p, const MpPipelineObserver *ops,

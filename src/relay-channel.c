@@ -884,3 +884,70 @@ mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir)
 {
     return ch->pump[dir].ended;
 }
+
+/* ---- the to-dst queue as an output scheduler (out-scheduler.h) ---- */
+
+static guint64
+sched_head(gpointer q)
+{
+    return mp_relay_channel_bytes_written(q, MP_DIR_TO_DST);
+}
+
+static const guint8 *
+sched_peek(gpointer q, guint64 at, gsize len)
+{
+    return mp_relay_channel_queue_peek(q, MP_DIR_TO_DST, at, len);
+}
+
+static gboolean
+sched_move_to_front(gpointer q, guint64 at, gsize len, guint64 front,
+                    const guint8 *bytes, gsize n, gpointer tag)
+{
+    MpRelayChannel *ch = q;
+
+    /* (a rewritten header of the record goes with it) */
+    mp_relay_channel_queue_unedit(ch, MP_DIR_TO_DST, at);
+    if (!mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, at, len, NULL, 0))
+        return FALSE;
+    if (!mp_relay_channel_queue_edit_tagged(ch, MP_DIR_TO_DST, front, 0,
+                                            bytes, n, tag)) {
+        /* (front is queued: cannot happen) put the record back */
+        mp_relay_channel_queue_unedit(ch, MP_DIR_TO_DST, at);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean
+sched_rewrite_header(gpointer q, guint64 at, gsize len, const guint8 *bytes,
+                     gsize n)
+{
+    return mp_relay_channel_queue_edit(q, MP_DIR_TO_DST, at, len, bytes, n);
+}
+
+static void
+sched_set_read_ahead(gpointer q, gsize bytes)
+{
+    mp_relay_channel_set_limit(q, MP_DIR_TO_DST, bytes);
+}
+
+static gboolean
+sched_set_low_latency(gpointer q, gsize bytes, GError **error)
+{
+    return mp_relay_channel_set_low_latency(q, MP_DIR_TO_DST, bytes, error);
+}
+
+static const MpOutSchedulerOps scheduler_ops = {
+    .head = sched_head,
+    .peek = sched_peek,
+    .move_to_front = sched_move_to_front,
+    .rewrite_header = sched_rewrite_header,
+    .set_read_ahead = sched_set_read_ahead,
+    .set_low_latency = sched_set_low_latency,
+};
+
+MpOutScheduler
+mp_relay_channel_scheduler(MpRelayChannel *ch)
+{
+    return (MpOutScheduler){&scheduler_ops, ch};
+}

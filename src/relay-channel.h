@@ -22,6 +22,7 @@
 
 #include <gio/gio.h>
 #include "channel-types.h"
+#include "out-scheduler.h"
 #include "rate-pacer.h"
 
 #define MP_RELAY_BUFFER (1u << 20) /* per direction */
@@ -176,3 +177,9 @@ guint64 mp_relay_channel_drain_sample(MpRelayChannel *ch, MpDir dir,
                                       gboolean *saturated);
 /* TRUE once `dir` has ended. */
 gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);
+
+/* The write queue towards the destination as an output scheduler
+ * (out-scheduler.h) for the stages of the pipeline that writes it; a
+ * moved record's tag comes back through the `edit_written` hook.  Valid
+ * as long as the channel. */
+MpOutScheduler mp_relay_channel_scheduler(MpRelayChannel *ch);

@@ -478,7 +478,8 @@ join(Session *s, Conn *c, MpChanKind kind)
     if (c == s->main && c->out && !r->opt.no_priority) {
         /* (a recovery channel's new main: the old lane stays with the old
          * main's pipeline) */
-        s->lane = mp_pcopy_lane_new(c->ch, r->opt.queue);
+        MpOutScheduler out = mp_relay_channel_scheduler(c->ch);
+        s->lane = mp_pcopy_lane_new(&out, r->opt.queue);
         g_ptr_array_add(s->lanes, s->lane);
         mp_pipeline_add_stage(to_dst, mp_pcopy_lane_stage(s->lane));
     }
