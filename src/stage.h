@@ -57,8 +57,9 @@ typedef struct {
     guint64 records_changed; /* replaced or taken */
     guint64 bytes_in;        /* of those records, as they came */
     guint64 bytes_out;       /* what went out for them */
-    gint64 cpu_us;           /* thread CPU time in the stage's calls and
-                                workers */
+    gint64 cpu_us;           /* thread CPU time in the stage's calls
+                                (estimated from one record() call in 64)
+                                and what its workers add */
 } MpStageStats;
 
 /* Where the record's output goes (given to record()). */
