@@ -6,9 +6,12 @@
 #include <sys/socket.h>
 #include <gio/gio.h>
 #include <criterion/criterion.h>
+#include "parse-common.h"
 #include "pcopy-lane.h"
+#include "pipeline.h"
 #include "rate-pacer.h"
 #include "relay-channel.h"
+#include "stream-input.h"
 
 #define N 100000
 
@@ -275,6 +278,175 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     g_byte_array_unref(want);
     g_byte_array_unref(sh.held);
     g_free(data);
+}
+
+/* A channel pipeline writing into the channel's queue as the relay's
+ * does (in place, relay.c's sink): a stage whose output is longer than
+ * its records (ZERO records become 4 KiB PAGE records) gets exactly its
+ * output on the wire, the longer parts queued beside the read bytes. */
+typedef struct {
+    State st;
+    MpPipeline *p;
+    MpRelayChannel *ch;
+    guint64 inserted;
+} Piped;
+
+static void
+piped_write(gpointer data, const guint8 *buf, gsize len)
+{
+    Piped *pp = data;
+    mp_relay_channel_send(pp->ch, MP_DIR_TO_DST, buf, len);
+}
+
+static void
+piped_insert(gpointer data, const guint8 *buf, gsize len)
+{
+    Piped *pp = data;
+    pp->inserted += len;
+    mp_relay_channel_queue_append(pp->ch, MP_DIR_TO_DST, buf, len);
+}
+
+static void
+piped_held(gpointer data, gsize held)
+{
+    Piped *pp = data;
+    mp_relay_channel_set_read_gap(pp->ch, MP_DIR_TO_DST, held);
+}
+
+static void
+piped_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
+           gpointer user_data)
+{
+    if (dir == MP_DIR_TO_DST)
+        mp_pipeline_feed(((Piped *)user_data)->p, buf, len, 0);
+}
+
+static void
+piped_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
+{
+    if (dir == MP_DIR_TO_DST)
+        mp_pipeline_end(((Piped *)user_data)->p, how, 0);
+}
+
+static const MpRelayChannelHooks piped_hooks = {
+    .data = piped_data, .end = piped_end, .connected = on_connected};
+
+static MpStageVerdict
+inflate_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
+               const guint8 *wire, MpStageOut *out)
+{
+    const MpRamPage *pg = &rec->u.page;
+    if (rec->kind != MP_REC_RAM_PAGE || pg->kind != MP_PAGE_ZERO
+        || pg->payload[0] != 0)
+        return MP_STAGE_PASS;
+    guint8 hdr[8];
+    mp_put_be64(hdr, (mp_be64(wire) & ~(guint64)MP_RAM_SAVE_FLAG_ZERO)
+                         | MP_RAM_SAVE_FLAG_PAGE);
+    g_byte_array_append(out->bytes, hdr, 8);
+    g_byte_array_append(out->bytes, wire + 8, rec->length - 9);
+    guint old = out->bytes->len;
+    g_byte_array_set_size(out->bytes, old + pg->size);
+    memset(out->bytes->data + old, 0, pg->size);
+    return MP_STAGE_REPLACE;
+}
+
+static void
+nothing_destroy(MpStage *self)
+{
+}
+
+static void
+append(gpointer data, const guint8 *buf, gsize len)
+{
+    g_byte_array_append(data, buf, len);
+}
+
+Test(relay_queue, pipeline_longer_output_in_place)
+{
+    g_autofree char *path = g_strdup_printf(
+        "%s/samples/streams/busy-10.0.mig.zst", MP_SOURCE_ROOT);
+    g_autoptr(MpInput) in = mp_input_open(path, NULL);
+    GByteArray *data = g_byte_array_new();
+    guint8 rbuf[65536];
+    gssize rn;
+    cr_assert(in);
+    while ((rn = mp_input_read(in, rbuf, sizeof(rbuf), NULL)) > 0)
+        g_byte_array_append(data, rbuf, rn);
+    const gsize want_len = data->len + 15586u * 4095;
+
+    g_autoptr(GSocketAddress) src_addr = NULL, dst_addr = NULL;
+    g_autoptr(GSocket) src_l = listener(&src_addr);
+    g_autoptr(GSocket) dst_l = listener(&dst_addr);
+    g_autoptr(GSocket) client = dial(src_addr);
+    g_autoptr(GSocket) down = g_socket_accept(src_l, NULL, NULL);
+    MpStage inflate = {.name = "inflate", .record = inflate_record,
+                       .destroy = nothing_destroy};
+    Piped pp = {0};
+    MpPipelineSink sink = {.write = piped_write, .insert = piped_insert,
+                           .held = piped_held, .data = &pp};
+    g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
+    g_autoptr(MpRelayChannel) ch =
+        mp_relay_channel_new(down, 1, &piped_hooks, &pp);
+    g_autoptr(GRand) rnd = g_rand_new_with_seed(7);
+
+    pp.p = p;
+    pp.ch = ch;
+    mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
+    mp_pipeline_set_sink(p, &sink, TRUE, 2u << 20);
+    mp_pipeline_add_stage(p, &inflate);
+    mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
+    mp_relay_channel_start(ch);
+    mp_relay_channel_connect(ch, dst_addr, 5000);
+    g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
+    spin_until(connected, &pp.st);
+
+    /* writes of odd sizes, the destination read as it goes */
+    GByteArray *got = g_byte_array_new();
+    g_socket_set_blocking(client, FALSE);
+    g_socket_set_blocking(up, FALSE);
+    gsize off = 0;
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    for (;;) {
+        guint8 buf[65536];
+        if (off < data->len) {
+            gsize n = MIN(data->len - off,
+                          1 + (gsize)g_rand_int_range(rnd, 0, 200000));
+            gssize w = g_socket_send(client, (char *)data->data + off, n,
+                                     NULL, NULL);
+            if (w > 0)
+                off += w;
+            if (off == data->len)
+                g_socket_shutdown(client, FALSE, TRUE, NULL);
+        }
+        gssize n = g_socket_receive(up, (char *)buf, sizeof(buf), NULL, NULL);
+        if (n == 0)
+            break;
+        if (n > 0)
+            g_byte_array_append(got, buf, n);
+        g_main_context_iteration(NULL, FALSE);
+        cr_assert(g_get_monotonic_time() < deadline, "timed out");
+    }
+    cr_assert(mp_pipeline_ended(p));
+    cr_assert_eq(inflate.stats.records_changed, 15586);
+    cr_assert_gt(pp.inserted, 0);
+    cr_assert_eq(got->len, want_len, "%u bytes, %zu expected", got->len,
+                 want_len);
+    cr_assert_eq(mp_pipeline_bytes_out(p), got->len);
+    /* byte for byte what the same stage makes in one piece, not in place */
+    GByteArray *want = g_byte_array_new();
+    MpPipelineSink to_array = {.write = append, .insert = append,
+                               .data = want};
+    g_autoptr(MpPipeline) ref = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(ref, MP_CHAN_MAIN, NULL);
+    mp_pipeline_set_sink(ref, &to_array, FALSE, 2u << 20);
+    mp_pipeline_add_stage(ref, &inflate);
+    mp_pipeline_feed(ref, data->data, data->len, 0);
+    mp_pipeline_end(ref, MP_END_FIN, 0);
+    cr_assert_eq(want->len, got->len);
+    cr_assert(memcmp(want->data, got->data, got->len) == 0);
+    g_byte_array_unref(want);
+    g_byte_array_unref(got);
+    g_byte_array_unref(data);
 }
 
 /* TCP_NOTSENT_LOWAT that cannot be set is an error the caller sees (the
