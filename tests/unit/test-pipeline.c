@@ -10,109 +10,26 @@
 #include "filter-zero.h"
 #include "parse-common.h"
 #include "pipeline.h"
-#include "stream-input.h"
+#include "stage-util.h"
 
-static GByteArray *
-load(const char *name)
-{
-    g_autofree char *path = g_strdup_printf("%s/samples/streams/%s.mig.zst",
-                                            MP_SOURCE_ROOT, name);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(MpInput) in = mp_input_open(path, &err);
-    cr_assert(in, "%s", err ? err->message : "");
-    GByteArray *b = g_byte_array_new();
-    guint8 buf[65536];
-    gssize n;
-    while ((n = mp_input_read(in, buf, sizeof(buf), &err)) > 0)
-        g_byte_array_append(b, buf, n);
-    cr_assert(n == 0, "%s", err ? err->message : "");
-    return b;
-}
+typedef StageUtilSink Sink;
 
-/* ---- the sink ---- */
-
-typedef struct {
-    GByteArray *out;
-    const guint8 *chunk; /* the feed in progress */
-    gsize chunk_len;
-    guint64 fed;
-    guint64 inserted;
-    guint64 borrowed; /* bytes written straight from the fed buffer */
-    gboolean in_place;
-} Sink;
-
-static void
-on_write(gpointer data, const guint8 *buf, gsize len)
-{
-    Sink *s = data;
-    g_byte_array_append(s->out, buf, len);
-    if (s->chunk && buf >= s->chunk && buf + len <= s->chunk + s->chunk_len)
-        s->borrowed += len;
-    /* in place: never ahead of the input (insertions are beside it) */
-    if (s->in_place)
-        cr_assert_leq(s->out->len - s->inserted, s->fed);
-}
-
-static void
-on_insert(gpointer data, const guint8 *buf, gsize len)
-{
-    Sink *s = data;
-    g_byte_array_append(s->out, buf, len);
-    s->inserted += len;
-}
-
-/* Called after every feed, for a test to look at the output so far. */
-typedef void (*AfterFeed)(MpPipeline *p, Sink *s, gpointer data);
-
-/* `in` through a main-channel pipeline with `stage` (may be NULL), fed in
- * `chunk`-byte pieces (0: whole).  @return the output. */
 static GByteArray *
 run_ex(const GByteArray *in, MpStage *stage, gsize chunk, gboolean in_place,
-       Sink *sink_out, AfterFeed after, gpointer data)
+       Sink *sink_out, void (*after)(MpPipeline *, Sink *, gpointer),
+       gpointer data)
 {
-    Sink s = {.out = g_byte_array_new(), .in_place = in_place};
-    MpPipelineSink sink = {.write = on_write, .insert = on_insert, .data = &s};
-    g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
-
-    mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
-    mp_pipeline_set_sink(p, &sink, in_place, 2u << 20);
-    if (stage)
-        mp_pipeline_add_stage(p, stage);
-    for (gsize off = 0; off < in->len;) {
-        gsize n = chunk ? MIN(chunk, in->len - off) : in->len;
-        /* a copy of exactly the piece, as a socket read would give */
-        g_autofree guint8 *buf = g_memdup2(in->data + off, n);
-        s.chunk = buf;
-        s.chunk_len = n;
-        s.fed += n;
-        mp_pipeline_feed(p, buf, n, 0);
-        s.chunk = NULL;
-        cr_assert_neq(mp_pipeline_state(p), MP_PIPELINE_GAVE_UP);
-        if (after)
-            after(p, &s, data);
-        off += n;
-    }
-    mp_pipeline_end(p, MP_END_FIN, 0);
-    cr_assert_eq(mp_pipeline_held(p), 0);
-    cr_assert_eq(mp_pipeline_bytes_out(p), s.out->len);
-    if (sink_out)
-        *sink_out = s;
-    return s.out;
+    StageUtilRun opt = {.chunk = chunk,
+                        .in_place = in_place,
+                        .after = after,
+                        .after_data = data};
+    return stage_util_run(in, stage, &opt, sink_out);
 }
 
 static GByteArray *
 run(const GByteArray *in, MpStage *stage, gsize chunk, gboolean in_place)
 {
     return run_ex(in, stage, chunk, in_place, NULL, NULL, NULL);
-}
-
-static void
-assert_same(const GByteArray *a, const GByteArray *b)
-{
-    cr_assert_eq(a->len, b->len, "length %u, expected %u", a->len, b->len);
-    for (guint i = 0; i < a->len; i++)
-        if (a->data[i] != b->data[i])
-            cr_assert_fail("first difference at offset %u", i);
 }
 
 /* A zero-page rewrite of one page's bytes, wherever it runs: @return the
@@ -155,26 +72,6 @@ pass_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
             const guint8 *wire, MpStageOut *out)
 {
     return MP_STAGE_PASS;
-}
-
-/* ZERO -> PAGE of zeros: longer output. */
-static MpStageVerdict
-inflate_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
-               const guint8 *wire, MpStageOut *out)
-{
-    const MpRamPage *pg = &rec->u.page;
-    if (rec->kind != MP_REC_RAM_PAGE || pg->kind != MP_PAGE_ZERO
-        || pg->payload[0] != 0)
-        return MP_STAGE_PASS;
-    guint8 hdr[8];
-    mp_put_be64(hdr, (mp_be64(wire) & ~(guint64)MP_RAM_SAVE_FLAG_ZERO)
-                         | MP_RAM_SAVE_FLAG_PAGE);
-    g_byte_array_append(out->bytes, hdr, 8);
-    g_byte_array_append(out->bytes, wire + 8, rec->length - 9);
-    guint old = out->bytes->len;
-    g_byte_array_set_size(out->bytes, old + pg->size);
-    memset(out->bytes->data + old, 0, pg->size);
-    return MP_STAGE_REPLACE;
 }
 
 /* Takes every full page and releases them, zero-page rewritten, at the
@@ -303,7 +200,7 @@ static const gsize splits[] = {0, 1 << 20, 65536, 4099, 977};
  * byte of a whole feed, and the output is the input. */
 Test(pipeline, pass_through_without_copy)
 {
-    g_autoptr(GByteArray) in = load("busy-10.0");
+    g_autoptr(GByteArray) in = stage_util_load("busy-10.0");
     MpStage pass = {.name = "pass", .record = pass_record,
                     .destroy = nothing_destroy};
     Sink s;
@@ -311,7 +208,7 @@ Test(pipeline, pass_through_without_copy)
     for (int in_place = 0; in_place < 2; in_place++) {
         g_autoptr(GByteArray) out = run_ex(in, &pass, 0, in_place, &s, NULL,
                                            NULL);
-        assert_same(out, in);
+        stage_util_assert_same(out, in);
         cr_assert_eq(s.borrowed, in->len, "%" G_GUINT64_FORMAT " of %u",
                      s.borrowed, in->len);
         cr_assert_eq(s.inserted, 0);
@@ -320,7 +217,7 @@ Test(pipeline, pass_through_without_copy)
      * copied (held until it completes) */
     g_autoptr(GByteArray) out = run_ex(in, &pass, 65536, TRUE, &s, NULL,
                                        NULL);
-    assert_same(out, in);
+    stage_util_assert_same(out, in);
     cr_log_info("65536-byte pieces: %" G_GUINT64_FORMAT " of %u bytes "
                 "without a copy", s.borrowed, in->len);
     cr_assert_geq(s.borrowed, in->len / 100 * 90);
@@ -330,9 +227,9 @@ Test(pipeline, pass_through_without_copy)
  * the input), the same bytes whatever the split; and back again. */
 Test(pipeline, longer_output)
 {
-    g_autoptr(GByteArray) in = load("busy-10.0");
-    MpStage inflate = {.name = "inflate", .record = inflate_record,
-                       .destroy = nothing_destroy};
+    g_autoptr(GByteArray) in = stage_util_load("busy-10.0");
+    MpStage inflate;
+    stage_util_inflate_init(&inflate);
     g_autoptr(GByteArray) fat = run(in, &inflate, 0, FALSE);
     cr_assert_eq(fat->len, in->len + 15586u * 4095);
     cr_assert_eq(inflate.stats.records_changed, 15586);
@@ -341,12 +238,12 @@ Test(pipeline, longer_output)
         Sink s;
         g_autoptr(GByteArray) out =
             run_ex(in, &inflate, splits[i], TRUE, &s, NULL, NULL);
-        assert_same(out, fat);
+        stage_util_assert_same(out, fat);
         cr_assert_gt(s.inserted, 0);
     }
     g_autoptr(MpStage) zero = mp_filter_zero_new();
     g_autoptr(GByteArray) back = run(fat, zero, 65536, TRUE);
-    assert_same(back, in);
+    stage_util_assert_same(back, in);
 }
 
 typedef struct {
@@ -373,10 +270,10 @@ check_prefix(MpPipeline *p, Sink *s, gpointer data)
  * next sync point, or only at the end. */
 Test(pipeline, hold_until_sync_or_end)
 {
-    g_autoptr(GByteArray) in = load("busy-10.0");
+    g_autoptr(GByteArray) in = stage_util_load("busy-10.0");
     g_autoptr(GByteArray) fat = NULL;
-    MpStage inflate = {.name = "inflate", .record = inflate_record,
-                       .destroy = nothing_destroy};
+    MpStage inflate;
+    stage_util_inflate_init(&inflate);
 
     fat = run(in, &inflate, 0, FALSE);
     for (guint i = 0; i < G_N_ELEMENTS(splits); i++) {
@@ -385,7 +282,7 @@ Test(pipeline, hold_until_sync_or_end)
         hold_init(&h, FALSE);
         g_autoptr(GByteArray) out =
             run_ex(fat, &h.base, splits[i], TRUE, NULL, check_prefix, &pre);
-        assert_same(out, in);
+        stage_util_assert_same(out, in);
         /* the stream's last sync point (EOF) released everything */
         cr_assert_eq(pre.last_len, in->len);
         cr_assert_gt(h.released_at_sync, 0);
@@ -401,7 +298,7 @@ Test(pipeline, hold_until_sync_or_end)
     hold_init(&h, TRUE);
     g_autoptr(GByteArray) out =
         run_ex(in, &h.base, 65536, TRUE, NULL, check_prefix, &pre);
-    assert_same(out, in);
+    stage_util_assert_same(out, in);
     cr_assert_lt(pre.last_len, in->len);
     cr_assert_gt(h.released_at_end, 0);
     cr_assert_eq(h.released_at_sync, 0);
@@ -412,9 +309,9 @@ Test(pipeline, hold_until_sync_or_end)
  * the zero stage makes in line, whatever the split. */
 Test(pipeline, worker_threads_in_order)
 {
-    g_autoptr(GByteArray) in = load("busy-10.0");
-    MpStage inflate = {.name = "inflate", .record = inflate_record,
-                       .destroy = nothing_destroy};
+    g_autoptr(GByteArray) in = stage_util_load("busy-10.0");
+    MpStage inflate;
+    stage_util_inflate_init(&inflate);
     g_autoptr(GByteArray) fat = run(in, &inflate, 0, FALSE);
 
     for (guint i = 0; i < G_N_ELEMENTS(splits); i++) {
@@ -422,7 +319,7 @@ Test(pipeline, worker_threads_in_order)
         worker_init(&w);
         g_autoptr(GByteArray) out = run(fat, &w.base, splits[i], i % 2);
         g_thread_pool_free(w.pool, FALSE, TRUE);
-        assert_same(out, in);
+        stage_util_assert_same(out, in);
         cr_assert_gt(w.base.stats.records_changed, 15586);
         cr_assert_eq(w.base.stats.bytes_in - w.base.stats.bytes_out,
                      15586u * 4095);
@@ -433,16 +330,16 @@ Test(pipeline, worker_threads_in_order)
  * and it says what it saved. */
 Test(pipeline, any_split_same_output)
 {
-    g_autoptr(GByteArray) in = load("busy-10.0");
-    MpStage inflate = {.name = "inflate", .record = inflate_record,
-                       .destroy = nothing_destroy};
+    g_autoptr(GByteArray) in = stage_util_load("busy-10.0");
+    MpStage inflate;
+    stage_util_inflate_init(&inflate);
     g_autoptr(GByteArray) fat = run(in, &inflate, 0, FALSE);
     static const gsize more[] = {0, 65536, 4096, 4099, 977, 8};
 
     for (guint i = 0; i < G_N_ELEMENTS(more); i++) {
         g_autoptr(MpStage) zero = mp_filter_zero_new();
         g_autoptr(GByteArray) out = run(fat, zero, more[i], i % 2 == 0);
-        assert_same(out, in);
+        stage_util_assert_same(out, in);
         cr_assert_eq(zero->stats.records_changed, 15586);
         cr_assert_eq(zero->stats.bytes_in - zero->stats.bytes_out,
                      15586u * 4095);

@@ -6,12 +6,11 @@
 #include <sys/socket.h>
 #include <gio/gio.h>
 #include <criterion/criterion.h>
-#include "parse-common.h"
 #include "pcopy-lane.h"
 #include "pipeline.h"
 #include "rate-pacer.h"
 #include "relay-channel.h"
-#include "stream-input.h"
+#include "stage-util.h"
 
 #define N 100000
 
@@ -331,30 +330,6 @@ piped_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
 static const MpRelayChannelHooks piped_hooks = {
     .data = piped_data, .end = piped_end, .connected = on_connected};
 
-static MpStageVerdict
-inflate_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
-               const guint8 *wire, MpStageOut *out)
-{
-    const MpRamPage *pg = &rec->u.page;
-    if (rec->kind != MP_REC_RAM_PAGE || pg->kind != MP_PAGE_ZERO
-        || pg->payload[0] != 0)
-        return MP_STAGE_PASS;
-    guint8 hdr[8];
-    mp_put_be64(hdr, (mp_be64(wire) & ~(guint64)MP_RAM_SAVE_FLAG_ZERO)
-                         | MP_RAM_SAVE_FLAG_PAGE);
-    g_byte_array_append(out->bytes, hdr, 8);
-    g_byte_array_append(out->bytes, wire + 8, rec->length - 9);
-    guint old = out->bytes->len;
-    g_byte_array_set_size(out->bytes, old + pg->size);
-    memset(out->bytes->data + old, 0, pg->size);
-    return MP_STAGE_REPLACE;
-}
-
-static void
-nothing_destroy(MpStage *self)
-{
-}
-
 static void
 append(gpointer data, const guint8 *buf, gsize len)
 {
@@ -363,15 +338,7 @@ append(gpointer data, const guint8 *buf, gsize len)
 
 Test(relay_queue, pipeline_longer_output_in_place)
 {
-    g_autofree char *path = g_strdup_printf(
-        "%s/samples/streams/busy-10.0.mig.zst", MP_SOURCE_ROOT);
-    g_autoptr(MpInput) in = mp_input_open(path, NULL);
-    GByteArray *data = g_byte_array_new();
-    guint8 rbuf[65536];
-    gssize rn;
-    cr_assert(in);
-    while ((rn = mp_input_read(in, rbuf, sizeof(rbuf), NULL)) > 0)
-        g_byte_array_append(data, rbuf, rn);
+    GByteArray *data = stage_util_load("busy-10.0");
     const gsize want_len = data->len + 15586u * 4095;
 
     g_autoptr(GSocketAddress) src_addr = NULL, dst_addr = NULL;
@@ -379,8 +346,7 @@ Test(relay_queue, pipeline_longer_output_in_place)
     g_autoptr(GSocket) dst_l = listener(&dst_addr);
     g_autoptr(GSocket) client = dial(src_addr);
     g_autoptr(GSocket) down = g_socket_accept(src_l, NULL, NULL);
-    MpStage inflate = {.name = "inflate", .record = inflate_record,
-                       .destroy = nothing_destroy};
+    MpStage inflate;
     Piped pp = {0};
     MpPipelineSink sink = {.write = piped_write, .insert = piped_insert,
                            .held = piped_held, .data = &pp};
@@ -389,6 +355,7 @@ Test(relay_queue, pipeline_longer_output_in_place)
         mp_relay_channel_new(down, 1, &piped_hooks, &pp);
     g_autoptr(GRand) rnd = g_rand_new_with_seed(7);
 
+    stage_util_inflate_init(&inflate);
     pp.p = p;
     pp.ch = ch;
     mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
