@@ -253,8 +253,9 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     for (;;) {
         guint8 buf[65536];
         if (off < LEN) {
-            gsize n = MIN(LEN - off,
-                          1 + (gsize)g_rand_int_range(rnd, 0, 200000));
+            /* (MIN() evaluates its arguments twice) */
+            gsize step = 1 + (gsize)g_rand_int_range(rnd, 0, 200000);
+            gsize n = MIN(LEN - off, step);
             gssize w =
                 g_socket_send(client, (char *)data + off, n, NULL, NULL);
             if (w > 0)
@@ -376,8 +377,8 @@ Test(relay_queue, pipeline_longer_output_in_place)
     for (;;) {
         guint8 buf[65536];
         if (off < data->len) {
-            gsize n = MIN(data->len - off,
-                          1 + (gsize)g_rand_int_range(rnd, 0, 200000));
+            gsize step = 1 + (gsize)g_rand_int_range(rnd, 0, 200000);
+            gsize n = MIN(data->len - off, step);
             gssize w = g_socket_send(client, (char *)data->data + off, n,
                                      NULL, NULL);
             if (w > 0)
