@@ -57,9 +57,12 @@ typedef struct {
     guint64 records_changed; /* replaced or taken */
     guint64 bytes_in;        /* of those records, as they came */
     guint64 bytes_out;       /* what went out for them */
-    gint64 cpu_us;           /* thread CPU time in the stage's calls
-                                (estimated from one record() call in 64)
-                                and what its workers add */
+    gint64 cpu_us;           /* time in the stage's calls on the owner's
+                                thread (monotonic clock, estimated from
+                                one record() call in 64: CPU time unless
+                                the thread was preempted), plus the
+                                thread CPU time its workers add
+                                (mp_stage_thread_cpu_us()) */
 } MpStageStats;
 
 /* Where the record's output goes (given to record()). */
