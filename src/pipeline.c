@@ -82,6 +82,7 @@ struct MpPipeline {
     gboolean in_place;
     gsize hold_limit;
     GPtrArray *stages; /* MpStage*, borrowed */
+    gboolean any_flush, any_placed; /* a stage has flush(), placed() */
     gboolean passthrough;
     GByteArray *hold;
     guint64 hold_off;
@@ -416,6 +417,8 @@ static void
 tell_placed(MpPipeline *p, const MpRecord *rec, gboolean placed, guint64 at,
             gsize len)
 {
+    if (!p->any_placed)
+        return; /* (the hot path: every record) */
     for (guint i = 0; i < p->stages->len; i++) {
         MpStage *st = g_ptr_array_index(p->stages, i);
         if (st->placed)
@@ -438,7 +441,7 @@ edit_record(MpPipeline *p, const MpRecord *rec)
         p->safe = end;
     if (rec->kind == MP_REC_COMMAND && rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
         p->no_edit_until = end + rec->u.cmd.packaged_len;
-    if (is_sync_point(rec))
+    if (p->any_flush && is_sync_point(rec))
         flush_stages(p, MP_STAGE_FLUSH_SYNC);
     if (rec->offset >= p->no_edit_until && rec->length) {
         for (guint i = 0; i < p->stages->len; i++) {
@@ -683,6 +686,8 @@ void
 mp_pipeline_add_stage(MpPipeline *p, MpStage *stage)
 {
     g_ptr_array_add(p->stages, stage);
+    p->any_flush |= stage->flush != NULL;
+    p->any_placed |= stage->placed != NULL;
 }
 
 /* The parser cannot follow: tell the observers once. */
