@@ -1,15 +1,15 @@
-/* filter-zero.c: all-zero PAGE records become ZERO records (see
- * filter-zero.h). */
+/* filter-zero.c: the stage that makes all-zero PAGE records ZERO records
+ * (see filter-zero.h). */
 #include "config.h"
 #include <string.h>
 #include "filter-zero.h"
 #include "parse-common.h"
 
 typedef struct {
-    MpFilter base;
+    MpStage base;
     guint64 rewritten;
     guint64 saved;
-} ZeroFilter;
+} ZeroStage;
 
 static gboolean
 all_zero(const guint8 *p, gsize len)
@@ -20,36 +20,38 @@ all_zero(const guint8 *p, gsize len)
     return memcmp(p, p + 1, len - 1) == 0;
 }
 
-static gboolean
-zero_rewrite(MpFilter *self, guint channel, const MpRecord *rec,
-             const guint8 *wire, GByteArray *out)
+static MpStageVerdict
+zero_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
+            const guint8 *wire, MpStageOut *out)
 {
-    ZeroFilter *z = (ZeroFilter *)self;
+    ZeroStage *z = (ZeroStage *)self;
     const MpRamPage *pg = &rec->u.page;
     static const guint8 fill = 0;
 
     (void)channel; /* every channel alike */
+    (void)dir;
     if (rec->kind != MP_REC_RAM_PAGE || pg->kind != MP_PAGE_NORMAL
         || pg->payload_len != pg->size || rec->length < 8 + pg->payload_len
         || !all_zero(pg->payload, pg->payload_len))
-        return FALSE;
+        return MP_STAGE_PASS;
     /* header and block name as they came, PAGE turned into ZERO */
     guint8 hdr[8];
     guint64 v = mp_be64(wire);
     mp_put_be64(hdr, (v & ~(guint64)MP_RAM_SAVE_FLAG_PAGE)
                          | MP_RAM_SAVE_FLAG_ZERO);
-    g_byte_array_append(out, hdr, sizeof(hdr));
-    g_byte_array_append(out, wire + 8, rec->length - 8 - pg->payload_len);
-    g_byte_array_append(out, &fill, 1);
+    g_byte_array_append(out->bytes, hdr, sizeof(hdr));
+    g_byte_array_append(out->bytes, wire + 8,
+                        rec->length - 8 - pg->payload_len);
+    g_byte_array_append(out->bytes, &fill, 1);
     z->rewritten++;
     z->saved += pg->payload_len - 1;
-    return TRUE;
+    return MP_STAGE_REPLACE;
 }
 
 static json_object *
-zero_report(MpFilter *self)
+zero_report(MpStage *self)
 {
-    ZeroFilter *z = (ZeroFilter *)self;
+    ZeroStage *z = (ZeroStage *)self;
     json_object *o = json_object_new_object();
     json_object_object_add(o, "rewritten", json_object_new_int64(z->rewritten));
     json_object_object_add(o, "bytes_saved", json_object_new_int64(z->saved));
@@ -57,30 +59,30 @@ zero_report(MpFilter *self)
 }
 
 static void
-zero_destroy(MpFilter *self)
+zero_destroy(MpStage *self)
 {
     g_free(self);
 }
 
-MpFilter *
+MpStage *
 mp_filter_zero_new(void)
 {
-    ZeroFilter *z = g_new0(ZeroFilter, 1);
+    ZeroStage *z = g_new0(ZeroStage, 1);
     z->base.name = "zero_pages";
-    z->base.rewrite = zero_rewrite;
+    z->base.record = zero_record;
     z->base.report = zero_report;
     z->base.destroy = zero_destroy;
     return &z->base;
 }
 
 guint64
-mp_filter_zero_rewritten(const MpFilter *f)
+mp_filter_zero_rewritten(const MpStage *f)
 {
-    return ((const ZeroFilter *)f)->rewritten;
+    return ((const ZeroStage *)f)->rewritten;
 }
 
 guint64
-mp_filter_zero_bytes_saved(const MpFilter *f)
+mp_filter_zero_bytes_saved(const MpStage *f)
 {
-    return ((const ZeroFilter *)f)->saved;
+    return ((const ZeroStage *)f)->saved;
 }

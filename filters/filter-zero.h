@@ -14,11 +14,11 @@
  */
 #pragma once
 
-#include "filter.h"
+#include "stage.h"
 
-/* @return a new filter; free with mp_filter_free(). */
-MpFilter *mp_filter_zero_new(void);
+/* @return a new stage (stage.h); free with mp_stage_free(). */
+MpStage *mp_filter_zero_new(void);
 
 /* Pages rewritten so far, and the bytes that saved. */
-guint64 mp_filter_zero_rewritten(const MpFilter *f);
-guint64 mp_filter_zero_bytes_saved(const MpFilter *f);
+guint64 mp_filter_zero_rewritten(const MpStage *f);
+guint64 mp_filter_zero_bytes_saved(const MpStage *f);

@@ -49,6 +49,35 @@ mp_chan_kind_editable(MpChanKind kind)
            || kind == MP_CHAN_RECOVERY || kind == MP_CHAN_PREEMPT;
 }
 
+/* How a direction of a channel ended. */
+typedef enum {
+    MP_END_FIN,     /* the sender closed and everything was forwarded */
+    MP_END_RESET,   /* the sender's connection broke */
+    MP_END_ABORTED, /* torn down: the other side broke, or the relay */
+    MP_END_MISSING, /* a capture that has no end for it (cut short) */
+    MP_END__MAX,
+} MpEndReason;
+
+/* "fin", "reset", "aborted", "missing": as in JSON and capture files. */
+static inline const char *
+mp_end_reason_name(MpEndReason how)
+{
+    static const char *const names[MP_END__MAX] = {"fin", "reset", "aborted",
+                                                   "missing"};
+    return how < MP_END__MAX ? names[how] : "?";
+}
+
+/* @return the reason named `name`, or MP_END_MISSING for NULL or a name
+ * this migproxy does not write. */
+static inline MpEndReason
+mp_end_reason_from_name(const char *name)
+{
+    for (int i = 0; name && i < MP_END__MAX; i++)
+        if (g_str_equal(name, mp_end_reason_name(i)))
+            return i;
+    return MP_END_MISSING;
+}
+
 /* "to-dst", "to-src": as in capture file names and JSON. */
 static inline const char *
 mp_dir_name(MpDir dir)

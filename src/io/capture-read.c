@@ -1,5 +1,5 @@
 /* capture-read.c: replays a capture directory (docs/capture-format.md)
- * through the session tap, chunk by chunk in the order of their
+ * through the session's pipelines (session.h), chunk by chunk in the order of their
  * timestamps across all channels, so that rounds, phases, downtime and
  * page-request latency come out as the relay measured them live.
  */
@@ -17,7 +17,7 @@
 #include "record-format.h"
 #include "metrics.h"
 #include "metrics-report.h"
-#include "session-tap.h"
+#include "session.h"
 #include "stream-input.h"
 
 #define MAX_CHUNK (64u << 20) /* the relay reads at most 1 MiB at once */
@@ -49,7 +49,7 @@ typedef struct {
 typedef struct {
     const char *dir;
     MpMetrics *metrics;
-    MpSessionTap *tap;
+    MpSession *pipes;
     GArray *cursors; /* Cursor */
     GString *line;
     guint session;
@@ -212,15 +212,18 @@ cursor_clear(gpointer p)
     g_free(c->end);
 }
 
-static void
-print_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
+static MpRecordAction
+print_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
 {
     Replay *r = user_data;
-    g_string_printf(r->line, "s%u c%u %s ", r->session, channel,
-                    mp_dir_name(dir));
+    g_string_printf(r->line, "s%u c%u %s ", r->session,
+                    mp_pipeline_channel(p), mp_dir_name(mp_pipeline_dir(p)));
     mp_record_describe(rec, r->line);
     puts(r->line->str);
+    return MP_REC_CONTINUE;
 }
+
+static const MpPipelineObserver events_observer = {.record = print_record};
 
 /* The next event: a chunk, or the end of a direction.  Ties go to the
  * lower channel, then to-dst: a main channel is classified before the
@@ -297,8 +300,8 @@ replay(Replay *r)
         last = MAX(last, t);
         if (c->next >= c->chunks) {
             c->end_done = TRUE;
-            mp_session_tap_end(r->tap, c->channel, c->dir,
-                               c->end ? c->end : "missing", t);
+            mp_session_end(r->pipes, c->channel, c->dir,
+                           mp_end_reason_from_name(c->end), t);
             continue;
         }
         guint64 off = chunk_offset(c, c->next);
@@ -323,7 +326,7 @@ replay(Replay *r)
             c->next = c->chunks;
             continue;
         }
-        mp_session_tap_feed(r->tap, c->channel, c->dir, buf, len, t);
+        mp_session_feed(r->pipes, c->channel, c->dir, buf, len, t);
     }
     mp_metrics_finish(r->metrics, last, NULL);
 }
@@ -463,13 +466,13 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     r.session = sj ? mp_json_int_or(sj, "session", 0) : session;
     r.metrics = mp_metrics_new(
         r.session, sj ? mp_json_int_or(sj, "start_unix_us", 0) : 0, 0);
-    r.tap = mp_session_tap_new(r.metrics, r.session);
-    mp_session_tap_set_logging(r.tap, FALSE);
+    r.pipes = mp_session_new(r.metrics, r.session);
+    mp_session_set_logging(r.pipes, FALSE);
     r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
     g_array_set_clear_func(r.cursors, cursor_clear);
     r.line = g_string_new(NULL);
     if (events)
-        mp_session_tap_set_record_func(r.tap, print_record, &r);
+        mp_session_observe(r.pipes, &events_observer, &r);
 
     if (index_why)
         fail(&r, "%s", index_why);
@@ -493,7 +496,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (chans) {
         g_autoptr(MpVmdesc) vmdesc = find_vmdesc(&r, chans);
         if (vmdesc)
-            mp_session_tap_set_vmdesc(r.tap, vmdesc);
+            mp_session_set_vmdesc(r.pipes, vmdesc);
     }
     gsize n_chans = chans ? json_object_array_length(chans) : 0;
     g_autofree gboolean *seen = g_new0(gboolean, n_chans);
@@ -516,8 +519,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
         }
         seen[number] = TRUE;
         guint channel = (guint)number;
-        mp_session_tap_add(r.tap, channel, mp_json_string(cj, "peer"),
-                           mp_json_int_or(cj, "open_us", 0));
+        mp_session_add(r.pipes, channel, mp_json_string(cj, "peer"),
+                       mp_json_int_or(cj, "open_us", 0));
         for (int d = 0; d < MP_DIR__MAX; d++) {
             if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
                 continue;
@@ -551,7 +554,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                && json_object_array_length(errs) > 0);
     g_array_free(r.cursors, TRUE);
     g_string_free(r.line, TRUE);
-    mp_session_tap_free(r.tap);
+    mp_session_free(r.pipes);
     mp_metrics_free(r.metrics);
     json_object_put(index);
     json_object_put(sj_file);

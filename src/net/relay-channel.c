@@ -195,7 +195,7 @@ update_watch(MpRelayChannel *ch)
 }
 
 static void
-end_dir(MpRelayChannel *ch, MpDir d, const char *how)
+end_dir(MpRelayChannel *ch, MpDir d, MpEndReason how)
 {
     Pump *p = &ch->pump[d];
     if (p->ended)
@@ -232,8 +232,8 @@ mp_relay_channel_abort(MpRelayChannel *ch)
     ch->closed = TRUE;
     ch->connecting = FALSE;
     close_sockets(ch);
-    end_dir(ch, MP_DIR_TO_DST, "aborted");
-    end_dir(ch, MP_DIR_TO_SRC, "aborted");
+    end_dir(ch, MP_DIR_TO_DST, MP_END_ABORTED);
+    end_dir(ch, MP_DIR_TO_SRC, MP_END_ABORTED);
     if (ch->hooks.closed)
         ch->hooks.closed(ch, ch->user_data);
 }
@@ -243,7 +243,7 @@ mp_relay_channel_abort(MpRelayChannel *ch)
 static void
 broke(MpRelayChannel *ch, MpDir d)
 {
-    end_dir(ch, d, "reset");
+    end_dir(ch, d, MP_END_RESET);
     mp_relay_channel_abort(ch);
 }
 
@@ -332,7 +332,7 @@ pump_read(MpRelayChannel *ch, MpDir d)
         p->reading = NULL;
     } else if (n == 0) {
         p->eof = TRUE;
-        end_dir(ch, d, "fin");
+        end_dir(ch, d, MP_END_FIN);
     } else if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
         g_debug("channel %" G_GUINT64_FORMAT " %s: read: %s", ch->id,
                 mp_dir_name(d), err->message);
@@ -754,6 +754,26 @@ mp_relay_channel_queue_edit_tagged(MpRelayChannel *ch, MpDir dir, guint64 at,
     return TRUE;
 }
 
+void
+mp_relay_channel_queue_append(MpRelayChannel *ch, MpDir dir,
+                              const guint8 *bytes, gsize len)
+{
+    Pump *p = &ch->pump[dir];
+
+    if (ch->closed || p->shut || !len)
+        return;
+    /* every other edit lies before `sent`, or replaces bytes ending
+     * there: this one goes out last */
+    Edit *e = g_malloc(sizeof(Edit) + len);
+    e->at = p->sent;
+    e->remove = 0;
+    e->len = len;
+    e->done = 0;
+    e->tag = NULL;
+    memcpy(e->bytes, bytes, len);
+    g_queue_push_tail(&p->edits, e);
+}
+
 gboolean
 mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir, guint64 at)
 {
@@ -858,4 +878,71 @@ gboolean
 mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir)
 {
     return ch->pump[dir].ended;
+}
+
+/* ---- the to-dst queue as an output scheduler (out-scheduler.h) ---- */
+
+static guint64
+sched_head(gpointer q)
+{
+    return mp_relay_channel_bytes_written(q, MP_DIR_TO_DST);
+}
+
+static const guint8 *
+sched_peek(gpointer q, guint64 at, gsize len)
+{
+    return mp_relay_channel_queue_peek(q, MP_DIR_TO_DST, at, len);
+}
+
+static gboolean
+sched_move_to_front(gpointer q, guint64 at, gsize len, guint64 front,
+                    const guint8 *bytes, gsize n, gpointer tag)
+{
+    MpRelayChannel *ch = q;
+
+    /* (a rewritten header of the record goes with it) */
+    mp_relay_channel_queue_unedit(ch, MP_DIR_TO_DST, at);
+    if (!mp_relay_channel_queue_edit(ch, MP_DIR_TO_DST, at, len, NULL, 0))
+        return FALSE;
+    if (!mp_relay_channel_queue_edit_tagged(ch, MP_DIR_TO_DST, front, 0,
+                                            bytes, n, tag)) {
+        /* (front is queued: cannot happen) put the record back */
+        mp_relay_channel_queue_unedit(ch, MP_DIR_TO_DST, at);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean
+sched_rewrite_header(gpointer q, guint64 at, gsize len, const guint8 *bytes,
+                     gsize n)
+{
+    return mp_relay_channel_queue_edit(q, MP_DIR_TO_DST, at, len, bytes, n);
+}
+
+static void
+sched_set_read_ahead(gpointer q, gsize bytes)
+{
+    mp_relay_channel_set_limit(q, MP_DIR_TO_DST, bytes);
+}
+
+static gboolean
+sched_set_low_latency(gpointer q, gsize bytes, GError **error)
+{
+    return mp_relay_channel_set_low_latency(q, MP_DIR_TO_DST, bytes, error);
+}
+
+static const MpOutSchedulerOps scheduler_ops = {
+    .head = sched_head,
+    .peek = sched_peek,
+    .move_to_front = sched_move_to_front,
+    .rewrite_header = sched_rewrite_header,
+    .set_read_ahead = sched_set_read_ahead,
+    .set_low_latency = sched_set_low_latency,
+};
+
+MpOutScheduler
+mp_relay_channel_scheduler(MpRelayChannel *ch)
+{
+    return (MpOutScheduler){&scheduler_ops, ch};
 }

@@ -16,12 +16,13 @@
  * sending; a reset or a write error aborts the whole connection, closing
  * both sockets.  The channel reports every chunk it reads through the
  * `data` hook before forwarding it verbatim; a filtered direction forwards
- * only what the hook sends (relay.c runs the filter chain there).
+ * only what the hook sends (relay.c feeds the channel's pipeline there).
  */
 #pragma once
 
 #include <gio/gio.h>
 #include "channel-types.h"
+#include "out-scheduler.h"
 #include "rate-pacer.h"
 
 #define MP_RELAY_BUFFER (1u << 20) /* per direction */
@@ -32,10 +33,10 @@ typedef struct {
     /* `len` bytes read in `dir`, about to be forwarded (borrowed). */
     void (*data)(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
                  gpointer user_data);
-    /* `dir` ended: how = "fin" (the sender closed and all was forwarded),
-     * "reset" (the sender's connection broke) or "aborted" (the
+    /* `dir` ended: MP_END_FIN (the sender closed and all was forwarded),
+     * MP_END_RESET (the sender's connection broke) or MP_END_ABORTED (the
      * connection was torn down: the other side broke, or the relay). */
-    void (*end)(MpRelayChannel *ch, MpDir dir, const char *how,
+    void (*end)(MpRelayChannel *ch, MpDir dir, MpEndReason how,
                 gpointer user_data);
     /* Both directions ended and both sockets are closed.  The hook may
      * free the channel. */
@@ -108,8 +109,8 @@ guint64 mp_relay_channel_bytes_sent(const MpRelayChannel *ch, MpDir dir);
  * (mp_relay_channel_set_read_gap()), so that the hook's bytes that came
  * from them are queued without a copy.  The hook must then keep to this:
  * up to any byte of what was read, it sends no more than `gap` bytes plus
- * the bytes read before that one (a filter may shrink the stream, never
- * grow it), and it sends those bytes in order. */
+ * the bytes read before that one, and it sends those bytes in order; what
+ * would run further ahead goes to mp_relay_channel_queue_append(). */
 void mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir);
 /* Filtered `dir`: the most the `data` hook will send, from now on, ahead
  * of the bytes of the next read (bytes it holds back from earlier reads).
@@ -154,6 +155,13 @@ gboolean mp_relay_channel_queue_edit_tagged(MpRelayChannel *ch, MpDir dir,
                                             guint64 at, gsize remove,
                                             const guint8 *bytes, gsize len,
                                             gpointer tag);
+/* Queues `len` bytes (copied) to go out after everything queued so far,
+ * beside the queue's buffer: they take no queue offset (a filtered
+ * direction's output that outgrew what was read, see
+ * mp_relay_channel_set_filtered()).  Any time, also inside the `data`
+ * hook. */
+void mp_relay_channel_queue_append(MpRelayChannel *ch, MpDir dir,
+                                   const guint8 *bytes, gsize len);
 /* Drops the edit that replaces bytes at `at`, if the writer has not begun
  * it.  @return TRUE if there was one. */
 gboolean mp_relay_channel_queue_unedit(MpRelayChannel *ch, MpDir dir,
@@ -169,3 +177,9 @@ guint64 mp_relay_channel_drain_sample(MpRelayChannel *ch, MpDir dir,
                                       gboolean *saturated);
 /* TRUE once `dir` has ended. */
 gboolean mp_relay_channel_ended(const MpRelayChannel *ch, MpDir dir);
+
+/* The write queue towards the destination as an output scheduler
+ * (out-scheduler.h) for the stages of the pipeline that writes it; a
+ * moved record's tag comes back through the `edit_written` hook.  Valid
+ * as long as the channel. */
+MpOutScheduler mp_relay_channel_scheduler(MpRelayChannel *ch);

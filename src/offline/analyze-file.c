@@ -1,4 +1,4 @@
-/* analyze-file.c: one stream file through the main-channel parser into an
+/* analyze-file.c: one stream file through a main-channel pipeline into an
  * analysis (and optionally a RAM image). */
 #include "config.h"
 #include <errno.h>
@@ -15,6 +15,7 @@
 #include "mapped-ram.h"
 #include "qcow2.h"
 #include "qmig-parser.h"
+#include "pipeline.h"
 #include "ram-image.h"
 #include "record-format.h"
 #include "stream-input.h"
@@ -27,10 +28,11 @@ typedef struct {
     MpRamImage *image;
     GError *stop_error; /* the RAM image or --events output failed */
     GString *line;
+    gboolean cut; /* the stream ended inside a record */
 } FileCtx;
 
 static MpRecordAction
-on_record(const MpRecord *rec, gpointer user_data)
+on_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
 {
     FileCtx *ctx = user_data;
 
@@ -53,6 +55,39 @@ on_record(const MpRecord *rec, gpointer user_data)
         return MP_REC_PAUSE; /* stop: the error is reported by the caller */
     return MP_REC_CONTINUE;
 }
+
+static void
+on_gave_up(MpPipeline *p, guint64 off, const GError *err, gpointer user_data)
+{
+    FileCtx *ctx = user_data;
+    mp_analysis_error(ctx->analysis, err);
+}
+
+static void
+on_trailing(MpPipeline *p, guint64 off, gsize len, gpointer user_data)
+{
+    FileCtx *ctx = user_data;
+    mp_analysis_anomaly(ctx->analysis, "%zu bytes after the end of the stream",
+                        len);
+}
+
+static void
+on_end(MpPipeline *p, MpEndReason how, const GError *cut, gint64 now_us,
+       gpointer user_data)
+{
+    FileCtx *ctx = user_data;
+    if (cut) {
+        mp_analysis_error(ctx->analysis, cut);
+        ctx->cut = TRUE;
+    }
+}
+
+static const MpPipelineObserver file_observer = {
+    .record = on_record,
+    .gave_up = on_gave_up,
+    .trailing = on_trailing,
+    .end = on_end,
+};
 
 /* The stream's vmdesc, or NULL: none, or one it will do without (an
  * anomaly says why: too large to parse, malformed). */
@@ -81,13 +116,14 @@ progress(const char *path, guint64 done, guint64 file_size, gboolean zst,
                 s > 0 ? done / 1e9 / s : 0);
 }
 
-/* Reads the stream's first 8 bytes (magic and version) into the parser.
- * @return FALSE with an error if they are not a stream header. */
+/* Reads the stream's first 8 bytes (magic and version) into the pipeline.
+ * @return FALSE if they are not a stream header (the pipeline's observer
+ * told the analysis why) or with @error set if they cannot be read. */
 static gboolean
-check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
+check_header(MpInput *in, MpPipeline *pipe, guint64 *total, GError **error)
 {
     guint8 hdr[8];
-    gsize have = 0, used;
+    gsize have = 0;
     gssize n;
 
     while (have < sizeof(hdr)
@@ -97,10 +133,11 @@ check_header(MpInput *in, MpQmigParser *parser, guint64 *total, GError **error)
     if (have < sizeof(hdr) && n < 0)
         return FALSE;
     *total += have;
-    if (mp_qmig_parser_feed(parser, hdr, have, &used, error) == MP_FEED_ERROR)
-        return FALSE;
+    mp_pipeline_feed(pipe, hdr, have, 0);
     /* a file shorter than a header ends here, with the parser's word */
-    return have == sizeof(hdr) || mp_qmig_parser_finish(parser, error);
+    if (have < sizeof(hdr))
+        mp_pipeline_end(pipe, MP_END_FIN, 0);
+    return mp_pipeline_state(pipe) == MP_PIPELINE_FOLLOWING;
 }
 
 /* The document of a file that holds nothing to analyze: its one error
@@ -254,8 +291,8 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();
     g_autoptr(MpVmdesc) vmdesc = NULL;
     g_autoptr(MpRamImage) image = NULL;
-    g_autoptr(MpQmigParser) parser = NULL;
-    FileCtx ctx = {opt, analysis, NULL, NULL, g_string_new(NULL)};
+    g_autoptr(MpPipeline) pipe = NULL;
+    FileCtx ctx = {opt, analysis, NULL, NULL, g_string_new(NULL), FALSE};
     guint64 total = 0;
     gboolean show = !opt->quiet && isatty(STDERR_FILENO);
     gint64 start = g_get_monotonic_time(), last = start;
@@ -287,18 +324,22 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         }
         ctx.image = image;
     }
-    parser = mp_qmig_parser_new("main", on_record, &ctx);
+    pipe = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_name(pipe, "main");
+    mp_pipeline_set_kind(pipe, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(pipe, &file_observer, &ctx);
     /* the header first: a file that is no stream is told so before a
      * .zst is decompressed in full to find its vmdesc */
-    if (!check_header(in, parser, &total, &err)) {
-        mp_analysis_error(analysis, err);
+    if (!check_header(in, pipe, &total, &err)) {
+        if (err)
+            mp_analysis_error(analysis, err);
         *ok = FALSE;
         goto done;
     }
     if (!opt->no_vmdesc)
         vmdesc = find_vmdesc(path, in, analysis);
     if (vmdesc) {
-        mp_qmig_parser_set_vmdesc(parser, vmdesc);
+        mp_pipeline_set_vmdesc(pipe, vmdesc);
         mp_analysis_set_vmdesc(analysis, vmdesc);
     }
     guint8 *buf = g_malloc(READ_SIZE);
@@ -323,28 +364,15 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
         }
         if (image)
             mp_ram_image_set_buffer(image, buf, n);
-        gsize off = 0;
-        while (off < (gsize)n && !failed && !ended) {
-            gsize used = 0;
-            MpFeedStatus st =
-                mp_qmig_parser_feed(parser, buf + off, n - off, &used, &err);
-            off += used;
-            if (ctx.stop_error) {
-                mp_analysis_error(analysis, ctx.stop_error);
-                image_failed = ctx.image != NULL;
-                failed = TRUE;
-            } else if (st == MP_FEED_ERROR) {
-                mp_analysis_error(analysis, err);
-                g_clear_error(&err);
-                failed = TRUE;
-            } else if (st == MP_FEED_END) {
-                ended = TRUE;
-                if (off < (gsize)n)
-                    mp_analysis_anomaly(analysis,
-                                        "%zu bytes after the end of the "
-                                        "stream",
-                                        (gsize)n - off);
-            }
+        mp_pipeline_feed(pipe, buf, n, 0);
+        if (ctx.stop_error) {
+            mp_analysis_error(analysis, ctx.stop_error);
+            image_failed = ctx.image != NULL;
+            failed = TRUE;
+        } else if (mp_pipeline_state(pipe) == MP_PIPELINE_GAVE_UP) {
+            failed = TRUE;
+        } else if (mp_pipeline_state(pipe) == MP_PIPELINE_ENDED) {
+            ended = TRUE;
         }
         if (image && !failed && !mp_ram_image_flush(image, &err)) {
             mp_analysis_error(analysis, err);
@@ -362,10 +390,9 @@ mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
     g_free(buf);
     if (show && last != start)
         fprintf(stderr, "\r\033[K");
-    if (!failed && !ended && !mp_qmig_parser_finish(parser, &err)) {
-        mp_analysis_error(analysis, err);
-        g_clear_error(&err);
-        failed = TRUE;
+    if (!failed && !ended) {
+        mp_pipeline_end(pipe, MP_END_FIN, 0);
+        failed = ctx.cut;
     }
     /* an image a write failed for is left without its index.json (and
      * its pending pages, which would only fail again) */

@@ -1,13 +1,15 @@
 /* pcopy-lane.c: requested post-copy pages ahead of the queue (see
  * pcopy-lane.h).
  *
- * The index holds the RAM page records queued on the channel since
- * post-copy began, in order, at their offsets in the channel's queue.  The
- * lane never moves queued bytes: it adds edits (relay-channel.h) that the
- * writer applies as it reaches them: a hole where a moved page was, the
- * page again in front, a header with its block name in place of one with
- * CONTINUE.  So a move costs a page, however deep the queue, and the
- * editor's output offsets are the queue's offsets.
+ * The lane is a stage of the main channel's pipeline (it learns where each
+ * record was placed) plus the output scheduler of that pipeline's queue
+ * (out-scheduler.h).  The index holds the RAM page records queued since
+ * post-copy began, in order, at their offsets in the queue (the
+ * pipeline's output offsets).  The lane never moves queued bytes: it asks
+ * the scheduler to send a page in front, or a header with its block name
+ * in place of one with CONTINUE; the relay's channel applies that as its
+ * writer reaches them (relay-channel.h).  So a move costs a page, however
+ * deep the queue.
  */
 #include "config.h"
 #include <string.h>
@@ -39,7 +41,9 @@ typedef struct {
 } Waiting;
 
 struct MpPcopyLane {
-    MpRelayChannel *ch;
+    MpStage stage; /* mp_pcopy_lane_stage() */
+    MpOutScheduler out;
+    gboolean attached; /* until mp_pcopy_lane_detach() */
     gsize queue;         /* 0 until post-copy when not given */
     gboolean queue_auto; /* not given: mp_pcopy_auto_queue() */
     guint64 ram_total, mem_available;
@@ -88,11 +92,55 @@ mp_pcopy_mem_available(void)
     return kib <= G_MAXUINT64 / 1024 ? kib * 1024 : 0;
 }
 
+/* ---- the lane as a stage of the main channel's pipeline ---- */
+
+static MpStageVerdict
+stage_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
+             const guint8 *wire, MpStageOut *out)
+{
+    return MP_STAGE_PASS; /* it moves records, it never changes them */
+}
+
+static void
+stage_placed(MpStage *self, const MpRecord *rec, gboolean placed,
+             guint64 out_off, gsize out_len)
+{
+    MpPcopyLane *l = (MpPcopyLane *)self;
+    /* a page it cannot find in the queue is never moved */
+    if (rec->kind != MP_REC_RAM_PAGE || placed)
+        mp_pcopy_lane_record(l, rec, placed ? out_off : 0,
+                             placed ? out_len : 0);
+}
+
+static void
+stage_written(MpStage *self)
+{
+    mp_pcopy_lane_flush((MpPcopyLane *)self);
+}
+
+static void
+stage_destroy(MpStage *self)
+{
+    /* owned by whoever made the lane */
+}
+
+MpStage *
+mp_pcopy_lane_stage(MpPcopyLane *l)
+{
+    return &l->stage;
+}
+
 MpPcopyLane *
-mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue)
+mp_pcopy_lane_new(const MpOutScheduler *out, gsize queue)
 {
     MpPcopyLane *l = g_new0(MpPcopyLane, 1);
-    l->ch = ch;
+    l->stage.name = "pcopy_lane";
+    l->stage.record = stage_record;
+    l->stage.placed = stage_placed;
+    l->stage.written = stage_written;
+    l->stage.destroy = stage_destroy;
+    l->out = *out;
+    l->attached = TRUE;
     l->queue = queue;
     l->queue_auto = queue == 0;
     l->idx = g_array_new(FALSE, FALSE, sizeof(Entry));
@@ -124,7 +172,7 @@ mp_pcopy_lane_free(MpPcopyLane *l)
 void
 mp_pcopy_lane_detach(MpPcopyLane *l)
 {
-    l->ch = NULL;
+    l->attached = FALSE;
     l->active = FALSE;
     g_array_set_size(l->idx, 0);
     g_array_set_size(l->due, 0);
@@ -186,8 +234,7 @@ static gboolean
 name_block(MpPcopyLane *l, guint i)
 {
     Entry *e = at(l, i);
-    const guint8 *hdr =
-        mp_relay_channel_queue_peek(l->ch, MP_DIR_TO_DST, e->off, 8);
+    const guint8 *hdr = l->out.ops->peek(l->out.q, e->off, 8);
     e->name_due = FALSE;
     if (!e->cont || e->named)
         return TRUE;
@@ -195,8 +242,8 @@ name_block(MpPcopyLane *l, guint i)
         return FALSE;
     g_byte_array_set_size(l->scratch, 0);
     named_header(l->scratch, hdr, e->block);
-    if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, e->off, 8,
-                                     l->scratch->data, l->scratch->len))
+    if (!l->out.ops->rewrite_header(l->out.q, e->off, 8, l->scratch->data,
+                                    l->scratch->len))
         return FALSE;
     e->named = TRUE;
     l->names++;
@@ -207,7 +254,7 @@ name_block(MpPcopyLane *l, guint i)
 static void
 move_to_front(MpPcopyLane *l, guint k)
 {
-    guint64 head = mp_relay_channel_bytes_written(l->ch, MP_DIR_TO_DST);
+    guint64 head = l->out.ops->head(l->out.q);
     gint front = -1;
 
     for (guint i = l->first; i < l->idx->len && front < 0; i++)
@@ -217,8 +264,7 @@ move_to_front(MpPcopyLane *l, guint k)
         return; /* nothing queued before it: it is next anyway */
 
     Entry *e = at(l, k);
-    const guint8 *bytes =
-        mp_relay_channel_queue_peek(l->ch, MP_DIR_TO_DST, e->off, e->len);
+    const guint8 *bytes = l->out.ops->peek(l->out.q, e->off, e->len);
     if (!bytes)
         return;
     /* the page as it will go out: naming its block */
@@ -241,20 +287,13 @@ move_to_front(MpPcopyLane *l, guint k)
         return;
 
     e = at(l, k);
-    if (e->named)
-        mp_relay_channel_queue_unedit(l->ch, MP_DIR_TO_DST, e->off);
-    if (!mp_relay_channel_queue_edit(l->ch, MP_DIR_TO_DST, e->off, e->len,
-                                     NULL, 0))
-        return;
     gpointer tag = GUINT_TO_POINTER(++l->next_tag ? l->next_tag
                                                    : ++l->next_tag);
-    if (!mp_relay_channel_queue_edit_tagged(l->ch, MP_DIR_TO_DST,
-                                            at(l, front)->off, 0, page->data,
-                                            page->len, tag)) {
-        /* cannot happen (front > head): put the page back */
-        mp_relay_channel_queue_unedit(l->ch, MP_DIR_TO_DST, e->off);
+    if (!l->out.ops->move_to_front(l->out.q, e->off, e->len,
+                                   at(l, front)->off, page->data, page->len,
+                                   tag))
         return;
-    }
+    e->named = FALSE; /* (its rewritten header went with it) */
     e->gone = TRUE;
     g_hash_table_insert(l->inflight, tag, g_memdup2(&e->t_req, sizeof(gint64)));
     l->jumped += e->off - at(l, front)->off;
@@ -268,7 +307,7 @@ move_to_front(MpPcopyLane *l, guint k)
 static void
 prune(MpPcopyLane *l)
 {
-    guint64 head = mp_relay_channel_bytes_written(l->ch, MP_DIR_TO_DST);
+    guint64 head = l->out.ops->head(l->out.q);
 
     while (l->first < l->idx->len
            && (at(l, l->first)->gone || at(l, l->first)->off <= head))
@@ -291,7 +330,7 @@ prune(MpPcopyLane *l)
 void
 mp_pcopy_lane_flush(MpPcopyLane *l)
 {
-    if (!l->active || !l->ch)
+    if (!l->active || !l->attached)
         return;
     prune(l);
     /* in order: a name first, pages to the front in request order */
@@ -320,7 +359,7 @@ void
 mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
                      gsize out_len)
 {
-    if (!l->ch)
+    if (!l->attached)
         return;
     if (rec->kind == MP_REC_RAM_MEM_SIZE)
         l->ram_total = rec->u.mem_size.total;
@@ -336,15 +375,15 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
                 l->mem_available = mp_pcopy_mem_available();
                 l->queue = mp_pcopy_auto_queue(l->ram_total, l->mem_available);
             }
-            l->notsent_lowat = mp_relay_channel_set_low_latency(
-                l->ch, MP_DIR_TO_DST, LOW_LATENCY_BYTES, &err);
+            l->notsent_lowat = l->out.ops->set_low_latency(
+                l->out.q, LOW_LATENCY_BYTES, &err);
             if (!l->notsent_lowat)
                 /* once per session: requested pages then wait behind what
                  * the kernel holds, and latency degrades silently */
                 g_warning("post-copy priority: %s; requested pages may "
                           "wait behind the socket's send buffer",
                           err->message);
-            mp_relay_channel_set_limit(l->ch, MP_DIR_TO_DST, l->queue);
+            l->out.ops->set_read_ahead(l->out.q, l->queue);
         }
         return;
     }
@@ -394,7 +433,7 @@ void
 mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
                       guint64 len, gint64 now_us)
 {
-    if (!l->active || !l->ch || !block)
+    if (!l->active || !l->attached || !block)
         return;
     l->requests++;
     if (len != MP_TARGET_PAGE_SIZE) {

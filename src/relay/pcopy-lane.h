@@ -28,7 +28,8 @@
 #include <glib.h>
 #include <json-c/json.h>
 #include "mp-record.h"
-#include "relay-channel.h"
+#include "out-scheduler.h"
+#include "stage.h"
 
 typedef struct MpPcopyLane MpPcopyLane;
 
@@ -49,19 +50,26 @@ guint64 mp_pcopy_auto_queue(guint64 ram_total, guint64 mem_available);
 /* @return MemAvailable of /proc/meminfo in bytes, 0 if unknown. */
 guint64 mp_pcopy_mem_available(void);
 
-/* The lane of `ch`'s direction to the destination (borrowed; must outlive
- * the lane).  When post-copy starts the channel may queue up to `queue`
- * bytes, 0: mp_pcopy_auto_queue() (before, reading ahead would only hide
+/* The lane of the main channel's queue towards the destination, `out`
+ * (copied; its queue must outlive the lane, or be detached).  When
+ * post-copy starts the queue may hold up to `queue` bytes, 0: mp_pcopy_auto_queue() (before, reading ahead would only hide
  * the link's rate from QEMU's bandwidth estimate).  @return a new lane;
  * free with mp_pcopy_lane_free(). */
-MpPcopyLane *mp_pcopy_lane_new(MpRelayChannel *ch, gsize queue);
+MpPcopyLane *mp_pcopy_lane_new(const MpOutScheduler *out, gsize queue);
 void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 
+/* The lane as a stage of the main channel's pipeline towards the
+ * destination (borrowed: lives as long as the lane): each record's place
+ * goes to mp_pcopy_lane_record(), and mp_pcopy_lane_flush() runs once the
+ * pipeline wrote a feed's output.  It never changes a record. */
+MpStage *mp_pcopy_lane_stage(MpPcopyLane *l);
+
 /* A record of the main channel towards the destination, as it will be
- * queued: at queue offset `out_off` (the editor's output offset: the
- * editor is all that queues bytes on the channel), `out_len` bytes (after
- * the filters).  Call in stream order, before mp_pcopy_lane_flush(). */
+ * queued: at queue offset `out_off` (the pipeline's output offset: the
+ * pipeline is all that queues bytes on the channel), `out_len` bytes
+ * (after the stages).  Call in stream order, before
+ * mp_pcopy_lane_flush(). */
 void mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec,
                           guint64 out_off, gsize out_len);
 
@@ -70,14 +78,14 @@ void mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec,
 void mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
                            guint64 len, gint64 now_us);
 
-/* The channel's `edit_written` hook: a moved page went to the kernel. */
+/* A moved page (the `tag` given to the scheduler) went to the kernel. */
 void mp_pcopy_lane_written(MpPcopyLane *l, gpointer tag, gint64 now_us);
 
 /* The bytes of the records given so far are queued: apply what is due
  * (pages to move, block names to write out). */
 void mp_pcopy_lane_flush(MpPcopyLane *l);
 
-/* The channel is gone: stop touching it. */
+/* The queue is gone: stop touching it. */
 void mp_pcopy_lane_detach(MpPcopyLane *l);
 
 /* TRUE once post-copy started on the channel. */

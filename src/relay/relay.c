@@ -14,8 +14,10 @@
  *
  * Connections of a session are connected upstream one at a time in the
  * order they joined (main first); each relays its bytes through its
- * MpRelayChannel, and every chunk read goes to the session's tap
- * (parsers, metrics) and to the capture on the way.
+ * MpRelayChannel, and every chunk read goes to the pipeline of its
+ * direction (session.h, pipeline.h): parser, metrics and capture
+ * observe it; towards the destination the stages (zero pages, the
+ * post-copy lane) write what goes out into the channel's queue.
  */
 #include "config.h"
 #include <errno.h>
@@ -36,8 +38,7 @@
 #include "metrics-progress.h"
 #include "metrics-report.h"
 #include "relay.h"
-#include "session-tap.h"
-#include "stream-editor.h"
+#include "session.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
 #define REPEEK_MS          20 /* a header that came in pieces */
@@ -47,7 +48,7 @@
 #define MAX_PENDING 512
 /* accept() out of file descriptors: stop accepting for this long. */
 #define ACCEPT_BACKOFF_MS 1000
-/* The longest record the editor may hold back: a 1 MiB disk chunk of
+/* The longest record a pipeline may hold back: a 1 MiB disk chunk of
  * block migration and its header. */
 #define EDIT_HOLD_LIMIT (2u << 20)
 
@@ -63,7 +64,7 @@ typedef struct {
     MpChanKind kind;  /* as last told to the capture */
     guint deadline;   /* pending: the handshake timeout */
     guint repeek;     /* pending: a header that came in pieces */
-    MpStreamEditor *editor; /* to the destination, when filters run */
+    MpPipeline *out;        /* to the destination, when stages run */
     GInetAddress *host;     /* the peer's address (IPv4-mapped: IPv4) */
     gsize tls_hello;        /* TLS main: bytes of its ClientHello record */
     gboolean waits_for_main;
@@ -83,10 +84,11 @@ struct Session {
     gboolean paused; /* every connection closed in post-copy */
     Conn *main;
     MpMetrics *metrics;
-    MpSessionTap *tap;
-    GPtrArray *filters; /* MpFilter*, the chain of every channel */
-    MpFilter *zero;     /* in `filters`, or NULL */
+    MpSession *pipes;   /* the pipelines of every connection */
+    GPtrArray *stages;  /* MpStage*, the chain of every channel */
+    MpStage *zero;      /* in `stages`, or NULL */
     MpPcopyLane *lane;  /* on the main channel, or NULL */
+    GPtrArray *lanes;   /* MpPcopyLane*: this one and a recovered main's */
     MpRatePacer *pacer; /* --rate, shared by the channels, or NULL */
     MpAdmitSession *admit; /* who may join */
     guint64 after_main;    /* the first connection from the main's peer
@@ -127,9 +129,9 @@ struct MpRelay {
 };
 
 static const MpRelayChannelHooks conn_hooks;
-static void emit_to_dst(const guint8 *buf, gsize len, gpointer user_data);
-static void on_record(guint channel, MpDir dir, const MpRecord *rec,
-                      gpointer user_data);
+static const MpPipelineSink to_dst_sink;
+static const MpPipelineObserver capture_observer, main_observer,
+    return_path_observer;
 
 /* ---- conns ---- */
 
@@ -148,7 +150,6 @@ conn_free(Conn *c)
 {
     stop_timers(c);
     mp_relay_channel_free(c->ch);
-    mp_stream_editor_free(c->editor);
     g_clear_object(&c->host);
     g_free(c);
 }
@@ -160,9 +161,10 @@ session_free(Session *s)
     for (guint i = 0; i < s->conns->len; i++)
         conn_free(g_ptr_array_index(s->conns, i));
     g_ptr_array_free(s->conns, TRUE);
-    mp_session_tap_free(s->tap);
-    g_ptr_array_free(s->filters, TRUE);
-    mp_pcopy_lane_free(s->lane);
+    /* (the pipelines borrow the stages and the lanes) */
+    mp_session_free(s->pipes);
+    g_ptr_array_free(s->stages, TRUE);
+    g_ptr_array_free(s->lanes, TRUE);
     mp_rate_pacer_free(s->pacer);
     mp_rate_estimator_free(s->est);
     mp_metrics_free(s->metrics);
@@ -233,25 +235,26 @@ reject(Conn *c, const char *fmt, ...)
 
 /* ---- sessions ---- */
 
-/* The filters' counters: `filters {chain[], NAME {...}, bytes_in,
- * bytes_out}` (bytes towards the destination of the edited channels). */
+/* The stages' counters: `filters {chain[], NAME {records_changed,
+ * bytes_in, bytes_out, cpu_us, ...}, bytes_in, bytes_out}` (bytes towards
+ * the destination of the edited channels). */
 static json_object *
 filters_report(Session *s)
 {
     json_object *o = json_object_new_object(), *chain = json_object_new_array();
     guint64 in = 0, out = 0;
 
-    for (guint i = 0; i < s->filters->len; i++) {
-        MpFilter *f = g_ptr_array_index(s->filters, i);
-        json_object_array_add(chain, json_object_new_string(f->name));
-        json_object_object_add(o, f->name, f->report(f));
+    for (guint i = 0; i < s->stages->len; i++) {
+        MpStage *st = g_ptr_array_index(s->stages, i);
+        json_object_array_add(chain, json_object_new_string(st->name));
+        json_object_object_add(o, st->name, mp_stage_report(st));
     }
     json_object_object_add(o, "chain", chain);
     for (guint i = 0; i < s->conns->len; i++) {
         Conn *c = g_ptr_array_index(s->conns, i);
-        if (c->editor) {
-            in += mp_stream_editor_bytes_in(c->editor);
-            out += mp_stream_editor_bytes_out(c->editor);
+        if (c->out) {
+            in += mp_pipeline_bytes_in(c->out);
+            out += mp_pipeline_bytes_out(c->out);
         }
     }
     json_object_object_add(o, "bytes_in", json_object_new_int64(in));
@@ -454,22 +457,40 @@ join(Session *s, Conn *c, MpChanKind kind)
     c->index = s->conns->len;
     c->waits_for_main = FALSE;
     g_ptr_array_add(s->conns, c);
-    if (s->filters->len || !r->opt.no_priority) {
-        /* shrink-only: the channel writes what it read in place */
-        c->editor = mp_stream_editor_new(s->filters, c->index, EDIT_HOLD_LIMIT,
-                                         TRUE, emit_to_dst, c);
-        mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
+    mp_session_add(s->pipes, c->index, mp_relay_channel_peer(c->ch), now);
+    /* the checks told its kind: the session does not guess again */
+    mp_session_set_kind(s->pipes, c->index, kind, now);
+    MpPipeline *to_dst = mp_session_pipeline(s->pipes, c->index, MP_DIR_TO_DST);
+    MpPipeline *to_src = mp_session_pipeline(s->pipes, c->index, MP_DIR_TO_SRC);
+    if (r->capture)
+        for (int d = 0; d < MP_DIR__MAX; d++)
+            mp_pipeline_observe(d == MP_DIR_TO_DST ? to_dst : to_src,
+                                &capture_observer, c);
+    if (c == s->main) {
+        mp_pipeline_observe(to_dst, &main_observer, c);
+        mp_pipeline_observe(to_src, &return_path_observer, c);
     }
-    if (c == s->main && c->editor && !r->opt.no_priority) {
-        mp_pcopy_lane_free(s->lane); /* a recovery channel's new main */
-        s->lane = mp_pcopy_lane_new(c->ch, r->opt.queue);
+    if (s->stages->len || !r->opt.no_priority) {
+        /* in place: the channel writes what it read where it read it */
+        MpPipelineSink sink = to_dst_sink;
+        sink.data = c;
+        c->out = to_dst;
+        mp_pipeline_set_sink(to_dst, &sink, TRUE, EDIT_HOLD_LIMIT);
+        mp_relay_channel_set_filtered(c->ch, MP_DIR_TO_DST);
+        for (guint i = 0; i < s->stages->len; i++)
+            mp_pipeline_add_stage(to_dst, g_ptr_array_index(s->stages, i));
+    }
+    if (c == s->main && c->out && !r->opt.no_priority) {
+        /* (a recovery channel's new main: the old lane stays with the old
+         * main's pipeline) */
+        MpOutScheduler out = mp_relay_channel_scheduler(c->ch);
+        s->lane = mp_pcopy_lane_new(&out, r->opt.queue);
+        g_ptr_array_add(s->lanes, s->lane);
+        mp_pipeline_add_stage(to_dst, mp_pcopy_lane_stage(s->lane));
     }
     if (s->pacer)
         mp_relay_channel_set_pacer(c->ch, MP_DIR_TO_DST, s->pacer);
     s->open++;
-    mp_session_tap_add(s->tap, c->index, mp_relay_channel_peer(c->ch), now);
-    /* the checks told its kind: the tap does not guess again */
-    mp_session_tap_set_kind(s->tap, c->index, kind, now);
     if (r->capture)
         mp_capture_channel(r->capture, s->number, c->index,
                            mp_relay_channel_peer(c->ch), now);
@@ -544,11 +565,12 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
         mp_metrics_progress_attach(s->metrics, stderr);
     else if (!r->opt.quiet)
         mp_metrics_log_attach(s->metrics);
-    s->tap = mp_session_tap_new(s->metrics, s->number);
-    mp_session_tap_set_record_func(s->tap, on_record, s);
-    s->filters = g_ptr_array_new_with_free_func((GDestroyNotify)mp_filter_free);
+    s->pipes = mp_session_new(s->metrics, s->number);
+    s->stages = g_ptr_array_new_with_free_func((GDestroyNotify)mp_stage_free);
+    s->lanes =
+        g_ptr_array_new_with_free_func((GDestroyNotify)mp_pcopy_lane_free);
     if (!r->opt.no_zero_pages)
-        g_ptr_array_add(s->filters, s->zero = mp_filter_zero_new());
+        g_ptr_array_add(s->stages, s->zero = mp_filter_zero_new());
     if (r->opt.rate)
         s->pacer = mp_rate_pacer_new(r->opt.rate, now);
     else if (!r->opt.no_priority)
@@ -571,43 +593,94 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
 
 /* ---- channel hooks ---- */
 
+/* The pipeline towards the destination writes into the channel's queue:
+ * in place for the bytes it read, beside it for output that outgrew
+ * them; what it holds is the room left before the next read. */
 static void
-emit_to_dst(const guint8 *buf, gsize len, gpointer user_data)
+sink_write(gpointer data, const guint8 *buf, gsize len)
 {
-    Conn *c = user_data;
+    Conn *c = data;
     mp_relay_channel_send(c->ch, MP_DIR_TO_DST, buf, len);
 }
 
-/* Every record of the session, from the tap: the editors see those of
- * their channel towards the destination. */
 static void
-on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
+sink_insert(gpointer data, const guint8 *buf, gsize len)
 {
-    Session *s = user_data;
-
-    if (channel >= s->conns->len)
-        return;
-    Conn *c = g_ptr_array_index(s->conns, channel);
-    gboolean lane = s->lane && c == s->main;
-    if (dir == MP_DIR_TO_SRC) {
-        if (lane && rec->kind == MP_REC_RP_MESSAGE
-            && (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
-                || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID))
-            mp_pcopy_lane_request(s->lane, rec->u.rp.block, rec->u.rp.start,
-                                  rec->u.rp.req_len, g_get_monotonic_time());
-        return;
-    }
-    if (c == s->main && mp_admit_session_record(s->admit, rec))
-        schedule_admit(s->relay); /* post-copy: a preempt channel may join */
-    if (!c->editor)
-        return;
-    mp_stream_editor_record(c->editor, rec);
-    guint64 off = 0;
-    gsize len = 0;
-    if (lane && (rec->kind != MP_REC_RAM_PAGE
-                 || mp_stream_editor_placed(c->editor, rec, &off, &len)))
-        mp_pcopy_lane_record(s->lane, rec, off, len);
+    Conn *c = data;
+    mp_relay_channel_queue_append(c->ch, MP_DIR_TO_DST, buf, len);
 }
+
+static void
+sink_held(gpointer data, gsize held)
+{
+    Conn *c = data;
+    mp_relay_channel_set_read_gap(c->ch, MP_DIR_TO_DST, held);
+}
+
+static const MpPipelineSink to_dst_sink = {
+    .write = sink_write,
+    .insert = sink_insert,
+    .held = sink_held,
+};
+
+static void
+capture_bytes(MpPipeline *p, const guint8 *buf, gsize len, gint64 now_us,
+              gpointer data)
+{
+    Conn *c = data;
+    mp_capture_data(c->relay->capture, c->session->number, c->index,
+                    mp_pipeline_dir(p), buf, len, now_us);
+}
+
+static void
+capture_end(MpPipeline *p, MpEndReason how, const GError *cut, gint64 now_us,
+            gpointer data)
+{
+    Conn *c = data;
+    mp_capture_end(c->relay->capture, c->session->number, c->index,
+                   mp_pipeline_dir(p), mp_end_reason_name(how), now_us);
+}
+
+/* (added before the stages' sink writes at the end: the capture has the
+ * bytes as they came) */
+static const MpPipelineObserver capture_observer = {
+    .bytes = capture_bytes,
+    .end = capture_end,
+};
+
+/* The main channel towards the destination: post-copy lets a preempt
+ * channel join. */
+static MpRecordAction
+main_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Conn *c = data;
+    Session *s = c->session;
+
+    if (c == s->main && mp_admit_session_record(s->admit, rec))
+        schedule_admit(s->relay);
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver main_observer = {.record = main_record};
+
+/* The return path: the destination's page requests go to the lane. */
+static MpRecordAction
+return_path_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Conn *c = data;
+    Session *s = c->session;
+
+    if (s->lane && c == s->main && rec->kind == MP_REC_RP_MESSAGE
+        && (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
+            || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID))
+        mp_pcopy_lane_request(s->lane, rec->u.rp.block, rec->u.rp.start,
+                              rec->u.rp.req_len, g_get_monotonic_time());
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver return_path_observer = {
+    .record = return_path_record,
+};
 
 static void
 on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
@@ -616,25 +689,11 @@ on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
     Conn *c = user_data;
     Session *s = c->session;
     MpRelay *r = c->relay;
-    gint64 now = g_get_monotonic_time();
 
     if (!s)
         return;
-    if (r->capture)
-        mp_capture_data(r->capture, s->number, c->index, dir, buf, len, now);
-    MpStreamEditor *ed = dir == MP_DIR_TO_DST ? c->editor : NULL;
-    if (ed)
-        mp_stream_editor_begin(ed, buf, len);
-    mp_session_tap_feed(s->tap, c->index, dir, buf, len, now);
-    MpChanKind kind = mp_session_tap_kind(s->tap, c->index);
-    if (ed)
-        mp_stream_editor_end(
-            ed, mp_chan_kind_editable(kind)
-                    && mp_session_tap_following(s->tap, c->index, dir));
-    if (ed) /* what it holds goes out ahead of the next read */
-        mp_relay_channel_set_read_gap(ch, dir, mp_stream_editor_held(ed));
-    if (ed && s->lane && c == s->main)
-        mp_pcopy_lane_flush(s->lane); /* the records' bytes are queued now */
+    mp_session_feed(s->pipes, c->index, dir, buf, len, g_get_monotonic_time());
+    MpChanKind kind = mp_session_kind(s->pipes, c->index);
     if (kind != c->kind) {
         c->kind = kind;
         if (r->capture)
@@ -645,23 +704,19 @@ on_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
 }
 
 static void
-on_end(MpRelayChannel *ch, MpDir dir, const char *how, gpointer user_data)
+on_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
 {
     Conn *c = user_data;
     Session *s = c->session;
     MpRelay *r = c->relay;
-    gint64 now = g_get_monotonic_time();
 
     if (!s)
         return;
-    if (r->capture)
-        mp_capture_end(r->capture, s->number, c->index, dir, how, now);
-    if (dir == MP_DIR_TO_DST && c->editor)
-        mp_stream_editor_flush(c->editor); /* before the FIN is passed on */
-    mp_session_tap_end(s->tap, c->index, dir, how, now);
+    /* (what the pipeline holds goes out before the FIN is passed on) */
+    mp_session_end(s->pipes, c->index, dir, how, g_get_monotonic_time());
     g_debug("session %u: channel %u %s ended (%s)", s->number, c->index,
-            mp_dir_name(dir), how);
-    if (c == s->main && s->lane && strcmp(how, "fin") != 0)
+            mp_dir_name(dir), mp_end_reason_name(how));
+    if (c == s->main && s->lane && how != MP_END_FIN)
         mp_pcopy_lane_detach(s->lane); /* its queue is gone */
     if (dir == MP_DIR_TO_DST && c == s->main) {
         /* the migration's main stream is over: no more channels join */
@@ -690,7 +745,7 @@ on_closed(MpRelayChannel *ch, gpointer user_data)
     }
     if (--s->open > 0 || s->ended)
         return;
-    if (!s->failure && !r->stopping && mp_session_tap_in_postcopy(s->tap)) {
+    if (!s->failure && !r->stopping && mp_session_in_postcopy(s->pipes)) {
         /* QEMU pauses post-copy on a broken connection and can resume it
          * over a new one (migrate-recover / migrate -r) */
         s->paused = TRUE;

@@ -1,8 +1,8 @@
 /* fuzz-relay.c: libFuzzer target for what the relay does with a
  * connection's bytes towards the destination (relay.c, on_data()): the
- * session tap classifies the connection and parses it, the metrics take
- * the records, and the stream editor with the zero-page filter rewrites
- * what it may, shrink-only.
+ * session classifies the connection, its pipeline parses it, the metrics
+ * take the records, and the zero-page stage rewrites what it may, with
+ * the output written in place as the relay does.
  *
  * Input: a selector byte, then the connection's bytes.  Bits 0-5: chunk
  * size (0: all at once); bit 6: the bytes are a second connection of a
@@ -10,9 +10,10 @@
  * multifd, preempt and recovery channels are told apart as the relay does.
  *
  * Checked, besides ASan and UBSan:
- *   - the output never runs ahead of the input (the relay writes it in
- *     place of the bytes it read);
- *   - output = input less what the zero-page filter saved, and exactly
+ *   - what is written in place never runs ahead of the input (the relay
+ *     writes it where it read), and nothing is inserted beside it (the
+ *     zero stage only shrinks);
+ *   - output = input less what the zero-page stage saved, and exactly
  *     the input when it saved nothing;
  *   - the output does not depend on how the input was cut.
  */
@@ -21,8 +22,8 @@
 #include <glib.h>
 #include "filter-zero.h"
 #include "metrics.h"
-#include "session-tap.h"
-#include "stream-editor.h"
+#include "metrics-report.h"
+#include "session.h"
 
 int LLVMFuzzerTestOneInput(const guint8 *data, gsize size);
 
@@ -33,66 +34,59 @@ static const guint8 main_header[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
 
 typedef struct {
     GByteArray *out;
-    guint64 fed; /* bytes given to the editor so far */
-    MpStreamEditor *ed;
-    guint channel;
+    guint64 fed; /* bytes given to the pipeline so far */
 } Run;
 
 static void
-emit(const guint8 *buf, gsize len, gpointer user_data)
+on_write(gpointer data, const guint8 *buf, gsize len)
 {
-    Run *r = user_data;
+    Run *r = data;
     g_byte_array_append(r->out, buf, len);
     if (r->out->len > r->fed)
         abort(); /* ahead of the input: the relay would overrun it */
 }
 
 static void
-on_record(guint channel, MpDir dir, const MpRecord *rec, gpointer user_data)
+on_insert(gpointer data, const guint8 *buf, gsize len)
 {
-    Run *r = user_data;
-    if (channel == r->channel && dir == MP_DIR_TO_DST)
-        mp_stream_editor_record(r->ed, rec);
+    abort(); /* the zero stage never lengthens a record */
 }
 
-/* The editor's output for `data` cut into `chunk`-byte reads. */
+static const MpPipelineSink sink = {.write = on_write, .insert = on_insert};
+
+/* The pipeline's output for `data` cut into `chunk`-byte reads. */
 static GByteArray *
 run(const guint8 *data, gsize size, gsize chunk, gboolean second,
     guint64 *saved)
 {
     MpMetrics *metrics = mp_metrics_new(1, 0, 0);
-    MpSessionTap *tap = mp_session_tap_new(metrics, 1);
-    GPtrArray *filters =
-        g_ptr_array_new_with_free_func((GDestroyNotify)mp_filter_free);
-    MpFilter *zero = mp_filter_zero_new();
-    Run r = {.out = g_byte_array_new(), .channel = second ? 1 : 0};
+    MpSession *session = mp_session_new(metrics, 1);
+    MpStage *zero = mp_filter_zero_new();
+    Run r = {.out = g_byte_array_new()};
+    guint channel = second ? 1 : 0;
+    MpPipelineSink s = sink;
 
-    g_ptr_array_add(filters, zero);
-    mp_session_tap_set_logging(tap, FALSE);
-    mp_session_tap_set_record_func(tap, on_record, &r);
-    r.ed = mp_stream_editor_new(filters, r.channel, HOLD_LIMIT, TRUE, emit, &r);
+    mp_session_set_logging(session, FALSE);
     if (second) {
-        mp_session_tap_add(tap, 0, "fuzz main", 0);
-        mp_session_tap_feed(tap, 0, MP_DIR_TO_DST, main_header,
-                            sizeof main_header, 0);
+        mp_session_add(session, 0, "fuzz main", 0);
+        mp_session_feed(session, 0, MP_DIR_TO_DST, main_header,
+                        sizeof main_header, 0);
     }
-    mp_session_tap_add(tap, r.channel, "fuzz", 0);
+    mp_session_add(session, channel, "fuzz", 0);
+    MpPipeline *p = mp_session_pipeline(session, channel, MP_DIR_TO_DST);
+    s.data = &r;
+    mp_pipeline_set_sink(p, &s, TRUE, HOLD_LIMIT);
+    mp_pipeline_add_stage(p, zero);
     for (gsize off = 0; off < size; off += chunk) {
         gsize len = MIN(chunk, size - off);
         /* exactly the read's size, so that ASan sees a read past it */
         guint8 *buf = g_memdup2(data + off, len);
 
         r.fed += len;
-        mp_stream_editor_begin(r.ed, buf, len);
-        mp_session_tap_feed(tap, r.channel, MP_DIR_TO_DST, buf, len,
-                            (gint64)off);
-        MpChanKind kind = mp_session_tap_kind(tap, r.channel);
-        mp_stream_editor_end(r.ed, mp_chan_kind_editable(kind)
-                                       && mp_session_tap_following(
-                                           tap, r.channel, MP_DIR_TO_DST));
+        mp_pipeline_feed(p, buf, len, (gint64)off);
         g_free(buf);
     }
-    mp_stream_editor_flush(r.ed);
+    mp_pipeline_end(p, MP_END_FIN, (gint64)size);
     *saved = mp_filter_zero_bytes_saved(zero);
     if (r.out->len + *saved != size
         || (mp_filter_zero_rewritten(zero) == 0 && *saved != 0))
@@ -100,9 +94,8 @@ run(const guint8 *data, gsize size, gsize chunk, gboolean second,
     if (*saved == 0 && size && memcmp(r.out->data, data, size) != 0)
         abort(); /* nothing rewritten, yet not the input */
 
-    mp_stream_editor_free(r.ed);
-    g_ptr_array_unref(filters);
-    mp_session_tap_free(tap);
+    mp_session_free(session);
+    mp_stage_free(zero);
     mp_metrics_finish(metrics, (gint64)size, NULL);
     mp_metrics_free(metrics);
     return r.out;

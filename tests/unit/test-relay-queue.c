@@ -7,8 +7,10 @@
 #include <gio/gio.h>
 #include <criterion/criterion.h>
 #include "pcopy-lane.h"
+#include "pipeline.h"
 #include "rate-pacer.h"
 #include "relay-channel.h"
+#include "stage-util.h"
 
 #define N 100000
 
@@ -201,7 +203,7 @@ shrink_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
 }
 
 static void
-shrink_end(MpRelayChannel *ch, MpDir dir, const char *how, gpointer user_data)
+shrink_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
 {
     Shrinker *sh = user_data;
 
@@ -251,8 +253,9 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     for (;;) {
         guint8 buf[65536];
         if (off < LEN) {
-            gsize n = MIN(LEN - off,
-                          1 + (gsize)g_rand_int_range(rnd, 0, 200000));
+            /* (MIN() evaluates its arguments twice) */
+            gsize step = 1 + (gsize)g_rand_int_range(rnd, 0, 200000);
+            gsize n = MIN(LEN - off, step);
             gssize w =
                 g_socket_send(client, (char *)data + off, n, NULL, NULL);
             if (w > 0)
@@ -275,6 +278,143 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     g_byte_array_unref(want);
     g_byte_array_unref(sh.held);
     g_free(data);
+}
+
+/* A channel pipeline writing into the channel's queue as the relay's
+ * does (in place, relay.c's sink): a stage whose output is longer than
+ * its records (ZERO records become 4 KiB PAGE records) gets exactly its
+ * output on the wire, the longer parts queued beside the read bytes. */
+typedef struct {
+    State st;
+    MpPipeline *p;
+    MpRelayChannel *ch;
+    guint64 inserted;
+} Piped;
+
+static void
+piped_write(gpointer data, const guint8 *buf, gsize len)
+{
+    Piped *pp = data;
+    mp_relay_channel_send(pp->ch, MP_DIR_TO_DST, buf, len);
+}
+
+static void
+piped_insert(gpointer data, const guint8 *buf, gsize len)
+{
+    Piped *pp = data;
+    pp->inserted += len;
+    mp_relay_channel_queue_append(pp->ch, MP_DIR_TO_DST, buf, len);
+}
+
+static void
+piped_held(gpointer data, gsize held)
+{
+    Piped *pp = data;
+    mp_relay_channel_set_read_gap(pp->ch, MP_DIR_TO_DST, held);
+}
+
+static void
+piped_data(MpRelayChannel *ch, MpDir dir, const guint8 *buf, gsize len,
+           gpointer user_data)
+{
+    if (dir == MP_DIR_TO_DST)
+        mp_pipeline_feed(((Piped *)user_data)->p, buf, len, 0);
+}
+
+static void
+piped_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
+{
+    if (dir == MP_DIR_TO_DST)
+        mp_pipeline_end(((Piped *)user_data)->p, how, 0);
+}
+
+static const MpRelayChannelHooks piped_hooks = {
+    .data = piped_data, .end = piped_end, .connected = on_connected};
+
+static void
+append(gpointer data, const guint8 *buf, gsize len)
+{
+    g_byte_array_append(data, buf, len);
+}
+
+Test(relay_queue, pipeline_longer_output_in_place)
+{
+    GByteArray *data = stage_util_load("busy-10.0");
+    const gsize want_len = data->len + 15586u * 4095;
+
+    g_autoptr(GSocketAddress) src_addr = NULL, dst_addr = NULL;
+    g_autoptr(GSocket) src_l = listener(&src_addr);
+    g_autoptr(GSocket) dst_l = listener(&dst_addr);
+    g_autoptr(GSocket) client = dial(src_addr);
+    g_autoptr(GSocket) down = g_socket_accept(src_l, NULL, NULL);
+    MpStage inflate;
+    Piped pp = {0};
+    MpPipelineSink sink = {.write = piped_write, .insert = piped_insert,
+                           .held = piped_held, .data = &pp};
+    g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
+    g_autoptr(MpRelayChannel) ch =
+        mp_relay_channel_new(down, 1, &piped_hooks, &pp);
+    g_autoptr(GRand) rnd = g_rand_new_with_seed(7);
+
+    stage_util_inflate_init(&inflate);
+    pp.p = p;
+    pp.ch = ch;
+    mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
+    mp_pipeline_set_sink(p, &sink, TRUE, 2u << 20);
+    mp_pipeline_add_stage(p, &inflate);
+    mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
+    mp_relay_channel_start(ch);
+    mp_relay_channel_connect(ch, dst_addr, 5000);
+    g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
+    spin_until(connected, &pp.st);
+
+    /* writes of odd sizes, the destination read as it goes */
+    GByteArray *got = g_byte_array_new();
+    g_socket_set_blocking(client, FALSE);
+    g_socket_set_blocking(up, FALSE);
+    gsize off = 0;
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    for (;;) {
+        guint8 buf[65536];
+        if (off < data->len) {
+            gsize step = 1 + (gsize)g_rand_int_range(rnd, 0, 200000);
+            gsize n = MIN(data->len - off, step);
+            gssize w = g_socket_send(client, (char *)data->data + off, n,
+                                     NULL, NULL);
+            if (w > 0)
+                off += w;
+            if (off == data->len)
+                g_socket_shutdown(client, FALSE, TRUE, NULL);
+        }
+        gssize n = g_socket_receive(up, (char *)buf, sizeof(buf), NULL, NULL);
+        if (n == 0)
+            break;
+        if (n > 0)
+            g_byte_array_append(got, buf, n);
+        g_main_context_iteration(NULL, FALSE);
+        cr_assert(g_get_monotonic_time() < deadline, "timed out");
+    }
+    cr_assert(mp_pipeline_ended(p));
+    cr_assert_eq(inflate.stats.records_changed, 15586);
+    cr_assert_gt(pp.inserted, 0);
+    cr_assert_eq(got->len, want_len, "%u bytes, %zu expected", got->len,
+                 want_len);
+    cr_assert_eq(mp_pipeline_bytes_out(p), got->len);
+    /* byte for byte what the same stage makes in one piece, not in place */
+    GByteArray *want = g_byte_array_new();
+    MpPipelineSink to_array = {.write = append, .insert = append,
+                               .data = want};
+    g_autoptr(MpPipeline) ref = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(ref, MP_CHAN_MAIN, NULL);
+    mp_pipeline_set_sink(ref, &to_array, FALSE, 2u << 20);
+    mp_pipeline_add_stage(ref, &inflate);
+    mp_pipeline_feed(ref, data->data, data->len, 0);
+    mp_pipeline_end(ref, MP_END_FIN, 0);
+    cr_assert_eq(want->len, got->len);
+    cr_assert(memcmp(want->data, got->data, got->len) == 0);
+    g_byte_array_unref(want);
+    g_byte_array_unref(got);
+    g_byte_array_unref(data);
 }
 
 /* TCP_NOTSENT_LOWAT that cannot be set is an error the caller sees (the

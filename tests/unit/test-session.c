@@ -1,5 +1,5 @@
-/* test-session-tap.c: the relay's parsing side without sockets: channel
- * classification, and a captured stream fed through a session tap in
+/* test-session.c: the relay's parsing side without sockets: channel
+ * classification, and a captured stream fed through a session in
  * chunks of every size gives the same pages as the file analysis. */
 #include "config.h"
 #include <string.h>
@@ -7,14 +7,14 @@
 #include "analyze-file.h"
 #include "metrics.h"
 #include "metrics-report.h"
-#include "session-tap.h"
+#include "session.h"
 #include "stream-input.h"
 #include "test-util.h"
 
 static const guint8 qevm[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3};
 static const guint8 mfd[] = {0x11, 0x22, 0x33, 0x44, 0, 0, 0, 1};
 
-Test(session_tap, classify_by_first_bytes)
+Test(session, classify_by_first_bytes)
 {
     /* first connection: main or multifd, else not QEMU */
     cr_assert_eq(mp_chan_classify(qevm, 4, FALSE), MP_CHAN_MAIN);
@@ -48,20 +48,20 @@ static json_object *
 tap_report(GByteArray *stream, const gsize *sizes, guint n_sizes)
 {
     g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
-    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    g_autoptr(MpSession) t = mp_session_new(m, 1);
     gsize off = 0;
     gint64 now = 0;
 
-    mp_session_tap_add(t, 0, "test", 0);
+    mp_session_add(t, 0, "test", 0);
     for (guint i = 0; off < stream->len; i++) {
         gsize n = MIN(sizes[i % n_sizes], stream->len - off);
         now += 1000;
-        mp_session_tap_feed(t, 0, MP_DIR_TO_DST, stream->data + off, n, now);
+        mp_session_feed(t, 0, MP_DIR_TO_DST, stream->data + off, n, now);
         off += n;
     }
-    cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MAIN);
-    mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", now);
-    mp_session_tap_end(t, 0, MP_DIR_TO_SRC, "fin", now);
+    cr_assert_eq(mp_session_kind(t, 0), MP_CHAN_MAIN);
+    mp_session_end(t, 0, MP_DIR_TO_DST, MP_END_FIN, now);
+    mp_session_end(t, 0, MP_DIR_TO_SRC, MP_END_FIN, now);
     mp_metrics_finish(m, now, NULL);
     return mp_metrics_report(m);
 }
@@ -101,29 +101,29 @@ check_against_file(const char *name)
     json_object_put(file);
 }
 
-Test(session_tap, idle_72_like_the_file)
+Test(session, idle_72_like_the_file)
 {
     check_against_file("idle-7.2.mig.zst");
 }
 
-Test(session_tap, xbzrle_72_like_the_file)
+Test(session, xbzrle_72_like_the_file)
 {
     check_against_file("busy-xbzrle-7.2.mig.zst");
 }
 
 /* A parser that cannot follow marks the channel partial and counts on. */
-Test(session_tap, garbage_after_the_header_is_partial)
+Test(session, garbage_after_the_header_is_partial)
 {
     g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
-    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    g_autoptr(MpSession) t = mp_session_new(m, 1);
     guint8 junk[4096];
     memset(junk, 0xee, sizeof(junk));
 
-    mp_session_tap_add(t, 0, "test", 0);
-    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, qevm, sizeof(qevm), 1);
-    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
-    mp_session_tap_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
-    mp_session_tap_end(t, 0, MP_DIR_TO_DST, "fin", 4);
+    mp_session_add(t, 0, "test", 0);
+    mp_session_feed(t, 0, MP_DIR_TO_DST, qevm, sizeof(qevm), 1);
+    mp_session_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 2);
+    mp_session_feed(t, 0, MP_DIR_TO_DST, junk, sizeof(junk), 3);
+    mp_session_end(t, 0, MP_DIR_TO_DST, MP_END_FIN, 4);
     mp_metrics_finish(m, 4, NULL);
     json_object *rep = mp_metrics_report(m), *ch, *v;
     json_object_object_get_ex(rep, "channels", &ch);
@@ -143,21 +143,21 @@ Test(session_tap, garbage_after_the_header_is_partial)
 /* The relay tells the kind it checked: a channel joined as 7.2's silent
  * preempt channel is "preempt" before any byte, and a multifd channel is
  * parsed as one even though no main channel came first. */
-Test(session_tap, kind_told_by_the_relay)
+Test(session, kind_told_by_the_relay)
 {
     g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, 0);
-    g_autoptr(MpSessionTap) t = mp_session_tap_new(m, 1);
+    g_autoptr(MpSession) t = mp_session_new(m, 1);
 
-    mp_session_tap_add(t, 0, "test", 0);
-    mp_session_tap_set_kind(t, 0, MP_CHAN_MULTIFD, 0);
-    mp_session_tap_add(t, 1, "test", 0);
-    mp_session_tap_set_kind(t, 1, MP_CHAN_PREEMPT, 0);
-    cr_assert_eq(mp_session_tap_kind(t, 0), MP_CHAN_MULTIFD);
-    cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
+    mp_session_add(t, 0, "test", 0);
+    mp_session_set_kind(t, 0, MP_CHAN_MULTIFD, 0);
+    mp_session_add(t, 1, "test", 0);
+    mp_session_set_kind(t, 1, MP_CHAN_PREEMPT, 0);
+    cr_assert_eq(mp_session_kind(t, 0), MP_CHAN_MULTIFD);
+    cr_assert_eq(mp_session_kind(t, 1), MP_CHAN_PREEMPT);
     /* told once: bytes that look like another kind change nothing */
-    mp_session_tap_set_kind(t, 1, MP_CHAN_MAIN, 1);
-    mp_session_tap_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
-    cr_assert_eq(mp_session_tap_kind(t, 1), MP_CHAN_PREEMPT);
+    mp_session_set_kind(t, 1, MP_CHAN_MAIN, 1);
+    mp_session_feed(t, 1, MP_DIR_TO_DST, qevm, sizeof(qevm), 2);
+    cr_assert_eq(mp_session_kind(t, 1), MP_CHAN_PREEMPT);
     mp_metrics_finish(m, 3, NULL);
     json_object *rep = mp_metrics_report(m), *ch;
     json_object_object_get_ex(rep, "channels", &ch);
