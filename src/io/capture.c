@@ -767,11 +767,11 @@ mp_capture_data(MpCapture *c, guint session, guint channel, MpDir dir,
 
 void
 mp_capture_end(MpCapture *c, guint session, guint channel, MpDir dir,
-               const char *how, gint64 now_us)
+               MpEndReason how, gint64 now_us)
 {
     Job *j = job_new(JOB_END, session, channel, 0);
     j->dir = dir;
-    j->text = g_strdup(how);
+    j->text = g_strdup(mp_end_reason_name(how));
     j->time_us = now_us;
     push(c, j);
 }

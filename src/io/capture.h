@@ -56,9 +56,9 @@ void mp_capture_kind(MpCapture *c, guint session, guint channel,
 /* `len` bytes read in `dir` at `now_us` (copied: the caller keeps them). */
 void mp_capture_data(MpCapture *c, guint session, guint channel, MpDir dir,
                      const guint8 *buf, gsize len, gint64 now_us);
-/* `dir` ended: "fin", "reset", "aborted"; its files are closed. */
+/* `dir` ended, `how`; its files are closed. */
 void mp_capture_end(MpCapture *c, guint session, guint channel, MpDir dir,
-                    const char *how, gint64 now_us);
+                    MpEndReason how, gint64 now_us);
 
 /* Called on the main context once everything of the session is written
  * (or failed) and its files are closed. */

@@ -87,7 +87,7 @@ on_channel_end(MpMetricsObserver *self, const MpMetrics *m, guint channel,
 {
     const MpMetricsFlow *f = &mp_metrics_channel(m, channel)->dir[dir];
     json_object *o = flow_event(channel, dir);
-    json_object_object_add(o, "how", json_object_new_string(f->end));
+    json_object_object_add(o, "how", json_object_new_string(mp_end_reason_name(f->end)));
     if (f->truncated)
         json_object_object_add(o, "truncated",
                                json_object_new_string(f->truncated));

@@ -40,7 +40,9 @@ flow_json(const MpMetricsFlow *f)
 {
     json_object *dj = json_object_new_object();
     json_object_object_add(dj, "bytes", jint(f->bytes));
-    json_object_object_add(dj, "end", jstr_or_null(f->end));
+    json_object_object_add(
+        dj, "end",
+        f->ended ? json_object_new_string(mp_end_reason_name(f->end)) : NULL);
     json_object_object_add(dj, "end_ms", mp_metrics_json_ms(f->end_us));
     json_object_object_add(dj, "last_byte_ms", mp_metrics_json_ms(f->last_us));
     json_object_object_add(dj, "partial", json_object_new_boolean(f->partial));

@@ -108,7 +108,6 @@ chan_free(gpointer p)
         return;
     g_free(c->peer);
     for (int d = 0; d < MP_DIR__MAX; d++) {
-        g_free(c->dir[d].end);
         g_free(c->dir[d].truncated);
         g_free(c->dir[d].partial_why);
         g_array_free(c->dir[d].series, TRUE);
@@ -409,13 +408,14 @@ mp_metrics_partial(MpMetrics *m, guint channel, MpDir dir, guint64 offset,
 }
 
 void
-mp_metrics_channel_end(MpMetrics *m, guint channel, MpDir dir, const char *how,
+mp_metrics_channel_end(MpMetrics *m, guint channel, MpDir dir, MpEndReason how,
                        const char *truncated, gint64 now_us)
 {
     MpMetricsFlow *f = &chan(m, channel)->dir[dir];
-    if (f->end)
+    if (f->ended)
         return;
-    f->end = g_strdup(how);
+    f->ended = TRUE;
+    f->end = how;
     f->end_us = mp_metrics_rel(m, now_us);
     f->truncated = g_strdup(truncated);
     NOTIFY(m, channel_end, channel, dir, now_us);
@@ -525,7 +525,7 @@ mp_metrics_downtime(const MpMetrics *m, MpMetricsDowntime *d)
         d->answer_us = m->shut_us;
         d->answer = "return-path SHUT";
     } else if (pr.postcopy_us < 0 && back && back->end_us >= d->stop_us
-               && back->end && strcmp(back->end, "aborted") != 0) {
+               && back->ended && back->end != MP_END_ABORTED) {
         d->answer_us = back->end_us;
         d->answer = "destination closed the main channel";
     }
@@ -633,7 +633,7 @@ all_clean(const MpMetrics *m)
     for (guint i = 0; i < m->channels->len; i++) {
         const MpMetricsChannel *c = g_ptr_array_index(m->channels, i);
         for (int d = 0; c && d < MP_DIR__MAX; d++)
-            if (c->dir[d].end && strcmp(c->dir[d].end, "fin") != 0)
+            if (c->dir[d].ended && c->dir[d].end != MP_END_FIN)
                 return FALSE;
     }
     return TRUE;

@@ -42,7 +42,8 @@ typedef struct {
                            event, bytes - tick_bytes is the interval's */
     gint64 last_us;     /* last byte */
     gint64 end_us;
-    char *end;       /* "fin", "reset", "aborted", ...; NULL: open */
+    gboolean ended;
+    MpEndReason end; /* once `ended` */
     char *truncated; /* the record the stream ended inside, or NULL */
     gboolean partial;
     guint64 partial_offset; /* where the parser gave up */
@@ -149,11 +150,10 @@ void mp_metrics_record(MpMetrics *m, guint channel, MpDir dir,
  * only counted.  `why` is copied; only the first call counts. */
 void mp_metrics_partial(MpMetrics *m, guint channel, MpDir dir, guint64 offset,
                         const char *why, gint64 now_us);
-/* `dir` ended: `how` is "fin" (orderly close), "reset" or "aborted";
- * `truncated` (may be NULL) says what record the stream ended inside.
- * Both are copied; only the first call counts. */
+/* `dir` ended, `how`; `truncated` (may be NULL, copied) says what record
+ * the stream ended inside.  Only the first call counts. */
 void mp_metrics_channel_end(MpMetrics *m, guint channel, MpDir dir,
-                            const char *how, const char *truncated,
+                            MpEndReason how, const char *truncated,
                             gint64 now_us);
 /* Every MP_METRICS_INTERVAL_US: the live numbers, new phases and
  * finished rounds, a sample to the observers. */

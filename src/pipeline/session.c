@@ -179,7 +179,7 @@ on_end(MpPipeline *p, MpEndReason how, const GError *cut, gint64 now_us,
 {
     MpSession *s = data;
     mp_metrics_channel_end(s->metrics, mp_pipeline_channel(p),
-                                 mp_pipeline_dir(p), mp_end_reason_name(how),
+                                 mp_pipeline_dir(p), how,
                                  cut ? cut->message : NULL, now_us);
 }
 

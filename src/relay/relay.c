@@ -638,7 +638,7 @@ capture_end(MpPipeline *p, MpEndReason how, const GError *cut, gint64 now_us,
 {
     Conn *c = data;
     mp_capture_end(c->relay->capture, c->session->number, c->index,
-                   mp_pipeline_dir(p), mp_end_reason_name(how), now_us);
+                   mp_pipeline_dir(p), how, now_us);
 }
 
 /* (added before the stages' sink writes at the end: the capture has the

@@ -53,10 +53,10 @@ write_capture(GByteArray *stream)
         if (off == 0)
             mp_capture_kind(c, 1, 0, MP_CHAN_MAIN);
     }
-    mp_capture_end(c, 1, 0, MP_DIR_TO_DST, "fin", now + 5);
-    mp_capture_end(c, 1, 0, MP_DIR_TO_SRC, "fin", now + 6);
-    mp_capture_end(c, 1, 1, MP_DIR_TO_DST, "fin", now + 7);
-    mp_capture_end(c, 1, 1, MP_DIR_TO_SRC, "fin", now + 8);
+    mp_capture_end(c, 1, 0, MP_DIR_TO_DST, MP_END_FIN, now + 5);
+    mp_capture_end(c, 1, 0, MP_DIR_TO_SRC, MP_END_FIN, now + 6);
+    mp_capture_end(c, 1, 1, MP_DIR_TO_DST, MP_END_FIN, now + 7);
+    mp_capture_end(c, 1, 1, MP_DIR_TO_SRC, MP_END_FIN, now + 8);
     cr_assert_null(mp_capture_error(c));
     mp_capture_free(c);
 }
@@ -466,7 +466,7 @@ Test(capture, write_error_leaves_a_readable_capture)
                         1000 + off);
         sent += n;
     }
-    mp_capture_end(c, 1, 0, MP_DIR_TO_DST, "fin", 400000);
+    mp_capture_end(c, 1, 0, MP_DIR_TO_DST, MP_END_FIN, 400000);
     mp_capture_sync(c);
     const GError *e = mp_capture_error(c);
     cr_assert_not_null(e);
@@ -515,8 +515,8 @@ Test(capture, files_closed_when_channels_end)
         mp_capture_session(c, s, 0, 0);
         mp_capture_channel(c, s, 0, "p", 0);
         mp_capture_data(c, s, 0, MP_DIR_TO_DST, (const guint8 *)"QEVM", 4, 1);
-        mp_capture_end(c, s, 0, MP_DIR_TO_DST, "fin", 2);
-        mp_capture_end(c, s, 0, MP_DIR_TO_SRC, "fin", 2);
+        mp_capture_end(c, s, 0, MP_DIR_TO_DST, MP_END_FIN, 2);
+        mp_capture_end(c, s, 0, MP_DIR_TO_SRC, MP_END_FIN, 2);
         if (s % 2) /* half of them end as a session too */
             mp_capture_session_end(c, s, 3, NULL, NULL, NULL);
     }

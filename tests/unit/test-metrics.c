@@ -85,16 +85,17 @@ Test(metrics, first_partial_and_end_count)
 
     mp_metrics_partial(m, 1, MP_DIR_TO_DST, 4096, "bad byte", T0 + 1);
     mp_metrics_partial(m, 1, MP_DIR_TO_DST, 9999, "later", T0 + 2);
-    mp_metrics_channel_end(m, 1, MP_DIR_TO_DST, "reset", "RAM page", T0 + 3);
-    mp_metrics_channel_end(m, 1, MP_DIR_TO_DST, "fin", NULL, T0 + 4);
+    mp_metrics_channel_end(m, 1, MP_DIR_TO_DST, MP_END_RESET, "RAM page", T0 + 3);
+    mp_metrics_channel_end(m, 1, MP_DIR_TO_DST, MP_END_FIN, NULL, T0 + 4);
     const MpMetricsFlow *f = &mp_metrics_channel(m, 1)->dir[MP_DIR_TO_DST];
     cr_assert(f->partial);
     cr_assert_eq(f->partial_offset, 4096);
     cr_assert_str_eq(f->partial_why, "bad byte");
-    cr_assert_str_eq(f->end, "reset");
+    cr_assert(f->ended);
+    cr_assert_eq(f->end, MP_END_RESET);
     cr_assert_str_eq(f->truncated, "RAM page");
     cr_assert_eq(f->end_us, 3);
-    cr_assert_null(mp_metrics_channel(m, 1)->dir[MP_DIR_TO_SRC].end);
+    cr_assert_not(mp_metrics_channel(m, 1)->dir[MP_DIR_TO_SRC].ended);
     mp_metrics_finish(m, T0 + 5, NULL);
     /* a reset and no stop: the migration did not get far */
     cr_assert_eq(mp_metrics_outcome(m), MP_METRICS_OUTCOME_FAILED);
@@ -147,7 +148,7 @@ Test(metrics, outcome_from_the_wire)
     /* TLS: only how the connections ended is known */
     g_autoptr(MpMetrics) tls = mp_metrics_new(1, 0, T0);
     mp_metrics_channel_kind(tls, 0, MP_CHAN_TLS, T0);
-    mp_metrics_channel_end(tls, 0, MP_DIR_TO_DST, "fin", NULL, T0 + 1);
+    mp_metrics_channel_end(tls, 0, MP_DIR_TO_DST, MP_END_FIN, NULL, T0 + 1);
     mp_metrics_finish(tls, T0 + 2, NULL);
     cr_assert_eq(mp_metrics_outcome(tls), MP_METRICS_OUTCOME_TLS_CLEAN);
 
@@ -180,7 +181,7 @@ rec_end(MpMetricsObserver *o, const MpMetrics *m, guint ch, MpDir dir,
 {
     g_string_append_printf(((Recorder *)o)->log, "end %u %s %s;", ch,
                            mp_dir_name(dir),
-                           mp_metrics_channel(m, ch)->dir[dir].end);
+                           mp_end_reason_name(mp_metrics_channel(m, ch)->dir[dir].end));
 }
 
 static void
@@ -233,7 +234,7 @@ Test(metrics, observers_told_in_order)
     mp_metrics_tick(m, T0 + 100000);
     mp_metrics_bytes(m, 0, MP_DIR_TO_DST, 5, T0 + 100001);
     mp_metrics_tick(m, T0 + 200000);
-    mp_metrics_channel_end(m, 0, MP_DIR_TO_DST, "fin", NULL, T0 + 200001);
+    mp_metrics_channel_end(m, 0, MP_DIR_TO_DST, MP_END_FIN, NULL, T0 + 200001);
     mp_metrics_finish(m, T0 + 200002, "interrupted");
     mp_metrics_tick(m, T0 + 300000); /* finished: no more samples */
     cr_assert_str_eq(r->log->str, "open 0 a;phase setup;sample 100000 +10;"
@@ -278,7 +279,7 @@ Test(metrics, json_lines)
     mp_metrics_channel_open(m, 0, "h:1", T0 + 1500);
     mp_metrics_channel_kind(m, 0, MP_CHAN_MULTIFD, T0 + 1600);
     mp_metrics_partial(m, 0, MP_DIR_TO_DST, 12, "odd", T0 + 1700);
-    mp_metrics_channel_end(m, 0, MP_DIR_TO_DST, "reset", "page", T0 + 1800);
+    mp_metrics_channel_end(m, 0, MP_DIR_TO_DST, MP_END_RESET, "page", T0 + 1800);
     mp_metrics_free(m);
     mp_out_lines_free(lines);
 
