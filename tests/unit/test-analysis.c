@@ -7,7 +7,6 @@
 #include <string.h>
 #include <criterion/criterion.h>
 #include <glib/gstdio.h>
-#include <zstd.h>
 #include "analysis.h"
 #include "analyze-file.h"
 #include "record-format.h"
@@ -108,29 +107,6 @@ Test(analysis, missing_file_is_an_error)
     json_object_put(doc);
 }
 
-/* A sample stream, decompressed. */
-static GByteArray *
-sample_bytes(const char *name)
-{
-    g_autofree char *path = g_strdup_printf(
-        "%s/samples/streams/%s.mig.zst", MP_SOURCE_ROOT, name);
-    g_autofree char *z = NULL;
-    gsize zlen;
-    cr_assert(g_file_get_contents(path, &z, &zlen, NULL), "%s", path);
-    GByteArray *out = g_byte_array_new();
-    ZSTD_DStream *ds = ZSTD_createDStream();
-    ZSTD_inBuffer in = {z, zlen, 0};
-    guint8 buf[1 << 16];
-    while (in.pos < in.size) {
-        ZSTD_outBuffer o = {buf, sizeof buf, 0};
-        size_t r = ZSTD_decompressStream(ds, &o, &in);
-        cr_assert(!ZSTD_isError(r), "%s: %s", path, ZSTD_getErrorName(r));
-        g_byte_array_append(out, buf, o.pos);
-    }
-    ZSTD_freeDStream(ds);
-    return out;
-}
-
 static void
 put_be64(guint8 *p, guint64 v)
 {
@@ -163,7 +139,7 @@ find(const GByteArray *a, const char *needle, gsize len)
  * says it cannot hold it. */
 Test(analysis, huge_block_claim)
 {
-    g_autoptr(GByteArray) s = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) s = tu_read_sample("idle-7.2.mig.zst");
     gsize mem = find(s, "\003ram", 4) + 4 + 8; /* instance, version */
     gsize used = find(s, "\006pc.ram", 7) + 7;
     guint64 total = get_be64(s->data + mem), old = get_be64(s->data + used);
@@ -210,7 +186,7 @@ Test(analysis, huge_block_claim)
 static GByteArray *
 renamed_block(const char *name, guint from)
 {
-    g_autoptr(GByteArray) s = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) s = tu_read_sample("idle-7.2.mig.zst");
     GByteArray *out = g_byte_array_new();
     guint8 len = strlen(name);
     guint seen = 0;

@@ -16,6 +16,7 @@
 #include "analyze-file.h"
 #include "input-format.h"
 #include "libvirt-image.h"
+#include "test-util.h"
 
 static char *tmpdir;
 
@@ -164,28 +165,6 @@ Test(statefiles, detection_by_content)
 }
 
 /* --- libvirt save images ---------------------------------------------- */
-
-static GByteArray *
-sample_bytes(const char *name)
-{
-    g_autofree char *path = g_strdup_printf(
-        "%s/samples/streams/%s.mig.zst", MP_SOURCE_ROOT, name);
-    g_autofree char *z = NULL;
-    gsize zlen;
-    cr_assert(g_file_get_contents(path, &z, &zlen, NULL), "%s", path);
-    GByteArray *out = g_byte_array_new();
-    ZSTD_DStream *ds = ZSTD_createDStream();
-    ZSTD_inBuffer in = {z, zlen, 0};
-    guint8 buf[1 << 16];
-    while (in.pos < in.size) {
-        ZSTD_outBuffer o = {buf, sizeof buf, 0};
-        size_t r = ZSTD_decompressStream(ds, &o, &in);
-        cr_assert(!ZSTD_isError(r), "%s: %s", path, ZSTD_getErrorName(r));
-        g_byte_array_append(out, buf, o.pos);
-    }
-    ZSTD_freeDStream(ds);
-    return out;
-}
 
 static GByteArray *
 gzip_bytes(const GByteArray *in)
@@ -339,7 +318,7 @@ static void
 check_libvirt(guint32 format, GByteArray *(*compress)(const GByteArray *),
               const char *compression)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) payload = compress ? compress(stream)
                                              : g_byte_array_ref(stream);
     g_autoptr(GByteArray) img =
@@ -436,7 +415,7 @@ check_bad_image(const GByteArray *img, const char *kind, const char *expect)
 
 Test(statefiles, libvirt_bad_headers)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) img =
         libvirt_image(MP_LIBVIRT_MAGIC, 2, MP_LIBVIRT_RAW, stream);
     guint32 w;
@@ -478,7 +457,7 @@ Test(statefiles, libvirt_bad_headers)
  * padding, and the stream parser says where. */
 Test(statefiles, libvirt_short_length_is_a_stream_error)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) img =
         libvirt_image(MP_LIBVIRT_MAGIC, 2, MP_LIBVIRT_RAW, stream);
     guint32 w = sizeof(domain_xml) + 100;
@@ -495,7 +474,7 @@ Test(statefiles, libvirt_short_length_is_a_stream_error)
  * is done: a partial image is analyzed, with an anomaly that says so. */
 Test(statefiles, libvirt_partial_image)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_byte_array_set_size(stream, stream->len / 2);
     g_autoptr(GByteArray) img =
         libvirt_image(MP_LIBVIRT_MAGIC_PART, 2, MP_LIBVIRT_RAW, stream);
@@ -515,7 +494,7 @@ Test(statefiles, libvirt_partial_image)
  * and where, not a crash. */
 Test(statefiles, libvirt_gzip_corrupt_and_truncated)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) gz = gzip_bytes(stream);
     g_byte_array_set_size(gz, gz->len / 2);
     g_autoptr(GByteArray) img =
@@ -646,7 +625,7 @@ analyze_snapshot(const char *path, const char *snap, const char *dump,
 static void
 check_qcow2(guint compress_every)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) img = qcow2_image(stream, compress_every, 0);
     g_autofree char *path = write_file("disk.img", img->data, img->len);
     gboolean ok = FALSE;
@@ -697,7 +676,7 @@ Test(statefiles, qcow2_compressed_clusters, .timeout = 60)
 
 Test(statefiles, qcow2_refused_and_broken)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_byte_array_set_size(stream, 64 << 10);
     gboolean ok = TRUE;
 
@@ -907,7 +886,7 @@ Test(statefiles, libvirt_sparse_mapped_ram)
  * libvirt image went on to the capture reader on the previous commit) */
 Test(statefiles, snapshot_of_a_non_qcow2_file)
 {
-    g_autoptr(GByteArray) stream = sample_bytes("idle-7.2");
+    g_autoptr(GByteArray) stream = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) img =
         libvirt_image(MP_LIBVIRT_MAGIC, 2, MP_LIBVIRT_RAW, stream);
     g_autofree char *p1 = write_file("a.save", img->data, img->len);
