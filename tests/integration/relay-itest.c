@@ -452,3 +452,22 @@ it_relay_migrate_72(ItRelay *r, guint16 dport, MpQemu **src, MpQemu **dst,
     cr_assert_eq(it_relay_wait(r, 30000), 0);
     it_assert_same_ram(*src, *dst, 128ull << 20, dir);
 }
+
+void
+it_relay_fixture_init(ItRelayFixture *fx)
+{
+    fx->dir = it_tmpdir();
+}
+
+void
+it_relay_fixture_fini(ItRelayFixture *fx)
+{
+    g_clear_pointer(&fx->relay, it_relay_free);
+    g_clear_pointer(&fx->relay2, it_relay_free);
+    g_clear_pointer(&fx->src, mp_qemu_free);
+    g_clear_pointer(&fx->dst, mp_qemu_free);
+    it_fake_destination_close(&fx->fake_dst);
+    if (fx->dir)
+        it_remove_tree(fx->dir);
+    g_clear_pointer(&fx->dir, g_free);
+}

@@ -69,6 +69,18 @@ void it_assert_no_connection(GSocket *fake);
  * Accepts *fake == NULL. */
 void it_fake_destination_close(GSocket **fake);
 
+/* What a relay test may start; it_relay_fixture_fini() ends all of it
+ * (relays and QEMUs by pid, the fake destination, the directory), passed
+ * or failed. */
+typedef struct {
+    MpQemu *src, *dst;
+    ItRelay *relay, *relay2;
+    GSocket *fake_dst;
+    char *dir; /* a new temporary directory */
+} ItRelayFixture;
+void it_relay_fixture_init(ItRelayFixture *fx);
+void it_relay_fixture_fini(ItRelayFixture *fx);
+
 /* migrate-set-parameters `name` = v on `q`; asserts. */
 void it_set_int(MpQemu *q, const char *name, gint64 v);
 /* Polls query-migrate until its status is `want`; asserts it is within

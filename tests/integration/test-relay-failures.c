@@ -28,31 +28,18 @@
 #define PROMPT_MS          10000 /* "promptly" */
 #define LOG_WAIT_MS        5000  /* for a line in the relay's log */
 
-static struct {
-    MpQemu *src, *dst;
-    ItRelay *relay, *relay2;
-    GSocket *fake_dst;
-    char *dir;
-} fx;
+static ItRelayFixture fx;
 
 static void
 fx_init(void)
 {
-    fx.dir = it_tmpdir();
+    it_relay_fixture_init(&fx);
 }
 
 static void
 fx_fini(void)
 {
-    it_relay_free(fx.relay);
-    it_relay_free(fx.relay2);
-    fx.relay = fx.relay2 = NULL;
-    g_clear_pointer(&fx.src, mp_qemu_free);
-    g_clear_pointer(&fx.dst, mp_qemu_free);
-    it_fake_destination_close(&fx.fake_dst);
-    if (fx.dir)
-        it_remove_tree(fx.dir);
-    g_clear_pointer(&fx.dir, g_free);
+    it_relay_fixture_fini(&fx);
 }
 
 TestSuite(relay_failures, .init = fx_init, .fini = fx_fini, .timeout = 300);

@@ -30,28 +30,18 @@
 #define LISTEN_TIMEOUT_MS 10000
 #define PROMPT_MS         10000
 
-static struct {
-    MpQemu *src, *dst;
-    ItRelay *relay;
-    char *dir;
-} fx;
+static ItRelayFixture fx;
 
 static void
 fx_init(void)
 {
-    fx.dir = it_tmpdir();
+    it_relay_fixture_init(&fx);
 }
 
 static void
 fx_fini(void)
 {
-    it_relay_free(fx.relay);
-    fx.relay = NULL;
-    g_clear_pointer(&fx.src, mp_qemu_free);
-    g_clear_pointer(&fx.dst, mp_qemu_free);
-    if (fx.dir)
-        it_remove_tree(fx.dir);
-    g_clear_pointer(&fx.dir, g_free);
+    it_relay_fixture_fini(&fx);
 }
 
 TestSuite(relay_service, .init = fx_init, .fini = fx_fini, .timeout = 300);

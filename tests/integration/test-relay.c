@@ -28,29 +28,18 @@
 #define MIGRATE_TIMEOUT_MS (180 * 1000)
 #define RAM_BYTES          (128ull << 20)
 
-static struct {
-    MpQemu *src, *dst;
-    ItRelay *relay, *relay2;
-    char *dir;
-} fx;
+static ItRelayFixture fx;
 
 static void
 fx_init(void)
 {
-    fx.dir = it_tmpdir();
+    it_relay_fixture_init(&fx);
 }
 
 static void
 fx_fini(void)
 {
-    it_relay_free(fx.relay);
-    it_relay_free(fx.relay2);
-    fx.relay = fx.relay2 = NULL;
-    g_clear_pointer(&fx.src, mp_qemu_free);
-    g_clear_pointer(&fx.dst, mp_qemu_free);
-    if (fx.dir)
-        it_remove_tree(fx.dir);
-    g_clear_pointer(&fx.dir, g_free);
+    it_relay_fixture_fini(&fx);
 }
 
 TestSuite(relay, .init = fx_init, .fini = fx_fini, .timeout = 300);
