@@ -1,6 +1,7 @@
 /* mapped-ram.c: a mapped-ram file read by following its offsets: the
- * stream through the main-channel parser, skipping each block's bitmap
- * and pages; the pages themselves as the bitmaps say. */
+ * stream through a main-channel pipeline, which pauses after each block's
+ * header so that its bitmap and pages are skipped; the pages themselves
+ * as the bitmaps say. */
 #include "config.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -11,14 +12,13 @@
 #include <gio/gio.h>
 #include "analysis.h"
 #include "mapped-ram.h"
-#include "qmig-parser.h"
+#include "pipeline.h"
 #include "ram-image.h"
 #include "record-format.h"
+#include "stream-input.h"
 
 #define READ_SIZE   (1u << 20)
 #define BITMAP_READ (64u << 10) /* bytes of bitmap read at a time */
-#define TAIL_FIRST  (256u << 10) /* as for a stream file: the vmdesc */
-#define TAIL_SEARCH (16u << 20)
 
 typedef struct {
     char *name;
@@ -39,6 +39,7 @@ typedef struct {
     GString *line;
     Block pending; /* a block whose header came: its pages next */
     gboolean have_pending;
+    gboolean cut; /* the stream ended inside a record */
     guint64 blocks, normal, zero;
 } Ctx;
 
@@ -127,7 +128,7 @@ take_record(Ctx *c, const MpRecord *rec)
 }
 
 static MpRecordAction
-on_record(const MpRecord *rec, gpointer user_data)
+on_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
 {
     Ctx *c = user_data;
 
@@ -261,29 +262,41 @@ block_pages(Ctx *c, const Block *b, guint8 *buf)
     return !c->image || mp_ram_image_flush(c->image, &c->error);
 }
 
-/* The vmdesc: at the file's end, as for a stream; a small tail first
- * (44 KiB for a q35 guest), then up to TAIL_SEARCH. */
+static void
+on_gave_up(MpPipeline *p, guint64 off, const GError *err, gpointer user_data)
+{
+    Ctx *c = user_data;
+    mp_analysis_error(c->analysis, err);
+}
+
+static void
+on_end(MpPipeline *p, MpEndReason how, const GError *cut, gint64 now_us,
+       gpointer user_data)
+{
+    Ctx *c = user_data;
+    if (cut) {
+        mp_analysis_error(c->analysis, cut);
+        c->cut = TRUE;
+    }
+}
+
+static const MpPipelineObserver mapped_observer = {
+    .record = on_record,
+    .gave_up = on_gave_up,
+    .end = on_end,
+};
+
+/* The vmdesc at the file's end, as for a stream file; NULL: none, or one
+ * it does without (an anomaly says why). */
 static MpVmdesc *
 find_vmdesc(Ctx *c)
 {
-    for (gsize max = TAIL_FIRST;; max = TAIL_SEARCH) {
-        gsize n = MIN(c->size, max), off, len;
-        g_autofree guint8 *tail = g_malloc(n ? n : 1);
-        g_autoptr(GError) err = NULL;
-
-        if (!n || pread(c->fd, tail, n, c->size - n) != (gssize)n)
-            return NULL;
-        if (mp_vmdesc_locate(tail, n, &off, &len)) {
-            MpVmdesc *vd = mp_vmdesc_new((const char *)tail + off, len, &err);
-            if (!vd)
-                mp_analysis_anomaly(c->analysis,
-                                    "%s; device sections are not sliced",
-                                    err->message);
-            return vd;
-        }
-        if (n < max || max == TAIL_SEARCH)
-            return NULL;
-    }
+    g_autoptr(GError) err = NULL;
+    MpVmdesc *vd = mp_input_find_vmdesc(c->path, FALSE, &err);
+    if (err)
+        mp_analysis_anomaly(c->analysis, "%s; device sections are not sliced",
+                            err->message);
+    return vd;
 }
 
 json_object *
@@ -292,9 +305,8 @@ mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
 {
     g_autoptr(MpAnalysis) analysis = mp_analysis_new();
     g_autoptr(MpRamImage) image = NULL;
-    g_autoptr(MpQmigParser) parser = NULL;
+    g_autoptr(MpPipeline) pipe = NULL;
     g_autoptr(MpVmdesc) vmdesc = NULL;
-    g_autoptr(GError) err = NULL;
     Ctx c = {opt, path, -1, 0, analysis, NULL, NULL, g_string_new(NULL)};
     struct stat st;
     guint64 pos = start, stream_bytes = 0;
@@ -317,10 +329,13 @@ mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
         c.image = image;
         pagebuf = g_malloc(READ_SIZE);
     }
-    parser = mp_qmig_parser_new("main", on_record, &c);
-    mp_qmig_parser_allow_mapped_ram(parser);
+    pipe = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_name(pipe, "main");
+    mp_pipeline_set_kind(pipe, MP_CHAN_MAIN, NULL);
+    mp_pipeline_allow_mapped_ram(pipe);
+    mp_pipeline_observe(pipe, &mapped_observer, &c);
     if (!opt->no_vmdesc && (vmdesc = find_vmdesc(&c))) {
-        mp_qmig_parser_set_vmdesc(parser, vmdesc);
+        mp_pipeline_set_vmdesc(pipe, vmdesc);
         mp_analysis_set_vmdesc(analysis, vmdesc);
     }
     while (!ended && !c.error) {
@@ -338,17 +353,14 @@ mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
             break;
         gsize off = 0;
         while (off < (gsize)n && !c.error && !ended) {
-            gsize used = 0;
-            MpFeedStatus fs =
-                mp_qmig_parser_feed(parser, buf + off, n - off, &used, &err);
+            gsize used = mp_pipeline_feed_until_pause(pipe, buf + off, n - off, 0);
             off += used;
             stream_bytes += used;
-            if (fs == MP_FEED_ERROR) {
-                mp_analysis_error(analysis, err);
-                g_clear_error(&err);
-                failed = TRUE;
+            MpPipelineState state = mp_pipeline_state(pipe);
+            if (state == MP_PIPELINE_GAVE_UP) {
+                failed = TRUE; /* (the observer gave the error) */
                 ended = TRUE;
-            } else if (fs == MP_FEED_END) {
+            } else if (state == MP_PIPELINE_ENDED) {
                 ended = TRUE;
                 if (pos + off < c.size)
                     mp_analysis_anomaly(
@@ -356,7 +368,7 @@ mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
                         "%" G_GUINT64_FORMAT " bytes after the end of the "
                         "stream",
                         c.size - (pos + off));
-            } else if (c.have_pending) {
+            } else if (state == MP_PIPELINE_PAUSED && c.have_pending) {
                 Block b = c.pending;
                 c.have_pending = FALSE;
                 if (check_block(&c, &b, pos + off)
@@ -374,11 +386,10 @@ mp_mapped_ram_analyze(const char *path, const MpAnalyzeOptions *opt,
             break;
         pos += off;
     }
-    if (!c.error && !failed && !ended
-        && !mp_qmig_parser_finish(parser, &err)) {
-        mp_analysis_error(analysis, err);
-        g_clear_error(&err);
-        failed = TRUE;
+    if (!c.error && !failed && !ended) {
+        /* the file ended: inside a record, the end observer says so */
+        mp_pipeline_end(pipe, MP_END_FIN, 0);
+        failed = c.cut;
     }
     if (c.image && !c.error && !failed && !mp_ram_image_close(c.image, &c.error))
         failed = TRUE;

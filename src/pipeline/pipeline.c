@@ -60,6 +60,7 @@ struct MpPipeline {
     MpDir dir;
     MpChanKind kind;
     MpPipelineState state;
+    gboolean pausing; /* in mp_pipeline_feed_until_pause() */
     char *name;
     gboolean named; /* by mp_pipeline_set_name() */
     MpQmigParser *qmig; /* main, recovery */
@@ -580,7 +581,7 @@ on_record(const MpRecord *rec, gpointer user_data)
     if (p->has_sink && p->dir == MP_DIR_TO_DST)
         edit_record(p, rec);
     if (act == MP_REC_PAUSE)
-        p->state = MP_PIPELINE_STOPPED;
+        p->state = p->pausing ? MP_PIPELINE_PAUSED : MP_PIPELINE_STOPPED;
     return act;
 }
 
@@ -702,10 +703,13 @@ give_up(MpPipeline *p, const GError *err)
     }
 }
 
-static void
+/* @return the bytes the parser used; the rest (after an error, the end
+ * or a stop) is counted as passed, unless it paused. */
+static gsize
 parse(MpPipeline *p, const guint8 *buf, gsize len)
 {
     g_autoptr(GError) err = NULL;
+    gsize used_all = 0;
 
     while (len && p->state == MP_PIPELINE_FOLLOWING) {
         MpFeedStatus st;
@@ -719,6 +723,7 @@ parse(MpPipeline *p, const guint8 *buf, gsize len)
         else
             st = mp_ram_parser_feed(p->ram, buf, len, &used, &err);
         p->off += used;
+        used_all += used;
         buf += used;
         len -= used;
         if (p->state != MP_PIPELINE_FOLLOWING)
@@ -740,7 +745,9 @@ parse(MpPipeline *p, const guint8 *buf, gsize len)
         if (st == MP_FEED_MORE)
             break; /* all used */
     }
-    p->off += len; /* what is left after an error or the end */
+    if (p->state != MP_PIPELINE_PAUSED)
+        p->off += len; /* what is left after an error or the end */
+    return used_all;
 }
 
 /* Parses and edits one piece of input. */
@@ -808,6 +815,44 @@ mp_pipeline_feed(MpPipeline *p, const guint8 *buf, gsize len, gint64 now_us)
         feed_edit(p, buf, len);
 }
 
+const char *
+mp_pipeline_state_name(MpPipelineState state)
+{
+    static const char *const names[] = {
+        [MP_PIPELINE_UNKNOWN] = "unknown",   [MP_PIPELINE_FOLLOWING] = "following",
+        [MP_PIPELINE_ENDED] = "ended",       [MP_PIPELINE_GAVE_UP] = "gave-up",
+        [MP_PIPELINE_STOPPED] = "stopped",   [MP_PIPELINE_PAUSED] = "paused",
+        [MP_PIPELINE_UNPARSED] = "unparsed",
+    };
+    return state < G_N_ELEMENTS(names) && names[state] ? names[state] : "?";
+}
+
+gsize
+mp_pipeline_feed_until_pause(MpPipeline *p, const guint8 *buf, gsize len,
+                             gint64 now_us)
+{
+    g_return_val_if_fail(!p->has_sink && p->kind != MP_CHAN_UNKNOWN, 0);
+    p->now_us = now_us;
+    if (p->state == MP_PIPELINE_PAUSED)
+        p->state = MP_PIPELINE_FOLLOWING;
+    p->pausing = TRUE;
+    gsize used = parse(p, buf, len);
+    p->pausing = FALSE;
+    for (guint i = 0; i < p->observers->len; i++) {
+        Observer *o = &g_array_index(p->observers, Observer, i);
+        if (o->ops.bytes)
+            o->ops.bytes(p, buf, used, now_us, o->data);
+    }
+    return used;
+}
+
+void
+mp_pipeline_allow_mapped_ram(MpPipeline *p)
+{
+    if (p->qmig)
+        mp_qmig_parser_allow_mapped_ram(p->qmig);
+}
+
 void
 mp_pipeline_drain(MpPipeline *p)
 {
@@ -848,7 +893,7 @@ mp_pipeline_end(MpPipeline *p, MpEndReason how, gint64 now_us)
         feed_edit(p, p->first, p->first_have);
     }
     flush_output(p);
-    if (p->state == MP_PIPELINE_FOLLOWING) {
+    if (p->state == MP_PIPELINE_FOLLOWING || p->state == MP_PIPELINE_PAUSED) {
         if (p->rp)
             ok = mp_rp_parser_finish(p->rp, &err);
         else if (p->qmig)
@@ -900,7 +945,8 @@ gboolean
 mp_pipeline_following(const MpPipeline *p)
 {
     return p->state == MP_PIPELINE_UNKNOWN
-           || p->state == MP_PIPELINE_FOLLOWING;
+           || p->state == MP_PIPELINE_FOLLOWING
+           || p->state == MP_PIPELINE_PAUSED;
 }
 
 gboolean

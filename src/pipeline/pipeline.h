@@ -97,13 +97,20 @@ typedef enum {
     MP_PIPELINE_ENDED,     /* the stream's grammar ended (EOF, EOS) */
     MP_PIPELINE_GAVE_UP,   /* the parser failed (see the observers) */
     MP_PIPELINE_STOPPED,   /* an observer stopped it, or the owner */
+    MP_PIPELINE_PAUSED,    /* mp_pipeline_feed_until_pause() stopped after
+                              a record an observer paused on */
     MP_PIPELINE_UNPARSED,  /* a kind with no parser (TLS, foreign, ...) */
 } MpPipelineState;
+
+/* "unknown", "following", "ended", "gave-up", "stopped", "paused",
+ * "unparsed": for logs and test messages. */
+const char *mp_pipeline_state_name(MpPipelineState state);
 
 /* What an observer may watch; every member is optional. */
 typedef struct {
     /* A record (borrowed for the call).  MP_REC_PAUSE stops the
-     * pipeline's parser (state STOPPED): the observer says why. */
+     * pipeline's parser (state STOPPED): the observer says why; in
+     * mp_pipeline_feed_until_pause() it only pauses (state PAUSED). */
     MpRecordAction (*record)(MpPipeline *p, const MpRecord *rec,
                              gpointer data);
     /* `len` bytes were fed (borrowed). */
@@ -172,6 +179,20 @@ void mp_pipeline_add_stage(MpPipeline *p, MpStage *stage);
 /* `len` more bytes of the stream (borrowed for the call). */
 void mp_pipeline_feed(MpPipeline *p, const guint8 *buf, gsize len,
                       gint64 now_us);
+/* A reader that skips parts of its input (a mapped-ram file: each RAM
+ * block's bitmap and pages lie between two records of the stream): feeds
+ * up to `len` bytes and stops right after a record an observer answered
+ * with MP_REC_PAUSE (state PAUSED; the next call goes on from there, at
+ * whatever input the reader gives it).  Only for a pipeline without a
+ * sink whose kind is set.  @return the bytes the parser used: all of
+ * them unless it paused, ended (the rest trails the stream) or gave up. */
+gsize mp_pipeline_feed_until_pause(MpPipeline *p, const guint8 *buf,
+                                   gsize len, gint64 now_us);
+/* The main channel's parser accepts mapped-ram (QEMU 9+ `file:`
+ * migration with the mapped-ram capability), whose blocks carry a header
+ * after their list entry.  After mp_pipeline_set_kind(). */
+void mp_pipeline_allow_mapped_ram(MpPipeline *p);
+
 /* Asks the stages to release what they hold (a timer), and writes what
  * can go out. */
 void mp_pipeline_flush(MpPipeline *p);

@@ -350,3 +350,60 @@ Test(pipeline, any_split_same_output)
         json_object_put(rep);
     }
 }
+
+/* Counts records; pauses on every RAM block list entry when asked. */
+typedef struct {
+    guint64 records, pauses;
+    gboolean pause;
+} Counter;
+
+static MpRecordAction
+count_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Counter *c = data;
+    c->records++;
+    if (c->pause && rec->kind == MP_REC_RAM_BLOCK) {
+        c->pauses++;
+        return MP_REC_PAUSE;
+    }
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver counter_observer = {.record = count_record};
+
+/* A reader that pauses after some records (as the mapped-ram reader does
+ * after each block's header) and goes on from there sees every record
+ * once, and the parser uses every byte up to the stream's end. */
+Test(pipeline, feed_until_pause_goes_on_where_it_paused)
+{
+    g_autoptr(GByteArray) in = stage_util_load("busy-10.0");
+    Counter whole = {0}, paused = {.pause = TRUE};
+
+    g_autoptr(MpPipeline) a = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(a, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(a, &counter_observer, &whole);
+    mp_pipeline_feed(a, in->data, in->len, 0);
+    mp_pipeline_end(a, MP_END_FIN, 0);
+    cr_assert_eq(mp_pipeline_state(a), MP_PIPELINE_ENDED);
+
+    g_autoptr(MpPipeline) b = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(b, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(b, &counter_observer, &paused);
+    gsize at = 0;
+    while (at < in->len && mp_pipeline_state(b) != MP_PIPELINE_ENDED) {
+        /* pieces of 1 MiB at most, each resumed where the last stopped */
+        gsize n = MIN(in->len - at, 1u << 20);
+        gsize used = mp_pipeline_feed_until_pause(b, in->data + at, n, 0);
+        cr_assert(used == n || mp_pipeline_state(b) == MP_PIPELINE_PAUSED
+                      || mp_pipeline_state(b) == MP_PIPELINE_ENDED,
+                  "stopped early: %s",
+                  mp_pipeline_state_name(mp_pipeline_state(b)));
+        cr_assert(used > 0 || n == 0);
+        at += used;
+    }
+    cr_assert_eq(at, in->len);
+    mp_pipeline_end(b, MP_END_FIN, 0);
+    cr_assert_eq(mp_pipeline_state(b), MP_PIPELINE_ENDED);
+    cr_assert_gt(paused.pauses, 0);
+    cr_assert_eq(paused.records, whole.records);
+}
