@@ -25,7 +25,8 @@
  * Cases: plain (the relay on the source's side), parallel with 4
  * connections (the relay in the destination's namespace, QEMU listening
  * on its loopback), post-copy switched with `virsh migrate-postcopy`
- * (vm.unprivileged_userfaultfd=1 for the test, restored after).
+ * (vm.unprivileged_userfaultfd=1 for the test, restored after), and
+ * post-copy refused without that setting.
  *
  * When libvirtd cannot be started (`libvirt-pair.sh up` fails) a case is
  * skipped with the script's message.  Everything started is stopped by
@@ -520,6 +521,42 @@ Test(libvirt_migrate, parallel)
 /* Slow enough that post-copy starts with most of the memory still to
  * send and the running destination asks for pages (as test-relay's
  * postcopy_72). */
+/* Sets vm.unprivileged_userfaultfd to `value`; fini restores it. */
+static void
+set_uffd(const char *value)
+{
+    g_autofree char *old = NULL;
+    cr_assert(g_file_get_contents(UFFD_SYSCTL, &old, NULL, NULL));
+    if (!fx.uffd)
+        fx.uffd = g_steal_pointer(&old);
+    cr_assert(write_sysctl(UFFD_SYSCTL, value), "cannot set %s", UFFD_SYSCTL);
+}
+
+/* What docs/libvirt.md tells: without the sysctl, the destination QEMU
+ * (libvirt-qemu) cannot take post-copy and virsh migrate fails at once,
+ * the guest running on the source. */
+Test(libvirt_migrate, postcopy_needs_userfaultfd)
+{
+    need_pair();
+    set_uffd("0\n");
+    boot_domain("rate=0");
+    g_autoptr(GError) perr = NULL;
+    guint16 port = mp_qemu_pick_free_port(&perr);
+    cr_assert(port, "%s", perr ? perr->message : "?");
+    /* no relay: nothing gets as far as connecting */
+    g_autofree char *uri = g_strdup_printf("tcp://%s:%u", fx.src_addr, port);
+    Case c = {.name = "no-uffd", .virsh = {"--postcopy"}};
+    g_autoptr(GPtrArray) argv = migrate_argv(&c, uri, fx.dst_addr);
+    g_autofree char *err = NULL;
+    cr_assert_neq(run((const char *const *)argv->pdata, NULL, &err), 0);
+    cr_assert(strstr(err, "Postcopy is not supported"), "virsh said: %s", err);
+    g_autofree char *state = NULL;
+    cr_assert_eq(virsh_at("qemu:///system", &state, "domstate", fx.domain,
+                          NULL),
+                 0);
+    cr_assert(g_str_has_prefix(state, "running"), "on the source: %s", state);
+}
+
 Test(libvirt_migrate, postcopy)
 {
     Case c = {.name = "postcopy",
@@ -529,10 +566,6 @@ Test(libvirt_migrate, postcopy)
               .postcopy = TRUE};
     need_pair();
     /* QEMU runs as libvirt-qemu: userfaultfd needs this (docs/libvirt.md) */
-    g_autofree char *old = NULL;
-    cr_assert(g_file_get_contents(UFFD_SYSCTL, &old, NULL, NULL));
-    fx.uffd = g_steal_pointer(&old);
-    cr_assert(write_sysctl(UFFD_SYSCTL, "1\n"),
-              "cannot set vm.unprivileged_userfaultfd");
+    set_uffd("1\n");
     migrate(&c);
 }
