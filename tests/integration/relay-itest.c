@@ -32,21 +32,34 @@ it_relay_start_full(const char *dir, guint16 dst_port, gboolean once,
                     const char *const *extra)
 {
     g_autoptr(GError) err = NULL;
+    guint16 port = mp_qemu_pick_free_port(&err);
+    cr_assert(port, "%s", err ? err->message : "?");
+    return it_relay_start_at(dir, NULL, "127.0.0.1", port, "127.0.0.1",
+                             dst_port, once, extra);
+}
+
+ItRelay *
+it_relay_start_at(const char *dir, const char *const *wrapper,
+                  const char *host, guint16 port, const char *dst_host,
+                  guint16 dst_port, gboolean once, const char *const *extra)
+{
+    g_autoptr(GError) err = NULL;
     ItRelay *r = g_new0(ItRelay, 1);
     g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
 
     r->status = -1;
     r->dst_port = dst_port;
-    r->port = mp_qemu_pick_free_port(&err);
-    cr_assert(r->port, "%s", err ? err->message : "?");
+    r->port = port;
     r->log = g_build_filename(dir, "relay.log", NULL);
     r->report = g_build_filename(dir, "report.json", NULL);
     r->metrics = g_build_filename(dir, "metrics.jsonl", NULL);
     r->capture = g_build_filename(dir, "capture", NULL);
+    for (guint i = 0; wrapper && wrapper[i]; i++)
+        g_ptr_array_add(argv, g_strdup(wrapper[i]));
     g_ptr_array_add(argv, g_strdup(it_migproxy()));
     g_ptr_array_add(argv, g_strdup("relay"));
-    g_ptr_array_add(argv, g_strdup_printf("--listen=127.0.0.1:%u", r->port));
-    g_ptr_array_add(argv, g_strdup_printf("--to=127.0.0.1:%u", dst_port));
+    g_ptr_array_add(argv, g_strdup_printf("--listen=%s:%u", host, r->port));
+    g_ptr_array_add(argv, g_strdup_printf("--to=%s:%u", dst_host, dst_port));
     g_ptr_array_add(argv, g_strdup_printf("--report=%s", r->report));
     g_ptr_array_add(argv, g_strdup_printf("--metrics=%s", r->metrics));
     g_ptr_array_add(argv, g_strdup_printf("--capture=%s", r->capture));
@@ -61,7 +74,8 @@ it_relay_start_full(const char *dir, guint16 dst_port, gboolean once,
     int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     cr_assert(fd >= 0, "%s: %s", r->log, g_strerror(errno));
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, (const char *const *)argv->pdata, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
+        NULL, (const char *const *)argv->pdata, NULL,
+        G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
         die_with_parent, NULL, -1, -1, fd, NULL, NULL, 0, &r->pid, NULL, NULL,
         NULL, &err);
     close(fd);

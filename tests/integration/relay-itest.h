@@ -27,6 +27,14 @@ ItRelay *it_relay_start(const char *dir, guint16 dst_port,
 /* The same, without --once if `once` is FALSE: it serves until killed. */
 ItRelay *it_relay_start_full(const char *dir, guint16 dst_port, gboolean once,
                              const char *const *extra);
+/* The same on other addresses: listening on host:port, relaying to
+ * dst_host:dst_port, run under `wrapper` (NULL-ended argv put before
+ * migproxy's, e.g. `ip netns exec NS`, which execs it: the pid is the
+ * relay's) or none (NULL). */
+ItRelay *it_relay_start_at(const char *dir, const char *const *wrapper,
+                           const char *host, guint16 port,
+                           const char *dst_host, guint16 dst_port,
+                           gboolean once, const char *const *extra);
 /* TRUE once it exited (reaps it; never blocks). */
 gboolean it_relay_exited(ItRelay *r);
 /* Waits for it to exit; asserts it does within `timeout_ms`.
