@@ -554,6 +554,22 @@ mp_pcap_flows_free(MpPcapFlows *f)
     g_free(f);
 }
 
+/* The packet's time in µs since the epoch, within [0, the end of year
+ * 9999]: a pcapng timestamp is 64 bits of any unit, and its seconds
+ * times 10^6 may not fit (a fuzzer's find). */
+static gint64
+packet_time(const struct pcap_pkthdr *hdr)
+{
+    const gint64 max_sec = 253402300799ll; /* 9999-12-31T23:59:59Z */
+    gint64 sec = hdr->ts.tv_sec, usec = hdr->ts.tv_usec;
+
+    if (sec < 0 || usec < 0)
+        return 0;
+    if (sec > max_sec)
+        return max_sec * G_USEC_PER_SEC + (G_USEC_PER_SEC - 1);
+    return sec * G_USEC_PER_SEC + MIN(usec, G_USEC_PER_SEC - 1);
+}
+
 gboolean
 mp_pcap_flows_run(MpPcapFlows *f, GError **error)
 {
@@ -564,7 +580,7 @@ mp_pcap_flows_run(MpPcapFlows *f, GError **error)
 
     while ((rc = pcap_next_ex(f->pcap, &hdr, &pkt)) == 1) {
         MpPcapSegment s;
-        gint64 t = (gint64)hdr->ts.tv_sec * G_USEC_PER_SEC + hdr->ts.tv_usec;
+        gint64 t = packet_time(hdr);
         /* time never goes back for the pipelines (a capture's clock may
          * step, packets from two CPUs may interleave) */
         f->now_us = MAX(t, f->now_us);

@@ -572,3 +572,41 @@ Test(pcap, not_a_capture_libpcap_reads)
     cr_assert(json_object_object_get_ex(doc, "input_error", &ie));
     json_object_put(doc);
 }
+
+/* fuzz-pcap: a pcapng timestamp of 2^64 - 1 µs overflowed the conversion
+ * to µs (signed overflow).  Timestamps are clamped to the end of year
+ * 9999, and time never goes back. */
+Test(pcap, timestamp_past_year_9999_is_clamped)
+{
+    g_autoptr(GByteArray) f = g_byte_array_new();
+    /* section header, interface (Ethernet, µs), two enhanced packets */
+    static const guint8 shb[28] = {
+        0x0a, 0x0d, 0x0d, 0x0a, 28, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a, 1, 0,
+        0,    0,    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 28, 0, 0, 0};
+    static const guint8 idb[20] = {1, 0, 0, 0, 20, 0, 0, 0, 1, 0,
+                                   0, 0, 0, 0, 4,  0, 20, 0, 0, 0};
+    g_byte_array_append(f, shb, sizeof(shb));
+    g_byte_array_append(f, idb, sizeof(idb));
+    const guint32 ts[2][2] = {{0x00060a24u, 0x181e4000u}, /* 1.7e15 µs */
+                              {0xffffffffu, 0xffffffffu}};
+    for (int i = 0; i < 2; i++) {
+        guint8 epb[32 + 16] = {6, 0, 0, 0, 48};
+        memcpy(epb + 12, &ts[i][0], 4);
+        memcpy(epb + 16, &ts[i][1], 4);
+        epb[20] = epb[24] = 14; /* 14 bytes: an Ethernet header, ARP */
+        epb[40] = 0x08;
+        epb[41] = 0x06;
+        epb[44] = 48;
+        g_byte_array_append(f, epb, sizeof(epb));
+    }
+    g_autofree char *path = g_build_filename(dir, "ts.pcapng", NULL);
+    cr_assert(g_file_set_contents(path, (const char *)f->data, f->len, NULL));
+    gboolean ok;
+    json_object *doc = mp_pcap_analyze(path, FALSE, 0, &ok);
+    cr_assert_eq(tu_json_int(doc, "pcap.packets"), 2, "%s",
+                 json_object_to_json_string(doc));
+    gint64 first = (gint64)0x00060a24u << 32 | 0x181e4000u;
+    cr_assert_eq(tu_json_int(doc, "pcap.duration_us"),
+                 253402300799ll * G_USEC_PER_SEC + 999999 - first);
+    json_object_put(doc);
+}
