@@ -512,8 +512,9 @@ Test(analyze_hostile, no_input_one_line_no_summary)
     g_autofree char *text = g_build_filename(fx.dir, "notes.mig", NULL);
     g_autofree char *pcap = g_build_filename(fx.dir, "x.mig", NULL);
     /* a pcap of link type 105 (802.11): recognised, not decoded */
-    const guint8 pcap_hdr[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0,
-                                 0,    0,    0,    0,    0, 0, 4, 0, 105};
+    const guint8 pcap_hdr[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0,
+                                 0,    0,    0,    0,    0, 0, 0, 0,
+                                 0,    0,    4,    0,    105};
     cr_assert(g_file_set_contents(text, "not a stream\n", -1, NULL));
     cr_assert(g_file_set_contents(pcap, (const char *)pcap_hdr,
                                   sizeof(pcap_hdr), NULL));
