@@ -323,6 +323,7 @@ typedef enum {
     ORDER_IN,
     ORDER_SHUFFLED, /* pairs swapped, every 5th repeated, overlaps */
     ORDER_HOLE,     /* one segment missing, acknowledged by the server */
+    ORDER_NO_SYNACK, /* in order, the SYN-ACK not captured */
 } Order;
 
 /* A connection carrying `stream` to the server, cut into `mss` byte
@@ -333,7 +334,8 @@ pcap_flow(Pcap *p, const GByteArray *stream, gsize mss, Order order)
     guint n = (stream->len + mss - 1) / mss;
 
     pcap_tcp(p, TRUE, CISN, 0, F_SYN, NULL, 0);
-    pcap_tcp(p, FALSE, SISN, CISN + 1, F_SYN | F_ACK, NULL, 0);
+    if (order != ORDER_NO_SYNACK)
+        pcap_tcp(p, FALSE, SISN, CISN + 1, F_SYN | F_ACK, NULL, 0);
     pcap_tcp(p, TRUE, CISN + 1, SISN + 1, F_ACK, NULL, 0);
     for (guint i = 0; i < n; i++) {
         guint k = i;
@@ -465,6 +467,26 @@ Test(pcap, sll2_and_null)
 {
     check_clean(DLT_LINUX_SLL2, 4, 1448, ORDER_IN);
     check_clean(DLT_NULL, 6, 65483, ORDER_IN);
+}
+
+/* The server's first sequence number comes from the client's ACK; its
+ * FIN then ends the return path cleanly. */
+Test(pcap, syn_ack_not_captured)
+{
+    Pcap p;
+    gboolean ok;
+    pcap_begin(&p, DLT_EN10MB, 4, 262144);
+    pcap_flow(&p, stream, 65483, ORDER_NO_SYNACK);
+    json_object *doc = analyze(&p, &ok);
+    cr_assert(ok, "errors: %s", errors_of(doc));
+    assert_same_pages(doc);
+    json_object *ch, *to_src, *end;
+    json_object_object_get_ex(doc, "channels", &ch);
+    json_object_object_get_ex(json_object_array_get_idx(ch, 0), "to_src",
+                              &to_src);
+    json_object_object_get_ex(to_src, "end", &end);
+    cr_assert_str_eq(json_object_get_string(end), "fin");
+    json_object_put(doc);
 }
 
 Test(pcap, gap_is_an_error_naming_channel_and_offset)
