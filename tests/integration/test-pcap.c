@@ -7,6 +7,8 @@
  *   multifd_100               QEMU 10.0 -> 10.0 directly, multifd with 4
  *       channels: one session of 5 connections, pages and multifd bytes
  *       equal to query-migrate's.
+ *   postcopy_72               QEMU 7.2 -> 7.2 with post-copy: the page
+ *       requests on the return path equal query-migrate's, with latencies.
  *
  * tcpdump missing is a failure (scripts/setup.sh installs it), as QEMU's.
  */
@@ -270,6 +272,51 @@ Test(pcap, multifd_100)
     cr_assert_eq(it_jint(doc, "multifd.bytes")
                      + it_jint(doc, "multifd.init_bytes"),
                  it_jint(src, "ram.multifd-bytes"));
+    json_object_put(doc);
+    json_object_put(src);
+}
+
+/* Post-copy (7.2, direct): the return path's page requests, matched with
+ * the pages that answer them on the main channel, from the capture. */
+Test(pcap, postcopy_72)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *pcap = g_build_filename(fx.dir, "x.pcap", NULL);
+
+    fx.src =
+        it_start_workload("7.2", NULL, 128, "mem=64M rate=5000 verify=1", NULL);
+    fx.dst = it_start_destination("7.2", NULL, TRUE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    it_cap(fx.src, "postcopy-ram");
+    it_cap(fx.dst, "postcopy-ram");
+    g_autofree char *filter = g_strdup_printf("tcp port %u", dport);
+    tcpdump_start(pcap, filter);
+    it_incoming(fx.dst, dport);
+    it_set_int(fx.src, "max-bandwidth", 32 << 20);
+    it_set_int(fx.src, "max-postcopy-bandwidth", 16 << 20);
+    it_migrate(fx.src, dport, FALSE);
+    it_start_postcopy(fx.src, 500);
+    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
+                     "completed");
+    json_object_put(it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS));
+    tcpdump_stop();
+    assert_no_drops();
+
+    json_object *doc = it_analyze(pcap, NULL);
+    cr_assert_eq(json_object_array_length(it_jget(doc, "pcap.sessions")), 1,
+                 "%s", json_object_to_json_string(it_jget(doc, "pcap")));
+    check_session(doc, src, TRUE);
+    gint64 requests = it_jint(doc, "postcopy.requests");
+    g_printerr("pcap postcopy: requests %" G_GINT64_FORMAT
+               " (query-migrate %" G_GINT64_FORMAT "), latency p50 %s us\n",
+               requests, it_jint(src, "ram.postcopy-requests"),
+               json_object_to_json_string(
+                   it_jget(doc, "postcopy.latency_us.p50")));
+    cr_assert_gt(requests, 0);
+    cr_assert_eq(requests, it_jint(src, "ram.postcopy-requests"));
+    cr_assert_leq(it_jint(doc, "postcopy.latency_us.count"), requests);
     json_object_put(doc);
     json_object_put(src);
 }
