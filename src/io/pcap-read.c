@@ -440,19 +440,17 @@ mp_pcap_analyze(const char *path, gboolean events, gsize window, gboolean *ok)
         add_error(doc, err->message);
     if (mp_pcap_flows_truncated(f)) {
         g_autofree char *msg = g_strdup_printf(
-            "%s: the capture's snaplen (%d bytes) is smaller than its "
+            "the capture's snaplen (%d bytes) is smaller than its "
             "packets: %" G_GUINT64_FORMAT " packets were cut (capture with "
             "tcpdump -s 0)",
-            path, mp_pcap_flows_snaplen(f), mp_pcap_flows_truncated(f));
+            mp_pcap_flows_snaplen(f), mp_pcap_flows_truncated(f));
         add_error(doc, msg);
     }
     if (!r.sessions->len) {
-        g_autofree char *msg = g_strdup_printf(
-            "%s: no migration connection in the capture (a TCP connection "
-            "whose first bytes towards the server are a migration stream, "
-            "a multifd channel or TLS; see pcap.skipped)",
-            path);
-        add_error(doc, msg);
+        add_error(doc, "no migration connection in the capture (a TCP "
+                       "connection whose first bytes towards the server are "
+                       "a migration stream, a multifd channel or TLS; see "
+                       "pcap.skipped)");
     }
     *ok = !has_errors(doc);
     json_object *more;
