@@ -24,7 +24,7 @@ PACKAGES=(
     libcriterion-dev
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev
-    iproute2 socat zstd valgrind
+    iproute2 socat zstd valgrind tcpdump
     libvirt-daemon-system libvirt-clients
     debhelper lintian
 )

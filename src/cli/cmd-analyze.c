@@ -95,6 +95,56 @@ print_libvirt(json_object *doc, FILE *out)
             complete ? "" : ", INCOMPLETE", name, mem >> 20, machine);
 }
 
+/* A packet capture: what the reader saw, before the first session's
+ * summary (the other sessions follow it). */
+static void
+print_pcap(json_object *doc, FILE *out)
+{
+    json_object *p, *v;
+
+    if (!json_object_object_get_ex(doc, "pcap", &p))
+        return;
+    json_object *sessions = json_object_object_get(p, "sessions");
+    size_t n = json_object_array_length(sessions);
+    fprintf(out,
+            "packet capture (%s): %" G_GINT64_FORMAT " packets, %" G_GINT64_FORMAT
+            " TCP connections, %zu migration session%s",
+            json_object_get_string(json_object_object_get(p, "link_type")),
+            json_object_get_int64(json_object_object_get(p, "packets")),
+            json_object_get_int64(json_object_object_get(p, "connections")),
+            n, n == 1 ? "" : "s");
+    if (json_object_object_get_ex(p, "gaps", &v) && json_object_get_int64(v))
+        fprintf(out, ", %" G_GINT64_FORMAT " gaps (%" G_GINT64_FORMAT " bytes)",
+                json_object_get_int64(v),
+                json_object_get_int64(json_object_object_get(p, "gap_bytes")));
+    fputc('\n', out);
+    for (size_t i = 0; i < n; i++) {
+        json_object *s = json_object_array_get_idx(sessions, i);
+        fprintf(out, "  session %d: to %s, %d channels, %s\n",
+                json_object_get_int(json_object_object_get(s, "session")),
+                json_object_get_string(json_object_object_get(s, "server")),
+                json_object_get_int(json_object_object_get(s, "channels")),
+                json_object_get_string(json_object_object_get(s, "outcome")));
+    }
+    if (n)
+        fprintf(out, "Session 1:\n");
+}
+
+/* The sessions of a capture after its first. */
+static void
+print_more_sessions(json_object *doc, FILE *out)
+{
+    json_object *more;
+    if (!json_object_object_get_ex(doc, "more_sessions", &more))
+        return;
+    for (size_t i = 0; i < json_object_array_length(more); i++) {
+        json_object *s = json_object_array_get_idx(more, i);
+        fprintf(out, "\nSession %d:\n",
+                json_object_get_int(json_object_object_get(s, "session")));
+        mp_analysis_print(s, out);
+    }
+}
+
 typedef struct {
     MpAnalyzeOptions opt;
     GStrv files;
@@ -203,16 +253,34 @@ analyze_run(int argc, char **argv)
                 print_qcow2(doc, stdout);
             } else {
                 print_libvirt(doc, stdout);
+                print_pcap(doc, stdout);
                 mp_analysis_print(doc, stdout);
+                print_more_sessions(doc, stdout);
             }
         }
-        json_object *errs;
+        json_object *errs, *more;
         if (json_object_object_get_ex(doc, "errors", &errs))
             for (size_t k = 0; k < json_object_array_length(errs); k++) {
                 /* (errors quote names from the stream) */
                 g_autofree char *e = mp_printable(
                     json_object_get_string(json_object_array_get_idx(errs, k)));
                 fprintf(stderr, "migproxy analyze: %s: %s\n", files[i], e);
+            }
+        /* a capture's other sessions */
+        if (json_object_object_get_ex(doc, "more_sessions", &more))
+            for (size_t m = 0; m < json_object_array_length(more); m++) {
+                json_object *s = json_object_array_get_idx(more, m);
+                if (!json_object_object_get_ex(s, "errors", &errs))
+                    continue;
+                for (size_t k = 0; k < json_object_array_length(errs); k++) {
+                    g_autofree char *e = mp_printable(json_object_get_string(
+                        json_object_array_get_idx(errs, k)));
+                    fprintf(stderr, "migproxy analyze: %s: session %d: %s\n",
+                            files[i],
+                            json_object_get_int(
+                                json_object_object_get(s, "session")),
+                            e);
+                }
             }
         json_object_put(doc);
     }
@@ -260,7 +328,10 @@ const MpCommand mp_cmd_analyze = {
             "    mapped-ram capability, with or without multifd);\n"
             "  a qcow2 image: its internal snapshots (savevm) are listed,\n"
             "    --snapshot NAME analyzes one's VM state;\n"
-            "  a relay capture directory (migproxy relay --capture).",
+            "  a relay capture directory (migproxy relay --capture);\n"
+            "  a packet capture, pcap or pcapng (tcpdump -i lo -w FILE, tshark):\n"
+            "    its TCP connections reassembled, its migrations found by content\n"
+            "    on any port, one summary per migration session.",
     .description =
         "Examples:\n"
             "  migproxy analyze vm.mig                  summary\n"
@@ -270,13 +341,17 @@ const MpCommand mp_cmd_analyze = {
             "  migproxy analyze --events vm.mig | less  every record\n"
             "  migproxy analyze --json f.save | jq .libvirt.domain\n"
             "  migproxy analyze disk.qcow2              its snapshots\n"
-            "  migproxy analyze --snapshot snap1 --dump-ram out/ disk.qcow2\n\n"
+            "  migproxy analyze --snapshot snap1 --dump-ram out/ disk.qcow2\n"
+            "  tcpdump -i lo -s 0 -w mig.pcap tcp port 4444 &  (then migrate)\n"
+            "  migproxy analyze mig.pcap                sessions, rounds, downtime\n\n"
             "Exit status: 0 if every file parsed cleanly; 1 if a file holds "
             "an invalid stream or a malformed header, or the output "
             "(standard output, --dump-ram) could not be written; 2 on usage "
             "errors; 3 if a file cannot be opened or read; 4 if a file is "
-            "not a known format, or one recognised but not supported yet "
-            "(pcap).  Cases 3 and 4 print one line and no summary.  With "
+            "not a known format (a pcap of a link type migproxy does not "
+            "decode included).  A packet capture with a gap (bytes missing "
+            "from it) or a snaplen that cut packets exits 1.  Cases 3 and 4 "
+            "print one line and no summary.  With "
             "several files, the highest status.",
     .entries = analyze_entries,
     .store_size = sizeof(AnalyzeArgs),

@@ -13,6 +13,7 @@
 #include "capture-read.h"
 #include "input-format.h"
 #include "mapped-ram.h"
+#include "pcap-read.h"
 #include "qcow2.h"
 #include "qmig-parser.h"
 #include "pipeline.h"
@@ -217,10 +218,33 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         return input_error_doc(path, *format, "format", msg);
     }
     case MP_FORMAT_PCAP: {
-        g_autofree char *msg = g_strdup_printf(
-            "%s: a packet capture (pcap): recognised, not supported yet", path);
-        *ok = FALSE;
-        return input_error_doc(path, *format, "format", msg);
+        /* its TCP connections reassembled, its migrations found by content
+         * (docs/pcap.md) */
+        json_object *doc, *e;
+        if (opt->snapshot || opt->dump_ram) {
+            g_autofree char *msg = g_strdup_printf(
+                "%s: %s reads %s, not packet captures", path,
+                opt->snapshot ? "--snapshot" : "--dump-ram",
+                opt->snapshot ? "qcow2 images" : "stream files");
+            *ok = FALSE;
+            return input_error_doc(path, *format, "format", msg);
+        }
+        doc = mp_pcap_analyze(path, opt->events, 0, ok);
+        if (!json_object_object_get_ex(doc, "pcap", &e)) {
+            /* libpcap could not read it: nothing analyzed */
+            json_object *errs = json_object_object_get(doc, "errors");
+            const char *msg = json_object_get_string(
+                json_object_array_get_idx(errs, 0));
+            json_object *out = input_error_doc(
+                path, *format,
+                strstr(msg ? msg : "", "link type") ? "format" : "invalid",
+                msg ? msg : "unreadable capture");
+            json_object_put(doc);
+            *ok = FALSE;
+            return out;
+        }
+        json_object_object_add(doc, "format", json_object_new_string("pcap"));
+        return doc;
     }
     case MP_FORMAT_QCOW2: {
         if (opt->snapshot)

@@ -511,7 +511,10 @@ Test(analyze_hostile, no_input_one_line_no_summary)
     g_autofree char *missing = g_build_filename(fx.dir, "gone.save", NULL);
     g_autofree char *text = g_build_filename(fx.dir, "notes.mig", NULL);
     g_autofree char *pcap = g_build_filename(fx.dir, "x.mig", NULL);
-    const guint8 pcap_hdr[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0};
+    /* a pcap of link type 105 (802.11): recognised, not decoded */
+    const guint8 pcap_hdr[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0,
+                                 0,    0,    0,    0,    0, 0, 0, 0,
+                                 0,    0,    4,    0,    105};
     cr_assert(g_file_set_contents(text, "not a stream\n", -1, NULL));
     cr_assert(g_file_set_contents(pcap, (const char *)pcap_hdr,
                                   sizeof(pcap_hdr), NULL));
@@ -526,7 +529,7 @@ Test(analyze_hostile, no_input_one_line_no_summary)
         } cases[] = {
             {missing, 3, "cannot open: No such file or directory"},
             {text, 4, "not a known format"},
-            {pcap, 4, "recognised, not supported yet"},
+            {pcap, 4, "is not one migproxy decodes"},
         };
         for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
             g_autofree char *out = NULL, *errout = NULL;

@@ -129,14 +129,23 @@ Test(statefiles, unknown_content_is_a_format_error)
     check_format_error("empty.mig", "", 0, "the file is empty");
 }
 
-Test(statefiles, pcap_is_recognised_not_supported)
+Test(statefiles, pcap_of_an_unknown_link_type_is_a_format_error)
 {
-    /* named like a stream: the content decides */
-    const guint8 pcap[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0};
+    /* named like a stream: the content decides; link type 105 (802.11) */
+    const guint8 pcap[24] = {0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0,
+                             0,    0,    0,    0,    0, 0, 4, 0, 105};
     check_format_error("capture.mig", pcap, sizeof(pcap),
-                       "packet capture (pcap): recognised, not supported");
+                       "is not one migproxy decodes");
+    /* a pcapng that libpcap cannot read: invalid, one error, no summary */
     const guint8 pcapng[12] = {0x0a, 0x0d, 0x0d, 0x0a};
-    check_format_error("x.pcapng", pcapng, sizeof(pcapng), "pcap");
+    g_autofree char *path = write_file("x.pcapng", pcapng, sizeof(pcapng));
+    gboolean ok = TRUE;
+    json_object *doc = analyze(path, NULL, &ok);
+    cr_assert_not(ok);
+    cr_assert_str_eq(jstr(doc, "input_error"), "invalid");
+    cr_assert(strstr(first_error(doc), "cannot read as a packet capture"),
+              "%s", first_error(doc));
+    json_object_put(doc);
 }
 
 Test(statefiles, detection_by_content)
