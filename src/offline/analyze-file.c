@@ -13,6 +13,7 @@
 #include "capture-read.h"
 #include "input-format.h"
 #include "mapped-ram.h"
+#include "metrics-report.h"
 #include "qcow2.h"
 #include "qmig-parser.h"
 #include "pipeline.h"
@@ -275,8 +276,8 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
     }
 }
 
-json_object *
-mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+static json_object *
+analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
 {
     MpInputFormat format;
     json_object *early = dispatch(path, opt, &format, ok);
@@ -424,3 +425,9 @@ done:
     return doc;
 }
 
+json_object *
+mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+{
+    /* every shape of document carries the output's version first */
+    return mp_json_with_schema(analyze_file(path, opt, ok));
+}
