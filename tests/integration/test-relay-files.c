@@ -385,6 +385,8 @@ Test(relay_files, one_report_per_session)
     json_object *r1 = json_object_from_file(report);
     json_object *r2 = json_object_from_file(report2);
     cr_assert(r1 && r2);
+    it_validate_json("report", report, FALSE);
+    it_validate_json("report", report2, FALSE);
     cr_assert_eq(json_object_get_int(jget(r1, "session")), 1);
     cr_assert_eq(json_object_get_int(jget(r2, "session")), 2);
     json_object *ch = json_object_array_get_idx(jget(r1, "channels"), 0);
@@ -423,6 +425,8 @@ Test(relay_files, planted_links_not_followed)
     json_object *r = json_object_from_file(report);
     cr_assert_not_null(r);
     json_object_put(r);
+    it_validate_json("report", report, FALSE);
+    it_validate_json("metrics-line", metrics, TRUE);
 
     /* a capture directory with a link planted in it */
     g_autofree char *cap = g_build_filename(fx.dir, "cap", NULL);
@@ -464,6 +468,7 @@ Test(relay_files, disk_full_capture)
 
     json_object *r = json_object_from_file(report);
     cr_assert_not_null(r, "no report");
+    it_validate_json("report", report, FALSE); /* outputs.capture.error */
     json_object *c = jget(r, "outputs.capture");
     cr_assert_not_null(c, "%s", json_object_to_json_string(r));
     cr_assert(!json_object_get_boolean(jget(c, "complete")));
@@ -523,6 +528,8 @@ Test(relay_files, disk_full_metrics_and_report)
     cr_assert(strstr(log, "warning: --metrics"), "%s", log);
     json_object *r = json_object_from_file(last);
     cr_assert_not_null(r);
+    it_validate_json("report", last, FALSE); /* outputs.metrics.error */
+    it_validate_json("metrics-line", metrics, TRUE); /* whole lines */
     cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.complete")),
               "%s", json_object_to_json_string(r));
     cr_assert_eq(json_object_get_int64(jget(r, "outputs.metrics.offset")),
