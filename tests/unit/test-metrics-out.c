@@ -219,10 +219,10 @@ Test(metrics_out, unix_slow_reader_drops_never_blocks)
         mp_metrics_out_write(o, line, 0);
     }
     /* (a write that waited would hang here until the test's timeout) */
-    g_printerr("metrics-out: %u lines to a reader that does not read in "
-               "%.1f ms\n",
-               n, (g_get_monotonic_time() - start) / 1000.0);
     guint64 dropped = mp_metrics_out_dropped(o);
+    g_printerr("metrics-out: %u lines of 1 kB to a reader that does not "
+               "read in %.1f ms, %" G_GUINT64_FORMAT " dropped\n",
+               n, (g_get_monotonic_time() - start) / 1000.0, dropped);
     cr_assert_gt(dropped, 0);
     cr_assert_lt(dropped, n);
 
