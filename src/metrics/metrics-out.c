@@ -17,17 +17,17 @@ typedef enum {
 
 struct MpMetricsOut {
     OutKind kind;
-    char *where;       /* the file's path, or the socket's */
-    guint64 lines;     /* written (unix: sent or queued, not lost) */
-    MpOutLines *file;  /* OUT_FILE */
-    guint64 offset;    /* OUT_STDOUT: bytes written */
-    char *error;       /* OUT_STDOUT: why writing stopped; OUT_UNIX: the
-                          last connection error */
+    char *where;      /* the file's path, or the socket's */
+    guint64 lines;    /* written (unix: sent or queued, not lost) */
+    MpOutLines *file; /* OUT_FILE */
+    guint64 offset;   /* OUT_STDOUT: bytes written */
+    char *error;      /* OUT_STDOUT: why writing stopped; OUT_UNIX: the
+                         last connection error */
     /* OUT_UNIX */
     int fd;            /* -1: not connected */
     GByteArray *queue; /* [head, len): not sent yet, whole lines */
     gsize head;
-    guint watch;       /* waiting for the socket to take more */
+    guint watch; /* waiting for the socket to take more */
     guint64 dropped, connects;
     gint64 now_us; /* of the last write: the caller's clock */
     gint64 retry_us, backoff_us;

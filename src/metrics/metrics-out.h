@@ -26,7 +26,7 @@
 #include <glib.h>
 #include <json-c/json.h>
 
-#define MP_METRICS_OUT_QUEUE (256u << 10) /* unix: bytes queued at most */
+#define MP_METRICS_OUT_QUEUE        (256u << 10) /* unix: bytes queued at most */
 #define MP_METRICS_OUT_RETRY_MIN_US G_USEC_PER_SEC
 #define MP_METRICS_OUT_RETRY_MAX_US (60 * G_USEC_PER_SEC)
 

@@ -110,19 +110,20 @@ it_validate_json(const char *schema, const char *path, gboolean lines)
     g_autofree char *out = NULL;
     g_autofree char *script =
         g_build_filename(MP_SOURCE_ROOT, "tests", "validate-json.py", NULL);
-    const char *argv[] = {"python3", script,
+    const char *argv[] = {"python3",
+                          script,
                           lines ? "--lines" : schema,
                           lines ? schema : path,
                           lines ? path : NULL,
                           NULL};
     int status = 0;
 
-    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH,
-                           NULL, NULL, &out, NULL, &status, &err),
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                           NULL, &out, NULL, &status, &err),
               "running %s: %s", script, err ? err->message : "?");
     cr_assert(g_spawn_check_wait_status(status, NULL),
-              "%s is not valid against docs/schema/%s.schema.json:\n%s",
-              path, schema, out);
+              "%s is not valid against docs/schema/%s.schema.json:\n%s", path,
+              schema, out);
 }
 
 gint64

@@ -455,8 +455,8 @@ Test(relay_files, metrics_to_a_unix_socket)
     json_object *r = json_object_from_file(report);
     cr_assert_str_eq(json_object_get_string(jget(r, "outputs.metrics.socket")),
                      sock);
-    cr_assert_eq(json_object_get_int64(jget(r, "outputs.metrics.dropped_lines")),
-                 0);
+    cr_assert_eq(
+        json_object_get_int64(jget(r, "outputs.metrics.dropped_lines")), 0);
     cr_assert(json_object_get_boolean(jget(r, "outputs.metrics.connected")));
     json_object_put(r);
 
@@ -468,8 +468,9 @@ Test(relay_files, metrics_to_a_unix_socket)
     wait_for(report2);
     it_validate_json("report", report2, FALSE);
     r = json_object_from_file(report2);
-    cr_assert_gt(json_object_get_int64(jget(r, "outputs.metrics.dropped_lines")),
-                 0, "%s", json_object_to_json_string(r));
+    cr_assert_gt(
+        json_object_get_int64(jget(r, "outputs.metrics.dropped_lines")), 0,
+        "%s", json_object_to_json_string(r));
     cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.complete")));
     cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.connected")));
     cr_assert_eq(json_object_get_int(jget(r, "session")), 2);
@@ -606,7 +607,7 @@ Test(relay_files, disk_full_metrics_and_report)
     cr_assert(strstr(log, "warning: --metrics"), "%s", log);
     json_object *r = json_object_from_file(last);
     cr_assert_not_null(r);
-    it_validate_json("report", last, FALSE); /* outputs.metrics.error */
+    it_validate_json("report", last, FALSE);         /* outputs.metrics.error */
     it_validate_json("metrics-line", metrics, TRUE); /* whole lines */
     cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.complete")),
               "%s", json_object_to_json_string(r));

@@ -263,8 +263,10 @@ run(const Case *c, Result *res)
         /* every line of its stdout is a metrics line; logs stayed on
          * stderr */
         check_metrics_file(fx.relay->out);
-        cr_assert(json_object_get_boolean(it_jget(rep, "outputs.metrics.stdout")));
-        cr_assert(json_object_get_boolean(it_jget(rep, "outputs.metrics.complete")));
+        cr_assert(
+            json_object_get_boolean(it_jget(rep, "outputs.metrics.stdout")));
+        cr_assert(
+            json_object_get_boolean(it_jget(rep, "outputs.metrics.complete")));
         cr_assert(!g_file_test(fx.relay->metrics, G_FILE_TEST_EXISTS));
     } else {
         check_metrics_file(fx.relay->metrics);

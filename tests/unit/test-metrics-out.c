@@ -142,8 +142,9 @@ Test(metrics_out, stdout_reader_gone)
     cr_assert(!status_bool(st, "complete"));
     cr_assert_eq(status_int(st, "lines"), 0);
     cr_assert_eq(status_int(st, "offset"), 0);
-    cr_assert(strstr(json_object_get_string(json_object_object_get(st, "error")),
-                     g_strerror(EPIPE)));
+    cr_assert(
+        strstr(json_object_get_string(json_object_object_get(st, "error")),
+               g_strerror(EPIPE)));
     json_object_put(st);
 }
 
@@ -229,8 +230,9 @@ Test(metrics_out, unix_slow_reader_drops_never_blocks)
     g_autoptr(GString) got = drain(cfd, g_string_new(NULL));
     g_auto(GStrv) lines = g_strsplit(got->str, "\n", -1);
     guint received = g_strv_length(lines) - 1;
-    cr_assert_eq(received + dropped, n, "%u received, %" G_GUINT64_FORMAT
-                 " dropped", received, dropped);
+    cr_assert_eq(received + dropped, n,
+                 "%u received, %" G_GUINT64_FORMAT " dropped", received,
+                 dropped);
     guint last = 0;
     for (guint i = 0; i < received; i++) {
         cr_assert_eq(strlen(lines[i]), sizeof(line) - 1, "line %u torn", i);

@@ -286,26 +286,26 @@ Test(metrics, json_lines)
 
     g_autofree char *text = NULL;
     cr_assert(g_file_get_contents(path, &text, NULL, NULL));
-    cr_assert_str_eq(
-        text,
-        "{\"schema\":1,\"event\":\"session-start\",\"session\":2,"
-        "\"time\":\"2023-11-14T22:13:20Z\"}\n"
-        "{\"schema\":1,\"event\":\"channel-open\",\"session\":2,"
-        "\"t_ms\":1.500,\"channel\":0,\"peer\":\"h:1\"}\n"
-        "{\"schema\":1,\"event\":\"channel-kind\",\"session\":2,"
-        "\"t_ms\":1.600,\"channel\":0,\"kind\":\"multifd\"}\n"
-        "{\"schema\":1,\"event\":\"partial\",\"session\":2,"
-        "\"t_ms\":1.700,\"channel\":0,\"direction\":\"to-dst\","
-        "\"offset\":12,\"why\":\"odd\"}\n"
-        "{\"schema\":1,\"event\":\"channel-end\",\"session\":2,"
-        "\"t_ms\":1.800,\"channel\":0,\"direction\":\"to-dst\","
-        "\"how\":\"reset\",\"truncated\":\"page\"}\n");
+    cr_assert_str_eq(text,
+                     "{\"schema\":1,\"event\":\"session-start\",\"session\":2,"
+                     "\"time\":\"2023-11-14T22:13:20Z\"}\n"
+                     "{\"schema\":1,\"event\":\"channel-open\",\"session\":2,"
+                     "\"t_ms\":1.500,\"channel\":0,\"peer\":\"h:1\"}\n"
+                     "{\"schema\":1,\"event\":\"channel-kind\",\"session\":2,"
+                     "\"t_ms\":1.600,\"channel\":0,\"kind\":\"multifd\"}\n"
+                     "{\"schema\":1,\"event\":\"partial\",\"session\":2,"
+                     "\"t_ms\":1.700,\"channel\":0,\"direction\":\"to-dst\","
+                     "\"offset\":12,\"why\":\"odd\"}\n"
+                     "{\"schema\":1,\"event\":\"channel-end\",\"session\":2,"
+                     "\"t_ms\":1.800,\"channel\":0,\"direction\":\"to-dst\","
+                     "\"how\":\"reset\",\"truncated\":\"page\"}\n");
     tu_validate_json("metrics-line", path, TRUE);
     /* the report's outputs.metrics */
     cr_assert_eq(tu_json_int(status, "lines"), 5);
     cr_assert_str_eq(
         json_object_get_string(json_object_object_get(status, "file")), path);
-    cr_assert(json_object_get_boolean(json_object_object_get(status, "complete")));
+    cr_assert(
+        json_object_get_boolean(json_object_object_get(status, "complete")));
     json_object_put(status);
     tu_tmpdir_remove(dir);
 }
@@ -376,12 +376,13 @@ Test(metrics, sample_session_lines_and_report_valid)
 
     tu_validate_json("metrics-line", path, TRUE);
     tu_validate_doc("report#/$defs/session", rep);
-    cr_assert_geq(json_object_array_length(json_object_object_get(rep, "rounds")),
-                  1);
+    cr_assert_geq(
+        json_object_array_length(json_object_object_get(rep, "rounds")), 1);
     cr_assert_eq(tu_json_int(rep, "postcopy.requests_answered"), 1);
     /* strict: a key renamed in the report is caught */
     json_object *ram = json_object_object_get(rep, "ram");
-    json_object_object_add(ram, "page", json_object_get(json_object_object_get(ram, "pages")));
+    json_object_object_add(
+        ram, "page", json_object_get(json_object_object_get(ram, "pages")));
     json_object_object_del(ram, "pages");
     char *bad_dir = tu_tmpdir_new("mp-metrics");
     g_autofree char *bad = g_build_filename(bad_dir, "bad.json", NULL);

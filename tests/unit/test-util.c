@@ -68,12 +68,11 @@ tu_validate_json(const char *schema, const char *path, gboolean lines)
         argv[3] = schema;
         argv[4] = path;
     }
-    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH,
-                           NULL, NULL, &out, NULL, &status, &err),
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                           NULL, &out, NULL, &status, &err),
               "running %s: %s", script, err ? err->message : "?");
     cr_assert(g_spawn_check_wait_status(status, NULL),
-              "%s is not valid against docs/schema/%s:\n%s", path, schema,
-              out);
+              "%s is not valid against docs/schema/%s:\n%s", path, schema, out);
 }
 
 void
