@@ -15,7 +15,8 @@ BUILD=${MP_BUILD:-$ROOT/build}
 # clang with libFuzzer (fuzz targets), iproute2 (namespaces), socat,
 # zstd (sample streams), valgrind (meson test --setup=valgrind), libvirt
 # (analyze's test of virsh save images), debhelper and lintian
-# (tests/package: the Debian package).
+# (tests/package: the Debian package), python3-jsonschema (the JSON
+# output checked against docs/schema/).
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
@@ -27,6 +28,7 @@ PACKAGES=(
     iproute2 socat zstd valgrind tcpdump
     libvirt-daemon-system libvirt-clients
     debhelper lintian
+    python3-jsonschema
 )
 
 log() {

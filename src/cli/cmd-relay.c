@@ -195,9 +195,13 @@ relay_entries(gpointer store)
          "ADDR[/PREFIX]"},
         {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &a->metrics,
          "Write metrics as JSON lines while the migration runs (a sample "
-         "every 100 ms, phases, rounds, the end); FILE is replaced, "
-         "never written through a link",
-         "FILE"},
+         "every 100 ms, phases, rounds, the end; "
+         "docs/schema/metrics-line.schema.json): to FILE (replaced, never "
+         "written through a link), to stdout with '-' (logs stay on "
+         "stderr), or with unix:PATH to a listening Unix stream socket "
+         "(never waited for: lines a slow or absent reader cannot take "
+         "are dropped and counted in the report)",
+         "FILE|-|unix:PATH"},
         {"report", 'r', 0, G_OPTION_ARG_FILENAME, &a->report,
          "Write one JSON document per migration when it ends: pages, "
          "rounds, downtime, post-copy latency, channels; the first goes to "
@@ -316,6 +320,11 @@ const MpCommand mp_cmd_relay = {
         "\\\n"
         "      --capture cap/ --once\n"
         "  migproxy analyze cap/\n\n"
+        "  # metrics lines to a pipe, or to a monitor's Unix socket\n"
+        "  migproxy relay -l 127.0.0.1:4444 -t 127.0.0.1:5555 --metrics - "
+        "| jq -c 'select(.event == \"sample\")'\n"
+        "  migproxy relay -l 127.0.0.1:4444 -t 127.0.0.1:5555 "
+        "--metrics unix:/run/mon/migproxy.sock\n\n"
         "Who may migrate: like QEMU's own -incoming tcp:, the relay "
         "authenticates no one. Anyone who can reach --listen can start a "
         "migration to the destination (0.0.0.0 means every interface of "
@@ -344,6 +353,10 @@ const MpCommand mp_cmd_relay = {
         "stops with an error (the migration goes on) and the report says "
         "where and why (outputs.capture); so for the metrics file "
         "(outputs.metrics).\n\n"
+        "JSON: the report and every metrics line carry \"schema\": 1, "
+        "the version of the JSON Schemas in docs/schema/ that describe "
+        "them; additions keep the number, a key removed or changed in "
+        "meaning bumps it.\n\n"
         "Exit status: 0; with --once, 1 if the migration did not complete "
         "or its report could not be written; 2 on usage errors.",
     .entries = relay_entries,

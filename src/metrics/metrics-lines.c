@@ -6,16 +6,26 @@
 
 typedef struct {
     MpMetricsObserver base;
-    MpOutLines *out; /* not owned */
+    MpMetricsOut *out; /* not owned */
 } Lines;
 
-/* Writes {"event", "session", "t_ms", then the members of `o`}; takes
- * `o`. */
+static void
+write_line(MpMetricsOut *out, json_object *line)
+{
+    mp_metrics_out_write(
+        out, json_object_to_json_string_ext(line, JSON_C_TO_STRING_PLAIN),
+        g_get_monotonic_time());
+}
+
+/* Writes {"schema", "event", "session", "t_ms", then the members of
+ * `o`}; takes `o`. */
 static void
 emit(Lines *l, const MpMetrics *m, const char *event, json_object *o,
      gint64 now_us)
 {
     json_object *line = json_object_new_object();
+    json_object_object_add(line, "schema",
+                           json_object_new_int(MP_JSON_SCHEMA_VERSION));
     json_object_object_add(line, "event", json_object_new_string(event));
     json_object_object_add(line, "session",
                            json_object_new_int(mp_metrics_session(m)));
@@ -24,8 +34,7 @@ emit(Lines *l, const MpMetrics *m, const char *event, json_object *o,
     json_object_object_foreach(o, k, v)
         json_object_object_add(line, k, json_object_get(v));
     json_object_put(o);
-    mp_out_lines_write(
-        l->out, json_object_to_json_string_ext(line, JSON_C_TO_STRING_PLAIN));
+    write_line(l->out, line);
     json_object_put(line);
 }
 
@@ -186,7 +195,7 @@ lines_free(MpMetricsObserver *self)
 }
 
 void
-mp_metrics_lines_attach(MpMetrics *m, MpOutLines *lines)
+mp_metrics_lines_attach(MpMetrics *m, MpMetricsOut *out)
 {
     Lines *l = g_new0(Lines, 1);
 
@@ -201,17 +210,18 @@ mp_metrics_lines_attach(MpMetrics *m, MpOutLines *lines)
         .finish = on_finish,
         .free = lines_free,
     };
-    l->out = lines;
+    l->out = out;
 
     /* no t_ms: the session's wall-clock start instead */
     json_object *o = json_object_new_object();
+    json_object_object_add(o, "schema",
+                           json_object_new_int(MP_JSON_SCHEMA_VERSION));
     json_object_object_add(o, "event", json_object_new_string("session-start"));
     json_object_object_add(o, "session",
                            json_object_new_int(mp_metrics_session(m)));
     g_autofree char *iso = mp_metrics_start_time(m);
     json_object_object_add(o, "time", iso ? json_object_new_string(iso) : NULL);
-    mp_out_lines_write(
-        lines, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    write_line(out, o);
     json_object_put(o);
     mp_metrics_add_observer(m, &l->base);
 }

@@ -1,6 +1,7 @@
 /* metrics-report.c: the report document of the metrics model (see
  * metrics-report.h and docs/relay.md). */
 #include "config.h"
+#include <string.h>
 #include "json-util.h"
 #include "metrics-report.h"
 
@@ -158,9 +159,25 @@ add_postcopy(const MpMetrics *m, json_object *doc)
 }
 
 json_object *
+mp_json_with_schema(json_object *doc)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "schema",
+                           json_object_new_int(MP_JSON_SCHEMA_VERSION));
+    json_object_object_foreach(doc, k, v)
+    {
+        if (strcmp(k, "schema") != 0)
+            json_object_object_add(o, k, json_object_get(v));
+    }
+    json_object_put(doc);
+    return o;
+}
+
+json_object *
 mp_metrics_report(const MpMetrics *m)
 {
-    json_object *doc = mp_analysis_to_json(mp_metrics_analysis(m));
+    json_object *doc =
+        mp_json_with_schema(mp_analysis_to_json(mp_metrics_analysis(m)));
     const char *outcome = mp_metrics_outcome_text(m);
     MpMetricsDowntime dt;
 

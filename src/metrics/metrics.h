@@ -12,12 +12,15 @@
  *
  * What it shows is up to its presentations, one file each, which watch
  * it as observers (MpMetricsObserver) or read it at the end:
- *   metrics-lines.c     JSON lines while the session runs (--metrics)
+ *   metrics-lines.c     JSON lines while the session runs (--metrics),
+ *                       written by metrics-out.c to a file, stdout or a
+ *                       Unix socket
  *   metrics-progress.c  the one-line progress display on a terminal
  *   metrics-log.c       log lines for phases and rounds; the summary line
  *   metrics-report.c    the report document (--report, and `analyze` of
  *                       a capture)
- * The keys are described in docs/relay.md.
+ * The keys are described in docs/relay.md and, with their units, by the
+ * JSON Schemas in docs/schema/ ("schema": MP_JSON_SCHEMA_VERSION).
  *
  * Times are monotonic microseconds (g_get_monotonic_time(), or a
  * capture's timestamps); the model keeps them relative to the session

@@ -14,6 +14,7 @@
 #include "input-format.h"
 #include "mapped-ram.h"
 #include "pcap-read.h"
+#include "metrics-report.h"
 #include "qcow2.h"
 #include "qmig-parser.h"
 #include "pipeline.h"
@@ -299,8 +300,8 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
     }
 }
 
-json_object *
-mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+static json_object *
+analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
 {
     MpInputFormat format;
     json_object *early = dispatch(path, opt, &format, ok);
@@ -448,3 +449,9 @@ done:
     return doc;
 }
 
+json_object *
+mp_analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
+{
+    /* every shape of document carries the output's version first */
+    return mp_json_with_schema(analyze_file(path, opt, ok));
+}

@@ -13,7 +13,8 @@ typedef struct {
     char *snapshot;     /* qcow2: analyze this snapshot's VM state */
 } MpAnalyzeOptions;
 
-/* Analyzes `path` into a JSON document (mp_analysis_to_json plus "file").
+/* Analyzes `path` into a JSON document (mp_analysis_to_json plus
+ * "schema" and "file"; docs/schema/analyze.schema.json).
  * *ok is FALSE when the file could not be read or holds an invalid
  * stream; the reasons are in the document's errors[].
  * @return the document; the caller owns it. */

@@ -113,7 +113,7 @@ struct MpRelay {
     GPtrArray *sessions; /* Session*, not yet freed */
     Session *current;    /* the joinable session */
     guint session_count;
-    MpOutLines *metrics_file;
+    MpMetricsOut *metrics_out; /* --metrics: a file, stdout, a socket */
     MpCapture *capture;
     guint reports_pending; /* sessions ended, their capture not yet written */
     gboolean report_failed;
@@ -321,20 +321,9 @@ outputs_report(MpRelay *r)
     json_object *o = json_object_new_object();
     if (r->capture)
         json_object_object_add(o, "capture", mp_capture_status(r->capture));
-    if (r->metrics_file) {
-        guint64 off;
-        const char *err = mp_out_lines_error(r->metrics_file, &off);
-        json_object *m = json_object_new_object();
-        json_object_object_add(
-            m, "file",
-            json_object_new_string(mp_out_lines_path(r->metrics_file)));
-        json_object_object_add(m, "complete", json_object_new_boolean(!err));
-        if (err) {
-            json_object_object_add(m, "error", json_object_new_string(err));
-            json_object_object_add(m, "offset", json_object_new_int64(off));
-        }
-        json_object_object_add(o, "metrics", m);
-    }
+    if (r->metrics_out)
+        json_object_object_add(o, "metrics",
+                               mp_metrics_out_status(r->metrics_out));
     return o;
 }
 
@@ -559,8 +548,8 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
     s->metrics = mp_metrics_new(s->number,
                                 g_get_real_time() - (now - s->start_us),
                                 s->start_us);
-    if (r->metrics_file)
-        mp_metrics_lines_attach(s->metrics, r->metrics_file);
+    if (r->metrics_out)
+        mp_metrics_lines_attach(s->metrics, r->metrics_out);
     if (r->opt.progress && !r->opt.quiet)
         mp_metrics_progress_attach(s->metrics, stderr);
     else if (!r->opt.quiet)
@@ -1366,8 +1355,8 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         return NULL;
     r->listen_addr = mp_address_string(bound);
     if (r->metrics_path) {
-        r->metrics_file = mp_out_lines_new(r->metrics_path, error);
-        if (!r->metrics_file) {
+        r->metrics_out = mp_metrics_out_new(r->metrics_path, error);
+        if (!r->metrics_out) {
             g_prefix_error(error, "--metrics: ");
             return NULL;
         }
@@ -1422,7 +1411,7 @@ mp_relay_free(MpRelay *r)
         g_socket_close(r->listener, NULL);
     g_clear_object(&r->listener);
     g_clear_object(&r->to);
-    mp_out_lines_free(r->metrics_file);
+    mp_metrics_out_free(r->metrics_out);
     if (r->loop)
         g_main_loop_unref(r->loop);
     g_free(r->listen_str);

@@ -20,7 +20,7 @@
 typedef struct {
     const char *listen;       /* HOST:PORT (port 0: any free port) */
     const char *to;           /* HOST:PORT of the destination's -incoming */
-    const char *metrics;      /* --metrics FILE: JSON lines, or NULL */
+    const char *metrics;      /* --metrics FILE, - or unix:PATH, or NULL */
     const char *report;       /* --report FILE (session N>1: FILE-N) or NULL */
     const char *capture;      /* --capture DIR, or NULL */
     gboolean once;            /* exit when the first session ends */

@@ -1,6 +1,7 @@
 /* itest-util.c: helpers of the integration tests (see itest-util.h). */
 #include "config.h"
 #include <string.h>
+#include <unistd.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "itest-util.h"
@@ -90,7 +91,39 @@ it_analyze(const char *stream, const char *dump_dir)
               errout);
     json_object *doc = json_tokener_parse(out);
     cr_assert_not_null(doc, "migproxy analyze printed no JSON:\n%s", out);
+    /* what tools read: docs/schema/analyze.schema.json */
+    g_autofree char *tmp = NULL;
+    int fd = g_file_open_tmp("mp-analyze-XXXXXX.json", &tmp, &err);
+    cr_assert(fd >= 0, "%s", err ? err->message : "?");
+    close(fd);
+    cr_assert(g_file_set_contents(tmp, out, -1, &err), "%s",
+              err ? err->message : "?");
+    it_validate_json("analyze", tmp, FALSE);
+    g_unlink(tmp);
     return doc;
+}
+
+void
+it_validate_json(const char *schema, const char *path, gboolean lines)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *script =
+        g_build_filename(MP_SOURCE_ROOT, "tests", "validate-json.py", NULL);
+    const char *argv[] = {"python3",
+                          script,
+                          lines ? "--lines" : schema,
+                          lines ? schema : path,
+                          lines ? path : NULL,
+                          NULL};
+    int status = 0;
+
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                           NULL, &out, NULL, &status, &err),
+              "running %s: %s", script, err ? err->message : "?");
+    cr_assert(g_spawn_check_wait_status(status, NULL),
+              "%s is not valid against docs/schema/%s.schema.json:\n%s", path,
+              schema, out);
 }
 
 gint64

@@ -37,8 +37,15 @@ MpQemu *it_start_workload(const char *version, const char *machine,
                           const char *const *extra_args);
 
 /* Runs `migproxy analyze --json -q [--dump-ram DIR] FILE`; asserts the
- * exit status is 0 and returns the document (caller owns). */
+ * exit status is 0 and the output is valid against
+ * docs/schema/analyze.schema.json, and returns the document (caller
+ * owns). */
 json_object *it_analyze(const char *stream, const char *dump_dir);
+
+/* Runs tests/validate-json.py: `path` (one JSON document, or one a line
+ * with `lines`) must be valid against docs/schema/`schema`.schema.json
+ * (report, metrics-line, analyze); asserts, with the validator's errors. */
+void it_validate_json(const char *schema, const char *path, gboolean lines);
 
 /* Integer at a dotted path ("ram.pages.normal"); asserts it exists. */
 gint64 it_jint(json_object *doc, const char *path);

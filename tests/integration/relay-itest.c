@@ -51,6 +51,7 @@ it_relay_start_at(const char *dir, const char *const *wrapper,
     r->dst_port = dst_port;
     r->port = port;
     r->log = g_build_filename(dir, "relay.log", NULL);
+    r->out = g_build_filename(dir, "relay.out", NULL);
     r->report = g_build_filename(dir, "report.json", NULL);
     r->metrics = g_build_filename(dir, "metrics.jsonl", NULL);
     r->capture = g_build_filename(dir, "capture", NULL);
@@ -73,12 +74,16 @@ it_relay_start_at(const char *dir, const char *const *wrapper,
 
     int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     cr_assert(fd >= 0, "%s: %s", r->log, g_strerror(errno));
+    /* its stdout apart: `--metrics -` writes there, logs go to stderr */
+    int ofd = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    cr_assert(ofd >= 0, "%s: %s", r->out, g_strerror(errno));
     gboolean ok = g_spawn_async_with_pipes_and_fds(
         NULL, (const char *const *)argv->pdata, NULL,
         G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
-        die_with_parent, NULL, -1, -1, fd, NULL, NULL, 0, &r->pid, NULL, NULL,
+        die_with_parent, NULL, -1, ofd, fd, NULL, NULL, 0, &r->pid, NULL, NULL,
         NULL, &err);
     close(fd);
+    close(ofd);
     cr_assert(ok, "starting migproxy relay: %s", err ? err->message : "?");
 
     gint64 deadline = g_get_monotonic_time() + LISTEN_TIMEOUT_MS * 1000ll;
@@ -142,6 +147,7 @@ it_relay_free(ItRelay *r)
         g_spawn_close_pid(r->pid);
     }
     g_free(r->log);
+    g_free(r->out);
     g_free(r->report);
     g_free(r->metrics);
     g_free(r->capture);
@@ -171,6 +177,12 @@ it_relay_session_report(ItRelay *r, guint session)
     json_object *doc = json_object_from_file(path);
     g_autofree char *text = it_relay_log_text(r);
     cr_assert_not_null(doc, "no report in %s; relay log:\n%s", path, text);
+    /* what tools read: docs/schema/report.schema.json, and once the relay
+     * is done, every --metrics line */
+    it_validate_json("report", path, FALSE);
+    if (session == 1 && it_relay_exited(r)
+        && g_file_test(r->metrics, G_FILE_TEST_EXISTS))
+        it_validate_json("metrics-line", r->metrics, TRUE);
     return doc;
 }
 

@@ -14,6 +14,7 @@ typedef struct {
     GPid pid;
     guint16 port, dst_port;
     char *log;     /* its stderr */
+    char *out;     /* its stdout (--metrics -) */
     char *report;  /* --report */
     char *metrics; /* --metrics */
     char *capture; /* --capture */
@@ -42,7 +43,9 @@ gboolean it_relay_exited(ItRelay *r);
 int it_relay_wait(ItRelay *r, guint timeout_ms);
 /* Kills it by pid if it still runs, reaps it, frees.  Accepts NULL. */
 void it_relay_free(ItRelay *r);
-/* @return the --report document (caller owns); asserts it parses. */
+/* @return the --report document (caller owns); asserts it parses and is
+ * valid against docs/schema/report.schema.json, and once the relay exited
+ * that its --metrics file (if any) is valid against metrics-line's. */
 json_object *it_relay_report(ItRelay *r);
 /* Session N > 1 reports to report-N.json (docs/relay.md).  @return its
  * path (caller frees). */

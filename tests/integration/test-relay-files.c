@@ -17,7 +17,10 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -385,6 +388,8 @@ Test(relay_files, one_report_per_session)
     json_object *r1 = json_object_from_file(report);
     json_object *r2 = json_object_from_file(report2);
     cr_assert(r1 && r2);
+    it_validate_json("report", report, FALSE);
+    it_validate_json("report", report2, FALSE);
     cr_assert_eq(json_object_get_int(jget(r1, "session")), 1);
     cr_assert_eq(json_object_get_int(jget(r2, "session")), 2);
     json_object *ch = json_object_array_get_idx(jget(r1, "channels"), 0);
@@ -394,6 +399,82 @@ Test(relay_files, one_report_per_session)
     struct stat st;
     cr_assert_eq(stat(report, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0600, "report %o", st.st_mode & 0777);
+}
+
+/* What a monitor read on `fd` from the relay until a line with `until`
+ * came (5 s at most). */
+static GString *
+read_lines_until(int fd, const char *until)
+{
+    GString *got = g_string_new(NULL);
+    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+    char buf[4096];
+
+    while (!strstr(got->str, until)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert(g_get_monotonic_time() < deadline, "no %s line in:\n%s",
+                  until, got->str);
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof(buf));
+        cr_assert_gt(n, 0, "the relay closed the metrics socket");
+        g_string_append_len(got, buf, n);
+    }
+    return got;
+}
+
+/* --metrics unix:PATH: a monitor listening there gets the session's
+ * lines, valid; when it goes away the relay goes on, the next session's
+ * lines are dropped and counted, and its report says so. */
+Test(relay_files, metrics_to_a_unix_socket)
+{
+    guint16 dport = dst_start();
+    g_autofree char *sock = g_build_filename(fx.dir, "mon.sock", NULL);
+    g_autofree char *report = g_build_filename(fx.dir, "report.json", NULL);
+    g_autofree char *report2 = g_build_filename(fx.dir, "report-2.json", NULL);
+    g_autofree char *lines = g_build_filename(fx.dir, "got.jsonl", NULL);
+    g_autofree char *a_rep = g_strdup_printf("--report=%s", report);
+    g_autofree char *a_met = g_strdup_printf("--metrics=unix:%s", sock);
+    const char *args[] = {a_rep, a_met, NULL};
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(sa.sun_path, sock, sizeof(sa.sun_path));
+    cr_assert(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    cr_assert(listen(lfd, 1) == 0);
+    fx.relay = relay_start(dport, FALSE, args);
+    int cfd = accept(lfd, NULL, NULL); /* it connected when it started */
+    cr_assert(cfd >= 0);
+
+    source(fx.relay->port, 5000);
+    g_autoptr(GString) got = read_lines_until(cfd, "\"session-end\"");
+    cr_assert(g_file_set_contents(lines, got->str, got->len, NULL));
+    it_validate_json("metrics-line", lines, TRUE);
+    wait_for(report);
+    it_validate_json("report", report, FALSE);
+    json_object *r = json_object_from_file(report);
+    cr_assert_str_eq(json_object_get_string(jget(r, "outputs.metrics.socket")),
+                     sock);
+    cr_assert_eq(
+        json_object_get_int64(jget(r, "outputs.metrics.dropped_lines")), 0);
+    cr_assert(json_object_get_boolean(jget(r, "outputs.metrics.connected")));
+    json_object_put(r);
+
+    /* the monitor goes away */
+    close(cfd);
+    close(lfd);
+    g_unlink(sock);
+    source(fx.relay->port, 100);
+    wait_for(report2);
+    it_validate_json("report", report2, FALSE);
+    r = json_object_from_file(report2);
+    cr_assert_gt(
+        json_object_get_int64(jget(r, "outputs.metrics.dropped_lines")), 0,
+        "%s", json_object_to_json_string(r));
+    cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.complete")));
+    cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.connected")));
+    cr_assert_eq(json_object_get_int(jget(r, "session")), 2);
+    json_object_put(r);
 }
 
 /* Links planted at --report and --metrics are replaced, not followed;
@@ -423,6 +504,8 @@ Test(relay_files, planted_links_not_followed)
     json_object *r = json_object_from_file(report);
     cr_assert_not_null(r);
     json_object_put(r);
+    it_validate_json("report", report, FALSE);
+    it_validate_json("metrics-line", metrics, TRUE);
 
     /* a capture directory with a link planted in it */
     g_autofree char *cap = g_build_filename(fx.dir, "cap", NULL);
@@ -464,6 +547,7 @@ Test(relay_files, disk_full_capture)
 
     json_object *r = json_object_from_file(report);
     cr_assert_not_null(r, "no report");
+    it_validate_json("report", report, FALSE); /* outputs.capture.error */
     json_object *c = jget(r, "outputs.capture");
     cr_assert_not_null(c, "%s", json_object_to_json_string(r));
     cr_assert(!json_object_get_boolean(jget(c, "complete")));
@@ -523,6 +607,8 @@ Test(relay_files, disk_full_metrics_and_report)
     cr_assert(strstr(log, "warning: --metrics"), "%s", log);
     json_object *r = json_object_from_file(last);
     cr_assert_not_null(r);
+    it_validate_json("report", last, FALSE);         /* outputs.metrics.error */
+    it_validate_json("metrics-line", metrics, TRUE); /* whole lines */
     cr_assert(!json_object_get_boolean(jget(r, "outputs.metrics.complete")),
               "%s", json_object_to_json_string(r));
     cr_assert_eq(json_object_get_int64(jget(r, "outputs.metrics.offset")),

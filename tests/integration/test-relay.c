@@ -13,7 +13,9 @@
  *     stream the relay captured; with a running destination (post-copy),
  *     the guest's own self-check (verify=1) reports no CORRUPT page;
  *   - the capture, read back by `migproxy analyze DIR`, gives the same
- *     page counts; the metrics file has samples and an end;
+ *     page counts; the metrics file (stdout for precopy_100) has samples
+ *     and an end; the report, the metrics lines and the capture's
+ *     analysis are valid against docs/schema/;
  *   - the downtime on the wire against QEMU's `downtime` (printed as
  *     "relay-downtime" lines; docs/relay.md).
  */
@@ -109,6 +111,17 @@ check_metrics_file(const char *path)
     cr_assert_eq(starts, 1);
     cr_assert_geq(samples, 1, "no sample in %s", path);
     cr_assert_eq(ends, 1);
+    it_validate_json("metrics-line", path, TRUE);
+}
+
+/* Does the case send its metrics lines to stdout (`--metrics -`)? */
+static gboolean
+metrics_to_stdout(const Case *c)
+{
+    for (guint i = 0; i < G_N_ELEMENTS(c->relay_args) && c->relay_args[i]; i++)
+        if (g_str_equal(c->relay_args[i], "--metrics=-"))
+            return TRUE;
+    return FALSE;
 }
 
 /* The capture, read back, counts the same pages as the live relay. */
@@ -235,7 +248,18 @@ run(const Case *c, Result *res)
                   "wire downtime %.1f ms, QEMU %" G_GINT64_FORMAT " ms", wire,
                   qemu);
 
-    check_metrics_file(fx.relay->metrics);
+    if (metrics_to_stdout(c)) {
+        /* every line of its stdout is a metrics line; logs stayed on
+         * stderr */
+        check_metrics_file(fx.relay->out);
+        cr_assert(
+            json_object_get_boolean(it_jget(rep, "outputs.metrics.stdout")));
+        cr_assert(
+            json_object_get_boolean(it_jget(rep, "outputs.metrics.complete")));
+        cr_assert(!g_file_test(fx.relay->metrics, G_FILE_TEST_EXISTS));
+    } else {
+        check_metrics_file(fx.relay->metrics);
+    }
     check_capture(rep);
 
     switch (c->mem) {
@@ -344,6 +368,7 @@ Test(relay, precopy_72)
     result_clear(&r);
 }
 
+/* (its metrics lines go to stdout: `--metrics -`) */
 Test(relay, precopy_100)
 {
     Case c = {.name = "precopy_100",
@@ -351,7 +376,8 @@ Test(relay, precopy_100)
               .machine = "pc-q35-10.0",
               .append = "mem=64M rate=4000",
               .downtime_ms = 20,
-              .mem = MEM_SOURCE};
+              .mem = MEM_SOURCE,
+              .relay_args = {"--metrics=-"}};
     Result r = {0};
     run(&c, &r);
     check_pages_exact(&r);

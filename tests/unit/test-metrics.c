@@ -12,6 +12,7 @@
 #include "metrics-log.h"
 #include "metrics-progress.h"
 #include "metrics-report.h"
+#include "session.h"
 #include "test-util.h"
 
 /* the session starts at monotonic time 1000 */
@@ -270,7 +271,7 @@ Test(metrics, json_lines)
     char *dir = tu_tmpdir_new("mp-metrics");
     g_autofree char *path = g_build_filename(dir, "m.jsonl", NULL);
     g_autoptr(GError) err = NULL;
-    MpOutLines *lines = mp_out_lines_new(path, &err);
+    MpMetricsOut *lines = mp_metrics_out_new(path, &err);
     cr_assert_not_null(lines, "%s", err ? err->message : "?");
     /* 2023-11-14T22:13:20Z */
     MpMetrics *m = mp_metrics_new(2, 1700000000000000LL, T0);
@@ -281,23 +282,32 @@ Test(metrics, json_lines)
     mp_metrics_partial(m, 0, MP_DIR_TO_DST, 12, "odd", T0 + 1700);
     mp_metrics_channel_end(m, 0, MP_DIR_TO_DST, MP_END_RESET, "page", T0 + 1800);
     mp_metrics_free(m);
-    mp_out_lines_free(lines);
+    json_object *status = mp_metrics_out_status(lines);
+    mp_metrics_out_free(lines);
 
     g_autofree char *text = NULL;
     cr_assert(g_file_get_contents(path, &text, NULL, NULL));
+    cr_assert_str_eq(text,
+                     "{\"schema\":1,\"event\":\"session-start\",\"session\":2,"
+                     "\"time\":\"2023-11-14T22:13:20Z\"}\n"
+                     "{\"schema\":1,\"event\":\"channel-open\",\"session\":2,"
+                     "\"t_ms\":1.500,\"channel\":0,\"peer\":\"h:1\"}\n"
+                     "{\"schema\":1,\"event\":\"channel-kind\",\"session\":2,"
+                     "\"t_ms\":1.600,\"channel\":0,\"kind\":\"multifd\"}\n"
+                     "{\"schema\":1,\"event\":\"partial\",\"session\":2,"
+                     "\"t_ms\":1.700,\"channel\":0,\"direction\":\"to-dst\","
+                     "\"offset\":12,\"why\":\"odd\"}\n"
+                     "{\"schema\":1,\"event\":\"channel-end\",\"session\":2,"
+                     "\"t_ms\":1.800,\"channel\":0,\"direction\":\"to-dst\","
+                     "\"how\":\"reset\",\"truncated\":\"page\"}\n");
+    tu_validate_json("metrics-line", path, TRUE);
+    /* the report's outputs.metrics */
+    cr_assert_eq(tu_json_int(status, "lines"), 5);
     cr_assert_str_eq(
-        text,
-        "{\"event\":\"session-start\",\"session\":2,"
-        "\"time\":\"2023-11-14T22:13:20Z\"}\n"
-        "{\"event\":\"channel-open\",\"session\":2,\"t_ms\":1.500,"
-        "\"channel\":0,\"peer\":\"h:1\"}\n"
-        "{\"event\":\"channel-kind\",\"session\":2,\"t_ms\":1.600,"
-        "\"channel\":0,\"kind\":\"multifd\"}\n"
-        "{\"event\":\"partial\",\"session\":2,\"t_ms\":1.700,\"channel\":0,"
-        "\"direction\":\"to-dst\",\"offset\":12,\"why\":\"odd\"}\n"
-        "{\"event\":\"channel-end\",\"session\":2,\"t_ms\":1.800,"
-        "\"channel\":0,\"direction\":\"to-dst\",\"how\":\"reset\","
-        "\"truncated\":\"page\"}\n");
+        json_object_get_string(json_object_object_get(status, "file")), path);
+    cr_assert(
+        json_object_get_boolean(json_object_object_get(status, "complete")));
+    json_object_put(status);
     tu_tmpdir_remove(dir);
 }
 
@@ -320,7 +330,77 @@ Test(metrics, report_of_a_running_session)
     cr_assert(json_object_object_get_ex(ch, "to_dst", &v));
     cr_assert(json_object_object_get_ex(v, "bytes", &v));
     cr_assert_eq(json_object_get_int64(v), 42);
+    cr_assert_eq(tu_json_int(rep, "schema"), MP_JSON_SCHEMA_VERSION);
+    tu_validate_doc("report#/$defs/session", rep);
     json_object_put(rep);
+}
+
+/* A sample stream (rounds, device sections, the end) through a session,
+ * ticked every 100 ms: every line and the report are valid against
+ * docs/schema/, as is a report with post-copy requests and a partial
+ * channel. */
+Test(metrics, sample_session_lines_and_report_valid)
+{
+    char *dir = tu_tmpdir_new("mp-metrics");
+    g_autofree char *path = g_build_filename(dir, "m.jsonl", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GByteArray) stream = tu_read_sample("busy-10.0.mig.zst");
+    MpMetricsOut *out = mp_metrics_out_new(path, &err);
+    cr_assert_not_null(out, "%s", err ? err->message : "?");
+    MpMetrics *m = mp_metrics_new(1, 1700000000000000LL, T0);
+    MpSession *t = mp_session_new(m, 1);
+    gint64 now = T0;
+
+    mp_metrics_lines_attach(m, out);
+    mp_session_add(t, 0, "127.0.0.1:40000", now);
+    mp_session_add(t, 1, "127.0.0.1:40002", now);
+    for (gsize off = 0; off < stream->len; off += 65536) {
+        now += 20000;
+        mp_session_feed(t, 0, MP_DIR_TO_DST, stream->data + off,
+                        MIN(65536, stream->len - off), now);
+        mp_metrics_tick(m, now);
+    }
+    /* a second connection that is not a migration channel */
+    mp_session_feed(t, 1, MP_DIR_TO_DST, (const guint8 *)"GET / HTTP/1.0", 14,
+                    now);
+    feed_rp(m, MP_RP_MSG_REQ_PAGES, "pc.ram", 0x1000, 4096, now + 1);
+    feed_page(m, 0, "pc.ram", 0x1000, now + 500);
+    for (guint c = 0; c < 2; c++)
+        for (int d = 0; d < MP_DIR__MAX; d++)
+            mp_session_end(t, c, d, MP_END_FIN, now + 1000);
+    mp_metrics_tick(m, now + 100000);
+    mp_metrics_finish(m, now + 100000, NULL);
+    json_object *rep = mp_metrics_report(m);
+    mp_session_free(t);
+    mp_metrics_free(m);
+    mp_metrics_out_free(out);
+
+    tu_validate_json("metrics-line", path, TRUE);
+    tu_validate_doc("report#/$defs/session", rep);
+    cr_assert_geq(
+        json_object_array_length(json_object_object_get(rep, "rounds")), 1);
+    cr_assert_eq(tu_json_int(rep, "postcopy.requests_answered"), 1);
+    /* strict: a key renamed in the report is caught */
+    json_object *ram = json_object_object_get(rep, "ram");
+    json_object_object_add(
+        ram, "page", json_object_get(json_object_object_get(ram, "pages")));
+    json_object_object_del(ram, "pages");
+    char *bad_dir = tu_tmpdir_new("mp-metrics");
+    g_autofree char *bad = g_build_filename(bad_dir, "bad.json", NULL);
+    cr_assert_eq(json_object_to_file(bad, rep), 0);
+    g_autofree char *script =
+        g_build_filename(MP_SOURCE_ROOT, "tests", "validate-json.py", NULL);
+    const char *argv[] = {"python3", script, "report#/$defs/session", bad,
+                          NULL};
+    int status = 0;
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL,
+                           G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL,
+                           NULL, NULL, NULL, NULL, &status, NULL));
+    cr_assert(!g_spawn_check_wait_status(status, NULL),
+              "a report with ram.pages renamed was accepted");
+    json_object_put(rep);
+    tu_tmpdir_remove(bad_dir);
+    tu_tmpdir_remove(dir);
 }
 
 Test(metrics, summary_line)

@@ -52,3 +52,35 @@ tu_read_sample(const char *name)
     cr_assert_eq(n, 0, "%s", err ? err->message : "?");
     return all;
 }
+
+void
+tu_validate_json(const char *schema, const char *path, gboolean lines)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *script =
+        g_build_filename(MP_SOURCE_ROOT, "tests", "validate-json.py", NULL);
+    const char *argv[] = {"python3", script, schema, path, NULL, NULL};
+    int status = 0;
+
+    if (lines) {
+        argv[2] = "--lines";
+        argv[3] = schema;
+        argv[4] = path;
+    }
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL,
+                           NULL, &out, NULL, &status, &err),
+              "running %s: %s", script, err ? err->message : "?");
+    cr_assert(g_spawn_check_wait_status(status, NULL),
+              "%s is not valid against docs/schema/%s:\n%s", path, schema, out);
+}
+
+void
+tu_validate_doc(const char *schema, json_object *doc)
+{
+    char *dir = tu_tmpdir_new("mp-validate");
+    g_autofree char *path = g_build_filename(dir, "doc.json", NULL);
+    cr_assert_eq(json_object_to_file(path, doc), 0);
+    tu_validate_json(schema, path, FALSE);
+    tu_tmpdir_remove(dir);
+}

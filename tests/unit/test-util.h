@@ -17,3 +17,11 @@ gint64 tu_json_int(json_object *doc, const char *path);
 /* The whole content of samples/streams/`name` (plain or .zst).  @return a
  * new array (caller frees); a file it cannot read fails the test. */
 GByteArray *tu_read_sample(const char *name);
+
+/* Runs tests/validate-json.py: `path` holds one JSON document (each line
+ * one with `lines`) that must be valid against `schema` (report,
+ * metrics-line, analyze, or a pointer into one, "report#/$defs/session");
+ * an invalid one fails the test with the validator's errors. */
+void tu_validate_json(const char *schema, const char *path, gboolean lines);
+/* The same for a document in memory (borrowed). */
+void tu_validate_doc(const char *schema, json_object *doc);
