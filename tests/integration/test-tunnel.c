@@ -330,6 +330,15 @@ run(const Case *c)
                      link, stream);
 
     if (c->postcopy_after_ms) {
+        /* the destination asked for pages over the return path, through
+         * the tunnel's reverse stream, and got them */
+        g_printerr("tunnel-postcopy requests=%" G_GINT64_FORMAT
+                   " wire_requests=%" G_GINT64_FORMAT "\n",
+                   it_jint(src, "ram.postcopy-requests"),
+                   it_jint(rep, "postcopy.requests"));
+        cr_assert_gt(it_jint(src, "ram.postcopy-requests"), 0);
+        cr_assert_eq(it_jint(rep, "postcopy.requests"),
+                     it_jint(src, "ram.postcopy-requests"));
         /* running destination: the guest verifies itself */
         const char *path = mp_qemu_console_path(fx.dst);
         gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
