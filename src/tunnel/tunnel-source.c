@@ -31,6 +31,8 @@ struct MpTunSource {
     guint reported;      /* mux connections already in a report */
     guint since;         /* where the last report began */
     gboolean ended;      /* the last tunnel closed: clean END both ways */
+    gboolean up;         /* the current tunnel's handshake is done */
+    gboolean unheard;    /* the last one closed before the peer's HELLO */
     gboolean finishing;
     gint64 start_us;
 };
@@ -50,6 +52,7 @@ static void
 mux_ready(MpTunMux *m, gpointer data)
 {
     MpTunSource *s = data;
+    s->up = TRUE;
     if (!s->opt.quiet)
         g_message("tunnel to %s is up (protocol v%u%s)", s->peer_str,
                   MP_TUN_VERSION, s->opt.compress ? ", zstd" : "");
@@ -61,6 +64,8 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
     MpTunSource *s = data;
 
     g_clear_error(&s->last_error);
+    s->unheard = !s->up;
+    s->up = FALSE;
     if (error) {
         s->last_error = g_error_copy(error);
         g_warning("the tunnel failed: %s%s", error->message,
@@ -264,12 +269,16 @@ mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms, GError **error)
 
     while (!(s->mux && mp_tun_mux_ready(s->mux))) {
         if (g_get_monotonic_time() >= deadline) {
-            if (s->last_error)
-                g_propagate_error(error, g_error_copy(s->last_error));
-            else
-                g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
-                            "--peer %s: no tunnel in %u ms", s->peer_str,
-                            timeout_ms);
+            /* a dest that closes before its preamble refused us at
+             * accept: say where to look */
+            gboolean at_accept = s->last_error && s->unheard;
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                        "--peer %s: no tunnel in %u ms%s%s%s", s->peer_str,
+                        timeout_ms, s->last_error ? ": " : "",
+                        s->last_error ? s->last_error->message : "",
+                        at_accept ? " (closed before a word: is this host "
+                                    "in its --allow? is it migproxy dest?)"
+                                  : "");
             return FALSE;
         }
         g_main_context_iteration(NULL, FALSE);

@@ -482,3 +482,52 @@ Test(tunnel, tunnel_killed)
     cr_assert_eq(proc_wait(&fx.pair2->src, 60000), 0);
     cr_assert_eq(proc_wait(&fx.pair2->dst, 30000), 0);
 }
+
+/* Without TLS, dest takes tunnels only from --allow: none given is a
+ * usage error; a source side from another address is closed at accept,
+ * so that source side never gets a tunnel and says so (exit 1), and no
+ * QEMU is involved. */
+Test(tunnel, dest_allow)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = NULL, *errtext = NULL;
+    int status;
+
+    const char *noallow[] = {it_migproxy(), "dest", "--listen=127.0.0.1:0",
+                             "--to=127.0.0.1:1", NULL};
+    cr_assert(g_spawn_sync(NULL, (char **)noallow, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &out, &errtext, &status, &err));
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "%s", errtext);
+    cr_assert(strstr(errtext, "--allow is required"), "%s", errtext);
+
+    fx.pair = g_new0(Pair, 1);
+    fx.pair->src.status = fx.pair->dst.status = -1;
+    fx.pair->dst_port = mp_qemu_pick_free_port(&err);
+    cr_assert(fx.pair->dst_port);
+    g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(a, g_strdup("dest"));
+    g_ptr_array_add(a, g_strdup_printf("--listen=127.0.0.1:%u",
+                                       fx.pair->dst_port));
+    g_ptr_array_add(a, g_strdup("--to=127.0.0.1:1"));
+    g_ptr_array_add(a, g_strdup("--allow=127.0.0.2"));
+    g_autofree char *dlog = g_strdup_printf("%s/allow-dest.log", fx.dir);
+    proc_start(&fx.pair->dst, dlog, a);
+    g_autofree char *dtext = log_text(&fx.pair->dst);
+    cr_assert(strstr(dtext, "no TLS"), "dest does not say it has no TLS:\n%s",
+              dtext);
+
+    g_autofree char *peer = g_strdup_printf("--peer=127.0.0.1:%u",
+                                            fx.pair->dst_port);
+    const char *src[] = {it_migproxy(), "source", "--listen=127.0.0.1:0", peer,
+                         "--connect-timeout=3000", NULL};
+    g_clear_pointer(&errtext, g_free);
+    g_clear_pointer(&out, g_free);
+    cr_assert(g_spawn_sync(NULL, (char **)src, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &out, &errtext, &status, &err));
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s", errtext);
+    cr_assert(strstr(errtext, "--peer") && strstr(errtext, "--allow"), "%s",
+              errtext);
+    g_free(dtext);
+    dtext = log_text(&fx.pair->dst);
+    cr_assert(strstr(dtext, "not in --allow"), "%s", dtext);
+}
