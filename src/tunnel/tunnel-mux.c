@@ -765,6 +765,9 @@ mp_tun_mux_report(const MpTunMux *m, guint since)
         json_object_object_add(j, "stream", json_object_new_int(c->fwd));
         json_object_object_add(
             j, "kind", json_object_new_string(kind_name(c->open.channel, 0)));
+        if (c->open.channel == MP_TUN_CH_MULTIFD)
+            json_object_object_add(j, "index",
+                                   json_object_new_int(c->open.index));
         /* the direction this side reads: QEMU's bytes in, link bytes out;
          * the other: link bytes in, QEMU's bytes out */
         json_object *rd = dir_report(c->read_bytes, c->link_out);

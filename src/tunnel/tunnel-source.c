@@ -13,6 +13,19 @@
 
 #define CONNECT_TIMEOUT_MS 10000
 #define RETRY_MS           1000
+/* A hop connection's first bytes name its channel in the OPEN; one that
+ * stays silent this long (QEMU 7.2's postcopy-preempt channel) goes
+ * without them.  Connections wait in accept order, so the destination
+ * still opens them in QEMU's order. */
+#define CLASSIFY_MS 100
+#define CLASSIFY_POLL_MS 2
+#define MFD_MAGIC 0x11223344u
+
+typedef struct {
+    GSocket *sock;
+    MpTunOpen open;
+    gint64 since_us;
+} HopConn;
 
 struct MpTunSource {
     MpTunSourceOptions opt;
@@ -35,6 +48,9 @@ struct MpTunSource {
     gboolean unheard;    /* the last one closed before the peer's HELLO */
     gboolean finishing;
     gint64 start_us;
+    GQueue hop_wait; /* HopConn*, accept order: waiting for their kind */
+    guint classify_id;
+    gboolean session_has_main;
 };
 
 static void dial(MpTunSource *s);
@@ -152,6 +168,89 @@ reset_close(GSocket *sock)
     g_socket_close(sock, NULL);
 }
 
+static void
+hop_conn_free(HopConn *h)
+{
+    g_object_unref(h->sock);
+    g_free(h);
+}
+
+/* The channel a hop connection's first `n` bytes show (relay-admit.c
+ * checked them already; this only names them): TRUE when decided. */
+static gboolean
+kind_of(MpTunSource *s, const guint8 *b, gssize n, gboolean timed_out,
+        MpTunOpen *o)
+{
+    if (n >= 4 && memcmp(b, "QEVM", 4) == 0) {
+        o->channel = MP_TUN_CH_MAIN;
+        s->session_has_main = TRUE;
+        return TRUE;
+    }
+    if (n >= 4 && mp_be32(b) == MFD_MAGIC) {
+        /* be32 magic, be32 version, uuid[16], u8 id */
+        if (n < 25 && !timed_out)
+            return FALSE;
+        o->channel = MP_TUN_CH_MULTIFD;
+        o->index = n >= 25 ? b[24] : 0;
+        return TRUE;
+    }
+    if (n >= 1 && b[0] == 0x08) { /* QEMU_VM_COMMAND: a recovery channel */
+        o->channel = MP_TUN_CH_RECOVERY;
+        return TRUE;
+    }
+    if (n > 0) { /* bare RAM records: postcopy-preempt; or TLS, unknown */
+        o->channel = b[0] == 0x16 ? MP_TUN_CH_UNKNOWN : MP_TUN_CH_PREEMPT;
+        return TRUE;
+    }
+    if (!timed_out && n != 0)
+        return FALSE;
+    /* silent (7.2's preempt channel), or closed at once */
+    o->channel = s->session_has_main && n != 0 ? MP_TUN_CH_PREEMPT
+                                               : MP_TUN_CH_UNKNOWN;
+    return TRUE;
+}
+
+static gboolean classify_tick(gpointer data);
+
+/* Opens the waiting hop connections whose kind is known, in order. */
+static void
+classify(MpTunSource *s)
+{
+    HopConn *h;
+    gint64 now = g_get_monotonic_time();
+
+    while ((h = g_queue_peek_head(&s->hop_wait))) {
+        if (!s->mux || !mp_tun_mux_ready(s->mux)) {
+            reset_close(h->sock);
+            hop_conn_free(g_queue_pop_head(&s->hop_wait));
+            continue;
+        }
+        guint8 b[32];
+        /* a peek: the bytes stay for the mux to read */
+        gssize n = recv(g_socket_get_fd(h->sock), b, sizeof(b),
+                        MSG_PEEK | MSG_DONTWAIT);
+        if (!kind_of(s, b, n, now - h->since_us >= CLASSIFY_MS * 1000,
+                     &h->open))
+            break;
+        guint16 id = mp_tun_mux_add(s->mux, h->sock, &h->open);
+        g_debug("session %u: connection %u (%s %u) is tunnel stream %u",
+                h->open.session, h->open.connection,
+                mp_tun_channel_name(h->open.channel), h->open.index, id);
+        hop_conn_free(g_queue_pop_head(&s->hop_wait));
+    }
+    if (!g_queue_is_empty(&s->hop_wait) && !s->classify_id)
+        s->classify_id = g_timeout_add(CLASSIFY_POLL_MS, classify_tick, s);
+}
+
+static gboolean
+classify_tick(gpointer data)
+{
+    MpTunSource *s = data;
+    s->classify_id = 0;
+    classify(s);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean
 on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
 {
@@ -183,21 +282,20 @@ on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
             reset_close(sock);
             continue;
         }
-        if (mp_tun_mux_live(s->mux) == 0) {
+        if (mp_tun_mux_live(s->mux) == 0 && g_queue_is_empty(&s->hop_wait)) {
             s->session++;
             s->in_session = 0;
+            s->session_has_main = FALSE;
         }
-        /* the channel's kind is the relay's business (its report names
-         * it); the destination side needs the order only */
-        MpTunOpen o = {
-            .session = s->session,
-            .connection = s->in_session++,
-            .channel = MP_TUN_CH_UNKNOWN,
-        };
-        guint16 id = mp_tun_mux_add(s->mux, sock, &o);
-        g_debug("session %u: connection %u is tunnel stream %u", o.session,
-                o.connection, id);
+        HopConn *h = g_new0(HopConn, 1);
+        h->sock = g_object_ref(sock);
+        g_socket_set_blocking(sock, FALSE);
+        h->open.session = s->session;
+        h->open.connection = s->in_session++;
+        h->since_us = g_get_monotonic_time();
+        g_queue_push_tail(&s->hop_wait, h);
     }
+    classify(s);
     return G_SOURCE_CONTINUE;
 }
 
@@ -248,6 +346,9 @@ mp_tun_source_free(MpTunSource *s)
     }
     if (s->retry_id)
         g_source_remove(s->retry_id);
+    if (s->classify_id)
+        g_source_remove(s->classify_id);
+    g_queue_clear_full(&s->hop_wait, (GDestroyNotify)hop_conn_free);
     mp_tun_dial_free(s->dial);
     mp_tun_mux_free(s->mux);
     mp_tun_mux_free(s->last);

@@ -312,6 +312,23 @@ run(const Case *c)
                  conns);
     cr_assert_eq(json_object_array_length(it_jget(drep, "tunnel.channels")),
                  conns);
+    /* the source side named each connection as the relay did, and dest
+     * opened them in that order */
+    for (guint i = 0; i < conns; i++) {
+        json_object *rc = json_object_array_get_idx(it_jget(rep, "channels"),
+                                                    i);
+        json_object *tc = json_object_array_get_idx(
+            it_jget(rep, "tunnel.channels"), i);
+        json_object *dc = json_object_array_get_idx(
+            it_jget(drep, "tunnel.channels"), i);
+        const char *kind = json_object_get_string(it_jget(rc, "kind"));
+        cr_assert_str_eq(json_object_get_string(it_jget(tc, "kind")), kind,
+                         "connection %u", i);
+        cr_assert_str_eq(json_object_get_string(it_jget(dc, "kind")), kind,
+                         "connection %u at dest", i);
+        if (strcmp(kind, "multifd") == 0)
+            cr_assert_eq(it_jint(dc, "index"), i - 1);
+    }
     /* what entered the tunnel came out at the destination, byte for byte
      * in count (the memory check below says the same of their content) */
     cr_assert_eq(entered, written);
