@@ -548,3 +548,28 @@ Test(tunnel, dest_allow)
     dtext = log_text(&fx.pair->dst);
     cr_assert(strstr(dtext, "not in --allow"), "%s", dtext);
 }
+
+/* postcopy-preempt (10.0 connects it at the switchover): the channel
+ * goes through the tunnel in its own urgent stream, named preempt. */
+Test(tunnel, preempt_100)
+{
+    Case c = {.name = "preempt_100",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=5000 verify=1",
+              .caps = {"postcopy-ram", "postcopy-preempt"},
+              .postcopy_after_ms = 500};
+    run(&c);
+}
+
+/* QEMU 7.2 connects its preempt channel right after the main one and
+ * says nothing on it until post-copy: the source side names it preempt
+ * after 100 ms of silence, and dest still opens it second. */
+Test(tunnel, preempt_72)
+{
+    Case c = {.name = "preempt_72",
+              .append = "mem=64M rate=5000 verify=1",
+              .caps = {"postcopy-ram", "postcopy-preempt"},
+              .postcopy_after_ms = 500};
+    run(&c);
+}
