@@ -11,9 +11,14 @@
  *     page behind even direct: docs/qemu-quirks.md);
  *   - with compression, the tunnel's link bytes are fewer than the bytes
  *     QEMU wrote (printed as "tunnel-bytes" lines with the durations).
- * And a tunnel cut mid-pre-copy (dest killed) fails the migration: the
- * source QEMU reports "failed" and its guest runs on; a retry through a
- * fresh pair completes.
+ *   - the tunnel names each connection's channel as the relay does, and
+ *     dest opens them in QEMU's order (multifd ids in order).
+ * Cases: pre-copy 7.2 and 10.0 (and 10.0 with --no-compress), multifd x4
+ * on 10.0, post-copy on 10.0 (page requests over the tunnel's return
+ * path), postcopy-preempt on 10.0 and 7.2 (silent channel).  And a tunnel
+ * cut mid-pre-copy (dest killed) fails the migration: the source QEMU
+ * reports "failed" and its guest runs on; a retry through a fresh pair
+ * completes.  dest_allow: no QEMU, --allow at dest.
  */
 #include "config.h"
 #include <errno.h>
