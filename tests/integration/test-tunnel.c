@@ -318,7 +318,9 @@ run(const Case *c)
     cr_assert_eq(json_object_array_length(it_jget(drep, "tunnel.channels")),
                  conns);
     /* the source side named each connection as the relay did, and dest
-     * opened them in that order */
+     * opened them in that order (multifd channels in the order they
+     * connected, which need not be their ids' order: each id once) */
+    guint ids = 0;
     for (guint i = 0; i < conns; i++) {
         json_object *rc = json_object_array_get_idx(it_jget(rep, "channels"),
                                                     i);
@@ -331,9 +333,16 @@ run(const Case *c)
                          "connection %u", i);
         cr_assert_str_eq(json_object_get_string(it_jget(dc, "kind")), kind,
                          "connection %u at dest", i);
-        if (strcmp(kind, "multifd") == 0)
-            cr_assert_eq(it_jint(dc, "index"), i - 1);
+        if (strcmp(kind, "multifd") == 0) {
+            gint64 id = it_jint(dc, "index");
+            cr_assert_eq(id, it_jint(tc, "index"), "connection %u", i);
+            cr_assert(id < 32 && !(ids & (1u << id)),
+                      "multifd id %" G_GINT64_FORMAT, id);
+            ids |= 1u << id;
+        }
     }
+    if (c->multifd_channels)
+        cr_assert_eq(ids, (1u << c->multifd_channels) - 1);
     /* what entered the tunnel came out at the destination, byte for byte
      * in count (the memory check below says the same of their content) */
     cr_assert_eq(entered, written);
