@@ -9,6 +9,8 @@ const MpCommand *const mp_commands[] = {
     &mp_cmd_analyze,
     &mp_cmd_demo,
     &mp_cmd_relay,
+    &mp_cmd_source,
+    &mp_cmd_dest,
     NULL,
 };
 

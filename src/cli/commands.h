@@ -35,6 +35,8 @@ struct MpCommand {
 extern const MpCommand mp_cmd_analyze;
 extern const MpCommand mp_cmd_demo;
 extern const MpCommand mp_cmd_relay;
+extern const MpCommand mp_cmd_source;
+extern const MpCommand mp_cmd_dest;
 
 /* Every command, in the order `migproxy --help` lists them; NULL ends. */
 extern const MpCommand *const mp_commands[];

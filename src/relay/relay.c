@@ -294,6 +294,10 @@ session_report(Session *s)
     json_object *rep = mp_metrics_report(s->metrics);
     json_object_object_add(rep, "filters", filters_report(s));
     json_object_object_add(rep, "priority", priority_report(s));
+    if (s->relay->opt.report_extra)
+        json_object_object_add(
+            rep, s->relay->opt.report_key,
+            s->relay->opt.report_extra(s->number, s->relay->opt.report_data));
     return rep;
 }
 

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <glib.h>
+#include <json-c/json.h>
 
 typedef struct {
     const char *listen;       /* HOST:PORT (port 0: any free port) */
@@ -34,6 +35,11 @@ typedef struct {
     guint64 queue; /* post-copy read-ahead; 0: mp_pcopy_auto_queue() */
     const char *const *allow; /* --allow ADDR[/PREFIX], NULL-terminated;
                                  NULL or empty: any address */
+    /* Embedding (`migproxy source`): a JSON value added to session N's
+     * report under `report_key`, or NULL for none. */
+    json_object *(*report_extra)(guint session, gpointer data);
+    const char *report_key;
+    gpointer report_data;
 } MpRelayOptions;
 
 typedef struct MpRelay MpRelay;

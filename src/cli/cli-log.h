@@ -1,0 +1,17 @@
+/* cli-log.h: the log lines of the long-running commands that have no
+ * progress line of their own (`migproxy source`, `migproxy dest`):
+ * "migproxy dest [  2.1 s] message", one line each on stderr. */
+#pragma once
+
+#include <glib.h>
+
+typedef struct {
+    const char *tag;  /* "migproxy dest" */
+    gint64 start_us;
+    gboolean verbose; /* debug messages too */
+    gboolean tty;     /* a progress line may be drawn: erase it first */
+} MpCliLog;
+
+/* Sends every glib log message of the process to `log` (which must
+ * outlive the process's logging). */
+void mp_cli_log_install(MpCliLog *log);

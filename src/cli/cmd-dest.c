@@ -1,0 +1,183 @@
+/* cmd-dest.c: `migproxy dest`, the end of the tunnel next to the
+ * destination QEMU (src/tunnel/tunnel-dest.h). */
+#include "config.h"
+#include <signal.h>
+#include <stdio.h>
+#include <glib.h>
+#include <glib-unix.h>
+#include "cli-log.h"
+#include "commands.h"
+#include "tunnel-dest.h"
+
+typedef struct {
+    char *listen, *to, *report;
+    GStrv allow;
+    gboolean once, quiet, verbose, no_compress;
+    gint connect_timeout;
+} DestArgs;
+
+static void
+dest_args_clear(DestArgs *a)
+{
+    g_free(a->listen);
+    g_free(a->to);
+    g_free(a->report);
+    g_strfreev(a->allow);
+}
+
+typedef struct {
+    MpTunDest *dest;
+    const char *name;
+} StopSignal;
+
+static gboolean
+on_stop_signal(gpointer user_data)
+{
+    const StopSignal *s = user_data;
+    mp_tun_dest_stop(s->dest, s->name);
+    return G_SOURCE_CONTINUE;
+}
+
+static int
+dest_with(const DestArgs *a, int argc, char **argv)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!a->listen || !a->to) {
+        fprintf(stderr, "migproxy dest: --listen and --to are required\n"
+                        "(see migproxy dest --help)\n");
+        return 2;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "migproxy dest: unexpected argument '%s'\n", argv[1]);
+        return 2;
+    }
+    if (a->connect_timeout <= 0) {
+        fprintf(stderr, "migproxy dest: --connect-timeout is positive "
+                        "milliseconds\n");
+        return 2;
+    }
+    MpCliLog lc = {
+        .tag = "migproxy dest",
+        .start_us = g_get_monotonic_time(),
+        .verbose = a->verbose,
+    };
+    mp_cli_log_install(&lc);
+    signal(SIGPIPE, SIG_IGN);
+
+    MpTunDestOptions opt = {
+        .listen = a->listen,
+        .to = a->to,
+        .allow = (const char *const *)a->allow,
+        .report = a->report,
+        .once = a->once,
+        .compress = !a->no_compress,
+        .quiet = a->quiet,
+        .connect_timeout_ms = a->connect_timeout,
+    };
+    g_autoptr(MpTunDest) dest = mp_tun_dest_new(&opt, &err);
+    if (!dest) {
+        fprintf(stderr, "migproxy dest: %s\n", err->message);
+        return err->code == G_IO_ERROR_INVALID_ARGUMENT ? 2 : 1;
+    }
+    StopSignal stops[] = {
+        {dest, "SIGINT"}, {dest, "SIGTERM"}, {dest, "SIGHUP"}};
+    const int signums[] = {SIGINT, SIGTERM, SIGHUP};
+    guint ids[G_N_ELEMENTS(stops)];
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
+    g_warning("no TLS in this version: the tunnel is plain TCP, guest "
+              "memory crosses the network unencrypted; accepting tunnels "
+              "only from --allow addresses");
+    if (!a->quiet)
+        g_message("listening on %s, relaying to %s%s",
+                  mp_tun_dest_listen_address(dest), a->to,
+                  a->once ? " (one tunnel)" : "");
+    int status = mp_tun_dest_run(dest);
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        g_source_remove(ids[i]);
+    return status;
+}
+
+static GOptionEntry *
+dest_entries(gpointer store)
+{
+    DestArgs *a = store;
+    const GOptionEntry entries[] = {
+        {"listen", 'l', 0, G_OPTION_ARG_STRING, &a->listen,
+         "Where 'migproxy source --peer' connects (required)", "HOST:PORT"},
+        {"to", 't', 0, G_OPTION_ARG_STRING, &a->to,
+         "The destination QEMU's -incoming address (required)", "HOST:PORT"},
+        {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &a->allow,
+         "Accept tunnels only from this address or network (required, "
+         "repeat for more): the tunnel has no TLS yet",
+         "ADDR[/PREFIX]"},
+        {"report", 'r', 0, G_OPTION_ARG_FILENAME, &a->report,
+         "When a tunnel ends, write a JSON document: its duration, outcome, "
+         "link bytes, and per QEMU connection the tunnel bytes it took and "
+         "the bytes written to QEMU (the Nth tunnel to FILE-N); replaced, "
+         "readable by its user only",
+         "FILE"},
+        {"once", '1', 0, G_OPTION_ARG_NONE, &a->once,
+         "Exit when the first tunnel ends (status 0 if it ended cleanly)",
+         NULL},
+        {"no-compress", 0, 0, G_OPTION_ARG_NONE, &a->no_compress,
+         "Do not offer zstd to the source side", NULL},
+        {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &a->connect_timeout,
+         "Give up connecting to the destination QEMU after MS (default "
+         "10000)",
+         "MS"},
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
+         "Only warnings and errors on stderr", NULL},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &a->verbose,
+         "Also log every connection and stream event", NULL},
+        {NULL},
+    };
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static int
+dest_run(int argc, char **argv)
+{
+    DestArgs a = {.connect_timeout = 10000};
+    g_autofree GOptionEntry *entries = dest_entries(&a);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_dest, entries);
+    g_autoptr(GError) err = NULL;
+
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy dest: %s\n(see migproxy dest --help)\n",
+                err->message);
+        dest_args_clear(&a);
+        return 2;
+    }
+    int status = dest_with(&a, argc, argv);
+    dest_args_clear(&a);
+    return status;
+}
+
+const MpCommand mp_cmd_dest = {
+    .name = "dest",
+    .purpose = "the destination host's end of a compressing migration "
+               "tunnel",
+    .summary =
+        "The destination host's end of migproxy's tunnel: 'migproxy "
+        "source' on the source host connects to --listen; for every QEMU "
+        "connection the tunnel carries, dest opens a TCP connection to the "
+        "destination QEMU at --to, one at a time in the order the source "
+        "QEMU opened them (main first, multifd channels in order), writes "
+        "the stream, and sends back what QEMU writes (the return path). One "
+        "tunnel at a time; another is refused while one runs.",
+    .description =
+        "Examples:\n"
+        "  qemu-system-x86_64 ... -incoming tcp:127.0.0.1:5555\n"
+        "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 "
+        "--allow 10.0.0.1 \\\n"
+        "      --report tunnel.json --once\n\n"
+        "Security: this version has no TLS; dest says so when it starts and "
+        "accepts tunnels only from --allow addresses. See docs/tunnel.md.\n\n"
+        "Exit status: 0; with --once, 1 if the tunnel did not end cleanly or "
+        "its report could not be written; 2 on usage errors.",
+    .entries = dest_entries,
+    .store_size = sizeof(DestArgs),
+    .run = dest_run,
+};

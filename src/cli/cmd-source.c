@@ -1,0 +1,291 @@
+/* cmd-source.c: `migproxy source`, the end of the tunnel next to the
+ * source QEMU: the relay (admission, pipelines, metrics, report, capture)
+ * whose destination is the tunnel (src/tunnel/tunnel-source.h). */
+#include "config.h"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <glib.h>
+#include <glib-unix.h>
+#include "cli-log.h"
+#include "commands.h"
+#include "out-file.h"
+#include "relay.h"
+#include "tunnel-source.h"
+
+#define FINISH_TIMEOUT_MS 30000
+
+typedef struct {
+    char *listen, *peer, *metrics, *report, *capture;
+    GStrv allow;
+    gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
+    gint level, connect_timeout;
+} SourceArgs;
+
+static void
+source_args_clear(SourceArgs *a)
+{
+    g_free(a->listen);
+    g_free(a->peer);
+    g_free(a->metrics);
+    g_free(a->report);
+    g_free(a->capture);
+    g_strfreev(a->allow);
+}
+
+typedef struct {
+    MpRelay *relay;
+    const char *name;
+} StopSignal;
+
+static gboolean
+on_stop_signal(gpointer user_data)
+{
+    const StopSignal *s = user_data;
+    mp_relay_stop(s->relay, s->name);
+    return G_SOURCE_CONTINUE;
+}
+
+static json_object *
+tunnel_report(guint session, gpointer data)
+{
+    return mp_tun_source_report(data);
+}
+
+/* --once: the report the relay wrote gets the tunnel's final counters
+ * (the relay reported when its side closed, a moment before the tunnel
+ * had every byte). */
+static gboolean
+final_tunnel_report(const char *path, MpTunSource *tun)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *rep = json_object_from_file(path);
+
+    if (!rep)
+        return TRUE; /* none written: the relay said why */
+    json_object_object_add(rep, "tunnel", mp_tun_source_report_again(tun));
+    const char *text = json_object_to_json_string_ext(
+        rep, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+    gboolean ok = mp_out_path_replace(path, text, strlen(text), &err);
+    if (!ok)
+        g_critical("the report is lost: %s", err->message);
+    json_object_put(rep);
+    return ok;
+}
+
+static int
+source_with(const SourceArgs *a, int argc, char **argv)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!a->listen || !a->peer) {
+        fprintf(stderr, "migproxy source: --listen and --peer are required\n"
+                        "(see migproxy source --help)\n");
+        return 2;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "migproxy source: unexpected argument '%s'\n",
+                argv[1]);
+        return 2;
+    }
+    if (a->level < 1 || a->level > 19 || a->connect_timeout <= 0) {
+        fprintf(stderr, "migproxy source: --level is 1..19, "
+                        "--connect-timeout positive milliseconds\n");
+        return 2;
+    }
+    MpCliLog lc = {
+        .tag = "migproxy source",
+        .start_us = g_get_monotonic_time(),
+        .verbose = a->verbose,
+        .tty = isatty(STDERR_FILENO) && !a->no_progress && !a->quiet,
+    };
+    mp_cli_log_install(&lc);
+    signal(SIGPIPE, SIG_IGN);
+
+    MpTunSourceOptions to = {
+        .peer = a->peer,
+        .compress = !a->no_compress,
+        .level = a->level,
+        .quiet = a->quiet,
+    };
+    g_autoptr(MpTunSource) tun = mp_tun_source_new(&to, &err);
+    if (!tun || !mp_tun_source_wait_ready(tun, a->connect_timeout, &err)) {
+        fprintf(stderr, "migproxy source: %s\n", err->message);
+        return 1;
+    }
+    g_warning("the tunnel to %s is plain TCP (no TLS in this version): "
+              "guest memory crosses the network unencrypted; use it on a "
+              "network you trust",
+              a->peer);
+
+    MpRelayOptions opt = {
+        .listen = a->listen,
+        .to = mp_tun_source_hop(tun),
+        .metrics = a->metrics,
+        .report = a->report,
+        .capture = a->capture,
+        .once = a->once,
+        .quiet = a->quiet,
+        .progress = lc.tty,
+        .connect_timeout_ms = a->connect_timeout,
+        .no_zero_pages = a->no_zero_pages,
+        /* the hop is local: there is no link to pace or reorder for */
+        .no_priority = TRUE,
+        .allow = (const char *const *)a->allow,
+        .report_extra = tunnel_report,
+        .report_key = "tunnel",
+        .report_data = tun,
+    };
+    g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
+    if (!relay) {
+        fprintf(stderr, "migproxy source: %s\n", err->message);
+        return 1;
+    }
+    StopSignal stops[] = {
+        {relay, "SIGINT"}, {relay, "SIGTERM"}, {relay, "SIGHUP"}};
+    const int signums[] = {SIGINT, SIGTERM, SIGHUP};
+    guint ids[G_N_ELEMENTS(stops)];
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
+    if (!a->quiet)
+        g_message("listening on %s, tunnel to %s%s",
+                  mp_relay_listen_address(relay), a->peer,
+                  a->once ? " (one migration)" : "");
+    int status = mp_relay_run(relay);
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        g_source_remove(ids[i]);
+    g_clear_pointer(&relay, mp_relay_free);
+    if (!mp_tun_source_finish(tun, FINISH_TIMEOUT_MS) && status == 0
+        && a->once) {
+        g_warning("the tunnel did not end cleanly");
+        status = 1;
+    }
+    if (a->once && a->report && !final_tunnel_report(a->report, tun))
+        status = 1;
+    return status;
+}
+
+static GOptionEntry *
+source_entries(gpointer store)
+{
+    SourceArgs *a = store;
+    const GOptionEntry entries[] = {
+        {"listen", 'l', 0, G_OPTION_ARG_STRING, &a->listen,
+         "Where the source QEMU migrates to (required; 127.0.0.1:PORT when "
+         "QEMU runs on this host)",
+         "HOST:PORT"},
+        {"peer", 'p', 0, G_OPTION_ARG_STRING, &a->peer,
+         "The 'migproxy dest --listen' address on the destination host "
+         "(required)",
+         "HOST:PORT"},
+        {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &a->allow,
+         "Accept QEMU's connections only from this address or network "
+         "(repeat for more; default: any address that can reach --listen)",
+         "ADDR[/PREFIX]"},
+        {"no-compress", 0, 0, G_OPTION_ARG_NONE, &a->no_compress,
+         "Send the stream through the tunnel as it is (by default it is "
+         "zstd-compressed, one context per QEMU connection)",
+         NULL},
+        {"level", 0, 0, G_OPTION_ARG_INT, &a->level,
+         "zstd level, 1 (fastest) to 19 (default 3)", "N"},
+        {"no-zero-pages", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_pages,
+         "Send all-zero pages as they came (by default a full page of "
+         "zeros becomes a ZERO record before the tunnel)",
+         NULL},
+        {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &a->metrics,
+         "Write metrics as JSON lines while the migration runs, as "
+         "'migproxy relay' does",
+         "FILE"},
+        {"report", 'r', 0, G_OPTION_ARG_FILENAME, &a->report,
+         "Write one JSON document per migration when it ends: the relay's "
+         "report (pages, rounds, downtime, QEMU's bytes per channel) and "
+         "under 'tunnel' the bytes each connection put into the tunnel and "
+         "the DATA bytes they took on the link (FILE, FILE-2, ... as for "
+         "'migproxy relay')",
+         "FILE"},
+        {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &a->capture,
+         "Record every QEMU connection, both directions, into DIR (new or "
+         "empty), as 'migproxy relay' does",
+         "DIR"},
+        {"once", '1', 0, G_OPTION_ARG_NONE, &a->once,
+         "Exit when the first migration ends and the tunnel has ended "
+         "cleanly (status 0 if both)",
+         NULL},
+        {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &a->connect_timeout,
+         "Give up reaching --peer at start after MS (default 10000)", "MS"},
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
+         "Only warnings and errors on stderr", NULL},
+        {"no-progress", 0, 0, G_OPTION_ARG_NONE, &a->no_progress,
+         "Log lines instead of the live progress line on a terminal", NULL},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &a->verbose,
+         "Also log every connection and stream event", NULL},
+        {NULL},
+    };
+    return g_memdup2(entries, sizeof(entries));
+}
+
+static int
+source_run(int argc, char **argv)
+{
+    SourceArgs a = {.level = 3, .connect_timeout = 10000};
+    g_autofree GOptionEntry *entries = source_entries(&a);
+    g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_source, entries);
+    g_autoptr(GError) err = NULL;
+
+    if (!g_option_context_parse(oc, &argc, &argv, &err)) {
+        fprintf(stderr, "migproxy source: %s\n(see migproxy source --help)\n",
+                err->message);
+        source_args_clear(&a);
+        return 2;
+    }
+    int status = source_with(&a, argc, argv);
+    source_args_clear(&a);
+    return status;
+}
+
+const MpCommand mp_cmd_source = {
+    .name = "source",
+    .purpose = "the source host's end of a compressing migration tunnel",
+    .summary =
+        "The source host's end of migproxy's tunnel: the source QEMU "
+        "migrates to --listen, and every connection of the migration "
+        "(main, multifd, postcopy-preempt, recovery) travels, compressed, "
+        "through one TCP connection to 'migproxy dest' on the destination "
+        "host, which opens the same connections to the destination QEMU in "
+        "the same order. The return path comes back on its own stream. "
+        "Neither QEMU can tell the pair is there; the destination's guest "
+        "memory is the source's.\n\n"
+        "QEMU's connections are admitted and measured as 'migproxy relay' "
+        "admits and measures them (one migration at a time, --allow, the "
+        "checks of their first bytes; --report, --metrics, --capture). "
+        "What QEMU writes is read only as fast as the tunnel and the "
+        "destination take it (4 MiB per connection in flight at most), so "
+        "QEMU's own bandwidth and downtime estimates see the tunnel's rate.",
+    .description =
+        "Examples:\n"
+        "  # on the destination host (10.0.0.3): QEMU waits, then dest\n"
+        "  qemu-system-x86_64 ... -incoming tcp:127.0.0.1:5555\n"
+        "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 "
+        "--allow 10.0.0.1\n\n"
+        "  # on the source host (10.0.0.1)\n"
+        "  migproxy source --listen 127.0.0.1:4444 --peer 10.0.0.3:7000 \\\n"
+        "      --report report.json --once\n"
+        "  (qemu) migrate -d tcp:127.0.0.1:4444\n\n"
+        "Failures: if the tunnel drops, every connection it carried is "
+        "reset: the source QEMU sees its migration fail and its guest goes "
+        "on running; a new tunnel is tried every second for the next "
+        "migration. A migration that starts while the tunnel is down fails "
+        "at once.\n\n"
+        "Security: this version has no TLS: the tunnel is plain TCP and the "
+        "source says so when it starts. Run it on a network you trust; "
+        "'migproxy dest' accepts tunnels only from its --allow addresses. "
+        "See docs/tunnel.md.\n\n"
+        "Exit status: 0; with --once, 1 if the migration did not complete, "
+        "its report could not be written or the tunnel did not end "
+        "cleanly; 1 if --peer cannot be reached at start; 2 on usage "
+        "errors.",
+    .entries = source_entries,
+    .store_size = sizeof(SourceArgs),
+    .run = source_run,
+};

@@ -1,0 +1,382 @@
+/* tunnel-conn.c: one tunnel connection on the glib main loop (see
+ * tunnel-conn.h). */
+#include "config.h"
+#include <errno.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <gio/gio.h>
+#include "tunnel-conn.h"
+
+#define READ_CHUNK (256u << 10)
+
+struct MpTunConn {
+    GSocket *sock;
+    char *name;
+    MpTunConnHooks hooks;
+    gpointer data;
+    MpTunHello mine;
+    char *software;
+    MpTunParser *parser;
+    MpTunAgreed agreed;
+    gboolean ready;
+    /* output: whole frames, urgent lane first; `cur` is being written */
+    GQueue urgent, bulk; /* GBytes* */
+    GBytes *cur;
+    gsize cur_pos;
+    gsize queued;
+    gboolean was_high;
+    GSource *source;
+    GIOCondition cond;
+    guint8 *rbuf;
+    guint64 bytes_in, bytes_out;
+    gboolean end_sent, end_received, eof;
+    guint8 peer_end_code;
+    GError *error;   /* the failure, once failed */
+    gboolean done;   /* closed: only the idle is left */
+    guint closed_id;
+};
+
+static void update_watch(MpTunConn *c);
+
+static gboolean
+closed_idle(gpointer data)
+{
+    MpTunConn *c = data;
+    c->closed_id = 0;
+    if (c->hooks.closed)
+        c->hooks.closed(c, c->error, c->peer_end_code, c->data);
+    return G_SOURCE_REMOVE;
+}
+
+/* The connection is over (cleanly if `error` is NULL). */
+static void
+finish(MpTunConn *c, GError *error)
+{
+    if (c->done) {
+        g_clear_error(&error);
+        return;
+    }
+    c->done = TRUE;
+    c->error = error;
+    if (c->source) {
+        g_source_destroy(c->source);
+        g_clear_pointer(&c->source, g_source_unref);
+    }
+    g_socket_close(c->sock, NULL);
+    c->closed_id = g_idle_add(closed_idle, c);
+}
+
+static void
+queue_bytes(MpTunConn *c, const guint8 *buf, gsize len, gboolean urgent)
+{
+    g_queue_push_tail(urgent ? &c->urgent : &c->bulk, g_bytes_new(buf, len));
+    c->queued += len;
+}
+
+void
+mp_tun_conn_send(MpTunConn *c, const guint8 *buf, gsize len, gboolean urgent)
+{
+    if (c->done || c->end_sent)
+        return;
+    queue_bytes(c, buf, len, urgent);
+    update_watch(c);
+}
+
+gsize
+mp_tun_conn_queued(const MpTunConn *c)
+{
+    return c->queued;
+}
+
+static MpRecordAction
+on_frame(const MpTunFrame *f, gpointer data)
+{
+    MpTunConn *c = data;
+
+    if (c->done)
+        return MP_REC_PAUSE;
+    if (f->type == MP_TUN_HELLO) {
+        g_autoptr(GError) err = NULL;
+        if (c->ready) {
+            g_set_error(&err, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                        "%s: a second HELLO at offset %" G_GUINT64_FORMAT,
+                        c->name, f->offset);
+            mp_tun_conn_fail(c, err);
+            return MP_REC_PAUSE;
+        }
+        if (!mp_tun_negotiate(&c->mine, &f->u.hello, &c->agreed, &err)) {
+            g_autoptr(GByteArray) b = g_byte_array_new();
+            mp_tun_write_end(b, MP_TUN_END_REFUSED, err->message);
+            queue_bytes(c, b->data, b->len, TRUE);
+            c->end_sent = TRUE;
+            g_prefix_error(&err, "%s: ", c->name);
+            /* the END goes out if the socket takes it now */
+            update_watch(c);
+            mp_tun_conn_fail(c, err);
+            return MP_REC_PAUSE;
+        }
+        c->ready = TRUE;
+        mp_tun_parser_set_max_payload(c->parser, c->agreed.max_payload);
+        if (c->hooks.ready)
+            c->hooks.ready(c, &c->agreed, c->data);
+        return MP_REC_CONTINUE;
+    }
+    if (f->type == MP_TUN_END) {
+        c->end_received = TRUE;
+        c->peer_end_code = f->u.end.code;
+        if (f->u.end.code != MP_TUN_END_DONE
+            && f->u.end.code != MP_TUN_END_SHUTDOWN) {
+            g_autoptr(GError) err = NULL;
+            g_set_error(&err, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED,
+                        "%s: the peer ended the tunnel: %s%s%s", c->name,
+                        f->u.end.code == MP_TUN_END_REFUSED ? "refused"
+                                                            : "error",
+                        f->u.end.reason && *f->u.end.reason ? ": " : "",
+                        f->u.end.reason ? f->u.end.reason : "");
+            mp_tun_conn_fail(c, err);
+            return MP_REC_PAUSE;
+        }
+        if (!c->end_sent)
+            mp_tun_conn_end(c, MP_TUN_END_DONE, NULL);
+        return MP_REC_CONTINUE;
+    }
+    if (!c->ready) {
+        g_autoptr(GError) err = NULL;
+        g_set_error(&err, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                    "%s: %s frame before the handshake", c->name,
+                    mp_tun_frame_type_name(f->type));
+        mp_tun_conn_fail(c, err);
+        return MP_REC_PAUSE;
+    }
+    if (c->hooks.frame)
+        c->hooks.frame(c, f, c->data);
+    return c->done ? MP_REC_PAUSE : MP_REC_CONTINUE;
+}
+
+/* Writes what the socket takes.  @return FALSE once failed. */
+static gboolean
+write_some(MpTunConn *c)
+{
+    while (!c->done) {
+        if (!c->cur) {
+            GBytes *b = g_queue_pop_head(&c->urgent);
+            if (!b)
+                b = g_queue_pop_head(&c->bulk);
+            if (!b)
+                break;
+            c->cur = b;
+            c->cur_pos = 0;
+        }
+        gsize len;
+        const guint8 *p = g_bytes_get_data(c->cur, &len);
+        g_autoptr(GError) err = NULL;
+        gssize n = g_socket_send(c->sock, (const char *)p + c->cur_pos,
+                                 len - c->cur_pos, NULL, &err);
+        if (n < 0) {
+            if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+                break;
+            g_prefix_error(&err, "%s: writing: ", c->name);
+            finish(c, g_steal_pointer(&err));
+            return FALSE;
+        }
+        c->cur_pos += n;
+        c->queued -= n;
+        c->bytes_out += n;
+        if (c->cur_pos == len)
+            g_clear_pointer(&c->cur, g_bytes_unref);
+    }
+    if (c->was_high && c->queued < MP_TUN_CONN_QUEUE_HIGH / 2) {
+        c->was_high = FALSE;
+        if (c->hooks.drained)
+            c->hooks.drained(c, c->data);
+    }
+    if (c->queued >= MP_TUN_CONN_QUEUE_HIGH)
+        c->was_high = TRUE;
+    if (!c->done && c->end_sent && c->end_received && !c->queued)
+        finish(c, NULL);
+    return !c->done;
+}
+
+static void
+read_some(MpTunConn *c)
+{
+    for (int rounds = 0; rounds < 16 && !c->done && !c->eof; rounds++) {
+        g_autoptr(GError) err = NULL;
+        gssize n = g_socket_receive(c->sock, (char *)c->rbuf, READ_CHUNK, NULL,
+                                    &err);
+        if (n < 0) {
+            if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+                return;
+            g_prefix_error(&err, "%s: reading: ", c->name);
+            finish(c, g_steal_pointer(&err));
+            return;
+        }
+        if (n == 0) {
+            c->eof = TRUE;
+            g_autoptr(GError) ferr = NULL;
+            if (!mp_tun_parser_finish(c->parser, &ferr))
+                finish(c, g_steal_pointer(&ferr));
+            else if (!c->end_sent || c->queued)
+                /* the peer's END came; ours could not go out */
+                finish(c, NULL);
+            return;
+        }
+        c->bytes_in += n;
+        gsize at = 0;
+        while (at < (gsize)n && !c->done) {
+            gsize used = 0;
+            MpFeedStatus st = mp_tun_parser_feed(c->parser, c->rbuf + at,
+                                                 n - at, &used, &err);
+            at += used;
+            if (st == MP_FEED_ERROR) {
+                finish(c, g_steal_pointer(&err));
+                return;
+            }
+            if (st == MP_FEED_END) {
+                if (at < (gsize)n) {
+                    g_set_error(&err, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                                "%s: %zu bytes after END", c->name, n - at);
+                    finish(c, g_steal_pointer(&err));
+                }
+                break;
+            }
+            if (st == MP_FEED_MORE)
+                break;
+        }
+    }
+}
+
+static gboolean
+on_io(GSocket *sock, GIOCondition cond, gpointer data)
+{
+    MpTunConn *c = data;
+
+    if (cond & (G_IO_IN | G_IO_HUP | G_IO_ERR))
+        read_some(c);
+    if (!c->done)
+        write_some(c);
+    if (!c->done)
+        update_watch(c);
+    return G_SOURCE_CONTINUE;
+}
+
+static void
+update_watch(MpTunConn *c)
+{
+    if (c->done)
+        return;
+    GIOCondition want = (c->eof ? 0 : G_IO_IN)
+                        | (c->cur || c->queued ? G_IO_OUT : 0);
+    if (c->source && want == c->cond)
+        return;
+    if (c->source) {
+        g_source_destroy(c->source);
+        g_clear_pointer(&c->source, g_source_unref);
+    }
+    c->cond = want;
+    if (!want)
+        return;
+    c->source = g_socket_create_source(c->sock, want, NULL);
+    g_source_set_callback(c->source, G_SOURCE_FUNC(on_io), c, NULL);
+    g_source_attach(c->source, NULL);
+}
+
+MpTunConn *
+mp_tun_conn_new(GSocket *sock, const char *name, const MpTunHello *mine,
+                const MpTunConnHooks *hooks, gpointer data)
+{
+    MpTunConn *c = g_new0(MpTunConn, 1);
+    g_autoptr(GByteArray) b = g_byte_array_new();
+
+    c->sock = g_object_ref(sock);
+    g_socket_set_blocking(sock, FALSE);
+    g_socket_set_option(sock, IPPROTO_TCP, TCP_NODELAY, 1, NULL);
+    c->name = g_strdup(name);
+    c->hooks = *hooks;
+    c->data = data;
+    c->mine = *mine;
+    c->software = g_strdup(mine->software);
+    c->mine.software = c->software;
+    c->parser = mp_tun_parser_new(name, on_frame, c);
+    c->rbuf = g_malloc(READ_CHUNK);
+    g_queue_init(&c->urgent);
+    g_queue_init(&c->bulk);
+    mp_tun_write_preamble(b);
+    mp_tun_write_hello(b, &c->mine);
+    queue_bytes(c, b->data, b->len, TRUE);
+    update_watch(c);
+    return c;
+}
+
+void
+mp_tun_conn_free(MpTunConn *c)
+{
+    if (!c)
+        return;
+    if (c->source) {
+        g_source_destroy(c->source);
+        g_source_unref(c->source);
+    }
+    if (c->closed_id)
+        g_source_remove(c->closed_id);
+    g_socket_close(c->sock, NULL);
+    g_object_unref(c->sock);
+    g_queue_clear_full(&c->urgent, (GDestroyNotify)g_bytes_unref);
+    g_queue_clear_full(&c->bulk, (GDestroyNotify)g_bytes_unref);
+    if (c->cur)
+        g_bytes_unref(c->cur);
+    mp_tun_parser_free(c->parser);
+    g_clear_error(&c->error);
+    g_free(c->rbuf);
+    g_free(c->software);
+    g_free(c->name);
+    g_free(c);
+}
+
+void
+mp_tun_conn_end(MpTunConn *c, guint8 code, const char *reason)
+{
+    if (c->done || c->end_sent)
+        return;
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    mp_tun_write_end(b, code, reason);
+    queue_bytes(c, b->data, b->len, FALSE); /* after every queued frame */
+    c->end_sent = TRUE;
+    update_watch(c);
+}
+
+void
+mp_tun_conn_fail(MpTunConn *c, const GError *error)
+{
+    if (c->done)
+        return;
+    /* a refusal's END, if queued, gets one try */
+    write_some(c);
+    finish(c, g_error_copy(error));
+}
+
+const char *
+mp_tun_conn_name(const MpTunConn *c)
+{
+    return c->name;
+}
+
+guint64
+mp_tun_conn_bytes_in(const MpTunConn *c)
+{
+    return c->bytes_in;
+}
+
+guint64
+mp_tun_conn_bytes_out(const MpTunConn *c)
+{
+    return c->bytes_out;
+}
+
+gboolean
+mp_tun_conn_is_ready(const MpTunConn *c)
+{
+    return c->ready;
+}

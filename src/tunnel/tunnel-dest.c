@@ -1,0 +1,347 @@
+/* tunnel-dest.c: `migproxy dest` (see tunnel-dest.h). */
+#include "config.h"
+#include <string.h>
+#include <sys/socket.h>
+#include <gio/gio.h>
+#include "address.h"
+#include "out-file.h"
+#include "tunnel-dest.h"
+#include "tunnel-dial.h"
+#include "tunnel-mux.h"
+
+#define DEFAULT_TIMEOUT_MS 10000
+
+struct MpTunDest {
+    MpTunDestOptions opt;
+    char *listen_str, *to_str, *report_path;
+    char *listen_addr;
+    GSocket *listener;
+    GSource *accept_source;
+    GSocketAddress *to;
+    GPtrArray *allow; /* GInetAddressMask* */
+    GMainLoop *loop;
+    /* the tunnel */
+    MpTunMux *mux;
+    char *peer;
+    gint64 start_us;
+    guint tunnels;
+    GQueue opens; /* stream ids waiting for their QEMU connection */
+    MpTunDial *dial;
+    guint16 dialing;
+    MpTunMux *dead;
+    guint reap_id;
+    gboolean stopping, once_done;
+    int status;
+};
+
+static void connect_next(MpTunDest *d);
+
+static void
+on_dialed(MpTunDial *dl, GSocket *sock, const GError *error, gpointer data)
+{
+    MpTunDest *d = data;
+    guint16 stream = d->dialing;
+
+    d->dialing = 0;
+    g_clear_pointer(&d->dial, mp_tun_dial_free);
+    if (!d->mux)
+        return;
+    if (sock) {
+        mp_tun_mux_attach(d->mux, stream, sock);
+    } else {
+        g_message("tunnel stream %u: cannot connect to the destination %s: "
+                  "%s; the migration's connection is reset",
+                  stream, d->to_str, error->message);
+        g_autofree char *why = g_strdup_printf("destination %s: %s", d->to_str,
+                                               error->message);
+        mp_tun_mux_refuse(d->mux, stream, why);
+    }
+    connect_next(d);
+}
+
+/* QEMU's connections go out one at a time, in the order of the OPENs. */
+static void
+connect_next(MpTunDest *d)
+{
+    if (d->dial || !d->mux || g_queue_is_empty(&d->opens))
+        return;
+    d->dialing = GPOINTER_TO_UINT(g_queue_pop_head(&d->opens));
+    d->dial = mp_tun_dial_new(d->to,
+                              d->opt.connect_timeout_ms
+                                  ? d->opt.connect_timeout_ms
+                                  : DEFAULT_TIMEOUT_MS,
+                              on_dialed, d);
+}
+
+static void
+mux_open(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
+{
+    MpTunDest *d = data;
+    g_debug("session %u: connection %u is tunnel stream %u; connecting to %s",
+            o->session, o->connection, stream, d->to_str);
+    g_queue_push_tail(&d->opens, GUINT_TO_POINTER(stream));
+    connect_next(d);
+}
+
+static void
+mux_ready(MpTunMux *m, gpointer data)
+{
+    MpTunDest *d = data;
+    if (!d->opt.quiet)
+        g_message("tunnel from %s is up; relaying to %s", d->peer, d->to_str);
+}
+
+static gboolean
+reap(gpointer data)
+{
+    MpTunDest *d = data;
+    d->reap_id = 0;
+    g_clear_pointer(&d->dead, mp_tun_mux_free);
+    if (d->once_done || d->stopping)
+        g_main_loop_quit(d->loop);
+    return G_SOURCE_REMOVE;
+}
+
+static void
+write_report(MpTunDest *d, MpTunMux *m, const GError *error)
+{
+    if (!d->report_path)
+        return;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path =
+        d->tunnels <= 1 ? g_strdup(d->report_path)
+                        : g_strdup_printf("%s-%u", d->report_path, d->tunnels);
+    json_object *rep = json_object_new_object();
+    json_object_object_add(rep, "peer", json_object_new_string(d->peer));
+    json_object_object_add(rep, "to", json_object_new_string(d->to_str));
+    json_object_object_add(
+        rep, "duration_ms",
+        json_object_new_double((g_get_monotonic_time() - d->start_us) / 1e3));
+    json_object_object_add(rep, "outcome",
+                           json_object_new_string(error ? "failed" : "ended"));
+    if (error)
+        json_object_object_add(rep, "error",
+                               json_object_new_string(error->message));
+    json_object_object_add(rep, "tunnel", mp_tun_mux_report(m, 0));
+    const char *text = json_object_to_json_string_ext(
+        rep, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (!mp_out_path_replace(path, text, strlen(text), &err)) {
+        g_critical("the report is lost: %s", err->message);
+        d->status = 1;
+    }
+    json_object_put(rep);
+}
+
+static void
+mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
+{
+    MpTunDest *d = data;
+
+    if (error)
+        g_warning("the tunnel from %s failed: %s", d->peer, error->message);
+    else if (!d->opt.quiet)
+        g_message("the tunnel from %s ended (%s)", d->peer,
+                  end_code == MP_TUN_END_DONE ? "done" : "shut down");
+    write_report(d, m, error);
+    if (d->opt.once) {
+        d->once_done = TRUE;
+        if (error || end_code != MP_TUN_END_DONE)
+            d->status = 1;
+    }
+    g_clear_pointer(&d->dial, mp_tun_dial_free);
+    d->dialing = 0;
+    g_queue_clear(&d->opens);
+    g_clear_pointer(&d->dead, mp_tun_mux_free);
+    d->dead = d->mux;
+    d->mux = NULL;
+    if (!d->reap_id)
+        d->reap_id = g_idle_add(reap, d);
+}
+
+static const MpTunMuxHooks mux_hooks = {
+    .ready = mux_ready,
+    .open = mux_open,
+    .closed = mux_closed,
+};
+
+static gboolean
+allowed(MpTunDest *d, GInetAddress *host)
+{
+    for (guint i = 0; i < d->allow->len; i++)
+        if (g_inet_address_mask_matches(g_ptr_array_index(d->allow, i), host))
+            return TRUE;
+    return FALSE;
+}
+
+static gboolean
+on_accept(GSocket *listener, GIOCondition cond, gpointer data)
+{
+    MpTunDest *d = data;
+
+    for (;;) {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(GSocket) sock = g_socket_accept(listener, NULL, &err);
+        if (!sock) {
+            if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+                g_warning("accept on %s: %s", d->listen_addr, err->message);
+            break;
+        }
+        g_autoptr(GSocketAddress) pa = g_socket_get_remote_address(sock, NULL);
+        g_autofree char *who = mp_address_string(pa);
+        GInetAddress *host =
+            pa && G_IS_INET_SOCKET_ADDRESS(pa)
+                ? g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(pa))
+                : NULL;
+        if (!host || !allowed(d, host)) {
+            g_message("connection from %s: not in --allow; closed", who);
+            g_socket_close(sock, NULL);
+            continue;
+        }
+        if (d->mux || d->once_done || d->stopping) {
+            g_message("connection from %s: a tunnel runs already (from %s); "
+                      "closed",
+                      who, d->peer);
+            g_socket_close(sock, NULL);
+            continue;
+        }
+        g_free(d->peer);
+        d->peer = g_steal_pointer(&who);
+        d->start_us = g_get_monotonic_time();
+        d->tunnels++;
+        g_autofree char *name = g_strdup_printf("tunnel from %s", d->peer);
+        MpTunMuxOptions mo = {
+            .role = MP_TUN_ROLE_DEST,
+            .compress = d->opt.compress,
+        };
+        d->mux = mp_tun_mux_new(sock, name, &mo, &mux_hooks, d);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+MpTunDest *
+mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
+{
+    g_autoptr(MpTunDest) d = g_new0(MpTunDest, 1);
+
+    d->opt = *opt;
+    d->listen_str = g_strdup(opt->listen);
+    d->to_str = g_strdup(opt->to);
+    d->report_path = g_strdup(opt->report);
+    d->opt.listen = d->opt.to = d->opt.report = NULL;
+    d->opt.allow = NULL;
+    d->allow = g_ptr_array_new_with_free_func(g_object_unref);
+    d->loop = g_main_loop_new(NULL, FALSE);
+    g_queue_init(&d->opens);
+    for (guint i = 0; opt->allow && opt->allow[i]; i++) {
+        g_autoptr(GError) err = NULL;
+        GInetAddressMask *m =
+            g_inet_address_mask_new_from_string(opt->allow[i], &err);
+        if (!m) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "--allow %s: %s (expected ADDR or ADDR/PREFIX)",
+                        opt->allow[i], err->message);
+            return NULL;
+        }
+        g_ptr_array_add(d->allow, m);
+    }
+    if (d->allow->len == 0) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "--allow is required: the tunnel has no TLS yet, so only "
+                    "the source hosts named may connect");
+        return NULL;
+    }
+    if (!(d->to = mp_tun_resolve("--to", opt->to, error)))
+        return NULL;
+    g_autoptr(GSocketAddress) la = mp_tun_resolve("--listen", opt->listen,
+                                                  error);
+    if (!la)
+        return NULL;
+    d->listener = g_socket_new(g_socket_address_get_family(la),
+                               G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
+                               error);
+    if (!d->listener)
+        return NULL;
+    g_socket_set_blocking(d->listener, FALSE);
+    if (!g_socket_bind(d->listener, la, TRUE, error)
+        || !g_socket_listen(d->listener, error)) {
+        g_prefix_error(error, "--listen %s: ", opt->listen);
+        return NULL;
+    }
+    g_autoptr(GSocketAddress) bound =
+        g_socket_get_local_address(d->listener, error);
+    if (!bound)
+        return NULL;
+    d->listen_addr = mp_address_string(bound);
+    if (d->report_path && !mp_out_path_check(d->report_path, error)) {
+        g_prefix_error(error, "--report: ");
+        return NULL;
+    }
+    d->accept_source = g_socket_create_source(d->listener, G_IO_IN, NULL);
+    g_source_set_callback(d->accept_source, G_SOURCE_FUNC(on_accept), d, NULL);
+    g_source_attach(d->accept_source, NULL);
+    return g_steal_pointer(&d);
+}
+
+void
+mp_tun_dest_free(MpTunDest *d)
+{
+    if (!d)
+        return;
+    if (d->accept_source) {
+        g_source_destroy(d->accept_source);
+        g_source_unref(d->accept_source);
+    }
+    if (d->reap_id)
+        g_source_remove(d->reap_id);
+    mp_tun_dial_free(d->dial);
+    mp_tun_mux_free(d->mux);
+    mp_tun_mux_free(d->dead);
+    g_queue_clear(&d->opens);
+    if (d->listener) {
+        g_socket_close(d->listener, NULL);
+        g_object_unref(d->listener);
+    }
+    g_clear_object(&d->to);
+    g_ptr_array_unref(d->allow);
+    g_main_loop_unref(d->loop);
+    g_free(d->listen_str);
+    g_free(d->to_str);
+    g_free(d->report_path);
+    g_free(d->listen_addr);
+    g_free(d->peer);
+    g_free(d);
+}
+
+const char *
+mp_tun_dest_listen_address(const MpTunDest *d)
+{
+    return d->listen_addr;
+}
+
+int
+mp_tun_dest_run(MpTunDest *d)
+{
+    g_main_loop_run(d->loop);
+    return d->status;
+}
+
+void
+mp_tun_dest_stop(MpTunDest *d, const char *why)
+{
+    if (d->stopping)
+        return;
+    d->stopping = TRUE;
+    if (!d->opt.quiet)
+        g_message("stopping (%s)", why);
+    if (d->accept_source) {
+        g_source_destroy(d->accept_source);
+        g_clear_pointer(&d->accept_source, g_source_unref);
+    }
+    if (d->mux) {
+        mp_tun_mux_end(d->mux, MP_TUN_END_SHUTDOWN, why);
+        /* a peer that does not answer END is not waited for long */
+        g_timeout_add_seconds(3, G_SOURCE_FUNC(g_main_loop_quit), d->loop);
+    } else {
+        g_main_loop_quit(d->loop);
+    }
+}

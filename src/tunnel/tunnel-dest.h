@@ -1,0 +1,44 @@
+/* tunnel-dest.h: `migproxy dest`: accepts the tunnel from `migproxy
+ * source` and opens, for each connection it carries, a TCP connection to
+ * the destination QEMU's -incoming address, one at a time in the order
+ * the source side opened them (QEMU tells its channels apart by their
+ * first bytes and counts them in that order: main first, multifd in
+ * order), then relays both directions (tunnel-mux.h).
+ *
+ * One tunnel at a time: another is refused while one runs.  Without TLS
+ * (this version has none) only addresses in `allow` may connect; others
+ * are closed at accept.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+typedef struct {
+    const char *listen;       /* HOST:PORT the tunnel comes to */
+    const char *to;           /* HOST:PORT of the destination QEMU */
+    const char *const *allow; /* ADDR[/PREFIX], NULL-terminated, not empty */
+    const char *report;       /* JSON per tunnel, or NULL */
+    gboolean once;            /* exit after the first tunnel */
+    gboolean compress;        /* accept zstd DATA */
+    gboolean quiet;
+    guint connect_timeout_ms; /* 0: 10000 */
+} MpTunDestOptions;
+
+typedef struct MpTunDest MpTunDest;
+
+/* Binds --listen.  @return NULL with `error`. */
+MpTunDest *mp_tun_dest_new(const MpTunDestOptions *opt, GError **error);
+void mp_tun_dest_free(MpTunDest *d); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunDest, mp_tun_dest_free)
+
+/* "10.0.0.3:7000" (borrowed). */
+const char *mp_tun_dest_listen_address(const MpTunDest *d);
+
+/* Serves until --once is satisfied or mp_tun_dest_stop().  @return 0, or
+ * 1 with --once when the tunnel did not end cleanly (END DONE) or its
+ * report could not be written. */
+int mp_tun_dest_run(MpTunDest *d);
+
+/* Stops listening and ends the tunnel (END SHUTDOWN; its connections to
+ * QEMU are reset if still open). */
+void mp_tun_dest_stop(MpTunDest *d, const char *why);

@@ -1,0 +1,787 @@
+/* tunnel-mux.c: QEMU connections as streams of one tunnel (see
+ * tunnel-mux.h). */
+#include "config.h"
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <gio/gio.h>
+#include <zstd.h>
+#include "tunnel-mux.h"
+
+/* Stream ids are u16 and a side uses one parity: at most this many
+ * connections over one tunnel connection's life. */
+#define MAX_CONNS 32767
+/* The decoder's window bound: a hostile peer cannot make it allocate
+ * more (the encoder's level 1..19 windows stay below it). */
+#define ZSTD_WINDOW_LOG_MAX 23
+
+typedef struct {
+    guint64 seq;
+    guint64 n; /* sent: raw bytes of the frame; received: end offset */
+} Pend;
+
+typedef struct {
+    MpTunMux *m;
+    guint number; /* in the order the connections came, from 0 */
+    guint16 fwd, rev; /* forward (odd) and reverse (even, 0: not yet) */
+    MpTunOpen open;   /* the forward stream's */
+    GSocket *sock;    /* NULL: not attached yet, or closed */
+    GSource *source;
+    GIOCondition cond;
+    /* the local socket read: our outgoing stream */
+    guint16 out_id;
+    gboolean out_urgent;
+    guint64 out_seq;
+    GQueue sent; /* Pend*: frames not acknowledged */
+    guint64 unacked;
+    gboolean rd_eof, close_sent;
+    ZSTD_CCtx *cctx;
+    guint64 read_bytes, link_out;
+    /* the incoming stream written to the local socket */
+    guint64 in_seq;
+    gboolean in_urgent; /* its lane */
+    GByteArray *wq;
+    gsize wq_pos;
+    guint64 queued_total, written_total;
+    GQueue pend; /* Pend*: seq and end offset of frames not yet written */
+    ZSTD_DCtx *dctx;
+    gboolean peer_eof, shut_wr;
+    guint64 link_in;
+    gboolean aborted, done;
+} Conn;
+
+struct MpTunMux {
+    MpTunMuxOptions opt;
+    MpTunMuxHooks hooks;
+    gpointer data;
+    MpTunConn *conn;
+    MpTunAgreed agreed;
+    gboolean ready, compress, closed;
+    GHashTable *by_stream; /* id -> Conn* (both ids of a connection) */
+    GPtrArray *conns;      /* Conn*, in order */
+    guint16 next_id;
+    guint live;
+    guint8 *rbuf, *zbuf;
+    gsize zbuf_len;
+    guint8 *dbuf;
+};
+
+static void conn_watch(Conn *c);
+
+static void
+conn_free(Conn *c)
+{
+    if (c->source) {
+        g_source_destroy(c->source);
+        g_source_unref(c->source);
+    }
+    if (c->sock) {
+        g_socket_close(c->sock, NULL);
+        g_object_unref(c->sock);
+    }
+    g_queue_clear_full(&c->sent, g_free);
+    g_queue_clear_full(&c->pend, g_free);
+    if (c->wq)
+        g_byte_array_unref(c->wq);
+    ZSTD_freeCCtx(c->cctx);
+    ZSTD_freeDCtx(c->dctx);
+    g_free(c);
+}
+
+static const char *
+kind_name(guint8 channel, gboolean reverse)
+{
+    if (reverse && channel == MP_TUN_CH_MAIN)
+        return mp_tun_channel_name(MP_TUN_CH_RETURN_PATH);
+    return mp_tun_channel_name(channel);
+}
+
+static void
+fail(MpTunMux *m, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static void
+fail(MpTunMux *m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_autoptr(GError) err = g_error_new(G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                                        "%s: %s", mp_tun_conn_name(m->conn),
+                                        msg);
+    mp_tun_conn_fail(m->conn, err);
+}
+
+/* Both directions are over: the socket goes, the counters stay. */
+static void
+conn_check_done(Conn *c)
+{
+    MpTunMux *m = c->m;
+
+    if (c->done || !c->close_sent || !(c->shut_wr || c->aborted))
+        return;
+    c->done = TRUE;
+    if (c->source) {
+        g_source_destroy(c->source);
+        g_clear_pointer(&c->source, g_source_unref);
+    }
+    if (c->sock) {
+        g_socket_close(c->sock, NULL);
+        g_clear_object(&c->sock);
+    }
+    g_clear_pointer(&c->cctx, ZSTD_freeCCtx);
+    g_clear_pointer(&c->dctx, ZSTD_freeDCtx);
+    g_clear_pointer(&c->wq, g_byte_array_unref);
+    g_queue_clear_full(&c->sent, g_free);
+    g_queue_clear_full(&c->pend, g_free);
+    m->live--;
+    if (m->hooks.stream_done)
+        m->hooks.stream_done(m, c->fwd, m->data);
+}
+
+/* Destination side: the reverse stream is opened by the first frame that
+ * needs it. */
+static void
+ensure_out_open(Conn *c)
+{
+    MpTunMux *m = c->m;
+
+    if (c->out_id)
+        return;
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    /* every destination-to-source direction is a return-path stream (on a
+     * main connection it is QEMU's return path; on others QEMU writes
+     * little or nothing), urgent: page requests must not wait */
+    MpTunOpen o = c->open;
+    o.reverse_of = c->fwd;
+    o.channel = MP_TUN_CH_RETURN_PATH;
+    c->rev = c->out_id = m->next_id;
+    m->next_id += 2;
+    g_hash_table_insert(m->by_stream, GUINT_TO_POINTER(c->rev), c);
+    c->out_urgent = TRUE;
+    mp_tun_write_open(b, c->out_id, &o);
+    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+}
+
+static void
+send_close(Conn *c, guint8 how, const char *reason)
+{
+    MpTunMux *m = c->m;
+
+    if (c->close_sent)
+        return;
+    ensure_out_open(c);
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    mp_tun_write_close(b, c->out_urgent ? MP_TUN_FLAG_URGENT : 0, c->out_id,
+                       ++c->out_seq, how, reason);
+    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+    c->close_sent = TRUE;
+}
+
+/* The local side is gone or must go: reset it (QEMU sees the connection
+ * break) and tell the peer. */
+static void
+conn_abort(Conn *c, const char *reason)
+{
+    if (c->done)
+        return;
+    c->aborted = TRUE;
+    c->rd_eof = TRUE;
+    if (c->sock) {
+        /* SO_LINGER 0: a reset, not a clean end QEMU could take for a
+         * finished stream */
+        struct linger l = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(g_socket_get_fd(c->sock), SOL_SOCKET, SO_LINGER, &l,
+                   sizeof(l));
+    }
+    if (mp_tun_conn_is_ready(c->m->conn))
+        send_close(c, MP_TUN_CLOSE_ABORT, reason);
+    c->close_sent = TRUE;
+    conn_check_done(c);
+}
+
+static gboolean
+may_read(const Conn *c)
+{
+    const MpTunMux *m = c->m;
+    return m->ready && !m->closed && c->sock && !c->rd_eof && !c->done
+           && c->unacked < MP_TUN_MUX_WINDOW
+           && mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH;
+}
+
+/* One read of the local socket into one DATA frame. */
+static void
+conn_read(Conn *c)
+{
+    MpTunMux *m = c->m;
+    g_autoptr(GError) err = NULL;
+
+    gssize n = g_socket_receive(c->sock, (char *)m->rbuf, MP_TUN_MUX_CHUNK,
+                                NULL, &err);
+    if (n < 0) {
+        if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+            return;
+        g_debug("%s: connection %u (%s): %s; resetting it",
+                mp_tun_conn_name(m->conn), c->number,
+                kind_name(c->open.channel, c->out_id != c->fwd),
+                err->message);
+        conn_abort(c, err->message);
+        return;
+    }
+    if (n == 0) {
+        c->rd_eof = TRUE;
+        send_close(c, MP_TUN_CLOSE_EOF, NULL);
+        conn_check_done(c);
+        return;
+    }
+    ensure_out_open(c);
+    g_autoptr(GByteArray) b = g_byte_array_sized_new(n + 64);
+    guint8 flags = c->out_urgent ? MP_TUN_FLAG_URGENT : 0;
+    guint64 seq = ++c->out_seq;
+    if (m->compress) {
+        if (!c->cctx) {
+            c->cctx = ZSTD_createCCtx();
+            ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel,
+                                   m->opt.level ? m->opt.level : 3);
+        }
+        ZSTD_inBuffer in = {m->rbuf, n, 0};
+        ZSTD_outBuffer out = {m->zbuf, m->zbuf_len, 0};
+        size_t left;
+        do {
+            left = ZSTD_compressStream2(c->cctx, &out, &in, ZSTD_e_flush);
+        } while (!ZSTD_isError(left) && left && out.pos < out.size);
+        if (ZSTD_isError(left) || left) {
+            fail(m, "zstd: %s", ZSTD_isError(left) ? ZSTD_getErrorName(left)
+                                                   : "output too long");
+            return;
+        }
+        mp_tun_write_data(b, flags | MP_TUN_FLAG_COMPRESSED, c->out_id, seq,
+                          n, m->zbuf, out.pos);
+    } else {
+        mp_tun_write_data(b, flags, c->out_id, seq, n, m->rbuf, n);
+    }
+    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+    Pend *p = g_new(Pend, 1);
+    p->seq = seq;
+    p->n = n;
+    g_queue_push_tail(&c->sent, p);
+    c->unacked += n;
+    c->read_bytes += n;
+    c->link_out += b->len;
+}
+
+static void
+send_ack(Conn *c, guint64 seq)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunAckEntry e = {
+        .stream = c->out_id == c->fwd ? c->rev : c->fwd,
+        .bulk_seq = c->in_urgent ? 0 : seq,
+        .urgent_seq = c->in_urgent ? seq : 0,
+    };
+    mp_tun_write_ack(b, &e, 1);
+    mp_tun_conn_send(c->m->conn, b->data, b->len, TRUE);
+}
+
+/* Writes what the local socket takes; acknowledges the frames written. */
+static void
+conn_write(Conn *c)
+{
+    guint64 acked = 0;
+
+    while (c->wq && c->wq_pos < c->wq->len) {
+        g_autoptr(GError) err = NULL;
+        gssize n = g_socket_send(c->sock, (const char *)c->wq->data + c->wq_pos,
+                                 c->wq->len - c->wq_pos, NULL, &err);
+        if (n < 0) {
+            if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+                break;
+            g_debug("%s: connection %u: writing: %s; resetting it",
+                    mp_tun_conn_name(c->m->conn), c->number, err->message);
+            conn_abort(c, err->message);
+            return;
+        }
+        c->wq_pos += n;
+        c->written_total += n;
+    }
+    for (Pend *p; (p = g_queue_peek_head(&c->pend))
+                  && p->n <= c->written_total;) {
+        acked = p->seq;
+        g_free(g_queue_pop_head(&c->pend));
+    }
+    if (acked)
+        send_ack(c, acked);
+    if (c->wq && c->wq_pos == c->wq->len) {
+        g_byte_array_set_size(c->wq, 0);
+        c->wq_pos = 0;
+    } else if (c->wq && c->wq_pos > (1u << 20)) {
+        g_byte_array_remove_range(c->wq, 0, c->wq_pos);
+        c->wq_pos = 0;
+    }
+    if (c->peer_eof && !c->shut_wr && (!c->wq || c->wq_pos == c->wq->len)) {
+            g_socket_shutdown(c->sock, FALSE, TRUE, NULL);
+        c->shut_wr = TRUE;
+        conn_check_done(c);
+    }
+}
+
+static gboolean
+on_local(GSocket *sock, GIOCondition cond, gpointer data)
+{
+    Conn *c = data;
+
+    if (cond & G_IO_OUT || (cond & (G_IO_ERR | G_IO_HUP)))
+        conn_write(c);
+    /* a few reads, then the other connections' turn */
+    for (int i = 0; i < 4 && may_read(c); i++) {
+        guint64 before = c->read_bytes;
+        conn_read(c);
+        if (c->read_bytes == before)
+            break;
+    }
+    if (!c->done)
+        conn_watch(c);
+    return G_SOURCE_CONTINUE;
+}
+
+static void
+conn_watch(Conn *c)
+{
+    if (c->done || !c->sock)
+        return;
+    GIOCondition want = (may_read(c) ? G_IO_IN : 0)
+                        | (c->wq && c->wq_pos < c->wq->len ? G_IO_OUT : 0);
+    if (c->source && want == c->cond)
+        return;
+    if (c->source) {
+        g_source_destroy(c->source);
+        g_clear_pointer(&c->source, g_source_unref);
+    }
+    c->cond = want;
+    if (!want)
+        return;
+    c->source = g_socket_create_source(c->sock, want, NULL);
+    g_source_set_callback(c->source, G_SOURCE_FUNC(on_local), c, NULL);
+    g_source_attach(c->source, NULL);
+}
+
+static Conn *
+conn_new(MpTunMux *m, guint16 fwd, const MpTunOpen *o)
+{
+    Conn *c = g_new0(Conn, 1);
+    c->m = m;
+    c->number = m->conns->len;
+    c->fwd = fwd;
+    c->open = *o;
+    c->wq = g_byte_array_new();
+    g_queue_init(&c->sent);
+    g_queue_init(&c->pend);
+    g_ptr_array_add(m->conns, c);
+    g_hash_table_insert(m->by_stream, GUINT_TO_POINTER(fwd), c);
+    m->live++;
+    return c;
+}
+
+/* ---- frames from the peer ---- */
+
+static void
+on_data(MpTunMux *m, Conn *c, const MpTunFrame *f)
+{
+    const guint8 *raw = f->u.data.body;
+    gsize n = f->u.data.body_len;
+
+    if (c->done || c->aborted)
+        return; /* the connection is gone here; the peer learns it */
+    c->in_urgent = (f->flags & MP_TUN_FLAG_URGENT) != 0;
+    if (f->flags & MP_TUN_FLAG_COMPRESSED) {
+        if (!(m->agreed.features & MP_TUN_FEAT_RAW_ZSTD)) {
+            fail(m, "compressed DATA on stream %u, not negotiated", f->stream);
+            return;
+        }
+        if (!c->dctx) {
+            c->dctx = ZSTD_createDCtx();
+            ZSTD_DCtx_setParameter(c->dctx, ZSTD_d_windowLogMax,
+                                   ZSTD_WINDOW_LOG_MAX);
+        }
+        /* one byte of room more than announced tells a chunk that is
+         * longer than its raw_len */
+        ZSTD_inBuffer in = {f->u.data.body, f->u.data.body_len, 0};
+        ZSTD_outBuffer out = {m->dbuf, (gsize)f->u.data.raw_len + 1, 0};
+        while (in.pos < in.size) {
+            gsize before_in = in.pos, before_out = out.pos;
+            size_t r = ZSTD_decompressStream(c->dctx, &out, &in);
+            if (ZSTD_isError(r)) {
+                fail(m, "DATA frame of stream %u at offset %" G_GUINT64_FORMAT
+                        ": zstd: %s",
+                     f->stream, f->offset, ZSTD_getErrorName(r));
+                return;
+            }
+            if (in.pos == before_in && out.pos == before_out)
+                break;
+        }
+        if (in.pos != in.size || out.pos != f->u.data.raw_len) {
+            fail(m, "DATA frame of stream %u at offset %" G_GUINT64_FORMAT
+                    ": its zstd chunk gives %zu bytes, %u announced",
+                 f->stream, f->offset, out.pos, f->u.data.raw_len);
+            return;
+        }
+        raw = m->dbuf;
+        n = out.pos;
+    }
+    if (c->queued_total - c->written_total + n > 2 * (guint64)MP_TUN_MUX_WINDOW) {
+        fail(m, "stream %u: the peer sent %" G_GUINT64_FORMAT
+                " bytes not yet written, more than its window (%u)",
+             f->stream, c->queued_total - c->written_total + n,
+             MP_TUN_MUX_WINDOW);
+        return;
+    }
+    g_byte_array_append(c->wq, raw, n);
+    c->queued_total += n;
+    c->link_in += f->len + MP_TUN_HEADER_LEN + MP_TUN_TRAILER_LEN;
+    Pend *p = g_new(Pend, 1);
+    p->seq = f->seq;
+    p->n = c->queued_total;
+    g_queue_push_tail(&c->pend, p);
+    if (c->sock) {
+        conn_write(c);
+        conn_watch(c);
+    }
+}
+
+static void
+on_open(MpTunMux *m, const MpTunFrame *f)
+{
+    const MpTunOpen *o = &f->u.open;
+    gboolean src = m->opt.role == MP_TUN_ROLE_SOURCE;
+
+    /* the peer's streams have the peer's parity */
+    if ((f->stream & 1) != (src ? 0 : 1)
+        || g_hash_table_contains(m->by_stream, GUINT_TO_POINTER(f->stream))) {
+        fail(m, "OPEN of stream %u: %s", f->stream,
+             g_hash_table_contains(m->by_stream, GUINT_TO_POINTER(f->stream))
+                 ? "already open"
+                 : "an id of our parity");
+        return;
+    }
+    if (src) {
+        Conn *c = g_hash_table_lookup(m->by_stream,
+                                      GUINT_TO_POINTER(o->reverse_of));
+        if (!o->reverse_of || !c || c->fwd != o->reverse_of || c->rev) {
+            fail(m, "OPEN of stream %u: reverse of stream %u, which has no "
+                    "reverse to open",
+                 f->stream, o->reverse_of);
+            return;
+        }
+        c->rev = f->stream;
+        g_hash_table_insert(m->by_stream, GUINT_TO_POINTER(c->rev), c);
+        return;
+    }
+    if (o->reverse_of || m->conns->len >= MAX_CONNS) {
+        fail(m, "OPEN of stream %u: %s", f->stream,
+             o->reverse_of ? "a reverse stream from the source side"
+                           : "too many connections");
+        return;
+    }
+    Conn *c = conn_new(m, f->stream, o);
+    c->in_seq = 0;
+    if (m->hooks.open)
+        m->hooks.open(m, f->stream, o, m->data);
+}
+
+static void
+on_ack(MpTunMux *m, const MpTunFrame *f)
+{
+    for (guint32 i = 0; i < f->u.ack.count; i++) {
+        MpTunAckEntry e = mp_tun_ack_entry(f, i);
+        Conn *c = g_hash_table_lookup(m->by_stream, GUINT_TO_POINTER(e.stream));
+        if (!c || c->out_id != e.stream) {
+            fail(m, "ACK of stream %u, which is not ours", e.stream);
+            return;
+        }
+        guint64 seq = MAX(e.bulk_seq, e.urgent_seq);
+        if (seq > c->out_seq) {
+            fail(m, "ACK of stream %u up to seq %" G_GUINT64_FORMAT
+                    ", only %" G_GUINT64_FORMAT " sent",
+                 e.stream, seq, c->out_seq);
+            return;
+        }
+        for (Pend *p; (p = g_queue_peek_head(&c->sent)) && p->seq <= seq;) {
+            c->unacked -= p->n;
+            g_free(g_queue_pop_head(&c->sent));
+        }
+        conn_watch(c);
+    }
+}
+
+static void
+on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
+{
+    MpTunMux *m = data;
+
+    switch (f->type) {
+    case MP_TUN_OPEN:
+        on_open(m, f);
+        return;
+    case MP_TUN_ACK:
+        on_ack(m, f);
+        return;
+    case MP_TUN_PING: {
+        g_autoptr(GByteArray) b = g_byte_array_new();
+        mp_tun_write_ping(b, MP_TUN_PONG, f->u.ping.token, f->u.ping.time_ns);
+        mp_tun_conn_send(m->conn, b->data, b->len, TRUE);
+        return;
+    }
+    case MP_TUN_PONG:
+        return;
+    case MP_TUN_DATA:
+    case MP_TUN_CLOSE:
+        break;
+    default:
+        fail(m, "%s frame on stream %u: not supported by this version",
+             mp_tun_frame_type_name(f->type), f->stream);
+        return;
+    }
+    Conn *c = g_hash_table_lookup(m->by_stream, GUINT_TO_POINTER(f->stream));
+    if (!c || c->out_id == f->stream) {
+        fail(m, "%s frame of stream %u, which the peer did not open",
+             mp_tun_frame_type_name(f->type), f->stream);
+        return;
+    }
+    if (f->seq != c->in_seq + 1) {
+        fail(m, "%s frame of stream %u: seq %" G_GUINT64_FORMAT
+                ", expected %" G_GUINT64_FORMAT,
+             mp_tun_frame_type_name(f->type), f->stream, f->seq,
+             c->in_seq + 1);
+        return;
+    }
+    c->in_seq = f->seq;
+    if (c->peer_eof) {
+        fail(m, "%s frame of stream %u after its CLOSE",
+             mp_tun_frame_type_name(f->type), f->stream);
+        return;
+    }
+    if (f->type == MP_TUN_DATA) {
+        on_data(m, c, f);
+        return;
+    }
+    if (f->u.close.how == MP_TUN_CLOSE_ABORT) {
+        g_debug("%s: connection %u aborted by the peer: %s",
+                mp_tun_conn_name(m->conn), c->number,
+                f->u.close.reason ? f->u.close.reason : "");
+        c->peer_eof = TRUE;
+        conn_abort(c, "the peer's side broke");
+        return;
+    }
+    c->peer_eof = TRUE;
+    if (c->sock) {
+        conn_write(c);
+        conn_watch(c);
+    }
+}
+
+static void
+on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
+{
+    MpTunMux *m = data;
+    m->agreed = *agreed;
+    m->ready = TRUE;
+    m->compress = m->opt.compress && (agreed->features & MP_TUN_FEAT_RAW_ZSTD);
+    if (m->hooks.ready)
+        m->hooks.ready(m, m->data);
+}
+
+static void
+on_drained(MpTunConn *tc, gpointer data)
+{
+    MpTunMux *m = data;
+    for (guint i = 0; i < m->conns->len; i++)
+        conn_watch(g_ptr_array_index(m->conns, i));
+}
+
+static void
+on_closed(MpTunConn *tc, const GError *error, guint8 end_code, gpointer data)
+{
+    MpTunMux *m = data;
+
+    m->closed = TRUE;
+    for (guint i = 0; i < m->conns->len; i++) {
+        Conn *c = g_ptr_array_index(m->conns, i);
+        if (!c->done) {
+            c->close_sent = TRUE;
+            conn_abort(c, "the tunnel is gone");
+        }
+    }
+    if (m->hooks.closed)
+        m->hooks.closed(m, error, end_code, m->data);
+}
+
+static const MpTunConnHooks conn_hooks = {
+    .ready = on_ready,
+    .frame = on_frame,
+    .drained = on_drained,
+    .closed = on_closed,
+};
+
+MpTunMux *
+mp_tun_mux_new(GSocket *sock, const char *name, const MpTunMuxOptions *opt,
+               const MpTunMuxHooks *hooks, gpointer data)
+{
+    MpTunMux *m = g_new0(MpTunMux, 1);
+    m->opt = *opt;
+    m->hooks = *hooks;
+    m->data = data;
+    m->by_stream = g_hash_table_new(NULL, NULL);
+    m->conns = g_ptr_array_new_with_free_func((GDestroyNotify)conn_free);
+    m->next_id = opt->role == MP_TUN_ROLE_SOURCE ? 1 : 2;
+    m->rbuf = g_malloc(MP_TUN_MUX_CHUNK);
+    m->zbuf_len = ZSTD_compressBound(MP_TUN_MUX_CHUNK);
+    m->zbuf = g_malloc(m->zbuf_len);
+    m->dbuf = g_malloc(MP_TUN_MAX_PAYLOAD_LIMIT + 1);
+
+    MpTunHello h = {
+        .version_min = MP_TUN_VERSION,
+        .version_max = MP_TUN_VERSION,
+        .role = opt->role,
+        .tls = MP_TUN_TLS_NONE,
+        .features = opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0,
+        .page_size = 4096,
+        .cache_bytes = 0,
+        .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
+        .software = "migproxy " MP_VERSION,
+    };
+    m->conn = mp_tun_conn_new(sock, name, &h, &conn_hooks, m);
+    return m;
+}
+
+void
+mp_tun_mux_free(MpTunMux *m)
+{
+    if (!m)
+        return;
+    mp_tun_conn_free(m->conn);
+    g_ptr_array_unref(m->conns);
+    g_hash_table_unref(m->by_stream);
+    g_free(m->rbuf);
+    g_free(m->zbuf);
+    g_free(m->dbuf);
+    g_free(m);
+}
+
+guint16
+mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
+{
+    if (!m->ready || m->closed || m->conns->len >= MAX_CONNS) {
+        g_socket_close(local, NULL);
+        return 0;
+    }
+    guint16 id = m->next_id;
+    m->next_id += 2;
+    Conn *c = conn_new(m, id, o);
+    c->out_id = id;
+    c->out_urgent = o->channel == MP_TUN_CH_PREEMPT;
+    c->sock = g_object_ref(local);
+    g_socket_set_blocking(local, FALSE);
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    mp_tun_write_open(b, id, o);
+    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+    conn_watch(c);
+    return id;
+}
+
+void
+mp_tun_mux_attach(MpTunMux *m, guint16 stream, GSocket *local)
+{
+    Conn *c = g_hash_table_lookup(m->by_stream, GUINT_TO_POINTER(stream));
+
+    if (!c || c->done || m->closed) {
+        g_socket_close(local, NULL);
+        return;
+    }
+    c->sock = g_object_ref(local);
+    g_socket_set_blocking(local, FALSE);
+    if (c->aborted) {
+        conn_abort(c, "aborted before it was connected");
+        return;
+    }
+    conn_write(c);
+    conn_watch(c);
+}
+
+void
+mp_tun_mux_refuse(MpTunMux *m, guint16 stream, const char *reason)
+{
+    Conn *c = g_hash_table_lookup(m->by_stream, GUINT_TO_POINTER(stream));
+    if (!c || c->done)
+        return;
+    c->peer_eof = TRUE;
+    conn_abort(c, reason);
+}
+
+void
+mp_tun_mux_end(MpTunMux *m, guint8 code, const char *reason)
+{
+    mp_tun_conn_end(m->conn, code, reason);
+}
+
+guint
+mp_tun_mux_live(const MpTunMux *m)
+{
+    return m->live;
+}
+
+gboolean
+mp_tun_mux_ready(const MpTunMux *m)
+{
+    return m->ready && !m->closed;
+}
+
+guint
+mp_tun_mux_connections(const MpTunMux *m)
+{
+    return m->conns->len;
+}
+
+static json_object *
+dir_report(guint64 qemu_bytes, guint64 link_bytes)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "bytes_in", json_object_new_int64(qemu_bytes));
+    json_object_object_add(o, "bytes_out", json_object_new_int64(link_bytes));
+    return o;
+}
+
+json_object *
+mp_tun_mux_report(const MpTunMux *m, guint since)
+{
+    json_object *o = json_object_new_object(), *chans = json_object_new_array();
+    gboolean src = m->opt.role == MP_TUN_ROLE_SOURCE;
+
+    for (guint i = since; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        json_object *j = json_object_new_object();
+        json_object_object_add(j, "connection", json_object_new_int(c->number));
+        json_object_object_add(j, "session",
+                               json_object_new_int64(c->open.session));
+        json_object_object_add(j, "stream", json_object_new_int(c->fwd));
+        json_object_object_add(
+            j, "kind", json_object_new_string(kind_name(c->open.channel, 0)));
+        if (c->open.channel == MP_TUN_CH_MULTIFD)
+            json_object_object_add(j, "index",
+                                   json_object_new_int(c->open.index));
+        /* the direction this side reads: QEMU's bytes in, link bytes out;
+         * the other: link bytes in, QEMU's bytes out */
+        json_object *rd = dir_report(c->read_bytes, c->link_out);
+        json_object *wr = dir_report(c->link_in, c->written_total);
+        json_object_object_add(j, "to_dst", src ? rd : wr);
+        json_object_object_add(j, "to_src", src ? wr : rd);
+        json_object_object_add(j, "aborted", json_object_new_boolean(c->aborted));
+        json_object_array_add(chans, j);
+    }
+    json_object_object_add(o, "compress", json_object_new_boolean(m->compress));
+    json_object_object_add(o, "link_bytes_in",
+                           json_object_new_int64(mp_tun_conn_bytes_in(m->conn)));
+    json_object_object_add(o, "link_bytes_out",
+                           json_object_new_int64(mp_tun_conn_bytes_out(m->conn)));
+    json_object_object_add(o, "channels", chans);
+    return o;
+}

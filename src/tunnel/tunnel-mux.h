@@ -1,0 +1,96 @@
+/* tunnel-mux.h: QEMU connections carried as streams of one tunnel
+ * connection (docs/tunnel.md, "Streams", "Raw stream bytes"); both sides
+ * of the pair use it.
+ *
+ *   local socket (a QEMU connection, or the source side's hop from its
+ *   relay)  --read--> DATA frames (zstd, one context per stream) --> tunnel
+ *           <-write-- DATA frames of the reverse stream        <-- tunnel
+ *
+ * A QEMU connection is a pair of streams: the forward one, opened by the
+ * source side (odd id), and its reverse, opened by the destination side
+ * (even id, OPEN with reverse_of) when it first has bytes or an end for
+ * it.  The destination side opens its connections to QEMU in the order
+ * of the OPENs (the `open` hook; mp_tun_mux_attach() when connected), and
+ * buffers a stream's bytes until then.
+ *
+ * Bounds and back-pressure: a receiver acknowledges a DATA frame (ACK)
+ * once its bytes are written to the local socket; a sender stops reading
+ * a local socket while MP_TUN_MUX_WINDOW raw bytes of its stream are
+ * unacknowledged, or while the tunnel's output queue is above
+ * MP_TUN_CONN_QUEUE_HIGH.  So a stream holds at most one window of bytes
+ * at the receiver (a peer that sends more is refused), and what QEMU
+ * sees is the rate of the tunnel and of the far QEMU.
+ *
+ * Ends: a local EOF goes as CLOSE EOF (the receiver shuts down the write
+ * side of its socket once written); a reset as CLOSE ABORT (the receiver
+ * resets its socket).  A tunnel that fails resets every local socket, so
+ * QEMU sees its migration's connections close.
+ */
+#pragma once
+
+#include <gio/gio.h>
+#include <json-c/json.h>
+#include "tunnel-conn.h"
+
+#define MP_TUN_MUX_WINDOW (4u << 20)  /* unacknowledged raw bytes/stream */
+#define MP_TUN_MUX_CHUNK  (256u << 10) /* raw bytes per DATA frame at most */
+
+typedef struct MpTunMux MpTunMux;
+
+typedef struct {
+    /* The handshake is done. */
+    void (*ready)(MpTunMux *m, gpointer data);
+    /* Destination side: the peer opened forward stream `stream`; connect
+     * to QEMU and mp_tun_mux_attach() (or mp_tun_mux_refuse()). */
+    void (*open)(MpTunMux *m, guint16 stream, const MpTunOpen *o,
+                 gpointer data);
+    /* Both directions of a connection ended; its socket is closed. */
+    void (*stream_done)(MpTunMux *m, guint16 stream, gpointer data);
+    /* The tunnel is over (error NULL: END both ways, `end_code` the
+     * peer's); every local socket is closed.  May free the mux. */
+    void (*closed)(MpTunMux *m, const GError *error, guint8 end_code,
+                   gpointer data);
+} MpTunMuxHooks;
+
+typedef struct {
+    MpTunRole role;
+    gboolean compress; /* offer and use zstd on DATA (RAW_ZSTD) */
+    int level;         /* zstd level, 0: 3 */
+} MpTunMuxOptions;
+
+/* A mux over the connected tunnel socket `sock` (reference taken),
+ * starting the handshake.  @return free with mp_tun_mux_free(). */
+MpTunMux *mp_tun_mux_new(GSocket *sock, const char *name,
+                         const MpTunMuxOptions *opt,
+                         const MpTunMuxHooks *hooks, gpointer data);
+/* Closes the tunnel and every local socket at once; no hook is called.
+ * Accepts NULL. */
+void mp_tun_mux_free(MpTunMux *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunMux, mp_tun_mux_free)
+
+/* Source side: carries the local connection `local` (reference taken) as
+ * a new forward stream described by `o` (OPEN sent now).  @return the
+ * stream id, or 0 (too many streams, or not ready: `local` is closed). */
+guint16 mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o);
+/* Destination side: `local` (reference taken), connected to QEMU, carries
+ * forward stream `stream`. */
+void mp_tun_mux_attach(MpTunMux *m, guint16 stream, GSocket *local);
+/* Destination side: no QEMU connection for `stream`: CLOSE ABORT with
+ * `reason` to the peer. */
+void mp_tun_mux_refuse(MpTunMux *m, guint16 stream, const char *reason);
+
+/* Ends the tunnel with END `code` (after what is queued). */
+void mp_tun_mux_end(MpTunMux *m, guint8 code, const char *reason);
+/* Connections whose streams have not both ended. */
+guint mp_tun_mux_live(const MpTunMux *m);
+gboolean mp_tun_mux_ready(const MpTunMux *m);
+
+/* `{link_bytes_in, link_bytes_out, compress, channels: [{stream,
+ * connection, kind, to_dst {bytes_in, bytes_out}, to_src {...}}]}`: per
+ * connection, the bytes read from or written to QEMU's side (`bytes_in`
+ * of the direction this side reads) and the DATA frame bytes on the
+ * tunnel.  `since`: connections first seen at or after this mux
+ * connection number only (mp_tun_mux_connections() before a session). */
+json_object *mp_tun_mux_report(const MpTunMux *m, guint since);
+/* Connections carried so far. */
+guint mp_tun_mux_connections(const MpTunMux *m);

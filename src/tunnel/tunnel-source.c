@@ -1,0 +1,458 @@
+/* tunnel-source.c: the tunnel end of `migproxy source` (see
+ * tunnel-source.h). */
+#include "config.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <gio/gio.h>
+#include "address.h"
+#include "tunnel-dial.h"
+#include "tunnel-mux.h"
+#include "tunnel-source.h"
+
+#define CONNECT_TIMEOUT_MS 10000
+#define RETRY_MS           1000
+/* A hop connection's first bytes name its channel in the OPEN; one that
+ * stays silent this long (QEMU 7.2's postcopy-preempt channel) goes
+ * without them.  Connections wait in accept order, so the destination
+ * still opens them in QEMU's order. */
+#define CLASSIFY_MS 100
+#define CLASSIFY_POLL_MS 2
+#define MFD_MAGIC 0x11223344u
+
+typedef struct {
+    GSocket *sock;
+    MpTunOpen open;
+    gint64 since_us;
+} HopConn;
+
+struct MpTunSource {
+    MpTunSourceOptions opt;
+    char *peer_str;
+    GSocketAddress *peer;
+    GSocket *hop;
+    char *hop_addr;
+    GSource *hop_source;
+    MpTunDial *dial;
+    MpTunMux *mux;
+    MpTunMux *last; /* the tunnel that closed last: its counters */
+    guint retry_id;
+    GError *last_error;
+    guint32 session;     /* numbers the migrations carried */
+    guint16 in_session;  /* connections of the current one */
+    guint reported;      /* mux connections already in a report */
+    guint since;         /* where the last report began */
+    gboolean ended;      /* the last tunnel closed: clean END both ways */
+    gboolean up;         /* the current tunnel's handshake is done */
+    gboolean unheard;    /* the last one closed before the peer's HELLO */
+    gboolean finishing;
+    gint64 start_us;
+    GQueue hop_wait; /* HopConn*, accept order: waiting for their kind */
+    guint classify_id;
+    gboolean session_has_main;
+};
+
+static void dial(MpTunSource *s);
+
+static gboolean
+retry(gpointer data)
+{
+    MpTunSource *s = data;
+    s->retry_id = 0;
+    dial(s);
+    return G_SOURCE_REMOVE;
+}
+
+static void
+mux_ready(MpTunMux *m, gpointer data)
+{
+    MpTunSource *s = data;
+    s->up = TRUE;
+    if (!s->opt.quiet)
+        g_message("tunnel to %s is up (protocol v%u%s)", s->peer_str,
+                  MP_TUN_VERSION, s->opt.compress ? ", zstd" : "");
+}
+
+static void
+mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
+{
+    MpTunSource *s = data;
+
+    g_clear_error(&s->last_error);
+    s->unheard = !s->up;
+    s->up = FALSE;
+    if (error) {
+        s->last_error = g_error_copy(error);
+        g_warning("the tunnel failed: %s%s", error->message,
+                  mp_tun_mux_live(m) ? "" : "");
+    } else if (!s->opt.quiet) {
+        g_message("tunnel to %s ended", s->peer_str);
+    }
+    s->ended = !error;
+    /* (the one before: this one is inside its own hook) */
+    g_clear_pointer(&s->last, mp_tun_mux_free);
+    s->last = s->mux;
+    s->mux = NULL;
+    if (!s->finishing && !s->retry_id)
+        s->retry_id = g_timeout_add(RETRY_MS, retry, s);
+}
+
+static const MpTunMuxHooks mux_hooks = {
+    .ready = mux_ready,
+    .closed = mux_closed,
+};
+
+static void
+on_dialed(MpTunDial *d, GSocket *sock, const GError *error, gpointer data)
+{
+    MpTunSource *s = data;
+
+    g_clear_pointer(&s->dial, mp_tun_dial_free);
+    if (!sock) {
+        g_clear_error(&s->last_error);
+        s->last_error = g_error_new(G_IO_ERROR, G_IO_ERROR_FAILED,
+                                    "--peer %s: %s", s->peer_str,
+                                    error->message);
+        g_debug("%s", s->last_error->message);
+        if (!s->finishing)
+            s->retry_id = g_timeout_add(RETRY_MS, retry, s);
+        return;
+    }
+    g_autofree char *name = g_strdup_printf("tunnel to %s", s->peer_str);
+    MpTunMuxOptions mo = {
+        .role = MP_TUN_ROLE_SOURCE,
+        .compress = s->opt.compress,
+        .level = s->opt.level,
+    };
+    s->mux = mp_tun_mux_new(sock, name, &mo, &mux_hooks, s);
+    s->reported = s->since = 0;
+}
+
+static void
+dial(MpTunSource *s)
+{
+    if (s->dial || s->mux)
+        return;
+    s->dial = mp_tun_dial_new(s->peer, CONNECT_TIMEOUT_MS, on_dialed, s);
+}
+
+/* Is `peer` one of this process's own sockets?  The relay that connects
+ * to the hop is in this process; anyone else on the host is not. */
+static gboolean
+hop_peer_is_ours(GSocket *sock)
+{
+    struct sockaddr_storage want, have;
+    socklen_t wl = sizeof(want);
+
+    if (getpeername(g_socket_get_fd(sock), (struct sockaddr *)&want, &wl) < 0)
+        return FALSE;
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
+    if (!dir)
+        return FALSE;
+    for (const char *name; (name = g_dir_read_name(dir));) {
+        int fd = atoi(name);
+        socklen_t hl = sizeof(have);
+        if (getsockname(fd, (struct sockaddr *)&have, &hl) == 0 && hl == wl
+            && memcmp(&have, &want, wl) == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+static void
+reset_close(GSocket *sock)
+{
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(g_socket_get_fd(sock), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    g_socket_close(sock, NULL);
+}
+
+static void
+hop_conn_free(HopConn *h)
+{
+    g_object_unref(h->sock);
+    g_free(h);
+}
+
+/* The channel a hop connection's first `n` bytes show (relay-admit.c
+ * checked them already; this only names them): TRUE when decided. */
+static gboolean
+kind_of(MpTunSource *s, const guint8 *b, gssize n, gboolean timed_out,
+        MpTunOpen *o)
+{
+    if (n >= 4 && memcmp(b, "QEVM", 4) == 0) {
+        o->channel = MP_TUN_CH_MAIN;
+        s->session_has_main = TRUE;
+        return TRUE;
+    }
+    if (n >= 4 && mp_be32(b) == MFD_MAGIC) {
+        /* be32 magic, be32 version, uuid[16], u8 id */
+        if (n < 25 && !timed_out)
+            return FALSE;
+        o->channel = MP_TUN_CH_MULTIFD;
+        o->index = n >= 25 ? b[24] : 0;
+        return TRUE;
+    }
+    if (n >= 1 && b[0] == 0x08) { /* QEMU_VM_COMMAND: a recovery channel */
+        o->channel = MP_TUN_CH_RECOVERY;
+        return TRUE;
+    }
+    if (n > 0) { /* bare RAM records: postcopy-preempt; or TLS, unknown */
+        o->channel = b[0] == 0x16 ? MP_TUN_CH_UNKNOWN : MP_TUN_CH_PREEMPT;
+        return TRUE;
+    }
+    if (!timed_out && n != 0)
+        return FALSE;
+    /* silent (7.2's preempt channel), or closed at once */
+    o->channel = s->session_has_main && n != 0 ? MP_TUN_CH_PREEMPT
+                                               : MP_TUN_CH_UNKNOWN;
+    return TRUE;
+}
+
+static gboolean classify_tick(gpointer data);
+
+/* Opens the waiting hop connections whose kind is known, in order. */
+static void
+classify(MpTunSource *s)
+{
+    HopConn *h;
+    gint64 now = g_get_monotonic_time();
+
+    while ((h = g_queue_peek_head(&s->hop_wait))) {
+        if (!s->mux || !mp_tun_mux_ready(s->mux)) {
+            reset_close(h->sock);
+            hop_conn_free(g_queue_pop_head(&s->hop_wait));
+            continue;
+        }
+        guint8 b[32];
+        /* a peek: the bytes stay for the mux to read */
+        gssize n = recv(g_socket_get_fd(h->sock), b, sizeof(b),
+                        MSG_PEEK | MSG_DONTWAIT);
+        if (!kind_of(s, b, n, now - h->since_us >= CLASSIFY_MS * 1000,
+                     &h->open))
+            break;
+        guint16 id = mp_tun_mux_add(s->mux, h->sock, &h->open);
+        g_debug("session %u: connection %u (%s %u) is tunnel stream %u",
+                h->open.session, h->open.connection,
+                mp_tun_channel_name(h->open.channel), h->open.index, id);
+        hop_conn_free(g_queue_pop_head(&s->hop_wait));
+    }
+    if (!g_queue_is_empty(&s->hop_wait) && !s->classify_id)
+        s->classify_id = g_timeout_add(CLASSIFY_POLL_MS, classify_tick, s);
+}
+
+static gboolean
+classify_tick(gpointer data)
+{
+    MpTunSource *s = data;
+    s->classify_id = 0;
+    classify(s);
+    return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
+{
+    MpTunSource *s = data;
+
+    for (;;) {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(GSocket) sock = g_socket_accept(listener, NULL, &err);
+        if (!sock) {
+            if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+                g_warning("hop %s: accept: %s", s->hop_addr, err->message);
+            break;
+        }
+        if (!hop_peer_is_ours(sock)) {
+            g_autoptr(GSocketAddress) pa = g_socket_get_remote_address(sock,
+                                                                       NULL);
+            g_autofree char *who = mp_address_string(pa);
+            g_message("hop %s: a connection from %s, not from this "
+                      "process; closed",
+                      s->hop_addr, who);
+            reset_close(sock);
+            continue;
+        }
+        if (!s->mux || !mp_tun_mux_ready(s->mux)) {
+            g_message("a migration connection while the tunnel to %s is "
+                      "down (%s); closed, the migration fails",
+                      s->peer_str,
+                      s->last_error ? s->last_error->message : "connecting");
+            reset_close(sock);
+            continue;
+        }
+        if (mp_tun_mux_live(s->mux) == 0 && g_queue_is_empty(&s->hop_wait)) {
+            s->session++;
+            s->in_session = 0;
+            s->session_has_main = FALSE;
+        }
+        HopConn *h = g_new0(HopConn, 1);
+        h->sock = g_object_ref(sock);
+        g_socket_set_blocking(sock, FALSE);
+        h->open.session = s->session;
+        h->open.connection = s->in_session++;
+        h->since_us = g_get_monotonic_time();
+        g_queue_push_tail(&s->hop_wait, h);
+    }
+    classify(s);
+    return G_SOURCE_CONTINUE;
+}
+
+MpTunSource *
+mp_tun_source_new(const MpTunSourceOptions *opt, GError **error)
+{
+    g_autoptr(MpTunSource) s = g_new0(MpTunSource, 1);
+
+    s->opt = *opt;
+    s->peer_str = g_strdup(opt->peer);
+    s->opt.peer = s->peer_str;
+    s->start_us = g_get_monotonic_time();
+    if (!(s->peer = mp_tun_resolve("--peer", opt->peer, error)))
+        return NULL;
+    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
+    s->hop = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                          G_SOCKET_PROTOCOL_TCP, error);
+    if (!s->hop)
+        return NULL;
+    g_socket_set_blocking(s->hop, FALSE);
+    g_socket_set_listen_backlog(s->hop, 300);
+    if (!g_socket_bind(s->hop, la, FALSE, error)
+        || !g_socket_listen(s->hop, error)) {
+        g_prefix_error(error, "the hop to the tunnel: ");
+        return NULL;
+    }
+    g_autoptr(GSocketAddress) bound = g_socket_get_local_address(s->hop, error);
+    if (!bound)
+        return NULL;
+    s->hop_addr = mp_address_string(bound);
+    s->hop_source = g_socket_create_source(s->hop, G_IO_IN, NULL);
+    g_source_set_callback(s->hop_source, G_SOURCE_FUNC(on_hop_accept), s,
+                          NULL);
+    g_source_attach(s->hop_source, NULL);
+    dial(s);
+    return g_steal_pointer(&s);
+}
+
+void
+mp_tun_source_free(MpTunSource *s)
+{
+    if (!s)
+        return;
+    if (s->hop_source) {
+        g_source_destroy(s->hop_source);
+        g_source_unref(s->hop_source);
+    }
+    if (s->retry_id)
+        g_source_remove(s->retry_id);
+    if (s->classify_id)
+        g_source_remove(s->classify_id);
+    g_queue_clear_full(&s->hop_wait, (GDestroyNotify)hop_conn_free);
+    mp_tun_dial_free(s->dial);
+    mp_tun_mux_free(s->mux);
+    mp_tun_mux_free(s->last);
+    if (s->hop) {
+        g_socket_close(s->hop, NULL);
+        g_object_unref(s->hop);
+    }
+    g_clear_object(&s->peer);
+    g_clear_error(&s->last_error);
+    g_free(s->hop_addr);
+    g_free(s->peer_str);
+    g_free(s);
+}
+
+gboolean
+mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+
+    while (!(s->mux && mp_tun_mux_ready(s->mux))) {
+        if (g_get_monotonic_time() >= deadline) {
+            /* a dest that closes before its preamble refused us at
+             * accept: say where to look */
+            gboolean at_accept = s->last_error && s->unheard;
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                        "--peer %s: no tunnel in %u ms%s%s%s", s->peer_str,
+                        timeout_ms, s->last_error ? ": " : "",
+                        s->last_error ? s->last_error->message : "",
+                        at_accept ? " (closed before a word: is this host "
+                                    "in its --allow? is it migproxy dest?)"
+                                  : "");
+            return FALSE;
+        }
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(1000);
+    }
+    return TRUE;
+}
+
+const char *
+mp_tun_source_hop(const MpTunSource *s)
+{
+    return s->hop_addr;
+}
+
+static json_object *
+report_from(MpTunSource *s, guint since)
+{
+    MpTunMux *m = s->mux ? s->mux : s->last;
+    json_object *o = m ? mp_tun_mux_report(m, since) : json_object_new_object();
+
+    json_object_object_add(o, "peer", json_object_new_string(s->peer_str));
+    json_object_object_add(o, "up", json_object_new_boolean(
+                                        s->mux && mp_tun_mux_ready(s->mux)));
+    json_object_object_add(
+        o, "duration_ms",
+        json_object_new_double((g_get_monotonic_time() - s->start_us) / 1e3));
+    if (s->last_error)
+        json_object_object_add(o, "error",
+                               json_object_new_string(s->last_error->message));
+    return o;
+}
+
+json_object *
+mp_tun_source_report(MpTunSource *s)
+{
+    MpTunMux *m = s->mux ? s->mux : s->last;
+    s->since = s->reported;
+    if (m)
+        s->reported = mp_tun_mux_connections(m);
+    return report_from(s, s->since);
+}
+
+json_object *
+mp_tun_source_report_again(MpTunSource *s)
+{
+    return report_from(s, s->since);
+}
+
+static gboolean
+wake(gpointer data)
+{
+    return G_SOURCE_CONTINUE; /* the loops below look at the clock */
+}
+
+gboolean
+mp_tun_source_finish(MpTunSource *s, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    guint wake_id = g_timeout_add(50, wake, NULL);
+
+    s->finishing = TRUE;
+    if (s->retry_id)
+        g_source_remove(s->retry_id);
+    s->retry_id = 0;
+    g_clear_pointer(&s->dial, mp_tun_dial_free);
+    while (s->mux && mp_tun_mux_live(s->mux)
+           && g_get_monotonic_time() < deadline)
+        g_main_context_iteration(NULL, TRUE);
+    if (s->mux) {
+        mp_tun_mux_end(s->mux, MP_TUN_END_DONE, NULL);
+        while (s->mux && g_get_monotonic_time() < deadline)
+            g_main_context_iteration(NULL, TRUE);
+    }
+    g_source_remove(wake_id);
+    return !s->mux && s->ended;
+}

@@ -1,0 +1,62 @@
+/* tunnel-source.h: the tunnel end of `migproxy source`.
+ *
+ *   source QEMU --> relay (src/relay: admission, pipelines, metrics,
+ *                   report, capture; its --to is the hop)
+ *               --> hop: a loopback listener of this process; each
+ *                   connection the relay opens there (in QEMU's order)
+ *                   becomes one connection of the tunnel (tunnel-mux.h)
+ *               --> tunnel to `migproxy dest --listen`
+ *
+ * The hop accepts only connections from this process's own sockets (a
+ * stranger on the host that finds its port is closed), and only while
+ * the tunnel is up: a connection that comes while it is down is reset,
+ * so the relay fails the migration and QEMU sees it fail.
+ *
+ * The tunnel is connected at start (mp_tun_source_wait_ready()); when it
+ * drops, every connection it carried is reset (the migration fails
+ * cleanly: QEMU's source sees its connections close, its guest runs on)
+ * and a new tunnel is tried every second for the next migration.
+ */
+#pragma once
+
+#include <gio/gio.h>
+#include <json-c/json.h>
+
+typedef struct {
+    const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
+    gboolean compress;   /* zstd on DATA frames */
+    int level;           /* zstd level (0: 3) */
+    gboolean quiet;
+} MpTunSourceOptions;
+
+typedef struct MpTunSource MpTunSource;
+
+/* Binds the hop and starts connecting the tunnel.  @return NULL with
+ * `error` if --peer does not parse or the hop cannot listen. */
+MpTunSource *mp_tun_source_new(const MpTunSourceOptions *opt, GError **error);
+void mp_tun_source_free(MpTunSource *s); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunSource, mp_tun_source_free)
+
+/* Runs the default main context until the tunnel's handshake is done or
+ * `timeout_ms` passed.  @return TRUE if it is up; FALSE with `error`. */
+gboolean mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms,
+                                  GError **error);
+
+/* "127.0.0.1:PORT": the relay's --to (borrowed). */
+const char *mp_tun_source_hop(const MpTunSource *s);
+
+/* The tunnel's part of a session report: connections carried since the
+ * last call (the relay serves one migration at a time), link bytes, and
+ * the tunnel's state.  A snapshot: the relay reports when its side of
+ * the connections closed, which can be a moment before the last bytes
+ * were read into the tunnel.  Caller owns. */
+json_object *mp_tun_source_report(MpTunSource *s);
+/* The same connections as the last mp_tun_source_report(), with their
+ * counters now (after mp_tun_source_finish(): final).  Caller owns. */
+json_object *mp_tun_source_report_again(MpTunSource *s);
+
+/* After the relay's last session: runs the main context until every
+ * connection's streams ended, then ends the tunnel (END DONE) and waits
+ * for the peer's END, `timeout_ms` at most.  @return TRUE if it ended
+ * cleanly. */
+gboolean mp_tun_source_finish(MpTunSource *s, guint timeout_ms);

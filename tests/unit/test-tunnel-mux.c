@@ -1,0 +1,315 @@
+/* test-tunnel-mux.c: two tunnel ends (tunnel-mux.h) in one process, joined
+ * by a socket pair, each with "QEMU" sockets (socket pairs whose far ends
+ * threads write and read): bytes through both directions of several
+ * connections arrive whole and in order, ends pass as ends, a connection
+ * opened at the source reaches the destination in order, and a tunnel
+ * that breaks resets every connection it carried. */
+#include "config.h"
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <gio/gio.h>
+#include <criterion/criterion.h>
+#include "tunnel-mux.h"
+
+#define CONNS 3
+
+typedef struct {
+    int fd;          /* the "QEMU" end */
+    gsize len;       /* bytes to write, then shutdown(SHUT_WR) */
+    guint32 seed;
+    gboolean keep_open; /* write: no shutdown after the bytes */
+    guint64 got;     /* read: bytes */
+    gboolean same;   /* read: equal to what the other end wrote */
+    gboolean reset;  /* read: ended with an error, not EOF */
+} Peer;
+
+/* Compressible, but not trivially: runs of a counter and random bytes. */
+static void
+fill(guint8 *b, gsize n, guint64 at, guint32 seed)
+{
+    for (gsize i = 0; i < n; i++) {
+        guint64 x = at + i;
+        b[i] = (x / 4096) % 3 ? (guint8)(x * 7 + seed)
+                              : (guint8)g_int64_hash(&x) ^ (guint8)seed;
+    }
+}
+
+static gpointer
+writer(gpointer data)
+{
+    Peer *p = data;
+    guint8 buf[65536];
+    gsize at = 0;
+    while (at < p->len) {
+        gsize n = MIN(sizeof(buf), p->len - at);
+        fill(buf, n, at, p->seed);
+        gsize off = 0;
+        while (off < n) {
+            ssize_t w = write(p->fd, buf + off, n - off);
+            if (w <= 0)
+                return NULL;
+            off += w;
+        }
+        at += n;
+    }
+    if (!p->keep_open)
+        shutdown(p->fd, SHUT_WR);
+    return NULL;
+}
+
+static gpointer
+reader(gpointer data)
+{
+    Peer *p = data;
+    guint8 buf[65536], want[65536];
+    p->same = TRUE;
+    for (;;) {
+        ssize_t n = read(p->fd, buf, sizeof(buf));
+        if (n < 0) {
+            p->reset = TRUE;
+            break;
+        }
+        if (n == 0)
+            break;
+        fill(want, n, p->got, p->seed);
+        if (memcmp(buf, want, n) != 0)
+            p->same = FALSE;
+        p->got += n;
+    }
+    return NULL;
+}
+
+typedef struct {
+    MpTunMux *src, *dst;
+    int dst_fds[CONNS]; /* the destination's "QEMU" sockets, in order */
+    GSocket *dst_socks[CONNS];
+    guint opened, done_src, done_dst, closed;
+    GError *src_error, *dst_error;
+    guint16 opens[CONNS];
+} Fixture;
+
+static void
+on_open(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
+{
+    Fixture *f = data;
+    cr_assert_lt(f->opened, CONNS);
+    cr_assert_eq(o->connection, f->opened, "OPENs come in order");
+    f->opens[f->opened] = stream;
+    mp_tun_mux_attach(m, stream, f->dst_socks[f->opened]);
+    f->opened++;
+}
+
+static void
+on_done_src(MpTunMux *m, guint16 stream, gpointer data)
+{
+    ((Fixture *)data)->done_src++;
+}
+
+static void
+on_done_dst(MpTunMux *m, guint16 stream, gpointer data)
+{
+    ((Fixture *)data)->done_dst++;
+}
+
+static void
+on_closed_src(MpTunMux *m, const GError *e, guint8 code, gpointer data)
+{
+    Fixture *f = data;
+    f->closed++;
+    if (e)
+        f->src_error = g_error_copy(e);
+}
+
+static void
+on_closed_dst(MpTunMux *m, const GError *e, guint8 code, gpointer data)
+{
+    Fixture *f = data;
+    f->closed++;
+    if (e)
+        f->dst_error = g_error_copy(e);
+}
+
+static GSocket *
+gsock(int fd)
+{
+    GSocket *s = g_socket_new_from_fd(fd, NULL);
+    cr_assert_not_null(s);
+    return s;
+}
+
+static void
+pair(int sv[2])
+{
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+}
+
+static void
+spin_until(gboolean (*cond)(Fixture *), Fixture *f, guint ms)
+{
+    gint64 deadline = g_get_monotonic_time() + ms * 1000ll;
+    while (!cond(f)) {
+        cr_assert_lt(g_get_monotonic_time(), deadline, "timed out");
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(100);
+    }
+}
+
+static gboolean
+ready(Fixture *f)
+{
+    return mp_tun_mux_ready(f->src) && mp_tun_mux_ready(f->dst);
+}
+
+static gboolean
+all_opened(Fixture *f)
+{
+    return f->opened == CONNS;
+}
+
+static gboolean
+all_done(Fixture *f)
+{
+    return f->done_src == CONNS && f->done_dst == CONNS;
+}
+
+static gboolean
+both_closed(Fixture *f)
+{
+    return f->closed == 2;
+}
+
+static const MpTunMuxHooks src_hooks = {
+    .stream_done = on_done_src,
+    .closed = on_closed_src,
+};
+static const MpTunMuxHooks dst_hooks = {
+    .open = on_open,
+    .stream_done = on_done_dst,
+    .closed = on_closed_dst,
+};
+
+/* Both ends and CONNS connections, 3 MiB * (i + 1) forward and an
+ * eighth of that back; `cut`: 8 MiB each that never end, and the tunnel
+ * breaks. */
+static void
+run(gboolean compress, gboolean cut)
+{
+    Fixture f = {0};
+    int tv[2];
+    Peer fwd_w[CONNS], fwd_r[CONNS], rev_w[CONNS], rev_r[CONNS];
+    GThread *threads[4 * CONNS];
+    int src_q[CONNS];
+
+    signal(SIGPIPE, SIG_IGN); /* a reset "QEMU" end: EPIPE, not a kill */
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = compress};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = compress};
+    f.src = mp_tun_mux_new(ts, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(td, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+
+    for (int i = 0; i < CONNS; i++) {
+        int a[2], b[2];
+        pair(a); /* a[0]: the source QEMU, a[1]: the source side's socket */
+        pair(b); /* b[0]: the destination QEMU, b[1]: dest's socket */
+        src_q[i] = a[0];
+        f.dst_fds[i] = b[0];
+        f.dst_socks[i] = gsock(b[1]);
+        gsize len = cut ? (8u << 20) : (3u << 20) * (i + 1) + 12345;
+        /* cut: the stream never ends by itself, so only the mux closing
+         * the connection ends its reader */
+        fwd_w[i] = (Peer){.fd = a[0], .len = len, .seed = i, .keep_open = cut};
+        fwd_r[i] = (Peer){.fd = b[0], .seed = i};
+        rev_w[i] = (Peer){.fd = b[0], .len = len / 8, .seed = 100 + i};
+        rev_r[i] = (Peer){.fd = a[0], .seed = 100 + i};
+        g_autoptr(GSocket) local = gsock(a[1]);
+        MpTunOpen o = {.session = 1, .connection = i,
+                       .channel = i ? MP_TUN_CH_MULTIFD : MP_TUN_CH_MAIN,
+                       .index = i ? i - 1 : 0};
+        cr_assert_neq(mp_tun_mux_add(f.src, local, &o), 0);
+    }
+    for (int i = 0; i < CONNS; i++) {
+        threads[4 * i] = g_thread_new("fw", writer, &fwd_w[i]);
+        threads[4 * i + 1] = g_thread_new("fr", reader, &fwd_r[i]);
+        threads[4 * i + 2] = g_thread_new("rw", writer, &rev_w[i]);
+        threads[4 * i + 3] = g_thread_new("rr", reader, &rev_r[i]);
+    }
+    if (cut) {
+        /* some bytes through, then the tunnel breaks */
+        spin_until(all_opened, &f, 5000);
+        for (int k = 0; k < 200; k++) {
+            g_main_context_iteration(NULL, FALSE);
+            g_usleep(100);
+        }
+        shutdown(tv[1], SHUT_RDWR);
+        spin_until(both_closed, &f, 10000);
+        cr_assert_not_null(f.src_error, "a broken tunnel is an error");
+    } else {
+        spin_until(all_done, &f, 60000);
+        cr_assert_null(f.src_error, "%s", f.src_error->message);
+        cr_assert_null(f.dst_error, "%s", f.dst_error->message);
+    }
+    for (int i = 0; i < 4 * CONNS; i++)
+        g_thread_join(threads[i]);
+    for (int i = 0; i < CONNS; i++) {
+        if (cut) {
+            /* every connection was closed by the mux (its reader, joined
+             * above, saw the end), with what got through intact */
+            cr_assert_leq(fwd_r[i].got, fwd_w[i].len);
+            cr_assert(fwd_r[i].same);
+            continue;
+        }
+        cr_assert_eq(fwd_r[i].got, fwd_w[i].len, "conn %d: %" G_GUINT64_FORMAT
+                     " of %zu bytes", i, fwd_r[i].got, fwd_w[i].len);
+        cr_assert(fwd_r[i].same, "conn %d: bytes differ", i);
+        cr_assert(!fwd_r[i].reset);
+        cr_assert_eq(rev_r[i].got, rev_w[i].len);
+        cr_assert(rev_r[i].same);
+    }
+    if (!cut) {
+        json_object *rep = mp_tun_mux_report(f.src, 0);
+        gint64 link = json_object_get_int64(
+            json_object_object_get(rep, "link_bytes_out"));
+        gsize raw = 0;
+        for (int i = 0; i < CONNS; i++)
+            raw += fwd_w[i].len;
+        if (compress)
+            cr_assert_lt(link, raw / 2, "%" G_GINT64_FORMAT " for %zu", link,
+                         raw);
+        else
+            cr_assert_gt(link, raw);
+        json_object_put(rep);
+        mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+        spin_until(both_closed, &f, 5000);
+        cr_assert_null(f.src_error, "%s", f.src_error->message);
+        cr_assert_null(f.dst_error, "%s", f.dst_error->message);
+    }
+    for (int i = 0; i < CONNS; i++) {
+        close(src_q[i]);
+        close(f.dst_fds[i]);
+        g_object_unref(f.dst_socks[i]);
+    }
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+    g_clear_error(&f.src_error);
+    g_clear_error(&f.dst_error);
+}
+
+Test(tunnel_mux, both_directions_compressed)
+{
+    run(TRUE, FALSE);
+}
+
+Test(tunnel_mux, both_directions_raw)
+{
+    run(FALSE, FALSE);
+}
+
+Test(tunnel_mux, cut_resets_every_connection)
+{
+    run(TRUE, TRUE);
+}
