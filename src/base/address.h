@@ -8,3 +8,9 @@
  * the port stays readable); "?" for NULL or an address that is not
  * TCP/IP.  @return a new string (caller frees). */
 char *mp_address_string(GSocketAddress *a);
+
+/* `hostport` ("HOST:PORT") resolved to its first address; `what` (an
+ * option's name) starts the error.  @return a new address, or NULL with
+ * *error set. */
+GSocketAddress *mp_address_resolve(const char *what, const char *hostport,
+                                   GError **error);

@@ -1,4 +1,4 @@
-/* cli-log.c: log lines of `migproxy source` and `dest` (see cli-log.h). */
+/* cli-log.c: log lines of the long-running commands (see cli-log.h). */
 #include "config.h"
 #include <stdio.h>
 #include <string.h>

@@ -1,6 +1,8 @@
-/* cli-log.h: the log lines of the long-running commands that have no
- * progress line of their own (`migproxy source`, `migproxy dest`):
- * "migproxy dest [  2.1 s] message", one line each on stderr. */
+/* cli-log.h: the log lines of the long-running commands (`migproxy
+ * relay`, `source`, `dest`): "migproxy dest [  2.1 s] message", one line
+ * each on stderr, escaped so that no line can clear the terminal or forge
+ * another; on a terminal a progress line is erased first (it is drawn
+ * again at the next tick). */
 #pragma once
 
 #include <glib.h>

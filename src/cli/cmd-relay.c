@@ -12,50 +12,14 @@
 #include "parse-common.h"
 #include "rate-pacer.h"
 #include "relay.h"
+#include "cli-log.h"
 
+/* The log lines ("migproxy relay [  2.1 s] message", cli-log.h) and the
+ * relay the signal handlers stop. */
 typedef struct {
-    gint64 start_us;
-    gboolean tty;     /* stderr is a terminal: progress line in use */
-    gboolean verbose; /* debug messages too */
+    MpCliLog log;
     MpRelay *relay;
 } LogContext;
-
-/* "migproxy relay [  2.1 s] message": one line each, on stderr.  On a
- * terminal the progress line is erased first (it is drawn again at the
- * next 100 ms tick). */
-static GLogWriterOutput
-log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields,
-           gpointer user_data)
-{
-    LogContext *lc = user_data;
-    const char *message = NULL;
-
-    if ((level & G_LOG_LEVEL_DEBUG) && !lc->verbose)
-        return G_LOG_WRITER_HANDLED;
-    for (gsize i = 0; i < n_fields; i++)
-        if (strcmp(fields[i].key, "MESSAGE") == 0)
-            message = fields[i].value;
-    /* Names from the stream are escaped where they are quoted; this
-     * catches any that is not, so that no log line can clear the
-     * terminal or forge a line of its own (parse-common.h). */
-    g_autofree char *clean = NULL;
-    for (const char *p = message; p && *p; p++) {
-        if ((guchar)*p < 0x20 || (guchar)*p >= 0x7f) {
-            message = clean = mp_printable(message);
-            break;
-        }
-    }
-    const char *tag = level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL)
-                          ? "error: "
-                      : level & G_LOG_LEVEL_WARNING ? "warning: "
-                                                    : "";
-    fprintf(stderr, "%smigproxy relay [%6.1f s] %s%s\n",
-            lc->tty ? "\r\033[K" : "",
-            (g_get_monotonic_time() - lc->start_us) / 1e6, tag,
-            message ? message : "");
-    fflush(stderr);
-    return G_LOG_WRITER_HANDLED;
-}
 
 /* SIGINT, SIGTERM and SIGHUP (the terminal the relay was started from
  * went away) all stop it cleanly; g_unix_signal_add passes no signal
@@ -131,10 +95,12 @@ relay_with(const RelayArgs *a, int argc, char **argv)
         return 2;
     }
 
-    LogContext lc = {.start_us = g_get_monotonic_time(), .verbose = a->verbose};
     gboolean tty = isatty(STDERR_FILENO) && !a->no_progress && !quiet;
-    lc.tty = tty;
-    g_log_set_writer_func(log_writer, &lc, NULL);
+    LogContext lc = {.log = {.tag = "migproxy relay",
+                             .start_us = g_get_monotonic_time(),
+                             .verbose = a->verbose,
+                             .tty = tty}};
+    mp_cli_log_install(&lc.log);
     signal(SIGPIPE, SIG_IGN);
 
     MpRelayOptions opt = {

@@ -1282,30 +1282,6 @@ static const MpRelayChannelHooks conn_hooks = {
     .readable = on_readable,
 };
 
-static GSocketAddress *
-resolve(const char *what, const char *hostport, GError **error)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GSocketConnectable) addr =
-        g_network_address_parse(hostport, 0, &err);
-
-    if (!addr) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "%s %s: %s (expected HOST:PORT)", what, hostport,
-                    err->message);
-        return NULL;
-    }
-    g_autoptr(GSocketAddressEnumerator) en =
-        g_socket_connectable_enumerate(addr);
-    GSocketAddress *sa = g_socket_address_enumerator_next(en, NULL, &err);
-    if (!sa) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_HOST_NOT_FOUND, "%s %s: %s",
-                    what, hostport, err ? err->message : "no address");
-        return NULL;
-    }
-    return sa;
-}
-
 MpRelay *
 mp_relay_new(const MpRelayOptions *opt, GError **error)
 {
@@ -1338,9 +1314,9 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         g_ptr_array_add(r->allow, m);
     }
 
-    if (!(r->to = resolve("--to", opt->to, error)))
+    if (!(r->to = mp_address_resolve("--to", opt->to, error)))
         return NULL;
-    if (!(laddr = resolve("--listen", opt->listen, error)))
+    if (!(laddr = mp_address_resolve("--listen", opt->listen, error)))
         return NULL;
     r->listener =
         g_socket_new(g_socket_address_get_family(laddr), G_SOCKET_TYPE_STREAM,

@@ -250,9 +250,9 @@ mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
                     "the source hosts named may connect");
         return NULL;
     }
-    if (!(d->to = mp_tun_resolve("--to", opt->to, error)))
+    if (!(d->to = mp_address_resolve("--to", opt->to, error)))
         return NULL;
-    g_autoptr(GSocketAddress) la = mp_tun_resolve("--listen", opt->listen,
+    g_autoptr(GSocketAddress) la = mp_address_resolve("--listen", opt->listen,
                                                   error);
     if (!la)
         return NULL;

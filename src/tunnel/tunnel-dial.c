@@ -111,26 +111,3 @@ mp_tun_dial_free(MpTunDial *d)
     g_free(d);
 }
 
-GSocketAddress *
-mp_tun_resolve(const char *what, const char *hostport, GError **error)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GSocketConnectable) addr =
-        g_network_address_parse(hostport, 0, &err);
-
-    if (!addr) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "%s %s: %s (expected HOST:PORT)", what, hostport,
-                    err->message);
-        return NULL;
-    }
-    g_autoptr(GSocketAddressEnumerator) en =
-        g_socket_connectable_enumerate(addr);
-    GSocketAddress *sa = g_socket_address_enumerator_next(en, NULL, &err);
-    if (!sa) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_HOST_NOT_FOUND, "%s %s: %s",
-                    what, hostport, err ? err->message : "no address");
-        return NULL;
-    }
-    return sa;
-}

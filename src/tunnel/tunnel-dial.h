@@ -21,7 +21,3 @@ MpTunDial *mp_tun_dial_new(GSocketAddress *to, guint timeout_ms,
 void mp_tun_dial_free(MpTunDial *d);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunDial, mp_tun_dial_free)
 
-/* HOST:PORT to its first address; `what` names the option in errors
- * ("--peer 10.0.0.3:7000: ...").  @return NULL with `error`. */
-GSocketAddress *mp_tun_resolve(const char *what, const char *hostport,
-                               GError **error);

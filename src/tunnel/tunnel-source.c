@@ -308,7 +308,7 @@ mp_tun_source_new(const MpTunSourceOptions *opt, GError **error)
     s->peer_str = g_strdup(opt->peer);
     s->opt.peer = s->peer_str;
     s->start_us = g_get_monotonic_time();
-    if (!(s->peer = mp_tun_resolve("--peer", opt->peer, error)))
+    if (!(s->peer = mp_address_resolve("--peer", opt->peer, error)))
         return NULL;
     g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
     g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
