@@ -713,7 +713,8 @@ mp_tun_mux_refuse(MpTunMux *m, guint16 stream, const char *reason)
     Conn *c = g_hash_table_lookup(m->by_stream, GUINT_TO_POINTER(stream));
     if (!c || c->done)
         return;
-    c->peer_eof = TRUE;
+    /* the peer's frames for it still come until it reads our CLOSE: they
+     * are dropped (on_data), not a protocol error */
     conn_abort(c, reason);
 }
 
