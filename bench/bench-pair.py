@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""bench-pair.py: migrations over a shaped link, QEMU's own options against
+the pair (`migproxy source` + `migproxy dest`), issue 10 item 10.
+
+Called by bench/bench-pair.sh (see docs/benchmarks.md, "The pair over a
+shaped link").
+
+Setup: scripts/netns-link.sh up, with this script's namespace names and
+prefix (MP_NS_SRC, MP_NS_DST, MP_NET_PREFIX; defaults mpt-src, mpt-dst,
+10.254.7): two namespaces joined by a veth pair, tbf on both ends at each
+--rates value (100mbit, 1gbit).  The source QEMU runs in the source
+namespace, the destination QEMU in the destination one; in mode pair,
+`migproxy source` runs next to the source QEMU and `migproxy dest` next to
+the destination QEMU, so only the tunnel crosses the link.
+
+Workloads (--workloads):
+  comp    the sample guest (samples/workload) dirtying compressible pages:
+          -append "mem=M rate=R zero=0 dup=0 comp=100 rand=0"
+  rand    the same dirtying random pages (rand=100)
+  linux   the Linux guest of samples/linux-guest (mp_fill=--linux-fill MiB
+          of random data in a tmpfs, then 64 scattered pages rewritten a
+          second), --linux-guest DIR (samples/linux-guest/build.sh's output)
+
+Modes (--modes), alternated within each round (the order rotates every
+round), each in a fresh pair of QEMUs:
+  direct        QEMU's defaults, migrate tcp:DST:PORT
+  xbzrle        capability xbzrle on both sides (default cache size)
+  multifd-zstd  capability multifd, multifd-channels 2,
+                multifd-compression zstd, on both sides
+  pair          migproxy dest --listen DST:T --to 127.0.0.1:PORT --allow SRC
+                --once; migproxy source --listen 127.0.0.1:P --peer DST:T
+                --once; migrate tcp:127.0.0.1:P, with max-bandwidth raised to
+                --pair-max-bandwidth (docs/tunnel.md, "Use": QEMU counts
+                stream bytes before the tunnel compresses them)
+
+Per run: the source's query-migrate total-time and downtime (or "did not
+finish" after --migrate-timeout: migrate_cancel); the end-to-end time,
+from `migrate` to the destination's query-migrate saying completed (the
+source completes once its last bytes are in its socket, before they
+crossed the link); bytes on the link (the
+source-side veth's tx and rx byte counters, Ethernet frames, so TCP/IP
+headers included), and CPU seconds used during the migration by both QEMUs
+(/proc/PID/stat) and by both migproxy processes (wait4()).
+
+The bound: per workload, the first completed run's destination memory
+(pmemsave of the whole RAM, the guest stopped), compressed with
+`zstd -19 --long=27` after the last run (--bound-level); bound seconds =
+compressed bytes * 8 / link rate.
+
+Prints a markdown table per rate and workload on stdout, progress on
+stderr; --json writes every raw number.  Every process is started with a
+recorded pid (also in $MP_BENCH_PIDFILE for bench-pair.sh's trap) and
+ended by that pid.  Python standard library only; the process and QMP
+helpers are bench-relay.py's.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "bench_relay", os.path.join(ROOT, "bench", "bench-relay.py"))
+br = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(br)
+
+NETNS_LINK = os.path.join(ROOT, "scripts", "netns-link.sh")
+NS_SRC = os.environ.setdefault("MP_NS_SRC", "mpt-src")
+NS_DST = os.environ.setdefault("MP_NS_DST", "mpt-dst")
+PREFIX = os.environ.setdefault("MP_NET_PREFIX", "10.254.7")
+SRC_ADDR, DST_ADDR = PREFIX + ".1", PREFIX + ".2"
+DEV_SRC = "mp-veth-s"  # scripts/netns-link.sh's name
+QEMUS = {
+    "7.2": (["/usr/bin/qemu-system-x86_64"], "pc-q35-7.2"),
+    "10.0": ([os.path.join(ROOT, "scripts", "qemu10")], "pc-q35-10.0"),
+}
+MODES = ("direct", "xbzrle", "multifd-zstd", "pair")
+WORKLOADS = ("comp", "rand", "linux")
+
+
+def log(*a):
+    print("bench-pair:", *a, file=sys.stderr, flush=True)
+
+
+br.log = log  # its Procs say what they start under this script's name
+
+
+def rate_bps(rate):
+    """tc's rate syntax (100mbit, 1gbit, 12mbps) in bits per second."""
+    r = rate.lower()
+    for suffix, mult in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3),
+                         ("gbps", 8e9), ("mbps", 8e6), ("kbps", 8e3),
+                         ("bit", 1), ("bps", 8)):
+        if r.endswith(suffix):
+            return float(r[: -len(suffix)]) * mult
+    return float(r)
+
+
+def link_up(rate):
+    env = dict(os.environ, MP_NET_RATE=rate)
+    subprocess.run([NETNS_LINK, "up"], check=True, env=env)
+
+
+def link_down():
+    subprocess.run([NETNS_LINK, "down"], check=False)
+
+
+def link_bytes():
+    """(tx, rx) bytes of the source namespace's veth end."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", NS_SRC, "cat",
+         f"/sys/class/net/{DEV_SRC}/statistics/tx_bytes",
+         f"/sys/class/net/{DEV_SRC}/statistics/rx_bytes"],
+        check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def qemu_argv(args, ns, run_dir, side, wl):
+    prefix, machine = QEMUS[args.qemu]
+    argv = ["ip", "netns", "exec", ns] + prefix + [
+        "-machine", machine, "-accel", "tcg", "-smp", "1",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-qmp", f"unix:{run_dir}/{side}.qmp,server=on,wait=off"]
+    if wl == "linux":
+        argv += ["-m", str(args.linux_ram),
+                 "-kernel", os.path.join(args.linux_guest, "vmlinuz"),
+                 "-initrd", os.path.join(args.linux_guest,
+                                         "initramfs.cpio.gz"),
+                 "-append", ("console=ttyS0 quiet "
+                             f"mp_fill={args.linux_fill} mp_pattern=rand "
+                             "mp_check=1 mp_check_every=10"),
+                 "-serial", f"file:{run_dir}/{side}.con"]
+    else:
+        share = "comp=100 rand=0" if wl == "comp" else "comp=0 rand=100"
+        argv += ["-m", str(args.guest_ram), "-kernel", args.workload,
+                 "-append", (f"mem={args.guest_mem}M rate={args.dirty_rate}"
+                             f" zero=0 dup=0 {share}"),
+                 "-debugcon", f"file:{run_dir}/{side}.con"]
+    return argv
+
+
+def ready_line(wl, path):
+    needle = " READY " if wl == "linux" else "workload: READY"
+    return br.console_line(path, needle)
+
+
+def wait_log(proc, path, needle, timeout):
+    def seen():
+        try:
+            with open(path, errors="replace") as f:
+                return needle in f.read()
+        except FileNotFoundError:
+            return False
+    br.wait_for(seen, timeout, f"{proc.name}: {needle!r}", (proc,))
+
+
+def migproxy_pair(args, procs, run_dir, qport):
+    """migproxy dest, then migproxy source; @return (dest, source, the
+    port the source QEMU migrates to)."""
+    tport, sport = br.free_port(), br.free_port()
+    dst = procs.start("migproxy-dest", [
+        "ip", "netns", "exec", NS_DST, args.migproxy, "dest",
+        "--listen", f"{DST_ADDR}:{tport}", "--to", f"127.0.0.1:{qport}",
+        "--allow", SRC_ADDR, "--once",
+        "--report", f"{run_dir}/dest.json"] + args.dest_arg,
+        log_to=f"{run_dir}/migproxy-dest.log")
+    wait_log(dst, f"{run_dir}/migproxy-dest.log", "listening on", 30)
+    src = procs.start("migproxy-source", [
+        "ip", "netns", "exec", NS_SRC, args.migproxy, "source",
+        "--listen", f"127.0.0.1:{sport}", "--peer", f"{DST_ADDR}:{tport}",
+        "--once", "--no-progress",
+        "--report", f"{run_dir}/source.json"] + args.source_arg,
+        log_to=f"{run_dir}/migproxy-source.log")
+    wait_log(src, f"{run_dir}/migproxy-source.log", "listening on", 30)
+    return dst, src, sport
+
+
+def set_caps(qmp, caps):
+    if caps:
+        qmp.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": c, "state": True} for c in caps])
+
+
+def one_run(args, rate, wl, mode, run_dir, procs, bound):
+    res = {"rate": rate, "workload": wl, "mode": mode}
+    qport = br.free_port()
+    dst = procs.start("dst-qemu", qemu_argv(args, NS_DST, run_dir, "dst", wl)
+                      + ["-incoming", "defer"],
+                      log_to=f"{run_dir}/dst.log")
+    src = procs.start("src-qemu", qemu_argv(args, NS_SRC, run_dir, "src", wl),
+                      log_to=f"{run_dir}/src.log")
+    t0 = time.monotonic()
+    res["ready"] = br.wait_for(lambda: ready_line(wl, f"{run_dir}/src.con"),
+                               args.boot_timeout, "source READY", (src, dst))
+    res["boot_to_ready_s"] = round(time.monotonic() - t0, 1)
+    dst.qmp = br.Qmp(f"{run_dir}/dst.qmp")
+    src.qmp = br.Qmp(f"{run_dir}/src.qmp")
+
+    caps = {"xbzrle": ["xbzrle"], "multifd-zstd": ["multifd"]}.get(mode, [])
+    for q in (src.qmp, dst.qmp):
+        set_caps(q, caps)
+        if mode == "multifd-zstd":
+            q.cmd("migrate-set-parameters", **{
+                "multifd-channels": args.multifd_channels,
+                "multifd-compression": "zstd"})
+    mids = ()
+    if mode == "pair":
+        dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{qport}")
+        mdst, msrc, sport = migproxy_pair(args, procs, run_dir, qport)
+        mids = (mdst, msrc)
+        uri = f"tcp:127.0.0.1:{sport}"
+        src.qmp.cmd("migrate-set-parameters",
+                    **{"max-bandwidth": args.pair_max_bandwidth})
+    else:
+        dst.qmp.cmd("migrate-incoming", uri=f"tcp:{DST_ADDR}:{qport}")
+        uri = f"tcp:{DST_ADDR}:{qport}"
+    time.sleep(args.settle)  # the guest dirtying at its rate
+
+    link0 = link_bytes()
+    cpu0 = (br.proc_cpu_s(src.pid), br.proc_cpu_s(dst.pid))
+    t_migrate = time.monotonic()
+    src.qmp.cmd("migrate", uri=uri)
+    deadline = time.monotonic() + args.migrate_timeout
+    while True:
+        s = src.qmp.cmd("query-migrate")
+        st = s.get("status")
+        if st in ("failed", "cancelled") or (st == "completed"
+                                              and s.get("total-time")):
+            break
+        if time.monotonic() > deadline:
+            src.qmp.cmd("migrate_cancel")
+            st = "timeout"
+            break
+        time.sleep(0.05)
+    res["status"] = st
+    ram = s.get("ram", {})
+    res.update({"total_ms": s.get("total-time"),
+                "downtime_ms": s.get("downtime"),
+                "transferred": ram.get("transferred"),
+                "dirty_syncs": ram.get("dirty-sync-count")})
+    if st == "completed":
+        # The source completes once its last bytes are in its socket: what
+        # is still buffered on the way (the kernel's socket buffers; with
+        # the pair also its queues) arrives later.  The migration is over
+        # when the destination says so.
+        d = br.wait_for(lambda: (lambda r: r if r.get("status") in (
+            "completed", "failed") else None)(dst.qmp.cmd("query-migrate")),
+            60, "destination completed", (dst,))
+        res["end_to_end_ms"] = round((time.monotonic() - t_migrate) * 1000)
+        res["downtime_e2e_ms"] = e2e_downtime(res)
+        if d.get("status") != "completed":
+            res["status"] = "destination " + d.get("status")
+        try:
+            dst.qmp.cmd("stop")
+        except RuntimeError:
+            pass
+    cpu1 = (br.proc_cpu_s(src.pid), br.proc_cpu_s(dst.pid))
+    res["qemu_cpu_s"] = round((cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1]), 2)
+    mid_cpu = 0.0
+    for m in mids:
+        try:
+            m.reap(60 if st == "completed" else 10)
+        except RuntimeError:
+            procs.stop_all()  # a stuck migproxy: counted as a failure
+            res["status"] = f"{m.name} did not exit"
+            return res
+        mid_cpu += m.cpu_s()
+        if st == "completed" and m.status != 0:
+            res["status"] = f"{m.name} exit status {m.status}"
+    link1 = link_bytes()  # (the pair has exited: everything is counted)
+    res["link_tx_bytes"] = link1[0] - link0[0]
+    res["link_rx_bytes"] = link1[1] - link0[1]
+    if mids:
+        res["migproxy_cpu_s"] = round(mid_cpu, 2)
+        try:
+            with open(f"{run_dir}/source.json") as f:
+                rep = json.load(f)
+            tun = rep.get("tunnel", {})
+            res["tunnel_link_bytes_out"] = tun.get("link_bytes_out")
+            res["tunnel_bytes_in"] = sum(
+                c["to_dst"]["bytes_in"] for c in tun.get("channels", []))
+        except (OSError, ValueError, KeyError) as e:
+            res["report_error"] = str(e)
+    res["cpu_s"] = round(res["qemu_cpu_s"] + mid_cpu, 2)
+    if res["status"] == "completed" and bound is not None \
+            and wl not in bound:
+        bound[wl] = save_memory(args, dst, run_dir, wl)
+    log(f"  {rate} {wl} {mode:12s} {res['status']}: total "
+        f"{res['total_ms']} ms (end to end {res.get('end_to_end_ms')} ms), "
+        f"downtime {res['downtime_ms']} ms, link "
+        f"{res['link_tx_bytes'] / 1e6:.1f} MB, CPU {res['cpu_s']} s")
+    return res
+
+
+def save_memory(args, dst, run_dir, wl):
+    """The destination's whole RAM (the guest stopped), for the bound;
+    compressed after the last run (compress_bounds), so that zstd does not
+    take CPU from the migrations being timed."""
+    ram_mib = args.linux_ram if wl == "linux" else args.guest_ram
+    path = f"{run_dir}/dst-memory.bin"
+    dst.qmp.cmd("pmemsave", val=0, size=ram_mib << 20, filename=path)
+    return {"memory_bytes": ram_mib << 20, "image": path}
+
+
+def compress_bounds(args, bound):
+    """Each saved memory image compressed as well as zstd can."""
+    for wl, b in bound.items():
+        t = time.monotonic()
+        out = subprocess.run(
+            ["zstd", f"-{args.bound_level}", "--long=27", "-T0", "-q", "-c",
+             b["image"]], check=True, stdout=subprocess.PIPE).stdout
+        os.unlink(b.pop("image"))
+        b["zstd_bytes"] = len(out)
+        b["zstd_level"] = args.bound_level
+        log(f"bound {wl}: {b['memory_bytes'] >> 20} MiB of memory -> "
+            f"{len(out) / 1e6:.1f} MB (zstd -{args.bound_level} --long, "
+            f"{time.monotonic() - t:.0f} s)")
+
+
+def e2e_downtime(r):
+    """The guest's pause from the source's stop (its total-time less its
+    downtime after `migrate`) to the destination's completion, as far as
+    polling the destination every 20 ms can tell."""
+    if None in (r.get("end_to_end_ms"), r.get("total_ms"),
+                r.get("downtime_ms")):
+        return None
+    return r["end_to_end_ms"] - r["total_ms"] + r["downtime_ms"]
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def fmt(x, nd=1):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def report(results):
+    m = results["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, load average at "
+          f"start {m['loadavg_start']}, at end {m.get('loadavg_end')}; "
+          f"QEMU {results['qemu']}; commit {m['commit']}")
+    runs = results["runs"]
+    for rate in results["rates"]:
+        for wl in results["workloads"]:
+            rs = [r for r in runs if r["rate"] == rate
+                  and r["workload"] == wl]
+            if not rs:
+                continue
+            print(f"\n{rate}, workload {wl} ({results['setup'][wl]})\n")
+            print("| mode | runs done/all | total s (QEMU) "
+                  "| end to end s | downtime ms (QEMU) "
+                  "| downtime ms to the destination "
+                  "| link MB (src->dst) | CPU s (QEMU + migproxy) "
+                  "| QEMU transferred MB |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for mode in results["modes"]:
+                mr = [r for r in rs if r["mode"] == mode]
+                for r in mr:
+                    r.setdefault("downtime_e2e_ms", e2e_downtime(r))
+                ok = [r for r in mr if r.get("status") == "completed"]
+                if not mr:
+                    continue
+
+                def med(k, scale=1.0):
+                    v = median([r.get(k) for r in ok])
+                    return None if v is None else v / scale
+                cpu = med("cpu_s")
+                mcpu = med("migproxy_cpu_s")
+                print(f"| {mode} | {len(ok)}/{len(mr)} "
+                      f"| {fmt(med('total_ms', 1000.0))} "
+                      f"| {fmt(med('end_to_end_ms', 1000.0))} "
+                      f"| {fmt(med('downtime_ms'), 0)} "
+                      f"| {fmt(med('downtime_e2e_ms'), 0)} "
+                      f"| {fmt(med('link_tx_bytes', 1e6))} "
+                      f"| {fmt(cpu)}"
+                      + (f" ({fmt(mcpu)} migproxy)" if mcpu is not None
+                         else "")
+                      + f" | {fmt(med('transferred', 1e6))} |")
+            b = results["bound"].get(wl)
+            if b and "zstd_bytes" in b:
+                secs = b["zstd_bytes"] * 8 / rate_bps(rate)
+                print(f"| bound: memory {b['memory_bytes'] >> 20} MiB, "
+                      f"zstd -{b['zstd_level']} --long "
+                      f"{b['zstd_bytes'] / 1e6:.1f} MB "
+                      f"| | | {secs:.1f} | | | | | |")
+
+
+def machine_info():
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f
+                        if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short",
+                             "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "commit": commit,
+            "loadavg_start": " ".join(open("/proc/loadavg").read()
+                                      .split()[:3])}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rates", default="100mbit,1gbit",
+                    help="tc rates, comma-separated (default %(default)s)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--runs", type=int, default=3,
+                    help="rounds per rate and workload")
+    ap.add_argument("--qemu", default="10.0", choices=sorted(QEMUS))
+    ap.add_argument("--migproxy",
+                    default=os.path.join(ROOT, "build", "src", "migproxy"))
+    ap.add_argument("--workload", default=os.path.join(
+        ROOT, "build", "samples", "workload", "workload.elf"))
+    ap.add_argument("--guest-ram", type=int, default=512,
+                    help="sample guest RAM, MiB")
+    ap.add_argument("--guest-mem", type=int, default=448,
+                    help="sample guest: MiB it fills and dirties")
+    ap.add_argument("--dirty-rate", type=int, default=5000,
+                    help="sample guest: pages dirtied per second")
+    ap.add_argument("--linux-guest", default="",
+                    help="samples/linux-guest/build.sh's folder")
+    ap.add_argument("--linux-ram", type=int, default=512)
+    ap.add_argument("--linux-fill", type=int, default=300)
+    ap.add_argument("--multifd-channels", type=int, default=2)
+    ap.add_argument("--pair-max-bandwidth", type=int, default=4 << 30,
+                    help="max-bandwidth for mode pair, bytes/s")
+    ap.add_argument("--source-arg", action="append", default=[],
+                    help="one more `migproxy source` argument")
+    ap.add_argument("--dest-arg", action="append", default=[],
+                    help="one more `migproxy dest` argument")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds of dirtying before migrate")
+    ap.add_argument("--boot-timeout", type=float, default=180)
+    ap.add_argument("--migrate-timeout", type=float, default=300,
+                    help="a migration still running then did not finish")
+    ap.add_argument("--no-bound", action="store_true")
+    ap.add_argument("--bound-level", type=int, default=19,
+                    help="zstd level of the bound (default %(default)s; a "
+                         "lower one only to check the script quickly)")
+    ap.add_argument("--keep-net", action="store_true")
+    ap.add_argument("--run-dir", default="")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--from-json", default="",
+                    help="print the tables of an earlier run's --json file "
+                         "and exit")
+    args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            report(json.load(f))
+        return
+
+    rates = [r for r in args.rates.split(",") if r]
+    workloads = [w for w in args.workloads.split(",") if w]
+    modes = [m for m in args.modes.split(",") if m]
+    for w in workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w}")
+    for m in modes:
+        if m not in MODES:
+            ap.error(f"unknown mode {m}")
+    if "linux" in workloads and not args.linux_guest:
+        ap.error("workload linux needs --linux-guest")
+    base = args.run_dir or tempfile.mkdtemp(prefix="bench-pair-")
+    procs = br.Procs(os.environ.get("MP_BENCH_PIDFILE"))
+    results = {"machine": machine_info(), "qemu": args.qemu, "rates": rates,
+               "workloads": workloads, "modes": modes, "runs": [],
+               "bound": {},
+               "setup": {
+                   "comp": f"{args.guest_ram} MiB, {args.guest_mem} MiB "
+                           f"dirtied with compressible pages at "
+                           f"{args.dirty_rate} pages/s",
+                   "rand": f"{args.guest_ram} MiB, {args.guest_mem} MiB "
+                           f"dirtied with random pages at "
+                           f"{args.dirty_rate} pages/s",
+                   "linux": f"Linux guest, {args.linux_ram} MiB, "
+                            f"{args.linux_fill} MiB tmpfs of random data"}}
+    bound = None if args.no_bound else results["bound"]
+    n = 0
+
+    def on_signal(signum, frame):
+        raise SystemExit(128 + signum)  # through the finally below
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        for rate in rates:
+            link_up(rate)
+            for wl in workloads:
+                for rnd in range(args.runs):
+                    k = rnd % len(modes)
+                    for mode in modes[k:] + modes[:k]:
+                        n += 1
+                        run_dir = os.path.join(base, f"{n:03d}-{rate}-{wl}-"
+                                               f"{mode}")
+                        os.makedirs(run_dir)
+                        log(f"run {n}: {rate} {wl} {mode} (round {rnd + 1})")
+                        try:
+                            r = one_run(args, rate, wl, mode, run_dir,
+                                        procs, bound)
+                        except (RuntimeError, OSError, ValueError) as e:
+                            r = {"rate": rate, "workload": wl, "mode": mode,
+                                 "status": f"error: {e}"}
+                            log(f"  error: {e} (files in {run_dir})")
+                        finally:
+                            procs.stop_all()
+                        r["round"] = rnd
+                        results["runs"].append(r)
+        if bound:
+            compress_bounds(args, bound)
+    finally:
+        procs.stop_all()
+        if not args.keep_net:
+            link_down()
+    results["machine"]["loadavg_end"] = " ".join(
+        open("/proc/loadavg").read().split()[:3])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
