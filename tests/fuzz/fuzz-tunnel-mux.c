@@ -12,7 +12,9 @@
  *          get past them and the mux behind them goes unexplored)
  *   bit 3  each attached "QEMU" writes a few bytes and closes, so the mux
  *          opens reverse streams and sends their DATA and CLOSE
- *   bits 4-7  the input goes in chunks of (bits + 1) * 97 bytes
+ *   bit 4  "QEMU" never reads: the mux must bound what it holds for it
+ *          (a peer that sends past its window is refused) and still close
+ *   bits 5-7  the input goes in chunks of (bits + 1) * 193 bytes
  * The rest follows the preamble and the HELLO on the tunnel.  Whatever
  * comes, the mux must not crash, must close the tunnel once its peer's
  * bytes end (EOF), and must leave nothing behind (LeakSanitizer). */
@@ -117,11 +119,14 @@ attach_pending(Fz *fz, MpTunMux *m)
     }
 }
 
-/* Reads what the mux wrote to "QEMU" (and discards it). */
+/* Reads what the mux wrote to "QEMU" (and discards it), unless this
+ * QEMU is stalled (bit 4). */
 static void
 drain_locals(Fz *fz)
 {
     guint8 buf[65536];
+    if (fz->sel & 16)
+        return;
     for (guint i = 0; i < fz->locals->len; i++) {
         Local *l = g_ptr_array_index(fz->locals, i);
         while (read(l->far, buf, sizeof(buf)) > 0) {
@@ -170,7 +175,7 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
         .locals = g_ptr_array_new_with_free_func((GDestroyNotify)local_free),
         .pending = g_array_new(FALSE, FALSE, sizeof(guint16)),
     };
-    gsize chunk = ((fz.sel >> 4) + 1) * 97;
+    gsize chunk = ((fz.sel >> 5) + 1) * 193;
 
     g_autoptr(GByteArray) in = g_byte_array_new();
     mp_tun_write_preamble(in);
