@@ -273,7 +273,10 @@ dst_closed(Replay *r, Chan *c, int err)
     c->dst_closed = TRUE;
     mp_session_end(r->pipes, c->index, MP_DIR_TO_SRC,
                    err ? MP_END_RESET : MP_END_FIN, now);
-    gboolean more = !c->src_ended || !g_queue_is_empty(&c->pending);
+    /* (after SHUT 0 the destination is done: what the capture still has,
+     * the source's closing, does not matter) */
+    gboolean more = !g_queue_is_empty(&c->pending)
+                    || (!c->src_ended && r->shut != 0);
     if (more)
         refuse(r,
                "the destination %s channel %u (%s) after %" G_GUINT64_FORMAT
@@ -548,7 +551,7 @@ finish(Replay *r)
             main_c = c;
         c->src_ended = TRUE;
     }
-    if (main_c && !r->stop
+    if (main_c && !r->stop && !r->rp_expected
         && mp_pipeline_state(mp_session_pipeline(r->pipes, main_c->index,
                                                  MP_DIR_TO_DST))
                == MP_PIPELINE_FOLLOWING)
