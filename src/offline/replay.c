@@ -84,6 +84,12 @@ typedef struct {
     MpSession *pipes;
     /* the destination */
     gboolean rp_expected; /* the main stream opened a return path */
+    gboolean main_eof;    /* the main stream's QEMU_VM_EOF went out */
+    gboolean main_opaque; /* its parser passes bytes it cannot follow
+                             (device sections with no vmdesc to slice
+                             them): it will not see the EOF */
+    guint64 undelivered;  /* capture bytes for channels the destination
+                             had closed */
     gint shut;            /* SHUT's value, -1: none */
     guint64 rp_messages, page_requests;
     char *refused;     /* why the destination did not accept, or NULL */
@@ -171,6 +177,10 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
         if (rec->kind == MP_REC_COMMAND
             && rec->u.cmd.cmd == MP_QMIG_CMD_OPEN_RETURN_PATH)
             r->rp_expected = TRUE;
+        if (rec->kind == MP_REC_EOF)
+            r->main_eof = TRUE;
+        if (rec->kind == MP_REC_OPAQUE)
+            r->main_opaque = TRUE;
         return MP_REC_CONTINUE;
     }
     if (rec->kind != MP_REC_RP_MESSAGE)
@@ -273,22 +283,16 @@ dst_closed(Replay *r, Chan *c, int err)
     c->dst_closed = TRUE;
     mp_session_end(r->pipes, c->index, MP_DIR_TO_SRC,
                    err ? MP_END_RESET : MP_END_FIN, now);
-    /* (after SHUT 0 the destination is done: what the capture still has,
-     * the source's closing, does not matter) */
-    gboolean more = !g_queue_is_empty(&c->pending)
-                    || (!c->src_ended && r->shut != 0);
-    if (more)
+    /* bytes it did not take: refused.  A channel closed with nothing
+     * waiting may be a destination that is done (QEMU 10.0 closes its
+     * preempt channel before the source does, and sends no SHUT after a
+     * post-copy with it): judged at the end (finish()) */
+    if (!g_queue_is_empty(&c->pending) && r->shut != 0)
         refuse(r,
                "the destination %s channel %u (%s) after %" G_GUINT64_FORMAT
                " bytes, with more of the capture to send: it did not load "
                "the stream (its log says why)",
                err ? "reset" : "closed", c->index, chan_name(c), c->sent);
-    else if (chan_kind(r, c) == MP_CHAN_MAIN && r->rp_expected
-             && r->shut < 0)
-        refuse(r,
-               "the destination closed the main channel after the whole "
-               "stream without a SHUT on its return path: it did not load "
-               "it");
 }
 
 /* Reads what the destination sends on `c`: the return path on the main
@@ -505,8 +509,12 @@ ev_data(Replay *r, guint index, gint64 rec, const guint8 *buf, gsize len)
                    (int)(STALL_US / G_USEC_PER_SEC), r->queued);
         }
     }
-    if (r->stop || c->dst_closed)
+    if (c->dst_closed) {
+        r->undelivered += len;
         return !r->stop;
+    }
+    if (r->stop)
+        return FALSE;
     g_queue_push_tail(&c->pending, g_bytes_new(buf, len));
     r->queued += len;
     service(r, 0);
@@ -551,12 +559,13 @@ finish(Replay *r)
             main_c = c;
         c->src_ended = TRUE;
     }
-    if (main_c && !r->stop && !r->rp_expected
+    if (main_c && !r->stop && !r->main_eof && !r->main_opaque
         && mp_pipeline_state(mp_session_pipeline(r->pipes, main_c->index,
                                                  MP_DIR_TO_DST))
                == MP_PIPELINE_FOLLOWING)
-        /* without a return path the destination would close the same way
-         * as after loading it: the input must be whole */
+        /* the destination closes the same way after failing on a cut
+         * stream as after loading a whole one: the input must be whole
+         * (told where the parser follows the stream to its EOF) */
         input_error(r,
                     "%s: the main channel's stream ends after %" G_GUINT64_FORMAT
                     " bytes, inside a record or before its QEMU_VM_EOF: the "
@@ -587,6 +596,12 @@ finish(Replay *r)
                               : "it did not close the main channel");
     if (!main_c && !r->stop)
         input_error(r, "the input holds no main channel");
+    if (!r->stop && r->shut != 0 && r->undelivered)
+        refuse(r,
+               "the destination closed a channel with %" G_GUINT64_FORMAT
+               " bytes of the capture still to send on it: it did not load "
+               "the stream",
+               r->undelivered);
     gint64 now = now_us();
     for (guint i = 0; i < r->chans->len; i++) {
         Chan *c = g_ptr_array_index(r->chans, i);
@@ -644,11 +659,12 @@ cap_channel(gpointer data, guint channel, const char *kind, gint64 open_us)
 {
     Replay *r = data;
     MpChanKind k = kind_from_name(kind);
-    if (k == MP_CHAN_FOREIGN || k == MP_CHAN_UNKNOWN) {
-        /* (what the relay let through but is no channel of QEMU's, or a
-         * connection that sent nothing: not replayed) */
+    /* what the relay let through but is no channel of QEMU's is not
+     * replayed; one that sent nothing ("unknown") is: 7.2's preempt
+     * channel when post-copy never came, which its destination waits for
+     * before it starts */
+    if (k == MP_CHAN_FOREIGN)
         return;
-    }
     ev_channel(r, channel, k, open_us);
 }
 
@@ -909,8 +925,11 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
         : r->refused   ? r->refused
         : r->shut == 0 ? "the destination loaded the stream (SHUT 0 on its "
                          "return path)"
-                       : "the destination took the whole stream and closed "
-                         "(no return path in this stream to confirm it)";
+        : r->rp_expected
+            ? "the destination took the whole stream and closed, with no "
+              "SHUT on its return path to confirm it"
+            : "the destination took the whole stream and closed (no return "
+              "path in this stream to confirm it)";
     json_object_object_add(o, "verdict", json_object_new_string(verdict));
     json_object *rp = json_object_new_object();
     json_object_object_add(rp, "opened", json_object_new_boolean(r->rp_expected));
