@@ -55,6 +55,10 @@
 /* The destination took nothing for this long while bytes waited. */
 #define STALL_US (60 * G_USEC_PER_SEC)
 #define CONNECT_TIMEOUT_MS 10000
+/* Connections opened to the destination at most: QEMU's own most (255
+ * multifd channels, the main one, the preempt one), so that a capture
+ * cannot make the replay open thousands. */
+#define MAX_CHANNELS 257u
 
 typedef struct {
     guint index;
@@ -460,6 +464,13 @@ open_due(Replay *r, gint64 rec)
 static void
 ev_channel(Replay *r, guint index, MpChanKind kind, gint64 open_rec)
 {
+    if (index >= MAX_CHANNELS) {
+        input_error(r,
+                    "%s: channel %u: more channels than a QEMU migration has "
+                    "(at most %u are replayed)",
+                    r->path, index, MAX_CHANNELS);
+        return;
+    }
     Chan *c = chan(r, index);
     c->registered = TRUE;
     c->kind = kind;
@@ -485,10 +496,10 @@ progress(Replay *r)
 static gboolean
 ev_data(Replay *r, guint index, gint64 rec, const guint8 *buf, gsize len)
 {
+    if (r->stop || index >= MAX_CHANNELS)
+        return FALSE;
     Chan *c = chan(r, index);
 
-    if (r->stop)
-        return FALSE;
     start(r, rec);
     wait_until(r, due(r, rec));
     open_due(r, rec);
@@ -525,9 +536,9 @@ ev_data(Replay *r, guint index, gint64 rec, const guint8 *buf, gsize len)
 static void
 ev_end(Replay *r, guint index, gint64 rec)
 {
-    Chan *c = chan(r, index);
-    if (r->stop)
+    if (r->stop || index >= MAX_CHANNELS)
         return;
+    Chan *c = chan(r, index);
     start(r, rec);
     wait_until(r, due(r, rec));
     c->src_ended = TRUE;
@@ -841,7 +852,8 @@ pc_end(gpointer data, const MpPcapConn *c, MpDir dir, MpEndReason how,
     PcapConn *pc = g_ptr_array_index(pr->conns, c->index);
     if (dir != MP_DIR_TO_DST || pc->channel < 0)
         return;
-    if (chan(pr->r, pc->channel)->kind == MP_CHAN_MAIN)
+    if ((guint)pc->channel < pr->r->chans->len
+        && chan(pr->r, pc->channel)->kind == MP_CHAN_MAIN)
         pr->main_ended = TRUE;
     ev_end(pr->r, pc->channel, now_us);
 }
