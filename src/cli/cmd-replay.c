@@ -57,8 +57,8 @@ replay_entries(gpointer store)
          "SECONDS"},
         {"json", 'j', 0, G_OPTION_ARG_NONE, &a->json,
          "Print one JSON document instead of the summary", NULL},
-        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
-         "No progress on stderr", NULL},
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet, "No progress on stderr",
+         NULL},
         {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &a->files, NULL,
          "CAPTURE"},
         {NULL},
@@ -101,13 +101,15 @@ print_summary(json_object *doc, FILE *out)
     if (json_object_get_boolean(json_object_object_get(rp, "paced")))
         fprintf(out, ", paced as recorded (speed %g)",
                 json_object_get_double(json_object_object_get(rp, "speed")));
-    if ((v = json_object_object_get(rp, "rate")))
-        fprintf(out, ", at most %s/s",
-                g_format_size(json_object_get_uint64(v)));
+    if ((v = json_object_object_get(rp, "rate"))) {
+        g_autofree char *r = g_format_size(json_object_get_uint64(v));
+        fprintf(out, ", at most %s/s", r);
+    }
     fputc('\n', out);
     json_object *chans = json_object_object_get(rp, "channels");
     guint64 bytes = json_object_get_uint64(json_object_object_get(rp, "bytes"));
-    double ms = json_object_get_double(json_object_object_get(rp, "duration_ms"));
+    double ms =
+        json_object_get_double(json_object_object_get(rp, "duration_ms"));
     g_autofree char *size = g_format_size(bytes);
     g_autofree char *rate = g_format_size(ms > 0 ? bytes / (ms / 1000) : 0);
     fprintf(out, "  sent:       %s on %zu channel%s in %.3f s (%s/s)\n", size,
@@ -116,22 +118,25 @@ print_summary(json_object *doc, FILE *out)
     if ((v = json_object_object_get(doc, "downtime_ms")))
         fprintf(out, "  downtime:   %.1f ms (as the wire shows it)\n",
                 json_object_get_double(v));
-    fprintf(out, "  return path: %s, %" G_GUINT64_FORMAT " messages, %"
-            G_GUINT64_FORMAT " page requests\n",
-            json_object_get_boolean(json_object_object_get(ret, "opened"))
-                ? "open"
-                : "not opened by the stream",
-            json_object_get_uint64(json_object_object_get(ret, "messages")),
-            json_object_get_uint64(json_object_object_get(ret, "page_requests")));
+    fprintf(
+        out,
+        "  return path: %s, %" G_GUINT64_FORMAT " messages, %" G_GUINT64_FORMAT
+        " page requests\n",
+        json_object_get_boolean(json_object_object_get(ret, "opened"))
+            ? "open"
+            : "not opened by the stream",
+        json_object_get_uint64(json_object_object_get(ret, "messages")),
+        json_object_get_uint64(json_object_object_get(ret, "page_requests")));
     g_autofree char *verdict = mp_printable(
         json_object_get_string(json_object_object_get(rp, "verdict")));
-    fprintf(out, "  verdict:    %s: %s\n",
-            json_object_get_boolean(json_object_object_get(rp, "accepted"))
-                ? (json_object_get_boolean(json_object_object_get(rp, "confirmed"))
-                       ? "ACCEPTED"
-                       : "ACCEPTED (unconfirmed)")
-                : "NOT ACCEPTED",
-            verdict);
+    fprintf(
+        out, "  verdict:    %s: %s\n",
+        json_object_get_boolean(json_object_object_get(rp, "accepted"))
+            ? (json_object_get_boolean(json_object_object_get(rp, "confirmed"))
+                   ? "ACCEPTED"
+                   : "ACCEPTED (unconfirmed)")
+            : "NOT ACCEPTED",
+        verdict);
 }
 
 static int
@@ -183,8 +188,9 @@ replay_run(int argc, char **argv)
         char *end;
         double x = g_ascii_strtod(speed_text, &end);
         if (*end || end == speed_text || !isfinite(x) || x <= 0 || x > 1e6) {
-            fprintf(stderr, "migproxy replay: --speed: '%s' is no factor "
-                            "(a number above 0: 1, 2, 0.5)\n",
+            fprintf(stderr,
+                    "migproxy replay: --speed: '%s' is no factor "
+                    "(a number above 0: 1, 2, 0.5)\n",
                     speed_text);
             return EXIT_USAGE;
         }
@@ -249,11 +255,14 @@ const MpCommand mp_cmd_replay = {
     .description =
         "Examples:\n"
         "  # the destination, paused, waiting for the stream\n"
-        "  qemu-system-x86_64 -M pc-q35-7.2 -m 1G -S -incoming tcp:127.0.0.1:5555 ...\n"
+        "  qemu-system-x86_64 -M pc-q35-7.2 -m 1G -S -incoming "
+        "tcp:127.0.0.1:5555 ...\n"
         "  migproxy replay capdir/ --to 127.0.0.1:5555          as recorded\n"
         "  migproxy replay capdir/ --to 127.0.0.1:5555 --speed 4   4x faster\n"
-        "  migproxy replay vm.mig --to 127.0.0.1:5555 --rate 100M  at 100 MiB/s\n"
-        "  migproxy replay mig.pcap --to 127.0.0.1:5555 --rate max --json | jq .replay\n\n"
+        "  migproxy replay vm.mig --to 127.0.0.1:5555 --rate 100M  at 100 "
+        "MiB/s\n"
+        "  migproxy replay mig.pcap --to 127.0.0.1:5555 --rate max --json | jq "
+        ".replay\n\n"
         "Verdict: ACCEPTED when the destination said SHUT 0 on its return "
         "path (captures made with the return-path capability or "
         "post-copy); ACCEPTED (unconfirmed) when the stream opened no "

@@ -48,12 +48,12 @@
 
 /* Bytes read from the input and not yet taken by the destination, all
  * channels together: past it the reader waits. */
-#define QUEUE_MAX (64u << 20)
-#define WRITE_MAX (256u << 10) /* one write() */
-#define READ_MAX  (64u << 10)
+#define QUEUE_MAX    (64u << 20)
+#define WRITE_MAX    (256u << 10) /* one write() */
+#define READ_MAX     (64u << 10)
 #define STREAM_CHUNK (1u << 20)
 /* The destination took nothing for this long while bytes waited. */
-#define STALL_US (60 * G_USEC_PER_SEC)
+#define STALL_US           (60 * G_USEC_PER_SEC)
 #define CONNECT_TIMEOUT_MS 10000
 /* Connections opened to the destination at most: QEMU's own most (255
  * multifd channels, the main one, the preempt one), so that a capture
@@ -195,8 +195,9 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
         if (r->shut < 0)
             r->shut = (gint)rec->u.rp.value;
         if (rec->u.rp.value)
-            refuse(r, "the destination ended the migration with an error "
-                      "(return path SHUT %u)",
+            refuse(r,
+                   "the destination ended the migration with an error "
+                   "(return path SHUT %u)",
                    rec->u.rp.value);
         break;
     case MP_RP_MSG_REQ_PAGES:
@@ -243,8 +244,8 @@ connect_chan(Replay *r, Chan *c)
         refuse(r, "%s: %s", where, err->message);
         return FALSE;
     }
-    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    0);
+    int fd =
+        socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         refuse(r, "socket: %s", g_strerror(errno));
         return FALSE;
@@ -332,8 +333,8 @@ allowance(Replay *r, gint64 now, gint64 *ready_at)
     double may = (double)(now - r->start) * r->opt->rate / G_USEC_PER_SEC;
     if (may > r->sent)
         return (guint64)(may - r->sent);
-    *ready_at = r->start
-                + (gint64)((r->sent + 4096.0) * G_USEC_PER_SEC / r->opt->rate);
+    *ready_at =
+        r->start + (gint64)((r->sent + 4096.0) * G_USEC_PER_SEC / r->opt->rate);
     return 0;
 }
 
@@ -358,8 +359,8 @@ write_chan(Replay *r, Chan *c, gint64 *ready_at)
             dst_closed(r, c, errno);
             return;
         }
-        mp_session_feed(r->pipes, c->index, MP_DIR_TO_DST,
-                        data + c->head_off, w, now_us());
+        mp_session_feed(r->pipes, c->index, MP_DIR_TO_DST, data + c->head_off,
+                        w, now_us());
         c->head_off += w;
         c->sent += w;
         r->sent += w;
@@ -374,8 +375,7 @@ write_chan(Replay *r, Chan *c, gint64 *ready_at)
          * destination's answer first) */
         shutdown(c->fd, SHUT_WR);
         c->wr_shut = TRUE;
-        mp_session_end(r->pipes, c->index, MP_DIR_TO_DST, MP_END_FIN,
-                       now_us());
+        mp_session_end(r->pipes, c->index, MP_DIR_TO_DST, MP_END_FIN, now_us());
     }
 }
 
@@ -486,8 +486,7 @@ progress(Replay *r)
         return;
     r->last_progress_us = now;
     if (!isatty(STDERR_FILENO))
-        g_printerr("migproxy replay: %.1f s, %" G_GUINT64_FORMAT
-                   " MiB sent\n",
+        g_printerr("migproxy replay: %.1f s, %" G_GUINT64_FORMAT " MiB sent\n",
                    (now - r->start) / 1e6, r->sent >> 20);
 }
 
@@ -514,10 +513,11 @@ ev_data(Replay *r, guint index, gint64 rec, const guint8 *buf, gsize len)
             sent_then = r->sent;
             stalled_since = now_us();
         } else if (now_us() - stalled_since > STALL_US) {
-            refuse(r,
-                   "the destination took nothing for %d s with %"
-                   G_GUINT64_FORMAT " bytes waiting",
-                   (int)(STALL_US / G_USEC_PER_SEC), r->queued);
+            refuse(
+                r,
+                "the destination took nothing for %d s with %" G_GUINT64_FORMAT
+                " bytes waiting",
+                (int)(STALL_US / G_USEC_PER_SEC), r->queued);
         }
     }
     if (c->dst_closed) {
@@ -558,9 +558,11 @@ finish(Replay *r)
             sent_then = r->sent;
             stalled_since = now_us();
         } else if (now_us() - stalled_since > STALL_US) {
-            refuse(r, "the destination took nothing for %d s with %"
-                      G_GUINT64_FORMAT " bytes still to send",
-                   (int)(STALL_US / G_USEC_PER_SEC), r->queued);
+            refuse(
+                r,
+                "the destination took nothing for %d s with %" G_GUINT64_FORMAT
+                " bytes still to send",
+                (int)(STALL_US / G_USEC_PER_SEC), r->queued);
         }
     }
     Chan *main_c = NULL;
@@ -571,17 +573,18 @@ finish(Replay *r)
         c->src_ended = TRUE;
     }
     if (main_c && !r->stop && !r->main_eof && !r->main_opaque
-        && mp_pipeline_state(mp_session_pipeline(r->pipes, main_c->index,
-                                                 MP_DIR_TO_DST))
+        && mp_pipeline_state(
+               mp_session_pipeline(r->pipes, main_c->index, MP_DIR_TO_DST))
                == MP_PIPELINE_FOLLOWING)
         /* the destination closes the same way after failing on a cut
          * stream as after loading a whole one: the input must be whole
          * (told where the parser follows the stream to its EOF) */
-        input_error(r,
-                    "%s: the main channel's stream ends after %" G_GUINT64_FORMAT
-                    " bytes, inside a record or before its QEMU_VM_EOF: the "
-                    "capture is cut short, the destination cannot load it",
-                    r->path, main_c->sent);
+        input_error(
+            r,
+            "%s: the main channel's stream ends after %" G_GUINT64_FORMAT
+            " bytes, inside a record or before its QEMU_VM_EOF: the "
+            "capture is cut short, the destination cannot load it",
+            r->path, main_c->sent);
     if (!r->stop && !r->rp_expected)
         /* nothing will answer: the end of the stream is told by closing,
          * and the destination closes once it has loaded it */
@@ -828,8 +831,8 @@ pc_data(gpointer data, const MpPcapConn *c, MpDir dir, guint64 off,
 }
 
 static void
-pc_gap(gpointer data, const MpPcapConn *c, MpDir dir, guint64 off,
-       guint64 len, MpTcpGapWhy why, gint64 now_us)
+pc_gap(gpointer data, const MpPcapConn *c, MpDir dir, guint64 off, guint64 len,
+       MpTcpGapWhy why, gint64 now_us)
 {
     PcapReplay *pr = data;
     PcapConn *pc = g_ptr_array_index(pr->conns, c->index);
@@ -870,16 +873,17 @@ replay_pcap(Replay *r, GError **error)
 {
     PcapReplay pr = {.r = r};
     pr.conns = g_ptr_array_new_with_free_func(pconn_free);
-    g_autoptr(MpPcapFlows) f = mp_pcap_flows_open(r->path, 0, &pcap_ops, &pr,
-                                                  error);
+    g_autoptr(MpPcapFlows) f =
+        mp_pcap_flows_open(r->path, 0, &pcap_ops, &pr, error);
     if (f && !mp_pcap_flows_run(f, error)) {
         input_error(r, "%s: %s", r->path, (*error)->message);
         g_clear_error(error);
     }
     if (f && !pr.server && !r->stop)
-        input_error(r, "%s: no migration in the capture (no TCP connection "
-                       "whose first bytes towards the server are a "
-                       "migration stream)",
+        input_error(r,
+                    "%s: no migration in the capture (no TCP connection "
+                    "whose first bytes towards the server are a "
+                    "migration stream)",
                     r->path);
     g_ptr_array_free(pr.conns, TRUE);
     g_free(pr.server);
@@ -890,7 +894,8 @@ replay_pcap(Replay *r, GError **error)
 static json_object *
 input_error_doc(const char *path, const char *kind, const char *msg)
 {
-    json_object *doc = json_object_new_object(), *errs = json_object_new_array();
+    json_object *doc = json_object_new_object(),
+                *errs = json_object_new_array();
     json_object_object_add(doc, "file", json_object_new_string(path));
     json_object_object_add(doc, "input_error", json_object_new_string(kind));
     json_object_array_add(errs, json_object_new_string(msg));
@@ -903,19 +908,17 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "input", json_object_new_string(r->path));
-    json_object_object_add(o, "format",
-                           json_object_new_string(mp_input_format_name(format)));
+    json_object_object_add(
+        o, "format", json_object_new_string(mp_input_format_name(format)));
     g_autofree char *to = mp_address_string(r->to);
     json_object_object_add(o, "to", json_object_new_string(to));
     json_object_object_add(o, "paced", json_object_new_boolean(r->speed > 0));
     json_object_object_add(o, "speed", json_object_new_double(r->speed));
-    json_object_object_add(o, "rate", r->opt->rate
-                                          ? json_object_new_uint64(r->opt->rate)
-                                          : NULL);
-    json_object_object_add(o, "bytes", json_object_new_uint64(r->sent));
     json_object_object_add(
-        o, "duration_ms",
-        mp_metrics_json_ms(r->started ? end - r->start : 0));
+        o, "rate", r->opt->rate ? json_object_new_uint64(r->opt->rate) : NULL);
+    json_object_object_add(o, "bytes", json_object_new_uint64(r->sent));
+    json_object_object_add(o, "duration_ms",
+                           mp_metrics_json_ms(r->started ? end - r->start : 0));
     json_object *ch = json_object_new_array();
     for (guint i = 0; i < r->chans->len; i++) {
         Chan *c = g_ptr_array_index(r->chans, i);
@@ -923,7 +926,8 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
             continue;
         json_object *co = json_object_new_object();
         json_object_object_add(co, "channel", json_object_new_int(c->index));
-        json_object_object_add(co, "kind", json_object_new_string(chan_name(c)));
+        json_object_object_add(co, "kind",
+                               json_object_new_string(chan_name(c)));
         json_object_object_add(co, "bytes", json_object_new_uint64(c->sent));
         json_object_array_add(ch, co);
     }
@@ -944,7 +948,8 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
               "path in this stream to confirm it)";
     json_object_object_add(o, "verdict", json_object_new_string(verdict));
     json_object *rp = json_object_new_object();
-    json_object_object_add(rp, "opened", json_object_new_boolean(r->rp_expected));
+    json_object_object_add(rp, "opened",
+                           json_object_new_boolean(r->rp_expected));
     json_object_object_add(rp, "messages",
                            json_object_new_uint64(r->rp_messages));
     json_object_object_add(rp, "shut",
@@ -976,17 +981,17 @@ mp_replay_run(const char *path, const MpReplayOptions *opt,
         break;
     default: {
         g_autofree char *msg = g_strdup_printf(
-            "%s: not a format replay reads (%s); it reads a QEMU stream file (plain, zstd or in a "
+            "%s: not a format replay reads (%s); it reads a QEMU stream file "
+            "(plain, zstd or in a "
             "libvirt save image), a relay capture directory or a packet "
             "capture",
             path,
-            format == MP_FORMAT_UNKNOWN
-                ? why
-                : format == MP_FORMAT_MAPPED_RAM
-                      ? "a mapped-ram file (QEMU reads it only from file:, "
-                        "never over a socket)"
-                      : "a qcow2 image (its snapshots' state is loaded by "
-                        "loadvm, not by -incoming)");
+            format == MP_FORMAT_UNKNOWN ? why
+            : format == MP_FORMAT_MAPPED_RAM
+                ? "a mapped-ram file (QEMU reads it only from file:, "
+                  "never over a socket)"
+                : "a qcow2 image (its snapshots' state is loaded by "
+                  "loadvm, not by -incoming)");
         *status = MP_REPLAY_FORMAT;
         return input_error_doc(path, "format", msg);
     }

@@ -22,9 +22,9 @@ typedef struct {
      * 0: as fast as the rate and the destination allow; < 0: the
      * default (1 for an input with times, 0 for a stream file) */
     double speed;
-    guint session; /* a capture directory's session (0: the first) */
-    guint wait_s;  /* after the last byte, how long the destination may
-                      take to answer (SHUT, or closing) */
+    guint session;     /* a capture directory's session (0: the first) */
+    guint wait_s;      /* after the last byte, how long the destination may
+                          take to answer (SHUT, or closing) */
     gboolean progress; /* the progress line on stderr */
 } MpReplayOptions;
 

@@ -32,7 +32,7 @@
 #include "relay-itest.h"
 
 #define MIGRATE_TIMEOUT_MS (180 * 1000)
-#define RAM_BYTES (128ull << 20)
+#define RAM_BYTES          (128ull << 20)
 
 static struct {
     MpQemu *src, *dst, *dst2;
@@ -59,8 +59,7 @@ tcpdump_stop(void)
         last = size;
     }
     kill(fx.tcpdump, SIGINT);
-    for (int i = 0; i < 100 && waitpid(fx.tcpdump, &status, WNOHANG) == 0;
-         i++)
+    for (int i = 0; i < 100 && waitpid(fx.tcpdump, &status, WNOHANG) == 0; i++)
         g_usleep(50000);
     if (waitpid(fx.tcpdump, &status, WNOHANG) == 0) {
         kill(fx.tcpdump, SIGKILL);
@@ -180,8 +179,8 @@ free_port(void)
 
 Test(replay, capture_72_into_72_and_100)
 {
-    fx.src = it_start_workload("7.2", "pc-i440fx-7.2", 128,
-                               "mem=64M rate=4000", NULL);
+    fx.src = it_start_workload("7.2", "pc-i440fx-7.2", 128, "mem=64M rate=4000",
+                               NULL);
     fx.dst = it_start_destination("7.2", "pc-i440fx-7.2", FALSE, NULL);
     guint16 dport = free_port();
     fx.relay = it_relay_start(fx.dir, dport, NULL);
@@ -239,8 +238,8 @@ Test(replay, multifd_100)
     guint16 p2 = free_port();
     it_incoming(fx.dst2, p2);
     json_object *doc = replay_ok(fx.relay->capture, fx.dst2, p2, NULL);
-    cr_assert(json_object_get_boolean(it_jget(doc, "replay.confirmed")),
-              "%s", json_object_get_string(it_jget(doc, "replay.verdict")));
+    cr_assert(json_object_get_boolean(it_jget(doc, "replay.confirmed")), "%s",
+              json_object_get_string(it_jget(doc, "replay.verdict")));
     cr_assert_eq(it_jint(doc, "replay.return_path.shut"), 0);
     cr_assert_eq(json_object_array_length(it_jget(doc, "replay.channels")), 5);
     cr_assert_eq(it_jint(doc, "multifd.channels"), 4);
@@ -306,16 +305,15 @@ run_postcopy(const char *version, const char *machine, gboolean preempt)
      * verdict is then unconfirmed, the guest's check below is the proof */
     if (g_str_equal(version, "7.2"))
         cr_assert(json_object_get_boolean(it_jget(doc, "replay.confirmed")),
-                  "%s",
-                  json_object_get_string(it_jget(doc, "replay.verdict")));
+                  "%s", json_object_get_string(it_jget(doc, "replay.verdict")));
     cr_assert_eq(json_object_array_length(it_jget(doc, "replay.channels")),
                  preempt ? 2 : 1);
-    g_printerr("post-copy replay %s%s: %" G_GINT64_FORMAT " page requests, "
-               "latency p50 %s us\n",
-               version, preempt ? " preempt" : "",
-               it_jint(doc, "replay.return_path.page_requests"),
-               json_object_to_json_string(
-                   it_jget(doc, "postcopy.latency_us.p50")));
+    g_printerr(
+        "post-copy replay %s%s: %" G_GINT64_FORMAT " page requests, "
+        "latency p50 %s us\n",
+        version, preempt ? " preempt" : "",
+        it_jint(doc, "replay.return_path.page_requests"),
+        json_object_to_json_string(it_jget(doc, "postcopy.latency_us.p50")));
     check_guest_verifies(fx.dst2);
     json_object_put(doc);
 }
@@ -348,12 +346,12 @@ tcpdump_start(const char *file, const char *filter)
               "tcpdump is not installed (scripts/setup.sh installs it)");
     g_autofree char *log = g_build_filename(fx.dir, "tcpdump.log", NULL);
     g_autofree char *cmd = g_strdup_printf(
-        "exec '%s' -i lo -s 0 -B 262144 -U -n -Z root -w '%s' '%s' 2>'%s'",
-        bin, file, filter, log);
+        "exec '%s' -i lo -s 0 -B 262144 -U -n -Z root -w '%s' '%s' 2>'%s'", bin,
+        file, filter, log);
     const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
-                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL,
-                            &fx.tcpdump, &err),
+                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &fx.tcpdump,
+                            &err),
               "%s", err ? err->message : "?");
     gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
     for (;;) {
@@ -404,8 +402,8 @@ Test(replay, pcap_100)
     it_incoming(fx.dst2, p2);
     const char *fast[] = {"--rate=max", NULL};
     json_object *doc = replay_ok(pcap, fx.dst2, p2, fast);
-    cr_assert(json_object_get_boolean(it_jget(doc, "replay.confirmed")),
-              "%s", json_object_get_string(it_jget(doc, "replay.verdict")));
+    cr_assert(json_object_get_boolean(it_jget(doc, "replay.confirmed")), "%s",
+              json_object_get_string(it_jget(doc, "replay.verdict")));
     cr_assert_str_eq(json_object_get_string(it_jget(doc, "replay.format")),
                      "pcap");
     cr_assert(!json_object_get_boolean(it_jget(doc, "replay.paced")));
@@ -439,8 +437,9 @@ Test(replay, stream_file_rate)
     g_printerr("rate: %.0f bytes at --rate %" G_GUINT64_FORMAT " B/s: %.1f ms "
                "(at least %.1f)\n",
                bytes, rate, ms, bytes / rate * 1000);
-    cr_assert_geq(ms, bytes / rate * 1000, "%.0f bytes in %.1f ms at %"
-                  G_GUINT64_FORMAT " B/s", bytes, ms, rate);
+    cr_assert_geq(ms, bytes / rate * 1000,
+                  "%.0f bytes in %.1f ms at %" G_GUINT64_FORMAT " B/s", bytes,
+                  ms, rate);
     cr_assert_eq(it_jint(doc, "replay.rate"), rate);
     /* against the RAM image the stream holds (the source, paused after
      * an exec: migration, has differed from its own stream by a page or
@@ -485,11 +484,12 @@ Test(replay, malformed)
 
     cr_assert(g_file_set_contents(junk, "not a migration at all", -1, NULL));
     cr_assert_eq(g_mkdir(capdir, 0700), 0);
-    cr_assert(g_file_set_contents(index, "{\"format\": \"migproxy-capture\", "
-                                         "\"version\": 2}",
+    cr_assert(g_file_set_contents(index,
+                                  "{\"format\": \"migproxy-capture\", "
+                                  "\"version\": 2}",
                                   -1, NULL));
-    cr_assert(g_file_set_contents(stream, (const char *)head, sizeof(head),
-                                  NULL));
+    cr_assert(
+        g_file_set_contents(stream, (const char *)head, sizeof(head), NULL));
     static const struct {
         const char *what;
         int status;
@@ -506,8 +506,8 @@ Test(replay, malformed)
         g_clear_pointer(&out, g_free);
         g_clear_pointer(&err, g_free);
         int st = replay(args, &out, &err);
-        cr_assert_eq(st, cases[i].status, "%s: exit %d:\n%s", cases[i].what,
-                     st, err);
+        cr_assert_eq(st, cases[i].status, "%s: exit %d:\n%s", cases[i].what, st,
+                     err);
         cr_assert(strstr(err, cases[i].says), "%s: %s", cases[i].what, err);
     }
     /* usage */
