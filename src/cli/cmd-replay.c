@@ -110,11 +110,17 @@ print_summary(json_object *doc, FILE *out)
     guint64 bytes = json_object_get_uint64(json_object_object_get(rp, "bytes"));
     double ms =
         json_object_get_double(json_object_object_get(rp, "duration_ms"));
+    double send_ms =
+        json_object_get_double(json_object_object_get(rp, "send_ms"));
     g_autofree char *size = g_format_size(bytes);
-    g_autofree char *rate = g_format_size(ms > 0 ? bytes / (ms / 1000) : 0);
-    fprintf(out, "  sent:       %s on %zu channel%s in %.3f s (%s/s)\n", size,
-            json_object_array_length(chans),
-            json_object_array_length(chans) == 1 ? "" : "s", ms / 1000, rate);
+    g_autofree char *rate =
+        g_format_size(send_ms > 0 ? bytes / (send_ms / 1000) : 0);
+    fprintf(out,
+            "  sent:       %s on %zu channel%s in %.3f s (%s/s); the verdict "
+            "after %.3f s\n",
+            size, json_object_array_length(chans),
+            json_object_array_length(chans) == 1 ? "" : "s", send_ms / 1000,
+            rate, ms / 1000);
     if ((v = json_object_object_get(doc, "downtime_ms")))
         fprintf(out, "  downtime:   %.1f ms (as the wire shows it)\n",
                 json_object_get_double(v));

@@ -82,6 +82,7 @@ typedef struct {
     gint64 rec0;      /* its recorded time */
     gboolean started;
     guint64 queued, sent; /* all channels */
+    gint64 last_write;    /* when the last byte went out */
     gint64 last_progress_us;
     gint64 next_tick;
     MpMetrics *metrics;
@@ -363,6 +364,7 @@ write_chan(Replay *r, Chan *c, gint64 *ready_at)
                         w, now_us());
         c->head_off += w;
         c->sent += w;
+        r->last_write = now_us();
         r->sent += w;
         r->queued -= w;
         if (c->head_off == blen) {
@@ -919,6 +921,9 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
     json_object_object_add(o, "bytes", json_object_new_uint64(r->sent));
     json_object_object_add(o, "duration_ms",
                            mp_metrics_json_ms(r->started ? end - r->start : 0));
+    json_object_object_add(
+        o, "send_ms",
+        mp_metrics_json_ms(r->sent ? r->last_write - r->start : 0));
     json_object *ch = json_object_new_array();
     for (guint i = 0; i < r->chans->len; i++) {
         Chan *c = g_ptr_array_index(r->chans, i);
