@@ -48,8 +48,12 @@ typedef struct {
 
 typedef struct {
     const char *dir;
-    MpMetrics *metrics;
+    MpMetrics *metrics; /* analyze; NULL for a walk */
     MpSession *pipes;
+    const MpCaptureWalk *walk; /* a walk (replay); NULL for analyze */
+    gpointer walk_data;
+    char *first_error; /* a walk's first failure */
+    gboolean stopped;  /* the walker stopped it */
     GArray *cursors; /* Cursor */
     GString *line;
     guint session;
@@ -73,11 +77,16 @@ fail(Replay *r, const char *fmt, ...)
     va_start(ap, fmt);
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
+    r->failed = TRUE;
+    if (!r->metrics) {
+        if (!r->first_error)
+            r->first_error = g_strdup_printf("capture %s: %s", r->dir, msg);
+        return;
+    }
     GError *err = g_error_new(G_FILE_ERROR, G_FILE_ERROR_FAILED,
                               "capture %s: %s", r->dir, msg);
     mp_analysis_error(mp_metrics_analysis(r->metrics), err);
     g_error_free(err);
-    r->failed = TRUE;
 }
 
 /* Entry i's fields; idx_load() made it readable. */
@@ -277,7 +286,7 @@ find_vmdesc(Replay *r, json_object *chans)
         close(fd);
         /* (a capture's data files are raw bytes) */
         MpVmdesc *vd = mp_input_find_vmdesc(path, FALSE, &err);
-        if (err)
+        if (err && r->metrics)
             mp_analysis_anomaly(mp_metrics_analysis(r->metrics),
                                 "%s; device sections are not sliced",
                                 err->message);
@@ -294,14 +303,22 @@ replay(Replay *r)
     gint64 t, last = 0;
     Cursor *c;
 
-    while ((c = next_cursor(r, &t))) {
+    while (!r->stopped && (c = next_cursor(r, &t))) {
         if (t == G_MAXINT64 - 1)
             t = last; /* no recorded end: the capture was cut */
         last = MAX(last, t);
         if (c->next >= c->chunks) {
             c->end_done = TRUE;
-            mp_session_end(r->pipes, c->channel, c->dir,
-                           mp_end_reason_from_name(c->end), t);
+            if (r->pipes)
+                mp_session_end(r->pipes, c->channel, c->dir,
+                               mp_end_reason_from_name(c->end), t);
+            else if (c->dir == MP_DIR_TO_DST && r->walk->end)
+                r->walk->end(r->walk_data, c->channel,
+                             mp_end_reason_from_name(c->end), t);
+            continue;
+        }
+        if (!r->pipes && c->dir != MP_DIR_TO_DST) {
+            c->next++; /* a walk gives what the source sent */
             continue;
         }
         guint64 off = chunk_offset(c, c->next);
@@ -326,9 +343,13 @@ replay(Replay *r)
             c->next = c->chunks;
             continue;
         }
-        mp_session_feed(r->pipes, c->channel, c->dir, buf, len, t);
+        if (r->pipes)
+            mp_session_feed(r->pipes, c->channel, c->dir, buf, len, t);
+        else if (!r->walk->data(r->walk_data, c->channel, t, buf, len))
+            r->stopped = TRUE;
     }
-    mp_metrics_finish(r->metrics, last, NULL);
+    if (r->metrics)
+        mp_metrics_finish(r->metrics, last, NULL);
 }
 
 /* A JSON file (index.json, s<S>.json), if it is a regular file of at
@@ -440,20 +461,24 @@ load_session_file(const char *dir, guint session, json_object *numbers)
     return sj;
 }
 
-json_object *
-mp_capture_analyze(const char *dir, guint session, gboolean events,
-                   gboolean *ok)
+/* Reads the capture's index and finds session `session` (0: the first)
+ * in it, setting r->session; the session numbers found go to `numbers`.
+ * *index, *sj_file (version 2) and *index_why (why index.json cannot be
+ * read) are the caller's to free.  @return the session's object
+ * (borrowed from one of them), or NULL. */
+static json_object *
+load(Replay *r, guint session, json_object *numbers, json_object **index_out,
+     json_object **sj_file, char **index_why)
 {
-    g_autofree char *ipath = g_build_filename(dir, "index.json", NULL);
-    g_autofree char *index_why = NULL;
-    json_object *index = read_json_file(ipath, &index_why), *sessions = NULL;
-    json_object *sj = NULL, *chans = NULL, *sj_file = NULL;
-    Replay r = {.dir = dir};
-    json_object *numbers = json_object_new_array();
+    g_autofree char *ipath = g_build_filename(r->dir, "index.json", NULL);
+    json_object *index = read_json_file(ipath, index_why), *sessions = NULL;
+    json_object *sj = NULL;
     gint64 version = index ? mp_json_int_or(index, "version", 0) : 0;
 
+    *index_out = index;
+    *sj_file = NULL;
     if (version == 2)
-        sj = sj_file = load_session_file(dir, session, numbers);
+        sj = *sj_file = load_session_file(r->dir, session, numbers);
     else if (index && (sessions = mp_json_array(index, "sessions"))) {
         for (size_t i = 0; i < json_object_array_length(sessions); i++) {
             json_object *s = json_object_array_get_idx(sessions, i);
@@ -463,7 +488,103 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
                 sj = s;
         }
     }
-    r.session = sj ? mp_json_int_or(sj, "session", 0) : session;
+    r->session = sj ? mp_json_int_or(sj, "session", 0) : session;
+    return sj;
+}
+
+/* Checks the index load() read and sets up the channels of `sj`: each
+ * is added to r->pipes (analyze) or told to the walker, and its two
+ * directions get a cursor.  @return the channel array (borrowed), or NULL after fail(). */
+static json_object *
+setup(Replay *r, json_object *index, json_object *sj, guint session,
+      const char *index_why)
+{
+    json_object *chans = NULL;
+    gint64 version = index ? mp_json_int_or(index, "version", 0) : 0;
+
+    if (index_why)
+        fail(r, "%s", index_why);
+    else if (!index
+             || g_strcmp0(mp_json_string(index, "format"), "migproxy-capture")
+                    != 0)
+        fail(r, "index.json is missing or not a migproxy capture index");
+    else if (version != 1 && version != 2)
+        fail(r,
+             "index.json has version %" G_GINT64_FORMAT
+             " (this migproxy reads versions 1 and 2)",
+             version);
+    else if (!sj)
+        fail(r,
+             session ? "no session %u in index.json"
+                     : "index.json lists no session%u",
+             session);
+    else if (!(chans = mp_json_array(sj, "channels")))
+        fail(r, "session %u lists no channels", r->session);
+
+    if (chans && (r->pipes || r->walk->vmdesc)) {
+        g_autoptr(MpVmdesc) vmdesc = find_vmdesc(r, chans);
+        if (vmdesc && r->pipes)
+            mp_session_set_vmdesc(r->pipes, vmdesc);
+        else if (vmdesc)
+            r->walk->vmdesc(r->walk_data, vmdesc);
+    }
+    gsize n_chans = chans ? json_object_array_length(chans) : 0;
+    g_autofree gboolean *seen = g_new0(gboolean, n_chans);
+    for (size_t i = 0; i < n_chans; i++) {
+        json_object *cj = json_object_array_get_idx(chans, i), *dj;
+        if (!json_object_is_type(cj, json_type_object)) {
+            fail(r, "session %u: channel entry %zu is not an object",
+                 r->session, i);
+            continue;
+        }
+        gint64 number = mp_json_int_or(cj, "channel", i);
+        /* channels are numbered 0, 1, ... in the session: any other
+         * number would size the tables by what the file claims */
+        if (number < 0 || (guint64)number >= n_chans || seen[number]) {
+            fail(r,
+                 "session %u: channel number %" G_GINT64_FORMAT
+                 " at position %zu (0 to %zu, each once, expected)",
+                 r->session, number, i, n_chans - 1);
+            continue;
+        }
+        seen[number] = TRUE;
+        guint channel = (guint)number;
+        if (r->pipes)
+            mp_session_add(r->pipes, channel, mp_json_string(cj, "peer"),
+                           mp_json_int_or(cj, "open_us", 0));
+        else
+            r->walk->channel(r->walk_data, channel,
+                             mp_json_string(cj, "kind"),
+                             mp_json_int_or(cj, "open_us", 0));
+        for (int d = 0; d < MP_DIR__MAX; d++) {
+            if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
+                continue;
+            Cursor c = {.channel = channel, .dir = d, .idx_fd = -1};
+            if (!open_cursor(r, &c, dj)) {
+                cursor_clear(&c);
+                continue;
+            }
+            if (mp_json_string(dj, "end")) {
+                c.end = g_strdup(mp_json_string(dj, "end"));
+                c.end_us = mp_json_int_or(dj, "end_us", 0);
+            }
+            g_array_append_val(r->cursors, c);
+        }
+    }
+    return chans;
+}
+
+json_object *
+mp_capture_analyze(const char *dir, guint session, gboolean events,
+                   gboolean *ok)
+{
+    g_autofree char *index_why = NULL;
+    Replay r = {.dir = dir};
+    json_object *numbers = json_object_new_array();
+    json_object *index, *sj_file, *sj, *chans;
+
+    /* (first: the metrics need the session's number and start) */
+    sj = load(&r, session, numbers, &index, &sj_file, &index_why);
     r.metrics = mp_metrics_new(
         r.session, sj ? mp_json_int_or(sj, "start_unix_us", 0) : 0, 0);
     r.pipes = mp_session_new(r.metrics, r.session);
@@ -474,68 +595,7 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     if (events)
         mp_session_observe(r.pipes, &events_observer, &r);
 
-    if (index_why)
-        fail(&r, "%s", index_why);
-    else if (!index
-             || g_strcmp0(mp_json_string(index, "format"), "migproxy-capture")
-                    != 0)
-        fail(&r, "index.json is missing or not a migproxy capture index");
-    else if (version != 1 && version != 2)
-        fail(&r,
-             "index.json has version %" G_GINT64_FORMAT
-             " (this migproxy reads versions 1 and 2)",
-             version);
-    else if (!sj)
-        fail(&r,
-             session ? "no session %u in index.json"
-                     : "index.json lists no session%u",
-             session);
-    else if (!(chans = mp_json_array(sj, "channels")))
-        fail(&r, "session %u lists no channels", r.session);
-
-    if (chans) {
-        g_autoptr(MpVmdesc) vmdesc = find_vmdesc(&r, chans);
-        if (vmdesc)
-            mp_session_set_vmdesc(r.pipes, vmdesc);
-    }
-    gsize n_chans = chans ? json_object_array_length(chans) : 0;
-    g_autofree gboolean *seen = g_new0(gboolean, n_chans);
-    for (size_t i = 0; i < n_chans; i++) {
-        json_object *cj = json_object_array_get_idx(chans, i), *dj;
-        if (!json_object_is_type(cj, json_type_object)) {
-            fail(&r, "session %u: channel entry %zu is not an object",
-                 r.session, i);
-            continue;
-        }
-        gint64 number = mp_json_int_or(cj, "channel", i);
-        /* channels are numbered 0, 1, ... in the session: any other
-         * number would size the tables by what the file claims */
-        if (number < 0 || (guint64)number >= n_chans || seen[number]) {
-            fail(&r,
-                 "session %u: channel number %" G_GINT64_FORMAT
-                 " at position %zu (0 to %zu, each once, expected)",
-                 r.session, number, i, n_chans - 1);
-            continue;
-        }
-        seen[number] = TRUE;
-        guint channel = (guint)number;
-        mp_session_add(r.pipes, channel, mp_json_string(cj, "peer"),
-                       mp_json_int_or(cj, "open_us", 0));
-        for (int d = 0; d < MP_DIR__MAX; d++) {
-            if (!json_object_object_get_ex(cj, d ? "to_src" : "to_dst", &dj))
-                continue;
-            Cursor c = {.channel = channel, .dir = d, .idx_fd = -1};
-            if (!open_cursor(&r, &c, dj)) {
-                cursor_clear(&c);
-                continue;
-            }
-            if (mp_json_string(dj, "end")) {
-                c.end = g_strdup(mp_json_string(dj, "end"));
-                c.end_us = mp_json_int_or(dj, "end_us", 0);
-            }
-            g_array_append_val(r.cursors, c);
-        }
-    }
+    chans = setup(&r, index, sj, session, index_why);
     if (chans)
         replay(&r);
     else
@@ -559,4 +619,30 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     json_object_put(index);
     json_object_put(sj_file);
     return doc;
+}
+
+gboolean
+mp_capture_walk(const char *dir, guint session, const MpCaptureWalk *walk,
+                gpointer data, GError **error)
+{
+    g_autofree char *index_why = NULL;
+    Replay r = {.dir = dir, .walk = walk, .walk_data = data};
+    json_object *numbers = json_object_new_array();
+    json_object *index, *sj_file, *sj;
+
+    sj = load(&r, session, numbers, &index, &sj_file, &index_why);
+    r.cursors = g_array_new(FALSE, TRUE, sizeof(Cursor));
+    g_array_set_clear_func(r.cursors, cursor_clear);
+    if (setup(&r, index, sj, session, index_why) && !r.failed)
+        replay(&r);
+    gboolean ok = !r.failed;
+    if (!ok)
+        g_set_error_literal(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                            r.first_error);
+    g_free(r.first_error);
+    g_array_free(r.cursors, TRUE);
+    json_object_put(numbers);
+    json_object_put(index);
+    json_object_put(sj_file);
+    return ok;
 }

@@ -4,6 +4,8 @@
 
 #include <glib.h>
 #include <json-c/json.h>
+#include "channel-types.h"
+#include "vmdesc.h"
 
 /* @return TRUE if `path` is a directory holding a capture index.json. */
 gboolean mp_capture_is_dir(const char *path);
@@ -19,3 +21,31 @@ gboolean mp_capture_is_dir(const char *path);
  * @return the document (caller owns). */
 json_object *mp_capture_analyze(const char *dir, guint session, gboolean events,
                                 gboolean *ok);
+
+/* What mp_capture_walk() tells, in the order the relay read the chunks
+ * (all channels merged by their timestamps, microseconds from the
+ * session's start).  Only the direction towards the destination. */
+typedef struct {
+    /* Channel `channel` of the session: its kind as the capture names it
+     * ("main", "multifd", "preempt", ...; may be NULL), when it opened.
+     * Told for every channel, in channel order, before any data. */
+    void (*channel)(gpointer data, guint channel, const char *kind,
+                    gint64 open_us);
+    /* The next `len` bytes the source sent on `channel` (borrowed for the
+     * call).  @return FALSE to stop the walk. */
+    gboolean (*data)(gpointer data, guint channel, gint64 time_us,
+                     const guint8 *buf, gsize len);
+    /* The source's side of `channel` ended `how` (may be NULL). */
+    void (*end)(gpointer data, guint channel, MpEndReason how, gint64 time_us);
+    /* The vmdesc the main channel's stream ends with (pre-copy), before
+     * any data (borrowed: take a reference to keep it; may be NULL). */
+    void (*vmdesc)(gpointer data, MpVmdesc *vmdesc);
+} MpCaptureWalk;
+
+/* Walks session `session` (0: the first) of the capture in `dir`, the
+ * chunks as the relay read them.  A walker that stops is no error.
+ * @return FALSE with an error naming the file and what is wrong with it
+ * (the walk may have told part of the capture before it). */
+gboolean mp_capture_walk(const char *dir, guint session,
+                         const MpCaptureWalk *walk, gpointer data,
+                         GError **error);
