@@ -116,13 +116,14 @@ report_run(int argc, char **argv)
     json_object_object_get_ex(doc, "errors", &errs);
     if (json_object_object_get_ex(doc, "input_error", &ie)) {
         const char *kind = json_object_get_string(ie);
+        int status = g_str_equal(kind, "open")     ? EXIT_NO_INPUT
+                     : g_str_equal(kind, "format") ? EXIT_FORMAT
+                                                   : EXIT_INVALID;
         g_autofree char *e = mp_printable(
             json_object_get_string(json_object_array_get_idx(errs, 0)));
         fprintf(stderr, "migproxy report: %s\n", e);
-        json_object_put(doc);
-        return g_str_equal(kind, "open")     ? EXIT_NO_INPUT
-               : g_str_equal(kind, "format") ? EXIT_FORMAT
-                                             : EXIT_INVALID;
+        json_object_put(doc); /* `kind` was its */
+        return status;
     }
     if (json_object_object_get_ex(doc, "qcow2", NULL)) {
         fprintf(stderr,

@@ -21,7 +21,7 @@
 /* The chart's coordinate system (viewBox); the page scales it. */
 #define CHART_W 640.0
 #define CHART_H 300.0
-#define PAD_L   72.0 /* y tick labels and the y axis title */
+#define PAD_L   94.0 /* y tick labels and the y axis title */
 #define PAD_R   16.0
 #define PAD_T   16.0
 #define PAD_B   52.0 /* x tick labels and the x axis title */
@@ -38,7 +38,16 @@
 typedef struct {
     GString *out;
     json_object *doc;
+    json_object *empty; /* {}: what a missing object's members are */
 } Page;
+
+/* `o` if it is an object, else an empty one: json-c's foreach reads
+ * no NULL. */
+static json_object *
+members(Page *pg, json_object *o)
+{
+    return json_object_is_type(o, json_type_object) ? o : pg->empty;
+}
 
 /* ---- text ---- */
 
@@ -284,7 +293,7 @@ chart_open(Page *pg, const char *name, const char *title, const char *desc,
     put_text(o, x_title);
     g_string_append_printf(
         o,
-        "</text>\n<text class=\"ytitle\" transform=\"translate(14 %.1f) "
+        "</text>\n<text class=\"ytitle\" transform=\"translate(13 %.1f) "
         "rotate(-90)\">",
         PAD_T + PLOT_H / 2);
     put_text(o, y_title);
@@ -434,8 +443,8 @@ section_summary(Page *pg)
         summary_row_int(pg, l, p);
     }
     summary_row_bytes(pg, "RAM records", "ram.bytes");
-    json_object_object_foreach(mp_json_get(mp_json_get(doc, "ram"), "phases"),
-                               ph, phv)
+    json_object_object_foreach(
+        members(pg, mp_json_get(mp_json_get(doc, "ram"), "phases")), ph, phv)
     {
         if (!mp_json_int_or(phv, "pages", 0))
             continue;
@@ -452,7 +461,8 @@ section_summary(Page *pg)
         g_string_append(o, "</tr>\n");
     }
     summary_row_int(pg, "Rounds", "rounds.#");
-    json_object_object_foreach(mp_json_get(doc, "commands"), cmd, cv)
+    json_object_object_foreach(members(pg, mp_json_get(doc, "commands")), cmd,
+                               cv)
     {
         g_autofree char *p = g_strdup_printf("commands.%s", cmd);
         g_string_append(o, "<tr><th>Command ");
@@ -522,7 +532,7 @@ section_summary(Page *pg)
         g_string_append_printf(o, " title=\"%.0f bytes\">%s</td></tr>\n", total,
                                h);
     }
-    json_object_object_foreach(mp_json_get(doc, "bytes"), cat, cn)
+    json_object_object_foreach(members(pg, mp_json_get(doc, "bytes")), cat, cn)
     {
         if (!json_object_get_int64(cn))
             continue;
@@ -856,6 +866,11 @@ section_kinds(Page *pg)
         max = MAX(max, num(at(pg->doc, rows[i].path)));
 
     section_open(pg, "kinds", "Page kinds");
+    if (max <= 0) {
+        note(pg, "The stream holds no RAM pages.");
+        g_string_append(pg->out, "</section>\n");
+        return;
+    }
     g_string_append(pg->out, "<div class=\"fig\"><figure>\n");
     double top = chart_open(
         pg, "kinds", "RAM pages by kind",
@@ -1056,7 +1071,7 @@ section_pcap(Page *pg)
     if (!p)
         return;
     section_open(pg, "pcap", "Packet capture");
-    g_string_append(pg->out, "<div class=\"tw\"><table>\n");
+    g_string_append(pg->out, "<div class=\"tw\"><table class=\"summary\">\n");
     static const char *const rows[][2] = {
         {"Packets", "pcap.packets"},
         {"TCP connections", "pcap.connections"},
@@ -1124,8 +1139,10 @@ static const char page_css[] =
     "padding:.5rem .8rem}\n"
     ".warn{color:#b5542c}.ok{color:var(--muted)}\n"
     "footer{margin-top:2rem;color:var(--muted);font-size:.8rem}\n"
+    /* a phone shows the 640 units of a chart in ~360 px: larger text */
     "@media (max-width:48rem){.fig{grid-template-columns:1fr}"
-    "body{padding:.6rem;font-size:14px}}\n"
+    "body{padding:.6rem;font-size:14px}svg text{font-size:17px}"
+    ".phl{font-size:15px}}\n"
     "@media print{body{max-width:none;padding:0;font-size:10pt}"
     "section{break-inside:avoid;page-break-inside:avoid}"
     ".fig{grid-template-columns:minmax(0,1fr) minmax(0,1fr)}"
@@ -1135,7 +1152,7 @@ static const char page_css[] =
 GString *
 mp_report_html(json_object *doc)
 {
-    Page pg = {g_string_sized_new(64 * 1024), doc};
+    Page pg = {g_string_sized_new(64 * 1024), doc, json_object_new_object()};
     GString *o = pg.out;
     /* a capture directory's document names it "capture" */
     const char *file = mp_json_string(doc, "file")
@@ -1182,5 +1199,6 @@ mp_report_html(json_object *doc)
                        "its place in the analyze document (data-src) and its "
                        "value (data-v); docs/report.md.</footer>\n"
                        "</body>\n</html>\n");
+    json_object_put(pg.empty);
     return o;
 }

@@ -21,7 +21,8 @@
  *
  * Chromium missing: the cases skip with a message, unless CI is set in
  * the environment (.ci/run sets it; scripts/setup.sh installs chromium),
- * where they fail.  Screenshots are kept as report-CASE.png in the
+ * where they fail; checked first, before any QEMU starts.  MP_CHROMIUM
+ * names another browser binary.  Screenshots are kept as report-CASE.png in the
  * directory the test runs in (meson: the build directory).
  */
 #include "config.h"
@@ -58,12 +59,13 @@ TestSuite(report, .init = fx_init, .fini = fx_fini, .timeout = 600);
 
 /* ---- chromium ---- */
 
+/* MP_CHROMIUM names the browser (another build, chromium-browser);
+ * default: chromium in PATH.  Absent: the case skips, or fails in CI. */
 static char *
 chromium_path(void)
 {
-    char *bin = g_find_program_in_path("chromium");
-    if (!bin)
-        bin = g_find_program_in_path("chromium-browser");
+    const char *name = g_getenv("MP_CHROMIUM");
+    char *bin = g_find_program_in_path(name && *name ? name : "chromium");
     if (bin)
         return bin;
     const char *ci = g_getenv("CI");
@@ -71,8 +73,13 @@ chromium_path(void)
               "chromium is not installed, and this is CI (CI=%s), which "
               "installs it (scripts/setup.sh)",
               ci);
-    cr_skip_test("chromium is not installed (apt-get install chromium, or "
-                 "scripts/setup.sh); not in CI, so skipped");
+    /* said on stderr too: criterion shows skips only with --verbose */
+    g_printerr("report: SKIPPED: %s is not installed (apt-get install "
+               "chromium, or scripts/setup.sh); not in CI\n",
+               name && *name ? name : "chromium");
+    cr_skip_test("%s is not installed (apt-get install chromium, or "
+                 "scripts/setup.sh); not in CI, so skipped",
+                 name && *name ? name : "chromium");
     return NULL;
 }
 
@@ -314,6 +321,7 @@ report_and_check(const char *input, const char *name, const char *charts,
     int status;
     const char *argv[] = {it_migproxy(), "report", "-q", input, "-o", html,
                           NULL};
+    g_free(chromium_path()); /* skip now, not after the work */
     gint64 t0 = g_get_monotonic_time();
     cr_assert(g_spawn_sync(NULL, (char **)argv, NULL,
                            G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
@@ -357,6 +365,61 @@ report_and_check(const char *input, const char *name, const char *charts,
 
 /* ---- cases ---- */
 
+/* `migproxy report ARGS...`: @return its exit status; *err_out its stderr. */
+static int
+run_report(const char *const *args, char **err_out)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    int status;
+
+    g_ptr_array_add(argv, (gpointer)it_migproxy());
+    g_ptr_array_add(argv, "report");
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (gpointer)args[i]);
+    g_ptr_array_add(argv, NULL);
+    cr_assert(g_spawn_sync(NULL, (char **)argv->pdata, NULL,
+                           G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
+                           err_out, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status), "migproxy report died (status %d):\n%s",
+              status, *err_out);
+    return WEXITSTATUS(status);
+}
+
+/* The exit statuses of --help, one line each and no page (no browser
+ * needed).  Before the fix, an input analyze cannot read had its error
+ * kind read after the document was freed (ASan: heap-use-after-free). */
+Test(report, exit_statuses)
+{
+    g_autofree char *html = g_build_filename(fx.dir, "x.html", NULL);
+    g_autofree char *missing = g_build_filename(fx.dir, "missing.mig", NULL);
+    g_autofree char *text = g_build_filename(MP_SOURCE_ROOT, "README.md", NULL);
+    g_autofree char *sample = g_build_filename(
+        MP_SOURCE_ROOT, "samples", "streams", "idle-7.2.mig.zst", NULL);
+    g_autofree char *nodir = g_build_filename(fx.dir, "no", "x.html", NULL);
+    static const struct {
+        int status;
+        const char *why;
+    } want[] = {{3, "cannot open"}, {4, "not a known format"},
+                {1, "No such file"}};
+    const char *const cases[][6] = {
+        {"-q", missing, "-o", html, NULL},
+        {"-q", text, "-o", html, NULL},
+        {"-q", sample, "-o", nodir, NULL},
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autofree char *err = NULL;
+        int status = run_report(cases[i], &err);
+        cr_assert_eq(status, want[i].status, "case %u: exit %d, want %d:\n%s",
+                     i, status, want[i].status, err);
+        cr_assert(strstr(err, want[i].why), "case %u said: %s", i, err);
+        cr_assert(!strstr(err, "Sanitizer"), "case %u:\n%s", i, err);
+        cr_assert(!g_file_test(html, G_FILE_TEST_EXISTS),
+                  "case %u wrote a page", i);
+    }
+}
+
 Test(report, stream_busy_10)
 {
     g_autofree char *input = g_build_filename(
@@ -387,6 +450,7 @@ Test(report, stream_xbzrle_72)
 Test(report, postcopy_capture_72)
 {
     g_autoptr(GError) err = NULL;
+    g_free(chromium_path()); /* skip before starting QEMU */
     guint16 dport = mp_qemu_pick_free_port(&err);
     cr_assert(dport, "%s", err ? err->message : "?");
 
