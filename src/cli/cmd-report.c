@@ -15,7 +15,7 @@
 
 /* Exit statuses: analyze's (documented in --help) */
 enum {
-    EXIT_INVALID = 1,  /* invalid content, or the page could not be written */
+    EXIT_INVALID = 1, /* invalid content, or the page could not be written */
     EXIT_USAGE = 2,
     EXIT_NO_INPUT = 3, /* INPUT cannot be opened or read */
     EXIT_FORMAT = 4,   /* INPUT is no known format, or a qcow2 image
@@ -91,8 +91,7 @@ report_run(int argc, char **argv)
     }
     if (!inputs || !inputs[0] || inputs[1]) {
         fprintf(stderr, "migproxy report: %s\n(see migproxy report --help)\n",
-                inputs && inputs[0] ? "one INPUT at a time"
-                                    : "no INPUT given");
+                inputs && inputs[0] ? "one INPUT at a time" : "no INPUT given");
         return EXIT_USAGE;
     }
     if (!output) {
@@ -174,8 +173,10 @@ const MpCommand mp_cmd_report = {
     .description =
         "Examples:\n"
         "  migproxy report vm.mig.zst -o vm.html        a stream file\n"
-        "  migproxy relay --listen 127.0.0.1:4444 --to 127.0.0.1:5555 --capture cap/ --once\n"
-        "  migproxy report cap/ -o migration.html       with bandwidth over time\n"
+        "  migproxy relay --listen 127.0.0.1:4444 --to 127.0.0.1:5555 "
+        "--capture cap/ --once\n"
+        "  migproxy report cap/ -o migration.html       with bandwidth over "
+        "time\n"
         "  tcpdump -i lo -s 0 -w mig.pcap tcp port 4444 &  (then migrate)\n"
         "  migproxy report mig.pcap -o mig.html         the same from a pcap\n"
         "  migproxy report -o - vm.mig | gzip > vm.html.gz\n\n"

@@ -184,7 +184,8 @@ td_bytes(Page *pg, const char *path)
     }
     g_autofree char *h = human_bytes(num(v));
     put_src(pg->out, path, v);
-    g_string_append_printf(pg->out, " title=\"%" G_GINT64_FORMAT " bytes\">%s</td>",
+    g_string_append_printf(pg->out,
+                           " title=\"%" G_GINT64_FORMAT " bytes\">%s</td>",
                            json_object_get_int64(v), h);
 }
 
@@ -251,7 +252,8 @@ axis_label(double v, AxisUnit unit)
         v /= 1024;
         u++;
     }
-    return g_strdup_printf("%g %s%s", v, units[u], unit == AXIS_RATE ? "/s" : "");
+    return g_strdup_printf("%g %s%s", v, units[u],
+                           unit == AXIS_RATE ? "/s" : "");
 }
 
 /* Opens a chart: its svg, title and description (the accessible name),
@@ -259,8 +261,7 @@ axis_label(double v, AxisUnit unit)
  * top (the value drawn at the plot's top). */
 static double
 chart_open(Page *pg, const char *name, const char *title, const char *desc,
-           const char *x_title, const char *y_title, double max,
-           AxisUnit unit)
+           const char *x_title, const char *y_title, double max, AxisUnit unit)
 {
     GString *o = pg->out;
     double step = axis_step(max, unit), top = step * MAX(ceil(max / step), 1);
@@ -319,7 +320,8 @@ bar(Page *pg, const char *cls, guint i, guint n, double frac, double v,
     double x = PAD_L + slot * i + (slot - w) / 2;
 
     g_string_append_printf(
-        pg->out, "<rect class=\"%s\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" "
+        pg->out,
+        "<rect class=\"%s\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" "
         "height=\"%.2f\"",
         cls, x, PAD_T + PLOT_H - h, w, h);
     if (v_json)
@@ -336,8 +338,7 @@ static void
 x_label(Page *pg, guint i, guint n, const char *label)
 {
     double slot = PLOT_W / n;
-    g_string_append_printf(pg->out,
-                           "<text class=\"xt\" x=\"%.1f\" y=\"%.1f\">",
+    g_string_append_printf(pg->out, "<text class=\"xt\" x=\"%.1f\" y=\"%.1f\">",
                            PAD_L + slot * (i + 0.5), PAD_T + PLOT_H + 16);
     put_text(pg->out, label);
     g_string_append(pg->out, "</text>\n");
@@ -349,16 +350,16 @@ legend(Page *pg, const char *const *cls, const char *const *label, guint n)
     g_string_append(pg->out, "<p class=\"legend\">");
     for (guint i = 0; i < n; i++)
         g_string_append_printf(pg->out,
-                               "<span><i class=\"sw %s\"></i>%s</span>",
-                               cls[i], label[i]);
+                               "<span><i class=\"sw %s\"></i>%s</span>", cls[i],
+                               label[i]);
     g_string_append(pg->out, "</p>\n");
 }
 
 static void
 section_open(Page *pg, const char *id, const char *title)
 {
-    g_string_append_printf(pg->out,
-                           "<section id=\"%s\"><h2>%s</h2>\n", id, title);
+    g_string_append_printf(pg->out, "<section id=\"%s\"><h2>%s</h2>\n", id,
+                           title);
 }
 
 static void
@@ -483,8 +484,7 @@ section_summary(Page *pg)
         summary_row_int(pg, "Multifd SYNC packets", "multifd.sync_packets");
         summary_row_int(pg, "Multifd normal pages", "multifd.normal_pages");
         summary_row_int(pg, "Multifd zero pages", "multifd.zero_pages");
-        summary_row_bytes(pg, "Multifd bytes (multifd-bytes)",
-                          "multifd.bytes");
+        summary_row_bytes(pg, "Multifd bytes (multifd-bytes)", "multifd.bytes");
     }
     json_object *pc = mp_json_get(doc, "postcopy");
     if (pc) {
@@ -509,7 +509,8 @@ section_summary(Page *pg)
             for (guint i = 0; i < G_N_ELEMENTS(q); i++) {
                 g_autofree char *p =
                     g_strdup_printf("postcopy.latency_us.%s", q[i]);
-                g_autofree char *h = human_us(json_object_get_int64(at(doc, p)));
+                g_autofree char *h =
+                    human_us(json_object_get_int64(at(doc, p)));
                 g_string_append_printf(
                     o, "<tr><th>Request latency %s</th><td class=\"n\"", q[i]);
                 put_src(o, p, at(doc, p));
@@ -524,8 +525,8 @@ section_summary(Page *pg)
         && mp_json_get(json_object_array_get_idx(devs, 0), "bytes")) {
         double total = 0;
         for (size_t i = 0; i < json_object_array_length(devs); i++)
-            total += num(mp_json_get(json_object_array_get_idx(devs, i),
-                                     "bytes"));
+            total +=
+                num(mp_json_get(json_object_array_get_idx(devs, i), "bytes"));
         g_autofree char *h = human_bytes(total);
         g_string_append(o, "<tr><th>Device state</th><td class=\"n\"");
         put_src_sum(o, "devices.*.bytes", total);
@@ -549,15 +550,16 @@ section_summary(Page *pg)
     for (guint l = 0; l < G_N_ELEMENTS(lists); l++) {
         json_object *a = mp_json_array(doc, lists[l]);
         size_t n = a ? json_object_array_length(a) : 0;
-        g_string_append_printf(o, "<p class=\"%s\"><strong>%s:</strong> %s</p>\n",
-                               n ? "warn" : "ok",
-                               l ? "Errors" : "Anomalies", n ? "" : "none");
+        g_string_append_printf(
+            o, "<p class=\"%s\"><strong>%s:</strong> %s</p>\n",
+            n ? "warn" : "ok", l ? "Errors" : "Anomalies", n ? "" : "none");
         if (!n)
             continue;
         g_string_append(o, "<ul>");
         for (size_t i = 0; i < n; i++) {
             g_string_append(o, "<li>");
-            put_text(o, json_object_get_string(json_object_array_get_idx(a, i)));
+            put_text(o,
+                     json_object_get_string(json_object_array_get_idx(a, i)));
             g_string_append(o, "</li>");
         }
         g_string_append(o, "</ul>\n");
@@ -686,7 +688,8 @@ section_bandwidth(Page *pg)
 
     section_open(pg, "bandwidth", "Bandwidth over time");
     for (guint c = 0; c < nch; c++) {
-        json_object *s = at(json_object_array_get_idx(chans, c), "to_dst.series");
+        json_object *s =
+            at(json_object_array_get_idx(chans, c), "to_dst.series");
         json_object *b = mp_json_array(s, "bytes");
         if (!b)
             continue;
@@ -734,7 +737,8 @@ section_bandwidth(Page *pg)
     json_object *phases = mp_json_array(pg->doc, "phases");
     for (guint i = 0; phases && i < json_object_array_length(phases); i++) {
         json_object *p = json_object_array_get_idx(phases, i);
-        double a = num(mp_json_get(p, "start_ms")), b = num(mp_json_get(p, "end_ms"));
+        double a = num(mp_json_get(p, "start_ms")),
+               b = num(mp_json_get(p, "end_ms"));
         double x0 = PAD_L + MIN(a / span_ms, 1) * PLOT_W;
         double x1 = PAD_L + MIN(b / span_ms, 1) * PLOT_W;
         const char *name = mp_json_string(p, "phase");
@@ -791,10 +795,9 @@ section_bandwidth(Page *pg)
     /* seconds on the x axis: about six labels */
     double step_s = nice_step(span_ms / 1000 * 4 / 6);
     for (double t = 0; t * 1000 <= span_ms * 1.0001; t += step_s) {
-        g_string_append_printf(pg->out,
-                               "<text class=\"xt\" x=\"%.1f\" y=\"%.1f\">%g</text>",
-                               PAD_L + t * 1000 / span_ms * PLOT_W,
-                               PAD_T + PLOT_H + 16, t);
+        g_string_append_printf(
+            pg->out, "<text class=\"xt\" x=\"%.1f\" y=\"%.1f\">%g</text>",
+            PAD_L + t * 1000 / span_ms * PLOT_W, PAD_T + PLOT_H + 16, t);
     }
     chart_close(pg);
     static const char *const cls[] = {"b-bw", "ph0", "downtime"};
@@ -810,8 +813,8 @@ section_bandwidth(Page *pg)
         g_autofree char *a = g_strdup_printf("phases.%u.start_ms", i);
         g_autofree char *b = g_strdup_printf("phases.%u.end_ms", i);
         g_string_append(pg->out, "<tr>");
-        td_text(pg, mp_json_string(json_object_array_get_idx(phases, i),
-                                   "phase"));
+        td_text(pg,
+                mp_json_string(json_object_array_get_idx(phases, i), "phase"));
         td_ms(pg, a);
         td_ms(pg, b);
         g_string_append(pg->out, "</tr>\n");
@@ -879,9 +882,9 @@ section_kinds(Page *pg)
         "page kind", "pages", max, AXIS_COUNT);
     for (guint i = 0; i < n; i++) {
         json_object *v = at(pg->doc, rows[i].path);
-        g_autofree char *tip = g_strdup_printf(
-            "%s: %" G_GINT64_FORMAT " pages", rows[i].label,
-            v ? json_object_get_int64(v) : 0);
+        g_autofree char *tip =
+            g_strdup_printf("%s: %" G_GINT64_FORMAT " pages", rows[i].label,
+                            v ? json_object_get_int64(v) : 0);
         bar(pg, rows[i].cls, i, n, 0.6, num(v), top, rows[i].path, v, tip);
         x_label(pg, i, n, rows[i].label);
     }
@@ -930,11 +933,12 @@ section_devices(Page *pg)
         g_string_append(pg->out, "</section>\n");
         return;
     }
-    gboolean sized = mp_json_get(json_object_array_get_idx(devs, 0), "bytes") != NULL;
+    gboolean sized =
+        mp_json_get(json_object_array_get_idx(devs, 0), "bytes") != NULL;
     g_autofree DevRef *order = g_new(DevRef, n);
     for (guint i = 0; i < n; i++)
-        order[i] = (DevRef){i, num(mp_json_get(json_object_array_get_idx(devs, i),
-                                               "bytes"))};
+        order[i] = (DevRef){
+            i, num(mp_json_get(json_object_array_get_idx(devs, i), "bytes"))};
     if (sized) {
         qsort(order, n, sizeof(*order), cmp_dev);
         guint nb = MIN(n, MAX_DEVICE_BARS);
@@ -952,8 +956,8 @@ section_devices(Page *pg)
             g_autofree char *tip = g_strdup_printf(
                 "%s (instance %" G_GINT64_FORMAT "): %.0f bytes", name,
                 mp_json_int_or(d, "instance", 0), order[i].bytes);
-            bar(pg, "b-dev", i, nb, 0.7, order[i].bytes, top, p,
-                at(pg->doc, p), tip);
+            bar(pg, "b-dev", i, nb, 0.7, order[i].bytes, top, p, at(pg->doc, p),
+                tip);
             /* names are long: the bar's number, the table gives the name */
             g_autofree char *l = g_strdup_printf("%u", i + 1);
             x_label(pg, i, nb, l);
@@ -971,9 +975,12 @@ section_devices(Page *pg)
                     "<th>v</th><th>bytes</th></tr>\n");
     for (guint i = 0; i < n; i++) {
         json_object *d = json_object_array_get_idx(devs, order[i].index);
-        g_autofree char *ip = g_strdup_printf("devices.%u.instance", order[i].index);
-        g_autofree char *vp = g_strdup_printf("devices.%u.version", order[i].index);
-        g_autofree char *bp = g_strdup_printf("devices.%u.bytes", order[i].index);
+        g_autofree char *ip =
+            g_strdup_printf("devices.%u.instance", order[i].index);
+        g_autofree char *vp =
+            g_strdup_printf("devices.%u.version", order[i].index);
+        g_autofree char *bp =
+            g_strdup_printf("devices.%u.bytes", order[i].index);
         g_string_append_printf(pg->out, "<tr><td class=\"n\">%u</td>", i + 1);
         td_text(pg, mp_json_string(d, "name"));
         td_int(pg, ip);
@@ -1015,7 +1022,8 @@ section_latency(Page *pg)
     guint n = json_object_array_length(hist), last = 0;
     double max = 0;
     for (guint i = 0; i < n; i++) {
-        double c = num(mp_json_get(json_object_array_get_idx(hist, i), "count"));
+        double c =
+            num(mp_json_get(json_object_array_get_idx(hist, i), "count"));
         if (c > 0)
             last = i;
         max = MAX(max, c);
@@ -1027,20 +1035,20 @@ section_latency(Page *pg)
         "long from the request on the return path to the page from the "
         "source.",
         count);
-    double top = chart_open(pg, "latency", "Post-copy request latency", desc,
-                            "request to page (at most)", "requests", max,
-                            AXIS_COUNT);
+    double top =
+        chart_open(pg, "latency", "Post-copy request latency", desc,
+                   "request to page (at most)", "requests", max, AXIS_COUNT);
     for (guint i = 0; i < shown; i++) {
         json_object *b = json_object_array_get_idx(hist, i);
         json_object *le = mp_json_get(b, "le_us");
         g_autofree char *p =
             g_strdup_printf("postcopy.latency_us.histogram.%u.count", i);
         g_autofree char *h = le ? human_us(json_object_get_int64(le)) : NULL;
-        g_autofree char *l = le ? g_strdup_printf("\342\211\244%s", h)
-                                : g_strdup("more");
-        g_autofree char *tip = g_strdup_printf(
-            "%s: %" G_GINT64_FORMAT " requests", l,
-            mp_json_int_or(b, "count", 0));
+        g_autofree char *l =
+            le ? g_strdup_printf("\342\211\244%s", h) : g_strdup("more");
+        g_autofree char *tip =
+            g_strdup_printf("%s: %" G_GINT64_FORMAT " requests", l,
+                            mp_json_int_or(b, "count", 0));
         bar(pg, "b-lat", i, shown, 0.8, num(mp_json_get(b, "count")), top, p,
             at(pg->doc, p), tip);
         x_label(pg, i, shown, l);
@@ -1161,7 +1169,8 @@ mp_report_html(json_object *doc)
     const char *format = mp_json_string(doc, "format");
 
     g_string_append(
-        o, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        o, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta "
+           "charset=\"utf-8\">\n"
            "<meta name=\"viewport\" content=\"width=device-width, "
            "initial-scale=1\">\n"
            /* nothing to fetch, nothing to run: the page is whole */
@@ -1170,8 +1179,9 @@ mp_report_html(json_object *doc)
            "<meta name=\"generator\" content=\"migproxy " MP_VERSION "\">\n"
            "<title>Migration report: ");
     put_text(o, file ? file : "stream");
-    g_string_append_printf(o, "</title>\n<style>\n%s</style>\n</head>\n<body>\n"
-                              "<header><h1>Migration report</h1>\n<p>",
+    g_string_append_printf(o,
+                           "</title>\n<style>\n%s</style>\n</head>\n<body>\n"
+                           "<header><h1>Migration report</h1>\n<p>",
                            page_css);
     put_text(o, file ? file : "(stream)");
     g_string_append(o, " &middot; ");
@@ -1185,9 +1195,10 @@ mp_report_html(json_object *doc)
         g_string_append(o, " &middot; started ");
         put_text(o, json_object_get_string(v));
     }
-    g_string_append(o, "</p>\n<p>Made by <code>migproxy report</code> "
-                       MP_VERSION " from what <code>migproxy analyze --json"
-                       "</code> gives for this input.</p></header>\n<main>\n");
+    g_string_append(o,
+                    "</p>\n<p>Made by <code>migproxy report</code> " MP_VERSION
+                    " from what <code>migproxy analyze --json"
+                    "</code> gives for this input.</p></header>\n<main>\n");
     section_summary(&pg);
     section_pcap(&pg);
     section_rounds(&pg);

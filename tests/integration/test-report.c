@@ -123,11 +123,21 @@ render(const char *html, const char *name, guint width, Rendered *r)
     g_autofree char *size = g_strdup_printf("--window-size=%u,3600", width);
     g_unlink(r->png);
     /* root in a container: no sandbox; no GPU; a profile of its own */
-    const char *argv[] = {bin, "--headless", "--no-sandbox", "--disable-gpu",
-                          "--no-first-run", "--disable-extensions",
-                          "--hide-scrollbars", ud, size,
-                          "--enable-logging=stderr", "--v=0", shot,
-                          "--dump-dom", uri, NULL};
+    const char *argv[] = {bin,
+                          "--headless",
+                          "--no-sandbox",
+                          "--disable-gpu",
+                          "--no-first-run",
+                          "--disable-extensions",
+                          "--hide-scrollbars",
+                          ud,
+                          size,
+                          "--enable-logging=stderr",
+                          "--v=0",
+                          shot,
+                          "--dump-dom",
+                          uri,
+                          NULL};
     int ofd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     int efd = open(errf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     cr_assert(ofd >= 0 && efd >= 0);
@@ -142,7 +152,8 @@ render(const char *html, const char *name, guint width, Rendered *r)
     int status = 0;
     gboolean done = FALSE;
     while (!done
-           && g_get_monotonic_time() - t0 < CHROMIUM_TIMEOUT_S * G_USEC_PER_SEC) {
+           && g_get_monotonic_time() - t0
+                  < CHROMIUM_TIMEOUT_S * G_USEC_PER_SEC) {
         done = waitpid(pid, &status, WNOHANG) == pid;
         if (!done)
             g_usleep(100000);
@@ -230,9 +241,11 @@ static char *
 unescape(const char *s)
 {
     GString *o = g_string_new(NULL);
-    static const char *const ent[][2] = {
-        {"&amp;", "&"}, {"&quot;", "\""}, {"&lt;", "<"}, {"&gt;", ">"},
-        {"&#39;", "'"}};
+    static const char *const ent[][2] = {{"&amp;", "&"},
+                                         {"&quot;", "\""},
+                                         {"&lt;", "<"},
+                                         {"&gt;", ">"},
+                                         {"&#39;", "'"}};
     while (*s) {
         gboolean hit = FALSE;
         for (guint i = 0; i < G_N_ELEMENTS(ent) && !hit; i++)
@@ -266,10 +279,9 @@ check_numbers(const char *dom, json_object *doc)
         cr_assert(resolve(doc, seg, &want),
                   "the page shows %s = %s; analyze --json has no such value",
                   path, v);
-        cr_assert(want == got
-                      || (want != 0 && ABS(want - got) / ABS(want) < 1e-12),
-                  "the page shows %s = %s; analyze --json: %.17g", path, v,
-                  want);
+        cr_assert(
+            want == got || (want != 0 && ABS(want - got) / ABS(want) < 1e-12),
+            "the page shows %s = %s; analyze --json: %.17g", path, v, want);
     }
     return n;
 }
@@ -279,9 +291,9 @@ check_numbers(const char *dom, json_object *doc)
 static char *
 check_charts(const char *dom)
 {
-    g_autoptr(GRegex) chart = g_regex_new(
-        "<svg class=\"chart\" data-chart=\"([a-z]+)\"(.*?)</svg>",
-        G_REGEX_DOTALL, 0, NULL);
+    g_autoptr(GRegex) chart =
+        g_regex_new("<svg class=\"chart\" data-chart=\"([a-z]+)\"(.*?)</svg>",
+                    G_REGEX_DOTALL, 0, NULL);
     g_autoptr(GRegex) el = g_regex_new(
         "<rect [^>]*height=\"([0-9.]+)\"[^>]*data-v=\"([^\"]*)\"", 0, 0, NULL);
     g_autoptr(GMatchInfo) m = NULL;
@@ -319,8 +331,8 @@ report_and_check(const char *input, const char *name, const char *charts,
     g_autofree char *html = g_strdup_printf("%s/%s.html", fx.dir, name);
     g_autofree char *errout = NULL;
     int status;
-    const char *argv[] = {it_migproxy(), "report", "-q", input, "-o", html,
-                          NULL};
+    const char *argv[] = {it_migproxy(), "report", "-q", input,
+                          "-o",          html,     NULL};
     g_free(chromium_path()); /* skip now, not after the work */
     gint64 t0 = g_get_monotonic_time();
     cr_assert(g_spawn_sync(NULL, (char **)argv, NULL,
@@ -347,8 +359,8 @@ report_and_check(const char *input, const char *name, const char *charts,
     gsize png_len = 0;
     cr_assert(g_file_get_contents(r.png, &png, &png_len, NULL),
               "no screenshot %s", r.png);
-    cr_assert(png_len > 1000 && memcmp(png, "\211PNG", 4) == 0,
-              "%s is no PNG", r.png);
+    cr_assert(png_len > 1000 && memcmp(png, "\211PNG", 4) == 0, "%s is no PNG",
+              r.png);
 
     g_autofree char *names = check_charts(r.dom);
     cr_assert_str_eq(names, charts, "charts: %s, want %s", names, charts);
@@ -401,8 +413,8 @@ Test(report, exit_statuses)
     static const struct {
         int status;
         const char *why;
-    } want[] = {{3, "cannot open"}, {4, "not a known format"},
-                {1, "No such file"}};
+    } want[] = {
+        {3, "cannot open"}, {4, "not a known format"}, {1, "No such file"}};
     const char *const cases[][6] = {
         {"-q", missing, "-o", html, NULL},
         {"-q", text, "-o", html, NULL},
@@ -425,8 +437,8 @@ Test(report, stream_busy_10)
     g_autofree char *input = g_build_filename(
         MP_SOURCE_ROOT, "samples", "streams", "busy-10.0.mig.zst", NULL);
     g_autofree char *html = g_strdup_printf("%s/stream_busy_10.html", fx.dir);
-    guint n = report_and_check(input, "stream_busy_10", "rounds kinds devices",
-                               NULL);
+    guint n =
+        report_and_check(input, "stream_busy_10", "rounds kinds devices", NULL);
     cr_assert_gt(n, 50);
     g_autofree char *text = NULL;
     cr_assert(g_file_get_contents(html, &text, NULL, NULL));
@@ -477,8 +489,8 @@ Test(report, postcopy_capture_72)
     json_object *doc = NULL;
     report_and_check(fx.relay->capture, "postcopy_capture_72",
                      "rounds bandwidth kinds latency", &doc);
-    cr_assert_null(it_jget(json_object_array_get_idx(it_jget(doc, "devices"), 0),
-                           "bytes"));
+    cr_assert_null(it_jget(
+        json_object_array_get_idx(it_jget(doc, "devices"), 0), "bytes"));
     g_autofree char *html =
         g_strdup_printf("%s/postcopy_capture_72.html", fx.dir);
     g_autofree char *text = NULL;

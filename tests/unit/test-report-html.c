@@ -41,8 +41,10 @@ Test(report_html, markup_from_the_stream_is_text)
     /* fetches nothing, whatever the page holds */
     cr_assert_not_null(strstr(page->str, "content=\"default-src 'none'"));
     /* the device's bar and the round's */
-    cr_assert_not_null(strstr(page->str, "data-src=\"devices.0.bytes\" data-v=\"7\""));
-    cr_assert_not_null(strstr(page->str, "data-src=\"rounds.0.pages\" data-v=\"1\""));
+    cr_assert_not_null(
+        strstr(page->str, "data-src=\"devices.0.bytes\" data-v=\"7\""));
+    cr_assert_not_null(
+        strstr(page->str, "data-src=\"rounds.0.pages\" data-v=\"1\""));
     /* a stream file: no time axis, said */
     cr_assert_not_null(strstr(page->str, "No time axis"));
     cr_assert_null(strstr(page->str, "data-chart=\"bandwidth\""));
