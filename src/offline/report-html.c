@@ -588,7 +588,9 @@ section_rounds(Page *pg)
         max = MAX(max, num(mp_json_get(r, "pages")));
         timed |= mp_json_get(r, "start_us") != NULL;
     }
-    g_string_append(pg->out, "<div class=\"fig\"><figure>\n");
+    /* with times the table is too wide to stand beside the chart */
+    g_string_append(pg->out, timed ? "<div class=\"fig stack\"><figure>\n"
+                                   : "<div class=\"fig\"><figure>\n");
     double top = chart_open(
         pg, "rounds", "Dirty pages per round",
         "Bars: RAM pages each round sent; darker, inside them: the pages "
@@ -1112,6 +1114,8 @@ static const char page_css[] =
     ".fig{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);"
     "gap:1rem;align-items:start}\n"
     "figure{margin:0}\n"
+    ".fig.stack{grid-template-columns:minmax(0,1fr)}"
+    ".fig.stack figure{max-width:40rem}\n"
     "svg.chart{width:100%;height:auto;display:block}\n"
     "svg text{font-size:12px;fill:var(--fg)}\n"
     ".grid line{stroke:var(--line);stroke-width:1}\n"
@@ -1153,8 +1157,9 @@ static const char page_css[] =
     ".phl{font-size:15px}}\n"
     "@media print{body{max-width:none;padding:0;font-size:10pt}"
     "section{break-inside:avoid;page-break-inside:avoid}"
-    ".fig{grid-template-columns:minmax(0,1fr) minmax(0,1fr)}"
-    "svg.chart{max-height:8cm}.tw{overflow:visible}"
+    /* one column: the tables whole, under their charts */
+    ".fig{grid-template-columns:minmax(0,1fr)}"
+    "figure{max-width:16cm}svg.chart{max-height:8cm}.tw{overflow:visible}"
     "a{color:inherit;text-decoration:none}}\n";
 
 GString *
