@@ -63,3 +63,43 @@ Test(report_html, empty_document_draws_no_empty_chart)
     cr_assert_not_null(strstr(page->str, "no device sections"));
     cr_assert_not_null(strstr(page->str, "</html>"));
 }
+
+/* A long capture: more 100 ms steps than bars (240), so each bar sums a
+ * range of steps over all channels, and its data-src says which. */
+Test(report_html, long_series_summed_into_bars)
+{
+    json_object *doc = json_object_new_object();
+    json_object *chans = json_object_new_array();
+    for (guint c = 0; c < 2; c++) {
+        json_object *bytes = json_object_new_array();
+        for (guint i = 0; i < 500; i++)
+            json_object_array_add(bytes, json_object_new_int64(c ? 1 : i));
+        json_object *series = json_object_new_object();
+        json_object_object_add(series, "interval_ms", json_object_new_int(100));
+        json_object_object_add(series, "bytes", bytes);
+        json_object *dir = json_object_new_object();
+        json_object_object_add(dir, "bytes", json_object_new_int64(1));
+        json_object_object_add(dir, "series", series);
+        json_object *ch = json_object_new_object();
+        json_object_object_add(ch, "channel", json_object_new_int(c));
+        json_object_object_add(ch, "to_dst", dir);
+        json_object_array_add(chans, ch);
+    }
+    json_object_object_add(doc, "channels", chans);
+    g_autoptr(GString) page = mp_report_html(doc);
+    json_object_put(doc);
+
+    /* 500 steps: 3 a bar, 167 bars; the first sums 0+1+2 and 3 x 1 */
+    cr_assert_not_null(strstr(page->str, "data-chart=\"bandwidth\""));
+    cr_assert_not_null(strstr(
+        page->str,
+        "data-src=\"channels.*.to_dst.series.bytes.[0:3]\" data-v=\"6\""));
+    /* the last bar: steps 498 and 499 only */
+    cr_assert_not_null(strstr(
+        page->str, "data-src=\"channels.*.to_dst.series.bytes.[498:500]\" "
+                   "data-v=\"999\""));
+    guint bars = 0;
+    for (const char *p = page->str; (p = strstr(p, "class=\"b-bw\" x=")); p++)
+        bars++;
+    cr_assert_eq(bars, 167);
+}
