@@ -61,6 +61,15 @@ put_text(GString *out, const char *s)
     g_string_append(out, e);
 }
 
+/* Text of our own (labels, units: "\302\265s", "\342\211\244"), UTF-8 as
+ * written: escaped for HTML only. */
+static void
+put_own(GString *out, const char *s)
+{
+    g_autofree char *e = g_markup_escape_text(s ? s : "", -1);
+    g_string_append(out, e);
+}
+
 static char *
 human_bytes(double v)
 {
@@ -274,7 +283,7 @@ chart_open(Page *pg, const char *name, const char *title, const char *desc,
         name, CHART_W, CHART_H, name, name, name);
     put_text(o, title);
     g_string_append_printf(o, "</title><desc id=\"%s-d\">", name);
-    put_text(o, desc);
+    put_own(o, desc);
     g_string_append(o, "</desc>\n<g class=\"grid\">");
     for (double v = 0; v <= top * 1.0001; v += step) {
         double y = PAD_T + PLOT_H - v / top * PLOT_H;
@@ -291,13 +300,13 @@ chart_open(Page *pg, const char *name, const char *title, const char *desc,
         "y2=\"%.1f\"/>\n<text class=\"xtitle\" x=\"%.1f\" y=\"%.1f\">",
         PAD_L, PAD_L + PLOT_W, PAD_T + PLOT_H, PAD_T + PLOT_H,
         PAD_L + PLOT_W / 2, CHART_H - 6);
-    put_text(o, x_title);
+    put_own(o, x_title);
     g_string_append_printf(
         o,
         "</text>\n<text class=\"ytitle\" transform=\"translate(13 %.1f) "
         "rotate(-90)\">",
         PAD_T + PLOT_H / 2);
-    put_text(o, y_title);
+    put_own(o, y_title);
     g_string_append(o, "</text>\n");
     return top;
 }
@@ -329,7 +338,7 @@ bar(Page *pg, const char *cls, guint i, guint n, double frac, double v,
     else
         put_src_sum(pg->out, path, v);
     g_string_append(pg->out, "><title>");
-    put_text(pg->out, tip);
+    put_own(pg->out, tip); /* a stream's names in it are printable already */
     g_string_append(pg->out, "</title></rect>\n");
 }
 
@@ -340,7 +349,7 @@ x_label(Page *pg, guint i, guint n, const char *label)
     double slot = PLOT_W / n;
     g_string_append_printf(pg->out, "<text class=\"xt\" x=\"%.1f\" y=\"%.1f\">",
                            PAD_L + slot * (i + 0.5), PAD_T + PLOT_H + 16);
-    put_text(pg->out, label);
+    put_own(pg->out, label);
     g_string_append(pg->out, "</text>\n");
 }
 
@@ -791,7 +800,7 @@ section_bandwidth(Page *pg)
             PAD_L + slot * i, PAD_T + PLOT_H - h, slot * 0.92, h);
         put_src_sum(pg->out, path, sum[i]);
         g_string_append(pg->out, "><title>");
-        put_text(pg->out, tip);
+        put_own(pg->out, tip);
         g_string_append(pg->out, "</title></rect>\n");
     }
     /* seconds on the x axis: about six labels */
@@ -1053,7 +1062,10 @@ section_latency(Page *pg)
                             mp_json_int_or(b, "count", 0));
         bar(pg, "b-lat", i, shown, 0.8, num(mp_json_get(b, "count")), top, p,
             at(pg->doc, p), tip);
-        x_label(pg, i, shown, l);
+        /* past 7 buckets the labels would overlap: every other one (the
+         * table has them all) */
+        if (shown <= 7 || i % 2 == 0)
+            x_label(pg, i, shown, l);
     }
     chart_close(pg);
     g_string_append(pg->out, "</figure>\n<div class=\"tw\"><table>\n"
@@ -1065,8 +1077,9 @@ section_latency(Page *pg)
         g_autofree char *h = le ? human_us(json_object_get_int64(le)) : NULL;
         g_autofree char *p =
             g_strdup_printf("postcopy.latency_us.histogram.%u.count", i);
-        g_string_append(pg->out, "<tr>");
-        td_text(pg, le ? h : "more");
+        g_string_append(pg->out, "<tr><td>");
+        put_own(pg->out, le ? h : "more");
+        g_string_append(pg->out, "</td>");
         td_int(pg, p);
         g_string_append(pg->out, "</tr>\n");
     }

@@ -103,3 +103,27 @@ Test(report_html, long_series_summed_into_bars)
         bars++;
     cr_assert_eq(bars, 167);
 }
+
+/* Our own labels keep their UTF-8 (a stream's strings are made
+ * printable, ours are not: "\xc2\xb5s" once showed for "µs"). */
+Test(report_html, latency_labels_in_utf8)
+{
+    json_object *doc = json_tokener_parse(
+        "{\"channels\":[],\"postcopy\":{\"requests\":3,\"latency_us\":{"
+        "\"p50\":90,\"p99\":1500,\"max\":1500,\"count\":3,\"histogram\":["
+        "{\"le_us\":100,\"count\":2},{\"le_us\":2000,\"count\":1},"
+        "{\"le_us\":null,\"count\":0}]}}}");
+    cr_assert_not_null(doc);
+    g_autoptr(GString) page = mp_report_html(doc);
+    json_object_put(doc);
+
+    cr_assert_not_null(strstr(page->str, "data-chart=\"latency\""));
+    cr_assert_not_null(strstr(page->str, "\342\211\244100 \302\265s"),
+                       "no label \"<=100 us\" in UTF-8");
+    cr_assert_not_null(strstr(page->str, "\342\211\2442 ms"));
+    cr_assert_null(strstr(page->str, "\\x"), "an escaped byte: %s",
+                   strstr(page->str, "\\x"));
+    cr_assert_not_null(strstr(
+        page->str,
+        "data-src=\"postcopy.latency_us.histogram.0.count\" data-v=\"2\""));
+}
