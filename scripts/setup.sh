@@ -16,7 +16,8 @@ BUILD=${MP_BUILD:-$ROOT/build}
 # zstd (sample streams), valgrind (meson test --setup=valgrind), libvirt
 # (analyze's test of virsh save images), debhelper and lintian
 # (tests/package: the Debian package), python3-jsonschema (the JSON
-# output checked against docs/schema/).
+# output checked against docs/schema/), chromium (integration-report
+# renders `migproxy report`'s page headless).
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
@@ -29,6 +30,7 @@ PACKAGES=(
     libvirt-daemon-system libvirt-clients
     debhelper lintian
     python3-jsonschema
+    chromium
 )
 
 log() {

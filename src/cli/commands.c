@@ -7,6 +7,7 @@
 
 const MpCommand *const mp_commands[] = {
     &mp_cmd_analyze,
+    &mp_cmd_report,
     &mp_cmd_demo,
     &mp_cmd_relay,
     &mp_cmd_source,

@@ -33,6 +33,7 @@ struct MpCommand {
 };
 
 extern const MpCommand mp_cmd_analyze;
+extern const MpCommand mp_cmd_report;
 extern const MpCommand mp_cmd_demo;
 extern const MpCommand mp_cmd_relay;
 extern const MpCommand mp_cmd_source;

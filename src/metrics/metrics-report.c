@@ -153,6 +153,17 @@ add_postcopy(const MpMetrics *m, json_object *doc)
     json_object_object_add(lat, "p99", pc.count ? jint(pc.p99_us) : NULL);
     json_object_object_add(lat, "max", pc.count ? jint(pc.max_us) : NULL);
     json_object_object_add(lat, "count", jint(pc.count));
+    json_object *hist = json_object_new_array();
+    for (guint i = 0; i < MP_METRICS_LATENCY_BUCKETS; i++) {
+        json_object *b = json_object_new_object();
+        json_object_object_add(b, "le_us",
+                               mp_metrics_latency_le_us[i] >= 0
+                                   ? jint(mp_metrics_latency_le_us[i])
+                                   : NULL);
+        json_object_object_add(b, "count", jint(pc.histogram[i]));
+        json_object_array_add(hist, b);
+    }
+    json_object_object_add(lat, "histogram", hist);
     json_object_object_add(o, "latency_us", lat);
     json_object_object_add(o, "requests_answered", jint(pc.answered));
     json_object_object_add(o, "requests_unanswered", jint(pc.unanswered));

@@ -423,6 +423,11 @@ mp_metrics_channel_end(MpMetrics *m, guint channel, MpDir dir, MpEndReason how,
 
 /* ---- derived numbers ---- */
 
+const gint64 mp_metrics_latency_le_us[MP_METRICS_LATENCY_BUCKETS] = {
+    100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000,
+    100000, 200000, 500000, 1000000, -1,
+};
+
 static int
 cmp_i64(const void *a, const void *b)
 {
@@ -457,6 +462,14 @@ mp_metrics_postcopy(const MpMetrics *m, MpMetricsPostcopy *out)
         .p99_us = percentile(sorted, n, 99),
         .max_us = n ? sorted[n - 1] : 0,
     };
+    /* sorted: each bucket takes the run of latencies up to its bound */
+    guint b = 0;
+    for (guint i = 0; i < n; i++) {
+        while (b < MP_METRICS_LATENCY_BUCKETS - 1
+               && sorted[i] > mp_metrics_latency_le_us[b])
+            b++;
+        out->histogram[b]++;
+    }
 }
 
 /* The downtime as the wire shows it (docs/relay.md), measured as QEMU

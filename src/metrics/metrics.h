@@ -72,12 +72,22 @@ typedef struct {
     const char *answer;     /* what the answer was, or NULL */
 } MpMetricsDowntime;
 
+/* The latency histogram's buckets: bucket i counts latencies up to
+ * mp_metrics_latency_le_us[i] microseconds (and above the bucket before);
+ * the last bucket, whose bound is -1, counts the rest.  Steps of 1, 2, 5
+ * from 100 us to 1 s: a page from a queue on loopback takes well under a
+ * millisecond, one behind a slow link's backlog a good part of a second,
+ * and the HTML report (report-html.c) draws the buckets as they are. */
+#define MP_METRICS_LATENCY_BUCKETS 14
+extern const gint64 mp_metrics_latency_le_us[MP_METRICS_LATENCY_BUCKETS];
+
 /* Post-copy page requests and how long their pages took. */
 typedef struct {
     guint64 answered;   /* a requested page came */
     guint64 unanswered; /* still waiting, or given up on (bounded table) */
     guint count;        /* latencies kept */
     gint64 p50_us, p99_us, max_us; /* 0 when count is 0 */
+    guint histogram[MP_METRICS_LATENCY_BUCKETS]; /* of the `count` kept */
 } MpMetricsPostcopy;
 
 /* Live numbers, as of the last tick. */

@@ -20,6 +20,10 @@ expect_usage() {
 expect_usage analyze --no-such-option --dump-ram=d
 expect_usage analyze --dump-ram=d
 expect_usage analyze --dump-ram=d one.mig two.mig
+expect_usage report --no-such-option --output=o.html --snapshot=s
+expect_usage report --output=o.html --snapshot=s
+expect_usage report --output=o.html --snapshot=s one.mig two.mig
+expect_usage report --snapshot=s one.mig
 expect_usage relay --no-such-option --report=r.json --allow=127.0.0.1
 expect_usage relay --listen=127.0.0.1:0 --report=r.json --allow=127.0.0.1
 expect_usage relay --listen=127.0.0.1:0 --to=127.0.0.1:1 --rate=fast \

@@ -131,6 +131,33 @@ Test(metrics, postcopy_request_latency)
     cr_assert_eq(pc.max_us, 1000);
 }
 
+/* The histogram's buckets hold the kept latencies, each in the first
+ * bucket whose bound is at least it (a bound is inclusive), the ones
+ * above 1 s in the last; the buckets add up to the count. */
+Test(metrics, postcopy_latency_histogram)
+{
+    g_autoptr(MpMetrics) m = mp_metrics_new(1, 0, T0);
+    MpMetricsPostcopy pc;
+    const gint64 lat[] = {100, 101, 500, 999, 1000, 2500000};
+
+    for (guint i = 0; i < G_N_ELEMENTS(lat); i++) {
+        feed_rp(m, MP_RP_MSG_REQ_PAGES, "pc.ram", 0x1000 * (i + 1), 0, T0);
+        feed_page(m, 0, "pc.ram", 0x1000 * (i + 1), T0 + lat[i]);
+    }
+    mp_metrics_postcopy(m, &pc);
+    cr_assert_eq(pc.count, G_N_ELEMENTS(lat));
+    guint want[MP_METRICS_LATENCY_BUCKETS] = {[0] = 1, [1] = 1, [2] = 1,
+                                              [3] = 2, [13] = 1};
+    guint sum = 0;
+    for (guint i = 0; i < MP_METRICS_LATENCY_BUCKETS; i++) {
+        cr_expect_eq(pc.histogram[i], want[i], "bucket %u (le %" G_GINT64_FORMAT
+                     " us): %u, want %u", i, mp_metrics_latency_le_us[i],
+                     pc.histogram[i], want[i]);
+        sum += pc.histogram[i];
+    }
+    cr_assert_eq(sum, pc.count);
+}
+
 Test(metrics, outcome_from_the_wire)
 {
     /* the destination's SHUT 0 says it loaded everything */
