@@ -129,10 +129,10 @@ mp_tun_tls_start_free(MpTunTlsStart *h)
     if (!h)
         return;
     if (h->handshaking) {
-        /* the handshake's callback frees it */
+        /* the handshake's callback frees it (and closes the socket: the
+         * handshake's thread may be using it until then) */
         h->abandoned = TRUE;
         g_cancellable_cancel(h->cancel);
-        g_socket_close(h->sock, NULL);
         return;
     }
     start_destroy(h);

@@ -68,8 +68,9 @@ MpTunTlsStart *mp_tun_tls_client(MpTunTlsCtx *t, GSocket *sock, const char *peer
  * so (preamble and END REFUSED) before the close. */
 MpTunTlsStart *mp_tun_tls_accept(MpTunTlsCtx *t, GSocket *sock, guint timeout_ms,
                                  MpTunTlsFunc fn, gpointer data);
-/* Abandons the start (its socket is closed; no callback).  Accepts
- * NULL. */
+/* Abandons the start: no callback; its socket is closed now, or during
+ * a TLS handshake once the handshake (cancelled) returns to the main
+ * loop.  Accepts NULL. */
 void mp_tun_tls_start_free(MpTunTlsStart *h);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunTlsStart, mp_tun_tls_start_free)
 
