@@ -20,7 +20,7 @@ struct MpTunTlsCtx {
 struct MpTunTlsStart {
     MpTunTlsCtx *t; /* the owner's; outlives the start */
     GSocket *sock;
-    char *peer;  /* client: HOST:PORT of dest */
+    char *peer; /* client: HOST:PORT of dest */
     GIOStream *base;
     GTlsConnection *tls;
     GCancellable *cancel;
@@ -29,7 +29,7 @@ struct MpTunTlsStart {
     guint timeout_ms;
     gboolean client, handshaking, abandoned, timed_out;
     gboolean cert_checked;
-    gboolean handed;   /* the stream went to the owner: its socket too */
+    gboolean handed; /* the stream went to the owner: its socket too */
     GTlsCertificateFlags cert_errors;
     GError *error; /* delivered from the idle */
     MpTunTlsFunc fn;
@@ -279,8 +279,9 @@ client_named(MpTunTlsStart *h, GError **error)
 {
     GTlsCertificate *pc = g_tls_connection_get_peer_certificate(h->tls);
     g_autoptr(GSocketConnectable) id = g_network_address_new(h->t->name, 0);
-    if (pc && !(g_tls_certificate_verify(pc, id, NULL)
-                & G_TLS_CERTIFICATE_BAD_IDENTITY))
+    if (pc
+        && !(g_tls_certificate_verify(pc, id, NULL)
+             & G_TLS_CERTIFICATE_BAD_IDENTITY))
         return TRUE;
     g_set_error(error, G_TLS_ERROR, G_TLS_ERROR_BAD_CERTIFICATE,
                 "TLS: refused the peer's certificate: does not name %s "
@@ -294,8 +295,8 @@ on_handshake(GObject *obj, GAsyncResult *res, gpointer data)
 {
     MpTunTlsStart *h = data;
     GError *err = NULL;
-    gboolean ok = g_tls_connection_handshake_finish(G_TLS_CONNECTION(obj),
-                                                    res, &err);
+    gboolean ok =
+        g_tls_connection_handshake_finish(G_TLS_CONNECTION(obj), res, &err);
 
     h->handshaking = FALSE;
     if (h->abandoned) {
@@ -357,8 +358,7 @@ mp_tun_tls_client(MpTunTlsCtx *t, GSocket *sock, const char *peer,
     g_autoptr(GSocketConnectable) id =
         t->name ? g_network_address_new(t->name, 0)
                 : g_network_address_parse(peer, 0, &err);
-    GIOStream *tls = id ? g_tls_client_connection_new(h->base, id, &err)
-                        : NULL;
+    GIOStream *tls = id ? g_tls_client_connection_new(h->base, id, &err) : NULL;
     if (!tls) {
         fail_later(h, err);
         return h;
@@ -445,14 +445,13 @@ on_first_bytes(GSocket *sock, GIOCondition cond, gpointer data)
                             hex));
     } else {
         h->base = mp_tun_plain_stream(h->sock);
-        GIOStream *tls =
-            g_tls_server_connection_new(h->base, h->t->cert, &err);
+        GIOStream *tls = g_tls_server_connection_new(h->base, h->t->cert, &err);
         if (!tls) {
             deliver(h, NULL, g_steal_pointer(&err));
             return G_SOURCE_REMOVE;
         }
-        g_object_set(tls, "authentication-mode",
-                     G_TLS_AUTHENTICATION_REQUIRED, NULL);
+        g_object_set(tls, "authentication-mode", G_TLS_AUTHENTICATION_REQUIRED,
+                     NULL);
         handshake(h, tls);
     }
     return G_SOURCE_REMOVE;

@@ -59,15 +59,16 @@ typedef void (*MpTunTlsFunc)(MpTunTlsStart *h, GIOStream *stream,
 /* Source side: the TLS client handshake on the connected `sock`
  * (reference taken) with dest at `peer` (HOST:PORT: its host is the
  * identity checked unless the options name one), within `timeout_ms`. */
-MpTunTlsStart *mp_tun_tls_client(MpTunTlsCtx *t, GSocket *sock, const char *peer,
-                                 guint timeout_ms, MpTunTlsFunc fn,
-                                 gpointer data);
+MpTunTlsStart *mp_tun_tls_client(MpTunTlsCtx *t, GSocket *sock,
+                                 const char *peer, guint timeout_ms,
+                                 MpTunTlsFunc fn, gpointer data);
 /* Dest side: looks at the accepted `sock`'s first byte and, with `t`,
  * runs the TLS server handshake; `t` NULL: plain tunnels only.  Within
  * `timeout_ms`.  A plain migproxy source refused by a TLS dest is told
  * so (preamble and END REFUSED) before the close. */
-MpTunTlsStart *mp_tun_tls_accept(MpTunTlsCtx *t, GSocket *sock, guint timeout_ms,
-                                 MpTunTlsFunc fn, gpointer data);
+MpTunTlsStart *mp_tun_tls_accept(MpTunTlsCtx *t, GSocket *sock,
+                                 guint timeout_ms, MpTunTlsFunc fn,
+                                 gpointer data);
 /* Abandons the start: no callback; its socket is closed now, or during
  * a TLS handshake once the handshake (cancelled) returns to the main
  * loop.  Accepts NULL. */

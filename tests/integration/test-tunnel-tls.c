@@ -67,17 +67,15 @@ fx_init(void)
     fx.qemu = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
                            G_SOCKET_PROTOCOL_TCP, &err);
     cr_assert_not_null(fx.qemu);
-    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(
-        G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
     g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
-    cr_assert(g_socket_bind(fx.qemu, la, TRUE, &err) && g_socket_listen(fx.qemu,
-                                                                      &err),
+    cr_assert(g_socket_bind(fx.qemu, la, TRUE, &err)
+                  && g_socket_listen(fx.qemu, &err),
               "%s", err ? err->message : "?");
     g_socket_set_blocking(fx.qemu, FALSE);
-    g_autoptr(GSocketAddress) bound = g_socket_get_local_address(fx.qemu,
-                                                                 NULL);
-    fx.qemu_port = g_inet_socket_address_get_port(
-        G_INET_SOCKET_ADDRESS(bound));
+    g_autoptr(GSocketAddress) bound = g_socket_get_local_address(fx.qemu, NULL);
+    fx.qemu_port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
 }
 
 static void
@@ -127,9 +125,9 @@ dest_start(const char *const *args)
     int fd = open(fx.dest_log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     cr_assert(fd >= 0);
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, (const char *const *)argv->pdata, NULL,
-        G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1, -1, fd, NULL,
-        NULL, 0, &fx.dest, NULL, NULL, NULL, &err);
+        NULL, (const char *const *)argv->pdata, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
+        die_with_parent, NULL, -1, -1, fd, NULL, NULL, 0, &fx.dest, NULL, NULL,
+        NULL, &err);
     close(fd);
     cr_assert(ok, "%s", err ? err->message : "?");
     gint64 deadline = g_get_monotonic_time() + WAIT_MS * 1000ll;
@@ -173,7 +171,8 @@ assert_dest_line(const char *dlog, const char *what)
         const char *at = strstr(lines[i], what);
         if (!at)
             continue;
-        const char *who = strstr(lines[i], "warning: connection from 127.0.0.1:");
+        const char *who =
+            strstr(lines[i], "warning: connection from 127.0.0.1:");
         cr_assert(who && who < at, "dest:\n%s", dlog);
         return;
     }
@@ -192,8 +191,7 @@ source_run(const char *const *args, char **log)
     g_ptr_array_add(argv, g_strdup(it_migproxy()));
     g_ptr_array_add(argv, g_strdup("source"));
     g_ptr_array_add(argv, g_strdup("--listen=127.0.0.1:0"));
-    g_ptr_array_add(argv, g_strdup_printf("--peer=127.0.0.1:%u",
-                                          fx.dest_port));
+    g_ptr_array_add(argv, g_strdup_printf("--peer=127.0.0.1:%u", fx.dest_port));
     g_ptr_array_add(argv, g_strdup("--once"));
     g_ptr_array_add(argv, g_strdup("--connect-timeout=5000"));
     for (guint i = 0; args[i]; i++)
@@ -258,12 +256,11 @@ refused(const char *cert, const char *ca, const char *const *extra,
     g_autofree char *dlog = dest_log_wait(dest_says);
     cr_assert_eq(st, 1, "source's status %d:\n%s", st, slog);
     g_autofree char *peer = g_strdup_printf("127.0.0.1:%u", fx.dest_port);
-    g_autofree char *line = g_strdup_printf("migproxy source: --peer %s: ",
-                                            peer);
+    g_autofree char *line =
+        g_strdup_printf("migproxy source: --peer %s: ", peer);
     cr_assert(strstr(slog, line), "source:\n%s", slog);
     if (src_says)
-        cr_assert(strstr(slog, src_says), "source:\n%s\ndest:\n%s", slog,
-                  dlog);
+        cr_assert(strstr(slog, src_says), "source:\n%s\ndest:\n%s", slog, dlog);
     assert_dest_line(dlog, dest_says);
     cr_assert(!strstr(dlog, "is up"), "dest:\n%s", dlog);
     assert_qemu_untouched();
@@ -329,17 +326,17 @@ Test(tunnel_tls, names_accepted)
                            NULL};
     dest_start(dargs);
     g_autoptr(GError) err = NULL;
-    g_autofree char *peer = g_strdup_printf("--peer=127.0.0.1:%u",
-                                            fx.dest_port);
+    g_autofree char *peer =
+        g_strdup_printf("--peer=127.0.0.1:%u", fx.dest_port);
     g_autofree char *slog_path = path("source.log");
-    const char *argv[] = {it_migproxy(), "source", "--listen=127.0.0.1:0",
-                          peer, s.a[0], s.a[1], s.a[2],
-                          "--tls-name=localhost", NULL};
+    const char *argv[] = {
+        it_migproxy(), "source", "--listen=127.0.0.1:0", peer, s.a[0],
+        s.a[1],        s.a[2],   "--tls-name=localhost", NULL};
     int fd = open(slog_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     GPid pid = 0;
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL,
-        -1, -1, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &err);
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
+        -1, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &err);
     close(fd);
     cr_assert(ok);
     g_autofree char *dlog = dest_log_wait("is up");
@@ -380,16 +377,16 @@ Test(tunnel_tls, no_client_cert)
         g_tls_client_connection_new(G_IO_STREAM(conn), NULL, &err);
     cr_assert_not_null(tls, "%s", err ? err->message : "?");
     G_GNUC_BEGIN_IGNORE_DEPRECATIONS
-    g_tls_client_connection_set_validation_flags(
-        G_TLS_CLIENT_CONNECTION(tls), 0);
+    g_tls_client_connection_set_validation_flags(G_TLS_CLIENT_CONNECTION(tls),
+                                                 0);
     G_GNUC_END_IGNORE_DEPRECATIONS
     /* TLS 1.2 fails here, 1.3 at the first read: either is a refusal */
     if (g_tls_connection_handshake(G_TLS_CONNECTION(tls), NULL, NULL)) {
         char b[16];
-        g_output_stream_write(g_io_stream_get_output_stream(tls), "x", 1,
-                              NULL, NULL);
-        cr_assert_leq(g_input_stream_read(g_io_stream_get_input_stream(tls),
-                                          b, sizeof(b), NULL, NULL),
+        g_output_stream_write(g_io_stream_get_output_stream(tls), "x", 1, NULL,
+                              NULL);
+        cr_assert_leq(g_input_stream_read(g_io_stream_get_input_stream(tls), b,
+                                          sizeof(b), NULL, NULL),
                       0);
     }
     const char *says = "TLS: the peer sent no certificate (required: "
@@ -450,9 +447,8 @@ Test(tunnel_tls, not_a_migproxy)
         cl, "127.0.0.1", fx.dest_port, NULL, &err);
     cr_assert_not_null(conn, "%s", err ? err->message : "?");
     const char req[] = "GET / HTTP/1.0\r\n\r\n";
-    g_output_stream_write_all(
-        g_io_stream_get_output_stream(G_IO_STREAM(conn)), req,
-        sizeof(req) - 1, NULL, NULL, NULL);
+    g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
+                              req, sizeof(req) - 1, NULL, NULL, NULL);
     /* as many of the first bytes as were in (the segments may split) */
     const char *says = "not a migproxy tunnel: neither TLS nor the tunnel "
                        "preamble (first bytes 47";
@@ -473,14 +469,14 @@ Test(tunnel_tls, usage)
         const char *argv[8];
         const char *says;
     } cases[] = {
-        {{it_migproxy(), "source", "--listen=127.0.0.1:0",
-          "--peer=127.0.0.1:9", c1, NULL},
+        {{it_migproxy(), "source", "--listen=127.0.0.1:0", "--peer=127.0.0.1:9",
+          c1, NULL},
          "--tls-cert, --tls-key and --tls-ca go together"},
         {{it_migproxy(), "dest", "--listen=127.0.0.1:0", "--to=127.0.0.1:9",
           "--allow=127.0.0.1", "--tls-name=x", NULL},
          "--tls-name needs --tls-cert, --tls-key and --tls-ca"},
-        {{it_migproxy(), "dest", "--listen=127.0.0.1:0", "--to=127.0.0.1:9",
-          c1, k1, "--tls-ca=/nonexistent/ca.pem", NULL},
+        {{it_migproxy(), "dest", "--listen=127.0.0.1:0", "--to=127.0.0.1:9", c1,
+          k1, "--tls-ca=/nonexistent/ca.pem", NULL},
          "--tls-ca /nonexistent/ca.pem: "},
         {{it_migproxy(), "dest", "--listen=127.0.0.1:0", "--to=127.0.0.1:9",
           NULL},
@@ -494,7 +490,6 @@ Test(tunnel_tls, usage)
                                &err_text, &status, NULL));
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2,
                   "case %u: status %d: %s", i, status, err_text);
-        cr_assert(strstr(err_text, cases[i].says), "case %u: %s", i,
-                  err_text);
+        cr_assert(strstr(err_text, cases[i].says), "case %u: %s", i, err_text);
     }
 }

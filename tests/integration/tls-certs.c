@@ -40,9 +40,9 @@ it_make_certs(const char *dir)
     int status = -1;
     const char *argv[] = {"/bin/sh", "-c", script, NULL};
 
-    gboolean ok = g_spawn_sync(dir, (char **)argv, NULL,
-                               G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
-                               &out, &status, &err);
+    gboolean ok =
+        g_spawn_sync(dir, (char **)argv, NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL,
+                     NULL, NULL, &out, &status, &err);
     cr_assert(ok, "openssl: %s", err ? err->message : "?");
     cr_assert(g_spawn_check_wait_status(status, NULL),
               "making the certificates failed:\n%s", out);
