@@ -65,7 +65,8 @@ MpTunTlsStart *mp_tun_tls_client(MpTunTlsCtx *t, GSocket *sock,
 /* Dest side: looks at the accepted `sock`'s first byte and, with `t`,
  * runs the TLS server handshake; `t` NULL: plain tunnels only.  Within
  * `timeout_ms`.  A plain migproxy source refused by a TLS dest is told
- * so (preamble and END REFUSED) before the close. */
+ * so (preamble, a HELLO with the tls flag, END REFUSED) before the
+ * close. */
 MpTunTlsStart *mp_tun_tls_accept(MpTunTlsCtx *t, GSocket *sock,
                                  guint timeout_ms, MpTunTlsFunc fn,
                                  gpointer data);
