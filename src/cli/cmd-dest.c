@@ -100,9 +100,9 @@ dest_with(const DestArgs *a, int argc, char **argv)
     for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
         ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
     if (!a->tls_cert)
-        g_warning("no --tls-cert: the tunnel is plain TCP, guest memory "
-                  "crosses the network unencrypted and the source is not "
-                  "authenticated; accepting tunnels only from --allow "
+        g_warning("no TLS (no --tls-cert): the tunnel is plain TCP, guest "
+                  "memory crosses the network unencrypted and the source is "
+                  "not authenticated; accepting tunnels only from --allow "
                   "addresses");
     if (!a->quiet)
         g_message("listening on %s%s, relaying to %s%s",

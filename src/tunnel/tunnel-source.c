@@ -87,10 +87,12 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
     s->unheard = !s->up;
     /* before the handshake: TLS refused us (an alert after ours was
      * done), the peer refused our HELLO (END REFUSED), or we refused its
-     * HELLO: another try would be refused as well */
+     * HELLO (UNSUPPORTED): another try would be refused as well; not a
+     * peer that closed before a word (--allow), which may change */
     s->refused = error && !s->up
                  && (error->domain == G_TLS_ERROR
-                     || error->domain == MP_PARSE_ERROR
+                     || g_error_matches(error, MP_PARSE_ERROR,
+                                        MP_PARSE_ERROR_UNSUPPORTED)
                      || g_error_matches(error, G_IO_ERROR,
                                         G_IO_ERROR_CONNECTION_CLOSED));
     s->up = FALSE;

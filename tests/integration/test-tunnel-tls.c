@@ -421,7 +421,7 @@ Test(tunnel_tls, tls_source_to_plain_dest)
     const char *dargs[] = {"--allow=127.0.0.1", NULL};
     dest_start(dargs);
     g_autofree char *start = read_text(fx.dest_log);
-    cr_assert(strstr(start, "no --tls-cert: the tunnel is plain TCP"), "%s",
+    cr_assert(strstr(start, "no TLS (no --tls-cert): the tunnel is plain TCP"), "%s",
               start);
     TlsArgs s;
     tls_args(&s, "source", "ca.pem");
