@@ -17,12 +17,15 @@ BUILD=${MP_BUILD:-$ROOT/build}
 # (analyze's test of virsh save images), debhelper and lintian
 # (tests/package: the Debian package), python3-jsonschema (the JSON
 # output checked against docs/schema/), chromium (integration-report
-# renders `migproxy report`'s page headless).
+# renders `migproxy report`'s page headless).  Run time: glib-networking
+# (GIO's TLS backend: the tunnel's --tls-*), openssl (the TLS tests make
+# their certificates).
 PACKAGES=(
     build-essential meson ninja-build pkg-config
     libglib2.0-dev libjson-c-dev libzstd-dev zlib1g-dev libpcap-dev
     liblzma-dev libbz2-dev liblzo2-dev
     libxxhash-dev
+    glib-networking openssl
     libcriterion-dev
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev

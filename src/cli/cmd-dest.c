@@ -11,6 +11,7 @@
 
 typedef struct {
     char *listen, *to, *report;
+    char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow;
     gboolean once, quiet, verbose, no_compress;
     gint connect_timeout;
@@ -22,6 +23,10 @@ dest_args_clear(DestArgs *a)
     g_free(a->listen);
     g_free(a->to);
     g_free(a->report);
+    g_free(a->tls_cert);
+    g_free(a->tls_key);
+    g_free(a->tls_ca);
+    g_free(a->tls_name);
     g_strfreev(a->allow);
 }
 
@@ -57,6 +62,11 @@ dest_with(const DestArgs *a, int argc, char **argv)
                         "milliseconds\n");
         return 2;
     }
+    MpTunTlsOptions tls = {a->tls_cert, a->tls_key, a->tls_ca, a->tls_name};
+    if (!mp_tun_tls_options_check(&tls, &err)) {
+        fprintf(stderr, "migproxy dest: %s\n", err->message);
+        return 2;
+    }
     MpCliLog lc = {
         .tag = "migproxy dest",
         .start_us = g_get_monotonic_time(),
@@ -74,11 +84,14 @@ dest_with(const DestArgs *a, int argc, char **argv)
         .compress = !a->no_compress,
         .quiet = a->quiet,
         .connect_timeout_ms = a->connect_timeout,
+        .tls = tls,
     };
     g_autoptr(MpTunDest) dest = mp_tun_dest_new(&opt, &err);
     if (!dest) {
         fprintf(stderr, "migproxy dest: %s\n", err->message);
-        return err->code == G_IO_ERROR_INVALID_ARGUMENT ? 2 : 1;
+        return g_error_matches(err, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT)
+                   ? 2
+                   : 1;
     }
     StopSignal stops[] = {
         {dest, "SIGINT"}, {dest, "SIGTERM"}, {dest, "SIGHUP"}};
@@ -86,13 +99,16 @@ dest_with(const DestArgs *a, int argc, char **argv)
     guint ids[G_N_ELEMENTS(stops)];
     for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
         ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
-    g_warning("no TLS in this version: the tunnel is plain TCP, guest "
-              "memory crosses the network unencrypted; accepting tunnels "
-              "only from --allow addresses");
+    if (!a->tls_cert)
+        g_warning("no TLS (no --tls-cert): the tunnel is plain TCP, guest "
+                  "memory crosses the network unencrypted and the source is "
+                  "not authenticated; accepting tunnels only from --allow "
+                  "addresses");
     if (!a->quiet)
-        g_message("listening on %s, relaying to %s%s",
-                  mp_tun_dest_listen_address(dest), a->to,
-                  a->once ? " (one tunnel)" : "");
+        g_message("listening on %s%s, relaying to %s%s",
+                  mp_tun_dest_listen_address(dest),
+                  a->tls_cert ? " (TLS, client certificate required)" : "",
+                  a->to, a->once ? " (one tunnel)" : "");
     int status = mp_tun_dest_run(dest);
     for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
         g_source_remove(ids[i]);
@@ -109,9 +125,22 @@ dest_entries(gpointer store)
         {"to", 't', 0, G_OPTION_ARG_STRING, &a->to,
          "The destination QEMU's -incoming address (required)", "HOST:PORT"},
         {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &a->allow,
-         "Accept tunnels only from this address or network (required, "
-         "repeat for more): the tunnel has no TLS yet",
+         "Accept tunnels only from this address or network (repeat for "
+         "more; required without TLS, optional with it)",
          "ADDR[/PREFIX]"},
+        {"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_cert,
+         "Take the tunnel over TLS only, with this PEM certificate (with "
+         "--tls-key and --tls-ca): encrypted, and the source must present "
+         "a certificate --tls-ca signed",
+         "FILE"},
+        {"tls-key", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_key,
+         "The PEM private key of --tls-cert", "FILE"},
+        {"tls-ca", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_ca,
+         "Trust only this PEM CA for the source's certificate", "FILE"},
+        {"tls-name", 0, 0, G_OPTION_ARG_STRING, &a->tls_name,
+         "Also require the source's certificate to carry this name "
+         "(default: any certificate --tls-ca signed)",
+         "NAME"},
         {"report", 'r', 0, G_OPTION_ARG_FILENAME, &a->report,
          "When a tunnel ends, write a JSON document: its duration, outcome, "
          "link bytes, and per QEMU connection the tunnel bytes it took and "
@@ -125,7 +154,8 @@ dest_entries(gpointer store)
          "Do not offer zstd to the source side", NULL},
         {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &a->connect_timeout,
          "Give up connecting to the destination QEMU after MS (default "
-         "10000)",
+         "10000); also the bound on a new tunnel's first bytes and TLS "
+         "handshake",
          "MS"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
@@ -172,9 +202,18 @@ const MpCommand mp_cmd_dest = {
         "  qemu-system-x86_64 ... -incoming tcp:127.0.0.1:5555\n"
         "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 "
         "--allow 10.0.0.1 \\\n"
-        "      --report tunnel.json --once\n\n"
-        "Security: this version has no TLS; dest says so when it starts and "
-        "accepts tunnels only from --allow addresses. See docs/tunnel.md.\n\n"
+        "      --report tunnel.json --once\n"
+        "  # over TLS (certificates: docs/tunnel.md, \"TLS\")\n"
+        "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 \\\n"
+        "      --tls-cert dest.pem --tls-key dest.key --tls-ca ca.pem\n\n"
+        "Security: with --tls-cert, --tls-key and --tls-ca dest takes only "
+        "TLS tunnels whose source presents a certificate --tls-ca signed "
+        "(and naming --tls-name if given); --allow is then optional. A "
+        "connection that fails (a wrong CA, no certificate, an expired one, "
+        "a plain tunnel, something that is not a migproxy) is refused with "
+        "one line naming its address and why, before anything reaches "
+        "QEMU. Without TLS dest says so when it starts and accepts tunnels "
+        "only from --allow addresses. See docs/tunnel.md.\n\n"
         "Exit status: 0; with --once, 1 if the tunnel did not end cleanly or "
         "its report could not be written; 2 on usage errors.",
     .entries = dest_entries,

@@ -18,6 +18,7 @@
 
 typedef struct {
     char *listen, *peer, *metrics, *report, *capture;
+    char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
     gint level, connect_timeout;
@@ -31,6 +32,10 @@ source_args_clear(SourceArgs *a)
     g_free(a->metrics);
     g_free(a->report);
     g_free(a->capture);
+    g_free(a->tls_cert);
+    g_free(a->tls_key);
+    g_free(a->tls_ca);
+    g_free(a->tls_name);
     g_strfreev(a->allow);
 }
 
@@ -94,6 +99,11 @@ source_with(const SourceArgs *a, int argc, char **argv)
                         "--connect-timeout positive milliseconds\n");
         return 2;
     }
+    MpTunTlsOptions tls = {a->tls_cert, a->tls_key, a->tls_ca, a->tls_name};
+    if (!mp_tun_tls_options_check(&tls, &err)) {
+        fprintf(stderr, "migproxy source: %s\n", err->message);
+        return 2;
+    }
     MpCliLog lc = {
         .tag = "migproxy source",
         .start_us = g_get_monotonic_time(),
@@ -108,16 +118,21 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .compress = !a->no_compress,
         .level = a->level,
         .quiet = a->quiet,
+        .tls = tls,
+        .timeout_ms = a->connect_timeout,
     };
+    if (!a->tls_cert)
+        g_warning("the tunnel to %s is plain TCP (no --tls-cert): guest "
+                  "memory crosses the network unencrypted and dest is not "
+                  "authenticated; use it on a network you trust",
+                  a->peer);
     g_autoptr(MpTunSource) tun = mp_tun_source_new(&to, &err);
     if (!tun || !mp_tun_source_wait_ready(tun, a->connect_timeout, &err)) {
         fprintf(stderr, "migproxy source: %s\n", err->message);
-        return 1;
+        return g_error_matches(err, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT)
+                   ? 2
+                   : 1;
     }
-    g_warning("the tunnel to %s is plain TCP (no TLS in this version): "
-              "guest memory crosses the network unencrypted; use it on a "
-              "network you trust",
-              a->peer);
 
     MpRelayOptions opt = {
         .listen = a->listen,
@@ -212,8 +227,25 @@ source_entries(gpointer store)
          "Exit when the first migration ends and the tunnel has ended "
          "cleanly (status 0 if both)",
          NULL},
+        {"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_cert,
+         "Run the tunnel over TLS with this PEM certificate (with "
+         "--tls-key and --tls-ca; dest needs them too): encrypted, both "
+         "ends authenticated",
+         "FILE"},
+        {"tls-key", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_key,
+         "The PEM private key of --tls-cert", "FILE"},
+        {"tls-ca", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_ca,
+         "Trust only this PEM CA: dest's certificate must be signed by it "
+         "and name the --peer host (or --tls-name)",
+         "FILE"},
+        {"tls-name", 0, 0, G_OPTION_ARG_STRING, &a->tls_name,
+         "The name dest's certificate must carry (default: the host of "
+         "--peer)",
+         "NAME"},
         {"connect-timeout", 0, 0, G_OPTION_ARG_INT, &a->connect_timeout,
-         "Give up reaching --peer at start after MS (default 10000)", "MS"},
+         "Give up reaching --peer at start after MS (default 10000); also "
+         "the bound on a TLS handshake",
+         "MS"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
         {"no-progress", 0, 0, G_OPTION_ARG_NONE, &a->no_progress,
@@ -272,19 +304,29 @@ const MpCommand mp_cmd_source = {
         "  migproxy source --listen 127.0.0.1:4444 --peer 10.0.0.3:7000 \\\n"
         "      --report report.json --once\n"
         "  (qemu) migrate -d tcp:127.0.0.1:4444\n\n"
+        "  # the same over TLS (certificates: docs/tunnel.md)\n"
+        "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 \\\n"
+        "      --tls-cert dest.pem --tls-key dest.key --tls-ca ca.pem\n"
+        "  migproxy source --listen 127.0.0.1:4444 --peer 10.0.0.3:7000 \\\n"
+        "      --tls-cert source.pem --tls-key source.key --tls-ca ca.pem\n\n"
         "Failures: if the tunnel drops, every connection it carried is "
         "reset: the source QEMU sees its migration fail and its guest goes "
         "on running; a new tunnel is tried every second for the next "
         "migration. A migration that starts while the tunnel is down fails "
         "at once.\n\n"
-        "Security: this version has no TLS: the tunnel is plain TCP and the "
-        "source says so when it starts. Run it on a network you trust; "
-        "'migproxy dest' accepts tunnels only from its --allow addresses. "
-        "See docs/tunnel.md.\n\n"
+        "Security: with --tls-cert, --tls-key and --tls-ca (on both ends) "
+        "the tunnel is TLS: encrypted, dest's certificate must chain to "
+        "--tls-ca and name the --peer host (or --tls-name), and dest checks "
+        "this side's certificate against its own --tls-ca. A refusal is one "
+        "line saying why; at start, source exits with status 1. Without "
+        "them the tunnel is plain TCP and source says so when it starts; "
+        "'migproxy dest' then accepts tunnels only from its --allow "
+        "addresses. How to make the certificates: docs/tunnel.md, "
+        "\"TLS\".\n\n"
         "Exit status: 0; with --once, 1 if the migration did not complete, "
         "its report could not be written or the tunnel did not end "
-        "cleanly; 1 if --peer cannot be reached at start; 2 on usage "
-        "errors.",
+        "cleanly; 1 if --peer cannot be reached at start or refused (TLS); "
+        "2 on usage errors (also TLS files that do not load).",
     .entries = source_entries,
     .store_size = sizeof(SourceArgs),
     .run = source_run,

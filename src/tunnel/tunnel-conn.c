@@ -12,7 +12,10 @@
 #define READ_CHUNK (256u << 10)
 
 struct MpTunConn {
-    GSocket *sock;
+    GIOStream *stream; /* a GSocketConnection, or TLS over one */
+    GSocket *sock;     /* the TCP socket under it (borrowed from it) */
+    GPollableInputStream *in;
+    GPollableOutputStream *out;
     char *name;
     MpTunConnHooks hooks;
     gpointer data;
@@ -27,8 +30,7 @@ struct MpTunConn {
     gsize cur_pos;
     gsize queued;
     gboolean was_high;
-    GSource *source;
-    GIOCondition cond;
+    GSource *in_source, *out_source;
     guint8 *rbuf;
     guint64 bytes_in, bytes_out;
     gboolean end_sent, end_received, eof;
@@ -39,6 +41,22 @@ struct MpTunConn {
 };
 
 static void update_watch(MpTunConn *c);
+
+static void
+stop_source(GSource **src)
+{
+    if (*src) {
+        g_source_destroy(*src);
+        g_clear_pointer(src, g_source_unref);
+    }
+}
+
+static void
+stop_watch(MpTunConn *c)
+{
+    stop_source(&c->in_source);
+    stop_source(&c->out_source);
+}
 
 static gboolean
 closed_idle(gpointer data)
@@ -60,10 +78,9 @@ finish(MpTunConn *c, GError *error)
     }
     c->done = TRUE;
     c->error = error;
-    if (c->source) {
-        g_source_destroy(c->source);
-        g_clear_pointer(&c->source, g_source_unref);
-    }
+    stop_watch(c);
+    /* the socket, not the stream: a TLS close would block for its
+     * close_notify, and END is what tells a clean end */
     g_socket_close(c->sock, NULL);
     c->closed_id = g_idle_add(closed_idle, c);
 }
@@ -172,8 +189,8 @@ write_some(MpTunConn *c)
         gsize len;
         const guint8 *p = g_bytes_get_data(c->cur, &len);
         g_autoptr(GError) err = NULL;
-        gssize n = g_socket_send(c->sock, (const char *)p + c->cur_pos,
-                                 len - c->cur_pos, NULL, &err);
+        gssize n = g_pollable_output_stream_write_nonblocking(
+            c->out, p + c->cur_pos, len - c->cur_pos, NULL, &err);
         if (n < 0) {
             if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
                 break;
@@ -204,8 +221,8 @@ read_some(MpTunConn *c)
 {
     for (int rounds = 0; rounds < 16 && !c->done && !c->eof; rounds++) {
         g_autoptr(GError) err = NULL;
-        gssize n = g_socket_receive(c->sock, (char *)c->rbuf, READ_CHUNK, NULL,
-                                    &err);
+        gssize n = g_pollable_input_stream_read_nonblocking(
+            c->in, c->rbuf, READ_CHUNK, NULL, &err);
         if (n < 0) {
             if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
                 return;
@@ -249,11 +266,11 @@ read_some(MpTunConn *c)
 }
 
 static gboolean
-on_io(GSocket *sock, GIOCondition cond, gpointer data)
+on_io(GObject *stream, gpointer data)
 {
     MpTunConn *c = data;
 
-    if (cond & (G_IO_IN | G_IO_HUP | G_IO_ERR))
+    if (stream == G_OBJECT(c->in))
         read_some(c);
     if (!c->done)
         write_some(c);
@@ -262,37 +279,64 @@ on_io(GSocket *sock, GIOCondition cond, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* A source on the input (readable) or the output (writable).  Over TLS
+ * these also wake for the record layer's own needs. */
+static GSource *
+watch(MpTunConn *c, gboolean input)
+{
+    GSource *src = input
+                       ? g_pollable_input_stream_create_source(c->in, NULL)
+                       : g_pollable_output_stream_create_source(c->out, NULL);
+    g_source_set_callback(src, G_SOURCE_FUNC(on_io), c, NULL);
+    g_source_attach(src, NULL);
+    return src;
+}
+
 static void
 update_watch(MpTunConn *c)
 {
     if (c->done)
         return;
-    GIOCondition want = (c->eof ? 0 : G_IO_IN)
-                        | (c->cur || c->queued ? G_IO_OUT : 0);
-    if (c->source && want == c->cond)
-        return;
-    if (c->source) {
-        g_source_destroy(c->source);
-        g_clear_pointer(&c->source, g_source_unref);
+    if (c->eof)
+        stop_source(&c->in_source);
+    else if (!c->in_source)
+        c->in_source = watch(c, TRUE);
+    if (!c->cur && !c->queued)
+        stop_source(&c->out_source);
+    else if (!c->out_source)
+        c->out_source = watch(c, FALSE);
+}
+
+/* The TCP socket under `stream` (TLS connections over a socket
+ * connection). */
+static GSocket *
+stream_socket(GIOStream *stream)
+{
+    while (G_IS_TLS_CONNECTION(stream)) {
+        GIOStream *base = NULL;
+        g_object_get(stream, "base-io-stream", &base, NULL);
+        g_object_unref(base); /* the TLS connection holds it */
+        stream = base;
     }
-    c->cond = want;
-    if (!want)
-        return;
-    c->source = g_socket_create_source(c->sock, want, NULL);
-    g_source_set_callback(c->source, G_SOURCE_FUNC(on_io), c, NULL);
-    g_source_attach(c->source, NULL);
+    return G_IS_SOCKET_CONNECTION(stream)
+               ? g_socket_connection_get_socket(G_SOCKET_CONNECTION(stream))
+               : NULL;
 }
 
 MpTunConn *
-mp_tun_conn_new(GSocket *sock, const char *name, const MpTunHello *mine,
+mp_tun_conn_new(GIOStream *stream, const char *name, const MpTunHello *mine,
                 const MpTunConnHooks *hooks, gpointer data)
 {
     MpTunConn *c = g_new0(MpTunConn, 1);
     g_autoptr(GByteArray) b = g_byte_array_new();
 
-    c->sock = g_object_ref(sock);
-    g_socket_set_blocking(sock, FALSE);
-    g_socket_set_option(sock, IPPROTO_TCP, TCP_NODELAY, 1, NULL);
+    c->stream = g_object_ref(stream);
+    c->sock = stream_socket(stream);
+    g_assert(c->sock);
+    c->in = G_POLLABLE_INPUT_STREAM(g_io_stream_get_input_stream(stream));
+    c->out = G_POLLABLE_OUTPUT_STREAM(g_io_stream_get_output_stream(stream));
+    g_socket_set_blocking(c->sock, FALSE);
+    g_socket_set_option(c->sock, IPPROTO_TCP, TCP_NODELAY, 1, NULL);
     c->name = g_strdup(name);
     c->hooks = *hooks;
     c->data = data;
@@ -315,14 +359,11 @@ mp_tun_conn_free(MpTunConn *c)
 {
     if (!c)
         return;
-    if (c->source) {
-        g_source_destroy(c->source);
-        g_source_unref(c->source);
-    }
+    stop_watch(c);
     if (c->closed_id)
         g_source_remove(c->closed_id);
     g_socket_close(c->sock, NULL);
-    g_object_unref(c->sock);
+    g_object_unref(c->stream);
     g_queue_clear_full(&c->urgent, (GDestroyNotify)g_bytes_unref);
     g_queue_clear_full(&c->bulk, (GDestroyNotify)g_bytes_unref);
     if (c->cur)

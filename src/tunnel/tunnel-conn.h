@@ -1,6 +1,7 @@
 /* tunnel-conn.h: one tunnel connection between `migproxy source` and
- * `migproxy dest` over a connected, non-blocking GSocket, on the glib
- * main loop (docs/tunnel.md, "Connection").
+ * `migproxy dest` over a GIOStream on the glib main loop: a
+ * GSocketConnection (plain TCP) or a GTlsConnection over one, whose
+ * handshake is done (tunnel-tls.h); docs/tunnel.md, "Connection".
  *
  *   connect/accept --> preamble + HELLO each way --> negotiated (`ready`)
  *                  --> frames both ways (`frame`) --> END each way
@@ -38,13 +39,15 @@ typedef struct {
                    gpointer data);
 } MpTunConnHooks;
 
-/* Starts the handshake on `sock` (a reference is taken); `name` names
+/* Starts the handshake on `stream` (a reference is taken; its pollable
+ * streams are used, its socket made non-blocking); `name` names
  * the connection in errors ("tunnel to 10.0.0.3:7000"); `mine` is the
  * HELLO to send (copied).  @return free with mp_tun_conn_free(). */
-MpTunConn *mp_tun_conn_new(GSocket *sock, const char *name,
+MpTunConn *mp_tun_conn_new(GIOStream *stream, const char *name,
                            const MpTunHello *mine, const MpTunConnHooks *hooks,
                            gpointer data);
-/* Closes the socket at once; no hook is called.  Accepts NULL. */
+/* Closes the socket at once (a TLS stream without close_notify: END
+ * tells a clean end); no hook is called.  Accepts NULL. */
 void mp_tun_conn_free(MpTunConn *c);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunConn, mp_tun_conn_free)
 

@@ -19,6 +19,8 @@ struct MpTunDest {
     GSource *accept_source;
     GSocketAddress *to;
     GPtrArray *allow; /* GInetAddressMask* */
+    MpTunTlsCtx *tls;    /* NULL: plain TCP */
+    GPtrArray *starting; /* Starting*: connections not yet a tunnel */
     GMainLoop *loop;
     /* the tunnel */
     MpTunMux *mux;
@@ -34,7 +36,21 @@ struct MpTunDest {
     int status;
 };
 
+typedef struct {
+    MpTunDest *d;
+    MpTunTlsStart *h;
+    char *who;
+} Starting;
+
 static void connect_next(MpTunDest *d);
+
+static void
+starting_free(Starting *st)
+{
+    mp_tun_tls_start_free(st->h);
+    g_free(st->who);
+    g_free(st);
+}
 
 static void
 on_dialed(MpTunDial *dl, GSocket *sock, const GError *error, gpointer data)
@@ -167,10 +183,51 @@ static const MpTunMuxHooks mux_hooks = {
 static gboolean
 allowed(MpTunDest *d, GInetAddress *host)
 {
+    if (d->allow->len == 0)
+        return TRUE; /* TLS authenticates the peer */
     for (guint i = 0; i < d->allow->len; i++)
         if (g_inet_address_mask_matches(g_ptr_array_index(d->allow, i), host))
             return TRUE;
     return FALSE;
+}
+
+static gboolean
+busy(MpTunDest *d, const char *who)
+{
+    if (!d->mux && !d->once_done && !d->stopping)
+        return FALSE;
+    g_message("connection from %s: a tunnel runs already (from %s); closed",
+              who, d->peer);
+    return TRUE;
+}
+
+/* A connection passed (or failed) its first byte and TLS. */
+static void
+on_started(MpTunTlsStart *h, GIOStream *stream, const GError *error,
+           gpointer data)
+{
+    Starting *st = data;
+    MpTunDest *d = st->d;
+    g_autofree char *who = g_steal_pointer(&st->who);
+
+    g_ptr_array_remove_fast(d->starting, st); /* frees st and h */
+    if (!stream) {
+        g_warning("connection from %s: %s; refused", who, error->message);
+        return;
+    }
+    if (busy(d, who))
+        return;
+    g_free(d->peer);
+    d->peer = g_steal_pointer(&who);
+    d->start_us = g_get_monotonic_time();
+    d->tunnels++;
+    g_autofree char *name = g_strdup_printf("tunnel from %s", d->peer);
+    MpTunMuxOptions mo = {
+        .role = MP_TUN_ROLE_DEST,
+        .compress = d->opt.compress,
+        .tls = d->tls != NULL,
+    };
+    d->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, d);
 }
 
 static gboolean
@@ -197,23 +254,26 @@ on_accept(GSocket *listener, GIOCondition cond, gpointer data)
             g_socket_close(sock, NULL);
             continue;
         }
-        if (d->mux || d->once_done || d->stopping) {
-            g_message("connection from %s: a tunnel runs already (from %s); "
-                      "closed",
-                      who, d->peer);
+        if (busy(d, who)) {
             g_socket_close(sock, NULL);
             continue;
         }
-        g_free(d->peer);
-        d->peer = g_steal_pointer(&who);
-        d->start_us = g_get_monotonic_time();
-        d->tunnels++;
-        g_autofree char *name = g_strdup_printf("tunnel from %s", d->peer);
-        MpTunMuxOptions mo = {
-            .role = MP_TUN_ROLE_DEST,
-            .compress = d->opt.compress,
-        };
-        d->mux = mp_tun_mux_new(sock, name, &mo, &mux_hooks, d);
+        if (d->starting->len >= MP_TUN_DEST_STARTING) {
+            g_message("connection from %s: %u others are in their "
+                      "handshake; closed",
+                      who, d->starting->len);
+            g_socket_close(sock, NULL);
+            continue;
+        }
+        Starting *st = g_new0(Starting, 1);
+        st->d = d;
+        st->who = g_steal_pointer(&who);
+        g_ptr_array_add(d->starting, st);
+        st->h = mp_tun_tls_accept(d->tls, sock,
+                                  d->opt.connect_timeout_ms
+                                      ? d->opt.connect_timeout_ms
+                                      : DEFAULT_TIMEOUT_MS,
+                                  on_started, st);
     }
     return G_SOURCE_CONTINUE;
 }
@@ -229,7 +289,9 @@ mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
     d->report_path = g_strdup(opt->report);
     d->opt.listen = d->opt.to = d->opt.report = NULL;
     d->opt.allow = NULL;
+    d->opt.tls = (MpTunTlsOptions){0}; /* loaded below, not kept */
     d->allow = g_ptr_array_new_with_free_func(g_object_unref);
+    d->starting = g_ptr_array_new_with_free_func((GDestroyNotify)starting_free);
     d->loop = g_main_loop_new(NULL, FALSE);
     g_queue_init(&d->opens);
     for (guint i = 0; opt->allow && opt->allow[i]; i++) {
@@ -244,12 +306,14 @@ mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
         }
         g_ptr_array_add(d->allow, m);
     }
-    if (d->allow->len == 0) {
+    if (d->allow->len == 0 && !opt->tls.cert) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "--allow is required: the tunnel has no TLS yet, so only "
-                    "the source hosts named may connect");
+                    "--allow is required without TLS (--tls-cert, --tls-key, "
+                    "--tls-ca): only the source hosts named may connect");
         return NULL;
     }
+    if (opt->tls.cert && !(d->tls = mp_tun_tls_new(&opt->tls, error)))
+        return NULL;
     if (!(d->to = mp_address_resolve("--to", opt->to, error)))
         return NULL;
     g_autoptr(GSocketAddress) la = mp_address_resolve("--listen", opt->listen,
@@ -294,8 +358,10 @@ mp_tun_dest_free(MpTunDest *d)
     if (d->reap_id)
         g_source_remove(d->reap_id);
     mp_tun_dial_free(d->dial);
+    g_ptr_array_unref(d->starting);
     mp_tun_mux_free(d->mux);
     mp_tun_mux_free(d->dead);
+    mp_tun_tls_free(d->tls);
     g_queue_clear(&d->opens);
     if (d->listener) {
         g_socket_close(d->listener, NULL);
@@ -337,6 +403,7 @@ mp_tun_dest_stop(MpTunDest *d, const char *why)
         g_source_destroy(d->accept_source);
         g_clear_pointer(&d->accept_source, g_source_unref);
     }
+    g_ptr_array_set_size(d->starting, 0);
     if (d->mux) {
         mp_tun_mux_end(d->mux, MP_TUN_END_SHUTDOWN, why);
         /* a peer that does not answer END is not waited for long */

@@ -5,28 +5,37 @@
  * first bytes and counts them in that order: main first, multifd in
  * order), then relays both directions (tunnel-mux.h).
  *
- * One tunnel at a time: another is refused while one runs.  Without TLS
- * (this version has none) only addresses in `allow` may connect; others
- * are closed at accept.
+ * One tunnel at a time: another is refused while one runs.  Only
+ * addresses in `allow` may connect (others are closed at accept);
+ * `allow` is required without TLS and optional with it.  A new
+ * connection first goes through tunnel-tls.h (its first byte, the TLS
+ * handshake): up to MP_TUN_DEST_STARTING at once, each within the
+ * connect timeout; only one that passed becomes the tunnel, so nothing
+ * of one that fails reaches QEMU.
  */
 #pragma once
 
 #include <gio/gio.h>
+#include "tunnel-tls.h"
+
+#define MP_TUN_DEST_STARTING 4
 
 typedef struct {
     const char *listen;       /* HOST:PORT the tunnel comes to */
     const char *to;           /* HOST:PORT of the destination QEMU */
-    const char *const *allow; /* ADDR[/PREFIX], NULL-terminated, not empty */
+    const char *const *allow; /* ADDR[/PREFIX], NULL-terminated; not
+                                 empty without TLS */
     const char *report;       /* JSON per tunnel, or NULL */
     gboolean once;            /* exit after the first tunnel */
     gboolean compress;        /* accept zstd DATA */
     gboolean quiet;
-    guint connect_timeout_ms; /* 0: 10000 */
+    guint connect_timeout_ms; /* 0: 10000; also a new tunnel's TLS */
+    MpTunTlsOptions tls;      /* `cert` NULL: plain TCP */
 } MpTunDestOptions;
 
 typedef struct MpTunDest MpTunDest;
 
-/* Binds --listen.  @return NULL with `error`. */
+/* Binds --listen (loads the TLS files).  @return NULL with `error`. */
 MpTunDest *mp_tun_dest_new(const MpTunDestOptions *opt, GError **error);
 void mp_tun_dest_free(MpTunDest *d); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunDest, mp_tun_dest_free)

@@ -623,7 +623,7 @@ static const MpTunConnHooks conn_hooks = {
 };
 
 MpTunMux *
-mp_tun_mux_new(GSocket *sock, const char *name, const MpTunMuxOptions *opt,
+mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
                const MpTunMuxHooks *hooks, gpointer data)
 {
     MpTunMux *m = g_new0(MpTunMux, 1);
@@ -642,14 +642,14 @@ mp_tun_mux_new(GSocket *sock, const char *name, const MpTunMuxOptions *opt,
         .version_min = MP_TUN_VERSION,
         .version_max = MP_TUN_VERSION,
         .role = opt->role,
-        .tls = MP_TUN_TLS_NONE,
+        .tls = opt->tls ? MP_TUN_TLS_REQUIRED : MP_TUN_TLS_NONE,
         .features = opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0,
         .page_size = 4096,
         .cache_bytes = 0,
         .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
         .software = "migproxy " MP_VERSION,
     };
-    m->conn = mp_tun_conn_new(sock, name, &h, &conn_hooks, m);
+    m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
     return m;
 }
 

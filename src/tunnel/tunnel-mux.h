@@ -56,11 +56,13 @@ typedef struct {
     MpTunRole role;
     gboolean compress; /* offer and use zstd on DATA (RAW_ZSTD) */
     int level;         /* zstd level, 0: 3 */
+    gboolean tls;      /* the tunnel runs over TLS (HELLO's tls flag) */
 } MpTunMuxOptions;
 
-/* A mux over the connected tunnel socket `sock` (reference taken),
- * starting the handshake.  @return free with mp_tun_mux_free(). */
-MpTunMux *mp_tun_mux_new(GSocket *sock, const char *name,
+/* A mux over the connected tunnel `stream` (reference taken; plain or
+ * TLS, see tunnel-conn.h), starting the handshake.  @return free with
+ * mp_tun_mux_free(). */
+MpTunMux *mp_tun_mux_new(GIOStream *stream, const char *name,
                          const MpTunMuxOptions *opt,
                          const MpTunMuxHooks *hooks, gpointer data);
 /* Closes the tunnel and every local socket at once; no hook is called.

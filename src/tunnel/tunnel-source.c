@@ -35,6 +35,9 @@ struct MpTunSource {
     char *hop_addr;
     GSource *hop_source;
     MpTunDial *dial;
+    MpTunTlsCtx *tls;        /* NULL: plain TCP */
+    MpTunTlsStart *start; /* the TLS handshake of a new tunnel */
+    gboolean refused;     /* the last try was refused: wait_ready gives up */
     MpTunMux *mux;
     MpTunMux *last; /* the tunnel that closed last: its counters */
     guint retry_id;
@@ -70,8 +73,9 @@ mux_ready(MpTunMux *m, gpointer data)
     MpTunSource *s = data;
     s->up = TRUE;
     if (!s->opt.quiet)
-        g_message("tunnel to %s is up (protocol v%u%s)", s->peer_str,
-                  MP_TUN_VERSION, s->opt.compress ? ", zstd" : "");
+        g_message("tunnel to %s is up (protocol v%u%s%s)", s->peer_str,
+                  MP_TUN_VERSION, s->opt.compress ? ", zstd" : "",
+                  s->tls ? ", TLS, both ends authenticated" : "");
 }
 
 static void
@@ -81,8 +85,27 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
 
     g_clear_error(&s->last_error);
     s->unheard = !s->up;
+    /* before the handshake: TLS refused us (an alert after ours was
+     * done), the peer refused our HELLO (END REFUSED), or we refused its
+     * HELLO (UNSUPPORTED): another try would be refused as well; not a
+     * peer that closed before a word (--allow), which may change */
+    s->refused = error && !s->up
+                 && (error->domain == G_TLS_ERROR
+                     || g_error_matches(error, MP_PARSE_ERROR,
+                                        MP_PARSE_ERROR_UNSUPPORTED)
+                     || g_error_matches(error, G_IO_ERROR,
+                                        G_IO_ERROR_CONNECTION_CLOSED));
     s->up = FALSE;
-    if (error) {
+    if (error && s->tls && s->unheard && error->domain != MP_PARSE_ERROR) {
+        /* TLS 1.3: our handshake was done before dest checked our
+         * certificate; a dest that refuses it just closes */
+        s->last_error = g_error_new(
+            error->domain, error->code,
+            "%s (the TLS tunnel closed before dest's HELLO: did dest "
+            "refuse this side's certificate? its log says why)",
+            error->message);
+        g_warning("the tunnel failed: %s", s->last_error->message);
+    } else if (error) {
         s->last_error = g_error_copy(error);
         g_warning("the tunnel failed: %s%s", error->message,
                   mp_tun_mux_live(m) ? "" : "");
@@ -104,6 +127,40 @@ static const MpTunMuxHooks mux_hooks = {
 };
 
 static void
+start_mux(MpTunSource *s, GIOStream *stream)
+{
+    g_autofree char *name = g_strdup_printf("tunnel to %s", s->peer_str);
+    MpTunMuxOptions mo = {
+        .role = MP_TUN_ROLE_SOURCE,
+        .compress = s->opt.compress,
+        .level = s->opt.level,
+        .tls = s->tls != NULL,
+    };
+    s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
+    s->reported = s->since = 0;
+}
+
+static void
+on_tls(MpTunTlsStart *h, GIOStream *stream, const GError *error,
+       gpointer data)
+{
+    MpTunSource *s = data;
+
+    g_clear_pointer(&s->start, mp_tun_tls_start_free);
+    if (stream) {
+        start_mux(s, stream);
+        return;
+    }
+    g_clear_error(&s->last_error);
+    s->last_error = g_error_new(error->domain, error->code, "tunnel to %s: %s",
+                                s->peer_str, error->message);
+    s->refused = error->domain == G_TLS_ERROR;
+    g_warning("%s", s->last_error->message);
+    if (!s->finishing)
+        s->retry_id = g_timeout_add(RETRY_MS, retry, s);
+}
+
+static void
 on_dialed(MpTunDial *d, GSocket *sock, const GError *error, gpointer data)
 {
     MpTunSource *s = data;
@@ -119,22 +176,21 @@ on_dialed(MpTunDial *d, GSocket *sock, const GError *error, gpointer data)
             s->retry_id = g_timeout_add(RETRY_MS, retry, s);
         return;
     }
-    g_autofree char *name = g_strdup_printf("tunnel to %s", s->peer_str);
-    MpTunMuxOptions mo = {
-        .role = MP_TUN_ROLE_SOURCE,
-        .compress = s->opt.compress,
-        .level = s->opt.level,
-    };
-    s->mux = mp_tun_mux_new(sock, name, &mo, &mux_hooks, s);
-    s->reported = s->since = 0;
+    if (s->tls) {
+        s->start = mp_tun_tls_client(s->tls, sock, s->peer_str,
+                                     s->opt.timeout_ms, on_tls, s);
+        return;
+    }
+    g_autoptr(GIOStream) plain = mp_tun_plain_stream(sock);
+    start_mux(s, plain);
 }
 
 static void
 dial(MpTunSource *s)
 {
-    if (s->dial || s->mux)
+    if (s->dial || s->start || s->mux)
         return;
-    s->dial = mp_tun_dial_new(s->peer, CONNECT_TIMEOUT_MS, on_dialed, s);
+    s->dial = mp_tun_dial_new(s->peer, s->opt.timeout_ms, on_dialed, s);
 }
 
 /* Is `peer` one of this process's own sockets?  The relay that connects
@@ -307,8 +363,13 @@ mp_tun_source_new(const MpTunSourceOptions *opt, GError **error)
     s->opt = *opt;
     s->peer_str = g_strdup(opt->peer);
     s->opt.peer = s->peer_str;
+    s->opt.tls = (MpTunTlsOptions){0}; /* loaded below, not kept */
+    if (!s->opt.timeout_ms)
+        s->opt.timeout_ms = CONNECT_TIMEOUT_MS;
     s->start_us = g_get_monotonic_time();
     if (!(s->peer = mp_address_resolve("--peer", opt->peer, error)))
+        return NULL;
+    if (opt->tls.cert && !(s->tls = mp_tun_tls_new(&opt->tls, error)))
         return NULL;
     g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
     g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
@@ -350,8 +411,10 @@ mp_tun_source_free(MpTunSource *s)
         g_source_remove(s->classify_id);
     g_queue_clear_full(&s->hop_wait, (GDestroyNotify)hop_conn_free);
     mp_tun_dial_free(s->dial);
+    mp_tun_tls_start_free(s->start);
     mp_tun_mux_free(s->mux);
     mp_tun_mux_free(s->last);
+    mp_tun_tls_free(s->tls);
     if (s->hop) {
         g_socket_close(s->hop, NULL);
         g_object_unref(s->hop);
@@ -369,6 +432,11 @@ mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms, GError **error)
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
 
     while (!(s->mux && mp_tun_mux_ready(s->mux))) {
+        if (s->refused && s->last_error) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
+                        "--peer %s: %s", s->peer_str, s->last_error->message);
+            return FALSE;
+        }
         if (g_get_monotonic_time() >= deadline) {
             /* a dest that closes before its preamble refused us at
              * accept: say where to look */
@@ -445,6 +513,7 @@ mp_tun_source_finish(MpTunSource *s, guint timeout_ms)
         g_source_remove(s->retry_id);
     s->retry_id = 0;
     g_clear_pointer(&s->dial, mp_tun_dial_free);
+    g_clear_pointer(&s->start, mp_tun_tls_start_free);
     while (s->mux && mp_tun_mux_live(s->mux)
            && g_get_monotonic_time() < deadline)
         g_main_context_iteration(NULL, TRUE);

@@ -21,24 +21,30 @@
 
 #include <gio/gio.h>
 #include <json-c/json.h>
+#include "tunnel-tls.h"
 
 typedef struct {
     const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
     gboolean compress;   /* zstd on DATA frames */
     int level;           /* zstd level (0: 3) */
     gboolean quiet;
+    MpTunTlsOptions tls; /* `cert` NULL: plain TCP */
+    guint timeout_ms;    /* a connect and a TLS handshake (0: 10000) */
 } MpTunSourceOptions;
 
 typedef struct MpTunSource MpTunSource;
 
 /* Binds the hop and starts connecting the tunnel.  @return NULL with
- * `error` if --peer does not parse or the hop cannot listen. */
+ * `error` if --peer does not parse, the TLS files do not load or the hop
+ * cannot listen. */
 MpTunSource *mp_tun_source_new(const MpTunSourceOptions *opt, GError **error);
 void mp_tun_source_free(MpTunSource *s); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunSource, mp_tun_source_free)
 
 /* Runs the default main context until the tunnel's handshake is done or
- * `timeout_ms` passed.  @return TRUE if it is up; FALSE with `error`. */
+ * `timeout_ms` passed.  @return TRUE if it is up; FALSE with `error`, at
+ * once when the peer was refused or refused us (TLS authentication, a
+ * HELLO it did not agree to): trying again would not help. */
 gboolean mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms,
                                   GError **error);
 

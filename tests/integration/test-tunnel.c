@@ -22,6 +22,9 @@
  * 7.2 to 10.0 pre-copy; xbzrle on 7.2 and 10.0 (XBZRLE pages counted on
  * the wire); multifd x4 with multifd-compression zstd (10.0); block
  * migration on 7.2 (the destination's disk equals the source's).
+ *              precopy_100_tls:
+ * pre-copy 10.0 through a TLS tunnel (certificates made by openssl at run
+ * time; the refusals are test-tunnel-tls.c's).
  */
 #include "config.h"
 #include <errno.h>
@@ -35,6 +38,7 @@
 #include <criterion/criterion.h>
 #include "itest-util.h"
 #include "relay-itest.h"
+#include "tls-certs.h"
 
 #define MIGRATE_TIMEOUT_MS (180 * 1000)
 #define RAM_BYTES          (128ull << 20)
@@ -56,6 +60,7 @@ static struct {
     MpQemu *src, *dst;
     Pair *pair, *pair2;
     char *dir;
+    const char *const *dst_extra; /* more arguments of dest */
 } fx;
 
 static void
@@ -190,6 +195,8 @@ pair_start(const char *name, guint16 qemu_port, const char *const *src_extra)
     g_ptr_array_add(a, g_strdup_printf("--report=%s", p->dst_report));
     g_ptr_array_add(a, g_strdup("--once"));
     g_ptr_array_add(a, g_strdup("--verbose"));
+    for (guint i = 0; fx.dst_extra && fx.dst_extra[i]; i++)
+        g_ptr_array_add(a, g_strdup(fx.dst_extra[i]));
     g_autofree char *dlog = g_strdup_printf("%s/%s-dest.log", fx.dir, name);
     proc_start(&p->dst, dlog, a);
 
@@ -461,6 +468,35 @@ Test(tunnel, precopy_100_no_compress)
               .append = "mem=32M rate=2000",
               .src_args = {"--no-compress"}};
     run(&c);
+}
+
+/* TLS both ways (tls-certs.h), memory identical; both sides say TLS and
+ * neither that it is plain. */
+Test(tunnel, precopy_100_tls)
+{
+    g_autofree char *certs = g_build_filename(fx.dir, "tls", NULL);
+    g_mkdir(certs, 0700);
+    it_make_certs(certs);
+    g_autofree char *sc = g_strdup_printf("--tls-cert=%s/source.pem", certs);
+    g_autofree char *sk = g_strdup_printf("--tls-key=%s/source.key", certs);
+    g_autofree char *dc = g_strdup_printf("--tls-cert=%s/dest.pem", certs);
+    g_autofree char *dk = g_strdup_printf("--tls-key=%s/dest.key", certs);
+    g_autofree char *ca = g_strdup_printf("--tls-ca=%s/ca.pem", certs);
+    const char *dst[] = {dc, dk, ca, NULL};
+    fx.dst_extra = dst;
+    Case c = {.name = "precopy_100_tls",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=4000",
+              .src_args = {sc, sk, ca}};
+    run(&c);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    cr_assert(strstr(slog, "TLS, both ends authenticated"), "%s", slog);
+    cr_assert(strstr(dlog, "(TLS, client certificate required)"), "%s", dlog);
+    cr_assert(!strstr(slog, "plain TCP") && !strstr(dlog, "plain TCP"),
+              "%s\n%s", slog, dlog);
+    fx.dst_extra = NULL;
 }
 
 Test(tunnel, multifd4_100)

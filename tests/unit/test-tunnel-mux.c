@@ -12,6 +12,7 @@
 #include <gio/gio.h>
 #include <criterion/criterion.h>
 #include "tunnel-mux.h"
+#include "tunnel-tls.h"
 
 #define CONNS 3
 
@@ -208,8 +209,10 @@ run(gboolean compress, gboolean cut)
     g_autoptr(GSocket) td = gsock(tv[1]);
     MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = compress};
     MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = compress};
-    f.src = mp_tun_mux_new(ts, "tunnel to test", &so, &src_hooks, &f);
-    f.dst = mp_tun_mux_new(td, "tunnel from test", &dop, &dst_hooks, &f);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
     spin_until(ready, &f, 5000);
 
     for (int i = 0; i < CONNS; i++) {
