@@ -11,6 +11,7 @@ const MpCommand *const mp_commands[] = {
     &mp_cmd_relay,
     &mp_cmd_source,
     &mp_cmd_dest,
+    &mp_cmd_plan,
     NULL,
 };
 

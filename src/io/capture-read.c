@@ -444,6 +444,14 @@ json_object *
 mp_capture_analyze(const char *dir, guint session, gboolean events,
                    gboolean *ok)
 {
+    return mp_capture_analyze_observed(dir, session, events, NULL, NULL, ok);
+}
+
+json_object *
+mp_capture_analyze_observed(const char *dir, guint session, gboolean events,
+                            const MpPipelineObserver *ops, gpointer data,
+                            gboolean *ok)
+{
     g_autofree char *ipath = g_build_filename(dir, "index.json", NULL);
     g_autofree char *index_why = NULL;
     json_object *index = read_json_file(ipath, &index_why), *sessions = NULL;
@@ -473,6 +481,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     r.line = g_string_new(NULL);
     if (events)
         mp_session_observe(r.pipes, &events_observer, &r);
+    if (ops)
+        mp_session_observe(r.pipes, ops, data);
 
     if (index_why)
         fail(&r, "%s", index_why);

@@ -4,6 +4,7 @@
 
 #include <glib.h>
 #include <json-c/json.h>
+#include "pipeline.h"
 
 /* @return TRUE if `path` is a directory holding a capture index.json. */
 gboolean mp_capture_is_dir(const char *path);
@@ -19,3 +20,9 @@ gboolean mp_capture_is_dir(const char *path);
  * @return the document (caller owns). */
 json_object *mp_capture_analyze(const char *dir, guint session, gboolean events,
                                 gboolean *ok);
+/* The same, with `ops` (and `data`) also observing every pipeline of the
+ * session (`migproxy plan` reads its pages); `ops` may be NULL. */
+json_object *mp_capture_analyze_observed(const char *dir, guint session,
+                                         gboolean events,
+                                         const MpPipelineObserver *ops,
+                                         gpointer data, gboolean *ok);
