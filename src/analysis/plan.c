@@ -47,6 +47,7 @@ typedef struct {
     const char *link_limit;
     double max_Bps; /* QEMU max-bandwidth; 0: none */
     double enc_pps; /* the pair's encoders, pages/s; 0: not limiting */
+    double host_pps; /* the end hosts, pages/s; 0: not limiting */
 } Rates;
 
 static void
@@ -64,6 +65,7 @@ path_rates(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
     }
     r->max_Bps = l->max_bandwidth_Bps;
     r->enc_pps = path == MP_PLAN_PAIR ? MAX(g->pair_encode_pps, 0) : 0;
+    r->host_pps = MAX(g->host_pps, 0);
 }
 
 /* Seconds to send `pages` costing `link_bpp` on the link and `stream_bpp`
@@ -76,11 +78,13 @@ send_time(const Rates *r, double pages, double link_bpp, double stream_bpp,
     double t_link = pages * link_bpp / r->link_Bps;
     double t_max = r->max_Bps > 0 ? pages * stream_bpp / r->max_Bps : 0;
     double t_enc = r->enc_pps > 0 ? pages / r->enc_pps : 0;
-    double t = MAX(t_link, MAX(t_max, t_enc));
+    double t_host = r->host_pps > 0 ? pages / r->host_pps : 0;
+    double t = MAX(MAX(t_link, t_max), MAX(t_enc, t_host));
     if (limit)
-        *limit = t == t_link  ? r->link_limit
-                 : t == t_max ? "max-bandwidth"
-                              : "encoders";
+        *limit = t == t_link    ? r->link_limit
+                 : t == t_max   ? "max-bandwidth"
+                 : t == t_host  ? "hosts"
+                                : "encoders";
     return t;
 }
 
@@ -312,6 +316,43 @@ jnum(json_object *o, const char *key)
                                                       : 0;
 }
 
+/* The hosts' page rate: the fastest of the rounds that the link did not
+ * hold back, those sent well below the fastest round's bit rate (the
+ * link is at least that fast).  Short rounds are left out: their span is
+ * a few packets. */
+static void
+host_rate(json_object *rounds, gsize n, MpPlanGuest *g, GPtrArray *notes)
+{
+    double max_bps = 0, pps = 0, at_bps = 0;
+    guint which = 0;
+
+    for (gsize i = 0; i < n; i++) {
+        json_object *r = json_object_array_get_idx(rounds, i);
+        if (jnum(r, "pages") >= MP_PLAN_RATE_MIN_PAGES)
+            max_bps = MAX(max_bps, jnum(r, "throughput_bps"));
+    }
+    for (gsize i = 0; i < n; i++) {
+        json_object *r = json_object_array_get_idx(rounds, i);
+        double span = (jnum(r, "end_us") - jnum(r, "start_us")) / 1e6;
+        double bps = jnum(r, "throughput_bps");
+        if (jnum(r, "pages") < MP_PLAN_RATE_MIN_PAGES || span <= 0
+            || bps >= MP_PLAN_HOST_BOUND_SHARE * max_bps)
+            continue;
+        if (jnum(r, "pages") / span > pps) {
+            pps = jnum(r, "pages") / span;
+            at_bps = bps;
+            which = i + 1;
+        }
+    }
+    g->host_pps = pps;
+    if (pps > 0)
+        note(notes,
+             "round %u went at %.1f Mbit/s, below the %.1f Mbit/s the "
+             "capture reached: the hosts, not the link, held it back; "
+             "no round is taken to go faster than its %.0f pages/s",
+             which, at_bps / 1e6, max_bps / 1e6, pps);
+}
+
 gboolean
 mp_plan_guest_from_analysis(json_object *doc, double assumed_Bps,
                             MpPlanGuest *g, GPtrArray *notes, GError **error)
@@ -371,6 +412,8 @@ mp_plan_guest_from_analysis(json_object *doc, double assumed_Bps,
                     "cost a page and its 8-byte header");
     mp_plan_fit_dirtying(t, d, n, g->ram_pages, &g->dirty_pages_per_s,
                          &g->working_set_pages);
+    if (timed)
+        host_rate(rounds, n, g, notes);
     if (!timed)
         note(notes,
              "the input has no timestamps: each round is taken to have "

@@ -50,6 +50,10 @@ typedef struct {
     /* pages per second the pair's encoders take (all workers); <= 0:
      * not limiting */
     double pair_encode_pps;
+    /* pages per second the end hosts sent where the link was not what
+     * held them back (QEMU's migration thread, the destination's load, a
+     * busy machine); <= 0: never seen limiting */
+    double host_pps;
 } MpPlanGuest;
 
 typedef struct {
@@ -86,7 +90,7 @@ typedef struct {
     double bytes;      /* on the link (TCP payload), all rounds */
     double stream_Bps; /* stream bytes per second QEMU writes, bulk round */
     /* what holds the rate back: "link", "max-bandwidth", "tcp-window",
-     * "encoders" (static strings) */
+     * "encoders", "hosts" (static strings) */
     const char *limited_by;
     /* does not converge: the dirty pages per round it settles at, and the
      * downtime limit that would let it stop there */
@@ -117,6 +121,12 @@ double mp_plan_least_bandwidth(const MpPlanGuest *g, const MpPlanLink *l,
 void mp_plan_fit_dirtying(const double *interval_s, const double *dirty,
                           guint n, double max_w, double *rate,
                           double *working_set);
+
+/* A round sent at less than this share of the fastest round of the
+ * capture was held back by the hosts, not by the link. */
+#define MP_PLAN_HOST_BOUND_SHARE 0.8
+/* Rounds shorter than this say nothing reliable about rates. */
+#define MP_PLAN_RATE_MIN_PAGES 1000
 
 /* The guest a migration's analysis shows (the document of `analyze
  * --json` of a stream file, capture directory or pcap: ram, rounds,

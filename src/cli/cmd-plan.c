@@ -173,6 +173,8 @@ plan_json(const char *path, json_object *analysis, const Plan *p,
                            json_object_new_double(g->pair_dirty_bpp));
     json_object_object_add(gj, "pair_encode_pages_per_s",
                            json_object_new_int64(g->pair_encode_pps));
+    json_object_object_add(gj, "host_pages_per_s",
+                           json_object_new_int64(g->host_pps));
     json_object_object_add(doc, "guest", gj);
 
     json_object *ej = json_object_new_array();

@@ -275,3 +275,34 @@ Test(plan, measure_sample_stream)
     cr_assert_not(mp_plan_encoders_parse("zero,lz4", &all, &err));
     cr_assert(strstr(err->message, "lz4"));
 }
+
+/* A round sent well below the capture's fastest one was held back by the
+ * hosts: its page rate caps every round of the plan. */
+Test(plan, host_bound_round_caps_the_rate)
+{
+    const char *text =
+        "{\"ram\": {\"total\": 134217728},"
+        " \"rounds\": ["
+        "  {\"pages\": 32768, \"bytes\": 25000000, \"start_us\": 0,"
+        "   \"end_us\": 4000000, \"throughput_bps\": 50000000},"
+        "  {\"pages\": 3000, \"bytes\": 12312000, \"start_us\": 4000000,"
+        "   \"end_us\": 4500000, \"throughput_bps\": 196992000},"
+        "  {\"pages\": 300, \"bytes\": 1231200, \"start_us\": 4500000,"
+        "   \"end_us\": 4520000, \"throughput_bps\": 492480000}]}";
+    json_object *doc = json_tokener_parse(text);
+    g_autoptr(GPtrArray) notes = g_ptr_array_new_with_free_func(g_free);
+    MpPlanGuest g;
+    MpPlanLink l = link_at(1e9);
+    MpPlanOutcome o;
+
+    cr_assert(mp_plan_guest_from_analysis(doc, 1e8, &g, notes, NULL));
+    /* round 1: 50 of the 197 Mbit/s of round 2 (round 3 is too short to
+     * tell the link's rate) */
+    cr_assert_float_eq(g.host_pps, 32768 / 4.0, 1e-6);
+    cr_assert_eq(notes->len, 1);
+    cr_assert(strstr(g_ptr_array_index(notes, 0), "round 1"));
+    cr_assert(mp_plan_predict(&g, &l, MP_PLAN_QEMU, &o));
+    cr_assert_str_eq(o.limited_by, "hosts");
+    cr_assert_float_eq(o.round[0].seconds, 4.0, 1e-9);
+    json_object_put(doc);
+}
