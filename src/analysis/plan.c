@@ -383,8 +383,11 @@ mp_plan_guest_from_analysis(json_object *doc, double assumed_Bps,
     /* the bulk round sends every page of every block */
     g->ram_pages = MAX((guint64)(ram_total / g->page_size), (guint64)r1_pages);
     g->qemu_bulk_bpp = jnum(r1, "bytes") / r1_pages;
+    /* device state: sliced sections, or (a live capture without its
+     * vmdesc) the bytes the parser could not follow, device state too */
     if (json_object_object_get_ex(doc, "bytes", &bytes))
-        g->device_bytes = jnum(bytes, "devices") + jnum(bytes, "vmdesc");
+        g->device_bytes = jnum(bytes, "devices") + jnum(bytes, "vmdesc")
+                          + jnum(bytes, "opaque");
 
     gboolean timed = json_object_object_get_ex(r1, "start_us", NULL);
     g_autofree double *t = g_new0(double, n);

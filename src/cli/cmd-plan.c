@@ -156,6 +156,10 @@ plan_json(const char *path, json_object *analysis, const Plan *p,
     json_object_object_add(gj, "ram_pages", json_object_new_int64(g->ram_pages));
     json_object_object_add(gj, "device_bytes",
                            json_object_new_int64(g->device_bytes));
+    json_object_object_add(
+        gj, "captured_rounds",
+        json_object_new_int64(json_object_array_length(
+            json_object_object_get(analysis, "rounds"))));
     json_object_object_add(gj, "timing",
                            json_object_new_string(timed ? "captured"
                                                         : "assumed"));
