@@ -362,11 +362,12 @@ plan_run(int argc, char **argv)
         json_object *errs = json_object_object_get(analysis, "errors");
         g_autofree char *e = mp_printable(
             json_object_get_string(json_object_array_get_idx(errs, 0)));
+        int st = g_str_equal(kind, "open")     ? EXIT_NO_INPUT
+                 : g_str_equal(kind, "format") ? EXIT_FORMAT
+                                               : EXIT_INVALID;
         fprintf(stderr, "migproxy plan: %s\n", e);
-        json_object_put(analysis);
-        return g_str_equal(kind, "open")     ? EXIT_NO_INPUT
-               : g_str_equal(kind, "format") ? EXIT_FORMAT
-                                             : EXIT_INVALID;
+        json_object_put(analysis); /* (kind lives in it) */
+        return st;
     }
     if (json_object_object_get_ex(analysis, "errors", &v))
         for (size_t k = 0; k < json_object_array_length(v); k++) {

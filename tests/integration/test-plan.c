@@ -1,5 +1,7 @@
 /* test-plan.c: `migproxy plan` on the capture of a real migration.
  *
+ *   input_errors      no QEMU: a missing file, one of no known format, a
+ *       missing or bad --bandwidth, an unknown encoder: the exit statuses.
  *   relay_capture_72  QEMU 7.2 with the workload guest (a known dirty
  *       rate) -> migproxy relay --capture -> 7.2; then plan on the
  *       capture directory: at 1 Mbit/s the guest's 2000 pages/s (8 MB/s)
@@ -11,6 +13,7 @@
  * machine; bench/bench-plan.py compares predicted and measured times.
  */
 #include "config.h"
+#include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "itest-util.h"
@@ -123,4 +126,45 @@ Test(plan, relay_capture_72)
         "max-bandwidth");
     json_object_put(slow);
     json_object_put(fast);
+}
+
+/* Runs migproxy plan with `args`; @return its exit status. */
+static int
+plan_status(const char *const *args)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_autofree char *errout = NULL;
+    int status = 0;
+
+    g_ptr_array_add(argv, (char *)it_migproxy());
+    g_ptr_array_add(argv, "plan");
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (char *)args[i]);
+    g_ptr_array_add(argv, NULL);
+    cr_assert(g_spawn_sync(NULL, (char **)argv->pdata, NULL,
+                           G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
+                           &errout, &status, &err),
+              "%s", err ? err->message : "?");
+    cr_assert(WIFEXITED(status), "migproxy plan died: %s", errout);
+    return WEXITSTATUS(status);
+}
+
+/* No QEMU: inputs with nothing to plan from get analyze's exit statuses
+ * (the status was read from a freed document before: ASan caught it). */
+Test(plan, input_errors)
+{
+    g_autofree char *junk = g_build_filename(fx.dir, "junk.bin", NULL);
+    cr_assert(g_file_set_contents(junk, "not a stream at all", -1, NULL));
+    const char *missing[] = {"/nonexistent/x.pcap", "-b", "1mbit", NULL};
+    const char *unknown[] = {junk, "-b", "1mbit", NULL};
+    const char *no_rate[] = {junk, NULL};
+    const char *bad_rate[] = {junk, "-b", "fast", NULL};
+    const char *bad_enc[] = {junk, "-b", "1mbit", "-e", "lz4", NULL};
+
+    cr_assert_eq(plan_status(missing), 3);
+    cr_assert_eq(plan_status(unknown), 4);
+    cr_assert_eq(plan_status(no_rate), 2);
+    cr_assert_eq(plan_status(bad_rate), 2);
+    cr_assert_eq(plan_status(bad_enc), 2);
 }
