@@ -17,6 +17,7 @@
 #include "page-cache.h"
 #include "page-marks.h"
 #include "page-zstd.h"
+#include "parse-common.h"
 #include "plan-measure.h"
 #include "zero-runs.h"
 
@@ -64,7 +65,7 @@ typedef struct {
     GHashTable *marks;   /* block name -> MpPageMarks: pages seen */
     GByteArray *plain;   /* finished batches, length-prefixed */
     GByteArray *packed;
-    guint8 *fill;        /* a page of a ZERO record's fill byte */
+    guint8 *zeros;       /* a zero page (ZERO records, multifd zero pages) */
     gboolean batch_dirty; /* the open batch holds sends again */
     guint batch_pages;
 } Measure;
@@ -75,7 +76,7 @@ account(Measure *m, gboolean dirty)
 {
     gsize pos = 0;
     while (pos + 4 <= m->plain->len) {
-        guint32 len = GUINT32_FROM_BE(*(guint32 *)(m->plain->data + pos));
+        guint32 len = mp_be32(m->plain->data + pos);
         double bytes = 4 + MP_PLAN_FRAME_OVERHEAD;
         if (m->enc->zstd) {
             g_byte_array_set_size(m->packed, 0);
@@ -114,7 +115,6 @@ measure_page(Measure *m, const char *block, guint64 addr, guint32 size,
         m->batch = mp_batch_enc_new(size, m->cache, m->zero, &o);
         m->comp = mp_comp_enc_new(MP_COMP_LEVEL_DEFAULT,
                                   MP_COMP_WINDOW_LOG_DEFAULT, NULL);
-        m->fill = g_malloc0(size);
     }
     if (size != m->page_size) {
         m->out->skipped_pages++;
@@ -169,10 +169,16 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
             measure_page(m, pg->block, pg->addr, pg->size, pg->payload);
         } else if (pg->kind == MP_PAGE_ZERO && pg->payload_len == 1
                    && pg->size <= MP_MAX_PAGE_SIZE) {
-            guint8 *page = g_malloc(pg->size);
-            memset(page, pg->payload[0], pg->size);
-            measure_page(m, pg->block, pg->addr, pg->size, page);
-            g_free(page);
+            /* the page is filled with the byte given (QEMU sends 0) */
+            g_autofree guint8 *filled = NULL;
+            if (!m->zeros)
+                m->zeros = g_malloc0(MP_MAX_PAGE_SIZE);
+            if (pg->payload[0]) {
+                filled = g_malloc(pg->size);
+                memset(filled, pg->payload[0], pg->size);
+            }
+            measure_page(m, pg->block, pg->addr, pg->size,
+                         filled ? filled : m->zeros);
         } else {
             m->out->skipped_pages++;
         }
@@ -182,10 +188,10 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
         const MpMfdInfo *f = &rec->u.mfd;
         if (!f->block)
             break;
-        if (!m->fill)
-            m->fill = g_malloc0(MP_TARGET_PAGE_SIZE);
+        if (!m->zeros)
+            m->zeros = g_malloc0(MP_MAX_PAGE_SIZE);
         measure_page(m, f->block, f->addr, MP_TARGET_PAGE_SIZE,
-                     f->zero || !f->data ? m->fill : f->data);
+                     f->zero || !f->data ? m->zeros : f->data);
         break;
     }
     default:
@@ -220,7 +226,7 @@ mp_plan_measure(const char *path, const MpPlanEncoders *enc,
     g_hash_table_unref(m.marks);
     g_byte_array_unref(m.plain);
     g_byte_array_unref(m.packed);
-    g_free(m.fill);
+    g_free(m.zeros);
     return doc;
 }
 
