@@ -2,6 +2,8 @@
  *
  *   input_errors      no QEMU: a missing file, one of no known format, a
  *       missing or bad --bandwidth, an unknown encoder: the exit statuses.
+ *   multifd_relay_capture_100  the same with QEMU 10.0 and 4 multifd
+ *       channels: the pages of every channel go through the encoders.
  *   relay_capture_72  QEMU 7.2 with the workload guest (a known dirty
  *       rate) -> migproxy relay --capture -> 7.2; then plan on the
  *       capture directory: at 1 Mbit/s the guest's 2000 pages/s (8 MB/s)
@@ -127,6 +129,46 @@ Test(plan, relay_capture_72)
         json_object_get_string(it_jget(fast, "qemu.limited_by")), "link");
     json_object_put(slow);
     json_object_put(fast);
+}
+
+/* QEMU 10.0 with 4 multifd channels through the relay: the pages come on
+ * the multifd channels (zero pages as MFD zero pages), rounds from the
+ * flushes; plan reads them all. */
+Test(plan, multifd_relay_capture_100)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128,
+                               "mem=16M rate=2000", NULL);
+    fx.dst = it_start_destination("10.0", "pc-q35-10.0", FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    it_cap(fx.src, "multifd");
+    it_cap(fx.dst, "multifd");
+    it_set_int(fx.src, "multifd-channels", 4);
+    it_set_int(fx.dst, "multifd-channels", 4);
+    fx.relay = it_relay_start(fx.dir, dport, NULL);
+    it_incoming(fx.dst, dport);
+    it_set_int(fx.src, "max-bandwidth", 16 << 20);
+    it_migrate(fx.src, fx.relay->port, FALSE);
+    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
+                     "completed");
+    json_object_put(src);
+    it_relay_wait(fx.relay, 30000);
+
+    json_object *fast = run_plan(fx.relay->capture, "10gbit");
+    cr_assert(json_object_get_boolean(it_jget(fast, "qemu.converges")));
+    /* every page of guest RAM went through the encoders once */
+    cr_assert_geq(it_jint(fast, "codecs.bulk_pages"), 32768);
+    cr_assert_eq(it_jint(fast, "codecs.skipped_pages"), 0);
+    cr_assert_gt(it_jnum(fast, "guest.pair_bulk_bytes_per_page"), 0);
+    cr_assert_lt(it_jnum(fast, "guest.pair_bulk_bytes_per_page"),
+                 it_jnum(fast, "guest.qemu_bulk_bytes_per_page"));
+    json_object *slow = run_plan(fx.relay->capture, "1mbit");
+    cr_assert_not(json_object_get_boolean(it_jget(slow, "qemu.converges")));
+    json_object_put(fast);
+    json_object_put(slow);
 }
 
 /* Runs migproxy plan with `args`; @return its exit status. */
