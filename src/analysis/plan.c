@@ -45,14 +45,13 @@ dirty_after(const MpPlanGuest *g, double t)
 typedef struct {
     double link_Bps;
     const char *link_limit;
-    double max_Bps; /* QEMU max-bandwidth; 0: none */
-    double enc_pps; /* the pair's encoders, pages/s; 0: not limiting */
+    double max_Bps;  /* QEMU max-bandwidth; 0: none */
+    double enc_pps;  /* the pair's encoders, pages/s; 0: not limiting */
     double host_pps; /* the end hosts, pages/s; 0: not limiting */
 } Rates;
 
 static void
-path_rates(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
-           Rates *r)
+path_rates(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path, Rates *r)
 {
     double eff = l->wire_efficiency > 0 ? MIN(l->wire_efficiency, 1.0) : 1.0;
     r->link_Bps = l->bandwidth_bps / 8 * eff;
@@ -81,10 +80,10 @@ send_time(const Rates *r, double pages, double link_bpp, double stream_bpp,
     double t_host = r->host_pps > 0 ? pages / r->host_pps : 0;
     double t = MAX(MAX(t_link, t_max), MAX(t_enc, t_host));
     if (limit)
-        *limit = t == t_link    ? r->link_limit
-                 : t == t_max   ? "max-bandwidth"
-                 : t == t_host  ? "hosts"
-                                : "encoders";
+        *limit = t == t_link   ? r->link_limit
+                 : t == t_max  ? "max-bandwidth"
+                 : t == t_host ? "hosts"
+                               : "encoders";
     return t;
 }
 
@@ -153,8 +152,7 @@ mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
             out->stream_Bps = t > 0 ? pages * sbpp / t : 0;
         }
         if (out->n_shown < MP_PLAN_ROUNDS_SHOWN)
-            out->round[out->n_shown++] =
-                (MpPlanRound){pages, t, pages * lbpp};
+            out->round[out->n_shown++] = (MpPlanRound){pages, t, pages * lbpp};
         precopy += t;
         bytes += pages * lbpp;
         out->rounds = k;
@@ -165,9 +163,9 @@ mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
         double rate = t > 0 ? pages * sbpp / t : INFINITY;
         if (dirty * g->page_size <= rate * l->downtime_limit_s) {
             double fbpp = link_dirty;
-            double dt = round_time(&r, pair, dirty, &fbpp, g->qemu_dirty_bpp,
-                                   NULL)
-                        + device_time(&r, g->device_bytes);
+            double dt =
+                round_time(&r, pair, dirty, &fbpp, g->qemu_dirty_bpp, NULL)
+                + device_time(&r, g->device_bytes);
             out->converges = TRUE;
             out->final_pages = dirty;
             out->precopy_s = precopy;
@@ -182,8 +180,7 @@ mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
          * set round k sent (fixed cost per page from round 2 on): once it
          * no longer shrinks it never will; one that shrinks ever more
          * slowly tends to a fixed point above the threshold. */
-        if ((k >= 2 && dirty > pages * (1 - 1e-4))
-            || k >= MP_PLAN_MAX_ROUNDS) {
+        if ((k >= 2 && dirty > pages * (1 - 1e-4)) || k >= MP_PLAN_MAX_ROUNDS) {
             out->steady_pages = dirty;
             out->needed_downtime_limit_s = dirty * g->page_size / rate;
             out->precopy_s = INFINITY;
@@ -227,7 +224,8 @@ mp_plan_least_bandwidth(const MpPlanGuest *g, const MpPlanLink *l,
 static double
 fit_error(const double *t, const double *d, guint n, double r, double w)
 {
-    MpPlanGuest g = {.dirty_pages_per_s = r, .working_set_pages = w,
+    MpPlanGuest g = {.dirty_pages_per_s = r,
+                     .working_set_pages = w,
                      .ram_pages = G_MAXUINT64};
     double e = 0;
     for (guint i = 0; i < n; i++) {
@@ -294,8 +292,7 @@ mp_plan_fit_dirtying(const double *interval_s, const double *dirty, guint n,
     *working_set = best_w;
 }
 
-static void
-note(GPtrArray *notes, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void note(GPtrArray *notes, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void
 note(GPtrArray *notes, const char *fmt, ...)
@@ -312,8 +309,9 @@ static double
 jnum(json_object *o, const char *key)
 {
     json_object *v;
-    return json_object_object_get_ex(o, key, &v) && v ? json_object_get_double(v)
-                                                      : 0;
+    return json_object_object_get_ex(o, key, &v) && v
+               ? json_object_get_double(v)
+               : 0;
 }
 
 /* The hosts' page rate: the fastest of the rounds that the link did not
@@ -377,9 +375,8 @@ mp_plan_guest_from_analysis(json_object *doc, double assumed_Bps,
                     "the capture's first round holds no pages");
         return FALSE;
     }
-    double ram_total = json_object_object_get_ex(doc, "ram", &ram)
-                           ? jnum(ram, "total")
-                           : 0;
+    double ram_total =
+        json_object_object_get_ex(doc, "ram", &ram) ? jnum(ram, "total") : 0;
     /* the bulk round sends every page of every block */
     g->ram_pages = MAX((guint64)(ram_total / g->page_size), (guint64)r1_pages);
     g->qemu_bulk_bpp = jnum(r1, "bytes") / r1_pages;
@@ -408,8 +405,8 @@ mp_plan_guest_from_analysis(json_object *doc, double assumed_Bps,
         dirty_bytes += jnum(cur, "bytes");
         dirty_pages += d[i];
     }
-    g->qemu_dirty_bpp = dirty_pages > 0 ? dirty_bytes / dirty_pages
-                                        : g->page_size + 8.0;
+    g->qemu_dirty_bpp =
+        dirty_pages > 0 ? dirty_bytes / dirty_pages : g->page_size + 8.0;
     if (dirty_pages <= 0)
         note(notes, "no page was sent twice: a re-sent page is taken to "
                     "cost a page and its 8-byte header");

@@ -8,9 +8,10 @@
  * which it would.  The equations and what is not modelled are in
  * docs/plan.md.
  *
- *   analysis document (analyze --json, any input) --mp_plan_guest_from_analysis-->
- *   MpPlanGuest (+ codec measurements, src/offline/plan-measure.h)
- *   MpPlanGuest + MpPlanLink --mp_plan_predict--> MpPlanOutcome
+ *   analysis document (analyze --json of any input)
+ *     -> mp_plan_guest_from_analysis() -> MpPlanGuest
+ *        (+ the encoders measured: src/offline/plan-measure.h)
+ *   MpPlanGuest + MpPlanLink -> mp_plan_predict() -> MpPlanOutcome
  */
 #pragma once
 
@@ -19,26 +20,26 @@
 
 /* QEMU's defaults (migration/options.c): downtime-limit 300 ms,
  * max-bandwidth 128 MiB/s. */
-#define MP_PLAN_DOWNTIME_LIMIT_S  0.3
-#define MP_PLAN_QEMU_MAX_BW_BPS   (128.0 * 1024 * 1024)
+#define MP_PLAN_DOWNTIME_LIMIT_S 0.3
+#define MP_PLAN_QEMU_MAX_BW_BPS  (128.0 * 1024 * 1024)
 /* TCP payload per Ethernet frame on the wire at MTU 1500 with timestamps
  * (what tbf and a NIC count): 1448 of 1514 bytes. */
-#define MP_PLAN_WIRE_EFFICIENCY   (1448.0 / 1514.0)
+#define MP_PLAN_WIRE_EFFICIENCY (1448.0 / 1514.0)
 /* The receive window Linux grows a connection to by default
  * (net.ipv4.tcp_rmem max 6 MiB, of which about 2/3 is window). */
-#define MP_PLAN_TCP_WINDOW        (4.0 * 1024 * 1024)
+#define MP_PLAN_TCP_WINDOW (4.0 * 1024 * 1024)
 /* Rounds simulated before a migration that still shrinks is called
  * non-converging (QEMU has no limit: it would go on until cancelled). */
-#define MP_PLAN_MAX_ROUNDS        1000
+#define MP_PLAN_MAX_ROUNDS 1000
 /* Rounds kept in an outcome for display (the first ones). */
-#define MP_PLAN_ROUNDS_SHOWN      32
+#define MP_PLAN_ROUNDS_SHOWN 32
 
 /* What the model knows of a guest; built by mp_plan_guest_from_analysis()
  * or by hand (tests). */
 typedef struct {
     guint32 page_size;
-    guint64 ram_pages;    /* pages of the bulk round (all of guest RAM) */
-    double device_bytes;  /* device state, sent after the guest stopped */
+    guint64 ram_pages;   /* pages of the bulk round (all of guest RAM) */
+    double device_bytes; /* device state, sent after the guest stopped */
     /* dirtying: D(t) = W (1 - exp(-r t / W)) pages dirty after t seconds
      * (r t when W is 0) */
     double dirty_pages_per_s; /* r */
@@ -57,12 +58,12 @@ typedef struct {
 } MpPlanGuest;
 
 typedef struct {
-    double bandwidth_bps;      /* link rate, bits per second on the wire */
-    double rtt_s;              /* round-trip time */
-    double downtime_limit_s;   /* QEMU downtime-limit */
-    double max_bandwidth_Bps;  /* QEMU max-bandwidth, bytes/s; 0: none */
-    double wire_efficiency;    /* payload share of wire bytes (0, 1] */
-    double tcp_window;         /* bytes in flight at most; 0: no limit */
+    double bandwidth_bps;     /* link rate, bits per second on the wire */
+    double rtt_s;             /* round-trip time */
+    double downtime_limit_s;  /* QEMU downtime-limit */
+    double max_bandwidth_Bps; /* QEMU max-bandwidth, bytes/s; 0: none */
+    double wire_efficiency;   /* payload share of wire bytes (0, 1] */
+    double tcp_window;        /* bytes in flight at most; 0: no limit */
 } MpPlanLink;
 
 /* Fills `l` with QEMU's and Linux's defaults (above), rate and RTT 0. */

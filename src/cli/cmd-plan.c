@@ -96,15 +96,13 @@ print_row(const char *name, const MpPlanOutcome *o, double least, FILE *out)
 {
     g_autofree char *total = fmt_seconds(o->total_s);
     g_autofree char *down = fmt_seconds(o->downtime_s);
-    g_autofree char *bytes = g_format_size_full((guint64)o->bytes,
-                                                G_FORMAT_SIZE_IEC_UNITS);
+    g_autofree char *bytes =
+        g_format_size_full((guint64)o->bytes, G_FORMAT_SIZE_IEC_UNITS);
     g_autofree char *lb = least > 0 ? fmt_rate(least) : g_strdup("none");
-    g_autofree char *rounds =
-        o->converges ? g_strdup_printf("%u", o->rounds)
-                     : g_strdup_printf(">%u", o->rounds);
+    g_autofree char *rounds = o->converges ? g_strdup_printf("%u", o->rounds)
+                                           : g_strdup_printf(">%u", o->rounds);
     fprintf(out, "%-14s %-7s %-9s %-9s %-11s %-9s %-13s %s\n", name, rounds,
-            total, down, bytes, o->converges ? "yes" : "NO", lb,
-            o->limited_by);
+            total, down, bytes, o->converges ? "yes" : "NO", lb, o->limited_by);
 }
 
 /* The parts of the document both outputs use. */
@@ -153,16 +151,15 @@ plan_json(const char *path, json_object *analysis, const Plan *p,
     const MpPlanGuest *g = &p->guest;
     json_object *gj = json_object_new_object();
     json_object_object_add(gj, "page_size", json_object_new_int(g->page_size));
-    json_object_object_add(gj, "ram_pages", json_object_new_int64(g->ram_pages));
+    json_object_object_add(gj, "ram_pages",
+                           json_object_new_int64(g->ram_pages));
     json_object_object_add(gj, "device_bytes",
                            json_object_new_int64(g->device_bytes));
+    json_object_object_add(gj, "captured_rounds",
+                           json_object_new_int64(json_object_array_length(
+                               json_object_object_get(analysis, "rounds"))));
     json_object_object_add(
-        gj, "captured_rounds",
-        json_object_new_int64(json_object_array_length(
-            json_object_object_get(analysis, "rounds"))));
-    json_object_object_add(gj, "timing",
-                           json_object_new_string(timed ? "captured"
-                                                        : "assumed"));
+        gj, "timing", json_object_new_string(timed ? "captured" : "assumed"));
     json_object_object_add(gj, "dirty_pages_per_s",
                            json_object_new_double(g->dirty_pages_per_s));
     json_object_object_add(gj, "working_set_pages",
@@ -227,8 +224,8 @@ plan_print(const char *path, const Plan *p, const MpPlanEncoders *enc,
     g_autofree char *bw = fmt_rate(p->link.bandwidth_bps);
     g_autofree char *ram = g_format_size_full(
         (guint64)g->ram_pages * g->page_size, G_FORMAT_SIZE_IEC_UNITS);
-    g_autofree char *dev = g_format_size_full((guint64)g->device_bytes,
-                                              G_FORMAT_SIZE_IEC_UNITS);
+    g_autofree char *dev =
+        g_format_size_full((guint64)g->device_bytes, G_FORMAT_SIZE_IEC_UNITS);
     g_autofree char *p_path = mp_printable(path);
 
     fprintf(out, "plan for %s\n", p_path);
@@ -236,8 +233,8 @@ plan_print(const char *path, const Plan *p, const MpPlanEncoders *enc,
             "guest: %s RAM, dirties %.0f pages/s in a working set of %.0f "
             "pages, %s of device state\n",
             ram, g->dirty_pages_per_s, g->working_set_pages, dev);
-    fprintf(out, "bytes per page (bulk/dirty): QEMU %.0f/%.0f", g->qemu_bulk_bpp,
-            g->qemu_dirty_bpp);
+    fprintf(out, "bytes per page (bulk/dirty): QEMU %.0f/%.0f",
+            g->qemu_bulk_bpp, g->qemu_dirty_bpp);
     if (p->have_pair)
         fprintf(out, ", pair %.0f/%.0f (%s%s%s%s)", g->pair_bulk_bpp,
                 g->pair_dirty_bpp, enc->zero ? "zero " : "",
@@ -344,8 +341,8 @@ plan_run(int argc, char **argv)
         return EXIT_USAGE;
     capture_Bps = p.link.max_bandwidth_Bps > 0 ? p.link.max_bandwidth_Bps
                                                : MP_PLAN_QEMU_MAX_BW_BPS;
-    if (capture_rate && !parse_rate("--capture-rate", capture_rate,
-                                    &capture_Bps))
+    if (capture_rate
+        && !parse_rate("--capture-rate", capture_rate, &capture_Bps))
         return EXIT_USAGE;
     if (!mp_plan_encoders_parse(encoders ? encoders : "all", &enc, &err)) {
         fprintf(stderr, "migproxy plan: %s\n", err->message);
@@ -407,8 +404,7 @@ plan_run(int argc, char **argv)
     p.least_qemu = mp_plan_least_bandwidth(&p.guest, &p.link, MP_PLAN_QEMU);
     p.have_pair = mp_plan_predict(&p.guest, &p.link, MP_PLAN_PAIR, &p.pair);
     if (p.have_pair)
-        p.least_pair =
-            mp_plan_least_bandwidth(&p.guest, &p.link, MP_PLAN_PAIR);
+        p.least_pair = mp_plan_least_bandwidth(&p.guest, &p.link, MP_PLAN_PAIR);
 
     int out_errno = 0;
     if (a.json) {

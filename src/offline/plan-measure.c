@@ -22,8 +22,7 @@
 #include "zero-runs.h"
 
 gboolean
-mp_plan_encoders_parse(const char *list, MpPlanEncoders *out,
-                       GError **error)
+mp_plan_encoders_parse(const char *list, MpPlanEncoders *out, GError **error)
 {
     g_auto(GStrv) words = g_strsplit(list, ",", -1);
 
@@ -56,16 +55,16 @@ mp_plan_encoders_parse(const char *list, MpPlanEncoders *out,
 typedef struct {
     const MpPlanEncoders *enc;
     MpPlanCodecs *out;
-    guint64 ram_bytes;   /* the block list's, for the cache size */
+    guint64 ram_bytes; /* the block list's, for the cache size */
     guint32 page_size;
-    MpZeroRuns *zero;    /* made at the first block */
-    MpPageCache *cache;  /* made at the first page */
+    MpZeroRuns *zero;   /* made at the first block */
+    MpPageCache *cache; /* made at the first page */
     MpBatchEnc *batch;
     MpCompEnc *comp;
-    GHashTable *marks;   /* block name -> MpPageMarks: pages seen */
-    GByteArray *plain;   /* finished batches, length-prefixed */
+    GHashTable *marks; /* block name -> MpPageMarks: pages seen */
+    GByteArray *plain; /* finished batches, length-prefixed */
     GByteArray *packed;
-    guint8 *zeros;       /* a zero page (ZERO records, multifd zero pages) */
+    guint8 *zeros;        /* a zero page (ZERO records, multifd zero pages) */
     gboolean batch_dirty; /* the open batch holds sends again */
     guint batch_pages;
 } Measure;
@@ -203,13 +202,12 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
 static const MpPipelineObserver measure_observer = {.record = on_record};
 
 json_object *
-mp_plan_measure(const char *path, const MpPlanEncoders *enc,
-                MpPlanCodecs *out, gboolean *ok)
+mp_plan_measure(const char *path, const MpPlanEncoders *enc, MpPlanCodecs *out,
+                gboolean *ok)
 {
     Measure m = {.enc = enc, .out = out};
-    MpAnalyzeOptions opt = {.quiet = TRUE,
-                            .observer = &measure_observer,
-                            .observer_data = &m};
+    MpAnalyzeOptions opt = {
+        .quiet = TRUE, .observer = &measure_observer, .observer_data = &m};
 
     memset(out, 0, sizeof(*out));
     m.marks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,

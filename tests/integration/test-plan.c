@@ -57,8 +57,8 @@ run_plan(const char *capture, const char *rate)
     g_autoptr(GError) err = NULL;
     g_autofree char *out = NULL, *errout = NULL;
     int status = 0;
-    const char *argv[] = {it_migproxy(), "plan", capture, "--bandwidth",
-                          rate, "--json", NULL};
+    const char *argv[] = {it_migproxy(), "plan",   capture, "--bandwidth",
+                          rate,          "--json", NULL};
 
     cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
                            NULL, &out, &errout, &status, &err),
@@ -66,8 +66,7 @@ run_plan(const char *capture, const char *rate)
     cr_assert(g_spawn_check_wait_status(status, NULL),
               "migproxy plan %s --bandwidth %s failed (status %d):\n%s",
               capture, rate, status, errout);
-    g_autofree char *path =
-        g_strdup_printf("%s/plan-%s.json", fx.dir, rate);
+    g_autofree char *path = g_strdup_printf("%s/plan-%s.json", fx.dir, rate);
     cr_assert(g_file_set_contents(path, out, -1, &err), "%s",
               err ? err->message : "?");
     it_validate_json("plan", path, FALSE);
@@ -125,8 +124,8 @@ Test(plan, relay_capture_72)
     cr_assert_gt(it_jnum(fast, "qemu.total_s"), 0);
     /* at 10 Gbit/s the link is not what holds QEMU back: its 128 MiB/s,
      * or the hosts as the capture showed them */
-    cr_assert_str_neq(
-        json_object_get_string(it_jget(fast, "qemu.limited_by")), "link");
+    cr_assert_str_neq(json_object_get_string(it_jget(fast, "qemu.limited_by")),
+                      "link");
     json_object_put(slow);
     json_object_put(fast);
 }
@@ -138,8 +137,8 @@ Test(plan, multifd_relay_capture_100)
 {
     g_autoptr(GError) err = NULL;
 
-    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128,
-                               "mem=16M rate=2000", NULL);
+    fx.src = it_start_workload("10.0", "pc-q35-10.0", 128, "mem=16M rate=2000",
+                               NULL);
     fx.dst = it_start_destination("10.0", "pc-q35-10.0", FALSE, NULL);
     guint16 dport = mp_qemu_pick_free_port(&err);
     cr_assert(dport, "%s", err ? err->message : "?");

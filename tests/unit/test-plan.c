@@ -88,10 +88,9 @@ Test(plan, idle_guest_one_round)
     cr_assert_eq(o.rounds, 1);
     cr_assert_float_eq(o.final_pages, 0, 1e-9);
     double link = 100e6 / 8 * MP_PLAN_WIRE_EFFICIENCY;
-    cr_assert_float_eq(o.total_s,
-                       g.ram_pages * g.qemu_bulk_bpp / link
-                           + g.device_bytes / link,
-                       1e-9);
+    cr_assert_float_eq(
+        o.total_s, g.ram_pages * g.qemu_bulk_bpp / link + g.device_bytes / link,
+        1e-9);
 }
 
 /* Converging at one rate means converging at every higher one, and the
@@ -110,8 +109,9 @@ Test(plan, least_bandwidth_monotone)
                 l.bandwidth_bps = bps;
                 cr_assert(mp_plan_predict(&guests[k], &l, path, &o));
                 if (seen)
-                    cr_assert(o.converges, "guest %u path %d: converges "
-                                           "below %g bit/s, not at it",
+                    cr_assert(o.converges,
+                              "guest %u path %d: converges "
+                              "below %g bit/s, not at it",
                               k, path, bps);
                 seen |= o.converges;
             }
