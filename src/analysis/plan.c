@@ -31,9 +31,11 @@ mp_plan_link_defaults(MpPlanLink *l)
  * pages all the time, W (1 - e^(-r t / W)) for one that writes at random
  * in a working set of W pages (a page written twice is dirty once). */
 static double
-dirty_after(const MpPlanGuest *g, double t)
+dirty_after(const MpPlanGuest *g, double t, double throttle)
 {
-    double r = g->dirty_pages_per_s, w = g->working_set_pages, d;
+    /* a throttled vCPU runs (1 - throttle) of the time, and dirties so */
+    double r = g->dirty_pages_per_s * (1 - throttle), d;
+    double w = g->working_set_pages;
     if (t <= 0 || r <= 0)
         return 0;
     d = w > 0 ? -w * expm1(-r * t / w) : r * t;
@@ -141,6 +143,10 @@ mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
     path_rates(g, l, path, &r);
 
     double pages = g->ram_pages, precopy = 0, bytes = 0;
+    /* auto-converge: the throttle, syncs in a row that found the guest
+     * dirtying fast, and the period since the last check */
+    double throttle = 0, per_s = 0, per_dirty = 0, per_sent = 0;
+    guint high = 0;
     for (guint k = 1;; k++) {
         double lbpp = k == 1 ? link_bulk : link_dirty;
         double sbpp = k == 1 ? g->qemu_bulk_bpp : g->qemu_dirty_bpp;
@@ -159,8 +165,9 @@ mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
 
         /* QEMU's test: what is dirty now against what its measured rate
          * sends within the limit (the rate of the stream it writes) */
-        double dirty = dirty_after(g, t);
+        double dirty = dirty_after(g, t, throttle);
         double rate = t > 0 ? pages * sbpp / t : INFINITY;
+        out->throttle = throttle;
         if (dirty * g->page_size <= rate * l->downtime_limit_s) {
             double fbpp = link_dirty;
             double dt =
@@ -178,9 +185,33 @@ mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l, MpPlanPath path,
         }
         /* The dirty set after round k >= 2 is a growing function of the
          * set round k sent (fixed cost per page from round 2 on): once it
-         * no longer shrinks it never will; one that shrinks ever more
+         * no longer shrinks it never will (unless auto-converge still
+         * has a throttle step to take); one that shrinks ever more
          * slowly tends to a fixed point above the threshold. */
-        if ((k >= 2 && dirty > pages * (1 - 1e-4)) || k >= MP_PLAN_MAX_ROUNDS) {
+        /* QEMU's auto-converge at each sync at least a second after the
+         * last check: dirty bytes of the period above half the bytes
+         * sent, twice in a row, throttle the guest (20 %, then 10 more
+         * each time, at most 99 %) */
+        if (l->auto_converge) {
+            per_s += t;
+            per_dirty += dirty * g->page_size;
+            per_sent += pages * sbpp;
+            if (per_s >= 1.0) {
+                if (per_dirty > per_sent * MP_PLAN_THROTTLE_TRIGGER
+                    && ++high >= 2) {
+                    high = 0;
+                    throttle = throttle > 0
+                                   ? MIN(throttle + MP_PLAN_THROTTLE_STEP,
+                                         MP_PLAN_THROTTLE_MAX)
+                                   : MP_PLAN_THROTTLE_INITIAL;
+                }
+                per_s = per_dirty = per_sent = 0;
+            }
+        }
+        gboolean settled =
+            !l->auto_converge || throttle >= MP_PLAN_THROTTLE_MAX - 1e-9;
+        if ((k >= 2 && settled && dirty > pages * (1 - 1e-4))
+            || k >= MP_PLAN_MAX_ROUNDS) {
             out->steady_pages = dirty;
             out->needed_downtime_limit_s = dirty * g->page_size / rate;
             out->precopy_s = INFINITY;
@@ -231,7 +262,7 @@ fit_error(const double *t, const double *d, guint n, double r, double w)
     for (guint i = 0; i < n; i++) {
         if (t[i] <= 0)
             continue;
-        double x = (dirty_after(&g, t[i]) - d[i]) / MAX(d[i], 1.0);
+        double x = (dirty_after(&g, t[i], 0) - d[i]) / MAX(d[i], 1.0);
         e += x * x;
     }
     return e;
@@ -446,6 +477,8 @@ mp_plan_outcome_to_json(const MpPlanOutcome *o)
     json_object_object_add(j, "bytes", json_object_new_int64(o->bytes));
     json_object_object_add(j, "stream_bytes_per_s",
                            json_object_new_int64(o->stream_Bps));
+    json_object_object_add(j, "throttle_pct",
+                           json_object_new_double(o->throttle * 100));
     json_object_object_add(j, "limited_by",
                            json_object_new_string(o->limited_by));
     if (o->converges) {

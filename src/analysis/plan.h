@@ -31,6 +31,12 @@
 /* Rounds simulated before a migration that still shrinks is called
  * non-converging (QEMU has no limit: it would go on until cancelled). */
 #define MP_PLAN_MAX_ROUNDS 1000
+/* QEMU's auto-converge defaults: throttle-trigger-threshold 50 %,
+ * cpu-throttle-initial 20 %, cpu-throttle-increment 10 %, at most 99 %. */
+#define MP_PLAN_THROTTLE_TRIGGER 0.5
+#define MP_PLAN_THROTTLE_INITIAL 0.2
+#define MP_PLAN_THROTTLE_STEP    0.1
+#define MP_PLAN_THROTTLE_MAX     0.99
 /* Rounds kept in an outcome for display (the first ones). */
 #define MP_PLAN_ROUNDS_SHOWN 32
 
@@ -64,6 +70,7 @@ typedef struct {
     double max_bandwidth_Bps; /* QEMU max-bandwidth, bytes/s; 0: none */
     double wire_efficiency;   /* payload share of wire bytes (0, 1] */
     double tcp_window;        /* bytes in flight at most; 0: no limit */
+    gboolean auto_converge;   /* QEMU's auto-converge capability */
 } MpPlanLink;
 
 /* Fills `l` with QEMU's and Linux's defaults (above), rate and RTT 0. */
@@ -100,6 +107,7 @@ typedef struct {
     guint n_shown;
     MpPlanRound round[MP_PLAN_ROUNDS_SHOWN]; /* the first n_shown rounds */
     double final_pages; /* sent after the stop (converging) */
+    double throttle;    /* auto-converge: the guest's throttle at the end */
 } MpPlanOutcome;
 
 /* Runs the model.  @return FALSE (outcome zeroed) when `path` is the pair
@@ -109,7 +117,9 @@ gboolean mp_plan_predict(const MpPlanGuest *g, const MpPlanLink *l,
 
 /* The least link rate (bits/s, within 1 %) at which the migration
  * converges, the other link values as in `l`.  The model converges at
- * every rate above one at which it converges (docs/plan.md says why).
+ * every rate above one at which it converges (docs/plan.md says why;
+ * with auto-converge, whose throttle steps depend on the round times,
+ * that is not guaranteed: the rate found converges, a lower one may too).
  * @return the rate, or 0 when it does not converge at any rate (QEMU's
  * max-bandwidth or the encoders hold it back). */
 double mp_plan_least_bandwidth(const MpPlanGuest *g, const MpPlanLink *l,

@@ -29,6 +29,7 @@ typedef struct {
     double downtime_limit_ms;
     char *max_bandwidth;
     char *capture_rate;
+    gboolean auto_converge;
     gboolean json;
     GStrv files;
 } PlanArgs;
@@ -59,6 +60,11 @@ plan_entries(gpointer store)
          "stream was written at, to derive the dirty rate (default: the "
          "max-bandwidth)",
          "RATE"},
+        {"auto-converge", 0, 0, G_OPTION_ARG_NONE, &a->auto_converge,
+         "QEMU's auto-converge capability is on: the guest is throttled "
+         "(20 %, then 10 % more, at most 99 %) while it dirties faster "
+         "than half the rate sent",
+         NULL},
         {"json", 'j', 0, G_OPTION_ARG_NONE, &a->json,
          "Print one JSON document (docs/schema/plan.schema.json)", NULL},
         /* (the synopsis names CAPTURE once, from .operands) */
@@ -146,6 +152,8 @@ plan_json(const char *path, json_object *analysis, const Plan *p,
         p->link.max_bandwidth_Bps > 0
             ? json_object_new_int64(p->link.max_bandwidth_Bps)
             : NULL);
+    json_object_object_add(link, "auto_converge",
+                           json_object_new_boolean(p->link.auto_converge));
     json_object_object_add(doc, "link", link);
 
     const MpPlanGuest *g = &p->guest;
@@ -258,6 +266,11 @@ plan_print(const char *path, const Plan *p, const MpPlanEncoders *enc,
     print_row("QEMU alone", &p->qemu, p->least_qemu, out);
     if (p->have_pair)
         print_row("migproxy pair", &p->pair, p->least_pair, out);
+    if (p->link.auto_converge && p->qemu.throttle > 0)
+        fprintf(out,
+                "auto-converge: QEMU alone throttles the guest to %.0f %%"
+                " of its CPU\n",
+                100 - p->qemu.throttle * 100);
     if (!p->qemu.converges)
         fprintf(out,
                 "QEMU alone settles at %.0f dirty pages per round: it would "
@@ -323,6 +336,7 @@ plan_run(int argc, char **argv)
         return EXIT_USAGE;
     }
     p.link.rtt_s = a.rtt_ms / 1000;
+    p.link.auto_converge = a.auto_converge;
     if (a.downtime_limit_ms >= 0) {
         if (a.downtime_limit_ms == 0 || a.downtime_limit_ms > 2000000) {
             fprintf(stderr,
@@ -448,7 +462,8 @@ const MpCommand mp_cmd_plan = {
         "captured pages to measure their ratios.\n\n"
         "The model is QEMU's pre-copy loop: round after round until the "
         "dirty pages fit in the downtime limit at the rate QEMU measures; "
-        "auto-converge (CPU throttling) is not modelled.  Equations, "
+        "with --auto-converge, QEMU's throttling of the guest's CPU "
+        "(its default steps).  Equations, "
         "assumptions and an example: docs/plan.md.",
     .description =
         "Examples:\n"

@@ -306,3 +306,28 @@ Test(plan, host_bound_round_caps_the_rate)
     cr_assert_float_eq(o.round[0].seconds, 4.0, 1e-9);
     json_object_put(doc);
 }
+
+/* auto-converge: the guest that cannot converge at 50 Mbit/s does once
+ * QEMU throttles it, and the throttle climbs from 20 % in steps of 10. */
+Test(plan, auto_converge_throttles_until_it_converges)
+{
+    MpPlanGuest g = guest(10000, 0);
+    MpPlanLink l = link_at(50e6);
+    MpPlanOutcome o;
+
+    l.auto_converge = TRUE;
+    cr_assert(mp_plan_predict(&g, &l, MP_PLAN_QEMU, &o));
+    cr_assert(o.converges, "settles at %g pages, throttle %g", o.steady_pages,
+              o.throttle);
+    cr_assert_geq(o.throttle, MP_PLAN_THROTTLE_INITIAL);
+    cr_assert_leq(o.throttle, MP_PLAN_THROTTLE_MAX);
+    double steps =
+        (o.throttle - MP_PLAN_THROTTLE_INITIAL) / MP_PLAN_THROTTLE_STEP;
+    cr_assert(fabs(steps - round(steps)) < 1e-6
+                  || o.throttle == MP_PLAN_THROTTLE_MAX,
+              "throttle %g", o.throttle);
+    /* an idle guest is never throttled */
+    g = guest(0, 0);
+    cr_assert(mp_plan_predict(&g, &l, MP_PLAN_QEMU, &o));
+    cr_assert_float_eq(o.throttle, 0, 0);
+}
