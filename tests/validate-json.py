@@ -35,7 +35,7 @@ except ImportError:  # a missing package is a failure, not a skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_DIR = os.path.join(HERE, "..", "docs", "schema")
-NAMES = ("analyze", "report", "metrics-line")
+NAMES = ("analyze", "report", "metrics-line", "plan")
 
 
 def load_schemas(schema_dir):

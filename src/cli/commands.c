@@ -13,6 +13,7 @@ const MpCommand *const mp_commands[] = {
     &mp_cmd_source,
     &mp_cmd_dest,
     &mp_cmd_replay,
+    &mp_cmd_plan,
     NULL,
 };
 

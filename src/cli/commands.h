@@ -39,6 +39,7 @@ extern const MpCommand mp_cmd_relay;
 extern const MpCommand mp_cmd_source;
 extern const MpCommand mp_cmd_dest;
 extern const MpCommand mp_cmd_replay;
+extern const MpCommand mp_cmd_plan;
 
 /* Every command, in the order `migproxy --help` lists them; NULL ends. */
 extern const MpCommand *const mp_commands[];

@@ -578,6 +578,14 @@ json_object *
 mp_capture_analyze(const char *dir, guint session, gboolean events,
                    gboolean *ok)
 {
+    return mp_capture_analyze_observed(dir, session, events, NULL, NULL, ok);
+}
+
+json_object *
+mp_capture_analyze_observed(const char *dir, guint session, gboolean events,
+                            const MpPipelineObserver *ops, gpointer data,
+                            gboolean *ok)
+{
     g_autofree char *index_why = NULL;
     Replay r = {.dir = dir};
     json_object *numbers = json_object_new_array();
@@ -594,6 +602,8 @@ mp_capture_analyze(const char *dir, guint session, gboolean events,
     r.line = g_string_new(NULL);
     if (events)
         mp_session_observe(r.pipes, &events_observer, &r);
+    if (ops)
+        mp_session_observe(r.pipes, ops, data);
 
     chans = setup(&r, index, sj, session, index_why);
     if (chans)

@@ -6,6 +6,7 @@
 #include <json-c/json.h>
 #include "channel-types.h"
 #include "vmdesc.h"
+#include "pipeline.h"
 
 /* @return TRUE if `path` is a directory holding a capture index.json. */
 gboolean mp_capture_is_dir(const char *path);
@@ -49,3 +50,9 @@ typedef struct {
 gboolean mp_capture_walk(const char *dir, guint session,
                          const MpCaptureWalk *walk, gpointer data,
                          GError **error);
+/* The same, with `ops` (and `data`) also observing every pipeline of the
+ * session (`migproxy plan` reads its pages); `ops` may be NULL. */
+json_object *mp_capture_analyze_observed(const char *dir, guint session,
+                                         gboolean events,
+                                         const MpPipelineObserver *ops,
+                                         gpointer data, gboolean *ok);

@@ -59,6 +59,8 @@ typedef struct {
 typedef struct {
     const char *path;
     gboolean events;
+    const MpPipelineObserver *ops; /* on the first session's pipelines */
+    gpointer ops_data;
     GPtrArray *sessions; /* Sess*, by number - 1 */
     GHashTable *by_server; /* server -> Sess* (borrowed) */
     GPtrArray *conns;      /* ConnState*, by connection index */
@@ -103,6 +105,8 @@ new_session(Reader *r, const MpPcapConn *c)
     mp_session_set_logging(s->pipes, FALSE);
     if (r->events)
         mp_session_observe(s->pipes, &events_observer, r);
+    if (r->ops && s->number == 1)
+        mp_session_observe(s->pipes, r->ops, r->ops_data);
     s->start_us = s->last_us = c->open_us;
     g_ptr_array_add(r->sessions, s);
     g_hash_table_replace(r->by_server, g_strdup(c->server), s);
@@ -378,8 +382,16 @@ session_line(const Sess *s)
 json_object *
 mp_pcap_analyze(const char *path, gboolean events, gsize window, gboolean *ok)
 {
+    return mp_pcap_analyze_observed(path, events, window, NULL, NULL, ok);
+}
+
+json_object *
+mp_pcap_analyze_observed(const char *path, gboolean events, gsize window,
+                         const MpPipelineObserver *ops, gpointer data,
+                         gboolean *ok)
+{
     g_autoptr(GError) err = NULL;
-    Reader r = {.path = path, .events = events};
+    Reader r = {.path = path, .events = events, .ops = ops, .ops_data = data};
     json_object *doc, *pj;
 
     r.sessions = g_ptr_array_new_with_free_func(sess_free);

@@ -6,6 +6,7 @@
 
 #include <glib.h>
 #include <json-c/json.h>
+#include "pipeline.h"
 
 /* Analyzes capture `path` (see docs/pcap.md): the report of its first
  * migration session (as mp_capture_analyze() gives it for a relay
@@ -19,3 +20,10 @@
  * @return the document (caller owns). */
 json_object *mp_pcap_analyze(const char *path, gboolean events, gsize window,
                              gboolean *ok);
+/* The same, with `ops` (and `data`) also observing the pipelines of the
+ * first session, the one the document reports (`migproxy plan` reads its
+ * pages); `ops` may be NULL. */
+json_object *mp_pcap_analyze_observed(const char *path, gboolean events,
+                                      gsize window,
+                                      const MpPipelineObserver *ops,
+                                      gpointer data, gboolean *ok);

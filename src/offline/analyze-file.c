@@ -230,7 +230,8 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
             *ok = FALSE;
             return input_error_doc(path, *format, "format", msg);
         }
-        doc = mp_pcap_analyze(path, opt->events, 0, ok);
+        doc = mp_pcap_analyze_observed(path, opt->events, 0, opt->observer,
+                                       opt->observer_data, ok);
         if (!json_object_object_get_ex(doc, "pcap", &e)) {
             /* libpcap could not read it: nothing analyzed */
             json_object *errs = json_object_object_get(doc, "errors");
@@ -273,7 +274,10 @@ dispatch(const char *path, const MpAnalyzeOptions *opt, MpInputFormat *format,
         return mp_mapped_ram_analyze(path, opt, 0, ok);
     case MP_FORMAT_CAPTURE: {
         /* a relay capture (docs/capture-format.md): its first session */
-        json_object *doc = mp_capture_analyze(path, 0, opt->events, ok), *e;
+        json_object *doc = mp_capture_analyze_observed(
+                         path, 0, opt->events, opt->observer,
+                         opt->observer_data, ok),
+                    *e;
         if (opt->dump_ram && json_object_object_get_ex(doc, "errors", &e)) {
             json_object_array_add(
                 e, json_object_new_string("--dump-ram reads stream files, "
@@ -353,6 +357,8 @@ analyze_file(const char *path, const MpAnalyzeOptions *opt, gboolean *ok)
     mp_pipeline_set_name(pipe, "main");
     mp_pipeline_set_kind(pipe, MP_CHAN_MAIN, NULL);
     mp_pipeline_observe(pipe, &file_observer, &ctx);
+    if (opt->observer)
+        mp_pipeline_observe(pipe, opt->observer, opt->observer_data);
     /* the header first: a file that is no stream is told so before a
      * .zst is decompressed in full to find its vmdesc */
     if (!check_header(in, pipe, &total, &err)) {

@@ -3,6 +3,7 @@
 
 #include <glib.h>
 #include <json-c/json.h>
+#include "pipeline.h"
 
 typedef struct {
     gboolean json;      /* (used by the command) */
@@ -11,6 +12,11 @@ typedef struct {
     gboolean quiet;     /* no progress on stderr */
     char *dump_ram;     /* write RAM images into this directory */
     char *snapshot;     /* qcow2: analyze this snapshot's VM state */
+    /* also observes every pipeline of the (first) migration: stream
+     * files, captures, pcaps (`migproxy plan` reads the pages); NULL:
+     * none */
+    const MpPipelineObserver *observer;
+    gpointer observer_data;
 } MpAnalyzeOptions;
 
 /* Analyzes `path` into a JSON document (mp_analysis_to_json plus

@@ -22,9 +22,8 @@
  * 7.2 to 10.0 pre-copy; xbzrle on 7.2 and 10.0 (XBZRLE pages counted on
  * the wire); multifd x4 with multifd-compression zstd (10.0); block
  * migration on 7.2 (the destination's disk equals the source's).
- *              precopy_100_tls:
- * pre-copy 10.0 through a TLS tunnel (certificates made by openssl at run
- * time; the refusals are test-tunnel-tls.c's).
+ * precopy_100_tls: pre-copy 10.0 through a TLS tunnel (certificates made
+ * by openssl at run time; the refusals are test-tunnel-tls.c's).
  */
 #include "config.h"
 #include <errno.h>
