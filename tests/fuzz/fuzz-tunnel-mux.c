@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "tunnel-mux.h"
+#include "tunnel-tls.h"
 
 int LLVMFuzzerTestOneInput(const guint8 *data, gsize size);
 
@@ -204,7 +205,9 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
         die("g_socket_new_from_fd");
     g_socket_set_blocking(sock, FALSE);
     MpTunMuxOptions mo = {.role = MP_TUN_ROLE_DEST, .compress = TRUE};
-    MpTunMux *m = mp_tun_mux_new(sock, "fuzz tunnel", &mo, &hooks, &fz);
+    GIOStream *stream = mp_tun_plain_stream(sock);
+    MpTunMux *m = mp_tun_mux_new(stream, "fuzz tunnel", &mo, &hooks, &fz);
+    g_object_unref(stream);
     g_object_unref(sock);
 
     gsize at = 0;

@@ -369,10 +369,12 @@ Test(tunnel_mux, refused_connection_keeps_the_tunnel)
     pair(tv);
     g_autoptr(GSocket) ts = gsock(tv[0]);
     g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
     MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = TRUE};
     MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = TRUE};
-    fp->src = mp_tun_mux_new(ts, "tunnel to test", &so, &src_hooks, fp);
-    fp->dst = mp_tun_mux_new(td, "tunnel from test", &dop, &refusing_hooks, &r);
+    fp->src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, fp);
+    fp->dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &refusing_hooks, &r);
     spin_until(ready, fp, 5000);
 
     /* connection 0: 1 MiB and an end, in flight when dest refuses */
