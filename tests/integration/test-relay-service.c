@@ -7,12 +7,19 @@
  *     $MIGPROXY_ARGS (split at white space, from a .conf as in
  *     docs/operators.md) expanded; a clean environment, UMask=, stdin
  *     /dev/null, stderr not a terminal (the journal);
- *   - the StateDirectory= made 0700 beforehand;
+ *   - the StateDirectory= made 0700 beforehand, owned by the user the
+ *     relay runs as;
+ *   - the unit's sandbox as far as it can be made without systemd
+ *     (unit-sandbox.sh, MP_UNIT_SANDBOX: a dynamic user's uid, no new
+ *     privileges, no capabilities, every mount read-only but the state
+ *     directory, a private /tmp, /home and /root closed; not the
+ *     system-call filter, the address families and the rest that need
+ *     systemd: unit-sandbox.sh lists them);
  *   - a real migration (QEMU 7.2) through it, cut by SIGTERM (what
  *     `systemctl stop` sends): the relay exits 0 within the unit's
  *     TimeoutStopSec=, its report (outcome "interrupted: SIGTERM") and
- *     metrics are in the state directory, readable by their owner only,
- *     and the source's guest runs on.
+ *     metrics are in the state directory, owned by the service's user
+ *     and readable by it only, and the source's guest runs on.
  */
 #include "config.h"
 #include <errno.h>
@@ -29,6 +36,8 @@
 
 #define LISTEN_TIMEOUT_MS 10000
 #define PROMPT_MS         10000
+/* a uid in systemd's range for DynamicUser= (61184-65519), no one's */
+#define DYNAMIC_UID 61184
 
 static ItRelayFixture fx;
 
@@ -122,6 +131,8 @@ assert_private_file(const char *path)
     cr_assert_eq(g_stat(path, &st), 0, "%s: %s", path, g_strerror(errno));
     cr_assert_eq(st.st_mode & 077, 0, "%s has mode 0%o", path,
                  st.st_mode & 0777);
+    cr_assert_eq(st.st_uid, DYNAMIC_UID, "%s is owned by %u", path,
+                 (unsigned)st.st_uid);
 }
 
 Test(relay_service, stop_writes_report)
@@ -144,6 +155,9 @@ Test(relay_service, stop_writes_report)
     g_autofree char *state =
         g_build_filename(root, "migproxy", "relay-test", NULL);
     cr_assert_eq(g_mkdir_with_parents(state, 0700), 0);
+    /* systemd makes it for the dynamic user, mode StateDirectoryMode= */
+    cr_assert_eq(chown(state, DYNAMIC_UID, DYNAMIC_UID), 0);
+    cr_assert_eq(chmod(state, 0700), 0);
 
     fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
@@ -156,6 +170,12 @@ Test(relay_service, stop_writes_report)
         "--listen 127.0.0.1:%u --to 127.0.0.1:%u  --metrics %s/metrics.jsonl",
         port, dport, state);
     g_autoptr(GPtrArray) argv = expand_exec_start(exec_start, root, args);
+    /* the sandbox around it: its pid becomes the relay's */
+    const char *sandbox = g_getenv("MP_UNIT_SANDBOX");
+    cr_assert_not_null(sandbox, "MP_UNIT_SANDBOX is not set");
+    g_ptr_array_insert(argv, 0, g_strdup_printf("%d", DYNAMIC_UID));
+    g_ptr_array_insert(argv, 0, g_strdup(state));
+    g_ptr_array_insert(argv, 0, g_strdup(sandbox));
     const char *envp[] = {"PATH=/usr/bin:/bin", "LANG=C.UTF-8", NULL};
 
     fx.relay = g_new0(ItRelay, 1);
