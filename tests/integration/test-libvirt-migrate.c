@@ -35,6 +35,9 @@
  * the relay on QEMU's stream before the tunnel), and dest must exit 0
  * with its report.  After pre-copy the destination's `domjobinfo
  * --completed` (libvirt's cookie) must equal the source's counts too.
+ * And --tls through the relay (the tls case): QEMU's own TLS with
+ * certificates made here, the relay forwarding ciphertext it counts in
+ * bytes only.
  *
  * When libvirtd cannot be started (`libvirt-pair.sh up` fails) a case is
  * skipped with the script's message.  Everything started is stopped by
@@ -171,11 +174,13 @@ fx_fini(void)
     if (fx.defined) {
         virsh_at("qemu:///system", NULL, "destroy", fx.domain, NULL);
         virsh_at("qemu:///system", NULL, "undefine", fx.domain, NULL);
+        fx.defined = FALSE;
     }
     if (fx.pair_up) {
         g_autofree char *err = NULL;
         if (pair("down", &err) != 0)
             cr_log_error("libvirt-pair.sh down: %s", err);
+        fx.pair_up = FALSE;
     }
     if (fx.uffd) {
         if (!write_sysctl(UFFD_SYSCTL, fx.uffd))
@@ -210,9 +215,13 @@ need_pair(void)
         cr_skip_test("libvirtd is not installed (Debian: "
                      "libvirt-daemon-system, scripts/setup.sh)");
     fx.pair_up = TRUE;
-    if (pair("up", &err) != 0)
+    if (pair("up", &err) != 0) {
+        /* a skipped test's fini does not run: undo a half-made pair (its
+         * namespace, link, daemons) and the rest here */
+        fx_fini();
         cr_skip_test("libvirtd could not be started "
                      "(scripts/libvirt-pair.sh up):\n%s", err);
+    }
 }
 
 /* Boots the workload (verify=1, `append` added) in a new domain on the
@@ -270,6 +279,7 @@ typedef struct {
     const char *virsh[8];    /* more `virsh migrate` options */
     gboolean postcopy;       /* switch with `virsh migrate-postcopy` */
     gboolean pair;           /* migproxy source + migproxy dest */
+    gboolean tls;            /* --tls: the relay sees only ciphertext */
 } Case;
 
 /* Starts `[wrapper...] migproxy args...` with its files in DIR/sub (as
@@ -505,6 +515,34 @@ check_guest_verifies(gsize from)
     }
 }
 
+/* What docs/libvirt.md says the relay sees of `virsh migrate --tls`:
+ * one channel of kind tls, forwarded whole, counted in bytes only (at
+ * least the stream libvirt reports, which TLS wraps), no pages. */
+static void
+check_tls_report(json_object *rep, const char *info, const char *rlog)
+{
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "ended cleanly (TLS, not parsed)", "relay log:\n%s",
+                     rlog);
+    cr_assert(json_object_get_boolean(it_jget(rep, "partial")));
+    json_object *chans = it_jget(rep, "channels");
+    cr_assert_eq(json_object_array_length(chans), 1);
+    json_object *ch0 = json_object_array_get_idx(chans, 0);
+    cr_assert_str_eq(json_object_get_string(it_jget(ch0, "kind")), "tls");
+    gint64 bytes = it_jint(ch0, "to_dst.bytes");
+    /* libvirt's "Memory processed: 91.616 MiB": the stream before TLS */
+    const char *p = strstr(info, "Memory processed:");
+    cr_assert_not_null(p, "%s", info);
+    double mib = g_ascii_strtod(p + strlen("Memory processed:"), NULL);
+    g_printerr("libvirt-migrate case=tls relay_bytes_to_dst=%" G_GINT64_FORMAT
+               " libvirt_memory_processed_mib=%.3f normal_pages=%"
+               G_GINT64_FORMAT "\n%s",
+               bytes, mib, field(info, "Normal pages:"), info);
+    cr_assert_gt((double)bytes, mib * 1048576.0 * 0.99,
+                 "the relay forwarded %" G_GINT64_FORMAT " bytes, libvirt "
+                 "processed %.3f MiB", bytes, mib);
+}
+
 static void
 migrate(const Case *c)
 {
@@ -572,6 +610,12 @@ migrate(const Case *c)
     }
     g_free(rlog);
     rlog = it_relay_log_text(fx.relay);
+    if (c->tls) {
+        check_tls_report(rep, info, rlog);
+        json_object_put(rep);
+        check_guest_verifies(console_at);
+        return;
+    }
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
                      "completed", "relay log:\n%s", rlog);
     cr_assert_eq(json_object_array_length(it_jget(rep, "errors")), 0,
@@ -636,9 +680,15 @@ migrate(const Case *c)
     check_guest_verifies(console_at);
 }
 
+/* The pre-copy cases run a quiet guest (rate=0): 7.2 under TCG loses
+ * pages a busy guest dirties even without migproxy (docs/qemu-quirks.md;
+ * here a direct `virsh migrate` of this guest at rate=2000 on a loaded
+ * machine: 1 run in 3 ended with a corrupt page), and the guest's check
+ * would then fail a case for QEMU's fault.  Post-copy needs the busy
+ * guest to ask for pages; it sends each page once after the switch. */
 Test(libvirt_migrate, plain)
 {
-    Case c = {.name = "plain", .append = "rate=2000"};
+    Case c = {.name = "plain", .append = "rate=0"};
     migrate(&c);
 }
 
@@ -696,7 +746,7 @@ Test(libvirt_migrate, postcopy_needs_userfaultfd)
  * pair under libvirt". */
 Test(libvirt_migrate, pair_plain)
 {
-    Case c = {.name = "pair-plain", .append = "rate=2000", .pair = TRUE};
+    Case c = {.name = "pair-plain", .append = "rate=0", .pair = TRUE};
     migrate(&c);
 }
 
@@ -719,6 +769,31 @@ Test(libvirt_migrate, pair_postcopy)
               .postcopy = TRUE};
     need_pair();
     set_uffd("1\n");
+    migrate(&c);
+}
+
+/* `virsh migrate --tls` through the relay: QEMU's own TLS between the
+ * two QEMUs, with a CA and certificates made here (make-tls-certs.sh)
+ * for both daemons' migrate_tls_x509_cert_dir (MP_LV_QEMU_CONF: private
+ * qemu.conf copies, the system's file untouched).  The source checks the
+ * destination's certificate against --tls-destination (the destination
+ * host's name), not the relay's address in --migrateuri. */
+Test(libvirt_migrate, tls)
+{
+    Case c = {.name = "tls",
+              .append = "rate=0",
+              .virsh = {"--tls", "--tls-destination", fx.ns},
+              .tls = TRUE};
+    const char *make = g_getenv("MP_MAKE_TLS_CERTS");
+    cr_assert_not_null(make, "MP_MAKE_TLS_CERTS is not set");
+    g_autofree char *pki = g_build_filename(fx.dir, "pki", NULL);
+    const char *argv[] = {make, pki, fx.ns, fx.dst_addr, NULL};
+    cr_assert_eq(run(argv, NULL, NULL), 0, "make-tls-certs.sh failed");
+    g_autofree char *conf = g_build_filename(fx.dir, "tls-qemu.conf", NULL);
+    g_autofree char *lines = g_strdup_printf(
+        "migrate_tls_x509_cert_dir = \"%s\"\n", pki);
+    cr_assert(g_file_set_contents(conf, lines, -1, NULL));
+    fx.env = g_environ_setenv(fx.env, "MP_LV_QEMU_CONF", conf, TRUE);
     migrate(&c);
 }
 
