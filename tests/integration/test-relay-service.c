@@ -198,6 +198,18 @@ start_service(const char *env_unit, const char *kind, const char *args,
     return r;
 }
 
+/* The state directory as StateDirectoryMode= left it: 0700, the
+ * service's user's. */
+static void
+assert_state_dir(const char *state)
+{
+    struct stat st;
+    cr_assert_eq(g_stat(state, &st), 0, "%s: %s", state, g_strerror(errno));
+    cr_assert_eq(st.st_mode & 0777, 0700, "%s has mode 0%o", state,
+                 st.st_mode & 0777);
+    cr_assert_eq(st.st_uid, DYNAMIC_UID);
+}
+
 Test(relay_service, stop_writes_report)
 {
     g_autoptr(GError) err = NULL;
@@ -242,6 +254,7 @@ Test(relay_service, stop_writes_report)
     cr_assert_gt(it_jint(rep, "ram.pages.normal"), 0);
     json_object_put(rep);
     assert_private_file(fx.relay->report);
+    assert_state_dir(state);
     g_autofree char *metrics = g_build_filename(state, "metrics.jsonl", NULL);
     assert_private_file(metrics);
 
@@ -317,6 +330,7 @@ Test(relay_service, dest_stop_writes_report)
     cr_assert_gt(it_jint(rep, "tunnel.link_bytes_in"), 0);
     json_object_put(rep);
     assert_private_file(fx.relay->report);
+    assert_state_dir(state);
 
     json_object *info = it_wait_final(fx.src, PROMPT_MS);
     cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed");
