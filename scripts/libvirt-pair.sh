@@ -39,8 +39,20 @@
 #                  characters (mp-lv)
 #   MP_LV_PREFIX   first three octets of the link's /24 (10.252.0)
 #   MP_LV_TIMEOUT  seconds to wait for a daemon to answer (120)
+#   MP_LV_QEMU_CONF  a file of qemu.conf lines for both daemons (e.g.
+#                  migrate_tls_x509_cert_dir = "..."); only with a source
+#                  daemon that `up` starts: `up` fails if the system's
+#                  libvirtd already runs
 # Two pairs can run side by side with different settings for all four
 # of MP_LV_DIR, MP_LV_NS, MP_LV_DEV, MP_LV_PREFIX.
+#
+# A source libvirtd that `up` starts runs in a mount namespace of its own
+# too, where $MP_LV_DIR/src/qemu.conf (the system's plus MP_LV_QEMU_CONF)
+# is bind-mounted over /etc/libvirt/qemu.conf and $MP_LV_DIR/src/domains
+# over /etc/libvirt/qemu (the XML of defined domains): the system's files
+# are never written, and a pair killed before `down` leaves neither a
+# changed configuration nor a defined domain behind (the domains defined
+# on it go with `down`).
 #
 # `down` stops, by the pids in $MP_LV_DIR: the destination's QEMUs, its
 # libvirtd and virtlogd, and the source's libvirtd and virtlogd if `up`
@@ -54,6 +66,7 @@ NS=${MP_LV_NS:-mp-lv-dst}
 DEV=${MP_LV_DEV:-mp-lv}
 PREFIX=${MP_LV_PREFIX:-10.252.0}
 TIMEOUT=${MP_LV_TIMEOUT:-120}
+QEMU_CONF_EXTRA=${MP_LV_QEMU_CONF:-}
 SRC_ADDR=$PREFIX.1
 DST_ADDR=$PREFIX.2
 DST_URI=qemu+tcp://$DST_ADDR/system
@@ -123,15 +136,34 @@ socket_alive() {
     [[ -S $1 ]] && timeout 5 socat -u OPEN:/dev/null "UNIX-CONNECT:$1" 2>/dev/null
 }
 
+# qemu_conf OUT: the system's qemu.conf and the lines of MP_LV_QEMU_CONF
+# in OUT.
+qemu_conf() {
+    cp /etc/libvirt/qemu.conf "$1"
+    if [[ -n $QEMU_CONF_EXTRA ]]; then
+        printf '\n# libvirt-pair.sh: MP_LV_QEMU_CONF\n' >>"$1"
+        cat "$QEMU_CONF_EXTRA" >>"$1"
+    fi
+}
+
 up_source() {
     if answers "$SRC_URI"; then
+        [[ -z $QEMU_CONF_EXTRA ]] || die "MP_LV_QEMU_CONF needs a source" \
+            "libvirtd started here, and the system's answers on $SRC_URI"
         log "source: the system's libvirtd answers on $SRC_URI (left alone)"
         return
     fi
     if ! socket_alive /run/libvirt/virtlogd-sock; then
         virtlogd -d -p "$DIR/src-virtlogd.pid"
     fi
-    libvirtd -d -p "$DIR/src-libvirtd.pid"
+    install -d -m 0700 "$DIR/src" "$DIR/src/domains"
+    qemu_conf "$DIR/src/qemu.conf"
+    # the daemon (-d forks) stays in the namespace unshare makes
+    unshare --mount --propagation private -- sh -c \
+        'mount --bind "$1" /etc/libvirt/qemu.conf &&
+         mount --bind "$2" /etc/libvirt/qemu &&
+         exec libvirtd -d -p "$3"' \
+        sh "$DIR/src/qemu.conf" "$DIR/src/domains" "$DIR/src-libvirtd.pid"
     wait_answers "$SRC_URI" "$DIR/src-libvirtd.pid" "the source's libvirtd"
     log "source: started libvirtd (pid $(<"$DIR/src-libvirtd.pid"))"
 }
@@ -162,6 +194,7 @@ prepare_destination() {
             install -d -m 0755 "$DIR/dst/etc"
             find "$path" -maxdepth 1 -type f -name '*.conf' \
                 -exec cp -a {} "$DIR/dst/etc/" \;
+            qemu_conf "$DIR/dst/etc/qemu.conf"
             ;;
         run)
             install -d -m 0755 "$DIR/dst/run"

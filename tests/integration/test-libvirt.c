@@ -10,10 +10,17 @@
  *
  * libvirtd (and virtlogd) are started by the test where they are not
  * running, and stopped by their pid after.  The gzip image needs
- * save_image_format = "gzip" in /etc/libvirt/qemu.conf, which libvirtd
- * reads at start: the test adds it (and restores the file) only around a
- * daemon it started itself; with a daemon it did not start, the gzip case
- * is skipped with a message.
+ * save_image_format = "gzip" in qemu.conf, which libvirtd reads at start
+ * from the fixed path /etc/libvirt/qemu.conf: a daemon the test starts
+ * runs in a mount namespace of its own where a private copy (the host's
+ * file plus the test's setting) is bind-mounted over that path, and an
+ * empty directory of the test's over /etc/libvirt/qemu (where libvirtd
+ * keeps the XML of a defined domain).  The host's files are never
+ * written, so a test killed at any point leaves neither a changed
+ * qemu.conf nor a defined domain behind (the gzip case checks qemu.conf
+ * is unchanged while its daemon runs).
+ * With a daemon it did not start, the gzip case is skipped with a
+ * message.
  */
 #include "config.h"
 #include <errno.h>
@@ -35,7 +42,6 @@ static struct {
     char *dir;
     char *domain;
     pid_t libvirtd, virtlogd; /* started here, or 0 */
-    char *qemu_conf;          /* the original, while it is changed */
 } fx;
 
 /* Runs argv; @return its exit status (-1 if it did not run). */
@@ -110,18 +116,36 @@ socket_alive(const char *path)
     return ok;
 }
 
-/* Starts libvirtd (and virtlogd, which it needs to start a domain). */
+/* Starts libvirtd (and virtlogd, which it needs to start a domain), the
+ * daemon in a private mount namespace that sees `conf_extra` appended to
+ * the host's qemu.conf (a copy in the test's directory bind-mounted over
+ * it: libvirtd has no option for that file's path). */
 static void
-start_daemons(void)
+start_daemons(const char *conf_extra)
 {
     g_autofree char *lpid = g_build_filename(fx.dir, "libvirtd.pid", NULL);
     g_autofree char *vpid = g_build_filename(fx.dir, "virtlogd.pid", NULL);
+    g_autofree char *conf = g_build_filename(fx.dir, "qemu.conf", NULL);
+    g_autofree char *defs = g_build_filename(fx.dir, "qemu-domains", NULL);
+    cr_assert(g_mkdir_with_parents(defs, 0700) == 0);
+    g_autofree char *host_conf = NULL;
+    cr_assert(g_file_get_contents(QEMU_CONF, &host_conf, NULL, NULL));
+    g_autofree char *text = g_strconcat(host_conf, "\n", conf_extra, NULL);
+    cr_assert(g_file_set_contents_full(conf, text, -1,
+                                       G_FILE_SET_CONTENTS_CONSISTENT, 0600,
+                                       NULL));
     if (!fx.virtlogd && !socket_alive("/run/libvirt/virtlogd-sock")) {
         const char *v[] = {"virtlogd", "-d", "-p", vpid, NULL};
         cr_assert_eq(run(v, NULL), 0, "virtlogd did not start");
         fx.virtlogd = read_pid(vpid);
     }
-    const char *l[] = {"libvirtd", "-d", "-p", lpid, NULL};
+    /* the daemon (-d forks) stays in the namespace unshare made */
+    const char *l[] = {"unshare", "--mount", "--propagation", "private", "--",
+                       "sh", "-c",
+                       "mount --bind \"$1\" " QEMU_CONF
+                       " && mount --bind \"$2\" /etc/libvirt/qemu"
+                       " && exec libvirtd -d -p \"$3\"",
+                       "sh", conf, defs, lpid, NULL};
     g_unlink(lpid);
     cr_assert_eq(run(l, NULL), 0, "libvirtd did not start");
     fx.libvirtd = read_pid(lpid);
@@ -144,7 +168,7 @@ static void
 need_daemons(void)
 {
     if (virsh("version", NULL, NULL, NULL) != 0)
-        start_daemons();
+        start_daemons("");
 }
 
 static void
@@ -153,11 +177,6 @@ fx_fini(void)
     if (fx.domain) {
         virsh("destroy", fx.domain, NULL, NULL);
         virsh("undefine", fx.domain, NULL, NULL);
-    }
-    if (fx.qemu_conf) {
-        g_file_set_contents_full(QEMU_CONF, fx.qemu_conf, -1,
-                                 G_FILE_SET_CONTENTS_CONSISTENT, 0600, NULL);
-        g_clear_pointer(&fx.qemu_conf, g_free);
     }
     stop_pid(&fx.libvirtd);
     stop_pid(&fx.virtlogd);
@@ -297,15 +316,12 @@ Test(libvirt, virsh_save_gzip)
     if (!fx.libvirtd)
         cr_skip_test("libvirtd was running before the test: its qemu.conf "
                      "(save_image_format) is left alone");
-    g_autofree char *conf = NULL;
-    cr_assert(g_file_get_contents(QEMU_CONF, &conf, NULL, NULL));
-    fx.qemu_conf = g_strdup(conf);
-    g_autofree char *gz =
-        g_strconcat(conf, "\nsave_image_format = \"gzip\"\n", NULL);
-    cr_assert(g_file_set_contents_full(QEMU_CONF, gz, -1,
-                                       G_FILE_SET_CONTENTS_CONSISTENT, 0600,
-                                       NULL));
+    g_autofree char *before = NULL, *after = NULL;
+    cr_assert(g_file_get_contents(QEMU_CONF, &before, NULL, NULL));
     stop_pid(&fx.libvirtd);
-    start_daemons();
+    start_daemons("save_image_format = \"gzip\"\n");
+    /* the daemon reads the setting, the host's file stays as it was */
+    cr_assert(g_file_get_contents(QEMU_CONF, &after, NULL, NULL));
+    cr_assert_str_eq(after, before, QEMU_CONF " was changed");
     check_image("gzip");
 }

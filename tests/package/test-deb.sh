@@ -111,13 +111,18 @@ for f in usr/bin/migproxy \
     usr/share/man/man1/migproxy-analyze.1.gz \
     usr/share/man/man1/migproxy-demo.1.gz \
     usr/share/man/man1/migproxy-relay.1.gz \
+    usr/share/man/man1/migproxy-source.1.gz \
+    usr/share/man/man1/migproxy-dest.1.gz \
     usr/share/bash-completion/completions/migproxy \
     lib/systemd/system/migproxy-relay@.service \
     lib/systemd/system/migproxy-dest@.service \
     usr/libexec/migproxy/workload.elf \
     usr/share/doc/migproxy/copyright \
     usr/share/doc/migproxy/operators.md \
-    usr/share/doc/migproxy/examples/relay.conf; do
+    usr/share/doc/migproxy/examples/relay.conf \
+    usr/share/migproxy/schema/report.schema.json \
+    usr/share/migproxy/schema/metrics-line.schema.json \
+    usr/share/migproxy/schema/analyze.schema.json; do
     [ -f "$root/$f" ] || bad "$f missing from the package"
 done
 for page in "$root"/usr/share/man/man1/*.1.gz; do
