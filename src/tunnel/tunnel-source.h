@@ -21,12 +21,15 @@
 
 #include <gio/gio.h>
 #include <json-c/json.h>
+#include "tunnel-pages-out.h"
 
 typedef struct {
     const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
     gboolean compress;   /* zstd on DATA frames */
     int level;           /* zstd level (0: 3) */
     gboolean quiet;
+    gboolean pages;      /* RAM pages as PAGES (tunnel-pages-out.h) */
+    MpTunPagesOptions pages_opt;
 } MpTunSourceOptions;
 
 typedef struct MpTunSource MpTunSource;
