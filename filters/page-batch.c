@@ -90,6 +90,12 @@ mp_batch_enc_stats(const MpBatchEnc *e)
     return &e->stats;
 }
 
+gsize
+mp_batch_enc_pending(const MpBatchEnc *e)
+{
+    return e->entries->len + e->body->len;
+}
+
 static void
 put_entry(MpBatchEnc *e, guint8 kind, guint64 index, const guint8 *extra,
           guint extra_len)

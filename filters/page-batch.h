@@ -93,6 +93,11 @@ void mp_batch_enc_flush(MpBatchEnc *e, GByteArray *out);
 
 const MpBatchStats *mp_batch_enc_stats(const MpBatchEnc *e);
 
+/* Bytes of entries and body in the batch being built (what a flush would
+ * append, less its header): a caller with a smaller bound than
+ * MP_BATCH_MAX_BODY flushes before it is reached. */
+gsize mp_batch_enc_pending(const MpBatchEnc *e);
+
 /* Compresses the body of one uncompressed batch `plain` with `comp`
  * (context number `zctx`) and appends the result to `out` (as it is when
  * it has no body: runs and references only).  Runs on the

@@ -885,7 +885,8 @@ pages_attach(MpTunMux *m, Conn *c)
     g_autofree char *name = g_strdup_printf(
         "%s: stream %u", mp_tun_conn_name(m->conn), c->fwd);
     c->po = mp_tun_pages_out_new(&m->opt.pages_opt, m->agreed.page_size,
-                                 m->agreed.cache_bytes, name, pages_wake, c);
+                                 m->agreed.cache_bytes, m->agreed.max_payload,
+                                 name, pages_wake, c);
     if (shared)
         mp_tun_pages_out_set_shared(c->po);
 }

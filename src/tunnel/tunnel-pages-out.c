@@ -28,6 +28,7 @@ struct MpTunPagesOut {
     MpTunPagesOptions opt;
     guint32 page_size;
     guint64 cache_cap;
+    gsize batch_cap; /* entries and body of one batch at most */
     char *name;
     MpPipeline *pipe;
     /* the encoders, made at the first page (the guest's size is known) */
@@ -265,7 +266,8 @@ on_page(MpTunPagesOut *po, const MpRecord *rec)
         && pg->payload_len == po->page_size)
         page = pg->payload;
     else if (pg->kind == MP_PAGE_ZERO && pg->size == po->page_size
-             && pg->payload_len >= 1 && pg->payload[0] == 0)
+             && pg->payload_len >= 1 && pg->payload[0] == 0
+             && po->opt.zero_runs)
         page = po->zero_page;
     /* started before the bytes not yet handed out (a feed cut it: its
      * first bytes are out as DATA), or one we do not encode */
@@ -278,6 +280,9 @@ on_page(MpTunPagesOut *po, const MpRecord *rec)
     }
     ensure_encoder(po);
     emit_data(po, rec->offset - po->base);
+    /* the frame's payload bound: a page and its entry must still fit */
+    if (mp_batch_enc_pending(po->enc) + po->page_size + 32 > po->batch_cap)
+        close_batch(po);
     if (!mp_batch_enc_add(po->enc, pg->block, pg->addr / po->page_size, page,
                           po->made)) {
         g_message("%s: RAM block \"%s\": too many blocks for the page "
@@ -346,7 +351,7 @@ block_clear(gpointer b)
 
 MpTunPagesOut *
 mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
-                     guint64 cache_cap, const char *name,
+                     guint64 cache_cap, guint32 max_payload, const char *name,
                      void (*wake)(gpointer data), gpointer wake_data)
 {
     MpTunPagesOut *po = g_new0(MpTunPagesOut, 1);
@@ -354,6 +359,9 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
     po->opt = *opt;
     po->page_size = page_size;
     po->cache_cap = cache_cap;
+    /* room for the header (name, setup) and for zstd's worst case on an
+     * incompressible body (a few bytes per 128 KiB block) */
+    po->batch_cap = max_payload - MIN(max_payload / 2, 1024 + max_payload / 64);
     po->name = g_strdup(name);
     po->wake = wake;
     po->wake_data = wake_data;

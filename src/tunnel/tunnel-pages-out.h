@@ -44,7 +44,9 @@
 #define MP_TUN_PAGES_MAX_WORKERS 64
 
 typedef struct {
-    gboolean zero_runs; /* zero runs and the peer-holds-zero bitmap */
+    /* zero runs and the peer-holds-zero bitmap; off: QEMU's ZERO records
+     * stay raw stream bytes (a zero page is never sent whole) */
+    gboolean zero_runs;
     gboolean delta;
     gboolean dedup;
     gboolean compress; /* zstd on batch bodies (long window, workers) */
@@ -67,13 +69,15 @@ typedef struct {
 typedef struct MpTunPagesOut MpTunPagesOut;
 
 /* An encoder for one stream named `name` (in logs).  `cache_cap`: the
- * negotiated cache budget, the most the stream's cache may use.  `wake`
+ * negotiated cache budget, the most the stream's cache may use;
+ * `max_payload`: the negotiated frame payload bound, which no PAGES
+ * payload exceeds (compressed or not).  `wake`
  * is called on the owner's main context when a worker finished a batch
  * (mp_tun_pages_out_pop() may give more).  @return free with
  * mp_tun_pages_out_free(). */
 MpTunPagesOut *mp_tun_pages_out_new(const MpTunPagesOptions *opt,
                                     guint32 page_size, guint64 cache_cap,
-                                    const char *name,
+                                    guint32 max_payload, const char *name,
                                     void (*wake)(gpointer data),
                                     gpointer wake_data);
 /* Waits for the workers.  Accepts NULL. */

@@ -24,6 +24,7 @@
 
 #define PS    4096u
 #define CACHE (64ull << 20)
+#define MAX_PAYLOAD (1u << 20)
 
 /* ---- guest memory as a stream gives it ---- */
 
@@ -128,6 +129,7 @@ drain(MpTunPagesOut *po, MpTunPagesIn *pi, Run *r, gboolean wait)
             } else {
                 g_autoptr(GError) err = NULL;
                 r->pages_frames++;
+                cr_assert_leq(it.bytes->len, MAX_PAYLOAD);
                 cr_assert(mp_tun_pages_in_apply(pi, it.bytes->data,
                                                 it.bytes->len, r->out,
                                                 64u << 20, &err),
@@ -155,8 +157,8 @@ static GByteArray *
 through(const GByteArray *in, const MpTunPagesOptions *opt, gsize chunk,
         guint32 seed, Run *r, json_object **report)
 {
-    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(opt, PS, CACHE,
-                                                       "test", wake, NULL);
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        opt, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
     g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
     g_autoptr(GRand) rnd = g_rand_new_with_seed(seed);
     memset(r, 0, sizeof(*r));
