@@ -380,6 +380,14 @@ run(const Case *c)
     }
     if (c->multifd_channels)
         cr_assert_eq(ids, (1u << c->multifd_channels) - 1);
+    g_printerr("tunnel-bytes case=%s conns=%u qemu_stream=%" G_GINT64_FORMAT
+               " into_tunnel=%" G_GINT64_FORMAT " link=%" G_GINT64_FORMAT
+               " ratio=%.3f qemu_total_ms=%" G_GINT64_FORMAT
+               " qemu_downtime_ms=%" G_GINT64_FORMAT " report_total_ms=%.0f\n",
+               c->name, conns, stream, entered, link,
+               stream ? (double)link / stream : 0.0,
+               it_jint(src, "total-time"), it_jint(src, "downtime"),
+               it_jnum(rep, "total_ms"));
     /* RAM pages went as PAGES unless --no-pages: the destination wrote
      * RAM records of its own (the memory check below says they mean the
      * same); otherwise what entered the tunnel came out at the
@@ -389,6 +397,10 @@ run(const Case *c)
     if (has_arg(c, "--no-pages")) {
         cr_assert_null(sp);
         cr_assert_eq(entered, written);
+    } else if (c->multifd_channels) {
+        /* the pages are inside multifd packets, which stay DATA
+         * (docs/tunnel.md, "Left to do"); the main stream's encoder ran */
+        cr_assert(sp, "no pages in the source's report");
     } else {
         cr_assert(sp && dp, "no pages in the reports");
         g_printerr("tunnel-pages case=%s stream_bytes=%" G_GINT64_FORMAT
@@ -409,14 +421,6 @@ run(const Case *c)
         /* most of the pages went encoded, not as raw stream bytes */
         cr_assert_gt(it_jint(sp, "stream_bytes"), stream / 2);
     }
-    g_printerr("tunnel-bytes case=%s conns=%u qemu_stream=%" G_GINT64_FORMAT
-               " into_tunnel=%" G_GINT64_FORMAT " link=%" G_GINT64_FORMAT
-               " ratio=%.3f qemu_total_ms=%" G_GINT64_FORMAT
-               " qemu_downtime_ms=%" G_GINT64_FORMAT " report_total_ms=%.0f\n",
-               c->name, conns, stream, entered, link,
-               stream ? (double)link / stream : 0.0,
-               it_jint(src, "total-time"), it_jint(src, "downtime"),
-               it_jnum(rep, "total_ms"));
     if (!has_arg(c, "--no-compress"))
         cr_assert_lt(link, stream, "the tunnel took %" G_GINT64_FORMAT
                                    " bytes for %" G_GINT64_FORMAT
