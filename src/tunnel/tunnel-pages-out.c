@@ -114,8 +114,10 @@ compress_job(gpointer job, gpointer pool_data)
     po->zstd_cpu_ns += cpu;
     it->bytes = out;
     it->waiting = FALSE;
+    /* at the sockets' priority: an idle one would wait while the loop
+     * has reads and writes to do, and hold the stream back */
     if (!po->wake_id)
-        po->wake_id = g_idle_add(on_wake, po);
+        po->wake_id = g_idle_add_full(G_PRIORITY_DEFAULT, on_wake, po, NULL);
     g_mutex_unlock(&po->lock);
 }
 
