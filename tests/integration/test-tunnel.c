@@ -340,6 +340,9 @@ run(const Case *c)
 
     json_object *rep = read_json(fx.pair->report);
     json_object *drep = read_json(fx.pair->dst_report);
+    /* the source's report, its tunnel part included, is what
+     * docs/schema/report.schema.json says */
+    it_validate_json("report", fx.pair->report, FALSE);
     cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
                      "completed");
     cr_assert_str_eq(json_object_get_string(it_jget(drep, "outcome")),
