@@ -241,9 +241,9 @@ source_entries(gpointer store)
         {"level", 0, 0, G_OPTION_ARG_INT, &a->level,
          "zstd level, 1 (fastest) to 19 (default 3)", "N"},
         {"no-zero-runs", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_runs,
-         "Send zero pages one by one (by default consecutive zero pages "
-         "go as one run, and a zero page the destination already holds as "
-         "zero is not sent at all)",
+         "Send zero pages as QEMU's own ZERO records (by default "
+         "consecutive zero pages go as one run, and a zero page the "
+         "destination already holds as zero is not sent at all)",
          NULL},
         {"no-delta", 0, 0, G_OPTION_ARG_NONE, &a->no_delta,
          "Send changed pages whole (by default a page the destination "
@@ -276,8 +276,9 @@ source_entries(gpointer store)
          "Write one JSON document per migration when it ends: the relay's "
          "report (pages, rounds, downtime, QEMU's bytes per channel) and "
          "under 'tunnel' the bytes each connection put into the tunnel and "
-         "the DATA bytes they took on the link (FILE, FILE-2, ... as for "
-         "'migproxy relay')",
+         "the frame bytes they took on the link, and per page encoder its "
+         "bytes before and after and its CPU seconds (FILE, FILE-2, ... as "
+         "for 'migproxy relay')",
          "FILE"},
         {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &a->capture,
          "Record every QEMU connection, both directions, into DIR (new or "
