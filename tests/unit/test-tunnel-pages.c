@@ -274,6 +274,39 @@ Test(tunnel_pages, savings)
     json_object_put(rep);
 }
 
+/* Another page carrier in the session (multifd, preempt) or post-copy:
+ * no zero page is skipped any more, and the memory stays the same. */
+Test(tunnel_pages, shared_never_skips)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("idle-7.2.mig.zst");
+    MpTunPagesOptions o = all_on();
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    Run r = {.out = g_byte_array_new()};
+    gsize half = in->len / 2;
+
+    /* skipping first, then another channel joins halfway */
+    mp_tun_pages_out_feed(po, in->data, half);
+    drain(po, pi, &r, TRUE);
+    json_object *before = mp_tun_pages_out_report(po);
+    cr_assert_gt(tu_json_int(before, "zero_runs.skipped"), 0);
+    mp_tun_pages_out_set_shared(po);
+    mp_tun_pages_out_feed(po, in->data + half, in->len - half);
+    drain(po, pi, &r, TRUE);
+    json_object *after = mp_tun_pages_out_report(po);
+    cr_assert_eq(tu_json_int(after, "zero_runs.skipped"),
+                 tu_json_int(before, "zero_runs.skipped"));
+    cr_assert_gt(tu_json_int(after, "zero_runs.zero_pages"),
+                 tu_json_int(before, "zero_runs.zero_pages"));
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(r.out, NULL);
+    assert_same_memory(want, got, "shared halfway");
+    json_object_put(before);
+    json_object_put(after);
+    g_byte_array_unref(r.out);
+}
+
 /* ---- hostile batches at the destination ---- */
 
 /* A valid first batch: setup, then `n` PAGE entries of block "pc.ram". */
