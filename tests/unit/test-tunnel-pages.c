@@ -21,6 +21,9 @@
 #include "test-util.h"
 #include "tunnel-pages-in.h"
 #include "tunnel-pages-out.h"
+#include "tunnel-mux.h"
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define PS    4096u
 #define CACHE (64ull << 20)
@@ -418,4 +421,75 @@ Test(tunnel_pages, hostile_batches_refused)
             cr_assert_leq(out->len, 64u << 10);
         }
     }
+}
+
+/* ---- a hostile source side, through dest's mux ---- */
+
+typedef struct {
+    guint16 opened;
+    gboolean closed;
+    GError *error;
+} Hostile;
+
+static void
+h_open(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
+{
+    ((Hostile *)data)->opened = stream;
+}
+
+static void
+h_closed(MpTunMux *m, const GError *e, guint8 code, gpointer data)
+{
+    Hostile *h = data;
+    h->closed = TRUE;
+    if (e)
+        h->error = g_error_copy(e);
+}
+
+/* A PAGES frame whose batch dest refuses fails the tunnel with an error
+ * that names the stream, the frame's tunnel offset and what is wrong. */
+Test(tunnel_pages, dest_mux_names_stream_and_offset)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    g_autoptr(GSocket) ds = g_socket_new_from_fd(sv[1], NULL);
+    Hostile h = {0};
+    MpTunMuxHooks hooks = {.open = h_open, .closed = h_closed};
+    MpTunMuxOptions mo = {.role = MP_TUN_ROLE_DEST, .compress = TRUE};
+    g_autoptr(MpTunMux) m = mp_tun_mux_new(ds, "tunnel from test", &mo,
+                                           &hooks, &h);
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunHello hello = {
+        .version_min = MP_TUN_VERSION,
+        .version_max = MP_TUN_VERSION,
+        .role = MP_TUN_ROLE_SOURCE,
+        .page_size = PS,
+        .cache_bytes = CACHE,
+        .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
+        .software = "hostile",
+    };
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    mp_tun_write_preamble(b);
+    mp_tun_write_hello(b, &hello);
+    mp_tun_write_open(b, 1, &o);
+    gsize at = b->len;
+    /* a first batch without its cache setup */
+    g_autoptr(GByteArray) bad = batch(2, FALSE, 0);
+    mp_tun_write_frame(b, MP_TUN_PAGES, 0, 1, 1, bad->data, bad->len);
+    cr_assert_eq(write(sv[0], b->data, b->len), (gssize)b->len);
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!h.closed) {
+        cr_assert_lt(g_get_monotonic_time(), deadline, "timed out");
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(100);
+    }
+    cr_assert_eq(h.opened, 1);
+    cr_assert_not_null(h.error);
+    g_autofree char *want = g_strdup_printf(
+        "PAGES frame of stream 1 at offset %zu: ", at);
+    cr_assert(strstr(h.error->message, want)
+                  && strstr(h.error->message, "no cache setup"),
+              "%s", h.error->message);
+    g_error_free(h.error);
+    close(sv[0]);
 }
