@@ -130,6 +130,11 @@ mp_tun_pages_in_apply(MpTunPagesIn *pi, const guint8 *payload, gsize len,
     if (len < 2)
         return refuse(error, "page batch of %" G_GSIZE_FORMAT
                       " bytes, expected at least a header", len);
+    /* one zstd decoder (8 MiB window) per source context: as many as a
+     * source may have workers, not the 256 the byte allows */
+    if (payload[1] >= MP_TUN_PAGES_MAX_WORKERS)
+        return refuse(error, "payload offset 1: zstd context %u, expected "
+                      "0..%u", payload[1], MP_TUN_PAGES_MAX_WORKERS - 1);
     gboolean setup = (payload[0] & MP_TUN_PAGES_SETUP) != 0;
     if (setup != !pi->dec)
         return refuse(error, "payload offset 0: %s",

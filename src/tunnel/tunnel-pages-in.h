@@ -16,7 +16,8 @@
  *
  * The stream's first payload carries its cache budget (flag
  * MP_TUN_PAGES_SETUP, tunnel-pages-out.h), at most the negotiated
- * cache_bytes; a later one must not.  Anything else wrong (a batch the
+ * cache_bytes; a later one must not.  Source zstd contexts are numbered
+ * below MP_TUN_PAGES_MAX_WORKERS (one decoder each, 8 MiB window).  Anything else wrong (a batch the
  * decoder refuses, more output than `limit`) fails the stream: the caches
  * may be out of step, so nothing more of it can be trusted.
  */

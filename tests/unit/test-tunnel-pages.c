@@ -373,6 +373,9 @@ Test(tunnel_pages, hostile_batches_refused)
     g_autoptr(GByteArray) good = batch(3, TRUE, CACHE);
     g_autoptr(GByteArray) nosetup = batch(3, FALSE, 0);
     g_autoptr(GByteArray) huge = batch(3, TRUE, CACHE * 2);
+    g_autoptr(GByteArray) zctx = batch(3, TRUE, CACHE);
+    zctx->data[0] |= MP_BATCH_COMPRESSED;
+    zctx->data[1] = MP_TUN_PAGES_MAX_WORKERS;
     g_autoptr(GByteArray) out = g_byte_array_new();
     char *msg = NULL;
     struct {
@@ -383,6 +386,7 @@ Test(tunnel_pages, hostile_batches_refused)
         {nosetup, 1 << 20, "no cache setup"},
         {huge, 1 << 20, "page cache of"},
         {good, 100, "more than 100 bytes"},
+        {zctx, 1 << 20, "zstd context 64"},
     };
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
