@@ -90,6 +90,12 @@ mp_batch_enc_stats(const MpBatchEnc *e)
     return &e->stats;
 }
 
+gsize
+mp_batch_enc_pending(const MpBatchEnc *e)
+{
+    return e->entries->len + e->body->len;
+}
+
 static void
 put_entry(MpBatchEnc *e, guint8 kind, guint64 index, const guint8 *extra,
           guint extra_len)
@@ -166,6 +172,11 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
         gboolean here = e->run_open && e->run_end == index;
         MpZeroVerdict v = mp_zrun_classify(e->zero, e->zero_block, index,
                                            page, here);
+        /* a batch's first page always goes: the destination's current
+         * block is then the batch's, as the source's stream has it, and a
+         * raw record with CONTINUE after the batch means that block */
+        if (v == MP_ZRUN_SKIP && e->n_entries == 0)
+            v = MP_ZRUN_START;
         /* a page the peer holds as zero is not cached (it was forgotten
          * when it became zero), and the peer sees nothing of a skipped
          * page: only run pages touch the cache */
@@ -263,6 +274,10 @@ mp_batch_compress(MpCompEnc *comp, guint8 zctx, const guint8 *plain,
     gsize start = out->len;
 
     g_byte_array_append(out, plain, hl + el);
+    /* no body (runs and references only): nothing to compress, and an
+     * empty zstd chunk would not decode */
+    if (body_len == 0)
+        return out->len - start;
     out->data[start] |= MP_BATCH_COMPRESSED;
     out->data[start + 1] = zctx;
     mp_comp_enc_batch(comp, plain + hl + el, body_len, out);

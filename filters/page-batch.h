@@ -16,7 +16,8 @@
  * (page-cache.h): PAGE, DELTA and DEDUP store the page under its own key
  * (DELTA and DEDUP first mark their base used), ZERO_RUN forgets its pages.
  * The source side, for each page in stream order: zero → run or nothing
- * (zero-runs.h); same bytes cached → DEDUP; cached older version and a
+ * (zero-runs.h; never nothing for a batch's first page, so that the
+ * destination's current block after a batch is the batch's); same bytes cached → DEDUP; cached older version and a
  * delta under MP_BATCH_DELTA_MAX of the page → DELTA; else PAGE.  The body
  * is compressed separately (mp_batch_compress), on a worker thread, by the
  * worker's zstd context; the destination decompresses batches of one
@@ -87,13 +88,19 @@ gboolean mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
 
 /* Appends the batch built so far (uncompressed) to `out` as a PAGES
  * payload, length-prefixed: be32 length | payload, one per batch; nothing
- * if the batch is empty (all its pages were skipped). */
+ * if the batch is empty (no page added since the last flush). */
 void mp_batch_enc_flush(MpBatchEnc *e, GByteArray *out);
 
 const MpBatchStats *mp_batch_enc_stats(const MpBatchEnc *e);
 
+/* Bytes of entries and body in the batch being built (what a flush would
+ * append, less its header): a caller with a smaller bound than
+ * MP_BATCH_MAX_BODY flushes before it is reached. */
+gsize mp_batch_enc_pending(const MpBatchEnc *e);
+
 /* Compresses the body of one uncompressed batch `plain` with `comp`
- * (context number `zctx`) and appends the result to `out`.  Runs on the
+ * (context number `zctx`) and appends the result to `out` (as it is when
+ * it has no body: runs and references only).  Runs on the
  * worker owning `comp`; batches of one context must be compressed in
  * stream order.  @return the length appended. */
 gsize mp_batch_compress(MpCompEnc *comp, guint8 zctx, const guint8 *plain,

@@ -21,7 +21,9 @@ typedef struct {
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
-    gint level, connect_timeout;
+    gboolean no_zero_runs, no_delta, no_dedup, no_pages;
+    gint level, connect_timeout, workers;
+    char *cache;
 } SourceArgs;
 
 static void
@@ -36,6 +38,7 @@ source_args_clear(SourceArgs *a)
     g_free(a->tls_key);
     g_free(a->tls_ca);
     g_free(a->tls_name);
+    g_free(a->cache);
     g_strfreev(a->allow);
 }
 
@@ -79,6 +82,34 @@ final_tunnel_report(const char *path, MpTunSource *tun)
     return ok;
 }
 
+/* "auto", or a byte count with an optional K, M, G or T (powers of
+ * 1024).  @return FALSE if it does not parse. */
+static gboolean
+parse_size(const char *s, guint64 *out)
+{
+    char *end = NULL;
+
+    if (!s || g_strcmp0(s, "auto") == 0) {
+        *out = 0;
+        return TRUE;
+    }
+    guint64 v = g_ascii_strtoull(s, &end, 10);
+    if (end == s)
+        return FALSE;
+    const char *units = "KMGT";
+    const char *u = *end ? strchr(units, g_ascii_toupper(*end)) : NULL;
+    if (*end && (!u || (end[1] && g_ascii_strcasecmp(end + 1, "iB") != 0
+                        && g_ascii_strcasecmp(end + 1, "B") != 0)))
+        return FALSE;
+    for (int i = u ? (int)(u - units) + 1 : 0; i > 0; i--) {
+        if (v > G_MAXUINT64 / 1024)
+            return FALSE;
+        v *= 1024;
+    }
+    *out = v;
+    return TRUE;
+}
+
 static int
 source_with(const SourceArgs *a, int argc, char **argv)
 {
@@ -104,6 +135,14 @@ source_with(const SourceArgs *a, int argc, char **argv)
         fprintf(stderr, "migproxy source: %s\n", err->message);
         return 2;
     }
+    guint64 cache = 0;
+    if (!parse_size(a->cache, &cache) || (a->cache && cache && cache < 4096)
+        || a->workers < 0 || a->workers > MP_TUN_PAGES_MAX_WORKERS) {
+        fprintf(stderr, "migproxy source: --cache is auto or a size of at "
+                        "least 4K (e.g. 512M, 2G); --workers 0..%d\n",
+                MP_TUN_PAGES_MAX_WORKERS);
+        return 2;
+    }
     MpCliLog lc = {
         .tag = "migproxy source",
         .start_us = g_get_monotonic_time(),
@@ -120,6 +159,16 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .quiet = a->quiet,
         .tls = tls,
         .timeout_ms = a->connect_timeout,
+        .pages = !a->no_pages,
+        .pages_opt = {
+            .zero_runs = !a->no_zero_runs,
+            .delta = !a->no_delta,
+            .dedup = !a->no_dedup,
+            .compress = !a->no_compress,
+            .level = a->level,
+            .cache_bytes = cache,
+            .workers = (guint)a->workers,
+        },
     };
     if (!a->tls_cert)
         g_warning("the tunnel to %s is plain TCP (no --tls-cert): guest "
@@ -199,11 +248,37 @@ source_entries(gpointer store)
          "(repeat for more; default: any address that can reach --listen)",
          "ADDR[/PREFIX]"},
         {"no-compress", 0, 0, G_OPTION_ARG_NONE, &a->no_compress,
-         "Send the stream through the tunnel as it is (by default it is "
-         "zstd-compressed, one context per QEMU connection)",
+         "Compress neither stream bytes nor page batches (by default "
+         "stream bytes are zstd-compressed, one context per QEMU "
+         "connection, and page batches with a long window on --workers "
+         "threads)",
          NULL},
         {"level", 0, 0, G_OPTION_ARG_INT, &a->level,
          "zstd level, 1 (fastest) to 19 (default 3)", "N"},
+        {"no-zero-runs", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_runs,
+         "Send zero pages as QEMU's own ZERO records (by default "
+         "consecutive zero pages go as one run, and a zero page the "
+         "destination already holds as zero is not sent at all)",
+         NULL},
+        {"no-delta", 0, 0, G_OPTION_ARG_NONE, &a->no_delta,
+         "Send changed pages whole (by default a page the destination "
+         "holds an older version of in its page cache goes as the "
+         "difference)",
+         NULL},
+        {"no-dedup", 0, 0, G_OPTION_ARG_NONE, &a->no_dedup,
+         "Send repeated pages whole (by default a page whose bytes the "
+         "destination's page cache holds goes as a reference)",
+         NULL},
+        {"no-pages", 0, 0, G_OPTION_ARG_NONE, &a->no_pages,
+         "Send RAM pages as stream bytes like everything else, without "
+         "the page encoders",
+         NULL},
+        {"cache", 0, 0, G_OPTION_ARG_STRING, &a->cache,
+         "Page cache per migration on each side, for delta and dedup "
+         "(default auto: a quarter of the guest's RAM, 32M to 2G)",
+         "SIZE"},
+        {"workers", 0, 0, G_OPTION_ARG_INT, &a->workers,
+         "Threads compressing pages (default 0: one per core)", "N"},
         {"no-zero-pages", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_pages,
          "Send all-zero pages as they came (by default a full page of "
          "zeros becomes a ZERO record before the tunnel)",
@@ -216,8 +291,9 @@ source_entries(gpointer store)
          "Write one JSON document per migration when it ends: the relay's "
          "report (pages, rounds, downtime, QEMU's bytes per channel) and "
          "under 'tunnel' the bytes each connection put into the tunnel and "
-         "the DATA bytes they took on the link (FILE, FILE-2, ... as for "
-         "'migproxy relay')",
+         "the frame bytes they took on the link, and per page encoder its "
+         "bytes before and after and its CPU seconds (FILE, FILE-2, ... as "
+         "for 'migproxy relay')",
          "FILE"},
         {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &a->capture,
          "Record every QEMU connection, both directions, into DIR (new or "

@@ -7,6 +7,7 @@
 #include <gio/gio.h>
 #include <zstd.h>
 #include "tunnel-mux.h"
+#include "tunnel-pages-in.h"
 
 /* Stream ids are u16 and a side uses one parity: at most this many
  * connections over one tunnel connection's life. */
@@ -48,6 +49,9 @@ typedef struct {
     gboolean peer_eof, shut_wr;
     guint64 link_in;
     gboolean aborted, done;
+    MpTunPagesOut *po; /* source side, main streams: PAGES encoding */
+    MpTunPagesIn *pi;  /* destination side: made by the first PAGES */
+    json_object *pages_report; /* theirs, kept when they are freed */
 } Conn;
 
 struct MpTunMux {
@@ -67,6 +71,8 @@ struct MpTunMux {
 };
 
 static void conn_watch(Conn *c);
+static void queued_in(Conn *c, const MpTunFrame *f, gsize n);
+static void sent(Conn *c, guint64 seq, guint64 account, gsize link);
 
 static void
 conn_free(Conn *c)
@@ -85,6 +91,10 @@ conn_free(Conn *c)
         g_byte_array_unref(c->wq);
     ZSTD_freeCCtx(c->cctx);
     ZSTD_freeDCtx(c->dctx);
+    mp_tun_pages_out_free(c->po);
+    mp_tun_pages_in_free(c->pi);
+    if (c->pages_report)
+        json_object_put(c->pages_report);
     g_free(c);
 }
 
@@ -112,6 +122,20 @@ fail(MpTunMux *m, const char *fmt, ...)
     mp_tun_conn_fail(m->conn, err);
 }
 
+/* The page codecs' memory goes with the connection; their counters
+ * stay for the report. */
+static void
+pages_done(Conn *c)
+{
+    if (c->po) {
+        c->pages_report = mp_tun_pages_out_report(c->po);
+        g_clear_pointer(&c->po, mp_tun_pages_out_free);
+    } else if (c->pi) {
+        c->pages_report = mp_tun_pages_in_report(c->pi);
+        g_clear_pointer(&c->pi, mp_tun_pages_in_free);
+    }
+}
+
 /* Both directions are over: the socket goes, the counters stay. */
 static void
 conn_check_done(Conn *c)
@@ -134,6 +158,7 @@ conn_check_done(Conn *c)
     g_clear_pointer(&c->wq, g_byte_array_unref);
     g_queue_clear_full(&c->sent, g_free);
     g_queue_clear_full(&c->pend, g_free);
+    pages_done(c);
     m->live--;
     if (m->hooks.stream_done)
         m->hooks.stream_done(m, c->fwd, m->data);
@@ -209,7 +234,104 @@ may_read(const Conn *c)
            && mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH;
 }
 
-/* One read of the local socket into one DATA frame. */
+/* Sends `n` raw stream bytes as one DATA frame standing for `account`
+ * bytes read from the local socket. */
+static void
+send_data(Conn *c, const guint8 *raw, gsize n, guint64 account)
+{
+    MpTunMux *m = c->m;
+    g_autoptr(GByteArray) b = g_byte_array_sized_new(n + 64);
+    guint8 flags = c->out_urgent ? MP_TUN_FLAG_URGENT : 0;
+    guint64 seq = ++c->out_seq;
+    if (m->compress) {
+        if (!c->cctx) {
+            c->cctx = ZSTD_createCCtx();
+            ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel,
+                                   m->opt.level ? m->opt.level : 3);
+        }
+        ZSTD_inBuffer in = {raw, n, 0};
+        ZSTD_outBuffer out = {m->zbuf, m->zbuf_len, 0};
+        size_t left;
+        do {
+            left = ZSTD_compressStream2(c->cctx, &out, &in, ZSTD_e_flush);
+        } while (!ZSTD_isError(left) && left && out.pos < out.size);
+        if (ZSTD_isError(left) || left) {
+            fail(m, "zstd: %s", ZSTD_isError(left) ? ZSTD_getErrorName(left)
+                                                   : "output too long");
+            return;
+        }
+        mp_tun_write_data(b, flags | MP_TUN_FLAG_COMPRESSED, c->out_id, seq,
+                          n, m->zbuf, out.pos);
+    } else {
+        mp_tun_write_data(b, flags, c->out_id, seq, n, raw, n);
+    }
+    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+    sent(c, seq, account, b->len);
+}
+
+/* Frame `seq` stands for `account` bytes read; `link` bytes on the link. */
+static void
+sent(Conn *c, guint64 seq, guint64 account, gsize link)
+{
+    Pend *p = g_new(Pend, 1);
+    p->seq = seq;
+    p->n = account;
+    g_queue_push_tail(&c->sent, p);
+    c->link_out += link;
+}
+
+/* The encoder's items that are ready, in order: DATA and PAGES frames of
+ * one seq sequence.  After the local EOF, CLOSE follows the last. */
+static void
+pages_send(Conn *c)
+{
+    MpTunMux *m = c->m;
+    MpTunOutItem it;
+
+    while (c->po && !c->done && !c->aborted && mp_tun_conn_is_ready(m->conn)
+           && mp_tun_pages_out_pop(c->po, &it)) {
+        if (it.kind == MP_TUN_OUT_DATA) {
+            send_data(c, it.bytes->data, it.bytes->len, it.raw);
+        } else {
+            g_autoptr(GByteArray) b = g_byte_array_sized_new(it.bytes->len
+                                                             + 64);
+            guint64 seq = ++c->out_seq;
+            mp_tun_write_frame(b, MP_TUN_PAGES,
+                               c->out_urgent ? MP_TUN_FLAG_URGENT : 0,
+                               c->out_id, seq, it.bytes->data, it.bytes->len);
+            mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+            sent(c, seq, it.raw, b->len);
+        }
+        g_byte_array_unref(it.bytes);
+    }
+    if (c->po && c->rd_eof && !c->close_sent && !c->aborted
+        && mp_tun_pages_out_queued(c->po) == 0) {
+        send_close(c, MP_TUN_CLOSE_EOF, NULL);
+        conn_check_done(c);
+    }
+}
+
+static void
+pages_wake(gpointer data)
+{
+    Conn *c = data;
+    pages_send(c);
+    if (!c->done)
+        conn_watch(c);
+}
+
+/* `n` bytes read into m->rbuf go through the encoder. */
+static void
+pages_feed(Conn *c, gsize n)
+{
+    guint64 left = mp_tun_pages_out_feed(c->po, c->m->rbuf, n);
+    c->unacked += n - left;
+    c->read_bytes += n;
+    pages_send(c);
+}
+
+/* One read of the local socket into one DATA frame (or, through the
+ * encoder, DATA and PAGES frames). */
 static void
 conn_read(Conn *c)
 {
@@ -230,44 +352,22 @@ conn_read(Conn *c)
     }
     if (n == 0) {
         c->rd_eof = TRUE;
+        if (c->po) {
+            pages_send(c); /* CLOSE once the workers' batches are out */
+            return;
+        }
         send_close(c, MP_TUN_CLOSE_EOF, NULL);
         conn_check_done(c);
         return;
     }
     ensure_out_open(c);
-    g_autoptr(GByteArray) b = g_byte_array_sized_new(n + 64);
-    guint8 flags = c->out_urgent ? MP_TUN_FLAG_URGENT : 0;
-    guint64 seq = ++c->out_seq;
-    if (m->compress) {
-        if (!c->cctx) {
-            c->cctx = ZSTD_createCCtx();
-            ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel,
-                                   m->opt.level ? m->opt.level : 3);
-        }
-        ZSTD_inBuffer in = {m->rbuf, n, 0};
-        ZSTD_outBuffer out = {m->zbuf, m->zbuf_len, 0};
-        size_t left;
-        do {
-            left = ZSTD_compressStream2(c->cctx, &out, &in, ZSTD_e_flush);
-        } while (!ZSTD_isError(left) && left && out.pos < out.size);
-        if (ZSTD_isError(left) || left) {
-            fail(m, "zstd: %s", ZSTD_isError(left) ? ZSTD_getErrorName(left)
-                                                   : "output too long");
-            return;
-        }
-        mp_tun_write_data(b, flags | MP_TUN_FLAG_COMPRESSED, c->out_id, seq,
-                          n, m->zbuf, out.pos);
-    } else {
-        mp_tun_write_data(b, flags, c->out_id, seq, n, m->rbuf, n);
+    if (c->po) {
+        pages_feed(c, n);
+        return;
     }
-    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
-    Pend *p = g_new(Pend, 1);
-    p->seq = seq;
-    p->n = n;
-    g_queue_push_tail(&c->sent, p);
+    send_data(c, m->rbuf, n, n);
     c->unacked += n;
     c->read_bytes += n;
-    c->link_out += b->len;
 }
 
 static void
@@ -436,6 +536,15 @@ on_data(MpTunMux *m, Conn *c, const MpTunFrame *f)
         return;
     }
     g_byte_array_append(c->wq, raw, n);
+    if (c->pi)
+        mp_tun_pages_in_data(c->pi);
+    queued_in(c, f, n);
+}
+
+/* `n` bytes of frame `f` were appended to the write queue. */
+static void
+queued_in(Conn *c, const MpTunFrame *f, gsize n)
+{
     c->queued_total += n;
     c->link_in += f->len + MP_TUN_HEADER_LEN + MP_TUN_TRAILER_LEN;
     Pend *p = g_new(Pend, 1);
@@ -446,6 +555,39 @@ on_data(MpTunMux *m, Conn *c, const MpTunFrame *f)
         conn_write(c);
         conn_watch(c);
     }
+}
+
+/* A page batch, written to QEMU as RAM records (tunnel-pages-in.h). */
+static void
+on_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (c->done || c->aborted)
+        return;
+    if (m->opt.role != MP_TUN_ROLE_DEST || c->open.channel != MP_TUN_CH_MAIN) {
+        fail(m, "PAGES frame of stream %u at offset %" G_GUINT64_FORMAT
+                ": pages go only to the destination, on a main stream",
+             f->stream, f->offset);
+        return;
+    }
+    c->in_urgent = (f->flags & MP_TUN_FLAG_URGENT) != 0;
+    if (!c->pi)
+        c->pi = mp_tun_pages_in_new(m->agreed.page_size,
+                                    m->agreed.cache_bytes);
+    guint64 held = c->queued_total - c->written_total;
+    guint64 limit = 2 * (guint64)MP_TUN_MUX_WINDOW;
+    gsize before = c->wq->len;
+    if (held >= limit
+        || !mp_tun_pages_in_apply(c->pi, f->payload, f->len, c->wq,
+                                  limit - held, &err)) {
+        fail(m, "PAGES frame of stream %u at offset %" G_GUINT64_FORMAT
+                ": %s",
+             f->stream, f->offset,
+             err ? err->message : "the stream's window is full");
+        return;
+    }
+    queued_in(c, f, c->wq->len - before);
 }
 
 static void
@@ -534,6 +676,7 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
     case MP_TUN_PONG:
         return;
     case MP_TUN_DATA:
+    case MP_TUN_PAGES:
     case MP_TUN_CLOSE:
         break;
     default:
@@ -564,6 +707,10 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
         on_data(m, c, f);
         return;
     }
+    if (f->type == MP_TUN_PAGES) {
+        on_pages(m, c, f);
+        return;
+    }
     if (f->u.close.how == MP_TUN_CLOSE_ABORT) {
         g_debug("%s: connection %u aborted by the peer: %s",
                 mp_tun_conn_name(m->conn), c->number,
@@ -586,6 +733,17 @@ on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
     m->agreed = *agreed;
     m->ready = TRUE;
     m->compress = m->opt.compress && (agreed->features & MP_TUN_FEAT_RAW_ZSTD);
+    if (m->opt.pages) {
+        MpTunPagesOptions *p = &m->opt.pages_opt;
+        guint32 f = agreed->features;
+        p->zero_runs = p->zero_runs && (f & MP_TUN_FEAT_ZERO_RUNS);
+        p->compress = p->compress && (f & MP_TUN_FEAT_ZSTD_PAGES);
+        p->delta = p->delta && (f & MP_TUN_FEAT_DELTA);
+        p->dedup = p->dedup && (f & MP_TUN_FEAT_DEDUP);
+        /* pages need a page cache on both sides, of the agreed size */
+        m->opt.pages = agreed->cache_bytes >= agreed->page_size
+                       && agreed->page_size == 4096;
+    }
     if (m->hooks.ready)
         m->hooks.ready(m, m->data);
 }
@@ -622,6 +780,39 @@ static const MpTunConnHooks conn_hooks = {
     .closed = on_closed,
 };
 
+/* What this side offers for PAGES: the destination decodes every
+ * encoder; the source offers those it runs. */
+static guint32
+pages_features(const MpTunMuxOptions *opt)
+{
+    const MpTunPagesOptions *p = &opt->pages_opt;
+
+    if (opt->role == MP_TUN_ROLE_DEST)
+        return MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZSTD_PAGES
+               | MP_TUN_FEAT_DELTA | MP_TUN_FEAT_DEDUP
+               | MP_TUN_FEAT_ZERO_HELD;
+    if (!opt->pages)
+        return 0;
+    return (p->zero_runs ? MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZERO_HELD : 0)
+           | (p->compress ? MP_TUN_FEAT_ZSTD_PAGES : 0)
+           | (p->delta ? MP_TUN_FEAT_DELTA : 0)
+           | (p->dedup ? MP_TUN_FEAT_DEDUP : 0);
+}
+
+/* The page cache a side offers per stream: the source its --cache (or the
+ * ceiling of the automatic size), the destination the ceiling; both then
+ * use the smaller. */
+static guint64
+pages_cache(const MpTunMuxOptions *opt)
+{
+    if (opt->role == MP_TUN_ROLE_DEST)
+        return MP_TUN_MUX_CACHE_MAX;
+    if (!opt->pages)
+        return 0;
+    return opt->pages_opt.cache_bytes ? opt->pages_opt.cache_bytes
+                                      : MP_TUN_MUX_CACHE_MAX;
+}
+
 MpTunMux *
 mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
                const MpTunMuxHooks *hooks, gpointer data)
@@ -643,9 +834,10 @@ mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
         .version_max = MP_TUN_VERSION,
         .role = opt->role,
         .tls = opt->tls ? MP_TUN_TLS_REQUIRED : MP_TUN_TLS_NONE,
-        .features = opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0,
+        .features = (opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0)
+                    | pages_features(opt),
         .page_size = 4096,
-        .cache_bytes = 0,
+        .cache_bytes = pages_cache(opt),
         .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
         .software = "migproxy " MP_VERSION,
     };
@@ -667,6 +859,38 @@ mp_tun_mux_free(MpTunMux *m)
     g_free(m);
 }
 
+/* Source side: a main stream's pages go through the encoders.  A page
+ * carried by another channel of the session (multifd, preempt) is not
+ * seen by them, so then none of the session's encoders skips a zero page
+ * (tunnel-pages-out.h). */
+static void
+pages_attach(MpTunMux *m, Conn *c)
+{
+    gboolean main = c->open.channel == MP_TUN_CH_MAIN;
+
+    if (m->opt.role != MP_TUN_ROLE_SOURCE || !m->opt.pages)
+        return;
+    gboolean shared = FALSE;
+    for (guint i = 0; i + 1 < m->conns->len; i++) {
+        Conn *o = g_ptr_array_index(m->conns, i);
+        if (o->open.session != c->open.session)
+            continue;
+        if (o->po && !main)
+            mp_tun_pages_out_set_shared(o->po);
+        if (o->open.channel != MP_TUN_CH_MAIN)
+            shared = TRUE;
+    }
+    if (!main)
+        return;
+    g_autofree char *name = g_strdup_printf(
+        "%s: stream %u", mp_tun_conn_name(m->conn), c->fwd);
+    c->po = mp_tun_pages_out_new(&m->opt.pages_opt, m->agreed.page_size,
+                                 m->agreed.cache_bytes, m->agreed.max_payload,
+                                 name, pages_wake, c);
+    if (shared)
+        mp_tun_pages_out_set_shared(c->po);
+}
+
 guint16
 mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
 {
@@ -681,6 +905,7 @@ mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
     c->out_urgent = o->channel == MP_TUN_CH_PREEMPT;
     c->sock = g_object_ref(local);
     g_socket_set_blocking(local, FALSE);
+    pages_attach(m, c);
     g_autoptr(GByteArray) b = g_byte_array_new();
     mp_tun_write_open(b, id, o);
     mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
@@ -776,9 +1001,18 @@ mp_tun_mux_report(const MpTunMux *m, guint since)
         json_object_object_add(j, "to_dst", src ? rd : wr);
         json_object_object_add(j, "to_src", src ? wr : rd);
         json_object_object_add(j, "aborted", json_object_new_boolean(c->aborted));
+        json_object *pg = c->pages_report ? json_object_get(c->pages_report)
+                          : c->po         ? mp_tun_pages_out_report(c->po)
+                          : c->pi         ? mp_tun_pages_in_report(c->pi)
+                                          : NULL;
+        if (pg)
+            json_object_object_add(src ? rd : wr, "pages", pg);
         json_object_array_add(chans, j);
     }
     json_object_object_add(o, "compress", json_object_new_boolean(m->compress));
+    if (src)
+        json_object_object_add(o, "pages",
+                               json_object_new_boolean(m->opt.pages));
     json_object_object_add(o, "link_bytes_in",
                            json_object_new_int64(mp_tun_conn_bytes_in(m->conn)));
     json_object_object_add(o, "link_bytes_out",

@@ -31,6 +31,7 @@
 #include <gio/gio.h>
 #include <json-c/json.h>
 #include "tunnel-conn.h"
+#include "tunnel-pages-out.h"
 
 #define MP_TUN_MUX_WINDOW (4u << 20)  /* unacknowledged raw bytes/stream */
 #define MP_TUN_MUX_CHUNK  (256u << 10) /* raw bytes per DATA frame at most */
@@ -57,7 +58,16 @@ typedef struct {
     gboolean compress; /* offer and use zstd on DATA (RAW_ZSTD) */
     int level;         /* zstd level, 0: 3 */
     gboolean tls;      /* the tunnel runs over TLS (HELLO's tls flag) */
+    /* Source side: RAM pages of main streams go as PAGES
+     * (tunnel-pages-out.h) with these encoders; the destination side
+     * always decodes them (tunnel-pages-in.h). */
+    gboolean pages;
+    MpTunPagesOptions pages_opt;
 } MpTunMuxOptions;
+
+/* The most page cache a side offers per stream (HELLO cache_bytes):
+ * mp_pcache_auto_size()'s ceiling. */
+#define MP_TUN_MUX_CACHE_MAX (2048ull << 20)
 
 /* A mux over the connected tunnel `stream` (reference taken; plain or
  * TLS, see tunnel-conn.h), starting the handshake.  @return free with

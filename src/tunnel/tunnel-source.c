@@ -135,6 +135,8 @@ start_mux(MpTunSource *s, GIOStream *stream)
         .compress = s->opt.compress,
         .level = s->opt.level,
         .tls = s->tls != NULL,
+        .pages = s->opt.pages,
+        .pages_opt = s->opt.pages_opt,
     };
     s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
     s->reported = s->since = 0;

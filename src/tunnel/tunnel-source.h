@@ -22,6 +22,7 @@
 #include <gio/gio.h>
 #include <json-c/json.h>
 #include "tunnel-tls.h"
+#include "tunnel-pages-out.h"
 
 typedef struct {
     const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
@@ -30,6 +31,8 @@ typedef struct {
     gboolean quiet;
     MpTunTlsOptions tls; /* `cert` NULL: plain TCP */
     guint timeout_ms;    /* a connect and a TLS handshake (0: 10000) */
+    gboolean pages;      /* RAM pages as PAGES (tunnel-pages-out.h) */
+    MpTunPagesOptions pages_opt;
 } MpTunSourceOptions;
 
 typedef struct MpTunSource MpTunSource;

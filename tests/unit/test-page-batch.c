@@ -449,10 +449,12 @@ Test(page_batch, zero_tracker_shared_by_a_session)
         g_byte_array_set_size(out, 0);
     }
     cr_assert_eq(memcmp(img.ram[0] + 7 * PS, zero, PS), 0);
-    /* and once the destination holds it as zero, it is skipped */
+    /* and once the destination holds it as zero, it is skipped (after
+     * the batch's first page, which always goes: page-batch.h) */
+    guint64 skipped = mp_batch_enc_stats(e1)->skipped;
+    cr_assert(mp_batch_enc_add(e1, blocks[0], 3, data, out));
     cr_assert(mp_batch_enc_add(e1, blocks[0], 7, zero, out));
-    mp_batch_enc_flush(e1, out);
-    cr_assert_eq(out->len, 0);
+    cr_assert_eq(mp_batch_enc_stats(e1)->skipped, skipped + 1);
     g_free(img.ram[0]);
     g_free(img.ram[1]);
 }

@@ -1,0 +1,565 @@
+/* tunnel-pages-out.c: RAM page records of a forward stream as PAGES
+ * batches (see tunnel-pages-out.h). */
+#include "config.h"
+#include <string.h>
+#include <time.h>
+#include "page-batch.h"
+#include "parse-common.h"
+#include "pipeline.h"
+#include "tunnel-pages-out.h"
+
+typedef struct {
+    MpTunPagesOut *po;
+    MpTunOutKind kind;
+    GByteArray *bytes;
+    guint64 raw;
+    /* a batch waiting for its worker: `plain` compressed into `bytes` */
+    gboolean waiting;
+    GByteArray *plain;
+    guint8 zctx;
+} Item;
+
+typedef struct {
+    char *name;
+    guint64 npages;
+} Block;
+
+struct MpTunPagesOut {
+    MpTunPagesOptions opt;
+    guint32 page_size;
+    guint64 cache_cap;
+    gsize batch_cap; /* entries and body of one batch at most */
+    char *name;
+    MpPipeline *pipe;
+    /* the encoders, made at the first page (the guest's size is known) */
+    MpZeroRuns *zero;
+    MpPageCache *cache;
+    MpBatchEnc *enc;
+    guint64 cache_bytes;
+    guint64 ram_total;
+    GArray *blocks; /* Block: the RAM section's block list */
+    gboolean shared;      /* no skipping (see the header) */
+    gboolean in_packaged; /* records inside a PACKAGED blob stay as they are */
+    gboolean gave_up;     /* an encoder refused: the rest stays raw */
+    /* the feed being processed */
+    const guint8 *buf;
+    gsize len;
+    guint64 base;  /* stream offset of buf[0] */
+    gsize pend;    /* buf[pend..] not yet in an item or a batch */
+    guint64 fed;   /* stream bytes so far */
+    guint64 unassigned; /* bytes taken that no item carries yet */
+    GByteArray *made;   /* the encoder's batches: be32 len | payload ... */
+    GQueue items;       /* Item*, stream order */
+    /* zstd: one context and one single-thread pool each */
+    guint workers;
+    MpCompEnc **comp;
+    GThreadPool **pool;
+    guint64 nbatch;
+    GMutex lock; /* the items' `waiting`, the zstd counters, wake_id */
+    guint wake_id;
+    void (*wake)(gpointer data);
+    gpointer wake_data;
+    gboolean setup_sent;
+    guint8 *zero_page;
+    /* counters */
+    guint64 batches, stream_bytes, payload_bytes, pages_left_raw;
+    guint64 zstd_in, zstd_out, zstd_cpu_ns;
+};
+
+static void
+item_free(Item *it)
+{
+    if (it->bytes)
+        g_byte_array_unref(it->bytes);
+    if (it->plain)
+        g_byte_array_unref(it->plain);
+    g_free(it);
+}
+
+static gint64
+thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (gint64)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static gboolean
+on_wake(gpointer data)
+{
+    MpTunPagesOut *po = data;
+    g_mutex_lock(&po->lock);
+    po->wake_id = 0;
+    g_mutex_unlock(&po->lock);
+    if (po->wake)
+        po->wake(po->wake_data);
+    return G_SOURCE_REMOVE;
+}
+
+/* A worker: compresses one batch's body with its context. */
+static void
+compress_job(gpointer job, gpointer pool_data)
+{
+    Item *it = job;
+    MpTunPagesOut *po = it->po;
+    gint64 t0 = thread_cpu_ns();
+    GByteArray *out = g_byte_array_sized_new(it->plain->len / 2 + 64);
+
+    mp_batch_compress(po->comp[it->zctx], it->zctx, it->plain->data,
+                      it->plain->len, out);
+    gint64 cpu = thread_cpu_ns() - t0;
+    g_mutex_lock(&po->lock);
+    po->zstd_in += it->plain->len;
+    po->zstd_out += out->len;
+    po->zstd_cpu_ns += cpu;
+    it->bytes = out;
+    it->waiting = FALSE;
+    /* at the sockets' priority: an idle one would wait while the loop
+     * has reads and writes to do, and hold the stream back */
+    if (!po->wake_id)
+        po->wake_id = g_idle_add_full(G_PRIORITY_DEFAULT, on_wake, po, NULL);
+    g_mutex_unlock(&po->lock);
+}
+
+static void
+push_item(MpTunPagesOut *po, Item *it)
+{
+    it->po = po;
+    it->raw = po->unassigned;
+    po->unassigned = 0;
+    g_queue_push_tail(&po->items, it);
+}
+
+/* The encoder's finished batches become items, in order. */
+static void
+take_batches(MpTunPagesOut *po)
+{
+    gsize at = 0;
+
+    while (at + 4 <= po->made->len) {
+        guint32 n = mp_be32(po->made->data + at);
+        const guint8 *p = po->made->data + at + 4;
+        Item *it = g_new0(Item, 1);
+        it->kind = MP_TUN_OUT_PAGES;
+        po->batches++;
+        if (po->workers) {
+            it->plain = g_byte_array_sized_new(n);
+            g_byte_array_append(it->plain, p, n);
+            it->zctx = (guint8)(po->nbatch++ % po->workers);
+            it->waiting = TRUE;
+            push_item(po, it);
+            g_thread_pool_push(po->pool[it->zctx], it, NULL);
+        } else {
+            it->bytes = g_byte_array_sized_new(n);
+            g_byte_array_append(it->bytes, p, n);
+            push_item(po, it);
+        }
+        at += 4 + n;
+    }
+    g_byte_array_set_size(po->made, 0);
+}
+
+static void
+close_batch(MpTunPagesOut *po)
+{
+    if (po->enc)
+        mp_batch_enc_flush(po->enc, po->made);
+    take_batches(po);
+}
+
+/* buf[pend, upto) goes out as raw stream bytes, after the open batch. */
+static void
+emit_data(MpTunPagesOut *po, gsize upto)
+{
+    if (upto <= po->pend)
+        return;
+    close_batch(po);
+    Item *it = g_new0(Item, 1);
+    it->kind = MP_TUN_OUT_DATA;
+    it->bytes = g_byte_array_sized_new(upto - po->pend);
+    g_byte_array_append(it->bytes, po->buf + po->pend, upto - po->pend);
+    po->unassigned += upto - po->pend;
+    po->pend = upto;
+    push_item(po, it);
+}
+
+static gboolean
+ram_section(const MpRecord *rec)
+{
+    return rec->section && rec->section->idstr
+           && strcmp(rec->section->idstr, "ram") == 0;
+}
+
+/* No more skipping: every block is declared again without pages, so the
+ * tracker neither skips nor records a page of it. */
+static void
+stop_skipping(MpTunPagesOut *po)
+{
+    po->shared = TRUE;
+    if (!po->zero)
+        return;
+    for (guint i = 0; i < po->blocks->len; i++)
+        mp_zrun_declare_block(po->zero,
+                              g_array_index(po->blocks, Block, i).name, 0,
+                              FALSE);
+}
+
+static gboolean
+ensure_encoder(MpTunPagesOut *po)
+{
+    if (po->enc)
+        return TRUE;
+    guint64 ram = po->ram_total;
+    if (!ram)
+        for (guint i = 0; i < po->blocks->len; i++)
+            ram += g_array_index(po->blocks, Block, i).npages * po->page_size;
+    guint64 budget = po->opt.cache_bytes ? po->opt.cache_bytes
+                                         : mp_pcache_auto_size(ram);
+    /* without delta and dedup nothing reads the cache: one page keeps the
+     * mirrors trivially equal */
+    if (!po->opt.delta && !po->opt.dedup)
+        budget = po->page_size;
+    budget = MIN(budget, po->cache_cap);
+    budget = MAX(budget, po->page_size);
+    po->cache_bytes = budget;
+    po->cache = mp_pcache_new(po->page_size, budget);
+    if (po->opt.zero_runs) {
+        po->zero = mp_zrun_new(po->page_size);
+        /* a destination QEMU started with -incoming holds its RAM as
+         * zero: zero pages it has need not be sent */
+        for (guint i = 0; i < po->blocks->len; i++) {
+            Block *b = &g_array_index(po->blocks, Block, i);
+            mp_zrun_declare_block(po->zero, b->name,
+                                  po->shared ? 0 : b->npages, !po->shared);
+        }
+    }
+    MpBatchOpts bo = {
+        .zero = po->opt.zero_runs,
+        .delta = po->opt.delta,
+        .dedup = po->opt.dedup,
+    };
+    po->enc = mp_batch_enc_new(po->page_size, po->cache, po->zero, &bo);
+    g_debug("%s: pages encoded (cache %" G_GUINT64_FORMAT " MiB for %"
+            G_GUINT64_FORMAT " MiB of RAM, %u zstd workers%s)",
+            po->name, budget >> 20, ram >> 20, po->workers,
+            po->shared ? ", no zero skipping" : "");
+    return TRUE;
+}
+
+/* A page record that stays raw: the destination's copy is no longer
+ * known to be zero. */
+static void
+page_left_raw(MpTunPagesOut *po, const MpRecord *rec)
+{
+    po->pages_left_raw++;
+    if (po->zero && rec->u.page.block) {
+        gint id = mp_zrun_block_id(po->zero, rec->u.page.block);
+        mp_zrun_forget(po->zero, id, rec->u.page.addr / po->page_size, 1);
+    }
+}
+
+static void
+on_page(MpTunPagesOut *po, const MpRecord *rec)
+{
+    const MpRamPage *pg = &rec->u.page;
+    const guint8 *page = NULL;
+
+    if (pg->kind == MP_PAGE_NORMAL && pg->size == po->page_size
+        && pg->payload_len == po->page_size)
+        page = pg->payload;
+    else if (pg->kind == MP_PAGE_ZERO && pg->size == po->page_size
+             && pg->payload_len >= 1 && pg->payload[0] == 0
+             && po->opt.zero_runs)
+        page = po->zero_page;
+    /* started before the bytes not yet handed out (a feed cut it: its
+     * first bytes are out as DATA), or one we do not encode */
+    if (!page || po->in_packaged || po->gave_up || !ram_section(rec)
+        || !pg->block || pg->addr % po->page_size
+        || rec->offset < po->base + po->pend
+        || rec->offset + rec->length > po->base + po->len) {
+        page_left_raw(po, rec);
+        return;
+    }
+    ensure_encoder(po);
+    emit_data(po, rec->offset - po->base);
+    /* the frame's payload bound: a page and its entry must still fit */
+    if (mp_batch_enc_pending(po->enc) + po->page_size + 32 > po->batch_cap)
+        close_batch(po);
+    if (!mp_batch_enc_add(po->enc, pg->block, pg->addr / po->page_size, page,
+                          po->made)) {
+        g_message("%s: RAM block \"%s\": too many blocks for the page "
+                  "cache; pages go as raw stream bytes from here on",
+                  po->name, pg->block);
+        po->gave_up = TRUE;
+        page_left_raw(po, rec);
+        return;
+    }
+    take_batches(po);
+    po->unassigned += rec->length;
+    po->stream_bytes += rec->length;
+    po->pend += rec->length;
+}
+
+static MpRecordAction
+on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    MpTunPagesOut *po = data;
+
+    switch (rec->kind) {
+    case MP_REC_RAM_PAGE:
+        on_page(po, rec);
+        break;
+    case MP_REC_RAM_MEM_SIZE:
+        if (ram_section(rec) && !po->enc)
+            po->ram_total = rec->u.mem_size.total;
+        break;
+    case MP_REC_RAM_BLOCK:
+        if (ram_section(rec) && rec->u.block.name) {
+            Block b = {g_strdup(rec->u.block.name),
+                       rec->u.block.used_length / po->page_size};
+            g_array_append_val(po->blocks, b);
+            if (po->zero)
+                mp_zrun_declare_block(po->zero, b.name,
+                                      po->shared ? 0 : b.npages,
+                                      !po->shared);
+        }
+        break;
+    case MP_REC_RAM_MULTIFD_FLUSH:
+        if (!po->shared)
+            stop_skipping(po);
+        break;
+    case MP_REC_COMMAND:
+        if (rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE && !po->shared)
+            stop_skipping(po);
+        if (rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
+            po->in_packaged = TRUE;
+        break;
+    case MP_REC_PACKAGED_END:
+        po->in_packaged = FALSE;
+        break;
+    default:
+        break;
+    }
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver observer = {.record = on_record};
+
+static void
+block_clear(gpointer b)
+{
+    g_free(((Block *)b)->name);
+}
+
+MpTunPagesOut *
+mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
+                     guint64 cache_cap, guint32 max_payload, const char *name,
+                     void (*wake)(gpointer data), gpointer wake_data)
+{
+    MpTunPagesOut *po = g_new0(MpTunPagesOut, 1);
+
+    po->opt = *opt;
+    po->page_size = page_size;
+    po->cache_cap = cache_cap;
+    /* room for the header (name, setup) and for zstd's worst case on an
+     * incompressible body (a few bytes per 128 KiB block) */
+    po->batch_cap = max_payload - MIN(max_payload / 2, 1024 + max_payload / 64);
+    po->name = g_strdup(name);
+    po->wake = wake;
+    po->wake_data = wake_data;
+    po->blocks = g_array_new(FALSE, TRUE, sizeof(Block));
+    g_array_set_clear_func(po->blocks, block_clear);
+    po->made = g_byte_array_new();
+    po->zero_page = g_malloc0(page_size);
+    g_queue_init(&po->items);
+    g_mutex_init(&po->lock);
+    po->pipe = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_name(po->pipe, name);
+    mp_pipeline_set_kind(po->pipe, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(po->pipe, &observer, po);
+    if (opt->compress) {
+        guint w = opt->workers ? opt->workers : g_get_num_processors();
+        po->workers = CLAMP(w, 1, MP_TUN_PAGES_MAX_WORKERS);
+        po->comp = g_new0(MpCompEnc *, po->workers);
+        po->pool = g_new0(GThreadPool *, po->workers);
+        for (guint i = 0; i < po->workers; i++) {
+            g_autoptr(GError) err = NULL;
+            po->comp[i] = mp_comp_enc_new(opt->level ? opt->level
+                                                     : MP_COMP_LEVEL_DEFAULT,
+                                          MP_COMP_WINDOW_LOG_DEFAULT, &err);
+            g_assert(po->comp[i]); /* the level is checked by the CLI */
+            /* one thread: a context's batches in order */
+            po->pool[i] = g_thread_pool_new(compress_job, po, 1, FALSE, NULL);
+        }
+    }
+    return po;
+}
+
+void
+mp_tun_pages_out_free(MpTunPagesOut *po)
+{
+    if (!po)
+        return;
+    for (guint i = 0; i < po->workers; i++) {
+        g_thread_pool_free(po->pool[i], FALSE, TRUE);
+        mp_comp_enc_free(po->comp[i]);
+    }
+    g_free(po->pool);
+    g_free(po->comp);
+    g_mutex_lock(&po->lock);
+    if (po->wake_id)
+        g_source_remove(po->wake_id);
+    g_mutex_unlock(&po->lock);
+    g_queue_clear_full(&po->items, (GDestroyNotify)item_free);
+    mp_pipeline_free(po->pipe);
+    mp_batch_enc_free(po->enc);
+    mp_pcache_free(po->cache);
+    mp_zrun_free(po->zero);
+    g_array_unref(po->blocks);
+    g_byte_array_unref(po->made);
+    g_mutex_clear(&po->lock);
+    g_free(po->zero_page);
+    g_free(po->name);
+    g_free(po);
+}
+
+guint64
+mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
+{
+    po->buf = buf;
+    po->len = len;
+    po->base = po->fed;
+    po->pend = 0;
+    mp_pipeline_feed(po->pipe, buf, len, g_get_monotonic_time());
+    po->fed += len;
+    /* never hold bytes for more input */
+    close_batch(po);
+    emit_data(po, len);
+    po->buf = NULL;
+    guint64 left = po->unassigned;
+    po->unassigned = 0;
+    Item *tail = g_queue_peek_tail(&po->items);
+    if (left && tail) {
+        tail->raw += left;
+        left = 0;
+    }
+    return left;
+}
+
+gboolean
+mp_tun_pages_out_pop(MpTunPagesOut *po, MpTunOutItem *item)
+{
+    Item *it = g_queue_peek_head(&po->items);
+    if (!it)
+        return FALSE;
+    g_mutex_lock(&po->lock);
+    gboolean waiting = it->waiting;
+    g_mutex_unlock(&po->lock);
+    if (waiting)
+        return FALSE;
+    g_queue_pop_head(&po->items);
+    if (it->kind == MP_TUN_OUT_PAGES && !po->setup_sent) {
+        /* the stream's first batch tells the destination its cache size */
+        guint8 c[8];
+        mp_put_be64(c, po->cache_bytes);
+        it->bytes->data[0] |= MP_TUN_PAGES_SETUP;
+        GByteArray *b = g_byte_array_sized_new(it->bytes->len + 8);
+        g_byte_array_append(b, it->bytes->data, 2);
+        g_byte_array_append(b, c, 8);
+        g_byte_array_append(b, it->bytes->data + 2, it->bytes->len - 2);
+        g_byte_array_unref(it->bytes);
+        it->bytes = b;
+        po->setup_sent = TRUE;
+    }
+    if (it->kind == MP_TUN_OUT_PAGES)
+        po->payload_bytes += it->bytes->len;
+    item->kind = it->kind;
+    item->bytes = g_steal_pointer(&it->bytes);
+    item->raw = it->raw;
+    item_free(it);
+    return TRUE;
+}
+
+guint
+mp_tun_pages_out_queued(const MpTunPagesOut *po)
+{
+    return po->items.length;
+}
+
+void
+mp_tun_pages_out_set_shared(MpTunPagesOut *po)
+{
+    if (!po->shared)
+        stop_skipping(po);
+}
+
+guint64
+mp_tun_pages_out_stream_bytes(const MpTunPagesOut *po)
+{
+    return po->stream_bytes;
+}
+
+guint64
+mp_tun_pages_out_payload_bytes(const MpTunPagesOut *po)
+{
+    return po->payload_bytes;
+}
+
+static json_object *
+codec_json(gboolean enabled, guint64 pages, guint64 in, guint64 out,
+           guint64 ns)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "enabled", json_object_new_boolean(enabled));
+    json_object_object_add(o, "pages", json_object_new_int64(pages));
+    json_object_object_add(o, "bytes_in", json_object_new_int64(in));
+    json_object_object_add(o, "bytes_out", json_object_new_int64(out));
+    json_object_object_add(o, "cpu_s", json_object_new_double(ns / 1e9));
+    return o;
+}
+
+json_object *
+mp_tun_pages_out_report(const MpTunPagesOut *po)
+{
+    json_object *o = json_object_new_object();
+    MpBatchStats s = {0};
+    MpTunPagesOut *mpo = (MpTunPagesOut *)po; /* the lock, not the state */
+
+    if (po->enc)
+        s = *mp_batch_enc_stats(po->enc);
+    json_object_object_add(o, "batches", json_object_new_int64(po->batches));
+    json_object_object_add(o, "stream_bytes",
+                           json_object_new_int64(po->stream_bytes));
+    json_object_object_add(o, "payload_bytes",
+                           json_object_new_int64(po->payload_bytes));
+    json_object_object_add(o, "pages_left_raw",
+                           json_object_new_int64(po->pages_left_raw));
+    json_object_object_add(o, "cache_bytes",
+                           json_object_new_int64(po->cache_bytes));
+    json_object *z = codec_json(po->opt.zero_runs, s.zero.pages_in,
+                                s.zero.bytes_in, s.zero.bytes_out,
+                                s.zero.busy_ns);
+    json_object_object_add(z, "zero_pages", json_object_new_int64(s.zero_pages));
+    json_object_object_add(z, "skipped", json_object_new_int64(s.skipped));
+    json_object_object_add(o, "zero_runs", z);
+    json_object *dd = codec_json(po->opt.dedup, s.dedup.pages_in,
+                                 s.dedup.bytes_in, s.dedup.bytes_out,
+                                 s.dedup.busy_ns);
+    json_object_object_add(dd, "hits", json_object_new_int64(s.dedup_hits));
+    json_object_object_add(o, "dedup", dd);
+    json_object *dl = codec_json(po->opt.delta, s.delta.pages_in,
+                                 s.delta.bytes_in, s.delta.bytes_out,
+                                 s.delta.busy_ns);
+    json_object_object_add(dl, "used", json_object_new_int64(s.delta_used));
+    json_object_object_add(o, "delta", dl);
+    json_object_object_add(o, "whole",
+                           codec_json(TRUE, s.raw.pages_in, s.raw.bytes_in,
+                                      s.raw.bytes_out, s.raw.busy_ns));
+    g_mutex_lock(&mpo->lock);
+    json_object *zs = codec_json(po->opt.compress, 0, po->zstd_in,
+                                 po->zstd_out, po->zstd_cpu_ns);
+    g_mutex_unlock(&mpo->lock);
+    json_object_object_add(zs, "workers", json_object_new_int(po->workers));
+    json_object_object_add(o, "zstd", zs);
+    return o;
+}

@@ -1,0 +1,108 @@
+/* tunnel-pages-out.h: the source side's PAGES encoding of one forward
+ * stream (docs/tunnel.md, "Encoded pages (PAGES)").
+ *
+ *   bytes read from the hop (one QEMU connection's main stream)
+ *     --> channel pipeline (src/pipeline, no sink: it parses and tells
+ *         this file each record with its stream offset and length)
+ *     --> RAM page records of the "ram" section (PAGE, ZERO) become page
+ *         batches (filters/page-batch.h: zero runs and the peer-holds-zero
+ *         bitmap, dedup and delta against the mirrored page cache), their
+ *         bodies compressed by zstd on worker threads (one GThreadPool of
+ *         one thread per zstd context, so a context's batches stay in
+ *         order); every other byte stays raw stream bytes (DATA)
+ *     --> items in stream order: DATA bytes, PAGES payloads
+ *
+ * Nothing waits for more input: each feed ends with the open batch closed
+ * and every byte not taken into a batch handed out as DATA, so QEMU's
+ * rate measurement and post-copy never see bytes held back.  A page
+ * record that a feed cut in two has its first bytes out as DATA already,
+ * so its rest follows as DATA (it stays a valid stream; the page is not
+ * encoded).
+ *
+ * Mirrors: the destination (tunnel-pages-in.h) applies the batches in the
+ * same order to a cache of the same budget, which the stream's first
+ * PAGES payload carries (batch flag MP_TUN_PAGES_SETUP).
+ *
+ * Zero pages the destination already holds as zero are not sent at all
+ * only while this stream is known to be the session's only page carrier
+ * in pre-copy: once post-copy is advised, a multifd flush is seen or the
+ * owner says another channel joined the session
+ * (mp_tun_pages_out_set_shared()), no page is skipped any more (a page
+ * another channel sent is unknown here; a page never sent would fault in
+ * post-copy).
+ *
+ * One thread owns it (the main loop); workers only compress.
+ */
+#pragma once
+
+#include <glib.h>
+#include <json-c/json.h>
+
+/* batch flag (beside MP_BATCH_COMPRESSED): `be64 cache_bytes` follows
+ * the zctx byte; set on a stream's first PAGES payload only */
+#define MP_TUN_PAGES_SETUP 0x02
+#define MP_TUN_PAGES_MAX_WORKERS 64
+
+typedef struct {
+    /* zero runs and the peer-holds-zero bitmap; off: QEMU's ZERO records
+     * stay raw stream bytes (a zero page is never sent whole) */
+    gboolean zero_runs;
+    gboolean delta;
+    gboolean dedup;
+    gboolean compress; /* zstd on batch bodies (long window, workers) */
+    int level;         /* zstd level, 0: 3 */
+    guint64 cache_bytes; /* 0: mp_pcache_auto_size(guest RAM) */
+    guint workers;       /* zstd contexts and threads, 0: the cores */
+} MpTunPagesOptions;
+
+typedef enum {
+    MP_TUN_OUT_DATA,  /* raw stream bytes */
+    MP_TUN_OUT_PAGES, /* a PAGES payload */
+} MpTunOutKind;
+
+typedef struct {
+    MpTunOutKind kind;
+    GByteArray *bytes; /* owned by the caller of mp_tun_pages_out_pop() */
+    guint64 raw;       /* stream bytes the item stands for */
+} MpTunOutItem;
+
+typedef struct MpTunPagesOut MpTunPagesOut;
+
+/* An encoder for one stream named `name` (in logs).  `cache_cap`: the
+ * negotiated cache budget, the most the stream's cache may use;
+ * `max_payload`: the negotiated frame payload bound, which no PAGES
+ * payload exceeds (compressed or not).  `wake`
+ * is called on the owner's main context when a worker finished a batch
+ * (mp_tun_pages_out_pop() may give more).  @return free with
+ * mp_tun_pages_out_free(). */
+MpTunPagesOut *mp_tun_pages_out_new(const MpTunPagesOptions *opt,
+                                    guint32 page_size, guint64 cache_cap,
+                                    guint32 max_payload, const char *name,
+                                    void (*wake)(gpointer data),
+                                    gpointer wake_data);
+/* Waits for the workers.  Accepts NULL. */
+void mp_tun_pages_out_free(MpTunPagesOut *po);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunPagesOut, mp_tun_pages_out_free)
+
+/* `len` stream bytes, in order.  Every byte ends up in an item (some wait
+ * for a worker).  @return stream bytes that no item stands for (zero
+ * pages the peer holds, at the end of the feed, with no item queued to
+ * carry them): the caller counts them as delivered. */
+guint64 mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf,
+                              gsize len);
+/* The next item in stream order if it is ready.  @return FALSE when none
+ * is (empty, or the next waits for its worker). */
+gboolean mp_tun_pages_out_pop(MpTunPagesOut *po, MpTunOutItem *item);
+/* Items not popped yet. */
+guint mp_tun_pages_out_queued(const MpTunPagesOut *po);
+/* Another channel of the session may carry pages: stop skipping. */
+void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
+
+/* {enabled encoders, batches, pages, stream_bytes, payload_bytes,
+ * zero_runs {...}, dedup {...}, delta {...}, whole {...}, zstd {...},
+ * pages_left_raw}: each encoder's pages, bytes before and after and CPU
+ * seconds.  Caller owns. */
+json_object *mp_tun_pages_out_report(const MpTunPagesOut *po);
+/* Stream bytes of page records encoded, PAGES payload bytes made. */
+guint64 mp_tun_pages_out_stream_bytes(const MpTunPagesOut *po);
+guint64 mp_tun_pages_out_payload_bytes(const MpTunPagesOut *po);

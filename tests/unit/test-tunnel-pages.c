@@ -1,0 +1,499 @@
+/* test-tunnel-pages.c: the PAGES path of the tunnel without sockets: a
+ * captured QEMU stream through the source side's encoder
+ * (tunnel-pages-out.h) and the destination side's writer
+ * (tunnel-pages-in.h), DATA items copied as they are.
+ *
+ * Checks: the stream the destination writes parses as a migration stream
+ * and gives the same guest memory as the input, however the input is cut
+ * into reads (and a read's end never holds bytes back: every feed's bytes
+ * are in items when the feed returns); the encoders do their work (pages
+ * go as batches, zero pages the destination holds are skipped, fewer
+ * bytes than the stream); each encoder switched off still gives the same
+ * memory; hostile batches are refused with an error naming the payload
+ * offset, and never crash or write more than the limit.
+ */
+#include "config.h"
+#include <string.h>
+#include <criterion/criterion.h>
+#include "page-batch.h"
+#include "parse-common.h"
+#include "pipeline.h"
+#include "test-util.h"
+#include "tunnel-pages-in.h"
+#include "tunnel-pages-out.h"
+#include "tunnel-mux.h"
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define PS    4096u
+#define CACHE (64ull << 20)
+#define MAX_PAYLOAD (1u << 20)
+
+/* ---- guest memory as a stream gives it ---- */
+
+typedef struct {
+    GHashTable *pages; /* "block@addr" -> PS bytes */
+    guint64 records;
+} Mem;
+
+static MpRecordAction
+mem_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Mem *m = data;
+
+    if (rec->kind != MP_REC_RAM_PAGE)
+        return MP_REC_CONTINUE;
+    const MpRamPage *pg = &rec->u.page;
+    cr_assert(pg->kind == MP_PAGE_NORMAL || pg->kind == MP_PAGE_ZERO,
+              "page kind %d", pg->kind);
+    guint8 *page = g_malloc(PS);
+    if (pg->kind == MP_PAGE_NORMAL)
+        memcpy(page, pg->payload, PS);
+    else
+        memset(page, pg->payload[0], PS);
+    g_hash_table_replace(m->pages,
+                         g_strdup_printf("%s@%" G_GINT64_MODIFIER "x",
+                                         pg->block, pg->addr),
+                         page);
+    m->records++;
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver mem_observer = {.record = mem_record};
+
+/* The memory that `stream` leaves at the destination; pages never sent
+ * read as zero, so zero pages are left out. */
+static GHashTable *
+memory_of(const GByteArray *stream, guint64 *records)
+{
+    Mem m = {g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free)};
+    g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(p, &mem_observer, &m);
+    mp_pipeline_feed(p, stream->data, stream->len, 0);
+    cr_assert_neq(mp_pipeline_state(p), MP_PIPELINE_GAVE_UP,
+                  "the stream does not parse");
+    mp_pipeline_end(p, MP_END_FIN, 0);
+    static const guint8 zero[PS];
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, m.pages);
+    while (g_hash_table_iter_next(&it, &k, &v))
+        if (memcmp(v, zero, PS) == 0)
+            g_hash_table_iter_remove(&it);
+    if (records)
+        *records = m.records;
+    return m.pages;
+}
+
+static void
+assert_same_memory(GHashTable *a, GHashTable *b, const char *what)
+{
+    cr_assert_eq(g_hash_table_size(a), g_hash_table_size(b),
+                 "%s: %u non-zero pages, expected %u", what,
+                 g_hash_table_size(b), g_hash_table_size(a));
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, a);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        const guint8 *o = g_hash_table_lookup(b, k);
+        cr_assert(o, "%s: page %s missing", what, (char *)k);
+        cr_assert(memcmp(v, o, PS) == 0, "%s: page %s differs", what,
+                  (char *)k);
+    }
+}
+
+/* ---- the pair without sockets ---- */
+
+typedef struct {
+    GByteArray *out;   /* what the destination writes to QEMU */
+    guint64 link;      /* payload bytes: DATA raw, PAGES encoded */
+    guint64 raw;       /* stream bytes the items stand for */
+    guint64 pages_frames;
+} Run;
+
+static void
+wake(gpointer data)
+{
+    (void)data;
+}
+
+static void
+drain(MpTunPagesOut *po, MpTunPagesIn *pi, Run *r, gboolean wait)
+{
+    for (;;) {
+        MpTunOutItem it;
+        while (mp_tun_pages_out_pop(po, &it)) {
+            r->raw += it.raw;
+            r->link += it.bytes->len;
+            if (it.kind == MP_TUN_OUT_DATA) {
+                g_byte_array_append(r->out, it.bytes->data, it.bytes->len);
+                mp_tun_pages_in_data(pi);
+            } else {
+                g_autoptr(GError) err = NULL;
+                r->pages_frames++;
+                cr_assert_leq(it.bytes->len, MAX_PAYLOAD);
+                cr_assert(mp_tun_pages_in_apply(pi, it.bytes->data,
+                                                it.bytes->len, r->out,
+                                                64u << 20, &err),
+                          "%s", err ? err->message : "?");
+            }
+            g_byte_array_unref(it.bytes);
+        }
+        if (!wait || mp_tun_pages_out_queued(po) == 0)
+            return;
+        g_main_context_iteration(NULL, TRUE);
+    }
+}
+
+static MpTunPagesOptions
+all_on(void)
+{
+    return (MpTunPagesOptions){.zero_runs = TRUE, .delta = TRUE,
+                               .dedup = TRUE, .compress = TRUE, .level = 3,
+                               .workers = 2};
+}
+
+/* `in` through the pair in reads of `chunk` bytes (0: random sizes from
+ * `seed`).  @return the destination's stream. */
+static GByteArray *
+through(const GByteArray *in, const MpTunPagesOptions *opt, gsize chunk,
+        guint32 seed, Run *r, json_object **report)
+{
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        opt, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    g_autoptr(GRand) rnd = g_rand_new_with_seed(seed);
+    memset(r, 0, sizeof(*r));
+    r->out = g_byte_array_new();
+    guint64 skipped_raw = 0;
+
+    for (gsize at = 0; at < in->len;) {
+        gsize n = chunk ? chunk : (gsize)g_rand_int_range(rnd, 1, 300000);
+        n = MIN(n, in->len - at);
+        skipped_raw += mp_tun_pages_out_feed(po, in->data + at, n);
+        /* nothing waits for more input: what is not popped yet waits
+         * only for a worker */
+        drain(po, pi, r, TRUE);
+        at += n;
+    }
+    cr_assert_eq(r->raw + skipped_raw, in->len,
+                 "items stand for %" G_GUINT64_FORMAT " bytes, %u fed",
+                 r->raw + skipped_raw, in->len);
+    if (report)
+        *report = mp_tun_pages_out_report(po);
+    return r->out;
+}
+
+static void
+check_sample(const char *name, const MpTunPagesOptions *opt, gsize chunk,
+             guint32 seed)
+{
+    g_autoptr(GByteArray) in = tu_read_sample(name);
+    Run r;
+    json_object *rep = NULL;
+    g_autoptr(GByteArray) out = through(in, opt, chunk, seed, &r, &rep);
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(out, NULL);
+    g_autofree char *what = g_strdup_printf("%s in reads of %zu", name,
+                                            chunk);
+    assert_same_memory(want, got, what);
+    cr_assert_gt(r.pages_frames, 0, "%s: no PAGES", what);
+    cr_assert_gt(tu_json_int(rep, "stream_bytes"), in->len / 2,
+                 "%s: %s", what, json_object_to_json_string(rep));
+    json_object_put(rep);
+}
+
+Test(tunnel_pages, busy_10_same_memory)
+{
+    MpTunPagesOptions o = all_on();
+    check_sample("busy-10.0.mig.zst", &o, 256 << 10, 0);
+    check_sample("busy-10.0.mig.zst", &o, 0, 7);
+}
+
+Test(tunnel_pages, idle_72_same_memory)
+{
+    MpTunPagesOptions o = all_on();
+    check_sample("idle-7.2.mig.zst", &o, 256 << 10, 0);
+    check_sample("idle-7.2.mig.zst", &o, 32 << 10, 0);
+    check_sample("idle-7.2.mig.zst", &o, 0, 11);
+}
+
+/* Each encoder off alone, and all of them: the same memory. */
+Test(tunnel_pages, encoders_off_same_memory)
+{
+    for (int k = 0; k < 5; k++) {
+        MpTunPagesOptions o = all_on();
+        if (k == 0 || k == 4)
+            o.zero_runs = FALSE;
+        if (k == 1 || k == 4)
+            o.delta = FALSE;
+        if (k == 2 || k == 4)
+            o.dedup = FALSE;
+        if (k == 3 || k == 4)
+            o.compress = FALSE;
+        check_sample("busy-10.0.mig.zst", &o, 0, 100 + k);
+    }
+}
+
+/* Reads of every size around a page record's length: each read's end cuts
+ * records, and the stream stays right. */
+Test(tunnel_pages, small_reads_same_memory)
+{
+    g_autoptr(GByteArray) all = tu_read_sample("idle-7.2.mig.zst");
+    /* a prefix: the parser stops where it ends, the memory so far */
+    g_autoptr(GByteArray) in = g_byte_array_new();
+    g_byte_array_append(in, all->data, MIN(all->len, 3u << 20));
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    MpTunPagesOptions o = all_on();
+    static const gsize sizes[] = {7, 4095, 4105, 4106, 8209, 65536, 1};
+    for (guint i = 0; i < G_N_ELEMENTS(sizes); i++) {
+        /* byte by byte: a shorter prefix */
+        if (sizes[i] == 1)
+            g_byte_array_set_size(in, MIN(in->len, 256u << 10));
+        Run r;
+        g_autoptr(GByteArray) out = through(in, &o, sizes[i], 0, &r, NULL);
+        g_autoptr(GHashTable) w = sizes[i] == 1 ? memory_of(in, NULL)
+                                                : g_hash_table_ref(want);
+        g_autoptr(GHashTable) got = memory_of(out, NULL);
+        g_autofree char *what = g_strdup_printf("reads of %zu", sizes[i]);
+        assert_same_memory(w, got, what);
+    }
+}
+
+/* The encoders pay on a real stream: fewer bytes, zero pages skipped. */
+Test(tunnel_pages, savings)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("idle-7.2.mig.zst");
+    MpTunPagesOptions o = all_on();
+    Run r;
+    json_object *rep = NULL;
+    g_autoptr(GByteArray) out = through(in, &o, 256 << 10, 0, &r, &rep);
+    g_printerr("idle-7.2: stream %u, link payload %" G_GUINT64_FORMAT
+               ", %s\n",
+               in->len, r.link, json_object_to_json_string(rep));
+    cr_assert_lt(r.link, in->len / 4);
+    cr_assert_gt(tu_json_int(rep, "zero_runs.skipped"), 0);
+    json_object_put(rep);
+}
+
+/* Another page carrier in the session (multifd, preempt) or post-copy:
+ * no zero page is skipped any more, and the memory stays the same. */
+Test(tunnel_pages, shared_never_skips)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("idle-7.2.mig.zst");
+    MpTunPagesOptions o = all_on();
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    Run r = {.out = g_byte_array_new()};
+    gsize half = in->len / 2;
+
+    /* skipping first, then another channel joins halfway */
+    mp_tun_pages_out_feed(po, in->data, half);
+    drain(po, pi, &r, TRUE);
+    json_object *before = mp_tun_pages_out_report(po);
+    cr_assert_gt(tu_json_int(before, "zero_runs.skipped"), 0);
+    mp_tun_pages_out_set_shared(po);
+    mp_tun_pages_out_feed(po, in->data + half, in->len - half);
+    drain(po, pi, &r, TRUE);
+    json_object *after = mp_tun_pages_out_report(po);
+    cr_assert_eq(tu_json_int(after, "zero_runs.skipped"),
+                 tu_json_int(before, "zero_runs.skipped"));
+    cr_assert_gt(tu_json_int(after, "zero_runs.zero_pages"),
+                 tu_json_int(before, "zero_runs.zero_pages"));
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(r.out, NULL);
+    assert_same_memory(want, got, "shared halfway");
+    json_object_put(before);
+    json_object_put(after);
+    g_byte_array_unref(r.out);
+}
+
+/* ---- hostile batches at the destination ---- */
+
+/* A valid first batch: setup, then `n` PAGE entries of block "pc.ram". */
+static GByteArray *
+batch(guint n, gboolean setup, guint64 cache)
+{
+    g_autoptr(MpPageCache) c = mp_pcache_new(PS, CACHE);
+    MpBatchOpts bo = {.zero = FALSE, .delta = FALSE, .dedup = FALSE};
+    g_autoptr(MpBatchEnc) e = mp_batch_enc_new(PS, c, NULL, &bo);
+    g_autoptr(GByteArray) made = g_byte_array_new();
+    guint8 page[PS];
+    for (guint i = 0; i < n; i++) {
+        memset(page, (int)(i + 1), PS);
+        cr_assert(mp_batch_enc_add(e, "pc.ram", i, page, made));
+    }
+    mp_batch_enc_flush(e, made);
+    GByteArray *b = g_byte_array_new();
+    /* one batch: skip its be32 length */
+    g_byte_array_append(b, made->data + 4, 2);
+    if (setup) {
+        guint8 x[8];
+        mp_put_be64(x, cache);
+        b->data[0] |= MP_TUN_PAGES_SETUP;
+        g_byte_array_append(b, x, 8);
+    }
+    g_byte_array_append(b, made->data + 6, made->len - 6);
+    return b;
+}
+
+static gboolean
+apply(MpTunPagesIn *pi, const GByteArray *b, gsize limit, GByteArray *out,
+      char **msg)
+{
+    g_autoptr(GError) err = NULL;
+    gboolean ok = mp_tun_pages_in_apply(pi, b->data, b->len, out, limit,
+                                        &err);
+    *msg = ok ? NULL : g_strdup(err->message);
+    return ok;
+}
+
+Test(tunnel_pages, dest_writes_records)
+{
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    g_autoptr(GByteArray) b = batch(3, TRUE, CACHE);
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autofree char *msg = NULL;
+    cr_assert(apply(pi, b, 1 << 20, out, &msg), "%s", msg);
+    /* first record names the block, the next two CONTINUE */
+    gsize first = 8 + 1 + 6 + PS, next = 8 + PS;
+    cr_assert_eq(out->len, first + 2 * next);
+    cr_assert_eq(mp_be64(out->data), MP_RAM_SAVE_FLAG_PAGE);
+    cr_assert_eq(out->data[8], 6);
+    cr_assert(memcmp(out->data + 9, "pc.ram", 6) == 0);
+    cr_assert_eq(mp_be64(out->data + first),
+                 PS | MP_RAM_SAVE_FLAG_PAGE | MP_RAM_SAVE_FLAG_CONTINUE);
+    cr_assert_eq(out->data[first + 8], 2);
+}
+
+Test(tunnel_pages, hostile_batches_refused)
+{
+    g_autoptr(GByteArray) good = batch(3, TRUE, CACHE);
+    g_autoptr(GByteArray) nosetup = batch(3, FALSE, 0);
+    g_autoptr(GByteArray) huge = batch(3, TRUE, CACHE * 2);
+    g_autoptr(GByteArray) zctx = batch(3, TRUE, CACHE);
+    zctx->data[0] |= MP_BATCH_COMPRESSED;
+    zctx->data[1] = MP_TUN_PAGES_MAX_WORKERS;
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    char *msg = NULL;
+    struct {
+        const GByteArray *b;
+        gsize limit;
+        const char *want;
+    } cases[] = {
+        {nosetup, 1 << 20, "no cache setup"},
+        {huge, 1 << 20, "page cache of"},
+        {good, 100, "more than 100 bytes"},
+        {zctx, 1 << 20, "zstd context 64"},
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+        g_byte_array_set_size(out, 0);
+        cr_assert_not(apply(pi, cases[i].b, cases[i].limit, out, &msg));
+        cr_assert(strstr(msg, cases[i].want), "case %u: %s", i, msg);
+        cr_assert_leq(out->len, cases[i].limit);
+        g_free(msg);
+        /* and the stream is lost after it */
+        cr_assert_not(apply(pi, good, 1 << 20, out, &msg));
+        g_free(msg);
+    }
+    /* a second setup on the stream */
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    cr_assert(apply(pi, good, 1 << 20, out, &msg));
+    cr_assert_not(apply(pi, good, 1 << 20, out, &msg));
+    cr_assert(strstr(msg, "second cache setup"), "%s", msg);
+    g_free(msg);
+    /* every byte of a batch flipped, and every cut: refused or applied,
+     * never more than the limit (ASan: never out of bounds) */
+    for (guint at = 0; at < good->len; at += (at < 64 ? 1 : 997)) {
+        for (guint cut = 0; cut < 2; cut++) {
+            g_autoptr(MpTunPagesIn) p2 = mp_tun_pages_in_new(PS, CACHE);
+            g_autoptr(GByteArray) bad = g_byte_array_new();
+            g_byte_array_append(bad, good->data, cut ? at : good->len);
+            if (!cut)
+                bad->data[at] ^= 0x5a;
+            g_byte_array_set_size(out, 0);
+            if (!apply(p2, bad, 64 << 10, out, &msg)) {
+                cr_assert(strstr(msg, "offset") || strstr(msg, "setup")
+                              || strstr(msg, "cache")
+                              || strstr(msg, "header"),
+                          "byte %u: %s", at, msg);
+                g_free(msg);
+            }
+            cr_assert_leq(out->len, 64u << 10);
+        }
+    }
+}
+
+/* ---- a hostile source side, through dest's mux ---- */
+
+typedef struct {
+    guint16 opened;
+    gboolean closed;
+    GError *error;
+} Hostile;
+
+static void
+h_open(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
+{
+    ((Hostile *)data)->opened = stream;
+}
+
+static void
+h_closed(MpTunMux *m, const GError *e, guint8 code, gpointer data)
+{
+    Hostile *h = data;
+    h->closed = TRUE;
+    if (e)
+        h->error = g_error_copy(e);
+}
+
+/* A PAGES frame whose batch dest refuses fails the tunnel with an error
+ * that names the stream, the frame's tunnel offset and what is wrong. */
+Test(tunnel_pages, dest_mux_names_stream_and_offset)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    g_autoptr(GSocket) ds = g_socket_new_from_fd(sv[1], NULL);
+    Hostile h = {0};
+    MpTunMuxHooks hooks = {.open = h_open, .closed = h_closed};
+    MpTunMuxOptions mo = {.role = MP_TUN_ROLE_DEST, .compress = TRUE};
+    g_autoptr(MpTunMux) m = mp_tun_mux_new(ds, "tunnel from test", &mo,
+                                           &hooks, &h);
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunHello hello = {
+        .version_min = MP_TUN_VERSION,
+        .version_max = MP_TUN_VERSION,
+        .role = MP_TUN_ROLE_SOURCE,
+        .page_size = PS,
+        .cache_bytes = CACHE,
+        .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
+        .software = "hostile",
+    };
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    mp_tun_write_preamble(b);
+    mp_tun_write_hello(b, &hello);
+    mp_tun_write_open(b, 1, &o);
+    gsize at = b->len;
+    /* a first batch without its cache setup */
+    g_autoptr(GByteArray) bad = batch(2, FALSE, 0);
+    mp_tun_write_frame(b, MP_TUN_PAGES, 0, 1, 1, bad->data, bad->len);
+    cr_assert_eq(write(sv[0], b->data, b->len), (gssize)b->len);
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (!h.closed) {
+        cr_assert_lt(g_get_monotonic_time(), deadline, "timed out");
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(100);
+    }
+    cr_assert_eq(h.opened, 1);
+    cr_assert_not_null(h.error);
+    g_autofree char *want = g_strdup_printf(
+        "PAGES frame of stream 1 at offset %zu: ", at);
+    cr_assert(strstr(h.error->message, want)
+                  && strstr(h.error->message, "no cache setup"),
+              "%s", h.error->message);
+    g_error_free(h.error);
+    close(sv[0]);
+}
