@@ -22,6 +22,7 @@
 #include "tunnel-pages-in.h"
 #include "tunnel-pages-out.h"
 #include "tunnel-mux.h"
+#include "tunnel-tls.h"
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -457,10 +458,11 @@ Test(tunnel_pages, dest_mux_names_stream_and_offset)
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     g_autoptr(GSocket) ds = g_socket_new_from_fd(sv[1], NULL);
+    g_autoptr(GIOStream) dss = mp_tun_plain_stream(ds);
     Hostile h = {0};
     MpTunMuxHooks hooks = {.open = h_open, .closed = h_closed};
     MpTunMuxOptions mo = {.role = MP_TUN_ROLE_DEST, .compress = TRUE};
-    g_autoptr(MpTunMux) m = mp_tun_mux_new(ds, "tunnel from test", &mo,
+    g_autoptr(MpTunMux) m = mp_tun_mux_new(dss, "tunnel from test", &mo,
                                            &hooks, &h);
     g_autoptr(GByteArray) b = g_byte_array_new();
     MpTunHello hello = {
