@@ -11,13 +11,14 @@
 #include "cli-log.h"
 #include "commands.h"
 #include "out-file.h"
+#include "rate-pacer.h"
 #include "relay.h"
 #include "tunnel-source.h"
 
 #define FINISH_TIMEOUT_MS 30000
 
 typedef struct {
-    char *listen, *peer, *metrics, *report, *capture;
+    char *listen, *peer, *metrics, *report, *capture, *rate;
     GStrv allow;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
     gint level, connect_timeout;
@@ -31,6 +32,7 @@ source_args_clear(SourceArgs *a)
     g_free(a->metrics);
     g_free(a->report);
     g_free(a->capture);
+    g_free(a->rate);
     g_strfreev(a->allow);
 }
 
@@ -94,6 +96,11 @@ source_with(const SourceArgs *a, int argc, char **argv)
                         "--connect-timeout positive milliseconds\n");
         return 2;
     }
+    guint64 rate_bytes = 0;
+    if (a->rate && !(rate_bytes = mp_rate_parse(a->rate, &err))) {
+        fprintf(stderr, "migproxy source: --rate: %s\n", err->message);
+        return 2;
+    }
     MpCliLog lc = {
         .tag = "migproxy source",
         .start_us = g_get_monotonic_time(),
@@ -107,6 +114,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .peer = a->peer,
         .compress = !a->no_compress,
         .level = a->level,
+        .rate = rate_bytes,
         .quiet = a->quiet,
     };
     g_autoptr(MpTunSource) tun = mp_tun_source_new(&to, &err);
@@ -130,8 +138,10 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .progress = lc.tty,
         .connect_timeout_ms = a->connect_timeout,
         .no_zero_pages = a->no_zero_pages,
-        /* the hop is local: there is no link to pace or reorder for */
-        .no_priority = TRUE,
+        /* the post-copy lane puts a requested page first in the relay's
+         * queue; the tunnel, not the relay, paces the link (the hop is
+         * local) and keeps the queues behind the lane short */
+        .no_pace = TRUE,
         .allow = (const char *const *)a->allow,
         .report_extra = tunnel_report,
         .report_key = "tunnel",
@@ -189,6 +199,12 @@ source_entries(gpointer store)
          NULL},
         {"level", 0, 0, G_OPTION_ARG_INT, &a->level,
          "zstd level, 1 (fastest) to 19 (default 3)", "N"},
+        {"rate", 0, 0, G_OPTION_ARG_STRING, &a->rate,
+         "Pace the tunnel's bulk frames at RATE, as tc writes rates "
+         "(95mbit, 1gbit, 12mbps): just below the link's rate (default: "
+         "97 % of the rate the tunnel measured on the link once it held "
+         "the tunnel back)",
+         "RATE"},
         {"no-zero-pages", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_pages,
          "Send all-zero pages as they came (by default a full page of "
          "zeros becomes a ZERO record before the tunnel)",

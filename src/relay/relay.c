@@ -566,7 +566,7 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
         g_ptr_array_add(s->stages, s->zero = mp_filter_zero_new());
     if (r->opt.rate)
         s->pacer = mp_rate_pacer_new(r->opt.rate, now);
-    else if (!r->opt.no_priority)
+    else if (!r->opt.no_priority && !r->opt.no_pace)
         s->est = mp_rate_estimator_new();
     s->sample_us = now;
     g_ptr_array_add(r->sessions, s);

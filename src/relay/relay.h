@@ -31,6 +31,8 @@ typedef struct {
     guint handshake_timeout_ms; /* a new connection's first bytes; 0: 10000 */
     gboolean no_zero_pages;     /* keep all-zero PAGE records as they are */
     gboolean no_priority;       /* no post-copy priority lane */
+    gboolean no_pace; /* the lane without a measured pace (`migproxy
+                         source`: its tunnel paces the link) */
     guint64 rate;  /* bytes/s towards the destination; 0: measured */
     guint64 queue; /* post-copy read-ahead; 0: mp_pcopy_auto_queue() */
     const char *const *allow; /* --allow ADDR[/PREFIX], NULL-terminated;

@@ -56,6 +56,8 @@ typedef struct {
     MpTunRole role;
     gboolean compress; /* offer and use zstd on DATA (RAW_ZSTD) */
     int level;         /* zstd level, 0: 3 */
+    guint64 rate;      /* bulk pace in bytes/s (--rate); 0: measured */
+    gboolean quiet;    /* no log line when pacing begins */
 } MpTunMuxOptions;
 
 /* A mux over the connected tunnel socket `sock` (reference taken),

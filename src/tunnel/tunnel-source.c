@@ -124,6 +124,8 @@ on_dialed(MpTunDial *d, GSocket *sock, const GError *error, gpointer data)
         .role = MP_TUN_ROLE_SOURCE,
         .compress = s->opt.compress,
         .level = s->opt.level,
+        .rate = s->opt.rate,
+        .quiet = s->opt.quiet,
     };
     s->mux = mp_tun_mux_new(sock, name, &mo, &mux_hooks, s);
     s->reported = s->since = 0;

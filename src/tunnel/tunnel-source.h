@@ -26,6 +26,7 @@ typedef struct {
     const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
     gboolean compress;   /* zstd on DATA frames */
     int level;           /* zstd level (0: 3) */
+    guint64 rate;        /* --rate: bulk pace, bytes/s; 0: measured */
     gboolean quiet;
 } MpTunSourceOptions;
 
