@@ -1,8 +1,6 @@
 /* tunnel-link.c: the link's rate and round trips, and the pace of bulk
  * frames (see tunnel-link.h). */
 #include "config.h"
-#include <errno.h>
-#include <sys/socket.h>
 #include "rate-pacer.h"
 #include "tunnel-link.h"
 
@@ -86,7 +84,7 @@ mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
         if (saturated)
             l->saturated_us += span;
         l->measured = mp_rate_estimator_rate(l->est);
-        if (l->measured) {
+        if (l->measured && l->saturated_us >= MP_TUN_LINK_TRUST_US) {
             l->pacer = mp_rate_pacer_new(mp_rate_auto_pace(l->measured, 0),
                                          now_us);
             l->paced_us = now_us;
@@ -185,16 +183,6 @@ gsize
 mp_tun_link_notsent_lowat(const MpTunLink *l)
 {
     return l->pacer ? link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20) : 0;
-}
-
-void
-mp_tun_link_shrink_rcvbuf(const MpTunLink *l, int fd)
-{
-    /* the kernel's floor is lower; below this the loopback hop sends
-     * segments smaller than its own writes */
-    int size = (int)MAX(mp_tun_link_queue_bound(l), 32u << 10);
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) < 0)
-        g_debug("SO_RCVBUF %d: %s", size, g_strerror(errno));
 }
 
 guint64

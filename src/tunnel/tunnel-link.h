@@ -8,7 +8,7 @@
  *     the intervals where the link held us back all along (frames waited
  *     the whole interval and the kernel refused some); the median of the
  *     last such intervals (MpRateEstimator, src/net/rate-pacer.h), as the
- *     relay does.  An interval where the peer's window, not the network,
+ *     relay does, trusted after 2 s of them.  An interval where the peer's window, not the network,
  *     held us back does not count.
  * Once a rate is known (measured, or `--rate`), bulk frames take their
  * bytes from a token bucket at just below it (90 % for 0.5 s, so that
@@ -40,6 +40,9 @@
  * never less than MP_TUN_LINK_QUEUE_MIN bytes. */
 #define MP_TUN_LINK_QUEUE_US 1000
 #define MP_TUN_LINK_QUEUE_MIN (16u << 10)
+/* The estimate is trusted once the link held the tunnel back this long
+ * (its median then rests on intervals after TCP's slow start). */
+#define MP_TUN_LINK_TRUST_US 2000000
 
 typedef struct MpTunLink MpTunLink;
 
@@ -88,9 +91,7 @@ gint64 mp_tun_link_ready_at(MpTunLink *l, gsize n, gint64 now_us);
 gsize mp_tun_link_chunk(const MpTunLink *l);
 gsize mp_tun_link_queue_bound(const MpTunLink *l);
 gsize mp_tun_link_notsent_lowat(const MpTunLink *l);
-/* Sets the receive buffer of local socket `fd`, read into bulk frames,
- * to the queue bound (the kernel doubles it for its bookkeeping). */
-void mp_tun_link_shrink_rcvbuf(const MpTunLink *l, int fd);
+
 
 /* ---- what it knows ---- */
 

@@ -609,20 +609,11 @@ on_drained(MpTunConn *tc, gpointer data)
         conn_watch(g_ptr_array_index(m->conns, i));
 }
 
-/* Bulk frames are paced: the local sockets read into bulk frames keep
- * few bytes in their receive buffers too, so that what the relay puts in
- * front (a requested post-copy page) is not queued behind much there. */
 static void
 on_paced(MpTunConn *tc, gpointer data)
 {
     MpTunMux *m = data;
-    for (guint i = 0; i < m->conns->len; i++) {
-        Conn *c = g_ptr_array_index(m->conns, i);
-        if (c->sock && !c->out_urgent && c->out_id)
-            mp_tun_link_shrink_rcvbuf(mp_tun_conn_link(tc),
-                                      g_socket_get_fd(c->sock));
-    }
-    if (mp_tun_conn_link(tc) && !m->opt.quiet)
+    if (!m->opt.quiet)
         g_message("%s: the link takes %.1f Mbit/s; pacing bulk frames at "
                   "%.1f Mbit/s",
                   mp_tun_conn_name(tc),
@@ -750,9 +741,6 @@ mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
     c->out_urgent = o->channel == MP_TUN_CH_PREEMPT;
     c->sock = g_object_ref(local);
     g_socket_set_blocking(local, FALSE);
-    if (!c->out_urgent && mp_tun_link_paced(mp_tun_conn_link(m->conn)))
-        mp_tun_link_shrink_rcvbuf(mp_tun_conn_link(m->conn),
-                                  g_socket_get_fd(local));
     g_autoptr(GByteArray) b = g_byte_array_new();
     mp_tun_write_open(b, id, o);
     mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);

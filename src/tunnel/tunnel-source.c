@@ -20,6 +20,13 @@
 #define CLASSIFY_MS 100
 #define CLASSIFY_POLL_MS 2
 #define MFD_MAGIC 0x11223344u
+/* The hop's receive buffer (the kernel doubles it), set on the listener so
+ * that its connections start with it: bytes the relay wrote wait there
+ * for the tunnel, in front of whatever the relay's post-copy lane puts
+ * first, so it is small; two loopback segments (64 KiB) fit, so the relay
+ * still writes whole ones.  (Shrinking it later, once the window grew,
+ * stalls the relay's side: it waits for the window it saw before.) */
+#define HOP_RCVBUF (64 << 10)
 
 typedef struct {
     GSocket *sock;
@@ -320,6 +327,7 @@ mp_tun_source_new(const MpTunSourceOptions *opt, GError **error)
         return NULL;
     g_socket_set_blocking(s->hop, FALSE);
     g_socket_set_listen_backlog(s->hop, 300);
+    g_socket_set_option(s->hop, SOL_SOCKET, SO_RCVBUF, HOP_RCVBUF, NULL);
     if (!g_socket_bind(s->hop, la, FALSE, error)
         || !g_socket_listen(s->hop, error)) {
         g_prefix_error(error, "the hop to the tunnel: ");
