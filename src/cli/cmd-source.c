@@ -55,6 +55,13 @@ tunnel_report(guint session, gpointer data)
     return mp_tun_source_report(data);
 }
 
+static void
+tunnel_link(gint64 *measured_bps, gint64 *paced_bps, double *rtt_ms,
+            gpointer data)
+{
+    mp_tun_source_link(data, measured_bps, paced_bps, rtt_ms);
+}
+
 /* --once: the report the relay wrote gets the tunnel's final counters
  * (the relay reported when its side closed, a moment before the tunnel
  * had every byte). */
@@ -146,6 +153,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .report_extra = tunnel_report,
         .report_key = "tunnel",
         .report_data = tun,
+        .link_info = tunnel_link,
     };
     g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
     if (!relay) {

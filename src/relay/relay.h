@@ -42,6 +42,10 @@ typedef struct {
     json_object *(*report_extra)(guint session, gpointer data);
     const char *report_key;
     gpointer report_data;
+    /* Embedding: the link as the embedder measured it, for the --metrics
+     * sample lines (bits per second, ms; < 0: not known), or NULL. */
+    void (*link_info)(gint64 *measured_bps, gint64 *paced_bps,
+                      double *rtt_ms, gpointer data);
 } MpRelayOptions;
 
 typedef struct MpRelay MpRelay;

@@ -795,6 +795,12 @@ mp_tun_mux_ready(const MpTunMux *m)
     return m->ready && !m->closed;
 }
 
+MpTunLink *
+mp_tun_mux_link(const MpTunMux *m)
+{
+    return mp_tun_conn_link(m->conn);
+}
+
 guint
 mp_tun_mux_connections(const MpTunMux *m)
 {

@@ -94,5 +94,7 @@ gboolean mp_tun_mux_ready(const MpTunMux *m);
  * tunnel.  `since`: connections first seen at or after this mux
  * connection number only (mp_tun_mux_connections() before a session). */
 json_object *mp_tun_mux_report(const MpTunMux *m, guint since);
+/* The tunnel connection's link measurements and pace. */
+MpTunLink *mp_tun_mux_link(const MpTunMux *m);
 /* Connections carried so far. */
 guint mp_tun_mux_connections(const MpTunMux *m);

@@ -438,6 +438,21 @@ mp_tun_source_report_again(MpTunSource *s)
     return report_from(s, s->since);
 }
 
+void
+mp_tun_source_link(MpTunSource *s, gint64 *measured_bps, gint64 *paced_bps,
+                   double *rtt_ms)
+{
+    MpTunLink *l = s->mux ? mp_tun_mux_link(s->mux) : NULL;
+
+    *measured_bps = l && mp_tun_link_rate(l)
+                        ? (gint64)mp_tun_link_rate(l) * 8
+                        : -1;
+    *paced_bps = l && mp_tun_link_pace(l) ? (gint64)mp_tun_link_pace(l) * 8
+                                          : -1;
+    *rtt_ms = l && mp_tun_link_rtt_us(l) >= 0 ? mp_tun_link_rtt_us(l) / 1e3
+                                              : -1;
+}
+
 static gboolean
 wake(gpointer data)
 {

@@ -56,6 +56,11 @@ json_object *mp_tun_source_report(MpTunSource *s);
  * counters now (after mp_tun_source_finish(): final).  Caller owns. */
 json_object *mp_tun_source_report_again(MpTunSource *s);
 
+/* The current tunnel's link (tunnel-link.h) in bits per second and ms,
+ * < 0 where not known (no tunnel, not measured, not paced, no PONG). */
+void mp_tun_source_link(MpTunSource *s, gint64 *measured_bps,
+                        gint64 *paced_bps, double *rtt_ms);
+
 /* After the relay's last session: runs the main context until every
  * connection's streams ended, then ends the tunnel (END DONE) and waits
  * for the peer's END, `timeout_ms` at most.  @return TRUE if it ended
