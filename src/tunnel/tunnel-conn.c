@@ -35,6 +35,7 @@ struct MpTunConn {
     gsize bulk_queued;
     gboolean cur_urgent, bulk_full;
     guint tick_id, pace_id, ticks;
+    gint64 pace_at; /* when the pace timer should wake the writer */
     guint64 ping_token;
     GSource *source;
     GIOCondition cond;
@@ -198,6 +199,7 @@ paced_again(gpointer data)
 {
     MpTunConn *c = data;
     c->pace_id = 0;
+    mp_tun_link_woke(c->link, g_get_monotonic_time() - c->pace_at);
     if (write_some(c))
         update_watch(c);
     return G_SOURCE_REMOVE;
@@ -220,6 +222,7 @@ paced(MpTunConn *c, gsize want)
         return MIN(want, allow);
     if (!c->pace_id) {
         gint64 at = mp_tun_link_ready_at(c->link, MIN(want, 4096), now);
+        c->pace_at = at;
         c->pace_id = g_timeout_add(MAX(1, (at - now + 999) / 1000),
                                    paced_again, c);
     }

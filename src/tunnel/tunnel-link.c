@@ -7,11 +7,21 @@
 /* An interval where the peer's window held the kernel back longer than
  * this share (1/10) is the peer's pace, not the link's. */
 #define RWND_SHARE 10
+/* The bucket holds 2 ms of the pace, or twice how late the writer woke
+ * (on a busy host it wakes every few ms: a 2 ms bucket then loses the
+ * rest of each gap, and 80 Mbit/s paced gave 36), at most 20 ms. */
+#define BURST_MIN_US 2000
+#define BURST_MAX_US 20000
+
+static double burst(const MpTunLink *l);
 
 struct MpTunLink {
     guint64 given;
     MpRateEstimator *est;
-    MpRatePacer *pacer; /* NULL: not paced */
+    guint64 pace;  /* bytes/s; 0: not paced */
+    double tokens; /* the bucket; below 0 after urgent bytes */
+    gint64 tokens_us;
+    gint64 late_us; /* how late the writer wakes (a moving average) */
     guint64 measured;
     gint64 start_us, paced_us;
     /* the interval being sampled */
@@ -33,8 +43,9 @@ mp_tun_link_new(guint64 given, gint64 now_us)
     l->start_us = l->sample_us = now_us;
     l->rtt_us = l->rtt_min_us = -1;
     if (given) {
-        l->pacer = mp_rate_pacer_new(given, now_us);
-        l->paced_us = now_us;
+        l->pace = given;
+        l->tokens_us = l->paced_us = now_us;
+        l->tokens = burst(l);
     } else {
         l->est = mp_rate_estimator_new();
     }
@@ -47,7 +58,6 @@ mp_tun_link_free(MpTunLink *l)
     if (!l)
         return;
     mp_rate_estimator_free(l->est);
-    mp_rate_pacer_free(l->pacer);
     g_free(l);
 }
 
@@ -73,7 +83,7 @@ mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
 
     if (l->refused && !l->idle)
         l->held = TRUE;
-    if (l->sampled && span > 0 && l->est && !l->pacer) {
+    if (l->sampled && span > 0 && l->est && !l->pace) {
         guint64 n = acked > l->acked ? acked - l->acked : 0;
         guint64 rwnd = rwnd_limited_us > l->rwnd_us
                            ? rwnd_limited_us - l->rwnd_us
@@ -85,16 +95,15 @@ mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
             l->saturated_us += span;
         l->measured = mp_rate_estimator_rate(l->est);
         if (l->measured && l->saturated_us >= MP_TUN_LINK_TRUST_US) {
-            l->pacer = mp_rate_pacer_new(mp_rate_auto_pace(l->measured, 0),
-                                         now_us);
-            l->paced_us = now_us;
+            l->pace = mp_rate_auto_pace(l->measured, 0);
+            l->tokens_us = l->paced_us = now_us;
+            l->tokens = burst(l);
             began = TRUE;
         }
-    } else if (l->pacer && !l->given) {
+    } else if (l->pace && !l->given) {
         /* the estimate is kept once paced: paced, the link no longer
          * shows its rate */
-        mp_rate_pacer_set_rate(l->pacer, mp_rate_auto_pace(
-                                             l->measured, now_us - l->paced_us));
+        l->pace = mp_rate_auto_pace(l->measured, now_us - l->paced_us);
     }
     l->sampled = TRUE;
     l->sample_us = now_us;
@@ -132,34 +141,74 @@ mp_tun_link_pong(MpTunLink *l, guint64 sent_ns, guint64 now_ns)
 gboolean
 mp_tun_link_paced(const MpTunLink *l)
 {
-    return l->pacer != NULL;
-}
-
-gsize
-mp_tun_link_allowance(MpTunLink *l, gint64 now_us)
-{
-    return l->pacer ? mp_rate_pacer_allowance(l->pacer, now_us) : G_MAXSIZE;
-}
-
-void
-mp_tun_link_spend(MpTunLink *l, gsize n)
-{
-    if (l->pacer)
-        mp_rate_pacer_spend(l->pacer, n);
-}
-
-gint64
-mp_tun_link_ready_at(MpTunLink *l, gsize n, gint64 now_us)
-{
-    return l->pacer ? mp_rate_pacer_ready_at(l->pacer, n, now_us) : now_us;
+    return l->pace != 0;
 }
 
 /* `us` of the pace in bytes, within [MP_TUN_LINK_QUEUE_MIN, max]. */
 static gsize
 link_time(const MpTunLink *l, guint64 us, gsize max)
 {
-    guint64 b = mp_rate_pacer_rate(l->pacer) * us / G_USEC_PER_SEC;
+    guint64 b = l->pace * us / G_USEC_PER_SEC;
     return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, max);
+}
+
+static double
+burst(const MpTunLink *l)
+{
+    return link_time(l, CLAMP(2 * l->late_us, BURST_MIN_US, BURST_MAX_US),
+                     G_MAXSIZE);
+}
+
+static void
+refill(MpTunLink *l, gint64 now_us)
+{
+    if (now_us > l->tokens_us) {
+        l->tokens += (double)(now_us - l->tokens_us) * l->pace / G_USEC_PER_SEC;
+        l->tokens = MIN(l->tokens, burst(l));
+        l->tokens_us = now_us;
+    }
+}
+
+gsize
+mp_tun_link_allowance(MpTunLink *l, gint64 now_us)
+{
+    if (!l->pace)
+        return G_MAXSIZE;
+    refill(l, now_us);
+    return l->tokens > 0 ? (gsize)l->tokens : 0;
+}
+
+void
+mp_tun_link_spend(MpTunLink *l, gsize n)
+{
+    if (l->pace)
+        l->tokens -= n;
+}
+
+gint64
+mp_tun_link_ready_at(MpTunLink *l, gsize n, gint64 now_us)
+{
+    if (!l->pace)
+        return now_us;
+    refill(l, now_us);
+    double need = MIN((double)n, burst(l)) - l->tokens;
+    if (need <= 0)
+        return now_us;
+    return now_us + (gint64)(need * G_USEC_PER_SEC / l->pace) + 1;
+}
+
+void
+mp_tun_link_woke(MpTunLink *l, gint64 late_us)
+{
+    l->late_us += (MAX(late_us, 0) - l->late_us) / 8;
+}
+
+/* The queues in front of the link hold 1 ms of it, or how late the
+ * writer wakes: less would leave the link idle until it does. */
+static guint64
+queue_us(const MpTunLink *l)
+{
+    return CLAMP(l->late_us, MP_TUN_LINK_QUEUE_US, BURST_MAX_US);
 }
 
 gsize
@@ -167,22 +216,21 @@ mp_tun_link_chunk(const MpTunLink *l)
 {
     /* a frame is the unit of interleaving: an urgent frame waits for
      * the rest of the bulk frame being written */
-    return l->pacer ? link_time(l, 2 * MP_TUN_LINK_QUEUE_US,
-                                MP_TUN_LINK_CHUNK_MAX)
-                    : MP_TUN_LINK_CHUNK_MAX;
+    return l->pace ? link_time(l, 2 * MP_TUN_LINK_QUEUE_US,
+                               MP_TUN_LINK_CHUNK_MAX)
+                   : MP_TUN_LINK_CHUNK_MAX;
 }
 
 gsize
 mp_tun_link_queue_bound(const MpTunLink *l)
 {
-    return l->pacer ? link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20)
-                    : G_MAXSIZE;
+    return l->pace ? link_time(l, queue_us(l), 8u << 20) : G_MAXSIZE;
 }
 
 gsize
 mp_tun_link_notsent_lowat(const MpTunLink *l)
 {
-    return l->pacer ? link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20) : 0;
+    return l->pace ? link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20) : 0;
 }
 
 guint64
@@ -194,7 +242,7 @@ mp_tun_link_rate(const MpTunLink *l)
 guint64
 mp_tun_link_pace(const MpTunLink *l)
 {
-    return l->pacer ? mp_rate_pacer_rate(l->pacer) : 0;
+    return l->pace;
 }
 
 gint64
@@ -221,15 +269,16 @@ mp_tun_link_report(const MpTunLink *l)
                            l->measured ? json_object_new_int64(l->measured * 8)
                                        : NULL);
     json_object_object_add(o, "paced_bps",
-                           l->pacer ? json_object_new_int64(
-                                          mp_rate_pacer_rate(l->pacer) * 8)
-                                    : NULL);
+                           l->pace ? json_object_new_int64(l->pace * 8)
+                                   : NULL);
     json_object_object_add(
         o, "paced_since_s",
-        l->pacer ? json_object_new_double((l->paced_us - l->start_us) / 1e6)
+        l->pace ? json_object_new_double((l->paced_us - l->start_us) / 1e6)
                  : NULL);
     json_object_object_add(o, "saturated_s",
                            json_object_new_double(l->saturated_us / 1e6));
+    json_object_object_add(o, "writer_late_ms",
+                           json_object_new_double(l->late_us / 1e3));
     json_object_object_add(o, "rtt_ms", ms_or_null(l->rtt_us));
     json_object_object_add(o, "rtt_min_ms", ms_or_null(l->rtt_min_us));
     json_object_object_add(o, "pings", json_object_new_int64(l->pings));

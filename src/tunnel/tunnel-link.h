@@ -11,7 +11,8 @@
  *     relay does, trusted after 2 s of them.  An interval where the peer's window, not the network,
  *     held us back does not count.
  * Once a rate is known (measured, or `--rate`), bulk frames take their
- * bytes from a token bucket at just below it (90 % for 0.5 s, so that
+ * bytes from a token bucket (2 ms of it, more when the writer wakes late)
+ * at just below it (90 % for 0.5 s, so that
  * the queue the unpaced link built at its bottleneck drains, then 97 %;
  * `--rate` as given), and the queues in front of the link shrink to a
  * few milliseconds of it: the kernel's unsent bytes (TCP_NOTSENT_LOWAT),
@@ -85,6 +86,11 @@ gsize mp_tun_link_allowance(MpTunLink *l, gint64 now_us);
 void mp_tun_link_spend(MpTunLink *l, gsize n);
 /* When `n` bulk bytes may be written (now if not paced). */
 gint64 mp_tun_link_ready_at(MpTunLink *l, gsize n, gint64 now_us);
+/* The writer, woken by its timer for mp_tun_link_ready_at(), woke
+ * `late_us` after it: the bucket and the bulk queue grow to cover how
+ * late it wakes (2 ms of the pace at least, 20 ms at most), or a busy
+ * host leaves the link idle between its wake-ups. */
+void mp_tun_link_woke(MpTunLink *l, gint64 late_us);
 /* The bounds of the queues in front of the link: raw stream bytes per
  * DATA frame, bulk bytes queued, the kernel's unsent bytes
  * (TCP_NOTSENT_LOWAT; 0: leave the kernel's default). */
@@ -100,7 +106,8 @@ guint64 mp_tun_link_pace(const MpTunLink *l);  /* the pace now; 0: none */
 gint64 mp_tun_link_rtt_us(const MpTunLink *l); /* last round trip; -1 */
 
 /* `{rate_source ("given", "measured", "none"), measured_bps, paced_bps,
- * rtt_ms, rtt_min_ms, pings, pongs, saturated_s, paced_since_s}`:
+ * rtt_ms, rtt_min_ms, pings, pongs, saturated_s, paced_since_s,
+ * writer_late_ms}`:
  * measured and paced rates in bits per second (null: none), round trips
  * in ms (null: no PONG yet). */
 json_object *mp_tun_link_report(const MpTunLink *l);

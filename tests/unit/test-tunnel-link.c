@@ -142,6 +142,27 @@ Test(tunnel_link, given_rate_paces_from_the_start)
     json_object_put(r);
 }
 
+/* A writer that wakes late (a busy host) gets a bucket and a bulk queue
+ * that cover the gap, or the link idles between its wake-ups. */
+Test(tunnel_link, late_writer_gets_a_larger_bucket)
+{
+    g_autoptr(MpTunLink) l = mp_tun_link_new(RATE, 0);
+
+    /* 2 ms of the pace, 1 ms queued */
+    cr_assert_eq(mp_tun_link_allowance(l, 100 * MS), RATE * 2 / 1000);
+    cr_assert_eq(mp_tun_link_queue_bound(l), MP_TUN_LINK_QUEUE_MIN);
+    for (int i = 0; i < 100; i++)
+        mp_tun_link_woke(l, 8 * MS);
+    gsize a = mp_tun_link_allowance(l, 200 * MS);
+    cr_assert(a > RATE * 15 / 1000 && a <= RATE * 16 / 1000, "%zu", a);
+    gsize q = mp_tun_link_queue_bound(l);
+    cr_assert(q > RATE * 7 / 1000 && q <= RATE * 8 / 1000, "%zu", q);
+    /* at most 20 ms however late */
+    for (int i = 0; i < 100; i++)
+        mp_tun_link_woke(l, 500 * MS);
+    cr_assert_eq(mp_tun_link_allowance(l, 900 * MS), RATE * 20 / 1000);
+}
+
 Test(tunnel_link, round_trips_from_pongs)
 {
     g_autoptr(MpTunLink) l = mp_tun_link_new(0, 0);
