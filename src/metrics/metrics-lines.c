@@ -176,9 +176,9 @@ on_sample(MpMetricsObserver *self, const MpMetrics *m, gint64 interval_us,
                                ln.paced_bps < 0
                                    ? NULL
                                    : json_object_new_int64(ln.paced_bps));
-        json_object_object_add(lo, "rtt_ms",
-                               ln.rtt_ms < 0 ? NULL
-                                             : json_object_new_double(ln.rtt_ms));
+        json_object *rtt =
+            ln.rtt_ms < 0 ? NULL : json_object_new_double(ln.rtt_ms);
+        json_object_object_add(lo, "rtt_ms", rtt);
         json_object_object_add(o, "link", lo);
     }
     emit((Lines *)self, m, "sample", o, now_us);

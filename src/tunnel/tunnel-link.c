@@ -163,7 +163,8 @@ static void
 refill(MpTunLink *l, gint64 now_us)
 {
     if (now_us > l->tokens_us) {
-        l->tokens += (double)(now_us - l->tokens_us) * l->pace / G_USEC_PER_SEC;
+        l->tokens +=
+            (double)(now_us - l->tokens_us) * l->pace / G_USEC_PER_SEC;
         l->tokens = MIN(l->tokens, burst(l));
         l->tokens_us = now_us;
     }

@@ -8,19 +8,19 @@
  *     the intervals where the link held us back all along (frames waited
  *     the whole interval and the kernel refused some); the median of the
  *     last such intervals (MpRateEstimator, src/net/rate-pacer.h), as the
- *     relay does, trusted after 2 s of them.  An interval where the peer's window, not the network,
- *     held us back does not count.
+ *     relay does, trusted after 2 s of them.  An interval where the
+ *     peer's window, not the network, held us back does not count.
  * Once a rate is known (measured, or `--rate`), bulk frames take their
  * bytes from a token bucket (2 ms of it, more when the writer wakes late)
- * at just below it (90 % for 0.5 s, so that
- * the queue the unpaced link built at its bottleneck drains, then 97 %;
- * `--rate` as given), and the queues in front of the link shrink to a
- * few milliseconds of it: the kernel's unsent bytes (TCP_NOTSENT_LOWAT),
- * the bulk frames queued, the raw bytes per DATA frame.  Urgent frames
- * (return path, preempt channel) are not held by the bucket (they spend
- * from it, so the sum stays below the link) and go before every queued
- * bulk frame; with the bottleneck's queue empty, one of them waits for at
- * most the unsent bytes and the rest of the bulk frame being written.
+ * at just below it (90 % for 0.5 s, so that the queue the unpaced link
+ * built at its bottleneck drains, then 97 %; `--rate` as given), and the
+ * queues in front of the link shrink to a millisecond or so of it: the
+ * kernel's unsent bytes (TCP_NOTSENT_LOWAT), the bulk frames queued, the
+ * raw bytes per DATA frame.  Urgent frames (return path, preempt channel)
+ * are not held by the bucket (they spend from it, so the sum stays below
+ * the link) and go before every queued bulk frame; with the bottleneck's
+ * queue empty, one of them waits for at most the unsent bytes and the
+ * rest of the bulk frame being written.
  *
  * Pure logic on numbers the connection passes in (clock, byte counts),
  * so that tests drive it without sockets.

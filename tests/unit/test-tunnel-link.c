@@ -94,8 +94,8 @@ Test(tunnel_link, saturated_link_is_measured_then_paced_below_it)
     cr_assert_str_eq(
         json_object_get_string(json_object_object_get(r, "rate_source")),
         "measured");
-    cr_assert_eq(json_object_get_int64(json_object_object_get(r, "measured_bps")),
-                 (gint64)m * 8);
+    json_object *mb = json_object_object_get(r, "measured_bps");
+    cr_assert_eq(json_object_get_int64(mb), (gint64)m * 8);
     json_object_put(r);
 }
 
