@@ -41,6 +41,13 @@ the relay's upstream connections cross the shaped link, so the relay sits
 in front of the bottleneck, where pacing and priority can act.  A run with
 --relay is labelled "relay" (or --label).
 
+Pair hook: --dest-cmd 'CMD' runs CMD in the destination namespace before
+--relay's command (`migproxy dest`, the far end of the tunnel), with
+{listen_host} and {tunnel_port} (where it listens), {to_host}:{to_port}
+(the destination QEMU), {src_host} (the source namespace's address) and
+{run_dir}; --relay's CMD then gets {tunnel_host}:{tunnel_port} too
+(`migproxy source --peer {tunnel_host}:{tunnel_port}`).
+
 Every process is started with a recorded pid (written to RUN_DIR/pids for
 bench-postcopy.sh's trap) and ended by that pid: QMP quit, then SIGTERM,
 then SIGKILL.  The namespaces are taken down at the end unless --keep-net.
@@ -318,10 +325,22 @@ def one_run(args, version, preempt, run_dir, port, procs):
                                       "downtime-limit")}
 
     uri = f"tcp:{DST_ADDR}:{port}"
+    tport = port + 1000
+    if args.dest_cmd:
+        subst = {"listen_host": DST_ADDR, "tunnel_port": str(tport),
+                 "to_host": DST_ADDR, "to_port": str(port),
+                 "src_host": NET_PREFIX + ".1", "run_dir": run_dir}
+        cmd = [w.format(**subst) for w in shlex.split(args.dest_cmd)]
+        far = procs.start("dest", ["ip", "netns", "exec", NS_DST] + cmd,
+                          stdout=open(f"{run_dir}/dest.log", "wb"),
+                          stderr=subprocess.STDOUT)
+        wait_for(lambda: listening(NS_DST, tport), 30, "dest listening",
+                 (far,))
     if args.relay:
         lport = port + 1
         subst = {"listen_host": "127.0.0.1", "listen_port": str(lport),
                  "to_host": DST_ADDR, "to_port": str(port),
+                 "tunnel_host": DST_ADDR, "tunnel_port": str(tport),
                  "run_dir": run_dir}
         cmd = [w.format(**subst) for w in shlex.split(args.relay)]
         relay = procs.start("relay", ["ip", "netns", "exec", NS_SRC] + cmd,
@@ -578,6 +597,9 @@ def main():
     ap.add_argument("--relay", default="",
                     help="relay command template, run in the source "
                          "namespace (see the module doc)")
+    ap.add_argument("--dest-cmd", default="",
+                    help="command run in the destination namespace before "
+                         "--relay's (the pair's dest; see the module doc)")
     ap.add_argument("--label", default="", help="case label in the table")
     ap.add_argument("--port", type=int, default=47000)
     ap.add_argument("--run-dir", default="",
@@ -636,7 +658,13 @@ def main():
                     # what the relay chose (queue, pace), if it reported
                     try:
                         with open(os.path.join(run_dir, "report.json")) as f:
-                            r["relay_priority"] = json.load(f).get("priority")
+                            rep = json.load(f)
+                        r["relay_priority"] = rep.get("priority")
+                        # the pair's source: its link rate and lanes
+                        if "tunnel" in rep:
+                            r["tunnel"] = {k: v for k, v in
+                                           rep["tunnel"].items()
+                                           if k != "channels"}
                     except (OSError, ValueError):
                         pass
                     results.append(r)

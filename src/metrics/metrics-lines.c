@@ -165,6 +165,22 @@ on_sample(MpMetricsObserver *self, const MpMetrics *m, gint64 interval_us,
         o, "eta_s", l.eta_s >= 0 ? json_object_new_double(l.eta_s) : NULL);
     json_object_object_add(o, "postcopy_requests",
                            json_object_new_int64(pr.postcopy_requests));
+    MpMetricsLink ln;
+    if (mp_metrics_link(m, &ln)) {
+        json_object *lo = json_object_new_object();
+        json_object_object_add(lo, "measured_bps",
+                               ln.measured_bps < 0
+                                   ? NULL
+                                   : json_object_new_int64(ln.measured_bps));
+        json_object_object_add(lo, "paced_bps",
+                               ln.paced_bps < 0
+                                   ? NULL
+                                   : json_object_new_int64(ln.paced_bps));
+        json_object *rtt =
+            ln.rtt_ms < 0 ? NULL : json_object_new_double(ln.rtt_ms);
+        json_object_object_add(lo, "rtt_ms", rtt);
+        json_object_object_add(o, "link", lo);
+    }
     emit((Lines *)self, m, "sample", o, now_us);
 }
 

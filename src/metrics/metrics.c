@@ -69,6 +69,8 @@ struct MpMetrics {
     gint64 time_ring[RATE_WINDOW];
     guint ring_pos, ring_fill;
     MpMetricsLive live;
+    MpMetricsLink link;
+    gboolean has_link;
     const char *phase_announced;
     guint rounds_announced;
 
@@ -560,6 +562,21 @@ void
 mp_metrics_live(const MpMetrics *m, MpMetricsLive *out)
 {
     *out = m->live;
+}
+
+void
+mp_metrics_set_link(MpMetrics *m, const MpMetricsLink *link)
+{
+    m->link = *link;
+    m->has_link = TRUE;
+}
+
+gboolean
+mp_metrics_link(const MpMetrics *m, MpMetricsLink *out)
+{
+    if (m->has_link)
+        *out = m->link;
+    return m->has_link;
 }
 
 static MpMetricsLive

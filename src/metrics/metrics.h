@@ -99,6 +99,13 @@ typedef struct {
     double eta_s;      /* -1: unknown */
 } MpMetricsLive;
 
+/* The link as its owner measured it (`migproxy source`: the tunnel's,
+ * docs/tunnel.md "Link rate and pacing"); a value < 0 is not known. */
+typedef struct {
+    gint64 measured_bps, paced_bps; /* bits per second */
+    double rtt_ms;
+} MpMetricsLink;
+
 /* How the session ended, once mp_metrics_finish() was called. */
 typedef enum {
     MP_METRICS_OUTCOME_RUNNING,   /* not finished */
@@ -200,6 +207,10 @@ gint64 mp_metrics_last_us(const MpMetrics *m);
 void mp_metrics_downtime(const MpMetrics *m, MpMetricsDowntime *out);
 void mp_metrics_postcopy(const MpMetrics *m, MpMetricsPostcopy *out);
 void mp_metrics_live(const MpMetrics *m, MpMetricsLive *out);
+/* Set before a tick: the sample lines carry it.  @return FALSE (and
+ * nothing in `out`) while none was set. */
+void mp_metrics_set_link(MpMetrics *m, const MpMetricsLink *link);
+gboolean mp_metrics_link(const MpMetrics *m, MpMetricsLink *out);
 
 MpMetricsOutcome mp_metrics_outcome(const MpMetrics *m);
 /* "completed", "failed: ...", ...; NULL while running. */

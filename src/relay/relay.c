@@ -566,7 +566,7 @@ start_session(MpRelay *r, Conn *main, MpChanKind kind)
         g_ptr_array_add(s->stages, s->zero = mp_filter_zero_new());
     if (r->opt.rate)
         s->pacer = mp_rate_pacer_new(r->opt.rate, now);
-    else if (!r->opt.no_priority)
+    else if (!r->opt.no_priority && !r->opt.no_pace)
         s->est = mp_rate_estimator_new();
     s->sample_us = now;
     g_ptr_array_add(r->sessions, s);
@@ -1257,6 +1257,12 @@ on_tick(gpointer user_data)
     for (guint i = 0; i < r->sessions->len; i++) {
         Session *s = g_ptr_array_index(r->sessions, i);
         if (!s->ended && !s->paused) {
+            if (r->opt.link_info) {
+                MpMetricsLink ln;
+                r->opt.link_info(&ln.measured_bps, &ln.paced_bps,
+                                 &ln.rtt_ms, r->opt.report_data);
+                mp_metrics_set_link(s->metrics, &ln);
+            }
             mp_metrics_tick(s->metrics, now);
             auto_pace(s, now);
         }

@@ -31,6 +31,8 @@ typedef struct {
     guint handshake_timeout_ms; /* a new connection's first bytes; 0: 10000 */
     gboolean no_zero_pages;     /* keep all-zero PAGE records as they are */
     gboolean no_priority;       /* no post-copy priority lane */
+    gboolean no_pace; /* the lane without a measured pace (`migproxy
+                         source`: its tunnel paces the link) */
     guint64 rate;  /* bytes/s towards the destination; 0: measured */
     guint64 queue; /* post-copy read-ahead; 0: mp_pcopy_auto_queue() */
     const char *const *allow; /* --allow ADDR[/PREFIX], NULL-terminated;
@@ -40,6 +42,10 @@ typedef struct {
     json_object *(*report_extra)(guint session, gpointer data);
     const char *report_key;
     gpointer report_data;
+    /* Embedding: the link as the embedder measured it, for the --metrics
+     * sample lines (bits per second, ms; < 0: not known), or NULL. */
+    void (*link_info)(gint64 *measured_bps, gint64 *paced_bps,
+                      double *rtt_ms, gpointer data);
 } MpRelayOptions;
 
 typedef struct MpRelay MpRelay;

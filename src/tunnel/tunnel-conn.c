@@ -5,8 +5,11 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h>
 #include <gio/gio.h>
+#include "tcp-info.h"
 #include "tunnel-conn.h"
 
 #define READ_CHUNK (256u << 10)
@@ -30,6 +33,13 @@ struct MpTunConn {
     gsize cur_pos;
     gsize queued;
     gboolean was_high;
+    /* the link's rate and the pace of bulk frames (tunnel-link.h) */
+    MpTunLink *link;
+    gsize bulk_queued;
+    gboolean cur_urgent, bulk_full;
+    guint tick_id, pace_id, ticks;
+    gint64 pace_at; /* when the pace timer should wake the writer */
+    guint64 ping_token;
     GSource *in_source, *out_source;
     guint8 *rbuf;
     guint64 bytes_in, bytes_out;
@@ -41,6 +51,7 @@ struct MpTunConn {
 };
 
 static void update_watch(MpTunConn *c);
+static gboolean write_some(MpTunConn *c);
 
 static void
 stop_source(GSource **src)
@@ -90,6 +101,8 @@ queue_bytes(MpTunConn *c, const guint8 *buf, gsize len, gboolean urgent)
 {
     g_queue_push_tail(urgent ? &c->urgent : &c->bulk, g_bytes_new(buf, len));
     c->queued += len;
+    if (!urgent)
+        c->bulk_queued += len;
 }
 
 void
@@ -105,6 +118,28 @@ gsize
 mp_tun_conn_queued(const MpTunConn *c)
 {
     return c->queued;
+}
+
+gboolean
+mp_tun_conn_bulk_room(MpTunConn *c)
+{
+    gboolean room = c->queued < MP_TUN_CONN_QUEUE_HIGH
+                    && c->bulk_queued < mp_tun_link_queue_bound(c->link);
+    if (!room)
+        c->bulk_full = TRUE;
+    return room;
+}
+
+gsize
+mp_tun_conn_chunk(const MpTunConn *c)
+{
+    return mp_tun_link_chunk(c->link);
+}
+
+MpTunLink *
+mp_tun_conn_link(const MpTunConn *c)
+{
+    return c->link;
 }
 
 static MpRecordAction
@@ -167,45 +202,99 @@ on_frame(const MpTunFrame *f, gpointer data)
         mp_tun_conn_fail(c, err);
         return MP_REC_PAUSE;
     }
+    if (f->type == MP_TUN_PONG && f->u.ping.token
+        && f->u.ping.token <= c->ping_token)
+        mp_tun_link_pong(c->link, f->u.ping.time_ns,
+                         g_get_monotonic_time() * 1000);
     if (c->hooks.frame)
         c->hooks.frame(c, f, c->data);
     return c->done ? MP_REC_PAUSE : MP_REC_CONTINUE;
 }
 
-/* Writes what the socket takes.  @return FALSE once failed. */
+static gboolean
+paced_again(gpointer data)
+{
+    MpTunConn *c = data;
+    c->pace_id = 0;
+    mp_tun_link_woke(c->link, g_get_monotonic_time() - c->pace_at);
+    if (write_some(c))
+        update_watch(c);
+    return G_SOURCE_REMOVE;
+}
+
+/* Bulk bytes of `want` that the pace lets out now; 0: a timer wakes the
+ * writer when it does.  An urgent frame waiting behind the bulk frame
+ * being written makes the rest of that frame go at once (it spends ahead
+ * from the bucket): the urgent frame waits for no tokens. */
+static gsize
+paced(MpTunConn *c, gsize want)
+{
+    gint64 now = g_get_monotonic_time();
+
+    if (c->cur_urgent || !g_queue_is_empty(&c->urgent)
+        || !mp_tun_link_paced(c->link))
+        return want;
+    gsize allow = mp_tun_link_allowance(c->link, now);
+    if (allow)
+        return MIN(want, allow);
+    if (!c->pace_id) {
+        gint64 at = mp_tun_link_ready_at(c->link, MIN(want, 4096), now);
+        c->pace_at = at;
+        c->pace_id = g_timeout_add(MAX(1, (at - now + 999) / 1000),
+                                   paced_again, c);
+    }
+    return 0;
+}
+
+/* Writes what the socket (and the pace, for bulk frames) takes.
+ * @return FALSE once failed. */
 static gboolean
 write_some(MpTunConn *c)
 {
     while (!c->done) {
         if (!c->cur) {
             GBytes *b = g_queue_pop_head(&c->urgent);
-            if (!b)
+            c->cur_urgent = b != NULL;
+            if (!b && !g_queue_is_empty(&c->bulk) && paced(c, 1))
                 b = g_queue_pop_head(&c->bulk);
-            if (!b)
+            if (!b) {
+                if (g_queue_is_empty(&c->bulk))
+                    mp_tun_link_idle(c->link);
                 break;
+            }
             c->cur = b;
             c->cur_pos = 0;
         }
         gsize len;
         const guint8 *p = g_bytes_get_data(c->cur, &len);
+        gsize want = paced(c, len - c->cur_pos);
+        if (!want)
+            break;
         g_autoptr(GError) err = NULL;
         gssize n = g_pollable_output_stream_write_nonblocking(
-            c->out, p + c->cur_pos, len - c->cur_pos, NULL, &err);
+            c->out, p + c->cur_pos, want, NULL, &err);
         if (n < 0) {
-            if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+            if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
+                mp_tun_link_refused(c->link);
                 break;
+            }
             g_prefix_error(&err, "%s: writing: ", c->name);
             finish(c, g_steal_pointer(&err));
             return FALSE;
         }
         c->cur_pos += n;
         c->queued -= n;
+        if (!c->cur_urgent)
+            c->bulk_queued -= n;
         c->bytes_out += n;
+        mp_tun_link_spend(c->link, n);
         if (c->cur_pos == len)
             g_clear_pointer(&c->cur, g_bytes_unref);
     }
-    if (c->was_high && c->queued < MP_TUN_CONN_QUEUE_HIGH / 2) {
-        c->was_high = FALSE;
+    if ((c->was_high && c->queued < MP_TUN_CONN_QUEUE_HIGH / 2)
+        || (c->bulk_full && c->queued < MP_TUN_CONN_QUEUE_HIGH
+            && c->bulk_queued < mp_tun_link_queue_bound(c->link))) {
+        c->was_high = c->bulk_full = FALSE;
         if (c->hooks.drained)
             c->hooks.drained(c, c->data);
     }
@@ -301,7 +390,10 @@ update_watch(MpTunConn *c)
         stop_source(&c->in_source);
     else if (!c->in_source)
         c->in_source = watch(c, TRUE);
-    if (!c->cur && !c->queued)
+    /* bulk bytes held by the pace wait for its timer, not the socket */
+    gboolean out = !g_queue_is_empty(&c->urgent) || (c->cur && c->cur_urgent)
+                   || ((c->cur || c->queued) && !c->pace_id);
+    if (!out)
         stop_source(&c->out_source);
     else if (!c->out_source)
         c->out_source = watch(c, FALSE);
@@ -321,6 +413,57 @@ stream_socket(GIOStream *stream)
     return G_IS_SOCKET_CONNECTION(stream)
                ? g_socket_connection_get_socket(G_SOCKET_CONNECTION(stream))
                : NULL;
+}
+
+/* Every MP_TUN_LINK_SAMPLE_US: the link's sample, a PING now and then. */
+static gboolean
+on_tick(gpointer data)
+{
+    MpTunConn *c = data;
+    int fd = g_socket_get_fd(c->sock);
+    int unsent = 0;
+    guint64 rwnd = 0;
+
+    if (c->done)
+        return G_SOURCE_CONTINUE;
+    if (ioctl(fd, SIOCOUTQ, &unsent) < 0)
+        unsent = 0;
+    mp_tcp_rwnd_limited_us(fd, &rwnd);
+    if (mp_tun_link_sample(c->link, g_get_monotonic_time(), c->bytes_out,
+                           (guint64)MAX(unsent, 0), rwnd)) {
+        /* paced from now on: the kernel keeps few unsent bytes, so an
+         * urgent frame waits behind little */
+        int lowat = (int)mp_tun_link_notsent_lowat(c->link);
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
+                       sizeof(lowat))
+            < 0)
+            g_warning("%s: TCP_NOTSENT_LOWAT: %s; urgent frames wait behind "
+                      "the socket's whole send buffer",
+                      c->name, g_strerror(errno));
+        if (c->hooks.paced)
+            c->hooks.paced(c, c->data);
+    }
+    if (c->ready && !c->end_sent && ++c->ticks % MP_TUN_LINK_PING_EVERY == 1) {
+        g_autoptr(GByteArray) b = g_byte_array_new();
+        mp_tun_write_ping(b, MP_TUN_PING, ++c->ping_token,
+                          g_get_monotonic_time() * 1000);
+        queue_bytes(c, b->data, b->len, TRUE);
+        mp_tun_link_pinged(c->link);
+        update_watch(c);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+void
+mp_tun_conn_set_rate(MpTunConn *c, guint64 bytes_per_s)
+{
+    mp_tun_link_free(c->link);
+    c->link = mp_tun_link_new(bytes_per_s, g_get_monotonic_time());
+    if (bytes_per_s) {
+        int lowat = (int)mp_tun_link_notsent_lowat(c->link);
+        setsockopt(g_socket_get_fd(c->sock), IPPROTO_TCP, TCP_NOTSENT_LOWAT,
+                   &lowat, sizeof(lowat));
+    }
 }
 
 MpTunConn *
@@ -350,6 +493,8 @@ mp_tun_conn_new(GIOStream *stream, const char *name, const MpTunHello *mine,
     mp_tun_write_preamble(b);
     mp_tun_write_hello(b, &c->mine);
     queue_bytes(c, b->data, b->len, TRUE);
+    c->link = mp_tun_link_new(0, g_get_monotonic_time());
+    c->tick_id = g_timeout_add(MP_TUN_LINK_SAMPLE_US / 1000, on_tick, c);
     update_watch(c);
     return c;
 }
@@ -362,6 +507,11 @@ mp_tun_conn_free(MpTunConn *c)
     stop_watch(c);
     if (c->closed_id)
         g_source_remove(c->closed_id);
+    if (c->tick_id)
+        g_source_remove(c->tick_id);
+    if (c->pace_id)
+        g_source_remove(c->pace_id);
+    mp_tun_link_free(c->link);
     g_socket_close(c->sock, NULL);
     g_object_unref(c->stream);
     g_queue_clear_full(&c->urgent, (GDestroyNotify)g_bytes_unref);

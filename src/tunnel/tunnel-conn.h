@@ -19,6 +19,7 @@
 
 #include <gio/gio.h>
 #include "tunnel-frame.h"
+#include "tunnel-link.h"
 
 /* The owner stops producing frames above this many queued bytes and is
  * told by `drained` when the queue fell below half of it. */
@@ -31,12 +32,16 @@ typedef struct {
     void (*ready)(MpTunConn *c, const MpTunAgreed *agreed, gpointer data);
     /* A frame after the handshake other than HELLO and END. */
     void (*frame)(MpTunConn *c, const MpTunFrame *f, gpointer data);
-    /* The output queue fell below MP_TUN_CONN_QUEUE_HIGH / 2. */
+    /* The output queue fell below MP_TUN_CONN_QUEUE_HIGH / 2, or there is
+     * bulk room again after mp_tun_conn_bulk_room() said no. */
     void (*drained)(MpTunConn *c, gpointer data);
     /* The connection is over: `error` NULL after a clean END both ways
      * (`end_code` the peer's code), else why it failed.  May free. */
     void (*closed)(MpTunConn *c, const GError *error, guint8 end_code,
                    gpointer data);
+    /* Bulk frames are paced from now on (the link's rate was measured):
+     * the queues in front of the link shrink (tunnel-link.h).  Optional. */
+    void (*paced)(MpTunConn *c, gpointer data);
 } MpTunConnHooks;
 
 /* Starts the handshake on `stream` (a reference is taken; its pollable
@@ -56,6 +61,16 @@ void mp_tun_conn_send(MpTunConn *c, const guint8 *buf, gsize len,
                       gboolean urgent);
 /* Bytes queued and not yet written. */
 gsize mp_tun_conn_queued(const MpTunConn *c);
+/* May the owner queue another bulk frame?  Below MP_TUN_CONN_QUEUE_HIGH,
+ * and once paced below a millisecond or so of the link
+ * (mp_tun_link_queue_bound()); when not, `drained` says when. */
+gboolean mp_tun_conn_bulk_room(MpTunConn *c);
+/* Raw stream bytes per DATA frame (mp_tun_link_chunk()). */
+gsize mp_tun_conn_chunk(const MpTunConn *c);
+/* Paces bulk frames at `bytes_per_s` from now on (--rate; 0: measure). */
+void mp_tun_conn_set_rate(MpTunConn *c, guint64 bytes_per_s);
+/* The link's measurements and pace (owned by the connection). */
+MpTunLink *mp_tun_conn_link(const MpTunConn *c);
 /* Sends END with `code` and `reason` after what is queued; the
  * connection closes once the peer's END came (or at once if it had). */
 void mp_tun_conn_end(MpTunConn *c, guint8 code, const char *reason);

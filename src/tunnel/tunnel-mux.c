@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <gio/gio.h>
 #include <zstd.h>
+#include "tunnel-cap.h"
 #include "tunnel-mux.h"
 #include "tunnel-pages-in.h"
 
@@ -68,6 +69,10 @@ struct MpTunMux {
     guint8 *rbuf, *zbuf;
     gsize zbuf_len;
     guint8 *dbuf;
+    /* source side: is QEMU held at its max-bandwidth? (tunnel-cap.h) */
+    MpTunCapWatch cap;
+    guint cap_id;
+    gboolean dry; /* a read of a bulk stream found nothing */
 };
 
 static void conn_watch(Conn *c);
@@ -231,7 +236,9 @@ may_read(const Conn *c)
     const MpTunMux *m = c->m;
     return m->ready && !m->closed && c->sock && !c->rd_eof && !c->done
            && c->unacked < MP_TUN_MUX_WINDOW
-           && mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH;
+           && (c->out_urgent
+                   ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
+                   : mp_tun_conn_bulk_room(m->conn));
 }
 
 /* Sends `n` raw stream bytes as one DATA frame standing for `account`
@@ -325,6 +332,9 @@ static void
 pages_feed(Conn *c, gsize n)
 {
     guint64 left = mp_tun_pages_out_feed(c->po, c->m->rbuf, n);
+    /* post-copy may come: from now on the link is paced (tunnel-link.h) */
+    if (mp_tun_pages_out_postcopy_advised(c->po))
+        mp_tun_link_allow_pace(mp_tun_conn_link(c->m->conn));
     c->unacked += n - left;
     c->read_bytes += n;
     pages_send(c);
@@ -338,11 +348,15 @@ conn_read(Conn *c)
     MpTunMux *m = c->m;
     g_autoptr(GError) err = NULL;
 
-    gssize n = g_socket_receive(c->sock, (char *)m->rbuf, MP_TUN_MUX_CHUNK,
+    gssize n = g_socket_receive(c->sock, (char *)m->rbuf,
+                                MIN(MP_TUN_MUX_CHUNK,
+                                    mp_tun_conn_chunk(m->conn)),
                                 NULL, &err);
     if (n < 0) {
-        if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
+            m->dry |= !c->out_urgent;
             return;
+        }
         g_debug("%s: connection %u (%s): %s; resetting it",
                 mp_tun_conn_name(m->conn), c->number,
                 kind_name(c->open.channel, c->out_id != c->fwd),
@@ -757,6 +771,18 @@ on_drained(MpTunConn *tc, gpointer data)
 }
 
 static void
+on_paced(MpTunConn *tc, gpointer data)
+{
+    MpTunMux *m = data;
+    if (!m->opt.quiet)
+        g_message("%s: the link takes %.1f Mbit/s; pacing bulk frames at "
+                  "%.1f Mbit/s",
+                  mp_tun_conn_name(tc),
+                  mp_tun_link_rate(mp_tun_conn_link(tc)) * 8 / 1e6,
+                  mp_tun_link_pace(mp_tun_conn_link(tc)) * 8 / 1e6);
+}
+
+static void
 on_closed(MpTunConn *tc, const GError *error, guint8 end_code, gpointer data)
 {
     MpTunMux *m = data;
@@ -773,11 +799,40 @@ on_closed(MpTunConn *tc, const GError *error, guint8 end_code, gpointer data)
         m->hooks.closed(m, error, end_code, m->data);
 }
 
+/* Every second on the source side: tells once when the source QEMU's
+ * stream arrives at a steady rate that neither the tunnel nor the link
+ * holds back: QEMU's own max-bandwidth, most likely. */
+static gboolean
+cap_tick(gpointer data)
+{
+    MpTunMux *m = data;
+    guint64 bytes = 0;
+
+    for (guint i = 0; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        if (!c->out_urgent)
+            bytes += c->read_bytes;
+    }
+    gboolean held = mp_tun_link_take_held(mp_tun_conn_link(m->conn));
+    double rate = mp_tun_cap_sample(&m->cap, g_get_monotonic_time(), bytes,
+                                    m->dry && !held && m->live);
+    m->dry = FALSE;
+    if (rate > 0)
+        g_message("%s: the source QEMU sends a steady %.1f MiB/s of stream "
+                  "while the tunnel and the link have room: QEMU's "
+                  "max-bandwidth (default 128 MiB/s, in stream bytes before "
+                  "compression) is what limits this migration; raise it "
+                  "(migrate-set-parameters max-bandwidth) to use the link",
+                  mp_tun_conn_name(m->conn), rate / (1024.0 * 1024.0));
+    return G_SOURCE_CONTINUE;
+}
+
 static const MpTunConnHooks conn_hooks = {
     .ready = on_ready,
     .frame = on_frame,
     .drained = on_drained,
     .closed = on_closed,
+    .paced = on_paced,
 };
 
 /* What this side offers for PAGES: the destination decodes every
@@ -842,6 +897,12 @@ mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
         .software = "migproxy " MP_VERSION,
     };
     m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
+    if (opt->rate)
+        mp_tun_conn_set_rate(m->conn, opt->rate);
+    if (opt->role == MP_TUN_ROLE_SOURCE) {
+        mp_tun_cap_init(&m->cap, g_get_monotonic_time());
+        m->cap_id = g_timeout_add(1000, cap_tick, m);
+    }
     return m;
 }
 
@@ -850,6 +911,8 @@ mp_tun_mux_free(MpTunMux *m)
 {
     if (!m)
         return;
+    if (m->cap_id)
+        g_source_remove(m->cap_id);
     mp_tun_conn_free(m->conn);
     g_ptr_array_unref(m->conns);
     g_hash_table_unref(m->by_stream);
@@ -961,6 +1024,12 @@ mp_tun_mux_ready(const MpTunMux *m)
     return m->ready && !m->closed;
 }
 
+MpTunLink *
+mp_tun_mux_link(const MpTunMux *m)
+{
+    return mp_tun_conn_link(m->conn);
+}
+
 guint
 mp_tun_mux_connections(const MpTunMux *m)
 {
@@ -1017,6 +1086,8 @@ mp_tun_mux_report(const MpTunMux *m, guint since)
                            json_object_new_int64(mp_tun_conn_bytes_in(m->conn)));
     json_object_object_add(o, "link_bytes_out",
                            json_object_new_int64(mp_tun_conn_bytes_out(m->conn)));
+    json_object_object_add(o, "link",
+                           mp_tun_link_report(mp_tun_conn_link(m->conn)));
     json_object_object_add(o, "channels", chans);
     return o;
 }

@@ -63,6 +63,8 @@ typedef struct {
      * always decodes them (tunnel-pages-in.h). */
     gboolean pages;
     MpTunPagesOptions pages_opt;
+    guint64 rate;      /* bulk pace in bytes/s (--rate); 0: measured */
+    gboolean quiet;    /* no log line when pacing begins */
 } MpTunMuxOptions;
 
 /* The most page cache a side offers per stream (HELLO cache_bytes):
@@ -104,5 +106,7 @@ gboolean mp_tun_mux_ready(const MpTunMux *m);
  * tunnel.  `since`: connections first seen at or after this mux
  * connection number only (mp_tun_mux_connections() before a session). */
 json_object *mp_tun_mux_report(const MpTunMux *m, guint since);
+/* The tunnel connection's link measurements and pace. */
+MpTunLink *mp_tun_mux_link(const MpTunMux *m);
 /* Connections carried so far. */
 guint mp_tun_mux_connections(const MpTunMux *m);

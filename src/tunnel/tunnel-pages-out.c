@@ -40,6 +40,7 @@ struct MpTunPagesOut {
     GArray *blocks; /* Block: the RAM section's block list */
     gboolean shared;      /* no skipping (see the header) */
     gboolean in_packaged; /* records inside a PACKAGED blob stay as they are */
+    gboolean postcopy_advised; /* the stream said post-copy may come */
     gboolean gave_up;     /* an encoder refused: the rest stays raw */
     /* the feed being processed */
     const guint8 *buf;
@@ -329,8 +330,11 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
             stop_skipping(po);
         break;
     case MP_REC_COMMAND:
-        if (rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE && !po->shared)
-            stop_skipping(po);
+        if (rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE) {
+            po->postcopy_advised = TRUE;
+            if (!po->shared)
+                stop_skipping(po);
+        }
         if (rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
             po->in_packaged = TRUE;
         break;
@@ -562,4 +566,10 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
     json_object_object_add(zs, "workers", json_object_new_int(po->workers));
     json_object_object_add(o, "zstd", zs);
     return o;
+}
+
+gboolean
+mp_tun_pages_out_postcopy_advised(const MpTunPagesOut *po)
+{
+    return po->postcopy_advised;
 }

@@ -104,5 +104,8 @@ void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
  * seconds.  Caller owns. */
 json_object *mp_tun_pages_out_report(const MpTunPagesOut *po);
 /* Stream bytes of page records encoded, PAGES payload bytes made. */
+/* @return TRUE once the stream sent POSTCOPY_ADVISE (the source QEMU
+ * may switch to post-copy: the tunnel then paces its link). */
+gboolean mp_tun_pages_out_postcopy_advised(const MpTunPagesOut *po);
 guint64 mp_tun_pages_out_stream_bytes(const MpTunPagesOut *po);
 guint64 mp_tun_pages_out_payload_bytes(const MpTunPagesOut *po);

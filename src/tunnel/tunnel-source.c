@@ -20,6 +20,13 @@
 #define CLASSIFY_MS 100
 #define CLASSIFY_POLL_MS 2
 #define MFD_MAGIC 0x11223344u
+/* The hop's receive buffer (the kernel doubles it), set on the listener so
+ * that its connections start with it: bytes the relay wrote wait there
+ * for the tunnel, in front of whatever the relay's post-copy lane puts
+ * first, so it is small; two loopback segments (64 KiB) fit, so the relay
+ * still writes whole ones.  (Shrinking it later, once the window grew,
+ * stalls the relay's side: it waits for the window it saw before.) */
+#define HOP_RCVBUF (64 << 10)
 
 typedef struct {
     GSocket *sock;
@@ -137,6 +144,8 @@ start_mux(MpTunSource *s, GIOStream *stream)
         .tls = s->tls != NULL,
         .pages = s->opt.pages,
         .pages_opt = s->opt.pages_opt,
+        .rate = s->opt.rate,
+        .quiet = s->opt.quiet,
     };
     s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
     s->reported = s->since = 0;
@@ -381,6 +390,7 @@ mp_tun_source_new(const MpTunSourceOptions *opt, GError **error)
         return NULL;
     g_socket_set_blocking(s->hop, FALSE);
     g_socket_set_listen_backlog(s->hop, 300);
+    g_socket_set_option(s->hop, SOL_SOCKET, SO_RCVBUF, HOP_RCVBUF, NULL);
     if (!g_socket_bind(s->hop, la, FALSE, error)
         || !g_socket_listen(s->hop, error)) {
         g_prefix_error(error, "the hop to the tunnel: ");
@@ -496,6 +506,21 @@ json_object *
 mp_tun_source_report_again(MpTunSource *s)
 {
     return report_from(s, s->since);
+}
+
+void
+mp_tun_source_link(MpTunSource *s, gint64 *measured_bps, gint64 *paced_bps,
+                   double *rtt_ms)
+{
+    MpTunLink *l = s->mux ? mp_tun_mux_link(s->mux) : NULL;
+
+    *measured_bps = l && mp_tun_link_rate(l)
+                        ? (gint64)mp_tun_link_rate(l) * 8
+                        : -1;
+    *paced_bps = l && mp_tun_link_pace(l) ? (gint64)mp_tun_link_pace(l) * 8
+                                          : -1;
+    *rtt_ms = l && mp_tun_link_rtt_us(l) >= 0 ? mp_tun_link_rtt_us(l) / 1e3
+                                              : -1;
 }
 
 static gboolean

@@ -28,6 +28,7 @@ typedef struct {
     const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
     gboolean compress;   /* zstd on DATA frames */
     int level;           /* zstd level (0: 3) */
+    guint64 rate;        /* --rate: bulk pace, bytes/s; 0: measured */
     gboolean quiet;
     MpTunTlsOptions tls; /* `cert` NULL: plain TCP */
     guint timeout_ms;    /* a connect and a TLS handshake (0: 10000) */
@@ -63,6 +64,11 @@ json_object *mp_tun_source_report(MpTunSource *s);
 /* The same connections as the last mp_tun_source_report(), with their
  * counters now (after mp_tun_source_finish(): final).  Caller owns. */
 json_object *mp_tun_source_report_again(MpTunSource *s);
+
+/* The current tunnel's link (tunnel-link.h) in bits per second and ms,
+ * < 0 where not known (no tunnel, not measured, not paced, no PONG). */
+void mp_tun_source_link(MpTunSource *s, gint64 *measured_bps,
+                        gint64 *paced_bps, double *rtt_ms);
 
 /* After the relay's last session: runs the main context until every
  * connection's streams ended, then ends the tunnel (END DONE) and waits

@@ -211,6 +211,8 @@ pair_start(const char *name, guint16 qemu_port, const char *const *src_extra)
     g_ptr_array_add(b, g_strdup_printf("--peer=127.0.0.1:%u", p->dst_port));
     g_ptr_array_add(b, g_strdup_printf("--report=%s", p->report));
     g_ptr_array_add(b, g_strdup_printf("--capture=%s", p->capture));
+    g_ptr_array_add(b, g_strdup_printf("--metrics=%s/%s-metrics.jsonl",
+                                       fx.dir, name));
     g_ptr_array_add(b, g_strdup("--once"));
     g_ptr_array_add(b, g_strdup("--no-progress"));
     g_ptr_array_add(b, g_strdup("--verbose"));
@@ -477,6 +479,10 @@ run(const Case *c)
         cr_assert_gt(it_jint(src, "ram.postcopy-requests"), 0);
         cr_assert_eq(it_jint(rep, "postcopy.requests"),
                      it_jint(src, "ram.postcopy-requests"));
+        /* the tunnel, not the relay, paces the link */
+        cr_assert_str_eq(json_object_get_string(
+                             it_jget(rep, "priority.rate_source")),
+                         "none");
         /* running destination: the guest verifies itself */
         const char *path = mp_qemu_console_path(fx.dst);
         gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
@@ -504,6 +510,16 @@ run(const Case *c)
     } else {
         it_assert_same_ram(fx.src, fx.dst, RAM_BYTES, fx.dir);
     }
+    /* the tunnel's link (PINGs answered) in the report and the --metrics
+     * lines, both as their schemas say */
+    cr_assert_gt(it_jint(rep, "tunnel.link.pongs"), 0);
+    it_validate_json("report", fx.pair->report, FALSE);
+    g_autofree char *metrics =
+        g_strdup_printf("%s/%s-metrics.jsonl", fx.dir, c->name);
+    g_autofree char *lines = NULL;
+    cr_assert(g_file_get_contents(metrics, &lines, NULL, NULL));
+    cr_assert(strstr(lines, "\"link\""), "no link in %s", metrics);
+    it_validate_json("metrics-line", metrics, TRUE);
     if (c->check)
         c->check(c, rep, src);
     json_object_put(rep);
