@@ -173,8 +173,9 @@ analyze_entries(gpointer store)
          "NAME"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->opt.quiet,
          "No progress display on stderr", NULL},
+        /* (the synopsis names FILE... once, from .operands) */
         {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &a->files, NULL,
-         "FILE..."},
+         NULL},
         {NULL},
     };
     return g_memdup2(entries, sizeof(entries));

@@ -59,8 +59,9 @@ replay_entries(gpointer store)
          "Print one JSON document instead of the summary", NULL},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet, "No progress on stderr",
          NULL},
+        /* (the synopsis names CAPTURE once, from .operands) */
         {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &a->files, NULL,
-         "CAPTURE"},
+         NULL},
         {NULL},
     };
     return g_memdup2(entries, sizeof(entries));

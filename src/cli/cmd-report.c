@@ -47,8 +47,9 @@ report_entries(gpointer store)
          NULL},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "No progress display on stderr", NULL},
+        /* (the synopsis names INPUT once, from .operands) */
         {G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &a->inputs,
-         NULL, "INPUT"},
+         NULL, NULL},
         {NULL},
     };
     return g_memdup2(entries, sizeof(entries));

@@ -33,6 +33,17 @@ expect_usage demo --no-such-option --keep=k
 expect_usage demo --qemu=9 --machine=m --workload=w --kernel=k --keep=k
 expect_usage demo --memory=1 --machine=m
 expect_usage no-such-command
+# each command's synopsis names its operands once ("FILE...", not
+# "FILE... FILE...": the option table's operand entry has no description)
+for cmd in analyze report replay plan relay source dest demo; do
+    synopsis=$("$MIGPROXY" "$cmd" --help 2>/dev/null | sed -n 2p)
+    last=${synopsis##* }
+    rest=${synopsis% *}
+    if [ -n "$last" ] && [ "${rest##* }" = "$last" ]; then
+        echo "FAIL: migproxy $cmd --help: synopsis '$synopsis' names $last twice"
+        fail=1
+    fi
+done
 "$MIGPROXY" >/dev/null 2>&1
 [ $? -eq 2 ] || { echo "FAIL: migproxy without a command: not 2"; fail=1; }
 exit $fail
