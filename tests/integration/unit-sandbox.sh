@@ -35,6 +35,11 @@ shift 2
 
 # the state directory, kept open across the new /tmp that may hide it
 exec 3<"$state"
+# the program too: systemd runs it from @bindir@, the tests from the build
+# tree, which the new /tmp or /home may hide (a clone in /tmp); it is
+# bound at the same place in the new /tmp below
+prog=$(readlink -f "$(command -v "$1")")
+exec 4<"$prog"
 for tmp in /tmp /var/tmp; do
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$tmp"
 done
@@ -46,6 +51,13 @@ done
 mount --no-canonicalize --bind /proc/self/fd/3 "$state"
 exec 3<&-
 mount --bind /proc/sys /proc/sys
+run_prog=/tmp/unit-program/$(basename "$prog")
+mkdir -p /tmp/unit-program
+touch "$run_prog"
+mount --no-canonicalize --bind /proc/self/fd/4 "$run_prog"
+exec 4<&-
+shift
+set -- "$run_prog" "$@"
 
 # ProtectSystem=strict: everything read-only but the API file systems,
 # the private /tmp and the state directory
