@@ -22,7 +22,7 @@ typedef struct {
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
-    gboolean no_zero_runs, no_delta, no_dedup, no_pages;
+    gboolean no_zero_runs, no_delta, no_dedup, no_pages, no_adapt;
     gint level, connect_timeout, workers;
     char *cache;
 } SourceArgs;
@@ -68,6 +68,12 @@ tunnel_link(gint64 *measured_bps, gint64 *paced_bps, double *rtt_ms,
             gpointer data)
 {
     mp_tun_source_link(data, measured_bps, paced_bps, rtt_ms);
+}
+
+static json_object *
+tunnel_encoders(gpointer data)
+{
+    return mp_tun_source_encoders(data);
 }
 
 /* --once: the report the relay wrote gets the tunnel's final counters
@@ -183,6 +189,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
             .level = a->level,
             .cache_bytes = cache,
             .workers = (guint)a->workers,
+            .adapt = !a->no_adapt,
         },
     };
     if (!a->tls_cert)
@@ -221,6 +228,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .report_key = "tunnel",
         .report_data = tun,
         .link_info = tunnel_link,
+        .encoders_info = tunnel_encoders,
     };
     g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
     if (!relay) {
@@ -300,6 +308,12 @@ source_entries(gpointer store)
          "SIZE"},
         {"workers", 0, 0, G_OPTION_ARG_INT, &a->workers,
          "Threads compressing pages (default 0: one per core)", "N"},
+        {"no-adapt", 0, 0, G_OPTION_ARG_NONE, &a->no_adapt,
+         "Keep zstd on pages as the options set it (by default it goes "
+         "off while the link, --rate or measured, is fast enough that "
+         "compressing costs more time than it saves, and back on when "
+         "it pays again)",
+         NULL},
         {"rate", 0, 0, G_OPTION_ARG_STRING, &a->rate,
          "Pace the tunnel's bulk frames at RATE, as tc writes rates "
          "(95mbit, 1gbit, 12mbps): just below the link's rate (default: "

@@ -181,6 +181,9 @@ on_sample(MpMetricsObserver *self, const MpMetrics *m, gint64 interval_us,
         json_object_object_add(lo, "rtt_ms", rtt);
         json_object_object_add(o, "link", lo);
     }
+    json_object *enc = mp_metrics_encoders(m);
+    if (enc)
+        json_object_object_add(o, "encoders", json_object_get(enc));
     emit((Lines *)self, m, "sample", o, now_us);
 }
 

@@ -71,6 +71,7 @@ struct MpMetrics {
     MpMetricsLive live;
     MpMetricsLink link;
     gboolean has_link;
+    json_object *encoders; /* the embedder's, for the sample lines */
     const char *phase_announced;
     guint rounds_announced;
 
@@ -165,6 +166,8 @@ mp_metrics_free(MpMetrics *m)
     g_array_free(m->latencies, TRUE);
     g_array_free(m->pings, TRUE);
     g_free(m->outcome);
+    if (m->encoders)
+        json_object_put(m->encoders);
     g_free(m);
 }
 
@@ -577,6 +580,20 @@ mp_metrics_link(const MpMetrics *m, MpMetricsLink *out)
     if (m->has_link)
         *out = m->link;
     return m->has_link;
+}
+
+void
+mp_metrics_set_encoders(MpMetrics *m, json_object *encoders)
+{
+    if (m->encoders)
+        json_object_put(m->encoders);
+    m->encoders = encoders;
+}
+
+json_object *
+mp_metrics_encoders(const MpMetrics *m)
+{
+    return m->encoders;
 }
 
 static MpMetricsLive

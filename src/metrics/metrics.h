@@ -211,6 +211,11 @@ void mp_metrics_live(const MpMetrics *m, MpMetricsLive *out);
  * nothing in `out`) while none was set. */
 void mp_metrics_set_link(MpMetrics *m, const MpMetricsLink *link);
 gboolean mp_metrics_link(const MpMetrics *m, MpMetricsLink *out);
+/* Set before a tick (takes `encoders`; NULL: none): the embedder's
+ * per-encoder counters (`migproxy source`: mp_tun_mux_encoders()), which
+ * the sample lines carry as they are.  Borrowed from the model. */
+void mp_metrics_set_encoders(MpMetrics *m, json_object *encoders);
+json_object *mp_metrics_encoders(const MpMetrics *m);
 
 MpMetricsOutcome mp_metrics_outcome(const MpMetrics *m);
 /* "completed", "failed: ...", ...; NULL while running. */

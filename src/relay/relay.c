@@ -1263,6 +1263,10 @@ on_tick(gpointer user_data)
                                  &ln.rtt_ms, r->opt.report_data);
                 mp_metrics_set_link(s->metrics, &ln);
             }
+            if (r->opt.encoders_info)
+                mp_metrics_set_encoders(s->metrics,
+                                        r->opt.encoders_info(
+                                            r->opt.report_data));
             mp_metrics_tick(s->metrics, now);
             auto_pace(s, now);
         }

@@ -46,6 +46,9 @@ typedef struct {
      * sample lines (bits per second, ms; < 0: not known), or NULL. */
     void (*link_info)(gint64 *measured_bps, gint64 *paced_bps,
                       double *rtt_ms, gpointer data);
+    /* Embedding: the sample lines' "encoders" (a new object that the
+     * relay takes; NULL: none), or NULL. */
+    json_object *(*encoders_info)(gpointer data);
 } MpRelayOptions;
 
 typedef struct MpRelay MpRelay;

@@ -73,6 +73,9 @@ struct MpTunMux {
     MpTunCapWatch cap;
     guint cap_id;
     gboolean dry; /* a read of a bulk stream found nothing */
+    /* source side: the encoder counters of the streams that ended
+     * (mp_tun_pages_out_add_counters()), NULL before the first */
+    json_object *enc_done;
 };
 
 static void conn_watch(Conn *c);
@@ -134,6 +137,9 @@ pages_done(Conn *c)
 {
     if (c->po) {
         c->pages_report = mp_tun_pages_out_report(c->po);
+        if (!c->m->enc_done)
+            c->m->enc_done = json_object_new_object();
+        mp_tun_pages_out_add_counters(c->po, c->m->enc_done);
         g_clear_pointer(&c->po, mp_tun_pages_out_free);
     } else if (c->pi) {
         c->pages_report = mp_tun_pages_in_report(c->pi);
@@ -817,6 +823,16 @@ cap_tick(gpointer data)
     double rate = mp_tun_cap_sample(&m->cap, g_get_monotonic_time(), bytes,
                                     m->dry && !held && m->live);
     m->dry = FALSE;
+    /* the encoders back off where they do not pay: the rate given, or
+     * measured; none yet, they stay as they are */
+    double link = m->opt.rate ? (double)m->opt.rate
+                              : (double)mp_tun_link_rate(
+                                    mp_tun_conn_link(m->conn));
+    for (guint i = 0; i < m->conns->len; i++) {
+        Conn *c = g_ptr_array_index(m->conns, i);
+        if (c->po)
+            mp_tun_pages_out_adapt(c->po, link);
+    }
     if (rate > 0)
         g_message("%s: the source QEMU sends a steady %.1f MiB/s of stream "
                   "while the tunnel and the link have room: QEMU's "
@@ -913,6 +929,8 @@ mp_tun_mux_free(MpTunMux *m)
         return;
     if (m->cap_id)
         g_source_remove(m->cap_id);
+    if (m->enc_done)
+        json_object_put(m->enc_done);
     mp_tun_conn_free(m->conn);
     g_ptr_array_unref(m->conns);
     g_hash_table_unref(m->by_stream);
@@ -1090,4 +1108,34 @@ mp_tun_mux_report(const MpTunMux *m, guint since)
                            mp_tun_link_report(mp_tun_conn_link(m->conn)));
     json_object_object_add(o, "channels", chans);
     return o;
+}
+
+json_object *
+mp_tun_mux_encoders(const MpTunMux *m)
+{
+    json_object *acc = json_object_new_object();
+    gboolean any = m->enc_done != NULL;
+
+    /* the ended streams' bytes and seconds; `on` is the live streams' */
+    if (m->enc_done) {
+        json_object_object_foreach(m->enc_done, k, v)
+        {
+            json_object *o = NULL;
+            json_object_deep_copy(v, &o, NULL);
+            json_object_object_add(o, "on", json_object_new_boolean(FALSE));
+            json_object_object_add(acc, k, o);
+        }
+    }
+    for (guint i = 0; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        if (c->po) {
+            mp_tun_pages_out_add_counters(c->po, acc);
+            any = TRUE;
+        }
+    }
+    if (!any) {
+        json_object_put(acc);
+        return NULL;
+    }
+    return acc;
 }

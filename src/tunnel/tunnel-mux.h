@@ -106,6 +106,11 @@ gboolean mp_tun_mux_ready(const MpTunMux *m);
  * tunnel.  `since`: connections first seen at or after this mux
  * connection number only (mp_tun_mux_connections() before a session). */
 json_object *mp_tun_mux_report(const MpTunMux *m, guint since);
+/* Source side: the page encoders' counters over the tunnel's main
+ * streams so far, `{zero_runs, dedup, delta, zstd: {on, bytes_in,
+ * bytes_out, cpu_s}}` (`on`: on in a stream that runs now); NULL before
+ * the first stream with PAGES.  Caller owns. */
+json_object *mp_tun_mux_encoders(const MpTunMux *m);
 /* The tunnel connection's link measurements and pace. */
 MpTunLink *mp_tun_mux_link(const MpTunMux *m);
 /* Connections carried so far. */

@@ -3,6 +3,7 @@
 #include "config.h"
 #include <string.h>
 #include <time.h>
+#include "enc-adapt.h"
 #include "page-batch.h"
 #include "parse-common.h"
 #include "pipeline.h"
@@ -65,6 +66,11 @@ struct MpTunPagesOut {
     /* counters */
     guint64 batches, stream_bytes, payload_bytes, pages_left_raw;
     guint64 zstd_in, zstd_out, zstd_cpu_ns;
+    /* adaptive zstd: on now; batches passed by while off (probes);
+     * switches so far */
+    gboolean zstd_on;
+    guint64 zstd_skipped;
+    guint zstd_switches;
 };
 
 static void
@@ -143,7 +149,13 @@ take_batches(MpTunPagesOut *po)
         Item *it = g_new0(Item, 1);
         it->kind = MP_TUN_OUT_PAGES;
         po->batches++;
-        if (po->workers) {
+        /* off adaptively: a probe now and then keeps zstd measured */
+        gboolean compress = po->workers
+                            && (po->zstd_on
+                                || ++po->zstd_skipped
+                                           % MP_TUN_PAGES_PROBE_EVERY
+                                       == 0);
+        if (compress) {
             it->plain = g_byte_array_sized_new(n);
             g_byte_array_append(it->plain, p, n);
             it->zctx = (guint8)(po->nbatch++ % po->workers);
@@ -395,6 +407,7 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
             /* one thread: a context's batches in order */
             po->pool[i] = g_thread_pool_new(compress_job, po, 1, FALSE, NULL);
         }
+        po->zstd_on = TRUE;
     }
     return po;
 }
@@ -564,6 +577,9 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
                                  po->zstd_out, po->zstd_cpu_ns);
     g_mutex_unlock(&mpo->lock);
     json_object_object_add(zs, "workers", json_object_new_int(po->workers));
+    json_object_object_add(zs, "on", json_object_new_boolean(po->zstd_on));
+    json_object_object_add(zs, "switches",
+                           json_object_new_int(po->zstd_switches));
     json_object_object_add(o, "zstd", zs);
     return o;
 }
@@ -572,4 +588,97 @@ gboolean
 mp_tun_pages_out_postcopy_advised(const MpTunPagesOut *po)
 {
     return po->postcopy_advised;
+}
+
+void
+mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
+{
+    if (!po->opt.adapt || !po->workers || !(link_bps > 0))
+        return;
+    g_mutex_lock(&po->lock);
+    guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
+    g_mutex_unlock(&po->lock);
+    if (in < MP_TUN_PAGES_ADAPT_MIN_BYTES || !ns)
+        return;
+    /* the destination decodes on one thread per context, several times
+     * faster than zstd encodes: not the limit (dec_bps 0) */
+    MpAdaptInput ai = {
+        .link_bps = link_bps,
+        .enc_bps = in / (ns / 1e9),
+        .enc_workers = po->workers,
+        .dec_workers = po->workers,
+        .ratio = (double)out / in,
+    };
+    mp_tun_pages_out_adapt_with(po, &ai);
+}
+
+gboolean
+mp_tun_pages_out_adapt_with(MpTunPagesOut *po, const MpAdaptInput *in)
+{
+    if (!po->opt.adapt || !po->workers)
+        return FALSE;
+    MpAdaptVerdict v = mp_adapt_decide(in, po->zstd_on);
+    if (v.use == po->zstd_on)
+        return FALSE;
+    po->zstd_on = v.use;
+    po->zstd_switches++;
+    po->zstd_skipped = 0;
+    g_message("%s: zstd %s: %s (link %.1f Mbit/s, zstd %.1f MiB/s per "
+              "thread x %u, ratio %.3f: %.2f s per GiB encoded, %.2f s "
+              "direct, gain %.0f %%)",
+              po->name, v.use ? "back on" : "off", v.why,
+              in->link_bps * 8 / 1e6, in->enc_bps / (1024.0 * 1024.0),
+              MAX(in->enc_workers, 1), in->ratio, v.encoded_s, v.direct_s,
+              v.gain * 100);
+    return TRUE;
+}
+
+gboolean
+mp_tun_pages_out_zstd_on(const MpTunPagesOut *po)
+{
+    return po->workers && po->zstd_on;
+}
+
+/* acc[key] += {on, bytes_in, bytes_out, cpu_s} */
+static void
+add_codec(json_object *acc, const char *key, gboolean on, guint64 in,
+          guint64 out, guint64 ns)
+{
+    json_object *o, *v;
+    if (!json_object_object_get_ex(acc, key, &o)) {
+        o = json_object_new_object();
+        json_object_object_add(o, "on", json_object_new_boolean(FALSE));
+        json_object_object_add(o, "bytes_in", json_object_new_int64(0));
+        json_object_object_add(o, "bytes_out", json_object_new_int64(0));
+        json_object_object_add(o, "cpu_s", json_object_new_double(0));
+        json_object_object_add(acc, key, o);
+    }
+    json_object_object_get_ex(o, "on", &v);
+    json_object_set_boolean(v, json_object_get_boolean(v) || on);
+    json_object_object_get_ex(o, "bytes_in", &v);
+    json_object_set_int64(v, json_object_get_int64(v) + (gint64)in);
+    json_object_object_get_ex(o, "bytes_out", &v);
+    json_object_set_int64(v, json_object_get_int64(v) + (gint64)out);
+    json_object_object_get_ex(o, "cpu_s", &v);
+    json_object_set_double(v, json_object_get_double(v) + ns / 1e9);
+}
+
+void
+mp_tun_pages_out_add_counters(const MpTunPagesOut *po, json_object *acc)
+{
+    MpBatchStats s = {0};
+    MpTunPagesOut *mpo = (MpTunPagesOut *)po; /* the lock, not the state */
+
+    if (po->enc)
+        s = *mp_batch_enc_stats(po->enc);
+    add_codec(acc, "zero_runs", po->opt.zero_runs, s.zero.bytes_in,
+              s.zero.bytes_out, s.zero.busy_ns);
+    add_codec(acc, "dedup", po->opt.dedup, s.dedup.bytes_in,
+              s.dedup.bytes_out, s.dedup.busy_ns);
+    add_codec(acc, "delta", po->opt.delta, s.delta.bytes_in,
+              s.delta.bytes_out, s.delta.busy_ns);
+    g_mutex_lock(&mpo->lock);
+    guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
+    g_mutex_unlock(&mpo->lock);
+    add_codec(acc, "zstd", mp_tun_pages_out_zstd_on(po), in, out, ns);
 }

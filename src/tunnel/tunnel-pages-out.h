@@ -37,6 +37,7 @@
 
 #include <glib.h>
 #include <json-c/json.h>
+#include "enc-adapt.h"
 
 /* batch flag (beside MP_BATCH_COMPRESSED): `be64 cache_bytes` follows
  * the zctx byte; set on a stream's first PAGES payload only */
@@ -53,7 +54,17 @@ typedef struct {
     int level;         /* zstd level, 0: 3 */
     guint64 cache_bytes; /* 0: mp_pcache_auto_size(guest RAM) */
     guint workers;       /* zstd contexts and threads, 0: the cores */
+    /* zstd on page bodies backs off where it does not pay
+     * (mp_tun_pages_out_adapt()); FALSE: it stays as `compress` says */
+    gboolean adapt;
 } MpTunPagesOptions;
+
+/* While zstd is off adaptively, one batch in this many is still
+ * compressed, so that its ratio and CPU rate stay measured (pages that
+ * became compressible bring it back). */
+#define MP_TUN_PAGES_PROBE_EVERY 16
+/* zstd decides once it compressed this many stream bytes. */
+#define MP_TUN_PAGES_ADAPT_MIN_BYTES (4u << 20)
 
 typedef enum {
     MP_TUN_OUT_DATA,  /* raw stream bytes */
@@ -103,6 +114,25 @@ void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
  * pages_left_raw}: each encoder's pages, bytes before and after and CPU
  * seconds.  Caller owns. */
 json_object *mp_tun_pages_out_report(const MpTunPagesOut *po);
+/* Does zstd pay?  Called every second or so by the owner with the link
+ * rate in tunnel bytes/s (--rate, or measured; 0: not known, then
+ * nothing changes: see docs/tunnel.md "Adaptive").  Decides with
+ * mp_adapt_decide() (filters/enc-adapt.h) from zstd's CPU rate and ratio
+ * so far and the number of workers, switches zstd off or back on, and
+ * logs the switch with its numbers.  No-op without `adapt` or zstd.
+ * The page caches are not touched: zstd sits after them. */
+void mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps);
+/* The same decision on numbers given (tests drive it without a clock).
+ * @return TRUE if zstd was switched. */
+gboolean mp_tun_pages_out_adapt_with(MpTunPagesOut *po,
+                                     const MpAdaptInput *in);
+/* Is zstd on now (FALSE also without zstd)? */
+gboolean mp_tun_pages_out_zstd_on(const MpTunPagesOut *po);
+/* Adds this stream's per-encoder counters into `acc`, an object
+ * {zero_runs, dedup, delta, zstd: {on, bytes_in, bytes_out, cpu_s}}
+ * (members made at the first call; `on`: any stream has it on). */
+void mp_tun_pages_out_add_counters(const MpTunPagesOut *po, json_object *acc);
+
 /* Stream bytes of page records encoded, PAGES payload bytes made. */
 /* @return TRUE once the stream sent POSTCOPY_ADVISE (the source QEMU
  * may switch to post-copy: the tunnel then paces its link). */

@@ -523,6 +523,12 @@ mp_tun_source_link(MpTunSource *s, gint64 *measured_bps, gint64 *paced_bps,
                                               : -1;
 }
 
+json_object *
+mp_tun_source_encoders(MpTunSource *s)
+{
+    return s->mux ? mp_tun_mux_encoders(s->mux) : NULL;
+}
+
 static gboolean
 wake(gpointer data)
 {

@@ -70,6 +70,10 @@ json_object *mp_tun_source_report_again(MpTunSource *s);
 void mp_tun_source_link(MpTunSource *s, gint64 *measured_bps,
                         gint64 *paced_bps, double *rtt_ms);
 
+/* The current tunnel's encoder counters (mp_tun_mux_encoders()); NULL
+ * without a tunnel or PAGES.  Caller owns. */
+json_object *mp_tun_source_encoders(MpTunSource *s);
+
 /* After the relay's last session: runs the main context until every
  * connection's streams ended, then ends the tunnel (END DONE) and waits
  * for the peer's END, `timeout_ms` at most.  @return TRUE if it ended

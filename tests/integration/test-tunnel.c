@@ -609,6 +609,47 @@ Test(tunnel, precopy_100_encoders_off)
     run(&c);
 }
 
+/* The link rate given far above what one zstd thread encodes: zstd goes
+ * off adaptively (logged with its numbers, off in the report and in the
+ * --metrics lines' encoders), pages go on through the other encoders,
+ * and the memory is the same. */
+static void
+check_adapt(const Case *c, json_object *rep, json_object *src)
+{
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert(strstr(slog, "zstd off: CPU-bound"), "%s", slog);
+    json_object *sp = main_pages(it_jget(rep, "tunnel"));
+    cr_assert_not(json_object_get_boolean(it_jget(sp, "zstd.on")));
+    cr_assert_geq(it_jint(sp, "zstd.switches"), 1);
+    g_autofree char *metrics =
+        g_strdup_printf("%s/%s-metrics.jsonl", fx.dir, c->name);
+    g_autofree char *lines = NULL;
+    cr_assert(g_file_get_contents(metrics, &lines, NULL, NULL));
+    cr_assert(strstr(lines, "\"encoders\""), "no encoders in %s", metrics);
+    g_printerr("tunnel-adapt zstd_in=%" G_GINT64_FORMAT " zstd_out=%"
+               G_GINT64_FORMAT " zstd_cpu_s=%.3f payload=%" G_GINT64_FORMAT
+               " stream=%" G_GINT64_FORMAT "\n",
+               it_jint(sp, "zstd.bytes_in"), it_jint(sp, "zstd.bytes_out"),
+               it_jnum(sp, "zstd.cpu_s"), it_jint(sp, "payload_bytes"),
+               it_jint(sp, "stream_bytes"));
+}
+
+Test(tunnel, precopy_100_adapt)
+{
+    Case c = {.name = "precopy_100_adapt",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=4000",
+              .src_args = {"--rate=100gbit", "--workers=1"},
+              /* 32 MiB/s: the stream lasts over 2 s, so the once-a-second
+               * decision comes with the 4 MiB zstd needs in hand */
+              .bandwidth = 32 << 20,
+              /* zstd goes off: the link may carry what QEMU sent */
+              .incompressible = TRUE,
+              .check = check_adapt};
+    run(&c);
+}
+
 Test(tunnel, multifd4_100)
 {
     Case c = {.name = "multifd4_100",

@@ -111,6 +111,7 @@ typedef struct {
     guint64 link;      /* payload bytes: DATA raw, PAGES encoded */
     guint64 raw;       /* stream bytes the items stand for */
     guint64 pages_frames;
+    guint64 compressed; /* PAGES payloads with a zstd body */
 } Run;
 
 static void
@@ -133,6 +134,8 @@ drain(MpTunPagesOut *po, MpTunPagesIn *pi, Run *r, gboolean wait)
             } else {
                 g_autoptr(GError) err = NULL;
                 r->pages_frames++;
+                if (it.bytes->data[0] & MP_BATCH_COMPRESSED)
+                    r->compressed++;
                 cr_assert_leq(it.bytes->len, MAX_PAYLOAD);
                 cr_assert(mp_tun_pages_in_apply(pi, it.bytes->data,
                                                 it.bytes->len, r->out,
@@ -276,6 +279,130 @@ Test(tunnel_pages, savings)
     cr_assert_lt(r.link, in->len / 4);
     cr_assert_gt(tu_json_int(rep, "zero_runs.skipped"), 0);
     json_object_put(rep);
+}
+
+/* in[from, to) into `po` in reads of 64 KiB (each read closes a batch:
+ * many batches), drained into `r`. */
+static void
+feed_range(MpTunPagesOut *po, MpTunPagesIn *pi, Run *r,
+           const GByteArray *in, gsize from, gsize to)
+{
+    for (gsize at = from; at < to; at += MIN(to - at, 65536)) {
+        mp_tun_pages_out_feed(po, in->data + at, MIN(to - at, 65536));
+        drain(po, pi, r, TRUE);
+    }
+}
+
+/* zstd goes off where it does not pay and back on where it does,
+ * decided on numbers given (no clock): the batches between go without
+ * zstd body (but for a probe every MP_TUN_PAGES_PROBE_EVERY), the caches
+ * stay mirrored and the memory is the same. */
+Test(tunnel_pages, adapt_switches_zstd_same_memory)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("busy-10.0.mig.zst");
+    MpTunPagesOptions o = all_on();
+    o.adapt = TRUE;
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    Run r = {.out = g_byte_array_new()};
+    gsize third = in->len / 3;
+    double mb = 1e6;
+    /* 10 Gbit/s, two 300 MB/s workers, pages to a half: CPU-bound */
+    MpAdaptInput fast = {.link_bps = 1250 * mb, .enc_bps = 300 * mb,
+                         .enc_workers = 2, .dec_workers = 2, .ratio = 0.5};
+    /* 100 Mbit/s: the link is the limit, zstd halves its time */
+    MpAdaptInput slow = fast;
+    slow.link_bps = 12.5 * mb;
+    /* 5 % gain: keeps zstd on, does not bring it back */
+    MpAdaptInput marginal = {.link_bps = 100 * mb, .enc_bps = 1e12,
+                             .enc_workers = 2, .dec_workers = 2,
+                             .ratio = 0.95};
+
+    cr_assert(mp_tun_pages_out_zstd_on(po));
+    /* a slow link: stays on; nothing measured: unchanged */
+    cr_assert_not(mp_tun_pages_out_adapt_with(po, &slow));
+    mp_tun_pages_out_adapt(po, 0);
+    cr_assert(mp_tun_pages_out_zstd_on(po));
+    feed_range(po, pi, &r, in, 0, third);
+    guint64 frames1 = r.pages_frames, comp1 = r.compressed;
+    cr_assert_gt(comp1, 0);
+    cr_assert(mp_tun_pages_out_adapt_with(po, &marginal) == FALSE);
+
+    /* a fast link and slow CPU: off */
+    cr_assert(mp_tun_pages_out_adapt_with(po, &fast));
+    cr_assert_not(mp_tun_pages_out_zstd_on(po));
+    feed_range(po, pi, &r, in, third, 2 * third);
+    guint64 frames2 = r.pages_frames - frames1;
+    guint64 comp2 = r.compressed - comp1;
+    cr_assert_gt(frames2, MP_TUN_PAGES_PROBE_EVERY);
+    /* only the probes */
+    cr_assert_leq(comp2, frames2 / MP_TUN_PAGES_PROBE_EVERY);
+    /* hysteresis: 5 % does not bring it back */
+    cr_assert_not(mp_tun_pages_out_adapt_with(po, &marginal));
+    cr_assert_not(mp_tun_pages_out_zstd_on(po));
+    json_object *mid = mp_tun_pages_out_report(po);
+    cr_assert_not((tu_json_int(mid, "zstd.on") != 0));
+    json_object_put(mid);
+
+    /* the link slows: back on */
+    cr_assert(mp_tun_pages_out_adapt_with(po, &slow));
+    cr_assert(mp_tun_pages_out_zstd_on(po));
+    feed_range(po, pi, &r, in, 2 * third, in->len);
+    guint64 frames3 = r.pages_frames - frames1 - frames2;
+    guint64 comp3 = r.compressed - comp1 - comp2;
+    cr_assert_gt(comp3, frames3 / 2, "%" G_GUINT64_FORMAT " of %"
+                 G_GUINT64_FORMAT, comp3, frames3);
+
+    json_object *rep = mp_tun_pages_out_report(po);
+    cr_assert_eq(tu_json_int(rep, "zstd.switches"), 2);
+    cr_assert((tu_json_int(rep, "zstd.on") != 0));
+    json_object_put(rep);
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(r.out, NULL);
+    assert_same_memory(want, got, "zstd off and on");
+    g_byte_array_unref(r.out);
+
+    /* --no-adapt: nothing switches */
+    o.adapt = FALSE;
+    g_autoptr(MpTunPagesOut) fixed = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    cr_assert_not(mp_tun_pages_out_adapt_with(fixed, &fast));
+    cr_assert(mp_tun_pages_out_zstd_on(fixed));
+}
+
+/* The per-encoder counters of the --metrics lines add up over streams. */
+Test(tunnel_pages, encoder_counters)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("idle-7.2.mig.zst");
+    MpTunPagesOptions o = all_on();
+    Run r;
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    memset(&r, 0, sizeof(r));
+    r.out = g_byte_array_new();
+    mp_tun_pages_out_feed(po, in->data, in->len);
+    drain(po, pi, &r, TRUE);
+    json_object *rep = mp_tun_pages_out_report(po);
+    json_object *acc = json_object_new_object();
+    mp_tun_pages_out_add_counters(po, acc);
+    mp_tun_pages_out_add_counters(po, acc);
+    const char *keys[] = {"zero_runs", "dedup", "delta", "zstd"};
+    for (guint i = 0; i < G_N_ELEMENTS(keys); i++) {
+        g_autofree char *kin = g_strdup_printf("%s.bytes_in", keys[i]);
+        g_autofree char *kout = g_strdup_printf("%s.bytes_out", keys[i]);
+        g_autofree char *kon = g_strdup_printf("%s.on", keys[i]);
+        cr_assert_eq(tu_json_int(acc, kin), 2 * tu_json_int(rep, kin), "%s",
+                     kin);
+        cr_assert_eq(tu_json_int(acc, kout), 2 * tu_json_int(rep, kout),
+                     "%s", kout);
+        cr_assert((tu_json_int(acc, kon) != 0), "%s", kon);
+    }
+    cr_assert_gt(tu_json_int(acc, "zstd.bytes_in"), 0);
+    json_object_put(acc);
+    json_object_put(rep);
+    g_byte_array_unref(r.out);
 }
 
 /* Another page carrier in the session (multifd, preempt) or post-copy:
