@@ -217,11 +217,11 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .connect_timeout_ms = a->connect_timeout,
         .no_zero_pages = a->no_zero_pages,
         /* The tunnel, not the relay, paces the link (the hop is local).
-         * The relay's post-copy lane stays off: with it, 2 of 3 runs of
-         * test-tunnel preempt_100 (QEMU 10.0) hung in post-copy, the
-         * relay never admitting the silent preempt channel (docs/tunnel.md,
-         * "Left to do") */
-        .no_priority = TRUE,
+         * The relay's post-copy lane reads the main channel ahead and puts
+         * a requested page first, so that it does not wait behind the
+         * source QEMU's socket (docs/tunnel.md, "What the pair does
+         * today") */
+        .no_priority = FALSE,
         .no_pace = TRUE,
         .allow = (const char *const *)a->allow,
         .report_extra = tunnel_report,

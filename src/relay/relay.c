@@ -1022,12 +1022,17 @@ admit_idle(gpointer user_data)
 }
 
 /* Look at every pending connection again: a session started, or its
- * stream told something that lets a held connection in. */
+ * stream told something that lets a held connection in.  At the
+ * channels' own priority, not an idle one: a loop that always has a
+ * socket ready (`migproxy source`, whose relay writes into the tunnel's
+ * hop at the link's pace through post-copy) never runs idle sources, and
+ * a silent preempt channel, which only this admits, would wait past its
+ * handshake timeout and be closed. */
 static void
 schedule_admit(MpRelay *r)
 {
     if (!r->admit_id && !r->stopping)
-        r->admit_id = g_idle_add(admit_idle, r);
+        r->admit_id = g_idle_add_full(G_PRIORITY_DEFAULT, admit_idle, r, NULL);
 }
 
 static gboolean

@@ -3,7 +3,8 @@
  * directions even when the parsers give up, a slow reader pushes back
  * without losing anything, half-closes pass through, and a channel the
  * destination leaves unread never holds up another one (the multifd
- * synchronisation pattern). */
+ * synchronisation pattern), and a silent postcopy-preempt channel is
+ * admitted while the loop is never idle. */
 #include "config.h"
 #include <string.h>
 #include <glib/gstdio.h>
@@ -233,4 +234,105 @@ Test(relay_forward, one_channel_never_waits_for_another, .timeout = 60)
     g_socket_close(x.dst_listener, NULL);
     g_object_unref(x.dst_listener);
     g_free(x.relay_addr);
+}
+
+/* A loop that always has something ready at the default priority, as
+ * `migproxy source`'s has while its relay writes into the tunnel's hop
+ * through post-copy.  A silent postcopy-preempt channel (7.2 opens it
+ * right after the main channel and says nothing until a page is
+ * requested) is still admitted and connected towards the destination,
+ * not closed at its handshake timeout. */
+typedef struct {
+    char *relay_addr;
+    GSocket *dst_listener;
+    gint main_seen; /* atomic: the destination has main's records */
+    gint done;      /* atomic: the preempt channel came, or never will */
+    gboolean preempt_connected;
+} Busy;
+
+/* header, OPEN_RETURN_PATH, POSTCOPY_ADVISE (no payload) */
+static const guint8 advise_stream[] = {'Q', 'E', 'V', 'M', 0, 0, 0, 3,
+                                       0x08, 0,   1,   0,   0,
+                                       0x08, 0,   3,   0,   0};
+
+static gboolean
+always_ready(gpointer data)
+{
+    Busy *b = data;
+    return g_atomic_int_get(&b->done) ? G_SOURCE_REMOVE : G_SOURCE_CONTINUE;
+}
+
+static gpointer
+busy_destination(gpointer data)
+{
+    Busy *b = data;
+    g_autoptr(GSocket) m = g_socket_accept(b->dst_listener, NULL, NULL);
+    cr_assert_not_null(m, "the relay never connected the main channel");
+    guint8 buf[sizeof advise_stream];
+    gsize got = 0;
+    while (got < sizeof buf) {
+        gssize n = g_socket_receive(m, (char *)buf + got, sizeof buf - got,
+                                    NULL, NULL);
+        cr_assert_gt(n, 0);
+        got += n;
+    }
+    cr_assert(memcmp(buf, advise_stream, sizeof buf) == 0);
+    g_atomic_int_set(&b->main_seen, 1);
+    /* the relay connects the preempt channel once it has admitted it;
+     * one closed at its handshake timeout never comes (the listener's
+     * timeout bounds the wait) */
+    g_autoptr(GSocket) p = g_socket_accept(b->dst_listener, NULL, NULL);
+    b->preempt_connected = p != NULL;
+    g_atomic_int_set(&b->done, 1);
+    if (p)
+        g_socket_close(p, NULL);
+    g_socket_close(m, NULL);
+    return NULL;
+}
+
+static gpointer
+busy_source(gpointer data)
+{
+    Busy *b = data;
+    g_autoptr(GSocket) m = dial(b->relay_addr);
+    send_all(m, advise_stream, sizeof advise_stream);
+    while (!g_atomic_int_get(&b->main_seen))
+        g_usleep(10000);
+    g_autoptr(GSocket) p = dial(b->relay_addr); /* and says nothing */
+    while (!g_atomic_int_get(&b->done))
+        g_usleep(10000);
+    g_socket_close(p, NULL);
+    g_socket_close(m, NULL);
+    return NULL;
+}
+
+Test(relay_forward, silent_preempt_admitted_in_a_busy_loop, .timeout = 90)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 dport;
+    Busy b = {0};
+    b.dst_listener = listener(&dport);
+    g_socket_set_timeout(b.dst_listener, 15);
+    g_autofree char *to = g_strdup_printf("127.0.0.1:%u", dport);
+    MpRelayOptions opt = {.listen = "127.0.0.1:0",
+                          .to = to,
+                          .once = TRUE,
+                          .quiet = TRUE,
+                          .handshake_timeout_ms = 2000};
+    g_autoptr(MpRelay) r = mp_relay_new(&opt, &err);
+    cr_assert_not_null(r, "%s", err ? err->message : "?");
+    b.relay_addr = g_strdup(mp_relay_listen_address(r));
+
+    g_idle_add_full(G_PRIORITY_DEFAULT, always_ready, &b, NULL);
+    GThread *dst = g_thread_new("dst", busy_destination, &b);
+    GThread *src = g_thread_new("src", busy_source, &b);
+    mp_relay_run(r);
+    g_thread_join(src);
+    g_thread_join(dst);
+    cr_assert(b.preempt_connected,
+              "the silent preempt channel was never admitted (closed at "
+              "its handshake timeout)");
+    g_socket_close(b.dst_listener, NULL);
+    g_object_unref(b.dst_listener);
+    g_free(b.relay_addr);
 }
