@@ -2,6 +2,8 @@
 #include "config.h"
 #include <string.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
 #include "itest-util.h"
@@ -177,4 +179,62 @@ it_assert_ram_equals(MpQemu *q, const char *image, guint64 ram_bytes,
     compare_range("RAM above 1 MiB", img, ref, IT_HIGH_RAM_START,
                   ram_bytes - IT_HIGH_RAM_START);
     g_unlink(mem);
+}
+
+GPid
+it_tcpdump_start(const char *file, const char *filter, const char *log)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *bin = g_find_program_in_path("tcpdump");
+    GPid pid = 0;
+    if (!bin)
+        bin = g_strdup("/usr/sbin/tcpdump");
+    cr_assert(g_file_test(bin, G_FILE_TEST_IS_EXECUTABLE),
+              "tcpdump is not installed (scripts/setup.sh installs it)");
+    g_autofree char *cmd = g_strdup_printf(
+        "exec '%s' -i lo -s 0 -B 262144 -U -n -Z root -w '%s' '%s' 2>'%s'", bin,
+        file, filter, log);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
+                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &pid, &err),
+              "%s", err ? err->message : "?");
+    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = NULL;
+        g_file_get_contents(log, &text, NULL, NULL);
+        if (text && strstr(text, "listening on"))
+            return pid;
+        int status;
+        cr_assert(waitpid(pid, &status, WNOHANG) == 0, "tcpdump exited: %s",
+                  text ? text : "");
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "tcpdump does not listen: %s", text ? text : "");
+        g_usleep(50000);
+    }
+}
+
+void
+it_tcpdump_stop(GPid *pid, const char *file)
+{
+    int status;
+    if (!*pid)
+        return;
+    goffset last = -1;
+    for (int i = 0; i < 60; i++) {
+        g_usleep(500000);
+        GStatBuf st;
+        goffset size = g_stat(file, &st) == 0 ? st.st_size : 0;
+        if (size == last)
+            break;
+        last = size;
+    }
+    kill(*pid, SIGINT);
+    for (int i = 0; i < 100 && waitpid(*pid, &status, WNOHANG) == 0; i++)
+        g_usleep(50000);
+    if (waitpid(*pid, &status, WNOHANG) == 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, &status, 0);
+    }
+    g_spawn_close_pid(*pid);
+    *pid = 0;
 }

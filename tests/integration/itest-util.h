@@ -26,6 +26,15 @@
 const char *it_migproxy(void);    /* MP_MIGPROXY */
 const char *it_workload(void);    /* MP_WORKLOAD: the workload guest */
 
+/* tcpdump -i lo writing `file` for packets matching `filter`, its stderr
+ * (where it says it listens, and what the kernel dropped) in `log`;
+ * returns once it listens.  @return its pid for it_tcpdump_stop(). */
+GPid it_tcpdump_start(const char *file, const char *filter, const char *log);
+/* Stops the tcpdump *pid (0 after; accepts 0) once `file` stopped
+ * growing: tcpdump stops at SIGINT without reading what its ring still
+ * holds, and a CPU-starved tcpdump lags behind the migration. */
+void it_tcpdump_stop(GPid *pid, const char *file);
+
 /* A new temporary directory; it_remove_tree() deletes it. */
 char *it_tmpdir(void);
 void it_remove_tree(const char *path);

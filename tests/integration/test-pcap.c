@@ -33,32 +33,8 @@ static struct {
 static void
 tcpdump_stop(void)
 {
-    int status;
-    if (!fx.tcpdump)
-        return;
-    /* tcpdump stops at SIGINT without reading what its ring still holds:
-     * first let the file stop growing (a CPU-starved tcpdump lags
-     * behind the migration) */
     g_autofree char *file = g_build_filename(fx.dir, "x.pcap", NULL);
-    goffset last = -1;
-    for (int i = 0; i < 60; i++) {
-        g_usleep(500000);
-        GStatBuf st;
-        goffset size = g_stat(file, &st) == 0 ? st.st_size : 0;
-        if (size == last)
-            break;
-        last = size;
-    }
-    kill(fx.tcpdump, SIGINT);
-    for (int i = 0; i < 100 && waitpid(fx.tcpdump, &status, WNOHANG) == 0;
-         i++)
-        g_usleep(50000);
-    if (waitpid(fx.tcpdump, &status, WNOHANG) == 0) {
-        kill(fx.tcpdump, SIGKILL);
-        waitpid(fx.tcpdump, &status, 0);
-    }
-    g_spawn_close_pid(fx.tcpdump);
-    fx.tcpdump = 0;
+    it_tcpdump_stop(&fx.tcpdump, file);
 }
 
 static void
@@ -87,34 +63,8 @@ TestSuite(pcap, .init = fx_init, .fini = fx_fini, .timeout = 400);
 static void
 tcpdump_start(const char *file, const char *filter)
 {
-    g_autoptr(GError) err = NULL;
-    g_autofree char *bin = g_find_program_in_path("tcpdump");
-    if (!bin)
-        bin = g_strdup("/usr/sbin/tcpdump");
-    cr_assert(g_file_test(bin, G_FILE_TEST_IS_EXECUTABLE),
-              "tcpdump is not installed (scripts/setup.sh installs it)");
     g_autofree char *log = g_build_filename(fx.dir, "tcpdump.log", NULL);
-    g_autofree char *cmd = g_strdup_printf(
-        "exec '%s' -i lo -s 0 -B 262144 -U -n -Z root -w '%s' '%s' 2>'%s'", bin, file,
-        filter, log);
-    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-    cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
-                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL,
-                            &fx.tcpdump, &err),
-              "%s", err ? err->message : "?");
-    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
-    for (;;) {
-        g_autofree char *text = NULL;
-        g_file_get_contents(log, &text, NULL, NULL);
-        if (text && strstr(text, "listening on"))
-            return;
-        int status;
-        cr_assert(waitpid(fx.tcpdump, &status, WNOHANG) == 0,
-                  "tcpdump exited: %s", text ? text : "");
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "tcpdump does not listen: %s", text ? text : "");
-        g_usleep(50000);
-    }
+    fx.tcpdump = it_tcpdump_start(file, filter, log);
 }
 
 /* What tcpdump said when it stopped ("N packets dropped by kernel"). */
