@@ -6,8 +6,10 @@
  * link, sets the migration's pace.  Seen from the source side: the stream
  * arrives at a steady rate (each second within 3 % of the others) while
  * the tunnel waited for it (its reads of the stream found nothing) and the
- * link had room (it never held the tunnel back).  The watch says so once
- * per tunnel, so that the log can tell the operator to raise it.
+ * link had room (it never held the tunnel back), and that rate is QEMU's
+ * default cap (90 % to 102 % of 128 MiB/s: a source QEMU short of CPU is
+ * steady too, elsewhere).  The watch says so once per tunnel, so that the
+ * log can tell the operator to raise it.
  */
 #pragma once
 
