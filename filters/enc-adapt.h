@@ -38,7 +38,8 @@ typedef struct {
     const char *why;  /* a static phrase for the log */
 } MpAdaptVerdict;
 
-/* @return the decision, given whether the encoder is on now.  With a
- * measurement missing, the encoder keeps its state (a new encoder starts
- * on, so that it gets measured). */
+/* @return the decision, given whether the encoder is on now.  Without a
+ * ratio, the encoder keeps its state (a new encoder starts on, so that it
+ * gets measured); with a ratio but no link or encoder rate, it decides on
+ * the best case, the link as the limit: gain = 1 - ratio. */
 MpAdaptVerdict mp_adapt_decide(const MpAdaptInput *in, gboolean now_on);

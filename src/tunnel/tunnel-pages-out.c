@@ -66,6 +66,8 @@ struct MpTunPagesOut {
     /* counters */
     guint64 batches, stream_bytes, payload_bytes, pages_left_raw;
     guint64 zstd_in, zstd_out, zstd_cpu_ns;
+    /* the zstd counters at the last adaptive decision */
+    guint64 win_in, win_out, win_ns;
     /* adaptive zstd: on now; batches passed by while off (probes);
      * switches so far */
     gboolean zstd_on;
@@ -593,13 +595,22 @@ mp_tun_pages_out_postcopy_advised(const MpTunPagesOut *po)
 void
 mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
 {
-    if (!po->opt.adapt || !po->workers || !(link_bps > 0))
+    if (!po->opt.adapt || !po->workers)
         return;
     g_mutex_lock(&po->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
     g_mutex_unlock(&po->lock);
+    /* what zstd did since the last decision, not since the start: the
+     * pages change (a guest's random data, then its text), and while zstd
+     * is off the probes alone fill the window, slowly */
+    in -= po->win_in;
+    out -= po->win_out;
+    ns -= po->win_ns;
     if (in < MP_TUN_PAGES_ADAPT_MIN_BYTES || !ns)
         return;
+    po->win_in += in;
+    po->win_out += out;
+    po->win_ns += ns;
     /* the destination decodes on one thread per context, several times
      * faster than zstd encodes: not the limit (dec_bps 0) */
     MpAdaptInput ai = {
@@ -623,13 +634,19 @@ mp_tun_pages_out_adapt_with(MpTunPagesOut *po, const MpAdaptInput *in)
     po->zstd_on = v.use;
     po->zstd_switches++;
     po->zstd_skipped = 0;
-    g_message("%s: zstd %s: %s (link %.1f Mbit/s, zstd %.1f MiB/s per "
-              "thread x %u, ratio %.3f: %.2f s per GiB encoded, %.2f s "
-              "direct, gain %.0f %%)",
-              po->name, v.use ? "back on" : "off", v.why,
-              in->link_bps * 8 / 1e6, in->enc_bps / (1024.0 * 1024.0),
-              MAX(in->enc_workers, 1), in->ratio, v.encoded_s, v.direct_s,
-              v.gain * 100);
+    if (!(in->link_bps > 0))
+        g_message("%s: zstd %s: %s (ratio %.3f; link not measured: it "
+                  "saves at most %.0f %% of the link time)",
+                  po->name, v.use ? "back on" : "off", v.why, in->ratio,
+                  v.gain * 100);
+    else
+        g_message("%s: zstd %s: %s (link %.1f Mbit/s, zstd %.1f MiB/s per "
+                  "thread x %u, ratio %.3f: %.2f s per GiB encoded, %.2f s "
+                  "direct, gain %.0f %%)",
+                  po->name, v.use ? "back on" : "off", v.why,
+                  in->link_bps * 8 / 1e6, in->enc_bps / (1024.0 * 1024.0),
+                  MAX(in->enc_workers, 1), in->ratio, v.encoded_s,
+                  v.direct_s, v.gain * 100);
     return TRUE;
 }
 

@@ -115,10 +115,11 @@ void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
  * seconds.  Caller owns. */
 json_object *mp_tun_pages_out_report(const MpTunPagesOut *po);
 /* Does zstd pay?  Called every second or so by the owner with the link
- * rate in tunnel bytes/s (--rate, or measured; 0: not known, then
- * nothing changes: see docs/tunnel.md "Adaptive").  Decides with
+ * rate in tunnel bytes/s (--rate, or measured; 0: not known, then only
+ * the ratio decides: see docs/tunnel.md "Adaptive").  Decides with
  * mp_adapt_decide() (filters/enc-adapt.h) from zstd's CPU rate and ratio
- * so far and the number of workers, switches zstd off or back on, and
+ * since the last decision (at least MP_TUN_PAGES_ADAPT_MIN_BYTES) and the
+ * number of workers, switches zstd off or back on, and
  * logs the switch with its numbers.  No-op without `adapt` or zstd.
  * The page caches are not touched: zstd sits after them. */
 void mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps);

@@ -397,10 +397,22 @@ Test(adapt, decisions)
     /* hysteresis: a 5% gain keeps an encoder on but does not start one */
     cr_assert(decide(100 * mb, 1e12, 0.95, 1, TRUE).use);
     cr_assert_not(decide(100 * mb, 1e12, 0.95, 1, FALSE).use);
-    /* nothing measured: unchanged */
-    cr_assert(decide(0, 300 * mb, 0.5, 1, TRUE).use);
-    cr_assert_not(decide(12.5 * mb, 0, 0.5, 1, FALSE).use);
+    /* no ratio: unchanged */
     cr_assert_not(decide(12.5 * mb, 300 * mb, 0, 1, FALSE).use);
+    cr_assert(decide(12.5 * mb, 300 * mb, 0, 1, TRUE).use);
+    /* a ratio but no link rate: decided on the best case, 1 - ratio */
+    cr_assert(decide(0, 300 * mb, 0.5, 1, TRUE).use);
+    cr_assert_str_eq(decide(0, 300 * mb, 0.5, 1, TRUE).why,
+                     "link not measured: unchanged");
+    cr_assert(decide(12.5 * mb, 0, 0.5, 1, FALSE).use);
+    cr_assert_str_eq(decide(0, 0, 0.5, 1, FALSE).why, "pages compress again");
+    /* random pages, link never measured (bench-pair 1gbit rand): off */
+    v = decide(0, 300 * mb, 0.9995, 2, TRUE);
+    cr_assert_not(v.use);
+    cr_assert_str_eq(v.why, "pages do not compress enough");
+    /* the same hysteresis as with a link */
+    cr_assert(decide(0, 0, 0.95, 1, TRUE).use);
+    cr_assert_not(decide(0, 0, 0.95, 1, FALSE).use);
     /* a slow decoder at the peer limits too */
     MpAdaptInput in = {.link_bps = 1250 * mb, .enc_bps = 4000 * mb,
                        .dec_bps = 500 * mb, .enc_workers = 1,
