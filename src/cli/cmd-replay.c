@@ -134,6 +134,18 @@ print_summary(json_object *doc, FILE *out)
             : "not opened by the stream",
         json_object_get_uint64(json_object_object_get(ret, "messages")),
         json_object_get_uint64(json_object_object_get(ret, "page_requests")));
+    json_object *pa = json_object_object_get(rp, "page_answers");
+    if (json_object_get_uint64(json_object_object_get(ret, "page_requests")))
+        fprintf(out,
+                "  page requests: %" G_GUINT64_FORMAT " answered ahead of "
+                "the capture's order, %" G_GUINT64_FORMAT " in its order; "
+                "%" G_GUINT64_FORMAT " pages not in the capture\n",
+                json_object_get_uint64(
+                    json_object_object_get(pa, "requests_early")),
+                json_object_get_uint64(
+                    json_object_object_get(pa, "requests_in_order")),
+                json_object_get_uint64(
+                    json_object_object_get(pa, "pages_not_in_capture")));
     g_autofree char *verdict = mp_printable(
         json_object_get_string(json_object_object_get(rp, "verdict")));
     fprintf(
