@@ -269,8 +269,9 @@ const MpCommand mp_cmd_replay = {
         "(multifd and its channel count, postcopy-ram, "
         "postcopy-preempt, return-path) and the same -uuid if the source "
         "had one. A post-copy capture is replayed whole: the destination's "
-        "page requests are counted and timed, and answered by the pages "
-        "still to come in the capture (docs/replay.md).",
+        "page requests are counted and timed, and answered at once from the "
+        "pages the capture holds (a capture directory's; a packet "
+        "capture's in the capture's order; docs/replay.md).",
     .description =
         "Examples:\n"
         "  # the destination, paused, waiting for the stream\n"

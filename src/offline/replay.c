@@ -524,12 +524,6 @@ ed_setup(Replay *r, Chan *c)
         if (o->kind == MP_CHAN_MAIN && o->ed)
             m = o;
     }
-    /* with a preempt channel, QEMU 10.0's destination paused post-copy
-     * at the end of 2 replays in 4 ("Detected IO failure for postcopy"
-     * while its guest had every page right): not answered ahead until
-     * that is understood (docs/replay.md) */
-    if (chan_of_kind(r, MP_CHAN_PREEMPT))
-        return;
     c->stage.st = (MpStage){.name = "replay-pages",
                             .record = ed_record,
                             .placed = ed_placed,
@@ -800,10 +794,22 @@ dst_closed(Replay *r, Chan *c, int err)
     c->dst_closed = TRUE;
     mp_session_end(r->pipes, c->index, MP_DIR_TO_SRC,
                    err ? MP_END_RESET : MP_END_FIN, now);
-    /* bytes it did not take: refused.  A channel closed with nothing
-     * waiting may be a destination that is done (QEMU 10.0 closes its
-     * preempt channel before the source does, and sends no SHUT after a
-     * post-copy with it): judged at the end (finish()) */
+    /* bytes it did not take: refused.  Another channel than the main
+     * one may be closed by a destination that is done (QEMU 10.0 closes
+     * its preempt channel itself at the end of a post-copy, before its
+     * SHUT, and pages the source sent there last may still wait): its
+     * bytes are dropped and judged at the end (finish(): refused unless
+     * SHUT 0 came) */
+    if (!g_queue_is_empty(&c->pending) && chan_kind(r, c) != MP_CHAN_MAIN) {
+        guint64 left = 0;
+        for (GList *l = c->pending.head; l; l = l->next)
+            left += g_bytes_get_size(l->data);
+        left -= c->head_off;
+        r->queued -= left;
+        r->undelivered += left;
+        g_queue_clear_full(&c->pending, (GDestroyNotify)g_bytes_unref);
+        c->head_off = 0;
+    }
     if (!g_queue_is_empty(&c->pending) && r->shut != 0)
         refuse(r,
                "the destination %s channel %u (%s) after %" G_GUINT64_FORMAT
@@ -921,9 +927,16 @@ write_chan(Replay *r, Chan *c, gint64 *ready_at)
             c->head_off = 0;
         }
     }
-    if (c->src_ended && !c->wr_shut && chan_kind(r, c) != MP_CHAN_MAIN) {
-        /* the source closed it here (the main channel waits for the
-         * destination's answer first) */
+    if (c->src_ended && !c->wr_shut && !r->rp_expected
+        && chan_kind(r, c) != MP_CHAN_MAIN) {
+        /* the source closed it here.  Not with a return path: QEMU's
+         * source closes its channels only after the destination's SHUT,
+         * and the destination takes an early end of one as a broken
+         * migration (10.0's post-copy loader checks the preempt
+         * channel's error at each section of the main one, finds the
+         * EOF and pauses post-copy: preempt_100 did, whenever the
+         * recorded close came before the new destination had loaded its
+         * last section).  finish() closes them once it answered. */
         shutdown(c->fd, SHUT_WR);
         c->wr_shut = TRUE;
         mp_session_end(r->pipes, c->index, MP_DIR_TO_DST, MP_END_FIN, now_us());
@@ -1172,6 +1185,15 @@ finish(Replay *r)
                r->opt->wait_s,
                r->rp_expected ? "no SHUT on its return path"
                               : "it did not close the main channel");
+    if (!r->stop && main_c && main_c->dst_closed && r->shut < 0
+        && r->rp_expected)
+        /* a QEMU destination with a return path that loaded the stream
+         * says SHUT 0 before it closes: closing without one is one that
+         * failed (7.2 exits without a SHUT), paused post-copy or died */
+        refuse(r,
+               "the destination closed the main channel without a SHUT on "
+               "its return path: it did not finish loading the stream (a "
+               "post-copy it paused, or it failed; its log says why)");
     if (!main_c && !r->stop)
         input_error(r, "the input holds no main channel");
     if (!r->stop && r->shut != 0 && r->undelivered)
@@ -1511,11 +1533,8 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
         : r->refused   ? r->refused
         : r->shut == 0 ? "the destination loaded the stream (SHUT 0 on its "
                          "return path)"
-        : r->rp_expected
-            ? "the destination took the whole stream and closed, with no "
-              "SHUT on its return path to confirm it"
-            : "the destination took the whole stream and closed (no return "
-              "path in this stream to confirm it)";
+                       : "the destination took the whole stream and closed (no "
+                         "return path in this stream to confirm it)";
     json_object_object_add(o, "verdict", json_object_new_string(verdict));
     json_object *rp = json_object_new_object();
     json_object_object_add(rp, "opened",
