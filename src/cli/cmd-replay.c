@@ -56,7 +56,9 @@ replay_entries(gpointer store)
          "answer (default 60)",
          "SECONDS"},
         {"json", 'j', 0, G_OPTION_ARG_NONE, &a->json,
-         "Print one JSON document instead of the summary", NULL},
+         "Print one JSON document instead of the summary "
+         "(docs/schema/replay.schema.json)",
+         NULL},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet, "No progress on stderr",
          NULL},
         /* (the synopsis names CAPTURE once, from .operands) */

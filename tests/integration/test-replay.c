@@ -111,6 +111,15 @@ qemu_log_tail(MpQemu *q)
     return g_strdup(len > 4096 ? text + len - 4096 : text);
 }
 
+/* `out`, a --json output, is valid against docs/schema/replay.schema.json. */
+static void
+assert_valid_json(const char *out)
+{
+    g_autofree char *path = g_build_filename(fx.dir, "replay.json", NULL);
+    cr_assert(g_file_set_contents(path, out, -1, NULL));
+    it_validate_json("replay", path, FALSE);
+}
+
 /* Waits up to MIGRATE_TIMEOUT_MS for `dst`'s incoming migration to end
  * (completed, failed, or postcopy-paused, which only a new source can
  * end); asserts it completed, quoting its log if not. */
@@ -157,6 +166,7 @@ replay_ok(const char *capture, MpQemu *dst, guint16 port,
     }
     json_object *doc = json_tokener_parse(out);
     cr_assert_not_null(doc, "not JSON: %s", out);
+    assert_valid_json(out);
     cr_assert(json_object_get_boolean(it_jget(doc, "replay.accepted")));
     assert_dst_completed(dst);
     g_printerr("replay %s: %.0f bytes in %.1f ms, downtime %s ms, verdict: "
@@ -654,6 +664,7 @@ replay_into_fake(const char *cap, FakeDst *f)
     cr_assert_eq(st, 0, "exit %d:\n%s\n%s", st, err, out);
     json_object *doc = json_tokener_parse(out);
     cr_assert_not_null(doc, "not JSON: %s", out);
+    assert_valid_json(out);
     cr_assert(json_object_get_boolean(it_jget(doc, "replay.confirmed")), "%s",
               json_object_get_string(it_jget(doc, "replay.verdict")));
     cr_assert_eq(json_object_array_length(it_jget(doc, "replay.channels")), 2);
@@ -735,6 +746,12 @@ Test(replay, malformed)
         cr_assert_eq(st, cases[i].status, "%s: exit %d:\n%s", cases[i].what, st,
                      err);
         cr_assert(strstr(err, cases[i].says), "%s: %s", cases[i].what, err);
+        /* the same with --json: the document its schema says */
+        const char *jargs[] = {paths[i], to, "-q", "--json", NULL};
+        g_clear_pointer(&out, g_free);
+        g_clear_pointer(&err, g_free);
+        cr_assert_eq(replay(jargs, &out, &err), cases[i].status);
+        assert_valid_json(out);
     }
     /* usage */
     const char *no_to[] = {stream, NULL};
