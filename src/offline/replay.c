@@ -436,7 +436,9 @@ ed_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
     c->fix_next = FALSE;
     if (!(rec->u.page.flags & MP_RAM_SAVE_FLAG_CONTINUE) || rec->length < 8)
         return MP_STAGE_PASS;
-    guint64 hdr = GUINT64_FROM_BE(*(const guint64 *)wire);
+    guint64 hdr;
+    memcpy(&hdr, wire, sizeof(hdr)); /* (wire is not aligned) */
+    hdr = GUINT64_FROM_BE(hdr);
     ram_record(out->bytes, hdr, rec->u.page.block, wire + 8, rec->length - 8);
     self->stats.records_changed++;
     self->stats.bytes_in += rec->length;
