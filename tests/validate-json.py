@@ -8,14 +8,15 @@
       (a renamed key, a missing `schema`), and `migproxy analyze --json`
       of every sample stream in DIR, alone and together
 
-SCHEMA is report, metrics-line or analyze (docs/schema/NAME.schema.json),
+SCHEMA is report, metrics-line, analyze, plan or replay
+(docs/schema/NAME.schema.json),
 a part of one (report#/$defs/session: what every session's report holds),
 or a path.  Exit status 0: all valid; 1: a document is not (each error
 names the file, line and the key's path); 2: usage, or no jsonschema.
 
 Works with Debian bookworm's python3-jsonschema (4.10, RefResolver) and
-later ones (4.18+, the referencing library): the three schemas refer to
-each other by their $id (urn:migproxy:schema:NAME).
+later ones (4.18+, the referencing library): the schemas refer to each
+other by their $id (urn:migproxy:schema:NAME).
 """
 import argparse
 import copy
@@ -35,7 +36,7 @@ except ImportError:  # a missing package is a failure, not a skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_DIR = os.path.join(HERE, "..", "docs", "schema")
-NAMES = ("analyze", "report", "metrics-line", "plan")
+NAMES = ("analyze", "report", "metrics-line", "plan", "replay")
 
 
 def load_schemas(schema_dir):

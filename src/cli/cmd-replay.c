@@ -56,7 +56,9 @@ replay_entries(gpointer store)
          "answer (default 60)",
          "SECONDS"},
         {"json", 'j', 0, G_OPTION_ARG_NONE, &a->json,
-         "Print one JSON document instead of the summary", NULL},
+         "Print one JSON document instead of the summary "
+         "(docs/schema/replay.schema.json)",
+         NULL},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet, "No progress on stderr",
          NULL},
         /* (the synopsis names CAPTURE once, from .operands) */
@@ -134,6 +136,18 @@ print_summary(json_object *doc, FILE *out)
             : "not opened by the stream",
         json_object_get_uint64(json_object_object_get(ret, "messages")),
         json_object_get_uint64(json_object_object_get(ret, "page_requests")));
+    json_object *pa = json_object_object_get(rp, "page_answers");
+    if (json_object_get_uint64(json_object_object_get(ret, "page_requests")))
+        fprintf(out,
+                "  page requests: %" G_GUINT64_FORMAT " answered ahead of "
+                "the capture's order, %" G_GUINT64_FORMAT " in its order; "
+                "%" G_GUINT64_FORMAT " pages not in the capture\n",
+                json_object_get_uint64(
+                    json_object_object_get(pa, "requests_early")),
+                json_object_get_uint64(
+                    json_object_object_get(pa, "requests_in_order")),
+                json_object_get_uint64(
+                    json_object_object_get(pa, "pages_not_in_capture")));
     g_autofree char *verdict = mp_printable(
         json_object_get_string(json_object_object_get(rp, "verdict")));
     fprintf(
@@ -257,8 +271,9 @@ const MpCommand mp_cmd_replay = {
         "(multifd and its channel count, postcopy-ram, "
         "postcopy-preempt, return-path) and the same -uuid if the source "
         "had one. A post-copy capture is replayed whole: the destination's "
-        "page requests are counted and timed, and answered by the pages "
-        "still to come in the capture (docs/replay.md).",
+        "page requests are counted and timed, and answered at once from the "
+        "pages the capture holds (a capture directory's; a packet "
+        "capture's in the capture's order; docs/replay.md).",
     .description =
         "Examples:\n"
         "  # the destination, paused, waiting for the stream\n"

@@ -41,6 +41,7 @@
 #include "metrics-progress.h"
 #include "metrics-report.h"
 #include "metrics.h"
+#include "pipeline.h"
 #include "pcap-flows.h"
 #include "replay.h"
 #include "session.h"
@@ -59,6 +60,37 @@
  * multifd channels, the main one, the preempt one), so that a capture
  * cannot make the replay open thousands. */
 #define MAX_CHANNELS 257u
+/* The post-copy page index holds at most this many pages (about 64 bytes
+ * each with the hash table's share: at most 128 MiB, 8 GiB of guest pages
+ * sent after the switch); pages past it are answered in stream order. */
+#define PAGE_INDEX_MAX (1u << 21)
+/* Record boundaries remembered per channel for inserting a requested page
+ * in front of queued ones (32 bytes each): at most 8 MiB. */
+#define BOUNDS_MAX (1u << 18)
+#define EDIT_HOLD_LIMIT (16u << 20)
+
+/* Where the latest copy of a post-copy page is in the capture (an offset
+ * into the channel's .bin, not the page). */
+enum { PG_LATER, PG_QUEUED, PG_EARLY, PG_SENT };
+typedef struct {
+    guint64 key;     /* addr | block << 52 */
+    guint64 offset;  /* the record's stream offset on `channel` */
+    guint32 length;  /* the record's bytes */
+    guint32 payload; /* the payload's bytes, at the record's end */
+    guint16 channel;
+    guint16 flags; /* PAGE or ZERO, without CONTINUE */
+    guint8 state;  /* PG_*: still to come, in a channel's queue (or
+                      sent), waiting to go ahead of its turn, sent so */
+} PageLoc;
+
+/* A post-copy RAM page record in a channel's queue: a page may go in
+ * front of it. */
+typedef struct {
+    guint64 out_off; /* the editing pipeline's output offset */
+    guint64 hdr;     /* its be64 header, host order */
+    const char *block;
+    gboolean cont; /* goes out with CONTINUE */
+} Bound;
 
 typedef struct {
     guint index;
@@ -69,6 +101,26 @@ typedef struct {
     GQueue pending; /* GBytes, in order */
     gsize head_off; /* bytes of the head already written */
     guint64 sent;
+    /* post-copy page answers (main and preempt channels of a capture
+     * directory): the capture's bytes pass an editing pipeline before
+     * the queue, which drops the later copy of a page sent ahead */
+    MpPipeline *ed;
+    struct EdStage {
+        MpStage st;
+        gpointer r, c;
+    } stage;
+    guint64 out_pos; /* the pipeline's output written (inserted not
+                        counted) */
+    GQueue bounds;   /* Bound*, in output order */
+    gboolean tail_ok; /* the output so far ends where a RAM record may
+                         follow */
+    gboolean fix_next; /* the next RAM record must name its block */
+    GQueue urgent;     /* PageLoc* to send ahead */
+    GByteArray *ins;   /* being inserted */
+    gsize ins_off;
+    gsize skip; /* queued bytes to leave out (a CONTINUE header the
+                   insertion wrote out with its block) */
+    int cap_fd; /* the capture's .bin of this channel, -1 */
 } Chan;
 
 typedef struct {
@@ -97,6 +149,16 @@ typedef struct {
                              had closed */
     gint shut;            /* SHUT's value, -1: none */
     guint64 rp_messages, page_requests;
+    /* the post-copy page index (capture directories) */
+    GHashTable *pages;    /* key -> PageLoc* */
+    GPtrArray *blocks;    /* block names, by number */
+    guint page_shift;     /* log2 of the target page size */
+    gboolean ix_postcopy; /* while indexing: past PACKAGED */
+    gboolean ix_full;
+    gboolean pc_live;     /* the replayed main channel is past PACKAGED */
+    MpVmdesc *vmdesc;     /* the capture's, for the editing pipeline */
+    guint64 req_early, req_in_order, pages_early, pages_dropped,
+        pages_not_held, pages_queued;
     char *refused;     /* why the destination did not accept, or NULL */
     char *input_error; /* the input broke off, or NULL */
     gboolean stop;     /* stop reading the input */
@@ -110,7 +172,10 @@ chan(Replay *r, guint index)
         c->index = r->chans->len;
         c->fd = -1;
         c->open_rec = G_MININT64;
+        c->cap_fd = -1;
         g_queue_init(&c->pending);
+        g_queue_init(&c->bounds);
+        g_queue_init(&c->urgent);
         g_ptr_array_add(r->chans, c);
     }
     return g_ptr_array_index(r->chans, index);
@@ -120,6 +185,13 @@ static void
 chan_free(gpointer p)
 {
     Chan *c = p;
+    mp_pipeline_free(c->ed);
+    g_queue_clear_full(&c->bounds, g_free);
+    g_queue_clear(&c->urgent);
+    if (c->ins)
+        g_byte_array_unref(c->ins);
+    if (c->cap_fd >= 0)
+        close(c->cap_fd);
     if (c->fd >= 0)
         close(c->fd);
     g_queue_clear_full(&c->pending, (GDestroyNotify)g_bytes_unref);
@@ -171,6 +243,438 @@ chan_kind(Replay *r, Chan *c)
     return c->kind;
 }
 
+/* ---- post-copy pages answered ahead of their turn ---- */
+
+static guint16
+block_number(Replay *r, const char *name, gboolean add)
+{
+    for (guint i = 0; i < r->blocks->len; i++)
+        if (g_str_equal(g_ptr_array_index(r->blocks, i), name))
+            return i;
+    if (!add || r->blocks->len >= 4096)
+        return G_MAXUINT16;
+    g_ptr_array_add(r->blocks, g_strdup(name));
+    return r->blocks->len - 1;
+}
+
+static PageLoc *
+page_find(Replay *r, const char *block, guint64 addr)
+{
+    if (!r->pages || !block || addr >> 52)
+        return NULL;
+    guint16 b = block_number(r, block, FALSE);
+    if (b == G_MAXUINT16)
+        return NULL;
+    guint64 key = addr | (guint64)b << 52;
+    return g_hash_table_lookup(r->pages, &key);
+}
+
+/* Index pass: every RAM page record after the switch to post-copy (the
+ * main channel past PACKAGED, the preempt channel), its latest copy. */
+static MpRecordAction
+ix_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Replay *r = data;
+    MpChanKind k = mp_pipeline_kind(p);
+
+    if (mp_pipeline_dir(p) != MP_DIR_TO_DST
+        || (k != MP_CHAN_MAIN && k != MP_CHAN_PREEMPT))
+        return MP_REC_CONTINUE;
+    if (k == MP_CHAN_MAIN && rec->kind == MP_REC_COMMAND
+        && rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
+        r->ix_postcopy = TRUE;
+    if (rec->kind != MP_REC_RAM_PAGE || (k == MP_CHAN_MAIN && !r->ix_postcopy)
+        || !rec->u.page.block || rec->u.page.addr >> 52)
+        return MP_REC_CONTINUE;
+    const MpRamPage *pg = &rec->u.page;
+    guint16 b = block_number(r, pg->block, TRUE);
+    if (b == G_MAXUINT16)
+        return MP_REC_CONTINUE;
+    guint64 key = pg->addr | (guint64)b << 52;
+    PageLoc *pl = g_hash_table_lookup(r->pages, &key);
+    gboolean usable = (pg->kind == MP_PAGE_NORMAL || pg->kind == MP_PAGE_ZERO)
+                      && pg->payload_len <= rec->length
+                      && pg->payload_len <= 65536
+                      && mp_pipeline_channel(p) < MAX_CHANNELS;
+    if (!usable) {
+        /* its latest copy cannot be sent on its own: in stream order */
+        if (pl)
+            g_hash_table_remove(r->pages, &key);
+        return MP_REC_CONTINUE;
+    }
+    if (!pl) {
+        if (g_hash_table_size(r->pages) >= PAGE_INDEX_MAX) {
+            r->ix_full = TRUE;
+            return MP_REC_CONTINUE;
+        }
+        pl = g_new0(PageLoc, 1);
+        pl->key = key;
+        g_hash_table_insert(r->pages, pl, pl);
+    }
+    pl->offset = rec->offset;
+    pl->length = rec->length;
+    pl->payload = pg->payload_len;
+    pl->channel = mp_pipeline_channel(p);
+    pl->flags = pg->flags & ~MP_RAM_SAVE_FLAG_CONTINUE;
+    if (pg->size && !r->page_shift)
+        r->page_shift = g_bit_storage(pg->size) - 1;
+    return MP_REC_CONTINUE;
+}
+
+/* Indexes the post-copy pages of a capture directory and opens its
+ * channels' .bin files to read them from.  Without any (a pre-copy
+ * capture, an unreadable one) the replay goes on as recorded. */
+static void
+index_capture(Replay *r)
+{
+    const MpPipelineObserver ops = {.record = ix_record};
+    gboolean ok = FALSE;
+    r->pages = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
+    r->blocks = g_ptr_array_new_with_free_func(g_free);
+    json_object *doc = mp_capture_analyze_observed(r->path, r->opt->session,
+                                                   FALSE, &ops, r, &ok);
+    json_object *nums = NULL, *chans = NULL, *cj, *dj;
+    guint session = r->opt->session;
+    if (!session && json_object_object_get_ex(doc, "capture_sessions", &nums)
+        && json_object_array_length(nums))
+        session = json_object_get_int(json_object_array_get_idx(nums, 0));
+    g_autofree char *sname = g_strdup_printf("s%u.json", session);
+    g_autofree char *spath = g_build_filename(r->path, sname, NULL);
+    json_object *sj = json_object_from_file(spath);
+    if (!g_hash_table_size(r->pages) || !sj
+        || !json_object_object_get_ex(sj, "channels", &chans)
+        || !json_object_is_type(chans, json_type_array)) {
+        g_hash_table_remove_all(r->pages);
+    } else {
+        for (size_t i = 0; i < json_object_array_length(chans); i++) {
+            cj = json_object_array_get_idx(chans, i);
+            json_object *num = NULL, *file = NULL;
+            if (!json_object_object_get_ex(cj, "channel", &num)
+                || !json_object_object_get_ex(cj, "to_dst", &dj)
+                || !json_object_object_get_ex(dj, "file", &file))
+                continue;
+            gint64 n = json_object_get_int64(num);
+            const char *f = json_object_get_string(file);
+            if (n < 0 || n >= MAX_CHANNELS || !f || strchr(f, '/'))
+                continue;
+            g_autofree char *fp = g_build_filename(r->path, f, NULL);
+            Chan *c = chan(r, n);
+            if (c->cap_fd < 0)
+                c->cap_fd = open(fp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        }
+    }
+    if (sj)
+        json_object_put(sj);
+    json_object_put(doc);
+    if (!r->page_shift)
+        r->page_shift = 12;
+}
+
+static void
+put_be64(GByteArray *a, guint64 v)
+{
+    guint64 be = GUINT64_TO_BE(v);
+    g_byte_array_append(a, (const guint8 *)&be, 8);
+}
+
+/* A RAM record `hdr` (its header, host order, without CONTINUE) that
+ * names its block, then `payload`. */
+static void
+ram_record(GByteArray *a, guint64 hdr, const char *block,
+           const guint8 *payload, gsize len)
+{
+    guint8 n = strlen(block);
+    put_be64(a, hdr & ~(guint64)MP_RAM_SAVE_FLAG_CONTINUE);
+    g_byte_array_append(a, &n, 1);
+    g_byte_array_append(a, (const guint8 *)block, n);
+    if (len)
+        g_byte_array_append(a, payload, len);
+}
+
+/* The editing stage: drops the later copy of a page sent ahead, and
+ * writes out the block of the RAM record after a dropped or inserted
+ * one when it had CONTINUE (the destination's "same block as the
+ * record before" on this channel changed). */
+static MpStageVerdict
+ed_record(MpStage *self, guint channel, MpDir dir, const MpRecord *rec,
+          const guint8 *wire, MpStageOut *out)
+{
+    struct EdStage *es = (struct EdStage *)self;
+    Replay *r = es->r;
+    Chan *c = es->c;
+
+    if (rec->kind != MP_REC_RAM_PAGE || (c->kind == MP_CHAN_MAIN && !r->pc_live)
+        || !rec->u.page.block)
+        return MP_STAGE_PASS;
+    PageLoc *pl = page_find(r, rec->u.page.block, rec->u.page.addr);
+    if (pl && pl->state == PG_EARLY) {
+        /* not inserted yet (no place for it so far): it goes here, in
+         * stream order, and not ahead */
+        for (guint i = 0; i < r->chans->len; i++)
+            g_queue_remove(&((Chan *)g_ptr_array_index(r->chans, i))->urgent,
+                           pl);
+        pl->state = PG_QUEUED;
+        r->pages_early--;
+        r->pages_queued++;
+        /* (a request is one host page: one page here) */
+        if (r->req_early) {
+            r->req_early--;
+            r->req_in_order++;
+        }
+    }
+    if (pl && pl->state == PG_SENT) {
+        r->pages_dropped++;
+        c->fix_next = TRUE;
+        self->stats.records_changed++;
+        self->stats.bytes_in += rec->length;
+        return MP_STAGE_REPLACE; /* nothing */
+    }
+    if (pl)
+        pl->state = PG_QUEUED;
+    if (!c->fix_next)
+        return MP_STAGE_PASS;
+    c->fix_next = FALSE;
+    if (!(rec->u.page.flags & MP_RAM_SAVE_FLAG_CONTINUE) || rec->length < 8)
+        return MP_STAGE_PASS;
+    guint64 hdr;
+    memcpy(&hdr, wire, sizeof(hdr)); /* (wire is not aligned) */
+    hdr = GUINT64_FROM_BE(hdr);
+    ram_record(out->bytes, hdr, rec->u.page.block, wire + 8, rec->length - 8);
+    self->stats.records_changed++;
+    self->stats.bytes_in += rec->length;
+    self->stats.bytes_out += out->bytes->len;
+    return MP_STAGE_REPLACE;
+}
+
+static void
+ed_placed(MpStage *self, const MpRecord *rec, gboolean placed,
+          guint64 out_off, gsize out_len)
+{
+    struct EdStage *es = (struct EdStage *)self;
+    Replay *r = es->r;
+    Chan *c = es->c;
+
+    if (!out_len)
+        return;
+    gboolean page = rec->kind == MP_REC_RAM_PAGE && rec->u.page.block
+                    && (c->kind == MP_CHAN_PREEMPT || r->pc_live);
+    c->tail_ok = placed && (page || c->kind == MP_CHAN_PREEMPT);
+    if (!placed || !page || c->bounds.length >= BOUNDS_MAX)
+        return;
+    Bound *b = g_new0(Bound, 1);
+    b->out_off = out_off;
+    b->hdr = rec->u.page.addr | rec->u.page.flags;
+    guint16 n = block_number(r, rec->u.page.block, TRUE);
+    b->block = n == G_MAXUINT16 ? NULL : g_ptr_array_index(r->blocks, n);
+    b->cont = (rec->u.page.flags & MP_RAM_SAVE_FLAG_CONTINUE)
+              && out_len == rec->length;
+    if (b->cont && !b->block) {
+        g_free(b);
+        return;
+    }
+    g_queue_push_tail(&c->bounds, b);
+}
+
+/* The main channel's switch to post-copy (stages do not see PACKAGED). */
+static MpRecordAction
+ed_observe(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Replay *r = data;
+    if (rec->kind == MP_REC_COMMAND && rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
+        r->pc_live = TRUE;
+    return MP_REC_CONTINUE;
+}
+
+static void
+ed_destroy(MpStage *self)
+{
+    (void)self; /* part of its Chan */
+}
+
+static void
+ed_write(gpointer data, const guint8 *buf, gsize len)
+{
+    struct EdStage *es = data;
+    Replay *r = es->r;
+    Chan *c = es->c;
+    g_queue_push_tail(&c->pending, g_bytes_new(buf, len));
+    r->queued += len;
+}
+
+static Chan *
+chan_of_kind(Replay *r, MpChanKind kind)
+{
+    for (guint i = 0; i < r->chans->len; i++) {
+        Chan *c = g_ptr_array_index(r->chans, i);
+        if (c->registered && c->kind == kind)
+            return c;
+    }
+    return NULL;
+}
+
+/* The editing pipeline of a capture's main or preempt channel, when the
+ * capture holds post-copy pages. */
+static void
+ed_setup(Replay *r, Chan *c)
+{
+    if (c->ed || !r->pages || !g_hash_table_size(r->pages)
+        || (c->kind != MP_CHAN_MAIN && c->kind != MP_CHAN_PREEMPT))
+        return;
+    Chan *m = NULL;
+    for (guint i = 0; i < r->chans->len && !m; i++) {
+        Chan *o = g_ptr_array_index(r->chans, i);
+        if (o->kind == MP_CHAN_MAIN && o->ed)
+            m = o;
+    }
+    c->stage.st = (MpStage){.name = "replay-pages",
+                            .record = ed_record,
+                            .placed = ed_placed,
+                            .destroy = ed_destroy};
+    c->stage.r = r;
+    c->stage.c = c;
+    c->tail_ok = c->kind == MP_CHAN_PREEMPT;
+    c->ed = mp_pipeline_new(c->index, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(c->ed, c->kind, m ? m->ed : NULL);
+    if (r->vmdesc && c->kind == MP_CHAN_MAIN)
+        mp_pipeline_set_vmdesc(c->ed, r->vmdesc);
+    const MpPipelineSink sink = {.write = ed_write,
+                                 .insert = ed_write,
+                                 .data = &c->stage};
+    mp_pipeline_set_sink(c->ed, &sink, FALSE, EDIT_HOLD_LIMIT);
+    mp_pipeline_add_stage(c->ed, &c->stage.st);
+    if (c->kind == MP_CHAN_MAIN) {
+        const MpPipelineObserver obs = {.record = ed_observe};
+        mp_pipeline_observe(c->ed, &obs, r);
+    }
+}
+
+/* REQ_PAGES: each page still to come later in the capture goes out now,
+ * on the preempt channel if the capture has one, else on the main
+ * channel at its next RAM record boundary. */
+static void
+request_pages(Replay *r, const MpRpInfo *rp)
+{
+    gboolean early = FALSE;
+    if (!r->pages || !g_hash_table_size(r->pages) || !rp->block) {
+        r->req_in_order++;
+        return;
+    }
+    guint64 psize = (guint64)1 << r->page_shift;
+    guint64 a = rp->start & ~(psize - 1);
+    guint64 last = (rp->start + MAX(rp->req_len, 1) - 1) & ~(psize - 1);
+    /* (a request is at most a host page; bounded all the same) */
+    for (guint n = 0; n < 65536 && a <= last; n++, a += psize) {
+        PageLoc *pl = page_find(r, rp->block, a);
+        if (!pl) {
+            r->pages_not_held++;
+            continue;
+        }
+        if (pl->state != PG_LATER) {
+            r->pages_queued++;
+            continue;
+        }
+        Chan *src = pl->channel < r->chans->len
+                        ? g_ptr_array_index(r->chans, pl->channel)
+                        : NULL;
+        Chan *to = chan_of_kind(r, MP_CHAN_PREEMPT);
+        if (!to || to->fd < 0 || !to->ed || !mp_pipeline_following(to->ed))
+            to = chan_of_kind(r, MP_CHAN_MAIN);
+        /* its later copy must pass a pipeline that follows, or it would
+         * reach the destination twice */
+        if (!src || src->cap_fd < 0
+            || (src->ed && !mp_pipeline_following(src->ed))
+            || (!src->ed && src->kind != MP_CHAN_PREEMPT) || !to || !to->ed
+            || to->fd < 0 || !mp_pipeline_following(to->ed)) {
+            r->pages_queued++;
+            continue;
+        }
+        pl->state = PG_EARLY;
+        g_queue_push_tail(&to->urgent, pl);
+        r->pages_early++;
+        early = TRUE;
+    }
+    if (early)
+        r->req_early++;
+    else
+        r->req_in_order++;
+}
+
+/* The bytes that go in front of the queue's next record: the requested
+ * pages, read from the capture, and the next record's header with its
+ * block when it had CONTINUE.  @return FALSE when `c` is not at a place
+ * where a RAM record may go. */
+static gboolean
+insert_urgent(Replay *r, Chan *c)
+{
+    Bound *b;
+    while ((b = g_queue_peek_head(&c->bounds)) && b->out_off < c->out_pos)
+        g_free(g_queue_pop_head(&c->bounds));
+    if (c->skip)
+        return FALSE;
+    gboolean at_bound = b && b->out_off == c->out_pos;
+    if (!at_bound
+        && !(g_queue_is_empty(&c->pending) && c->tail_ok && c->ed
+             && mp_pipeline_following(c->ed)))
+        return FALSE;
+    GByteArray *a = g_byte_array_new();
+    PageLoc *pl;
+    while ((pl = g_queue_pop_head(&c->urgent))) {
+        Chan *src = g_ptr_array_index(r->chans, pl->channel);
+        guint8 payload[65536];
+        guint32 n = MIN(pl->payload, sizeof(payload));
+        ssize_t got = pread(src->cap_fd, payload, n,
+                            pl->offset + pl->length - pl->payload);
+        if (got != (ssize_t)n || n != pl->payload) {
+            /* its later copy may be left out already: the replay cannot
+             * go on without it */
+            input_error(r,
+                        "%s: channel %u: cannot read the page record at "
+                        "stream offset %" G_GUINT64_FORMAT " back from the "
+                        "capture (%s)",
+                        r->path, pl->channel, pl->offset,
+                        got < 0 ? g_strerror(errno) : "short read");
+            continue;
+        }
+        pl->state = PG_SENT;
+        ram_record(a, (pl->key & ((G_GUINT64_CONSTANT(1) << 52) - 1))
+                          | pl->flags,
+                   g_ptr_array_index(r->blocks, pl->key >> 52), payload, n);
+    }
+    if (at_bound) {
+        if (b->cont) {
+            ram_record(a, b->hdr, b->block, NULL, 0);
+            c->skip = 8;
+        }
+        g_free(g_queue_pop_head(&c->bounds));
+    } else {
+        c->fix_next = TRUE;
+    }
+    if (!a->len) {
+        g_byte_array_unref(a);
+        return TRUE;
+    }
+    if (c->ins)
+        g_byte_array_unref(c->ins);
+    c->ins = a;
+    c->ins_off = 0;
+    return TRUE;
+}
+
+/* @return how many queued bytes may go before the next place a
+ * requested page waits for. */
+static gsize
+until_bound(Chan *c, gsize n)
+{
+    if (g_queue_is_empty(&c->urgent))
+        return n;
+    for (GList *l = c->bounds.head; l; l = l->next) {
+        Bound *b = l->data;
+        if (b->out_off > c->out_pos)
+            return MIN(n, b->out_off - c->out_pos);
+    }
+    return n;
+}
+
 /* ---- what the pipelines see ---- */
 
 static MpRecordAction
@@ -203,9 +707,11 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
         break;
     case MP_RP_MSG_REQ_PAGES:
     case MP_RP_MSG_REQ_PAGES_ID:
-        /* answered by the pages still to come in the capture (see
-         * docs/replay.md); counted, and timed by the metrics */
+        /* answered from the capture's pages ahead of their turn, or by
+         * the pages still to come (docs/replay.md); counted, and timed
+         * by the metrics */
         r->page_requests++;
+        request_pages(r, &rec->u.rp);
         break;
     default:
         break; /* PONG, SWITCHOVER_ACK: a source has nothing to answer */
@@ -279,6 +785,7 @@ connect_chan(Replay *r, Chan *c)
     mp_session_add(r->pipes, c->index, where, now);
     if (c->kind != MP_CHAN_UNKNOWN)
         mp_session_set_kind(r->pipes, c->index, c->kind, now);
+    ed_setup(r, c);
     return TRUE;
 }
 
@@ -289,10 +796,22 @@ dst_closed(Replay *r, Chan *c, int err)
     c->dst_closed = TRUE;
     mp_session_end(r->pipes, c->index, MP_DIR_TO_SRC,
                    err ? MP_END_RESET : MP_END_FIN, now);
-    /* bytes it did not take: refused.  A channel closed with nothing
-     * waiting may be a destination that is done (QEMU 10.0 closes its
-     * preempt channel before the source does, and sends no SHUT after a
-     * post-copy with it): judged at the end (finish()) */
+    /* bytes it did not take: refused.  Another channel than the main
+     * one may be closed by a destination that is done (QEMU 10.0 closes
+     * its preempt channel itself at the end of a post-copy, before its
+     * SHUT, and pages the source sent there last may still wait): its
+     * bytes are dropped and judged at the end (finish(): refused unless
+     * SHUT 0 came) */
+    if (!g_queue_is_empty(&c->pending) && chan_kind(r, c) != MP_CHAN_MAIN) {
+        guint64 left = 0;
+        for (GList *l = c->pending.head; l; l = l->next)
+            left += g_bytes_get_size(l->data);
+        left -= c->head_off;
+        r->queued -= left;
+        r->undelivered += left;
+        g_queue_clear_full(&c->pending, (GDestroyNotify)g_bytes_unref);
+        c->head_off = 0;
+    }
     if (!g_queue_is_empty(&c->pending) && r->shut != 0)
         refuse(r,
                "the destination %s channel %u (%s) after %" G_GUINT64_FORMAT
@@ -339,42 +858,87 @@ allowance(Replay *r, gint64 now, gint64 *ready_at)
     return 0;
 }
 
-static void
-write_chan(Replay *r, Chan *c, gint64 *ready_at)
+/* Writes `len` bytes of `data` to `c`, paced.  @return the bytes
+ * written, 0 when the socket or the pace says wait, -1 when closed. */
+static gssize
+send_paced(Replay *r, Chan *c, const guint8 *data, gsize len,
+           gint64 *ready_at)
 {
-    while (!g_queue_is_empty(&c->pending)) {
-        GBytes *b = g_queue_peek_head(&c->pending);
-        gsize blen;
-        const guint8 *data = g_bytes_get_data(b, &blen);
-        gsize n = MIN(blen - c->head_off, WRITE_MAX);
+    for (;;) {
         guint64 may = allowance(r, now_us(), ready_at);
         if (!may)
-            return;
-        n = MIN(n, may);
-        ssize_t w = send(c->fd, data + c->head_off, n, MSG_NOSIGNAL);
+            return 0;
+        gsize n = MIN(MIN(len, WRITE_MAX), may);
+        ssize_t w = send(c->fd, data, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
+            return 0;
         if (w < 0) {
             dst_closed(r, c, errno);
-            return;
+            return -1;
         }
-        mp_session_feed(r->pipes, c->index, MP_DIR_TO_DST, data + c->head_off,
-                        w, now_us());
-        c->head_off += w;
+        mp_session_feed(r->pipes, c->index, MP_DIR_TO_DST, data, w, now_us());
         c->sent += w;
         r->last_write = now_us();
         r->sent += w;
-        r->queued -= w;
+        return w;
+    }
+}
+
+static void
+write_chan(Replay *r, Chan *c, gint64 *ready_at)
+{
+    for (;;) {
+        if (c->ins) {
+            gssize w = send_paced(r, c, c->ins->data + c->ins_off,
+                                  c->ins->len - c->ins_off, ready_at);
+            if (w <= 0)
+                return;
+            c->ins_off += w;
+            if (c->ins_off == c->ins->len) {
+                g_byte_array_unref(c->ins);
+                c->ins = NULL;
+            }
+            continue;
+        }
+        if (!g_queue_is_empty(&c->urgent) && insert_urgent(r, c)
+            && (c->ins || !g_queue_is_empty(&c->urgent)))
+            continue;
+        if (g_queue_is_empty(&c->pending))
+            break;
+        GBytes *b = g_queue_peek_head(&c->pending);
+        gsize blen;
+        const guint8 *data = g_bytes_get_data(b, &blen);
+        gsize n = until_bound(c, blen - c->head_off);
+        if (c->skip) {
+            /* a header the insertion wrote out with its block */
+            n = MIN(n, c->skip);
+            c->skip -= n;
+        } else {
+            gssize w = send_paced(r, c, data + c->head_off, n, ready_at);
+            if (w <= 0)
+                return;
+            n = w;
+        }
+        c->head_off += n;
+        c->out_pos += n;
+        r->queued -= n;
         if (c->head_off == blen) {
             g_bytes_unref(g_queue_pop_head(&c->pending));
             c->head_off = 0;
         }
     }
-    if (c->src_ended && !c->wr_shut && chan_kind(r, c) != MP_CHAN_MAIN) {
-        /* the source closed it here (the main channel waits for the
-         * destination's answer first) */
+    if (c->src_ended && !c->wr_shut && !r->rp_expected
+        && chan_kind(r, c) != MP_CHAN_MAIN) {
+        /* the source closed it here.  Not with a return path: QEMU's
+         * source closes its channels only after the destination's SHUT,
+         * and the destination takes an early end of one as a broken
+         * migration (10.0's post-copy loader checks the preempt
+         * channel's error at each section of the main one, finds the
+         * EOF and pauses post-copy: preempt_100 did, whenever the
+         * recorded close came before the new destination had loaded its
+         * last section).  finish() closes them once it answered. */
         shutdown(c->fd, SHUT_WR);
         c->wr_shut = TRUE;
         mp_session_end(r->pipes, c->index, MP_DIR_TO_DST, MP_END_FIN, now_us());
@@ -400,7 +964,8 @@ service(Replay *r, gint64 deadline)
             continue;
         pfd[n].fd = c->fd;
         pfd[n].events = POLLIN;
-        if (!g_queue_is_empty(&c->pending) && ready_at == G_MAXINT64)
+        if ((!g_queue_is_empty(&c->pending) || c->ins)
+            && ready_at == G_MAXINT64)
             pfd[n].events |= POLLOUT;
         who[n++] = c;
     }
@@ -528,8 +1093,13 @@ ev_data(Replay *r, guint index, gint64 rec, const guint8 *buf, gsize len)
     }
     if (r->stop)
         return FALSE;
-    g_queue_push_tail(&c->pending, g_bytes_new(buf, len));
-    r->queued += len;
+    ed_setup(r, c);
+    if (c->ed) {
+        mp_pipeline_feed(c->ed, buf, len, now_us());
+    } else {
+        g_queue_push_tail(&c->pending, g_bytes_new(buf, len));
+        r->queued += len;
+    }
     service(r, 0);
     progress(r);
     return !r->stop;
@@ -543,6 +1113,8 @@ ev_end(Replay *r, guint index, gint64 rec)
     Chan *c = chan(r, index);
     start(r, rec);
     wait_until(r, due(r, rec));
+    if (c->ed && !mp_pipeline_ended(c->ed))
+        mp_pipeline_end(c->ed, MP_END_FIN, now_us());
     c->src_ended = TRUE;
     service(r, 0);
 }
@@ -554,6 +1126,11 @@ finish(Replay *r)
     gint64 stalled_since = now_us();
     guint64 sent_then = r->sent;
 
+    for (guint i = 0; i < r->chans->len; i++) {
+        Chan *c = g_ptr_array_index(r->chans, i);
+        if (c->ed && !mp_pipeline_ended(c->ed))
+            mp_pipeline_end(c->ed, MP_END_FIN, now_us());
+    }
     while (!r->stop && r->queued) {
         service(r, now_us() + 100000);
         if (r->sent != sent_then) {
@@ -610,6 +1187,15 @@ finish(Replay *r)
                r->opt->wait_s,
                r->rp_expected ? "no SHUT on its return path"
                               : "it did not close the main channel");
+    if (!r->stop && main_c && main_c->dst_closed && r->shut < 0
+        && r->rp_expected)
+        /* a QEMU destination with a return path that loaded the stream
+         * says SHUT 0 before it closes: closing without one is one that
+         * failed (7.2 exits without a SHUT), paused post-copy or died */
+        refuse(r,
+               "the destination closed the main channel without a SHUT on "
+               "its return path: it did not finish loading the stream (a "
+               "post-copy it paused, or it failed; its log says why)");
     if (!main_c && !r->stop)
         input_error(r, "the input holds no main channel");
     if (!r->stop && r->shut != 0 && r->undelivered)
@@ -709,6 +1295,8 @@ cap_vmdesc(gpointer data, MpVmdesc *vmdesc)
 {
     Replay *r = data;
     mp_session_set_vmdesc(r->pipes, vmdesc);
+    mp_vmdesc_unref(r->vmdesc);
+    r->vmdesc = vmdesc ? mp_vmdesc_ref(vmdesc) : NULL;
 }
 
 static const MpCaptureWalk capture_walk = {
@@ -722,6 +1310,7 @@ static void
 replay_capture(Replay *r)
 {
     g_autoptr(GError) err = NULL;
+    index_capture(r);
     if (!mp_capture_walk(r->path, r->opt->session, &capture_walk, r, &err))
         input_error(r, "%s", err->message);
 }
@@ -946,11 +1535,8 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
         : r->refused   ? r->refused
         : r->shut == 0 ? "the destination loaded the stream (SHUT 0 on its "
                          "return path)"
-        : r->rp_expected
-            ? "the destination took the whole stream and closed, with no "
-              "SHUT on its return path to confirm it"
-            : "the destination took the whole stream and closed (no return "
-              "path in this stream to confirm it)";
+                       : "the destination took the whole stream and closed (no "
+                         "return path in this stream to confirm it)";
     json_object_object_add(o, "verdict", json_object_new_string(verdict));
     json_object *rp = json_object_new_object();
     json_object_object_add(rp, "opened",
@@ -962,6 +1548,24 @@ replay_section(Replay *r, MpInputFormat format, gint64 end)
     json_object_object_add(rp, "page_requests",
                            json_object_new_uint64(r->page_requests));
     json_object_object_add(o, "return_path", rp);
+    json_object *pa = json_object_new_object();
+    json_object_object_add(
+        pa, "indexed_pages",
+        json_object_new_uint64(r->pages ? g_hash_table_size(r->pages) : 0));
+    json_object_object_add(pa, "index_full", json_object_new_boolean(r->ix_full));
+    json_object_object_add(pa, "requests_early",
+                           json_object_new_uint64(r->req_early));
+    json_object_object_add(pa, "requests_in_order",
+                           json_object_new_uint64(r->req_in_order));
+    json_object_object_add(pa, "pages_early",
+                           json_object_new_uint64(r->pages_early));
+    json_object_object_add(pa, "later_copies_dropped",
+                           json_object_new_uint64(r->pages_dropped));
+    json_object_object_add(pa, "pages_in_order",
+                           json_object_new_uint64(r->pages_queued));
+    json_object_object_add(pa, "pages_not_in_capture",
+                           json_object_new_uint64(r->pages_not_held));
+    json_object_object_add(o, "page_answers", pa);
     return o;
 }
 
@@ -1039,6 +1643,11 @@ mp_replay_run(const char *path, const MpReplayOptions *opt,
         json_object *doc = input_error_doc(
             path, unsupported ? "format" : "open", err->message);
         g_ptr_array_free(r.chans, TRUE);
+        if (r.pages)
+            g_hash_table_destroy(r.pages);
+        if (r.blocks)
+            g_ptr_array_free(r.blocks, TRUE);
+        mp_vmdesc_unref(r.vmdesc);
         mp_session_free(r.pipes);
         mp_metrics_free(r.metrics);
         g_object_unref(r.to);
@@ -1071,6 +1680,11 @@ mp_replay_run(const char *path, const MpReplayOptions *opt,
     g_free(r.refused);
     g_free(r.input_error);
     g_ptr_array_free(r.chans, TRUE);
+    if (r.pages)
+        g_hash_table_destroy(r.pages);
+    if (r.blocks)
+        g_ptr_array_free(r.blocks, TRUE);
+    mp_vmdesc_unref(r.vmdesc);
     mp_session_free(r.pipes);
     mp_metrics_free(r.metrics);
     g_object_unref(r.to);
