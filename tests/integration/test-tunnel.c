@@ -1172,6 +1172,26 @@ log_wait(Proc *p, const char *what, guint timeout_ms)
     }
 }
 
+/* it_wait_status(), with both migproxy logs when it fails. */
+static void
+wait_status_logged(MpQemu *q, const char *want, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        g_autofree char *st = it_migration_status(q);
+        if (strcmp(st, want) == 0)
+            return;
+        if (g_get_monotonic_time() >= deadline) {
+            g_autofree char *slog = log_text(&fx.pair->src);
+            g_autofree char *dlog = log_text(&fx.pair->dst);
+            cr_assert_fail("%s: migration status %s, waited for %s\n"
+                           "source side:\n%s\ndest:\n%s",
+                           mp_qemu_name(q), st, want, slog, dlog);
+        }
+        g_usleep(50000);
+    }
+}
+
 /* The running destination's guest checks its memory: 3 passes, none
  * corrupt. */
 static void
@@ -1215,6 +1235,9 @@ start_postcopy_pair(const char *name, const char *version,
     it_migrate(fx.src, fx.pair->src_port, FALSE);
     it_start_postcopy(fx.src, 500);
     it_wait_status(fx.src, "postcopy-active", 20000);
+    /* the destination runs the guest: it loaded the post-copy package
+     * (a drop before that fails its load, which QEMU cannot recover) */
+    wait_status_logged(fx.dst, "postcopy-active", 20000);
 }
 
 /* The tunnel cut in post-copy (the guest already runs on the
@@ -1327,8 +1350,8 @@ Test(tunnel, postcopy_recover_72)
     cr_assert(qport2, "%s", err ? err->message : "?");
     dest_start(fx.pair, "recover2", qport2);
     g_autofree char *slog = log_wait(&fx.pair->src, "does not hold", 30000);
-    it_wait_status(fx.src, "postcopy-paused", 30000);
-    it_wait_status(fx.dst, "postcopy-paused", 30000);
+    wait_status_logged(fx.src, "postcopy-paused", 30000);
+    wait_status_logged(fx.dst, "postcopy-paused", 30000);
 
     g_autofree char *duri = g_strdup_printf("tcp:127.0.0.1:%u", qport2);
     json_object *args = json_object_new_object();
