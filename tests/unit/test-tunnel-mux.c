@@ -637,3 +637,122 @@ Test(tunnel_mux, resume_to_a_fresh_dest_is_a_new_tunnel)
     mp_tun_mux_free(f.dst);
     g_clear_error(&f.dst_error);
 }
+
+static gboolean
+both_closed_src(Fixture *f)
+{
+    return f->closed >= 1;
+}
+
+static gboolean
+second_done_dst(Fixture *f)
+{
+    return f->done_src >= 2 && f->done_dst >= 2;
+}
+
+static gboolean
+three_closed(Fixture *f)
+{
+    return f->closed >= 3;
+}
+
+static gboolean
+dst_suspended(Fixture *f)
+{
+    return mp_tun_mux_suspended(f->dst);
+}
+
+static gboolean
+dst_done_one(Fixture *f)
+{
+    return f->done_dst >= 1;
+}
+
+/* dest holds a dropped tunnel and the source side comes back with a new
+ * one (it did not resume: a pre-copy drop, or a restarted source side):
+ * dest resets the old connection to its QEMU, is not closed, and carries
+ * the new tunnel's connection whole. */
+Test(tunnel_mux, dest_holding_a_tunnel_takes_a_new_one)
+{
+    Fixture f = {0};
+    int tv[2], a[2], b[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = TRUE,
+                          .resume_ms = 10000, .tunnel_id = 78};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = TRUE,
+                           .resume_ms = 10000};
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+
+    pair(a);
+    pair(b);
+    f.dst_socks[0] = gsock(b[1]);
+    Peer w = {.fd = a[0], .len = 1u << 20, .seed = 5, .keep_open = TRUE};
+    GThread *tw = g_thread_new("w", writer, &w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    spin_until(all_opened_one, &f, 5000);
+    spin_for(20);
+    /* the source side does not resume (no post-copy): its tunnel closes,
+     * dest waits */
+    shutdown(tv[1], SHUT_RDWR);
+    spin_until(dst_suspended, &f, 10000);
+    spin_until(both_closed_src, &f, 10000);
+    g_thread_join(tw);
+    close(a[0]);
+    mp_tun_mux_free(f.src);
+    so.tunnel_id = 79; /* a new tunnel */
+    pair(tv);
+    g_autoptr(GSocket) ts2 = gsock(tv[0]);
+    g_autoptr(GSocket) td2 = gsock(tv[1]);
+    g_autoptr(GIOStream) tss2 = mp_tun_plain_stream(ts2);
+    g_autoptr(GIOStream) tds2 = mp_tun_plain_stream(td2);
+    f.src = mp_tun_mux_new(tss2, "tunnel to test", &so, &src_hooks, &f);
+    mp_tun_mux_resume(f.dst, tds2, "tunnel from test");
+    spin_until(ready, &f, 5000);
+    spin_until(dst_done_one, &f, 5000);
+    cr_assert_eq(f.closed, 1, "dest closed");
+    /* its QEMU connection was closed: what it got, then the end */
+    guint8 x[65536];
+    while (read(b[0], x, sizeof(x)) > 0)
+        ;
+    close(b[0]);
+    g_object_unref(f.dst_socks[0]);
+    cr_assert_eq(mp_tun_mux_tunnel_id(f.dst), 79);
+
+    int c2[2], d2[2];
+    pair(c2);
+    pair(d2);
+    f.opened = 0;
+    f.dst_socks[0] = gsock(d2[1]);
+    shutdown(d2[0], SHUT_WR);
+    Peer w2 = {.fd = c2[0], .len = 2u << 20, .seed = 6};
+    Peer r2 = {.fd = d2[0], .seed = 6};
+    GThread *t1 = g_thread_new("w2", writer, &w2);
+    GThread *t2 = g_thread_new("r2", reader, &r2);
+    g_autoptr(GSocket) l2 = gsock(c2[1]);
+    MpTunOpen o2 = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l2, &o2), 0);
+    spin_until(second_done_dst, &f, 30000);
+    g_thread_join(t1);
+    g_thread_join(t2);
+    cr_assert_eq(r2.got, w2.len);
+    cr_assert(r2.same);
+    mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+    spin_until(three_closed, &f, 5000);
+    close(c2[0]);
+    close(d2[0]);
+    g_object_unref(f.dst_socks[0]);
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+    g_clear_error(&f.src_error);
+    g_clear_error(&f.dst_error);
+}
