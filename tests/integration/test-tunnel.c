@@ -1217,7 +1217,7 @@ assert_guest_verifies(void)
 
 static void
 start_postcopy_pair(const char *name, const char *version,
-                    const char *machine)
+                    const char *machine, const char *const *src_extra)
 {
     g_autoptr(GError) err = NULL;
 
@@ -1226,7 +1226,7 @@ start_postcopy_pair(const char *name, const char *version,
     fx.dst = it_start_destination(version, machine, TRUE, NULL);
     guint16 qport = mp_qemu_pick_free_port(&err);
     cr_assert(qport, "%s", err ? err->message : "?");
-    fx.pair = pair_start(name, qport, NULL);
+    fx.pair = pair_start(name, qport, src_extra);
     it_cap(fx.src, "postcopy-ram");
     it_cap(fx.dst, "postcopy-ram");
     it_incoming(fx.dst, qport);
@@ -1246,10 +1246,11 @@ start_postcopy_pair(const char *name, const char *version,
  * neither QEMU having noticed (no pause: a paused post-copy does not
  * complete without recovery), the guest's self-check passing, and both
  * logs and reports saying the tunnel resumed. */
-Test(tunnel, postcopy_resume_100)
+static void
+postcopy_resume(const char *name, const char *const *src_extra)
 {
     fx.via_fwd = TRUE;
-    start_postcopy_pair("resume", "10.0", "pc-q35-10.0");
+    start_postcopy_pair(name, "10.0", "pc-q35-10.0", src_extra);
     /* POSTCOPY_RUN has gone through the source side's parser */
     g_usleep(500 * 1000);
     g_autofree char *before = it_migration_status(fx.src);
@@ -1327,6 +1328,33 @@ Test(tunnel, postcopy_resume_100)
     json_object_put(dst);
 }
 
+Test(tunnel, postcopy_resume_100)
+{
+    postcopy_resume("resume", NULL);
+}
+
+/* The same over TLS: the new connection's handshake authenticates both
+ * ends again, and dest takes it as the resume (same host, same client
+ * certificate). */
+Test(tunnel, postcopy_resume_100_tls)
+{
+    g_autofree char *certs = g_build_filename(fx.dir, "tls", NULL);
+    g_mkdir(certs, 0700);
+    it_make_certs(certs);
+    g_autofree char *sc = g_strdup_printf("--tls-cert=%s/source.pem", certs);
+    g_autofree char *sk = g_strdup_printf("--tls-key=%s/source.key", certs);
+    g_autofree char *dc = g_strdup_printf("--tls-cert=%s/dest.pem", certs);
+    g_autofree char *dk = g_strdup_printf("--tls-key=%s/dest.key", certs);
+    g_autofree char *ca = g_strdup_printf("--tls-ca=%s/ca.pem", certs);
+    const char *dst[] = {dc, dk, ca, NULL};
+    const char *src[] = {sc, sk, ca, NULL};
+    fx.dst_extra = dst;
+    postcopy_resume("resume_tls", src);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert(strstr(slog, "TLS, both ends authenticated"), "%s", slog);
+    fx.dst_extra = NULL;
+}
+
 /* Where the tunnel cannot resume (dest restarted: the new one holds no
  * tunnel): the source side, in post-copy, redials, learns that dest does
  * not hold the tunnel and resets the migration's connections; both QEMUs
@@ -1338,7 +1366,7 @@ Test(tunnel, postcopy_recover_72)
     g_autoptr(GError) err = NULL;
 
     fx.no_once = TRUE; /* the pair serves the recovery too */
-    start_postcopy_pair("recover", "7.2", NULL);
+    start_postcopy_pair("recover", "7.2", NULL, NULL);
     g_usleep(1000 * 1000);
 
     /* dest restarts, towards the port the destination will recover on */
