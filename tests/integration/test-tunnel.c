@@ -80,6 +80,7 @@ static struct {
     const char *const *dst_extra; /* more arguments of dest */
     gboolean no_once;  /* neither side gets --once */
     gboolean via_fwd;  /* the tunnel goes through `fwd` (it can cut it) */
+    gboolean preempt;  /* start_postcopy_pair(): with postcopy-preempt */
     Fwd *fwd;
 } fx;
 
@@ -1229,6 +1230,10 @@ start_postcopy_pair(const char *name, const char *version,
     fx.pair = pair_start(name, qport, src_extra);
     it_cap(fx.src, "postcopy-ram");
     it_cap(fx.dst, "postcopy-ram");
+    if (fx.preempt) {
+        it_cap(fx.src, "postcopy-preempt");
+        it_cap(fx.dst, "postcopy-preempt");
+    }
     it_incoming(fx.dst, qport);
     it_set_int(fx.src, "max-bandwidth", 16 << 20);
     it_set_int(fx.src, "max-postcopy-bandwidth", 16 << 20);
@@ -1331,6 +1336,14 @@ postcopy_resume(const char *name, const char *const *src_extra)
 Test(tunnel, postcopy_resume_100)
 {
     postcopy_resume("resume", NULL);
+}
+
+/* With postcopy-preempt: the preempt channel, an urgent stream of its
+ * own, is kept and resumed with the main one. */
+Test(tunnel, postcopy_resume_preempt_100)
+{
+    fx.preempt = TRUE;
+    postcopy_resume("resume_preempt", NULL);
 }
 
 /* The same over TLS: the new connection's handshake authenticates both
