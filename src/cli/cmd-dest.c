@@ -14,7 +14,7 @@ typedef struct {
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow;
     gboolean once, quiet, verbose, no_compress;
-    gint connect_timeout;
+    gint connect_timeout, resume_timeout;
 } DestArgs;
 
 static void
@@ -57,9 +57,9 @@ dest_with(const DestArgs *a, int argc, char **argv)
         fprintf(stderr, "migproxy dest: unexpected argument '%s'\n", argv[1]);
         return 2;
     }
-    if (a->connect_timeout <= 0) {
+    if (a->connect_timeout <= 0 || a->resume_timeout < 0) {
         fprintf(stderr, "migproxy dest: --connect-timeout is positive "
-                        "milliseconds\n");
+                        "milliseconds, --resume-timeout 0 or more\n");
         return 2;
     }
     MpTunTlsOptions tls = {a->tls_cert, a->tls_key, a->tls_ca, a->tls_name};
@@ -84,6 +84,7 @@ dest_with(const DestArgs *a, int argc, char **argv)
         .compress = !a->no_compress,
         .quiet = a->quiet,
         .connect_timeout_ms = a->connect_timeout,
+        .resume_ms = (guint)a->resume_timeout,
         .tls = tls,
     };
     g_autoptr(MpTunDest) dest = mp_tun_dest_new(&opt, &err);
@@ -157,6 +158,12 @@ dest_entries(gpointer store)
          "10000); also the bound on a new tunnel's first bytes and TLS "
          "handshake",
          "MS"},
+        {"resume-timeout", 0, 0, G_OPTION_ARG_INT, &a->resume_timeout,
+         "When the tunnel drops, keep its connections to the destination "
+         "QEMU open for MS (default 30000) for the source side to "
+         "reconnect and resume it without a lost byte; 0: a drop resets "
+         "them at once",
+         "MS"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &a->verbose,
@@ -169,7 +176,7 @@ dest_entries(gpointer store)
 static int
 dest_run(int argc, char **argv)
 {
-    DestArgs a = {.connect_timeout = 10000};
+    DestArgs a = {.connect_timeout = 10000, .resume_timeout = 30000};
     g_autofree GOptionEntry *entries = dest_entries(&a);
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_dest, entries);
     g_autoptr(GError) err = NULL;
@@ -214,6 +221,13 @@ const MpCommand mp_cmd_dest = {
         "one line naming its address and why, before anything reaches "
         "QEMU. Without TLS dest says so when it starts and accepts tunnels "
         "only from --allow addresses. See docs/tunnel.md.\n\n"
+        "Failures: when the tunnel drops, dest keeps its connections to "
+        "the destination QEMU open for --resume-timeout: the source side "
+        "reconnects (from the same host, with the same certificate) and "
+        "the tunnel resumes where it was, neither QEMU noticing; a new "
+        "tunnel instead, or the timeout, resets them (in post-copy QEMU "
+        "then pauses, and its own recovery, migrate-recover and migrate "
+        "with resume, goes through the pair).\n\n"
         "Exit status: 0; with --once, 1 if the tunnel did not end cleanly or "
         "its report could not be written; 2 on usage errors.",
     .entries = dest_entries,

@@ -23,7 +23,7 @@ typedef struct {
     GStrv allow;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
     gboolean no_zero_runs, no_delta, no_dedup, no_pages, no_adapt;
-    gint level, connect_timeout, workers;
+    gint level, connect_timeout, workers, resume_timeout;
     char *cache;
 } SourceArgs;
 
@@ -140,9 +140,11 @@ source_with(const SourceArgs *a, int argc, char **argv)
                 argv[1]);
         return 2;
     }
-    if (a->level < 1 || a->level > 19 || a->connect_timeout <= 0) {
+    if (a->level < 1 || a->level > 19 || a->connect_timeout <= 0
+        || a->resume_timeout < 0) {
         fprintf(stderr, "migproxy source: --level is 1..19, "
-                        "--connect-timeout positive milliseconds\n");
+                        "--connect-timeout positive milliseconds, "
+                        "--resume-timeout 0 or more\n");
         return 2;
     }
     MpTunTlsOptions tls = {a->tls_cert, a->tls_key, a->tls_ca, a->tls_name};
@@ -180,6 +182,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .quiet = a->quiet,
         .tls = tls,
         .timeout_ms = a->connect_timeout,
+        .resume_ms = (guint)a->resume_timeout,
         .pages = !a->no_pages,
         .pages_opt = {
             .zero_runs = !a->no_zero_runs,
@@ -363,6 +366,13 @@ source_entries(gpointer store)
          "Give up reaching --peer at start after MS (default 10000); also "
          "the bound on a TLS handshake",
          "MS"},
+        {"resume-timeout", 0, 0, G_OPTION_ARG_INT, &a->resume_timeout,
+         "When the tunnel drops while a migration is in post-copy, keep "
+         "QEMU's connections open and reconnect to --peer for up to MS "
+         "(default 30000): the tunnel resumes where it was, without a lost "
+         "page, and neither QEMU notices; after MS (or with 0) the "
+         "connections are reset",
+         "MS"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
         {"no-progress", 0, 0, G_OPTION_ARG_NONE, &a->no_progress,
@@ -377,7 +387,8 @@ source_entries(gpointer store)
 static int
 source_run(int argc, char **argv)
 {
-    SourceArgs a = {.level = 3, .connect_timeout = 10000};
+    SourceArgs a = {.level = 3, .connect_timeout = 10000,
+                    .resume_timeout = 30000};
     g_autofree GOptionEntry *entries = source_entries(&a);
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_source, entries);
     g_autoptr(GError) err = NULL;
@@ -426,11 +437,20 @@ const MpCommand mp_cmd_source = {
         "      --tls-cert dest.pem --tls-key dest.key --tls-ca ca.pem\n"
         "  migproxy source --listen 127.0.0.1:4444 --peer 10.0.0.3:7000 \\\n"
         "      --tls-cert source.pem --tls-key source.key --tls-ca ca.pem\n\n"
-        "Failures: if the tunnel drops, every connection it carried is "
-        "reset: the source QEMU sees its migration fail and its guest goes "
-        "on running; a new tunnel is tried every second for the next "
-        "migration. A migration that starts while the tunnel is down fails "
-        "at once.\n\n"
+        "Failures: if the tunnel drops while the migration is in post-copy "
+        "(the guest runs on the destination), source keeps QEMU's "
+        "connections open, reconnects to --peer (after 200 ms, then again "
+        "until it gets through), and the tunnel resumes where it was (frames are kept "
+        "until the far side has them): neither QEMU notices. If that fails "
+        "within --resume-timeout, or dest no longer holds the tunnel (it "
+        "restarted), the connections are reset: both QEMUs pause "
+        "post-copy, and QEMU's own recovery goes through the pair "
+        "(migrate-recover on the destination, migrate with resume to "
+        "--listen here; without --once). Before post-copy a drop resets "
+        "every connection it carried: the source QEMU sees its migration "
+        "fail and its guest goes on running; a new tunnel is tried every "
+        "second for the next migration. A migration that starts while the "
+        "tunnel is down fails at once.\n\n"
         "Security: with --tls-cert, --tls-key and --tls-ca (on both ends) "
         "the tunnel is TLS: encrypted, dest's certificate must chain to "
         "--tls-ca and name the --peer host (or --tls-name), and dest checks "

@@ -96,13 +96,21 @@ finish(MpTunConn *c, GError *error)
     c->closed_id = g_idle_add(closed_idle, c);
 }
 
+/* Takes the reference `b`. */
 static void
-queue_bytes(MpTunConn *c, const guint8 *buf, gsize len, gboolean urgent)
+queue_frame(MpTunConn *c, GBytes *b, gboolean urgent)
 {
-    g_queue_push_tail(urgent ? &c->urgent : &c->bulk, g_bytes_new(buf, len));
+    gsize len = g_bytes_get_size(b);
+    g_queue_push_tail(urgent ? &c->urgent : &c->bulk, b);
     c->queued += len;
     if (!urgent)
         c->bulk_queued += len;
+}
+
+static void
+queue_bytes(MpTunConn *c, const guint8 *buf, gsize len, gboolean urgent)
+{
+    queue_frame(c, g_bytes_new(buf, len), urgent);
 }
 
 void
@@ -111,6 +119,15 @@ mp_tun_conn_send(MpTunConn *c, const guint8 *buf, gsize len, gboolean urgent)
     if (c->done || c->end_sent)
         return;
     queue_bytes(c, buf, len, urgent);
+    update_watch(c);
+}
+
+void
+mp_tun_conn_send_bytes(MpTunConn *c, GBytes *frames, gboolean urgent)
+{
+    if (c->done || c->end_sent)
+        return;
+    queue_frame(c, g_bytes_ref(frames), urgent);
     update_watch(c);
 }
 
@@ -570,4 +587,10 @@ gboolean
 mp_tun_conn_is_ready(const MpTunConn *c)
 {
     return c->ready;
+}
+
+gboolean
+mp_tun_conn_peer_ended(const MpTunConn *c)
+{
+    return c->end_received;
 }

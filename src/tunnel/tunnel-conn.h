@@ -59,6 +59,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunConn, mp_tun_conn_free)
 /* Queues whole frame(s) `buf` (copied) in the urgent or bulk lane. */
 void mp_tun_conn_send(MpTunConn *c, const guint8 *buf, gsize len,
                       gboolean urgent);
+/* The same with `frames` shared, not copied (a reference is taken): the
+ * mux keeps the frames it may have to send again after a resume. */
+void mp_tun_conn_send_bytes(MpTunConn *c, GBytes *frames, gboolean urgent);
 /* Bytes queued and not yet written. */
 gsize mp_tun_conn_queued(const MpTunConn *c);
 /* May the owner queue another bulk frame?  Below MP_TUN_CONN_QUEUE_HIGH,
@@ -82,3 +85,5 @@ const char *mp_tun_conn_name(const MpTunConn *c);
 guint64 mp_tun_conn_bytes_in(const MpTunConn *c);
 guint64 mp_tun_conn_bytes_out(const MpTunConn *c);
 gboolean mp_tun_conn_is_ready(const MpTunConn *c);
+/* The peer sent END (whatever its code): it ended the tunnel on purpose. */
+gboolean mp_tun_conn_peer_ended(const MpTunConn *c);

@@ -25,6 +25,10 @@ struct MpTunDest {
     /* the tunnel */
     MpTunMux *mux;
     char *peer;
+    /* who may resume it: the same host, and under TLS the same
+     * certificate */
+    GInetAddress *peer_host;
+    GTlsCertificate *peer_cert;
     gint64 start_us;
     guint tunnels;
     GQueue opens; /* stream ids waiting for their QEMU connection */
@@ -97,6 +101,14 @@ mux_open(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
             o->session, o->connection, stream, d->to_str);
     g_queue_push_tail(&d->opens, GUINT_TO_POINTER(stream));
     connect_next(d);
+}
+
+static void
+mux_suspended(MpTunMux *m, const GError *error, gpointer data)
+{
+    MpTunDest *d = data;
+    g_message("tunnel from %s: waiting for its source side to resume it",
+              d->peer);
 }
 
 static void
@@ -178,6 +190,7 @@ static const MpTunMuxHooks mux_hooks = {
     .ready = mux_ready,
     .open = mux_open,
     .closed = mux_closed,
+    .suspended = mux_suspended,
 };
 
 static gboolean
@@ -196,9 +209,34 @@ busy(MpTunDest *d, const char *who)
 {
     if (!d->mux && !d->once_done && !d->stopping)
         return FALSE;
+    /* a tunnel waiting to resume: its peer's host and certificate are
+     * checked once the connection passed TLS (on_started) */
+    if (d->mux && mp_tun_mux_suspended(d->mux) && !d->stopping)
+        return FALSE;
     g_message("connection from %s: a tunnel runs already (from %s); closed",
               who, d->peer);
     return TRUE;
+}
+
+/* The address of the host at the other end of `stream` (plain or TLS
+ * over a socket connection), or NULL. */
+static GInetAddress *
+stream_host(GIOStream *stream)
+{
+    while (G_IS_TLS_CONNECTION(stream)) {
+        GIOStream *base = NULL;
+        g_object_get(stream, "base-io-stream", &base, NULL);
+        g_object_unref(base); /* the TLS connection holds it */
+        stream = base;
+    }
+    if (!G_IS_SOCKET_CONNECTION(stream))
+        return NULL;
+    g_autoptr(GSocketAddress) a = g_socket_connection_get_remote_address(
+        G_SOCKET_CONNECTION(stream), NULL);
+    if (!a || !G_IS_INET_SOCKET_ADDRESS(a))
+        return NULL;
+    return g_object_ref(
+        g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(a)));
 }
 
 /* A connection passed (or failed) its first byte and TLS. */
@@ -215,8 +253,33 @@ on_started(MpTunTlsStart *h, GIOStream *stream, const GError *error,
         g_warning("connection from %s: %s; refused", who, error->message);
         return;
     }
+    g_autoptr(GInetAddress) host = stream_host(stream);
+    GTlsCertificate *cert =
+        G_IS_TLS_CONNECTION(stream)
+            ? g_tls_connection_get_peer_certificate(G_TLS_CONNECTION(stream))
+            : NULL;
+    if (d->mux && mp_tun_mux_suspended(d->mux) && !d->stopping) {
+        /* only the tunnel's own peer may resume it */
+        if (!host || !d->peer_host || !g_inet_address_equal(host, d->peer_host)
+            || (d->peer_cert
+                && (!cert || !g_tls_certificate_is_same(cert, d->peer_cert)))) {
+            g_message("connection from %s: the tunnel from %s waits to be "
+                      "resumed by its own source side (%s); closed",
+                      who, d->peer,
+                      d->peer_cert ? "host and certificate" : "host");
+            return;
+        }
+        g_message("connection from %s: resuming the tunnel", who);
+        g_autofree char *name = g_strdup_printf("tunnel from %s", who);
+        mp_tun_mux_resume(d->mux, stream, name);
+        return;
+    }
     if (busy(d, who))
         return;
+    g_clear_object(&d->peer_host);
+    g_clear_object(&d->peer_cert);
+    d->peer_host = g_steal_pointer(&host);
+    d->peer_cert = cert ? g_object_ref(cert) : NULL;
     g_free(d->peer);
     d->peer = g_steal_pointer(&who);
     d->start_us = g_get_monotonic_time();
@@ -226,6 +289,7 @@ on_started(MpTunTlsStart *h, GIOStream *stream, const GError *error,
         .role = MP_TUN_ROLE_DEST,
         .compress = d->opt.compress,
         .tls = d->tls != NULL,
+        .resume_ms = d->opt.resume_ms,
     };
     d->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, d);
 }
@@ -375,6 +439,8 @@ mp_tun_dest_free(MpTunDest *d)
     g_free(d->report_path);
     g_free(d->listen_addr);
     g_free(d->peer);
+    g_clear_object(&d->peer_host);
+    g_clear_object(&d->peer_cert);
     g_free(d);
 }
 

@@ -5,7 +5,10 @@
  * first bytes and counts them in that order: main first, multifd in
  * order), then relays both directions (tunnel-mux.h).
  *
- * One tunnel at a time: another is refused while one runs.  Only
+ * One tunnel at a time: another is refused while one runs.  A tunnel
+ * whose link dropped waits `resume_ms` with its QEMU connections open
+ * for a connection from the same host (and TLS certificate) that
+ * resumes it (tunnel-mux.h).  Only
  * addresses in `allow` may connect (others are closed at accept);
  * `allow` is required without TLS and optional with it.  A new
  * connection first goes through tunnel-tls.h (its first byte, the TLS
@@ -30,6 +33,9 @@ typedef struct {
     gboolean compress;        /* accept zstd DATA */
     gboolean quiet;
     guint connect_timeout_ms; /* 0: 10000; also a new tunnel's TLS */
+    guint resume_ms;          /* --resume-timeout: how long a dropped
+                                 tunnel's QEMU connections wait for its
+                                 source side to resume it (0: no resume) */
     MpTunTlsOptions tls;      /* `cert` NULL: plain TCP */
 } MpTunDestOptions;
 

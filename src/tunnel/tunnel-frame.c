@@ -762,5 +762,10 @@ mp_tun_negotiate(const MpTunHello *mine, const MpTunHello *theirs,
                               MP_TUN_MAX_PAYLOAD_LIMIT);
     agreed->max_payload = MAX(agreed->max_payload, MP_TUN_MAX_PAYLOAD_HELLO);
     agreed->tls = mine->tls;
+    agreed->tunnel_id = mine->role == MP_TUN_ROLE_SOURCE ? mine->tunnel_id
+                                                         : theirs->tunnel_id;
+    agreed->resumed = (agreed->features & MP_TUN_FEAT_RESUME)
+                      && mine->tunnel_id
+                      && mine->tunnel_id == theirs->tunnel_id;
     return TRUE;
 }

@@ -267,6 +267,13 @@ typedef struct {
     guint64 cache_bytes;
     guint32 max_payload;
     gboolean tls;
+    /* the source side's HELLO tunnel_id: the tunnel's name for a resume
+     * (0: not resumable) */
+    guint64 tunnel_id;
+    /* both HELLOs name the same tunnel (not 0) and both offered RESUME:
+     * this connection resumes it (docs/tunnel.md, "Acknowledgements and
+     * resume") */
+    gboolean resumed;
 } MpTunAgreed;
 
 /* @return TRUE with *agreed filled, or FALSE with an error saying why the

@@ -20,6 +20,9 @@
 typedef struct {
     guint64 seq;
     guint64 n; /* sent: raw bytes of the frame; received: end offset */
+    /* sent, when the tunnel can resume: the frame itself until the peer
+     * holds it (shared with the connection's output queue) */
+    GBytes *frame;
 } Pend;
 
 typedef struct {
@@ -36,6 +39,7 @@ typedef struct {
     guint64 out_seq;
     GQueue sent; /* Pend*: frames not acknowledged */
     guint64 unacked;
+    guint64 acked_in; /* the last seq we acknowledged (written) */
     gboolean rd_eof, close_sent;
     ZSTD_CCtx *cctx;
     guint64 read_bytes, link_out;
@@ -56,7 +60,8 @@ typedef struct {
 } Conn;
 
 struct MpTunMux {
-    MpTunMuxOptions opt;
+    MpTunMuxOptions opt;  /* as agreed with the peer */
+    MpTunMuxOptions opt0; /* as given (what a HELLO offers) */
     MpTunMuxHooks hooks;
     gpointer data;
     MpTunConn *conn;
@@ -76,11 +81,66 @@ struct MpTunMux {
     /* source side: the encoder counters of the streams that ended
      * (mp_tun_pages_out_add_counters()), NULL before the first */
     json_object *enc_done;
+    /* resume (docs/tunnel.md, "What the pair does on a drop"): `keep`
+     * once RESUME was agreed; `conn` is NULL while suspended (the link
+     * dropped, the QEMU connections wait), then a new connection's
+     * handshake, then `resuming` until the peer's resume ACK came */
+    char *name;
+    gboolean keep, suspended, resuming;
+    guint64 tunnel_id;
+    guint resume_id; /* the resume timeout */
+    GError *drop_error;
+    gint64 down_since;
+    guint64 link_in_before, link_out_before; /* of the dropped connections */
+    gsize kept_bytes, kept_max;
+    json_object *last_link; /* the dropped connection's link report */
+    gboolean ending;        /* END asked: a drop now is not resumed */
+    guint drops, resumes;
+    guint64 frames_resent, bytes_resent, dups;
+    double down_ms_max;
 };
 
 static void conn_watch(Conn *c);
 static void queued_in(Conn *c, const MpTunFrame *f, gsize n);
-static void sent(Conn *c, guint64 seq, guint64 account, gsize link);
+static void on_resume_ack(MpTunMux *m, const MpTunFrame *f);
+
+static void
+pend_free(gpointer data)
+{
+    Pend *p = data;
+    if (p->frame)
+        g_bytes_unref(p->frame);
+    g_free(p);
+}
+
+/* The kept copy of a sent frame goes (the peer holds it). */
+static void
+pend_unkeep(MpTunMux *m, Pend *p)
+{
+    if (!p->frame)
+        return;
+    m->kept_bytes -= g_bytes_get_size(p->frame);
+    g_clear_pointer(&p->frame, g_bytes_unref);
+}
+
+/* May frames go to the peer now?  Not while the tunnel is down or
+ * resuming (then sequenced frames are only kept, and sent again once the
+ * peer said what it holds). */
+static gboolean
+linked(const MpTunMux *m)
+{
+    return m->conn && !m->closed && !m->resuming
+           && mp_tun_conn_is_ready(m->conn);
+}
+
+/* A frame that is not kept (OPEN, ACK): lost while not linked; a resume
+ * makes what is needed again. */
+static void
+ctl_send(MpTunMux *m, const guint8 *buf, gsize len, gboolean urgent)
+{
+    if (linked(m))
+        mp_tun_conn_send(m->conn, buf, len, urgent);
+}
 
 static void
 conn_free(Conn *c)
@@ -93,7 +153,7 @@ conn_free(Conn *c)
         g_socket_close(c->sock, NULL);
         g_object_unref(c->sock);
     }
-    g_queue_clear_full(&c->sent, g_free);
+    g_queue_clear_full(&c->sent, pend_free);
     g_queue_clear_full(&c->pend, g_free);
     if (c->wq)
         g_byte_array_unref(c->wq);
@@ -124,6 +184,12 @@ fail(MpTunMux *m, const char *fmt, ...)
     va_start(ap, fmt);
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
+    if (!m->conn) {
+        /* a local failure while the tunnel is down: the resume would
+         * carry a stream in a broken state; the timeout ends it */
+        g_warning("%s: %s", m->name, msg);
+        return;
+    }
     g_autoptr(GError) err = g_error_new(G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
                                         "%s: %s", mp_tun_conn_name(m->conn),
                                         msg);
@@ -167,7 +233,10 @@ conn_check_done(Conn *c)
     g_clear_pointer(&c->cctx, ZSTD_freeCCtx);
     g_clear_pointer(&c->dctx, ZSTD_freeDCtx);
     g_clear_pointer(&c->wq, g_byte_array_unref);
-    g_queue_clear_full(&c->sent, g_free);
+    /* with resume, frames the peer may not hold yet (the CLOSE) stay
+     * until it acknowledges them */
+    if (!m->keep)
+        g_queue_clear_full(&c->sent, pend_free);
     g_queue_clear_full(&c->pend, g_free);
     pages_done(c);
     m->live--;
@@ -196,21 +265,45 @@ ensure_out_open(Conn *c)
     g_hash_table_insert(m->by_stream, GUINT_TO_POINTER(c->rev), c);
     c->out_urgent = TRUE;
     mp_tun_write_open(b, c->out_id, &o);
-    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+    ctl_send(m, b->data, b->len, c->out_urgent);
+}
+
+/* A sequenced frame `b` (taken) of our stream, standing for `account`
+ * bytes read from the local socket: sent now if linked, and with resume
+ * kept until the peer holds it. */
+static void
+emit(Conn *c, GByteArray *b, guint64 seq, guint64 account)
+{
+    MpTunMux *m = c->m;
+    GBytes *frame = g_byte_array_free_to_bytes(b);
+    gsize len = g_bytes_get_size(frame);
+    Pend *p = g_new0(Pend, 1);
+
+    p->seq = seq;
+    p->n = account;
+    if (m->keep) {
+        p->frame = g_bytes_ref(frame);
+        m->kept_bytes += len;
+        m->kept_max = MAX(m->kept_max, m->kept_bytes);
+    }
+    g_queue_push_tail(&c->sent, p);
+    c->link_out += len;
+    if (linked(m))
+        mp_tun_conn_send_bytes(m->conn, frame, c->out_urgent);
+    g_bytes_unref(frame);
 }
 
 static void
 send_close(Conn *c, guint8 how, const char *reason)
 {
-    MpTunMux *m = c->m;
-
     if (c->close_sent)
         return;
     ensure_out_open(c);
-    g_autoptr(GByteArray) b = g_byte_array_new();
+    GByteArray *b = g_byte_array_new();
+    guint64 seq = ++c->out_seq;
     mp_tun_write_close(b, c->out_urgent ? MP_TUN_FLAG_URGENT : 0, c->out_id,
-                       ++c->out_seq, how, reason);
-    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+                       seq, how, reason);
+    emit(c, b, seq, 0);
     c->close_sent = TRUE;
 }
 
@@ -230,7 +323,8 @@ conn_abort(Conn *c, const char *reason)
         setsockopt(g_socket_get_fd(c->sock), SOL_SOCKET, SO_LINGER, &l,
                    sizeof(l));
     }
-    if (mp_tun_conn_is_ready(c->m->conn))
+    /* while the tunnel is down the CLOSE is kept for the resume */
+    if (linked(c->m) || (c->m->keep && c->m->suspended))
         send_close(c, MP_TUN_CLOSE_ABORT, reason);
     c->close_sent = TRUE;
     conn_check_done(c);
@@ -240,7 +334,7 @@ static gboolean
 may_read(const Conn *c)
 {
     const MpTunMux *m = c->m;
-    return m->ready && !m->closed && c->sock && !c->rd_eof && !c->done
+    return m->ready && linked(m) && c->sock && !c->rd_eof && !c->done
            && c->unacked < MP_TUN_MUX_WINDOW
            && (c->out_urgent
                    ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
@@ -253,7 +347,7 @@ static void
 send_data(Conn *c, const guint8 *raw, gsize n, guint64 account)
 {
     MpTunMux *m = c->m;
-    g_autoptr(GByteArray) b = g_byte_array_sized_new(n + 64);
+    GByteArray *b = g_byte_array_sized_new(n + 64);
     guint8 flags = c->out_urgent ? MP_TUN_FLAG_URGENT : 0;
     guint64 seq = ++c->out_seq;
     if (m->compress) {
@@ -269,6 +363,7 @@ send_data(Conn *c, const guint8 *raw, gsize n, guint64 account)
             left = ZSTD_compressStream2(c->cctx, &out, &in, ZSTD_e_flush);
         } while (!ZSTD_isError(left) && left && out.pos < out.size);
         if (ZSTD_isError(left) || left) {
+            g_byte_array_unref(b);
             fail(m, "zstd: %s", ZSTD_isError(left) ? ZSTD_getErrorName(left)
                                                    : "output too long");
             return;
@@ -278,19 +373,7 @@ send_data(Conn *c, const guint8 *raw, gsize n, guint64 account)
     } else {
         mp_tun_write_data(b, flags, c->out_id, seq, n, raw, n);
     }
-    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
-    sent(c, seq, account, b->len);
-}
-
-/* Frame `seq` stands for `account` bytes read; `link` bytes on the link. */
-static void
-sent(Conn *c, guint64 seq, guint64 account, gsize link)
-{
-    Pend *p = g_new(Pend, 1);
-    p->seq = seq;
-    p->n = account;
-    g_queue_push_tail(&c->sent, p);
-    c->link_out += link;
+    emit(c, b, seq, account);
 }
 
 /* The encoder's items that are ready, in order: DATA and PAGES frames of
@@ -301,19 +384,19 @@ pages_send(Conn *c)
     MpTunMux *m = c->m;
     MpTunOutItem it;
 
-    while (c->po && !c->done && !c->aborted && mp_tun_conn_is_ready(m->conn)
+    /* (while the tunnel is down the batches are kept for the resume) */
+    while (c->po && !c->done && !c->aborted
+           && (linked(m) || (m->keep && m->suspended))
            && mp_tun_pages_out_pop(c->po, &it)) {
         if (it.kind == MP_TUN_OUT_DATA) {
             send_data(c, it.bytes->data, it.bytes->len, it.raw);
         } else {
-            g_autoptr(GByteArray) b = g_byte_array_sized_new(it.bytes->len
-                                                             + 64);
+            GByteArray *b = g_byte_array_sized_new(it.bytes->len + 64);
             guint64 seq = ++c->out_seq;
             mp_tun_write_frame(b, MP_TUN_PAGES,
                                c->out_urgent ? MP_TUN_FLAG_URGENT : 0,
                                c->out_id, seq, it.bytes->data, it.bytes->len);
-            mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
-            sent(c, seq, it.raw, b->len);
+            emit(c, b, seq, it.raw);
         }
         g_byte_array_unref(it.bytes);
     }
@@ -339,7 +422,7 @@ pages_feed(Conn *c, gsize n)
 {
     guint64 left = mp_tun_pages_out_feed(c->po, c->m->rbuf, n);
     /* post-copy may come: from now on the link is paced (tunnel-link.h) */
-    if (mp_tun_pages_out_postcopy_advised(c->po))
+    if (mp_tun_pages_out_postcopy_advised(c->po) && c->m->conn)
         mp_tun_link_allow_pace(mp_tun_conn_link(c->m->conn));
     c->unacked += n - left;
     c->read_bytes += n;
@@ -400,7 +483,8 @@ send_ack(Conn *c, guint64 seq)
         .urgent_seq = c->in_urgent ? seq : 0,
     };
     mp_tun_write_ack(b, &e, 1);
-    mp_tun_conn_send(c->m->conn, b->data, b->len, TRUE);
+    c->acked_in = seq;
+    ctl_send(c->m, b->data, b->len, TRUE);
 }
 
 /* Writes what the local socket takes; acknowledges the frames written. */
@@ -439,8 +523,9 @@ conn_write(Conn *c)
         c->wq_pos = 0;
     }
     if (c->peer_eof && !c->shut_wr && (!c->wq || c->wq_pos == c->wq->len)) {
-            g_socket_shutdown(c->sock, FALSE, TRUE, NULL);
+        g_socket_shutdown(c->sock, FALSE, TRUE, NULL);
         c->shut_wr = TRUE;
+        send_ack(c, c->in_seq); /* the CLOSE: done with, the peer drops it */
         conn_check_done(c);
     }
 }
@@ -669,7 +754,8 @@ on_ack(MpTunMux *m, const MpTunFrame *f)
         }
         for (Pend *p; (p = g_queue_peek_head(&c->sent)) && p->seq <= seq;) {
             c->unacked -= p->n;
-            g_free(g_queue_pop_head(&c->sent));
+            pend_unkeep(m, p);
+            pend_free(g_queue_pop_head(&c->sent));
         }
         conn_watch(c);
     }
@@ -685,6 +771,16 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
         on_open(m, f);
         return;
     case MP_TUN_ACK:
+        if (m->resuming) {
+            if (mp_tun_ack_entry(f, 0).stream != MP_TUN_STREAM_CONTROL) {
+                fail(m, "an ACK that is not a resume ACK (stream %u first) "
+                        "after a resumed handshake",
+                     mp_tun_ack_entry(f, 0).stream);
+                return;
+            }
+            on_resume_ack(m, f);
+            return;
+        }
         on_ack(m, f);
         return;
     case MP_TUN_PING: {
@@ -704,10 +800,19 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
              mp_tun_frame_type_name(f->type), f->stream);
         return;
     }
+    if (m->resuming) {
+        fail(m, "%s frame of stream %u before the peer's resume ACK",
+             mp_tun_frame_type_name(f->type), f->stream);
+        return;
+    }
     Conn *c = g_hash_table_lookup(m->by_stream, GUINT_TO_POINTER(f->stream));
     if (!c || c->out_id == f->stream) {
         fail(m, "%s frame of stream %u, which the peer did not open",
              mp_tun_frame_type_name(f->type), f->stream);
+        return;
+    }
+    if (m->keep && f->seq <= c->in_seq) {
+        m->dups++; /* sent again after a resume, held already */
         return;
     }
     if (f->seq != c->in_seq + 1) {
@@ -736,9 +841,12 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
                 mp_tun_conn_name(m->conn), c->number,
                 f->u.close.reason ? f->u.close.reason : "");
         c->peer_eof = TRUE;
+        c->in_urgent = (f->flags & MP_TUN_FLAG_URGENT) != 0;
         conn_abort(c, "the peer's side broke");
+        send_ack(c, f->seq);
         return;
     }
+    c->in_urgent = (f->flags & MP_TUN_FLAG_URGENT) != 0;
     c->peer_eof = TRUE;
     if (c->sock) {
         conn_write(c);
@@ -746,12 +854,12 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
     }
 }
 
+/* What the two HELLOs agreed applies to the tunnel (its first
+ * connection, or one that replaces a tunnel the peer no longer held). */
 static void
-on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
+apply_agreed(MpTunMux *m, const MpTunAgreed *agreed)
 {
-    MpTunMux *m = data;
     m->agreed = *agreed;
-    m->ready = TRUE;
     m->compress = m->opt.compress && (agreed->features & MP_TUN_FEAT_RAW_ZSTD);
     if (m->opt.pages) {
         MpTunPagesOptions *p = &m->opt.pages_opt;
@@ -764,8 +872,300 @@ on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
         m->opt.pages = agreed->cache_bytes >= agreed->page_size
                        && agreed->page_size == 4096;
     }
+    m->tunnel_id = agreed->tunnel_id;
+    m->keep = m->opt.resume_ms && agreed->tunnel_id
+              && (agreed->features & MP_TUN_FEAT_RESUME);
+}
+
+/* An ACK entry's bytes (tunnel-frame.c): the resume ACK names every
+ * stream, and must fit in one frame. */
+#define ACK_ENTRY_BYTES 18
+
+/* After a resumed handshake, first thing: one ACK that starts with an
+ * entry for stream 0 (the mark of a resume ACK) and names every stream of
+ * the peer's this side knows, with the seq it holds (0: opened, no frame
+ * yet); then an ordinary ACK of what it wrote to QEMU, which the peer may
+ * have missed. */
+static void
+send_resume_ack(MpTunMux *m)
+{
+    g_autoptr(GArray) held = g_array_new(FALSE, TRUE, sizeof(MpTunAckEntry));
+    g_autoptr(GArray) written = g_array_new(FALSE, TRUE,
+                                            sizeof(MpTunAckEntry));
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunAckEntry mark = {0};
+    gboolean src = m->opt.role == MP_TUN_ROLE_SOURCE;
+
+    g_array_append_val(held, mark);
+    for (guint i = 0; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        guint16 peer = src ? c->rev : c->fwd;
+        if (!peer)
+            continue;
+        MpTunAckEntry e = {.stream = peer};
+        *(c->in_urgent ? &e.urgent_seq : &e.bulk_seq) = c->in_seq;
+        g_array_append_val(held, e);
+        if (c->acked_in) {
+            MpTunAckEntry w = {.stream = peer};
+            *(c->in_urgent ? &w.urgent_seq : &w.bulk_seq) = c->acked_in;
+            g_array_append_val(written, w);
+        }
+    }
+    mp_tun_write_ack(b, (const MpTunAckEntry *)(gpointer)held->data,
+                     held->len);
+    if (written->len)
+        mp_tun_write_ack(b, (const MpTunAckEntry *)(gpointer)written->data,
+                         written->len);
+    mp_tun_conn_send(m->conn, b->data, b->len, TRUE);
+}
+
+/* The QEMU connections the tunnel carried are lost to the peer (it does
+ * not hold the tunnel): reset them here, and forget their stream ids, so
+ * that a new tunnel over this mux starts clean. */
+static void
+drop_conns(MpTunMux *m, const char *reason)
+{
+    for (guint i = 0; i < m->conns->len; i++) {
+        Conn *c = g_ptr_array_index(m->conns, i);
+        if (!c->done) {
+            c->close_sent = TRUE;
+            conn_abort(c, reason);
+        }
+        for (Pend *p; (p = g_queue_pop_head(&c->sent));) {
+            pend_unkeep(m, p);
+            pend_free(p);
+        }
+        g_hash_table_remove(m->by_stream, GUINT_TO_POINTER(c->fwd));
+        if (c->rev)
+            g_hash_table_remove(m->by_stream, GUINT_TO_POINTER(c->rev));
+    }
+}
+
+static void
+stop_resume_timer(MpTunMux *m)
+{
+    if (m->resume_id)
+        g_source_remove(m->resume_id);
+    m->resume_id = 0;
+}
+
+static void
+on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
+{
+    MpTunMux *m = data;
+
+    if (!m->ready) {
+        apply_agreed(m, agreed);
+        m->ready = TRUE;
+        if (m->hooks.ready)
+            m->hooks.ready(m, m->data);
+        return;
+    }
+    /* a connection made to resume the tunnel that dropped: the same
+     * tunnel on both sides, on the same terms, with room to say what
+     * each holds */
+    const MpTunAgreed *o = &m->agreed;
+    if (agreed->resumed && agreed->tunnel_id == m->tunnel_id
+        && agreed->version == o->version && agreed->features == o->features
+        && agreed->page_size == o->page_size
+        && agreed->cache_bytes == o->cache_bytes
+        && agreed->max_payload == o->max_payload
+        && (gsize)(m->conns->len + 1) * ACK_ENTRY_BYTES
+               <= agreed->max_payload) {
+        m->resuming = TRUE;
+        send_resume_ack(m);
+        return;
+    }
+    /* the peer does not hold this tunnel (dest restarted, or gave it up;
+     * or a source side that started over): what it carried is lost, and
+     * this connection is a new tunnel */
+    g_warning("%s: the peer does not hold tunnel %016" G_GINT64_MODIFIER
+              "x (%s): the %u QEMU connections it carried are reset (in "
+              "post-copy QEMU pauses, and its own recovery, migrate-recover "
+              "and migrate with resume, goes on through the pair); this "
+              "connection is a new tunnel",
+              mp_tun_conn_name(tc), m->tunnel_id,
+              agreed->tunnel_id != m->tunnel_id ? "it names another"
+                                                : "it started afresh",
+              m->live);
+    stop_resume_timer(m);
+    drop_conns(m, "the tunnel's peer no longer holds it");
+    m->suspended = m->resuming = FALSE;
+    g_clear_error(&m->drop_error);
+    apply_agreed(m, agreed);
     if (m->hooks.ready)
         m->hooks.ready(m, m->data);
+}
+
+/* The peer's resume ACK: what it holds of each of our streams.  Frames
+ * after that go again, in order (an OPEN first where it never got it);
+ * then the tunnel runs on. */
+static void
+on_resume_ack(MpTunMux *m, const MpTunFrame *f)
+{
+    guint64 frames = 0, bytes = 0;
+    gboolean src = m->opt.role == MP_TUN_ROLE_SOURCE;
+
+    for (guint32 k = 1; k < f->u.ack.count; k++) {
+        MpTunAckEntry e = mp_tun_ack_entry(f, k);
+        Conn *c = g_hash_table_lookup(m->by_stream,
+                                      GUINT_TO_POINTER(e.stream));
+        if (!c || c->out_id != e.stream
+            || MAX(e.bulk_seq, e.urgent_seq) > c->out_seq) {
+            fail(m, "resume ACK: stream %u up to seq %" G_GUINT64_FORMAT
+                    ", which this side did not send",
+                 e.stream, MAX(e.bulk_seq, e.urgent_seq));
+            return;
+        }
+    }
+    for (guint i = 0; i < m->conns->len; i++) {
+        Conn *c = g_ptr_array_index(m->conns, i);
+        gboolean known = FALSE;
+        guint64 held = 0;
+        if (!c->out_id)
+            continue;
+        for (guint32 k = 1; k < f->u.ack.count && !known; k++) {
+            MpTunAckEntry e = mp_tun_ack_entry(f, k);
+            if (e.stream == c->out_id) {
+                known = TRUE;
+                held = MAX(e.bulk_seq, e.urgent_seq);
+            }
+        }
+        if (!known && g_queue_is_empty(&c->sent))
+            continue; /* nothing of it is owed */
+        if (!known) {
+            /* its OPEN was lost with the connection */
+            g_autoptr(GByteArray) b = g_byte_array_new();
+            MpTunOpen o = c->open;
+            if (!src) {
+                o.reverse_of = c->fwd;
+                o.channel = MP_TUN_CH_RETURN_PATH;
+            }
+            mp_tun_write_open(b, c->out_id, &o);
+            mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+        }
+        for (GList *l = c->sent.head; l; l = l->next) {
+            Pend *p = l->data;
+            if (p->seq <= held) {
+                pend_unkeep(m, p);
+                continue;
+            }
+            if (!p->frame) {
+                fail(m, "stream %u: frame %" G_GUINT64_FORMAT " is owed "
+                        "to the peer and not kept",
+                     c->out_id, p->seq);
+                return;
+            }
+            mp_tun_conn_send_bytes(m->conn, p->frame, c->out_urgent);
+            frames++;
+            bytes += g_bytes_get_size(p->frame);
+        }
+    }
+    double down_ms = (g_get_monotonic_time() - m->down_since) / 1e3;
+    stop_resume_timer(m);
+    m->suspended = m->resuming = FALSE;
+    m->resumes++;
+    m->frames_resent += frames;
+    m->bytes_resent += bytes;
+    m->down_ms_max = MAX(m->down_ms_max, down_ms);
+    g_clear_error(&m->drop_error);
+    if (!m->opt.quiet)
+        g_message("%s: tunnel %016" G_GINT64_MODIFIER "x resumed after %.0f "
+                  "ms (drop %u): %u QEMU connections kept, %" G_GUINT64_FORMAT
+                  " frames (%" G_GUINT64_FORMAT " bytes) sent again that the "
+                  "peer did not hold",
+                  mp_tun_conn_name(m->conn), m->tunnel_id, down_ms, m->drops,
+                  m->live, frames, bytes);
+    for (guint i = 0; i < m->conns->len; i++) {
+        Conn *c = g_ptr_array_index(m->conns, i);
+        pages_send(c);
+        if (!c->done)
+            conn_watch(c);
+    }
+}
+
+/* Does a drop leave something worth resuming?  dest cannot tell pre-copy
+ * from post-copy and holds any live connection (the source side decides:
+ * a source side that does not resume starts a new tunnel, which makes
+ * dest give this one up); the source side resumes once a migration's
+ * guest runs on the destination (its post-copy package went), where failing would
+ * stop it; in pre-copy a failure is cheap and clean (the guest runs on at
+ * the source), so the migration fails at once as without resume. */
+static gboolean
+resumable(const MpTunMux *m)
+{
+    if (!m->live)
+        return FALSE;
+    if (m->opt.role == MP_TUN_ROLE_DEST || m->opt.resume_any)
+        return TRUE;
+    for (guint i = 0; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        if (!c->done && c->po && mp_tun_pages_out_postcopy_running(c->po))
+            return TRUE;
+    }
+    return FALSE;
+}
+
+static void final_close(MpTunMux *m, const GError *error, guint8 end_code);
+
+static gboolean
+resume_expired(gpointer data)
+{
+    MpTunMux *m = data;
+    m->resume_id = 0;
+    g_autoptr(GError) err = g_error_new(
+        G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+        "%s: dropped (%s) and not resumed in %u ms; the QEMU connections "
+        "it carried are reset",
+        m->name, m->drop_error ? m->drop_error->message : "?",
+        m->opt.resume_ms);
+    if (m->conn) {
+        m->link_in_before += mp_tun_conn_bytes_in(m->conn);
+        m->link_out_before += mp_tun_conn_bytes_out(m->conn);
+        g_clear_pointer(&m->conn, mp_tun_conn_free);
+    }
+    m->suspended = m->resuming = FALSE;
+    final_close(m, err, 0);
+    return G_SOURCE_REMOVE;
+}
+
+/* The link dropped (or a connection made to resume it failed): the QEMU
+ * connections stay open and unread while the owner brings a new
+ * connection (mp_tun_mux_resume()), for opt.resume_ms. */
+static void
+suspend(MpTunMux *m, MpTunConn *tc, const GError *why)
+{
+    gboolean again = m->suspended;
+    /* `why` belongs to `tc`, which goes below */
+    g_autoptr(GError) error = g_error_copy(why);
+
+    m->link_in_before += mp_tun_conn_bytes_in(tc);
+    m->link_out_before += mp_tun_conn_bytes_out(tc);
+    if (!m->last_link || mp_tun_conn_is_ready(tc)) {
+        if (m->last_link)
+            json_object_put(m->last_link);
+        m->last_link = mp_tun_link_report(mp_tun_conn_link(tc));
+    }
+    mp_tun_conn_free(tc); /* inside its own `closed` hook: allowed */
+    m->conn = NULL;
+    m->resuming = FALSE;
+    if (!again) {
+        m->suspended = TRUE;
+        m->drops++;
+        m->down_since = g_get_monotonic_time();
+        g_clear_error(&m->drop_error);
+        m->drop_error = g_error_copy(error);
+        m->resume_id = g_timeout_add(m->opt.resume_ms, resume_expired, m);
+        g_warning("%s; the %u QEMU connections it carried stay open for "
+                  "up to %u ms while the tunnel resumes",
+                  error->message, m->live, m->opt.resume_ms);
+    } else {
+        g_message("%s: not resumed yet: %s", m->name, error->message);
+    }
+    for (guint i = 0; i < m->conns->len; i++)
+        conn_watch(g_ptr_array_index(m->conns, i));
+    if (m->hooks.suspended)
+        m->hooks.suspended(m, error, m->data);
 }
 
 static void
@@ -788,11 +1188,11 @@ on_paced(MpTunConn *tc, gpointer data)
                   mp_tun_link_pace(mp_tun_conn_link(tc)) * 8 / 1e6);
 }
 
+/* The tunnel is over: every QEMU connection is reset. */
 static void
-on_closed(MpTunConn *tc, const GError *error, guint8 end_code, gpointer data)
+final_close(MpTunMux *m, const GError *error, guint8 end_code)
 {
-    MpTunMux *m = data;
-
+    stop_resume_timer(m);
     m->closed = TRUE;
     for (guint i = 0; i < m->conns->len; i++) {
         Conn *c = g_ptr_array_index(m->conns, i);
@@ -805,6 +1205,32 @@ on_closed(MpTunConn *tc, const GError *error, guint8 end_code, gpointer data)
         m->hooks.closed(m, error, end_code, m->data);
 }
 
+static void
+on_closed(MpTunConn *tc, const GError *error, guint8 end_code, gpointer data)
+{
+    MpTunMux *m = data;
+
+    /* a link that broke, not a peer that ended the tunnel */
+    if (m->ready && m->keep && error && !m->ending
+        && !mp_tun_conn_peer_ended(tc) && resumable(m)) {
+        suspend(m, tc, error);
+        return;
+    }
+    if (m->suspended) {
+        /* a connection made to resume failed, and nothing is left to
+         * resume (`error` belongs to `tc`) */
+        g_autoptr(GError) err = error ? g_error_copy(error) : NULL;
+        m->link_in_before += mp_tun_conn_bytes_in(tc);
+        m->link_out_before += mp_tun_conn_bytes_out(tc);
+        mp_tun_conn_free(tc);
+        m->conn = NULL;
+        m->suspended = m->resuming = FALSE;
+        final_close(m, m->drop_error ? m->drop_error : err, end_code);
+        return;
+    }
+    final_close(m, error, end_code);
+}
+
 /* Every second on the source side: tells once when the source QEMU's
  * stream arrives at a steady rate that neither the tunnel nor the link
  * holds back: QEMU's own max-bandwidth, most likely. */
@@ -814,6 +1240,8 @@ cap_tick(gpointer data)
     MpTunMux *m = data;
     guint64 bytes = 0;
 
+    if (!linked(m))
+        return G_SOURCE_CONTINUE; /* the tunnel is down: nothing to say */
     for (guint i = 0; i < m->conns->len; i++) {
         const Conn *c = g_ptr_array_index(m->conns, i);
         if (!c->out_urgent)
@@ -884,12 +1312,38 @@ pages_cache(const MpTunMuxOptions *opt)
                                       : MP_TUN_MUX_CACHE_MAX;
 }
 
+/* This side's HELLO (the options as given: a resume offers what the
+ * first connection offered, so that the two agree alike). */
+static MpTunHello
+make_hello(const MpTunMux *m)
+{
+    const MpTunMuxOptions *opt = &m->opt0;
+    gboolean resume = opt->resume_ms
+                      && (opt->role == MP_TUN_ROLE_DEST || opt->tunnel_id);
+    MpTunHello h = {
+        .version_min = MP_TUN_VERSION,
+        .version_max = MP_TUN_VERSION,
+        .role = opt->role,
+        .tls = opt->tls ? MP_TUN_TLS_REQUIRED : MP_TUN_TLS_NONE,
+        .features = (opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0)
+                    | pages_features(opt)
+                    | (resume ? MP_TUN_FEAT_RESUME : 0),
+        .page_size = 4096,
+        .cache_bytes = pages_cache(opt),
+        .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
+        .tunnel_id = m->tunnel_id,
+        .software = "migproxy " MP_VERSION,
+    };
+    return h;
+}
+
 MpTunMux *
 mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
                const MpTunMuxHooks *hooks, gpointer data)
 {
     MpTunMux *m = g_new0(MpTunMux, 1);
     m->opt = *opt;
+    m->opt0 = *opt;
     m->hooks = *hooks;
     m->data = data;
     m->by_stream = g_hash_table_new(NULL, NULL);
@@ -899,19 +1353,11 @@ mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
     m->zbuf_len = ZSTD_compressBound(MP_TUN_MUX_CHUNK);
     m->zbuf = g_malloc(m->zbuf_len);
     m->dbuf = g_malloc(MP_TUN_MAX_PAYLOAD_LIMIT + 1);
+    m->name = g_strdup(name);
+    /* the source side names a new tunnel; dest learns the name from it */
+    m->tunnel_id = opt->role == MP_TUN_ROLE_SOURCE ? opt->tunnel_id : 0;
 
-    MpTunHello h = {
-        .version_min = MP_TUN_VERSION,
-        .version_max = MP_TUN_VERSION,
-        .role = opt->role,
-        .tls = opt->tls ? MP_TUN_TLS_REQUIRED : MP_TUN_TLS_NONE,
-        .features = (opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0)
-                    | pages_features(opt),
-        .page_size = 4096,
-        .cache_bytes = pages_cache(opt),
-        .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
-        .software = "migproxy " MP_VERSION,
-    };
+    MpTunHello h = make_hello(m);
     m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
     if (opt->rate)
         mp_tun_conn_set_rate(m->conn, opt->rate);
@@ -931,9 +1377,14 @@ mp_tun_mux_free(MpTunMux *m)
         g_source_remove(m->cap_id);
     if (m->enc_done)
         json_object_put(m->enc_done);
+    if (m->last_link)
+        json_object_put(m->last_link);
+    stop_resume_timer(m);
+    g_clear_error(&m->drop_error);
     mp_tun_conn_free(m->conn);
     g_ptr_array_unref(m->conns);
     g_hash_table_unref(m->by_stream);
+    g_free(m->name);
     g_free(m->rbuf);
     g_free(m->zbuf);
     g_free(m->dbuf);
@@ -975,7 +1426,8 @@ pages_attach(MpTunMux *m, Conn *c)
 guint16
 mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
 {
-    if (!m->ready || m->closed || m->conns->len >= MAX_CONNS) {
+    if (!m->ready || !linked(m) || m->suspended
+        || m->conns->len >= MAX_CONNS) {
         g_socket_close(local, NULL);
         return 0;
     }
@@ -989,7 +1441,7 @@ mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
     pages_attach(m, c);
     g_autoptr(GByteArray) b = g_byte_array_new();
     mp_tun_write_open(b, id, o);
-    mp_tun_conn_send(m->conn, b->data, b->len, c->out_urgent);
+    ctl_send(m, b->data, b->len, c->out_urgent);
     conn_watch(c);
     return id;
 }
@@ -1027,7 +1479,42 @@ mp_tun_mux_refuse(MpTunMux *m, guint16 stream, const char *reason)
 void
 mp_tun_mux_end(MpTunMux *m, guint8 code, const char *reason)
 {
+    m->ending = TRUE;
+    if (m->suspended) {
+        /* nobody to tell: the tunnel ends now (from an idle, as a
+         * closed connection would) */
+        stop_resume_timer(m);
+        m->resume_id = g_idle_add(resume_expired, m);
+        return;
+    }
     mp_tun_conn_end(m->conn, code, reason);
+}
+
+void
+mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name)
+{
+    g_return_if_fail(m->suspended && !m->conn);
+    MpTunHello h = make_hello(m);
+    m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
+    if (m->opt.rate)
+        mp_tun_conn_set_rate(m->conn, m->opt.rate);
+    for (guint i = 0; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        if (c->po && mp_tun_pages_out_postcopy_advised(c->po))
+            mp_tun_link_allow_pace(mp_tun_conn_link(m->conn));
+    }
+}
+
+gboolean
+mp_tun_mux_suspended(const MpTunMux *m)
+{
+    return m->suspended && !m->conn && !m->closed;
+}
+
+guint64
+mp_tun_mux_tunnel_id(const MpTunMux *m)
+{
+    return m->tunnel_id;
 }
 
 guint
@@ -1039,19 +1526,43 @@ mp_tun_mux_live(const MpTunMux *m)
 gboolean
 mp_tun_mux_ready(const MpTunMux *m)
 {
-    return m->ready && !m->closed;
+    return m->ready && !m->closed && !m->suspended;
 }
 
 MpTunLink *
 mp_tun_mux_link(const MpTunMux *m)
 {
-    return mp_tun_conn_link(m->conn);
+    return m->conn ? mp_tun_conn_link(m->conn) : NULL;
 }
 
 guint
 mp_tun_mux_connections(const MpTunMux *m)
 {
     return m->conns->len;
+}
+
+/* docs/tunnel.md, "What the pair does on a drop" */
+static json_object *
+resume_report(const MpTunMux *m)
+{
+    json_object *o = json_object_new_object();
+    g_autofree char *id = g_strdup_printf("%016" G_GINT64_MODIFIER "x",
+                                          m->tunnel_id);
+    json_object_object_add(o, "on", json_object_new_boolean(m->keep));
+    json_object_object_add(o, "tunnel_id", json_object_new_string(id));
+    json_object_object_add(o, "drops", json_object_new_int(m->drops));
+    json_object_object_add(o, "resumed", json_object_new_int(m->resumes));
+    json_object_object_add(o, "frames_resent",
+                           json_object_new_int64(m->frames_resent));
+    json_object_object_add(o, "bytes_resent",
+                           json_object_new_int64(m->bytes_resent));
+    json_object_object_add(o, "duplicates_dropped",
+                           json_object_new_int64(m->dups));
+    json_object_object_add(o, "down_ms_max",
+                           json_object_new_double(m->down_ms_max));
+    json_object_object_add(o, "kept_bytes_max",
+                           json_object_new_int64(m->kept_max));
+    return o;
 }
 
 static json_object *
@@ -1100,12 +1611,21 @@ mp_tun_mux_report(const MpTunMux *m, guint since)
     if (src)
         json_object_object_add(o, "pages",
                                json_object_new_boolean(m->opt.pages));
-    json_object_object_add(o, "link_bytes_in",
-                           json_object_new_int64(mp_tun_conn_bytes_in(m->conn)));
-    json_object_object_add(o, "link_bytes_out",
-                           json_object_new_int64(mp_tun_conn_bytes_out(m->conn)));
-    json_object_object_add(o, "link",
-                           mp_tun_link_report(mp_tun_conn_link(m->conn)));
+    json_object_object_add(
+        o, "link_bytes_in",
+        json_object_new_int64(m->link_in_before
+                              + (m->conn ? mp_tun_conn_bytes_in(m->conn) : 0)));
+    json_object_object_add(
+        o, "link_bytes_out",
+        json_object_new_int64(m->link_out_before
+                              + (m->conn ? mp_tun_conn_bytes_out(m->conn)
+                                         : 0)));
+    json_object_object_add(
+        o, "link",
+        m->conn && (mp_tun_conn_is_ready(m->conn) || !m->last_link)
+            ? mp_tun_link_report(mp_tun_conn_link(m->conn))
+            : json_object_get(m->last_link));
+    json_object_object_add(o, "resume", resume_report(m));
     json_object_object_add(o, "channels", chans);
     return o;
 }

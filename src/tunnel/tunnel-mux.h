@@ -22,9 +22,23 @@
  * sees is the rate of the tunnel and of the far QEMU.
  *
  * Ends: a local EOF goes as CLOSE EOF (the receiver shuts down the write
- * side of its socket once written); a reset as CLOSE ABORT (the receiver
- * resets its socket).  A tunnel that fails resets every local socket, so
- * QEMU sees its migration's connections close.
+ * side of its socket once written, then acknowledges the CLOSE); a reset
+ * as CLOSE ABORT (the receiver resets its socket).  A tunnel that fails
+ * resets every local socket, so QEMU sees its migration's connections
+ * close.
+ *
+ * Resume (docs/tunnel.md, "What the pair does on a drop"): with
+ * opt.resume_ms on both sides (HELLO feature RESUME, the source side's
+ * tunnel_id), every sequenced frame is kept until the peer acknowledges
+ * it (the same bytes the output queue holds, bounded by the window per
+ * connection).  When the link drops while something is worth resuming
+ * (dest: any live connection; source: a migration in post-copy), the
+ * local sockets stay open and unread, `suspended` tells the owner, which
+ * brings a new connection (mp_tun_mux_resume()) within opt.resume_ms;
+ * both sides then say what they hold (a resume ACK) and send again what
+ * the other lacks.  A peer that does not hold the tunnel makes the new
+ * connection a new tunnel (the old connections are reset); the timeout
+ * ends the tunnel as a failure would.
  */
 #pragma once
 
@@ -51,6 +65,11 @@ typedef struct {
      * peer's); every local socket is closed.  May free the mux. */
     void (*closed)(MpTunMux *m, const GError *error, guint8 end_code,
                    gpointer data);
+    /* The link dropped (`error` why) and the tunnel waits for a new
+     * connection: the source side dials, dest accepts one from the same
+     * peer (mp_tun_mux_resume()).  Also after a connection made to
+     * resume failed.  Optional. */
+    void (*suspended)(MpTunMux *m, const GError *error, gpointer data);
 } MpTunMuxHooks;
 
 typedef struct {
@@ -65,6 +84,14 @@ typedef struct {
     MpTunPagesOptions pages_opt;
     guint64 rate;      /* bulk pace in bytes/s (--rate); 0: measured */
     gboolean quiet;    /* no log line when pacing begins */
+    /* resume: how long the QEMU connections wait for a new link after a
+     * drop (0: no resume, a drop resets them); the source side names the
+     * tunnel with `tunnel_id` (random, not 0; dest: 0) */
+    guint resume_ms;
+    guint64 tunnel_id;
+    /* source side: resume whatever the migration's phase (by default
+     * only once one runs in post-copy); the unit tests' */
+    gboolean resume_any;
 } MpTunMuxOptions;
 
 /* The most page cache a side offers per stream (HELLO cache_bytes):
@@ -93,13 +120,26 @@ void mp_tun_mux_attach(MpTunMux *m, guint16 stream, GSocket *local);
  * `reason` to the peer. */
 void mp_tun_mux_refuse(MpTunMux *m, guint16 stream, const char *reason);
 
-/* Ends the tunnel with END `code` (after what is queued). */
+/* Ends the tunnel with END `code` (after what is queued); while
+ * suspended, at once (closed follows from an idle). */
 void mp_tun_mux_end(MpTunMux *m, guint8 code, const char *reason);
+/* Suspended and waiting for a connection (not one in its handshake)? */
+gboolean mp_tun_mux_suspended(const MpTunMux *m);
+/* A new connection `stream` (reference taken; plain or TLS) for the
+ * suspended tunnel: its HELLO names the tunnel; if the peer holds it the
+ * tunnel resumes, else it becomes a new tunnel (`ready` is called again)
+ * and the old QEMU connections are reset. */
+void mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name);
+/* The tunnel's name (the source side's HELLO tunnel_id; 0: not known
+ * yet, or no resume). */
+guint64 mp_tun_mux_tunnel_id(const MpTunMux *m);
 /* Connections whose streams have not both ended. */
 guint mp_tun_mux_live(const MpTunMux *m);
 gboolean mp_tun_mux_ready(const MpTunMux *m);
 
-/* `{link_bytes_in, link_bytes_out, compress, channels: [{stream,
+/* `{link_bytes_in, link_bytes_out, compress, link, resume: {on,
+ * tunnel_id, drops, resumed, frames_resent, bytes_resent,
+ * duplicates_dropped, down_ms_max, kept_bytes_max}, channels: [{stream,
  * connection, kind, to_dst {bytes_in, bytes_out}, to_src {...}}]}`: per
  * connection, the bytes read from or written to QEMU's side (`bytes_in`
  * of the direction this side reads) and the DATA frame bytes on the
@@ -111,7 +151,8 @@ json_object *mp_tun_mux_report(const MpTunMux *m, guint since);
  * bytes_out, cpu_s}}` (`on`: on in a stream that runs now); NULL before
  * the first stream with PAGES.  Caller owns. */
 json_object *mp_tun_mux_encoders(const MpTunMux *m);
-/* The tunnel connection's link measurements and pace. */
+/* The tunnel connection's link measurements and pace (NULL while the
+ * tunnel is down). */
 MpTunLink *mp_tun_mux_link(const MpTunMux *m);
 /* Connections carried so far. */
 guint mp_tun_mux_connections(const MpTunMux *m);

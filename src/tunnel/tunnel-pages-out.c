@@ -42,6 +42,7 @@ struct MpTunPagesOut {
     gboolean shared;      /* no skipping (see the header) */
     gboolean in_packaged; /* records inside a PACKAGED blob stay as they are */
     gboolean postcopy_advised; /* the stream said post-copy may come */
+    gboolean postcopy_running; /* ... and that it runs (POSTCOPY_RUN) */
     gboolean gave_up;     /* an encoder refused: the rest stays raw */
     /* the feed being processed */
     const guint8 *buf;
@@ -349,11 +350,16 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
             if (!po->shared)
                 stop_skipping(po);
         }
+        if (rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_RUN)
+            po->postcopy_running = TRUE;
         if (rec->u.cmd.cmd == MP_QMIG_CMD_PACKAGED)
             po->in_packaged = TRUE;
         break;
     case MP_REC_PACKAGED_END:
         po->in_packaged = FALSE;
+        /* the package (POSTCOPY_LISTEN, the devices, POSTCOPY_RUN) went:
+         * post-copy runs, as the relay's analysis says too */
+        po->postcopy_running = TRUE;
         break;
     default:
         break;
@@ -590,6 +596,12 @@ gboolean
 mp_tun_pages_out_postcopy_advised(const MpTunPagesOut *po)
 {
     return po->postcopy_advised;
+}
+
+gboolean
+mp_tun_pages_out_postcopy_running(const MpTunPagesOut *po)
+{
+    return po->postcopy_running;
 }
 
 void

@@ -138,5 +138,10 @@ void mp_tun_pages_out_add_counters(const MpTunPagesOut *po, json_object *acc);
 /* @return TRUE once the stream sent POSTCOPY_ADVISE (the source QEMU
  * may switch to post-copy: the tunnel then paces its link). */
 gboolean mp_tun_pages_out_postcopy_advised(const MpTunPagesOut *po);
+/* @return TRUE once the stream sent POSTCOPY_RUN, or the end of a
+ * post-copy package (which holds it): the guest runs on the destination
+ * from here on, and a tunnel that drops resumes rather than failing the
+ * migration (tunnel-mux.h). */
+gboolean mp_tun_pages_out_postcopy_running(const MpTunPagesOut *po);
 guint64 mp_tun_pages_out_stream_bytes(const MpTunPagesOut *po);
 guint64 mp_tun_pages_out_payload_bytes(const MpTunPagesOut *po);

@@ -13,6 +13,10 @@
 
 #define CONNECT_TIMEOUT_MS 10000
 #define RETRY_MS           1000
+/* After a drop in post-copy: the first try to resume (the peer, which saw
+ * the same drop, has let its side go by then), and again after a try the
+ * peer closed */
+#define RESUME_RETRY_MS 200
 /* A hop connection's first bytes name its channel in the OPEN; one that
  * stays silent this long (QEMU 7.2's postcopy-preempt channel) goes
  * without them.  Connections wait in accept order, so the destination
@@ -64,6 +68,14 @@ struct MpTunSource {
 };
 
 static void dial(MpTunSource *s);
+
+/* Dial again after a failed try?  Not once finishing, unless a tunnel
+ * waits to resume (its QEMU connections are still open). */
+static gboolean
+want_dial(const MpTunSource *s)
+{
+    return !s->finishing || (s->mux && mp_tun_mux_suspended(s->mux));
+}
 
 static gboolean
 retry(gpointer data)
@@ -128,15 +140,41 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
         s->retry_id = g_timeout_add(RETRY_MS, retry, s);
 }
 
+/* The tunnel dropped in post-copy (or a try to resume it failed) and
+ * waits to resume: dial after RESUME_RETRY_MS (after a refused connect:
+ * RETRY_MS), until it resumes or its --resume-timeout passes. */
+static void
+mux_suspended(MpTunMux *m, const GError *error, gpointer data)
+{
+    MpTunSource *s = data;
+
+    g_clear_error(&s->last_error);
+    s->last_error = g_error_copy(error);
+    if (s->retry_id)
+        g_source_remove(s->retry_id);
+    s->retry_id = g_timeout_add(RESUME_RETRY_MS, retry, s);
+}
+
 static const MpTunMuxHooks mux_hooks = {
     .ready = mux_ready,
     .closed = mux_closed,
+    .suspended = mux_suspended,
 };
 
 static void
 start_mux(MpTunSource *s, GIOStream *stream)
 {
     g_autofree char *name = g_strdup_printf("tunnel to %s", s->peer_str);
+    if (s->mux) {
+        /* the tunnel that dropped, resumed over this connection */
+        mp_tun_mux_resume(s->mux, stream, name);
+        return;
+    }
+    /* the tunnel's name for a resume: random, so that a dest that holds
+     * another tunnel (or none) tells it is not this one */
+    guint64 id = 0;
+    while (s->opt.resume_ms && !id)
+        id = (guint64)g_random_int() << 32 | g_random_int();
     MpTunMuxOptions mo = {
         .role = MP_TUN_ROLE_SOURCE,
         .compress = s->opt.compress,
@@ -146,6 +184,8 @@ start_mux(MpTunSource *s, GIOStream *stream)
         .pages_opt = s->opt.pages_opt,
         .rate = s->opt.rate,
         .quiet = s->opt.quiet,
+        .resume_ms = s->opt.resume_ms,
+        .tunnel_id = id,
     };
     s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
     s->reported = s->since = 0;
@@ -167,7 +207,7 @@ on_tls(MpTunTlsStart *h, GIOStream *stream, const GError *error,
                                 s->peer_str, error->message);
     s->refused = error->domain == G_TLS_ERROR;
     g_warning("%s", s->last_error->message);
-    if (!s->finishing)
+    if (want_dial(s))
         s->retry_id = g_timeout_add(RETRY_MS, retry, s);
 }
 
@@ -183,7 +223,7 @@ on_dialed(MpTunDial *d, GSocket *sock, const GError *error, gpointer data)
                                     "--peer %s: %s", s->peer_str,
                                     error->message);
         g_debug("%s", s->last_error->message);
-        if (!s->finishing)
+        if (want_dial(s))
             s->retry_id = g_timeout_add(RETRY_MS, retry, s);
         return;
     }
@@ -199,7 +239,7 @@ on_dialed(MpTunDial *d, GSocket *sock, const GError *error, gpointer data)
 static void
 dial(MpTunSource *s)
 {
-    if (s->dial || s->start || s->mux)
+    if (s->dial || s->start || (s->mux && !mp_tun_mux_suspended(s->mux)))
         return;
     s->dial = mp_tun_dial_new(s->peer, s->opt.timeout_ms, on_dialed, s);
 }
@@ -542,11 +582,13 @@ mp_tun_source_finish(MpTunSource *s, guint timeout_ms)
     guint wake_id = g_timeout_add(50, wake, NULL);
 
     s->finishing = TRUE;
-    if (s->retry_id)
-        g_source_remove(s->retry_id);
-    s->retry_id = 0;
-    g_clear_pointer(&s->dial, mp_tun_dial_free);
-    g_clear_pointer(&s->start, mp_tun_tls_start_free);
+    if (!want_dial(s)) {
+        if (s->retry_id)
+            g_source_remove(s->retry_id);
+        s->retry_id = 0;
+        g_clear_pointer(&s->dial, mp_tun_dial_free);
+        g_clear_pointer(&s->start, mp_tun_tls_start_free);
+    }
     while (s->mux && mp_tun_mux_live(s->mux)
            && g_get_monotonic_time() < deadline)
         g_main_context_iteration(NULL, TRUE);

@@ -12,9 +12,13 @@
  * the tunnel is up: a connection that comes while it is down is reset,
  * so the relay fails the migration and QEMU sees it fail.
  *
- * The tunnel is connected at start (mp_tun_source_wait_ready()); when it
- * drops, every connection it carried is reset (the migration fails
- * cleanly: QEMU's source sees its connections close, its guest runs on)
+ * The tunnel is connected at start (mp_tun_source_wait_ready()).  When
+ * it drops while a migration runs in post-copy (and `resume_ms`), the
+ * QEMU connections stay open and the tunnel is dialled again at once,
+ * then every second, and resumes (tunnel-mux.h) within `resume_ms`;
+ * otherwise every connection it carried is reset (the migration fails
+ * cleanly: QEMU's source sees its connections close, its guest runs on;
+ * in post-copy QEMU pauses and its own recovery can go through the pair)
  * and a new tunnel is tried every second for the next migration.
  */
 #pragma once
@@ -34,6 +38,7 @@ typedef struct {
     guint timeout_ms;    /* a connect and a TLS handshake (0: 10000) */
     gboolean pages;      /* RAM pages as PAGES (tunnel-pages-out.h) */
     MpTunPagesOptions pages_opt;
+    guint resume_ms;     /* --resume-timeout (0: no resume) */
 } MpTunSourceOptions;
 
 typedef struct MpTunSource MpTunSource;

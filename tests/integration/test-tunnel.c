@@ -29,14 +29,22 @@
  * migration on 7.2 (the destination's disk equals the source's).
  * precopy_100_tls: pre-copy 10.0 through a TLS tunnel (certificates made
  * by openssl at run time; the refusals are test-tunnel-tls.c's).
+ * Issue 10 item 7, post-copy: postcopy_resume_100 cuts the tunnel (a
+ * forwarder in the test) in post-copy and the pair resumes it unseen by
+ * QEMU; postcopy_recover_72 restarts dest in post-copy, so the tunnel
+ * cannot resume, and QEMU's own recovery goes through the pair.
  */
 #include "config.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
@@ -60,11 +68,21 @@ typedef struct {
     char *report, *dst_report, *capture;
 } Pair;
 
+typedef struct Fwd Fwd;
+static Fwd *fwd_start(guint16 to_port);
+static guint16 fwd_port(const Fwd *f);
+static void fwd_free(Fwd *f);
+
 static struct {
     MpQemu *src, *dst;
     Pair *pair, *pair2;
     char *dir;
     const char *const *dst_extra; /* more arguments of dest */
+    gboolean no_once;  /* neither side gets --once */
+    gboolean via_fwd;  /* the tunnel goes through `fwd` (it can cut it) */
+    gboolean preempt;  /* start_postcopy_pair(): with postcopy-preempt */
+    gint64 postcopy_bw; /* ... its max-postcopy-bandwidth (0: 16 MiB/s) */
+    Fwd *fwd;
 } fx;
 
 static void
@@ -175,45 +193,62 @@ pair_free(Pair *p)
     g_free(p);
 }
 
-/* dest (--once, to 127.0.0.1:qemu_port), then source (--once, tunnel to
- * dest); files under dir/NAME-*. */
+/* dest (--once unless fx.no_once, at p->dst_port, to
+ * 127.0.0.1:qemu_port), its files dir/NAME-dest.*. */
+static void
+dest_start(Pair *p, const char *name, guint16 qemu_port)
+{
+    g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func(g_free);
+
+    p->dst.status = -1;
+    g_free(p->dst_report);
+    p->dst_report = g_strdup_printf("%s/%s-dest.json", fx.dir, name);
+    g_ptr_array_add(a, g_strdup("dest"));
+    g_ptr_array_add(a, g_strdup_printf("--listen=127.0.0.1:%u", p->dst_port));
+    g_ptr_array_add(a, g_strdup_printf("--to=127.0.0.1:%u", qemu_port));
+    g_ptr_array_add(a, g_strdup("--allow=127.0.0.1"));
+    g_ptr_array_add(a, g_strdup_printf("--report=%s", p->dst_report));
+    if (!fx.no_once)
+        g_ptr_array_add(a, g_strdup("--once"));
+    g_ptr_array_add(a, g_strdup("--verbose"));
+    for (guint i = 0; fx.dst_extra && fx.dst_extra[i]; i++)
+        g_ptr_array_add(a, g_strdup(fx.dst_extra[i]));
+    g_autofree char *dlog = g_strdup_printf("%s/%s-dest.log", fx.dir, name);
+    proc_start(&p->dst, dlog, a);
+}
+
+/* dest (dest_start()), then source (--once unless fx.no_once, tunnel to
+ * dest, or through fx.fwd with fx.via_fwd); files under dir/NAME-*. */
 static Pair *
 pair_start(const char *name, guint16 qemu_port, const char *const *src_extra)
 {
     g_autoptr(GError) err = NULL;
     Pair *p = g_new0(Pair, 1);
-    g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) b = g_ptr_array_new_with_free_func(g_free);
 
     p->src.status = p->dst.status = -1;
     p->dst_port = mp_qemu_pick_free_port(&err);
     cr_assert(p->dst_port, "%s", err ? err->message : "?");
     p->report = g_strdup_printf("%s/%s-report.json", fx.dir, name);
-    p->dst_report = g_strdup_printf("%s/%s-dest.json", fx.dir, name);
     p->capture = g_strdup_printf("%s/%s-capture", fx.dir, name);
-
-    g_ptr_array_add(a, g_strdup("dest"));
-    g_ptr_array_add(a, g_strdup_printf("--listen=127.0.0.1:%u", p->dst_port));
-    g_ptr_array_add(a, g_strdup_printf("--to=127.0.0.1:%u", qemu_port));
-    g_ptr_array_add(a, g_strdup("--allow=127.0.0.1"));
-    g_ptr_array_add(a, g_strdup_printf("--report=%s", p->dst_report));
-    g_ptr_array_add(a, g_strdup("--once"));
-    g_ptr_array_add(a, g_strdup("--verbose"));
-    for (guint i = 0; fx.dst_extra && fx.dst_extra[i]; i++)
-        g_ptr_array_add(a, g_strdup(fx.dst_extra[i]));
-    g_autofree char *dlog = g_strdup_printf("%s/%s-dest.log", fx.dir, name);
-    proc_start(&p->dst, dlog, a);
+    dest_start(p, name, qemu_port);
+    guint16 peer = p->dst_port;
+    if (fx.via_fwd) {
+        fx.fwd = fwd_start(p->dst_port);
+        peer = fwd_port(fx.fwd);
+    }
 
     p->src_port = mp_qemu_pick_free_port(&err);
     cr_assert(p->src_port, "%s", err ? err->message : "?");
     g_ptr_array_add(b, g_strdup("source"));
     g_ptr_array_add(b, g_strdup_printf("--listen=127.0.0.1:%u", p->src_port));
-    g_ptr_array_add(b, g_strdup_printf("--peer=127.0.0.1:%u", p->dst_port));
+    g_ptr_array_add(b, g_strdup_printf("--peer=127.0.0.1:%u", peer));
     g_ptr_array_add(b, g_strdup_printf("--report=%s", p->report));
     g_ptr_array_add(b, g_strdup_printf("--capture=%s", p->capture));
     g_ptr_array_add(b, g_strdup_printf("--metrics=%s/%s-metrics.jsonl",
                                        fx.dir, name));
-    g_ptr_array_add(b, g_strdup("--once"));
+    if (!fx.no_once)
+        g_ptr_array_add(b, g_strdup("--once"));
     g_ptr_array_add(b, g_strdup("--no-progress"));
     g_ptr_array_add(b, g_strdup("--verbose"));
     for (guint i = 0; src_extra && src_extra[i]; i++)
@@ -243,6 +278,8 @@ fx_fini(void)
     pair_free(fx.pair);
     pair_free(fx.pair2);
     fx.pair = fx.pair2 = NULL;
+    g_clear_pointer(&fx.fwd, fwd_free);
+    fx.via_fwd = fx.no_once = FALSE;
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
     if (fx.dir)
@@ -957,4 +994,474 @@ Test(tunnel, block_72)
               .check = check_disk,
               .data = data};
     run(&c);
+}
+
+/* ---- the tunnel dropped in post-copy (docs/tunnel.md, "What the pair
+ * does on a drop") ---- */
+
+/* A TCP forwarder in a thread of the test: the source side's tunnel goes
+ * through it to dest, and fwd_cut() closes every connection it carries
+ * at once (both ends see the tunnel drop; bytes in flight are lost), while
+ * it goes on accepting new ones. */
+#define FWD_MAX 8
+
+struct Fwd {
+    int lfd, wake[2];
+    guint16 port, to_port;
+    GThread *thread;
+    GMutex lock;
+    gboolean cut, stop;
+    guint cuts, accepted;
+    int a[FWD_MAX], b[FWD_MAX];
+    guint n;
+};
+
+static void
+fwd_close_pair(Fwd *f, guint i)
+{
+    close(f->a[i]);
+    close(f->b[i]);
+    f->a[i] = f->b[i] = -1;
+}
+
+/* One read from `from` written whole to `to`.  @return FALSE at EOF or an
+ * error. */
+static gboolean
+fwd_copy(int from, int to)
+{
+    guint8 buf[65536];
+    ssize_t n = read(from, buf, sizeof(buf));
+    if (n <= 0)
+        return FALSE;
+    for (ssize_t at = 0; at < n;) {
+        ssize_t w = send(to, buf + at, n - at, MSG_NOSIGNAL);
+        if (w <= 0)
+            return FALSE;
+        at += w;
+    }
+    return TRUE;
+}
+
+static gpointer
+fwd_main(gpointer data)
+{
+    Fwd *f = data;
+
+    for (;;) {
+        struct pollfd p[2 + 2 * FWD_MAX];
+        guint np = 0;
+        p[np++] = (struct pollfd){.fd = f->wake[0], .events = POLLIN};
+        p[np++] = (struct pollfd){.fd = f->lfd, .events = POLLIN};
+        for (guint i = 0; i < f->n; i++) {
+            p[np++] = (struct pollfd){.fd = f->a[i], .events = POLLIN};
+            p[np++] = (struct pollfd){.fd = f->b[i], .events = POLLIN};
+        }
+        poll(p, np, 1000);
+        if (p[0].revents) {
+            char c[16];
+            (void)!read(f->wake[0], c, sizeof(c));
+        }
+        g_mutex_lock(&f->lock);
+        gboolean cut = f->cut, stop = f->stop;
+        f->cut = FALSE;
+        g_mutex_unlock(&f->lock);
+        if (cut || stop) {
+            for (guint i = 0; i < f->n; i++)
+                fwd_close_pair(f, i);
+            f->n = 0;
+            g_mutex_lock(&f->lock);
+            f->cuts += cut;
+            g_mutex_unlock(&f->lock);
+            if (stop)
+                return NULL;
+            continue;
+        }
+        guint n = f->n;
+        for (guint i = 0; i < n; i++) {
+            short ra = p[2 + 2 * i].revents, rb = p[3 + 2 * i].revents;
+            if ((ra && !fwd_copy(f->a[i], f->b[i]))
+                || (rb && !fwd_copy(f->b[i], f->a[i])))
+                fwd_close_pair(f, i);
+        }
+        guint k = 0;
+        for (guint i = 0; i < n; i++)
+            if (f->a[i] >= 0) {
+                f->a[k] = f->a[i];
+                f->b[k++] = f->b[i];
+            }
+        f->n = k;
+        if (p[1].revents & POLLIN) {
+            int c = accept(f->lfd, NULL, NULL);
+            if (c < 0)
+                continue;
+            int d = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            struct sockaddr_in to = {.sin_family = AF_INET,
+                                     .sin_port = htons(f->to_port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            if (f->n == FWD_MAX
+                || connect(d, (struct sockaddr *)&to, sizeof(to)) < 0) {
+                close(c);
+                close(d);
+                continue;
+            }
+            f->a[f->n] = c;
+            f->b[f->n++] = d;
+            g_mutex_lock(&f->lock);
+            f->accepted++;
+            g_mutex_unlock(&f->lock);
+        }
+    }
+}
+
+static Fwd *
+fwd_start(guint16 to_port)
+{
+    Fwd *f = g_new0(Fwd, 1);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+
+    f->to_port = to_port;
+    g_mutex_init(&f->lock);
+    f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(f->lfd >= 0);
+    cr_assert_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(f->lfd, 8), 0);
+    cr_assert_eq(getsockname(f->lfd, (struct sockaddr *)&a, &al), 0);
+    f->port = ntohs(a.sin_port);
+    cr_assert_eq(pipe2(f->wake, O_CLOEXEC), 0);
+    f->thread = g_thread_new("fwd", fwd_main, f);
+    return f;
+}
+
+static guint16
+fwd_port(const Fwd *f)
+{
+    return f->port;
+}
+
+static void
+fwd_poke(Fwd *f, gboolean stop)
+{
+    g_mutex_lock(&f->lock);
+    if (stop)
+        f->stop = TRUE;
+    else
+        f->cut = TRUE;
+    g_mutex_unlock(&f->lock);
+    (void)!write(f->wake[1], "x", 1);
+}
+
+/* Cuts every connection through `f`, and waits until it did. */
+static void
+fwd_cut(Fwd *f)
+{
+    g_mutex_lock(&f->lock);
+    guint before = f->cuts;
+    g_mutex_unlock(&f->lock);
+    fwd_poke(f, FALSE);
+    for (;;) {
+        g_mutex_lock(&f->lock);
+        guint now = f->cuts;
+        g_mutex_unlock(&f->lock);
+        if (now > before)
+            return;
+        g_usleep(1000);
+    }
+}
+
+static void
+fwd_free(Fwd *f)
+{
+    if (!f)
+        return;
+    fwd_poke(f, TRUE);
+    g_thread_join(f->thread);
+    close(f->lfd);
+    close(f->wake[0]);
+    close(f->wake[1]);
+    g_mutex_clear(&f->lock);
+    g_free(f);
+}
+
+/* Waits (at most timeout_ms) for `what` in a migproxy's log. */
+static char *
+log_wait(Proc *p, const char *what, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        char *text = log_text(p);
+        if (strstr(text, what))
+            return text;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "no \"%s\" in %s after %u ms:\n%s", what, p->log,
+                  timeout_ms, text);
+        g_free(text);
+        g_usleep(50000);
+    }
+}
+
+/* it_wait_status(), with both migproxy logs when it fails. */
+static void
+wait_status_logged(MpQemu *q, const char *want, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
+    for (;;) {
+        g_autofree char *st = it_migration_status(q);
+        if (strcmp(st, want) == 0)
+            return;
+        if (g_get_monotonic_time() >= deadline) {
+            g_autofree char *slog = log_text(&fx.pair->src);
+            g_autofree char *dlog = log_text(&fx.pair->dst);
+            cr_assert_fail("%s: migration status %s, waited for %s\n"
+                           "source side:\n%s\ndest:\n%s",
+                           mp_qemu_name(q), st, want, slog, dlog);
+        }
+        g_usleep(50000);
+    }
+}
+
+/* The running destination's guest checks its memory: 3 passes, none
+ * corrupt. */
+static void
+assert_guest_verifies(void)
+{
+    const char *path = mp_qemu_console_path(fx.dst);
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = NULL;
+        g_file_get_contents(path, &text, NULL, NULL);
+        cr_assert(!text || !strstr(text, "CORRUPT"), "%s", text);
+        guint passes = 0;
+        for (const char *q = text; q && (q = strstr(q, "verify pass="));
+             q++)
+            passes++;
+        if (passes >= 3)
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "%u verify passes:\n%s", passes, text ? text : "");
+        g_usleep(200000);
+    }
+}
+
+static void
+start_postcopy_pair(const char *name, const char *version,
+                    const char *machine, const char *const *src_extra)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.src = it_start_workload(version, machine, 128,
+                               "mem=64M rate=5000 verify=1", NULL);
+    fx.dst = it_start_destination(version, machine, TRUE, NULL);
+    guint16 qport = mp_qemu_pick_free_port(&err);
+    cr_assert(qport, "%s", err ? err->message : "?");
+    fx.pair = pair_start(name, qport, src_extra);
+    it_cap(fx.src, "postcopy-ram");
+    it_cap(fx.dst, "postcopy-ram");
+    if (fx.preempt) {
+        it_cap(fx.src, "postcopy-preempt");
+        it_cap(fx.dst, "postcopy-preempt");
+    }
+    it_incoming(fx.dst, qport);
+    it_set_int(fx.src, "max-bandwidth", 16 << 20);
+    it_set_int(fx.src, "max-postcopy-bandwidth",
+               fx.postcopy_bw ? fx.postcopy_bw : 16 << 20);
+    it_migrate(fx.src, fx.pair->src_port, FALSE);
+    it_start_postcopy(fx.src, 500);
+    it_wait_status(fx.src, "postcopy-active", 20000);
+    /* the destination runs the guest: it loaded the post-copy package
+     * (a drop before that fails its load, which QEMU cannot recover) */
+    wait_status_logged(fx.dst, "postcopy-active", 20000);
+}
+
+/* The tunnel cut in post-copy (the guest already runs on the
+ * destination): the source side redials, both sides say what they hold
+ * and send again what the other lacks, and the migration completes with
+ * neither QEMU having noticed (no pause: a paused post-copy does not
+ * complete without recovery), the guest's self-check passing, and both
+ * logs and reports saying the tunnel resumed. */
+static void
+postcopy_resume(const char *name, const char *const *src_extra)
+{
+    fx.via_fwd = TRUE;
+    start_postcopy_pair(name, "10.0", "pc-q35-10.0", src_extra);
+    /* POSTCOPY_RUN has gone through the source side's parser */
+    g_usleep(500 * 1000);
+    g_autofree char *before = it_migration_status(fx.src);
+    cr_assert_str_eq(before, "postcopy-active");
+    gint64 t0 = g_get_monotonic_time();
+    fwd_cut(fx.fwd);
+    g_autofree char *slog = log_wait(&fx.pair->src, "resumed after", 30000);
+    g_printerr("tunnel-resume resumed %" G_GINT64_FORMAT " ms after the "
+               "cut\n",
+               (g_get_monotonic_time() - t0) / 1000);
+    /* QEMU did not pause (it would stay paused without recovery) */
+    g_autofree char *mid = it_migration_status(fx.src);
+    cr_assert(strcmp(mid, "postcopy-active") == 0
+                  || strcmp(mid, "completed") == 0,
+              "source QEMU: %s\n%s", mid, slog);
+
+    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    g_free(slog);
+    slog = log_text(&fx.pair->src);
+    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
+                     "completed", "source: %s\nsource side:\n%s\ndest:\n%s",
+                     json_object_to_json_string(src), slog, dlog);
+    json_object *dst = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dst, "status")),
+                     "completed");
+    assert_guest_verifies();
+    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "source side:\n%s",
+                 slog);
+    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0, "dest:\n%s", dlog);
+    g_free(dlog);
+    dlog = log_text(&fx.pair->dst);
+    cr_assert(strstr(dlog, "resumed after"), "%s", dlog);
+    /* what both sides said about the drop */
+    const char *logs[] = {slog, dlog};
+    for (guint i = 0; i < 2; i++) {
+        g_auto(GStrv) lines = g_strsplit(logs[i], "\n", -1);
+        for (guint k = 0; lines[k]; k++)
+            if (strstr(lines[k], "resum"))
+                g_printerr("tunnel-resume log: %s\n", lines[k]);
+    }
+    cr_assert(!strstr(slog, "does not hold") && !strstr(dlog, "does not hold"),
+              "%s\n%s", slog, dlog);
+
+    json_object *rep = read_json(fx.pair->report);
+    json_object *drep = read_json(fx.pair->dst_report);
+    it_validate_json("report", fx.pair->report, FALSE);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed");
+    cr_assert_str_eq(json_object_get_string(it_jget(drep, "outcome")),
+                     "ended");
+    cr_assert_eq(it_jint(rep, "tunnel.resume.drops"), 1);
+    cr_assert_eq(it_jint(rep, "tunnel.resume.resumed"), 1);
+    cr_assert_eq(it_jint(drep, "tunnel.resume.resumed"), 1);
+    /* the page requests crossed the tunnel before and after the cut */
+    cr_assert_gt(it_jint(src, "ram.postcopy-requests"), 0);
+    g_printerr("tunnel-resume source: frames_resent=%" G_GINT64_FORMAT
+               " bytes_resent=%" G_GINT64_FORMAT " kept_bytes_max=%"
+               G_GINT64_FORMAT " down_ms=%.0f; dest: frames_resent=%"
+               G_GINT64_FORMAT " bytes_resent=%" G_GINT64_FORMAT
+               " down_ms=%.0f; requests=%" G_GINT64_FORMAT
+               " total_ms=%" G_GINT64_FORMAT "\n",
+               it_jint(rep, "tunnel.resume.frames_resent"),
+               it_jint(rep, "tunnel.resume.bytes_resent"),
+               it_jint(rep, "tunnel.resume.kept_bytes_max"),
+               it_jnum(rep, "tunnel.resume.down_ms_max"),
+               it_jint(drep, "tunnel.resume.frames_resent"),
+               it_jint(drep, "tunnel.resume.bytes_resent"),
+               it_jnum(drep, "tunnel.resume.down_ms_max"),
+               it_jint(src, "ram.postcopy-requests"),
+               it_jint(src, "total-time"));
+    json_object_put(rep);
+    json_object_put(drep);
+    json_object_put(src);
+    json_object_put(dst);
+}
+
+Test(tunnel, postcopy_resume_100)
+{
+    postcopy_resume("resume", NULL);
+}
+
+/* With postcopy-preempt: the preempt channel, an urgent stream of its
+ * own, is kept and resumed with the main one. */
+Test(tunnel, postcopy_resume_preempt_100)
+{
+    fx.preempt = TRUE;
+    postcopy_resume("resume_preempt", NULL);
+}
+
+/* The same over TLS: the new connection's handshake authenticates both
+ * ends again, and dest takes it as the resume (same host, same client
+ * certificate). */
+Test(tunnel, postcopy_resume_100_tls)
+{
+    g_autofree char *certs = g_build_filename(fx.dir, "tls", NULL);
+    g_mkdir(certs, 0700);
+    it_make_certs(certs);
+    g_autofree char *sc = g_strdup_printf("--tls-cert=%s/source.pem", certs);
+    g_autofree char *sk = g_strdup_printf("--tls-key=%s/source.key", certs);
+    g_autofree char *dc = g_strdup_printf("--tls-cert=%s/dest.pem", certs);
+    g_autofree char *dk = g_strdup_printf("--tls-key=%s/dest.key", certs);
+    g_autofree char *ca = g_strdup_printf("--tls-ca=%s/ca.pem", certs);
+    const char *dst[] = {dc, dk, ca, NULL};
+    const char *src[] = {sc, sk, ca, NULL};
+    fx.dst_extra = dst;
+    postcopy_resume("resume_tls", src);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert(strstr(slog, "TLS, both ends authenticated"), "%s", slog);
+    fx.dst_extra = NULL;
+}
+
+/* Where the tunnel cannot resume (dest restarted: the new one holds no
+ * tunnel): the source side, in post-copy, redials, learns that dest does
+ * not hold the tunnel and resets the migration's connections; both QEMUs
+ * pause post-copy, and QEMU's own recovery (migrate-recover at the
+ * destination, migrate with resume to the source side) goes through the
+ * pair; the migration completes and the guest's self-check passes. */
+Test(tunnel, postcopy_recover_72)
+{
+    g_autoptr(GError) err = NULL;
+
+    fx.no_once = TRUE; /* the pair serves the recovery too */
+    /* post-copy lasts ~16 s: dest restarts while the source QEMU still
+     * sends (a stream already all read by the source side's relay, whose
+     * post-copy lane reads ahead, is not paused but failed by it) */
+    fx.postcopy_bw = 4 << 20;
+    start_postcopy_pair("recover", "7.2", NULL, NULL);
+    g_usleep(300 * 1000);
+
+    /* dest restarts, towards the port the destination will recover on */
+    cr_assert_eq(kill(fx.pair->dst.pid, SIGKILL), 0);
+    while (!proc_exited(&fx.pair->dst))
+        g_usleep(10000);
+    g_clear_pointer(&fx.pair->dst.log, g_free);
+    guint16 qport2 = mp_qemu_pick_free_port(&err);
+    cr_assert(qport2, "%s", err ? err->message : "?");
+    dest_start(fx.pair, "recover2", qport2);
+    g_autofree char *slog = log_wait(&fx.pair->src, "does not hold", 30000);
+    wait_status_logged(fx.src, "postcopy-paused", 30000);
+    wait_status_logged(fx.dst, "postcopy-paused", 30000);
+
+    g_autofree char *duri = g_strdup_printf("tcp:127.0.0.1:%u", qport2);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(duri));
+    json_object *ret = mp_qemu_execute(fx.dst, "migrate-recover", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate-recover: %s", err ? err->message : "?");
+    json_object_put(ret);
+    g_autofree char *suri = g_strdup_printf("tcp:127.0.0.1:%u",
+                                            fx.pair->src_port);
+    args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(suri));
+    json_object_object_add(args, "resume", json_object_new_boolean(TRUE));
+    ret = mp_qemu_execute(fx.src, "migrate", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate resume: %s", err ? err->message : "?");
+    json_object_put(ret);
+
+    json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_free(slog);
+    slog = log_text(&fx.pair->src);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")),
+                     "completed", "%s\nsource side:\n%s\ndest:\n%s",
+                     json_object_to_json_string(info), slog, dlog);
+    json_object *dinfo = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dinfo, "status")),
+                     "completed");
+    assert_guest_verifies();
+    g_free(slog);
+    slog = log_text(&fx.pair->src);
+    cr_assert(strstr(slog, "recovery channel from"), "%s", slog);
+    g_printerr("tunnel-recover requests=%" G_GINT64_FORMAT " total_ms=%"
+               G_GINT64_FORMAT "\n",
+               it_jint(info, "ram.postcopy-requests"),
+               it_jint(info, "total-time"));
+    json_object_put(info);
+    json_object_put(dinfo);
 }

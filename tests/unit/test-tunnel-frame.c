@@ -533,3 +533,40 @@ Test(tunnel_frame, negotiate)
     cr_assert(strstr(err->message, "page sizes differ or are invalid: 4096 "
                                    "here, 65536 at the peer"));
 }
+
+/* A new tunnel is named by the source side's id; a connection resumes it
+ * only when both HELLOs carry that id and both offer RESUME: a dest that
+ * holds no tunnel (0) or another one does not resume, and neither do
+ * two sides without the feature. */
+Test(tunnel_frame, negotiate_resume)
+{
+    MpTunHello a = hello_of(MP_TUN_ROLE_SOURCE);
+    MpTunHello b = hello_of(MP_TUN_ROLE_DEST);
+    MpTunAgreed x, y;
+    g_autoptr(GError) err = NULL;
+
+    a.tunnel_id = 0x1234;
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert_eq(x.tunnel_id, 0x1234);
+    cr_assert_eq(y.tunnel_id, 0x1234);
+    cr_assert_not(x.resumed);
+    cr_assert_not(y.resumed);
+
+    b.tunnel_id = 0x1234;
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert(x.resumed && y.resumed);
+
+    b.tunnel_id = 0x9999;
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert_not(x.resumed || y.resumed);
+    cr_assert_eq(y.tunnel_id, 0x1234);
+
+    b.tunnel_id = 0x1234;
+    b.features &= ~MP_TUN_FEAT_RESUME;
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert_not(x.resumed || y.resumed);
+}

@@ -3,7 +3,10 @@
  * threads write and read): bytes through both directions of several
  * connections arrive whole and in order, ends pass as ends, a connection
  * opened at the source reaches the destination in order, and a tunnel
- * that breaks resets every connection it carried. */
+ * that breaks resets every connection it carried; with resume, a tunnel
+ * cut twice and joined again by new connections delivers every byte of
+ * every connection whole and in order (frames kept until acknowledged,
+ * sent again after each cut). */
 #include "config.h"
 #include <signal.h>
 #include <string.h>
@@ -21,6 +24,7 @@ typedef struct {
     gsize len;       /* bytes to write, then shutdown(SHUT_WR) */
     guint32 seed;
     gboolean keep_open; /* write: no shutdown after the bytes */
+    gint *release;      /* write: shutdown only once this is set */
     guint64 got;     /* read: bytes */
     gboolean same;   /* read: equal to what the other end wrote */
     gboolean reset;  /* read: ended with an error, not EOF */
@@ -55,6 +59,8 @@ writer(gpointer data)
         }
         at += n;
     }
+    while (p->release && !g_atomic_int_get(p->release))
+        g_usleep(1000);
     if (!p->keep_open)
         shutdown(p->fd, SHUT_WR);
     return NULL;
@@ -86,7 +92,7 @@ typedef struct {
     MpTunMux *src, *dst;
     int dst_fds[CONNS]; /* the destination's "QEMU" sockets, in order */
     GSocket *dst_socks[CONNS];
-    guint opened, done_src, done_dst, closed;
+    guint opened, done_src, done_dst, closed, suspended;
     GError *src_error, *dst_error;
     guint16 opens[CONNS];
 } Fixture;
@@ -181,27 +187,54 @@ both_closed(Fixture *f)
     return f->closed == 2;
 }
 
+static void
+on_suspended(MpTunMux *m, const GError *e, gpointer data)
+{
+    ((Fixture *)data)->suspended++;
+}
+
 static const MpTunMuxHooks src_hooks = {
     .stream_done = on_done_src,
     .closed = on_closed_src,
+    .suspended = on_suspended,
 };
 static const MpTunMuxHooks dst_hooks = {
     .open = on_open,
     .stream_done = on_done_dst,
     .closed = on_closed_dst,
+    .suspended = on_suspended,
 };
+
+static gboolean
+both_suspended(Fixture *f)
+{
+    return mp_tun_mux_suspended(f->src) && mp_tun_mux_suspended(f->dst);
+}
+
+/* Lets the main loop run for about `ms`. */
+static void
+spin_for(guint ms)
+{
+    gint64 end = g_get_monotonic_time() + ms * 1000ll;
+    while (g_get_monotonic_time() < end) {
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(100);
+    }
+}
 
 /* Both ends and CONNS connections, 3 MiB * (i + 1) forward and an
  * eighth of that back; `cut`: 8 MiB each that never end, and the tunnel
- * breaks. */
+ * breaks; `resumes`: the tunnel breaks that many times and is joined
+ * again each time, and every byte arrives. */
 static void
-run(gboolean compress, gboolean cut)
+run_resuming(gboolean compress, gboolean cut, guint resumes)
 {
     Fixture f = {0};
     int tv[2];
     Peer fwd_w[CONNS], fwd_r[CONNS], rev_w[CONNS], rev_r[CONNS];
     GThread *threads[4 * CONNS];
     int src_q[CONNS];
+    gint release = 0; /* the connections end only after the cuts */
 
     signal(SIGPIPE, SIG_IGN); /* a reset "QEMU" end: EPIPE, not a kill */
     pair(tv);
@@ -209,6 +242,11 @@ run(gboolean compress, gboolean cut)
     g_autoptr(GSocket) td = gsock(tv[1]);
     MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = compress};
     MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = compress};
+    if (resumes) {
+        so.resume_ms = dop.resume_ms = 10000;
+        so.tunnel_id = 0x5eed;
+        so.resume_any = TRUE;
+    }
     g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
     g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
     f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
@@ -228,6 +266,8 @@ run(gboolean compress, gboolean cut)
         fwd_w[i] = (Peer){.fd = a[0], .len = len, .seed = i, .keep_open = cut};
         fwd_r[i] = (Peer){.fd = b[0], .seed = i};
         rev_w[i] = (Peer){.fd = b[0], .len = len / 8, .seed = 100 + i};
+        if (resumes)
+            fwd_w[i].release = rev_w[i].release = &release;
         rev_r[i] = (Peer){.fd = a[0], .seed = 100 + i};
         g_autoptr(GSocket) local = gsock(a[1]);
         MpTunOpen o = {.session = 1, .connection = i,
@@ -241,6 +281,23 @@ run(gboolean compress, gboolean cut)
         threads[4 * i + 2] = g_thread_new("rw", writer, &rev_w[i]);
         threads[4 * i + 3] = g_thread_new("rr", reader, &rev_r[i]);
     }
+    for (guint r = 0; r < resumes; r++) {
+        /* some bytes through, then the link breaks and comes back */
+        spin_until(all_opened, &f, 5000);
+        spin_until(ready, &f, 5000);
+        spin_for(30);
+        shutdown(r ? tv[0] : tv[1], SHUT_RDWR);
+        spin_until(both_suspended, &f, 10000);
+        cr_assert_eq(f.closed, 0, "the tunnel closed instead of waiting");
+        pair(tv);
+        g_autoptr(GSocket) ts2 = gsock(tv[0]);
+        g_autoptr(GSocket) td2 = gsock(tv[1]);
+        g_autoptr(GIOStream) tss2 = mp_tun_plain_stream(ts2);
+        g_autoptr(GIOStream) tds2 = mp_tun_plain_stream(td2);
+        mp_tun_mux_resume(f.src, tss2, "tunnel to test");
+        mp_tun_mux_resume(f.dst, tds2, "tunnel from test");
+    }
+    g_atomic_int_set(&release, 1);
     if (cut) {
         /* some bytes through, then the tunnel breaks */
         spin_until(all_opened, &f, 5000);
@@ -285,6 +342,31 @@ run(gboolean compress, gboolean cut)
                          raw);
         else
             cr_assert_gt(link, raw);
+        if (resumes) {
+            json_object *rs = json_object_object_get(rep, "resume");
+            json_object *drep = mp_tun_mux_report(f.dst, 0);
+            json_object *rd = json_object_object_get(drep, "resume");
+            cr_assert_eq(json_object_get_int(
+                             json_object_object_get(rs, "resumed")),
+                         resumes);
+            cr_assert_eq(json_object_get_int(
+                             json_object_object_get(rd, "drops")),
+                         resumes);
+            g_printerr("tunnel-mux resume x%u: source resent %" G_GINT64_FORMAT
+                       " frames (%" G_GINT64_FORMAT " bytes), kept at most "
+                       "%" G_GINT64_FORMAT "; dest resent %" G_GINT64_FORMAT
+                       "\n",
+                       resumes,
+                       json_object_get_int64(
+                           json_object_object_get(rs, "frames_resent")),
+                       json_object_get_int64(
+                           json_object_object_get(rs, "bytes_resent")),
+                       json_object_get_int64(
+                           json_object_object_get(rs, "kept_bytes_max")),
+                       json_object_get_int64(
+                           json_object_object_get(rd, "frames_resent")));
+            json_object_put(drep);
+        }
         json_object_put(rep);
         mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
         spin_until(both_closed, &f, 5000);
@@ -302,9 +384,28 @@ run(gboolean compress, gboolean cut)
     g_clear_error(&f.dst_error);
 }
 
+static void
+run(gboolean compress, gboolean cut)
+{
+    run_resuming(compress, cut, 0);
+}
+
 Test(tunnel_mux, both_directions_compressed)
 {
     run(TRUE, FALSE);
+}
+
+/* Cut twice (once each side's socket) mid-stream, joined again by new
+ * connections: every byte of every connection, both ways, arrives whole
+ * and in order, and the tunnel ends cleanly. */
+Test(tunnel_mux, cut_twice_and_resumed)
+{
+    run_resuming(TRUE, FALSE, 2);
+}
+
+Test(tunnel_mux, cut_and_resumed_raw)
+{
+    run_resuming(FALSE, FALSE, 1);
 }
 
 Test(tunnel_mux, both_directions_raw)
@@ -423,4 +524,235 @@ Test(tunnel_mux, refused_connection_keeps_the_tunnel)
     g_object_unref(fp->dst_socks[0]);
     mp_tun_mux_free(fp->src);
     mp_tun_mux_free(fp->dst);
+}
+
+static gboolean
+all_opened_one(Fixture *f)
+{
+    return f->opened == 1;
+}
+
+static gboolean
+src_suspended(Fixture *f)
+{
+    return mp_tun_mux_suspended(f->src);
+}
+
+static gboolean
+second_done(Fixture *f)
+{
+    return f->done_src >= 2 && f->done_dst >= 1;
+}
+
+static gboolean
+src_done_one(Fixture *f)
+{
+    return f->done_src >= 1;
+}
+
+/* The tunnel drops and the source side reconnects to a dest that does
+ * not hold it (restarted): the connection it carried is reset at the
+ * source (QEMU would pause post-copy and recover by itself), the tunnel
+ * is not closed but goes on as a new one, and carries a new connection
+ * whole. */
+Test(tunnel_mux, resume_to_a_fresh_dest_is_a_new_tunnel)
+{
+    Fixture f = {0};
+    int tv[2], a[2], b[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = TRUE,
+                          .resume_ms = 10000, .tunnel_id = 77,
+                          .resume_any = TRUE};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = TRUE,
+                           .resume_ms = 10000};
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+
+    /* a connection that runs when the tunnel drops */
+    pair(a);
+    pair(b);
+    f.dst_socks[0] = gsock(b[1]);
+    Peer w = {.fd = a[0], .len = 1u << 20, .seed = 3, .keep_open = TRUE};
+    GThread *tw = g_thread_new("w", writer, &w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    spin_until(all_opened_one, &f, 5000);
+    spin_for(20);
+    shutdown(tv[1], SHUT_RDWR);
+    spin_until(src_suspended, &f, 10000);
+
+    /* dest restarted: a fresh one, holding no tunnel */
+    mp_tun_mux_free(f.dst);
+    f.dst = NULL;
+    g_object_unref(f.dst_socks[0]);
+    close(b[0]);
+    pair(tv);
+    g_autoptr(GSocket) ts2 = gsock(tv[0]);
+    g_autoptr(GSocket) td2 = gsock(tv[1]);
+    g_autoptr(GIOStream) tss2 = mp_tun_plain_stream(ts2);
+    g_autoptr(GIOStream) tds2 = mp_tun_plain_stream(td2);
+    f.dst = mp_tun_mux_new(tds2, "tunnel from test", &dop, &dst_hooks, &f);
+    mp_tun_mux_resume(f.src, tss2, "tunnel to test");
+    spin_until(ready, &f, 5000);
+    spin_until(src_done_one, &f, 5000);
+    cr_assert_eq(f.closed, 0, "the tunnel closed");
+    /* the source QEMU's connection was reset: its writer stops */
+    g_thread_join(tw);
+    close(a[0]);
+
+    /* the tunnel carries a new connection */
+    int c2[2], d2[2];
+    pair(c2);
+    pair(d2);
+    f.opened = 0;
+    f.dst_socks[0] = gsock(d2[1]);
+    shutdown(d2[0], SHUT_WR);
+    Peer w2 = {.fd = c2[0], .len = 2u << 20, .seed = 4};
+    Peer r2 = {.fd = d2[0], .seed = 4};
+    GThread *t1 = g_thread_new("w2", writer, &w2);
+    GThread *t2 = g_thread_new("r2", reader, &r2);
+    g_autoptr(GSocket) l2 = gsock(c2[1]);
+    MpTunOpen o2 = {.session = 2, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l2, &o2), 0);
+    spin_until(second_done, &f, 30000);
+    g_thread_join(t1);
+    g_thread_join(t2);
+    cr_assert_eq(r2.got, w2.len);
+    cr_assert(r2.same);
+    mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+    spin_until(both_closed, &f, 5000);
+    cr_assert_null(f.src_error, "%s", f.src_error->message);
+    close(c2[0]);
+    close(d2[0]);
+    g_object_unref(f.dst_socks[0]);
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+    g_clear_error(&f.dst_error);
+}
+
+static gboolean
+both_closed_src(Fixture *f)
+{
+    return f->closed >= 1;
+}
+
+static gboolean
+second_done_dst(Fixture *f)
+{
+    return f->done_src >= 2 && f->done_dst >= 2;
+}
+
+static gboolean
+three_closed(Fixture *f)
+{
+    return f->closed >= 3;
+}
+
+static gboolean
+dst_suspended(Fixture *f)
+{
+    return mp_tun_mux_suspended(f->dst);
+}
+
+static gboolean
+dst_done_one(Fixture *f)
+{
+    return f->done_dst >= 1;
+}
+
+/* dest holds a dropped tunnel and the source side comes back with a new
+ * one (it did not resume: a pre-copy drop, or a restarted source side):
+ * dest resets the old connection to its QEMU, is not closed, and carries
+ * the new tunnel's connection whole. */
+Test(tunnel_mux, dest_holding_a_tunnel_takes_a_new_one)
+{
+    Fixture f = {0};
+    int tv[2], a[2], b[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .compress = TRUE,
+                          .resume_ms = 10000, .tunnel_id = 78};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .compress = TRUE,
+                           .resume_ms = 10000};
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+
+    pair(a);
+    pair(b);
+    f.dst_socks[0] = gsock(b[1]);
+    Peer w = {.fd = a[0], .len = 1u << 20, .seed = 5, .keep_open = TRUE};
+    GThread *tw = g_thread_new("w", writer, &w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    spin_until(all_opened_one, &f, 5000);
+    spin_for(20);
+    /* the source side does not resume (no post-copy): its tunnel closes,
+     * dest waits */
+    shutdown(tv[1], SHUT_RDWR);
+    spin_until(dst_suspended, &f, 10000);
+    spin_until(both_closed_src, &f, 10000);
+    g_thread_join(tw);
+    close(a[0]);
+    mp_tun_mux_free(f.src);
+    so.tunnel_id = 79; /* a new tunnel */
+    pair(tv);
+    g_autoptr(GSocket) ts2 = gsock(tv[0]);
+    g_autoptr(GSocket) td2 = gsock(tv[1]);
+    g_autoptr(GIOStream) tss2 = mp_tun_plain_stream(ts2);
+    g_autoptr(GIOStream) tds2 = mp_tun_plain_stream(td2);
+    f.src = mp_tun_mux_new(tss2, "tunnel to test", &so, &src_hooks, &f);
+    mp_tun_mux_resume(f.dst, tds2, "tunnel from test");
+    spin_until(ready, &f, 5000);
+    spin_until(dst_done_one, &f, 5000);
+    cr_assert_eq(f.closed, 1, "dest closed");
+    /* its QEMU connection was closed: what it got, then the end */
+    guint8 x[65536];
+    while (read(b[0], x, sizeof(x)) > 0)
+        ;
+    close(b[0]);
+    g_object_unref(f.dst_socks[0]);
+    cr_assert_eq(mp_tun_mux_tunnel_id(f.dst), 79);
+
+    int c2[2], d2[2];
+    pair(c2);
+    pair(d2);
+    f.opened = 0;
+    f.dst_socks[0] = gsock(d2[1]);
+    shutdown(d2[0], SHUT_WR);
+    Peer w2 = {.fd = c2[0], .len = 2u << 20, .seed = 6};
+    Peer r2 = {.fd = d2[0], .seed = 6};
+    GThread *t1 = g_thread_new("w2", writer, &w2);
+    GThread *t2 = g_thread_new("r2", reader, &r2);
+    g_autoptr(GSocket) l2 = gsock(c2[1]);
+    MpTunOpen o2 = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l2, &o2), 0);
+    spin_until(second_done_dst, &f, 30000);
+    g_thread_join(t1);
+    g_thread_join(t2);
+    cr_assert_eq(r2.got, w2.len);
+    cr_assert(r2.same);
+    mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+    spin_until(three_closed, &f, 5000);
+    close(c2[0]);
+    close(d2[0]);
+    g_object_unref(f.dst_socks[0]);
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+    g_clear_error(&f.src_error);
+    g_clear_error(&f.dst_error);
 }
