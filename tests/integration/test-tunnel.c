@@ -1022,9 +1022,22 @@ Test(tunnel, four_at_once_100)
     g_autoptr(GError) err = NULL;
     guint16 qports[MULTI], listen[MULTI];
 
+    /* the guests boot side by side (it_start_workload() waits for each) */
     for (guint i = 0; i < MULTI; i++) {
-        fx.msrc[i] = it_start_workload("10.0", NULL, MULTI_MIB,
-                                       "mem=16M rate=300", NULL);
+        MpQemuConfig cfg = {
+            .version = "10.0",
+            .label = "src",
+            .memory_mib = MULTI_MIB,
+            .kernel = it_workload(),
+            .append = "mem=16M rate=300",
+        };
+        fx.msrc[i] = mp_qemu_start(&cfg, &err);
+        cr_assert_not_null(fx.msrc[i], "%s", err ? err->message : "?");
+    }
+    for (guint i = 0; i < MULTI; i++) {
+        cr_assert(mp_qemu_wait_console(fx.msrc[i], "workload: READY", 120000,
+                                       &err),
+                  "%s", err ? err->message : "?");
         qports[i] = mp_qemu_pick_free_port(&err);
         cr_assert(qports[i], "%s", err ? err->message : "?");
         fx.mdst[i] = small_destination(MULTI_MIB, qports[i]);
