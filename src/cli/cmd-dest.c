@@ -10,9 +10,9 @@
 #include "tunnel-dest.h"
 
 typedef struct {
-    char *listen, *to, *report;
+    char *listen, *report;
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
-    GStrv allow;
+    GStrv allow, to;
     gboolean once, quiet, verbose, no_compress;
     gint connect_timeout, resume_timeout;
 } DestArgs;
@@ -21,13 +21,13 @@ static void
 dest_args_clear(DestArgs *a)
 {
     g_free(a->listen);
-    g_free(a->to);
     g_free(a->report);
     g_free(a->tls_cert);
     g_free(a->tls_key);
     g_free(a->tls_ca);
     g_free(a->tls_name);
     g_strfreev(a->allow);
+    g_strfreev(a->to);
 }
 
 typedef struct {
@@ -77,7 +77,7 @@ dest_with(const DestArgs *a, int argc, char **argv)
 
     MpTunDestOptions opt = {
         .listen = a->listen,
-        .to = a->to,
+        .to = (const char *const *)a->to,
         .allow = (const char *const *)a->allow,
         .report = a->report,
         .once = a->once,
@@ -105,11 +105,12 @@ dest_with(const DestArgs *a, int argc, char **argv)
                   "memory crosses the network unencrypted and the source is "
                   "not authenticated; accepting tunnels only from --allow "
                   "addresses");
+    g_autofree char *to = g_strjoinv(", ", a->to);
     if (!a->quiet)
         g_message("listening on %s%s, relaying to %s%s",
                   mp_tun_dest_listen_address(dest),
-                  a->tls_cert ? " (TLS, client certificate required)" : "",
-                  a->to, a->once ? " (one tunnel)" : "");
+                  a->tls_cert ? " (TLS, client certificate required)" : "", to,
+                  a->once ? " (one tunnel)" : "");
     int status = mp_tun_dest_run(dest);
     for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
         g_source_remove(ids[i]);
@@ -123,8 +124,11 @@ dest_entries(gpointer store)
     const GOptionEntry entries[] = {
         {"listen", 'l', 0, G_OPTION_ARG_STRING, &a->listen,
          "Where 'migproxy source --peer' connects (required)", "HOST:PORT"},
-        {"to", 't', 0, G_OPTION_ARG_STRING, &a->to,
-         "The destination QEMU's -incoming address (required)", "HOST:PORT"},
+        {"to", 't', 0, G_OPTION_ARG_STRING_ARRAY, &a->to,
+         "The destination QEMU's -incoming address (required). Repeat it "
+         "for migrations side by side: the source side's first --listen "
+         "goes to the first --to, its second to the second, ...",
+         "HOST:PORT"},
         {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &a->allow,
          "Accept tunnels only from this address or network (repeat for "
          "more; required without TLS, optional with it)",
@@ -203,7 +207,11 @@ const MpCommand mp_cmd_dest = {
         "destination QEMU at --to, one at a time in the order the source "
         "QEMU opened them (main first, multifd channels in order), writes "
         "the stream, and sends back what QEMU writes (the return path). One "
-        "tunnel at a time; another is refused while one runs.",
+        "tunnel at a time; another is refused while one runs. Several "
+        "migrations at once share the tunnel: with several --to, a "
+        "migration that came to the source side's Nth --listen goes to the "
+        "Nth --to, each migration's connections in its own order; one "
+        "whose --listen has no --to here is reset, and the others go on.",
     .description =
         "Examples:\n"
         "  qemu-system-x86_64 ... -incoming tcp:127.0.0.1:5555\n"
@@ -212,7 +220,13 @@ const MpCommand mp_cmd_dest = {
         "      --report tunnel.json --once\n"
         "  # over TLS (certificates: docs/tunnel.md, \"TLS\")\n"
         "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 \\\n"
-        "      --tls-cert dest.pem --tls-key dest.key --tls-ca ca.pem\n\n"
+        "      --tls-cert dest.pem --tls-key dest.key --tls-ca ca.pem\n"
+        "  # two migrations at once (two guests, two destination QEMUs); "
+        "the source side\n"
+        "  # has two --listen, in the same order\n"
+        "  migproxy dest --listen 10.0.0.3:7000 --to 127.0.0.1:5555 "
+        "--to 127.0.0.1:5556 \\\n"
+        "      --allow 10.0.0.1\n\n"
         "Security: with --tls-cert, --tls-key and --tls-ca dest takes only "
         "TLS tunnels whose source presents a certificate --tls-ca signed "
         "(and naming --tls-name if given); --allow is then optional. A "

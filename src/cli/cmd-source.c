@@ -13,14 +13,15 @@
 #include "out-file.h"
 #include "rate-pacer.h"
 #include "relay.h"
+#include "tunnel-frame.h"
 #include "tunnel-source.h"
 
 #define FINISH_TIMEOUT_MS 30000
 
 typedef struct {
-    char *listen, *peer, *metrics, *report, *capture, *rate;
+    char *peer, *metrics, *report, *capture, *rate;
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
-    GStrv allow;
+    GStrv allow, listen;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
     gboolean no_zero_runs, no_delta, no_dedup, no_pages, no_adapt;
     gint level, connect_timeout, workers, resume_timeout;
@@ -30,7 +31,7 @@ typedef struct {
 static void
 source_args_clear(SourceArgs *a)
 {
-    g_free(a->listen);
+    g_strfreev(a->listen);
     g_free(a->peer);
     g_free(a->metrics);
     g_free(a->report);
@@ -45,7 +46,7 @@ source_args_clear(SourceArgs *a)
 }
 
 typedef struct {
-    MpRelay *relay;
+    GPtrArray *relays; /* MpRelay*, one per --listen */
     const char *name;
 } StopSignal;
 
@@ -53,41 +54,81 @@ static gboolean
 on_stop_signal(gpointer user_data)
 {
     const StopSignal *s = user_data;
-    mp_relay_stop(s->relay, s->name);
+    for (guint i = 0; i < s->relays->len; i++)
+        mp_relay_stop(g_ptr_array_index(s->relays, i), s->name);
     return G_SOURCE_CONTINUE;
+}
+
+/* One --listen: its relay, and the tunnel's route it uses. */
+typedef struct {
+    MpTunSource *tun;
+    guint route;
+    char *report, *metrics, *capture; /* this relay's files */
+} Route;
+
+static void
+route_clear(Route *r)
+{
+    g_free(r->report);
+    g_free(r->metrics);
+    g_free(r->capture);
 }
 
 static json_object *
 tunnel_report(guint session, gpointer data)
 {
-    return mp_tun_source_report(data);
+    const Route *r = data;
+    return mp_tun_source_report(r->tun, r->route);
 }
 
+/* With several --listen, each relay writes its own files: FILE becomes
+ * FILE-listenN (before the extension: report-listen2.json), DIR
+ * DIR-listenN; stdout (-) and a socket (unix:PATH) are shared.  One
+ * --listen: FILE itself. */
+static char *
+route_path(const char *path, guint route, guint routes, gboolean dir)
+{
+    if (!path || routes <= 1 || strcmp(path, "-") == 0
+        || g_str_has_prefix(path, "unix:"))
+        return g_strdup(path);
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = dir ? NULL : strrchr(base, '.');
+    if (!dot || dot == base)
+        return g_strdup_printf("%s-listen%u", path, route + 1);
+    return g_strdup_printf("%.*s-listen%u%s", (int)(dot - path), path,
+                           route + 1, dot);
+}
+
+/* (the relay passes its report_data, the Route, to these too) */
 static void
 tunnel_link(gint64 *measured_bps, gint64 *paced_bps, double *rtt_ms,
             gpointer data)
 {
-    mp_tun_source_link(data, measured_bps, paced_bps, rtt_ms);
+    const Route *r = data;
+    mp_tun_source_link(r->tun, measured_bps, paced_bps, rtt_ms);
 }
 
 static json_object *
 tunnel_encoders(gpointer data)
 {
-    return mp_tun_source_encoders(data);
+    const Route *r = data;
+    return mp_tun_source_encoders(r->tun);
 }
 
 /* --once: the report the relay wrote gets the tunnel's final counters
  * (the relay reported when its side closed, a moment before the tunnel
  * had every byte). */
 static gboolean
-final_tunnel_report(const char *path, MpTunSource *tun)
+final_tunnel_report(const char *path, MpTunSource *tun, guint route)
 {
     g_autoptr(GError) err = NULL;
     json_object *rep = json_object_from_file(path);
 
     if (!rep)
         return TRUE; /* none written: the relay said why */
-    json_object_object_add(rep, "tunnel", mp_tun_source_report_again(tun));
+    json_object_object_add(rep, "tunnel",
+                           mp_tun_source_report_again(tun, route));
     const char *text = json_object_to_json_string_ext(
         rep, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
     gboolean ok = mp_out_path_replace(path, text, strlen(text), &err);
@@ -138,6 +179,12 @@ source_with(const SourceArgs *a, int argc, char **argv)
     if (argc > 1) {
         fprintf(stderr, "migproxy source: unexpected argument '%s'\n",
                 argv[1]);
+        return 2;
+    }
+    guint routes = g_strv_length(a->listen);
+    if (routes > MP_TUN_ROUTES_MAX) {
+        fprintf(stderr, "migproxy source: --listen: %u given, at most %u\n",
+                routes, MP_TUN_ROUTES_MAX);
         return 2;
     }
     if (a->level < 1 || a->level > 19 || a->connect_timeout <= 0
@@ -194,6 +241,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
             .workers = (guint)a->workers,
             .adapt = !a->no_adapt,
         },
+        .routes = routes,
     };
     if (!a->tls_cert)
         g_warning("the tunnel to %s is plain TCP (no --tls-cert): guest "
@@ -208,57 +256,89 @@ source_with(const SourceArgs *a, int argc, char **argv)
                    : 1;
     }
 
-    MpRelayOptions opt = {
-        .listen = a->listen,
-        .to = mp_tun_source_hop(tun),
-        .metrics = a->metrics,
-        .report = a->report,
-        .capture = a->capture,
-        .once = a->once,
-        .quiet = a->quiet,
-        .progress = lc.tty,
-        .connect_timeout_ms = a->connect_timeout,
-        .no_zero_pages = a->no_zero_pages,
-        /* The tunnel, not the relay, paces the link (the hop is local).
-         * The relay's post-copy lane reads the main channel ahead and puts
-         * a requested page first, so that it does not wait behind the
-         * source QEMU's socket (docs/tunnel.md, "What the pair does
-         * today") */
-        .no_priority = FALSE,
-        .no_pace = TRUE,
-        .allow = (const char *const *)a->allow,
-        .report_extra = tunnel_report,
-        .report_key = "tunnel",
-        .report_data = tun,
-        .link_info = tunnel_link,
-        .encoders_info = tunnel_encoders,
-    };
-    g_autoptr(MpRelay) relay = mp_relay_new(&opt, &err);
-    if (!relay) {
-        fprintf(stderr, "migproxy source: %s\n", err->message);
-        return 1;
+    /* one relay per --listen, each one migration at a time, all on the
+     * one tunnel: route i's hop, dest's i-th --to */
+    g_autoptr(GPtrArray) relays =
+        g_ptr_array_new_with_free_func((GDestroyNotify)mp_relay_free);
+    g_autofree Route *rt = g_new0(Route, routes);
+    for (guint i = 0; i < routes; i++) {
+        Route *r = &rt[i];
+        r->tun = tun;
+        r->route = i;
+        r->report = route_path(a->report, i, routes, FALSE);
+        r->metrics = route_path(a->metrics, i, routes, FALSE);
+        r->capture = route_path(a->capture, i, routes, TRUE);
+        MpRelayOptions opt = {
+            .listen = a->listen[i],
+            .to = mp_tun_source_hop(tun, i),
+            .metrics = r->metrics,
+            .report = r->report,
+            .capture = r->capture,
+            .once = a->once,
+            .quiet = a->quiet,
+            .progress = lc.tty && routes == 1,
+            .connect_timeout_ms = a->connect_timeout,
+            .no_zero_pages = a->no_zero_pages,
+            /* The tunnel, not the relay, paces the link (the hop is
+             * local).  The relay's post-copy lane reads the main channel
+             * ahead and puts a requested page first, so that it does not
+             * wait behind the source QEMU's socket (docs/tunnel.md, "What
+             * the pair does today") */
+            .no_priority = FALSE,
+            .no_pace = TRUE,
+            .allow = (const char *const *)a->allow,
+            .report_extra = tunnel_report,
+            .report_key = "tunnel",
+            .report_data = r,
+            .link_info = tunnel_link,
+            .encoders_info = tunnel_encoders,
+        };
+        MpRelay *relay = mp_relay_new(&opt, &err);
+        if (!relay) {
+            fprintf(stderr, "migproxy source: %s\n", err->message);
+            g_ptr_array_set_size(relays, 0);
+            for (guint k = 0; k < routes; k++)
+                route_clear(&rt[k]);
+            return 1;
+        }
+        g_ptr_array_add(relays, relay);
     }
     StopSignal stops[] = {
-        {relay, "SIGINT"}, {relay, "SIGTERM"}, {relay, "SIGHUP"}};
+        {relays, "SIGINT"}, {relays, "SIGTERM"}, {relays, "SIGHUP"}};
     const int signums[] = {SIGINT, SIGTERM, SIGHUP};
     guint ids[G_N_ELEMENTS(stops)];
     for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
         ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
-    if (!a->quiet)
-        g_message("listening on %s, tunnel to %s%s",
-                  mp_relay_listen_address(relay), a->peer,
-                  a->once ? " (one migration)" : "");
-    int status = mp_relay_run(relay);
+    if (!a->quiet) {
+        g_autoptr(GString) where = g_string_new(NULL);
+        for (guint i = 0; i < relays->len; i++)
+            g_string_append_printf(
+                where, "%s%s", i ? ", " : "",
+                mp_relay_listen_address(g_ptr_array_index(relays, i)));
+        g_message("listening on %s, tunnel to %s%s", where->str, a->peer,
+                  !a->once      ? ""
+                  : routes == 1 ? " (one migration)"
+                                : " (one migration per --listen)");
+    }
+    /* the relays share the main context: each one's loop runs until it
+     * is done, the others' migrations going on meanwhile */
+    int status = 0;
+    for (guint i = 0; i < relays->len; i++)
+        status |= mp_relay_run(g_ptr_array_index(relays, i));
     for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
         g_source_remove(ids[i]);
-    g_clear_pointer(&relay, mp_relay_free);
+    g_ptr_array_set_size(relays, 0);
     if (!mp_tun_source_finish(tun, FINISH_TIMEOUT_MS) && status == 0
         && a->once) {
         g_warning("the tunnel did not end cleanly");
         status = 1;
     }
-    if (a->once && a->report && !final_tunnel_report(a->report, tun))
-        status = 1;
+    for (guint i = 0; i < routes; i++) {
+        if (a->once && rt[i].report
+            && !final_tunnel_report(rt[i].report, tun, i))
+            status = 1;
+        route_clear(&rt[i]);
+    }
     return status;
 }
 
@@ -267,9 +347,11 @@ source_entries(gpointer store)
 {
     SourceArgs *a = store;
     const GOptionEntry entries[] = {
-        {"listen", 'l', 0, G_OPTION_ARG_STRING, &a->listen,
+        {"listen", 'l', 0, G_OPTION_ARG_STRING_ARRAY, &a->listen,
          "Where the source QEMU migrates to (required; 127.0.0.1:PORT when "
-         "QEMU runs on this host)",
+         "QEMU runs on this host). Repeat it for migrations side by side "
+         "over the one tunnel, one at a time each: the Nth --listen goes to "
+         "dest's Nth --to",
          "HOST:PORT"},
         {"peer", 'p', 0, G_OPTION_ARG_STRING, &a->peer,
          "The 'migproxy dest --listen' address on the destination host "
@@ -329,7 +411,8 @@ source_entries(gpointer store)
          NULL},
         {"metrics", 'm', 0, G_OPTION_ARG_FILENAME, &a->metrics,
          "Write metrics as JSON lines while the migration runs, as "
-         "'migproxy relay' does",
+         "'migproxy relay' does (with several --listen, FILE-listenN for "
+         "the Nth; - and unix:PATH are shared)",
          "FILE"},
         {"report", 'r', 0, G_OPTION_ARG_FILENAME, &a->report,
          "Write one JSON document per migration when it ends: the relay's "
@@ -337,15 +420,17 @@ source_entries(gpointer store)
          "under 'tunnel' the bytes each connection put into the tunnel and "
          "the frame bytes they took on the link, and per page encoder its "
          "bytes before and after and its CPU seconds (FILE, FILE-2, ... as "
-         "for 'migproxy relay')",
+         "for 'migproxy relay'; with several --listen, FILE-listenN for the "
+         "Nth: report-listen2.json, report-listen2-2.json, ...)",
          "FILE"},
         {"capture", 'c', 0, G_OPTION_ARG_FILENAME, &a->capture,
          "Record every QEMU connection, both directions, into DIR (new or "
-         "empty), as 'migproxy relay' does",
+         "empty), as 'migproxy relay' does (with several --listen, "
+         "DIR-listenN for the Nth)",
          "DIR"},
         {"once", '1', 0, G_OPTION_ARG_NONE, &a->once,
-         "Exit when the first migration ends and the tunnel has ended "
-         "cleanly (status 0 if both)",
+         "Exit when the first migration ends (of every --listen) and the "
+         "tunnel has ended cleanly (status 0 if all)",
          NULL},
         {"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &a->tls_cert,
          "Run the tunnel over TLS with this PEM certificate (with "
@@ -421,7 +506,11 @@ const MpCommand mp_cmd_source = {
         "checks of their first bytes; --report, --metrics, --capture). "
         "What QEMU writes is read only as fast as the tunnel and the "
         "destination take it (4 MiB per connection in flight at most), so "
-        "QEMU's own bandwidth and downtime estimates see the tunnel's rate.",
+        "QEMU's own bandwidth and downtime estimates see the tunnel's rate. "
+        "With several --listen, several migrations (different guests) go "
+        "through the one tunnel at once, one per --listen, sharing the link "
+        "in turns; dest sends the migrations of the Nth --listen to its Nth "
+        "--to.",
     .description =
         "Examples:\n"
         "  # on the destination host (10.0.0.3): QEMU waits, then dest\n"
@@ -437,6 +526,10 @@ const MpCommand mp_cmd_source = {
         "      --tls-cert dest.pem --tls-key dest.key --tls-ca ca.pem\n"
         "  migproxy source --listen 127.0.0.1:4444 --peer 10.0.0.3:7000 \\\n"
         "      --tls-cert source.pem --tls-key source.key --tls-ca ca.pem\n\n"
+        "  # two guests at once, to dest's two --to (in the same order)\n"
+        "  migproxy source --listen 127.0.0.1:4444 --listen 127.0.0.1:4445 "
+        "\\\n"
+        "      --peer 10.0.0.3:7000 --report report.json\n\n"
         "Failures: if the tunnel drops while the migration is in post-copy "
         "(the guest runs on the destination), source keeps QEMU's "
         "connections open, reconnects to --peer (after 200 ms, then again "

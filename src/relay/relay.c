@@ -173,6 +173,15 @@ session_free(Session *s)
     g_free(s);
 }
 
+/* Nothing left to serve: --once is satisfied, or stopped and every
+ * session over, and every report written. */
+static gboolean
+finished(const MpRelay *r)
+{
+    return (r->once_done || (r->stopping && r->sessions->len == 0))
+           && !r->reports_pending;
+}
+
 static gboolean
 reap(gpointer user_data)
 {
@@ -191,8 +200,7 @@ reap(gpointer user_data)
             i++;
         }
     }
-    if ((r->once_done || (r->stopping && r->sessions->len == 0))
-        && !r->reports_pending)
+    if (finished(r))
         g_main_loop_quit(r->loop);
     return G_SOURCE_REMOVE;
 }
@@ -1427,7 +1435,11 @@ mp_relay_listen_address(const MpRelay *r)
 int
 mp_relay_run(MpRelay *r)
 {
-    g_main_loop_run(r->loop);
+    /* several relays share the main context (`migproxy source` with
+     * several --listen, run one after the other): this one may have
+     * finished while another's loop ran, and its quit came before */
+    if (!finished(r))
+        g_main_loop_run(r->loop);
     if (r->opt.once && r->report_failed)
         return 1;
     if (r->stopping || !r->opt.once)

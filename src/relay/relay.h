@@ -65,8 +65,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpRelay, mp_relay_free)
 const char *mp_relay_listen_address(const MpRelay *r);
 
 /* Serves on the thread-default main context until --once is satisfied or
- * mp_relay_stop().  @return the exit status: 0, or 1 when --once and the
- * migration did not complete or its report could not be written. */
+ * mp_relay_stop() (at once if that happened already, while another
+ * relay on the same context ran).  @return the exit status: 0, or 1 when
+ * --once and the migration did not complete or its report could not be
+ * written. */
 int mp_relay_run(MpRelay *r);
 
 /* Clean shutdown (from a signal handler source): stops listening, closes

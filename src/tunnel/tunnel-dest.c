@@ -11,13 +11,27 @@
 
 #define DEFAULT_TIMEOUT_MS 10000
 
+/* One --to: the destination QEMU of the source side's --listen of the
+ * same rank (MpTunOpen.route).  Its connections go out one at a time, in
+ * the order of their OPENs; routes dial side by side, so one migration's
+ * connections never wait for another's. */
+typedef struct {
+    MpTunDest *d;
+    char *to_str;
+    GSocketAddress *to;
+    GQueue opens; /* stream ids waiting for their QEMU connection */
+    MpTunDial *dial;
+    guint16 dialing;
+} Route;
+
 struct MpTunDest {
     MpTunDestOptions opt;
-    char *listen_str, *to_str, *report_path;
+    char *listen_str, *report_path;
+    char *to_list; /* the --to, ", "-separated, for log lines */
     char *listen_addr;
     GSocket *listener;
     GSource *accept_source;
-    GSocketAddress *to;
+    GPtrArray *routes; /* Route*, one per --to */
     GPtrArray *allow; /* GInetAddressMask* */
     MpTunTlsCtx *tls;    /* NULL: plain TCP */
     GPtrArray *starting; /* Starting*: connections not yet a tunnel */
@@ -31,9 +45,6 @@ struct MpTunDest {
     GTlsCertificate *peer_cert;
     gint64 start_us;
     guint tunnels;
-    GQueue opens; /* stream ids waiting for their QEMU connection */
-    MpTunDial *dial;
-    guint16 dialing;
     MpTunMux *dead;
     guint reap_id;
     gboolean stopping, once_done;
@@ -46,7 +57,7 @@ typedef struct {
     char *who;
 } Starting;
 
-static void connect_next(MpTunDest *d);
+static void connect_next(Route *r);
 
 static void
 starting_free(Starting *st)
@@ -59,11 +70,12 @@ starting_free(Starting *st)
 static void
 on_dialed(MpTunDial *dl, GSocket *sock, const GError *error, gpointer data)
 {
-    MpTunDest *d = data;
-    guint16 stream = d->dialing;
+    Route *r = data;
+    MpTunDest *d = r->d;
+    guint16 stream = r->dialing;
 
-    d->dialing = 0;
-    g_clear_pointer(&d->dial, mp_tun_dial_free);
+    r->dialing = 0;
+    g_clear_pointer(&r->dial, mp_tun_dial_free);
     if (!d->mux)
         return;
     if (sock) {
@@ -71,36 +83,71 @@ on_dialed(MpTunDial *dl, GSocket *sock, const GError *error, gpointer data)
     } else {
         g_message("tunnel stream %u: cannot connect to the destination %s: "
                   "%s; the migration's connection is reset",
-                  stream, d->to_str, error->message);
-        g_autofree char *why = g_strdup_printf("destination %s: %s", d->to_str,
-                                               error->message);
+                  stream, r->to_str, error->message);
+        g_autofree char *why =
+            g_strdup_printf("destination %s: %s", r->to_str, error->message);
         mp_tun_mux_refuse(d->mux, stream, why);
     }
-    connect_next(d);
+    connect_next(r);
 }
 
-/* QEMU's connections go out one at a time, in the order of the OPENs. */
+/* A route's connections go out one at a time, in the order of the
+ * OPENs. */
 static void
-connect_next(MpTunDest *d)
+connect_next(Route *r)
 {
-    if (d->dial || !d->mux || g_queue_is_empty(&d->opens))
+    MpTunDest *d = r->d;
+
+    if (r->dial || !d->mux || g_queue_is_empty(&r->opens))
         return;
-    d->dialing = GPOINTER_TO_UINT(g_queue_pop_head(&d->opens));
-    d->dial = mp_tun_dial_new(d->to,
-                              d->opt.connect_timeout_ms
-                                  ? d->opt.connect_timeout_ms
-                                  : DEFAULT_TIMEOUT_MS,
-                              on_dialed, d);
+    r->dialing = GPOINTER_TO_UINT(g_queue_pop_head(&r->opens));
+    r->dial =
+        mp_tun_dial_new(r->to,
+                        d->opt.connect_timeout_ms ? d->opt.connect_timeout_ms
+                                                  : DEFAULT_TIMEOUT_MS,
+                        on_dialed, r);
+}
+
+static void
+route_stop(Route *r)
+{
+    g_clear_pointer(&r->dial, mp_tun_dial_free);
+    r->dialing = 0;
+    g_queue_clear(&r->opens);
+}
+
+static void
+route_free(Route *r)
+{
+    route_stop(r);
+    g_clear_object(&r->to);
+    g_free(r->to_str);
+    g_free(r);
 }
 
 static void
 mux_open(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
 {
     MpTunDest *d = data;
+
+    if (o->route >= d->routes->len) {
+        /* the source side has more --listen than this side --to: that
+         * migration fails, the others go on */
+        g_autofree char *why = g_strdup_printf(
+            "route %u (the source side's --listen number %u): this dest "
+            "has %u --to",
+            o->route, o->route + 1, d->routes->len);
+        g_message("session %u: connection %u (tunnel stream %u): %s; the "
+                  "migration's connection is reset",
+                  o->session, o->connection, stream, why);
+        mp_tun_mux_refuse(m, stream, why);
+        return;
+    }
+    Route *r = g_ptr_array_index(d->routes, o->route);
     g_debug("session %u: connection %u is tunnel stream %u; connecting to %s",
-            o->session, o->connection, stream, d->to_str);
-    g_queue_push_tail(&d->opens, GUINT_TO_POINTER(stream));
-    connect_next(d);
+            o->session, o->connection, stream, r->to_str);
+    g_queue_push_tail(&r->opens, GUINT_TO_POINTER(stream));
+    connect_next(r);
 }
 
 static void
@@ -116,7 +163,7 @@ mux_ready(MpTunMux *m, gpointer data)
 {
     MpTunDest *d = data;
     if (!d->opt.quiet)
-        g_message("tunnel from %s is up; relaying to %s", d->peer, d->to_str);
+        g_message("tunnel from %s is up; relaying to %s", d->peer, d->to_list);
 }
 
 static gboolean
@@ -141,7 +188,16 @@ write_report(MpTunDest *d, MpTunMux *m, const GError *error)
                         : g_strdup_printf("%s-%u", d->report_path, d->tunnels);
     json_object *rep = json_object_new_object();
     json_object_object_add(rep, "peer", json_object_new_string(d->peer));
-    json_object_object_add(rep, "to", json_object_new_string(d->to_str));
+    json_object *to = json_object_new_array();
+    for (guint i = 0; i < d->routes->len; i++) {
+        const Route *r = g_ptr_array_index(d->routes, i);
+        json_object_array_add(to, json_object_new_string(r->to_str));
+    }
+    /* `to`: the first (the only one, but for several --to); `routes`:
+     * each --to, in order */
+    json_object_object_add(rep, "to",
+                           json_object_get(json_object_array_get_idx(to, 0)));
+    json_object_object_add(rep, "routes", to);
     json_object_object_add(
         rep, "duration_ms",
         json_object_new_double((g_get_monotonic_time() - d->start_us) / 1e3));
@@ -176,9 +232,8 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
         if (error || end_code != MP_TUN_END_DONE)
             d->status = 1;
     }
-    g_clear_pointer(&d->dial, mp_tun_dial_free);
-    d->dialing = 0;
-    g_queue_clear(&d->opens);
+    for (guint i = 0; i < d->routes->len; i++)
+        route_stop(g_ptr_array_index(d->routes, i));
     g_clear_pointer(&d->dead, mp_tun_mux_free);
     d->dead = d->mux;
     d->mux = NULL;
@@ -349,15 +404,14 @@ mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
 
     d->opt = *opt;
     d->listen_str = g_strdup(opt->listen);
-    d->to_str = g_strdup(opt->to);
     d->report_path = g_strdup(opt->report);
-    d->opt.listen = d->opt.to = d->opt.report = NULL;
-    d->opt.allow = NULL;
+    d->opt.listen = d->opt.report = NULL;
+    d->opt.to = d->opt.allow = NULL;
+    d->routes = g_ptr_array_new_with_free_func((GDestroyNotify)route_free);
     d->opt.tls = (MpTunTlsOptions){0}; /* loaded below, not kept */
     d->allow = g_ptr_array_new_with_free_func(g_object_unref);
     d->starting = g_ptr_array_new_with_free_func((GDestroyNotify)starting_free);
     d->loop = g_main_loop_new(NULL, FALSE);
-    g_queue_init(&d->opens);
     for (guint i = 0; opt->allow && opt->allow[i]; i++) {
         g_autoptr(GError) err = NULL;
         GInetAddressMask *m =
@@ -378,8 +432,22 @@ mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
     }
     if (opt->tls.cert && !(d->tls = mp_tun_tls_new(&opt->tls, error)))
         return NULL;
-    if (!(d->to = mp_address_resolve("--to", opt->to, error)))
+    for (guint i = 0; opt->to && opt->to[i]; i++) {
+        Route *r = g_new0(Route, 1);
+        r->d = d;
+        r->to_str = g_strdup(opt->to[i]);
+        g_queue_init(&r->opens);
+        g_ptr_array_add(d->routes, r);
+        if (!(r->to = mp_address_resolve("--to", opt->to[i], error)))
+            return NULL;
+    }
+    if (d->routes->len == 0 || d->routes->len > MP_TUN_ROUTES_MAX) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "--to: %u given, expected 1 to %u", d->routes->len,
+                    MP_TUN_ROUTES_MAX);
         return NULL;
+    }
+    d->to_list = g_strjoinv(", ", (char **)opt->to);
     g_autoptr(GSocketAddress) la = mp_address_resolve("--listen", opt->listen,
                                                   error);
     if (!la)
@@ -421,21 +489,20 @@ mp_tun_dest_free(MpTunDest *d)
     }
     if (d->reap_id)
         g_source_remove(d->reap_id);
-    mp_tun_dial_free(d->dial);
     g_ptr_array_unref(d->starting);
     mp_tun_mux_free(d->mux);
     mp_tun_mux_free(d->dead);
     mp_tun_tls_free(d->tls);
-    g_queue_clear(&d->opens);
+    if (d->routes)
+        g_ptr_array_unref(d->routes);
     if (d->listener) {
         g_socket_close(d->listener, NULL);
         g_object_unref(d->listener);
     }
-    g_clear_object(&d->to);
     g_ptr_array_unref(d->allow);
     g_main_loop_unref(d->loop);
     g_free(d->listen_str);
-    g_free(d->to_str);
+    g_free(d->to_list);
     g_free(d->report_path);
     g_free(d->listen_addr);
     g_free(d->peer);

@@ -3,7 +3,10 @@
  * the destination QEMU's -incoming address, one at a time in the order
  * the source side opened them (QEMU tells its channels apart by their
  * first bytes and counts them in that order: main first, multifd in
- * order), then relays both directions (tunnel-mux.h).
+ * order), then relays both directions (tunnel-mux.h).  With several
+ * `to` (the source side's several --listen, migrations side by side),
+ * a connection goes to the `to` of its route, and each route's
+ * connections go out in their own order, independently of the others.
  *
  * One tunnel at a time: another is refused while one runs.  A tunnel
  * whose link dropped waits `resume_ms` with its QEMU connections open
@@ -25,7 +28,9 @@
 
 typedef struct {
     const char *listen;       /* HOST:PORT the tunnel comes to */
-    const char *to;           /* HOST:PORT of the destination QEMU */
+    const char *const *to;    /* HOST:PORT of each destination QEMU,
+                                 NULL-terminated: route i goes to to[i]
+                                 (MpTunOpen.route; 1..MP_TUN_ROUTES_MAX) */
     const char *const *allow; /* ADDR[/PREFIX], NULL-terminated; not
                                  empty without TLS */
     const char *report;       /* JSON per tunnel, or NULL */

@@ -7,7 +7,7 @@
  *          be64 cache_bytes | be32 max_payload | be64 tunnel_id |
  *          u8 n | software[n] | (later versions append fields)
  *   OPEN   be32 session | be16 connection | u8 channel | u8 index |
- *          be16 reverse_of
+ *          be16 reverse_of | [be16 route, only when not 0]
  *   DATA   raw bytes, or with COMPRESSED: be32 raw_len | zstd chunk
  *   PAGES  a page batch (filters/page-batch.h), opaque here
  *   ACK    { be16 stream | be64 bulk_seq | be64 urgent_seq } *
@@ -20,10 +20,11 @@
 #include <xxhash.h>
 #include "tunnel-frame.h"
 
-#define HELLO_MIN_LEN 41
-#define OPEN_LEN      10
-#define ACK_ENTRY_LEN 18
-#define PING_LEN      16
+#define HELLO_MIN_LEN  41
+#define OPEN_LEN       10
+#define OPEN_ROUTE_LEN 12 /* with the route */
+#define ACK_ENTRY_LEN  18
+#define PING_LEN       16
 
 typedef enum {
     ST_PREAMBLE,
@@ -330,13 +331,21 @@ decode_payload(MpTunParser *p, MpTunFrame *f, GError **error)
     }
     case MP_TUN_OPEN: {
         MpTunOpen *o = &f->u.open;
-        if (f->len != OPEN_LEN)
-            return bad_payload(p, f, error, "expected %u bytes", OPEN_LEN);
+        if (f->len != OPEN_LEN && f->len != OPEN_ROUTE_LEN)
+            return bad_payload(p, f, error, "expected %u or %u bytes", OPEN_LEN,
+                               OPEN_ROUTE_LEN);
         o->session = mp_be32(b);
         o->connection = mp_be16(b + 4);
         o->channel = b[6];
         o->index = b[7];
         o->reverse_of = mp_be16(b + 8);
+        o->route = f->len == OPEN_ROUTE_LEN ? mp_be16(b + 10) : 0;
+        if (f->len == OPEN_ROUTE_LEN && o->route == 0)
+            /* one way to write each OPEN: route 0 is the short form */
+            return bad_payload(p, f, error,
+                               "route 0 written out, expected the %u-byte "
+                               "form",
+                               OPEN_LEN);
         if (o->channel >= MP_TUN_CH__MAX)
             return bad_payload(p, f, error,
                                "channel kind %u, expected 0..%u", o->channel,
@@ -631,14 +640,17 @@ mp_tun_write_hello(GByteArray *out, const MpTunHello *h)
 void
 mp_tun_write_open(GByteArray *out, guint16 stream, const MpTunOpen *o)
 {
-    guint8 b[OPEN_LEN];
+    guint8 b[OPEN_ROUTE_LEN];
 
     mp_put_be32(b, o->session);
     mp_put_be16(b + 4, o->connection);
     b[6] = o->channel;
     b[7] = o->index;
     mp_put_be16(b + 8, o->reverse_of);
-    mp_tun_write_frame(out, MP_TUN_OPEN, 0, stream, 0, b, sizeof(b));
+    /* route 0 (a single --listen) keeps version 1's 10-byte OPEN */
+    mp_put_be16(b + 10, o->route);
+    mp_tun_write_frame(out, MP_TUN_OPEN, 0, stream, 0, b,
+                       o->route ? OPEN_ROUTE_LEN : OPEN_LEN);
 }
 
 void

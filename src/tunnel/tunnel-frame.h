@@ -121,12 +121,20 @@ typedef enum {
     MP_TUN_CH__MAX,
 } MpTunChannel;
 
+/* Routes a side serves (`migproxy source --listen`, `migproxy dest --to`,
+ * each repeatable): a bound on listeners and dial queues, not on the
+ * wire's u16. */
+#define MP_TUN_ROUTES_MAX 64
+
 typedef struct {
     guint32 session;    /* one QEMU migration */
     guint16 connection; /* QEMU connection within the session */
     guint8 channel;     /* MpTunChannel */
     guint8 index;       /* multifd channel number */
     guint16 reverse_of; /* RETURN_PATH: stream id of its MAIN, else 0 */
+    guint16 route;      /* the source side's --listen it came to, from 0:
+                           dest's --to of the same rank (0: not on the
+                           wire, the 10-byte OPEN) */
 } MpTunOpen;
 
 typedef enum {

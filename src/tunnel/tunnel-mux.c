@@ -71,6 +71,9 @@ struct MpTunMux {
     GPtrArray *conns;      /* Conn*, in order */
     guint16 next_id;
     guint live;
+    guint rr;    /* the connection whose read the bulk lane's room goes
+                    to first when it frees (on_drained) */
+    guint rr_id; /* that round, from the main loop */
     guint8 *rbuf, *zbuf;
     gsize zbuf_len;
     guint8 *dbuf;
@@ -1168,12 +1171,46 @@ suspend(MpTunMux *m, MpTunConn *tc, const GError *why)
         m->hooks.suspended(m, error, m->data);
 }
 
+/* The bulk lane has room again: it goes round, one read per connection
+ * from the one after the last served, so that the bulk streams of
+ * several migrations share the link.  (Left to their sockets' sources,
+ * the connection whose source was made first would be dispatched first
+ * after every drain and take all the room: one migration would starve
+ * the others once the link, not QEMU, is what holds them back;
+ * test-tunnel-mux `sessions_share_a_paced_link`.) */
+static gboolean
+drained_round(gpointer data)
+{
+    MpTunMux *m = data;
+    guint n = m->conns->len;
+
+    m->rr_id = 0;
+    /* the link may have dropped since (suspended for a resume) */
+    for (guint k = 0; k < n && linked(m) && mp_tun_conn_bulk_room(m->conn);
+         k++) {
+        guint i = (m->rr + k) % n;
+        Conn *c = g_ptr_array_index(m->conns, i);
+        if (c->out_urgent || !may_read(c))
+            continue;
+        guint64 before = c->read_bytes;
+        conn_read(c);
+        if (c->read_bytes != before)
+            m->rr = i + 1;
+    }
+    for (guint i = 0; i < m->conns->len; i++)
+        conn_watch(g_ptr_array_index(m->conns, i));
+    return G_SOURCE_REMOVE;
+}
+
+/* From the main loop, not here: the writer that drained may be inside a
+ * frame's handling (a failure flushes the queue), and a read reuses the
+ * read buffer. */
 static void
 on_drained(MpTunConn *tc, gpointer data)
 {
     MpTunMux *m = data;
-    for (guint i = 0; i < m->conns->len; i++)
-        conn_watch(g_ptr_array_index(m->conns, i));
+    if (!m->rr_id)
+        m->rr_id = g_idle_add_full(G_PRIORITY_DEFAULT, drained_round, m, NULL);
 }
 
 static void
@@ -1375,6 +1412,8 @@ mp_tun_mux_free(MpTunMux *m)
         return;
     if (m->cap_id)
         g_source_remove(m->cap_id);
+    if (m->rr_id)
+        g_source_remove(m->rr_id);
     if (m->enc_done)
         json_object_put(m->enc_done);
     if (m->last_link)
@@ -1523,6 +1562,17 @@ mp_tun_mux_live(const MpTunMux *m)
     return m->live;
 }
 
+guint
+mp_tun_mux_session_live(const MpTunMux *m, guint32 session)
+{
+    guint n = 0;
+    for (guint i = 0; i < m->conns->len; i++) {
+        const Conn *c = g_ptr_array_index(m->conns, i);
+        n += c->open.session == session && !c->done;
+    }
+    return n;
+}
+
 gboolean
 mp_tun_mux_ready(const MpTunMux *m)
 {
@@ -1577,15 +1627,27 @@ dir_report(guint64 qemu_bytes, guint64 link_bytes)
 json_object *
 mp_tun_mux_report(const MpTunMux *m, guint since)
 {
+    return mp_tun_mux_report_route(m, since, -1);
+}
+
+json_object *
+mp_tun_mux_report_route(const MpTunMux *m, guint since, int route)
+{
     json_object *o = json_object_new_object(), *chans = json_object_new_array();
     gboolean src = m->opt.role == MP_TUN_ROLE_SOURCE;
+    guint64 frames_out = 0, frames_in = 0;
 
     for (guint i = since; i < m->conns->len; i++) {
         const Conn *c = g_ptr_array_index(m->conns, i);
+        if (route >= 0 && c->open.route != route)
+            continue;
+        frames_out += c->link_out;
+        frames_in += c->link_in;
         json_object *j = json_object_new_object();
         json_object_object_add(j, "connection", json_object_new_int(c->number));
         json_object_object_add(j, "session",
                                json_object_new_int64(c->open.session));
+        json_object_object_add(j, "route", json_object_new_int(c->open.route));
         json_object_object_add(j, "stream", json_object_new_int(c->fwd));
         json_object_object_add(
             j, "kind", json_object_new_string(kind_name(c->open.channel, 0)));
@@ -1626,6 +1688,12 @@ mp_tun_mux_report(const MpTunMux *m, guint since)
             ? mp_tun_link_report(mp_tun_conn_link(m->conn))
             : json_object_get(m->last_link));
     json_object_object_add(o, "resume", resume_report(m));
+    /* the link bytes of the connections listed (their DATA and PAGES
+     * frames): a session's share when several run at once */
+    json_object_object_add(o, "channels_link_bytes_out",
+                           json_object_new_int64(frames_out));
+    json_object_object_add(o, "channels_link_bytes_in",
+                           json_object_new_int64(frames_in));
     json_object_object_add(o, "channels", chans);
     return o;
 }

@@ -135,6 +135,8 @@ void mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name);
 guint64 mp_tun_mux_tunnel_id(const MpTunMux *m);
 /* Connections whose streams have not both ended. */
 guint mp_tun_mux_live(const MpTunMux *m);
+/* The same, of session `session` only (MpTunOpen.session). */
+guint mp_tun_mux_session_live(const MpTunMux *m, guint32 session);
 gboolean mp_tun_mux_ready(const MpTunMux *m);
 
 /* `{link_bytes_in, link_bytes_out, compress, link, resume: {on,
@@ -146,6 +148,11 @@ gboolean mp_tun_mux_ready(const MpTunMux *m);
  * tunnel.  `since`: connections first seen at or after this mux
  * connection number only (mp_tun_mux_connections() before a session). */
 json_object *mp_tun_mux_report(const MpTunMux *m, guint since);
+/* The same, of the connections of route `route` only (MpTunOpen.route;
+ * -1: all); each channel also says its `session` and `route`, and
+ * `channels_link_bytes_out` / `_in` sum the frame bytes of the channels
+ * listed (a session's share of the link). */
+json_object *mp_tun_mux_report_route(const MpTunMux *m, guint since, int route);
 /* Source side: the page encoders' counters over the tunnel's main
  * streams so far, `{zero_runs, dedup, delta, zstd: {on, bytes_in,
  * bytes_out, cpu_s}}` (`on`: on in a stream that runs now); NULL before

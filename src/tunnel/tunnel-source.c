@@ -38,13 +38,30 @@ typedef struct {
     gint64 since_us;
 } HopConn;
 
+/* One --listen of `migproxy source`: its relay connects to this route's
+ * hop, so a hop connection's route says which relay, hence which
+ * migration, it belongs to, and dest which --to it goes to.  The relay
+ * admits one migration at a time, so a route carries one session at a
+ * time; routes run side by side. */
+typedef struct {
+    MpTunSource *s;
+    guint16 index;
+    GSocket *hop;
+    char *hop_addr;
+    GSource *hop_source;
+    GQueue wait;        /* HopConn*, accept order: waiting for their kind */
+    guint32 session;    /* the session it carries now (0: none yet) */
+    guint16 in_session; /* connections of it */
+    gboolean session_has_main;
+    guint reported; /* mux connections already in a report */
+    guint since;    /* where the last report began */
+} Route;
+
 struct MpTunSource {
     MpTunSourceOptions opt;
     char *peer_str;
     GSocketAddress *peer;
-    GSocket *hop;
-    char *hop_addr;
-    GSource *hop_source;
+    GPtrArray *routes; /* Route*, one per --listen */
     MpTunDial *dial;
     MpTunTlsCtx *tls;        /* NULL: plain TCP */
     MpTunTlsStart *start; /* the TLS handshake of a new tunnel */
@@ -53,18 +70,13 @@ struct MpTunSource {
     MpTunMux *last; /* the tunnel that closed last: its counters */
     guint retry_id;
     GError *last_error;
-    guint32 session;     /* numbers the migrations carried */
-    guint16 in_session;  /* connections of the current one */
-    guint reported;      /* mux connections already in a report */
-    guint since;         /* where the last report began */
+    guint32 session;     /* numbers the migrations carried, all routes */
     gboolean ended;      /* the last tunnel closed: clean END both ways */
     gboolean up;         /* the current tunnel's handshake is done */
     gboolean unheard;    /* the last one closed before the peer's HELLO */
     gboolean finishing;
     gint64 start_us;
-    GQueue hop_wait; /* HopConn*, accept order: waiting for their kind */
     guint classify_id;
-    gboolean session_has_main;
 };
 
 static void dial(MpTunSource *s);
@@ -188,7 +200,10 @@ start_mux(MpTunSource *s, GIOStream *stream)
         .tunnel_id = id,
     };
     s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
-    s->reported = s->since = 0;
+    for (guint i = 0; i < s->routes->len; i++) {
+        Route *r = g_ptr_array_index(s->routes, i);
+        r->reported = r->since = 0;
+    }
 }
 
 static void
@@ -285,12 +300,11 @@ hop_conn_free(HopConn *h)
 /* The channel a hop connection's first `n` bytes show (relay-admit.c
  * checked them already; this only names them): TRUE when decided. */
 static gboolean
-kind_of(MpTunSource *s, const guint8 *b, gssize n, gboolean timed_out,
-        MpTunOpen *o)
+kind_of(Route *r, const guint8 *b, gssize n, gboolean timed_out, MpTunOpen *o)
 {
     if (n >= 4 && memcmp(b, "QEVM", 4) == 0) {
         o->channel = MP_TUN_CH_MAIN;
-        s->session_has_main = TRUE;
+        r->session_has_main = TRUE;
         return TRUE;
     }
     if (n >= 4 && mp_be32(b) == MFD_MAGIC) {
@@ -312,40 +326,47 @@ kind_of(MpTunSource *s, const guint8 *b, gssize n, gboolean timed_out,
     if (!timed_out && n != 0)
         return FALSE;
     /* silent (7.2's preempt channel), or closed at once */
-    o->channel = s->session_has_main && n != 0 ? MP_TUN_CH_PREEMPT
-                                               : MP_TUN_CH_UNKNOWN;
+    o->channel =
+        r->session_has_main && n != 0 ? MP_TUN_CH_PREEMPT : MP_TUN_CH_UNKNOWN;
     return TRUE;
 }
 
 static gboolean classify_tick(gpointer data);
 
-/* Opens the waiting hop connections whose kind is known, in order. */
+/* Opens the waiting hop connections whose kind is known, in order (per
+ * route: one route's silent connection holds back none of another's). */
 static void
 classify(MpTunSource *s)
 {
     HopConn *h;
     gint64 now = g_get_monotonic_time();
+    gboolean waiting = FALSE;
 
-    while ((h = g_queue_peek_head(&s->hop_wait))) {
-        if (!s->mux || !mp_tun_mux_ready(s->mux)) {
-            reset_close(h->sock);
-            hop_conn_free(g_queue_pop_head(&s->hop_wait));
-            continue;
+    for (guint i = 0; i < s->routes->len; i++) {
+        Route *r = g_ptr_array_index(s->routes, i);
+        while ((h = g_queue_peek_head(&r->wait))) {
+            if (!s->mux || !mp_tun_mux_ready(s->mux)) {
+                reset_close(h->sock);
+                hop_conn_free(g_queue_pop_head(&r->wait));
+                continue;
+            }
+            guint8 b[32];
+            /* a peek: the bytes stay for the mux to read */
+            gssize n = recv(g_socket_get_fd(h->sock), b, sizeof(b),
+                            MSG_PEEK | MSG_DONTWAIT);
+            if (!kind_of(r, b, n, now - h->since_us >= CLASSIFY_MS * 1000,
+                         &h->open))
+                break;
+            guint16 id = mp_tun_mux_add(s->mux, h->sock, &h->open);
+            g_debug("session %u (route %u): connection %u (%s %u) is "
+                    "tunnel stream %u",
+                    h->open.session, h->open.route, h->open.connection,
+                    mp_tun_channel_name(h->open.channel), h->open.index, id);
+            hop_conn_free(g_queue_pop_head(&r->wait));
         }
-        guint8 b[32];
-        /* a peek: the bytes stay for the mux to read */
-        gssize n = recv(g_socket_get_fd(h->sock), b, sizeof(b),
-                        MSG_PEEK | MSG_DONTWAIT);
-        if (!kind_of(s, b, n, now - h->since_us >= CLASSIFY_MS * 1000,
-                     &h->open))
-            break;
-        guint16 id = mp_tun_mux_add(s->mux, h->sock, &h->open);
-        g_debug("session %u: connection %u (%s %u) is tunnel stream %u",
-                h->open.session, h->open.connection,
-                mp_tun_channel_name(h->open.channel), h->open.index, id);
-        hop_conn_free(g_queue_pop_head(&s->hop_wait));
+        waiting |= !g_queue_is_empty(&r->wait);
     }
-    if (!g_queue_is_empty(&s->hop_wait) && !s->classify_id)
+    if (waiting && !s->classify_id)
         s->classify_id = g_timeout_add(CLASSIFY_POLL_MS, classify_tick, s);
 }
 
@@ -361,14 +382,15 @@ classify_tick(gpointer data)
 static gboolean
 on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
 {
-    MpTunSource *s = data;
+    Route *r = data;
+    MpTunSource *s = r->s;
 
     for (;;) {
         g_autoptr(GError) err = NULL;
         g_autoptr(GSocket) sock = g_socket_accept(listener, NULL, &err);
         if (!sock) {
             if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-                g_warning("hop %s: accept: %s", s->hop_addr, err->message);
+                g_warning("hop %s: accept: %s", r->hop_addr, err->message);
             break;
         }
         if (!hop_peer_is_ours(sock)) {
@@ -377,7 +399,7 @@ on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
             g_autofree char *who = mp_address_string(pa);
             g_message("hop %s: a connection from %s, not from this "
                       "process; closed",
-                      s->hop_addr, who);
+                      r->hop_addr, who);
             reset_close(sock);
             continue;
         }
@@ -389,21 +411,77 @@ on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
             reset_close(sock);
             continue;
         }
-        if (mp_tun_mux_live(s->mux) == 0 && g_queue_is_empty(&s->hop_wait)) {
-            s->session++;
-            s->in_session = 0;
-            s->session_has_main = FALSE;
+        /* the route's migration is over (or on a tunnel gone): a new
+         * one begins */
+        if (!r->session
+            || (mp_tun_mux_session_live(s->mux, r->session) == 0
+                && g_queue_is_empty(&r->wait))) {
+            r->session = ++s->session;
+            r->in_session = 0;
+            r->session_has_main = FALSE;
         }
         HopConn *h = g_new0(HopConn, 1);
         h->sock = g_object_ref(sock);
         g_socket_set_blocking(sock, FALSE);
-        h->open.session = s->session;
-        h->open.connection = s->in_session++;
+        h->open.session = r->session;
+        h->open.connection = r->in_session++;
+        h->open.route = r->index;
         h->since_us = g_get_monotonic_time();
-        g_queue_push_tail(&s->hop_wait, h);
+        g_queue_push_tail(&r->wait, h);
     }
     classify(s);
     return G_SOURCE_CONTINUE;
+}
+
+static void
+route_free(Route *r)
+{
+    if (r->hop_source) {
+        g_source_destroy(r->hop_source);
+        g_source_unref(r->hop_source);
+    }
+    g_queue_clear_full(&r->wait, (GDestroyNotify)hop_conn_free);
+    if (r->hop) {
+        g_socket_close(r->hop, NULL);
+        g_object_unref(r->hop);
+    }
+    g_free(r->hop_addr);
+    g_free(r);
+}
+
+/* Route `index`'s hop: a loopback listener of its own. */
+static Route *
+route_new(MpTunSource *s, guint index, GError **error)
+{
+    Route *r = g_new0(Route, 1);
+    r->s = s;
+    r->index = index;
+    g_queue_init(&r->wait);
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
+    r->hop = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                          G_SOCKET_PROTOCOL_TCP, error);
+    if (!r->hop) {
+        route_free(r);
+        return NULL;
+    }
+    g_socket_set_blocking(r->hop, FALSE);
+    g_socket_set_listen_backlog(r->hop, 300);
+    g_socket_set_option(r->hop, SOL_SOCKET, SO_RCVBUF, HOP_RCVBUF, NULL);
+    g_autoptr(GSocketAddress) bound = NULL;
+    if (!g_socket_bind(r->hop, la, FALSE, error)
+        || !g_socket_listen(r->hop, error)
+        || !(bound = g_socket_get_local_address(r->hop, error))) {
+        g_prefix_error(error, "the hop to the tunnel: ");
+        route_free(r);
+        return NULL;
+    }
+    r->hop_addr = mp_address_string(bound);
+    r->hop_source = g_socket_create_source(r->hop, G_IO_IN, NULL);
+    g_source_set_callback(r->hop_source, G_SOURCE_FUNC(on_hop_accept), r, NULL);
+    g_source_attach(r->hop_source, NULL);
+    return r;
 }
 
 MpTunSource *
@@ -422,28 +500,13 @@ mp_tun_source_new(const MpTunSourceOptions *opt, GError **error)
         return NULL;
     if (opt->tls.cert && !(s->tls = mp_tun_tls_new(&opt->tls, error)))
         return NULL;
-    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
-    g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
-    s->hop = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                          G_SOCKET_PROTOCOL_TCP, error);
-    if (!s->hop)
-        return NULL;
-    g_socket_set_blocking(s->hop, FALSE);
-    g_socket_set_listen_backlog(s->hop, 300);
-    g_socket_set_option(s->hop, SOL_SOCKET, SO_RCVBUF, HOP_RCVBUF, NULL);
-    if (!g_socket_bind(s->hop, la, FALSE, error)
-        || !g_socket_listen(s->hop, error)) {
-        g_prefix_error(error, "the hop to the tunnel: ");
-        return NULL;
+    s->routes = g_ptr_array_new_with_free_func((GDestroyNotify)route_free);
+    for (guint i = 0; i < MAX(opt->routes, 1); i++) {
+        Route *r = route_new(s, i, error);
+        if (!r)
+            return NULL;
+        g_ptr_array_add(s->routes, r);
     }
-    g_autoptr(GSocketAddress) bound = g_socket_get_local_address(s->hop, error);
-    if (!bound)
-        return NULL;
-    s->hop_addr = mp_address_string(bound);
-    s->hop_source = g_socket_create_source(s->hop, G_IO_IN, NULL);
-    g_source_set_callback(s->hop_source, G_SOURCE_FUNC(on_hop_accept), s,
-                          NULL);
-    g_source_attach(s->hop_source, NULL);
     dial(s);
     return g_steal_pointer(&s);
 }
@@ -453,27 +516,19 @@ mp_tun_source_free(MpTunSource *s)
 {
     if (!s)
         return;
-    if (s->hop_source) {
-        g_source_destroy(s->hop_source);
-        g_source_unref(s->hop_source);
-    }
+    if (s->routes)
+        g_ptr_array_unref(s->routes);
     if (s->retry_id)
         g_source_remove(s->retry_id);
     if (s->classify_id)
         g_source_remove(s->classify_id);
-    g_queue_clear_full(&s->hop_wait, (GDestroyNotify)hop_conn_free);
     mp_tun_dial_free(s->dial);
     mp_tun_tls_start_free(s->start);
     mp_tun_mux_free(s->mux);
     mp_tun_mux_free(s->last);
     mp_tun_tls_free(s->tls);
-    if (s->hop) {
-        g_socket_close(s->hop, NULL);
-        g_object_unref(s->hop);
-    }
     g_clear_object(&s->peer);
     g_clear_error(&s->last_error);
-    g_free(s->hop_addr);
     g_free(s->peer_str);
     g_free(s);
 }
@@ -509,16 +564,20 @@ mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms, GError **error)
 }
 
 const char *
-mp_tun_source_hop(const MpTunSource *s)
+mp_tun_source_hop(const MpTunSource *s, guint route)
 {
-    return s->hop_addr;
+    const Route *r = g_ptr_array_index(s->routes, route);
+    return r->hop_addr;
 }
 
 static json_object *
-report_from(MpTunSource *s, guint since)
+report_from(MpTunSource *s, const Route *r)
 {
     MpTunMux *m = s->mux ? s->mux : s->last;
-    json_object *o = m ? mp_tun_mux_report(m, since) : json_object_new_object();
+    /* a single route reports as before: every connection */
+    int route = s->routes->len > 1 ? r->index : -1;
+    json_object *o = m ? mp_tun_mux_report_route(m, r->since, route)
+                       : json_object_new_object();
 
     json_object_object_add(o, "peer", json_object_new_string(s->peer_str));
     json_object_object_add(o, "up", json_object_new_boolean(
@@ -533,19 +592,20 @@ report_from(MpTunSource *s, guint since)
 }
 
 json_object *
-mp_tun_source_report(MpTunSource *s)
+mp_tun_source_report(MpTunSource *s, guint route)
 {
+    Route *r = g_ptr_array_index(s->routes, route);
     MpTunMux *m = s->mux ? s->mux : s->last;
-    s->since = s->reported;
+    r->since = r->reported;
     if (m)
-        s->reported = mp_tun_mux_connections(m);
-    return report_from(s, s->since);
+        r->reported = mp_tun_mux_connections(m);
+    return report_from(s, r);
 }
 
 json_object *
-mp_tun_source_report_again(MpTunSource *s)
+mp_tun_source_report_again(MpTunSource *s, guint route)
 {
-    return report_from(s, s->since);
+    return report_from(s, g_ptr_array_index(s->routes, route));
 }
 
 void

@@ -39,6 +39,8 @@ typedef struct {
     gboolean pages;      /* RAM pages as PAGES (tunnel-pages-out.h) */
     MpTunPagesOptions pages_opt;
     guint resume_ms;     /* --resume-timeout (0: no resume) */
+    guint routes; /* hops, one per --listen (0: 1); route i's connections
+                     go to dest's --to i (MpTunOpen.route) */
 } MpTunSourceOptions;
 
 typedef struct MpTunSource MpTunSource;
@@ -57,18 +59,20 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunSource, mp_tun_source_free)
 gboolean mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms,
                                   GError **error);
 
-/* "127.0.0.1:PORT": the relay's --to (borrowed). */
-const char *mp_tun_source_hop(const MpTunSource *s);
+/* "127.0.0.1:PORT": the --to of route `route`'s relay (borrowed). */
+const char *mp_tun_source_hop(const MpTunSource *s, guint route);
 
-/* The tunnel's part of a session report: connections carried since the
- * last call (the relay serves one migration at a time), link bytes, and
- * the tunnel's state.  A snapshot: the relay reports when its side of
- * the connections closed, which can be a moment before the last bytes
- * were read into the tunnel.  Caller owns. */
-json_object *mp_tun_source_report(MpTunSource *s);
-/* The same connections as the last mp_tun_source_report(), with their
- * counters now (after mp_tun_source_finish(): final).  Caller owns. */
-json_object *mp_tun_source_report_again(MpTunSource *s);
+/* The tunnel's part of a session report of route `route`'s relay:
+ * the route's connections carried since its last call (a relay serves
+ * one migration at a time; with one route, every connection), link bytes
+ * (the whole tunnel's), and the tunnel's state.  A snapshot: the relay
+ * reports when its side of the connections closed, which can be a
+ * moment before the last bytes were read into the tunnel.  Caller owns. */
+json_object *mp_tun_source_report(MpTunSource *s, guint route);
+/* The same connections as the route's last mp_tun_source_report(), with
+ * their counters now (after mp_tun_source_finish(): final).  Caller
+ * owns. */
+json_object *mp_tun_source_report_again(MpTunSource *s, guint route);
 
 /* The current tunnel's link (tunnel-link.h) in bits per second and ms,
  * < 0 where not known (no tunnel, not measured, not paced, no PONG). */

@@ -33,6 +33,9 @@
  * forwarder in the test) in post-copy and the pair resumes it unseen by
  * QEMU; postcopy_recover_72 restarts dest in post-copy, so the tunnel
  * cannot resume, and QEMU's own recovery goes through the pair.
+ * Issue 10 item 8: four_at_once_100, four guests migrating at the same
+ * time through one pair (four --listen, four --to); route_without_to, a
+ * --listen that dest has no --to for fails that migration alone.
  */
 #include "config.h"
 #include <errno.h>
@@ -72,9 +75,11 @@ typedef struct Fwd Fwd;
 static Fwd *fwd_start(guint16 to_port);
 static guint16 fwd_port(const Fwd *f);
 static void fwd_free(Fwd *f);
+#define MULTI 4 /* migrations at once through one pair (four_at_once_100) */
 
 static struct {
     MpQemu *src, *dst;
+    MpQemu *msrc[MULTI], *mdst[MULTI];
     Pair *pair, *pair2;
     char *dir;
     const char *const *dst_extra; /* more arguments of dest */
@@ -282,6 +287,10 @@ fx_fini(void)
     fx.via_fwd = fx.no_once = FALSE;
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
+    for (guint i = 0; i < MULTI; i++) {
+        g_clear_pointer(&fx.msrc[i], mp_qemu_free);
+        g_clear_pointer(&fx.mdst[i], mp_qemu_free);
+    }
     if (fx.dir)
         it_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
@@ -1464,4 +1473,292 @@ Test(tunnel, postcopy_recover_72)
                it_jint(info, "total-time"));
     json_object_put(info);
     json_object_put(dinfo);
+}
+
+/* Starts dest (--once, one --to per `qports`) and source (--once, `n_listen`
+ * --listen) as pair_start() does, without --capture; the source side's
+ * ports in `listen`.  Files under dir/NAME-*. */
+static Pair *
+multi_start(const char *name, const guint16 *qports, guint n_to, guint n_listen,
+            guint16 *listen)
+{
+    g_autoptr(GError) err = NULL;
+    Pair *p = g_new0(Pair, 1);
+    g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) b = g_ptr_array_new_with_free_func(g_free);
+
+    p->src.status = p->dst.status = -1;
+    p->dst_port = mp_qemu_pick_free_port(&err);
+    cr_assert(p->dst_port, "%s", err ? err->message : "?");
+    p->report = g_strdup_printf("%s/%s-report.json", fx.dir, name);
+    p->dst_report = g_strdup_printf("%s/%s-dest.json", fx.dir, name);
+    g_ptr_array_add(a, g_strdup("dest"));
+    g_ptr_array_add(a, g_strdup_printf("--listen=127.0.0.1:%u", p->dst_port));
+    for (guint i = 0; i < n_to; i++)
+        g_ptr_array_add(a, g_strdup_printf("--to=127.0.0.1:%u", qports[i]));
+    g_ptr_array_add(a, g_strdup("--allow=127.0.0.1"));
+    g_ptr_array_add(a, g_strdup_printf("--report=%s", p->dst_report));
+    g_ptr_array_add(a, g_strdup("--once"));
+    g_ptr_array_add(a, g_strdup("--verbose"));
+    g_autofree char *dlog = g_strdup_printf("%s/%s-dest.log", fx.dir, name);
+    proc_start(&p->dst, dlog, a);
+
+    g_ptr_array_add(b, g_strdup("source"));
+    for (guint i = 0; i < n_listen; i++) {
+        listen[i] = mp_qemu_pick_free_port(&err);
+        cr_assert(listen[i], "%s", err ? err->message : "?");
+        g_ptr_array_add(b, g_strdup_printf("--listen=127.0.0.1:%u", listen[i]));
+    }
+    p->src_port = listen[0];
+    g_ptr_array_add(b, g_strdup_printf("--peer=127.0.0.1:%u", p->dst_port));
+    g_ptr_array_add(b, g_strdup_printf("--report=%s", p->report));
+    g_ptr_array_add(
+        b, g_strdup_printf("--metrics=%s/%s-metrics.jsonl", fx.dir, name));
+    g_ptr_array_add(b, g_strdup("--once"));
+    g_ptr_array_add(b, g_strdup("--no-progress"));
+    g_ptr_array_add(b, g_strdup("--verbose"));
+    g_autofree char *slog = g_strdup_printf("%s/%s-source.log", fx.dir, name);
+    proc_start(&p->src, slog, b);
+    return p;
+}
+
+/* A paused destination QEMU of `mib` MiB waiting on `port`. */
+static MpQemu *
+small_destination(guint mib, guint16 port)
+{
+    g_autoptr(GError) err = NULL;
+    MpQemuConfig cfg = {
+        .version = "10.0",
+        .label = "dst",
+        .memory_mib = mib,
+        .paused = TRUE,
+        .incoming = "defer",
+    };
+    MpQemu *q = mp_qemu_start(&cfg, &err);
+    cr_assert_not_null(q, "%s", err ? err->message : "?");
+    it_incoming(q, port);
+    return q;
+}
+
+#define MULTI_MIB 64
+
+/* Issue 10 item 8: four guests (10.0, 64 MiB, dirtying 16 MiB) migrate at
+ * the same time through one pair, `migproxy source` with four --listen
+ * and `migproxy dest` with four --to: each destination gets its own
+ * guest's memory (pmemsave, byte for byte), each session's report covers
+ * its own connections (route, session), dest opened each route's
+ * connections to its own QEMU, and the four overlapped in time.  Prints
+ * the link bytes per session and, from the --metrics lines, each
+ * session's stream bytes per second ("tunnel-multi" lines). */
+Test(tunnel, four_at_once_100)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 qports[MULTI], listen[MULTI];
+
+    /* the guests boot side by side (it_start_workload() waits for each) */
+    for (guint i = 0; i < MULTI; i++) {
+        MpQemuConfig cfg = {
+            .version = "10.0",
+            .label = "src",
+            .memory_mib = MULTI_MIB,
+            .kernel = it_workload(),
+            .append = "mem=16M rate=300",
+        };
+        fx.msrc[i] = mp_qemu_start(&cfg, &err);
+        cr_assert_not_null(fx.msrc[i], "%s", err ? err->message : "?");
+    }
+    for (guint i = 0; i < MULTI; i++) {
+        cr_assert(mp_qemu_wait_console(fx.msrc[i], "workload: READY", 120000,
+                                       &err),
+                  "%s", err ? err->message : "?");
+        qports[i] = mp_qemu_pick_free_port(&err);
+        cr_assert(qports[i], "%s", err ? err->message : "?");
+        fx.mdst[i] = small_destination(MULTI_MIB, qports[i]);
+        it_set_int(fx.msrc[i], "max-bandwidth", 256 << 20);
+        it_set_int(fx.msrc[i], "downtime-limit", 300);
+    }
+    fx.pair = multi_start("multi", qports, MULTI, MULTI, listen);
+    gint64 t0 = g_get_monotonic_time(), began[MULTI];
+    for (guint i = 0; i < MULTI; i++) {
+        began[i] = (g_get_monotonic_time() - t0) / 1000;
+        it_migrate(fx.msrc[i], listen[i], FALSE);
+    }
+    json_object *fin[MULTI];
+    for (guint i = 0; i < MULTI; i++) {
+        fin[i] = it_wait_final(fx.msrc[i], MIGRATE_TIMEOUT_MS);
+        g_autofree char *slog = log_text(&fx.pair->src);
+        g_autofree char *dlog = log_text(&fx.pair->dst);
+        cr_assert_str_eq(json_object_get_string(it_jget(fin[i], "status")),
+                         "completed",
+                         "migration %u: %s\nsource side:\n%s\ndest:\n%s", i,
+                         json_object_to_json_string(fin[i]), slog, dlog);
+        json_object *d = it_wait_final(fx.mdst[i], MIGRATE_TIMEOUT_MS);
+        cr_assert_str_eq(json_object_get_string(it_jget(d, "status")),
+                         "completed");
+        json_object_put(d);
+    }
+    g_printerr("tunnel-multi all %u completed after %" G_GINT64_FORMAT " ms\n",
+               MULTI, (g_get_monotonic_time() - t0) / 1000);
+    /* at the same time: the last began before the first ended (QEMU's
+     * total-time counts from its migrate command) */
+    gint64 last_began = 0, first_end = G_MAXINT64;
+    for (guint i = 0; i < MULTI; i++) {
+        last_began = MAX(last_began, began[i]);
+        first_end = MIN(first_end, began[i] + it_jint(fin[i], "total-time"));
+    }
+    cr_assert_lt(
+        last_began, first_end,
+        "the migrations did not overlap: the last began at %" G_GINT64_FORMAT
+        " ms, the first ended at %" G_GINT64_FORMAT " ms",
+        last_began, first_end);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "source side:\n%s", slog);
+    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0, "dest:\n%s", dlog);
+
+    /* the memory first: what matters most */
+    for (guint i = 0; i < MULTI; i++)
+        it_assert_same_ram(fx.msrc[i], fx.mdst[i], MULTI_MIB << 20, fx.dir);
+
+    json_object *drep = read_json(fx.pair->dst_report);
+    cr_assert_eq(json_object_array_length(it_jget(drep, "routes")), MULTI);
+    json_object *dch = it_jget(drep, "tunnel.channels");
+    gint64 link_total = 0, qemu_total = 0, link[MULTI];
+    guint32 sessions = 0;
+    for (guint i = 0; i < MULTI; i++) {
+        g_autofree char *path =
+            g_strdup_printf("%s/multi-report-listen%u.json", fx.dir, i + 1);
+        json_object *rep = read_json(path);
+        it_validate_json("report", path, FALSE);
+        cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                         "completed", "%s", path);
+        /* this session's connections only, all of route i, one session */
+        json_object *tch = it_jget(rep, "tunnel.channels");
+        guint n = json_object_array_length(tch);
+        cr_assert_eq(n, json_object_array_length(it_jget(rep, "channels")),
+                     "%s", path);
+        gint64 session = -1;
+        link[i] = 0;
+        for (guint k = 0; k < n; k++) {
+            json_object *c = json_object_array_get_idx(tch, k);
+            cr_assert_eq(it_jint(c, "route"), i, "%s", path);
+            if (session < 0)
+                session = it_jint(c, "session");
+            cr_assert_eq(it_jint(c, "session"), session, "%s", path);
+            link[i] += it_jint(c, "to_dst.bytes_out");
+        }
+        cr_assert(session > 0 && session < 32 && !(sessions & (1u << session)),
+                  "session %" G_GINT64_FORMAT, session);
+        sessions |= 1u << session;
+        /* dest: the same connections, to route i's QEMU */
+        guint at_dest = 0;
+        for (guint k = 0; k < json_object_array_length(dch); k++) {
+            json_object *c = json_object_array_get_idx(dch, k);
+            if (it_jint(c, "session") != session)
+                continue;
+            cr_assert_eq(it_jint(c, "route"), i);
+            at_dest++;
+        }
+        cr_assert_eq(at_dest, n, "session %" G_GINT64_FORMAT, session);
+        gint64 qemu = 0;
+        for (guint k = 0; k < n; k++)
+            qemu +=
+                it_jint(json_object_array_get_idx(it_jget(rep, "channels"), k),
+                        "to_dst.bytes");
+        cr_assert_eq(it_jint(rep, "tunnel.channels_link_bytes_out"), link[i]);
+        link_total += link[i];
+        qemu_total += qemu;
+        g_printerr("tunnel-multi session=%" G_GINT64_FORMAT " route=%u "
+                   "conns=%u qemu_stream=%" G_GINT64_FORMAT
+                   " link=%" G_GINT64_FORMAT " ratio=%.3f"
+                   " qemu_total_ms=%" G_GINT64_FORMAT " report_total_ms=%.0f\n",
+                   session, i, n, qemu, link[i],
+                   qemu ? (double)link[i] / qemu : 0.0,
+                   it_jint(fin[i], "total-time"), it_jnum(rep, "total_ms"));
+        json_object_put(rep);
+    }
+    g_printerr("tunnel-multi link_total=%" G_GINT64_FORMAT
+               " qemu_total=%" G_GINT64_FORMAT
+               " tunnel_link_bytes_out=%" G_GINT64_FORMAT "\n",
+               link_total, qemu_total, it_jint(drep, "tunnel.link_bytes_in"));
+    json_object_put(drep);
+
+    /* each session's stream bytes per second of its own (from its
+     * sample lines, every 100 ms), for the report on fair shares */
+    for (guint i = 0; i < MULTI; i++) {
+        g_autofree char *mpath =
+            g_strdup_printf("%s/multi-metrics-listen%u.jsonl", fx.dir, i + 1);
+        g_autofree char *lines = NULL;
+        cr_assert(g_file_get_contents(mpath, &lines, NULL, NULL), "%s", mpath);
+        it_validate_json("metrics-line", mpath, TRUE);
+        g_auto(GStrv) ls = g_strsplit(lines, "\n", -1);
+        gint64 per_s[64] = {0};
+        guint secs = 0;
+        for (guint k = 0; ls[k]; k++) {
+            json_object *o = json_tokener_parse(ls[k]);
+            json_object *ev = NULL, *chans = NULL;
+            if (o && json_object_object_get_ex(o, "event", &ev)
+                && strcmp(json_object_get_string(ev), "sample") == 0
+                && json_object_object_get_ex(o, "channels", &chans)) {
+                guint sec = (guint)(it_jnum(o, "t_ms") / 1000);
+                for (guint c = 0; sec < G_N_ELEMENTS(per_s)
+                                  && c < json_object_array_length(chans);
+                     c++)
+                    per_s[sec] += it_jint(json_object_array_get_idx(chans, c),
+                                          "to_dst_bytes");
+                secs = MAX(secs, MIN(sec + 1, G_N_ELEMENTS(per_s)));
+            }
+            json_object_put(o);
+        }
+        g_autoptr(GString) text = g_string_new(NULL);
+        for (guint k = 0; k < secs; k++)
+            g_string_append_printf(text, " %.1f", per_s[k] / 1048576.0);
+        g_printerr("tunnel-multi route=%u stream MiB in each second:%s\n", i,
+                   text->str);
+    }
+    for (guint i = 0; i < MULTI; i++)
+        json_object_put(fin[i]);
+}
+
+/* Two --listen, one --to: the migration that comes to the second --listen
+ * is refused by dest with an error naming its route (the source QEMU sees
+ * it fail, its guest runs on); the tunnel stays up, and the same guest
+ * then migrates through the first --listen. */
+Test(tunnel, route_without_to)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 qport, listen[2];
+
+    fx.src =
+        it_start_workload("10.0", NULL, MULTI_MIB, "mem=16M rate=300", NULL);
+    qport = mp_qemu_pick_free_port(&err);
+    cr_assert(qport, "%s", err ? err->message : "?");
+    fx.dst = small_destination(MULTI_MIB, qport);
+    fx.pair = multi_start("noroute", &qport, 1, 2, listen);
+    it_migrate(fx.src, listen[1], FALSE);
+    json_object *info = it_wait_final(fx.src, 60000);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed",
+                     "%s\ndest:\n%s", json_object_to_json_string(info), dlog);
+    json_object_put(info);
+    cr_assert(strstr(dlog, "route 1 (the source side's --listen number 2): "
+                           "this dest has 1 --to"),
+              "%s", dlog);
+    g_autofree char *state = it_run_state(fx.src);
+    cr_assert_str_eq(state, "running");
+
+    it_migrate(fx.src, listen[0], FALSE);
+    json_object *fin = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert_str_eq(json_object_get_string(it_jget(fin, "status")),
+                     "completed", "%s\nsource side:\n%s",
+                     json_object_to_json_string(fin), slog);
+    json_object_put(fin);
+    json_object *d = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(d, "status")), "completed");
+    json_object_put(d);
+    /* --once: one migration per --listen, and the second failed */
+    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 1);
+    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0);
+    it_assert_same_ram(fx.src, fx.dst, MULTI_MIB << 20, fx.dir);
 }

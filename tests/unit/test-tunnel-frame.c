@@ -39,6 +39,8 @@ on_frame(const MpTunFrame *f, gpointer user_data)
                                f->u.open.session, f->u.open.connection,
                                mp_tun_channel_name(f->u.open.channel),
                                f->u.open.index, f->u.open.reverse_of);
+        if (f->u.open.route)
+            g_string_append_printf(l, " route=%u", f->u.open.route);
         break;
     case MP_TUN_DATA:
     case MP_TUN_PAGES: {
@@ -381,6 +383,50 @@ Test(tunnel_frame, stream_and_seq_rules)
     pl[6] = MP_TUN_CH_MAIN;
     mp_tun_write_frame(d, MP_TUN_OPEN, 0, 1, 9, pl, sizeof(pl));
     expect_error(d, "OPEN frame of stream 1 at offset 91: seq 9, expected 0");
+}
+
+/* Several migrations at once: an OPEN names its route (the source
+ * side's --listen, dest's --to of the same rank) in two more bytes; route
+ * 0 keeps the 10-byte OPEN, so a single --listen writes what it always
+ * did. */
+Test(tunnel_frame, open_with_route)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunOpen m = {
+        .session = 2, .connection = 0, .channel = MP_TUN_CH_MAIN, .route = 3};
+    MpTunOpen rp = {.session = 2,
+                    .connection = 0,
+                    .channel = MP_TUN_CH_RETURN_PATH,
+                    .reverse_of = 1,
+                    .route = 3};
+    MpTunOpen z = {.session = 1, .channel = MP_TUN_CH_MAIN};
+
+    mp_tun_write_preamble(b);
+    hello(b, MP_TUN_ROLE_SOURCE);
+    mp_tun_write_open(b, 1, &m);
+    mp_tun_write_open(b, 2, &rp);
+    mp_tun_write_open(b, 3, &z);
+    mp_tun_write_end(b, MP_TUN_END_DONE, "");
+    g_autofree char *log = check_splits(b->data, b->len, 0);
+    cr_assert(strstr(log, "off=91 OPEN fl=0 st=1 seq=0 len=12 session=2 "
+                          "conn=0 main/0 rev=0 route=3\n"),
+              "%s", log);
+    cr_assert(strstr(log, "OPEN fl=0 st=2 seq=0 len=12 session=2 conn=0 "
+                          "return-path/0 rev=1 route=3\n"),
+              "%s", log);
+    cr_assert(strstr(log, "OPEN fl=0 st=3 seq=0 len=10 session=1 conn=0 "
+                          "main/0 rev=0\n"),
+              "%s", log);
+
+    g_autoptr(GByteArray) c = after_hello();
+    guint8 op[12] = {0, 0, 0, 1, 0, 0, MP_TUN_CH_MAIN, 0, 0, 0, 0, 0};
+    mp_tun_write_frame(c, MP_TUN_OPEN, 0, 1, 0, op, 11);
+    expect_error(c, "OPEN frame of stream 1 at offset 91 (payload 11 bytes): "
+                    "expected 10 or 12 bytes");
+
+    g_autoptr(GByteArray) d = after_hello();
+    mp_tun_write_frame(d, MP_TUN_OPEN, 0, 1, 0, op, 12);
+    expect_error(d, "route 0 written out, expected the 10-byte form");
 }
 
 Test(tunnel_frame, bad_payloads)
