@@ -286,6 +286,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
              * the pair does today") */
             .no_priority = FALSE,
             .no_pace = TRUE,
+            .local_sockbuf = MP_TUN_SOURCE_LOCAL_SOCKBUF,
             .allow = (const char *const *)a->allow,
             .report_extra = tunnel_report,
             .report_key = "tunnel",

@@ -592,7 +592,7 @@ mp_relay_channel_start(MpRelayChannel *ch)
 
 void
 mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
-                         guint timeout_ms)
+                         guint timeout_ms, guint sndbuf)
 {
     g_autoptr(GError) err = NULL;
 
@@ -604,6 +604,9 @@ mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
     if (ch->up) {
         g_socket_set_blocking(ch->up, FALSE);
         set_nodelay(ch->up);
+        if (sndbuf)
+            g_socket_set_option(ch->up, SOL_SOCKET, SO_SNDBUF, (gint)sndbuf,
+                                NULL);
         if (g_socket_connect(ch->up, to, NULL, &err)
             || g_error_matches(err, G_IO_ERROR, G_IO_ERROR_PENDING)) {
             g_clear_error(&err);

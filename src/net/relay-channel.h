@@ -83,9 +83,10 @@ gboolean mp_relay_channel_source_closed(MpRelayChannel *ch);
 void mp_relay_channel_start(MpRelayChannel *ch);
 
 /* Connects to the destination at `to` (non-blocking; `timeout_ms` 0:
- * none); the `connected` hook tells the result. */
+ * none); the `connected` hook tells the result.  `sndbuf`: the socket's
+ * SO_SNDBUF in bytes (the kernel doubles it), 0: the kernel's autotuning. */
 void mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
-                              guint timeout_ms);
+                              guint timeout_ms, guint sndbuf);
 
 /* Tears the connection down now: both sockets are closed; the `end` hook
  * runs for each direction not ended yet ("aborted"), then `closed`. */

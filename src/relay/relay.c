@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <gio/gio.h>
 #include "address.h"
 #include "capture.h"
@@ -519,7 +520,8 @@ connect_next(Session *s)
         mp_relay_channel_connect(c->ch, r->to,
                                  r->opt.connect_timeout_ms
                                      ? r->opt.connect_timeout_ms
-                                     : DEFAULT_TIMEOUT_MS);
+                                     : DEFAULT_TIMEOUT_MS,
+                                 r->opt.local_sockbuf);
     }
 }
 
@@ -1348,6 +1350,11 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         return NULL;
     g_socket_set_blocking(r->listener, FALSE);
     g_socket_set_listen_backlog(r->listener, 64);
+    /* on the listener, so that accepted connections start with it (their
+     * window is scaled for it) */
+    if (opt->local_sockbuf)
+        g_socket_set_option(r->listener, SOL_SOCKET, SO_RCVBUF,
+                            (gint)opt->local_sockbuf, NULL);
     if (!g_socket_bind(r->listener, laddr, TRUE, error)
         || !g_socket_listen(r->listener, error)) {
         g_prefix_error(error, "--listen %s: ", opt->listen);

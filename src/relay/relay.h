@@ -35,6 +35,13 @@ typedef struct {
                          source`: its tunnel paces the link) */
     guint64 rate;  /* bytes/s towards the destination; 0: measured */
     guint64 queue; /* post-copy read-ahead; 0: mp_pcopy_auto_queue() */
+    /* SO_RCVBUF of QEMU's connections and SO_SNDBUF towards the
+     * destination, bytes (the kernel doubles them); 0: the kernel's
+     * autotuning (up to megabytes each).  For `migproxy source`, whose
+     * destination is the tunnel's hop on the same host: the stream that
+     * waits in these buffers has left QEMU, which counts it as sent
+     * (docs/tunnel.md, "What the pair does today"). */
+    guint local_sockbuf;
     const char *const *allow; /* --allow ADDR[/PREFIX], NULL-terminated;
                                  NULL or empty: any address */
     /* Embedding (`migproxy source`): a JSON value added to session N's

@@ -28,6 +28,15 @@
 #include "tunnel-tls.h"
 #include "tunnel-pages-out.h"
 
+/* The relay's socket buffers on this host (MpRelayOptions.local_sockbuf):
+ * QEMU's connections (receive) and the relay's to the hop (send).  Left to
+ * the kernel they grow to megabytes each, stream that has left the source
+ * QEMU (which counts it as sent, and stops its guest on that count) but
+ * waits on this host for the link; at the switchover it is downtime that
+ * QEMU does not see.  256 KiB (the kernel doubles it) still carries
+ * gigabytes a second on loopback. */
+#define MP_TUN_SOURCE_LOCAL_SOCKBUF (256u << 10)
+
 typedef struct {
     const char *peer;    /* HOST:PORT of `migproxy dest --listen` */
     gboolean compress;   /* zstd on DATA frames */

@@ -98,7 +98,7 @@ Test(relay_queue, edits_go_out_in_place)
     mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
     mp_relay_channel_set_pacer(ch, MP_DIR_TO_DST, slow);
     mp_relay_channel_start(ch);
-    mp_relay_channel_connect(ch, dst_addr, 5000);
+    mp_relay_channel_connect(ch, dst_addr, 5000, 0);
     g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
     spin_until(connected, &st);
     cr_assert_eq(g_socket_send(client, (char *)data, N, NULL, NULL), N);
@@ -240,7 +240,7 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     }
     mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
     mp_relay_channel_start(ch);
-    mp_relay_channel_connect(ch, dst_addr, 5000);
+    mp_relay_channel_connect(ch, dst_addr, 5000, 0);
     g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
     spin_until(connected, &sh.st);
 
@@ -364,7 +364,7 @@ Test(relay_queue, pipeline_longer_output_in_place)
     mp_pipeline_add_stage(p, &inflate);
     mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
     mp_relay_channel_start(ch);
-    mp_relay_channel_connect(ch, dst_addr, 5000);
+    mp_relay_channel_connect(ch, dst_addr, 5000, 0);
     g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
     spin_until(connected, &pp.st);
 
@@ -492,7 +492,7 @@ Test(relay_queue, drain_sample_sees_saturation)
     mp_relay_channel_start(ch);
     cr_assert_eq(mp_relay_channel_drain_sample(ch, MP_DIR_TO_DST, &full), 0);
     cr_assert(!full, "not connected, yet saturated");
-    mp_relay_channel_connect(ch, dst_addr, 5000);
+    mp_relay_channel_connect(ch, dst_addr, 5000, 0);
     g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
     spin_until(connected, &st);
     g_socket_set_blocking(client, FALSE);
