@@ -15,6 +15,8 @@
 #   direct   source -> destination over the shaped link
 #   relay    through `migproxy relay` in the source namespace
 #   pair     source -> migproxy source ==tunnel==> migproxy dest -> dest
+#   pair-nolift  as pair, `migproxy source --no-lift` (requested pages
+#            not lifted into the tunnel's urgent lane)
 #   before   as pair, both ends run by BIN (an older build), so that a
 #            change is measured against its parent in the same rounds
 # Everything else is bench/bench-postcopy.sh's (link 100 Mbit/s, Linux
@@ -33,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --labels) labels=$2; shift 2 ;;
     --before) before=$(realpath "$2"); shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench-postcopy-pair: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -61,6 +63,8 @@ for ((i = 0; i < rounds; i++)); do
             relay) args+=(--relay "$relay") ;;
             pair) args+=(--relay "$MIGPROXY $src_args"
                          --dest-cmd "$MIGPROXY $dst_args") ;;
+            pair-nolift) args+=(--relay "$MIGPROXY $src_args --no-lift"
+                                --dest-cmd "$MIGPROXY $dst_args") ;;
             before) args+=(--relay "$before $src_args"
                            --dest-cmd "$before $dst_args") ;;
             esac
@@ -79,7 +83,7 @@ spec.loader.exec_module(bp)
 results = []
 for path in sorted(glob.glob(sys.argv[2] + "/*.json")):
     results += json.load(open(path))
-order = {"direct": 0, "relay": 1, "before": 2, "pair": 3}
+order = {"direct": 0, "relay": 1, "before": 2, "pair-nolift": 3, "pair": 4}
 results.sort(key=lambda r: (r["qemu"], order.get(r["label"], 9), r["preempt"]))
 print(bp.table(results))
 # ratios of each round's pair to its direct and relay runs

@@ -665,6 +665,12 @@ def main():
                             r["tunnel"] = {k: v for k, v in
                                            rep["tunnel"].items()
                                            if k != "channels"}
+                            # requested pages lifted (docs/tunnel.md)
+                            for ch in rep["tunnel"].get("channels", []):
+                                lift = (ch.get("to_dst", {})
+                                        .get("pages", {}).get("lift"))
+                                if ch.get("kind") == "main" and lift:
+                                    r["tunnel"]["lift"] = lift
                     except (OSError, ValueError):
                         pass
                     results.append(r)

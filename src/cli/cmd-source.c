@@ -23,7 +23,7 @@ typedef struct {
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow, listen;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
-    gboolean no_zero_runs, no_delta, no_dedup, no_pages, no_adapt;
+    gboolean no_zero_runs, no_delta, no_dedup, no_pages, no_adapt, no_lift;
     gint level, connect_timeout, workers, resume_timeout;
     char *cache;
 } SourceArgs;
@@ -240,6 +240,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
             .cache_bytes = cache,
             .workers = (guint)a->workers,
             .adapt = !a->no_adapt,
+            .urgent = !a->no_lift,
         },
         .routes = routes,
     };
@@ -399,6 +400,12 @@ source_entries(gpointer store)
          "off while the link, --rate or measured, is fast enough that "
          "compressing costs more time than it saves, and back on when "
          "it pays again)",
+         NULL},
+        {"no-lift", 0, 0, G_OPTION_ARG_NONE, &a->no_lift,
+         "Send a page the destination asks for in post-copy with the "
+         "other pages (by default it, and the next few of its block, go "
+         "in the tunnel's urgent lane as soon as the source QEMU sends "
+         "them)",
          NULL},
         {"rate", 0, 0, G_OPTION_ARG_STRING, &a->rate,
          "Pace the tunnel's bulk frames at RATE, as tc writes rates "

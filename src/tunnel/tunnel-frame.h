@@ -85,7 +85,10 @@ mp_tun_type_sequenced(guint8 type)
 #define MP_TUN_FEAT_RAW_ZSTD   0x0010
 #define MP_TUN_FEAT_ZERO_HELD  0x0020 /* peer-holds-zero tracking */
 #define MP_TUN_FEAT_RESUME     0x0040 /* keeps frames until acked */
-#define MP_TUN_FEATS_KNOWN     0x007f
+/* requested post-copy pages lifted into the urgent lane (docs/tunnel.md,
+ * "Lifted pages") */
+#define MP_TUN_FEAT_URGENT_PAGES 0x0080
+#define MP_TUN_FEATS_KNOWN     0x00ff
 
 typedef enum {
     MP_TUN_ROLE_SOURCE = 1, /* next to the source QEMU */

@@ -56,6 +56,8 @@ typedef struct {
     gboolean aborted, done;
     MpTunPagesOut *po; /* source side, main streams: PAGES encoding */
     MpTunPagesIn *pi;  /* destination side: made by the first PAGES */
+    /* lifted pages: the forward stream's urgent lane, its own seq */
+    guint64 out_useq, in_useq;
     json_object *pages_report; /* theirs, kept when they are freed */
 } Conn;
 
@@ -341,7 +343,12 @@ may_read(const Conn *c)
            && c->unacked < MP_TUN_MUX_WINDOW
            && (c->out_urgent
                    ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
-                   : mp_tun_conn_bulk_room(m->conn));
+                   : mp_tun_conn_bulk_room(m->conn)
+                         /* a requested page is on its way: read it
+                          * out of the buffers in front of the tunnel */
+                         || (c->po && mp_tun_pages_out_read_ahead(c->po)
+                             && mp_tun_conn_queued(m->conn)
+                                    < MP_TUN_CONN_QUEUE_HIGH));
 }
 
 /* Sends `n` raw stream bytes as one DATA frame standing for `account`
@@ -386,7 +393,25 @@ pages_send(Conn *c)
 {
     MpTunMux *m = c->m;
     MpTunOutItem it;
+    GByteArray *u;
 
+    /* lifted pages first, in the urgent lane (copies: no window).  While
+     * the tunnel is down they are dropped: the batch that also holds each
+     * one is kept and goes first on the resume, and a copy after it would
+     * have dest place the page twice */
+    while (c->po && !c->done && !c->aborted
+           && (u = mp_tun_pages_out_pop_urgent(c->po))) {
+        if (!linked(m)) {
+            g_byte_array_unref(u);
+            continue;
+        }
+        g_autoptr(GByteArray) b = g_byte_array_sized_new(u->len + 64);
+        mp_tun_write_frame(b, MP_TUN_PAGES, MP_TUN_FLAG_URGENT, c->out_id,
+                           ++c->out_useq, u->data, u->len);
+        mp_tun_conn_send(m->conn, b->data, b->len, TRUE);
+        c->link_out += b->len;
+        g_byte_array_unref(u);
+    }
     /* (while the tunnel is down the batches are kept for the resume) */
     while (c->po && !c->done && !c->aborted
            && (linked(m) || (m->keep && m->suspended))
@@ -459,6 +484,7 @@ conn_read(Conn *c)
     if (n == 0) {
         c->rd_eof = TRUE;
         if (c->po) {
+            mp_tun_pages_out_finish(c->po);
             pages_send(c); /* CLOSE once the workers' batches are out */
             return;
         }
@@ -636,6 +662,9 @@ on_data(MpTunMux *m, Conn *c, const MpTunFrame *f)
         raw = m->dbuf;
         n = out.pos;
     }
+    /* source side: the return path's page requests */
+    if (c->po)
+        mp_tun_pages_out_return_path(c->po, raw, n);
     if (c->queued_total - c->written_total + n > 2 * (guint64)MP_TUN_MUX_WINDOW) {
         fail(m, "stream %u: the peer sent %" G_GUINT64_FORMAT
                 " bytes not yet written, more than its window (%u)",
@@ -698,6 +727,57 @@ on_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
     queued_in(c, f, c->wq->len - before);
 }
 
+/* Destination side: lifted pages (urgent PAGES of a main stream, their
+ * own seq), merged into what is written to QEMU (tunnel-pages-in.h);
+ * acknowledged at once (copies: the batch copy stands for the bytes). */
+static void
+on_urgent_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (m->opt.role != MP_TUN_ROLE_DEST || c->open.channel != MP_TUN_CH_MAIN
+        || !(m->agreed.features & MP_TUN_FEAT_URGENT_PAGES)) {
+        fail(m, "urgent PAGES frame of stream %u at offset %" G_GUINT64_FORMAT
+                ": lifted pages go only to the destination, on a main "
+                "stream, when negotiated",
+             f->stream, f->offset);
+        return;
+    }
+    /* with resume, lifted frames lost in a drop leave a gap: they are
+     * copies, never kept nor sent again (their batches are) */
+    if (f->seq <= c->in_useq || (!m->keep && f->seq != c->in_useq + 1)
+        || c->peer_eof) {
+        fail(m, "urgent PAGES frame of stream %u: seq %" G_GUINT64_FORMAT
+                ", expected %" G_GUINT64_FORMAT "%s",
+             f->stream, f->seq, c->in_useq + 1,
+             c->peer_eof ? ", before the stream's CLOSE" : "");
+        return;
+    }
+    c->in_useq = f->seq;
+    if (c->done || c->aborted)
+        return;
+    if (!c->pi)
+        c->pi = mp_tun_pages_in_new(m->agreed.page_size,
+                                    m->agreed.cache_bytes);
+    gsize before = c->wq->len;
+    if (!mp_tun_pages_in_urgent(c->pi, f->payload, f->len, c->wq, &err)) {
+        fail(m, "urgent PAGES frame of stream %u at offset %" G_GUINT64_FORMAT
+                ": %s",
+             f->stream, f->offset, err->message);
+        return;
+    }
+    c->queued_total += c->wq->len - before;
+    c->link_in += f->len + MP_TUN_HEADER_LEN + MP_TUN_TRAILER_LEN;
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunAckEntry e = {.stream = c->fwd, .urgent_seq = f->seq};
+    mp_tun_write_ack(b, &e, 1);
+    mp_tun_conn_send(m->conn, b->data, b->len, TRUE);
+    if (c->sock) {
+        conn_write(c);
+        conn_watch(c);
+    }
+}
+
 static void
 on_open(MpTunMux *m, const MpTunFrame *f)
 {
@@ -748,7 +828,16 @@ on_ack(MpTunMux *m, const MpTunFrame *f)
             fail(m, "ACK of stream %u, which is not ours", e.stream);
             return;
         }
-        guint64 seq = MAX(e.bulk_seq, e.urgent_seq);
+        /* a bulk stream's urgent lane holds its lifted pages (their own
+         * seq, nothing kept for them) */
+        guint64 seq = c->out_urgent ? MAX(e.bulk_seq, e.urgent_seq)
+                                    : e.bulk_seq;
+        if (!c->out_urgent && e.urgent_seq > c->out_useq) {
+            fail(m, "ACK of stream %u up to urgent seq %" G_GUINT64_FORMAT
+                    ", only %" G_GUINT64_FORMAT " sent",
+                 e.stream, e.urgent_seq, c->out_useq);
+            return;
+        }
         if (seq > c->out_seq) {
             fail(m, "ACK of stream %u up to seq %" G_GUINT64_FORMAT
                     ", only %" G_GUINT64_FORMAT " sent",
@@ -814,6 +903,12 @@ on_frame(MpTunConn *tc, const MpTunFrame *f, gpointer data)
              mp_tun_frame_type_name(f->type), f->stream);
         return;
     }
+    /* lifted pages: their own seq, never kept nor sent again (the page
+     * also goes in its batch), so no duplicate check */
+    if (f->type == MP_TUN_PAGES && (f->flags & MP_TUN_FLAG_URGENT)) {
+        on_urgent_pages(m, c, f);
+        return;
+    }
     if (m->keep && f->seq <= c->in_seq) {
         m->dups++; /* sent again after a resume, held already */
         return;
@@ -871,6 +966,7 @@ apply_agreed(MpTunMux *m, const MpTunAgreed *agreed)
         p->compress = p->compress && (f & MP_TUN_FEAT_ZSTD_PAGES);
         p->delta = p->delta && (f & MP_TUN_FEAT_DELTA);
         p->dedup = p->dedup && (f & MP_TUN_FEAT_DEDUP);
+        p->urgent = p->urgent && (f & MP_TUN_FEAT_URGENT_PAGES);
         /* pages need a page cache on both sides, of the agreed size */
         m->opt.pages = agreed->cache_bytes >= agreed->page_size
                        && agreed->page_size == 4096;
@@ -1326,13 +1422,14 @@ pages_features(const MpTunMuxOptions *opt)
     if (opt->role == MP_TUN_ROLE_DEST)
         return MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZSTD_PAGES
                | MP_TUN_FEAT_DELTA | MP_TUN_FEAT_DEDUP
-               | MP_TUN_FEAT_ZERO_HELD;
+               | MP_TUN_FEAT_ZERO_HELD | MP_TUN_FEAT_URGENT_PAGES;
     if (!opt->pages)
         return 0;
     return (p->zero_runs ? MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZERO_HELD : 0)
            | (p->compress ? MP_TUN_FEAT_ZSTD_PAGES : 0)
            | (p->delta ? MP_TUN_FEAT_DELTA : 0)
-           | (p->dedup ? MP_TUN_FEAT_DEDUP : 0);
+           | (p->dedup ? MP_TUN_FEAT_DEDUP : 0)
+           | (p->urgent ? MP_TUN_FEAT_URGENT_PAGES : 0);
 }
 
 /* The page cache a side offers per stream: the source its --cache (or the
@@ -1448,6 +1545,8 @@ pages_attach(MpTunMux *m, Conn *c)
             continue;
         if (o->po && !main)
             mp_tun_pages_out_set_shared(o->po);
+        if (o->po && c->open.channel == MP_TUN_CH_PREEMPT)
+            mp_tun_pages_out_set_preempt(o->po);
         if (o->open.channel != MP_TUN_CH_MAIN)
             shared = TRUE;
     }

@@ -20,6 +20,18 @@
  * below MP_TUN_PAGES_MAX_WORKERS (one decoder each, 8 MiB window).  Anything else wrong (a batch the
  * decoder refuses, more output than `limit`) fails the stream: the caches
  * may be out of step, so nothing more of it can be trusted.
+ *
+ * Lifted pages (urgent payloads, tunnel-pages-out.h): a copy of a page
+ * the destination asked for, ahead of its batch.  Its records go out at
+ * once when what was written last is a record of the same block (a
+ * batch's or a lifted page's: a CONTINUE after it still means that
+ * block), else just before the next batch's records (a batch starts at
+ * a record boundary and names its own block).  The page's copy in its
+ * batch is then dropped (QEMU fails on a page placed twice in
+ * post-copy; in pre-copy the later copy is the newer one anyway).  The
+ * caches are not touched.  At most MP_TUN_LIFT_MAX_WAITING pages wait
+ * and MP_TUN_LIFT_MAX_AHEAD have no batch copy yet; more fails the
+ * stream.
  */
 #pragma once
 
@@ -44,6 +56,15 @@ gboolean mp_tun_pages_in_apply(MpTunPagesIn *pi, const guint8 *payload,
 /* Raw stream bytes went to QEMU since the last batch. */
 void mp_tun_pages_in_data(MpTunPagesIn *pi);
 
+#define MP_TUN_LIFT_MAX_WAITING 1024
+#define MP_TUN_LIFT_MAX_AHEAD   8192
+/* An urgent payload: its RAM records are appended to `out` now, or wait
+ * for the next batch (see above).  @return FALSE with an error naming
+ * the payload offset and what was expected; nothing is written then. */
+gboolean mp_tun_pages_in_urgent(MpTunPagesIn *pi, const guint8 *payload,
+                                gsize len, GByteArray *out, GError **error);
+
 /* {batches, pages, zero_pages, payload_bytes, records_bytes, cache_bytes,
- * cpu_s}.  Caller owns. */
+ * cpu_s, lift {frames, pages, written_at_once, written_before_batch,
+ * bulk_dropped, waiting}}.  Caller owns. */
 json_object *mp_tun_pages_in_report(const MpTunPagesIn *pi);

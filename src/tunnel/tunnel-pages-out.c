@@ -7,7 +7,17 @@
 #include "page-batch.h"
 #include "parse-common.h"
 #include "pipeline.h"
+#include "rp-parser.h"
 #include "tunnel-pages-out.h"
+
+/* A request remembered: pages [first, first + n) of `block` were asked
+ * for, the next MP_TUN_LIFT_NEIGHBOURS go with them. */
+typedef struct {
+    char *block;
+    guint64 first, n;
+    guint64 left; /* requested pages not lifted yet */
+    gint64 t_us;
+} Want;
 
 typedef struct {
     MpTunPagesOut *po;
@@ -74,6 +84,28 @@ struct MpTunPagesOut {
     gboolean zstd_on;
     guint64 zstd_skipped;
     guint zstd_switches;
+    /* lifted pages (see the header) */
+    MpRpParser *rp;
+    gboolean rp_lost;    /* the return path stopped parsing */
+    gboolean huge;       /* a block of larger host pages: never lift */
+    gboolean preempt;    /* requested pages go on the preempt channel */
+    gboolean parse_lost; /* the stream stopped parsing */
+    gboolean lifting;    /* a page was lifted: raw records name blocks */
+    GArray *wants;       /* Want, oldest first */
+    guint64 read_budget; /* bytes to read past the link's pace */
+    GQueue urgent;       /* GByteArray*: urgent payloads, oldest first */
+    GByteArray *ucur;    /* the urgent payload being made */
+    char ucur_block[256];
+    guint32 ucount;
+    /* where the parser is: a cut page record is held until whole */
+    guint64 rec_end;   /* stream offset after the last record */
+    gboolean ram_body; /* a RAM record header comes next */
+    char cur_block[256]; /* block of the last page record */
+    GByteArray *held;    /* the first bytes of a page record */
+    guint64 held_off;
+    char held_block[256]; /* what its CONTINUE means */
+    guint64 lift_requests, lift_pages, lift_neighbours, urgent_frames,
+        urgent_bytes, held_records, names_written;
 };
 
 static void
@@ -183,10 +215,66 @@ close_batch(MpTunPagesOut *po)
     take_batches(po);
 }
 
+/* A raw RAM record header whose CONTINUE refers to the block of the
+ * record before it.  (The flags sit below the page size.) */
+static gboolean
+continues_block(const guint8 *hdr, guint32 page_size)
+{
+    guint64 f = mp_be64(hdr) & (page_size - 1);
+    return (f & MP_RAM_SAVE_FLAG_CONTINUE)
+           && (f & (MP_RAM_SAVE_FLAG_ZERO | MP_RAM_SAVE_FLAG_PAGE
+                    | MP_RAM_SAVE_FLAG_XBZRLE
+                    | MP_RAM_SAVE_FLAG_COMPRESS_PAGE));
+}
+
+/* `len` bytes of raw stream starting with a RAM record header as one DATA
+ * item; once pages are lifted a header with CONTINUE names `block`
+ * instead: the destination may have written a lifted page of another
+ * block just before (docs/tunnel.md, "Lifted pages").  The caller
+ * counted the bytes in `unassigned`. */
+static void
+push_record_bytes(MpTunPagesOut *po, const guint8 *rec, gsize len,
+                  const char *block)
+{
+    Item *it = g_new0(Item, 1);
+    gsize bl = block ? strlen(block) : 0;
+
+    it->kind = MP_TUN_OUT_DATA;
+    it->bytes = g_byte_array_sized_new(len + 1 + bl);
+    if (po->lifting && len >= 8 && bl && bl < 256
+        && continues_block(rec, po->page_size)) {
+        guint8 h[8 + 1 + 255];
+        mp_put_be64(h, mp_be64(rec) & ~(guint64)MP_RAM_SAVE_FLAG_CONTINUE);
+        h[8] = (guint8)bl;
+        memcpy(h + 9, block, bl);
+        g_byte_array_append(it->bytes, h, 9 + bl);
+        g_byte_array_append(it->bytes, rec + 8, len - 8);
+        po->names_written++;
+    } else {
+        g_byte_array_append(it->bytes, rec, len);
+    }
+    push_item(po, it);
+}
+
+/* What is held goes out as it came (named if due): the record was not a
+ * page this encoder takes. */
+static void
+flush_held(MpTunPagesOut *po)
+{
+    if (!po->held)
+        return;
+    g_autoptr(GByteArray) h = g_steal_pointer(&po->held);
+    close_batch(po);
+    po->unassigned += h->len;
+    push_record_bytes(po, h->data, h->len, po->held_block);
+}
+
 /* buf[pend, upto) goes out as raw stream bytes, after the open batch. */
 static void
 emit_data(MpTunPagesOut *po, gsize upto)
 {
+    if (po->held)
+        flush_held(po);
     if (upto <= po->pend)
         return;
     close_batch(po);
@@ -274,12 +362,96 @@ page_left_raw(MpTunPagesOut *po, const MpRecord *rec)
     }
 }
 
+/* May pages be lifted (and cut page records held) now? */
+static gboolean
+lift_ok(const MpTunPagesOut *po)
+{
+    return po->opt.urgent && po->shared && !po->huge && !po->parse_lost
+           && !po->gave_up && !po->in_packaged;
+}
+
+/* Is page `index` of `block` asked for?  @return 0 no, 1 requested, 2 a
+ * neighbour of a requested page. */
+static int
+wanted(MpTunPagesOut *po, const char *block, guint64 index)
+{
+    if (!po->wants->len)
+        return 0;
+    gint64 now = g_get_monotonic_time();
+    for (guint i = po->wants->len; i-- > 0;) {
+        Want *w = &g_array_index(po->wants, Want, i);
+        if (index < w->first
+            || index - w->first >= w->n + MP_TUN_LIFT_NEIGHBOURS
+            || now - w->t_us > MP_TUN_LIFT_WANT_US
+            || strcmp(block, w->block) != 0)
+            continue;
+        if (index - w->first < w->n) {
+            if (w->left)
+                w->left--;
+            return 1;
+        }
+        return 2;
+    }
+    return 0;
+}
+
+/* The urgent payload being made is complete. */
+static void
+urgent_close(MpTunPagesOut *po)
+{
+    if (!po->ucur)
+        return;
+    mp_put_be32(po->ucur->data + 1 + po->ucur->data[0], po->ucount);
+    g_queue_push_tail(&po->urgent, g_steal_pointer(&po->ucur));
+}
+
+/* A copy of page `index` of `block` (`page`: its bytes, or the zero page)
+ * into the urgent payload: `u8 n | block[n] | be32 count | {be64 index |
+ * u8 kind | [page]} * count`. */
+static void
+urgent_add(MpTunPagesOut *po, const char *block, guint64 index,
+           const guint8 *page)
+{
+    gsize bl = strlen(block);
+    gboolean zero = page == po->zero_page;
+    guint8 e[9];
+
+    if (!bl || bl > 255)
+        return;
+    if (po->ucur
+        && (strcmp(po->ucur_block, block) != 0
+            || po->ucur->len + sizeof(e) + po->page_size > po->batch_cap))
+        urgent_close(po);
+    if (!po->ucur) {
+        guint8 h[1 + 255 + 4];
+        h[0] = (guint8)bl;
+        memcpy(h + 1, block, bl);
+        mp_put_be32(h + 1 + bl, 0);
+        po->ucur = g_byte_array_sized_new(1 + bl + 4 + sizeof(e)
+                                          + po->page_size);
+        g_byte_array_append(po->ucur, h, 1 + bl + 4);
+        memcpy(po->ucur_block, block, bl + 1);
+        po->ucount = 0;
+    }
+    mp_put_be64(e, index);
+    e[8] = zero ? MP_TUN_LIFT_ZERO : MP_TUN_LIFT_PAGE;
+    g_byte_array_append(po->ucur, e, sizeof(e));
+    if (!zero)
+        g_byte_array_append(po->ucur, page, po->page_size);
+    po->ucount++;
+    po->lifting = TRUE;
+}
+
 static void
 on_page(MpTunPagesOut *po, const MpRecord *rec)
 {
     const MpRamPage *pg = &rec->u.page;
     const guint8 *page = NULL;
+    /* the page record held at the last feed's end, whole now */
+    gboolean was_held = po->held && rec->offset == po->held_off;
 
+    if (po->held && !was_held)
+        flush_held(po);
     if (pg->kind == MP_PAGE_NORMAL && pg->size == po->page_size
         && pg->payload_len == po->page_size)
         page = pg->payload;
@@ -287,17 +459,29 @@ on_page(MpTunPagesOut *po, const MpRecord *rec)
              && pg->payload_len >= 1 && pg->payload[0] == 0
              && po->opt.zero_runs)
         page = po->zero_page;
-    /* started before the bytes not yet handed out (a feed cut it: its
-     * first bytes are out as DATA), or one we do not encode */
+    /* whole in this feed's bytes not handed out yet (else a feed cut it:
+     * its first bytes are out as DATA) */
+    gboolean here = rec->offset >= po->base + po->pend
+                    && rec->offset + rec->length <= po->base + po->len;
     if (!page || po->in_packaged || po->gave_up || !ram_section(rec)
-        || !pg->block || pg->addr % po->page_size
-        || rec->offset < po->base + po->pend
-        || rec->offset + rec->length > po->base + po->len) {
+        || !pg->block || pg->addr % po->page_size || !(here || was_held)) {
+        if (was_held) {
+            flush_held(po); /* the rest follows as DATA */
+        } else if (here && po->lifting && pg->block
+                   && (pg->flags & MP_RAM_SAVE_FLAG_CONTINUE)) {
+            /* raw, with its block named instead of CONTINUE */
+            emit_data(po, rec->offset - po->base);
+            po->unassigned += rec->length;
+            push_record_bytes(po, po->buf + (rec->offset - po->base),
+                              rec->length, pg->block);
+            po->pend += rec->length;
+        }
         page_left_raw(po, rec);
         return;
     }
     ensure_encoder(po);
-    emit_data(po, rec->offset - po->base);
+    if (!was_held)
+        emit_data(po, rec->offset - po->base);
     /* the frame's payload bound: a page and its entry must still fit */
     if (mp_batch_enc_pending(po->enc) + po->page_size + 32 > po->batch_cap)
         close_batch(po);
@@ -307,13 +491,31 @@ on_page(MpTunPagesOut *po, const MpRecord *rec)
                   "cache; pages go as raw stream bytes from here on",
                   po->name, pg->block);
         po->gave_up = TRUE;
+        flush_held(po);
         page_left_raw(po, rec);
         return;
+    }
+    if (was_held) {
+        /* its bytes are the batch's entry now */
+        g_clear_pointer(&po->held, g_byte_array_unref);
+        po->pend = rec->offset + rec->length - po->base;
+    } else {
+        po->pend += rec->length;
     }
     take_batches(po);
     po->unassigned += rec->length;
     po->stream_bytes += rec->length;
-    po->pend += rec->length;
+    /* asked for: a copy goes urgent (the batch keeps its own) */
+    if (lift_ok(po)) {
+        int w = wanted(po, pg->block, pg->addr / po->page_size);
+        if (w) {
+            urgent_add(po, pg->block, pg->addr / po->page_size, page);
+            if (w == 1)
+                po->lift_pages++;
+            else
+                po->lift_neighbours++;
+        }
+    }
 }
 
 static MpRecordAction
@@ -321,9 +523,15 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
 {
     MpTunPagesOut *po = data;
 
+    /* what was held was not a page record */
+    if (po->held && rec->kind != MP_REC_RAM_PAGE)
+        flush_held(po);
     switch (rec->kind) {
     case MP_REC_RAM_PAGE:
         on_page(po, rec);
+        if (rec->u.page.block)
+            g_strlcpy(po->cur_block, rec->u.page.block,
+                      sizeof(po->cur_block));
         break;
     case MP_REC_RAM_MEM_SIZE:
         if (ram_section(rec) && !po->enc)
@@ -333,6 +541,10 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
         if (ram_section(rec) && rec->u.block.name) {
             Block b = {g_strdup(rec->u.block.name),
                        rec->u.block.used_length / po->page_size};
+            /* its records of one host page must reach QEMU together */
+            if (rec->u.block.page_size
+                && rec->u.block.page_size != po->page_size)
+                po->huge = TRUE;
             g_array_append_val(po->blocks, b);
             if (po->zero)
                 mp_zrun_declare_block(po->zero, b.name,
@@ -364,10 +576,36 @@ on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
     default:
         break;
     }
+    /* is a RAM record header next (inside the ram section's body)? */
+    po->rec_end = rec->offset + rec->length;
+    po->ram_body = ((rec->kind == MP_REC_RAM_PAGE
+                     || rec->kind == MP_REC_RAM_MULTIFD_FLUSH)
+                    && ram_section(rec) && !po->in_packaged)
+                   || (rec->kind == MP_REC_SECTION_HEADER
+                       && rec->u.sect.idstr
+                       && strcmp(rec->u.sect.idstr, "ram") == 0
+                       && (rec->u.sect.type == MP_QMIG_SECTION_PART
+                           || rec->u.sect.type == MP_QMIG_SECTION_END));
     return MP_REC_CONTINUE;
 }
 
-static const MpPipelineObserver observer = {.record = on_record};
+static void
+on_gave_up(MpPipeline *p, guint64 off, const GError *err, gpointer data)
+{
+    MpTunPagesOut *po = data;
+    po->parse_lost = TRUE;
+}
+
+static const MpPipelineObserver observer = {
+    .record = on_record,
+    .gave_up = on_gave_up,
+};
+
+static void
+want_clear(gpointer w)
+{
+    g_free(((Want *)w)->block);
+}
 
 static void
 block_clear(gpointer b)
@@ -396,6 +634,9 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
     po->made = g_byte_array_new();
     po->zero_page = g_malloc0(page_size);
     g_queue_init(&po->items);
+    g_queue_init(&po->urgent);
+    po->wants = g_array_new(FALSE, TRUE, sizeof(Want));
+    g_array_set_clear_func(po->wants, want_clear);
     g_mutex_init(&po->lock);
     po->pipe = mp_pipeline_new(0, MP_DIR_TO_DST);
     mp_pipeline_set_name(po->pipe, name);
@@ -436,6 +677,13 @@ mp_tun_pages_out_free(MpTunPagesOut *po)
         g_source_remove(po->wake_id);
     g_mutex_unlock(&po->lock);
     g_queue_clear_full(&po->items, (GDestroyNotify)item_free);
+    g_queue_clear_full(&po->urgent, (GDestroyNotify)g_byte_array_unref);
+    if (po->ucur)
+        g_byte_array_unref(po->ucur);
+    if (po->held)
+        g_byte_array_unref(po->held);
+    g_array_unref(po->wants);
+    mp_rp_parser_free(po->rp);
     mp_pipeline_free(po->pipe);
     mp_batch_enc_free(po->enc);
     mp_pcache_free(po->cache);
@@ -448,6 +696,55 @@ mp_tun_pages_out_free(MpTunPagesOut *po)
     g_free(po);
 }
 
+/* The longest page record: header, block name, page. */
+static gsize
+max_record(const MpTunPagesOut *po)
+{
+    return 8 + 1 + 255 + po->page_size;
+}
+
+/* The feed's last bytes go out, but for a page record the feed cut while
+ * pages may be lifted: it is held (one record at most) until it is
+ * whole, so that the destination's writes end at a record boundary it
+ * knows (after a batch), where it can put an urgent page at once. */
+static void
+feed_end(MpTunPagesOut *po)
+{
+    guint64 end = po->base + po->len;
+
+    if (po->held) {
+        /* still not whole: this feed's bytes are its too */
+        if (po->pend == 0 && lift_ok(po)
+            && po->held->len + po->len <= max_record(po)) {
+            g_byte_array_append(po->held, po->buf, po->len);
+            po->pend = po->len;
+            return;
+        }
+        emit_data(po, po->len);
+        return;
+    }
+    if (lift_ok(po) && po->ram_body && po->rec_end >= po->base + po->pend
+        && po->rec_end < end && end - po->rec_end <= max_record(po)) {
+        gsize at = po->rec_end - po->base;
+        gsize n = po->len - at;
+        guint64 f = n >= 8 ? mp_be64(po->buf + at) & (po->page_size - 1)
+                             & ~(guint64)MP_RAM_SAVE_FLAG_CONTINUE
+                           : 0;
+        if (n < 8 || f == MP_RAM_SAVE_FLAG_PAGE
+            || f == MP_RAM_SAVE_FLAG_ZERO) {
+            emit_data(po, at);
+            po->held = g_byte_array_sized_new(max_record(po));
+            g_byte_array_append(po->held, po->buf + at, n);
+            po->held_off = po->rec_end;
+            g_strlcpy(po->held_block, po->cur_block, sizeof(po->held_block));
+            po->held_records++;
+            po->pend = po->len;
+            return;
+        }
+    }
+    emit_data(po, po->len);
+}
+
 guint64
 mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
 {
@@ -455,11 +752,13 @@ mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
     po->len = len;
     po->base = po->fed;
     po->pend = 0;
+    po->read_budget -= MIN(po->read_budget, len);
     mp_pipeline_feed(po->pipe, buf, len, g_get_monotonic_time());
     po->fed += len;
-    /* never hold bytes for more input */
+    /* never hold bytes for more input, but for a cut page record */
     close_batch(po);
-    emit_data(po, len);
+    urgent_close(po);
+    feed_end(po);
     po->buf = NULL;
     guint64 left = po->unassigned;
     po->unassigned = 0;
@@ -509,6 +808,110 @@ guint
 mp_tun_pages_out_queued(const MpTunPagesOut *po)
 {
     return po->items.length;
+}
+
+void
+mp_tun_pages_out_finish(MpTunPagesOut *po)
+{
+    flush_held(po);
+    urgent_close(po);
+}
+
+void
+mp_tun_pages_out_request(MpTunPagesOut *po, const char *block,
+                         guint64 start, guint64 len)
+{
+    gint64 now = g_get_monotonic_time();
+
+    if (!po->opt.urgent || !block || !len)
+        return;
+    po->lift_requests++;
+    while (po->wants->len
+           && (po->wants->len >= MP_TUN_LIFT_MAX_WANTS
+               || now - g_array_index(po->wants, Want, 0).t_us
+                      > MP_TUN_LIFT_WANT_US))
+        g_array_remove_index(po->wants, 0);
+    /* (divided first: the numbers are the destination's) a host page
+     * is at most 512 target pages here (2 MiB) */
+    guint64 first = start / po->page_size;
+    guint64 last = start / po->page_size
+                   + (len - 1 + start % po->page_size) / po->page_size;
+    Want w = {
+        .block = g_strdup(block),
+        .first = first,
+        .n = MIN(last - first + 1, 512),
+        .t_us = now,
+    };
+    w.left = w.n;
+    g_array_append_val(po->wants, w);
+    po->read_budget = MIN(po->read_budget + MP_TUN_LIFT_READ_AHEAD,
+                          4 * (guint64)MP_TUN_LIFT_READ_AHEAD);
+}
+
+static MpRecordAction
+on_rp(const MpRecord *rec, gpointer data)
+{
+    MpTunPagesOut *po = data;
+
+    if (rec->kind == MP_REC_RP_MESSAGE
+        && (rec->u.rp.type == MP_RP_MSG_REQ_PAGES
+            || rec->u.rp.type == MP_RP_MSG_REQ_PAGES_ID))
+        mp_tun_pages_out_request(po, rec->u.rp.block, rec->u.rp.start,
+                                 rec->u.rp.req_len);
+    return MP_REC_CONTINUE;
+}
+
+void
+mp_tun_pages_out_return_path(MpTunPagesOut *po, const guint8 *buf,
+                             gsize len)
+{
+    g_autoptr(GError) err = NULL;
+    gsize used = 0;
+
+    if (!po->opt.urgent || po->rp_lost)
+        return;
+    if (!po->rp) {
+        g_autofree char *n = g_strdup_printf("%s: return path", po->name);
+        po->rp = mp_rp_parser_new(n, on_rp, po);
+    }
+    if (mp_rp_parser_feed(po->rp, buf, len, &used, &err) == MP_FEED_ERROR) {
+        /* the bytes still go to QEMU: only the lifting stops */
+        g_message("%s; requested pages are not lifted any more",
+                  err->message);
+        po->rp_lost = TRUE;
+    }
+}
+
+GByteArray *
+mp_tun_pages_out_pop_urgent(MpTunPagesOut *po)
+{
+    GByteArray *b = g_queue_pop_head(&po->urgent);
+
+    if (b) {
+        po->urgent_frames++;
+        po->urgent_bytes += b->len;
+    }
+    return b;
+}
+
+gboolean
+mp_tun_pages_out_read_ahead(const MpTunPagesOut *po)
+{
+    if (!po->read_budget || po->preempt || !lift_ok(po))
+        return FALSE;
+    gint64 now = g_get_monotonic_time();
+    for (guint i = 0; i < po->wants->len; i++) {
+        const Want *w = &g_array_index(po->wants, Want, i);
+        if (w->left && now - w->t_us <= MP_TUN_LIFT_WANT_US)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+void
+mp_tun_pages_out_set_preempt(MpTunPagesOut *po)
+{
+    po->preempt = TRUE;
 }
 
 void
@@ -589,6 +992,21 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
     json_object_object_add(zs, "switches",
                            json_object_new_int(po->zstd_switches));
     json_object_object_add(o, "zstd", zs);
+    json_object *l = json_object_new_object();
+    json_object_object_add(l, "enabled", json_object_new_boolean(po->opt.urgent));
+    json_object_object_add(l, "requests",
+                           json_object_new_int64(po->lift_requests));
+    json_object_object_add(l, "pages", json_object_new_int64(po->lift_pages));
+    json_object_object_add(l, "neighbours",
+                           json_object_new_int64(po->lift_neighbours));
+    json_object_object_add(l, "frames",
+                           json_object_new_int64(po->urgent_frames));
+    json_object_object_add(l, "bytes", json_object_new_int64(po->urgent_bytes));
+    json_object_object_add(l, "held_records",
+                           json_object_new_int64(po->held_records));
+    json_object_object_add(l, "names_written",
+                           json_object_new_int64(po->names_written));
+    json_object_object_add(o, "lift", l);
     return o;
 }
 

@@ -31,6 +31,21 @@
  * another channel sent is unknown here; a page never sent would fault in
  * post-copy).
  *
+ * Lifted pages (post-copy, docs/tunnel.md "Lifted pages"): the owner
+ * feeds the return path's bytes (mp_tun_pages_out_return_path()); a page
+ * the destination asked for (REQ_PAGES), and the next
+ * MP_TUN_LIFT_NEIGHBOURS pages of its block (pre-paging), that arrives
+ * from QEMU afterwards is copied into an urgent payload
+ * (mp_tun_pages_out_pop_urgent()) as well as going into its batch as
+ * always: the caches and the zero tracker are untouched, and the
+ * destination drops the bulk copy (tunnel-pages-in.h).  From the first
+ * lift on, no RAM page record leaves as raw bytes with CONTINUE (its
+ * block is named instead), and a page record that a feed cuts is held
+ * until it is whole (at most one record), so that the destination may
+ * write an urgent page after any batch.  Never with a RAM block of
+ * larger host pages (their records must reach QEMU together), nor while
+ * skipping zero pages (pre-copy).
+ *
  * One thread owns it (the main loop); workers only compress.
  */
 #pragma once
@@ -57,7 +72,24 @@ typedef struct {
     /* zstd on page bodies backs off where it does not pay
      * (mp_tun_pages_out_adapt()); FALSE: it stays as `compress` says */
     gboolean adapt;
+    /* requested post-copy pages go urgent too (MP_TUN_FEAT_URGENT_PAGES
+     * agreed; --no-lift clears it) */
+    gboolean urgent;
 } MpTunPagesOptions;
+
+/* Pages after a requested one that are lifted too when they come next. */
+#define MP_TUN_LIFT_NEIGHBOURS 8
+/* Requests remembered at most (the oldest go first), and for how long. */
+#define MP_TUN_LIFT_MAX_WANTS 64
+#define MP_TUN_LIFT_WANT_US   (2 * G_USEC_PER_SEC)
+/* Per request, the owner may read this much of the stream past the
+ * link's pace (mp_tun_pages_out_read_ahead()), at most 4 times that in
+ * all, so the requested page leaves the buffers in front of the tunnel
+ * (the hop's 64 KiB) at once. */
+#define MP_TUN_LIFT_READ_AHEAD (256u << 10)
+/* entry kinds of an urgent payload (as the batch's) */
+#define MP_TUN_LIFT_ZERO 1
+#define MP_TUN_LIFT_PAGE 2
 
 /* While zstd is off adaptively, one batch in this many is still
  * compressed, so that its ratio and CPU rate stay measured (pages that
@@ -106,6 +138,27 @@ guint64 mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf,
 gboolean mp_tun_pages_out_pop(MpTunPagesOut *po, MpTunOutItem *item);
 /* Items not popped yet. */
 guint mp_tun_pages_out_queued(const MpTunPagesOut *po);
+/* The stream ended: what is held (a cut page record) goes out as an
+ * item. */
+void mp_tun_pages_out_finish(MpTunPagesOut *po);
+
+/* `len` bytes of the stream's return path (destination to source), in
+ * order: page requests are remembered. */
+void mp_tun_pages_out_return_path(MpTunPagesOut *po, const guint8 *buf,
+                                  gsize len);
+/* The destination asked for [start, start + len) of `block` (what
+ * mp_tun_pages_out_return_path() does for each REQ_PAGES; tests). */
+void mp_tun_pages_out_request(MpTunPagesOut *po, const char *block,
+                              guint64 start, guint64 len);
+/* The next urgent payload (docs/tunnel.md, "Lifted pages"), or NULL.
+ * Caller owns.  Urgent payloads go before the items made with them. */
+GByteArray *mp_tun_pages_out_pop_urgent(MpTunPagesOut *po);
+/* Should the owner read the stream although the bulk lane is full?  A
+ * requested page has not come yet and the read-ahead allows it. */
+gboolean mp_tun_pages_out_read_ahead(const MpTunPagesOut *po);
+/* A postcopy-preempt channel carries requested pages: no read-ahead for
+ * them (pages that come here are still lifted). */
+void mp_tun_pages_out_set_preempt(MpTunPagesOut *po);
 /* Another channel of the session may carry pages: stop skipping. */
 void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
 

@@ -4,9 +4,11 @@
  *
  * Input: PAGES payloads, be16-length-prefixed, applied in order to one
  * stream, with a DATA marker between them when the length's top bit is
- * set.  The writer must refuse or apply, never crash, over-read or hang,
- * never append more than its limit, and what it writes must parse as RAM
- * records of a migration stream (a RAM section's body). */
+ * set, and as an urgent payload (lifted pages) when the next bit is.
+ * The writer must refuse or apply, never crash, over-read or hang, never
+ * append more than its limit (and the lifted pages that waited for the
+ * batch), and what it writes must parse as RAM records of a migration
+ * stream (a RAM section's body). */
 #include <stdlib.h>
 #include <string.h>
 #include "mp-record.h"
@@ -64,15 +66,18 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
 
     while (size >= 2) {
         guint16 h = mp_be16(data);
-        gsize n = MIN((gsize)(h & 0x7fff), size - 2);
+        gsize n = MIN((gsize)(h & 0x3fff), size - 2);
         if (h & 0x8000) {
             mp_tun_pages_in_data(pi);
             named = FALSE;
         }
         g_byte_array_set_size(out, 0);
-        gboolean ok = mp_tun_pages_in_apply(pi, data + 2, n, out, LIMIT,
-                                            NULL);
-        if (out->len > LIMIT)
+        gboolean ok = h & 0x4000
+                          ? mp_tun_pages_in_urgent(pi, data + 2, n, out, NULL)
+                          : mp_tun_pages_in_apply(pi, data + 2, n, out, LIMIT,
+                                                  NULL);
+        if (out->len > (h & 0x4000 ? n * 2 : LIMIT + MP_TUN_LIFT_MAX_WAITING
+                                                        * (8 + 256 + PS)))
             abort();
         if (ok)
             check_records(out->data, out->len, &named);

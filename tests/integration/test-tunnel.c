@@ -525,6 +525,25 @@ run(const Case *c)
         cr_assert_gt(it_jint(src, "ram.postcopy-requests"), 0);
         cr_assert_eq(it_jint(rep, "postcopy.requests"),
                      it_jint(src, "ram.postcopy-requests"));
+        /* requested pages went in the urgent lane (docs/tunnel.md,
+         * "Lifted pages"); dest wrote each once: their batch copies were
+         * dropped, none left waiting */
+        json_object *sl = it_jget(sp, "lift"), *dl = it_jget(dp, "lift");
+        g_printerr("tunnel-lift case=%s source=%s dest=%s\n", c->name,
+                   json_object_to_json_string(sl),
+                   json_object_to_json_string(dl));
+        gboolean lift = !has_arg(c, "--no-lift");
+        cr_assert_eq(json_object_get_boolean(it_jget(sl, "enabled")), lift);
+        cr_assert_eq(it_jint(sl, "requests"),
+                     lift ? it_jint(rep, "postcopy.requests") : 0);
+        /* plain post-copy: requested pages come on the main channel
+         * (with preempt they take the preempt channel) */
+        if (lift && !c->caps[1])
+            cr_assert_gt(it_jint(sl, "pages"), 0);
+        cr_assert_eq(it_jint(dl, "pages"),
+                     it_jint(sl, "pages") + it_jint(sl, "neighbours"));
+        cr_assert_eq(it_jint(dl, "bulk_dropped"), it_jint(dl, "pages"));
+        cr_assert_eq(it_jint(dl, "waiting"), 0);
         /* the tunnel, not the relay, paces the link */
         cr_assert_str_eq(json_object_get_string(
                              it_jget(rep, "priority.rate_source")),
@@ -742,6 +761,20 @@ Test(tunnel, postcopy_100)
               .append = "mem=64M rate=5000 verify=1",
               .caps = {"postcopy-ram"},
               .postcopy_after_ms = 500};
+    run(&c);
+}
+
+/* The same without lifting requested pages (--no-lift): the lane's
+ * counters say nothing went urgent. */
+Test(tunnel, postcopy_100_no_lift)
+{
+    Case c = {.name = "postcopy_100_no_lift",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=5000 verify=1",
+              .caps = {"postcopy-ram"},
+              .postcopy_after_ms = 500,
+              .src_args = {"--no-lift"}};
     run(&c);
 }
 

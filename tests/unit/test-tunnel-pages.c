@@ -10,11 +10,15 @@
  * go as batches, zero pages the destination holds are skipped, fewer
  * bytes than the stream); each encoder switched off still gives the same
  * memory; hostile batches are refused with an error naming the payload
- * offset, and never crash or write more than the limit.
+ * offset, and never crash or write more than the limit.  Lifted pages
+ * (post-copy requests): copied urgent in the feed that brings them,
+ * written by dest at a record boundary, their batch copy dropped, the
+ * same memory; broken urgent payloads refused.
  */
 #include "config.h"
 #include <string.h>
 #include <criterion/criterion.h>
+#include "json-util.h"
 #include "page-batch.h"
 #include "parse-common.h"
 #include "pipeline.h"
@@ -625,4 +629,346 @@ Test(tunnel_pages, dest_mux_names_stream_and_offset)
               "%s", h.error->message);
     g_error_free(h.error);
     close(sv[0]);
+}
+
+/* ---- lifted pages (docs/tunnel.md, "Lifted pages") ---- */
+
+/* A REQ_PAGES_ID message of the return path for one page. */
+static void
+req_pages(GByteArray *rp, const char *block, guint64 addr)
+{
+    gsize n = strlen(block);
+    guint8 m[4 + 12 + 1 + 255];
+    m[0] = 0;
+    m[1] = MP_RP_MSG_REQ_PAGES_ID;
+    m[2] = 0;
+    m[3] = (guint8)(13 + n);
+    mp_put_be64(m + 4, addr);
+    mp_put_be32(m + 12, PS);
+    m[16] = (guint8)n;
+    memcpy(m + 17, block, n);
+    g_byte_array_append(rp, m, 17 + n);
+}
+
+typedef struct {
+    GArray *off; /* guint64: stream offsets of PAGE records */
+    GPtrArray *block;
+    GArray *addr;
+} PageList;
+
+static MpRecordAction
+list_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    PageList *l = data;
+    if (rec->kind == MP_REC_RAM_PAGE && rec->u.page.kind == MP_PAGE_NORMAL) {
+        g_array_append_val(l->off, rec->offset);
+        g_ptr_array_add(l->block, g_strdup(rec->u.page.block));
+        g_array_append_val(l->addr, rec->u.page.addr);
+    }
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver list_observer = {.record = list_record};
+
+/* Pages asked for through the return path are copied into urgent
+ * payloads in the very feed that brings their record (no worker, no
+ * batch ahead of them), their neighbours too; dest writes them ahead and
+ * drops their batch copy; the memory stays the same.  Reads of 4105
+ * bytes cut page records: those are held until whole. */
+Test(tunnel_pages, lift_requested_pages_same_memory)
+{
+    g_autoptr(GByteArray) all = tu_read_sample("idle-7.2.mig.zst");
+    g_autoptr(GByteArray) in = g_byte_array_new();
+    g_byte_array_append(in, all->data, MIN(all->len, 3u << 20));
+    PageList l = {g_array_new(FALSE, FALSE, sizeof(guint64)),
+                  g_ptr_array_new_with_free_func(g_free),
+                  g_array_new(FALSE, FALSE, sizeof(guint64))};
+    {
+        g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
+        mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
+        mp_pipeline_observe(p, &list_observer, &l);
+        mp_pipeline_feed(p, in->data, in->len, 0);
+    }
+    cr_assert_gt(l.off->len, 200, "%u pages", l.off->len);
+    MpTunPagesOptions o = all_on();
+    o.urgent = TRUE;
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    /* post-copy: every page goes, none skipped */
+    mp_tun_pages_out_set_shared(po);
+    Run r = {.out = g_byte_array_new()};
+    guint next = 50, asked = 0, urgent_pages = 0;
+    guint64 skipped_raw = 0;
+    const gsize chunk = 4105;
+
+    for (gsize at = 0; at < in->len; at += chunk) {
+        gsize n = MIN(chunk, in->len - at);
+        /* a page whose record starts in this read is asked for first
+         * (every 97th page, its neighbours come right after it) */
+        guint wanted_here = 0;
+        while (next < l.off->len
+               && g_array_index(l.off, guint64, next) < at + n) {
+            if (g_array_index(l.off, guint64, next) >= at) {
+                g_autoptr(GByteArray) rp = g_byte_array_new();
+                req_pages(rp, g_ptr_array_index(l.block, next),
+                          g_array_index(l.addr, guint64, next));
+                /* split: the return path parser takes any cut */
+                mp_tun_pages_out_return_path(po, rp->data, 3);
+                mp_tun_pages_out_return_path(po, rp->data + 3, rp->len - 3);
+                asked++;
+                wanted_here++;
+            }
+            next += 97;
+        }
+        skipped_raw += mp_tun_pages_out_feed(po, in->data + at, n);
+        /* the copies are there at once, before any worker ran */
+        guint got_here = 0;
+        for (GByteArray *u; (u = mp_tun_pages_out_pop_urgent(po));) {
+            g_autoptr(GError) err = NULL;
+            got_here += mp_be32(u->data + 1 + u->data[0]);
+            cr_assert(mp_tun_pages_in_urgent(pi, u->data, u->len, r.out, &err),
+                      "%s", err ? err->message : "?");
+            g_byte_array_unref(u);
+        }
+        /* (a requested page whose record this read cut is held: it comes
+         * with the next read) */
+        urgent_pages += got_here;
+        drain(po, pi, &r, TRUE);
+    }
+    mp_tun_pages_out_finish(po);
+    drain(po, pi, &r, TRUE);
+    cr_assert_eq(r.raw + skipped_raw, in->len);
+    cr_assert_gt(asked, 5);
+    json_object *rep = mp_tun_pages_out_report(po);
+    json_object *drep = mp_tun_pages_in_report(pi);
+    g_printerr("lift: source %s\n  dest %s\n",
+               json_object_to_json_string(mp_json_path(rep, "lift")),
+               json_object_to_json_string(mp_json_path(drep, "lift")));
+    cr_assert_eq(tu_json_int(rep, "lift.requests"), asked);
+    cr_assert_eq(tu_json_int(rep, "lift.pages"), asked);
+    cr_assert_gt(tu_json_int(rep, "lift.neighbours"), 0);
+    cr_assert_gt(tu_json_int(rep, "lift.held_records"), 0);
+    cr_assert_eq(tu_json_int(rep, "lift.pages")
+                     + tu_json_int(rep, "lift.neighbours"),
+                 urgent_pages);
+    cr_assert_eq(tu_json_int(drep, "lift.pages"), urgent_pages);
+    cr_assert_eq(tu_json_int(drep, "lift.bulk_dropped"), urgent_pages);
+    cr_assert_eq(tu_json_int(drep, "lift.waiting"), 0);
+    cr_assert_eq(tu_json_int(drep, "lift.written_at_once")
+                     + tu_json_int(drep, "lift.written_before_batch"),
+                 urgent_pages);
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(r.out, NULL);
+    assert_same_memory(want, got, "lifted pages");
+    json_object_put(rep);
+    json_object_put(drep);
+    g_byte_array_unref(r.out);
+    g_array_unref(l.off);
+    g_ptr_array_unref(l.block);
+    g_array_unref(l.addr);
+}
+
+/* One batch of "pc.ram" pages `idx[i]`, filled with `fill[i]`, from a
+ * fresh encoder (block id 0, as the destination's first block). */
+static GByteArray *
+batch_of(const guint64 *idx, const guint8 *fill, guint n, gboolean setup)
+{
+    g_autoptr(MpPageCache) c = mp_pcache_new(PS, CACHE);
+    MpBatchOpts bo = {.zero = FALSE, .delta = FALSE, .dedup = FALSE};
+    g_autoptr(MpBatchEnc) e = mp_batch_enc_new(PS, c, NULL, &bo);
+    g_autoptr(GByteArray) made = g_byte_array_new();
+    guint8 page[PS];
+    for (guint i = 0; i < n; i++) {
+        memset(page, fill[i], PS);
+        cr_assert(mp_batch_enc_add(e, "pc.ram", idx[i], page, made));
+    }
+    mp_batch_enc_flush(e, made);
+    GByteArray *b = g_byte_array_new();
+    g_byte_array_append(b, made->data + 4, 2);
+    if (setup) {
+        guint8 x[8];
+        mp_put_be64(x, CACHE);
+        b->data[0] |= MP_TUN_PAGES_SETUP;
+        g_byte_array_append(b, x, 8);
+    }
+    g_byte_array_append(b, made->data + 6, made->len - 6);
+    return b;
+}
+
+/* An urgent payload of `n` pages of `block`: fill 0 makes a ZERO entry. */
+static GByteArray *
+urgent_of(const char *block, const guint64 *idx, const guint8 *fill,
+          guint n)
+{
+    GByteArray *u = g_byte_array_new();
+    guint8 h[1 + 255 + 4], e[9], page[PS];
+    gsize bl = strlen(block);
+    h[0] = (guint8)bl;
+    memcpy(h + 1, block, bl);
+    mp_put_be32(h + 1 + bl, n);
+    g_byte_array_append(u, h, 1 + bl + 4);
+    for (guint i = 0; i < n; i++) {
+        mp_put_be64(e, idx[i]);
+        e[8] = fill[i] ? MP_TUN_LIFT_PAGE : MP_TUN_LIFT_ZERO;
+        g_byte_array_append(u, e, 9);
+        if (fill[i]) {
+            memset(page, fill[i], PS);
+            g_byte_array_append(u, page, PS);
+        }
+    }
+    return u;
+}
+
+/* The RAM records of `out` as QEMU reads them ("block:index:fill" for
+ * pages, "EOS"), CONTINUE resolved against the record before. */
+static char *
+records_of(const GByteArray *out)
+{
+    g_autoptr(GString) s = g_string_new(NULL);
+    char block[256] = "";
+    for (gsize at = 0; at < out->len;) {
+        cr_assert_leq(at + 8, out->len);
+        guint64 h = mp_be64(out->data + at);
+        guint64 f = h & (PS - 1);
+        at += 8;
+        if (f == MP_RAM_SAVE_FLAG_EOS) {
+            g_string_append(s, "EOS ");
+            continue;
+        }
+        if (!(f & MP_RAM_SAVE_FLAG_CONTINUE)) {
+            guint8 n = out->data[at];
+            memcpy(block, out->data + at + 1, n);
+            block[n] = '\0';
+            at += 1 + n;
+        }
+        cr_assert(block[0], "CONTINUE with no block before");
+        f &= ~(guint64)MP_RAM_SAVE_FLAG_CONTINUE;
+        cr_assert(f == MP_RAM_SAVE_FLAG_PAGE || f == MP_RAM_SAVE_FLAG_ZERO);
+        guint8 fill = out->data[at];
+        at += f == MP_RAM_SAVE_FLAG_PAGE ? PS : 1;
+        g_string_append_printf(s, "%s:%" G_GUINT64_FORMAT ":%u ", block,
+                               h / PS, fill);
+    }
+    return g_strdup(s->str);
+}
+
+/* Where dest writes lifted pages: at once after a record of the same
+ * block; after raw bytes, or after another block, just before the next
+ * batch (which names its block again); the batch's own copy of a lifted
+ * page is dropped, so the lifted (newer) bytes stay. */
+Test(tunnel_pages, lift_dest_merge_order)
+{
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autoptr(GError) err = NULL;
+    char *msg = NULL;
+    static const guint64 i1[] = {0, 1, 2};
+    static const guint8 f1[] = {1, 2, 3};
+    g_autoptr(GByteArray) b1 = batch_of(i1, f1, 3, TRUE);
+    cr_assert(apply(pi, b1, 1 << 20, out, &msg), "%s", msg);
+
+    /* same block as the last record: at once, with CONTINUE */
+    static const guint64 u1i[] = {7};
+    static const guint8 u1f[] = {0xaa};
+    g_autoptr(GByteArray) u1 = urgent_of("pc.ram", u1i, u1f, 1);
+    gsize before = out->len;
+    cr_assert(mp_tun_pages_in_urgent(pi, u1->data, u1->len, out, &err));
+    cr_assert_eq(out->len, before + 8 + PS);
+
+    /* raw bytes (DATA): QEMU's block is not known here any more */
+    guint8 eos[8];
+    mp_put_be64(eos, MP_RAM_SAVE_FLAG_EOS);
+    g_byte_array_append(out, eos, 8);
+    mp_tun_pages_in_data(pi);
+    static const guint64 u2i[] = {8};
+    static const guint8 u2f[] = {0};
+    g_autoptr(GByteArray) u2 = urgent_of("pc.ram", u2i, u2f, 1);
+    static const guint64 u3i[] = {1};
+    static const guint8 u3f[] = {0xbb};
+    g_autoptr(GByteArray) u3 = urgent_of("vga.vram", u3i, u3f, 1);
+    before = out->len;
+    cr_assert(mp_tun_pages_in_urgent(pi, u2->data, u2->len, out, &err));
+    cr_assert(mp_tun_pages_in_urgent(pi, u3->data, u3->len, out, &err));
+    cr_assert_eq(out->len, before, "written before a record boundary");
+
+    /* the next batch: the waiting pages first; page 8's batch copy (0x11,
+     * older than nothing here, but QEMU takes a page once) is dropped */
+    static const guint64 i2[] = {8, 9};
+    static const guint8 f2[] = {0x11, 0x12};
+    g_autoptr(GByteArray) b2 = batch_of(i2, f2, 2, FALSE);
+    cr_assert(apply(pi, b2, 1 << 20, out, &msg), "%s", msg);
+    g_autofree char *recs = records_of(out);
+    cr_assert_str_eq(recs, "pc.ram:0:1 pc.ram:1:2 pc.ram:2:3 pc.ram:7:170 "
+                           "EOS pc.ram:8:0 vga.vram:1:187 pc.ram:9:18 ");
+
+    /* another block after a batch: waits for the next one */
+    static const guint8 u4f[] = {0xcc};
+    g_autoptr(GByteArray) u4 = urgent_of("vga.vram", u1i, u4f, 1);
+    before = out->len;
+    cr_assert(mp_tun_pages_in_urgent(pi, u4->data, u4->len, out, &err));
+    cr_assert_eq(out->len, before);
+    json_object *rep = mp_tun_pages_in_report(pi);
+    cr_assert_eq(tu_json_int(rep, "lift.frames"), 4);
+    cr_assert_eq(tu_json_int(rep, "lift.written_at_once"), 1);
+    cr_assert_eq(tu_json_int(rep, "lift.written_before_batch"), 2);
+    cr_assert_eq(tu_json_int(rep, "lift.bulk_dropped"), 1);
+    cr_assert_eq(tu_json_int(rep, "lift.waiting"), 1);
+    json_object_put(rep);
+}
+
+/* Broken urgent payloads are refused with the payload offset, and
+ * nothing of them is written or kept. */
+Test(tunnel_pages, lift_hostile_refused)
+{
+    static const guint64 idx[] = {5, 6};
+    static const guint8 fill[] = {1, 0};
+    g_autoptr(GByteArray) good = urgent_of("pc.ram", idx, fill, 2);
+    struct {
+        gsize at;   /* byte to change, or the cut when `cut` */
+        guint8 v;
+        gboolean cut;
+        const char *want;
+    } cases[] = {
+        {0, 0, FALSE, "a header"},         /* no block name */
+        {4, 0, TRUE, "a header"},          /* cut inside the name */
+        {3, 0, FALSE, "NUL in the block name"},
+        {10, 0, FALSE, "1 or more"},       /* count 0 */
+        {7, 0xff, FALSE, "1 or more"},     /* count beyond the bound */
+        {19, 3, FALSE, "kind 1 or 2"},     /* the first page's kind */
+        {11, 0xff, FALSE, "below 2^48"},   /* the first page's index */
+        {20, 0, TRUE, "cut short"},
+        {10, 1, FALSE, "bytes after the last page"}, /* count 1 of 2 */
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+        g_autoptr(GByteArray) bad = g_byte_array_new();
+        g_autoptr(GByteArray) out = g_byte_array_new();
+        g_autoptr(GError) err = NULL;
+        g_byte_array_append(bad, good->data,
+                            cases[i].cut ? cases[i].at : good->len);
+        if (!cases[i].cut)
+            bad->data[cases[i].at] = cases[i].v;
+        cr_assert_not(mp_tun_pages_in_urgent(pi, bad->data, bad->len, out,
+                                             &err),
+                      "case %u accepted", i);
+        cr_assert(strstr(err->message, cases[i].want), "case %u: %s", i,
+                  err->message);
+        cr_assert_eq(out->len, 0);
+        json_object *rep = mp_tun_pages_in_report(pi);
+        cr_assert_eq(tu_json_int(rep, "lift.waiting"), 0);
+        json_object_put(rep);
+    }
+    /* more waiting than the bound */
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autofree guint64 *many = g_new(guint64, MP_TUN_LIFT_MAX_WAITING + 1);
+    g_autofree guint8 *zero = g_new0(guint8, MP_TUN_LIFT_MAX_WAITING + 1);
+    for (guint i = 0; i <= MP_TUN_LIFT_MAX_WAITING; i++)
+        many[i] = i;
+    g_autoptr(GByteArray) big = urgent_of("pc.ram", many, zero,
+                                          MP_TUN_LIFT_MAX_WAITING + 1);
+    g_autoptr(GError) err = NULL;
+    cr_assert_not(mp_tun_pages_in_urgent(pi, big->data, big->len, out, &err));
+    cr_assert(strstr(err->message, "waiting"), "%s", err->message);
 }
