@@ -395,6 +395,28 @@ it_migrate(MpQemu *src, guint16 port, gboolean blk)
     json_object_put(ret);
 }
 
+void
+it_postcopy_recover(MpQemu *src, MpQemu *dst, guint16 recover_port,
+                    guint16 resume_port)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *duri = g_strdup_printf("tcp:127.0.0.1:%u", recover_port);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(duri));
+    json_object *ret = mp_qemu_execute(dst, "migrate-recover", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate-recover: %s", err ? err->message : "?");
+    json_object_put(ret);
+    g_autofree char *suri = g_strdup_printf("tcp:127.0.0.1:%u", resume_port);
+    args = json_object_new_object();
+    json_object_object_add(args, "uri", json_object_new_string(suri));
+    json_object_object_add(args, "resume", json_object_new_boolean(TRUE));
+    ret = mp_qemu_execute(src, "migrate", args, &err);
+    json_object_put(args);
+    cr_assert_not_null(ret, "migrate resume: %s", err ? err->message : "?");
+    json_object_put(ret);
+}
+
 json_object *
 it_wait_final(MpQemu *q, guint timeout_ms)
 {

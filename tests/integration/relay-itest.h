@@ -111,6 +111,11 @@ void it_incoming(MpQemu *dst, guint16 port);
 void it_cap(MpQemu *q, const char *cap);
 /* migrate tcp:127.0.0.1:port (`blk`: block migration); asserts. */
 void it_migrate(MpQemu *src, guint16 port, gboolean blk);
+/* QEMU's post-copy recovery, both QEMUs in postcopy-paused:
+ * migrate-recover tcp:127.0.0.1:recover_port on `dst`, then migrate
+ * tcp:127.0.0.1:resume_port with resume on `src`; asserts both. */
+void it_postcopy_recover(MpQemu *src, MpQemu *dst, guint16 recover_port,
+                         guint16 resume_port);
 /* query-migrate until completed, failed or cancelled; returns the final
  * answer (caller owns), whatever it is. */
 json_object *it_wait_final(MpQemu *q, guint timeout_ms);

@@ -841,21 +841,7 @@ Test(relay, postcopy_recovery_72)
     g_autofree char *dir2 = g_build_filename(fx.dir, "recovery", NULL);
     g_mkdir(dir2, 0755);
     ItRelay *relay2 = fx.relay2 = it_relay_start(dir2, dport2, NULL);
-    g_autofree char *uri = g_strdup_printf("tcp:127.0.0.1:%u", dport2);
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(uri));
-    json_object *ret = mp_qemu_execute(fx.dst, "migrate-recover", args, &err);
-    json_object_put(args);
-    cr_assert_not_null(ret, "migrate-recover: %s", err ? err->message : "?");
-    json_object_put(ret);
-    g_autofree char *ruri = g_strdup_printf("tcp:127.0.0.1:%u", relay2->port);
-    args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(ruri));
-    json_object_object_add(args, "resume", json_object_new_boolean(TRUE));
-    ret = mp_qemu_execute(fx.src, "migrate", args, &err);
-    json_object_put(args);
-    cr_assert_not_null(ret, "migrate resume: %s", err ? err->message : "?");
-    json_object_put(ret);
+    it_postcopy_recover(fx.src, fx.dst, dport2, relay2->port);
 
     json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
     g_autofree char *log2 = it_relay_log_text(relay2);

@@ -1469,22 +1469,7 @@ Test(tunnel, postcopy_recover_72)
     wait_status_logged(fx.src, "postcopy-paused", 30000);
     wait_status_logged(fx.dst, "postcopy-paused", 30000);
 
-    g_autofree char *duri = g_strdup_printf("tcp:127.0.0.1:%u", qport2);
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(duri));
-    json_object *ret = mp_qemu_execute(fx.dst, "migrate-recover", args, &err);
-    json_object_put(args);
-    cr_assert_not_null(ret, "migrate-recover: %s", err ? err->message : "?");
-    json_object_put(ret);
-    g_autofree char *suri = g_strdup_printf("tcp:127.0.0.1:%u",
-                                            fx.pair->src_port);
-    args = json_object_new_object();
-    json_object_object_add(args, "uri", json_object_new_string(suri));
-    json_object_object_add(args, "resume", json_object_new_boolean(TRUE));
-    ret = mp_qemu_execute(fx.src, "migrate", args, &err);
-    json_object_put(args);
-    cr_assert_not_null(ret, "migrate resume: %s", err ? err->message : "?");
-    json_object_put(ret);
+    it_postcopy_recover(fx.src, fx.dst, qport2, fx.pair->src_port);
 
     json_object *info = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
     g_free(slog);
