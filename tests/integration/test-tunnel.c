@@ -360,6 +360,29 @@ has_arg(const Case *c, const char *arg)
     return FALSE;
 }
 
+/* The running destination's guest checks its memory: 3 passes, none
+ * corrupt. */
+static void
+assert_guest_verifies(void)
+{
+    const char *path = mp_qemu_console_path(fx.dst);
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = NULL;
+        g_file_get_contents(path, &text, NULL, NULL);
+        cr_assert(!text || !strstr(text, "CORRUPT"), "%s", text);
+        guint passes = 0;
+        for (const char *q = text; q && (q = strstr(q, "verify pass="));
+             q++)
+            passes++;
+        if (passes >= 3)
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "%u verify passes:\n%s", passes, text ? text : "");
+        g_usleep(200000);
+    }
+}
+
 static void
 run(const Case *c)
 {
@@ -549,22 +572,7 @@ run(const Case *c)
                              it_jget(rep, "priority.rate_source")),
                          "none");
         /* running destination: the guest verifies itself */
-        const char *path = mp_qemu_console_path(fx.dst);
-        gint64 deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
-        for (;;) {
-            g_autofree char *text = NULL;
-            g_file_get_contents(path, &text, NULL, NULL);
-            cr_assert(!text || !strstr(text, "CORRUPT"), "%s", text);
-            guint passes = 0;
-            for (const char *q = text; q && (q = strstr(q, "verify pass="));
-                 q++)
-                passes++;
-            if (passes >= 3)
-                break;
-            cr_assert(g_get_monotonic_time() < deadline,
-                      "%u verify passes:\n%s", passes, text ? text : "");
-            g_usleep(200000);
-        }
+        assert_guest_verifies();
     } else if (c->mem_from_stream) {
         g_autofree char *capture =
             g_build_filename(fx.pair->capture, "s1-c0-to-dst.bin", NULL);
@@ -1260,29 +1268,6 @@ wait_status_logged(MpQemu *q, const char *want, guint timeout_ms)
                            mp_qemu_name(q), st, want, slog, dlog);
         }
         g_usleep(50000);
-    }
-}
-
-/* The running destination's guest checks its memory: 3 passes, none
- * corrupt. */
-static void
-assert_guest_verifies(void)
-{
-    const char *path = mp_qemu_console_path(fx.dst);
-    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    for (;;) {
-        g_autofree char *text = NULL;
-        g_file_get_contents(path, &text, NULL, NULL);
-        cr_assert(!text || !strstr(text, "CORRUPT"), "%s", text);
-        guint passes = 0;
-        for (const char *q = text; q && (q = strstr(q, "verify pass="));
-             q++)
-            passes++;
-        if (passes >= 3)
-            return;
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "%u verify passes:\n%s", passes, text ? text : "");
-        g_usleep(200000);
     }
 }
 
