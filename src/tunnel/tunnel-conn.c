@@ -228,6 +228,13 @@ on_frame(const MpTunFrame *f, gpointer data)
     return c->done ? MP_REC_PAUSE : MP_REC_CONTINUE;
 }
 
+/* The least a paced write sends (or the rest of the frame).  The bucket
+ * refills with the clock: taking whatever it holds, a writer that loops
+ * finds a few bytes in it every time and never stops, a send() per
+ * handful of bytes, its main loop busy (post-copy requests waited tens of
+ * ms behind it). */
+#define PACE_QUANTUM (16u << 10)
+
 static gboolean
 paced_again(gpointer data)
 {
@@ -251,11 +258,12 @@ paced(MpTunConn *c, gsize want)
     if (c->cur_urgent || !g_queue_is_empty(&c->urgent)
         || !mp_tun_link_paced(c->link))
         return want;
+    gsize least = MIN(want, PACE_QUANTUM);
     gsize allow = mp_tun_link_allowance(c->link, now);
-    if (allow)
+    if (allow >= least)
         return MIN(want, allow);
     if (!c->pace_id) {
-        gint64 at = mp_tun_link_ready_at(c->link, MIN(want, 4096), now);
+        gint64 at = mp_tun_link_ready_at(c->link, least, now);
         c->pace_at = at;
         c->pace_id = g_timeout_add(MAX(1, (at - now + 999) / 1000),
                                    paced_again, c);

@@ -34,6 +34,8 @@ struct MpTunLink {
     /* round trips */
     gint64 rtt_us, rtt_min_us;
     guint64 pings, pongs;
+    /* writes while paced, and their bytes */
+    guint64 paced_writes, paced_bytes;
 };
 
 MpTunLink *
@@ -190,8 +192,11 @@ mp_tun_link_allowance(MpTunLink *l, gint64 now_us)
 void
 mp_tun_link_spend(MpTunLink *l, gsize n)
 {
-    if (l->pace)
+    if (l->pace) {
         l->tokens -= n;
+        l->paced_writes++;
+        l->paced_bytes += n;
+    }
 }
 
 gint64
@@ -292,5 +297,12 @@ mp_tun_link_report(const MpTunLink *l)
     json_object_object_add(o, "rtt_min_ms", ms_or_null(l->rtt_min_us));
     json_object_object_add(o, "pings", json_object_new_int64(l->pings));
     json_object_object_add(o, "pongs", json_object_new_int64(l->pongs));
+    json_object_object_add(o, "paced_writes",
+                           json_object_new_int64(l->paced_writes));
+    json_object_object_add(
+        o, "paced_write_bytes",
+        l->paced_writes
+            ? json_object_new_int64(l->paced_bytes / l->paced_writes)
+            : NULL);
     return o;
 }

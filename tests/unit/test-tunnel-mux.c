@@ -852,7 +852,14 @@ Test(tunnel_mux, sessions_share_a_paced_link)
             json_object_object_get(ch, "to_dst"), "bytes_out"));
         total += got[i];
     }
+    /* a paced write takes a quantum, not the few bytes the bucket gained
+     * since the last one (before: 20 to 40 bytes a write, the loop never
+     * idle) */
+    gint64 write_bytes = json_object_get_int64(json_object_object_get(
+        json_object_object_get(rep, "link"), "paced_write_bytes"));
     json_object_put(rep);
+    cr_assert_geq(write_bytes, 4096, "%" G_GINT64_FORMAT " bytes a write",
+                  write_bytes);
     for (int i = 0; i < SHARERS; i++) {
         g_printerr("sessions_share_a_paced_link: session %d: %.2f MB of "
                    "%.2f MB on the link (%.0f %%)\n",
