@@ -137,6 +137,9 @@ gboolean mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir,
 /* The queue of `dir` in absolute offsets: bytes [written, sent) wait to be
  * written, where sent = mp_relay_channel_bytes_sent(). */
 guint64 mp_relay_channel_bytes_written(const MpRelayChannel *ch, MpDir dir);
+/* Bytes the queue moved within its buffer to make room (its cost: at
+ * most 4 per byte written out, however deep the queue). */
+guint64 mp_relay_channel_bytes_moved(const MpRelayChannel *ch, MpDir dir);
 /* @return the queued bytes [at, at + len) (valid until the next change of
  * the queue), or NULL if they are not all queued. */
 const guint8 *mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir,
