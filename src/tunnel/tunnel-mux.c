@@ -3,6 +3,8 @@
 #include "config.h"
 #include <errno.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <gio/gio.h>
 #include <zstd.h>
@@ -1561,6 +1563,18 @@ pages_attach(MpTunMux *m, Conn *c)
         mp_tun_pages_out_set_shared(c->po);
 }
 
+/* A QEMU connection (dest) or the relay's (source): non-blocking, and
+ * without Nagle: a lifted page or a page request written while earlier
+ * bytes are unacknowledged would wait for the peer's ACK, and on loopback
+ * (a 64 KiB MSS) nearly every write is a small one (dest: 4.8 ms from a
+ * lifted page's arrival to QEMU placing it, 0.08 ms without). */
+static void
+local_socket_setup(GSocket *local)
+{
+    g_socket_set_blocking(local, FALSE);
+    g_socket_set_option(local, IPPROTO_TCP, TCP_NODELAY, 1, NULL);
+}
+
 guint16
 mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
 {
@@ -1575,7 +1589,7 @@ mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
     c->out_id = id;
     c->out_urgent = o->channel == MP_TUN_CH_PREEMPT;
     c->sock = g_object_ref(local);
-    g_socket_set_blocking(local, FALSE);
+    local_socket_setup(local);
     pages_attach(m, c);
     g_autoptr(GByteArray) b = g_byte_array_new();
     mp_tun_write_open(b, id, o);
@@ -1594,7 +1608,7 @@ mp_tun_mux_attach(MpTunMux *m, guint16 stream, GSocket *local)
         return;
     }
     c->sock = g_object_ref(local);
-    g_socket_set_blocking(local, FALSE);
+    local_socket_setup(local);
     if (c->aborted) {
         conn_abort(c, "aborted before it was connected");
         return;

@@ -10,6 +10,8 @@
 #include "config.h"
 #include <signal.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <gio/gio.h>
@@ -895,4 +897,74 @@ Test(tunnel_mux, sessions_share_a_paced_link)
     mp_tun_mux_free(fp->dst);
     g_clear_error(&fp->src_error);
     g_clear_error(&fp->dst_error);
+}
+
+/* The QEMU connections (dest) and the relay's (source) go without Nagle:
+ * a lifted page written behind unacknowledged bytes waited for QEMU's
+ * ACK (4.8 ms from its arrival to QEMU placing it, 0.08 ms without). */
+static gboolean
+first_opened(Fixture *f)
+{
+    return f->opened == 1;
+}
+
+static GSocket *
+tcp_pair(GSocket **accepted)
+{
+    g_autoptr(GInetAddress) lo =
+        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
+    g_autoptr(GSocket) l = g_socket_new(G_SOCKET_FAMILY_IPV4,
+                                        G_SOCKET_TYPE_STREAM,
+                                        G_SOCKET_PROTOCOL_TCP, NULL);
+    cr_assert(g_socket_bind(l, any, TRUE, NULL) && g_socket_listen(l, NULL));
+    g_autoptr(GSocketAddress) at = g_socket_get_local_address(l, NULL);
+    GSocket *c = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, NULL);
+    cr_assert(g_socket_connect(c, at, NULL, NULL));
+    *accepted = g_socket_accept(l, NULL, NULL);
+    cr_assert_not_null(*accepted);
+    return c;
+}
+
+static int
+nodelay(GSocket *s)
+{
+    int v = 0;
+    socklen_t len = sizeof(v);
+    cr_assert_eq(getsockopt(g_socket_get_fd(s), IPPROTO_TCP, TCP_NODELAY, &v,
+                            &len),
+                 0);
+    return v;
+}
+
+Test(tunnel_mux, local_connections_without_nagle)
+{
+    Fixture f = {0};
+    int tv[2];
+
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST};
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+
+    g_autoptr(GSocket) relay_end = NULL, qemu_end = NULL;
+    g_autoptr(GSocket) hop = tcp_pair(&relay_end);
+    g_autoptr(GSocket) qemu = tcp_pair(&qemu_end);
+    f.dst_socks[0] = qemu_end;
+    cr_assert_not(nodelay(relay_end));
+    cr_assert_not(nodelay(qemu_end));
+    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, relay_end, &o), 0);
+    spin_until(first_opened, &f, 5000);
+    cr_assert(nodelay(relay_end), "the source's local connection");
+    cr_assert(nodelay(qemu_end), "the destination's QEMU connection");
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
 }
