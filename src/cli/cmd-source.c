@@ -272,6 +272,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
         MpRelayOptions opt = {
             .listen = a->listen[i],
             .to = mp_tun_source_hop(tun, i),
+            .to_addr = mp_tun_source_hop_address(tun, i),
             .metrics = r->metrics,
             .report = r->report,
             .capture = r->capture,

@@ -618,8 +618,12 @@ mp_relay_channel_connect(MpRelayChannel *ch, GSocketAddress *to,
 
     if (ch->closed)
         return;
-    ch->up = g_socket_new(g_socket_address_get_family(to), G_SOCKET_TYPE_STREAM,
-                          G_SOCKET_PROTOCOL_TCP, &err);
+    GSocketFamily family = g_socket_address_get_family(to);
+    ch->up = g_socket_new(family, G_SOCKET_TYPE_STREAM,
+                          family == G_SOCKET_FAMILY_UNIX
+                              ? G_SOCKET_PROTOCOL_DEFAULT
+                              : G_SOCKET_PROTOCOL_TCP,
+                          &err);
     ch->connect_timeout_ms = timeout_ms;
     if (ch->up) {
         g_socket_set_blocking(ch->up, FALSE);
@@ -703,6 +707,18 @@ mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes,
                     "the %s",
                     dir == MP_DIR_TO_DST ? "destination" : "source");
         return FALSE;
+    }
+    if (g_socket_get_family(s) == G_SOCKET_FAMILY_UNIX) {
+        /* (migproxy source's hop) a Unix socket's bytes count against
+         * the writer until the reader took them: its send buffer is what
+         * waits in front, and it shrinks at once (the kernel doubles the
+         * value for its own overhead) */
+        if (!g_socket_set_option(s, SOL_SOCKET, SO_SNDBUF, (gint)bytes / 2,
+                                 error)) {
+            g_prefix_error(error, "setsockopt(SO_SNDBUF, %zu): ", bytes / 2);
+            return FALSE;
+        }
+        return TRUE;
     }
     if (!g_socket_set_option(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, (gint)bytes,
                              error)) {

@@ -1315,6 +1315,7 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
     g_autoptr(GSocketAddress) bound = NULL;
 
     r->opt = *opt;
+    r->opt.to_addr = NULL; /* (held in r->to) */
     r->listen_str = g_strdup(opt->listen);
     r->to_str = g_strdup(opt->to);
     r->metrics_path = g_strdup(opt->metrics);
@@ -1339,7 +1340,9 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         g_ptr_array_add(r->allow, m);
     }
 
-    if (!(r->to = mp_address_resolve("--to", opt->to, error)))
+    if (opt->to_addr)
+        r->to = g_object_ref(opt->to_addr);
+    else if (!(r->to = mp_address_resolve("--to", opt->to, error)))
         return NULL;
     if (!(laddr = mp_address_resolve("--listen", opt->listen, error)))
         return NULL;

@@ -15,12 +15,15 @@
  */
 #pragma once
 
-#include <glib.h>
+#include <gio/gio.h>
 #include <json-c/json.h>
 
 typedef struct {
     const char *listen;       /* HOST:PORT (port 0: any free port) */
     const char *to;           /* HOST:PORT of the destination's -incoming */
+    /* Embedding (`migproxy source`): the destination's address itself
+     * (its hop, a Unix socket), `to` only naming it; NULL: resolve `to` */
+    GSocketAddress *to_addr;
     const char *metrics;      /* --metrics FILE, - or unix:PATH, or NULL */
     const char *report;       /* --report FILE (session N>1: FILE-N) or NULL */
     const char *capture;      /* --capture DIR, or NULL */

@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
 #include "address.h"
 #include "tunnel-dial.h"
 #include "tunnel-mux.h"
@@ -24,13 +26,16 @@
 #define CLASSIFY_MS 100
 #define CLASSIFY_POLL_MS 2
 #define MFD_MAGIC 0x11223344u
-/* The hop's receive buffer (the kernel doubles it), set on the listener so
- * that its connections start with it: bytes the relay wrote wait there
- * for the tunnel, in front of whatever the relay's post-copy lane puts
- * first, so it is small; two loopback segments (64 KiB) fit, so the relay
- * still writes whole ones.  (Shrinking it later, once the window grew,
- * stalls the relay's side: it waits for the window it saw before.) */
-#define HOP_RCVBUF (64 << 10)
+/* The hop is a Unix socket, not loopback TCP: a Unix socket's bytes count
+ * against the writer (the relay) until the reader (the tunnel) took them,
+ * so the relay's send buffer is all that waits between the relay's
+ * post-copy lane (a requested page first in its queue) and this encoder
+ * (which lifts it into the urgent lane), and the lane shrinks it at once
+ * when post-copy starts (relay-channel.c, set_low_latency).  Over
+ * loopback TCP it was the receive window, 64-128 KiB that could not
+ * shrink once grown (a smaller SO_RCVBUF or TCP_WINDOW_CLAMP stalled the
+ * sender for 200-400 ms per page): 5-10 ms of 100 Mbit/s that every
+ * requested page waited behind. */
 
 typedef struct {
     GSocket *sock;
@@ -47,6 +52,7 @@ typedef struct {
     MpTunSource *s;
     guint16 index;
     GSocket *hop;
+    GSocketAddress *hop_sa;
     char *hop_addr;
     GSource *hop_source;
     GQueue wait;        /* HopConn*, accept order: waiting for their kind */
@@ -259,27 +265,19 @@ dial(MpTunSource *s)
     s->dial = mp_tun_dial_new(s->peer, s->opt.timeout_ms, on_dialed, s);
 }
 
-/* Is `peer` one of this process's own sockets?  The relay that connects
- * to the hop is in this process; anyone else on the host is not. */
+/* Is the hop's peer this process?  The relay that connects to the hop is
+ * in this process; anyone else on the host (the abstract namespace is the
+ * network namespace's) is not. */
 static gboolean
 hop_peer_is_ours(GSocket *sock)
 {
-    struct sockaddr_storage want, have;
-    socklen_t wl = sizeof(want);
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
 
-    if (getpeername(g_socket_get_fd(sock), (struct sockaddr *)&want, &wl) < 0)
-        return FALSE;
-    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    if (!dir)
-        return FALSE;
-    for (const char *name; (name = g_dir_read_name(dir));) {
-        int fd = atoi(name);
-        socklen_t hl = sizeof(have);
-        if (getsockname(fd, (struct sockaddr *)&have, &hl) == 0 && hl == wl
-            && memcmp(&have, &want, wl) == 0)
-            return TRUE;
-    }
-    return FALSE;
+    return getsockopt(g_socket_get_fd(sock), SOL_SOCKET, SO_PEERCRED, &cred,
+                      &len)
+               == 0
+           && cred.pid == getpid();
 }
 
 static void
@@ -394,12 +392,8 @@ on_hop_accept(GSocket *listener, GIOCondition cond, gpointer data)
             break;
         }
         if (!hop_peer_is_ours(sock)) {
-            g_autoptr(GSocketAddress) pa = g_socket_get_remote_address(sock,
-                                                                       NULL);
-            g_autofree char *who = mp_address_string(pa);
-            g_message("hop %s: a connection from %s, not from this "
-                      "process; closed",
-                      r->hop_addr, who);
+            g_message("hop %s: a connection from another process; closed",
+                      r->hop_addr);
             reset_close(sock);
             continue;
         }
@@ -445,6 +439,7 @@ route_free(Route *r)
         g_socket_close(r->hop, NULL);
         g_object_unref(r->hop);
     }
+    g_clear_object(&r->hop_sa);
     g_free(r->hop_addr);
     g_free(r);
 }
@@ -457,27 +452,27 @@ route_new(MpTunSource *s, guint index, GError **error)
     r->s = s;
     r->index = index;
     g_queue_init(&r->wait);
-    g_autoptr(GInetAddress) lo =
-        g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
-    g_autoptr(GSocketAddress) la = g_inet_socket_address_new(lo, 0);
-    r->hop = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                          G_SOCKET_PROTOCOL_TCP, error);
+    /* (random: another process cannot take the name first) */
+    g_autofree char *name =
+        g_strdup_printf("migproxy-hop-%d-%u-%08x", (int)getpid(), index,
+                        g_random_int());
+    r->hop_sa = g_unix_socket_address_new_with_type(
+        name, -1, G_UNIX_SOCKET_ADDRESS_ABSTRACT);
+    r->hop_addr = g_strdup_printf("@%s", name);
+    r->hop = g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM,
+                          G_SOCKET_PROTOCOL_DEFAULT, error);
     if (!r->hop) {
         route_free(r);
         return NULL;
     }
     g_socket_set_blocking(r->hop, FALSE);
     g_socket_set_listen_backlog(r->hop, 300);
-    g_socket_set_option(r->hop, SOL_SOCKET, SO_RCVBUF, HOP_RCVBUF, NULL);
-    g_autoptr(GSocketAddress) bound = NULL;
-    if (!g_socket_bind(r->hop, la, FALSE, error)
-        || !g_socket_listen(r->hop, error)
-        || !(bound = g_socket_get_local_address(r->hop, error))) {
+    if (!g_socket_bind(r->hop, r->hop_sa, FALSE, error)
+        || !g_socket_listen(r->hop, error)) {
         g_prefix_error(error, "the hop to the tunnel: ");
         route_free(r);
         return NULL;
     }
-    r->hop_addr = mp_address_string(bound);
     r->hop_source = g_socket_create_source(r->hop, G_IO_IN, NULL);
     g_source_set_callback(r->hop_source, G_SOURCE_FUNC(on_hop_accept), r, NULL);
     g_source_attach(r->hop_source, NULL);
@@ -568,6 +563,13 @@ mp_tun_source_hop(const MpTunSource *s, guint route)
 {
     const Route *r = g_ptr_array_index(s->routes, route);
     return r->hop_addr;
+}
+
+GSocketAddress *
+mp_tun_source_hop_address(const MpTunSource *s, guint route)
+{
+    const Route *r = g_ptr_array_index(s->routes, route);
+    return r->hop_sa;
 }
 
 static json_object *

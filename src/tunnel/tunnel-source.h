@@ -68,8 +68,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunSource, mp_tun_source_free)
 gboolean mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms,
                                   GError **error);
 
-/* "127.0.0.1:PORT": the --to of route `route`'s relay (borrowed). */
+/* Route `route`'s hop, where its relay connects (borrowed): its name
+ * ("@migproxy-hop-PID-ROUTE-...", for messages) and its address (a Unix
+ * socket in the abstract namespace). */
 const char *mp_tun_source_hop(const MpTunSource *s, guint route);
+GSocketAddress *mp_tun_source_hop_address(const MpTunSource *s, guint route);
 
 /* The tunnel's part of a session report of route `route`'s relay:
  * the route's connections carried since its last call (a relay serves

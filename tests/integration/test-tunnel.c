@@ -42,12 +42,14 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
@@ -1764,4 +1766,38 @@ Test(tunnel, route_without_to)
     cr_assert_eq(proc_wait(&fx.pair->src, 60000), 1);
     cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0);
     it_assert_same_ram(fx.src, fx.dst, MULTI_MIB << 20, fx.dir);
+}
+
+/* The hop between the source side's relay and its tunnel is a Unix
+ * socket in the abstract namespace (docs/tunnel.md): another process on
+ * the host that finds its name is closed, and says nothing to the
+ * tunnel. */
+Test(tunnel, hop_refuses_strangers)
+{
+    fx.pair = pair_start("hop", 1, NULL);
+    g_autofree char *prefix =
+        g_strdup_printf("@migproxy-hop-%d-0-", (int)fx.pair->src.pid);
+    g_autofree char *table = NULL;
+    cr_assert(g_file_get_contents("/proc/net/unix", &table, NULL, NULL));
+    const char *at = strstr(table, prefix);
+    cr_assert(at, "no %s in /proc/net/unix", prefix);
+    gsize n = strcspn(at, " \n");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    cr_assert_lt(n, sizeof(sa.sun_path));
+    memcpy(sa.sun_path + 1, at + 1, n - 1); /* '@': the leading NUL */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa,
+                         offsetof(struct sockaddr_un, sun_path) + n),
+                 0, "connect %s: %s", prefix, g_strerror(errno));
+    cr_assert_eq(write(fd, "x", 1), 1);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char c;
+    cr_assert_leq(read(fd, &c, 1), 0, "the hop answered a stranger");
+    close(fd);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert(strstr(slog, "a connection from another process; closed"),
+              "%s", slog);
+    cr_assert(!proc_exited(&fx.pair->src), "%s", slog);
 }
