@@ -238,11 +238,25 @@ mp_batch_enc_flush(MpBatchEnc *e, GByteArray *out)
     e->run_open = FALSE;
 }
 
+static void
+cache_put(MpBatchEnc *e, MpPageKey key, const guint8 *page, gboolean hashed,
+          guint64 hash)
+{
+    if (hashed)
+        mp_pcache_put_hashed(e->cache, key, page, hash);
+    else
+        mp_pcache_put(e->cache, key, page);
+}
+
 gboolean
 mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
                  const guint8 *page, GByteArray *out)
 {
     MpPageKey key;
+    /* the page's content hash, once dedup computed it: the store reuses
+     * it */
+    guint64 hash = 0;
+    gboolean hashed = FALSE;
 
     if (!e->block || strcmp(block, e->block) != 0) {
         gint id = mp_pcache_block_id(e->cache, block);
@@ -305,14 +319,16 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
                              MP_BATCH_PROBE_EVERY)) {
         guint64 t0 = mp_codec_now_ns();
         MpPageKey ref;
-        gboolean hit = mp_pcache_find(e->cache, page, &ref);
+        hash = mp_pcache_hash(e->cache, page);
+        hashed = TRUE;
+        gboolean hit = mp_pcache_find_hashed(e->cache, page, hash, &ref);
         if (hit) {
             guint8 x[10];
             mp_put_be16(x, ref.block);
             mp_put_be64(x + 2, ref.index);
             put_entry(e, MP_BATCH_DEDUP, index, x, sizeof(x));
             if (ref.block != key.block || ref.index != key.index)
-                mp_pcache_put(e->cache, key, page);
+                mp_pcache_put_hashed(e->cache, key, page, hash);
             e->stats.dedup_hits++;
         }
         mp_codec_stats_add(&e->stats.dedup, 1, e->page_size,
@@ -334,7 +350,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
             mp_put_be16(x, (guint16)dl);
             put_entry(e, MP_BATCH_DELTA, index, x, 2);
             g_byte_array_append(e->body, e->scratch, (guint)dl);
-            mp_pcache_put(e->cache, key, page);
+            cache_put(e, key, page, hashed, hash);
             e->stats.delta_used++;
         }
         if (old)
@@ -347,7 +363,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
     guint64 t0 = mp_codec_now_ns();
     put_entry(e, MP_BATCH_PAGE, index, NULL, 0);
     g_byte_array_append(e->body, page, e->page_size);
-    mp_pcache_put(e->cache, key, page);
+    cache_put(e, key, page, hashed, hash);
     mp_codec_stats_add(&e->stats.raw, 1, e->page_size,
                        e->page_size + ENTRY_FIXED, t0);
     return TRUE;
@@ -406,6 +422,8 @@ mp_batch_dec_new(guint32 page_size, MpPageCache *cache, guint window_log)
     d->cache = cache;
     d->window_log = window_log;
     d->page = g_malloc(page_size);
+    /* references name their key: this side never searches by content */
+    mp_pcache_set_unsearched(cache);
     return d;
 }
 
