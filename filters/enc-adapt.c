@@ -60,8 +60,7 @@ mp_adapt_gate_init(MpAdaptGate *g)
 }
 
 gboolean
-mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
-                     MpAdaptVerdict *v)
+mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai, MpAdaptVerdict *v)
 {
     *v = mp_adapt_decide(ai, g->on);
     if (v->use == g->on)

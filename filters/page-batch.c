@@ -117,8 +117,8 @@ enabled(const MpBatchEnc *e, MpBatchEncoder which)
 }
 
 static void
-log_switch(MpBatchEncoder which, const char *name,
-           const MpAdaptInput *in, const MpAdaptVerdict *v)
+log_switch(MpBatchEncoder which, const char *name, const MpAdaptInput *in,
+           const MpAdaptVerdict *v)
 {
     /* enc-adapt's phrases speak of compression; these encoders find */
     const char *why = v->use ? "saves link time"
@@ -159,23 +159,21 @@ mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, const char *name)
     guint switched = 0;
 
     for (guint w = MP_BATCH_ENC_DEDUP; w <= MP_BATCH_ENC_DELTA; w++) {
-        const MpCodecStats *c = w == MP_BATCH_ENC_DEDUP ? &e->stats.dedup
-                                                        : &e->stats.delta;
-        guint64 hits = w == MP_BATCH_ENC_DEDUP ? e->stats.dedup_hits
-                                               : e->stats.delta_used;
+        const MpCodecStats *c =
+            w == MP_BATCH_ENC_DEDUP ? &e->stats.dedup : &e->stats.delta;
+        guint64 hits =
+            w == MP_BATCH_ENC_DEDUP ? e->stats.dedup_hits : e->stats.delta_used;
         /* what left for the pages tried: a miss leaves the whole page
          * (as a PAGE entry, whatever zstd then does), a hit its entry */
         guint64 out = c->bytes_in - hits * e->page_size + c->bytes_out;
         /* the encoder and the rest of the stream share the owner's
          * thread; the peer's side (a copy, an XOR) is not the limit */
-        MpAdaptInput in = {.link_bps = link_bps,
-                           .enc_workers = 1,
-                           .dec_workers = 1};
+        MpAdaptInput in = {
+            .link_bps = link_bps, .enc_workers = 1, .dec_workers = 1};
         MpAdaptVerdict v;
         if (!enabled(e, w)
-            || !mp_adapt_gate_update(&e->gate[w], c->bytes_in, out,
-                                     c->busy_ns, MP_BATCH_ADAPT_MIN_BYTES,
-                                     &in, &v))
+            || !mp_adapt_gate_update(&e->gate[w], c->bytes_in, out, c->busy_ns,
+                                     MP_BATCH_ADAPT_MIN_BYTES, &in, &v))
             continue;
         gates_to_stats(e);
         log_switch(w, name, &in, &v);

@@ -974,8 +974,9 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
                                  s.dedup.bytes_in, s.dedup.bytes_out,
                                  s.dedup.busy_ns);
     json_object_object_add(dd, "hits", json_object_new_int64(s.dedup_hits));
-    json_object_object_add(dd, "on", json_object_new_boolean(
-                                         po->enc ? s.dedup_on : po->opt.dedup));
+    json_object_object_add(
+        dd, "on",
+        json_object_new_boolean(po->enc ? s.dedup_on : po->opt.dedup));
     json_object_object_add(dd, "switches",
                            json_object_new_int(s.dedup_switches));
     json_object_object_add(o, "dedup", dd);
@@ -983,8 +984,9 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
                                  s.delta.bytes_in, s.delta.bytes_out,
                                  s.delta.busy_ns);
     json_object_object_add(dl, "used", json_object_new_int64(s.delta_used));
-    json_object_object_add(dl, "on", json_object_new_boolean(
-                                         po->enc ? s.delta_on : po->opt.delta));
+    json_object_object_add(
+        dl, "on",
+        json_object_new_boolean(po->enc ? s.delta_on : po->opt.delta));
     json_object_object_add(dl, "switches",
                            json_object_new_int(s.delta_switches));
     json_object_object_add(o, "delta", dl);
