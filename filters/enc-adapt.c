@@ -52,3 +52,39 @@ mp_adapt_decide(const MpAdaptInput *in, gboolean now_on)
         v.why = "CPU-bound: the link is faster than the encoder";
     return v;
 }
+
+void
+mp_adapt_gate_init(MpAdaptGate *g)
+{
+    *g = (MpAdaptGate){.on = TRUE};
+}
+
+gboolean
+mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai, MpAdaptVerdict *v)
+{
+    *v = mp_adapt_decide(ai, g->on);
+    if (v->use == g->on)
+        return FALSE;
+    g->on = v->use;
+    g->switches++;
+    g->passed = 0;
+    return TRUE;
+}
+
+gboolean
+mp_adapt_gate_update(MpAdaptGate *g, guint64 in, guint64 out, guint64 ns,
+                     guint64 min_bytes, MpAdaptInput *ai, MpAdaptVerdict *v)
+{
+    guint64 win_in = in - g->at_in, win_ns = ns - g->at_ns;
+    /* the counters only grow; a wrap would decide on nonsense */
+    guint64 win_out = out > g->at_out ? out - g->at_out : 0;
+
+    if (win_in < MAX(min_bytes, 1) || !win_ns)
+        return FALSE;
+    g->at_in = in;
+    g->at_out = out;
+    g->at_ns = ns;
+    ai->ratio = MAX((double)win_out / win_in, 1e-6);
+    ai->enc_bps = win_in / (win_ns / 1e9);
+    return mp_adapt_gate_decide(g, ai, v);
+}

@@ -43,3 +43,43 @@ typedef struct {
  * gets measured); with a ratio but no link or encoder rate, it decides on
  * the best case, the link as the limit: gain = 1 - ratio. */
 MpAdaptVerdict mp_adapt_decide(const MpAdaptInput *in, gboolean now_on);
+
+/* The adaptive state of one encoder that works unit by unit (a page, a
+ * batch): on, or backed off with a probe now and then, and the window of
+ * what it did since its last decision.  Start it with
+ * mp_adapt_gate_init(); one thread owns it. */
+typedef struct {
+    gboolean on;
+    guint switches;
+    guint64 passed; /* units passed by while off (counts the probes) */
+    /* the encoder's cumulative counters at the last decision */
+    guint64 at_in, at_out, at_ns;
+} MpAdaptGate;
+
+/* On, nothing measured yet. */
+void mp_adapt_gate_init(MpAdaptGate *g);
+
+/* @return whether the encoder works on the next unit: always while on;
+ * while off one unit in `every` (a probe), so that what it would save
+ * stays measured and pages that pay again bring it back. */
+static inline gboolean
+mp_adapt_gate_try(MpAdaptGate *g, guint every)
+{
+    return g->on || ++g->passed % every == 0;
+}
+
+/* Decides on the window since the last decision: `in` (bytes the encoder
+ * tried), `out` (what left for them: saved bytes are in - out) and `ns`
+ * (its busy time) are its cumulative counters.  With fewer than
+ * `min_bytes` tried in the window (probes are few while off) nothing is
+ * decided and the window stays open.  `ai` gives the link rate and the
+ * workers; the window sets its ratio and enc_bps.  @return TRUE if the
+ * gate switched, with *v the verdict. */
+gboolean mp_adapt_gate_update(MpAdaptGate *g, guint64 in, guint64 out,
+                              guint64 ns, guint64 min_bytes,
+                              MpAdaptInput *ai, MpAdaptVerdict *v);
+
+/* The same on numbers given (tests, no clock).  @return TRUE if the gate
+ * switched, with *v the verdict. */
+gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
+                              MpAdaptVerdict *v);

@@ -24,6 +24,8 @@ entry_len(guint8 kind)
     return 0;
 }
 
+static void gates_to_stats(MpBatchEnc *e);
+
 struct MpBatchEnc {
     guint32 page_size;
     MpPageCache *cache;
@@ -42,6 +44,8 @@ struct MpBatchEnc {
     gboolean run_open;
     guint8 *scratch; /* a delta */
     MpBatchStats stats;
+    /* adaptive back-off of dedup and delta (mp_batch_enc_adapt()) */
+    MpAdaptGate gate[2]; /* by MpBatchEncoder */
 };
 
 MpBatchEnc *
@@ -61,6 +65,9 @@ mp_batch_enc_new(guint32 page_size, MpPageCache *cache, MpZeroRuns *zero,
     e->body = g_byte_array_new();
     e->scratch = g_malloc(page_size);
     e->block_id = -1;
+    mp_adapt_gate_init(&e->gate[MP_BATCH_ENC_DEDUP]);
+    mp_adapt_gate_init(&e->gate[MP_BATCH_ENC_DELTA]);
+    gates_to_stats(e);
     return e;
 }
 
@@ -82,12 +89,97 @@ mp_batch_enc_set_opts(MpBatchEnc *e, const MpBatchOpts *opts)
     e->opts = *opts;
     if (!e->zero)
         e->opts.zero = FALSE;
+    gates_to_stats(e);
+}
+
+/* The report's view of the gates. */
+static void
+gates_to_stats(MpBatchEnc *e)
+{
+    e->stats.dedup_on = e->opts.dedup && e->gate[MP_BATCH_ENC_DEDUP].on;
+    e->stats.delta_on = e->opts.delta && e->gate[MP_BATCH_ENC_DELTA].on;
+    e->stats.dedup_switches = e->gate[MP_BATCH_ENC_DEDUP].switches;
+    e->stats.delta_switches = e->gate[MP_BATCH_ENC_DELTA].switches;
 }
 
 const MpBatchStats *
 mp_batch_enc_stats(const MpBatchEnc *e)
 {
     return &e->stats;
+}
+
+static const char *const enc_names[] = {"dedup", "delta"};
+
+static gboolean
+enabled(const MpBatchEnc *e, MpBatchEncoder which)
+{
+    return which == MP_BATCH_ENC_DEDUP ? e->opts.dedup : e->opts.delta;
+}
+
+static void
+log_switch(MpBatchEncoder which, const char *name, const MpAdaptInput *in,
+           const MpAdaptVerdict *v)
+{
+    /* enc-adapt's phrases speak of compression; these encoders find */
+    const char *why = v->use ? "saves link time"
+                      : 1 - in->ratio < MP_ADAPT_ON_GAIN
+                          ? "finds too little"
+                          : "CPU-bound: the link is faster than the encoder";
+    if (!(in->link_bps > 0))
+        g_message("%s: %s %s: %s (%.1f %% of the bytes tried saved; link "
+                  "not measured: it saves at most %.0f %% of the link time)",
+                  name, enc_names[which], v->use ? "back on" : "off", why,
+                  (1 - in->ratio) * 100, v->gain * 100);
+    else
+        g_message("%s: %s %s: %s (link %.1f Mbit/s, %s %.1f MiB/s, "
+                  "%.1f %% of the bytes tried saved: %.2f s per GiB "
+                  "encoded, %.2f s direct, gain %.0f %%)",
+                  name, enc_names[which], v->use ? "back on" : "off", why,
+                  in->link_bps * 8 / 1e6, enc_names[which],
+                  in->enc_bps / (1024.0 * 1024.0), (1 - in->ratio) * 100,
+                  v->encoded_s, v->direct_s, v->gain * 100);
+}
+
+gboolean
+mp_batch_enc_adapt_with(MpBatchEnc *e, MpBatchEncoder which,
+                        const MpAdaptInput *in, const char *name)
+{
+    MpAdaptVerdict v;
+
+    if (!enabled(e, which) || !mp_adapt_gate_decide(&e->gate[which], in, &v))
+        return FALSE;
+    gates_to_stats(e);
+    log_switch(which, name, in, &v);
+    return TRUE;
+}
+
+guint
+mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, const char *name)
+{
+    guint switched = 0;
+
+    for (guint w = MP_BATCH_ENC_DEDUP; w <= MP_BATCH_ENC_DELTA; w++) {
+        const MpCodecStats *c =
+            w == MP_BATCH_ENC_DEDUP ? &e->stats.dedup : &e->stats.delta;
+        guint64 hits =
+            w == MP_BATCH_ENC_DEDUP ? e->stats.dedup_hits : e->stats.delta_used;
+        /* what left for the pages tried: a miss leaves the whole page
+         * (as a PAGE entry, whatever zstd then does), a hit its entry */
+        guint64 out = c->bytes_in - hits * e->page_size + c->bytes_out;
+        /* the encoder and the rest of the stream share the owner's
+         * thread; the peer's side (a copy, an XOR) is not the limit */
+        MpAdaptInput in = {
+            .link_bps = link_bps, .enc_workers = 1, .dec_workers = 1};
+        MpAdaptVerdict v;
+        if (!enabled(e, w)
+            || !mp_adapt_gate_update(&e->gate[w], c->bytes_in, out, c->busy_ns,
+                                     MP_BATCH_ADAPT_MIN_BYTES, &in, &v))
+            continue;
+        gates_to_stats(e);
+        log_switch(w, name, &in, &v);
+        switched++;
+    }
+    return switched;
 }
 
 gsize
@@ -144,11 +236,25 @@ mp_batch_enc_flush(MpBatchEnc *e, GByteArray *out)
     e->run_open = FALSE;
 }
 
+static void
+cache_put(MpBatchEnc *e, MpPageKey key, const guint8 *page, gboolean hashed,
+          guint64 hash)
+{
+    if (hashed)
+        mp_pcache_put_hashed(e->cache, key, page, hash);
+    else
+        mp_pcache_put(e->cache, key, page);
+}
+
 gboolean
 mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
                  const guint8 *page, GByteArray *out)
 {
     MpPageKey key;
+    /* the page's content hash, once dedup computed it: the store reuses
+     * it */
+    guint64 hash = 0;
+    gboolean hashed = FALSE;
 
     if (!e->block || strcmp(block, e->block) != 0) {
         gint id = mp_pcache_block_id(e->cache, block);
@@ -204,17 +310,23 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
         if (v != MP_ZRUN_DATA)
             return TRUE;
     }
-    if (e->opts.dedup) {
+    /* off adaptively: the page goes on as if it were missed, which it
+     * mostly is; the cache sees it as always (PAGE or DELTA below) */
+    if (e->opts.dedup
+        && mp_adapt_gate_try(&e->gate[MP_BATCH_ENC_DEDUP],
+                             MP_BATCH_PROBE_EVERY)) {
         guint64 t0 = mp_codec_now_ns();
         MpPageKey ref;
-        gboolean hit = mp_pcache_find(e->cache, page, &ref);
+        hash = mp_pcache_hash(e->cache, page);
+        hashed = TRUE;
+        gboolean hit = mp_pcache_find_hashed(e->cache, page, hash, &ref);
         if (hit) {
             guint8 x[10];
             mp_put_be16(x, ref.block);
             mp_put_be64(x + 2, ref.index);
             put_entry(e, MP_BATCH_DEDUP, index, x, sizeof(x));
             if (ref.block != key.block || ref.index != key.index)
-                mp_pcache_put(e->cache, key, page);
+                mp_pcache_put_hashed(e->cache, key, page, hash);
             e->stats.dedup_hits++;
         }
         mp_codec_stats_add(&e->stats.dedup, 1, e->page_size,
@@ -222,7 +334,9 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
         if (hit)
             return TRUE;
     }
-    if (e->opts.delta) {
+    if (e->opts.delta
+        && mp_adapt_gate_try(&e->gate[MP_BATCH_ENC_DELTA],
+                             MP_BATCH_PROBE_EVERY)) {
         guint64 t0 = mp_codec_now_ns();
         const guint8 *old = mp_pcache_get(e->cache, key);
         gssize dl = -1;
@@ -234,7 +348,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
             mp_put_be16(x, (guint16)dl);
             put_entry(e, MP_BATCH_DELTA, index, x, 2);
             g_byte_array_append(e->body, e->scratch, (guint)dl);
-            mp_pcache_put(e->cache, key, page);
+            cache_put(e, key, page, hashed, hash);
             e->stats.delta_used++;
         }
         if (old)
@@ -247,7 +361,7 @@ mp_batch_enc_add(MpBatchEnc *e, const char *block, guint64 index,
     guint64 t0 = mp_codec_now_ns();
     put_entry(e, MP_BATCH_PAGE, index, NULL, 0);
     g_byte_array_append(e->body, page, e->page_size);
-    mp_pcache_put(e->cache, key, page);
+    cache_put(e, key, page, hashed, hash);
     mp_codec_stats_add(&e->stats.raw, 1, e->page_size,
                        e->page_size + ENTRY_FIXED, t0);
     return TRUE;
@@ -306,6 +420,8 @@ mp_batch_dec_new(guint32 page_size, MpPageCache *cache, guint window_log)
     d->cache = cache;
     d->window_log = window_log;
     d->page = g_malloc(page_size);
+    /* references name their key: this side never searches by content */
+    mp_pcache_set_unsearched(cache);
     return d;
 }
 

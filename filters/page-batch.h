@@ -17,8 +17,12 @@
  * (DELTA and DEDUP first mark their base used), ZERO_RUN forgets its pages.
  * The source side, for each page in stream order: zero → run or nothing
  * (zero-runs.h; never nothing for a batch's first page, so that the
- * destination's current block after a batch is the batch's); same bytes cached → DEDUP; cached older version and a
- * delta under MP_BATCH_DELTA_MAX of the page → DELTA; else PAGE.  The body
+ * destination's current block after a batch is the batch's); same bytes
+ * cached → DEDUP; cached older version and a delta under
+ * MP_BATCH_DELTA_MAX of the page → DELTA; else PAGE.  Dedup and delta
+ * back off where they do not pay (mp_batch_enc_adapt()): their pages then
+ * go on down that list as if missed, so the cache sees the same
+ * operations as it would for a miss, on both sides.  The body
  * is compressed separately (mp_batch_compress), on a worker thread, by the
  * worker's zstd context; the destination decompresses batches of one
  * context in stream order.
@@ -31,6 +35,7 @@
 
 #include <glib.h>
 #include "codec-stats.h"
+#include "enc-adapt.h"
 #include "page-cache.h"
 #include "page-zstd.h"
 #include "zero-runs.h"
@@ -61,7 +66,24 @@ typedef struct {
     MpCodecStats delta; /* pages with a cached base; out: deltas used */
     MpCodecStats raw;   /* pages sent whole */
     guint64 skipped, zero_pages, dedup_hits, delta_used;
+    /* adaptive (mp_batch_enc_adapt()): on now (FALSE too when the options
+     * leave it off), switches so far */
+    gboolean dedup_on, delta_on;
+    guint dedup_switches, delta_switches;
 } MpBatchStats;
+
+/* The encoders that back off where they do not pay. */
+typedef enum {
+    MP_BATCH_ENC_DEDUP,
+    MP_BATCH_ENC_DELTA,
+} MpBatchEncoder;
+
+/* While dedup or delta is off adaptively, one page in this many is still
+ * tried, so that what it would save stays measured. */
+#define MP_BATCH_PROBE_EVERY 16
+/* Each decides once it tried this many bytes of pages since its last
+ * decision (1024 pages of 4 KiB; 64 MiB of pages while off). */
+#define MP_BATCH_ADAPT_MIN_BYTES (4u << 20)
 
 typedef struct MpBatchEnc MpBatchEnc;
 
@@ -77,6 +99,24 @@ void mp_batch_enc_free(MpBatchEnc *e); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpBatchEnc, mp_batch_enc_free)
 
 void mp_batch_enc_set_opts(MpBatchEnc *e, const MpBatchOpts *opts);
+
+/* Do dedup and delta pay?  Called every second or so by the owner with
+ * the link rate in tunnel bytes/s (0: not known).  Each encoder the
+ * options run decides with mp_adapt_decide() (enc-adapt.h) on what it did
+ * since its last decision (at least MP_BATCH_ADAPT_MIN_BYTES of pages
+ * tried): bytes tried against bytes that left for them (a hit leaves its
+ * entry, a miss the whole page) and its busy time, as one encoder on the
+ * owner's thread.  Off, it tries one page in MP_BATCH_PROBE_EVERY only:
+ * the lookup, the hash and the delta of the others are skipped, while
+ * every page still updates the cache exactly as before, so the peer's
+ * cache needs to know nothing of it.  A switch is logged once, with its
+ * numbers, prefixed by `name`.  @return the number of switches. */
+guint mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, const char *name);
+
+/* The decision for one encoder on numbers given (tests, no clock); no-op
+ * when the options leave it off.  @return TRUE if it switched. */
+gboolean mp_batch_enc_adapt_with(MpBatchEnc *e, MpBatchEncoder which,
+                                 const MpAdaptInput *in, const char *name);
 
 /* Adds a page of `block` (name; its id comes from the cache) to the batch
  * being built.  A page of another block than

@@ -33,6 +33,7 @@ struct MpPageCache {
     GHashTable *by_key;  /* &Entry.packed -> Entry */
     GHashTable *by_hash; /* &Entry.hash -> first Entry of that hash */
     Entry *head, *tail;
+    gboolean unsearched; /* no content index (by_hash stays empty) */
     GHashTable *blocks; /* name -> id + 1 */
     GPtrArray *names;   /* id -> name (borrowed from blocks), or NULL */
 };
@@ -190,6 +191,8 @@ touch(MpPageCache *c, Entry *e)
 static void
 hash_unlink(MpPageCache *c, Entry *e)
 {
+    if (c->unsearched)
+        return;
     if (e->hash_prev) {
         e->hash_prev->hash_next = e->hash_next;
     } else if (e->hash_next) {
@@ -206,6 +209,8 @@ hash_unlink(MpPageCache *c, Entry *e)
 static void
 hash_link(MpPageCache *c, Entry *e)
 {
+    if (c->unsearched)
+        return;
     Entry *first = g_hash_table_lookup(c->by_hash, &e->hash);
     e->hash_prev = NULL;
     e->hash_next = first;
@@ -242,11 +247,31 @@ mp_pcache_get(MpPageCache *c, MpPageKey key)
     return e->data;
 }
 
+guint64
+mp_pcache_hash(const MpPageCache *c, const guint8 *page)
+{
+    return XXH3_64bits(page, c->page_size);
+}
+
+void
+mp_pcache_set_unsearched(MpPageCache *c)
+{
+    g_assert(c->count == 0);
+    c->unsearched = TRUE;
+}
+
 void
 mp_pcache_put(MpPageCache *c, MpPageKey key, const guint8 *page)
 {
+    mp_pcache_put_hashed(c, key, page,
+                         c->unsearched ? 0 : mp_pcache_hash(c, page));
+}
+
+void
+mp_pcache_put_hashed(MpPageCache *c, MpPageKey key, const guint8 *page,
+                     guint64 h)
+{
     Entry *e = lookup(c, key);
-    guint64 h = XXH3_64bits(page, c->page_size);
 
     if (e) {
         if (e->hash != h) {
@@ -286,7 +311,13 @@ mp_pcache_forget(MpPageCache *c, MpPageKey key)
 gboolean
 mp_pcache_find(MpPageCache *c, const guint8 *page, MpPageKey *key)
 {
-    guint64 h = XXH3_64bits(page, c->page_size);
+    return mp_pcache_find_hashed(c, page, mp_pcache_hash(c, page), key);
+}
+
+gboolean
+mp_pcache_find_hashed(MpPageCache *c, const guint8 *page, guint64 h,
+                      MpPageKey *key)
+{
     /* the first match in chain order, which both sides build alike */
     for (Entry *e = g_hash_table_lookup(c->by_hash, &h); e;
          e = e->hash_next) {

@@ -66,11 +66,29 @@ const guint8 *mp_pcache_get(MpPageCache *c, MpPageKey key);
  * evicting the least recently used pages over budget. */
 void mp_pcache_put(MpPageCache *c, MpPageKey key, const guint8 *page);
 
+/* @return the content hash the cache finds pages by (XXH3-64). */
+guint64 mp_pcache_hash(const MpPageCache *c, const guint8 *page);
+
+/* mp_pcache_put() and mp_pcache_find() with `hash` =
+ * mp_pcache_hash(c, page) given: a page looked up and then stored is
+ * hashed once (an XXH3 of 4 KiB is a good part of a store). */
+void mp_pcache_put_hashed(MpPageCache *c, MpPageKey key, const guint8 *page,
+                          guint64 hash);
+gboolean mp_pcache_find_hashed(MpPageCache *c, const guint8 *page,
+                               guint64 hash, MpPageKey *key);
+
+/* A cache that is never searched (the destination's mirror: references
+ * name their key) keeps no content index: a store neither hashes the
+ * page nor updates the index, and mp_pcache_find() finds nothing.  Call
+ * before the first store.  Contents, order and evictions stay those of
+ * an indexed cache, so the mirrors stay identical. */
+void mp_pcache_set_unsearched(MpPageCache *c);
+
 /* The peer's page is no longer known (it became zero, or was discarded). */
 void mp_pcache_forget(MpPageCache *c, MpPageKey key);
 
 /* Dedup: looks for a cached page with the same bytes as `page` (XXH3-64
- * match, then a full compare).  @return TRUE with *key set and the page
+ * match, then a full compare; never in an unsearched cache).  @return TRUE with *key set and the page
  * marked used. */
 gboolean mp_pcache_find(MpPageCache *c, const guint8 *page, MpPageKey *key);
 

@@ -67,6 +67,10 @@ mp_delta_encode(const guint8 *old, const guint8 *page, guint32 page_size,
         for (;;) {
             while (end < page_size && old[end] != page[end])
                 end++;
+            /* already too long (its header only adds to it): a page that
+             * changed all over (random data) is not scanned to its end */
+            if (o + (end - start) > cap)
+                return -1;
             gsize next = same_run(old, page, end, page_size);
             if (next == page_size || next - end >= MIN_GAP)
                 break;

@@ -397,10 +397,11 @@ source_entries(gpointer store)
         {"workers", 0, 0, G_OPTION_ARG_INT, &a->workers,
          "Threads compressing pages (default 0: one per core)", "N"},
         {"no-adapt", 0, 0, G_OPTION_ARG_NONE, &a->no_adapt,
-         "Keep zstd on pages as the options set it (by default it goes "
-         "off while the link, --rate or measured, is fast enough that "
-         "compressing costs more time than it saves, and back on when "
-         "it pays again)",
+         "Keep zstd, dedup and delta on pages as the options set them "
+         "(by default each goes off while it costs more time than it "
+         "saves: zstd when the link, --rate or measured, is faster than "
+         "compressing, any of them on pages it cannot shrink, such as "
+         "random data; and back on when it pays again)",
          NULL},
         {"no-lift", 0, 0, G_OPTION_ARG_NONE, &a->no_lift,
          "Send a page the destination asks for in post-copy with the "

@@ -974,11 +974,21 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
                                  s.dedup.bytes_in, s.dedup.bytes_out,
                                  s.dedup.busy_ns);
     json_object_object_add(dd, "hits", json_object_new_int64(s.dedup_hits));
+    json_object_object_add(
+        dd, "on",
+        json_object_new_boolean(po->enc ? s.dedup_on : po->opt.dedup));
+    json_object_object_add(dd, "switches",
+                           json_object_new_int(s.dedup_switches));
     json_object_object_add(o, "dedup", dd);
     json_object *dl = codec_json(po->opt.delta, s.delta.pages_in,
                                  s.delta.bytes_in, s.delta.bytes_out,
                                  s.delta.busy_ns);
     json_object_object_add(dl, "used", json_object_new_int64(s.delta_used));
+    json_object_object_add(
+        dl, "on",
+        json_object_new_boolean(po->enc ? s.delta_on : po->opt.delta));
+    json_object_object_add(dl, "switches",
+                           json_object_new_int(s.delta_switches));
     json_object_object_add(o, "delta", dl);
     json_object_object_add(o, "whole",
                            codec_json(TRUE, s.raw.pages_in, s.raw.bytes_in,
@@ -1025,7 +1035,11 @@ mp_tun_pages_out_postcopy_running(const MpTunPagesOut *po)
 void
 mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
 {
-    if (!po->opt.adapt || !po->workers)
+    if (!po->opt.adapt)
+        return;
+    if (po->enc)
+        mp_batch_enc_adapt(po->enc, link_bps, po->name);
+    if (!po->workers)
         return;
     g_mutex_lock(&po->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
@@ -1120,10 +1134,10 @@ mp_tun_pages_out_add_counters(const MpTunPagesOut *po, json_object *acc)
         s = *mp_batch_enc_stats(po->enc);
     add_codec(acc, "zero_runs", po->opt.zero_runs, s.zero.bytes_in,
               s.zero.bytes_out, s.zero.busy_ns);
-    add_codec(acc, "dedup", po->opt.dedup, s.dedup.bytes_in,
-              s.dedup.bytes_out, s.dedup.busy_ns);
-    add_codec(acc, "delta", po->opt.delta, s.delta.bytes_in,
-              s.delta.bytes_out, s.delta.busy_ns);
+    add_codec(acc, "dedup", po->enc ? s.dedup_on : po->opt.dedup,
+              s.dedup.bytes_in, s.dedup.bytes_out, s.dedup.busy_ns);
+    add_codec(acc, "delta", po->enc ? s.delta_on : po->opt.delta,
+              s.delta.bytes_in, s.delta.bytes_out, s.delta.busy_ns);
     g_mutex_lock(&mpo->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
     g_mutex_unlock(&mpo->lock);

@@ -69,8 +69,8 @@ typedef struct {
     int level;         /* zstd level, 0: 3 */
     guint64 cache_bytes; /* 0: mp_pcache_auto_size(guest RAM) */
     guint workers;       /* zstd contexts and threads, 0: the cores */
-    /* zstd on page bodies backs off where it does not pay
-     * (mp_tun_pages_out_adapt()); FALSE: it stays as `compress` says */
+    /* zstd on page bodies, dedup and delta back off where they do not
+     * pay (mp_tun_pages_out_adapt()); FALSE: they stay as set */
     gboolean adapt;
     /* requested post-copy pages go urgent too (MP_TUN_FEAT_URGENT_PAGES
      * agreed; --no-lift clears it) */
@@ -167,14 +167,17 @@ void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
  * pages_left_raw}: each encoder's pages, bytes before and after and CPU
  * seconds.  Caller owns. */
 json_object *mp_tun_pages_out_report(const MpTunPagesOut *po);
-/* Does zstd pay?  Called every second or so by the owner with the link
- * rate in tunnel bytes/s (--rate, or measured; 0: not known, then only
- * the ratio decides: see docs/tunnel.md "Adaptive").  Decides with
- * mp_adapt_decide() (filters/enc-adapt.h) from zstd's CPU rate and ratio
- * since the last decision (at least MP_TUN_PAGES_ADAPT_MIN_BYTES) and the
- * number of workers, switches zstd off or back on, and
- * logs the switch with its numbers.  No-op without `adapt` or zstd.
- * The page caches are not touched: zstd sits after them. */
+/* Do zstd, dedup and delta pay?  Called every second or so by the owner
+ * with the link rate in tunnel bytes/s (--rate, or measured; 0: not
+ * known, then only the ratio decides: see docs/tunnel.md "Adaptive").
+ * Decides with mp_adapt_decide() (filters/enc-adapt.h) from zstd's CPU
+ * rate and ratio since the last decision (at least
+ * MP_TUN_PAGES_ADAPT_MIN_BYTES) and the number of workers, switches zstd
+ * off or back on, and logs the switch with its numbers; dedup and delta
+ * the same way, each on its own window (mp_batch_enc_adapt(),
+ * filters/page-batch.h).  No-op without `adapt`.  The page caches stay
+ * mirrored: zstd sits after them, and dedup or delta off only skips its
+ * search, while every page updates both caches as before. */
 void mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps);
 /* The same decision on numbers given (tests drive it without a clock).
  * @return TRUE if zstd was switched. */

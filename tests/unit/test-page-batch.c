@@ -458,3 +458,190 @@ Test(page_batch, zero_tracker_shared_by_a_session)
     g_free(img.ram[0]);
     g_free(img.ram[1]);
 }
+
+/* --- adaptive back-off of dedup and delta ----------------------------- */
+
+/* Every page of both blocks into the pair, in one batch per block; both
+ * caches are compared after each (pair_deliver). */
+static guint64
+send_all(Pair *p, guint8 *const src[2], GByteArray *out)
+{
+    for (int b = 0; b < 2; b++) {
+        for (guint i = 0; i < NPAGES; i++)
+            cr_assert(mp_batch_enc_add(p->enc, blocks[b], i, src[b] + i * PS,
+                                       out));
+        mp_batch_enc_flush(p->enc, out);
+        pair_deliver(p, out);
+    }
+    return 2 * NPAGES;
+}
+
+/* Pages the destination holds in another version (one byte changed: a
+ * delta) or under another key (a copy: a reference). */
+static void
+dirty_findable(guint8 *const src[2], int round)
+{
+    for (guint i = 0; i < NPAGES; i++) {
+        if (i % 2)
+            src[0][i * PS + (i * 7 + round) % PS] ^= 0x11;
+        else
+            memcpy(src[1] + i * PS, src[0] + ((i + round) % NPAGES) * PS,
+                   PS);
+    }
+}
+
+static void
+assert_images(const Pair *p, guint8 *const src[2])
+{
+    for (int b = 0; b < 2; b++)
+        cr_assert_eq(memcmp(src[b], p->dst.ram[b], NPAGES * PS), 0,
+                     "block %d differs", b);
+}
+
+/* The decision rule, on numbers given, switches dedup and delta off and
+ * back on: while off each tries one page in MP_BATCH_PROBE_EVERY (the
+ * pages go whole instead), the hysteresis holds a marginal gain off, and
+ * both caches stay identical throughout (pair_deliver compares their
+ * digests after every batch) with the same memory at the end. */
+Test(page_batch, adapt_switches_dedup_delta_same_caches)
+{
+    MpBatchOpts o = {TRUE, TRUE, TRUE};
+    g_autoptr(GRand) r = g_rand_new_with_seed(21);
+    guint8 *src[2] = {g_malloc0(NPAGES * PS), g_malloc0(NPAGES * PS)};
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    Pair p;
+    /* link unknown: the ratio alone decides; nothing saved, 5 % saved
+     * (between the off and on gains), half saved */
+    MpAdaptInput none = {.ratio = 1.0}, marginal = {.ratio = 0.95},
+                 half = {.ratio = 0.5};
+    /* a 100 Gbit/s link and an encoder at 1 GB/s: CPU-bound */
+    MpAdaptInput fast = {.link_bps = 12.5e9, .enc_bps = 1e9,
+                         .enc_workers = 1, .dec_workers = 1, .ratio = 0.5};
+
+    pair_init(&p, &o, 4 << 20);
+    for (int b = 0; b < 2; b++)
+        for (guint i = 0; i < NPAGES; i++)
+            page_gen(src[b] + i * PS, PS, i % 3 ? PG_TEXT : PG_POINTERS, r);
+    const MpBatchStats *s = mp_batch_enc_stats(p.enc);
+    cr_assert(s->dedup_on && s->delta_on);
+
+    /* on: they find what there is */
+    send_all(&p, src, out);
+    dirty_findable(src, 1);
+    send_all(&p, src, out);
+    guint64 hits1 = s->dedup_hits, used1 = s->delta_used;
+    cr_assert_gt(hits1, NPAGES / 4);
+    cr_assert_gt(used1, NPAGES / 4);
+    cr_assert_not(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DEDUP, &half,
+                                          "test"));
+    cr_assert_not(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DELTA,
+                                          &marginal, "test"));
+
+    /* off: dedup finds nothing, delta is CPU-bound */
+    cr_assert(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DEDUP, &none,
+                                      "test"));
+    cr_assert(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DELTA, &fast,
+                                      "test"));
+    cr_assert_not(s->dedup_on || s->delta_on);
+    guint64 tried_dd = s->dedup.pages_in, tried_dl = s->delta.pages_in;
+    guint64 raw = s->raw.pages_in;
+    dirty_findable(src, 2);
+    guint64 sent = send_all(&p, src, out);
+    /* probes only, and what they find */
+    cr_assert_leq(s->dedup.pages_in - tried_dd,
+                  sent / MP_BATCH_PROBE_EVERY + 1);
+    cr_assert_leq(s->delta.pages_in - tried_dl,
+                  sent / MP_BATCH_PROBE_EVERY + 1);
+    cr_assert_gt(s->dedup.pages_in - tried_dd, 0, "no dedup probe");
+    cr_assert_gt(s->delta.pages_in - tried_dl, 0, "no delta probe");
+    cr_assert_lt(s->dedup_hits - hits1 + s->delta_used - used1,
+                 sent / 4);
+    cr_assert_gt(s->raw.pages_in - raw, sent / 2);
+    assert_images(&p, src);
+    /* hysteresis: a 5 % gain does not bring them back */
+    cr_assert_not(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DEDUP,
+                                          &marginal, "test"));
+    cr_assert_not(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DELTA,
+                                          &marginal, "test"));
+    cr_assert_not(s->dedup_on || s->delta_on);
+
+    /* back on: they find again */
+    cr_assert(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DEDUP, &half,
+                                      "test"));
+    cr_assert(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DELTA, &half,
+                                      "test"));
+    cr_assert(s->dedup_on && s->delta_on);
+    guint64 hits3 = s->dedup_hits, used3 = s->delta_used;
+    dirty_findable(src, 3);
+    send_all(&p, src, out);
+    cr_assert_gt(s->dedup_hits - hits3, NPAGES / 4);
+    cr_assert_gt(s->delta_used - used3, NPAGES / 4);
+    assert_images(&p, src);
+    cr_assert_eq(s->dedup_switches, 2);
+    cr_assert_eq(s->delta_switches, 2);
+
+    /* an encoder the options leave off never switches */
+    MpBatchOpts no_dedup = {TRUE, TRUE, FALSE};
+    mp_batch_enc_set_opts(p.enc, &no_dedup);
+    cr_assert_not(mp_batch_enc_adapt_with(p.enc, MP_BATCH_ENC_DEDUP, &half,
+                                          "test"));
+    cr_assert_not(s->dedup_on);
+    pair_clear(&p);
+    g_free(src[0]);
+    g_free(src[1]);
+}
+
+/* The same from what the encoders measured (mp_batch_enc_adapt(), the
+ * link not known): on random pages that change every round dedup finds
+ * nothing and no delta fits, so both go off; pages that repeat bring
+ * them back through the probes.  The caches stay identical. */
+Test(page_batch, adapt_measured_random_off_repeats_on)
+{
+    MpBatchOpts o = {TRUE, TRUE, TRUE};
+    g_autoptr(GRand) r = g_rand_new_with_seed(22);
+    guint8 *src[2] = {g_malloc0(NPAGES * PS), g_malloc0(NPAGES * PS)};
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    Pair p;
+
+    pair_init(&p, &o, 4 << 20);
+    const MpBatchStats *s = mp_batch_enc_stats(p.enc);
+    /* 3 rounds of 768 fresh random pages: 9 MiB tried by dedup, 6 MiB
+     * (the rounds with a cached base) by delta, over the 4 MiB window */
+    for (int round = 0; round < 3; round++) {
+        for (int b = 0; b < 2; b++)
+            for (guint i = 0; i < NPAGES; i++)
+                page_gen(src[b] + i * PS, PS, PG_RANDOM, r);
+        send_all(&p, src, out);
+        if (round == 0)
+            /* under the window: nothing decided yet */
+            cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, "test"), 0);
+    }
+    cr_assert_eq(s->dedup_hits + s->delta_used, 0);
+    cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, "test"), 2);
+    cr_assert_not(s->dedup_on || s->delta_on);
+    /* nothing more to decide on: they stay off */
+    cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, "test"), 0);
+
+    /* the guest settles: each round changes one byte of every page, so
+     * a delta fits each, and a copy of a page sits in the other block */
+    int rounds = 0;
+    while ((!s->dedup_on || !s->delta_on) && rounds < 64) {
+        for (guint i = 0; i < NPAGES; i++) {
+            src[0][i * PS + (i + rounds) % PS] ^= 0x5a;
+            memcpy(src[1] + i * PS, src[0] + i * PS, PS);
+        }
+        send_all(&p, src, out);
+        mp_batch_enc_adapt(p.enc, 0, "test");
+        rounds++;
+    }
+    cr_assert(s->dedup_on && s->delta_on, "still off after %d rounds",
+              rounds);
+    /* a window of probes, 1 in 16, needed more than one round */
+    cr_assert_gt(rounds, 4);
+    assert_images(&p, src);
+    cr_assert_eq(s->dedup_switches, 2);
+    cr_assert_eq(s->delta_switches, 2);
+    pair_clear(&p);
+    g_free(src[0]);
+    g_free(src[1]);
+}

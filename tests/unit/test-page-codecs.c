@@ -268,6 +268,53 @@ Test(page_cache, mirrors_stay_identical)
     cr_assert_eq(mp_pcache_evictions(x), mp_pcache_evictions(y));
 }
 
+/* The destination's mirror keeps no content index (it never searches):
+ * the same operations, a dedup hit on the source being a get of its key
+ * on the destination (as the decoder does), give the same cache; the
+ * source's hash given once (put_hashed, find_hashed) changes nothing. */
+Test(page_cache, unsearched_mirror_stays_identical)
+{
+    g_autoptr(MpPageCache) x = mp_pcache_new(PS, 64 * PS);
+    g_autoptr(MpPageCache) y = mp_pcache_new(PS, 64 * PS);
+    g_autoptr(GRand) r = g_rand_new_with_seed(5);
+    guint8 p[PS];
+    MpPageKey k, found;
+
+    mp_pcache_set_unsearched(y);
+    mp_pcache_block_id(x, "pc.ram");
+    mp_pcache_block_id(y, "pc.ram");
+    for (int i = 0; i < 5000; i++) {
+        k = (MpPageKey){0, (guint64)g_rand_int_range(r, 0, 200)};
+        int op = g_rand_int_range(r, 0, 10);
+        page_gen(p, PS, (PageKind)g_rand_int_range(r, 1, 3), r);
+        if (op < 5) {
+            guint64 h = mp_pcache_hash(x, p);
+            if (mp_pcache_find_hashed(x, p, h, &found))
+                cr_assert_not_null(mp_pcache_get(y, found));
+            mp_pcache_put_hashed(x, k, p, h);
+            mp_pcache_put(y, k, p);
+        } else if (op < 7) {
+            mp_pcache_put(x, k, p);
+            mp_pcache_put(y, k, p);
+        } else if (op < 8) {
+            mp_pcache_forget(x, k);
+            mp_pcache_forget(y, k);
+        } else {
+            const guint8 *held = mp_pcache_get(x, k);
+            (void)mp_pcache_get(y, k);
+            if (held) {
+                memcpy(p, held, PS);
+                cr_assert(mp_pcache_find(x, p, &found));
+                cr_assert_not_null(mp_pcache_get(y, found));
+                cr_assert_not(mp_pcache_find(y, p, &found));
+            }
+        }
+        cr_assert_eq(mp_pcache_digest(x), mp_pcache_digest(y), "op %d", i);
+    }
+    cr_assert_gt(mp_pcache_evictions(x), 0);
+    cr_assert_eq(mp_pcache_evictions(x), mp_pcache_evictions(y));
+}
+
 Test(page_cache, auto_size)
 {
     guint64 mib = 1024 * 1024;
