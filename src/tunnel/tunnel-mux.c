@@ -1048,11 +1048,39 @@ stop_resume_timer(MpTunMux *m)
     m->resume_id = 0;
 }
 
+/* Source side: can this peer take the routes this side uses?  A dest
+ * without MP_TUN_FEAT_ROUTES (a build before routes) reads only the
+ * 10-byte OPEN, route 0: it would refuse a 12-byte one or, worse, send
+ * every migration to its one --to.  @return FALSE with `error`. */
+static gboolean
+routes_ok(const MpTunMux *m, MpTunConn *tc, const MpTunAgreed *agreed,
+          GError **error)
+{
+    if (m->opt.role != MP_TUN_ROLE_SOURCE || m->opt.routes <= 1
+        || (agreed->features & MP_TUN_FEAT_ROUTES))
+        return TRUE;
+    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_UNSUPPORTED,
+                "%s: the peer does not offer routes (HELLO feature "
+                "0x%04x: an older migproxy dest): this side has %u "
+                "--listen, which need them; upgrade migproxy dest, or run "
+                "one --listen",
+                mp_tun_conn_name(tc), MP_TUN_FEAT_ROUTES, m->opt.routes);
+    return FALSE;
+}
+
 static void
 on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
 {
     MpTunMux *m = data;
+    g_autoptr(GError) err = NULL;
 
+    if (!routes_ok(m, tc, agreed, &err)) {
+        /* the peer learns why (END REFUSED), and this side closes with
+         * the error: a refusal that another try would meet again */
+        mp_tun_conn_end(tc, MP_TUN_END_REFUSED, err->message);
+        mp_tun_conn_fail(tc, err);
+        return;
+    }
     if (!m->ready) {
         apply_agreed(m, agreed);
         m->ready = TRUE;
@@ -1459,9 +1487,11 @@ make_hello(const MpTunMux *m)
         .version_max = MP_TUN_VERSION,
         .role = opt->role,
         .tls = opt->tls ? MP_TUN_TLS_REQUIRED : MP_TUN_TLS_NONE,
+        /* both sides understand routes (a source side with one route
+         * sends none) */
         .features = (opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0)
-                    | pages_features(opt)
-                    | (resume ? MP_TUN_FEAT_RESUME : 0),
+                    | pages_features(opt) | (resume ? MP_TUN_FEAT_RESUME : 0)
+                    | MP_TUN_FEAT_ROUTES,
         .page_size = 4096,
         .cache_bytes = pages_cache(opt),
         .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
@@ -1564,8 +1594,10 @@ pages_attach(MpTunMux *m, Conn *c)
 guint16
 mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
 {
-    if (!m->ready || !linked(m) || m->suspended
-        || m->conns->len >= MAX_CONNS) {
+    /* a route goes only to a peer that said it takes them (routes_ok()
+     * refused the others when the tunnel came up) */
+    if (!m->ready || !linked(m) || m->suspended || m->conns->len >= MAX_CONNS
+        || (o->route && !(m->agreed.features & MP_TUN_FEAT_ROUTES))) {
         g_socket_close(local, NULL);
         return 0;
     }

@@ -92,6 +92,9 @@ typedef struct {
     /* source side: resume whatever the migration's phase (by default
      * only once one runs in post-copy); the unit tests' */
     gboolean resume_any;
+    /* source side: the routes it uses (--listen); more than one needs a
+     * peer with MP_TUN_FEAT_ROUTES, else the tunnel is refused */
+    guint routes;
 } MpTunMuxOptions;
 
 /* The most page cache a side offers per stream (HELLO cache_bytes):

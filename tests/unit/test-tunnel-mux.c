@@ -889,3 +889,163 @@ Test(tunnel_mux, sessions_share_a_paced_link)
     g_clear_error(&fp->src_error);
     g_clear_error(&fp->dst_error);
 }
+
+/* ---- a peer written by hand: an older dest, or one that went silent ---- */
+
+/* What the source side sent to the hand-written peer. */
+typedef struct {
+    MpTunParser *parser;
+    gboolean end;
+    guint8 end_code;
+    char *end_reason;
+    guint opens;
+    guint32 open_len; /* the last OPEN's payload length */
+} Seen;
+
+static MpRecordAction
+seen_frame(const MpTunFrame *f, gpointer data)
+{
+    Seen *s = data;
+    if (f->type == MP_TUN_OPEN) {
+        s->opens++;
+        s->open_len = f->len;
+    } else if (f->type == MP_TUN_END) {
+        s->end = TRUE;
+        s->end_code = f->u.end.code;
+        g_free(s->end_reason);
+        s->end_reason = g_strdup(f->u.end.reason ? f->u.end.reason : "");
+    }
+    return MP_REC_CONTINUE;
+}
+
+/* Reads and parses whatever waits on `fd` (non-blocking). */
+static void
+seen_read(Seen *s, int fd)
+{
+    guint8 buf[65536];
+    ssize_t n;
+
+    while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+        gsize at = 0;
+        while (at < (gsize)n) {
+            gsize used = 0;
+            g_autoptr(GError) err = NULL;
+            MpFeedStatus st =
+                mp_tun_parser_feed(s->parser, buf + at, n - at, &used, &err);
+            cr_assert_neq(st, MP_FEED_ERROR, "%s", err ? err->message : "");
+            at += used;
+            if (st != MP_FEED_PAUSED)
+                break;
+        }
+    }
+}
+
+/* The preamble and a destination side's HELLO offering `features` (an
+ * older dest: no MP_TUN_FEAT_ROUTES), written on `fd`. */
+static void
+hand_hello(int fd, guint32 features)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunHello h = {.version_min = MP_TUN_VERSION,
+                    .version_max = MP_TUN_VERSION,
+                    .role = MP_TUN_ROLE_DEST,
+                    .features = features,
+                    .page_size = 4096,
+                    .cache_bytes = MP_TUN_MUX_CACHE_MAX,
+                    .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
+                    .software = "migproxy (older)"};
+    mp_tun_write_preamble(b);
+    mp_tun_write_hello(b, &h);
+    cr_assert_eq(write(fd, b->data, b->len), (ssize_t)b->len);
+}
+
+static gboolean
+src_closed(Fixture *f)
+{
+    return f->closed >= 1;
+}
+
+static gboolean
+src_ready(Fixture *f)
+{
+    return mp_tun_mux_ready(f->src);
+}
+
+/* A source side with two routes (two --listen) and a dest that does not
+ * offer MP_TUN_FEAT_ROUTES: the tunnel is refused at the handshake, with
+ * an error that says why and what to do, and the peer gets END REFUSED
+ * with the reason; it never sees an OPEN.  With one route the same peer
+ * is fine: a route other than 0 is not sent to it (mp_tun_mux_add()
+ * refuses it), route 0 goes as the 10-byte OPEN it reads. */
+Test(tunnel_mux, routes_only_to_a_peer_that_takes_them)
+{
+    Fixture f = {0};
+    int tv[2];
+    Seen seen = {0};
+    guint32 old = MP_TUN_FEATS_KNOWN & ~MP_TUN_FEAT_ROUTES;
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .routes = 2};
+    hand_hello(tv[1], old);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_closed, &f, 5000);
+    cr_assert_not(mp_tun_mux_ready(f.src));
+    cr_assert_not_null(f.src_error);
+    cr_assert(g_error_matches(f.src_error, MP_PARSE_ERROR,
+                              MP_PARSE_ERROR_UNSUPPORTED),
+              "%s", f.src_error->message);
+    cr_assert(strstr(f.src_error->message,
+                     "the peer does not offer routes (HELLO feature "
+                     "0x0100"),
+              "%s", f.src_error->message);
+    cr_assert(strstr(f.src_error->message, "this side has 2 --listen"), "%s",
+              f.src_error->message);
+    seen.parser = mp_tun_parser_new("the older dest", seen_frame, &seen);
+    seen_read(&seen, tv[1]);
+    cr_assert(seen.end, "no END");
+    cr_assert_eq(seen.end_code, MP_TUN_END_REFUSED);
+    cr_assert(strstr(seen.end_reason, "does not offer routes"), "%s",
+              seen.end_reason);
+    cr_assert_eq(seen.opens, 0);
+    mp_tun_mux_free(f.src);
+    mp_tun_parser_free(seen.parser);
+    g_free(seen.end_reason);
+    g_clear_error(&f.src_error);
+    close(tv[1]);
+
+    /* one route: the tunnel comes up; route 1 is refused, route 0 goes
+     * as a 10-byte OPEN */
+    memset(&seen, 0, sizeof(seen));
+    f = (Fixture){0};
+    pair(tv);
+    g_autoptr(GSocket) ts2 = gsock(tv[0]);
+    g_autoptr(GIOStream) tss2 = mp_tun_plain_stream(ts2);
+    so.routes = 1;
+    hand_hello(tv[1], old);
+    f.src = mp_tun_mux_new(tss2, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_ready, &f, 5000);
+    int a[2], b[2];
+    pair(a);
+    pair(b);
+    g_autoptr(GSocket) la = gsock(a[1]);
+    g_autoptr(GSocket) lb = gsock(b[1]);
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN, .route = 1};
+    cr_assert_eq(mp_tun_mux_add(f.src, la, &o), 0);
+    o.route = 0;
+    cr_assert_neq(mp_tun_mux_add(f.src, lb, &o), 0);
+    spin_for(50);
+    seen.parser = mp_tun_parser_new("the older dest", seen_frame, &seen);
+    seen_read(&seen, tv[1]);
+    cr_assert_eq(seen.opens, 1);
+    cr_assert_eq(seen.open_len, 10);
+    cr_assert_eq(f.closed, 0);
+    mp_tun_mux_free(f.src);
+    mp_tun_parser_free(seen.parser);
+    g_free(seen.end_reason);
+    close(tv[1]);
+    close(a[0]);
+    close(b[0]);
+}
