@@ -1523,6 +1523,7 @@ mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
 
     MpTunHello h = make_hello(m);
     m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
+    mp_tun_conn_set_ping_timeout(m->conn, opt->ping_timeout_ms);
     if (opt->rate)
         mp_tun_conn_set_rate(m->conn, opt->rate);
     if (opt->role == MP_TUN_ROLE_SOURCE) {
@@ -1666,6 +1667,7 @@ mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name)
     g_return_if_fail(m->suspended && !m->conn);
     MpTunHello h = make_hello(m);
     m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
+    mp_tun_conn_set_ping_timeout(m->conn, m->opt.ping_timeout_ms);
     if (m->opt.rate)
         mp_tun_conn_set_rate(m->conn, m->opt.rate);
     for (guint i = 0; i < m->conns->len; i++) {
@@ -1673,6 +1675,15 @@ mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name)
         if (c->po && mp_tun_pages_out_postcopy_advised(c->po))
             mp_tun_link_allow_pace(mp_tun_conn_link(m->conn));
     }
+}
+
+guint
+mp_tun_mux_default_ping_timeout(guint resume_ms)
+{
+    if (!resume_ms)
+        return MP_TUN_MUX_PING_TIMEOUT_MAX;
+    return CLAMP(resume_ms / 3, MP_TUN_MUX_PING_TIMEOUT_MIN,
+                 MP_TUN_MUX_PING_TIMEOUT_MAX);
 }
 
 gboolean

@@ -201,6 +201,7 @@ start_mux(MpTunSource *s, GIOStream *stream)
         .resume_ms = s->opt.resume_ms,
         .tunnel_id = id,
         .routes = s->routes->len,
+        .ping_timeout_ms = s->opt.ping_timeout_ms,
     };
     s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
     for (guint i = 0; i < s->routes->len; i++) {

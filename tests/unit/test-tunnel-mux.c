@@ -1049,3 +1049,115 @@ Test(tunnel_mux, routes_only_to_a_peer_that_takes_them)
     close(a[0]);
     close(b[0]);
 }
+
+/* A dest that stops without closing (its host died, the network went:
+ * no FIN, no reset), drawn as a socket whose far end, after its HELLO,
+ * is never read nor written: the source side's --ping-timeout (1 s here)
+ * drops the link as a socket error would, no earlier than the timeout
+ * and long before TCP would; a connection it carried is reset (pre-copy:
+ * the migration fails, the guest runs on).  With resume (`resume`), the
+ * same drop suspends the tunnel for a resume instead.  (Before, nothing
+ * came: the source side waited for ever.) */
+static void
+silent_peer(gboolean resume)
+{
+    Fixture f = {0};
+    int tv[2], a[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .ping_timeout_ms = 1000};
+    if (resume) {
+        so.resume_ms = 10000;
+        so.tunnel_id = 0x51e7;
+        so.resume_any = TRUE;
+    }
+    /* the peer's HELLO is its last byte: the source side hears it after
+     * t0, so the timeout cannot pass before t0 + 1 s */
+    gint64 t0 = g_get_monotonic_time();
+    hand_hello(tv[1], MP_TUN_FEATS_KNOWN);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_ready, &f, 5000);
+    /* a migration's connection, more than the socket pair holds: the
+     * source side's writes to the silent peer stall too */
+    pair(a);
+    Peer w = {.fd = a[0], .len = 64u << 20, .seed = 9, .keep_open = TRUE};
+    GThread *t = g_thread_new("w", writer, &w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    if (resume) {
+        spin_until(src_suspended, &f, 10000);
+        cr_assert_eq(f.suspended, 1);
+        cr_assert_eq(f.closed, 0, "closed instead of waiting to resume");
+        cr_assert_eq(mp_tun_mux_live(f.src), 1, "the connection was reset");
+    } else {
+        spin_until(src_closed, &f, 10000);
+    }
+    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
+    g_printerr("silent peer%s: dropped after %" G_GINT64_FORMAT " ms "
+               "(--ping-timeout 1000)\n",
+               resume ? " (resume)" : "", ms);
+    cr_assert_geq(ms, 1000, "dropped before the timeout");
+    if (!resume) {
+        cr_assert_not_null(f.src_error);
+        cr_assert(g_error_matches(f.src_error, G_IO_ERROR,
+                                  G_IO_ERROR_TIMED_OUT),
+                  "%s", f.src_error->message);
+        cr_assert(strstr(f.src_error->message,
+                         "nothing from the peer for 1000 ms"),
+                  "%s", f.src_error->message);
+        /* the "QEMU" connection was reset: its writer stops */
+        g_thread_join(t);
+    }
+    mp_tun_mux_free(f.src);
+    if (resume)
+        g_thread_join(t); /* (freeing the mux closed its socket) */
+    close(a[0]);
+    close(tv[1]);
+    g_clear_error(&f.src_error);
+}
+
+Test(tunnel_mux, silent_peer_is_a_drop)
+{
+    silent_peer(FALSE);
+}
+
+Test(tunnel_mux, silent_peer_is_a_drop_to_resume)
+{
+    silent_peer(TRUE);
+}
+
+/* Two live ends with --ping-timeout 2000 (the least the CLI takes) and
+ * nothing to carry for 5 s: their PINGs (and PONGs) keep the link;
+ * neither drops it. */
+Test(tunnel_mux, idle_tunnel_lives_on_pings)
+{
+    Fixture f = {0};
+    int tv[2];
+
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .ping_timeout_ms = 2000};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .ping_timeout_ms = 2000};
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+    spin_for(5000);
+    cr_assert_eq(f.closed, 0, "%s",
+                 f.src_error   ? f.src_error->message
+                 : f.dst_error ? f.dst_error->message
+                               : "closed");
+    cr_assert(ready(&f));
+    mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+    spin_until(both_closed, &f, 5000);
+    cr_assert_null(f.src_error, "%s", f.src_error->message);
+    cr_assert_null(f.dst_error, "%s", f.dst_error->message);
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+}
