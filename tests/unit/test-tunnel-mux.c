@@ -6,7 +6,10 @@
  * that breaks resets every connection it carried; with resume, a tunnel
  * cut twice and joined again by new connections delivers every byte of
  * every connection whole and in order (frames kept until acknowledged,
- * sent again after each cut). */
+ * sent again after each cut).  Migrations share a paced link per
+ * migration, not per connection; a source side with several routes
+ * refuses a peer that does not take them; a peer gone silent (no FIN, no
+ * reset) is a drop after the ping timeout, and an idle one is not. */
 #include "config.h"
 #include <signal.h>
 #include <string.h>
@@ -1160,4 +1163,141 @@ Test(tunnel_mux, idle_tunnel_lives_on_pings)
     cr_assert_null(f.dst_error, "%s", f.dst_error->message);
     mp_tun_mux_free(f.src);
     mp_tun_mux_free(f.dst);
+}
+
+/* Two migrations over a link paced at 16 MB/s, each connection with more
+ * to send than the link takes: migration 1 with five connections (main
+ * and four multifd channels), migration 2 with its main connection
+ * alone.  The share is per migration: each gets about half of the link
+ * (within 10 % of each other).  (Before, the room went round the
+ * connections, and migration 1 had five shares to migration 2's one:
+ * 83 % of the link.) */
+#define MIG1_CONNS  5
+#define SHARE_CONNS (MIG1_CONNS + 1)
+
+typedef struct {
+    Fixture f; /* first: the hooks above take this as a Fixture */
+    GSocket *socks[SHARE_CONNS]; /* dest's: migration 1's, then 2's */
+} MigSharing;
+
+static void
+on_open_by_route(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
+{
+    MigSharing *s = data;
+    guint k = o->route == 0 ? o->connection : MIG1_CONNS;
+    cr_assert_lt(o->route, 2);
+    cr_assert_eq(o->session, o->route + 1u);
+    cr_assert_lt(k, SHARE_CONNS);
+    mp_tun_mux_attach(m, stream, s->socks[k]);
+    s->f.opened++;
+}
+
+static gboolean
+share_conns_opened(Fixture *f)
+{
+    return f->opened == SHARE_CONNS;
+}
+
+Test(tunnel_mux, migrations_share_not_connections)
+{
+    MigSharing s = {0};
+    Fixture *fp = &s.f;
+    int tv[2], src_q[SHARE_CONNS], dst_q[SHARE_CONNS];
+    Peer w[SHARE_CONNS], r[SHARE_CONNS];
+    GThread *threads[2 * SHARE_CONNS];
+    static const MpTunMuxHooks hooks = {
+        .open = on_open_by_route,
+        .stream_done = on_done_dst,
+        .closed = on_closed_dst,
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {
+        .role = MP_TUN_ROLE_SOURCE, .rate = 16000000, .routes = 2};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST};
+    fp->src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, fp);
+    fp->dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &hooks, &s);
+    spin_until(ready, fp, 5000);
+
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        int a[2], b[2];
+        gboolean first = i < MIG1_CONNS;
+        pair(a); /* a[0]: a source QEMU's connection */
+        pair(b); /* b[0]: the destination QEMU's */
+        src_q[i] = a[0];
+        dst_q[i] = b[0];
+        s.socks[i] = gsock(b[1]);
+        /* more than the link takes in the time below; never ends */
+        w[i] =
+            (Peer){.fd = a[0], .len = 256u << 20, .seed = i, .keep_open = TRUE};
+        r[i] = (Peer){.fd = b[0], .seed = i};
+        g_autoptr(GSocket) local = gsock(a[1]);
+        MpTunOpen o = {
+            .session = first ? 1 : 2,
+            .connection = first ? i : 0,
+            .channel = first && i ? MP_TUN_CH_MULTIFD : MP_TUN_CH_MAIN,
+            .index = first && i ? i - 1 : 0,
+            .route = first ? 0 : 1,
+        };
+        cr_assert_neq(mp_tun_mux_add(fp->src, local, &o), 0);
+    }
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        threads[2 * i] = g_thread_new("w", writer, &w[i]);
+        threads[2 * i + 1] = g_thread_new("r", reader, &r[i]);
+    }
+    spin_until(share_conns_opened, fp, 5000);
+    /* 1.5 s of the link: about 24 MB, 12 MB each when shared */
+    gint64 until = g_get_monotonic_time() + 1500 * 1000;
+    while (g_get_monotonic_time() < until) {
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(50);
+    }
+
+    json_object *rep = mp_tun_mux_report(fp->src, 0);
+    json_object *chans = json_object_object_get(rep, "channels");
+    gint64 got[2] = {0, 0};
+    cr_assert_eq(json_object_array_length(chans), SHARE_CONNS);
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        json_object *ch = json_object_array_get_idx(chans, i);
+        int route = json_object_get_int(json_object_object_get(ch, "route"));
+        cr_assert_eq(route, i < MIG1_CONNS ? 0 : 1);
+        got[route] += json_object_get_int64(json_object_object_get(
+            json_object_object_get(ch, "to_dst"), "bytes_out"));
+    }
+    json_object_put(rep);
+    gint64 total = got[0] + got[1];
+    g_printerr("migrations_share_not_connections: migration 1 (%d "
+               "connections) %.2f MB, migration 2 (1) %.2f MB of %.2f MB "
+               "(%.1f %% / %.1f %%)\n",
+               MIG1_CONNS, got[0] / 1e6, got[1] / 1e6, total / 1e6,
+               100.0 * got[0] / total, 100.0 * got[1] / total);
+    /* enough went through to tell (the pace allows 24 MB), and the two
+     * are within 10 % of each other */
+    cr_assert_gt(total, 4000000, "%" G_GINT64_FORMAT " bytes", total);
+    gint64 diff = got[0] > got[1] ? got[0] - got[1] : got[1] - got[0];
+    cr_assert_leq(diff * 10, MAX(got[0], got[1]),
+                  "migration 1: %" G_GINT64_FORMAT ", migration 2: %"
+                  G_GINT64_FORMAT " bytes",
+                  got[0], got[1]);
+    /* the end: the tunnel breaks, every connection is reset, so the
+     * writers (EPIPE) and readers (end) stop */
+    shutdown(tv[1], SHUT_RDWR);
+    spin_until(both_closed, fp, 10000);
+    for (int i = 0; i < 2 * SHARE_CONNS; i++)
+        g_thread_join(threads[i]);
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        cr_assert(r[i].same, "connection %d: bytes differ", i);
+        close(src_q[i]);
+        close(dst_q[i]);
+        g_object_unref(s.socks[i]);
+    }
+    mp_tun_mux_free(fp->src);
+    mp_tun_mux_free(fp->dst);
+    g_clear_error(&fp->src_error);
+    g_clear_error(&fp->dst_error);
 }
