@@ -21,6 +21,12 @@
  * at the receiver (a peer that sends more is refused), and what QEMU
  * sees is the rate of the tunnel and of the far QEMU.
  *
+ * Sharing: when the link (or its pace) holds the tunnel back, the bulk
+ * lane's room goes round the migrations (MpTunOpen route and session),
+ * one read each, and within a migration round its connections, so that
+ * migrations get equal turns whatever their number of connections;
+ * urgent connections read at once.
+ *
  * Ends: a local EOF goes as CLOSE EOF (the receiver shuts down the write
  * side of its socket once written, then acknowledges the CLOSE); a reset
  * as CLOSE ABORT (the receiver resets its socket).  A tunnel that fails
