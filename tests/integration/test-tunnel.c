@@ -25,7 +25,8 @@
  * reports "failed" and its guest runs on; a retry through a fresh pair
  * completes; dest_stopped_precopy: dest stopped (SIGSTOP, a half-open
  * tunnel) mid-pre-copy, the source side's --ping-timeout fails the
- * migration the same way.  dest_allow: no QEMU, --allow at dest.  Issue 10 item 9:
+ * migration the same way; postcopy_dest_stopped_resumes: the same in
+ * post-copy, and the tunnel resumes once dest runs again.  dest_allow: no QEMU, --allow at dest.  Issue 10 item 9:
  * 7.2 to 10.0 pre-copy; xbzrle on 7.2 and 10.0 (XBZRLE pages counted on
  * the wire); multifd x4 with multifd-compression zstd (10.0); block
  * migration on 7.2 (the destination's disk equals the source's).
@@ -1476,6 +1477,62 @@ Test(tunnel, postcopy_resume_100_tls)
     g_autofree char *slog = log_text(&fx.pair->src);
     cr_assert(strstr(slog, "TLS, both ends authenticated"), "%s", slog);
     fx.dst_extra = NULL;
+}
+
+
+/* A half-open tunnel in post-copy: dest stopped (SIGSTOP) while the guest
+ * runs on the destination.  The source side's --ping-timeout (2 s) takes
+ * the silence as a drop, as it takes a cut: the QEMU connections stay
+ * open and it redials; once dest runs again (SIGCONT) it sees its old
+ * connection gone and the tunnel resumes, unseen by QEMU: the migration
+ * completes and the guest's self-check passes. */
+Test(tunnel, postcopy_dest_stopped_resumes)
+{
+    const char *args[] = {"--ping-timeout=2000", NULL};
+
+    start_postcopy_pair("pc_stopped", "10.0", "pc-q35-10.0", args);
+    /* POSTCOPY_RUN has gone through the source side's parser */
+    g_usleep(500 * 1000);
+    g_autofree char *before = it_migration_status(fx.src);
+    cr_assert_str_eq(before, "postcopy-active");
+    gint64 t0 = g_get_monotonic_time();
+    cr_assert_eq(kill(fx.pair->dst.pid, SIGSTOP), 0);
+    g_autofree char *slog = log_wait(&fx.pair->src,
+                                     "nothing from the peer for 2000 ms",
+                                     30000);
+    g_printerr("tunnel-half-open post-copy: dropped %" G_GINT64_FORMAT
+               " ms after dest stopped\n",
+               (g_get_monotonic_time() - t0) / 1000);
+    g_usleep(1000 * 1000);
+    cr_assert_eq(kill(fx.pair->dst.pid, SIGCONT), 0);
+    g_free(slog);
+    slog = log_wait(&fx.pair->src, "resumed after", 30000);
+    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    g_free(slog);
+    slog = log_text(&fx.pair->src);
+    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
+                     "completed", "source: %s\nsource side:\n%s\ndest:\n%s",
+                     json_object_to_json_string(src), slog, dlog);
+    json_object *dst = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dst, "status")),
+                     "completed");
+    assert_guest_verifies();
+    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "source side:\n%s",
+                 slog);
+    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0, "dest:\n%s", dlog);
+    json_object *rep = read_json(fx.pair->report);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed");
+    cr_assert_geq(it_jint(rep, "tunnel.resume.resumed"), 1);
+    g_printerr("tunnel-half-open post-copy: drops=%" G_GINT64_FORMAT
+               " resumed=%" G_GINT64_FORMAT " down_ms=%.0f\n",
+               it_jint(rep, "tunnel.resume.drops"),
+               it_jint(rep, "tunnel.resume.resumed"),
+               it_jnum(rep, "tunnel.resume.down_ms_max"));
+    json_object_put(rep);
+    json_object_put(src);
+    json_object_put(dst);
 }
 
 /* Where the tunnel cannot resume (dest restarted: the new one holds no
