@@ -8,13 +8,14 @@
 #include "cli-log.h"
 #include "commands.h"
 #include "tunnel-dest.h"
+#include "tunnel-mux.h"
 
 typedef struct {
     char *listen, *report;
     char *tls_cert, *tls_key, *tls_ca, *tls_name;
     GStrv allow, to;
     gboolean once, quiet, verbose, no_compress;
-    gint connect_timeout, resume_timeout;
+    gint connect_timeout, resume_timeout, ping_timeout;
 } DestArgs;
 
 static void
@@ -57,9 +58,14 @@ dest_with(const DestArgs *a, int argc, char **argv)
         fprintf(stderr, "migproxy dest: unexpected argument '%s'\n", argv[1]);
         return 2;
     }
-    if (a->connect_timeout <= 0 || a->resume_timeout < 0) {
+    if (a->connect_timeout <= 0 || a->resume_timeout < 0
+        || a->ping_timeout < -1
+        || (a->ping_timeout > 0
+            && a->ping_timeout < (gint)MP_TUN_MUX_PING_TIMEOUT_LEAST)) {
         fprintf(stderr, "migproxy dest: --connect-timeout is positive "
-                        "milliseconds, --resume-timeout 0 or more\n");
+                        "milliseconds, --resume-timeout 0 or more, "
+                        "--ping-timeout 0 (never) or at least %u\n",
+                MP_TUN_MUX_PING_TIMEOUT_LEAST);
         return 2;
     }
     MpTunTlsOptions tls = {a->tls_cert, a->tls_key, a->tls_ca, a->tls_name};
@@ -85,6 +91,10 @@ dest_with(const DestArgs *a, int argc, char **argv)
         .quiet = a->quiet,
         .connect_timeout_ms = a->connect_timeout,
         .resume_ms = (guint)a->resume_timeout,
+        .ping_timeout_ms =
+            a->ping_timeout < 0
+                ? mp_tun_mux_default_ping_timeout((guint)a->resume_timeout)
+                : (guint)a->ping_timeout,
         .tls = tls,
     };
     g_autoptr(MpTunDest) dest = mp_tun_dest_new(&opt, &err);
@@ -168,6 +178,14 @@ dest_entries(gpointer store)
          "reconnect and resume it without a lost byte; 0: a drop resets "
          "them at once",
          "MS"},
+        {"ping-timeout", 0, 0, G_OPTION_ARG_INT, &a->ping_timeout,
+         "Take the tunnel as dropped when nothing at all came from the "
+         "source side for MS (it sends a PING every second): its host or "
+         "the network went without closing the connection. A drop as any "
+         "other (resumed within --resume-timeout). Default: a third of "
+         "--resume-timeout, 3000 to 10000 (10000 with --resume-timeout "
+         "0); 0: never; else at least 2000",
+         "MS"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &a->verbose,
@@ -180,7 +198,8 @@ dest_entries(gpointer store)
 static int
 dest_run(int argc, char **argv)
 {
-    DestArgs a = {.connect_timeout = 10000, .resume_timeout = 30000};
+    DestArgs a = {.connect_timeout = 10000, .resume_timeout = 30000,
+                  .ping_timeout = -1};
     g_autofree GOptionEntry *entries = dest_entries(&a);
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_dest, entries);
     g_autoptr(GError) err = NULL;
@@ -241,7 +260,9 @@ const MpCommand mp_cmd_dest = {
         "the tunnel resumes where it was, neither QEMU noticing; a new "
         "tunnel instead, or the timeout, resets them (in post-copy QEMU "
         "then pauses, and its own recovery, migrate-recover and migrate "
-        "with resume, goes through the pair).\n\n"
+        "with resume, goes through the pair). A tunnel from which nothing "
+        "comes for --ping-timeout (a source host that died, a network "
+        "that went silently) is taken as dropped.\n\n"
         "Exit status: 0; with --once, 1 if the tunnel did not end cleanly or "
         "its report could not be written; 2 on usage errors.",
     .entries = dest_entries,

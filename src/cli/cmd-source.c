@@ -14,6 +14,7 @@
 #include "rate-pacer.h"
 #include "relay.h"
 #include "tunnel-frame.h"
+#include "tunnel-mux.h"
 #include "tunnel-source.h"
 
 #define FINISH_TIMEOUT_MS 30000
@@ -24,7 +25,7 @@ typedef struct {
     GStrv allow, listen;
     gboolean once, quiet, verbose, no_progress, no_compress, no_zero_pages;
     gboolean no_zero_runs, no_delta, no_dedup, no_pages, no_adapt, no_lift;
-    gint level, connect_timeout, workers, resume_timeout;
+    gint level, connect_timeout, workers, resume_timeout, ping_timeout;
     char *cache;
 } SourceArgs;
 
@@ -188,10 +189,14 @@ source_with(const SourceArgs *a, int argc, char **argv)
         return 2;
     }
     if (a->level < 1 || a->level > 19 || a->connect_timeout <= 0
-        || a->resume_timeout < 0) {
+        || a->resume_timeout < 0 || a->ping_timeout < -1
+        || (a->ping_timeout > 0
+            && a->ping_timeout < (gint)MP_TUN_MUX_PING_TIMEOUT_LEAST)) {
         fprintf(stderr, "migproxy source: --level is 1..19, "
                         "--connect-timeout positive milliseconds, "
-                        "--resume-timeout 0 or more\n");
+                        "--resume-timeout 0 or more, --ping-timeout 0 "
+                        "(never) or at least %u\n",
+                MP_TUN_MUX_PING_TIMEOUT_LEAST);
         return 2;
     }
     MpTunTlsOptions tls = {a->tls_cert, a->tls_key, a->tls_ca, a->tls_name};
@@ -230,6 +235,10 @@ source_with(const SourceArgs *a, int argc, char **argv)
         .tls = tls,
         .timeout_ms = a->connect_timeout,
         .resume_ms = (guint)a->resume_timeout,
+        .ping_timeout_ms =
+            a->ping_timeout < 0
+                ? mp_tun_mux_default_ping_timeout((guint)a->resume_timeout)
+                : (guint)a->ping_timeout,
         .pages = !a->no_pages,
         .pages_opt = {
             .zero_runs = !a->no_zero_runs,
@@ -468,6 +477,15 @@ source_entries(gpointer store)
          "page, and neither QEMU notices; after MS (or with 0) the "
          "connections are reset",
          "MS"},
+        {"ping-timeout", 0, 0, G_OPTION_ARG_INT, &a->ping_timeout,
+         "Take the tunnel as dropped when nothing at all came from dest "
+         "for MS (it sends a PING every second): its host or the network "
+         "went without closing the connection. A drop as any other: in "
+         "pre-copy the migration fails and the guest runs on here, in "
+         "post-copy the tunnel resumes. Default: a third of "
+         "--resume-timeout, 3000 to 10000 (10000 with --resume-timeout "
+         "0); 0: never; else at least 2000",
+         "MS"},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &a->quiet,
          "Only warnings and errors on stderr", NULL},
         {"no-progress", 0, 0, G_OPTION_ARG_NONE, &a->no_progress,
@@ -483,7 +501,7 @@ static int
 source_run(int argc, char **argv)
 {
     SourceArgs a = {.level = 3, .connect_timeout = 10000,
-                    .resume_timeout = 30000};
+                    .resume_timeout = 30000, .ping_timeout = -1};
     g_autofree GOptionEntry *entries = source_entries(&a);
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_source, entries);
     g_autoptr(GError) err = NULL;
@@ -553,7 +571,9 @@ const MpCommand mp_cmd_source = {
         "every connection it carried: the source QEMU sees its migration "
         "fail and its guest goes on running; a new tunnel is tried every "
         "second for the next migration. A migration that starts while the "
-        "tunnel is down fails at once.\n\n"
+        "tunnel is down fails at once. A tunnel from which nothing comes "
+        "for --ping-timeout (dest's host died, the network went silently) "
+        "has dropped.\n\n"
         "Security: with --tls-cert, --tls-key and --tls-ca (on both ends) "
         "the tunnel is TLS: encrypted, dest's certificate must chain to "
         "--tls-ca and name the --peer host (or --tls-name), and dest checks "

@@ -40,6 +40,11 @@ struct MpTunConn {
     guint tick_id, pace_id, ticks;
     gint64 pace_at; /* when the pace timer should wake the writer */
     guint64 ping_token;
+    /* a peer that stopped without a FIN or a reset (its host died, the
+     * network went): nothing from it for ping_timeout_ms (0: no limit)
+     * since heard_us, the last byte it sent */
+    guint ping_timeout_ms;
+    gint64 heard_us;
     GSource *in_source, *out_source;
     guint8 *rbuf;
     guint64 bytes_in, bytes_out;
@@ -355,6 +360,7 @@ read_some(MpTunConn *c)
             return;
         }
         c->bytes_in += n;
+        c->heard_us = g_get_monotonic_time();
         gsize at = 0;
         while (at < (gsize)n && !c->done) {
             gsize used = 0;
@@ -440,7 +446,31 @@ stream_socket(GIOStream *stream)
                : NULL;
 }
 
-/* Every MP_TUN_LINK_SAMPLE_US: the link's sample, a PING now and then. */
+/* Has the peer been silent for longer than the timeout?  It sends a
+ * PING every second, so a live peer is never silent for long; one whose
+ * host stopped, or whose network went without a FIN or a reset, is (TCP
+ * itself would wait for minutes, or for ever while nothing is sent).
+ * Bytes waiting in our socket are the peer's too: then our own loop ran
+ * late (a busy host), not the peer.  Not once the peer sent END: it says
+ * nothing more, while ours may still wait behind what we queued. */
+static gboolean
+peer_silent(MpTunConn *c, gint64 now)
+{
+    int waiting = 0;
+
+    if (!c->ping_timeout_ms || c->end_received
+        || now - c->heard_us <= c->ping_timeout_ms * 1000ll)
+        return FALSE;
+    if (ioctl(g_socket_get_fd(c->sock), SIOCINQ, &waiting) == 0
+        && waiting > 0) {
+        c->heard_us = now;
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Every MP_TUN_LINK_SAMPLE_US: the link's sample, a PING now and then,
+ * the peer's silence. */
 static gboolean
 on_tick(gpointer data)
 {
@@ -451,6 +481,17 @@ on_tick(gpointer data)
 
     if (c->done)
         return G_SOURCE_CONTINUE;
+    if (peer_silent(c, g_get_monotonic_time())) {
+        /* as a socket error: the owner resumes or fails the tunnel */
+        finish(c, g_error_new(G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                              "%s: nothing from the peer for %u ms (not "
+                              "even its PING, sent every second): its host "
+                              "or the network between is gone without "
+                              "closing the connection; dropped "
+                              "(--ping-timeout)",
+                              c->name, c->ping_timeout_ms));
+        return G_SOURCE_CONTINUE;
+    }
     if (ioctl(fd, SIOCOUTQ, &unsent) < 0)
         unsent = 0;
     mp_tcp_rwnd_limited_us(fd, &rwnd);
@@ -477,6 +518,12 @@ on_tick(gpointer data)
         update_watch(c);
     }
     return G_SOURCE_CONTINUE;
+}
+
+void
+mp_tun_conn_set_ping_timeout(MpTunConn *c, guint ms)
+{
+    c->ping_timeout_ms = ms;
 }
 
 void
@@ -519,6 +566,7 @@ mp_tun_conn_new(GIOStream *stream, const char *name, const MpTunHello *mine,
     mp_tun_write_hello(b, &c->mine);
     queue_bytes(c, b->data, b->len, TRUE);
     c->link = mp_tun_link_new(0, g_get_monotonic_time());
+    c->heard_us = g_get_monotonic_time(); /* the peer's HELLO is due */
     c->tick_id = g_timeout_add(MP_TUN_LINK_SAMPLE_US / 1000, on_tick, c);
     update_watch(c);
     return c;

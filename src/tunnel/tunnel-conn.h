@@ -70,6 +70,12 @@ gsize mp_tun_conn_queued(const MpTunConn *c);
 gboolean mp_tun_conn_bulk_room(MpTunConn *c);
 /* Raw stream bytes per DATA frame (mp_tun_link_chunk()). */
 gsize mp_tun_conn_chunk(const MpTunConn *c);
+/* Fails the connection (G_IO_ERROR_TIMED_OUT, as a socket error would)
+ * when nothing at all came from the peer for `ms` (0: never), from its
+ * start on: a peer whose host stopped or whose network went silently (no
+ * FIN, no reset) sends no PING (every MP_TUN_LINK_PING_EVERY samples), so
+ * its silence tells; docs/tunnel.md, "Ping". */
+void mp_tun_conn_set_ping_timeout(MpTunConn *c, guint ms);
 /* Paces bulk frames at `bytes_per_s` from now on (--rate; 0: measure). */
 void mp_tun_conn_set_rate(MpTunConn *c, guint64 bytes_per_s);
 /* The link's measurements and pace (owned by the connection). */

@@ -345,6 +345,7 @@ on_started(MpTunTlsStart *h, GIOStream *stream, const GError *error,
         .compress = d->opt.compress,
         .tls = d->tls != NULL,
         .resume_ms = d->opt.resume_ms,
+        .ping_timeout_ms = d->opt.ping_timeout_ms,
     };
     d->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, d);
 }

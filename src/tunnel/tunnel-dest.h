@@ -41,6 +41,8 @@ typedef struct {
     guint resume_ms;          /* --resume-timeout: how long a dropped
                                  tunnel's QEMU connections wait for its
                                  source side to resume it (0: no resume) */
+    guint ping_timeout_ms;    /* --ping-timeout: a silent peer is a drop
+                                 (0: never; tunnel-mux.h) */
     MpTunTlsOptions tls;      /* `cert` NULL: plain TCP */
 } MpTunDestOptions;
 

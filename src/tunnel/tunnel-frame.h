@@ -88,7 +88,11 @@ mp_tun_type_sequenced(guint8 type)
 /* requested post-copy pages lifted into the urgent lane (docs/tunnel.md,
  * "Lifted pages") */
 #define MP_TUN_FEAT_URGENT_PAGES 0x0080
-#define MP_TUN_FEATS_KNOWN     0x00ff
+/* OPEN may carry a route (the 12-byte OPEN: several migrations to
+ * several destination QEMUs, docs/tunnel.md "Streams"); without it every
+ * OPEN is the 10-byte one, route 0 */
+#define MP_TUN_FEAT_ROUTES     0x0100
+#define MP_TUN_FEATS_KNOWN     0x01ff
 
 typedef enum {
     MP_TUN_ROLE_SOURCE = 1, /* next to the source QEMU */

@@ -27,8 +27,22 @@ typedef struct {
     GBytes *frame;
 } Pend;
 
+/* One migration: the connections of one session (MpTunOpen.session,
+ * numbered by the source side across its routes) on one route.  The
+ * bulk lane's room goes round the migrations, and within each round
+ * robin its connections, so that a migration with four multifd channels
+ * gets one share, as one with a main channel alone (bulk_round()). */
+typedef struct {
+    guint16 route;
+    guint32 session;
+    GPtrArray *conns; /* Conn*, borrowed (the mux's `conns` owns them) */
+    guint next;       /* index in `conns` of the next one to read */
+    guint live;       /* connections not done; none: it goes */
+} Mig;
+
 typedef struct {
     MpTunMux *m;
+    Mig *mig;         /* its migration (NULL once that went: done) */
     guint number; /* in the order the connections came, from 0 */
     guint16 fwd, rev; /* forward (odd) and reverse (even, 0: not yet) */
     MpTunOpen open;   /* the forward stream's */
@@ -75,9 +89,9 @@ struct MpTunMux {
     GPtrArray *conns;      /* Conn*, in order */
     guint16 next_id;
     guint live;
-    guint rr;    /* the connection whose read the bulk lane's room goes
-                    to first when it frees (on_drained) */
-    guint rr_id; /* that round, from the main loop */
+    GPtrArray *migs; /* Mig*, with a live connection, in order of arrival */
+    guint mig_next;  /* the migration whose turn is next (bulk_round) */
+    guint rr_id;     /* the next round, from the main loop */
     guint8 *rbuf, *zbuf;
     gsize zbuf_len;
     guint8 *dbuf;
@@ -247,6 +261,8 @@ conn_check_done(Conn *c)
     g_queue_clear_full(&c->pend, g_free);
     pages_done(c);
     m->live--;
+    if (c->mig) /* (a migration left with none goes in bulk_round) */
+        c->mig->live--;
     if (m->hooks.stream_done)
         m->hooks.stream_done(m, c->fwd, m->data);
 }
@@ -561,6 +577,8 @@ conn_write(Conn *c)
     }
 }
 
+static void schedule_round(MpTunMux *m);
+
 static gboolean
 on_local(GSocket *sock, GIOCondition cond, gpointer data)
 {
@@ -568,12 +586,19 @@ on_local(GSocket *sock, GIOCondition cond, gpointer data)
 
     if (cond & G_IO_OUT || (cond & (G_IO_ERR | G_IO_HUP)))
         conn_write(c);
-    /* a few reads, then the other connections' turn */
-    for (int i = 0; i < 4 && may_read(c); i++) {
-        guint64 before = c->read_bytes;
-        conn_read(c);
-        if (c->read_bytes == before)
-            break;
+    if (c->out_urgent || (c->po && mp_tun_pages_out_read_ahead(c->po))) {
+        /* urgent, or a requested page on its way: a few reads at once,
+         * then the other connections' turn */
+        for (int i = 0; i < 4 && may_read(c); i++) {
+            guint64 before = c->read_bytes;
+            conn_read(c);
+            if (c->read_bytes == before)
+                break;
+        }
+    } else if (may_read(c)) {
+        /* the bulk lane's room is shared in turns (bulk_round), not
+         * taken by whichever socket the loop dispatches first */
+        schedule_round(c->m);
     }
     if (!c->done)
         conn_watch(c);
@@ -601,11 +626,39 @@ conn_watch(Conn *c)
     g_source_attach(c->source, NULL);
 }
 
+static void
+mig_free(Mig *g)
+{
+    g_ptr_array_unref(g->conns);
+    g_free(g);
+}
+
+/* The migration of a new connection: one that has a live connection on
+ * the same route and session, else a new one, last in the round. */
+static Mig *
+mig_of(MpTunMux *m, const MpTunOpen *o)
+{
+    for (guint i = 0; i < m->migs->len; i++) {
+        Mig *g = g_ptr_array_index(m->migs, i);
+        if (g->live && g->route == o->route && g->session == o->session)
+            return g;
+    }
+    Mig *g = g_new0(Mig, 1);
+    g->route = o->route;
+    g->session = o->session;
+    g->conns = g_ptr_array_new();
+    g_ptr_array_add(m->migs, g);
+    return g;
+}
+
 static Conn *
 conn_new(MpTunMux *m, guint16 fwd, const MpTunOpen *o)
 {
     Conn *c = g_new0(Conn, 1);
     c->m = m;
+    c->mig = mig_of(m, o);
+    g_ptr_array_add(c->mig->conns, c);
+    c->mig->live++;
     c->number = m->conns->len;
     c->fwd = fwd;
     c->open = *o;
@@ -1050,11 +1103,39 @@ stop_resume_timer(MpTunMux *m)
     m->resume_id = 0;
 }
 
+/* Source side: can this peer take the routes this side uses?  A dest
+ * without MP_TUN_FEAT_ROUTES (a build before routes) reads only the
+ * 10-byte OPEN, route 0: it would refuse a 12-byte one or, worse, send
+ * every migration to its one --to.  @return FALSE with `error`. */
+static gboolean
+routes_ok(const MpTunMux *m, MpTunConn *tc, const MpTunAgreed *agreed,
+          GError **error)
+{
+    if (m->opt.role != MP_TUN_ROLE_SOURCE || m->opt.routes <= 1
+        || (agreed->features & MP_TUN_FEAT_ROUTES))
+        return TRUE;
+    g_set_error(error, MP_PARSE_ERROR, MP_PARSE_ERROR_UNSUPPORTED,
+                "%s: the peer does not offer routes (HELLO feature "
+                "0x%04x: an older migproxy dest): this side has %u "
+                "--listen, which need them; upgrade migproxy dest, or run "
+                "one --listen",
+                mp_tun_conn_name(tc), MP_TUN_FEAT_ROUTES, m->opt.routes);
+    return FALSE;
+}
+
 static void
 on_ready(MpTunConn *tc, const MpTunAgreed *agreed, gpointer data)
 {
     MpTunMux *m = data;
+    g_autoptr(GError) err = NULL;
 
+    if (!routes_ok(m, tc, agreed, &err)) {
+        /* the peer learns why (END REFUSED), and this side closes with
+         * the error: a refusal that another try would meet again */
+        mp_tun_conn_end(tc, MP_TUN_END_REFUSED, err->message);
+        mp_tun_conn_fail(tc, err);
+        return;
+    }
     if (!m->ready) {
         apply_agreed(m, agreed);
         m->ready = TRUE;
@@ -1269,35 +1350,105 @@ suspend(MpTunMux *m, MpTunConn *tc, const GError *why)
         m->hooks.suspended(m, error, m->data);
 }
 
-/* The bulk lane has room again: it goes round, one read per connection
- * from the one after the last served, so that the bulk streams of
- * several migrations share the link.  (Left to their sockets' sources,
- * the connection whose source was made first would be dispatched first
- * after every drain and take all the room: one migration would starve
- * the others once the link, not QEMU, is what holds them back;
- * test-tunnel-mux `sessions_share_a_paced_link`.) */
-static gboolean
-drained_round(gpointer data)
-{
-    MpTunMux *m = data;
-    guint n = m->conns->len;
+/* A round's reads at most before the loop's other sources get a turn
+ * (a read of a main stream also runs its page encoders). */
+#define ROUND_READS 8
 
-    m->rr_id = 0;
-    /* the link may have dropped since (suspended for a resume) */
-    for (guint k = 0; k < n && linked(m) && mp_tun_conn_bulk_room(m->conn);
-         k++) {
-        guint i = (m->rr + k) % n;
-        Conn *c = g_ptr_array_index(m->conns, i);
+/* One read of migration `g`'s next connection that has bytes and may
+ * read.  @return TRUE if one read something. */
+static gboolean
+mig_read(Mig *g)
+{
+    guint n = g->conns->len;
+
+    for (guint k = 0; k < n; k++) {
+        guint i = (g->next + k) % n;
+        Conn *c = g_ptr_array_index(g->conns, i);
         if (c->out_urgent || !may_read(c))
             continue;
         guint64 before = c->read_bytes;
         conn_read(c);
-        if (c->read_bytes != before)
-            m->rr = i + 1;
+        if (c->read_bytes != before) {
+            g->next = (i + 1) % n;
+            return TRUE;
+        }
     }
-    for (guint i = 0; i < m->conns->len; i++)
-        conn_watch(g_ptr_array_index(m->conns, i));
+    return FALSE;
+}
+
+/* Migrations with no live connection left go (their connections stay in
+ * the mux's list for the reports). */
+static void
+migs_prune(MpTunMux *m)
+{
+    for (guint i = m->migs->len; i-- > 0;) {
+        Mig *g = g_ptr_array_index(m->migs, i);
+        if (g->live)
+            continue;
+        for (guint k = 0; k < g->conns->len; k++)
+            ((Conn *)g_ptr_array_index(g->conns, k))->mig = NULL;
+        g_ptr_array_remove_index(m->migs, i);
+        if (m->mig_next > i)
+            m->mig_next--;
+    }
+    if (m->mig_next >= m->migs->len)
+        m->mig_next = 0;
+}
+
+/* The bulk lane's room goes round the migrations, one read each from
+ * the one after the last served, and within a migration round its
+ * connections, so that each migration that has bytes gets an equal turn
+ * whatever its number of connections (main, multifd, preempt's bulk
+ * peers: test-tunnel-mux `migrations_share_not_connections`).  Every
+ * read of a bulk connection goes through here (on_local only asks for a
+ * round): left to their sockets' sources, the connection whose source
+ * was made first would be dispatched first after every drain and take
+ * all the room (test-tunnel-mux `sessions_share_a_paced_link`).  Reads
+ * are the unit: up to a DATA frame's raw bytes each
+ * (mp_tun_conn_chunk()), so migrations that keep the link busy move
+ * about equal stream bytes (their link bytes differ as their pages
+ * compress). */
+static gboolean
+bulk_round(gpointer data)
+{
+    MpTunMux *m = data;
+    guint reads = 0;
+    gboolean more = TRUE;
+
+    m->rr_id = 0;
+    migs_prune(m);
+    while (more && reads < ROUND_READS) {
+        guint n = m->migs->len, start = m->mig_next;
+        more = FALSE;
+        /* the link may drop meanwhile (suspended for a resume) */
+        for (guint k = 0; k < n && reads < ROUND_READS && linked(m)
+                          && mp_tun_conn_bulk_room(m->conn);
+             k++) {
+            guint i = (start + k) % n;
+            if (mig_read(g_ptr_array_index(m->migs, i))) {
+                m->mig_next = (i + 1) % n;
+                more = TRUE;
+                reads++;
+            }
+        }
+        more = more && linked(m) && mp_tun_conn_bulk_room(m->conn);
+    }
+    for (guint i = 0; i < m->migs->len; i++) {
+        Mig *g = g_ptr_array_index(m->migs, i);
+        for (guint k = 0; k < g->conns->len; k++)
+            conn_watch(g_ptr_array_index(g->conns, k));
+    }
+    /* room and bytes left: the rest after the loop's other sources */
+    if (more)
+        schedule_round(m);
     return G_SOURCE_REMOVE;
+}
+
+static void
+schedule_round(MpTunMux *m)
+{
+    if (!m->rr_id)
+        m->rr_id = g_idle_add_full(G_PRIORITY_DEFAULT, bulk_round, m, NULL);
 }
 
 /* From the main loop, not here: the writer that drained may be inside a
@@ -1306,9 +1457,7 @@ drained_round(gpointer data)
 static void
 on_drained(MpTunConn *tc, gpointer data)
 {
-    MpTunMux *m = data;
-    if (!m->rr_id)
-        m->rr_id = g_idle_add_full(G_PRIORITY_DEFAULT, drained_round, m, NULL);
+    schedule_round(data);
 }
 
 static void
@@ -1461,9 +1610,11 @@ make_hello(const MpTunMux *m)
         .version_max = MP_TUN_VERSION,
         .role = opt->role,
         .tls = opt->tls ? MP_TUN_TLS_REQUIRED : MP_TUN_TLS_NONE,
+        /* both sides understand routes (a source side with one route
+         * sends none) */
         .features = (opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0)
-                    | pages_features(opt)
-                    | (resume ? MP_TUN_FEAT_RESUME : 0),
+                    | pages_features(opt) | (resume ? MP_TUN_FEAT_RESUME : 0)
+                    | MP_TUN_FEAT_ROUTES,
         .page_size = 4096,
         .cache_bytes = pages_cache(opt),
         .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
@@ -1484,6 +1635,7 @@ mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
     m->data = data;
     m->by_stream = g_hash_table_new(NULL, NULL);
     m->conns = g_ptr_array_new_with_free_func((GDestroyNotify)conn_free);
+    m->migs = g_ptr_array_new_with_free_func((GDestroyNotify)mig_free);
     m->next_id = opt->role == MP_TUN_ROLE_SOURCE ? 1 : 2;
     m->rbuf = g_malloc(MP_TUN_MUX_CHUNK);
     m->zbuf_len = ZSTD_compressBound(MP_TUN_MUX_CHUNK);
@@ -1495,6 +1647,7 @@ mp_tun_mux_new(GIOStream *stream, const char *name, const MpTunMuxOptions *opt,
 
     MpTunHello h = make_hello(m);
     m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
+    mp_tun_conn_set_ping_timeout(m->conn, opt->ping_timeout_ms);
     if (opt->rate)
         mp_tun_conn_set_rate(m->conn, opt->rate);
     if (opt->role == MP_TUN_ROLE_SOURCE) {
@@ -1520,6 +1673,7 @@ mp_tun_mux_free(MpTunMux *m)
     stop_resume_timer(m);
     g_clear_error(&m->drop_error);
     mp_tun_conn_free(m->conn);
+    g_ptr_array_unref(m->migs);
     g_ptr_array_unref(m->conns);
     g_hash_table_unref(m->by_stream);
     g_free(m->name);
@@ -1578,8 +1732,10 @@ local_socket_setup(GSocket *local)
 guint16
 mp_tun_mux_add(MpTunMux *m, GSocket *local, const MpTunOpen *o)
 {
-    if (!m->ready || !linked(m) || m->suspended
-        || m->conns->len >= MAX_CONNS) {
+    /* a route goes only to a peer that said it takes them (routes_ok()
+     * refused the others when the tunnel came up) */
+    if (!m->ready || !linked(m) || m->suspended || m->conns->len >= MAX_CONNS
+        || (o->route && !(m->agreed.features & MP_TUN_FEAT_ROUTES))) {
         g_socket_close(local, NULL);
         return 0;
     }
@@ -1648,6 +1804,7 @@ mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name)
     g_return_if_fail(m->suspended && !m->conn);
     MpTunHello h = make_hello(m);
     m->conn = mp_tun_conn_new(stream, name, &h, &conn_hooks, m);
+    mp_tun_conn_set_ping_timeout(m->conn, m->opt.ping_timeout_ms);
     if (m->opt.rate)
         mp_tun_conn_set_rate(m->conn, m->opt.rate);
     for (guint i = 0; i < m->conns->len; i++) {
@@ -1655,6 +1812,15 @@ mp_tun_mux_resume(MpTunMux *m, GIOStream *stream, const char *name)
         if (c->po && mp_tun_pages_out_postcopy_advised(c->po))
             mp_tun_link_allow_pace(mp_tun_conn_link(m->conn));
     }
+}
+
+guint
+mp_tun_mux_default_ping_timeout(guint resume_ms)
+{
+    if (!resume_ms)
+        return MP_TUN_MUX_PING_TIMEOUT_MAX;
+    return CLAMP(resume_ms / 3, MP_TUN_MUX_PING_TIMEOUT_MIN,
+                 MP_TUN_MUX_PING_TIMEOUT_MAX);
 }
 
 gboolean

@@ -21,6 +21,12 @@
  * at the receiver (a peer that sends more is refused), and what QEMU
  * sees is the rate of the tunnel and of the far QEMU.
  *
+ * Sharing: when the link (or its pace) holds the tunnel back, the bulk
+ * lane's room goes round the migrations (MpTunOpen route and session),
+ * one read each, and within a migration round its connections, so that
+ * migrations get equal turns whatever their number of connections;
+ * urgent connections read at once.
+ *
  * Ends: a local EOF goes as CLOSE EOF (the receiver shuts down the write
  * side of its socket once written, then acknowledges the CLOSE); a reset
  * as CLOSE ABORT (the receiver resets its socket).  A tunnel that fails
@@ -92,7 +98,27 @@ typedef struct {
     /* source side: resume whatever the migration's phase (by default
      * only once one runs in post-copy); the unit tests' */
     gboolean resume_any;
+    /* source side: the routes it uses (--listen); more than one needs a
+     * peer with MP_TUN_FEAT_ROUTES, else the tunnel is refused */
+    guint routes;
+    /* --ping-timeout: nothing from the peer for this long drops the link
+     * as a socket error does (resumed or failed as any drop; 0: never;
+     * mp_tun_mux_default_ping_timeout()) */
+    guint ping_timeout_ms;
 } MpTunMuxOptions;
+
+/* The default --ping-timeout: a third of `resume_ms` (--resume-timeout;
+ * 0: off) between 3 and 10 s.  The peer PINGs every second, so 3 s is
+ * three PINGs missed (a busy host's late loop, TCP retransmitting a lost
+ * segment, do not drop a link that lives); at most a third of the
+ * resume timeout, so that both sides, which see a silent link's drop
+ * about together, still have most of it to reconnect and resume. */
+#define MP_TUN_MUX_PING_TIMEOUT_MIN 3000u
+#define MP_TUN_MUX_PING_TIMEOUT_MAX 10000u
+/* --ping-timeout below two PING periods would drop a live link whose
+ * PING came a little late */
+#define MP_TUN_MUX_PING_TIMEOUT_LEAST 2000u
+guint mp_tun_mux_default_ping_timeout(guint resume_ms);
 
 /* The most page cache a side offers per stream (HELLO cache_bytes):
  * mp_pcache_auto_size()'s ceiling. */

@@ -124,7 +124,9 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
     s->unheard = !s->up;
     /* before the handshake: TLS refused us (an alert after ours was
      * done), the peer refused our HELLO (END REFUSED), or we refused its
-     * HELLO (UNSUPPORTED): another try would be refused as well; not a
+     * HELLO (UNSUPPORTED; also a dest that takes no routes while this
+     * side has several --listen): another try would be refused as well;
+     * not a
      * peer that closed before a word (--allow), which may change */
     s->refused = error && !s->up
                  && (error->domain == G_TLS_ERROR
@@ -204,6 +206,8 @@ start_mux(MpTunSource *s, GIOStream *stream)
         .quiet = s->opt.quiet,
         .resume_ms = s->opt.resume_ms,
         .tunnel_id = id,
+        .routes = s->routes->len,
+        .ping_timeout_ms = s->opt.ping_timeout_ms,
     };
     s->mux = mp_tun_mux_new(stream, name, &mo, &mux_hooks, s);
     for (guint i = 0; i < s->routes->len; i++) {

@@ -48,6 +48,8 @@ typedef struct {
     gboolean pages;      /* RAM pages as PAGES (tunnel-pages-out.h) */
     MpTunPagesOptions pages_opt;
     guint resume_ms;     /* --resume-timeout (0: no resume) */
+    guint ping_timeout_ms; /* --ping-timeout: a silent peer is a drop
+                              (0: never; tunnel-mux.h) */
     guint routes; /* hops, one per --listen (0: 1); route i's connections
                      go to dest's --to i (MpTunOpen.route) */
 } MpTunSourceOptions;

@@ -23,7 +23,10 @@
  * path), postcopy-preempt on 10.0 and 7.2 (silent channel).  And a tunnel
  * cut mid-pre-copy (dest killed) fails the migration: the source QEMU
  * reports "failed" and its guest runs on; a retry through a fresh pair
- * completes.  dest_allow: no QEMU, --allow at dest.  Issue 10 item 9:
+ * completes; dest_stopped_precopy: dest stopped (SIGSTOP, a half-open
+ * tunnel) mid-pre-copy, the source side's --ping-timeout fails the
+ * migration the same way; postcopy_dest_stopped_resumes: the same in
+ * post-copy, and the tunnel resumes once dest runs again.  dest_allow: no QEMU, --allow at dest.  Issue 10 item 9:
  * 7.2 to 10.0 pre-copy; xbzrle on 7.2 and 10.0 (XBZRLE pages counted on
  * the wire); multifd x4 with multifd-compression zstd (10.0); block
  * migration on 7.2 (the destination's disk equals the source's).
@@ -925,6 +928,58 @@ Test(tunnel, tunnel_killed)
     cr_assert_eq(proc_wait(&fx.pair2->dst, 30000), 0);
 }
 
+/* A half-open tunnel in pre-copy: dest stopped (SIGSTOP: its kernel
+ * keeps the connection, nothing comes from it, no FIN, no reset).  The
+ * source side's --ping-timeout (2 s here) takes the silence as a drop:
+ * the migration's connections are reset, the source QEMU fails its
+ * migration and its guest runs on; the source side exits 1.  (Before,
+ * the source QEMU stayed "active" behind the full tunnel for as long as
+ * dest was stopped.) */
+Test(tunnel, dest_stopped_precopy)
+{
+    g_autoptr(GError) err = NULL;
+    const char *args[] = {"--ping-timeout=2000", NULL};
+
+    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
+    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
+    guint16 qport = mp_qemu_pick_free_port(&err);
+    cr_assert(qport, "%s", err ? err->message : "?");
+    fx.pair = pair_start("stopped", qport, args);
+    it_incoming(fx.dst, qport);
+    it_set_int(fx.src, "max-bandwidth", 8 << 20);
+    it_migrate(fx.src, fx.pair->src_port, FALSE);
+    g_usleep(1500 * 1000);
+    g_autofree char *st = it_migration_status(fx.src);
+    cr_assert_str_eq(st, "active");
+
+    gint64 t0 = g_get_monotonic_time();
+    cr_assert_eq(kill(fx.pair->dst.pid, SIGSTOP), 0);
+    /* the timeout and a wide margin (a busy host); without it the
+     * migration would stay active */
+    json_object *info = it_wait_final(fx.src, 60000);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed",
+                     "%s\nsource side:\n%s", json_object_to_json_string(info),
+                     slog);
+    g_printerr("tunnel-half-open source failed %" G_GINT64_FORMAT " ms after "
+               "dest stopped (--ping-timeout 2000): %s\n",
+               (g_get_monotonic_time() - t0) / 1000,
+               json_object_get_string(it_jget(info, "error-desc")));
+    json_object_put(info);
+    g_autofree char *state = it_run_state(fx.src);
+    cr_assert_str_eq(state, "running", "the source guest is %s", state);
+    cr_assert_eq(proc_wait(&fx.pair->src, 40000), 1);
+    g_free(slog);
+    slog = log_text(&fx.pair->src);
+    cr_assert(strstr(slog, "nothing from the peer for 2000 ms"), "%s", slog);
+    json_object *rep = read_json(fx.pair->report);
+    const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
+    cr_assert(g_str_has_prefix(outcome, "failed"), "%s", outcome);
+    json_object_put(rep);
+    /* dest runs on and sees the tunnel gone; pair_free() kills it */
+    kill(fx.pair->dst.pid, SIGCONT);
+}
+
 /* Without TLS, dest takes tunnels only from --allow: none given is a
  * usage error; a source side from another address is closed at accept,
  * so that source side never gets a tunnel and says so (exit 1), and no
@@ -1499,6 +1554,62 @@ Test(tunnel, postcopy_resume_100_tls)
     g_autofree char *slog = log_text(&fx.pair->src);
     cr_assert(strstr(slog, "TLS, both ends authenticated"), "%s", slog);
     fx.dst_extra = NULL;
+}
+
+
+/* A half-open tunnel in post-copy: dest stopped (SIGSTOP) while the guest
+ * runs on the destination.  The source side's --ping-timeout (2 s) takes
+ * the silence as a drop, as it takes a cut: the QEMU connections stay
+ * open and it redials; once dest runs again (SIGCONT) it sees its old
+ * connection gone and the tunnel resumes, unseen by QEMU: the migration
+ * completes and the guest's self-check passes. */
+Test(tunnel, postcopy_dest_stopped_resumes)
+{
+    const char *args[] = {"--ping-timeout=2000", NULL};
+
+    start_postcopy_pair("pc_stopped", "10.0", "pc-q35-10.0", args);
+    /* POSTCOPY_RUN has gone through the source side's parser */
+    g_usleep(500 * 1000);
+    g_autofree char *before = it_migration_status(fx.src);
+    cr_assert_str_eq(before, "postcopy-active");
+    gint64 t0 = g_get_monotonic_time();
+    cr_assert_eq(kill(fx.pair->dst.pid, SIGSTOP), 0);
+    g_autofree char *slog = log_wait(&fx.pair->src,
+                                     "nothing from the peer for 2000 ms",
+                                     30000);
+    g_printerr("tunnel-half-open post-copy: dropped %" G_GINT64_FORMAT
+               " ms after dest stopped\n",
+               (g_get_monotonic_time() - t0) / 1000);
+    g_usleep(1000 * 1000);
+    cr_assert_eq(kill(fx.pair->dst.pid, SIGCONT), 0);
+    g_free(slog);
+    slog = log_wait(&fx.pair->src, "resumed after", 30000);
+    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *dlog = log_text(&fx.pair->dst);
+    g_free(slog);
+    slog = log_text(&fx.pair->src);
+    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
+                     "completed", "source: %s\nsource side:\n%s\ndest:\n%s",
+                     json_object_to_json_string(src), slog, dlog);
+    json_object *dst = it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(dst, "status")),
+                     "completed");
+    assert_guest_verifies();
+    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "source side:\n%s",
+                 slog);
+    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0, "dest:\n%s", dlog);
+    json_object *rep = read_json(fx.pair->report);
+    cr_assert_str_eq(json_object_get_string(it_jget(rep, "outcome")),
+                     "completed");
+    cr_assert_geq(it_jint(rep, "tunnel.resume.resumed"), 1);
+    g_printerr("tunnel-half-open post-copy: drops=%" G_GINT64_FORMAT
+               " resumed=%" G_GINT64_FORMAT " down_ms=%.0f\n",
+               it_jint(rep, "tunnel.resume.drops"),
+               it_jint(rep, "tunnel.resume.resumed"),
+               it_jnum(rep, "tunnel.resume.down_ms_max"));
+    json_object_put(rep);
+    json_object_put(src);
+    json_object_put(dst);
 }
 
 /* Where the tunnel cannot resume (dest restarted: the new one holds no

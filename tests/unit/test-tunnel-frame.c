@@ -189,7 +189,7 @@ Test(tunnel_frame, round_trip_every_split)
     g_autoptr(GByteArray) b = all_frames();
     g_autofree char *log = check_splits(b->data, b->len, 0);
     const char *want =
-        "off=8 HELLO fl=0 st=0 seq=0 len=55 v=1..1 role=1 tls=0 feat=ff "
+        "off=8 HELLO fl=0 st=0 seq=0 len=55 v=1..1 role=1 tls=0 feat=1ff "
         "page=4096 cache=67108864 max=1048576 id=0 sw=migproxy 0.1.0\n"
         "off=91 OPEN fl=0 st=1 seq=0 len=10 session=7 conn=0 main/0 rev=0\n"
         "off=129 OPEN fl=0 st=2 seq=0 len=10 session=7 conn=0 "
@@ -615,4 +615,35 @@ Test(tunnel_frame, negotiate_resume)
     cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
     cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
     cr_assert_not(x.resumed || y.resumed);
+}
+
+/* Routes (the 12-byte OPEN) are agreed only when both HELLOs offer
+ * MP_TUN_FEAT_ROUTES: a peer from before routes (the bit clear) does not
+ * get them, whichever side it is. */
+Test(tunnel_frame, negotiate_routes)
+{
+    MpTunHello a = hello_of(MP_TUN_ROLE_SOURCE);
+    MpTunHello b = hello_of(MP_TUN_ROLE_DEST);
+    MpTunAgreed x, y;
+    g_autoptr(GError) err = NULL;
+
+    cr_assert(MP_TUN_FEATS_KNOWN & MP_TUN_FEAT_ROUTES);
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert(x.features & MP_TUN_FEAT_ROUTES);
+    cr_assert(y.features & MP_TUN_FEAT_ROUTES);
+
+    b.features &= ~MP_TUN_FEAT_ROUTES; /* an older dest */
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert_not(x.features & MP_TUN_FEAT_ROUTES);
+    cr_assert_not(y.features & MP_TUN_FEAT_ROUTES);
+    cr_assert_eq(x.features, y.features);
+
+    b = hello_of(MP_TUN_ROLE_DEST);
+    a.features &= ~MP_TUN_FEAT_ROUTES; /* an older source side */
+    cr_assert(mp_tun_negotiate(&a, &b, &x, &err));
+    cr_assert(mp_tun_negotiate(&b, &a, &y, &err));
+    cr_assert_not(x.features & MP_TUN_FEAT_ROUTES);
+    cr_assert_not(y.features & MP_TUN_FEAT_ROUTES);
 }

@@ -6,7 +6,10 @@
  * that breaks resets every connection it carried; with resume, a tunnel
  * cut twice and joined again by new connections delivers every byte of
  * every connection whole and in order (frames kept until acknowledged,
- * sent again after each cut). */
+ * sent again after each cut).  Migrations share a paced link per
+ * migration, not per connection; a source side with several routes
+ * refuses a peer that does not take them; a peer gone silent (no FIN, no
+ * reset) is a drop after the ping timeout, and an idle one is not. */
 #include "config.h"
 #include <signal.h>
 #include <string.h>
@@ -889,6 +892,415 @@ Test(tunnel_mux, sessions_share_a_paced_link)
         g_thread_join(threads[i]);
     for (int i = 0; i < SHARERS; i++) {
         cr_assert(r[i].same, "session %d: bytes differ", i + 1);
+        close(src_q[i]);
+        close(dst_q[i]);
+        g_object_unref(s.socks[i]);
+    }
+    mp_tun_mux_free(fp->src);
+    mp_tun_mux_free(fp->dst);
+    g_clear_error(&fp->src_error);
+    g_clear_error(&fp->dst_error);
+}
+
+/* ---- a peer written by hand: an older dest, or one that went silent ---- */
+
+/* What the source side sent to the hand-written peer. */
+typedef struct {
+    MpTunParser *parser;
+    gboolean end;
+    guint8 end_code;
+    char *end_reason;
+    guint opens;
+    guint32 open_len; /* the last OPEN's payload length */
+} Seen;
+
+static MpRecordAction
+seen_frame(const MpTunFrame *f, gpointer data)
+{
+    Seen *s = data;
+    if (f->type == MP_TUN_OPEN) {
+        s->opens++;
+        s->open_len = f->len;
+    } else if (f->type == MP_TUN_END) {
+        s->end = TRUE;
+        s->end_code = f->u.end.code;
+        g_free(s->end_reason);
+        s->end_reason = g_strdup(f->u.end.reason ? f->u.end.reason : "");
+    }
+    return MP_REC_CONTINUE;
+}
+
+/* Reads and parses whatever waits on `fd` (non-blocking). */
+static void
+seen_read(Seen *s, int fd)
+{
+    guint8 buf[65536];
+    ssize_t n;
+
+    while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+        gsize at = 0;
+        while (at < (gsize)n) {
+            gsize used = 0;
+            g_autoptr(GError) err = NULL;
+            MpFeedStatus st =
+                mp_tun_parser_feed(s->parser, buf + at, n - at, &used, &err);
+            cr_assert_neq(st, MP_FEED_ERROR, "%s", err ? err->message : "");
+            at += used;
+            if (st != MP_FEED_PAUSED)
+                break;
+        }
+    }
+}
+
+/* The preamble and a destination side's HELLO offering `features` (an
+ * older dest: no MP_TUN_FEAT_ROUTES), written on `fd`. */
+static void
+hand_hello(int fd, guint32 features)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    MpTunHello h = {.version_min = MP_TUN_VERSION,
+                    .version_max = MP_TUN_VERSION,
+                    .role = MP_TUN_ROLE_DEST,
+                    .features = features,
+                    .page_size = 4096,
+                    .cache_bytes = MP_TUN_MUX_CACHE_MAX,
+                    .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
+                    .software = "migproxy (older)"};
+    mp_tun_write_preamble(b);
+    mp_tun_write_hello(b, &h);
+    cr_assert_eq(write(fd, b->data, b->len), (ssize_t)b->len);
+}
+
+static gboolean
+src_closed(Fixture *f)
+{
+    return f->closed >= 1;
+}
+
+static gboolean
+src_ready(Fixture *f)
+{
+    return mp_tun_mux_ready(f->src);
+}
+
+/* A source side with two routes (two --listen) and a dest that does not
+ * offer MP_TUN_FEAT_ROUTES: the tunnel is refused at the handshake, with
+ * an error that says why and what to do, and the peer gets END REFUSED
+ * with the reason; it never sees an OPEN.  With one route the same peer
+ * is fine: a route other than 0 is not sent to it (mp_tun_mux_add()
+ * refuses it), route 0 goes as the 10-byte OPEN it reads. */
+Test(tunnel_mux, routes_only_to_a_peer_that_takes_them)
+{
+    Fixture f = {0};
+    int tv[2];
+    Seen seen = {0};
+    guint32 old = MP_TUN_FEATS_KNOWN & ~MP_TUN_FEAT_ROUTES;
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .routes = 2};
+    hand_hello(tv[1], old);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_closed, &f, 5000);
+    cr_assert_not(mp_tun_mux_ready(f.src));
+    cr_assert_not_null(f.src_error);
+    cr_assert(g_error_matches(f.src_error, MP_PARSE_ERROR,
+                              MP_PARSE_ERROR_UNSUPPORTED),
+              "%s", f.src_error->message);
+    cr_assert(strstr(f.src_error->message,
+                     "the peer does not offer routes (HELLO feature "
+                     "0x0100"),
+              "%s", f.src_error->message);
+    cr_assert(strstr(f.src_error->message, "this side has 2 --listen"), "%s",
+              f.src_error->message);
+    seen.parser = mp_tun_parser_new("the older dest", seen_frame, &seen);
+    seen_read(&seen, tv[1]);
+    cr_assert(seen.end, "no END");
+    cr_assert_eq(seen.end_code, MP_TUN_END_REFUSED);
+    cr_assert(strstr(seen.end_reason, "does not offer routes"), "%s",
+              seen.end_reason);
+    cr_assert_eq(seen.opens, 0);
+    mp_tun_mux_free(f.src);
+    mp_tun_parser_free(seen.parser);
+    g_free(seen.end_reason);
+    g_clear_error(&f.src_error);
+    close(tv[1]);
+
+    /* one route: the tunnel comes up; route 1 is refused, route 0 goes
+     * as a 10-byte OPEN */
+    memset(&seen, 0, sizeof(seen));
+    f = (Fixture){0};
+    pair(tv);
+    g_autoptr(GSocket) ts2 = gsock(tv[0]);
+    g_autoptr(GIOStream) tss2 = mp_tun_plain_stream(ts2);
+    so.routes = 1;
+    hand_hello(tv[1], old);
+    f.src = mp_tun_mux_new(tss2, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_ready, &f, 5000);
+    int a[2], b[2];
+    pair(a);
+    pair(b);
+    g_autoptr(GSocket) la = gsock(a[1]);
+    g_autoptr(GSocket) lb = gsock(b[1]);
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN, .route = 1};
+    cr_assert_eq(mp_tun_mux_add(f.src, la, &o), 0);
+    o.route = 0;
+    cr_assert_neq(mp_tun_mux_add(f.src, lb, &o), 0);
+    spin_for(50);
+    seen.parser = mp_tun_parser_new("the older dest", seen_frame, &seen);
+    seen_read(&seen, tv[1]);
+    cr_assert_eq(seen.opens, 1);
+    cr_assert_eq(seen.open_len, 10);
+    cr_assert_eq(f.closed, 0);
+    mp_tun_mux_free(f.src);
+    mp_tun_parser_free(seen.parser);
+    g_free(seen.end_reason);
+    close(tv[1]);
+    close(a[0]);
+    close(b[0]);
+}
+
+/* A dest that stops without closing (its host died, the network went:
+ * no FIN, no reset), drawn as a socket whose far end, after its HELLO,
+ * is never read nor written: the source side's --ping-timeout (1 s here)
+ * drops the link as a socket error would, no earlier than the timeout
+ * and long before TCP would; a connection it carried is reset (pre-copy:
+ * the migration fails, the guest runs on).  With resume (`resume`), the
+ * same drop suspends the tunnel for a resume instead.  (Before, nothing
+ * came: the source side waited for ever.) */
+static void
+silent_peer(gboolean resume)
+{
+    Fixture f = {0};
+    int tv[2], a[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .ping_timeout_ms = 1000};
+    if (resume) {
+        so.resume_ms = 10000;
+        so.tunnel_id = 0x51e7;
+        so.resume_any = TRUE;
+    }
+    /* the peer's HELLO is its last byte: the source side hears it after
+     * t0, so the timeout cannot pass before t0 + 1 s */
+    gint64 t0 = g_get_monotonic_time();
+    hand_hello(tv[1], MP_TUN_FEATS_KNOWN);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_ready, &f, 5000);
+    /* a migration's connection, more than the socket pair holds: the
+     * source side's writes to the silent peer stall too */
+    pair(a);
+    Peer w = {.fd = a[0], .len = 64u << 20, .seed = 9, .keep_open = TRUE};
+    GThread *t = g_thread_new("w", writer, &w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    if (resume) {
+        spin_until(src_suspended, &f, 10000);
+        cr_assert_eq(f.suspended, 1);
+        cr_assert_eq(f.closed, 0, "closed instead of waiting to resume");
+        cr_assert_eq(mp_tun_mux_live(f.src), 1, "the connection was reset");
+    } else {
+        spin_until(src_closed, &f, 10000);
+    }
+    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
+    g_printerr("silent peer%s: dropped after %" G_GINT64_FORMAT " ms "
+               "(--ping-timeout 1000)\n",
+               resume ? " (resume)" : "", ms);
+    cr_assert_geq(ms, 1000, "dropped before the timeout");
+    if (!resume) {
+        cr_assert_not_null(f.src_error);
+        cr_assert(g_error_matches(f.src_error, G_IO_ERROR,
+                                  G_IO_ERROR_TIMED_OUT),
+                  "%s", f.src_error->message);
+        cr_assert(strstr(f.src_error->message,
+                         "nothing from the peer for 1000 ms"),
+                  "%s", f.src_error->message);
+        /* the "QEMU" connection was reset: its writer stops */
+        g_thread_join(t);
+    }
+    mp_tun_mux_free(f.src);
+    if (resume)
+        g_thread_join(t); /* (freeing the mux closed its socket) */
+    close(a[0]);
+    close(tv[1]);
+    g_clear_error(&f.src_error);
+}
+
+Test(tunnel_mux, silent_peer_is_a_drop)
+{
+    silent_peer(FALSE);
+}
+
+Test(tunnel_mux, silent_peer_is_a_drop_to_resume)
+{
+    silent_peer(TRUE);
+}
+
+/* Two live ends with --ping-timeout 2000 (the least the CLI takes) and
+ * nothing to carry for 5 s: their PINGs (and PONGs) keep the link;
+ * neither drops it. */
+Test(tunnel_mux, idle_tunnel_lives_on_pings)
+{
+    Fixture f = {0};
+    int tv[2];
+
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE, .ping_timeout_ms = 2000};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST, .ping_timeout_ms = 2000};
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+    spin_for(5000);
+    cr_assert_eq(f.closed, 0, "%s",
+                 f.src_error   ? f.src_error->message
+                 : f.dst_error ? f.dst_error->message
+                               : "closed");
+    cr_assert(ready(&f));
+    mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+    spin_until(both_closed, &f, 5000);
+    cr_assert_null(f.src_error, "%s", f.src_error->message);
+    cr_assert_null(f.dst_error, "%s", f.dst_error->message);
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+}
+
+/* Two migrations over a link paced at 16 MB/s, each connection with more
+ * to send than the link takes: migration 1 with five connections (main
+ * and four multifd channels), migration 2 with its main connection
+ * alone.  The share is per migration: each gets about half of the link
+ * (within 10 % of each other).  (Before, the room went round the
+ * connections, and migration 1 had five shares to migration 2's one:
+ * 83 % of the link.) */
+#define MIG1_CONNS  5
+#define SHARE_CONNS (MIG1_CONNS + 1)
+
+typedef struct {
+    Fixture f; /* first: the hooks above take this as a Fixture */
+    GSocket *socks[SHARE_CONNS]; /* dest's: migration 1's, then 2's */
+} MigSharing;
+
+static void
+on_open_by_route(MpTunMux *m, guint16 stream, const MpTunOpen *o, gpointer data)
+{
+    MigSharing *s = data;
+    guint k = o->route == 0 ? o->connection : MIG1_CONNS;
+    cr_assert_lt(o->route, 2);
+    cr_assert_eq(o->session, o->route + 1u);
+    cr_assert_lt(k, SHARE_CONNS);
+    mp_tun_mux_attach(m, stream, s->socks[k]);
+    s->f.opened++;
+}
+
+static gboolean
+share_conns_opened(Fixture *f)
+{
+    return f->opened == SHARE_CONNS;
+}
+
+Test(tunnel_mux, migrations_share_not_connections)
+{
+    MigSharing s = {0};
+    Fixture *fp = &s.f;
+    int tv[2], src_q[SHARE_CONNS], dst_q[SHARE_CONNS];
+    Peer w[SHARE_CONNS], r[SHARE_CONNS];
+    GThread *threads[2 * SHARE_CONNS];
+    static const MpTunMuxHooks hooks = {
+        .open = on_open_by_route,
+        .stream_done = on_done_dst,
+        .closed = on_closed_dst,
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    MpTunMuxOptions so = {
+        .role = MP_TUN_ROLE_SOURCE, .rate = 16000000, .routes = 2};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST};
+    fp->src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, fp);
+    fp->dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &hooks, &s);
+    spin_until(ready, fp, 5000);
+
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        int a[2], b[2];
+        gboolean first = i < MIG1_CONNS;
+        pair(a); /* a[0]: a source QEMU's connection */
+        pair(b); /* b[0]: the destination QEMU's */
+        src_q[i] = a[0];
+        dst_q[i] = b[0];
+        s.socks[i] = gsock(b[1]);
+        /* more than the link takes in the time below; never ends */
+        w[i] =
+            (Peer){.fd = a[0], .len = 256u << 20, .seed = i, .keep_open = TRUE};
+        r[i] = (Peer){.fd = b[0], .seed = i};
+        g_autoptr(GSocket) local = gsock(a[1]);
+        MpTunOpen o = {
+            .session = first ? 1 : 2,
+            .connection = first ? i : 0,
+            .channel = first && i ? MP_TUN_CH_MULTIFD : MP_TUN_CH_MAIN,
+            .index = first && i ? i - 1 : 0,
+            .route = first ? 0 : 1,
+        };
+        cr_assert_neq(mp_tun_mux_add(fp->src, local, &o), 0);
+    }
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        threads[2 * i] = g_thread_new("w", writer, &w[i]);
+        threads[2 * i + 1] = g_thread_new("r", reader, &r[i]);
+    }
+    spin_until(share_conns_opened, fp, 5000);
+    /* 1.5 s of the link: about 24 MB, 12 MB each when shared */
+    gint64 until = g_get_monotonic_time() + 1500 * 1000;
+    while (g_get_monotonic_time() < until) {
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(50);
+    }
+
+    json_object *rep = mp_tun_mux_report(fp->src, 0);
+    json_object *chans = json_object_object_get(rep, "channels");
+    gint64 got[2] = {0, 0};
+    cr_assert_eq(json_object_array_length(chans), SHARE_CONNS);
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        json_object *ch = json_object_array_get_idx(chans, i);
+        int route = json_object_get_int(json_object_object_get(ch, "route"));
+        cr_assert_eq(route, i < MIG1_CONNS ? 0 : 1);
+        got[route] += json_object_get_int64(json_object_object_get(
+            json_object_object_get(ch, "to_dst"), "bytes_out"));
+    }
+    json_object_put(rep);
+    gint64 total = got[0] + got[1];
+    g_printerr("migrations_share_not_connections: migration 1 (%d "
+               "connections) %.2f MB, migration 2 (1) %.2f MB of %.2f MB "
+               "(%.1f %% / %.1f %%)\n",
+               MIG1_CONNS, got[0] / 1e6, got[1] / 1e6, total / 1e6,
+               100.0 * got[0] / total, 100.0 * got[1] / total);
+    /* enough went through to tell (the pace allows 24 MB), and the two
+     * are within 10 % of each other */
+    cr_assert_gt(total, 4000000, "%" G_GINT64_FORMAT " bytes", total);
+    gint64 diff = got[0] > got[1] ? got[0] - got[1] : got[1] - got[0];
+    cr_assert_leq(diff * 10, MAX(got[0], got[1]),
+                  "migration 1: %" G_GINT64_FORMAT ", migration 2: %"
+                  G_GINT64_FORMAT " bytes",
+                  got[0], got[1]);
+    /* the end: the tunnel breaks, every connection is reset, so the
+     * writers (EPIPE) and readers (end) stop */
+    shutdown(tv[1], SHUT_RDWR);
+    spin_until(both_closed, fp, 10000);
+    for (int i = 0; i < 2 * SHARE_CONNS; i++)
+        g_thread_join(threads[i]);
+    for (int i = 0; i < SHARE_CONNS; i++) {
+        cr_assert(r[i].same, "connection %d: bytes differ", i);
         close(src_q[i]);
         close(dst_q[i]);
         g_object_unref(s.socks[i]);
