@@ -88,7 +88,11 @@ mp_tun_type_sequenced(guint8 type)
 /* requested post-copy pages lifted into the urgent lane (docs/tunnel.md,
  * "Lifted pages") */
 #define MP_TUN_FEAT_URGENT_PAGES 0x0080
-#define MP_TUN_FEATS_KNOWN     0x00ff
+/* PAGES on multifd streams: the pages of QEMU's uncompressed multifd
+ * packets, written back by dest as the packet's page bytes
+ * (docs/tunnel.md, "Multifd pages") */
+#define MP_TUN_FEAT_MFD_PAGES  0x0200
+#define MP_TUN_FEATS_KNOWN     0x02ff
 
 typedef enum {
     MP_TUN_ROLE_SOURCE = 1, /* next to the source QEMU */
