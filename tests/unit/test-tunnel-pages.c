@@ -508,6 +508,10 @@ Test(tunnel_pages, hostile_batches_refused)
     g_autoptr(GByteArray) zctx = batch(3, TRUE, CACHE);
     zctx->data[0] |= MP_BATCH_COMPRESSED;
     zctx->data[1] = MP_TUN_PAGES_MAX_WORKERS;
+    /* "p\0.ram": dest would name block "p" in its records */
+    g_autoptr(GByteArray) nul = batch(3, TRUE, CACHE);
+    cr_assert_eq(nul->data[13], 'p');
+    nul->data[14] = 0;
     g_autoptr(GByteArray) out = g_byte_array_new();
     char *msg = NULL;
     struct {
@@ -519,6 +523,7 @@ Test(tunnel_pages, hostile_batches_refused)
         {huge, 1 << 20, "page cache of"},
         {good, 100, "more than 100 bytes"},
         {zctx, 1 << 20, "zstd context 64"},
+        {nul, 1 << 20, "with a NUL"},
     };
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
