@@ -483,6 +483,13 @@ mp_batch_decode(MpBatchDec *d, const guint8 *payload, gsize len,
     if (!(flags & MP_BATCH_COMPRESSED) && zctx)
         return bad(error, block, 1, len,
                    "zstd context %u on an uncompressed batch", zctx);
+    /* the name goes into the destination's RAM records: an empty one,
+     * or one a NUL cuts short, would name another block (or none) */
+    if (payload[4] == 0 || strlen(block) != payload[4])
+        return bad(error, block, 4, len,
+                   "block name of %u bytes with a NUL, expected 1..255 "
+                   "bytes without",
+                   payload[4]);
     g_autoptr(GError) berr = NULL;
     if (!mp_pcache_block_bind(d->cache, id, block, &berr))
         return bad(error, block, 2, len, "%s", berr->message);

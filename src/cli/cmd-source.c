@@ -404,7 +404,9 @@ source_entries(gpointer store)
          "(default auto: a quarter of the guest's RAM, 32M to 2G)",
          "SIZE"},
         {"workers", 0, 0, G_OPTION_ARG_INT, &a->workers,
-         "Threads compressing pages (default 0: one per core)", "N"},
+         "Threads compressing the main connection's pages (default 0: "
+         "one per core; each multifd connection has one of its own)",
+         "N"},
         {"no-adapt", 0, 0, G_OPTION_ARG_NONE, &a->no_adapt,
          "Keep zstd, dedup and delta on pages as the options set them "
          "(by default each goes off while it costs more time than it "

@@ -92,7 +92,11 @@ mp_tun_type_sequenced(guint8 type)
  * several destination QEMUs, docs/tunnel.md "Streams"); without it every
  * OPEN is the 10-byte one, route 0 */
 #define MP_TUN_FEAT_ROUTES     0x0100
-#define MP_TUN_FEATS_KNOWN     0x01ff
+/* PAGES on multifd streams: the pages of QEMU's uncompressed multifd
+ * packets, written back by dest as the packet's page bytes
+ * (docs/tunnel.md, "Multifd pages") */
+#define MP_TUN_FEAT_MFD_PAGES  0x0200
+#define MP_TUN_FEATS_KNOWN     0x03ff
 
 typedef enum {
     MP_TUN_ROLE_SOURCE = 1, /* next to the source QEMU */

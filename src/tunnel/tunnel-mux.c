@@ -462,10 +462,36 @@ pages_wake(gpointer data)
         conn_watch(c);
 }
 
+/* A multifd stream's cache budget, until its first page: the guest's RAM
+ * as the session's main stream announced it, split among the session's
+ * multifd channels (tunnel-pages-out.h): those open now, and at least as
+ * many as this one's index says (QEMU numbers them from 0; a channel's
+ * first page may come before its peers are open here). */
+static void
+pages_session(Conn *c)
+{
+    guint64 ram = 0;
+    guint share = 0;
+
+    for (guint i = 0; i < c->m->conns->len; i++) {
+        const Conn *o = g_ptr_array_index(c->m->conns, i);
+        if (o->open.session != c->open.session || !o->po)
+            continue;
+        if (o->open.channel == MP_TUN_CH_MAIN)
+            ram = mp_tun_pages_out_ram(o->po);
+        else if (o->open.channel == MP_TUN_CH_MULTIFD)
+            share++;
+    }
+    mp_tun_pages_out_set_session(c->po, ram,
+                                 MAX(share, (guint)c->open.index + 1));
+}
+
 /* `n` bytes read into m->rbuf go through the encoder. */
 static void
 pages_feed(Conn *c, gsize n)
 {
+    if (c->open.channel == MP_TUN_CH_MULTIFD && !mp_tun_pages_out_sized(c->po))
+        pages_session(c);
     guint64 left = mp_tun_pages_out_feed(c->po, c->m->rbuf, n);
     /* post-copy may come: from now on the link is paced (tunnel-link.h) */
     if (mp_tun_pages_out_postcopy_advised(c->po) && c->m->conn)
@@ -757,16 +783,23 @@ on_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
 
     if (c->done || c->aborted)
         return;
-    if (m->opt.role != MP_TUN_ROLE_DEST || c->open.channel != MP_TUN_CH_MAIN) {
+    gboolean mfd = c->open.channel == MP_TUN_CH_MULTIFD
+                   && (m->agreed.features & MP_TUN_FEAT_MFD_PAGES);
+    if (m->opt.role != MP_TUN_ROLE_DEST
+        || (c->open.channel != MP_TUN_CH_MAIN && !mfd)) {
         fail(m, "PAGES frame of stream %u at offset %" G_GUINT64_FORMAT
-                ": pages go only to the destination, on a main stream",
+                ": pages go only to the destination, on a main stream (or "
+                "a multifd one when negotiated)",
              f->stream, f->offset);
         return;
     }
     c->in_urgent = (f->flags & MP_TUN_FLAG_URGENT) != 0;
-    if (!c->pi)
+    if (!c->pi) {
         c->pi = mp_tun_pages_in_new(m->agreed.page_size,
                                     m->agreed.cache_bytes);
+        if (mfd)
+            mp_tun_pages_in_set_bare(c->pi);
+    }
     guint64 held = c->queued_total - c->written_total;
     guint64 limit = 2 * (guint64)MP_TUN_MUX_WINDOW;
     gsize before = c->wq->len;
@@ -1573,10 +1606,12 @@ pages_features(const MpTunMuxOptions *opt)
     if (opt->role == MP_TUN_ROLE_DEST)
         return MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZSTD_PAGES
                | MP_TUN_FEAT_DELTA | MP_TUN_FEAT_DEDUP
-               | MP_TUN_FEAT_ZERO_HELD | MP_TUN_FEAT_URGENT_PAGES;
+               | MP_TUN_FEAT_ZERO_HELD | MP_TUN_FEAT_URGENT_PAGES
+               | MP_TUN_FEAT_MFD_PAGES;
     if (!opt->pages)
         return 0;
-    return (p->zero_runs ? MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZERO_HELD : 0)
+    return MP_TUN_FEAT_MFD_PAGES
+           | (p->zero_runs ? MP_TUN_FEAT_ZERO_RUNS | MP_TUN_FEAT_ZERO_HELD : 0)
            | (p->compress ? MP_TUN_FEAT_ZSTD_PAGES : 0)
            | (p->delta ? MP_TUN_FEAT_DELTA : 0)
            | (p->dedup ? MP_TUN_FEAT_DEDUP : 0)
@@ -1683,14 +1718,17 @@ mp_tun_mux_free(MpTunMux *m)
     g_free(m);
 }
 
-/* Source side: a main stream's pages go through the encoders.  A page
- * carried by another channel of the session (multifd, preempt) is not
- * seen by them, so then none of the session's encoders skips a zero page
- * (tunnel-pages-out.h). */
+/* Source side: a main stream's pages go through the encoders, and a
+ * multifd stream's when dest can write them back (MP_TUN_FEAT_MFD_PAGES).
+ * A page carried by another channel of the session (multifd, preempt) is
+ * not seen by the main stream's encoder, so then none of the session's
+ * encoders skips a zero page (tunnel-pages-out.h). */
 static void
 pages_attach(MpTunMux *m, Conn *c)
 {
     gboolean main = c->open.channel == MP_TUN_CH_MAIN;
+    gboolean mfd = c->open.channel == MP_TUN_CH_MULTIFD
+                   && (m->agreed.features & MP_TUN_FEAT_MFD_PAGES);
 
     if (m->opt.role != MP_TUN_ROLE_SOURCE || !m->opt.pages)
         return;
@@ -1706,11 +1744,13 @@ pages_attach(MpTunMux *m, Conn *c)
         if (o->open.channel != MP_TUN_CH_MAIN)
             shared = TRUE;
     }
-    if (!main)
+    if (!main && !mfd)
         return;
     g_autofree char *name = g_strdup_printf(
         "%s: stream %u", mp_tun_conn_name(m->conn), c->fwd);
-    c->po = mp_tun_pages_out_new(&m->opt.pages_opt, m->agreed.page_size,
+    MpTunPagesOptions popt = m->opt.pages_opt;
+    popt.multifd = mfd;
+    c->po = mp_tun_pages_out_new(&popt, m->agreed.page_size,
                                  m->agreed.cache_bytes, m->agreed.max_payload,
                                  name, pages_wake, c);
     if (shared)

@@ -17,6 +17,7 @@ struct MpTunPagesIn {
     guint64 cache_bytes;
     char last_block[256]; /* block of the last record written; "" none */
     gboolean broken;
+    gboolean bare; /* multifd: pages as bare bytes, no record headers */
     /* the batch being applied */
     GByteArray *out;
     gsize start, limit;
@@ -67,6 +68,12 @@ mp_tun_pages_in_free(MpTunPagesIn *pi)
     g_queue_clear_full(&pi->waiting, (GDestroyNotify)upage_free);
     g_hash_table_unref(pi->ahead);
     g_free(pi);
+}
+
+void
+mp_tun_pages_in_set_bare(MpTunPagesIn *pi)
+{
+    pi->bare = TRUE;
 }
 
 void
@@ -151,12 +158,36 @@ write_waiting(MpTunPagesIn *pi, GByteArray *out)
     pi->out = NULL;
 }
 
+/* A multifd packet's pages, in the order of its offset list: their bytes
+ * and nothing else (the packet header came as DATA before them). */
+static void
+put_bare(MpTunPagesIn *pi, guint32 count, const guint8 *page)
+{
+    gsize n = (gsize)count * pi->page_size;
+
+    if (!room(pi, n))
+        return;
+    if (page) {
+        g_byte_array_append(pi->out, page, pi->page_size);
+    } else {
+        gsize at = pi->out->len;
+        g_byte_array_set_size(pi->out, at + n);
+        memset(pi->out->data + at, 0, n);
+        pi->zero_pages += count;
+    }
+    pi->pages += count;
+}
+
 static void
 on_page(const char *block, guint64 index, guint32 count, const guint8 *page,
         gpointer data)
 {
     MpTunPagesIn *pi = data;
 
+    if (pi->bare) {
+        put_bare(pi, count, page);
+        return;
+    }
     if (!page) {
         for (guint32 k = 0; k < count; k++) {
             if (dropped(pi, block, index + k))
@@ -261,6 +292,8 @@ mp_tun_pages_in_urgent(MpTunPagesIn *pi, const guint8 *payload, gsize len,
 {
     if (pi->broken)
         return refuse(error, "an earlier batch failed: the stream is lost");
+    if (pi->bare)
+        return refuse(error, "urgent pages on a multifd stream");
     if (len < 1 + 1 + 4 || payload[0] == 0 || 1u + payload[0] + 4 > len)
         return refuse(error, "urgent pages: payload offset 0: a header "
                       "(block name, count) expected, %" G_GSIZE_FORMAT

@@ -32,6 +32,14 @@
  * caches are not touched.  At most MP_TUN_LIFT_MAX_WAITING pages wait
  * and MP_TUN_LIFT_MAX_AHEAD have no batch copy yet; more fails the
  * stream.
+ *
+ * Multifd streams (mp_tun_pages_in_set_bare(), docs/tunnel.md "Multifd
+ * pages"): a batch holds the normal pages of a multifd packet (or a
+ * part of them), whose header came before as raw bytes.  Its pages are
+ * written as they are, in entry order, without record headers: a
+ * ZERO_RUN as `count` zero pages, so that the packet's page data is
+ * exactly as long as its header says and in its offsets' order.  No
+ * lifted pages there.
  */
 #pragma once
 
@@ -53,6 +61,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunPagesIn, mp_tun_pages_in_free)
 gboolean mp_tun_pages_in_apply(MpTunPagesIn *pi, const guint8 *payload,
                                gsize len, GByteArray *out, gsize limit,
                                GError **error);
+/* The stream is a multifd channel: batches become bare page bytes (see
+ * above).  Before the first batch. */
+void mp_tun_pages_in_set_bare(MpTunPagesIn *pi);
 /* Raw stream bytes went to QEMU since the last batch. */
 void mp_tun_pages_in_data(MpTunPagesIn *pi);
 

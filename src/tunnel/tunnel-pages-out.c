@@ -4,6 +4,8 @@
 #include <string.h>
 #include <time.h>
 #include "enc-adapt.h"
+#include "mfd-parser.h"
+#include "mp-record.h"
 #include "page-batch.h"
 #include "parse-common.h"
 #include "pipeline.h"
@@ -106,6 +108,13 @@ struct MpTunPagesOut {
     char held_block[256]; /* what its CONTINUE means */
     guint64 lift_requests, lift_pages, lift_neighbours, urgent_frames,
         urgent_bytes, held_records, names_written;
+    /* multifd (see the header): its parser (no pipeline: nothing but the
+     * packets is wanted, and QEMU's zstd is not decoded), until it stops */
+    MpMfdParser *mfd;
+    gboolean mfd_bare;  /* the current packet's pages are bare bytes */
+    gboolean mfd_raw;   /* QEMU compresses them: the rest stays DATA */
+    guint mfd_share;    /* the session's multifd channels */
+    guint64 mfd_packets;
 };
 
 static void
@@ -319,6 +328,22 @@ ensure_encoder(MpTunPagesOut *po)
             ram += g_array_index(po->blocks, Block, i).npages * po->page_size;
     guint64 budget = po->opt.cache_bytes ? po->opt.cache_bytes
                                          : mp_pcache_auto_size(ram);
+    /* A multifd channel has a cache of its own, mirrored by dest's cache
+     * of that stream: a delta or a reference is then relative to what
+     * this stream's cache holds, which dest's holds too whatever the other
+     * channels did meanwhile.  One cache for the session would have to
+     * see the pages in the same order on both sides, but the channels run
+     * side by side (each its own zstd items, frames and socket at dest),
+     * and 7.2 sends a page twice on two channels (the reference's section
+     * 13).  The cost: a page dirtied again and sent on another channel is
+     * no delta.  The channels split the session's budget, so the
+     * session's caches stay within it (the main stream's, besides, holds
+     * no page with multifd: QEMU sends none there, or zero ones only). */
+    if (po->opt.multifd) {
+        if (!po->opt.cache_bytes && !ram)
+            budget = 32u << 20; /* auto's least: RAM not known yet */
+        budget /= MAX(po->mfd_share, 1);
+    }
     /* without delta and dedup nothing reads the cache: one page keeps the
      * mirrors trivially equal */
     if (!po->opt.delta && !po->opt.dedup)
@@ -330,7 +355,8 @@ ensure_encoder(MpTunPagesOut *po)
     if (po->opt.zero_runs) {
         po->zero = mp_zrun_new(po->page_size);
         /* a destination QEMU started with -incoming holds its RAM as
-         * zero: zero pages it has need not be sent */
+         * zero: zero pages it has need not be sent (multifd: no block is
+         * declared, so none is skipped) */
         for (guint i = 0; i < po->blocks->len; i++) {
             Block *b = &g_array_index(po->blocks, Block, i);
             mp_zrun_declare_block(po->zero, b->name,
@@ -518,6 +544,95 @@ on_page(MpTunPagesOut *po, const MpRecord *rec)
     }
 }
 
+/* A multifd packet's header: are its pages bare page bytes? */
+static void
+on_mfd_packet(MpTunPagesOut *po, const MpRecord *rec)
+{
+    guint32 comp = rec->u.mfd.flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
+
+    po->mfd_packets++;
+    po->mfd_bare = comp == MP_MULTIFD_FLAG_NOCOMP;
+    if (!po->mfd_bare && !po->mfd_raw) {
+        g_message("%s: multifd packet %" G_GUINT64_FORMAT " at offset %"
+                  G_GUINT64_FORMAT " is compressed by QEMU (flags 0x%x): "
+                  "this channel goes as raw stream bytes from here on",
+                  po->name, rec->u.mfd.packet_num, rec->offset,
+                  rec->u.mfd.flags);
+        po->mfd_raw = TRUE;
+    }
+}
+
+/* One normal page of an uncompressed multifd packet, its bytes as they
+ * are on the wire (no header of its own): into the batch when the feed
+ * holds all of it. */
+static void
+on_mfd_page(MpTunPagesOut *po, const MpRecord *rec)
+{
+    const MpMfdInfo *m = &rec->u.mfd;
+
+    /* a zero page of the packet header's list has no bytes of its own;
+     * a compressed packet's pages are decoded views */
+    if (m->zero || !po->mfd_bare || po->mfd_raw)
+        return;
+    gboolean here = rec->offset >= po->base + po->pend
+                    && rec->offset + rec->length <= po->base + po->len;
+    if (po->gave_up || !m->data || !m->block
+        || !m->block[0] || rec->length != po->page_size
+        || m->addr % po->page_size || !here) {
+        po->pages_left_raw++;
+        return;
+    }
+    ensure_encoder(po);
+    emit_data(po, rec->offset - po->base);
+    if (mp_batch_enc_pending(po->enc) + po->page_size + 32 > po->batch_cap)
+        close_batch(po);
+    if (!mp_batch_enc_add(po->enc, m->block, m->addr / po->page_size, m->data,
+                          po->made)) {
+        g_message("%s: RAM block \"%s\": too many blocks for the page "
+                  "cache; pages go as raw stream bytes from here on",
+                  po->name, m->block);
+        po->gave_up = TRUE;
+        po->pages_left_raw++;
+        return;
+    }
+    po->pend += rec->length;
+    take_batches(po);
+    po->unassigned += rec->length;
+    po->stream_bytes += rec->length;
+}
+
+static MpRecordAction
+on_mfd_record(const MpRecord *rec, gpointer data)
+{
+    MpTunPagesOut *po = data;
+
+    if (rec->kind == MP_REC_MFD_PACKET)
+        on_mfd_packet(po, rec);
+    else if (rec->kind == MP_REC_MFD_PAGE)
+        on_mfd_page(po, rec);
+    return MP_REC_CONTINUE;
+}
+
+/* A multifd channel's bytes through its parser; a channel QEMU
+ * compresses, or that the parser loses, is not parsed any further. */
+static void
+mfd_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
+{
+    g_autoptr(GError) err = NULL;
+    gsize used = 0;
+
+    if (!po->mfd)
+        return;
+    if (mp_mfd_parser_feed(po->mfd, buf, len, &used, &err) == MP_FEED_ERROR) {
+        g_message("%s: multifd channel not followed: %s; it goes as raw "
+                  "stream bytes from here on",
+                  po->name, err ? err->message : "?");
+        po->parse_lost = TRUE;
+    }
+    if (po->parse_lost || po->mfd_raw)
+        g_clear_pointer(&po->mfd, mp_mfd_parser_free);
+}
+
 static MpRecordAction
 on_record(MpPipeline *p, const MpRecord *rec, gpointer data)
 {
@@ -621,6 +736,8 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
     MpTunPagesOut *po = g_new0(MpTunPagesOut, 1);
 
     po->opt = *opt;
+    if (opt->multifd)
+        po->opt.urgent = FALSE; /* no post-copy pages on multifd */
     po->page_size = page_size;
     po->cache_cap = cache_cap;
     /* room for the header (name, setup) and for zstd's worst case on an
@@ -638,12 +755,22 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
     po->wants = g_array_new(FALSE, TRUE, sizeof(Want));
     g_array_set_clear_func(po->wants, want_clear);
     g_mutex_init(&po->lock);
-    po->pipe = mp_pipeline_new(0, MP_DIR_TO_DST);
-    mp_pipeline_set_name(po->pipe, name);
-    mp_pipeline_set_kind(po->pipe, MP_CHAN_MAIN, NULL);
-    mp_pipeline_observe(po->pipe, &observer, po);
+    if (opt->multifd) {
+        po->mfd = mp_mfd_parser_new(name, page_size, on_mfd_record, po);
+        mp_mfd_parser_set_decode(po->mfd, FALSE);
+    } else {
+        po->pipe = mp_pipeline_new(0, MP_DIR_TO_DST);
+        mp_pipeline_set_name(po->pipe, name);
+        mp_pipeline_set_kind(po->pipe, MP_CHAN_MAIN, NULL);
+        mp_pipeline_observe(po->pipe, &observer, po);
+    }
     if (opt->compress) {
-        guint w = opt->workers ? opt->workers : g_get_num_processors();
+        /* a multifd stream: one context (the channels, each its own
+         * worker, are the parallelism, and a context sees all of its
+         * channel's pages: a longer history to match) */
+        guint w = opt->multifd   ? 1
+                  : opt->workers ? opt->workers
+                                 : g_get_num_processors();
         po->workers = CLAMP(w, 1, MP_TUN_PAGES_MAX_WORKERS);
         po->comp = g_new0(MpCompEnc *, po->workers);
         po->pool = g_new0(GThreadPool *, po->workers);
@@ -685,6 +812,7 @@ mp_tun_pages_out_free(MpTunPagesOut *po)
     g_array_unref(po->wants);
     mp_rp_parser_free(po->rp);
     mp_pipeline_free(po->pipe);
+    mp_mfd_parser_free(po->mfd);
     mp_batch_enc_free(po->enc);
     mp_pcache_free(po->cache);
     mp_zrun_free(po->zero);
@@ -753,7 +881,10 @@ mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
     po->base = po->fed;
     po->pend = 0;
     po->read_budget -= MIN(po->read_budget, len);
-    mp_pipeline_feed(po->pipe, buf, len, g_get_monotonic_time());
+    if (po->opt.multifd)
+        mfd_feed(po, buf, len);
+    else
+        mp_pipeline_feed(po->pipe, buf, len, g_get_monotonic_time());
     po->fed += len;
     /* never hold bytes for more input, but for a cut page record */
     close_batch(po);
@@ -922,6 +1053,31 @@ mp_tun_pages_out_set_shared(MpTunPagesOut *po)
 }
 
 guint64
+mp_tun_pages_out_ram(const MpTunPagesOut *po)
+{
+    guint64 ram = po->ram_total;
+    if (!ram)
+        for (guint i = 0; i < po->blocks->len; i++)
+            ram += g_array_index(po->blocks, Block, i).npages * po->page_size;
+    return ram;
+}
+
+gboolean
+mp_tun_pages_out_sized(const MpTunPagesOut *po)
+{
+    return po->enc != NULL;
+}
+
+void
+mp_tun_pages_out_set_session(MpTunPagesOut *po, guint64 ram, guint share)
+{
+    if (po->enc)
+        return;
+    po->ram_total = ram;
+    po->mfd_share = share;
+}
+
+guint64
 mp_tun_pages_out_stream_bytes(const MpTunPagesOut *po)
 {
     return po->stream_bytes;
@@ -1017,6 +1173,14 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
     json_object_object_add(l, "names_written",
                            json_object_new_int64(po->names_written));
     json_object_object_add(o, "lift", l);
+    if (po->opt.multifd) {
+        json_object *mf = json_object_new_object();
+        json_object_object_add(mf, "packets",
+                               json_object_new_int64(po->mfd_packets));
+        json_object_object_add(mf, "compressed",
+                               json_object_new_boolean(po->mfd_raw));
+        json_object_object_add(o, "multifd", mf);
+    }
     return o;
 }
 

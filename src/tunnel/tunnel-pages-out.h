@@ -46,6 +46,18 @@
  * larger host pages (their records must reach QEMU together), nor while
  * skipping zero pages (pre-copy).
  *
+ * Multifd (option `multifd`, docs/tunnel.md "Multifd pages"): the
+ * stream is one multifd channel, parsed by the multifd parser.  The
+ * normal pages of an uncompressed packet (multifd-compression none) go
+ * into batches, everything else (the packet headers with their offset
+ * lists, device state) as DATA; the destination writes a batch back as
+ * the bare page bytes in entry order (tunnel-pages-in.h), so it writes
+ * the very bytes of the source's packets.  Nothing is skipped (every
+ * page of a packet must be there), nothing is lifted (multifd carries no
+ * post-copy pages).  A channel whose packets QEMU compresses (zstd,
+ * zlib, ...) or that the parser loses goes as DATA from there on, said
+ * once in the log.  Its page cache is its own (see ensure_encoder()).
+ *
  * One thread owns it (the main loop); workers only compress.
  */
 #pragma once
@@ -75,6 +87,9 @@ typedef struct {
     /* requested post-copy pages go urgent too (MP_TUN_FEAT_URGENT_PAGES
      * agreed; --no-lift clears it) */
     gboolean urgent;
+    /* the stream is a multifd channel (its owner sets it per stream,
+     * with MP_TUN_FEAT_MFD_PAGES agreed): see "Multifd" above */
+    gboolean multifd;
 } MpTunPagesOptions;
 
 /* Pages after a requested one that are lifted too when they come next. */
@@ -161,11 +176,22 @@ gboolean mp_tun_pages_out_read_ahead(const MpTunPagesOut *po);
 void mp_tun_pages_out_set_preempt(MpTunPagesOut *po);
 /* Another channel of the session may carry pages: stop skipping. */
 void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
+/* The guest's RAM in bytes as the stream's RAM section announced it (0:
+ * not yet). */
+guint64 mp_tun_pages_out_ram(const MpTunPagesOut *po);
+/* A multifd stream's cache budget, until its first page: `ram`, the
+ * guest's RAM (the session's main stream's mp_tun_pages_out_ram(), 0 if
+ * not known), and `share`, the session's multifd channels, which split
+ * the session's budget (--cache, or the automatic size of `ram`). */
+void mp_tun_pages_out_set_session(MpTunPagesOut *po, guint64 ram,
+                                  guint share);
+/* Has its cache been made (its first page came)? */
+gboolean mp_tun_pages_out_sized(const MpTunPagesOut *po);
 
 /* {enabled encoders, batches, pages, stream_bytes, payload_bytes,
  * zero_runs {...}, dedup {...}, delta {...}, whole {...}, zstd {...},
- * pages_left_raw}: each encoder's pages, bytes before and after and CPU
- * seconds.  Caller owns. */
+ * pages_left_raw, lift {...}, [multifd {packets, compressed}]}: each
+ * encoder's pages, bytes before and after and CPU seconds.  Caller owns. */
 json_object *mp_tun_pages_out_report(const MpTunPagesOut *po);
 /* Do zstd, dedup and delta pay?  Called every second or so by the owner
  * with the link rate in tunnel bytes/s (--rate, or measured; 0: not

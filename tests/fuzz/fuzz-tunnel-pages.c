@@ -2,13 +2,16 @@
  * path (src/tunnel/tunnel-pages-in.c): batch decoding, the cache setup,
  * and the RAM records written for QEMU.
  *
- * Input: PAGES payloads, be16-length-prefixed, applied in order to one
- * stream, with a DATA marker between them when the length's top bit is
- * set, and as an urgent payload (lifted pages) when the next bit is.
- * The writer must refuse or apply, never crash, over-read or hang, never
- * append more than its limit (and the lifted pages that waited for the
- * batch), and what it writes must parse as RAM records of a migration
- * stream (a RAM section's body). */
+ * Input: a mode byte (bit 0: a multifd stream, whose batches are
+ * written as bare pages: mp_tun_pages_in_set_bare()), then PAGES
+ * payloads, be16-length-prefixed, applied in order to one stream, with a
+ * DATA marker between them when the length's top bit is set, and as an
+ * urgent payload (lifted pages) when the next bit is.  The writer must
+ * refuse or apply, never crash, over-read or hang, never append more than
+ * its limit (and the lifted pages that waited for the batch), and what it
+ * writes must parse as RAM records of a migration stream (a RAM section's
+ * body), or, on a multifd stream, be whole pages (and no urgent payload
+ * is taken there). */
 #include <stdlib.h>
 #include <string.h>
 #include "mp-record.h"
@@ -64,6 +67,13 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
     g_autoptr(GByteArray) out = g_byte_array_new();
     gboolean named = FALSE;
 
+    if (size < 1)
+        return 0;
+    gboolean bare = data[0] & 1;
+    if (bare)
+        mp_tun_pages_in_set_bare(pi);
+    data++;
+    size--;
     while (size >= 2) {
         guint16 h = mp_be16(data);
         gsize n = MIN((gsize)(h & 0x3fff), size - 2);
@@ -79,7 +89,9 @@ LLVMFuzzerTestOneInput(const guint8 *data, gsize size)
         if (out->len > (h & 0x4000 ? n * 2 : LIMIT + MP_TUN_LIFT_MAX_WAITING
                                                         * (8 + 256 + PS)))
             abort();
-        if (ok)
+        if (ok && bare && ((h & 0x4000) || out->len % PS))
+            abort();
+        if (ok && !bare)
             check_records(out->data, out->len, &named);
         data += 2 + n;
         size -= 2 + n;

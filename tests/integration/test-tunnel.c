@@ -16,10 +16,16 @@
  * RAM pages of the main connection go as PAGES (docs/tunnel.md): the
  * reports say how many stream bytes went encoded, and dest wrote RAM
  * records of its own (so the byte counts differ; the memory must not).
+ * Multifd channels without QEMU's compression go as PAGES too
+ * (docs/tunnel.md, "Multifd pages"): each channel's report has its
+ * batches, dest applied as many, and most of the channels' bytes went
+ * encoded; with QEMU's zstd no batch.
  * Cases: pre-copy 7.2 and 10.0 (and 10.0 with --no-compress, with every
  * page encoder off, and a compressible guest whose link bytes must stay
  * under a quarter of QEMU's), multifd x4
- * on 10.0, post-copy on 10.0 (page requests over the tunnel's return
+ * on 10.0 (and with a compressible guest, multifd4_100_compressible,
+ * and on 7.2 with a quiet one, multifd4_72, both under a quarter of
+ * QEMU's bytes on the link), post-copy on 10.0 (page requests over the tunnel's return
  * path), postcopy-preempt on 10.0 and 7.2 (silent channel).  And a tunnel
  * cut mid-pre-copy (dest killed) fails the migration: the source QEMU
  * reports "failed" and its guest runs on; a retry through a fresh pair
@@ -356,6 +362,34 @@ main_pages(json_object *tunnel)
     return NULL;
 }
 
+/* Over the multifd channels of a side's tunnel report that have a pages
+ * report (`n` of them): the sum of `key` in it; `bytes_in`: the sum of
+ * their to_dst.bytes_in. */
+static gint64
+mfd_pages(json_object *tunnel, const char *key, guint *n, gint64 *bytes_in)
+{
+    json_object *chans = it_jget(tunnel, "channels");
+    gint64 sum = 0;
+
+    *n = 0;
+    if (bytes_in)
+        *bytes_in = 0;
+    for (gsize i = 0; i < json_object_array_length(chans); i++) {
+        json_object *ch = json_object_array_get_idx(chans, i), *d, *pages;
+        if (strcmp(json_object_get_string(it_jget(ch, "kind")), "multifd")
+            != 0)
+            continue;
+        if (bytes_in)
+            *bytes_in += it_jint(ch, "to_dst.bytes_in");
+        if (json_object_object_get_ex(ch, "to_dst", &d)
+            && json_object_object_get_ex(d, "pages", &pages)) {
+            (*n)++;
+            sum += it_jint(pages, key);
+        }
+    }
+    return sum;
+}
+
 static gboolean
 has_arg(const Case *c, const char *arg)
 {
@@ -509,9 +543,50 @@ run(const Case *c)
         cr_assert_null(sp);
         cr_assert_eq(entered, written);
     } else if (c->multifd_channels) {
-        /* the pages are inside multifd packets, which stay DATA
-         * (docs/tunnel.md, "Left to do"); the main stream's encoder ran */
+        /* the main stream's encoder ran, and each multifd channel's
+         * (docs/tunnel.md, "Multifd pages"): their pages went as PAGES,
+         * unless QEMU compressed them (then DATA, untouched) */
         cr_assert(sp, "no pages in the source's report");
+        json_object *st = it_jget(rep, "tunnel"), *dt = it_jget(drep, "tunnel");
+        guint ns = 0, nd = 0;
+        gint64 mfd_in = 0;
+        gint64 sb = mfd_pages(st, "stream_bytes", &ns, &mfd_in);
+        gint64 batches = mfd_pages(st, "batches", &ns, NULL);
+        gint64 dbatches = mfd_pages(dt, "batches", &nd, NULL);
+        g_printerr(
+            "tunnel-mfd-pages case=%s channels=%u multifd_bytes=%"
+            G_GINT64_FORMAT " stream_bytes=%" G_GINT64_FORMAT
+            " payload_bytes=%" G_GINT64_FORMAT " batches=%" G_GINT64_FORMAT
+            " packets=%" G_GINT64_FORMAT " left_raw=%" G_GINT64_FORMAT
+            " zero=%" G_GINT64_FORMAT " dedup=%" G_GINT64_FORMAT
+            " delta=%" G_GINT64_FORMAT " zstd_in=%" G_GINT64_FORMAT
+            " zstd_out=%" G_GINT64_FORMAT " cache=%" G_GINT64_FORMAT
+            " dest_batches=%" G_GINT64_FORMAT " dest_pages=%" G_GINT64_FORMAT
+            "\n",
+            c->name, ns, mfd_in, sb,
+            mfd_pages(st, "payload_bytes", &ns, NULL), batches,
+            mfd_pages(st, "multifd.packets", &ns, NULL),
+            mfd_pages(st, "pages_left_raw", &ns, NULL),
+            mfd_pages(st, "zero_runs.zero_pages", &ns, NULL),
+            mfd_pages(st, "dedup.hits", &ns, NULL),
+            mfd_pages(st, "delta.used", &ns, NULL),
+            mfd_pages(st, "zstd.bytes_in", &ns, NULL),
+            mfd_pages(st, "zstd.bytes_out", &ns, NULL),
+            mfd_pages(st, "cache_bytes", &ns, NULL), dbatches,
+            mfd_pages(dt, "pages", &nd, NULL));
+        cr_assert_eq(ns, c->multifd_channels);
+        cr_assert_gt(mfd_pages(st, "multifd.packets", &ns, NULL), 0);
+        if (c->multifd_compression) {
+            cr_assert_eq(batches, 0);
+            cr_assert_eq(nd, 0);
+        } else {
+            cr_assert_gt(batches, 0);
+            cr_assert_eq(dbatches, batches);
+            /* most of the multifd channels' bytes went encoded */
+            cr_assert_gt(sb, mfd_in / 2, "%" G_GINT64_FORMAT " of %"
+                         G_GINT64_FORMAT " multifd bytes encoded",
+                         sb, mfd_in);
+        }
     } else {
         cr_assert(sp && dp, "no pages in the reports");
         g_printerr("tunnel-pages case=%s stream_bytes=%" G_GINT64_FORMAT
@@ -838,6 +913,34 @@ Test(tunnel, multifd4_100)
               .append = "mem=64M rate=4000",
               .caps = {"multifd"},
               .multifd_channels = 4};
+    run(&c);
+}
+
+/* multifd x4 with compressible pages (no random ones): the channels'
+ * pages go through the page encoders (docs/tunnel.md, "Multifd pages"),
+ * and the link carries far fewer bytes than QEMU's. */
+Test(tunnel, multifd4_100_compressible)
+{
+    Case c = {.name = "multifd4_100_compressible",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=4000 rand=0",
+              .caps = {"multifd"},
+              .multifd_channels = 4,
+              .max_ratio = 0.25};
+    run(&c);
+}
+
+/* multifd x4 on 7.2 (zero pages on the main channel, the others in
+ * packets of its own format).  A quiet guest: memory is compared with
+ * the source (docs/qemu-quirks.md). */
+Test(tunnel, multifd4_72)
+{
+    Case c = {.name = "multifd4_72",
+              .append = "mem=64M rate=0 rand=0",
+              .caps = {"multifd"},
+              .multifd_channels = 4,
+              .max_ratio = 0.25};
     run(&c);
 }
 

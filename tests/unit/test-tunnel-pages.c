@@ -508,6 +508,10 @@ Test(tunnel_pages, hostile_batches_refused)
     g_autoptr(GByteArray) zctx = batch(3, TRUE, CACHE);
     zctx->data[0] |= MP_BATCH_COMPRESSED;
     zctx->data[1] = MP_TUN_PAGES_MAX_WORKERS;
+    /* "p\0.ram": dest would name block "p" in its records */
+    g_autoptr(GByteArray) nul = batch(3, TRUE, CACHE);
+    cr_assert_eq(nul->data[13], 'p');
+    nul->data[14] = 0;
     g_autoptr(GByteArray) out = g_byte_array_new();
     char *msg = NULL;
     struct {
@@ -519,6 +523,7 @@ Test(tunnel_pages, hostile_batches_refused)
         {huge, 1 << 20, "page cache of"},
         {good, 100, "more than 100 bytes"},
         {zctx, 1 << 20, "zstd context 64"},
+        {nul, 1 << 20, "with a NUL"},
     };
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
@@ -582,9 +587,13 @@ h_closed(MpTunMux *m, const GError *e, guint8 code, gpointer data)
         h->error = g_error_copy(e);
 }
 
-/* A PAGES frame whose batch dest refuses fails the tunnel with an error
- * that names the stream, the frame's tunnel offset and what is wrong. */
-Test(tunnel_pages, dest_mux_names_stream_and_offset)
+/* A hostile source side offering `features` opens stream 1 of
+ * `channel` and sends one PAGES frame of `payload` to dest's mux: the
+ * tunnel fails with an error that names the stream, the frame's tunnel
+ * offset and `want`. */
+static void
+dest_refuses(guint32 features, guint8 channel, const GByteArray *payload,
+             const char *want)
 {
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
@@ -600,19 +609,19 @@ Test(tunnel_pages, dest_mux_names_stream_and_offset)
         .version_min = MP_TUN_VERSION,
         .version_max = MP_TUN_VERSION,
         .role = MP_TUN_ROLE_SOURCE,
+        .features = features,
         .page_size = PS,
         .cache_bytes = CACHE,
         .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
         .software = "hostile",
     };
-    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    MpTunOpen o = {.session = 1, .channel = channel};
     mp_tun_write_preamble(b);
     mp_tun_write_hello(b, &hello);
     mp_tun_write_open(b, 1, &o);
     gsize at = b->len;
-    /* a first batch without its cache setup */
-    g_autoptr(GByteArray) bad = batch(2, FALSE, 0);
-    mp_tun_write_frame(b, MP_TUN_PAGES, 0, 1, 1, bad->data, bad->len);
+    mp_tun_write_frame(b, MP_TUN_PAGES, 0, 1, 1, payload->data,
+                       payload->len);
     cr_assert_eq(write(sv[0], b->data, b->len), (gssize)b->len);
     gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
     while (!h.closed) {
@@ -622,13 +631,36 @@ Test(tunnel_pages, dest_mux_names_stream_and_offset)
     }
     cr_assert_eq(h.opened, 1);
     cr_assert_not_null(h.error);
-    g_autofree char *want = g_strdup_printf(
+    g_autofree char *frame = g_strdup_printf(
         "PAGES frame of stream 1 at offset %zu: ", at);
-    cr_assert(strstr(h.error->message, want)
-                  && strstr(h.error->message, "no cache setup"),
+    cr_assert(strstr(h.error->message, frame)
+                  && strstr(h.error->message, want),
               "%s", h.error->message);
     g_error_free(h.error);
     close(sv[0]);
+}
+
+/* A PAGES frame whose batch dest refuses fails the tunnel with an error
+ * that names the stream, the frame's tunnel offset and what is wrong. */
+Test(tunnel_pages, dest_mux_names_stream_and_offset)
+{
+    /* a first batch without its cache setup */
+    g_autoptr(GByteArray) bad = batch(2, FALSE, 0);
+    dest_refuses(0, MP_TUN_CH_MAIN, bad, "no cache setup");
+}
+
+/* PAGES on a multifd stream only when both sides offered them
+ * (MP_TUN_FEAT_MFD_PAGES, docs/tunnel.md "Multifd pages"): dest would
+ * otherwise not know how to write them; with the feature the batch is
+ * taken (and this one then refused for its missing setup). */
+Test(tunnel_pages, dest_mux_multifd_pages_negotiated)
+{
+    g_autoptr(GByteArray) good = batch(2, TRUE, CACHE);
+    dest_refuses(0, MP_TUN_CH_MULTIFD, good,
+                 "a multifd one when negotiated");
+    g_autoptr(GByteArray) bad = batch(2, FALSE, 0);
+    dest_refuses(MP_TUN_FEAT_MFD_PAGES, MP_TUN_CH_MULTIFD, bad,
+                 "no cache setup");
 }
 
 /* ---- lifted pages (docs/tunnel.md, "Lifted pages") ---- */
