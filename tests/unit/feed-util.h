@@ -42,7 +42,7 @@ char *feed_log_gap(const MpParserOps *ops, gboolean (*gap)(gpointer, guint64),
                    gsize chunk);
 
 /* Asserts (Criterion) that with that gap, fed whole, byte by byte and in
- * odd chunks after it, the log is the whole feed's records that end
+ * chunks of 4103 bytes after it, the log is the whole feed's records that end
  * before the gap, one resync record at `resume`, then the whole feed's
  * records from the first one of more than 0 bytes at `resume` on. */
 void feed_check_gap(const MpParserOps *ops,
