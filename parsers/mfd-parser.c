@@ -963,7 +963,8 @@ probe_packet(gconstpointer parser, const guint8 *b, gsize len, guint64 off,
         return MP_PROBE_NO;
     if (len < MFD_COMMON_HDR)
         return MP_PROBE_MORE;
-    guint32 flags = mp_be32(b + 8), method = flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
+    guint32 flags = mp_be32(b + 8);
+    guint32 method = flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
     if (mp_be32(b + 4) != MP_MULTIFD_VERSION || (flags & ~known)
         || !method_name(method))
         return MP_PROBE_NO;

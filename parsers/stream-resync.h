@@ -48,15 +48,15 @@ typedef struct {
 } MpResyncOps;
 
 typedef struct {
-    gboolean scanning; /* looking for a record after a gap */
-    guint64 gap_off;   /* the first gap not yet resumed from */
-    guint64 gap_bytes; /* bytes missing in the gaps since then */
-    guint64 skipped;   /* bytes after the gaps passed over so far */
+    gboolean scanning;     /* looking for a record after a gap */
+    guint64 gap_off;       /* the first gap not yet resumed from */
+    guint64 gap_bytes;     /* bytes missing in the gaps since then */
+    guint64 skipped;       /* bytes after the gaps passed over so far */
     guint64 gaps, resumed; /* counts, for the parser's owner */
-    GByteArray *buf;   /* bytes from the first candidate not ruled out */
-    guint64 buf_off;   /* stream offset of buf[0] */
-    gsize replay;      /* after a resume paused: bytes of buf still to
-                          parse before any new input */
+    GByteArray *buf;       /* bytes from the first candidate not ruled out */
+    guint64 buf_off;       /* stream offset of buf[0] */
+    gsize replay;          /* after a resume paused: bytes of buf still to
+                              parse before any new input */
     gsize limit;
 } MpResync;
 

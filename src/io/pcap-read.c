@@ -135,8 +135,9 @@ on_resync(MpPipeline *p, const MpRecord *rec, gpointer data)
         mp_metrics_analysis(s->metrics),
         "session %u channel %u (%s) %s: %" G_GUINT64_FORMAT
         " bytes missing from the capture at stream offset %" G_GUINT64_FORMAT
-        "; parsing resumed at offset %" G_GUINT64_FORMAT " (%s), %" G_GUINT64_FORMAT
-        " bytes after the gap skipped: counts after a gap may be incomplete",
+        "; parsing resumed at offset %" G_GUINT64_FORMAT
+        " (%s), %" G_GUINT64_FORMAT " bytes after the gap skipped: counts "
+        "after a gap may be incomplete",
         s->number, channel, mp_chan_kind_name(st->kind), mp_dir_name(dir),
         rec->u.resync.gap_bytes, rec->u.resync.gap_offset, rec->offset,
         rec->u.resync.what, rec->u.resync.skipped);
