@@ -34,6 +34,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 #include "mfd-parser.h"
+#include "stream-resync.h"
 
 #define MFD_COMMON_HDR 12
 
@@ -63,6 +64,11 @@
  * than QEMU's highest level is not QEMU's: the decoder refuses its header
  * before reserving anything. */
 #define MFD_ZSTD_WINDOW_LOG_MAX 25
+
+/* After a gap, a packet header is looked for in at most this many bytes
+ * from each position: a RAM packet's header (1344 bytes at 4 KiB pages,
+ * 4416 at 512-byte pages) or a device-state one. */
+#define MFD_RESYNC_LIMIT (MP_MULTIFD_PACKET_FIXED_SIZE + 8 * 1024)
 
 /* Where the fields after the common 12 bytes are, counted from the
  * packet's first byte as in the layout above. */
@@ -132,6 +138,13 @@ struct MpMfdParser {
     guint32 method;
     gboolean have_method;
 
+    /* after a gap: the scan for the next packet header, and the highest
+     * packet_num seen (QEMU numbers the packets of all channels from one
+     * counter: a channel's numbers only grow) */
+    MpResync rs;
+    guint64 last_packet_num;
+    gboolean have_packet_num;
+
     /* zstd: one decoder for the whole channel, and one packet of pages */
     ZSTD_DStream *zds;
     guint8 *dec_buf; /* grows to the largest packet, at most 512 KiB + 1 */
@@ -162,6 +175,7 @@ mp_mfd_parser_new(const char *channel, guint32 page_size, MpRecordFunc cb,
     p->offsets = g_malloc(8 * (gsize)p->page_count);
     mp_accum_init(&p->page_acc, page_size);
     /* chunk_acc: on the first compressed or device-state packet */
+    mp_resync_init(&p->rs, MFD_RESYNC_LIMIT);
     return p;
 }
 
@@ -178,6 +192,7 @@ mp_mfd_parser_free(MpMfdParser *p)
     mp_accum_clear(&p->chunk_acc);
     ZSTD_freeDStream(p->zds);
     g_free(p->dec_buf);
+    mp_resync_clear(&p->rs);
     g_free(p);
 }
 
@@ -448,7 +463,11 @@ parse_ram_header(MpMfdParser *p, const guint8 *rest)
     m->block = p->name;
     if (!check_ram_pages(p, block, field(rest, RAM_OFFSETS)))
         return FALSE;
-    return m->normal_pages == 0 || check_ram_method(p);
+    if (m->normal_pages && !check_ram_method(p))
+        return FALSE;
+    p->last_packet_num = MAX(p->last_packet_num, m->packet_num);
+    p->have_packet_num = TRUE;
+    return TRUE;
 }
 
 /* Decodes and checks a device-state packet header (`rest`: after the
@@ -856,10 +875,12 @@ read_state(MpMfdParser *p, MpCursor *in, MpRecord *rec)
     g_assert_not_reached();
 }
 
-MpFeedStatus
-mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
-                   gsize *consumed, GError **error)
+/* The parser's feed, outside a resync. */
+static MpFeedStatus
+feed_plain(gpointer parser, const guint8 *buf, gsize len, gsize *consumed,
+           GError **error)
 {
+    MpMfdParser *p = parser;
     MpCursor in = {.buf = buf, .pos = buf, .end = buf + len, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
     MpRecord rec;
@@ -907,12 +928,147 @@ error:
     return MP_FEED_ERROR;
 }
 
+/* ---- after a gap: the next packet header ---- */
+
+/* A RAMBlock name or device idstr: NUL-terminated within its 256 bytes,
+ * not empty, printable (QEMU's are ASCII). */
+static gboolean
+plausible_name(const guint8 *name)
+{
+    const guint8 *nul = memchr(name, 0, 256);
+
+    if (!nul || nul == name)
+        return FALSE;
+    for (const guint8 *c = name; c < nul; c++)
+        if (*c < 0x20 || *c >= 0x7f)
+            return FALSE;
+    return TRUE;
+}
+
+/* A packet header at `b`, checked as the parser checks one and against
+ * what the channel showed before the gap: its packet numbers (they only
+ * grow) and its compression method. */
+static MpProbeResult
+probe_packet(gconstpointer parser, const guint8 *b, gsize len, guint64 off,
+             const char **what, int *kind)
+{
+    static const guint8 magic[4] = {0x11, 0x22, 0x33, 0x44};
+    const guint32 known = MP_MULTIFD_FLAG_SYNC | MP_MULTIFD_FLAG_COMPRESS_MASK
+                          | MP_MULTIFD_FLAG_DEVICE_STATE;
+    const MpMfdParser *p = parser;
+
+    (void)off;
+    *kind = 0;
+    if (memcmp(b, magic, MIN(len, sizeof(magic))) != 0)
+        return MP_PROBE_NO;
+    if (len < MFD_COMMON_HDR)
+        return MP_PROBE_MORE;
+    guint32 flags = mp_be32(b + 8);
+    guint32 method = flags & MP_MULTIFD_FLAG_COMPRESS_MASK;
+    if (mp_be32(b + 4) != MP_MULTIFD_VERSION || (flags & ~known)
+        || !method_name(method))
+        return MP_PROBE_NO;
+    if (flags & MP_MULTIFD_FLAG_DEVICE_STATE) {
+        if (len < MP_MULTIFD_DEVICE_STATE_HDR)
+            return MP_PROBE_MORE;
+        if (!plausible_name(b + DEV_IDSTR)
+            || mp_be32(b + DEV_NEXT_PACKET_SIZE) > MFD_MAX_DEVICE_STATE)
+            return MP_PROBE_NO;
+        *what = "multifd device-state packet header";
+        return MP_PROBE_YES;
+    }
+    if (len < p->ram_hdr_size)
+        return MP_PROBE_MORE;
+    guint32 alloc = mp_be32(b + RAM_PAGES_ALLOC);
+    guint32 normal = mp_be32(b + RAM_NORMAL_PAGES);
+    guint32 next = mp_be32(b + RAM_NEXT_PACKET_SIZE);
+    guint64 num = mp_be64(b + RAM_PACKET_NUM);
+    guint64 pages = (guint64)normal + mp_be32(b + RAM_ZERO_PAGES);
+    if (alloc > p->page_count || pages > alloc)
+        return MP_PROBE_NO;
+    if (p->have_packet_num && num <= p->last_packet_num)
+        return MP_PROBE_NO;
+    if (pages && !plausible_name(b + RAM_BLOCK))
+        return MP_PROBE_NO;
+    for (guint64 i = 0; i < pages; i++)
+        if (mp_be64(b + RAM_OFFSETS + 8 * i) & (p->page_size - 1))
+            return MP_PROBE_NO;
+    if (normal) {
+        if (p->have_method && method != p->method)
+            return MP_PROBE_NO;
+        if (method == MP_MULTIFD_FLAG_NOCOMP
+                ? next != (guint64)normal * p->page_size
+                : next == 0 || next > compressed_bound(method))
+            return MP_PROBE_NO;
+    }
+    *what = "multifd packet header";
+    return MP_PROBE_YES;
+}
+
+/* A packet header starts at rec->offset: read it from there. */
+static MpRecordAction
+resume_packet(gpointer parser, MpRecord *rec, int kind)
+{
+    MpMfdParser *p = parser;
+
+    (void)kind;
+    p->state = M_COMMON;
+    p->off = p->rec_start = p->pkt_start = rec->offset;
+    /* a compressed channel is one zstd stream whose history before the
+     * gap is lost: later packets are counted (normal_pages), not
+     * decoded */
+    if (p->decode) {
+        p->decode = FALSE;
+        ZSTD_freeDStream(p->zds);
+        p->zds = NULL;
+    }
+    return p->cb(rec, p->user_data);
+}
+
+static const MpResyncOps resync_ops = {
+    .probe = probe_packet,
+    .resume = resume_packet,
+    .feed = feed_plain,
+};
+
+gboolean
+mp_mfd_parser_gap(MpMfdParser *p, guint64 len)
+{
+    if (p->error)
+        return FALSE;
+    /* the packet being read is abandoned */
+    p->state = M_COMMON;
+    p->hdr_acc.have = 0;
+    p->page_acc.have = 0;
+    p->chunk_acc.have = 0;
+    mp_resync_gap(&p->rs, p->off, len);
+    p->off += len;
+    return TRUE;
+}
+
+MpFeedStatus
+mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
+                   gsize *consumed, GError **error)
+{
+    if (p->error || !mp_resync_active(&p->rs))
+        return feed_plain(p, buf, len, consumed, error);
+    MpFeedStatus st =
+        mp_resync_feed(&p->rs, &resync_ops, p, buf, len, consumed, error);
+    if (p->rs.scanning)
+        p->off = p->rs.buf_off + p->rs.buf->len;
+    return st;
+}
+
 gboolean
 mp_mfd_parser_finish(MpMfdParser *p, GError **error)
 {
     static const guint8 none;
     gsize used;
 
+    /* ended while looking for a packet after a gap: the owner, who told
+     * the gap, tells that it never resumed */
+    if (!p->error && mp_resync_finish(&p->rs))
+        return TRUE;
     /* pages owed after a pause need no input: deliver them */
     while (!p->error && p->state == M_PAGES_OUT)
         mp_mfd_parser_feed(p, &none, 0, &used, NULL);

@@ -44,6 +44,16 @@ void mp_mfd_parser_set_decode(MpMfdParser *p, gboolean decode);
 MpFeedStatus mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
                                 gsize *consumed, GError **error);
 
+/* `len` bytes of the channel are missing here (a capture's gap): the
+ * packet being read is abandoned, and the parser looks in the bytes fed
+ * next for a packet header it trusts (magic, version, flags, counts,
+ * block name, page offsets and sizes as it checks them, a packet number
+ * above the channel's last, its compression method) and resumes there
+ * with an MP_REC_RESYNC record (stream-resync.h).  Compressed packets
+ * after a gap are not decoded (one zstd stream per channel).
+ * @return FALSE if the parser has failed already (it stays failed). */
+gboolean mp_mfd_parser_gap(MpMfdParser *p, guint64 len);
+
 /* The channel was closed.
  * @return TRUE if that happened at a packet boundary (or before any
  * byte); FALSE with MP_PARSE_ERROR_TRUNCATED naming what was being read

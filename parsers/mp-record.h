@@ -135,6 +135,9 @@ typedef enum {
     MP_REC_MFD_PAGE,         /* one page of a packet (normal or zero) */
     MP_REC_MFD_DATA,         /* compressed page data that is not decoded */
     MP_REC_MFD_DEVICE_STATE, /* [10.0+] device state packet */
+    /* any channel: parsing resumed after bytes missing from the input (a
+     * capture's gap); no bytes of its own, at the first byte parsed */
+    MP_REC_RESYNC,
     MP_REC__MAX,
 } MpRecordKind;
 
@@ -273,6 +276,12 @@ typedef struct {
             guint32 len;
             const char *why; /* opaque: why the parser cannot follow */
         } raw;
+        struct {
+            guint64 gap_offset; /* the first missing byte */
+            guint64 gap_bytes;  /* missing (in every gap since then) */
+            guint64 skipped;    /* present after the gap, not parsed */
+            const char *what;   /* the record parsing resumed at */
+        } resync;
     } u;
 } MpRecord;
 

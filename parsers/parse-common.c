@@ -93,6 +93,7 @@ mp_record_kind_name(MpRecordKind kind)
         [MP_REC_MFD_PAGE] = "mfd_page",
         [MP_REC_MFD_DATA] = "mfd_data",
         [MP_REC_MFD_DEVICE_STATE] = "mfd_device_state",
+        [MP_REC_RESYNC] = "resync",
     };
     return kind < MP_REC__MAX && names[kind] ? names[kind] : "unknown";
 }

@@ -17,12 +17,22 @@
 #include <string.h>
 #include "qmig-parser.h"
 #include "ram-parser.h"
+#include "stream-resync.h"
 
 #define MAX_SECTIONS    65536
 #define MAX_CONFIG_NAME 4096
 #define MAX_VMDESC      (64u << 20)
 #define VMDESC_FIRST    (64u << 10) /* a q35 guest's is 44 KiB */
 #define MAX_CAPS        256
+
+/* After a gap, a position is trusted when the records from it on walk
+ * through this many checks (a record each, a known block's name or a
+ * START header's name two), looking at no more than the limit's bytes:
+ * four RAM pages (16 KiB) or a section header and the records after it.
+ * A PAGE record's 12 flag bits and an address inside its block, four
+ * times in a row and ascending, do not occur by chance in page data. */
+#define RESYNC_RECORDS 4
+#define RESYNC_LIMIT   (64u << 10)
 
 typedef enum {
     Q_HEADER,
@@ -160,6 +170,10 @@ struct MpQmigParser {
 
     MpRamParser *ram;
     gboolean ram_paused; /* the callback paused on the last RAM record */
+
+    /* after a gap: the scan for the next trusted record */
+    MpResync rs;
+    Section *rs_ram; /* the "ram" section, whose body a scan may resume in */
 };
 
 /* RAM records come from the sub-parser straight to the user. */
@@ -188,6 +202,7 @@ mp_qmig_parser_new(const char *channel, MpRecordFunc cb, gpointer user_data)
         g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     p->ram = mp_ram_parser_new(channel, p->page_size, ram_record, p);
     p->opaque_from = G_MAXUINT64;
+    mp_resync_init(&p->rs, RESYNC_LIMIT);
     return p;
 }
 
@@ -203,6 +218,7 @@ mp_qmig_parser_free(MpQmigParser *p)
     mp_vmdesc_unref(p->vmdesc);
     g_free(p->vmdesc_buf);
     mp_ram_parser_free(p->ram);
+    mp_resync_clear(&p->rs);
     g_free(p);
 }
 
@@ -1361,10 +1377,12 @@ emit(MpQmigParser *p, const MpCursor *in, MpRecord *rec)
     return p->cb(rec, p->user_data);
 }
 
-MpFeedStatus
-mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
-                    gsize *consumed, GError **error)
+/* The parser's feed, outside a resync. */
+static MpFeedStatus
+feed_plain(gpointer parser, const guint8 *buf, gsize len, gsize *consumed,
+           GError **error)
 {
+    MpQmigParser *p = parser;
     const guint8 *end = buf + len;
     MpCursor in = {.buf = buf, .pos = buf, .end = end, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
@@ -1443,9 +1461,374 @@ error:
     return MP_FEED_ERROR;
 }
 
+/* ---- after a gap: the next trusted record ----
+ *
+ * A position is tried twice: as the start of a top-level record (a PART
+ * or END header of a known section, a START or FULL header equal to the
+ * one seen before, a command of a known type and length, EOF), then as
+ * the start of a RAM record inside the "ram" section's body (a page in
+ * the channel's current block, or naming a known block; EOS and its
+ * footer; MULTIFD_FLUSH).  From there the walk follows the records as the
+ * parser would until it has RESYNC_RECORDS checks; a record it cannot
+ * follow (a device's body) ends it, trusted only if the checks were
+ * enough by then.
+ */
+
+typedef enum {
+    RESUME_TOP,
+    RESUME_RAM,
+} ResumeKind;
+
+typedef enum {
+    W_GO,   /* a record walked */
+    W_STOP, /* the walk cannot follow what comes next */
+    W_NO,
+    W_MORE,
+} WalkStep;
+
+typedef struct {
+    const MpQmigParser *p;
+    const guint8 *b;
+    gsize len, pos;
+    guint score;
+    const char *what; /* the first record's kind */
+    gboolean have_block;
+    guint64 used; /* the block's used_length, 0: unknown */
+    guint64 last_addr;
+    gboolean have_addr; /* last_addr is of the same block */
+} Walk;
+
+/* Bytes [pos, end) of the walk must be there. */
+static WalkStep
+need(const Walk *w, gsize end)
+{
+    if (end <= w->len)
+        return W_GO;
+    return end > RESYNC_LIMIT ? W_NO : W_MORE;
+}
+
+static void
+walked(Walk *w, guint score, gsize end, const char *what)
+{
+    w->score += score;
+    w->pos = end;
+    if (!w->what)
+        w->what = what;
+}
+
+/* One RAM record; *eos: it was EOS. */
+static WalkStep
+walk_ram(Walk *w, gboolean *eos)
+{
+    const guint32 ps = w->p->page_size;
+    const guint8 *h = w->b + w->pos;
+    gsize at = w->pos + 8, payload;
+    WalkStep st;
+
+    *eos = FALSE;
+    if ((st = need(w, at)) != W_GO)
+        return st;
+    guint64 v = mp_be64(h), addr = v & ~(guint64)(ps - 1);
+    guint32 flags = v & (ps - 1);
+    switch (flags & ~MP_RAM_SAVE_FLAG_CONTINUE) {
+    case MP_RAM_SAVE_FLAG_EOS:
+        /* QEMU writes the flag alone */
+        if (v != MP_RAM_SAVE_FLAG_EOS)
+            return W_NO;
+        *eos = TRUE;
+        walked(w, 1, at, "RAM EOS");
+        return W_GO;
+    case MP_RAM_SAVE_FLAG_MULTIFD_FLUSH:
+        if (v != MP_RAM_SAVE_FLAG_MULTIFD_FLUSH)
+            return W_NO;
+        walked(w, 1, at, "RAM MULTIFD_FLUSH");
+        return W_GO;
+    case MP_RAM_SAVE_FLAG_ZERO:
+    case MP_RAM_SAVE_FLAG_PAGE:
+    case MP_RAM_SAVE_FLAG_XBZRLE:
+    case MP_RAM_SAVE_FLAG_COMPRESS_PAGE:
+        break;
+    default:
+        return W_NO;
+    }
+    guint score = 1;
+    if (!(flags & MP_RAM_SAVE_FLAG_CONTINUE)) {
+        if ((st = need(w, at + 1)) != W_GO)
+            return st;
+        gsize n = w->b[at];
+        if ((st = need(w, at + 1 + n)) != W_GO)
+            return st;
+        if (!mp_ram_parser_block_used(w->p->ram, w->b + at + 1, n, &w->used))
+            return W_NO;
+        w->have_block = TRUE;
+        w->have_addr = FALSE;
+        at += 1 + n;
+        score = 2;
+    } else if (!w->have_block) {
+        return W_NO;
+    } else if (w->have_addr && addr <= w->last_addr) {
+        /* the dirty scan goes up through a block */
+        return W_NO;
+    }
+    if (w->used && (addr >= w->used || w->used - addr < ps))
+        return W_NO;
+    switch (flags & ~MP_RAM_SAVE_FLAG_CONTINUE) {
+    case MP_RAM_SAVE_FLAG_ZERO:
+        /* the fill byte is always 0 (save_zero_page_to_file) */
+        if ((st = need(w, at + 1)) != W_GO)
+            return st;
+        if (w->b[at] != 0)
+            return W_NO;
+        payload = 1;
+        break;
+    case MP_RAM_SAVE_FLAG_PAGE:
+        payload = ps;
+        break;
+    case MP_RAM_SAVE_FLAG_XBZRLE:
+        if ((st = need(w, at + 3)) != W_GO)
+            return st;
+        payload = mp_be16(w->b + at + 1);
+        if (w->b[at] != MP_ENCODING_FLAG_XBZRLE || payload > ps)
+            return W_NO;
+        payload += 3;
+        break;
+    default: /* COMPRESS_PAGE */
+        if ((st = need(w, at + 4)) != W_GO)
+            return st;
+        payload = mp_be32(w->b + at);
+        if (payload == 0 || payload > ps + ps / 16 + 64)
+            return W_NO;
+        payload += 4;
+        break;
+    }
+    if ((st = need(w, at + payload)) != W_GO)
+        return st;
+    w->last_addr = addr;
+    w->have_addr = TRUE;
+    walked(w, score, at + payload, "RAM page record");
+    return W_GO;
+}
+
+/* The footer after the "ram" section's EOS. */
+static WalkStep
+walk_footer(Walk *w)
+{
+    WalkStep st;
+
+    if (w->p->no_footers)
+        return W_GO;
+    if ((st = need(w, w->pos + 1)) != W_GO)
+        return st;
+    if (w->b[w->pos] != MP_QMIG_SECTION_FOOTER)
+        return w->p->footers_seen ? W_NO : W_GO;
+    if ((st = need(w, w->pos + 5)) != W_GO)
+        return st;
+    if (mp_be32(w->b + w->pos + 1) != w->p->rs_ram->info.section_id)
+        return W_NO;
+    walked(w, 1, w->pos + 5, "section footer");
+    return W_GO;
+}
+
+/* One top-level record; *ram: the "ram" section's body follows. */
+static WalkStep
+walk_top(Walk *w, gboolean *ram)
+{
+    const guint8 *h = w->b + w->pos;
+    WalkStep st;
+    const Section *s;
+
+    *ram = FALSE;
+    if ((st = need(w, w->pos + 1)) != W_GO)
+        return st;
+    switch (h[0]) {
+    case MP_QMIG_SECTION_PART:
+    case MP_QMIG_SECTION_END:
+        if ((st = need(w, w->pos + 5)) != W_GO)
+            return st;
+        s = g_hash_table_lookup(w->p->sections,
+                                GUINT_TO_POINTER(mp_be32(h + 1)));
+        if (!s)
+            return W_NO;
+        walked(w, 1, w->pos + 5, "section header");
+        *ram = s == w->p->rs_ram;
+        return *ram ? W_GO : W_STOP;
+    case MP_QMIG_SECTION_START:
+    case MP_QMIG_SECTION_FULL: {
+        if ((st = need(w, w->pos + 6)) != W_GO)
+            return st;
+        gsize n = h[5];
+        if ((st = need(w, w->pos + 14 + n)) != W_GO)
+            return st;
+        s = g_hash_table_lookup(w->p->sections,
+                                GUINT_TO_POINTER(mp_be32(h + 1)));
+        if (!s || strlen(s->idstr) != n || memcmp(s->idstr, h + 6, n) != 0
+            || s->info.instance_id != mp_be32(h + 6 + n)
+            || s->info.version_id != mp_be32(h + 10 + n))
+            return W_NO;
+        walked(w, 2, w->pos + 14 + n, "section header");
+        /* (a device's body, or a block list, is not walked) */
+        return W_STOP;
+    }
+    case MP_QMIG_COMMAND: {
+        if ((st = need(w, w->pos + 5)) != W_GO)
+            return st;
+        guint16 cmd = mp_be16(h + 1), len = mp_be16(h + 3);
+        int want = command_len(cmd);
+        if (cmd == MP_QMIG_CMD_INVALID || cmd >= MP_QMIG_CMD__MAX
+            || (want >= 0 && len != want))
+            return W_NO;
+        if ((st = need(w, w->pos + 5 + len)) != W_GO)
+            return st;
+        walked(w, 1, w->pos + 5 + len, "command");
+        return cmd == MP_QMIG_CMD_PACKAGED ? W_STOP : W_GO;
+    }
+    case MP_QMIG_EOF:
+        walked(w, 1, w->pos + 1, "EOF");
+        return W_STOP;
+    default:
+        return W_NO;
+    }
+}
+
+/* Walks from b[0], at the top level or in the "ram" body. */
+static MpProbeResult
+walk(const MpQmigParser *p, const guint8 *b, gsize len, gboolean in_ram,
+     const char **what)
+{
+    Walk w = {.p = p, .b = b, .len = len};
+    gboolean ram = in_ram;
+
+    /* the channel's current block outlives sections (as the destination's
+     * last_recv_block does) */
+    w.have_block = mp_ram_parser_current_block(p->ram, &w.used) != NULL;
+    while (w.score < RESYNC_RECORDS) {
+        WalkStep st;
+        if (ram) {
+            gboolean eos;
+            st = walk_ram(&w, &eos);
+            if (st == W_GO && eos) {
+                st = walk_footer(&w);
+                ram = FALSE;
+            }
+        } else {
+            st = walk_top(&w, &ram);
+        }
+        if (st == W_NO)
+            return MP_PROBE_NO;
+        if (st == W_MORE)
+            return MP_PROBE_MORE;
+        if (st == W_STOP)
+            break;
+    }
+    *what = w.what;
+    return w.score >= RESYNC_RECORDS ? MP_PROBE_YES : MP_PROBE_NO;
+}
+
+static MpProbeResult
+probe_record(gconstpointer parser, const guint8 *b, gsize len, guint64 off,
+             const char **what, int *kind)
+{
+    const MpQmigParser *p = parser;
+
+    (void)off;
+    /* top first; while it cannot tell, neither answer is given, so that
+     * the choice never depends on how much input there is */
+    MpProbeResult r = walk(p, b, len, FALSE, what);
+    *kind = RESUME_TOP;
+    if (r != MP_PROBE_NO || !p->rs_ram)
+        return r;
+    *kind = RESUME_RAM;
+    return walk(p, b, len, TRUE, what);
+}
+
+/* A trusted record starts at rec->offset: read it from there. */
+static MpRecordAction
+resume_record(gpointer parser, MpRecord *rec, int kind)
+{
+    MpQmigParser *p = parser;
+
+    p->off = p->rec_start = rec->offset;
+    if (p->in_package && p->pkg_end <= rec->offset)
+        p->in_package = FALSE;
+    if (kind == RESUME_RAM) {
+        p->cur = p->rs_ram;
+        mp_ram_parser_set_section(p->ram, &p->cur->info);
+        p->state = Q_RAM_BODY;
+        rec->section = &p->cur->info;
+    } else {
+        p->state = Q_TOP;
+    }
+    return p->cb(rec, p->user_data);
+}
+
+static const MpResyncOps resync_ops = {
+    .probe = probe_record,
+    .resume = resume_record,
+    .feed = feed_plain,
+};
+
+static Section *
+find_ram_section(const MpQmigParser *p)
+{
+    GHashTableIter it;
+    gpointer key, value;
+
+    g_hash_table_iter_init(&it, p->sections);
+    while (g_hash_table_iter_next(&it, &key, &value))
+        if (((Section *)value)->body == BODY_RAM)
+            return value;
+    return NULL;
+}
+
+gboolean
+mp_qmig_parser_gap(MpQmigParser *p, guint64 len)
+{
+    if (p->error)
+        return FALSE;
+    if (p->state == Q_OPAQUE && p->in_package && p->off + len >= p->pkg_end)
+        p->in_package = FALSE; /* the blob ended in the gap: scan after it */
+    else if (p->state == Q_OPAQUE || p->state == Q_DONE) {
+        /* passed through (or over) already: nothing to find, it goes on
+         * right after the gap */
+        MpRecord rec;
+        memset(&rec, 0, sizeof(rec));
+        rec.kind = MP_REC_RESYNC;
+        rec.offset = p->off + len;
+        rec.u.resync.gap_offset = p->off;
+        rec.u.resync.gap_bytes = len;
+        rec.u.resync.what = "opaque bytes";
+        p->off += len;
+        p->cb(&rec, p->user_data);
+        return TRUE;
+    }
+    p->rs_ram = find_ram_section(p);
+    mp_ram_parser_resync(p->ram);
+    p->acc.have = 0;
+    g_clear_pointer(&p->vmdesc_buf, g_free);
+    p->state = Q_TOP;
+    mp_resync_gap(&p->rs, p->off, len);
+    p->off += len;
+    return TRUE;
+}
+
+MpFeedStatus
+mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
+                    gsize *consumed, GError **error)
+{
+    if (p->error || !mp_resync_active(&p->rs))
+        return feed_plain(p, buf, len, consumed, error);
+    MpFeedStatus st =
+        mp_resync_feed(&p->rs, &resync_ops, p, buf, len, consumed, error);
+    if (p->rs.scanning)
+        p->off = p->rs.buf_off + p->rs.buf->len;
+    return st;
+}
+
 gboolean
 mp_qmig_parser_finish(MpQmigParser *p, GError **error)
 {
+    if (!p->error && mp_resync_finish(&p->rs))
+        return TRUE; /* the owner, who told the gap, tells the rest */
     if (p->error) {
         if (error)
             *error = g_error_copy(p->error);

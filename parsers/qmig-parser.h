@@ -41,6 +41,15 @@ void mp_qmig_parser_resume_from(MpQmigParser *p, const MpQmigParser *prev);
 MpFeedStatus mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf,
                                  gsize len, gsize *consumed, GError **error);
 
+/* `len` bytes of the stream are missing here (a capture's gap): the
+ * record being read is abandoned and the parser looks in the bytes fed
+ * next for a record it trusts (a walk through several records checked
+ * against the sections, blocks and current block the stream announced
+ * before), then resumes there with an MP_REC_RESYNC record
+ * (stream-resync.h).  In opaque pass-through nothing changes.
+ * @return FALSE if the parser has failed already (it stays failed). */
+gboolean mp_qmig_parser_gap(MpQmigParser *p, guint64 len);
+
 /* The input ended.  TRUE if it ended between records (or in opaque
  * pass-through); FALSE with MP_PARSE_ERROR_TRUNCATED otherwise. */
 gboolean mp_qmig_parser_finish(MpQmigParser *p, GError **error);

@@ -191,6 +191,46 @@ mp_ram_parser_ram_total(const MpRamParser *p)
     return p->ram_total;
 }
 
+guint32
+mp_ram_parser_page_size(const MpRamParser *p)
+{
+    return p->page_size;
+}
+
+gboolean
+mp_ram_parser_block_used(const MpRamParser *p, const guint8 *name, gsize n,
+                         guint64 *used)
+{
+    GHashTable *t = p->shared ? p->shared->blocks : p->blocks;
+    char key[256];
+
+    if (n == 0 || n > 255 || memchr(name, 0, n))
+        return FALSE;
+    memcpy(key, name, n);
+    key[n] = 0;
+    guint64 *u = g_hash_table_lookup(t, key);
+    if (!u)
+        return FALSE;
+    *used = *u;
+    return TRUE;
+}
+
+const char *
+mp_ram_parser_current_block(const MpRamParser *p, guint64 *used)
+{
+    *used = p->block_used;
+    return p->have_block ? p->block : NULL;
+}
+
+void
+mp_ram_parser_resync(MpRamParser *p)
+{
+    p->state = R_HDR;
+    p->acc.have = 0;
+    p->have_pending = FALSE;
+    p->list_remaining = 0;
+}
+
 static GHashTable *
 block_table(const MpRamParser *p)
 {

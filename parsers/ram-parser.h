@@ -50,3 +50,16 @@ gboolean mp_ram_parser_finish(MpRamParser *p, GError **error);
 
 /* Total used_length of the blocks in the list (0 before MEM_SIZE). */
 guint64 mp_ram_parser_ram_total(const MpRamParser *p);
+
+/* For the main channel's resync after a gap (qmig-parser.c). */
+guint32 mp_ram_parser_page_size(const MpRamParser *p);
+/* @return TRUE if the block list has block `name` (`n` bytes, not
+ * NUL-terminated), with its used_length in *used. */
+gboolean mp_ram_parser_block_used(const MpRamParser *p, const guint8 *name,
+                                  gsize n, guint64 *used);
+/* @return the channel's current block (what CONTINUE refers to), or NULL;
+ * *used: its used_length (0: unknown). */
+const char *mp_ram_parser_current_block(const MpRamParser *p, guint64 *used);
+/* Drops the record being read (bytes are missing): the next byte fed
+ * starts a record.  The block list and current block stay. */
+void mp_ram_parser_resync(MpRamParser *p);

@@ -168,6 +168,15 @@ describe(const MpRecord *r, GString *s)
                                r->u.mfd.instance_id,
                                r->u.mfd.next_packet_size);
         break;
+    case MP_REC_RESYNC:
+        g_string_append_printf(s,
+                               " gap_offset=%" G_GUINT64_FORMAT
+                               " gap_bytes=%" G_GUINT64_FORMAT
+                               " skipped=%" G_GUINT64_FORMAT " at=\"%s\"",
+                               r->u.resync.gap_offset, r->u.resync.gap_bytes,
+                               r->u.resync.skipped,
+                               r->u.resync.what ? r->u.resync.what : "");
+        break;
     default:
         break;
     }

@@ -27,8 +27,16 @@
 #include <stdarg.h>
 #include <string.h>
 #include "rp-parser.h"
+#include "stream-resync.h"
 
 #define RP_HDR_SIZE 4
+
+/* After a gap, a position is trusted when two messages in a row have a
+ * known type and a length that fits it (a few in 10^9 each for other
+ * bytes); the messages are small, so the walk looks at no more than
+ * this. */
+#define RP_RESYNC_RECORDS 2
+#define RP_RESYNC_LIMIT   (RP_RESYNC_RECORDS * (RP_HDR_SIZE + MP_RP_MAX_LEN))
 
 /* One bit per 4 KiB target page and at most 2^40 bytes (1 TiB) in one
  * RAMBlock: 2^28 bits, 32 MiB of bitmap.  Nothing is allocated from it;
@@ -70,6 +78,9 @@ struct MpRpParser {
     /* REQ_PAGES means "same block as the last REQ_PAGES_ID" */
     char last_block[256];
     gboolean have_block;
+    gboolean block_lost; /* a gap may have hidden the last REQ_PAGES_ID */
+
+    MpResync rs; /* after a gap: the scan for the next message */
 
     /* RECV_BITMAP tail */
     char bm_block[256];
@@ -87,6 +98,7 @@ mp_rp_parser_new(const char *channel, MpRecordFunc cb, gpointer user_data)
     p->user_data = user_data;
     /* largest field: a payload */
     mp_accum_init(&p->acc, MP_RP_MAX_LEN);
+    mp_resync_init(&p->rs, RP_RESYNC_LIMIT);
     return p;
 }
 
@@ -98,6 +110,7 @@ mp_rp_parser_free(MpRpParser *p)
     g_free(p->channel);
     g_clear_error(&p->error);
     mp_accum_clear(&p->acc);
+    mp_resync_clear(&p->rs);
     g_free(p);
 }
 
@@ -255,6 +268,12 @@ decode_message(MpRpParser *p, MpRecord *rec, const guint8 *d)
         p->have_block = TRUE;
         /* fall through */
     case MP_RP_MSG_REQ_PAGES:
+        if (!p->have_block && p->block_lost) {
+            /* its block was named before a gap: not guessed */
+            rp->start = mp_be64(d);
+            rp->req_len = mp_be32(d + 8);
+            break;
+        }
         if (!p->have_block) {
             set_error(p, MP_PARSE_ERROR_NO_BLOCK,
                       "REQ_PAGES message at offset %" G_GUINT64_FORMAT
@@ -398,10 +417,12 @@ read_state(MpRpParser *p, MpCursor *in, MpRecord *rec)
     g_assert_not_reached();
 }
 
-MpFeedStatus
-mp_rp_parser_feed(MpRpParser *p, const guint8 *buf, gsize len, gsize *consumed,
-                  GError **error)
+/* The parser's feed, outside a resync. */
+static MpFeedStatus
+feed_plain(gpointer parser, const guint8 *buf, gsize len, gsize *consumed,
+           GError **error)
 {
+    MpRpParser *p = parser;
     MpCursor in = {.buf = buf, .pos = buf, .end = buf + len, .off = p->off};
     MpFeedStatus status = MP_FEED_MORE;
     MpRecord rec;
@@ -445,9 +466,105 @@ error:
     return MP_FEED_ERROR;
 }
 
+/* ---- after a gap: the next message ---- */
+
+/* Two messages from b[0] with known types and lengths that fit them. */
+static MpProbeResult
+probe_message(gconstpointer parser, const guint8 *b, gsize len, guint64 off,
+              const char **what, int *kind)
+{
+    gsize pos = 0;
+
+    (void)parser;
+    (void)off;
+    *kind = 0;
+    for (int n = 0; n < RP_RESYNC_RECORDS; n++) {
+        /* the type's high byte is 0: most positions end here */
+        if (len > pos && b[pos] != 0)
+            return MP_PROBE_NO;
+        if (len < pos + RP_HDR_SIZE)
+            return MP_PROBE_MORE;
+        guint16 type = mp_be16(b + pos), mlen = mp_be16(b + pos + 2);
+        int want = fixed_len(type);
+        if (type == MP_RP_MSG_INVALID || type >= MP_RP_MSG__MAX
+            || mlen > MP_RP_MAX_LEN || (want >= 0 && mlen != want))
+            return MP_PROBE_NO;
+        if (len < pos + RP_HDR_SIZE + mlen)
+            return MP_PROBE_MORE;
+        const guint8 *d = b + pos + RP_HDR_SIZE;
+        switch (type) {
+        case MP_RP_MSG_REQ_PAGES_ID:
+            if (mlen < 14 || d[12] == 0 || d[12] + 13u != mlen)
+                return MP_PROBE_NO;
+            break;
+        case MP_RP_MSG_RECV_BITMAP:
+            /* (its bitmap follows outside the message: not walked) */
+            return MP_PROBE_NO;
+        case MP_RP_MSG_SHUT:
+            if (mp_be32(d) > 1)
+                return MP_PROBE_NO;
+            break;
+        default:
+            break;
+        }
+        pos += RP_HDR_SIZE + mlen;
+    }
+    *what = "return-path message";
+    return MP_PROBE_YES;
+}
+
+/* A message starts at rec->offset: read it from there. */
+static MpRecordAction
+resume_message(gpointer parser, MpRecord *rec, int kind)
+{
+    MpRpParser *p = parser;
+
+    (void)kind;
+    p->state = RP_HDR;
+    p->off = p->rec_start = rec->offset;
+    return p->cb(rec, p->user_data);
+}
+
+static const MpResyncOps resync_ops = {
+    .probe = probe_message,
+    .resume = resume_message,
+    .feed = feed_plain,
+};
+
+gboolean
+mp_rp_parser_gap(MpRpParser *p, guint64 len)
+{
+    if (p->error)
+        return FALSE;
+    p->state = RP_HDR;
+    p->acc.have = 0;
+    /* a REQ_PAGES_ID in the gap would have named another block */
+    p->have_block = FALSE;
+    p->block_lost = TRUE;
+    mp_resync_gap(&p->rs, p->off, len);
+    p->off += len;
+    return TRUE;
+}
+
+MpFeedStatus
+mp_rp_parser_feed(MpRpParser *p, const guint8 *buf, gsize len, gsize *consumed,
+                  GError **error)
+{
+    if (p->error || !mp_resync_active(&p->rs))
+        return feed_plain(p, buf, len, consumed, error);
+    MpFeedStatus st =
+        mp_resync_feed(&p->rs, &resync_ops, p, buf, len, consumed, error);
+    if (p->rs.scanning)
+        p->off = p->rs.buf_off + p->rs.buf->len;
+    return st;
+}
+
 gboolean
 mp_rp_parser_finish(MpRpParser *p, GError **error)
 {
+    /* the owner, who told the gap, tells that it never resumed */
+    if (!p->error && mp_resync_finish(&p->rs))
+        return TRUE;
     if (p->error) {
         if (error)
             *error = g_error_copy(p->error);

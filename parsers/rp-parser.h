@@ -25,6 +25,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpRpParser, mp_rp_parser_free)
 MpFeedStatus mp_rp_parser_feed(MpRpParser *p, const guint8 *buf, gsize len,
                                gsize *consumed, GError **error);
 
+/* `len` bytes of the return path are missing here (a capture's gap): the
+ * message being read is abandoned, and the parser looks in the bytes fed
+ * next for two messages in a row of known types and fitting lengths, and
+ * resumes at the first with an MP_REC_RESYNC record (stream-resync.h).
+ * A REQ_PAGES whose block was named before the gap is reported without
+ * its block (NULL).  @return FALSE if the parser has failed already. */
+gboolean mp_rp_parser_gap(MpRpParser *p, guint64 len);
+
 /* The input ended.
  * @return TRUE if it ended between two records; FALSE with
  * MP_PARSE_ERROR_TRUNCATED naming what was being read (or the sticky

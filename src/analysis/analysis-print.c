@@ -191,6 +191,12 @@ mp_analysis_print(json_object *doc, FILE *out)
                  " compressed; RAM records %s\n",
             geti(pages, "normal"), geti(pages, "zero"), geti(pages, "xbzrle"),
             geti(pages, "compressed"), rb);
+    if (json_object_get_boolean(mp_json_get(ram, "after_gap")))
+        fprintf(out,
+                "  after gaps in the capture: %" G_GINT64_FORMAT
+                " resumes, %" G_GINT64_FORMAT " bytes skipped; the counts "
+                "are a lower bound\n",
+                geti(ram, "resyncs"), geti(ram, "resync_skipped_bytes"));
     json_object *phases = mp_json_get(ram, "phases");
     json_object_object_foreach(phases, name, ph)
     {
@@ -212,9 +218,12 @@ mp_analysis_print(json_object *doc, FILE *out)
         g_autofree char *b = human(geti(r, "bytes"));
         fprintf(out,
                 "  %5" G_GINT64_FORMAT " %-10s %10" G_GINT64_FORMAT
-                " %10" G_GINT64_FORMAT " %12s\n",
+                " %10" G_GINT64_FORMAT " %12s%s\n",
                 geti(r, "index"), str(keep, mp_json_get(r, "phase")),
-                geti(r, "pages"), geti(r, "dirty_pages"), b);
+                geti(r, "pages"), geti(r, "dirty_pages"), b,
+                json_object_get_boolean(mp_json_get(r, "after_gap"))
+                    ? "  after a gap (may be incomplete)"
+                    : "");
     }
 
     fprintf(out, "\nCommands:");

@@ -59,6 +59,7 @@ typedef struct {
     guint64 bytes;
     guint64 start_offset, end_offset;
     gint64 start_us, end_us;
+    gboolean after_gap; /* bytes of it were missing: its counts may be low */
 } Round;
 
 typedef struct {
@@ -138,6 +139,9 @@ struct MpAnalysis {
     char *opaque_why;
     gboolean eof, vmdesc_seen;
     MpVmdesc *vmdesc;
+    /* a capture's gaps, and where parsing resumed after them */
+    gboolean after_gap;
+    guint64 resyncs, resync_skipped;
     guint marks_left; /* page-mark chunks all blocks may still make */
 };
 
@@ -246,6 +250,15 @@ cur_round(MpAnalysis *a)
 {
     return a->rounds->len ? &g_array_index(a->rounds, Round, a->rounds->len - 1)
                           : NULL;
+}
+
+void
+mp_analysis_mark_gap(MpAnalysis *a)
+{
+    Round *r = cur_round(a);
+    a->after_gap = TRUE;
+    if (r)
+        r->after_gap = TRUE;
 }
 
 static Round *
@@ -649,6 +662,11 @@ mp_analysis_record_on(MpAnalysis *a, guint channel, const MpRecord *rec)
         a->mfd.device_state_packets++;
         a->mfd.wire_bytes += rec->length;
         break;
+    case MP_REC_RESYNC:
+        a->resyncs++;
+        a->resync_skipped += rec->u.resync.skipped;
+        mp_analysis_mark_gap(a);
+        break;
     default:
         break;
     }
@@ -712,6 +730,8 @@ round_json(const Round *r)
     json_object_object_add(o, "by_kind", pages_json(r->pages));
     json_object_object_add(o, "start_offset", jint(r->start_offset));
     json_object_object_add(o, "end_offset", jint(r->end_offset));
+    if (r->after_gap)
+        json_object_object_add(o, "after_gap", json_object_new_boolean(TRUE));
     if (r->start_us >= 0) {
         gint64 end = MAX(r->end_us, r->start_us);
         json_object_object_add(o, "start_us", jint(r->start_us));
@@ -809,6 +829,14 @@ mp_analysis_to_json(const MpAnalysis *a)
         json_object_object_add(phases, phase_names[ph], o);
     }
     json_object_object_add(ram, "phases", phases);
+    if (a->after_gap) {
+        /* counts are of the bytes the input held: a capture's gaps make
+         * them a lower bound */
+        json_object_object_add(ram, "after_gap", json_object_new_boolean(TRUE));
+        json_object_object_add(ram, "resyncs", jint(a->resyncs));
+        json_object_object_add(ram, "resync_skipped_bytes",
+                               jint(a->resync_skipped));
+    }
     json_object_object_add(doc, "ram", ram);
 
     json_object *rounds = json_object_new_array();

@@ -43,6 +43,11 @@ void mp_analysis_error(MpAnalysis *a, const GError *err);
 void mp_analysis_anomaly(MpAnalysis *a, const char *fmt, ...)
     G_GNUC_PRINTF(2, 3);
 
+/* Bytes of a channel were missing (a capture's gap): the current round
+ * and the totals are marked "after_gap" (their counts may be low).  An
+ * MP_REC_RESYNC record marks the round it comes in as well. */
+void mp_analysis_mark_gap(MpAnalysis *a);
+
 /* The stream ended (total bytes of the stream). */
 void mp_analysis_finish(MpAnalysis *a, guint64 stream_bytes);
 

@@ -118,6 +118,31 @@ print_pcap(json_object *doc, FILE *out)
                 json_object_get_int64(v),
                 json_object_get_int64(json_object_object_get(p, "gap_bytes")));
     fputc('\n', out);
+    /* each gap, and where its channel's parser resumed (docs/pcap.md) */
+    json_object *gaps = json_object_object_get(p, "gap_list");
+    for (size_t i = 0; i < json_object_array_length(gaps); i++) {
+        json_object *g = json_object_array_get_idx(gaps, i);
+        json_object *at = json_object_object_get(g, "resumed_offset");
+        json_object *ms = json_object_object_get(g, "time_ms");
+        fprintf(out,
+                "  gap: session %d channel %d %s: %" G_GINT64_FORMAT
+                " bytes missing at offset %" G_GINT64_FORMAT " (%.1f ms), ",
+                json_object_get_int(json_object_object_get(g, "session")),
+                json_object_get_int(json_object_object_get(g, "channel")),
+                json_object_get_string(json_object_object_get(g, "dir")),
+                json_object_get_int64(json_object_object_get(g, "bytes")),
+                json_object_get_int64(json_object_object_get(g, "offset")),
+                ms ? json_object_get_double(ms) : 0.0);
+        if (at)
+            fprintf(out,
+                    "resumed at offset %" G_GINT64_FORMAT " (%" G_GINT64_FORMAT
+                    " bytes skipped)\n",
+                    json_object_get_int64(at),
+                    json_object_get_int64(
+                        json_object_object_get(g, "skipped_bytes")));
+        else
+            fprintf(out, "not resumed: partial from there on\n");
+    }
     for (size_t i = 0; i < n; i++) {
         json_object *s = json_object_array_get_idx(sessions, i);
         fprintf(out, "  session %d: to %s, %d channels, %s\n",
@@ -350,8 +375,10 @@ const MpCommand mp_cmd_analyze = {
             "(standard output, --dump-ram) could not be written; 2 on usage "
             "errors; 3 if a file cannot be opened or read; 4 if a file is "
             "not a known format (a pcap of a link type migproxy does not "
-            "decode included).  A packet capture with a gap (bytes missing "
-            "from it) or a snaplen that cut packets exits 1.  Cases 3 and 4 "
+            "decode included).  In a packet capture, bytes missing from it "
+            "(a gap) are reported and parsing resumes at the next record it "
+            "trusts (docs/pcap.md); a gap it cannot resume after, or a "
+            "snaplen that cut packets, exits 1.  Cases 3 and 4 "
             "print one line and no summary.  With "
             "several files, the highest status.",
     .entries = analyze_entries,

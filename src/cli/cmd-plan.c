@@ -399,6 +399,12 @@ plan_run(int argc, char **argv)
         g_ptr_array_add(notes, g_strdup("the capture holds several "
                                         "migrations: the plan is of the "
                                         "first"));
+    json_object *ram = json_object_object_get(analysis, "ram");
+    if (json_object_get_boolean(json_object_object_get(ram, "after_gap")))
+        g_ptr_array_add(notes,
+                        g_strdup("the capture has gaps (packets it does not "
+                                 "hold): its page counts are a lower bound, "
+                                 "and so is the plan's guest"));
     if (codecs.skipped_pages)
         g_ptr_array_add(
             notes,

@@ -44,6 +44,7 @@ typedef struct {
     gboolean has_main, tls;
     guint main_chan;
     gint64 start_us, last_us;
+    GPtrArray *chans; /* ConnState* (borrowed), by channel */
 } Sess;
 
 typedef struct {
@@ -54,6 +55,13 @@ typedef struct {
     gsize first_have;
     gboolean skipped;
     gboolean partial[MP_DIR__MAX];
+    /* gaps its parser has not resumed after yet: the first one, the
+     * bytes fed since, and their entries in pcap.gap_list */
+    guint unresumed[MP_DIR__MAX];
+    guint64 gap_off[MP_DIR__MAX], gap_len[MP_DIR__MAX];
+    MpTcpGapWhy gap_why[MP_DIR__MAX];
+    guint64 after_gap[MP_DIR__MAX];
+    GPtrArray *pending[MP_DIR__MAX]; /* json_object* (a ref each) */
 } ConnState;
 
 typedef struct {
@@ -76,9 +84,67 @@ sess_free(gpointer p)
     Sess *s = p;
     mp_session_free(s->pipes);
     mp_metrics_free(s->metrics);
+    g_ptr_array_free(s->chans, TRUE);
     g_free(s->server);
     g_free(s);
 }
+
+static void
+put_json(gpointer o)
+{
+    json_object_put(o);
+}
+
+static void
+conn_state_free(gpointer p)
+{
+    ConnState *st = p;
+    for (int d = 0; d < MP_DIR__MAX; d++)
+        if (st->pending[d])
+            g_ptr_array_free(st->pending[d], TRUE);
+    g_free(st);
+}
+
+/* A parser resumed after a gap (or gaps) of its channel direction: their
+ * entries say where, and the analysis keeps a line of it. */
+static MpRecordAction
+on_resync(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    Sess *s = data;
+    guint channel = mp_pipeline_channel(p);
+    MpDir dir = mp_pipeline_dir(p);
+
+    if (rec->kind != MP_REC_RESYNC || channel >= s->chans->len)
+        return MP_REC_CONTINUE;
+    ConnState *st = g_ptr_array_index(s->chans, channel);
+    gint64 ms = mp_metrics_rel(s->metrics, mp_pipeline_now(p));
+    for (guint i = 0; st->pending[dir] && i < st->pending[dir]->len; i++) {
+        json_object *o = g_ptr_array_index(st->pending[dir], i);
+        json_object_object_add(o, "resumed_offset",
+                               json_object_new_uint64(rec->offset));
+        json_object_object_add(o, "skipped_bytes",
+                               json_object_new_uint64(rec->u.resync.skipped));
+        json_object_object_add(o, "resumed_at",
+                               json_object_new_string(rec->u.resync.what));
+        json_object_object_add(o, "resumed_ms", mp_metrics_json_ms(ms));
+    }
+    if (st->pending[dir])
+        g_ptr_array_set_size(st->pending[dir], 0);
+    st->unresumed[dir] = 0;
+    mp_analysis_anomaly(
+        mp_metrics_analysis(s->metrics),
+        "session %u channel %u (%s) %s: %" G_GUINT64_FORMAT
+        " bytes missing from the capture at stream offset %" G_GUINT64_FORMAT
+        "; parsing resumed at offset %" G_GUINT64_FORMAT
+        " (%s), %" G_GUINT64_FORMAT " bytes after the gap skipped: counts "
+        "after a gap may be incomplete",
+        s->number, channel, mp_chan_kind_name(st->kind), mp_dir_name(dir),
+        rec->u.resync.gap_bytes, rec->u.resync.gap_offset, rec->offset,
+        rec->u.resync.what, rec->u.resync.skipped);
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver resync_observer = {.record = on_resync};
 
 static MpRecordAction
 print_record(MpPipeline *p, const MpRecord *rec, gpointer user_data)
@@ -97,12 +163,14 @@ static Sess *
 new_session(Reader *r, const MpPcapConn *c)
 {
     Sess *s = g_new0(Sess, 1);
+    s->chans = g_ptr_array_new();
     s->number = r->sessions->len + 1;
     s->server = g_strdup(c->server);
     /* pcap times are wall-clock: the session's start is its own origin */
     s->metrics = mp_metrics_new(s->number, c->open_us, c->open_us);
     s->pipes = mp_session_new(s->metrics, s->number);
     mp_session_set_logging(s->pipes, FALSE);
+    mp_session_observe(s->pipes, &resync_observer, s);
     if (r->events)
         mp_session_observe(s->pipes, &events_observer, r);
     if (r->ops && s->number == 1)
@@ -193,6 +261,7 @@ assign(Reader *r, ConnState *st, const MpPcapConn *c, MpChanKind kind,
     st->sess = s;
     st->kind = kind;
     st->channel = s->n_chans++;
+    g_ptr_array_add(s->chans, st);
     /* (a channel whose SYN came before the one that started the session:
      * opened at its start) */
     mp_session_add(s->pipes, st->channel, c->client,
@@ -221,6 +290,8 @@ feed(Reader *r, ConnState *st, MpDir dir, const guint8 *buf, gsize len,
 {
     r->printing = st->sess;
     st->sess->last_us = MAX(st->sess->last_us, now_us);
+    if (st->unresumed[dir])
+        st->after_gap[dir] += len;
     mp_session_feed(st->sess->pipes, st->channel, dir, buf, len, now_us);
 }
 
@@ -277,8 +348,9 @@ on_gap(gpointer data, const MpPcapConn *c, MpDir dir, guint64 off,
         return;
     }
     Sess *s = st->sess;
+    json_object *o = NULL;
     if (json_object_array_length(r->gaps) < MAX_GAPS_LISTED) {
-        json_object *o = json_object_new_object();
+        o = json_object_new_object();
         json_object_object_add(o, "session", json_object_new_int(s->number));
         json_object_object_add(o, "channel", json_object_new_int(st->channel));
         json_object_object_add(o, "dir", json_object_new_string(mp_dir_name(dir)));
@@ -289,23 +361,78 @@ on_gap(gpointer data, const MpPcapConn *c, MpDir dir, guint64 off,
             mp_metrics_json_ms(mp_metrics_rel(s->metrics, now_us)));
         json_object_object_add(o, "why",
                                json_object_new_string(mp_tcp_gap_why(why)));
+        /* (set where its parser resumes, if it does) */
+        json_object_object_add(o, "resumed_offset", NULL);
         json_object_array_add(r->gaps, o);
     }
+    mp_analysis_mark_gap(mp_metrics_analysis(s->metrics));
     if (st->partial[dir])
         return;
-    /* the first gap: the channel is partial from here on, never guessed
-     * across (its later bytes are only counted) */
+    /* the parser looks for the next record it trusts: until it finds
+     * one, this gap waits for its resume (a parser in pass-through
+     * resumes at once) */
+    if (!st->unresumed[dir]) {
+        st->gap_off[dir] = off;
+        st->gap_len[dir] = 0;
+        st->gap_why[dir] = why;
+        st->after_gap[dir] = 0;
+    }
+    st->unresumed[dir]++;
+    st->gap_len[dir] += len;
+    if (o) {
+        if (!st->pending[dir])
+            st->pending[dir] =
+                g_ptr_array_new_with_free_func(put_json);
+        g_ptr_array_add(st->pending[dir], json_object_get(o));
+    }
+    r->printing = s;
+    if (mp_pipeline_gap(mp_session_pipeline(s->pipes, st->channel, dir), len,
+                        now_us))
+        return;
+    st->unresumed[dir] = 0;
+    if (st->pending[dir])
+        g_ptr_array_set_size(st->pending[dir], 0);
+    /* the channel is partial from here on, never guessed across (its
+     * later bytes are only counted) */
     st->partial[dir] = TRUE;
     g_autofree char *msg = g_strdup_printf(
         "session %u channel %u (%s, %s -> %s) %s: %" G_GUINT64_FORMAT
         " bytes missing from the capture at stream offset %" G_GUINT64_FORMAT
-        " (%s); the channel is partial from there on",
+        " (%s); the channel is partial from there on (%s)",
         s->number, st->channel, mp_chan_kind_name(st->kind), c->client,
-        c->server, mp_dir_name(dir), len, off, mp_tcp_gap_why(why));
+        c->server, mp_dir_name(dir), len, off, mp_tcp_gap_why(why),
+        st->kind == MP_CHAN_MAIN || st->kind == MP_CHAN_RECOVERY
+                || (st->kind == MP_CHAN_MULTIFD && dir == MP_DIR_TO_DST)
+            ? "its parser had stopped before"
+            : "only the main channel, its return path and the multifd "
+              "channels are resynchronised");
     GError *err = g_error_new_literal(G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT,
                                       msg);
-    mp_pipeline_stop(mp_session_pipeline(s->pipes, st->channel, dir));
     mp_metrics_partial(s->metrics, st->channel, dir, off, msg, now_us);
+    mp_analysis_error(mp_metrics_analysis(s->metrics), err);
+    g_error_free(err);
+}
+
+/* `dir` ended before its parser found a record to resume at after its
+ * last gap: partial from that gap on. */
+static void
+never_resumed(ConnState *st, const MpPcapConn *c, MpDir dir, gint64 now_us)
+{
+    Sess *s = st->sess;
+
+    st->partial[dir] = TRUE;
+    g_autofree char *msg = g_strdup_printf(
+        "session %u channel %u (%s, %s -> %s) %s: %" G_GUINT64_FORMAT
+        " bytes missing from the capture at stream offset %" G_GUINT64_FORMAT
+        " (%s); no record to resume at was found in the %" G_GUINT64_FORMAT
+        " bytes after it: the channel is partial from there on",
+        s->number, st->channel, mp_chan_kind_name(st->kind), c->client,
+        c->server, mp_dir_name(dir), st->gap_len[dir], st->gap_off[dir],
+        mp_tcp_gap_why(st->gap_why[dir]), st->after_gap[dir]);
+    GError *err = g_error_new_literal(G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT,
+                                      msg);
+    mp_metrics_partial(s->metrics, st->channel, dir, st->gap_off[dir], msg,
+                       now_us);
     mp_analysis_error(mp_metrics_analysis(s->metrics), err);
     g_error_free(err);
 }
@@ -334,6 +461,8 @@ on_end(gpointer data, const MpPcapConn *c, MpDir dir, MpEndReason how,
     }
     st->sess->last_us = MAX(st->sess->last_us, now_us);
     r->printing = st->sess;
+    if (st->unresumed[dir])
+        never_resumed(st, c, dir, now_us);
     mp_session_end(st->sess->pipes, st->channel, dir, how, now_us);
 }
 
@@ -396,7 +525,7 @@ mp_pcap_analyze_observed(const char *path, gboolean events, gsize window,
 
     r.sessions = g_ptr_array_new_with_free_func(sess_free);
     r.by_server = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    r.conns = g_ptr_array_new_with_free_func(g_free);
+    r.conns = g_ptr_array_new_with_free_func(conn_state_free);
     r.gaps = json_object_new_array();
     r.skipped = json_object_new_array();
     r.line = g_string_new(NULL);

@@ -16,7 +16,9 @@
  * `events`: print every record on stdout ("s1 c0 to-dst off=..." lines).
  * `window`: reassembly bytes held per direction (0: the default).
  * *ok is FALSE when the capture cannot be read, holds no migration, or a
- * channel is partial (a gap, a parser that gave up); errors[] says why.
+ * channel is partial (a gap its parser did not resume after, a parser
+ * that gave up); errors[] says why.  Gaps that were resumed after are in
+ * pcap.gap_list and anomalies[], and mark the counts "after_gap".
  * @return the document (caller owns). */
 json_object *mp_pcap_analyze(const char *path, gboolean events, gsize window,
                              gboolean *ok);

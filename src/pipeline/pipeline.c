@@ -877,6 +877,27 @@ mp_pipeline_stop(MpPipeline *p)
     flush_output(p);
 }
 
+gboolean
+mp_pipeline_gap(MpPipeline *p, guint64 len, gint64 now_us)
+{
+    gboolean resumes = FALSE;
+
+    g_return_val_if_fail(!p->has_sink, FALSE);
+    p->now_us = now_us;
+    if (p->state == MP_PIPELINE_FOLLOWING) {
+        if (p->qmig)
+            resumes = mp_qmig_parser_gap(p->qmig, len);
+        else if (p->mfd)
+            resumes = mp_mfd_parser_gap(p->mfd, len);
+        else if (p->rp)
+            resumes = mp_rp_parser_gap(p->rp, len);
+    }
+    if (!resumes)
+        mp_pipeline_stop(p);
+    p->off += len;
+    return resumes;
+}
+
 void
 mp_pipeline_end(MpPipeline *p, MpEndReason how, gint64 now_us)
 {
@@ -909,6 +930,12 @@ mp_pipeline_end(MpPipeline *p, MpEndReason how, gint64 now_us)
         if (o->ops.end)
             o->ops.end(p, how, ok ? NULL : err, now_us, o->data);
     }
+}
+
+gint64
+mp_pipeline_now(const MpPipeline *p)
+{
+    return p->now_us;
 }
 
 MpChanKind

@@ -200,11 +200,20 @@ void mp_pipeline_flush(MpPipeline *p);
 void mp_pipeline_drain(MpPipeline *p);
 /* The owner stops parsing: what is held goes out, later bytes pass. */
 void mp_pipeline_stop(MpPipeline *p);
+/* `len` bytes of the stream are missing here (a capture's gap; a
+ * pipeline without a sink only).  The main channel's and multifd
+ * channels' parsers look for the next record they trust and resume there
+ * (an MP_REC_RESYNC record to the observers, stream-resync.h); the
+ * others stop as mp_pipeline_stop() does.  @return TRUE if the parser
+ * looks for a record to resume at. */
+gboolean mp_pipeline_gap(MpPipeline *p, guint64 len, gint64 now_us);
 /* The stream ended: stages release everything, workers are waited for,
  * everything goes out, the parser checks the end.  Once. */
 void mp_pipeline_end(MpPipeline *p, MpEndReason how, gint64 now_us);
 
 MpChanKind mp_pipeline_kind(const MpPipeline *p);
+/* The time of the feed (or gap, or end) in progress, or of the last. */
+gint64 mp_pipeline_now(const MpPipeline *p);
 guint mp_pipeline_channel(const MpPipeline *p);
 MpDir mp_pipeline_dir(const MpPipeline *p);
 const char *mp_pipeline_name(const MpPipeline *p);

@@ -9,12 +9,19 @@
  *       equal to query-migrate's.
  *   postcopy_72               QEMU 7.2 -> 7.2 with post-copy: the page
  *       requests on the return path equal query-migrate's, with latencies.
+ *   kernel_drops_72           QEMU 7.2 -> 7.2 captured by a tcpdump whose
+ *       reader stops for a while mid-migration, so that the kernel drops
+ *       packets: analyze reports the gaps, resumes after each, and counts
+ *       at most QEMU's pages and most of them.
+ *   kernel_drops_multifd_100  the same, 10.0 with two multifd channels.
  *
  * tcpdump missing is a failure (scripts/setup.sh installs it), as QEMU's.
  */
 #include "config.h"
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
@@ -269,4 +276,302 @@ Test(pcap, postcopy_72)
     cr_assert_leq(it_jint(doc, "postcopy.latency_us.count"), requests);
     json_object_put(doc);
     json_object_put(src);
+}
+
+/* ---- a capture with packets dropped by the kernel ---- */
+
+/* tcpdump writing the capture to a pipe that a thread copies to a file;
+ * while the thread stops reading, tcpdump blocks on the full pipe and the
+ * kernel's capture buffer (-B 8192: 8 MiB, 125 ms of the migration at
+ * 64 MiB/s) overflows: it drops packets, and tcpdump counts them when it
+ * stops.  (With 64 KiB it drops all along: loopback packets are 64 KiB;
+ * with 2 MiB too, though less, on a loaded machine.) */
+typedef struct {
+    GPid pid;
+    int fd;
+    FILE *out;
+    GThread *thread;
+    GMutex lock;
+    gint64 pause_until; /* monotonic µs; under lock */
+    glong written;      /* bytes copied; under lock */
+} SlowDump;
+
+static gpointer
+slow_dump_copy(gpointer data)
+{
+    SlowDump *d = data;
+    static guint8 buf[1 << 16];
+
+    for (;;) {
+        g_mutex_lock(&d->lock);
+        gint64 wait = d->pause_until - g_get_monotonic_time();
+        g_mutex_unlock(&d->lock);
+        if (wait > 0) {
+            g_usleep(MIN(wait, 10000));
+            continue;
+        }
+        ssize_t n = read(d->fd, buf, sizeof(buf));
+        /* (no assertion off the test's thread: a short file fails the
+         * analysis instead) */
+        if (n <= 0 || fwrite(buf, 1, n, d->out) != (size_t)n)
+            break;
+        g_mutex_lock(&d->lock);
+        d->written += n;
+        g_mutex_unlock(&d->lock);
+    }
+    fclose(d->out);
+    return NULL;
+}
+
+static void
+slow_dump_start(SlowDump *d, const char *file, const char *filter,
+                const char *log)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *bin = g_find_program_in_path("tcpdump");
+    if (!bin)
+        bin = g_strdup("/usr/sbin/tcpdump");
+    g_autofree char *cmd = g_strdup_printf(
+        "exec '%s' -i lo -s 0 -B 8192 -U -n -Z root -w - '%s' 2>'%s'", bin,
+        filter, log);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+
+    memset(d, 0, sizeof(*d));
+    g_mutex_init(&d->lock);
+    d->out = fopen(file, "wb");
+    cr_assert_not_null(d->out);
+    cr_assert(g_spawn_async_with_pipes(NULL, (char **)argv, NULL,
+                                       G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL,
+                                       &d->pid, NULL, &d->fd, NULL, &err),
+              "%s", err ? err->message : "?");
+    d->thread = g_thread_new("slow-dump", slow_dump_copy, d);
+    fx.tcpdump = d->pid; /* stopped by the fixture if the test fails */
+    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = NULL;
+        g_file_get_contents(log, &text, NULL, NULL);
+        if (text && strstr(text, "listening on"))
+            return;
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "tcpdump does not listen: %s", text ? text : "");
+        g_usleep(50000);
+    }
+}
+
+static void
+slow_dump_pause(SlowDump *d, guint ms)
+{
+    g_mutex_lock(&d->lock);
+    d->pause_until = g_get_monotonic_time() + ms * 1000;
+    g_mutex_unlock(&d->lock);
+}
+
+/* Stops tcpdump (it writes its counts to its log), waits for the copy. */
+static void
+slow_dump_stop(SlowDump *d)
+{
+    int status;
+    if (!d->pid)
+        return;
+    /* the last packets through the pipe: tcpdump may still be catching up
+     * with its buffer, and what it has not read at SIGINT is lost (the
+     * connections' FINs with it) */
+    glong last = -1;
+    for (int i = 0; i < 60; i++) {
+        g_usleep(500000);
+        g_mutex_lock(&d->lock);
+        glong size = d->written;
+        g_mutex_unlock(&d->lock);
+        if (size == last)
+            break;
+        last = size;
+    }
+    kill(d->pid, SIGINT);
+    for (int i = 0; i < 100 && waitpid(d->pid, &status, WNOHANG) == 0; i++)
+        g_usleep(50000);
+    if (waitpid(d->pid, &status, WNOHANG) == 0) {
+        kill(d->pid, SIGKILL);
+        waitpid(d->pid, &status, 0);
+    }
+    g_spawn_close_pid(d->pid);
+    d->pid = fx.tcpdump = 0;
+    g_thread_join(d->thread);
+    close(d->fd);
+    g_mutex_clear(&d->lock);
+}
+
+static gint64
+transferred(MpQemu *q)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *ret = mp_qemu_execute(q, "query-migrate", NULL, &err);
+    cr_assert_not_null(ret, "%s", err ? err->message : "?");
+    json_object *v = it_jget(ret, "ram.transferred");
+    gint64 n = v ? json_object_get_int64(v) : 0;
+    json_object_put(ret);
+    return n;
+}
+
+/* One migration captured with a pause of `pause_ms` once 16 MiB went:
+ * @return the number of packets the kernel dropped (-1: not told). */
+static gint64
+migrate_with_drops(const char *pcap, guint pause_ms, gboolean multifd,
+                   json_object **src)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *log = g_build_filename(fx.dir, "tcpdump.log", NULL);
+    const char *ver = multifd ? "10.0" : "7.2";
+    const char *machine = multifd ? "pc-q35-10.0" : NULL;
+    SlowDump d;
+
+    fx.src = it_start_workload(ver, machine, 128, "mem=64M rate=4000", NULL);
+    fx.dst = it_start_destination(ver, machine, FALSE, NULL);
+    guint16 dport = mp_qemu_pick_free_port(&err);
+    cr_assert(dport, "%s", err ? err->message : "?");
+    if (multifd) {
+        it_cap(fx.src, "multifd");
+        it_cap(fx.dst, "multifd");
+        it_set_int(fx.src, "multifd-channels", 2);
+        it_set_int(fx.dst, "multifd-channels", 2);
+    }
+    g_autofree char *filter = g_strdup_printf("tcp port %u", dport);
+    slow_dump_start(&d, pcap, filter, log);
+    it_incoming(fx.dst, dport);
+    /* 64 MiB/s: a pause of 300 ms misses about 11 MB of ~100 */
+    it_set_int(fx.src, "max-bandwidth", 64 << 20);
+    it_set_int(fx.src, "downtime-limit", 20);
+    it_migrate(fx.src, dport, FALSE);
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (transferred(fx.src) < (16 << 20)) {
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "the migration does not start");
+        g_usleep(20000);
+    }
+    slow_dump_pause(&d, pause_ms);
+    *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    cr_assert_str_eq(json_object_get_string(it_jget(*src, "status")),
+                     "completed");
+    json_object_put(it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS));
+    slow_dump_stop(&d);
+    g_clear_pointer(&fx.src, mp_qemu_free);
+    g_clear_pointer(&fx.dst, mp_qemu_free);
+
+    g_autofree char *text = NULL;
+    g_file_get_contents(log, &text, NULL, NULL);
+    const char *at = text ? strstr(text, " packets dropped by kernel") : NULL;
+    if (!at)
+        return -1;
+    while (at > text && g_ascii_isdigit(at[-1]))
+        at--;
+    g_printerr("tcpdump (pause %u ms): %" G_GINT64_FORMAT
+               " packets dropped by kernel\n",
+               pause_ms, g_ascii_strtoll(at, NULL, 10));
+    return g_ascii_strtoll(at, NULL, 10);
+}
+
+static void
+check_drops(gboolean multifd)
+{
+    g_autofree char *pcap = g_build_filename(fx.dir, "x.pcap", NULL);
+    json_object *src = NULL;
+    gint64 dropped = migrate_with_drops(pcap, 300, multifd, &src);
+
+    cr_assert_geq(dropped, 0, "tcpdump did not say what it dropped");
+    if (dropped == 0) {
+        /* (a machine fast enough to drain 64 KiB in time: once more, with
+         * a longer stop) */
+        json_object_put(src);
+        dropped = migrate_with_drops(pcap, 1000, multifd, &src);
+        cr_assert_geq(dropped, 0, "tcpdump did not say what it dropped");
+    }
+    if (dropped == 0) {
+        json_object_put(src);
+        cr_skip_test("the kernel dropped no packet although tcpdump's reader "
+                "stopped for 300 and then 1000 ms mid-migration (a capture "
+                "buffer of 8 MiB): nothing to resume after");
+    }
+
+    /* it_analyze() checks the exit status (0: every gap resumed) and the
+     * schema */
+    json_object *doc = it_analyze(pcap, NULL);
+    gint64 gaps = it_jint(doc, "pcap.gaps");
+    gint64 normal = it_jint(doc, "ram.pages.normal"),
+           zero = it_jint(doc, "ram.pages.zero");
+    gint64 q_normal = it_jint(src, "ram.normal"),
+           q_zero = it_jint(src, "ram.duplicate");
+    g_printerr("pcap with drops: %" G_GINT64_FORMAT " gaps (%" G_GINT64_FORMAT
+               " bytes), %" G_GINT64_FORMAT " resyncs skipping %" G_GINT64_FORMAT
+               " bytes; pages normal %" G_GINT64_FORMAT " zero %" G_GINT64_FORMAT
+               " (query-migrate %" G_GINT64_FORMAT " %" G_GINT64_FORMAT ")\n",
+               gaps, it_jint(doc, "pcap.gap_bytes"), it_jint(doc, "ram.resyncs"),
+               it_jint(doc, "ram.resync_skipped_bytes"), normal, zero,
+               q_normal, q_zero);
+    cr_assert_gt(gaps, 0, "the kernel dropped %" G_GINT64_FORMAT
+                 " packets but the capture has no gap",
+                 dropped);
+    cr_assert_eq(json_object_array_length(it_jget(doc, "errors")), 0, "%s",
+                 json_object_to_json_string(it_jget(doc, "errors")));
+    json_object *list = it_jget(doc, "pcap.gap_list");
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *g = json_object_array_get_idx(list, i);
+        cr_assert_not_null(it_jget(g, "resumed_offset"), "gap %zu: %s", i,
+                           json_object_to_json_string(g));
+        cr_assert_geq(it_jint(g, "resumed_offset"),
+                      it_jint(g, "offset") + it_jint(g, "bytes"));
+    }
+    cr_assert(json_object_get_boolean(it_jget(doc, "ram.after_gap")));
+    cr_assert_geq(it_jint(doc, "ram.resyncs"), 1);
+    /* what the capture held, no more than QEMU sent, most of it */
+    cr_assert_leq(normal, q_normal);
+    cr_assert_leq(zero, q_zero);
+    cr_assert_geq(normal + zero, (q_normal + q_zero) / 2,
+                  "%" G_GINT64_FORMAT " of %" G_GINT64_FORMAT " pages",
+                  normal + zero, q_normal + q_zero);
+    /* completed, unless the kernel dropped a channel's FIN too (the
+     * capture cannot tell how that connection ended) */
+    const char *outcome = json_object_get_string(it_jget(doc, "outcome"));
+    if (!g_str_equal(outcome, "completed")) {
+        json_object *chans = it_jget(doc, "channels");
+        guint unclean = 0;
+        for (size_t i = 0; i < json_object_array_length(chans); i++) {
+            json_object *c = json_object_array_get_idx(chans, i);
+            const char *e1 = json_object_get_string(it_jget(c, "to_dst.end"));
+            const char *e2 = json_object_get_string(it_jget(c, "to_src.end"));
+            unclean += !e1 || !g_str_equal(e1, "fin");
+            unclean += !e2 || !g_str_equal(e2, "fin");
+        }
+        g_printerr("pcap with drops: outcome \"%s\", %u channel ends not "
+                   "captured as FIN\n",
+                   outcome, unclean);
+        cr_assert_gt(unclean, 0, "outcome %s: %s", outcome,
+                     json_object_to_json_string(chans));
+    }
+    if (multifd) {
+        /* the multifd channels' packets: at most QEMU's pages, and the
+         * parsers resumed on them too when a gap fell there */
+        guint on_multifd = 0;
+        for (size_t i = 0; i < json_object_array_length(list); i++)
+            on_multifd += it_jint(json_object_array_get_idx(list, i),
+                                  "channel") > 0;
+        g_printerr("pcap with drops: %u gaps on multifd channels; multifd "
+                   "pages normal %" G_GINT64_FORMAT " zero %" G_GINT64_FORMAT
+                   "\n",
+                   on_multifd, it_jint(doc, "multifd.normal_pages"),
+                   it_jint(doc, "multifd.zero_pages"));
+        cr_assert_eq(it_jint(doc, "multifd.channels"), 2);
+    }
+    json_object_put(doc);
+    json_object_put(src);
+}
+
+Test(pcap, kernel_drops_72)
+{
+    check_drops(FALSE);
+}
+
+/* The same with QEMU 10.0 and two multifd channels: pages and zero pages
+ * go in multifd packets, the main channel carries the sections. */
+Test(pcap, kernel_drops_multifd_100)
+{
+    check_drops(TRUE);
 }

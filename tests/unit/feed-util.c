@@ -1,4 +1,5 @@
 /* feed-util.c: whole, per-byte and every-split feeders over guard pages. */
+#include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <string.h>
@@ -134,4 +135,104 @@ feed_check_all_splits(const MpParserOps *ops, const guint8 *data, gsize len)
         cr_assert_str_eq(s, whole, "split at %zu differs", split);
     }
     return whole;
+}
+
+#define FEED_GAP_CHUNKED 24000
+
+char *
+feed_log_gap(const MpParserOps *ops, gboolean (*gap)(gpointer, guint64),
+             const guint8 *data, gsize len, gsize gap_at, gsize gap_len,
+             gsize chunk)
+{
+    LogCtx ctx = {g_string_new(NULL)};
+    gpointer p = ops->create(log_record, &ctx);
+    gboolean ended = FALSE;
+    gboolean go_on = feed_chunk(ops, p, data, gap_at, ctx.log, &ended);
+
+    if (go_on)
+        cr_assert(gap(p, gap_len), "the parser does not look for a record");
+    /* in chunks over where the parser looks for a record (a position and
+     * the records a probe walks from it), whole after that: a guard page
+     * per byte of a long stream costs more than it tells */
+    gsize chunked_end = gap_at + gap_len + FEED_GAP_CHUNKED;
+    for (gsize off = gap_at + gap_len; go_on && off < len;) {
+        gsize n = chunk && off < chunked_end ? MIN(chunk, len - off)
+                                             : len - off;
+        go_on = feed_chunk(ops, p, data + off, n, ctx.log, &ended);
+        off += n;
+    }
+    if (go_on) {
+        g_autoptr(GError) err = NULL;
+        if (ops->finish(p, &err))
+            g_string_append(ctx.log, "MORE\n");
+        else
+            g_string_append_printf(ctx.log, "ERROR %d %s\n", err->code,
+                                   err->message);
+    }
+    ops->destroy(p);
+    return g_string_free(ctx.log, FALSE);
+}
+
+void
+feed_check_gap(const MpParserOps *ops, gboolean (*gap)(gpointer, guint64),
+               const guint8 *data, gsize len, gsize gap_at, gsize gap_len,
+               gsize resume)
+{
+    static const gsize chunks[] = {0, 1, 4103};
+    g_autofree char *ref = feed_log(ops, data, len, 0, 0);
+    g_auto(GStrv) lines = g_strsplit(ref, "\n", -1);
+    g_autoptr(GPtrArray) want = g_ptr_array_new_with_free_func(g_free);
+    gboolean tail = FALSE;
+
+    for (guint i = 0; lines[i]; i++) {
+        guint64 o, n;
+        if (!*lines[i])
+            continue;
+        if (sscanf(lines[i], "off=%" G_GUINT64_FORMAT " len=%" G_GUINT64_FORMAT,
+                   &o, &n)
+            != 2) {
+            if (tail) /* MORE, END, an error */
+                g_ptr_array_add(want, g_strdup(lines[i]));
+            continue;
+        }
+        if (!tail && o + n <= gap_at) {
+            g_ptr_array_add(want, g_strdup(lines[i]));
+        } else if (!tail && o == resume && n > 0) {
+            tail = TRUE;
+            g_ptr_array_add(
+                want, g_strdup_printf("off=%zu len=0 resync gap_offset=%zu "
+                                      "gap_bytes=%zu skipped=%zu at=",
+                                      resume, gap_at, gap_len,
+                                      resume - gap_at - gap_len));
+            g_ptr_array_add(want, g_strdup(lines[i]));
+        } else if (tail) {
+            g_ptr_array_add(want, g_strdup(lines[i]));
+        }
+    }
+    cr_assert(tail, "no record starts at %zu in the whole feed", resume);
+    for (guint c = 0; c < G_N_ELEMENTS(chunks); c++) {
+        g_autofree char *log =
+            feed_log_gap(ops, gap, data, len, gap_at, gap_len, chunks[c]);
+        g_auto(GStrv) got = g_strsplit(log, "\n", -1);
+        guint n = 0;
+        for (guint i = 0; got[i]; i++) {
+            if (!*got[i])
+                continue;
+            cr_assert(n < want->len, "chunk %zu: more records than expected: "
+                                     "%s\n(log:\n%s)",
+                      chunks[c], got[i], log);
+            const char *w = g_ptr_array_index(want, n);
+            if (strstr(w, " resync "))
+                cr_assert(g_str_has_prefix(got[i], w),
+                          "chunk %zu: line %u\n got: %s\nwant: %s...\n(log:\n%s)",
+                          chunks[c], n, got[i], w, log);
+            else
+                cr_assert_str_eq(got[i], w,
+                                 "chunk %zu: line %u differs\n(log:\n%s)",
+                                 chunks[c], n, log);
+            n++;
+        }
+        cr_assert_eq(n, want->len, "chunk %zu: %u lines, %u expected\n%s",
+                     chunks[c], n, want->len, log);
+    }
 }

@@ -31,3 +31,20 @@ char *feed_log(const MpParserOps *ops, const guint8 *data, gsize len,
  * give the same log as the whole feed; returns the whole-feed log. */
 char *feed_check_all_splits(const MpParserOps *ops, const guint8 *data,
                             gsize len);
+
+/* Feeds data with bytes [gap_at, gap_at + gap_len) missing: the bytes
+ * before, the gap through `gap` (the parser's mp_*_parser_gap()), then
+ * the bytes after it in chunks of `chunk` (0: whole) over the first 24000
+ * of them (where the parser looks for a record), the rest whole.  Returns
+ * the log as feed_log() does. */
+char *feed_log_gap(const MpParserOps *ops, gboolean (*gap)(gpointer, guint64),
+                   const guint8 *data, gsize len, gsize gap_at, gsize gap_len,
+                   gsize chunk);
+
+/* Asserts (Criterion) that with that gap, fed whole, byte by byte and in
+ * chunks of 4103 bytes after it, the log is the whole feed's records that end
+ * before the gap, one resync record at `resume`, then the whole feed's
+ * records from the first one of more than 0 bytes at `resume` on. */
+void feed_check_gap(const MpParserOps *ops,
+                    gboolean (*gap)(gpointer, guint64), const guint8 *data,
+                    gsize len, gsize gap_at, gsize gap_len, gsize resume);

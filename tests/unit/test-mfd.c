@@ -1231,3 +1231,84 @@ Test(mfd, zstd_window_limited_to_qemu_levels)
                           "highest multifd-zstd-level uses"),
               "%s", big);
 }
+
+/* ---- gaps: resuming at the next packet header ------------------------- */
+
+static gboolean
+mfd_gap(gpointer p, guint64 len)
+{
+    return mp_mfd_parser_gap(p, len);
+}
+
+/* init, six nocomp packets of 3 normal pages (packet 2 with 2 zero pages
+ * too), packet numbers 10..15, then a SYNC packet without pages (16).
+ * `start`: each packet's offset. */
+static GByteArray *
+gap_stream(gsize start[7])
+{
+    GByteArray *b = g_byte_array_new();
+
+    init_msg(b, 1, MP_MULTIFD_MAGIC, MP_MULTIFD_VERSION);
+    for (int k = 0; k < 6; k++) {
+        guint64 offs[5];
+        for (int i = 0; i < 5; i++)
+            offs[i] = (guint64)(k * 5 + i) * PS;
+        start[k] = b->len;
+        Pkt pk = {.pages_alloc = 128, .normal = 3, .zero = k == 2 ? 2 : 0,
+                  .next = 3 * PS, .num = 10 + k, .block = "pc.ram",
+                  .offs = offs};
+        packet(b, &pk);
+        for (int i = 0; i < 3; i++)
+            put_page(b, offs[i]);
+    }
+    start[6] = b->len;
+    Pkt sync = {.flags = MP_MULTIFD_FLAG_SYNC, .next = 3 * PS, .num = 16,
+                .block = "pc.ram"};
+    packet(b, &sync);
+    return b;
+}
+
+/* Inside a packet's pages, across a header, inside the init, before the
+ * last (page-less) packet: parsing resumes at the next packet header,
+ * whole, byte by byte and in odd chunks. */
+Test(mfd, gap_resumes_at_next_packet)
+{
+    gsize s[7];
+    g_autoptr(GByteArray) b = gap_stream(s);
+    gsize hdr = 320 + 8 * 128;
+
+    feed_check_gap(&mfd_ops, mfd_gap, b->data, b->len, s[1] + hdr + 5000, 700,
+                   s[2]);
+    feed_check_gap(&mfd_ops, mfd_gap, b->data, b->len, s[1] + hdr + 5000,
+                   s[2] + 12 - (s[1] + hdr + 5000), s[3]);
+    feed_check_gap(&mfd_ops, mfd_gap, b->data, b->len, 10, 20, s[0]);
+    feed_check_gap(&mfd_ops, mfd_gap, b->data, b->len, s[5] + hdr + 1, 4,
+                   s[6]);
+}
+
+/* A copy of an earlier packet's header inside page data (its packet
+ * number is not above the channel's last) is not trusted. */
+Test(mfd, gap_older_packet_number_is_not_trusted)
+{
+    gsize s[7];
+    g_autoptr(GByteArray) b = gap_stream(s);
+    gsize hdr = 320 + 8 * 128;
+
+    /* packet 1's header copied into packet 3's second page */
+    memcpy(b->data + s[3] + hdr + PS, b->data + s[1], hdr);
+    feed_check_gap(&mfd_ops, mfd_gap, b->data, b->len, s[3] + hdr + 100, 50,
+                   s[4]);
+}
+
+/* No header after the gap: the channel ends without a resume, which is no
+ * truncation (the owner tells the gap). */
+Test(mfd, gap_without_resume_point)
+{
+    gsize s[7];
+    g_autoptr(GByteArray) b = gap_stream(s);
+    g_autofree char *log =
+        feed_log_gap(&mfd_ops, mfd_gap, b->data, b->len, s[6] + 3,
+                     b->len - s[6] - 3, 0);
+    cr_assert(!strstr(log, "resync"), "%s", log);
+    cr_assert(g_str_has_suffix(log, "MORE\n"), "%s", log);
+}

@@ -2500,3 +2500,122 @@ Test(qmig, vmdesc_parse_bounded)
     cr_assert_eq(mp_vmdesc_n_devices(vd), 1 + 100 * 29);
     mp_vmdesc_unref(vd);
 }
+
+/* ---- gaps: resuming at the next trusted record ------------------------ */
+
+static gboolean
+qmig_gap(gpointer p, guint64 len)
+{
+    return mp_qmig_parser_gap(p, len);
+}
+
+typedef struct {
+    gsize part[3], page[3][12], eos[3], footer[3], eof;
+} GapMarks;
+
+/* Three RAM sections of 12 pages each in pc.ram, ascending (the first of
+ * each section names its block, every third is a zero page), then EOF. */
+static void
+v_gap_stream(Vec *v, GapMarks *m)
+{
+    v_precopy_start(v);
+    for (int s = 0; s < 3; s++) {
+        m->part[s] = at(v);
+        v_sec_cont(v, s == 2 ? MP_QMIG_SECTION_END : MP_QMIG_SECTION_PART,
+                   RAM_ID);
+        for (int i = 0; i < 12; i++) {
+            guint64 addr = (guint64)(s * 12 + i) * PS;
+            m->page[s][i] = at(v);
+            if (i == 0)
+                v_page(v, "pc.ram", addr, i);
+            else if (i % 3 == 0)
+                v_zero(v, NULL, addr);
+            else
+                v_page(v, NULL, addr, s * 12 + i);
+        }
+        m->eos[s] = at(v);
+        v_eos(v);
+        m->footer[s] = at(v);
+        v_footer(v);
+    }
+    m->eof = at(v);
+    v_eof(v);
+}
+
+/* A gap inside a page's data: parsing resumes at the next page (CONTINUE,
+ * in the block before the gap), the records after it as without the gap;
+ * whole, byte by byte and in odd chunks. */
+Test(qmig, gap_resumes_at_next_page)
+{
+    g_autoptr(Vec) v = vec_new();
+    GapMarks m;
+    v_gap_stream(v, &m);
+    gsize a = m.page[0][5] + 100;
+    feed_check_gap(&qmig_ops, qmig_gap, v->b->data, v->b->len, a,
+                   m.page[0][7] + 9 - a, m.page[0][8]);
+    /* a gap that ends right where a page starts: nothing skipped */
+    feed_check_gap(&qmig_ops, qmig_gap, v->b->data, v->b->len, a,
+                   m.page[0][7] - a, m.page[0][7]);
+}
+
+/* Across EOS, footer and the next section's header: the next section's
+ * first page names its block. */
+Test(qmig, gap_across_sections_resumes_at_named_page)
+{
+    g_autoptr(Vec) v = vec_new();
+    GapMarks m;
+    v_gap_stream(v, &m);
+    gsize a = m.page[0][10] + 4000;
+    feed_check_gap(&qmig_ops, qmig_gap, v->b->data, v->b->len, a,
+                   m.part[1] + 2 - a, m.page[1][0]);
+    /* ending inside a footer: the next section header */
+    feed_check_gap(&qmig_ops, qmig_gap, v->b->data, v->b->len, a,
+                   m.footer[1] + 2 - a, m.part[2]);
+    /* ending inside a page near the end: its last pages, EOS, footer and
+     * EOF are enough to trust it */
+    a = m.page[2][9] + 7;
+    feed_check_gap(&qmig_ops, qmig_gap, v->b->data, v->b->len, a, 100,
+                   m.page[2][11]);
+}
+
+/* The block changed in the gap: pages of pc.ram past the end of the ROM
+ * (the block before the gap) are not taken for the ROM's; parsing
+ * resumes at EOS, whose walk meets the next section's named page. */
+Test(qmig, gap_block_changed_is_not_guessed)
+{
+    g_autoptr(Vec) v = vec_new();
+    v_precopy_start(v);
+    v_sec_cont(v, MP_QMIG_SECTION_PART, RAM_ID);
+    v_page(v, "/rom@etc/acpi/tables", 0, 1);
+    v_page(v, NULL, PS, 2);
+    gsize a = at(v) + 50;
+    v_page(v, NULL, 2 * PS, 3);
+    v_page(v, "pc.ram", 40 * PS, 4);
+    gsize b = at(v) - 10;
+    for (int i = 41; i < 48; i++)
+        v_page(v, NULL, i * PS, i);
+    gsize eos = at(v);
+    v_eos(v);
+    v_footer(v);
+    v_sec_cont(v, MP_QMIG_SECTION_END, RAM_ID);
+    v_zero(v, "pc.ram", 50 * PS);
+    v_page(v, NULL, 51 * PS, 9);
+    v_eos(v);
+    v_footer(v);
+    v_eof(v);
+    feed_check_gap(&qmig_ops, qmig_gap, v->b->data, v->b->len, a, b - a, eos);
+}
+
+/* Nothing trusted after the gap: the stream ends without a resume, which
+ * is no truncation (the owner tells the gap). */
+Test(qmig, gap_without_resume_point)
+{
+    g_autoptr(Vec) v = vec_new();
+    GapMarks m;
+    v_gap_stream(v, &m);
+    g_autofree char *log = feed_log_gap(&qmig_ops, qmig_gap, v->b->data,
+                                        v->b->len, m.page[2][2] + 5,
+                                        m.eof - m.page[2][2] - 5, 1);
+    cr_assert(!strstr(log, "resync"), "%s", log);
+    cr_assert(g_str_has_suffix(log, "MORE\n"), "%s", log);
+}

@@ -498,3 +498,52 @@ Test(rp, pause_after_each_record)
                                  "rp_message@43+4\n");
     g_string_free(c.log, TRUE);
 }
+
+/* ---- gaps: resuming at the next two messages ---- */
+
+static gboolean
+rp_gap(gpointer p, guint64 len)
+{
+    return mp_rp_parser_gap(p, len);
+}
+
+/* A gap inside a REQ_PAGES_ID: parsing resumes at the first of two
+ * messages in a row, whole, byte by byte and in odd chunks. */
+Test(rp, gap_resumes_at_next_messages)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    msg_u32(b, MP_RP_MSG_PONG, 1);
+    gsize a = b->len;
+    msg_req_pages_id(b, 0x1000, 4096, "pc.ram");
+    gsize next = b->len;
+    msg_u32(b, MP_RP_MSG_PONG, 2);
+    msg_req_pages_id(b, 0x5000, 4096, "pc.ram");
+    msg_req_pages(b, 0x6000, 4096);
+    msg_u32(b, MP_RP_MSG_SHUT, 0);
+
+    feed_check_gap(&rp_ops, rp_gap, b->data, b->len, a + 3, 10, next);
+    feed_check_gap(&rp_ops, rp_gap, b->data, b->len, 2, next - 2, next);
+}
+
+/* A REQ_PAGES whose REQ_PAGES_ID the gap may have hidden comes without a
+ * block (not the one named before the gap); the next REQ_PAGES_ID names
+ * one again. */
+Test(rp, gap_block_of_req_pages_is_not_guessed)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    msg_req_pages_id(b, 0x1000, 4096, "pc.ram");
+    gsize a = b->len;
+    msg_req_pages_id(b, 0x2000, 4096, "/rom@etc/acpi/tables");
+    msg_req_pages(b, 0x3000, 4096);
+    msg_req_pages(b, 0x4000, 4096);
+    msg_req_pages_id(b, 0x5000, 4096, "pc.ram");
+    msg_req_pages(b, 0x6000, 4096);
+
+    g_autofree char *log =
+        feed_log_gap(&rp_ops, rp_gap, b->data, b->len, a + 3, 10, 1);
+    cr_assert(strstr(log, "block=\"\" start=0x3000"), "%s", log);
+    cr_assert(strstr(log, "block=\"\" start=0x4000"), "%s", log);
+    cr_assert(strstr(log, "block=\"pc.ram\" start=0x6000"), "%s", log);
+    cr_assert(!strstr(log, "acpi"), "%s", log);
+    cr_assert(g_str_has_suffix(log, "MORE\n"), "%s", log);
+}
