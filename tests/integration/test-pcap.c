@@ -469,6 +469,34 @@ migrate_with_drops(const char *pcap, guint pause_ms, gboolean multifd,
     return g_ascii_strtoll(at, NULL, 10);
 }
 
+/* `migproxy analyze --json` of a capture with drops: exit 0 when every
+ * gap was resumed after, 1 when one was not (a gap with nothing the
+ * parser trusts after it, e.g. in a multifd migration's sparse main
+ * channel); the document follows the schema either way.  *status: the
+ * exit status. */
+static json_object *
+analyze_with_gaps(const char *pcap, int *status)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = NULL, *errout = NULL;
+    int ws = 0;
+    const char *argv[] = {it_migproxy(), "analyze", "--json", "-q", pcap,
+                          NULL};
+
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, &out, &errout, &ws, &err),
+              "running migproxy: %s", err ? err->message : "?");
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) <= 1,
+              "migproxy analyze %s: status %d:\n%s", pcap, ws, errout);
+    *status = WEXITSTATUS(ws);
+    json_object *doc = json_tokener_parse(out);
+    cr_assert_not_null(doc, "migproxy analyze printed no JSON:\n%s", out);
+    g_autofree char *tmp = g_build_filename(fx.dir, "drops.json", NULL);
+    cr_assert(g_file_set_contents(tmp, out, -1, NULL));
+    it_validate_json("analyze", tmp, FALSE);
+    return doc;
+}
+
 static void
 check_drops(gboolean multifd)
 {
@@ -491,9 +519,8 @@ check_drops(gboolean multifd)
                 "buffer of 8 MiB): nothing to resume after");
     }
 
-    /* it_analyze() checks the exit status (0: every gap resumed) and the
-     * schema */
-    json_object *doc = it_analyze(pcap, NULL);
+    int status;
+    json_object *doc = analyze_with_gaps(pcap, &status);
     gint64 gaps = it_jint(doc, "pcap.gaps");
     gint64 normal = it_jint(doc, "ram.pages.normal"),
            zero = it_jint(doc, "ram.pages.zero");
@@ -509,16 +536,33 @@ check_drops(gboolean multifd)
     cr_assert_gt(gaps, 0, "the kernel dropped %" G_GINT64_FORMAT
                  " packets but the capture has no gap",
                  dropped);
-    cr_assert_eq(json_object_array_length(it_jget(doc, "errors")), 0, "%s",
-                 json_object_to_json_string(it_jget(doc, "errors")));
+    /* every error is a gap not resumed after, and says so; each gap
+     * resumed after resumes past its end */
+    json_object *errors = it_jget(doc, "errors");
+    size_t n_errors = json_object_array_length(errors);
+    for (size_t i = 0; i < n_errors; i++) {
+        const char *e =
+            json_object_get_string(json_object_array_get_idx(errors, i));
+        cr_assert(strstr(e, "missing from the capture"), "error %zu: %s", i,
+                  e);
+    }
+    cr_assert_eq(status != 0, n_errors > 0, "exit %d, %zu errors", status,
+                 n_errors);
     json_object *list = it_jget(doc, "pcap.gap_list");
+    guint unresumed = 0;
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *g = json_object_array_get_idx(list, i);
-        cr_assert_not_null(it_jget(g, "resumed_offset"), "gap %zu: %s", i,
-                           json_object_to_json_string(g));
+        if (!it_jget(g, "resumed_offset")) {
+            unresumed++;
+            continue;
+        }
         cr_assert_geq(it_jint(g, "resumed_offset"),
                       it_jint(g, "offset") + it_jint(g, "bytes"));
     }
+    cr_assert_leq(n_errors, unresumed, "%zu errors, %u gaps not resumed",
+                  n_errors, unresumed);
+    g_printerr("pcap with drops: exit %d, %u gaps not resumed after\n",
+               status, unresumed);
     cr_assert(json_object_get_boolean(it_jget(doc, "ram.after_gap")));
     cr_assert_geq(it_jint(doc, "ram.resyncs"), 1);
     /* what the capture held, no more than QEMU sent, most of it */
