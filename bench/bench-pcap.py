@@ -43,7 +43,7 @@ def stream_bytes():
 
 
 SENDER = r"""
-import socket, sys, threading
+import socket, sys, threading, time
 data = open(sys.argv[1], "rb").read()
 conns = int(sys.argv[2])
 srv = socket.socket()
@@ -64,6 +64,7 @@ for _ in range(conns):
     s.shutdown(socket.SHUT_WR)
     s.recv(1)
     s.close()
+    time.sleep(0.2)  # (tcpdump writes as it goes: no drops)
 t.join()
 """
 
@@ -83,7 +84,7 @@ def make_capture(path, stream_file, conns, mtu):
         with open(log_path, "w") as lf:
             dump = subprocess.Popen(
                 ["ip", "netns", "exec", NS, "tcpdump", "-i", "lo", "-B",
-                 "262144", "-s", "0", "-U", "-w", path, "tcp"],
+                 "262144", "-s", "0", "-w", path, "tcp"],
                 stdout=lf, stderr=subprocess.STDOUT)
             time.sleep(1.0)
             ns(sys.executable, "-c", SENDER, stream_file, str(conns),
