@@ -1052,11 +1052,8 @@ mp_mfd_parser_feed(MpMfdParser *p, const guint8 *buf, gsize len,
 {
     if (p->error || !mp_resync_active(&p->rs))
         return feed_plain(p, buf, len, consumed, error);
-    MpFeedStatus st =
-        mp_resync_feed(&p->rs, &resync_ops, p, buf, len, consumed, error);
-    if (p->rs.scanning)
-        p->off = p->rs.buf_off + p->rs.buf->len;
-    return st;
+    return mp_resync_feed(&p->rs, &resync_ops, p, &p->off, buf, len,
+                          consumed, error);
 }
 
 gboolean

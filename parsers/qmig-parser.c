@@ -1817,11 +1817,8 @@ mp_qmig_parser_feed(MpQmigParser *p, const guint8 *buf, gsize len,
 {
     if (p->error || !mp_resync_active(&p->rs))
         return feed_plain(p, buf, len, consumed, error);
-    MpFeedStatus st =
-        mp_resync_feed(&p->rs, &resync_ops, p, buf, len, consumed, error);
-    if (p->rs.scanning)
-        p->off = p->rs.buf_off + p->rs.buf->len;
-    return st;
+    return mp_resync_feed(&p->rs, &resync_ops, p, &p->off, buf, len,
+                          consumed, error);
 }
 
 gboolean

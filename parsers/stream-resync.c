@@ -118,9 +118,9 @@ scan(MpResync *r, const MpResyncOps *ops, gpointer parser, GError **error)
     return replay(r, ops, parser, error);
 }
 
-MpFeedStatus
-mp_resync_feed(MpResync *r, const MpResyncOps *ops, gpointer parser,
-               const guint8 *buf, gsize len, gsize *consumed, GError **error)
+static MpFeedStatus
+feed(MpResync *r, const MpResyncOps *ops, gpointer parser,
+     const guint8 *buf, gsize len, gsize *consumed, GError **error)
 {
     MpFeedStatus st;
     gsize used = 0;
@@ -144,6 +144,18 @@ mp_resync_feed(MpResync *r, const MpResyncOps *ops, gpointer parser,
         return MP_FEED_MORE;
     st = ops->feed(parser, buf + *consumed, len - *consumed, &used, error);
     *consumed += used;
+    return st;
+}
+
+MpFeedStatus
+mp_resync_feed(MpResync *r, const MpResyncOps *ops, gpointer parser,
+               guint64 *off, const guint8 *buf, gsize len, gsize *consumed,
+               GError **error)
+{
+    MpFeedStatus st = feed(r, ops, parser, buf, len, consumed, error);
+    /* still scanning: the parser stands after the bytes held */
+    if (r->scanning)
+        *off = r->buf_off + r->buf->len;
     return st;
 }
 

@@ -79,10 +79,11 @@ mp_resync_active(const MpResync *r)
 /* Feeds `len` bytes (caller keeps ownership) while scanning or
  * replaying: every byte is taken (copied where a probe needs more),
  * and once a position is trusted the parser parses from there through
- * ops->feed.  Same contract as a parser's feed. */
+ * ops->feed.  While still scanning, the parser's stream offset `*off`
+ * is set after the bytes held.  Same contract as a parser's feed. */
 MpFeedStatus mp_resync_feed(MpResync *r, const MpResyncOps *ops,
-                            gpointer parser, const guint8 *buf, gsize len,
-                            gsize *consumed, GError **error);
+                            gpointer parser, guint64 *off, const guint8 *buf,
+                            gsize len, gsize *consumed, GError **error);
 
 /* The input ended while scanning: what was held is skipped.
  * @return TRUE if the parser was scanning (it resumed nowhere). */
