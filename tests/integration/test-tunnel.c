@@ -969,11 +969,14 @@ Test(tunnel, postcopy_100_no_lift)
     run(&c);
 }
 
-/* The tunnel cut mid-pre-copy (dest killed): the source side resets the
- * migration's connections, the source QEMU fails at once and its guest
- * runs on; the source side reports the failure and exits 1; a retry
- * through a fresh pair completes. */
-Test(tunnel, tunnel_killed)
+/* A 7.2 pre-copy migration through a pair (source side's extra
+ * arguments `args`) that dest stops taking 1.5 s in, by `sig`: the source
+ * QEMU's migration fails within `wait_ms` and its guest runs on; the
+ * source side exits 1 with `says` in its log and a failed outcome in its
+ * report.  `what` names the case in the line it prints. */
+static void
+precopy_cut(const char *name, const char *const *args, int sig,
+            gint64 wait_ms, const char *says, const char *what)
 {
     g_autoptr(GError) err = NULL;
 
@@ -981,7 +984,7 @@ Test(tunnel, tunnel_killed)
     fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
     guint16 qport = mp_qemu_pick_free_port(&err);
     cr_assert(qport, "%s", err ? err->message : "?");
-    fx.pair = pair_start("killed", qport, NULL);
+    fx.pair = pair_start(name, qport, args);
     it_incoming(fx.dst, qport);
     it_set_int(fx.src, "max-bandwidth", 8 << 20);
     it_migrate(fx.src, fx.pair->src_port, FALSE);
@@ -990,15 +993,15 @@ Test(tunnel, tunnel_killed)
     cr_assert_str_eq(st, "active");
 
     gint64 t0 = g_get_monotonic_time();
-    cr_assert_eq(kill(fx.pair->dst.pid, SIGKILL), 0);
-    json_object *info = it_wait_final(fx.src, 30000);
+    cr_assert_eq(kill(fx.pair->dst.pid, sig), 0);
+    json_object *info = it_wait_final(fx.src, wait_ms);
     g_autofree char *slog = log_text(&fx.pair->src);
     cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed",
                      "%s\nsource side:\n%s", json_object_to_json_string(info),
                      slog);
-    g_printerr("tunnel-failure source failed after %" G_GINT64_FORMAT
-               " ms: %s\n",
-               (g_get_monotonic_time() - t0) / 1000,
+    g_printerr("%s: source failed %" G_GINT64_FORMAT " ms after the cut: "
+               "%s\n",
+               what, (g_get_monotonic_time() - t0) / 1000,
                json_object_get_string(it_jget(info, "error-desc")));
     json_object_put(info);
     g_autofree char *state = it_run_state(fx.src);
@@ -1006,11 +1009,23 @@ Test(tunnel, tunnel_killed)
     cr_assert_eq(proc_wait(&fx.pair->src, 40000), 1);
     g_free(slog);
     slog = log_text(&fx.pair->src);
-    cr_assert(strstr(slog, "the tunnel failed"), "%s", slog);
+    cr_assert(strstr(slog, says), "%s", slog);
     json_object *rep = read_json(fx.pair->report);
     const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
     cr_assert(g_str_has_prefix(outcome, "failed"), "%s", outcome);
     json_object_put(rep);
+}
+
+/* The tunnel cut mid-pre-copy (dest killed): the source side resets the
+ * migration's connections, the source QEMU fails at once and its guest
+ * runs on; the source side reports the failure and exits 1; a retry
+ * through a fresh pair completes. */
+Test(tunnel, tunnel_killed)
+{
+    g_autoptr(GError) err = NULL;
+
+    precopy_cut("killed", NULL, SIGKILL, 30000, "the tunnel failed",
+                "tunnel-failure");
 
     /* the retry: a fresh destination QEMU and pair */
     g_clear_pointer(&fx.dst, mp_qemu_free);
@@ -1037,48 +1052,15 @@ Test(tunnel, tunnel_killed)
  * the migration's connections are reset, the source QEMU fails its
  * migration and its guest runs on; the source side exits 1.  (Before,
  * the source QEMU stayed "active" behind the full tunnel for as long as
- * dest was stopped.) */
+ * dest was stopped: the 60 s wait below is the timeout and a wide
+ * margin for a busy host.) */
 Test(tunnel, dest_stopped_precopy)
 {
-    g_autoptr(GError) err = NULL;
     const char *args[] = {"--ping-timeout=2000", NULL};
 
-    fx.src = it_start_workload("7.2", NULL, 128, "mem=64M rate=2000", NULL);
-    fx.dst = it_start_destination("7.2", NULL, FALSE, NULL);
-    guint16 qport = mp_qemu_pick_free_port(&err);
-    cr_assert(qport, "%s", err ? err->message : "?");
-    fx.pair = pair_start("stopped", qport, args);
-    it_incoming(fx.dst, qport);
-    it_set_int(fx.src, "max-bandwidth", 8 << 20);
-    it_migrate(fx.src, fx.pair->src_port, FALSE);
-    g_usleep(1500 * 1000);
-    g_autofree char *st = it_migration_status(fx.src);
-    cr_assert_str_eq(st, "active");
-
-    gint64 t0 = g_get_monotonic_time();
-    cr_assert_eq(kill(fx.pair->dst.pid, SIGSTOP), 0);
-    /* the timeout and a wide margin (a busy host); without it the
-     * migration would stay active */
-    json_object *info = it_wait_final(fx.src, 60000);
-    g_autofree char *slog = log_text(&fx.pair->src);
-    cr_assert_str_eq(json_object_get_string(it_jget(info, "status")), "failed",
-                     "%s\nsource side:\n%s", json_object_to_json_string(info),
-                     slog);
-    g_printerr("tunnel-half-open source failed %" G_GINT64_FORMAT " ms after "
-               "dest stopped (--ping-timeout 2000): %s\n",
-               (g_get_monotonic_time() - t0) / 1000,
-               json_object_get_string(it_jget(info, "error-desc")));
-    json_object_put(info);
-    g_autofree char *state = it_run_state(fx.src);
-    cr_assert_str_eq(state, "running", "the source guest is %s", state);
-    cr_assert_eq(proc_wait(&fx.pair->src, 40000), 1);
-    g_free(slog);
-    slog = log_text(&fx.pair->src);
-    cr_assert(strstr(slog, "nothing from the peer for 2000 ms"), "%s", slog);
-    json_object *rep = read_json(fx.pair->report);
-    const char *outcome = json_object_get_string(it_jget(rep, "outcome"));
-    cr_assert(g_str_has_prefix(outcome, "failed"), "%s", outcome);
-    json_object_put(rep);
+    precopy_cut("stopped", args, SIGSTOP, 60000,
+                "nothing from the peer for 2000 ms",
+                "tunnel-half-open (--ping-timeout 2000)");
     /* dest runs on and sees the tunnel gone; pair_free() kills it */
     kill(fx.pair->dst.pid, SIGCONT);
 }
