@@ -13,7 +13,8 @@ BUILD=${MP_BUILD:-$ROOT/build}
 
 # Build: meson, a C compiler, the libraries.  Tests: criterion, QEMU 7.2,
 # clang with libFuzzer (fuzz targets), iproute2 (namespaces), socat,
-# zstd (sample streams), valgrind (meson test --setup=valgrind), libvirt
+# zstd (sample streams), tcpdump and tshark (integration-pcap captures
+# real migrations with both), valgrind (meson test --setup=valgrind), libvirt
 # (analyze's test of virsh save images), debhelper and lintian
 # (tests/package: the Debian package), python3-jsonschema (the JSON
 # output checked against docs/schema/), chromium (integration-report
@@ -29,7 +30,7 @@ PACKAGES=(
     libcriterion-dev
     qemu-system-x86 qemu-utils
     clang libclang-rt-14-dev
-    iproute2 socat zstd valgrind tcpdump
+    iproute2 socat zstd valgrind tcpdump tshark
     libvirt-daemon-system libvirt-clients
     debhelper lintian
     python3-jsonschema

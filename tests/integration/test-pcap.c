@@ -14,8 +14,12 @@
  *       packets: analyze reports the gaps, resumes after each, and counts
  *       at most QEMU's pages and most of them.
  *   kernel_drops_multifd_100  the same, 10.0 with two multifd channels.
+ *   tshark_postcopy_100       QEMU 10.0 -> 10.0 with post-copy, captured
+ *       by tshark (pcapng, dumpcap's format): the same counts as a
+ *       tcpdump capture gives.
  *
- * tcpdump missing is a failure (scripts/setup.sh installs it), as QEMU's.
+ * tcpdump or tshark missing is a failure (scripts/setup.sh installs them),
+ * as QEMU's.
  */
 #include "config.h"
 #include <signal.h>
@@ -33,15 +37,17 @@
 static struct {
     MpQemu *src, *dst;
     ItRelay *relay;
-    GPid tcpdump;
+    GPid tcpdump; /* or tshark */
+    char *capture; /* the file it writes */
     char *dir;
 } fx;
 
 static void
 tcpdump_stop(void)
 {
-    g_autofree char *file = g_build_filename(fx.dir, "x.pcap", NULL);
-    it_tcpdump_stop(&fx.tcpdump, file);
+    if (fx.capture)
+        it_tcpdump_stop(&fx.tcpdump, fx.capture); /* SIGINT stops tshark too */
+    g_clear_pointer(&fx.capture, g_free);
 }
 
 static void
@@ -71,7 +77,43 @@ static void
 tcpdump_start(const char *file, const char *filter)
 {
     g_autofree char *log = g_build_filename(fx.dir, "tcpdump.log", NULL);
+    fx.capture = g_strdup(file);
     fx.tcpdump = it_tcpdump_start(file, filter, log);
+}
+
+/* tshark -i lo writing `file` (pcapng, through dumpcap) for packets
+ * matching `filter`; returns once it captures. */
+static void
+tshark_start(const char *file, const char *filter)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *log = g_build_filename(fx.dir, "tshark.log", NULL);
+    g_autofree char *bin = g_find_program_in_path("tshark");
+    cr_assert(bin, "tshark is not installed (scripts/setup.sh installs it)");
+    /* -B 64: a 64 MiB kernel buffer, so that a busy machine does not drop */
+    g_autofree char *cmd = g_strdup_printf(
+        "exec '%s' -i lo -B 64 -q -f '%s' -w '%s' 2>'%s'", bin, filter, file,
+        log);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    GPid pid = 0;
+    cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
+                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &pid, &err),
+              "%s", err ? err->message : "?");
+    fx.tcpdump = pid; /* stopped by the fixture if the test fails */
+    fx.capture = g_strdup(file);
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    for (;;) {
+        g_autofree char *text = NULL;
+        g_file_get_contents(log, &text, NULL, NULL);
+        if (text && strstr(text, "Capture started"))
+            return;
+        int status;
+        cr_assert(waitpid(pid, &status, WNOHANG) == 0, "tshark exited: %s",
+                  text ? text : "");
+        cr_assert(g_get_monotonic_time() < deadline,
+                  "tshark does not capture: %s", text ? text : "");
+        g_usleep(50000);
+    }
 }
 
 /* What tcpdump said when it stopped ("N packets dropped by kernel"). */
@@ -233,22 +275,29 @@ Test(pcap, multifd_100)
     json_object_put(src);
 }
 
-/* Post-copy (7.2, direct): the return path's page requests, matched with
- * the pages that answer them on the main channel, from the capture. */
-Test(pcap, postcopy_72)
+/* A post-copy migration `qemu` -> `qemu` (direct), captured by tcpdump
+ * (pcap) or by tshark (pcapng): the return path's page requests, matched
+ * with the pages that answer them on the main channel, from the capture,
+ * and the counts of a clean capture. */
+static void
+postcopy_captured(const char *qemu, const char *machine, gboolean tshark)
 {
     g_autoptr(GError) err = NULL;
-    g_autofree char *pcap = g_build_filename(fx.dir, "x.pcap", NULL);
+    g_autofree char *file =
+        g_build_filename(fx.dir, tshark ? "x.pcapng" : "x.pcap", NULL);
 
-    fx.src =
-        it_start_workload("7.2", NULL, 128, "mem=64M rate=5000 verify=1", NULL);
-    fx.dst = it_start_destination("7.2", NULL, TRUE, NULL);
+    fx.src = it_start_workload(qemu, machine, 128,
+                               "mem=64M rate=5000 verify=1", NULL);
+    fx.dst = it_start_destination(qemu, machine, TRUE, NULL);
     guint16 dport = mp_qemu_pick_free_port(&err);
     cr_assert(dport, "%s", err ? err->message : "?");
     it_cap(fx.src, "postcopy-ram");
     it_cap(fx.dst, "postcopy-ram");
     g_autofree char *filter = g_strdup_printf("tcp port %u", dport);
-    tcpdump_start(pcap, filter);
+    if (tshark)
+        tshark_start(file, filter);
+    else
+        tcpdump_start(file, filter);
     it_incoming(fx.dst, dport);
     it_set_int(fx.src, "max-bandwidth", 32 << 20);
     it_set_int(fx.src, "max-postcopy-bandwidth", 16 << 20);
@@ -259,16 +308,36 @@ Test(pcap, postcopy_72)
                      "completed");
     json_object_put(it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS));
     tcpdump_stop();
-    assert_no_drops();
+    if (tshark) {
+        g_autofree char *path = g_build_filename(fx.dir, "tshark.log", NULL);
+        g_autofree char *log = NULL;
+        g_file_get_contents(path, &log, NULL, NULL);
+        /* tshark says "N packets dropped" only when it dropped some */
+        cr_assert(log && strstr(log, "packets captured")
+                      && !strstr(log, "dropped"),
+                  "tshark's capture is not whole:\n%s", log ? log : "");
+        guint8 magic[4] = {0};
+        FILE *f = fopen(file, "rb");
+        cr_assert_not_null(f);
+        cr_assert_eq(fread(magic, 1, 4, f), 4);
+        fclose(f);
+        cr_assert(memcmp(magic, "\x0a\x0d\x0d\x0a", 4) == 0,
+                  "tshark did not write pcapng");
+    } else {
+        assert_no_drops();
+    }
 
-    json_object *doc = it_analyze(pcap, NULL);
+    json_object *doc = it_analyze(file, NULL);
+    cr_assert_str_eq(json_object_get_string(it_jget(doc, "format")), "pcap");
     cr_assert_eq(json_object_array_length(it_jget(doc, "pcap.sessions")), 1,
                  "%s", json_object_to_json_string(it_jget(doc, "pcap")));
+    cr_assert_eq(it_jint(doc, "pcap.gaps"), 0);
     check_session(doc, src, TRUE);
     gint64 requests = it_jint(doc, "postcopy.requests");
-    g_printerr("pcap postcopy: requests %" G_GINT64_FORMAT
+    g_printerr("%s postcopy: requests %" G_GINT64_FORMAT
                " (query-migrate %" G_GINT64_FORMAT "), latency p50 %s us\n",
-               requests, it_jint(src, "ram.postcopy-requests"),
+               tshark ? "pcapng" : "pcap", requests,
+               it_jint(src, "ram.postcopy-requests"),
                json_object_to_json_string(
                    it_jget(doc, "postcopy.latency_us.p50")));
     cr_assert_gt(requests, 0);
@@ -276,6 +345,17 @@ Test(pcap, postcopy_72)
     cr_assert_leq(it_jint(doc, "postcopy.latency_us.count"), requests);
     json_object_put(doc);
     json_object_put(src);
+}
+
+Test(pcap, postcopy_72)
+{
+    postcopy_captured("7.2", NULL, FALSE);
+}
+
+/* tshark writes pcapng (through dumpcap): the same counts. */
+Test(pcap, tshark_postcopy_100)
+{
+    postcopy_captured("10.0", "pc-q35-10.0", TRUE);
 }
 
 /* ---- a capture with packets dropped by the kernel ---- */
@@ -346,6 +426,7 @@ slow_dump_start(SlowDump *d, const char *file, const char *filter,
               "%s", err ? err->message : "?");
     d->thread = g_thread_new("slow-dump", slow_dump_copy, d);
     fx.tcpdump = d->pid; /* stopped by the fixture if the test fails */
+    fx.capture = g_strdup(file);
     gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
     for (;;) {
         g_autofree char *text = NULL;
@@ -395,6 +476,7 @@ slow_dump_stop(SlowDump *d)
     }
     g_spawn_close_pid(d->pid);
     d->pid = fx.tcpdump = 0;
+    g_clear_pointer(&fx.capture, g_free);
     g_thread_join(d->thread);
     close(d->fd);
     g_mutex_clear(&d->lock);
