@@ -1,7 +1,8 @@
 /* cmd-demo.c: `migproxy demo`, a real live migration of the workload guest
- * between two QEMU processes on this machine, through `migproxy relay`,
- * captured and analyzed, with the analysis checked against QEMU's own
- * counters and the destination's memory. */
+ * between two QEMU processes on this machine, through the pair (`migproxy
+ * source` and `migproxy dest` with their tunnel on loopback) or through
+ * `migproxy relay`, captured and analyzed, with the analysis checked
+ * against QEMU's own counters and the destination's memory. */
 #include "config.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -32,15 +33,15 @@ typedef struct {
     char *workload;
     char *kernel;
     char *keep;
+    char *through; /* "pair" or "relay" */
     gboolean json;
 } DemoOptions;
 
-static gint64 t0;
+static void step(gint64 t0, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
-static void step(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-
+/* A line of progress on stderr, `t0` the demo's start. */
 static void
-step(const char *fmt, ...)
+step(gint64 t0, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -90,25 +91,23 @@ die_with_parent(gpointer user_data)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
 }
 
-/* `migproxy relay --once` (this very binary) from 127.0.0.1:`listen` to
- * 127.0.0.1:`to`, its report, capture and log in `dir`; returns once it
- * listens. */
+/* `migproxy ARGS...` (this very binary: `args` from the command on, NULL
+ * at the end), its log in `dir`/COMMAND.log; returns once it listens. */
 static gboolean
-start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
-            GError **error)
+start_self(const char *dir, const char *const *args, GPid *pid,
+           GError **error)
 {
     g_autofree char *self = g_file_read_link("/proc/self/exe", error);
-    g_autofree char *log = g_build_filename(dir, "relay.log", NULL);
-    g_autofree char *a_listen =
-        g_strdup_printf("--listen=127.0.0.1:%u", listen);
-    g_autofree char *a_to = g_strdup_printf("--to=127.0.0.1:%u", to);
-    g_autofree char *a_report = g_strdup_printf("--report=%s/report.json", dir);
-    g_autofree char *a_capture = g_strdup_printf("--capture=%s/capture", dir);
-    const char *argv[] = {self,     "relay",   a_listen,        a_to, "--once",
-                          a_report, a_capture, "--no-progress", NULL};
+    g_autofree char *name = g_strdup_printf("%s.log", args[0]);
+    g_autofree char *log = g_build_filename(dir, name, NULL);
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
 
     if (!self)
         return FALSE;
+    g_ptr_array_add(argv, self);
+    for (guint i = 0; args[i]; i++)
+        g_ptr_array_add(argv, (gpointer)args[i]);
+    g_ptr_array_add(argv, NULL);
     int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
@@ -117,7 +116,7 @@ start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
         return FALSE;
     }
     gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
+        NULL, (const char *const *)argv->pdata, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
         -1, fd, NULL, NULL, 0, pid, NULL, NULL, NULL, error);
     close(fd);
     if (!ok)
@@ -131,20 +130,20 @@ start_relay(const char *dir, guint16 listen, guint16 to, GPid *pid,
         if (waitpid(*pid, &st, WNOHANG) == *pid) {
             *pid = 0;
             g_set_error(error, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
-                        "migproxy relay exited: %s", text ? text : "");
+                        "migproxy %s exited: %s", args[0], text ? text : "");
             return FALSE;
         }
         g_usleep(20000);
     }
     g_set_error(error, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
-                "migproxy relay does not listen after 10 s");
+                "migproxy %s does not listen after 10 s", args[0]);
     return FALSE;
 }
 
-/* Waits for the relay to exit (it does once the migration's connections
- * have closed); kills it after 30 s. */
+/* Waits for a migproxy started with --once to exit (it does once the
+ * migration's connections have closed); kills it after 30 s. */
 static void
-stop_relay(GPid pid)
+stop_self(GPid pid)
 {
     int st;
     if (!pid)
@@ -199,8 +198,49 @@ default_kernel(void)
     return g_strdup(installed_real ? installed_real : installed);
 }
 
+/* What the tunnel carried against what QEMU sent, from the source side's
+ * report `rep`, and how the main connection's pages went. */
+static void
+print_tunnel(json_object *rep, gint64 t0)
+{
+    json_object *channels = mp_json_array(rep, "channels");
+    gint64 stream = 0;
+    for (gsize i = 0; channels && i < json_object_array_length(channels); i++)
+        stream += MAX(jint(json_object_array_get_idx(channels, i),
+                           "to_dst.bytes"),
+                      0);
+    gint64 link = jint(rep, "tunnel.link_bytes_out");
+    if (stream <= 0 || link <= 0)
+        return;
+    step(t0, "tunnel: QEMU sent %.1f MiB, the tunnel carried %.1f MiB (%.1fx "
+         "smaller)",
+         stream / 1048576.0, link / 1048576.0, (double)stream / link);
+    json_object *tch = mp_json_array(mp_json_get(rep, "tunnel"), "channels");
+    json_object *main_ch = tch && json_object_array_length(tch)
+                               ? json_object_array_get_idx(tch, 0)
+                               : NULL;
+    json_object *pages =
+        main_ch ? mp_json_path(main_ch, "to_dst.pages") : NULL;
+    if (!pages)
+        return;
+    GString *line = g_string_new(NULL);
+    g_string_append_printf(
+        line,
+        "%" G_GINT64_FORMAT " zero pages in runs and %" G_GINT64_FORMAT
+        " not sent (dest holds them as zero), %" G_GINT64_FORMAT
+        " as references to pages dest holds (dedup), %" G_GINT64_FORMAT
+        " as deltas, %" G_GINT64_FORMAT " whole; zstd %.1f -> %.1f MiB",
+        jint(pages, "zero_runs.zero_pages"), jint(pages, "zero_runs.skipped"),
+        jint(pages, "dedup.hits"), jint(pages, "delta.used"),
+        jint(pages, "whole.pages"),
+        MAX(jint(pages, "zstd.bytes_in"), 0) / 1048576.0,
+        MAX(jint(pages, "zstd.bytes_out"), 0) / 1048576.0);
+    step(t0, "tunnel, main connection's pages: %s", line->str);
+    g_string_free(line, TRUE);
+}
+
 static int
-run_demo(const DemoOptions *o, const char *dir)
+run_demo(const DemoOptions *o, const char *dir, gint64 t0)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(MpQemu) src = NULL;
@@ -209,7 +249,11 @@ run_demo(const DemoOptions *o, const char *dir)
     g_autofree char *stream =
         g_build_filename(dir, "capture", "s1-c0-to-dst.bin", NULL);
     g_autofree char *report = g_build_filename(dir, "report.json", NULL);
-    GPid relay = 0;
+    g_autofree char *dreport = g_build_filename(dir, "dest-report.json", NULL);
+    gboolean pair = strcmp(o->through, "pair") == 0;
+    GPid proxy = 0, dest = 0; /* migproxy relay or source; dest */
+    g_autofree char *a_to = NULL, *a_report = NULL, *a_capture = NULL;
+    g_autofree char *a_peer = NULL, *a_listen = NULL;
     g_autofree char *ramdir = g_build_filename(dir, "ram", NULL);
     g_autofree char *image = g_build_filename(ramdir, "pc.ram", NULL);
     g_autofree char *incoming = NULL, *uri = NULL;
@@ -233,14 +277,14 @@ run_demo(const DemoOptions *o, const char *dir)
                          .memory_mib = o->mem_mib,
                          .kernel = o->kernel,
                          .append = o->workload};
-    step("source: QEMU %s, %d MiB, workload guest \"%s\"", o->qemu, o->mem_mib,
+    step(t0, "source: QEMU %s, %d MiB, workload guest \"%s\"", o->qemu, o->mem_mib,
          o->workload);
     src = mp_qemu_start(&scfg, &err);
     if (!src
         || !mp_qemu_wait_console(src, "workload: READY", READY_TIMEOUT_MS,
                                  &err))
         goto fail;
-    step("source guest has filled its memory (READY)");
+    step(t0, "source guest has filled its memory (READY)");
 
     guint16 port = mp_qemu_pick_free_port(&err);
     if (!port)
@@ -252,49 +296,89 @@ run_demo(const DemoOptions *o, const char *dir)
                          .memory_mib = o->mem_mib,
                          .paused = TRUE,
                          .incoming = incoming};
-    step("destination: QEMU %s, -incoming %s, paused (-S)", o->qemu, incoming);
+    step(t0, "destination: QEMU %s, -incoming %s, paused (-S)", o->qemu, incoming);
     dst = mp_qemu_start(&dcfg, &err);
     if (!dst)
         goto fail;
 
-    /* The source migrates to the relay, which forwards to the destination
-     * and records every channel on the way. */
-    guint16 relay_port = mp_qemu_pick_free_port(&err);
-    if (!relay_port || !start_relay(dir, relay_port, port, &relay, &err))
+    /* The source migrates to migproxy (the pair's source side, or the
+     * relay), which records every channel on the way; the pair carries
+     * the stream through its tunnel to dest, which writes it to the
+     * destination QEMU. */
+    a_to = g_strdup_printf("--to=127.0.0.1:%u", port);
+    a_report = g_strdup_printf("--report=%s", report);
+    a_capture = g_strdup_printf("--capture=%s/capture", dir);
+    if (pair) {
+        guint16 tunnel_port = mp_qemu_pick_free_port(&err);
+        if (!tunnel_port)
+            goto fail;
+        g_autofree char *a_tunnel =
+            g_strdup_printf("--listen=127.0.0.1:%u", tunnel_port);
+        g_autofree char *a_dreport = g_strdup_printf("--report=%s", dreport);
+        const char *dargs[] = {"dest",   a_tunnel,  a_to, "--allow=127.0.0.1",
+                               "--once", a_dreport, NULL};
+        if (!start_self(dir, dargs, &dest, &err))
+            goto fail;
+        step(t0, "dest: migproxy dest --listen 127.0.0.1:%u --to "
+             "127.0.0.1:%u --allow 127.0.0.1 --once",
+             tunnel_port, port);
+        a_peer = g_strdup_printf("--peer=127.0.0.1:%u", tunnel_port);
+    }
+    guint16 listen_port = mp_qemu_pick_free_port(&err);
+    if (!listen_port)
         goto fail;
-    step("relay: migproxy relay --listen 127.0.0.1:%u --to 127.0.0.1:%u "
-         "--once (log, report and capture in %s)",
-         relay_port, port, dir);
-    uri = g_strdup_printf("tcp:127.0.0.1:%u", relay_port);
+    a_listen = g_strdup_printf("--listen=127.0.0.1:%u", listen_port);
+    const char *pargs[] = {pair ? "source" : "relay",
+                           a_listen,
+                           pair ? a_peer : a_to,
+                           "--once",
+                           a_report,
+                           a_capture,
+                           "--no-progress",
+                           NULL};
+    if (!start_self(dir, pargs, &proxy, &err))
+        goto fail;
+    if (pair)
+        step(t0, "source: migproxy source --listen 127.0.0.1:%u --peer "
+             "127.0.0.1:%s --once (logs, reports and capture in %s)",
+             listen_port, strrchr(a_peer, ':') + 1, dir);
+    else
+        step(t0, "relay: migproxy relay --listen 127.0.0.1:%u --to "
+             "127.0.0.1:%u --once (log, report and capture in %s)",
+             listen_port, port, dir);
+    uri = g_strdup_printf("tcp:127.0.0.1:%u", listen_port);
     if (!mp_qemu_set_parameter_int(src, "downtime-limit", 50, &err)
         || !mp_qemu_set_parameter_int(src, "max-bandwidth", 256 << 20, &err))
         goto fail;
-    step("migrating live through the relay: migrate %s", uri);
+    step(t0, "migrating live through the %s: migrate %s",
+         pair ? "pair" : "relay", uri);
     if (!mp_qemu_migrate(src, uri, &err)
         || !mp_qemu_wait_migration(src, MIGRATE_TIMEOUT_MS, &info, &err))
         goto fail;
     const char *status = mp_json_string(info, "status");
     if (g_strcmp0(status, "completed") != 0) {
-        fprintf(stderr, "migproxy demo: the migration ended as %s\n",
-                status ? status : "?");
-        json_object_put(info);
-        return 1;
+        g_set_error(&err, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
+                    "the migration ended as %s (see the logs in %s)",
+                    status ? status : "?", dir);
+        goto fail;
     }
     json_object *dinfo = NULL;
     if (!mp_qemu_wait_migration(dst, MIGRATE_TIMEOUT_MS, &dinfo, &err))
         goto fail;
     json_object_put(dinfo);
-    step("migration completed: %" G_GINT64_FORMAT
+    step(t0, "migration completed: %" G_GINT64_FORMAT
          " ms, downtime %" G_GINT64_FORMAT " ms (query-migrate)",
          jint(info, "total-time"), jint(info, "downtime"));
-    stop_relay(relay);
-    relay = 0;
+    stop_self(proxy);
+    stop_self(dest);
+    proxy = dest = 0;
     json_object *rep = json_object_from_file(report), *v;
     if (rep) {
         json_object *rounds = mp_json_array(rep, "rounds");
-        step("relay report: %.0f ms, downtime %.1f ms on the wire, %zu "
+        step(t0, "%s report: %.0f ms, downtime %.1f ms on the wire, %zu "
              "rounds, normal %" G_GINT64_FORMAT " zero %" G_GINT64_FORMAT
              " pages (%s)",
+             pair ? "source side's" : "relay",
              json_object_object_get_ex(rep, "total_ms", &v)
                  ? json_object_get_double(v)
                  : -1.0,
@@ -306,7 +390,11 @@ run_demo(const DemoOptions *o, const char *dir)
              report);
     }
 
-    step("analyzing the stream");
+    json_object *drep = pair ? json_object_from_file(dreport) : NULL;
+    if (pair && rep)
+        print_tunnel(rep, t0);
+
+    step(t0, "analyzing the stream");
     MpAnalyzeOptions aopt = {.quiet = TRUE, .dump_ram = ramdir};
     gboolean ok;
     json_object *doc = mp_analyze_file(stream, &aopt, &ok);
@@ -323,8 +411,12 @@ run_demo(const DemoOptions *o, const char *dir)
             checks, "destination_equals_image",
             json_object_new_boolean(mem_ok && differing == 0));
         if (rep)
-            json_object_object_add(checks, "relay_report",
+            json_object_object_add(checks,
+                                   pair ? "source_report" : "relay_report",
                                    json_object_get(rep));
+        if (drep)
+            json_object_object_add(checks, "dest_report",
+                                   json_object_get(drep));
         json_object_object_add(doc, "demo", checks);
         puts(json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY));
     } else {
@@ -347,7 +439,8 @@ run_demo(const DemoOptions *o, const char *dir)
             ": %s\n",
             normal, jint(info, "ram.normal"), zero, jint(info, "ram.duplicate"),
             counts_ok ? "equal" : "DIFFERENT");
-    fprintf(out, "  pages the relay counted live vs the stream: %s\n",
+    fprintf(out, "  pages %s counted live vs the stream: %s\n",
+            pair ? "migproxy source" : "the relay",
             relay_ok ? "equal" : "DIFFERENT");
     if (mem_ok)
         fprintf(out,
@@ -361,13 +454,17 @@ run_demo(const DemoOptions *o, const char *dir)
     json_object_put(doc);
     json_object_put(info);
     json_object_put(rep);
+    json_object_put(drep);
     return counts_ok && relay_ok && mem_ok && differing == 0 ? 0 : 1;
 
 fail:
     fprintf(stderr, "migproxy demo: %s\n", err ? err->message : "failed");
-    if (relay) {
-        kill(relay, SIGKILL);
-        stop_relay(relay);
+    for (guint i = 0; i < 2; i++) {
+        GPid pid = i ? dest : proxy;
+        if (pid) {
+            kill(pid, SIGKILL);
+            stop_self(pid);
+        }
     }
     if (info)
         json_object_put(info);
@@ -397,6 +494,11 @@ demo_entries(gpointer store)
          "FILE"},
         {"keep", 'k', 0, G_OPTION_ARG_FILENAME, &o->keep,
          "Keep the stream and RAM images in DIR", "DIR"},
+        {"through", 0, 0, G_OPTION_ARG_STRING, &o->through,
+         "pair (default): through `migproxy source` and `migproxy dest` "
+         "and their tunnel on this machine; relay: through `migproxy "
+         "relay`",
+         "pair|relay"},
         {"json", 'j', 0, G_OPTION_ARG_NONE, &o->json,
          "Print the analysis as JSON, with query-migrate's answer", NULL},
         {NULL},
@@ -412,6 +514,7 @@ demo_options_clear(DemoOptions *o)
     g_free(o->workload);
     g_free(o->kernel);
     g_free(o->keep);
+    g_free(o->through);
 }
 
 /* Checks the parsed options `o`, fills in the defaults, runs the demo. */
@@ -435,10 +538,17 @@ demo_with(DemoOptions *o)
     if (!o->kernel)
         o->kernel = default_kernel();
 
-    t0 = g_get_monotonic_time();
+    if (!o->through)
+        o->through = g_strdup("pair");
+    if (strcmp(o->through, "pair") && strcmp(o->through, "relay")) {
+        fprintf(stderr, "migproxy demo: --through is pair or relay\n");
+        return 2;
+    }
+
+    gint64 t0 = g_get_monotonic_time();
     g_autofree char *dir = NULL;
     if (o->keep) {
-        /* the relay never writes over a capture: say so before the QEMUs
+        /* migproxy never writes over a capture: say so before the QEMUs
          * start, not after */
         g_autofree char *cap = g_build_filename(o->keep, "capture", NULL);
         if (g_file_test(cap, G_FILE_TEST_EXISTS)) {
@@ -457,7 +567,7 @@ demo_with(DemoOptions *o)
             return 1;
         }
     }
-    int status = run_demo(o, dir);
+    int status = run_demo(o, dir, t0);
     if (!o->keep)
         remove_tree(dir);
     return status;
@@ -488,15 +598,18 @@ const MpCommand mp_cmd_demo = {
                "analyze it",
     .summary =
         "Migrate the workload guest live between two QEMUs on this "
-        "machine through `migproxy relay`, capture the stream and "
-        "analyze it.\n\n"
-        "Checks that the pages counted in the stream equal QEMU's "
-        "query-migrate counters and that the destination's memory equals "
-        "the RAM image migproxy decodes from the stream.",
+        "machine through the pair (`migproxy source`, its tunnel, "
+        "`migproxy dest`), capture the stream and analyze it.\n\n"
+        "Shows what the tunnel carried against what QEMU sent, and checks "
+        "that the pages counted in the stream equal QEMU's query-migrate "
+        "counters, that migproxy counted the same pages live, and that the "
+        "destination's memory equals the RAM image migproxy decodes from "
+        "the stream.",
     .description =
         "Examples:\n"
         "  migproxy demo\n"
         "  migproxy demo --qemu 10.0 --workload \"mem=96M rate=5000\"\n"
+        "  migproxy demo --through relay\n"
         "  migproxy demo --keep /tmp/demo && migproxy analyze "
         "/tmp/demo/capture\n\n"
         "Exit status: 0 if every check passed, 1 if one failed or the demo "

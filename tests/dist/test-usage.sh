@@ -32,6 +32,7 @@ expect_usage relay --listen=127.0.0.1:0 --to=127.0.0.1:1 extra
 expect_usage demo --no-such-option --keep=k
 expect_usage demo --qemu=9 --machine=m --workload=w --kernel=k --keep=k
 expect_usage demo --memory=1 --machine=m
+expect_usage demo --through=tunnel --keep=k
 expect_usage no-such-command
 # each command's synopsis names its operands once ("FILE...", not
 # "FILE... FILE...": the option table's operand entry has no description)
