@@ -39,3 +39,32 @@ mp_address_resolve(const char *what, const char *hostport, GError **error)
     }
     return sa;
 }
+
+GPtrArray *
+mp_allow_parse(const char *const *values, GError **error)
+{
+    g_autoptr(GPtrArray) allow =
+        g_ptr_array_new_with_free_func(g_object_unref);
+    for (guint i = 0; values && values[i]; i++) {
+        g_autoptr(GError) err = NULL;
+        GInetAddressMask *m =
+            g_inet_address_mask_new_from_string(values[i], &err);
+        if (!m) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "--allow %s: %s (expected ADDR or ADDR/PREFIX)",
+                        values[i], err->message);
+            return NULL;
+        }
+        g_ptr_array_add(allow, m);
+    }
+    return g_steal_pointer(&allow);
+}
+
+gboolean
+mp_allow_matches(const GPtrArray *allow, GInetAddress *host)
+{
+    for (guint i = 0; i < allow->len; i++)
+        if (g_inet_address_mask_matches(g_ptr_array_index(allow, i), host))
+            return TRUE;
+    return FALSE;
+}

@@ -14,3 +14,12 @@ char *mp_address_string(GSocketAddress *a);
  * *error set. */
 GSocketAddress *mp_address_resolve(const char *what, const char *hostport,
                                    GError **error);
+
+/* The values of an --allow option (NULL-terminated, or NULL: none), each
+ * "ADDR" or "ADDR/PREFIX".  @return a new array of GInetAddressMask
+ * (empty for none), or NULL with *error naming the value that is
+ * neither. */
+GPtrArray *mp_allow_parse(const char *const *values, GError **error);
+
+/* @return TRUE if `host` is in one of `allow`'s networks. */
+gboolean mp_allow_matches(const GPtrArray *allow, GInetAddress *host);

@@ -1126,12 +1126,7 @@ back_off(MpRelay *r, const GError *err)
 static gboolean
 allowed(MpRelay *r, GInetAddress *host)
 {
-    if (r->allow->len == 0)
-        return TRUE;
-    for (guint i = 0; i < r->allow->len; i++)
-        if (g_inet_address_mask_matches(g_ptr_array_index(r->allow, i), host))
-            return TRUE;
-    return FALSE;
+    return r->allow->len == 0 || mp_allow_matches(r->allow, host);
 }
 
 /* Closed at accept (--allow, too many pending): a log line, at most
@@ -1327,21 +1322,11 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
     r->pending = g_ptr_array_new();
     r->sessions = g_ptr_array_new();
     r->dead = g_ptr_array_new();
-    r->allow = g_ptr_array_new_with_free_func(g_object_unref);
     r->loop = g_main_loop_new(NULL, FALSE);
 
-    for (guint i = 0; opt->allow && opt->allow[i]; i++) {
-        g_autoptr(GError) err = NULL;
-        GInetAddressMask *m =
-            g_inet_address_mask_new_from_string(opt->allow[i], &err);
-        if (!m) {
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                        "--allow %s: %s (expected ADDR or ADDR/PREFIX)",
-                        opt->allow[i], err->message);
-            return NULL;
-        }
-        g_ptr_array_add(r->allow, m);
-    }
+    r->allow = mp_allow_parse(opt->allow, error);
+    if (!r->allow)
+        return NULL;
 
     if (opt->to_addr)
         r->to = g_object_ref(opt->to_addr);
@@ -1422,7 +1407,7 @@ mp_relay_free(MpRelay *r)
     for (guint i = 0; i < r->dead->len; i++)
         conn_free(g_ptr_array_index(r->dead, i));
     g_ptr_array_free(r->dead, TRUE);
-    g_ptr_array_unref(r->allow);
+    g_clear_pointer(&r->allow, g_ptr_array_unref);
     if (r->listener)
         g_socket_close(r->listener, NULL);
     g_clear_object(&r->listener);

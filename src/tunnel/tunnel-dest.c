@@ -251,12 +251,8 @@ static const MpTunMuxHooks mux_hooks = {
 static gboolean
 allowed(MpTunDest *d, GInetAddress *host)
 {
-    if (d->allow->len == 0)
-        return TRUE; /* TLS authenticates the peer */
-    for (guint i = 0; i < d->allow->len; i++)
-        if (g_inet_address_mask_matches(g_ptr_array_index(d->allow, i), host))
-            return TRUE;
-    return FALSE;
+    /* none: TLS authenticates the peer */
+    return d->allow->len == 0 || mp_allow_matches(d->allow, host);
 }
 
 static gboolean
@@ -410,21 +406,11 @@ mp_tun_dest_new(const MpTunDestOptions *opt, GError **error)
     d->opt.to = d->opt.allow = NULL;
     d->routes = g_ptr_array_new_with_free_func((GDestroyNotify)route_free);
     d->opt.tls = (MpTunTlsOptions){0}; /* loaded below, not kept */
-    d->allow = g_ptr_array_new_with_free_func(g_object_unref);
     d->starting = g_ptr_array_new_with_free_func((GDestroyNotify)starting_free);
     d->loop = g_main_loop_new(NULL, FALSE);
-    for (guint i = 0; opt->allow && opt->allow[i]; i++) {
-        g_autoptr(GError) err = NULL;
-        GInetAddressMask *m =
-            g_inet_address_mask_new_from_string(opt->allow[i], &err);
-        if (!m) {
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                        "--allow %s: %s (expected ADDR or ADDR/PREFIX)",
-                        opt->allow[i], err->message);
-            return NULL;
-        }
-        g_ptr_array_add(d->allow, m);
-    }
+    d->allow = mp_allow_parse(opt->allow, error);
+    if (!d->allow)
+        return NULL;
     if (d->allow->len == 0 && !opt->tls.cert) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                     "--allow is required without TLS (--tls-cert, --tls-key, "
@@ -500,7 +486,7 @@ mp_tun_dest_free(MpTunDest *d)
         g_socket_close(d->listener, NULL);
         g_object_unref(d->listener);
     }
-    g_ptr_array_unref(d->allow);
+    g_clear_pointer(&d->allow, g_ptr_array_unref);
     g_main_loop_unref(d->loop);
     g_free(d->listen_str);
     g_free(d->to_list);

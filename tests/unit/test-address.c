@@ -1,5 +1,6 @@
 /* test-address.c: socket addresses as logs and reports write them. */
 #include "config.h"
+#include <string.h>
 #include <criterion/criterion.h>
 #include <gio/gunixsocketaddress.h>
 #include "address.h"
@@ -29,4 +30,42 @@ Test(address, not_tcp_ip)
     g_autofree char *none = mp_address_string(NULL);
     cr_assert_str_eq(u, "?");
     cr_assert_str_eq(none, "?");
+}
+
+static gboolean
+allowed(const GPtrArray *allow, const char *ip)
+{
+    g_autoptr(GInetAddress) a = g_inet_address_new_from_string(ip);
+    cr_assert_not_null(a, "%s", ip);
+    return mp_allow_matches(allow, a);
+}
+
+Test(address, allow_addresses_and_networks)
+{
+    const char *values[] = {"192.0.2.7", "10.1.0.0/16", "2001:db8::/32", NULL};
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) allow = mp_allow_parse(values, &err);
+    cr_assert_not_null(allow, "%s", err ? err->message : "?");
+    cr_assert_eq(allow->len, 3);
+    cr_assert(allowed(allow, "192.0.2.7"));
+    cr_assert_not(allowed(allow, "192.0.2.8"));
+    cr_assert(allowed(allow, "10.1.255.3"));
+    cr_assert_not(allowed(allow, "10.2.0.1"));
+    cr_assert(allowed(allow, "2001:db8::5"));
+    cr_assert_not(allowed(allow, "2001:db9::5"));
+
+    g_autoptr(GPtrArray) none = mp_allow_parse(NULL, &err);
+    cr_assert_not_null(none);
+    cr_assert_eq(none->len, 0);
+    cr_assert_not(allowed(none, "192.0.2.7"));
+}
+
+Test(address, allow_names_the_bad_value)
+{
+    const char *values[] = {"192.0.2.7", "10.1.0.0/99", NULL};
+    g_autoptr(GError) err = NULL;
+    cr_assert_null(mp_allow_parse(values, &err));
+    cr_assert_not_null(err);
+    cr_assert(strstr(err->message, "--allow 10.1.0.0/99"), "%s", err->message);
+    cr_assert(strstr(err->message, "ADDR/PREFIX"), "%s", err->message);
 }
