@@ -54,6 +54,9 @@ if ((${#missing[@]})); then
 fi
 
 "$ROOT/scripts/fetch-qemu10.sh"
+# the Linux guest of integration-tunnel's balloon_100 (and the benchmarks):
+# Debian's kernel and busybox, downloaded with apt-get once
+"$ROOT/samples/linux-guest/build.sh" >/dev/null
 
 if [ ! -f "$BUILD/build.ninja" ]; then
     log "configuring $BUILD"

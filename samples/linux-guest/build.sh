@@ -24,6 +24,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${MP_GUEST_CACHE:-$HERE/.cache}
 KMETA=linux-image-cloud-amd64
+BALLOON_MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon"
 BBPKG=busybox-static
 
 log() {
@@ -92,7 +93,7 @@ have_stamp() {
 }
 
 # --- kernel -----------------------------------------------------------------
-if [[ ${MP_GUEST_OFFLINE:-0} == 1 && -f $CACHE/vmlinuz && -f $CACHE/kernel.stamp ]]; then
+if [[ ${MP_GUEST_OFFLINE:-0} == 1 && -f $CACHE/vmlinuz && -f $CACHE/kernel.stamp && -f $CACHE/modules/order ]]; then
     kstamp=$(cat "$CACHE/kernel.stamp")
 else
     kver=$(candidate_or_update "$KMETA")
@@ -103,11 +104,23 @@ else
         | grep -E '^linux-image-[0-9].*-cloud-amd64$' | head -n 1 || true)
     [[ -n $kpkg ]] || die "cannot tell which image package $KMETA=$kver depends on"
     kstamp="$kpkg=$kver"
-    if ! have_stamp "$CACHE/kernel.stamp" "$kstamp" || [[ ! -f $CACHE/vmlinuz ]]; then
+    if ! have_stamp "$CACHE/kernel.stamp" "$kstamp" || [[ ! -f $CACHE/vmlinuz ]] \
+        || [[ ! -f $CACHE/modules/order ]]; then
         fetch "$kpkg" "$kver" "$CACHE/pkg-kernel"
         vml=$(ls "$CACHE/pkg-kernel/boot/"vmlinuz-* 2>/dev/null | head -n 1 || true)
         [[ -n $vml ]] || die "$kpkg has no /boot/vmlinuz-*"
         cp "$vml" "$CACHE/vmlinuz.partial"
+        # the virtio-balloon driver and what it needs, in load order
+        # (init's mp_balloon=1); every other module is dropped
+        rm -rf "$CACHE/modules" "$CACHE/modules.partial"
+        mkdir -p "$CACHE/modules.partial"
+        for m in $BALLOON_MODULES; do
+            ko=$(find "$CACHE/pkg-kernel/lib/modules" -name "$m.ko" | head -n 1)
+            [[ -n $ko ]] || die "$kpkg has no $m.ko"
+            cp "$ko" "$CACHE/modules.partial/"
+            echo "$m" >>"$CACHE/modules.partial/order"
+        done
+        mv "$CACHE/modules.partial" "$CACHE/modules"
         mv "$CACHE/vmlinuz.partial" "$CACHE/vmlinuz"
         # The modules (~90 MB unpacked) are not needed: no disk, no network,
         # and everything the guest uses (tmpfs, devtmpfs, 8250 console,
@@ -133,7 +146,7 @@ else
 fi
 
 # --- initramfs --------------------------------------------------------------
-istamp="$bstamp $(sha256sum "$HERE/init" | cut -d' ' -f1)"
+istamp="$bstamp $kstamp $(cat "$HERE/init" "$CACHE/modules/order" | sha256sum | cut -d' ' -f1)"
 if ! have_stamp "$CACHE/initramfs.stamp" "$istamp" || [[ ! -f $CACHE/initramfs.cpio.gz ]]; then
     if ! command -v cpio >/dev/null; then
         log "installing cpio"
@@ -146,6 +159,8 @@ if ! have_stamp "$CACHE/initramfs.stamp" "$istamp" || [[ ! -f $CACHE/initramfs.c
     mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/fill" "$root/tmp"
     cp "$CACHE/pkg-busybox/bin/busybox" "$root/bin/busybox"
     install -m 0755 "$HERE/init" "$root/init"
+    mkdir -p "$root/lib/mp-modules"
+    cp "$CACHE/modules/"* "$root/lib/mp-modules/"
     # Without /dev/console in the initramfs the kernel starts init with no
     # stdout ("unable to open an initial console"); init mounts devtmpfs
     # and reopens the console anyway, so only root can add the node.
