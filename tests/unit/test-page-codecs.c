@@ -352,6 +352,48 @@ Test(page_zstd, batches_share_a_window)
     cr_assert_eq(mp_comp_dec_stats(d)->bytes_out, 2 * n);
 }
 
+/* The level changes between batches, up and down the ladder, as the
+ * adaptive level does: every batch decodes to its bytes with the one
+ * decoder, which is never told (each change starts a new frame). */
+Test(page_zstd, level_changes_mid_stream)
+{
+    static const int levels[] = {3, 3, 6, -5, -5, 1, 19, 9, 9, -1, 3};
+    g_autoptr(GRand) r = g_rand_new_with_seed(7);
+    g_autoptr(MpCompEnc) e = mp_comp_enc_new(3, 23, NULL);
+    g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
+    gsize n = 32 * PS;
+    g_autofree guint8 *raw = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(n);
+    guint changes = 0;
+
+    for (guint b = 0; b < G_N_ELEMENTS(levels); b++) {
+        for (gsize i = 0; i < n; i += PS)
+            page_gen(raw + i, PS, (PageKind)((i / PS + b) % PG__MAX), r);
+        if (levels[b] != mp_comp_enc_level(e))
+            changes++;
+        mp_comp_enc_set_level(e, levels[b]);
+        cr_assert_eq(mp_comp_enc_level(e), levels[b]);
+        g_autoptr(GByteArray) c = g_byte_array_new();
+        cr_assert_gt(mp_comp_enc_batch(e, raw, n, c), 0);
+        g_autoptr(GError) err = NULL;
+        memset(out, 0xee, n);
+        cr_assert(mp_comp_dec_batch(d, c->data, c->len, out, n, &err),
+                  "batch %u at level %d: %s", b, levels[b],
+                  err ? err->message : "");
+        cr_assert_eq(memcmp(out, raw, n), 0, "batch %u", b);
+    }
+    cr_assert_eq(mp_comp_enc_frames(e), 1 + changes);
+    /* a change before any batch costs no frame */
+    g_autoptr(MpCompEnc) f = mp_comp_enc_new(3, 23, NULL);
+    mp_comp_enc_set_level(f, 9);
+    g_autoptr(GByteArray) c = g_byte_array_new();
+    mp_comp_enc_batch(f, raw, n, c);
+    cr_assert_eq(mp_comp_enc_frames(f), 1);
+    g_autoptr(MpCompDec) d2 = mp_comp_dec_new(23, NULL);
+    cr_assert(mp_comp_dec_batch(d2, c->data, c->len, out, n, NULL));
+    cr_assert_eq(memcmp(out, raw, n), 0);
+}
+
 static GByteArray *
 one_batch(gsize n, guint window_log)
 {
