@@ -508,3 +508,138 @@ Test(adapt, decisions)
                        .dec_workers = 1, .ratio = 0.2};
     cr_assert_not(mp_adapt_decide(&in, TRUE).use);
 }
+
+/* --- adaptive zstd level ---------------------------------------------- */
+
+static int
+level_feed(MpLevelCtl *c, double t0, guint n, double link, double out,
+           double busy, double enc, double ratio)
+{
+    const char *why = NULL;
+    int moved = 0;
+    for (guint i = 0; i < n; i++) {
+        MpLevelSample s = {.link_bps = link, .out_bps = out, .busy = busy,
+                           .enc_bps = enc, .ratio = ratio};
+        moved += mp_level_ctl_update(c, &s, t0 + i, &why);
+        cr_assert_not_null(why);
+    }
+    return moved;
+}
+
+Test(level, ladder)
+{
+    cr_assert_eq(mp_level_rung_level(0), -5);
+    cr_assert_eq(mp_level_rung_level(mp_level_rung_of(3)), 3);
+    cr_assert_eq(mp_level_rung_level(mp_level_rung_of(4)), 6);
+    cr_assert_eq(mp_level_rung_level(mp_level_rung_of(99)), 19);
+    cr_assert_eq(mp_level_rung_level(99), 19);
+}
+
+Test(level, rises_when_link_bound)
+{
+    MpLevelCtl c;
+    mp_level_ctl_init(&c, 3);
+    /* 100 Mbit/s full, workers 20 % busy: one window is not enough */
+    cr_assert_eq(level_feed(&c, 0, 1, 12.5e6, 12.4e6, 0.2, 130e6, 0.236), 0);
+    cr_assert_eq(level_feed(&c, 1, 1, 12.5e6, 12.4e6, 0.2, 130e6, 0.236), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 6);
+    /* not again right away (the dwell), then on */
+    cr_assert_eq(level_feed(&c, 2, 1, 12.5e6, 12.4e6, 0.2, 130e6, 0.236), 0);
+    cr_assert_eq(level_feed(&c, 3, 1, 12.5e6, 12.4e6, 0.25, 47e6, 0.231), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 9);
+    /* at 9 the workers are 60 % busy: 12 would need more than they have */
+    cr_assert_eq(level_feed(&c, 10, 10, 12.5e6, 12.4e6, 0.6, 26e6, 0.22), 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 9);
+}
+
+Test(level, falls_when_cpu_bound)
+{
+    MpLevelCtl c;
+    mp_level_ctl_init(&c, 3);
+    /* batches wait for workers, link not measured (never held us) */
+    cr_assert_eq(level_feed(&c, 0, 2, 0, 20e6, 0.95, 60e6, 0.24), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
+    /* the same with a measured link that has room */
+    cr_assert_eq(level_feed(&c, 4, 2, 125e6, 20e6, 0.9, 80e6, 0.25), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), -1);
+    cr_assert_eq(level_feed(&c, 8, 2, 125e6, 20e6, 0.9, 80e6, 0.26), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), -5);
+    /* the bottom: zstd off is the on/off decision's */
+    cr_assert_eq(level_feed(&c, 12, 5, 125e6, 20e6, 0.9, 80e6, 0.27), 0);
+    /* the link has room and the workers spend: a cheaper rung */
+    mp_level_ctl_init(&c, 6);
+    cr_assert_eq(level_feed(&c, 0, 2, 125e6, 15e6, 0.4, 47e6, 0.23), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+}
+
+Test(level, holds_in_between)
+{
+    MpLevelCtl c;
+    mp_level_ctl_init(&c, 3);
+    /* the link 70 % full, workers half busy: nothing calls for a move */
+    cr_assert_eq(level_feed(&c, 0, 30, 12.5e6, 8.8e6, 0.5, 130e6, 0.236), 0);
+    /* both busy: hold too */
+    cr_assert_eq(level_feed(&c, 30, 30, 12.5e6, 12.4e6, 0.9, 130e6, 0.236),
+                 0);
+    /* link full but the next level would not fit */
+    cr_assert_eq(level_feed(&c, 60, 30, 12.5e6, 12.4e6, 0.3, 130e6, 0.236),
+                 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+    /* windows that disagree never move it */
+    for (guint i = 0; i < 40; i++)
+        level_feed(&c, 100 + i, 1, 12.5e6, i % 2 ? 12.4e6 : 3e6,
+                   i % 2 ? 0.1 : 0.95, 130e6, 0.236);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+    cr_assert_eq(c.moves, 0);
+}
+
+/* A simulated pair: a link, two workers on `cores` of CPU, QEMU sending
+ * at most `qemu` bytes/s; the rungs' cost and ratio as measured on text
+ * pages.  Whatever the noise, the level settles: few moves, no swing. */
+static guint
+simulate(double link, double cores, double qemu, guint seed, int *level)
+{
+    static const double cost3 = 1 / 130e6;
+    static const double cost[] = {0.8, 0.8, 0.7, 1.0, 2.7,
+                                  4.9, 13.7, 100, 100};
+    static const double ratio[] = {0.27, 0.26, 0.244, 0.236, 0.231,
+                                   0.22, 0.204, 0.18, 0.166};
+    g_autoptr(GRand) r = g_rand_new_with_seed(seed);
+    MpLevelCtl c;
+    const char *why;
+    mp_level_ctl_init(&c, 3);
+    for (guint t = 0; t < 200; t++) {
+        guint k = c.rung;
+        double per_byte = cost3 * cost[k];
+        double s = MIN(MIN(link / ratio[k], cores / per_byte), qemu);
+        double noise = g_rand_double_range(r, 0.85, 1.15);
+        MpLevelSample smp = {
+            .link_bps = link,
+            .out_bps = MIN(s * ratio[k] * noise, link),
+            .busy = MIN(s * per_byte / 2 * g_rand_double_range(r, 0.85, 1.15),
+                        1),
+            .enc_bps = 1 / per_byte * g_rand_double_range(r, 0.9, 1.1),
+            .ratio = ratio[k] * g_rand_double_range(r, 0.97, 1.03),
+        };
+        mp_level_ctl_update(&c, &smp, t, &why);
+    }
+    *level = mp_level_ctl_level(&c);
+    return c.moves;
+}
+
+Test(level, settles_on_noise)
+{
+    for (guint seed = 1; seed <= 20; seed++) {
+        int level;
+        /* 100 Mbit/s, one core free: the link limits, higher levels pay
+         * until the CPU runs short */
+        guint moves = simulate(12.5e6, 1.0, 200e6, seed, &level);
+        cr_assert_leq(moves, 8, "seed %u: %u moves", seed, moves);
+        cr_assert_geq(level, 6, "seed %u: level %d", seed, level);
+        cr_assert_leq(level, 9, "seed %u: level %d", seed, level);
+        /* 1 Gbit/s, half a core: the CPU limits, the level goes down */
+        moves = simulate(125e6, 0.5, 200e6, seed, &level);
+        cr_assert_leq(moves, 8, "seed %u: %u moves", seed, moves);
+        cr_assert_leq(level, 1, "seed %u: level %d", seed, level);
+    }
+}
