@@ -114,8 +114,8 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  * ones measured there (a moving average); a rung not visited yet is
  * estimated from the current one through a prior table (zstd 1.5 on
  * text-like guest pages, 64 KiB batches, window 2^23, long-distance
- * matching).  Below the lowest rung is zstd off, which the on/off
- * decision above (mp_adapt_decide) takes.  Pure: the caller passes the
+ * matching).  zstd off is the on/off decision's above
+ * (mp_adapt_decide), at any rung, on the current rung's numbers.  Pure: the caller passes the
  * clock; one thread owns it.
  */
 #define MP_LEVEL_RUNGS       9

@@ -1356,14 +1356,6 @@ mp_tun_pages_out_adapt_with(MpTunPagesOut *po, const MpAdaptInput *in)
     MpAdaptVerdict v = mp_adapt_decide(in, po->zstd_on);
     if (v.use == po->zstd_on)
         return FALSE;
-    /* pages that compress, with the CPU as the limit: a lower level
-     * first; zstd off only from the lowest */
-    if (!v.use && po->level_adapt && po->lvl.rung > 0
-        && in->ratio > 0 && 1 - in->ratio >= MP_ADAPT_ON_GAIN) {
-        g_debug("%s: zstd stays on at level %d (%s): lower levels first",
-                po->name, po->level, v.why);
-        return FALSE;
-    }
     po->zstd_on = v.use;
     po->zstd_switches++;
     po->zstd_skipped = 0;

@@ -223,9 +223,10 @@ gboolean mp_tun_pages_out_adapt_with(MpTunPagesOut *po,
  * wall time compressing), zstd's CPU rate and ratio; a move sets the
  * level the workers take at their next batch (a new zstd frame), is
  * logged with its reason and kept in the report (zstd.level_changes).
- * While zstd's level can still go down, the on/off decision does not
- * switch zstd off for the CPU's sake (only for pages that do not
- * compress).  This is the same on a given window's numbers (tests).
+ * Only while zstd is on; the on/off decision (mp_tun_pages_out_adapt_with)
+ * stays as it was, at whatever level (its model takes the level's
+ * measured CPU rate).  This is the same on a given window's numbers
+ * (tests).
  * @return TRUE if the level moved. */
 gboolean mp_tun_pages_out_level_with(MpTunPagesOut *po,
                                      const MpLevelSample *s, double now_s);
