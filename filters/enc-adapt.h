@@ -87,8 +87,9 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
 /* ---- the zstd level -------------------------------------------------
  *
  * Which zstd level, given what limits the stream now (docs/tunnel.md,
- * "Adaptive zstd level").  A ladder of levels, MP_LEVEL_LADDER; the
- * controller moves one rung at a time, on windows of a second or more:
+ * "Adaptive zstd level").  A ladder of levels (-5, -1, 1, 3, 7, 9, 11,
+ * 15, 19); the controller moves one rung at a time, on windows of a
+ * second or more:
  *
  *   up    the link is the limit (the stream's output fills at least
  *         MP_LEVEL_LINK_BUSY of the link's measured rate) and the workers

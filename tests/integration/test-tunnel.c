@@ -814,7 +814,7 @@ check_level(const Case *c, json_object *rep, json_object *src)
 {
     g_autofree char *slog = log_text(&fx.pair->src);
     json_object *sp = main_pages(it_jget(rep, "tunnel"));
-    cr_assert(strstr(slog, "zstd level 3 -> 6: link-bound"), "%s", slog);
+    cr_assert(strstr(slog, "zstd level 3 -> 7: link-bound"), "%s", slog);
     cr_assert(json_object_get_boolean(it_jget(sp, "zstd.level_adapt")));
     json_object *log = it_jget(sp, "zstd.level_changes");
     gsize n = json_object_array_length(log);
