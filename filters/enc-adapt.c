@@ -179,13 +179,28 @@ level_want(const MpLevelCtl *c, const MpLevelSample *s, const char **why)
         *why = "link-bound: the link is full and the workers have time";
         return 1;
     }
+    if (s->busy >= MP_LEVEL_CPU_SHORT) {
+        /* the cheaper neighbour, as measured: a lower level is not
+         * always faster (on text-like pages -1 is slower than 1) */
+        if (r + 1 < MP_LEVEL_RUNGS && c->cost[r + 1] > 0
+            && c->cost[r + 1] < c->cost[r] * 0.9) {
+            *why = "CPU-bound, and the level above was cheaper here";
+            return 1;
+        }
+        if (r == 0) {
+            *why = "CPU-bound at the lowest level";
+            return 0;
+        }
+        if (c->cost[r - 1] > 0 && c->cost[r - 1] >= c->cost[r] * 0.95) {
+            *why = "CPU-bound, but the level below was no cheaper here";
+            return 0;
+        }
+        *why = "CPU-bound: batches wait for the workers, the link has room";
+        return -1;
+    }
     if (r == 0) {
         *why = "at the lowest level";
         return 0;
-    }
-    if (s->busy >= MP_LEVEL_CPU_SHORT) {
-        *why = "CPU-bound: batches wait for the workers, the link has room";
-        return -1;
     }
     if ((!known || fill < MP_LEVEL_LINK_ROOM) && s->busy >= MP_LEVEL_SPENDS
         && est_cost(c, r - 1) < est_cost(c, r) * 0.9) {

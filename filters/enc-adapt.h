@@ -98,7 +98,10 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  *         and by the stream its better ratio lets through stays under
  *         MP_LEVEL_UP_FITS.  More ratio for CPU the workers have.
  *   down  the workers are the limit (busy share MP_LEVEL_CPU_SHORT or
- *         more: batches wait for a worker) while the link is not full;
+ *         more: batches wait for a worker) while the link is not full
+ *         (unless the rung below was measured no cheaper; and up instead
+ *         if the rung above was measured cheaper: on text-like pages
+ *         level -1 is slower than 1);
  *         or the link has room (output under MP_LEVEL_LINK_ROOM of it, or
  *         never measured: it never held the stream back) while the
  *         workers spend a noticeable share (MP_LEVEL_SPENDS) and the

@@ -566,6 +566,15 @@ Test(level, falls_when_cpu_bound)
     cr_assert_eq(mp_level_ctl_level(&c), -5);
     /* the bottom: zstd off is the on/off decision's */
     cr_assert_eq(level_feed(&c, 12, 5, 125e6, 20e6, 0.9, 80e6, 0.27), 0);
+    /* a lower level measured slower (text: -1 slower than 1): back up,
+     * and then not down again */
+    mp_level_ctl_init(&c, 1);
+    cr_assert_eq(level_feed(&c, 0, 2, 0, 40e6, 0.9, 170e6, 0.246), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), -1);
+    cr_assert_eq(level_feed(&c, 4, 2, 0, 40e6, 0.9, 140e6, 0.26), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
+    cr_assert_eq(level_feed(&c, 8, 20, 0, 40e6, 0.9, 170e6, 0.246), 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
     /* the link has room and the workers spend: a cheaper rung */
     mp_level_ctl_init(&c, 7);
     cr_assert_eq(level_feed(&c, 0, 2, 125e6, 15e6, 0.4, 40e6, 0.224), -1);

@@ -395,8 +395,8 @@ Test(tunnel_pages, level_moves_same_memory)
                                 .busy = 0.1, .enc_bps = 130e6,
                                 .ratio = 0.24};
     MpLevelSample cpu_bound = {.link_bps = 125e6, .out_bps = 20e6,
-                               .busy = 0.95, .enc_bps = 60e6,
-                               .ratio = 0.24};
+                               .busy = 0.95, .enc_bps = 24e6,
+                               .ratio = 0.22};
 
     cr_assert_eq(mp_tun_pages_out_level(po), 3);
     feed_range(po, pi, &r, in, 0, part);
