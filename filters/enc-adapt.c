@@ -149,12 +149,19 @@ est_ratio(const MpLevelCtl *c, guint r)
 
 /* What this window alone asks for. */
 static int
-level_want(const MpLevelCtl *c, const MpLevelSample *s, const char **why)
+level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
+           const char **why)
 {
     gboolean known = s->link_bps > 0 && isfinite(s->link_bps);
     double fill = known ? s->out_bps / s->link_bps : 0;
     guint r = c->rung;
 
+    if (c->last_dir > 0 && now_s - c->last_s < MP_LEVEL_REVERSAL_S
+        && fill < MP_LEVEL_LINK_BUSY && c->in_before > 0 && s->in_bps > 0
+        && s->in_bps < c->in_before * (1 - MP_LEVEL_SLOWED)) {
+        *why = "the stream slowed after the last rise: QEMU needs the CPU";
+        return -1;
+    }
     if (known && fill >= MP_LEVEL_LINK_BUSY) {
         if (s->busy >= MP_LEVEL_CPU_SHORT) {
             *why = "the link and the workers are both busy";
@@ -233,7 +240,9 @@ mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
     c->cost[r] = c->cost[r] > 0 ? (c->cost[r] + cost) / 2 : cost;
     c->ratio[r] = c->ratio[r] > 0 ? (c->ratio[r] + s->ratio) / 2 : s->ratio;
 
-    int want = level_want(c, s, why);
+    int want = level_want(c, s, now_s, why);
+    double in_prev = c->in_last;
+    c->in_last = s->in_bps;
     if (want == 0 || want != c->want) {
         c->want = want;
         c->agreed = want ? 1 : 0;
@@ -265,6 +274,7 @@ mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
         c->backoff_s = MAX(c->backoff_s / 2, MP_LEVEL_BACKOFF_S);
     }
     c->rung = (guint)((int)r + want);
+    c->in_before = want > 0 ? MAX(in_prev, s->in_bps) : 0;
     c->last_dir = want;
     c->last_s = now_s;
     c->want = 0;

@@ -107,6 +107,10 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  *         workers spend a noticeable share (MP_LEVEL_SPENDS) and the
  *         next rung down is cheaper: ratio then buys nothing, CPU freed
  *         goes to QEMU (the two share the host).
+ *   back  within MP_LEVEL_REVERSAL_S of a rise, the link no longer full
+ *         and the stream (bytes into zstd per second) down by
+ *         MP_LEVEL_SLOWED or more from before the rise: the rise took CPU
+ *         that QEMU needed (they share the host), undone.
  *   hold  otherwise: the gaps between the thresholds are the hysteresis.
  *
  * A move needs MP_LEVEL_AGREE windows in a row that want it, and comes
@@ -128,6 +132,7 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
 #define MP_LEVEL_CPU_SHORT   0.80
 #define MP_LEVEL_UP_FITS     0.70
 #define MP_LEVEL_SPENDS      0.25
+#define MP_LEVEL_SLOWED      0.10
 #define MP_LEVEL_AGREE       2
 #define MP_LEVEL_DWELL_S     2.0
 #define MP_LEVEL_REVERSAL_S  12.0
@@ -138,6 +143,7 @@ typedef struct {
     double link_bps; /* measured link rate, bytes/s; <= 0: not known */
     double out_bps;  /* the stream's bytes onto the link per second */
     double busy;     /* the workers' busy share, 0..1 */
+    double in_bps;   /* stream bytes into zstd per second; <= 0: unknown */
     double enc_bps;  /* zstd at this level: input bytes per CPU-second */
     double ratio;    /* zstd at this level: bytes out / bytes in */
 } MpLevelSample;
@@ -149,6 +155,8 @@ typedef struct {
     int want;       /* the direction the last windows wanted */
     guint agreed;   /* ... how many in a row */
     int last_dir;   /* of the last move */
+    double in_before; /* in_bps of the window before the last rise */
+    double in_last;   /* in_bps of the last window */
     double last_s;  /* when (-1: never) */
     int blocked;    /* a direction held back ... */
     double blocked_until_s;

@@ -1264,6 +1264,7 @@ level_window(MpTunPagesOut *po, double link_bps)
         .link_bps = link_bps,
         .out_bps = w_popped / span,
         .busy = MIN(w_wall / 1e6 / span / po->workers, 1.0),
+        .in_bps = w_in / span,
         .enc_bps = w_in / (w_cpu / 1e9),
         .ratio = (double)w_out / w_in,
     };
