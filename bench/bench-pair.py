@@ -321,7 +321,10 @@ def level_course(r):
     z = r.get("zstd") or {}
     ch = z.get("level_changes")
     if not ch:
-        return str(z.get("level", 3) if z.get("on") is not None else "-")
+        if z.get("on") is None:
+            return "-"
+        # a build before the adaptive level has no `level`: 3 or --level
+        return str(z["level"]) if z.get("level") is not None else "fixed"
     return " -> ".join([str(ch[0]["from"])] + [
         f"{c['to']} ({c['t_s']:.1f} s)" for c in ch])
 
