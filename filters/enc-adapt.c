@@ -209,7 +209,10 @@ level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
         *why = "at the lowest level";
         return 0;
     }
-    if ((!known || fill < MP_LEVEL_LINK_ROOM) && s->busy >= MP_LEVEL_SPENDS
+    /* a link not measured yet may be full: it takes the link holding
+     * the tunnel back for 2 s to be trusted (tunnel-link.h) */
+    if ((known ? fill < MP_LEVEL_LINK_ROOM : now_s >= MP_LEVEL_UNMEASURED_S)
+        && s->busy >= MP_LEVEL_SPENDS
         && est_cost(c, r - 1) < est_cost(c, r) * 0.9) {
         double fill_down = fill * est_ratio(c, r - 1) / c->ratio[r];
         if (!known || fill_down < (MP_LEVEL_LINK_ROOM + MP_LEVEL_LINK_BUSY) / 2) {

@@ -103,7 +103,9 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  *         if the rung above was measured cheaper: on text-like pages
  *         level -1 is slower than 1);
  *         or the link has room (output under MP_LEVEL_LINK_ROOM of it, or
- *         never measured: it never held the stream back) while the
+ *         not measured MP_LEVEL_UNMEASURED_S into the stream: it never
+ *         held the stream back; earlier it may be full, but not measured
+ *         yet) while the
  *         workers spend a noticeable share (MP_LEVEL_SPENDS) and the
  *         next rung down is cheaper: ratio then buys nothing, CPU freed
  *         goes to QEMU (the two share the host).
@@ -133,6 +135,7 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
 #define MP_LEVEL_UP_FITS     0.70
 #define MP_LEVEL_SPENDS      0.25
 #define MP_LEVEL_SLOWED      0.10
+#define MP_LEVEL_UNMEASURED_S 8.0
 #define MP_LEVEL_AGREE       2
 #define MP_LEVEL_DWELL_S     2.0
 #define MP_LEVEL_REVERSAL_S  12.0
@@ -175,7 +178,8 @@ mp_level_ctl_level(const MpLevelCtl *c)
 {
     return mp_level_rung_level(c->rung);
 }
-/* One window's measurements at `now_s` (seconds, any origin).  @return
+/* One window's measurements at `now_s` (seconds from the stream's
+ * start).  @return
  * the move made (+1 up, -1 down, 0 none), with *why a static phrase for
  * the log (also for 0: why it holds). */
 int mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,

@@ -556,7 +556,15 @@ Test(level, falls_when_cpu_bound)
 {
     MpLevelCtl c;
     mp_level_ctl_init(&c, 3);
+    /* the link not measured, the workers 50 % busy: early on the link
+     * may be full and not measured yet, so it holds; later the link
+     * never held the stream back: less CPU */
+    cr_assert_eq(level_feed(&c, 0, 7, 0, 20e6, 0.5, 130e6, 0.236), 0);
+    mp_level_ctl_init(&c, 3);
+    cr_assert_eq(level_feed(&c, 8, 2, 0, 20e6, 0.5, 130e6, 0.236), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
     /* batches wait for workers, link not measured (never held us) */
+    mp_level_ctl_init(&c, 3);
     cr_assert_eq(level_feed(&c, 0, 2, 0, 20e6, 0.95, 60e6, 0.24), -1);
     cr_assert_eq(mp_level_ctl_level(&c), 1);
     /* the same with a measured link that has room */
