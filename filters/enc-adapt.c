@@ -93,18 +93,19 @@ mp_adapt_gate_update(MpAdaptGate *g, guint64 in, guint64 out, guint64 ns,
 
 /* 7 rather than 6 and 11 rather than 12: on the pages measured (below)
  * 6 saved 2 % of 3's bytes for 2.7 times its CPU, 7 5 % for 3.3 times;
- * 12 compressed no better than 11. */
-static const int ladder[MP_LEVEL_RUNGS] = {-5, -1, 1, 3, 7, 9, 11, 15, 19};
+ * 12 compressed no better than 11.  Nothing above 11: 15 and 19 ran at
+ * 1.2 to 1.4 MB/s per core (too slow for any link worth tunnelling),
+ * and a context at 19 holds 90 MiB (11: 33 MiB, 3: 10 MiB). */
+static const int ladder[MP_LEVEL_RUNGS] = {-5, -1, 1, 3, 7, 9, 11};
 /* Prior CPU per byte and ratio, relative to level 3: measured on the
  * benchmark's `comp` guest pages (text from a 32-word list) with the
  * pair's settings (64 KiB batches of one streaming context, window 2^23,
  * long-distance matching; level 3: 130 MB/s per core, ratio 0.235); only
  * used for a rung not measured yet. */
-static const double prior_cost[MP_LEVEL_RUNGS] = {0.8, 0.8, 0.7, 1.0, 3.3,
-                                                  5.3, 12,  100, 90};
-static const double prior_ratio[MP_LEVEL_RUNGS] = {1.15, 1.11, 1.04,
-                                                   1.0,  0.953, 0.936,
-                                                   0.868, 0.766, 0.706};
+static const double prior_cost[MP_LEVEL_RUNGS] = {0.8, 0.8, 0.7, 1.0,
+                                                  3.3, 5.3, 12};
+static const double prior_ratio[MP_LEVEL_RUNGS] = {1.15, 1.11,  1.04, 1.0,
+                                                   0.953, 0.936, 0.868};
 
 int
 mp_level_rung_level(guint rung)

@@ -87,8 +87,8 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
 /* ---- the zstd level -------------------------------------------------
  *
  * Which zstd level, given what limits the stream now (docs/tunnel.md,
- * "Adaptive zstd level").  A ladder of levels (-5, -1, 1, 3, 7, 9, 11,
- * 15, 19); the controller moves one rung at a time, on windows of a
+ * "Adaptive zstd level").  A ladder of levels (-5, -1, 1, 3, 7, 9, 11);
+ * the controller moves one rung at a time, on windows of a
  * second or more:
  *
  *   up    the link is the limit (the stream's output fills at least
@@ -128,7 +128,7 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  * (mp_adapt_decide), at any rung, on the current rung's numbers.  Pure: the caller passes the
  * clock; one thread owns it.
  */
-#define MP_LEVEL_RUNGS       9
+#define MP_LEVEL_RUNGS       7
 #define MP_LEVEL_LINK_BUSY   0.85
 #define MP_LEVEL_LINK_ROOM   0.50
 #define MP_LEVEL_CPU_SHORT   0.80

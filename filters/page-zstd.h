@@ -18,7 +18,9 @@
  * batch, and the destination keeps one decoder per source context.
  *
  * Memory, per context: about 2^window_log on each side plus zstd's tables
- * (level 3, window 2^23: about 10 MiB encoder, 8.2 MiB decoder).
+ * (level 3, window 2^23: about 10 MiB encoder, 8.2 MiB decoder; the
+ * encoder 15 MiB at level 7, 33 at 11, 90 at 19; the decoder's does not
+ * depend on the level).
  */
 #pragma once
 
