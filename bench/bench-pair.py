@@ -32,6 +32,11 @@ round), each in a fresh pair of QEMUs:
                 --once; migrate tcp:127.0.0.1:P, with max-bandwidth raised to
                 --pair-max-bandwidth (docs/tunnel.md, "Use": QEMU counts
                 stream bytes before the tunnel compresses them)
+  pair-before   the same with another build of migproxy, --before-migproxy
+                (e.g. main's, to compare a change with what it changes in
+                the same run: git archive main | tar -x -C /tmp/before;
+                meson setup /tmp/before/build /tmp/before; ninja -C
+                /tmp/before/build src/migproxy)
 
 Per run: the source's query-migrate total-time and downtime (or "did not
 finish" after --migrate-timeout: migrate_cancel); the end-to-end time,
@@ -80,7 +85,7 @@ QEMUS = {
     "7.2": (["/usr/bin/qemu-system-x86_64"], "pc-q35-7.2"),
     "10.0": ([os.path.join(ROOT, "scripts", "qemu10")], "pc-q35-10.0"),
 }
-MODES = ("direct", "xbzrle", "multifd-zstd", "pair")
+MODES = ("direct", "xbzrle", "multifd-zstd", "pair", "pair-before")
 WORKLOADS = ("comp", "rand", "linux")
 
 
@@ -160,19 +165,19 @@ def wait_log(proc, path, needle, timeout):
     br.wait_for(seen, timeout, f"{proc.name}: {needle!r}", (proc,))
 
 
-def migproxy_pair(args, procs, run_dir, qport):
-    """migproxy dest, then migproxy source; @return (dest, source, the
-    port the source QEMU migrates to)."""
+def migproxy_pair(args, procs, run_dir, qport, binary):
+    """migproxy dest, then migproxy source (both `binary`); @return
+    (dest, source, the port the source QEMU migrates to)."""
     tport, sport = br.free_port(), br.free_port()
     dst = procs.start("migproxy-dest", [
-        "ip", "netns", "exec", NS_DST, args.migproxy, "dest",
+        "ip", "netns", "exec", NS_DST, binary, "dest",
         "--listen", f"{DST_ADDR}:{tport}", "--to", f"127.0.0.1:{qport}",
         "--allow", SRC_ADDR, "--once",
         "--report", f"{run_dir}/dest.json"] + args.dest_arg,
         log_to=f"{run_dir}/migproxy-dest.log")
     wait_log(dst, f"{run_dir}/migproxy-dest.log", "listening on", 30)
     src = procs.start("migproxy-source", [
-        "ip", "netns", "exec", NS_SRC, args.migproxy, "source",
+        "ip", "netns", "exec", NS_SRC, binary, "source",
         "--listen", f"127.0.0.1:{sport}", "--peer", f"{DST_ADDR}:{tport}",
         "--once", "--no-progress",
         "--report", f"{run_dir}/source.json"] + args.source_arg,
@@ -210,9 +215,11 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
                 "multifd-channels": args.multifd_channels,
                 "multifd-compression": "zstd"})
     mids = ()
-    if mode == "pair":
+    if mode in ("pair", "pair-before"):
         dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{qport}")
-        mdst, msrc, sport = migproxy_pair(args, procs, run_dir, qport)
+        mdst, msrc, sport = migproxy_pair(
+            args, procs, run_dir, qport,
+            args.before_migproxy if mode == "pair-before" else args.migproxy)
         mids = (mdst, msrc)
         uri = f"tcp:127.0.0.1:{sport}"
         src.qmp.cmd("migrate-set-parameters",
@@ -285,6 +292,15 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             res["tunnel_link_bytes_out"] = tun.get("link_bytes_out")
             res["tunnel_bytes_in"] = sum(
                 c["to_dst"]["bytes_in"] for c in tun.get("channels", []))
+            # the main stream's zstd: its level at the end and each move
+            # (builds before the adaptive level have neither)
+            for c in tun.get("channels", []):
+                z = c["to_dst"].get("pages", {}).get("zstd")
+                if z:
+                    res["zstd"] = {k: z.get(k) for k in (
+                        "on", "bytes_in", "bytes_out", "cpu_s", "level",
+                        "level_changes")}
+                    break
         except (OSError, ValueError, KeyError) as e:
             res["report_error"] = str(e)
     res["cpu_s"] = round(res["qemu_cpu_s"] + mid_cpu, 2)
@@ -294,8 +310,23 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     log(f"  {rate} {wl} {mode:12s} {res['status']}: total "
         f"{res['total_ms']} ms (end to end {res.get('end_to_end_ms')} ms), "
         f"downtime {res['downtime_ms']} ms, link "
-        f"{res['link_tx_bytes'] / 1e6:.1f} MB, CPU {res['cpu_s']} s")
+        f"{res['link_tx_bytes'] / 1e6:.1f} MB, CPU {res['cpu_s']} s"
+        + (f", zstd level {level_course(res)}" if "zstd" in res else ""))
     return res
+
+
+def level_course(r):
+    """The zstd level's course in a run: "3 -> 6 (2.1 s) -> 9 (5.3 s)",
+    or the fixed level ("3"); "-" without a report."""
+    z = r.get("zstd") or {}
+    ch = z.get("level_changes")
+    if not ch:
+        if z.get("on") is None:
+            return "-"
+        # a build before the adaptive level has no `level`: 3 or --level
+        return str(z["level"]) if z.get("level") is not None else "fixed"
+    return " -> ".join([str(ch[0]["from"])] + [
+        f"{c['to']} ({c['t_s']:.1f} s)" for c in ch])
 
 
 def save_memory(args, dst, run_dir, wl):
@@ -362,8 +393,8 @@ def report(results):
                   "| end to end s | downtime ms (QEMU) "
                   "| downtime ms to the destination "
                   "| link MB (src->dst) | CPU s (QEMU + migproxy) "
-                  "| QEMU transferred MB |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                  "| QEMU transferred MB | zstd ratio, level (each run) |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             for mode in results["modes"]:
                 mr = [r for r in rs if r["mode"] == mode]
                 for r in mr:
@@ -386,14 +417,27 @@ def report(results):
                       f"| {fmt(cpu)}"
                       + (f" ({fmt(mcpu)} migproxy)" if mcpu is not None
                          else "")
-                      + f" | {fmt(med('transferred', 1e6))} |")
+                      + f" | {fmt(med('transferred', 1e6))} "
+                      + f"| {zstd_cell(mr)} |")
             b = results["bound"].get(wl)
             if b and "zstd_bytes" in b:
                 secs = b["zstd_bytes"] * 8 / rate_bps(rate)
                 print(f"| bound: memory {b['memory_bytes'] >> 20} MiB, "
                       f"zstd -{b['zstd_level']} --long "
                       f"{b['zstd_bytes'] / 1e6:.1f} MB "
-                      f"| | | {secs:.1f} | | | | | |")
+                      f"| | | {secs:.1f} | | | | | | |")
+
+
+def zstd_cell(runs):
+    """Per run of a pair mode: zstd's ratio and the level's course."""
+    cells = []
+    for r in runs:
+        z = r.get("zstd")
+        if not z:
+            continue
+        ratio = (z["bytes_out"] / z["bytes_in"]) if z.get("bytes_in") else 0
+        cells.append(f"{ratio:.3f}, {level_course(r)}")
+    return "; ".join(cells)
 
 
 def machine_info():
@@ -417,7 +461,9 @@ def main():
     ap.add_argument("--rates", default="100mbit,1gbit",
                     help="tc rates, comma-separated (default %(default)s)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES[:-1]),
+                    help="comma-separated, of " + ", ".join(MODES)
+                    + " (default %(default)s; see the header)")
     ap.add_argument("--runs", type=int, default=3,
                     help="rounds per rate and workload")
     ap.add_argument("--qemu", default="10.0", choices=sorted(QEMUS))
@@ -438,6 +484,8 @@ def main():
     ap.add_argument("--multifd-channels", type=int, default=2)
     ap.add_argument("--pair-max-bandwidth", type=int, default=4 << 30,
                     help="max-bandwidth for mode pair, bytes/s")
+    ap.add_argument("--before-migproxy", default="",
+                    help="migproxy binary of mode pair-before")
     ap.add_argument("--source-arg", action="append", default=[],
                     help="one more `migproxy source` argument")
     ap.add_argument("--dest-arg", action="append", default=[],
@@ -472,6 +520,8 @@ def main():
     for m in modes:
         if m not in MODES:
             ap.error(f"unknown mode {m}")
+    if "pair-before" in modes and not args.before_migproxy:
+        ap.error("mode pair-before needs --before-migproxy")
     if "linux" in workloads and not args.linux_guest:
         ap.error("workload linux needs --linux-guest")
     base = args.run_dir or tempfile.mkdtemp(prefix="bench-pair-")

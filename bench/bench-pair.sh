@@ -6,7 +6,8 @@
 # docs/benchmarks.md, "The pair over a shaped link").  Needs root.
 #
 #   bench/bench-pair.sh [--rates 100mbit,1gbit] [--workloads comp,rand,linux]
-#                       [--modes direct,xbzrle,multifd-zstd,pair] [--runs 3]
+#                       [--modes direct,xbzrle,multifd-zstd,pair,pair-before]
+#                       [--before-migproxy PATH] [--runs 3]
 #                       [--json FILE] [--keep-net] ...
 #
 # Builds migproxy and the workload guest (scripts/setup.sh, the build/

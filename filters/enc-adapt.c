@@ -88,3 +88,201 @@ mp_adapt_gate_update(MpAdaptGate *g, guint64 in, guint64 out, guint64 ns,
     ai->enc_bps = win_in / (win_ns / 1e9);
     return mp_adapt_gate_decide(g, ai, v);
 }
+
+/* ---- the zstd level (see enc-adapt.h) -------------------------------- */
+
+/* 7 rather than 6 and 11 rather than 12: on the pages measured (below)
+ * 6 saved 2 % of 3's bytes for 2.7 times its CPU, 7 5 % for 3.3 times;
+ * 12 compressed no better than 11.  Nothing above 11: 15 and 19 ran at
+ * 1.2 to 1.4 MB/s per core (too slow for any link worth tunnelling),
+ * and a context at 19 holds 90 MiB (11: 33 MiB, 3: 10 MiB). */
+static const int ladder[MP_LEVEL_RUNGS] = {-5, -1, 1, 3, 7, 9, 11};
+/* Prior CPU per byte and ratio, relative to level 3: measured on the
+ * benchmark's `comp` guest pages (text from a 32-word list) with the
+ * pair's settings (64 KiB batches of one streaming context, window 2^23,
+ * long-distance matching; level 3: 130 MB/s per core, ratio 0.235); only
+ * used for a rung not measured yet. */
+static const double prior_cost[MP_LEVEL_RUNGS] = {0.8, 0.8, 0.7, 1.0,
+                                                  3.3, 5.3, 12};
+static const double prior_ratio[MP_LEVEL_RUNGS] = {1.15, 1.11,  1.04, 1.0,
+                                                   0.953, 0.936, 0.868};
+
+int
+mp_level_rung_level(guint rung)
+{
+    return ladder[MIN(rung, MP_LEVEL_RUNGS - 1)];
+}
+
+guint
+mp_level_rung_of(int level)
+{
+    for (guint i = 0; i < MP_LEVEL_RUNGS; i++)
+        if (ladder[i] >= level)
+            return i;
+    return MP_LEVEL_RUNGS - 1;
+}
+
+void
+mp_level_ctl_init(MpLevelCtl *c, int level)
+{
+    *c = (MpLevelCtl){
+        .rung = mp_level_rung_of(level),
+        .last_s = -1,
+        .backoff_s = MP_LEVEL_BACKOFF_S,
+    };
+}
+
+static double
+est_cost(const MpLevelCtl *c, guint r)
+{
+    if (c->cost[r] > 0)
+        return c->cost[r];
+    return c->cost[c->rung] * prior_cost[r] / prior_cost[c->rung];
+}
+
+static double
+est_ratio(const MpLevelCtl *c, guint r)
+{
+    if (c->ratio[r] > 0)
+        return c->ratio[r];
+    return MIN(c->ratio[c->rung] * prior_ratio[r] / prior_ratio[c->rung], 1);
+}
+
+/* What this window alone asks for. */
+static int
+level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
+           const char **why)
+{
+    gboolean known = s->link_bps > 0 && isfinite(s->link_bps);
+    double fill = known ? s->out_bps / s->link_bps : 0;
+    guint r = c->rung;
+
+    if (c->last_dir > 0 && now_s - c->last_s < MP_LEVEL_REVERSAL_S
+        && fill < MP_LEVEL_LINK_BUSY && c->in_before > 0 && s->in_bps > 0
+        && s->in_bps < c->in_before * (1 - MP_LEVEL_SLOWED)) {
+        *why = "the stream slowed after the last rise: QEMU needs the CPU";
+        return -1;
+    }
+    if (known && fill >= MP_LEVEL_LINK_BUSY) {
+        if (s->busy >= MP_LEVEL_CPU_SHORT) {
+            *why = "the link and the workers are both busy";
+            return 0;
+        }
+        if (r + 1 >= MP_LEVEL_RUNGS) {
+            *why = "link-bound at the highest level";
+            return 0;
+        }
+        double rn = est_ratio(c, r + 1);
+        double need = s->busy * est_cost(c, r + 1) / est_cost(c, r)
+                      * c->ratio[r] / MAX(rn, 1e-6);
+        if (rn >= c->ratio[r] * 0.99) {
+            *why = "link-bound, but the next level compresses no better";
+            return 0;
+        }
+        if (need > MP_LEVEL_UP_FITS) {
+            *why = "link-bound, but the next level needs more CPU than "
+                   "the workers have";
+            return 0;
+        }
+        *why = "link-bound: the link is full and the workers have time";
+        return 1;
+    }
+    if (s->busy >= MP_LEVEL_CPU_SHORT) {
+        /* the cheaper neighbour, as measured: a lower level is not
+         * always faster (on text-like pages -1 is slower than 1) */
+        if (r + 1 < MP_LEVEL_RUNGS && c->cost[r + 1] > 0
+            && c->cost[r + 1] < c->cost[r] * 0.9) {
+            *why = "CPU-bound, and the level above was cheaper here";
+            return 1;
+        }
+        if (r == 0) {
+            *why = "CPU-bound at the lowest level";
+            return 0;
+        }
+        if (c->cost[r - 1] > 0 && c->cost[r - 1] >= c->cost[r] * 0.95) {
+            *why = "CPU-bound, but the level below was no cheaper here";
+            return 0;
+        }
+        *why = "CPU-bound: batches wait for the workers, the link has room";
+        return -1;
+    }
+    if (r == 0) {
+        *why = "at the lowest level";
+        return 0;
+    }
+    /* a link not measured yet may be full: it takes the link holding
+     * the tunnel back for 2 s to be trusted (tunnel-link.h) */
+    if ((known ? fill < MP_LEVEL_LINK_ROOM : now_s >= MP_LEVEL_UNMEASURED_S)
+        && s->busy >= MP_LEVEL_SPENDS
+        && est_cost(c, r - 1) < est_cost(c, r) * 0.9) {
+        double fill_down = fill * est_ratio(c, r - 1) / c->ratio[r];
+        if (!known || fill_down < (MP_LEVEL_LINK_ROOM + MP_LEVEL_LINK_BUSY) / 2) {
+            *why = known ? "the link has room: the same pace for less CPU"
+                         : "the link never held the stream back: the same "
+                           "pace for less CPU";
+            return -1;
+        }
+    }
+    *why = "neither the link nor the workers call for a change";
+    return 0;
+}
+
+int
+mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
+                    const char **why)
+{
+    guint r = c->rung;
+
+    if (!(s->enc_bps > 0) || !(s->ratio > 0) || !isfinite(s->enc_bps)
+        || !isfinite(s->ratio) || !isfinite(s->busy)
+        || !isfinite(s->out_bps)) {
+        *why = "not measured";
+        return 0;
+    }
+    /* this rung's numbers: a moving average (the pages change) */
+    double cost = 1.0 / s->enc_bps;
+    c->cost[r] = c->cost[r] > 0 ? (c->cost[r] + cost) / 2 : cost;
+    c->ratio[r] = c->ratio[r] > 0 ? (c->ratio[r] + s->ratio) / 2 : s->ratio;
+
+    int want = level_want(c, s, now_s, why);
+    double in_prev = c->in_last;
+    c->in_last = s->in_bps;
+    if (want == 0 || want != c->want) {
+        c->want = want;
+        c->agreed = want ? 1 : 0;
+    } else {
+        c->agreed++;
+    }
+    if (!want)
+        return 0;
+    if (c->agreed < MP_LEVEL_AGREE) {
+        *why = "waiting for a second window to agree";
+        return 0;
+    }
+    if (c->last_s >= 0 && now_s - c->last_s < MP_LEVEL_DWELL_S) {
+        *why = "too soon after the last change";
+        return 0;
+    }
+    if (want == c->blocked && now_s < c->blocked_until_s) {
+        *why = "held: this move was undone a moment ago";
+        return 0;
+    }
+    if (c->last_s >= 0 && want == -c->last_dir
+        && now_s - c->last_s < MP_LEVEL_REVERSAL_S) {
+        /* undoing the last move: the undone direction waits a while,
+         * longer each time */
+        c->blocked = c->last_dir;
+        c->blocked_until_s = now_s + c->backoff_s;
+        c->backoff_s = MIN(c->backoff_s * 2, MP_LEVEL_BACKOFF_MAX);
+    } else if (c->last_s >= 0 && now_s - c->last_s >= MP_LEVEL_REVERSAL_S) {
+        c->backoff_s = MAX(c->backoff_s / 2, MP_LEVEL_BACKOFF_S);
+    }
+    c->rung = (guint)((int)r + want);
+    c->in_before = want > 0 ? MAX(in_prev, s->in_bps) : 0;
+    c->last_dir = want;
+    c->last_s = now_s;
+    c->want = 0;
+    c->agreed = 0;
+    c->moves++;
+    return want;
+}

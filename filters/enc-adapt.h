@@ -83,3 +83,104 @@ gboolean mp_adapt_gate_update(MpAdaptGate *g, guint64 in, guint64 out,
  * switched, with *v the verdict. */
 gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
                               MpAdaptVerdict *v);
+
+/* ---- the zstd level -------------------------------------------------
+ *
+ * Which zstd level, given what limits the stream now (docs/tunnel.md,
+ * "Adaptive zstd level").  A ladder of levels (-5, -1, 1, 3, 7, 9, 11);
+ * the controller moves one rung at a time, on windows of a
+ * second or more:
+ *
+ *   up    the link is the limit (the stream's output fills at least
+ *         MP_LEVEL_LINK_BUSY of the link's measured rate) and the workers
+ *         have the time for the next rung: their busy share (wall time
+ *         compressing / window / workers) scaled by the next rung's cost
+ *         and by the stream its better ratio lets through stays under
+ *         MP_LEVEL_UP_FITS.  More ratio for CPU the workers have.
+ *   down  the workers are the limit (busy share MP_LEVEL_CPU_SHORT or
+ *         more: batches wait for a worker) while the link is not full
+ *         (unless the rung below was measured no cheaper; and up instead
+ *         if the rung above was measured cheaper: on text-like pages
+ *         level -1 is slower than 1);
+ *         or the link has room (output under MP_LEVEL_LINK_ROOM of it, or
+ *         not measured MP_LEVEL_UNMEASURED_S into the stream: it never
+ *         held the stream back; earlier it may be full, but not measured
+ *         yet) while the
+ *         workers spend a noticeable share (MP_LEVEL_SPENDS) and the
+ *         next rung down is cheaper: ratio then buys nothing, CPU freed
+ *         goes to QEMU (the two share the host).
+ *   back  within MP_LEVEL_REVERSAL_S of a rise, the link no longer full
+ *         and the stream (bytes into zstd per second) down by
+ *         MP_LEVEL_SLOWED or more from before the rise: the rise took CPU
+ *         that QEMU needed (they share the host), undone.
+ *   hold  otherwise: the gaps between the thresholds are the hysteresis.
+ *
+ * A move needs MP_LEVEL_AGREE windows in a row that want it, and comes
+ * at least MP_LEVEL_DWELL_S after the last one (the first window after a
+ * move mixes two levels).  A move that undoes the last within
+ * MP_LEVEL_REVERSAL_S blocks the undone direction for a back-off (8 s,
+ * doubling to 64 s): at a boundary the level settles instead of
+ * swinging.  The cost (CPU seconds per byte) and ratio of a rung are the
+ * ones measured there (a moving average); a rung not visited yet is
+ * estimated from the current one through a prior table (zstd 1.5 on
+ * text-like guest pages, 64 KiB batches, window 2^23, long-distance
+ * matching).  zstd off is the on/off decision's above
+ * (mp_adapt_decide), at any rung, on the current rung's numbers.  Pure: the caller passes the
+ * clock; one thread owns it.
+ */
+#define MP_LEVEL_RUNGS       7
+#define MP_LEVEL_LINK_BUSY   0.85
+#define MP_LEVEL_LINK_ROOM   0.50
+#define MP_LEVEL_CPU_SHORT   0.80
+#define MP_LEVEL_UP_FITS     0.70
+#define MP_LEVEL_SPENDS      0.25
+#define MP_LEVEL_SLOWED      0.10
+#define MP_LEVEL_UNMEASURED_S 8.0
+#define MP_LEVEL_AGREE       2
+#define MP_LEVEL_DWELL_S     2.0
+#define MP_LEVEL_REVERSAL_S  12.0
+#define MP_LEVEL_BACKOFF_S   8.0
+#define MP_LEVEL_BACKOFF_MAX 64.0
+
+typedef struct {
+    double link_bps; /* measured link rate, bytes/s; <= 0: not known */
+    double out_bps;  /* the stream's bytes onto the link per second */
+    double busy;     /* the workers' busy share, 0..1 */
+    double in_bps;   /* stream bytes into zstd per second; <= 0: unknown */
+    double enc_bps;  /* zstd at this level: input bytes per CPU-second */
+    double ratio;    /* zstd at this level: bytes out / bytes in */
+} MpLevelSample;
+
+typedef struct {
+    guint rung;
+    double cost[MP_LEVEL_RUNGS];  /* CPU s per input byte; 0: not measured */
+    double ratio[MP_LEVEL_RUNGS]; /* 0: not measured */
+    int want;       /* the direction the last windows wanted */
+    guint agreed;   /* ... how many in a row */
+    int last_dir;   /* of the last move */
+    double in_before; /* in_bps of the window before the last rise */
+    double in_last;   /* in_bps of the last window */
+    double last_s;  /* when (-1: never) */
+    int blocked;    /* a direction held back ... */
+    double blocked_until_s;
+    double backoff_s;
+    guint moves;
+} MpLevelCtl;
+
+/* The ladder's levels, lowest first. */
+int mp_level_rung_level(guint rung);
+/* The rung of `level`, or of the nearest ladder level above it. */
+guint mp_level_rung_of(int level);
+/* Starts at `level` (its rung), nothing measured. */
+void mp_level_ctl_init(MpLevelCtl *c, int level);
+static inline int
+mp_level_ctl_level(const MpLevelCtl *c)
+{
+    return mp_level_rung_level(c->rung);
+}
+/* One window's measurements at `now_s` (seconds from the stream's
+ * start).  @return
+ * the move made (+1 up, -1 down, 0 none), with *why a static phrase for
+ * the log (also for 0: why it holds). */
+int mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
+                        const char **why);

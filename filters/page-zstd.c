@@ -7,6 +7,10 @@
 
 struct MpCompEnc {
     ZSTD_CCtx *cctx;
+    int level;      /* of the frame being written */
+    int next_level; /* from the next batch on */
+    gboolean in_frame;
+    guint frames;
     MpCodecStats stats;
 };
 
@@ -19,7 +23,7 @@ struct MpCompDec {
 MpCompEnc *
 mp_comp_enc_new(int level, guint window_log, GError **error)
 {
-    if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel() || level == 0
+    if (!mp_comp_level_ok(level)
         || window_log < 10 || window_log > MP_COMP_WINDOW_LOG_MAX) {
         mp_parse_error_set(error, "zstd", MP_PARSE_ERROR_UNSUPPORTED,
                            "level %d, window log %u: expected level %d..%d "
@@ -29,6 +33,7 @@ mp_comp_enc_new(int level, guint window_log, GError **error)
         return NULL;
     }
     MpCompEnc *e = g_new0(MpCompEnc, 1);
+    e->level = e->next_level = level;
     e->cctx = ZSTD_createCCtx();
     g_assert(e->cctx);
     ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, level);
@@ -49,6 +54,62 @@ mp_comp_enc_free(MpCompEnc *e)
     g_free(e);
 }
 
+gboolean
+mp_comp_level_ok(int level)
+{
+    return level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel()
+           && level != 0;
+}
+
+void
+mp_comp_enc_set_level(MpCompEnc *e, int level)
+{
+    g_return_if_fail(mp_comp_level_ok(level));
+    e->next_level = level;
+}
+
+int
+mp_comp_enc_level(const MpCompEnc *e)
+{
+    return e->next_level;
+}
+
+guint
+mp_comp_enc_frames(const MpCompEnc *e)
+{
+    return e->frames;
+}
+
+/* The frame being written ends (its last block, a few bytes, into `out`)
+ * and the next starts at the new level: single-threaded zstd takes a new
+ * level only at a frame's start.  The destination's streaming decoder
+ * reads frame after frame; what it loses is the window: the new frame
+ * matches nothing sent before it. */
+static void
+enc_switch_level(MpCompEnc *e, GByteArray *out)
+{
+    ZSTD_inBuffer none = {NULL, 0, 0};
+
+    if (e->in_frame) {
+        for (;;) {
+            gsize at = out->len;
+            g_byte_array_set_size(out, at + ZSTD_CStreamOutSize());
+            ZSTD_outBuffer ob = {out->data + at, ZSTD_CStreamOutSize(), 0};
+            gsize r = ZSTD_compressStream2(e->cctx, &ob, &none, ZSTD_e_end);
+            g_byte_array_set_size(out, at + ob.pos);
+            g_assert(!ZSTD_isError(r));
+            if (r == 0)
+                break;
+        }
+        e->in_frame = FALSE;
+    }
+    /* between frames: the parameter applies to the next one */
+    gsize r = ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel,
+                                     e->next_level);
+    g_assert(!ZSTD_isError(r));
+    e->level = e->next_level;
+}
+
 gsize
 mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len, GByteArray *out)
 {
@@ -58,6 +119,12 @@ mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len, GByteArray *out)
 
     if (len == 0)
         return 0;
+    if (e->next_level != e->level)
+        enc_switch_level(e, out);
+    if (!e->in_frame) {
+        e->in_frame = TRUE;
+        e->frames++;
+    }
     for (;;) {
         gsize room = ZSTD_compressBound(len - ib.pos) + 64;
         gsize at = out->len;

@@ -188,11 +188,11 @@ source_with(const SourceArgs *a, int argc, char **argv)
                 routes, MP_TUN_ROUTES_MAX);
         return 2;
     }
-    if (a->level < 1 || a->level > 19 || a->connect_timeout <= 0
+    if (a->level < -7 || a->level > 19 || a->connect_timeout <= 0
         || a->resume_timeout < 0 || a->ping_timeout < -1
         || (a->ping_timeout > 0
             && a->ping_timeout < (gint)MP_TUN_MUX_PING_TIMEOUT_LEAST)) {
-        fprintf(stderr, "migproxy source: --level is 1..19, "
+        fprintf(stderr, "migproxy source: --level is -7..19 (0: adapt), "
                         "--connect-timeout positive milliseconds, "
                         "--resume-timeout 0 or more, --ping-timeout 0 "
                         "(never) or at least %u\n",
@@ -380,7 +380,11 @@ source_entries(gpointer store)
          "threads)",
          NULL},
         {"level", 0, 0, G_OPTION_ARG_INT, &a->level,
-         "zstd level, 1 (fastest) to 19 (default 3)", "N"},
+         "zstd level, -7 (fastest) to 19; pins the level of page batches "
+         "(default 0: it adapts, from 3, to what limits the migration: "
+         "higher while the link is full and the zstd workers have time, "
+         "lower while batches wait for them; stream bytes use 3)",
+         "N"},
         {"no-zero-runs", 0, 0, G_OPTION_ARG_NONE, &a->no_zero_runs,
          "Send zero pages as QEMU's own ZERO records (by default "
          "consecutive zero pages go as one run, and a zero page the "
@@ -412,7 +416,8 @@ source_entries(gpointer store)
          "(by default each goes off while it costs more time than it "
          "saves: zstd when the link, --rate or measured, is faster than "
          "compressing, any of them on pages it cannot shrink, such as "
-         "random data; and back on when it pays again)",
+         "random data; and back on when it pays again), and the zstd level "
+         "of page batches at 3 (or --level)",
          NULL},
         {"no-lift", 0, 0, G_OPTION_ARG_NONE, &a->no_lift,
          "Send a page the destination asks for in post-copy with the "
@@ -502,7 +507,7 @@ source_entries(gpointer store)
 static int
 source_run(int argc, char **argv)
 {
-    SourceArgs a = {.level = 3, .connect_timeout = 10000,
+    SourceArgs a = {.level = 0, .connect_timeout = 10000,
                     .resume_timeout = 30000, .ping_timeout = -1};
     g_autofree GOptionEntry *entries = source_entries(&a);
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_source, entries);

@@ -86,6 +86,21 @@ struct MpTunPagesOut {
     gboolean zstd_on;
     guint64 zstd_skipped;
     guint zstd_switches;
+    /* the zstd level: what the workers use from their next batch on
+     * (atomic: the owner sets it, workers read it); adapted by `lvl`
+     * unless --level pinned it (see mp_tun_pages_out_adapt()) */
+    gint level;
+    gboolean level_adapt;
+    MpLevelCtl lvl;
+    gint64 born_us;
+    guint64 zstd_wall_us; /* workers' wall time compressing (lock) */
+    guint64 out_bytes;    /* item bytes popped (DATA and PAGES) */
+    /* the counters at the level's last window */
+    gint64 lw_us;
+    guint64 lw_in, lw_out, lw_cpu, lw_wall, lw_popped;
+    json_object *level_log; /* [{t_s, from, to, why}], at most
+                             * MP_TUN_PAGES_LEVEL_LOG */
+    guint64 level_log_dropped;
     /* lifted pages (see the header) */
     MpRpParser *rp;
     gboolean rp_lost;    /* the return path stopped parsing */
@@ -154,15 +169,22 @@ compress_job(gpointer job, gpointer pool_data)
     Item *it = job;
     MpTunPagesOut *po = it->po;
     gint64 t0 = thread_cpu_ns();
+    gint64 w0 = g_get_monotonic_time();
     GByteArray *out = g_byte_array_sized_new(it->plain->len / 2 + 64);
+    MpCompEnc *ctx = po->comp[it->zctx];
+    gint level = g_atomic_int_get(&po->level);
 
-    mp_batch_compress(po->comp[it->zctx], it->zctx, it->plain->data,
-                      it->plain->len, out);
+    /* this context's frame ends here if the level changed */
+    if (level != mp_comp_enc_level(ctx))
+        mp_comp_enc_set_level(ctx, level);
+    mp_batch_compress(ctx, it->zctx, it->plain->data, it->plain->len, out);
     gint64 cpu = thread_cpu_ns() - t0;
+    gint64 wall = g_get_monotonic_time() - w0;
     g_mutex_lock(&po->lock);
     po->zstd_in += it->plain->len;
     po->zstd_out += out->len;
     po->zstd_cpu_ns += cpu;
+    po->zstd_wall_us += (guint64)MAX(wall, 0);
     it->bytes = out;
     it->waiting = FALSE;
     /* at the sockets' priority: an idle one would wait while the loop
@@ -784,7 +806,12 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
             po->pool[i] = g_thread_pool_new(compress_job, po, 1, FALSE, NULL);
         }
         po->zstd_on = TRUE;
+        po->level_adapt = opt->adapt && !opt->level;
+        po->level = opt->level ? opt->level : MP_COMP_LEVEL_DEFAULT;
+        mp_level_ctl_init(&po->lvl, po->level);
     }
+    po->born_us = po->lw_us = g_get_monotonic_time();
+    po->level_log = json_object_new_array();
     return po;
 }
 
@@ -805,6 +832,7 @@ mp_tun_pages_out_free(MpTunPagesOut *po)
     g_mutex_unlock(&po->lock);
     g_queue_clear_full(&po->items, (GDestroyNotify)item_free);
     g_queue_clear_full(&po->urgent, (GDestroyNotify)g_byte_array_unref);
+    json_object_put(po->level_log);
     if (po->ucur)
         g_byte_array_unref(po->ucur);
     if (po->held)
@@ -928,6 +956,7 @@ mp_tun_pages_out_pop(MpTunPagesOut *po, MpTunOutItem *item)
     }
     if (it->kind == MP_TUN_OUT_PAGES)
         po->payload_bytes += it->bytes->len;
+    po->out_bytes += it->bytes->len;
     item->kind = it->kind;
     item->bytes = g_steal_pointer(&it->bytes);
     item->raw = it->raw;
@@ -1157,6 +1186,14 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
     json_object_object_add(zs, "on", json_object_new_boolean(po->zstd_on));
     json_object_object_add(zs, "switches",
                            json_object_new_int(po->zstd_switches));
+    json_object_object_add(zs, "level", json_object_new_int(po->level));
+    json_object_object_add(zs, "level_adapt",
+                           json_object_new_boolean(po->level_adapt));
+    json_object *ll = NULL;
+    json_object_deep_copy(po->level_log, &ll, NULL);
+    json_object_object_add(zs, "level_changes", ll);
+    json_object_object_add(zs, "level_changes_dropped",
+                           json_object_new_int64(po->level_log_dropped));
     json_object_object_add(o, "zstd", zs);
     json_object *l = json_object_new_object();
     json_object_object_add(l, "enabled", json_object_new_boolean(po->opt.urgent));
@@ -1196,6 +1233,86 @@ mp_tun_pages_out_postcopy_running(const MpTunPagesOut *po)
     return po->postcopy_running;
 }
 
+/* The level's window: what the workers and the stream did since the
+ * last one, if it is long enough to judge. */
+static void
+level_window(MpTunPagesOut *po, double link_bps)
+{
+    gint64 now = g_get_monotonic_time();
+    g_mutex_lock(&po->lock);
+    guint64 in = po->zstd_in, out = po->zstd_out, cpu = po->zstd_cpu_ns,
+            wall = po->zstd_wall_us;
+    g_mutex_unlock(&po->lock);
+    guint64 popped = po->out_bytes;
+    double span = (now - po->lw_us) / 1e6;
+
+    if (span < MP_TUN_PAGES_LEVEL_WINDOW_S * 0.9)
+        return;
+    guint64 w_in = in - po->lw_in, w_out = out - po->lw_out,
+            w_cpu = cpu - po->lw_cpu, w_wall = wall - po->lw_wall,
+            w_popped = popped - po->lw_popped;
+    po->lw_us = now;
+    po->lw_in = in;
+    po->lw_out = out;
+    po->lw_cpu = cpu;
+    po->lw_wall = wall;
+    po->lw_popped = popped;
+    /* an idle stream, or zstd off (probes only): nothing to judge */
+    if (!po->zstd_on || w_in < MP_TUN_PAGES_LEVEL_MIN_BYTES || !w_cpu)
+        return;
+    MpLevelSample smp = {
+        .link_bps = link_bps,
+        .out_bps = w_popped / span,
+        .busy = MIN(w_wall / 1e6 / span / po->workers, 1.0),
+        .in_bps = w_in / span,
+        .enc_bps = w_in / (w_cpu / 1e9),
+        .ratio = (double)w_out / w_in,
+    };
+    mp_tun_pages_out_level_with(po, &smp, (now - po->born_us) / 1e6);
+}
+
+gboolean
+mp_tun_pages_out_level_with(MpTunPagesOut *po, const MpLevelSample *smp,
+                            double now_s)
+{
+    const char *why = NULL;
+
+    if (!po->level_adapt || !po->workers)
+        return FALSE;
+    int from = po->level;
+    int moved = mp_level_ctl_update(&po->lvl, smp, now_s, &why);
+    if (!moved) {
+        g_debug("%s: zstd level %d holds: %s", po->name, from, why);
+        return FALSE;
+    }
+    int to = mp_level_ctl_level(&po->lvl);
+    g_atomic_int_set(&po->level, to);
+    g_message("%s: zstd level %d -> %d: %s (link %s%.1f Mbit/s, out %.1f "
+              "Mbit/s, workers %.0f %% busy x %u, level %d: %.1f MiB/s per "
+              "thread, ratio %.3f)",
+              po->name, from, to, why, smp->link_bps > 0 ? "" : "not measured, ",
+              MAX(smp->link_bps, 0) * 8 / 1e6, smp->out_bps * 8 / 1e6,
+              smp->busy * 100, po->workers, from,
+              smp->enc_bps / (1024.0 * 1024.0), smp->ratio);
+    if (json_object_array_length(po->level_log) >= MP_TUN_PAGES_LEVEL_LOG) {
+        po->level_log_dropped++;
+        return TRUE;
+    }
+    json_object *e = json_object_new_object();
+    json_object_object_add(e, "t_s", json_object_new_double(now_s));
+    json_object_object_add(e, "from", json_object_new_int(from));
+    json_object_object_add(e, "to", json_object_new_int(to));
+    json_object_object_add(e, "why", json_object_new_string(why));
+    json_object_array_add(po->level_log, e);
+    return TRUE;
+}
+
+int
+mp_tun_pages_out_level(const MpTunPagesOut *po)
+{
+    return po->workers ? po->level : 0;
+}
+
 void
 mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
 {
@@ -1205,6 +1322,7 @@ mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
         mp_batch_enc_adapt(po->enc, link_bps, po->name);
     if (!po->workers)
         return;
+    level_window(po, link_bps);
     g_mutex_lock(&po->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
     g_mutex_unlock(&po->lock);
@@ -1306,4 +1424,7 @@ mp_tun_pages_out_add_counters(const MpTunPagesOut *po, json_object *acc)
     guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
     g_mutex_unlock(&mpo->lock);
     add_codec(acc, "zstd", mp_tun_pages_out_zstd_on(po), in, out, ns);
+    json_object *z;
+    if (po->workers && json_object_object_get_ex(acc, "zstd", &z))
+        json_object_object_add(z, "level", json_object_new_int(po->level));
 }

@@ -78,7 +78,9 @@ typedef struct {
     gboolean delta;
     gboolean dedup;
     gboolean compress; /* zstd on batch bodies (long window, workers) */
-    int level;         /* zstd level, 0: 3 */
+    /* zstd level of page bodies; 0: adapted (from 3) with `adapt`,
+     * else 3 (see mp_tun_pages_out_adapt()) */
+    int level;
     guint64 cache_bytes; /* 0: mp_pcache_auto_size(guest RAM) */
     guint workers;       /* zstd contexts and threads, 0: the cores */
     /* zstd on page bodies, dedup and delta back off where they do not
@@ -112,6 +114,11 @@ typedef struct {
 #define MP_TUN_PAGES_PROBE_EVERY 16
 /* zstd decides once it compressed this many stream bytes. */
 #define MP_TUN_PAGES_ADAPT_MIN_BYTES (4u << 20)
+/* The zstd level is judged on windows of about this long with at least
+ * this much compressed; the report keeps this many level changes. */
+#define MP_TUN_PAGES_LEVEL_WINDOW_S  1.0
+#define MP_TUN_PAGES_LEVEL_MIN_BYTES (1u << 20)
+#define MP_TUN_PAGES_LEVEL_LOG       64
 
 typedef enum {
     MP_TUN_OUT_DATA,  /* raw stream bytes */
@@ -209,10 +216,27 @@ void mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps);
  * @return TRUE if zstd was switched. */
 gboolean mp_tun_pages_out_adapt_with(MpTunPagesOut *po,
                                      const MpAdaptInput *in);
+/* The zstd level: with `adapt` and no level given, every window of
+ * MP_TUN_PAGES_LEVEL_WINDOW_S seen by mp_tun_pages_out_adapt() feeds the
+ * level controller (filters/enc-adapt.h, MpLevelCtl) with the link rate,
+ * this stream's bytes popped per second, the workers' busy share (their
+ * wall time compressing), zstd's CPU rate and ratio; a move sets the
+ * level the workers take at their next batch (a new zstd frame), is
+ * logged with its reason and kept in the report (zstd.level_changes).
+ * Only while zstd is on; the on/off decision (mp_tun_pages_out_adapt_with)
+ * stays as it was, at whatever level (its model takes the level's
+ * measured CPU rate).  This is the same on a given window's numbers
+ * (tests).
+ * @return TRUE if the level moved. */
+gboolean mp_tun_pages_out_level_with(MpTunPagesOut *po,
+                                     const MpLevelSample *s, double now_s);
+/* The zstd level of the next batch (0: no zstd). */
+int mp_tun_pages_out_level(const MpTunPagesOut *po);
 /* Is zstd on now (FALSE also without zstd)? */
 gboolean mp_tun_pages_out_zstd_on(const MpTunPagesOut *po);
 /* Adds this stream's per-encoder counters into `acc`, an object
- * {zero_runs, dedup, delta, zstd: {on, bytes_in, bytes_out, cpu_s}}
+ * {zero_runs, dedup, delta, zstd: {on, bytes_in, bytes_out, cpu_s,
+ * level}} (`level`: the last stream's with zstd)
  * (members made at the first call; `on`: any stream has it on). */
 void mp_tun_pages_out_add_counters(const MpTunPagesOut *po, json_object *acc);
 

@@ -352,6 +352,48 @@ Test(page_zstd, batches_share_a_window)
     cr_assert_eq(mp_comp_dec_stats(d)->bytes_out, 2 * n);
 }
 
+/* The level changes between batches, up and down the ladder, as the
+ * adaptive level does: every batch decodes to its bytes with the one
+ * decoder, which is never told (each change starts a new frame). */
+Test(page_zstd, level_changes_mid_stream)
+{
+    static const int levels[] = {3, 3, 6, -5, -5, 1, 19, 9, 9, -1, 3};
+    g_autoptr(GRand) r = g_rand_new_with_seed(7);
+    g_autoptr(MpCompEnc) e = mp_comp_enc_new(3, 23, NULL);
+    g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
+    gsize n = 32 * PS;
+    g_autofree guint8 *raw = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(n);
+    guint changes = 0;
+
+    for (guint b = 0; b < G_N_ELEMENTS(levels); b++) {
+        for (gsize i = 0; i < n; i += PS)
+            page_gen(raw + i, PS, (PageKind)((i / PS + b) % PG__MAX), r);
+        if (levels[b] != mp_comp_enc_level(e))
+            changes++;
+        mp_comp_enc_set_level(e, levels[b]);
+        cr_assert_eq(mp_comp_enc_level(e), levels[b]);
+        g_autoptr(GByteArray) c = g_byte_array_new();
+        cr_assert_gt(mp_comp_enc_batch(e, raw, n, c), 0);
+        g_autoptr(GError) err = NULL;
+        memset(out, 0xee, n);
+        cr_assert(mp_comp_dec_batch(d, c->data, c->len, out, n, &err),
+                  "batch %u at level %d: %s", b, levels[b],
+                  err ? err->message : "");
+        cr_assert_eq(memcmp(out, raw, n), 0, "batch %u", b);
+    }
+    cr_assert_eq(mp_comp_enc_frames(e), 1 + changes);
+    /* a change before any batch costs no frame */
+    g_autoptr(MpCompEnc) f = mp_comp_enc_new(3, 23, NULL);
+    mp_comp_enc_set_level(f, 9);
+    g_autoptr(GByteArray) c = g_byte_array_new();
+    mp_comp_enc_batch(f, raw, n, c);
+    cr_assert_eq(mp_comp_enc_frames(f), 1);
+    g_autoptr(MpCompDec) d2 = mp_comp_dec_new(23, NULL);
+    cr_assert(mp_comp_dec_batch(d2, c->data, c->len, out, n, NULL));
+    cr_assert_eq(memcmp(out, raw, n), 0);
+}
+
 static GByteArray *
 one_batch(gsize n, guint window_log)
 {
@@ -465,4 +507,187 @@ Test(adapt, decisions)
                        .dec_bps = 500 * mb, .enc_workers = 1,
                        .dec_workers = 1, .ratio = 0.2};
     cr_assert_not(mp_adapt_decide(&in, TRUE).use);
+}
+
+/* --- adaptive zstd level ---------------------------------------------- */
+
+static int
+level_feed(MpLevelCtl *c, double t0, guint n, double link, double out,
+           double busy, double enc, double ratio)
+{
+    const char *why = NULL;
+    int moved = 0;
+    for (guint i = 0; i < n; i++) {
+        MpLevelSample s = {.link_bps = link, .out_bps = out, .busy = busy,
+                           .enc_bps = enc, .ratio = ratio};
+        moved += mp_level_ctl_update(c, &s, t0 + i, &why);
+        cr_assert_not_null(why);
+    }
+    return moved;
+}
+
+Test(level, ladder)
+{
+    cr_assert_eq(mp_level_rung_level(0), -5);
+    cr_assert_eq(mp_level_rung_level(mp_level_rung_of(3)), 3);
+    cr_assert_eq(mp_level_rung_level(mp_level_rung_of(4)), 7);
+    cr_assert_eq(mp_level_rung_level(mp_level_rung_of(99)), 11);
+    cr_assert_eq(mp_level_rung_level(99), 11);
+}
+
+Test(level, rises_when_link_bound)
+{
+    MpLevelCtl c;
+    mp_level_ctl_init(&c, 3);
+    /* 100 Mbit/s full, workers 20 % busy: one window is not enough */
+    cr_assert_eq(level_feed(&c, 0, 1, 12.5e6, 12.4e6, 0.2, 130e6, 0.236), 0);
+    cr_assert_eq(level_feed(&c, 1, 1, 12.5e6, 12.4e6, 0.2, 130e6, 0.236), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 7);
+    /* not again right away (the dwell), then on */
+    cr_assert_eq(level_feed(&c, 2, 1, 12.5e6, 12.4e6, 0.2, 130e6, 0.236), 0);
+    cr_assert_eq(level_feed(&c, 3, 1, 12.5e6, 12.4e6, 0.2, 40e6, 0.224), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 9);
+    /* at 9 the workers are 60 % busy: 11 would need more than they have */
+    cr_assert_eq(level_feed(&c, 10, 10, 12.5e6, 12.4e6, 0.6, 26e6, 0.22), 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 9);
+}
+
+Test(level, falls_when_cpu_bound)
+{
+    MpLevelCtl c;
+    mp_level_ctl_init(&c, 3);
+    /* the link not measured, the workers 50 % busy: early on the link
+     * may be full and not measured yet, so it holds; later the link
+     * never held the stream back: less CPU */
+    cr_assert_eq(level_feed(&c, 0, 7, 0, 20e6, 0.5, 130e6, 0.236), 0);
+    mp_level_ctl_init(&c, 3);
+    cr_assert_eq(level_feed(&c, 8, 2, 0, 20e6, 0.5, 130e6, 0.236), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
+    /* batches wait for workers, link not measured (never held us) */
+    mp_level_ctl_init(&c, 3);
+    cr_assert_eq(level_feed(&c, 0, 2, 0, 20e6, 0.95, 60e6, 0.24), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
+    /* the same with a measured link that has room */
+    cr_assert_eq(level_feed(&c, 4, 2, 125e6, 20e6, 0.9, 80e6, 0.25), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), -1);
+    cr_assert_eq(level_feed(&c, 8, 2, 125e6, 20e6, 0.9, 80e6, 0.26), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), -5);
+    /* the bottom: zstd off is the on/off decision's */
+    cr_assert_eq(level_feed(&c, 12, 5, 125e6, 20e6, 0.9, 80e6, 0.27), 0);
+    /* a lower level measured slower (text: -1 slower than 1): back up,
+     * and then not down again */
+    mp_level_ctl_init(&c, 1);
+    cr_assert_eq(level_feed(&c, 0, 2, 0, 40e6, 0.9, 170e6, 0.246), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), -1);
+    cr_assert_eq(level_feed(&c, 4, 2, 0, 40e6, 0.9, 140e6, 0.26), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
+    cr_assert_eq(level_feed(&c, 8, 20, 0, 40e6, 0.9, 170e6, 0.246), 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 1);
+    /* the link has room and the workers spend: a cheaper rung */
+    mp_level_ctl_init(&c, 7);
+    cr_assert_eq(level_feed(&c, 0, 2, 125e6, 15e6, 0.4, 40e6, 0.224), -1);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+}
+
+/* A rise that slows QEMU's stream (the CPU they share) is undone, and
+ * the level does not rise again at once. */
+Test(level, undoes_a_rise_that_slows_the_stream)
+{
+    MpLevelCtl c;
+    const char *why;
+    mp_level_ctl_init(&c, 3);
+    MpLevelSample s = {.link_bps = 12.5e6, .out_bps = 12.4e6, .busy = 0.15,
+                       .in_bps = 53e6, .enc_bps = 130e6, .ratio = 0.235};
+    cr_assert_eq(mp_level_ctl_update(&c, &s, 0, &why), 0);
+    cr_assert_eq(mp_level_ctl_update(&c, &s, 1, &why), 1);
+    cr_assert_eq(mp_level_ctl_level(&c), 7);
+    /* at 7 the stream falls to 40 MB/s, the link to 70 % */
+    MpLevelSample slow = {.link_bps = 12.5e6, .out_bps = 8.9e6, .busy = 0.6,
+                          .in_bps = 40e6, .enc_bps = 40e6, .ratio = 0.224};
+    cr_assert_eq(mp_level_ctl_update(&c, &slow, 2, &why), 0);
+    cr_assert_eq(mp_level_ctl_update(&c, &slow, 3, &why), -1);
+    cr_assert_str_eq(why, "the stream slowed after the last rise: QEMU "
+                          "needs the CPU");
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+    /* link-bound again at 3: the rise waits out its back-off */
+    for (guint t = 4; t < 11; t++)
+        cr_assert_eq(mp_level_ctl_update(&c, &s, t, &why), 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+}
+
+Test(level, holds_in_between)
+{
+    MpLevelCtl c;
+    mp_level_ctl_init(&c, 3);
+    /* the link 70 % full, workers half busy: nothing calls for a move */
+    cr_assert_eq(level_feed(&c, 0, 30, 12.5e6, 8.8e6, 0.5, 130e6, 0.236), 0);
+    /* both busy: hold too */
+    cr_assert_eq(level_feed(&c, 30, 30, 12.5e6, 12.4e6, 0.9, 130e6, 0.236),
+                 0);
+    /* link full but the next level would not fit */
+    cr_assert_eq(level_feed(&c, 60, 30, 12.5e6, 12.4e6, 0.3, 130e6, 0.236),
+                 0);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+    /* windows that disagree never move it */
+    for (guint i = 0; i < 40; i++)
+        level_feed(&c, 100 + i, 1, 12.5e6, i % 2 ? 12.4e6 : 3e6,
+                   i % 2 ? 0.1 : 0.95, 130e6, 0.236);
+    cr_assert_eq(mp_level_ctl_level(&c), 3);
+    cr_assert_eq(c.moves, 0);
+}
+
+/* A simulated pair: a link, two workers on `cores` of CPU (their wall
+ * time stretches when they get less than a core each), QEMU sending at
+ * most `qemu` bytes/s; the rungs' cost and ratio as measured on text
+ * pages.  Whatever the noise, the level settles: few moves, no swing. */
+static guint
+simulate(double link, double cores, double qemu, guint seed, int *level)
+{
+    static const double cost3 = 1 / 130e6;
+    static const double cost[] = {0.8, 0.8, 0.7, 1.0, 3.3, 5.3, 12};
+    static const double ratio[] = {0.27,  0.26, 0.244, 0.235,
+                                   0.224, 0.22, 0.204};
+    g_autoptr(GRand) r = g_rand_new_with_seed(seed);
+    MpLevelCtl c;
+    const char *why;
+    mp_level_ctl_init(&c, 3);
+    for (guint t = 0; t < 200; t++) {
+        guint k = c.rung;
+        double per_byte = cost3 * cost[k];
+        double s = MIN(MIN(link / ratio[k], cores / per_byte), qemu);
+        double noise = g_rand_double_range(r, 0.85, 1.15);
+        MpLevelSample smp = {
+            .link_bps = link,
+            .out_bps = MIN(s * ratio[k] * noise, link),
+            .in_bps = s * noise,
+            .busy = MIN(s * per_byte / MIN(cores, 2)
+                            * g_rand_double_range(r, 0.85, 1.15),
+                        1),
+            .enc_bps = 1 / per_byte * g_rand_double_range(r, 0.9, 1.1),
+            .ratio = ratio[k] * g_rand_double_range(r, 0.97, 1.03),
+        };
+        mp_level_ctl_update(&c, &smp, t, &why);
+    }
+    *level = mp_level_ctl_level(&c);
+    return c.moves;
+}
+
+Test(level, settles_on_noise)
+{
+    for (guint seed = 1; seed <= 20; seed++) {
+        int level;
+        /* 100 Mbit/s, two cores free: the link limits, 7 keeps it full
+         * (56 MB/s of stream against 53 at 3), 9 would not */
+        guint moves = simulate(12.5e6, 2.0, 200e6, seed, &level);
+        cr_assert_leq(moves, 8, "seed %u: %u moves", seed, moves);
+        cr_assert_eq(level, 7, "seed %u: level %d", seed, level);
+        /* one core: 7 would slow the stream (39 MB/s): 3 stays */
+        moves = simulate(12.5e6, 1.0, 200e6, seed, &level);
+        cr_assert_leq(moves, 8, "seed %u: %u moves", seed, moves);
+        cr_assert_eq(level, 3, "seed %u: level %d", seed, level);
+        /* 1 Gbit/s, half a core: the CPU limits, the level goes down */
+        moves = simulate(125e6, 0.5, 200e6, seed, &level);
+        cr_assert_leq(moves, 8, "seed %u: %u moves", seed, moves);
+        cr_assert_leq(level, 1, "seed %u: level %d", seed, level);
+    }
 }

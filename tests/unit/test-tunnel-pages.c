@@ -375,6 +375,73 @@ Test(tunnel_pages, adapt_switches_zstd_same_memory)
     cr_assert(mp_tun_pages_out_zstd_on(fixed));
 }
 
+/* The zstd level moves on numbers given (no clock): up while the link
+ * is full and the workers idle, down while batches wait for them; each
+ * move starts a new zstd frame in every worker's context, which the
+ * destination decodes without being told: the memory is the same.  A
+ * level given (--level) never moves. */
+Test(tunnel_pages, level_moves_same_memory)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("busy-10.0.mig.zst");
+    MpTunPagesOptions o = all_on();
+    o.adapt = TRUE;
+    o.level = 0;
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    Run r = {.out = g_byte_array_new()};
+    gsize part = in->len / 4;
+    MpLevelSample link_bound = {.link_bps = 12.5e6, .out_bps = 12.4e6,
+                                .busy = 0.1, .enc_bps = 130e6,
+                                .ratio = 0.24};
+    MpLevelSample cpu_bound = {.link_bps = 125e6, .out_bps = 20e6,
+                               .busy = 0.95, .enc_bps = 24e6,
+                               .ratio = 0.22};
+
+    cr_assert_eq(mp_tun_pages_out_level(po), 3);
+    feed_range(po, pi, &r, in, 0, part);
+    cr_assert_not(mp_tun_pages_out_level_with(po, &link_bound, 0));
+    cr_assert(mp_tun_pages_out_level_with(po, &link_bound, 1));
+    cr_assert_eq(mp_tun_pages_out_level(po), 7);
+    feed_range(po, pi, &r, in, part, 2 * part);
+    link_bound.enc_bps = 40e6;
+    /* two windows again, the second past the dwell */
+    cr_assert_not(mp_tun_pages_out_level_with(po, &link_bound, 2));
+    cr_assert(mp_tun_pages_out_level_with(po, &link_bound, 3.5));
+    cr_assert_eq(mp_tun_pages_out_level(po), 9);
+    feed_range(po, pi, &r, in, 2 * part, 3 * part);
+    cr_assert_not(mp_tun_pages_out_level_with(po, &cpu_bound, 20));
+    cr_assert(mp_tun_pages_out_level_with(po, &cpu_bound, 21));
+    cr_assert_eq(mp_tun_pages_out_level(po), 7);
+    feed_range(po, pi, &r, in, 3 * part, in->len);
+    drain(po, pi, &r, TRUE);
+
+    json_object *rep = mp_tun_pages_out_report(po);
+    cr_assert_eq(tu_json_int(rep, "zstd.level"), 7);
+    cr_assert((tu_json_int(rep, "zstd.level_adapt") != 0));
+    json_object *z, *log;
+    cr_assert(json_object_object_get_ex(rep, "zstd", &z));
+    cr_assert(json_object_object_get_ex(z, "level_changes", &log));
+    cr_assert_eq(json_object_array_length(log), 3);
+    json_object *last = json_object_array_get_idx(log, 2);
+    cr_assert_eq(tu_json_int(last, "from"), 9);
+    cr_assert_eq(tu_json_int(last, "to"), 7);
+    json_object_put(rep);
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(r.out, NULL);
+    assert_same_memory(want, got, "zstd level 3, 7, 9, 7");
+    g_byte_array_unref(r.out);
+
+    /* --level 3: pinned */
+    o.level = 3;
+    g_autoptr(MpTunPagesOut) fixed = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    link_bound.enc_bps = 130e6;
+    for (guint t = 0; t < 10; t++)
+        cr_assert_not(mp_tun_pages_out_level_with(fixed, &link_bound, t));
+    cr_assert_eq(mp_tun_pages_out_level(fixed), 3);
+}
+
 /* The per-encoder counters of the --metrics lines add up over streams. */
 Test(tunnel_pages, encoder_counters)
 {
