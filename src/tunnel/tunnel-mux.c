@@ -508,6 +508,9 @@ conn_read(Conn *c)
 {
     MpTunMux *m = c->m;
     g_autoptr(GError) err = NULL;
+    /* a read the bulk lane had no room for: a requested page's way out */
+    gboolean past = c->po && !c->out_urgent
+                    && !mp_tun_conn_bulk_room(m->conn);
 
     gssize n = g_socket_receive(c->sock, (char *)m->rbuf,
                                 MIN(MP_TUN_MUX_CHUNK,
@@ -538,6 +541,8 @@ conn_read(Conn *c)
     }
     ensure_out_open(c);
     if (c->po) {
+        if (past)
+            mp_tun_pages_out_read_past(c->po, n);
         pages_feed(c, n);
         return;
     }

@@ -107,7 +107,7 @@ struct MpTunPagesOut {
     guint64 held_off;
     char held_block[256]; /* what its CONTINUE means */
     guint64 lift_requests, lift_pages, lift_neighbours, urgent_frames,
-        urgent_bytes, held_records, names_written;
+        urgent_bytes, held_records, names_written, read_ahead_bytes;
     /* multifd (see the header): its parser (no pipeline: nothing but the
      * packets is wanted, and QEMU's zstd is not decoded), until it stops */
     MpMfdParser *mfd;
@@ -1046,6 +1046,12 @@ mp_tun_pages_out_set_preempt(MpTunPagesOut *po)
 }
 
 void
+mp_tun_pages_out_read_past(MpTunPagesOut *po, gsize n)
+{
+    po->read_ahead_bytes += n;
+}
+
+void
 mp_tun_pages_out_set_shared(MpTunPagesOut *po)
 {
     if (!po->shared)
@@ -1172,6 +1178,8 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
                            json_object_new_int64(po->held_records));
     json_object_object_add(l, "names_written",
                            json_object_new_int64(po->names_written));
+    json_object_object_add(l, "read_ahead_bytes",
+                           json_object_new_int64(po->read_ahead_bytes));
     json_object_object_add(o, "lift", l);
     if (po->opt.multifd) {
         json_object *mf = json_object_new_object();
