@@ -1744,8 +1744,6 @@ pages_attach(MpTunMux *m, Conn *c)
             continue;
         if (o->po && !main)
             mp_tun_pages_out_set_shared(o->po);
-        if (o->po && c->open.channel == MP_TUN_CH_PREEMPT)
-            mp_tun_pages_out_set_preempt(o->po);
         if (o->open.channel != MP_TUN_CH_MAIN)
             shared = TRUE;
     }

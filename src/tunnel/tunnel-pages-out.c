@@ -90,7 +90,6 @@ struct MpTunPagesOut {
     MpRpParser *rp;
     gboolean rp_lost;    /* the return path stopped parsing */
     gboolean huge;       /* a block of larger host pages: never lift */
-    gboolean preempt;    /* requested pages go on the preempt channel */
     gboolean parse_lost; /* the stream stopped parsing */
     gboolean lifting;    /* a page was lifted: raw records name blocks */
     GArray *wants;       /* Want, oldest first */
@@ -1028,7 +1027,7 @@ mp_tun_pages_out_pop_urgent(MpTunPagesOut *po)
 gboolean
 mp_tun_pages_out_read_ahead(const MpTunPagesOut *po)
 {
-    if (!po->read_budget || po->preempt || !lift_ok(po))
+    if (!po->read_budget || !lift_ok(po))
         return FALSE;
     gint64 now = g_get_monotonic_time();
     for (guint i = 0; i < po->wants->len; i++) {
@@ -1037,12 +1036,6 @@ mp_tun_pages_out_read_ahead(const MpTunPagesOut *po)
             return TRUE;
     }
     return FALSE;
-}
-
-void
-mp_tun_pages_out_set_preempt(MpTunPagesOut *po)
-{
-    po->preempt = TRUE;
 }
 
 void

@@ -174,9 +174,6 @@ gboolean mp_tun_pages_out_read_ahead(const MpTunPagesOut *po);
 /* The owner read `n` bytes of the stream past the link's pace because
  * mp_tun_pages_out_read_ahead() said so (the report's read_ahead_bytes). */
 void mp_tun_pages_out_read_past(MpTunPagesOut *po, gsize n);
-/* A postcopy-preempt channel carries requested pages: no read-ahead for
- * them (pages that come here are still lifted). */
-void mp_tun_pages_out_set_preempt(MpTunPagesOut *po);
 /* Another channel of the session may carry pages: stop skipping. */
 void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
 /* The guest's RAM in bytes as the stream's RAM section announced it (0:
