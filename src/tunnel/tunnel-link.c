@@ -20,6 +20,7 @@ struct MpTunLink {
     MpRateEstimator *est;
     guint64 pace;  /* bytes/s; 0: not paced */
     gboolean allow; /* may start pacing once measured (post-copy may come) */
+    gboolean postcopy; /* post-copy runs: page requests come */
     double tokens; /* the bucket; below 0 after urgent bytes */
     gint64 tokens_us;
     gint64 late_us; /* how late the writer wakes (a moving average) */
@@ -241,10 +242,24 @@ mp_tun_link_queue_bound(const MpTunLink *l)
     return l->pace ? link_time(l, queue_us(l), 8u << 20) : G_MAXSIZE;
 }
 
+void
+mp_tun_link_postcopy_runs(MpTunLink *l)
+{
+    l->postcopy = TRUE;
+}
+
 gsize
 mp_tun_link_notsent_lowat(const MpTunLink *l)
 {
-    return l->pace ? link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20) : 0;
+    if (l->pace)
+        return link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20);
+    if (!l->postcopy || !l->measured)
+        return 0;
+    /* not paced yet (the estimate not trusted): the kernel's unsent
+     * bytes at least stay short, twice the paced bound (the writer is
+     * not timed by a pace, the estimate may read low) */
+    guint64 b = l->measured * (2 * MP_TUN_LINK_QUEUE_US) / G_USEC_PER_SEC;
+    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, 8u << 20);
 }
 
 guint64

@@ -496,6 +496,9 @@ pages_feed(Conn *c, gsize n)
     /* post-copy may come: from now on the link is paced (tunnel-link.h) */
     if (mp_tun_pages_out_postcopy_advised(c->po) && c->m->conn)
         mp_tun_link_allow_pace(mp_tun_conn_link(c->m->conn));
+    /* it runs: the kernel's unsent bytes stay short before the pace */
+    if (mp_tun_pages_out_postcopy_running(c->po) && c->m->conn)
+        mp_tun_link_postcopy_runs(mp_tun_conn_link(c->m->conn));
     c->unacked += n - left;
     c->read_bytes += n;
     pages_send(c);
