@@ -12,6 +12,8 @@
  * rest of each gap, and 80 Mbit/s paced gave 36), at most 20 ms. */
 #define BURST_MIN_US 2000
 #define BURST_MAX_US 20000
+/* The kernel's unsent bytes once post-copy runs, before the pace. */
+#define POSTCOPY_UNSENT_US 10000
 
 static double burst(const MpTunLink *l);
 
@@ -256,9 +258,10 @@ mp_tun_link_notsent_lowat(const MpTunLink *l)
     if (!l->postcopy || !l->measured)
         return 0;
     /* not paced yet (the estimate not trusted): the kernel's unsent
-     * bytes at least stay short, twice the paced bound (the writer is
-     * not timed by a pace, the estimate may read low) */
-    guint64 b = l->measured * (2 * MP_TUN_LINK_QUEUE_US) / G_USEC_PER_SEC;
+     * bytes at least stay short, but long enough that a writer woken late
+     * on a busy host (ms) does not leave the link idle inside the
+     * intervals that still measure it (its estimate would read low) */
+    guint64 b = l->measured * POSTCOPY_UNSENT_US / G_USEC_PER_SEC;
     return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, 8u << 20);
 }
 
