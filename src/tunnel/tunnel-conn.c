@@ -35,6 +35,7 @@ struct MpTunConn {
     gboolean was_high;
     /* the link's rate and the pace of bulk frames (tunnel-link.h) */
     MpTunLink *link;
+    gsize lowat; /* the TCP_NOTSENT_LOWAT set (0: the kernel's default) */
     gsize bulk_queued;
     gboolean cur_urgent, bulk_full;
     guint tick_id, pace_id, ticks;
@@ -495,20 +496,23 @@ on_tick(gpointer data)
     if (ioctl(fd, SIOCOUTQ, &unsent) < 0)
         unsent = 0;
     mp_tcp_rwnd_limited_us(fd, &rwnd);
-    if (mp_tun_link_sample(c->link, g_get_monotonic_time(), c->bytes_out,
-                           (guint64)MAX(unsent, 0), rwnd)) {
-        /* paced from now on: the kernel keeps few unsent bytes, so an
-         * urgent frame waits behind little */
-        int lowat = (int)mp_tun_link_notsent_lowat(c->link);
-        if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
-                       sizeof(lowat))
-            < 0)
+    gboolean began = mp_tun_link_sample(c->link, g_get_monotonic_time(),
+                                        c->bytes_out,
+                                        (guint64)MAX(unsent, 0), rwnd);
+    /* paced (or post-copy runs): the kernel keeps few unsent bytes, so
+     * an urgent frame waits behind little */
+    gsize lowat = mp_tun_link_notsent_lowat(c->link);
+    if (lowat && lowat != c->lowat) {
+        int v = (int)lowat;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, sizeof(v)) < 0
+            && !c->lowat)
             g_warning("%s: TCP_NOTSENT_LOWAT: %s; urgent frames wait behind "
                       "the socket's whole send buffer",
                       c->name, g_strerror(errno));
-        if (c->hooks.paced)
-            c->hooks.paced(c, c->data);
+        c->lowat = lowat;
     }
+    if (began && c->hooks.paced)
+        c->hooks.paced(c, c->data);
     if (c->ready && !c->end_sent && ++c->ticks % MP_TUN_LINK_PING_EVERY == 1) {
         g_autoptr(GByteArray) b = g_byte_array_new();
         mp_tun_write_ping(b, MP_TUN_PING, ++c->ping_token,
@@ -535,6 +539,7 @@ mp_tun_conn_set_rate(MpTunConn *c, guint64 bytes_per_s)
         int lowat = (int)mp_tun_link_notsent_lowat(c->link);
         setsockopt(g_socket_get_fd(c->sock), IPPROTO_TCP, TCP_NOTSENT_LOWAT,
                    &lowat, sizeof(lowat));
+        c->lowat = (gsize)lowat;
     }
 }
 

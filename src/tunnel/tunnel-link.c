@@ -12,6 +12,8 @@
  * rest of each gap, and 80 Mbit/s paced gave 36), at most 20 ms. */
 #define BURST_MIN_US 2000
 #define BURST_MAX_US 20000
+/* The kernel's unsent bytes once post-copy runs, before the pace. */
+#define POSTCOPY_UNSENT_US 10000
 
 static double burst(const MpTunLink *l);
 
@@ -20,6 +22,7 @@ struct MpTunLink {
     MpRateEstimator *est;
     guint64 pace;  /* bytes/s; 0: not paced */
     gboolean allow; /* may start pacing once measured (post-copy may come) */
+    gboolean postcopy; /* post-copy runs: page requests come */
     double tokens; /* the bucket; below 0 after urgent bytes */
     gint64 tokens_us;
     gint64 late_us; /* how late the writer wakes (a moving average) */
@@ -241,10 +244,25 @@ mp_tun_link_queue_bound(const MpTunLink *l)
     return l->pace ? link_time(l, queue_us(l), 8u << 20) : G_MAXSIZE;
 }
 
+void
+mp_tun_link_postcopy_runs(MpTunLink *l)
+{
+    l->postcopy = TRUE;
+}
+
 gsize
 mp_tun_link_notsent_lowat(const MpTunLink *l)
 {
-    return l->pace ? link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20) : 0;
+    if (l->pace)
+        return link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20);
+    if (!l->postcopy || !l->measured)
+        return 0;
+    /* not paced yet (the estimate not trusted): the kernel's unsent
+     * bytes at least stay short, but long enough that a writer woken late
+     * on a busy host (ms) does not leave the link idle inside the
+     * intervals that still measure it (its estimate would read low) */
+    guint64 b = l->measured * POSTCOPY_UNSENT_US / G_USEC_PER_SEC;
+    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, 8u << 20);
 }
 
 guint64

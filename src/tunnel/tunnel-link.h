@@ -97,6 +97,13 @@ gint64 mp_tun_link_ready_at(MpTunLink *l, gsize n, gint64 now_us);
  * late it wakes (2 ms of the pace at least, 20 ms at most), or a busy
  * host leaves the link idle between its wake-ups. */
 void mp_tun_link_woke(MpTunLink *l, gint64 late_us);
+/* Post-copy runs (the guest runs on the destination and asks for
+ * pages): until the pace begins, the kernel's unsent bytes are bounded by
+ * 10 ms of the rate measured so far (mp_tun_link_notsent_lowat()).  Under
+ * load the estimate took 3 to 6 s more to be trusted after the switch
+ * with postcopy-preempt, and a requested page waited behind up to 1 MB
+ * of unsent bytes meanwhile.  Idempotent. */
+void mp_tun_link_postcopy_runs(MpTunLink *l);
 /* The bounds of the queues in front of the link: raw stream bytes per
  * DATA frame, bulk bytes queued, the kernel's unsent bytes
  * (TCP_NOTSENT_LOWAT; 0: leave the kernel's default). */

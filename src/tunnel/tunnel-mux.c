@@ -496,6 +496,9 @@ pages_feed(Conn *c, gsize n)
     /* post-copy may come: from now on the link is paced (tunnel-link.h) */
     if (mp_tun_pages_out_postcopy_advised(c->po) && c->m->conn)
         mp_tun_link_allow_pace(mp_tun_conn_link(c->m->conn));
+    /* it runs: the kernel's unsent bytes stay short before the pace */
+    if (mp_tun_pages_out_postcopy_running(c->po) && c->m->conn)
+        mp_tun_link_postcopy_runs(mp_tun_conn_link(c->m->conn));
     c->unacked += n - left;
     c->read_bytes += n;
     pages_send(c);
@@ -508,6 +511,9 @@ conn_read(Conn *c)
 {
     MpTunMux *m = c->m;
     g_autoptr(GError) err = NULL;
+    /* a read the bulk lane had no room for: a requested page's way out */
+    gboolean past = c->po && !c->out_urgent
+                    && !mp_tun_conn_bulk_room(m->conn);
 
     gssize n = g_socket_receive(c->sock, (char *)m->rbuf,
                                 MIN(MP_TUN_MUX_CHUNK,
@@ -538,6 +544,8 @@ conn_read(Conn *c)
     }
     ensure_out_open(c);
     if (c->po) {
+        if (past)
+            mp_tun_pages_out_read_past(c->po, n);
         pages_feed(c, n);
         return;
     }
@@ -1739,8 +1747,6 @@ pages_attach(MpTunMux *m, Conn *c)
             continue;
         if (o->po && !main)
             mp_tun_pages_out_set_shared(o->po);
-        if (o->po && c->open.channel == MP_TUN_CH_PREEMPT)
-            mp_tun_pages_out_set_preempt(o->po);
         if (o->open.channel != MP_TUN_CH_MAIN)
             shared = TRUE;
     }

@@ -105,7 +105,6 @@ struct MpTunPagesOut {
     MpRpParser *rp;
     gboolean rp_lost;    /* the return path stopped parsing */
     gboolean huge;       /* a block of larger host pages: never lift */
-    gboolean preempt;    /* requested pages go on the preempt channel */
     gboolean parse_lost; /* the stream stopped parsing */
     gboolean lifting;    /* a page was lifted: raw records name blocks */
     GArray *wants;       /* Want, oldest first */
@@ -122,7 +121,7 @@ struct MpTunPagesOut {
     guint64 held_off;
     char held_block[256]; /* what its CONTINUE means */
     guint64 lift_requests, lift_pages, lift_neighbours, urgent_frames,
-        urgent_bytes, held_records, names_written;
+        urgent_bytes, held_records, names_written, read_ahead_bytes;
     /* multifd (see the header): its parser (no pipeline: nothing but the
      * packets is wanted, and QEMU's zstd is not decoded), until it stops */
     MpMfdParser *mfd;
@@ -1057,7 +1056,7 @@ mp_tun_pages_out_pop_urgent(MpTunPagesOut *po)
 gboolean
 mp_tun_pages_out_read_ahead(const MpTunPagesOut *po)
 {
-    if (!po->read_budget || po->preempt || !lift_ok(po))
+    if (!po->read_budget || !lift_ok(po))
         return FALSE;
     gint64 now = g_get_monotonic_time();
     for (guint i = 0; i < po->wants->len; i++) {
@@ -1069,9 +1068,9 @@ mp_tun_pages_out_read_ahead(const MpTunPagesOut *po)
 }
 
 void
-mp_tun_pages_out_set_preempt(MpTunPagesOut *po)
+mp_tun_pages_out_read_past(MpTunPagesOut *po, gsize n)
 {
-    po->preempt = TRUE;
+    po->read_ahead_bytes += n;
 }
 
 void
@@ -1209,6 +1208,8 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
                            json_object_new_int64(po->held_records));
     json_object_object_add(l, "names_written",
                            json_object_new_int64(po->names_written));
+    json_object_object_add(l, "read_ahead_bytes",
+                           json_object_new_int64(po->read_ahead_bytes));
     json_object_object_add(o, "lift", l);
     if (po->opt.multifd) {
         json_object *mf = json_object_new_object();

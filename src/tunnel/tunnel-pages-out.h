@@ -178,9 +178,9 @@ GByteArray *mp_tun_pages_out_pop_urgent(MpTunPagesOut *po);
 /* Should the owner read the stream although the bulk lane is full?  A
  * requested page has not come yet and the read-ahead allows it. */
 gboolean mp_tun_pages_out_read_ahead(const MpTunPagesOut *po);
-/* A postcopy-preempt channel carries requested pages: no read-ahead for
- * them (pages that come here are still lifted). */
-void mp_tun_pages_out_set_preempt(MpTunPagesOut *po);
+/* The owner read `n` bytes of the stream past the link's pace because
+ * mp_tun_pages_out_read_ahead() said so (the report's read_ahead_bytes). */
+void mp_tun_pages_out_read_past(MpTunPagesOut *po, gsize n);
 /* Another channel of the session may carry pages: stop skipping. */
 void mp_tun_pages_out_set_shared(MpTunPagesOut *po);
 /* The guest's RAM in bytes as the stream's RAM section announced it (0:

@@ -642,7 +642,8 @@ run(const Case *c)
         cr_assert_eq(it_jint(sl, "requests"),
                      lift ? it_jint(rep, "postcopy.requests") : 0);
         /* plain post-copy: requested pages come on the main channel
-         * (with preempt they take the preempt channel) */
+         * (with preempt too when the relay read them ahead, else they
+         * take the preempt channel) */
         if (lift && !c->caps[1])
             cr_assert_gt(it_jint(sl, "pages"), 0);
         cr_assert_eq(it_jint(dl, "pages"),

@@ -106,6 +106,37 @@ Test(tunnel_link, saturated_link_is_measured_then_paced_below_it_once_postcopy_m
     json_object_put(r);
 }
 
+/* Post-copy runs before the estimate is trusted (under load 3 to 6 s
+ * after the switch with postcopy-preempt): the kernel's unsent bytes are
+ * bounded by 10 ms of the rate measured so far (before: the kernel's
+ * default, up to 1 MB in front of a requested page); with nothing
+ * measured the kernel's default stays; once paced, the paced bound. */
+Test(tunnel_link, postcopy_bounds_unsent_bytes_before_the_pace)
+{
+    gint64 now = 0;
+    guint64 written = 0, rwnd = 0;
+    g_autoptr(MpTunLink) l = mp_tun_link_new(0, now);
+    g_autoptr(MpTunLink) quiet = mp_tun_link_new(0, now);
+
+    mp_tun_link_sample(l, now, 0, 0, 0);
+    mp_tun_link_allow_pace(l);
+    mp_tun_link_postcopy_runs(quiet);
+    cr_assert_eq(mp_tun_link_notsent_lowat(quiet), 0);
+    /* 1.2 s of a saturated link: measured, not trusted */
+    cr_assert_not(feed(l, &now, &written, 12, RATE, TRUE, 0, &rwnd));
+    cr_assert_not(mp_tun_link_paced(l));
+    cr_assert_gt(mp_tun_link_rate(l), 0);
+    cr_assert_eq(mp_tun_link_notsent_lowat(l), 0, "pre-copy: untouched");
+    mp_tun_link_postcopy_runs(l);
+    gsize lowat = mp_tun_link_notsent_lowat(l);
+    cr_assert(lowat > RATE * 95 / 10000 && lowat <= RATE * 10 / 1000 + 1,
+              "%zu bytes unsent", lowat);
+    cr_assert_eq(mp_tun_link_queue_bound(l), G_MAXSIZE, "not paced");
+    /* trusted: paced, and the paced bound */
+    cr_assert(feed(l, &now, &written, 10, RATE, TRUE, 0, &rwnd));
+    cr_assert_eq(mp_tun_link_notsent_lowat(l), MP_TUN_LINK_QUEUE_MIN);
+}
+
 Test(tunnel_link, a_slow_receiver_is_not_the_links_rate)
 {
     gint64 now = 0;
