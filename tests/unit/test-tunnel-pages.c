@@ -771,6 +771,23 @@ list_record(MpPipeline *p, const MpRecord *rec, gpointer data)
 
 static const MpPipelineObserver list_observer = {.record = list_record};
 
+/* The first 3 MiB of the idle 7.2 sample, appended to `in`, and the
+ * pages in them. */
+static PageList
+list_sample_pages(GByteArray *in)
+{
+    g_autoptr(GByteArray) all = tu_read_sample("idle-7.2.mig.zst");
+    g_byte_array_append(in, all->data, MIN(all->len, 3u << 20));
+    PageList l = {g_array_new(FALSE, FALSE, sizeof(guint64)),
+                  g_ptr_array_new_with_free_func(g_free),
+                  g_array_new(FALSE, FALSE, sizeof(guint64))};
+    g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(p, &list_observer, &l);
+    mp_pipeline_feed(p, in->data, in->len, 0);
+    return l;
+}
+
 /* Pages asked for through the return path are copied into urgent
  * payloads in the very feed that brings their record (no worker, no
  * batch ahead of them), their neighbours too; dest writes them ahead and
@@ -778,18 +795,8 @@ static const MpPipelineObserver list_observer = {.record = list_record};
  * bytes cut page records: those are held until whole. */
 Test(tunnel_pages, lift_requested_pages_same_memory)
 {
-    g_autoptr(GByteArray) all = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) in = g_byte_array_new();
-    g_byte_array_append(in, all->data, MIN(all->len, 3u << 20));
-    PageList l = {g_array_new(FALSE, FALSE, sizeof(guint64)),
-                  g_ptr_array_new_with_free_func(g_free),
-                  g_array_new(FALSE, FALSE, sizeof(guint64))};
-    {
-        g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
-        mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
-        mp_pipeline_observe(p, &list_observer, &l);
-        mp_pipeline_feed(p, in->data, in->len, 0);
-    }
+    PageList l = list_sample_pages(in);
     cr_assert_gt(l.off->len, 200, "%u pages", l.off->len);
     MpTunPagesOptions o = all_on();
     o.urgent = TRUE;
@@ -1151,18 +1158,8 @@ spin_ms(guint ms)
  * when a preempt channel turned the read-ahead off) and lifts it. */
 Test(tunnel_pages, read_ahead_with_preempt_channel)
 {
-    g_autoptr(GByteArray) all = tu_read_sample("idle-7.2.mig.zst");
     g_autoptr(GByteArray) in = g_byte_array_new();
-    g_byte_array_append(in, all->data, MIN(all->len, 3u << 20));
-    PageList l = {g_array_new(FALSE, FALSE, sizeof(guint64)),
-                  g_ptr_array_new_with_free_func(g_free),
-                  g_array_new(FALSE, FALSE, sizeof(guint64))};
-    {
-        g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
-        mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
-        mp_pipeline_observe(p, &list_observer, &l);
-        mp_pipeline_feed(p, in->data, in->len, 0);
-    }
+    PageList l = list_sample_pages(in);
     signal(SIGPIPE, SIG_IGN);
     int tv[2], qm[2], qp[2], dm[2], dp[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, tv), 0);
