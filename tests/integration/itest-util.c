@@ -184,9 +184,7 @@ it_assert_ram_equals(MpQemu *q, const char *image, guint64 ram_bytes,
 GPid
 it_tcpdump_start(const char *file, const char *filter, const char *log)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *bin = g_find_program_in_path("tcpdump");
-    GPid pid = 0;
     if (!bin)
         bin = g_strdup("/usr/sbin/tcpdump");
     cr_assert(g_file_test(bin, G_FILE_TEST_IS_EXECUTABLE),
@@ -194,21 +192,34 @@ it_tcpdump_start(const char *file, const char *filter, const char *log)
     g_autofree char *cmd = g_strdup_printf(
         "exec '%s' -i lo -s 0 -B 262144 -U -n -Z root -w '%s' '%s' 2>'%s'", bin,
         file, filter, log);
+    return it_spawn_until(cmd, log, "listening on", 15);
+}
+
+GPid
+it_spawn_until(const char *cmd, const char *log, const char *ready,
+               guint timeout_s)
+{
+    g_autoptr(GError) err = NULL;
+    GPid pid = 0;
     const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
                             G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &pid, &err),
               "%s", err ? err->message : "?");
-    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    gint64 deadline = g_get_monotonic_time() + timeout_s * G_USEC_PER_SEC;
     for (;;) {
         g_autofree char *text = NULL;
         g_file_get_contents(log, &text, NULL, NULL);
-        if (text && strstr(text, "listening on"))
+        if (text && strstr(text, ready))
             return pid;
         int status;
-        cr_assert(waitpid(pid, &status, WNOHANG) == 0, "tcpdump exited: %s",
+        cr_assert(waitpid(pid, &status, WNOHANG) == 0, "%s exited: %s", cmd,
                   text ? text : "");
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "tcpdump does not listen: %s", text ? text : "");
+        if (g_get_monotonic_time() >= deadline) {
+            kill(pid, SIGKILL); /* the caller never got its pid */
+            waitpid(pid, &status, 0);
+            cr_assert_fail("no \"%s\" from %s in %u s: %s", ready, cmd,
+                           timeout_s, text ? text : "");
+        }
         g_usleep(50000);
     }
 }

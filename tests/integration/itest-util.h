@@ -35,6 +35,12 @@ GPid it_tcpdump_start(const char *file, const char *filter, const char *log);
  * holds, and a CPU-starved tcpdump lags behind the migration. */
 void it_tcpdump_stop(GPid *pid, const char *file);
 
+/* `cmd` run by /bin/sh, its stderr going to `log`; returns its pid once
+ * `log` holds `ready`.  Asserts that it does within `timeout_s` and that
+ * the command does not exit first. */
+GPid it_spawn_until(const char *cmd, const char *log, const char *ready,
+                    guint timeout_s);
+
 /* A new temporary directory; it_remove_tree() deletes it. */
 char *it_tmpdir(void);
 void it_remove_tree(const char *path);

@@ -86,7 +86,6 @@ tcpdump_start(const char *file, const char *filter)
 static void
 tshark_start(const char *file, const char *filter)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *log = g_build_filename(fx.dir, "tshark.log", NULL);
     g_autofree char *bin = g_find_program_in_path("tshark");
     cr_assert(bin, "tshark is not installed (scripts/setup.sh installs it)");
@@ -94,26 +93,8 @@ tshark_start(const char *file, const char *filter)
     g_autofree char *cmd = g_strdup_printf(
         "exec '%s' -i lo -B 64 -q -f '%s' -w '%s' 2>'%s'", bin, filter, file,
         log);
-    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-    GPid pid = 0;
-    cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
-                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &pid, &err),
-              "%s", err ? err->message : "?");
-    fx.tcpdump = pid; /* stopped by the fixture if the test fails */
     fx.capture = g_strdup(file);
-    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    for (;;) {
-        g_autofree char *text = NULL;
-        g_file_get_contents(log, &text, NULL, NULL);
-        if (text && strstr(text, "Capture started"))
-            return;
-        int status;
-        cr_assert(waitpid(pid, &status, WNOHANG) == 0, "tshark exited: %s",
-                  text ? text : "");
-        cr_assert(g_get_monotonic_time() < deadline,
-                  "tshark does not capture: %s", text ? text : "");
-        g_usleep(50000);
-    }
+    fx.tcpdump = it_spawn_until(cmd, log, "Capture started", 30);
 }
 
 /* What tcpdump said when it stopped ("N packets dropped by kernel"). */
