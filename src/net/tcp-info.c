@@ -21,3 +21,19 @@ mp_tcp_rwnd_limited_us(int fd, guint64 *us)
     *us = ti.tcpi_rwnd_limited;
     return TRUE;
 }
+
+gboolean
+mp_tcp_rtt_us(int fd, guint32 *srtt_us, guint32 *min_rtt_us)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return FALSE;
+    if (len < offsetof(struct tcp_info, tcpi_min_rtt)
+                  + sizeof(ti.tcpi_min_rtt))
+        return FALSE;
+    *srtt_us = ti.tcpi_rtt;
+    *min_rtt_us = ti.tcpi_min_rtt;
+    return TRUE;
+}

@@ -496,6 +496,9 @@ on_tick(gpointer data)
     if (ioctl(fd, SIOCOUTQ, &unsent) < 0)
         unsent = 0;
     mp_tcp_rwnd_limited_us(fd, &rwnd);
+    guint32 srtt, min_rtt;
+    if (mp_tcp_rtt_us(fd, &srtt, &min_rtt))
+        mp_tun_link_kernel_rtt(c->link, srtt, min_rtt);
     gboolean began = mp_tun_link_sample(c->link, g_get_monotonic_time(),
                                         c->bytes_out,
                                         (guint64)MAX(unsent, 0), rwnd);

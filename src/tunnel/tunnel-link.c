@@ -12,6 +12,12 @@
  * rest of each gap, and 80 Mbit/s paced gave 36), at most 20 ms. */
 #define BURST_MIN_US 2000
 #define BURST_MAX_US 20000
+/* A queue stands in front of the bottleneck when the kernel's smoothed
+ * round trip exceeds the least one by this much (and a quarter of the
+ * least, on a long path), with at least QUEUE_MIN_BYTES unacknowledged
+ * and at least half of what the interval's rate puts in that delay. */
+#define QUEUE_MIN_US 2000
+#define QUEUE_MIN_BYTES (64u << 10)
 /* The kernel's unsent bytes once post-copy runs, before the pace. */
 #define POSTCOPY_UNSENT_US 10000
 
@@ -34,6 +40,11 @@ struct MpTunLink {
     guint64 acked, rwnd_us;
     gboolean sampled, held;
     gint64 saturated_us;
+    /* the kernel's round trips before this sample, and whether a queue
+     * stood at the last one */
+    guint32 srtt_us, min_rtt_us;
+    gboolean queue_was;
+    gint64 queue_us;
     /* round trips */
     gint64 rtt_us, rtt_min_us;
     guint64 pings, pongs;
@@ -79,6 +90,26 @@ mp_tun_link_refused(MpTunLink *l)
     l->refused = TRUE;
 }
 
+void
+mp_tun_link_kernel_rtt(MpTunLink *l, guint32 srtt_us, guint32 min_rtt_us)
+{
+    l->srtt_us = srtt_us;
+    l->min_rtt_us = min_rtt_us;
+}
+
+/* Does a queue stand in front of the bottleneck now, with `unacked`
+ * bytes not yet acknowledged by the peer and the link delivering `bps`? */
+static gboolean
+queue_stands(const MpTunLink *l, guint64 unacked, double bps)
+{
+    if (!l->srtt_us || !l->min_rtt_us || l->srtt_us <= l->min_rtt_us)
+        return FALSE;
+    guint32 delay = l->srtt_us - l->min_rtt_us;
+    if (delay < MAX(QUEUE_MIN_US, l->min_rtt_us / 4))
+        return FALSE;
+    return unacked >= QUEUE_MIN_BYTES && unacked >= bps * delay / 2e6;
+}
+
 gboolean
 mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
                    guint64 unsent, guint64 rwnd_limited_us)
@@ -86,19 +117,25 @@ mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
     guint64 acked = written > unsent ? written - unsent : 0;
     gint64 span = now_us - l->sample_us;
     gboolean began = FALSE;
+    guint64 n = acked > l->acked ? acked - l->acked : 0;
+    gboolean queue = span > 0 && queue_stands(l, unsent, n * 1e6 / span);
+    /* a queue at both ends of the interval: it stood all along */
+    gboolean stood = queue && l->queue_was;
 
-    if (l->refused && !l->idle)
+    l->queue_was = queue;
+    if ((l->refused && !l->idle) || stood)
         l->held = TRUE;
     if (l->sampled && span > 0 && l->est && !l->pace) {
-        guint64 n = acked > l->acked ? acked - l->acked : 0;
         guint64 rwnd = rwnd_limited_us > l->rwnd_us
                            ? rwnd_limited_us - l->rwnd_us
                            : 0;
-        gboolean saturated = l->refused && !l->idle
+        gboolean saturated = ((l->refused && !l->idle) || stood)
                              && rwnd * RWND_SHARE <= (guint64)span;
         mp_rate_estimator_add(l->est, span, n, saturated ? n : 0);
         if (saturated)
             l->saturated_us += span;
+        if (saturated && stood && !(l->refused && !l->idle))
+            l->queue_us += span;
         l->measured = mp_rate_estimator_rate(l->est);
         if (l->allow && l->measured
             && l->saturated_us >= MP_TUN_LINK_TRUST_US) {
@@ -309,6 +346,8 @@ mp_tun_link_report(const MpTunLink *l)
                  : NULL);
     json_object_object_add(o, "saturated_s",
                            json_object_new_double(l->saturated_us / 1e6));
+    json_object_object_add(o, "queue_s",
+                           json_object_new_double(l->queue_us / 1e6));
     json_object_object_add(o, "writer_late_ms",
                            json_object_new_double(l->late_us / 1e3));
     json_object_object_add(o, "rtt_ms", ms_or_null(l->rtt_us));

@@ -10,6 +10,14 @@
  *     last such intervals (MpRateEstimator, src/net/rate-pacer.h), as the
  *     relay does, trusted after 2 s of them.  An interval where the
  *     peer's window, not the network, held us back does not count.
+ *     An interval also counts as saturated when a queue stood in front of
+ *     the link's bottleneck all along, whatever held our writes back (the
+ *     tunnel's flow-control window per stream, which in pre-copy keeps
+ *     the kernel's send queue from filling): the kernel's smoothed round
+ *     trip at both its ends well above the least one seen, and the
+ *     bytes not yet acknowledged enough to fill that queue, so that a
+ *     lone segment's delayed ACK is no queue.  The bottleneck never ran
+ *     dry, so what it delivered is its rate.
  * Once a rate is known (measured, or `--rate`), bulk frames take their
  * bytes from a token bucket (2 ms of it, more when the writer wakes late)
  * at just below it (90 % for 0.5 s, so that the queue the unpaced link
@@ -61,6 +69,10 @@ void mp_tun_link_idle(MpTunLink *l);
 /* The kernel refused bytes (its send queue is full): the link, or the
  * peer, holds us back. */
 void mp_tun_link_refused(MpTunLink *l);
+/* The kernel's smoothed and least round trips now (tcp-info.h), given
+ * before each sample (none given: the queue rule above is off). */
+void mp_tun_link_kernel_rtt(MpTunLink *l, guint32 srtt_us,
+                            guint32 min_rtt_us);
 /* One sample, every MP_TUN_LINK_SAMPLE_US: `written` bytes written to the
  * socket in all, `unsent` bytes of them still in the kernel's send queue
  * (SIOCOUTQ), `rwnd_limited_us` the kernel's tcpi_rwnd_limited (0 if it
@@ -119,8 +131,9 @@ guint64 mp_tun_link_pace(const MpTunLink *l);  /* the pace now; 0: none */
 gint64 mp_tun_link_rtt_us(const MpTunLink *l); /* last round trip; -1 */
 
 /* `{rate_source ("given", "measured", "none"), measured_bps, paced_bps,
- * rtt_ms, rtt_min_ms, pings, pongs, saturated_s, paced_since_s,
- * writer_late_ms}`:
+ * rtt_ms, rtt_min_ms, pings, pongs, saturated_s, queue_s,
+ * paced_since_s, writer_late_ms}` (queue_s: the part of saturated_s
+ * that a standing queue, not a refusing kernel, said):
  * measured and paced rates in bits per second (null: none), round trips
  * in ms (null: no PONG yet). */
 json_object *mp_tun_link_report(const MpTunLink *l);
