@@ -3,9 +3,11 @@
 #include <string.h>
 #include <unistd.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
 #include "itest-util.h"
 
 const char *
@@ -54,8 +56,18 @@ MpQemu *
 it_start_workload(const char *version, const char *machine, guint mem_mib,
                   const char *append, const char *const *extra_args)
 {
+    return it_start_workload_bin(NULL, version, machine, mem_mib, append,
+                                 extra_args);
+}
+
+MpQemu *
+it_start_workload_bin(const char *binary, const char *version,
+                      const char *machine, guint mem_mib, const char *append,
+                      const char *const *extra_args)
+{
     g_autoptr(GError) err = NULL;
     MpQemuConfig cfg = {
+        .binary = binary,
         .version = version,
         .label = "src",
         .machine = machine,
@@ -248,4 +260,88 @@ it_tcpdump_stop(GPid *pid, const char *file)
     }
     g_spawn_close_pid(*pid);
     *pid = 0;
+}
+
+/* scripts/netns-link.sh `what` with the link's names; @return its exit
+ * status (its stderr into `err` if not NULL). */
+static int
+netlink_run(const ItNetLink *l, const char *what, const char *rate,
+            char **err)
+{
+    g_autofree char *script =
+        g_build_filename(MP_SOURCE_ROOT, "scripts", "netns-link.sh", NULL);
+    g_autofree char *prefix = g_strndup(l->addr_src,
+                                        strrchr(l->addr_src, '.')
+                                            - l->addr_src);
+    g_auto(GStrv) env = g_get_environ();
+    env = g_environ_setenv(env, "MP_NS_SRC", l->ns_src, TRUE);
+    env = g_environ_setenv(env, "MP_NS_DST", l->ns_dst, TRUE);
+    env = g_environ_setenv(env, "MP_NET_PREFIX", prefix, TRUE);
+    if (rate)
+        env = g_environ_setenv(env, "MP_NET_RATE", rate, TRUE);
+    const char *argv[] = {script, what, NULL};
+    int status = -1;
+    if (!g_spawn_sync(NULL, (char **)argv, env, G_SPAWN_STDOUT_TO_DEV_NULL,
+                      NULL, NULL, NULL, err, &status, NULL))
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+ItNetLink *
+it_netlink_up(const char *rate, const char *dir)
+{
+    if (geteuid() != 0)
+        cr_skip_test("a shaped link needs root (network namespaces, tc)");
+    int pid = (int)getpid();
+    ItNetLink *l = g_new0(ItNetLink, 1);
+    l->ns_src = g_strdup_printf("mpit-s%d", pid);
+    l->ns_dst = g_strdup_printf("mpit-d%d", pid);
+    /* 10.252.0.0/16: the benchmarks take 10.253 and 10.254, the libvirt
+     * test 10.251 */
+    l->addr_src = g_strdup_printf("10.252.%d.1", pid % 250 + 1);
+    l->addr_dst = g_strdup_printf("10.252.%d.2", pid % 250 + 1);
+    l->dir = g_strdup(dir);
+    g_autofree char *err = NULL;
+    int st = netlink_run(l, "up", rate, &err);
+    if (st != 0) {
+        netlink_run(l, "down", NULL, NULL);
+        cr_assert_fail("scripts/netns-link.sh up: status %d: %s", st,
+                       err ? err : "");
+    }
+    return l;
+}
+
+void
+it_netlink_down(ItNetLink *l)
+{
+    if (!l)
+        return;
+    g_autofree char *err = NULL;
+    if (netlink_run(l, "down", NULL, &err) != 0)
+        cr_log_error("scripts/netns-link.sh down: %s", err ? err : "");
+    g_free(l->ns_src);
+    g_free(l->ns_dst);
+    g_free(l->addr_src);
+    g_free(l->addr_dst);
+    g_free(l->dir);
+    g_free(l);
+}
+
+char *
+it_netlink_qemu(ItNetLink *l, gboolean dst, const char *version)
+{
+    g_autofree char *prefix = mp_qemu_default_prefix();
+    g_autofree char *bin =
+        g_strcmp0(version, "10.0") == 0
+            ? g_build_filename(prefix, "usr", "bin", "qemu-system-x86_64",
+                               NULL)
+            : g_strdup("/usr/bin/qemu-system-x86_64");
+    const char *ns = dst ? l->ns_dst : l->ns_src;
+    char *path = g_strdup_printf("%s/qemu-%s-%s.sh", l->dir, ns, version);
+    g_autofree char *text =
+        g_strdup_printf("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n", ns,
+                        bin);
+    cr_assert(g_file_set_contents(path, text, -1, NULL), "%s", path);
+    cr_assert_eq(chmod(path, 0755), 0, "%s", path);
+    return path;
 }

@@ -50,6 +50,29 @@ void it_remove_tree(const char *path);
 MpQemu *it_start_workload(const char *version, const char *machine,
                           guint mem_mib, const char *append,
                           const char *const *extra_args);
+/* The same run by `binary` (NULL: the version's own; a wrapper such as
+ * it_netlink_qemu()'s). */
+MpQemu *it_start_workload_bin(const char *binary, const char *version,
+                              const char *machine, guint mem_mib,
+                              const char *append,
+                              const char *const *extra_args);
+
+/* Two network namespaces of this process joined by a veth pair shaped
+ * to `rate` (tc's syntax) each way, TCP cubic on its route:
+ * scripts/netns-link.sh up with names and a /24 of this pid's, so that
+ * it runs beside a benchmark's or another test's.  Skips the test when
+ * not root.  it_netlink_down() removes both (their processes first). */
+typedef struct {
+    char *ns_src, *ns_dst;     /* namespace names */
+    char *addr_src, *addr_dst; /* the veth ends' addresses */
+    char *dir;                 /* where the QEMU wrappers go */
+} ItNetLink;
+ItNetLink *it_netlink_up(const char *rate, const char *dir);
+void it_netlink_down(ItNetLink *l); /* accepts NULL */
+/* A script that runs `version`'s QEMU in the source's (`dst` FALSE) or
+ * the destination's namespace, for MpQemuConfig.binary (`ip netns exec`
+ * execs it: the pid is QEMU's).  @return its path (caller frees). */
+char *it_netlink_qemu(ItNetLink *l, gboolean dst, const char *version);
 
 /* Runs `migproxy analyze --json -q [--dump-ram DIR] FILE`; asserts the
  * exit status is 0 and the output is valid against

@@ -344,8 +344,17 @@ MpQemu *
 it_start_destination(const char *version, const char *machine, gboolean running,
                      const char *const *extra)
 {
+    return it_start_destination_bin(NULL, version, machine, running, extra);
+}
+
+MpQemu *
+it_start_destination_bin(const char *binary, const char *version,
+                         const char *machine, gboolean running,
+                         const char *const *extra)
+{
     g_autoptr(GError) err = NULL;
     MpQemuConfig cfg = {
+        .binary = binary,
         .version = version,
         .label = "dst",
         .machine = machine,

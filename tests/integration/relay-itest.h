@@ -105,6 +105,10 @@ void it_start_postcopy(MpQemu *src, guint after_ms);
  * first), memory 128 MiB, paused (-S) unless `running`. */
 MpQemu *it_start_destination(const char *version, const char *machine,
                              gboolean running, const char *const *extra);
+/* The same run by `binary` (NULL: the version's own). */
+MpQemu *it_start_destination_bin(const char *binary, const char *version,
+                                 const char *machine, gboolean running,
+                                 const char *const *extra);
 /* migrate-incoming tcp:127.0.0.1:port. */
 void it_incoming(MpQemu *dst, guint16 port);
 /* The capability on `q`; asserts. */

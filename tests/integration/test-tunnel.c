@@ -40,6 +40,8 @@
  * RAM, some of it pages that held random data: they go as zero runs.
  * precopy_100_tls: pre-copy 10.0 through a TLS tunnel (certificates made
  * by openssl at run time; the refusals are test-tunnel-tls.c's).
+ * precopy_100_shaped_link_measured: the tunnel over a veth pair shaped
+ * by tbf between two namespaces (root only), its link rate measured.
  * Issue 10 item 7, post-copy: postcopy_resume_100 cuts the tunnel (a
  * forwarder in the test) in post-copy and the pair resumes it unseen by
  * QEMU; postcopy_recover_72 restarts dest in post-copy, so the tunnel
@@ -101,6 +103,9 @@ static struct {
     gboolean preempt;  /* start_postcopy_pair(): with postcopy-preempt */
     gint64 postcopy_bw; /* ... its max-postcopy-bandwidth (0: 16 MiB/s) */
     Fwd *fwd;
+    /* run() over a shaped link: each QEMU and its side of the pair in a
+     * namespace of their own (Case.link_rate) */
+    ItNetLink *net;
 } fx;
 
 static void
@@ -163,16 +168,23 @@ proc_kill(Proc *p)
     g_clear_pointer(&p->log, g_free);
 }
 
-/* Starts `migproxy ARGS...` with stderr to `log` and waits for its
- * "listening on" line. */
+/* Starts `migproxy ARGS...` with stderr to `log` (in namespace `ns`
+ * unless NULL: `ip netns exec` execs it, so the pid is migproxy's) and
+ * waits for its "listening on" line. */
 static void
-proc_start(Proc *p, const char *log, GPtrArray *args)
+proc_start_in(Proc *p, const char *ns, const char *log, GPtrArray *args)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) argv = g_ptr_array_new();
 
     p->status = -1;
     p->log = g_strdup(log);
+    if (ns) {
+        g_ptr_array_add(argv, "/usr/sbin/ip");
+        g_ptr_array_add(argv, "netns");
+        g_ptr_array_add(argv, "exec");
+        g_ptr_array_add(argv, (gpointer)ns);
+    }
     g_ptr_array_add(argv, (gpointer)it_migproxy());
     for (guint i = 0; i < args->len; i++)
         g_ptr_array_add(argv, g_ptr_array_index(args, i));
@@ -199,6 +211,12 @@ proc_start(Proc *p, const char *log, GPtrArray *args)
 }
 
 static void
+proc_start(Proc *p, const char *log, GPtrArray *args)
+{
+    proc_start_in(p, NULL, log, args);
+}
+
+static void
 pair_free(Pair *p)
 {
     if (!p)
@@ -222,9 +240,14 @@ dest_start(Pair *p, const char *name, guint16 qemu_port)
     g_free(p->dst_report);
     p->dst_report = g_strdup_printf("%s/%s-dest.json", fx.dir, name);
     g_ptr_array_add(a, g_strdup("dest"));
-    g_ptr_array_add(a, g_strdup_printf("--listen=127.0.0.1:%u", p->dst_port));
+    g_ptr_array_add(a, g_strdup_printf("--listen=%s:%u",
+                                       fx.net ? fx.net->addr_dst
+                                              : "127.0.0.1",
+                                       p->dst_port));
     g_ptr_array_add(a, g_strdup_printf("--to=127.0.0.1:%u", qemu_port));
-    g_ptr_array_add(a, g_strdup("--allow=127.0.0.1"));
+    g_ptr_array_add(a, g_strdup_printf("--allow=%s",
+                                       fx.net ? fx.net->addr_src
+                                              : "127.0.0.1"));
     g_ptr_array_add(a, g_strdup_printf("--report=%s", p->dst_report));
     if (!fx.no_once)
         g_ptr_array_add(a, g_strdup("--once"));
@@ -232,7 +255,7 @@ dest_start(Pair *p, const char *name, guint16 qemu_port)
     for (guint i = 0; fx.dst_extra && fx.dst_extra[i]; i++)
         g_ptr_array_add(a, g_strdup(fx.dst_extra[i]));
     g_autofree char *dlog = g_strdup_printf("%s/%s-dest.log", fx.dir, name);
-    proc_start(&p->dst, dlog, a);
+    proc_start_in(&p->dst, fx.net ? fx.net->ns_dst : NULL, dlog, a);
 }
 
 /* dest (dest_start()), then source (--once unless fx.no_once, tunnel to
@@ -260,7 +283,10 @@ pair_start(const char *name, guint16 qemu_port, const char *const *src_extra)
     cr_assert(p->src_port, "%s", err ? err->message : "?");
     g_ptr_array_add(b, g_strdup("source"));
     g_ptr_array_add(b, g_strdup_printf("--listen=127.0.0.1:%u", p->src_port));
-    g_ptr_array_add(b, g_strdup_printf("--peer=127.0.0.1:%u", peer));
+    g_ptr_array_add(b, g_strdup_printf("--peer=%s:%u",
+                                       fx.net ? fx.net->addr_dst
+                                              : "127.0.0.1",
+                                       peer));
     g_ptr_array_add(b, g_strdup_printf("--report=%s", p->report));
     g_ptr_array_add(b, g_strdup_printf("--capture=%s", p->capture));
     g_ptr_array_add(b, g_strdup_printf("--metrics=%s/%s-metrics.jsonl",
@@ -272,7 +298,7 @@ pair_start(const char *name, guint16 qemu_port, const char *const *src_extra)
     for (guint i = 0; src_extra && src_extra[i]; i++)
         g_ptr_array_add(b, g_strdup(src_extra[i]));
     g_autofree char *slog = g_strdup_printf("%s/%s-source.log", fx.dir, name);
-    proc_start(&p->src, slog, b);
+    proc_start_in(&p->src, fx.net ? fx.net->ns_src : NULL, slog, b);
     return p;
 }
 
@@ -304,6 +330,8 @@ fx_fini(void)
         g_clear_pointer(&fx.msrc[i], mp_qemu_free);
         g_clear_pointer(&fx.mdst[i], mp_qemu_free);
     }
+    /* (their processes are gone: the namespaces go at once) */
+    g_clear_pointer(&fx.net, it_netlink_down);
     if (fx.dir)
         it_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
@@ -336,6 +364,10 @@ typedef struct Case {
     /* the link carries at most this share of QEMU's bytes (0: only
      * fewer, or no check with --no-compress) */
     double max_ratio;
+    /* the tunnel over a veth pair shaped to this rate (tc's syntax)
+     * between two namespaces, source QEMU and `migproxy source` in one,
+     * dest and the destination QEMU in the other; NULL: loopback */
+    const char *link_rate;
 } Case;
 
 static gint64
@@ -431,9 +463,17 @@ run(const Case *c)
     const char *v = c->version ? c->version : "7.2";
     const char *dv = c->dst_version ? c->dst_version : v;
 
-    fx.src = it_start_workload(v, c->machine, 128, c->append, c->src_extra);
-    fx.dst = it_start_destination(dv, c->machine, c->postcopy_after_ms != 0,
-                                  c->dst_extra);
+    g_autofree char *src_bin = NULL, *dst_bin = NULL;
+    if (c->link_rate) {
+        fx.net = it_netlink_up(c->link_rate, fx.dir);
+        src_bin = it_netlink_qemu(fx.net, FALSE, v);
+        dst_bin = it_netlink_qemu(fx.net, TRUE, dv);
+    }
+    fx.src = it_start_workload_bin(src_bin, v, c->machine, 128, c->append,
+                                   c->src_extra);
+    fx.dst = it_start_destination_bin(dst_bin, dv, c->machine,
+                                      c->postcopy_after_ms != 0,
+                                      c->dst_extra);
     guint16 qport = mp_qemu_pick_free_port(&err);
     cr_assert(qport, "%s", err ? err->message : "?");
     fx.pair = pair_start(c->name, qport,
@@ -845,6 +885,47 @@ Test(tunnel, precopy_100_level_rises)
                * one-second windows that agree */
               .bandwidth = 8 << 20,
               .check = check_level};
+    run(&c);
+}
+
+/* The pair over a real bottleneck: a veth pair shaped by tbf to 100
+ * Mbit/s between two namespaces (scripts/netns-link.sh: tbf's queue 50
+ * ms, TCP cubic), QEMU sending 112 MiB of text-like pages (and 4 MB/s
+ * dirtied again) at up to 256 MiB/s, about 2.6 s on the link.  The
+ * tunnel's window per stream (4 MiB of raw stream bytes, about 1 MB
+ * compressed) holds the stream back before the kernel's send queue
+ * fills, while tbf's queue stays full: the source side measures the
+ * link from that standing queue (docs/tunnel.md, "Link rate and
+ * pacing"; 836bda6 said rate_source none, saturated_s 0 here), near
+ * tbf's rate, and the memory is the same. */
+static void
+check_shaped(const Case *c, json_object *rep, json_object *src)
+{
+    json_object *link = it_jget(rep, "tunnel.link");
+    const char *source = json_object_get_string(it_jget(link, "rate_source"));
+    gint64 bps = json_object_get_int64(it_jget(link, "measured_bps"));
+    double sat = it_jnum(link, "saturated_s"), queue = it_jnum(link, "queue_s");
+    g_printerr("tunnel-link case=%s rate_source=%s measured_bps=%" G_GINT64_FORMAT
+               " saturated_s=%.1f queue_s=%.1f rtt_min_ms=%.2f\n",
+               c->name, source, bps, sat, queue,
+               it_jnum(link, "rtt_min_ms"));
+    cr_assert_str_eq(source, "measured", "%s",
+                     json_object_to_json_string(link));
+    /* tbf's rate counts the frames' headers, the estimate the TCP
+     * payload acknowledged (95.5 of 100 Mbit/s on the benchmark's link) */
+    cr_assert(bps > 100e6 * 0.80 && bps < 100e6 * 1.02, "%s",
+              json_object_to_json_string(link));
+    cr_assert_gt(queue, 0, "%s", json_object_to_json_string(link));
+}
+
+Test(tunnel, precopy_100_shaped_link_measured)
+{
+    Case c = {.name = "precopy_100_shaped_link_measured",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=112M rate=1000 zero=0 dup=0 comp=100 rand=0",
+              .link_rate = "100mbit",
+              .check = check_shaped};
     run(&c);
 }
 
