@@ -1,11 +1,24 @@
 /* address.c: see address.h. */
 #include "config.h"
 #include <string.h>
+#include <gio/gunixsocketaddress.h>
 #include "address.h"
 
 char *
 mp_address_string(GSocketAddress *a)
 {
+    if (a && G_IS_UNIX_SOCKET_ADDRESS(a)) {
+        GUnixSocketAddress *ua = G_UNIX_SOCKET_ADDRESS(a);
+        switch (g_unix_socket_address_get_address_type(ua)) {
+        case G_UNIX_SOCKET_ADDRESS_PATH:
+            return g_strdup_printf("unix:%s",
+                                   g_unix_socket_address_get_path(ua));
+        case G_UNIX_SOCKET_ADDRESS_ANONYMOUS:
+            return g_strdup("unix"); /* a local client of a unix:PATH */
+        default:
+            return g_strdup("?");
+        }
+    }
     if (!a || !G_IS_INET_SOCKET_ADDRESS(a))
         return g_strdup("?");
     GInetSocketAddress *ia = G_INET_SOCKET_ADDRESS(a);
@@ -38,6 +51,20 @@ mp_address_resolve(const char *what, const char *hostport, GError **error)
         return NULL;
     }
     return sa;
+}
+
+GSocketAddress *
+mp_address_resolve_listen(const char *what, const char *spec, GError **error)
+{
+    if (!g_str_has_prefix(spec, "unix:"))
+        return mp_address_resolve(what, spec, error);
+    const char *path = spec + strlen("unix:");
+    if (!*path) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "%s %s: no path (expected unix:PATH)", what, spec);
+        return NULL;
+    }
+    return g_unix_socket_address_new(path);
 }
 
 GPtrArray *

@@ -5,8 +5,8 @@
 #include <gio/gio.h>
 
 /* "192.0.2.1:4444", or "[2001:db8::1]:4444" for IPv6 (RFC 3986 style, so
- * the port stays readable); "?" for NULL or an address that is not
- * TCP/IP.  @return a new string (caller frees). */
+ * the port stays readable), "unix:PATH" for a Unix socket's path,
+ * "unix" for its unnamed client; "?" for NULL or another address.  @return a new string (caller frees). */
 char *mp_address_string(GSocketAddress *a);
 
 /* `hostport` ("HOST:PORT") resolved to its first address; `what` (an
@@ -14,6 +14,12 @@ char *mp_address_string(GSocketAddress *a);
  * *error set. */
 GSocketAddress *mp_address_resolve(const char *what, const char *hostport,
                                    GError **error);
+
+/* A --listen value: "HOST:PORT" as mp_address_resolve(), or
+ * "unix:PATH", a Unix socket for a QEMU on the same host (`migrate
+ * unix:PATH`).  @return a new address, or NULL with *error set. */
+GSocketAddress *mp_address_resolve_listen(const char *what, const char *spec,
+                                          GError **error);
 
 /* The values of an --allow option (NULL-terminated, or NULL: none), each
  * "ADDR" or "ADDR/PREFIX".  @return a new array of GInetAddressMask

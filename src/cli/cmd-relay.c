@@ -151,7 +151,10 @@ relay_entries(gpointer store)
     RelayArgs *a = store;
     const GOptionEntry entries[] = {
         {"listen", 'l', 0, G_OPTION_ARG_STRING, &a->listen,
-         "Where the source migrates to (required)", "HOST:PORT"},
+         "Where the source migrates to (required): HOST:PORT, or unix:PATH "
+         "for a source QEMU on this host (a socket only this user may open; "
+         "--allow does not apply)",
+         "HOST:PORT|unix:PATH"},
         {"to", 't', 0, G_OPTION_ARG_STRING, &a->to,
          "The destination QEMU's -incoming address (required)", "HOST:PORT"},
         {"allow", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &a->allow,

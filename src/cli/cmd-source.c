@@ -360,11 +360,13 @@ source_entries(gpointer store)
     SourceArgs *a = store;
     const GOptionEntry entries[] = {
         {"listen", 'l', 0, G_OPTION_ARG_STRING_ARRAY, &a->listen,
-         "Where the source QEMU migrates to (required; 127.0.0.1:PORT when "
-         "QEMU runs on this host). Repeat it for migrations side by side "
-         "over the one tunnel, one at a time each: the Nth --listen goes to "
-         "dest's Nth --to",
-         "HOST:PORT"},
+         "Where the source QEMU migrates to (required): 127.0.0.1:PORT, or "
+         "better unix:PATH (QEMU's 'migrate unix:PATH'; a socket only this "
+         "user may open, and in post-copy a requested page waits behind "
+         "less of QEMU's stream than over TCP). Repeat it for migrations "
+         "side by side over the one tunnel, one at a time each: the Nth "
+         "--listen goes to dest's Nth --to",
+         "HOST:PORT|unix:PATH"},
         {"peer", 'p', 0, G_OPTION_ARG_STRING, &a->peer,
          "The 'migproxy dest --listen' address on the destination host "
          "(required)",

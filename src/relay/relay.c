@@ -24,7 +24,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
 #include "address.h"
 #include "capture.h"
 #include "out-file.h"
@@ -106,6 +109,7 @@ struct MpRelay {
     char *listen_str, *to_str, *metrics_path, *report_path, *capture_dir;
     char *listen_addr;
     GSocket *listener;
+    char *unix_path; /* --listen unix:PATH: removed when the relay ends */
     GSource *accept_source;
     GSocketAddress *to;
     GMainLoop *loop;
@@ -1087,6 +1091,53 @@ pending_timeout(gpointer user_data)
 
 /* ---- listener ---- */
 
+/* --listen unix:PATH: a socket file left by a relay that ended without
+ * removing it is replaced; anything else at PATH is an error (never a
+ * file of someone's deleted). */
+static gboolean
+unix_listen_prepare(MpRelay *r, GSocketAddress *a, GError **error)
+{
+    const char *path =
+        g_unix_socket_address_get_path(G_UNIX_SOCKET_ADDRESS(a));
+    struct stat st;
+
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_EXISTS,
+                        "--listen unix:%s: exists and is not a socket",
+                        path);
+            return FALSE;
+        }
+        /* a live one answers (a Unix connect does not wait) */
+        g_autoptr(GSocket) probe = g_socket_new(
+            G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM,
+            G_SOCKET_PROTOCOL_DEFAULT, NULL);
+        if (probe && g_socket_connect(probe, a, NULL, NULL)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_ADDRESS_IN_USE,
+                        "--listen unix:%s: another process listens there",
+                        path);
+            return FALSE;
+        }
+        unlink(path);
+    }
+    r->unix_path = g_strdup(path);
+    return TRUE;
+}
+
+/* The socket file, bound and not yet listening: this user's alone before
+ * anyone can connect (the directory may be open to others; the umask is
+ * the process's, not ours to change). */
+static gboolean
+unix_listen_private(const char *path, GError **error)
+{
+    if (chmod(path, 0600) == 0)
+        return TRUE;
+    int e = errno;
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e),
+                "--listen unix:%s: chmod 0600: %s", path, g_strerror(e));
+    return FALSE;
+}
+
 static gboolean on_accept(GSocket *listener, GIOCondition cond,
                           gpointer user_data);
 
@@ -1177,13 +1228,19 @@ on_accept(GSocket *listener, GIOCondition cond, gpointer user_data)
             continue;
         }
         g_autoptr(GSocketAddress) pa = g_socket_get_remote_address(sock, NULL);
-        if (!pa || !G_IS_INET_SOCKET_ADDRESS(pa)) {
+        g_autoptr(GInetAddress) host = NULL;
+        if (r->unix_path) {
+            /* a process of this host that may open the socket's file
+             * (0600: this user's); --allow is for addresses */
+            host = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+        } else if (!pa || !G_IS_INET_SOCKET_ADDRESS(pa)) {
             g_socket_close(sock, NULL);
             continue;
+        } else {
+            host = mp_admit_host(
+                g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(pa)));
         }
-        g_autoptr(GInetAddress) host = mp_admit_host(
-            g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(pa)));
-        if (!allowed(r, host)) {
+        if (!r->unix_path && !allowed(r, host)) {
             g_autofree char *ip = g_inet_address_to_string(host);
             refuse_at_accept(r, sock, ip, "not in --allow");
             continue;
@@ -1332,12 +1389,17 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         r->to = g_object_ref(opt->to_addr);
     else if (!(r->to = mp_address_resolve("--to", opt->to, error)))
         return NULL;
-    if (!(laddr = mp_address_resolve("--listen", opt->listen, error)))
+    if (!(laddr = mp_address_resolve_listen("--listen", opt->listen, error)))
         return NULL;
-    r->listener =
-        g_socket_new(g_socket_address_get_family(laddr), G_SOCKET_TYPE_STREAM,
-                     G_SOCKET_PROTOCOL_TCP, error);
+    gboolean unix_listen = G_IS_UNIX_SOCKET_ADDRESS(laddr);
+    r->listener = g_socket_new(g_socket_address_get_family(laddr),
+                               G_SOCKET_TYPE_STREAM,
+                               unix_listen ? G_SOCKET_PROTOCOL_DEFAULT
+                                           : G_SOCKET_PROTOCOL_TCP,
+                               error);
     if (!r->listener)
+        return NULL;
+    if (unix_listen && !unix_listen_prepare(r, laddr, error))
         return NULL;
     g_socket_set_blocking(r->listener, FALSE);
     g_socket_set_listen_backlog(r->listener, 64);
@@ -1347,6 +1409,7 @@ mp_relay_new(const MpRelayOptions *opt, GError **error)
         g_socket_set_option(r->listener, SOL_SOCKET, SO_RCVBUF,
                             (gint)opt->local_sockbuf, NULL);
     if (!g_socket_bind(r->listener, laddr, TRUE, error)
+        || (r->unix_path && !unix_listen_private(r->unix_path, error))
         || !g_socket_listen(r->listener, error)) {
         g_prefix_error(error, "--listen %s: ", opt->listen);
         return NULL;
@@ -1411,6 +1474,9 @@ mp_relay_free(MpRelay *r)
     if (r->listener)
         g_socket_close(r->listener, NULL);
     g_clear_object(&r->listener);
+    if (r->unix_path && r->listen_addr)
+        unlink(r->unix_path); /* ours: bound by this relay */
+    g_free(r->unix_path);
     g_clear_object(&r->to);
     mp_metrics_out_free(r->metrics_out);
     if (r->loop)

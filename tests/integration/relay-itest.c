@@ -392,8 +392,14 @@ it_cap(MpQemu *q, const char *cap)
 void
 it_migrate(MpQemu *src, guint16 port, gboolean blk)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *uri = g_strdup_printf("tcp:127.0.0.1:%u", port);
+    it_migrate_uri(src, uri, blk);
+}
+
+void
+it_migrate_uri(MpQemu *src, const char *uri, gboolean blk)
+{
+    g_autoptr(GError) err = NULL;
     json_object *args = json_object_new_object();
     json_object_object_add(args, "uri", json_object_new_string(uri));
     if (blk)

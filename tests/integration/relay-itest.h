@@ -115,6 +115,8 @@ void it_incoming(MpQemu *dst, guint16 port);
 void it_cap(MpQemu *q, const char *cap);
 /* migrate tcp:127.0.0.1:port (`blk`: block migration); asserts. */
 void it_migrate(MpQemu *src, guint16 port, gboolean blk);
+/* migrate to `uri` ("unix:PATH", ...); asserts. */
+void it_migrate_uri(MpQemu *src, const char *uri, gboolean blk);
 /* QEMU's post-copy recovery, both QEMUs in postcopy-paused:
  * migrate-recover tcp:127.0.0.1:recover_port on `dst`, then migrate
  * tcp:127.0.0.1:resume_port with resume on `src`; asserts both. */

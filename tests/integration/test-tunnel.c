@@ -42,6 +42,9 @@
  * by openssl at run time; the refusals are test-tunnel-tls.c's).
  * precopy_100_shaped_link_measured: the tunnel over a veth pair shaped
  * by tbf between two namespaces (root only), its link rate measured.
+ * postcopy_100_unix_listen: the source QEMU migrates to `migproxy
+ * source --listen unix:PATH`; unix_listen_refusals: what is at PATH and
+ * not the relay's own stays.
  * Issue 10 item 7, post-copy: postcopy_resume_100 cuts the tunnel (a
  * forwarder in the test) in post-copy and the pair resumes it unseen by
  * QEMU; postcopy_recover_72 restarts dest in post-copy, so the tunnel
@@ -62,6 +65,7 @@
 #include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <glib/gstdio.h>
@@ -83,6 +87,7 @@ typedef struct {
 typedef struct {
     Proc src, dst;
     guint16 src_port, dst_port; /* source side's --listen, dest's */
+    char *src_unix; /* the source side's --listen unix:PATH, or NULL */
     char *report, *dst_report, *capture;
 } Pair;
 
@@ -106,6 +111,8 @@ static struct {
     /* run() over a shaped link: each QEMU and its side of the pair in a
      * namespace of their own (Case.link_rate) */
     ItNetLink *net;
+    gboolean unix_listen; /* pair_start(): the source side on a Unix
+                             socket in fx.dir */
 } fx;
 
 static void
@@ -223,6 +230,7 @@ pair_free(Pair *p)
         return;
     proc_kill(&p->src);
     proc_kill(&p->dst);
+    g_free(p->src_unix);
     g_free(p->report);
     g_free(p->dst_report);
     g_free(p->capture);
@@ -282,7 +290,13 @@ pair_start(const char *name, guint16 qemu_port, const char *const *src_extra)
     p->src_port = mp_qemu_pick_free_port(&err);
     cr_assert(p->src_port, "%s", err ? err->message : "?");
     g_ptr_array_add(b, g_strdup("source"));
-    g_ptr_array_add(b, g_strdup_printf("--listen=127.0.0.1:%u", p->src_port));
+    if (fx.unix_listen) {
+        p->src_unix = g_strdup_printf("%s/%s-source.sock", fx.dir, name);
+        g_ptr_array_add(b, g_strdup_printf("--listen=unix:%s", p->src_unix));
+    } else {
+        g_ptr_array_add(b, g_strdup_printf("--listen=127.0.0.1:%u",
+                                           p->src_port));
+    }
     g_ptr_array_add(b, g_strdup_printf("--peer=%s:%u",
                                        fx.net ? fx.net->addr_dst
                                               : "127.0.0.1",
@@ -323,7 +337,7 @@ fx_fini(void)
     pair_free(fx.pair2);
     fx.pair = fx.pair2 = NULL;
     g_clear_pointer(&fx.fwd, fwd_free);
-    fx.via_fwd = fx.no_once = FALSE;
+    fx.via_fwd = fx.no_once = fx.unix_listen = FALSE;
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
     for (guint i = 0; i < MULTI; i++) {
@@ -506,7 +520,18 @@ run(const Case *c)
     if (c->postcopy_after_ms)
         it_set_int(fx.src, "max-postcopy-bandwidth", 16 << 20);
 
-    it_migrate(fx.src, fx.pair->src_port, c->blk);
+    if (fx.pair->src_unix) {
+        /* the socket is this user's alone */
+        struct stat st;
+        cr_assert_eq(lstat(fx.pair->src_unix, &st), 0, "%s",
+                     fx.pair->src_unix);
+        cr_assert(S_ISSOCK(st.st_mode) && (st.st_mode & 0777) == 0600,
+                  "mode %o", st.st_mode);
+        g_autofree char *uri = g_strdup_printf("unix:%s", fx.pair->src_unix);
+        it_migrate_uri(fx.src, uri, c->blk);
+    } else {
+        it_migrate(fx.src, fx.pair->src_port, c->blk);
+    }
     if (c->postcopy_after_ms)
         it_start_postcopy(fx.src, c->postcopy_after_ms);
     json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
@@ -1081,6 +1106,39 @@ Test(tunnel, postcopy_100)
     run(&c);
 }
 
+/* The source QEMU migrates to `migproxy source` over a Unix socket
+ * (--listen unix:PATH, `migrate unix:PATH`): a Unix socket's send buffer
+ * is QEMU's only buffer in front of migproxy, 208 KiB instead of a
+ * loopback TCP socket's megabytes (docs/tunnel.md, "Use").  Post-copy
+ * with page requests over it; the report names the socket, which was
+ * 0600 while listening and is gone after. */
+static void
+check_unix_listen(const Case *c, json_object *rep, json_object *src)
+{
+    const char *path = fx.pair->src_unix;
+    g_autofree char *want = g_strdup_printf("unix:%s", path);
+    json_object *chans = it_jget(rep, "channels");
+    cr_assert_gt(json_object_array_length(chans), 0);
+    cr_assert_gt(it_jint(src, "ram.postcopy-requests"), 0);
+    cr_assert(!g_file_test(path, G_FILE_TEST_EXISTS), "%s is left", path);
+    g_autofree char *text = log_text(&fx.pair->src);
+    cr_assert(strstr(text, want), "the log does not name %s:\n%s", want,
+              text);
+}
+
+Test(tunnel, postcopy_100_unix_listen)
+{
+    fx.unix_listen = TRUE;
+    Case c = {.name = "postcopy_100_unix_listen",
+              .version = "10.0",
+              .machine = "pc-q35-10.0",
+              .append = "mem=64M rate=5000 verify=1",
+              .caps = {"postcopy-ram"},
+              .postcopy_after_ms = 500,
+              .check = check_unix_listen};
+    run(&c);
+}
+
 /* The same without lifting requested pages (--no-lift): the lane's
  * counters say nothing went urgent. */
 Test(tunnel, postcopy_100_no_lift)
@@ -1189,6 +1247,48 @@ Test(tunnel, dest_stopped_precopy)
                 "tunnel-half-open (--ping-timeout 2000)");
     /* dest runs on and sees the tunnel gone; pair_free() kills it */
     kill(fx.pair->dst.pid, SIGCONT);
+}
+
+/* --listen unix:PATH never takes what is not its own (the relay of
+ * `migproxy source` and `migproxy relay` are one code): a file at PATH
+ * that is not a socket stays and the start fails, as does a socket where
+ * another process listens (that one goes on: its file stays); no QEMU. */
+static int
+relay_unix(const char *path, char **errtext)
+{
+    g_autofree char *listen = g_strdup_printf("--listen=unix:%s", path);
+    const char *argv[] = {it_migproxy(), "relay", listen, "--to=127.0.0.1:1",
+                          NULL};
+    int status;
+    cr_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                           NULL, NULL, errtext, &status, NULL));
+    cr_assert(WIFEXITED(status), "%s", *errtext);
+    return WEXITSTATUS(status);
+}
+
+Test(tunnel, unix_listen_refusals)
+{
+    g_autofree char *file = g_build_filename(fx.dir, "not-a-socket", NULL);
+    g_autofree char *sock = g_build_filename(fx.dir, "live.sock", NULL);
+    g_autofree char *e1 = NULL, *e2 = NULL;
+
+    cr_assert(g_file_set_contents(file, "keep", -1, NULL));
+    cr_assert_eq(relay_unix(file, &e1), 1, "%s", e1);
+    cr_assert(strstr(e1, "exists and is not a socket"), "%s", e1);
+    cr_assert(g_file_test(file, G_FILE_TEST_IS_REGULAR));
+
+    fx.pair = g_new0(Pair, 1);
+    fx.pair->src.status = fx.pair->dst.status = -1;
+    g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(a, g_strdup("relay"));
+    g_ptr_array_add(a, g_strdup_printf("--listen=unix:%s", sock));
+    g_ptr_array_add(a, g_strdup("--to=127.0.0.1:1"));
+    g_autofree char *log = g_strdup_printf("%s/live-relay.log", fx.dir);
+    proc_start(&fx.pair->src, log, a);
+    cr_assert_eq(relay_unix(sock, &e2), 1, "%s", e2);
+    cr_assert(strstr(e2, "another process listens there"), "%s", e2);
+    cr_assert(!proc_exited(&fx.pair->src));
+    cr_assert(g_file_test(sock, G_FILE_TEST_EXISTS));
 }
 
 /* Without TLS, dest takes tunnels only from --allow: none given is a

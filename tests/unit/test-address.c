@@ -26,10 +26,39 @@ Test(address, ipv4_and_ipv6)
 Test(address, not_tcp_ip)
 {
     g_autoptr(GSocketAddress) unix_addr = g_unix_socket_address_new("/x");
+    g_autoptr(GSocketAddress) abstract = g_unix_socket_address_new_with_type(
+        "hop", -1, G_UNIX_SOCKET_ADDRESS_ABSTRACT);
+    g_autoptr(GSocketAddress) client = g_unix_socket_address_new_with_type(
+        "", 0, G_UNIX_SOCKET_ADDRESS_ANONYMOUS);
+    g_autofree char *c = mp_address_string(client);
     g_autofree char *u = mp_address_string(unix_addr);
+    g_autofree char *ab = mp_address_string(abstract);
     g_autofree char *none = mp_address_string(NULL);
-    cr_assert_str_eq(u, "?");
+    /* as --listen takes it */
+    cr_assert_str_eq(u, "unix:/x");
+    cr_assert_str_eq(c, "unix");
+    cr_assert_str_eq(ab, "?");
     cr_assert_str_eq(none, "?");
+}
+
+/* --listen: HOST:PORT, or unix:PATH for a QEMU on this host. */
+Test(address, listen_tcp_or_unix)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GSocketAddress) t =
+        mp_address_resolve_listen("--listen", "127.0.0.1:4444", &err);
+    g_autoptr(GSocketAddress) u =
+        mp_address_resolve_listen("--listen", "unix:/run/m.sock", &err);
+    cr_assert(t && G_IS_INET_SOCKET_ADDRESS(t));
+    cr_assert(u && G_IS_UNIX_SOCKET_ADDRESS(u));
+    cr_assert_str_eq(
+        g_unix_socket_address_get_path(G_UNIX_SOCKET_ADDRESS(u)),
+        "/run/m.sock");
+    g_autoptr(GSocketAddress) bad =
+        mp_address_resolve_listen("--listen", "unix:", &err);
+    cr_assert_null(bad);
+    cr_assert(strstr(err->message, "expected unix:PATH"), "%s",
+              err->message);
 }
 
 static gboolean
