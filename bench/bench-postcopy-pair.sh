@@ -17,6 +17,10 @@
 #   pair     source -> migproxy source ==tunnel==> migproxy dest -> dest
 #   pair-nolift  as pair, `migproxy source --no-lift` (requested pages
 #            not lifted into the tunnel's urgent lane)
+#   relay-unix  as relay, the source QEMU migrating to `migproxy relay
+#            --listen unix:PATH`
+#   pair-unix  as pair, the source QEMU migrating to `migproxy source
+#            --listen unix:PATH` (migrate unix:PATH)
 #   before   as pair, both ends run by BIN (an older build), so that a
 #            change is measured against its parent in the same rounds
 # Everything else is bench/bench-postcopy.sh's (link 100 Mbit/s, Linux
@@ -61,10 +65,13 @@ for ((i = 0; i < rounds; i++)); do
                   --run-dir "$out/runs/$q-$label-$i")
             case $label in
             relay) args+=(--relay "$relay") ;;
+            relay-unix) args+=(--relay "${relay/'{listen_host}:{listen_port}'/'unix:{listen_unix}'}") ;;
             pair) args+=(--relay "$MIGPROXY $src_args"
                          --dest-cmd "$MIGPROXY $dst_args") ;;
             pair-nolift) args+=(--relay "$MIGPROXY $src_args --no-lift"
                                 --dest-cmd "$MIGPROXY $dst_args") ;;
+            pair-unix) args+=(--relay "$MIGPROXY ${src_args/'{listen_host}:{listen_port}'/'unix:{listen_unix}'}"
+                              --dest-cmd "$MIGPROXY $dst_args") ;;
             before) args+=(--relay "$before $src_args"
                            --dest-cmd "$before $dst_args") ;;
             esac
@@ -83,7 +90,7 @@ spec.loader.exec_module(bp)
 results = []
 for path in sorted(glob.glob(sys.argv[2] + "/*.json")):
     results += json.load(open(path))
-order = {"direct": 0, "relay": 1, "before": 2, "pair-nolift": 3, "pair": 4}
+order = {"direct": 0, "relay": 1, "before": 2, "pair-nolift": 3, "pair": 4, "pair-unix": 5, "relay-unix": 6}
 results.sort(key=lambda r: (r["qemu"], order.get(r["label"], 9), r["preempt"]))
 print(bp.table(results))
 # ratios of each round's pair to its direct and relay runs

@@ -36,6 +36,8 @@ the source namespace after the destination listens; {listen_host},
 {listen_port}, {to_host} and {to_port} in CMD are replaced, e.g.
   --relay 'build/src/migproxy relay --listen {listen_host}:{listen_port}
            --to {to_host}:{to_port} --report {run_dir}/report.json'
+With {listen_unix} in CMD (a path in the run's folder: `--listen
+unix:{listen_unix}`) the source migrates to unix:PATH instead.
 The source then migrates to tcp:127.0.0.1:LISTEN_PORT inside mp-src, and
 the relay's upstream connections cross the shaped link, so the relay sits
 in front of the bottleneck, where pacing and priority can act.  A run with
@@ -338,7 +340,9 @@ def one_run(args, version, preempt, run_dir, port, procs):
                  (far,))
     if args.relay:
         lport = port + 1
+        lunix = os.path.join(run_dir, "listen.sock")
         subst = {"listen_host": "127.0.0.1", "listen_port": str(lport),
+                 "listen_unix": lunix,
                  "to_host": DST_ADDR, "to_port": str(port),
                  "tunnel_host": DST_ADDR, "tunnel_port": str(tport),
                  "run_dir": run_dir}
@@ -346,9 +350,15 @@ def one_run(args, version, preempt, run_dir, port, procs):
         relay = procs.start("relay", ["ip", "netns", "exec", NS_SRC] + cmd,
                             stdout=open(f"{run_dir}/relay.log", "wb"),
                             stderr=subprocess.STDOUT)
-        wait_for(lambda: listening(NS_SRC, lport), 30, "relay listening",
-                 (relay,))
-        uri = f"tcp:127.0.0.1:{lport}"
+        if "{listen_unix}" in args.relay:
+            # the source QEMU migrates over a Unix socket (unix:PATH)
+            wait_for(lambda: os.path.exists(lunix), 30, "relay listening",
+                     (relay,))
+            uri = f"unix:{lunix}"
+        else:
+            wait_for(lambda: listening(NS_SRC, lport), 30, "relay listening",
+                     (relay,))
+            uri = f"tcp:127.0.0.1:{lport}"
 
     sampler = NetSampler(f"{run_dir}/net.log")
     sampler.start()
