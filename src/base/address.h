@@ -6,7 +6,8 @@
 
 /* "192.0.2.1:4444", or "[2001:db8::1]:4444" for IPv6 (RFC 3986 style, so
  * the port stays readable), "unix:PATH" for a Unix socket's path,
- * "unix" for its unnamed client; "?" for NULL or another address.  @return a new string (caller frees). */
+ * "unix" for its unnamed client; "?" for NULL or another address.
+ * @return a new string (caller frees). */
 char *mp_address_string(GSocketAddress *a);
 
 /* `hostport` ("HOST:PORT") resolved to its first address; `what` (an

@@ -121,20 +121,22 @@ mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
     gboolean queue = span > 0 && queue_stands(l, unsent, n * 1e6 / span);
     /* a queue at both ends of the interval: it stood all along */
     gboolean stood = queue && l->queue_was;
+    /* frames waited all interval and the kernel refused some */
+    gboolean refused = l->refused && !l->idle;
 
     l->queue_was = queue;
-    if ((l->refused && !l->idle) || stood)
+    if (refused || stood)
         l->held = TRUE;
     if (l->sampled && span > 0 && l->est && !l->pace) {
         guint64 rwnd = rwnd_limited_us > l->rwnd_us
                            ? rwnd_limited_us - l->rwnd_us
                            : 0;
-        gboolean saturated = ((l->refused && !l->idle) || stood)
+        gboolean saturated = (refused || stood)
                              && rwnd * RWND_SHARE <= (guint64)span;
         mp_rate_estimator_add(l->est, span, n, saturated ? n : 0);
         if (saturated)
             l->saturated_us += span;
-        if (saturated && stood && !(l->refused && !l->idle))
+        if (saturated && !refused)
             l->queue_us += span;
         l->measured = mp_rate_estimator_rate(l->est);
         if (l->allow && l->measured
