@@ -23,6 +23,7 @@
 #            --listen unix:PATH` (migrate unix:PATH)
 #   before   as pair, both ends run by BIN (an older build), so that a
 #            change is measured against its parent in the same rounds
+#   before-unix  as pair-unix, both ends run by BIN
 # Everything else is bench/bench-postcopy.sh's (link 100 Mbit/s, Linux
 # guest 512 MiB, post-copy after 2 s).  The namespaces are mpp-src and
 # mpp-dst (10.253.7.0/24) unless MP_NS_SRC, MP_NS_DST, MP_NET_PREFIX say
@@ -39,7 +40,7 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --labels) labels=$2; shift 2 ;;
     --before) before=$(realpath "$2"); shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench-postcopy-pair: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -74,6 +75,8 @@ for ((i = 0; i < rounds; i++)); do
                               --dest-cmd "$MIGPROXY $dst_args") ;;
             before) args+=(--relay "$before $src_args"
                            --dest-cmd "$before $dst_args") ;;
+            before-unix) args+=(--relay "$before ${src_args/'{listen_host}:{listen_port}'/'unix:{listen_unix}'}"
+                                --dest-cmd "$before $dst_args") ;;
             esac
             echo "bench-postcopy-pair: round $((i + 1))/$rounds, QEMU $q, $label" >&2
             "$ROOT/bench/bench-postcopy.sh" "${args[@]}" >/dev/null \

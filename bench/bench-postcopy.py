@@ -480,9 +480,13 @@ def request_latency(path):
     postcopy_ram_fault_thread_request (HVA=...; the fault thread then sends
     REQ_PAGES) to postcopy_place_page[_zero] of that host page.  A page
     requested again before it arrives counts once, from the first request.
-    Returns ms statistics, or None without a trace."""
+    Returns ms statistics, or None without a trace; `first_s` and `after_s`
+    split them at one second after the first request (the switch's queues
+    drain in that second)."""
     pending = {}
     lat = []
+    first, after = [], []
+    t_first = None
     nreq = 0
     try:
         f = open(path, errors="replace")
@@ -499,6 +503,7 @@ def request_latency(path):
                 a = re.search(r"HVA=(0x[0-9a-fA-F]+)", rest)
                 if a:
                     nreq += 1
+                    t_first = t if t_first is None else t_first
                     pending.setdefault(int(a.group(1), 16) & ~0xfff, t)
             elif ev in ("postcopy_place_page", "postcopy_place_page_zero"):
                 a = re.search(r"host=(0x[0-9a-fA-F]+)", rest)
@@ -506,8 +511,19 @@ def request_latency(path):
                     t0 = pending.pop(int(a.group(1), 16) & ~0xfff, None)
                     if t0 is not None:
                         lat.append((t - t0) * 1000)
-    lat.sort()
-    r = {"requests": nreq, "matched": len(lat)}
+                        (first if t0 < t_first + 1 else after).append(
+                            lat[-1])
+    r = latency_stats(lat)
+    r["requests"] = nreq
+    r["first_s"] = latency_stats(first)
+    r["after_s"] = latency_stats(after)
+    return r
+
+
+def latency_stats(lat):
+    """matched, mean, p50, p90, p99, max of latencies in ms."""
+    lat = sorted(lat)
+    r = {"matched": len(lat)}
     if lat:
         r.update({"mean": round(sum(lat) / len(lat), 2),
                   "p50": round(pct(lat, 50), 2),
