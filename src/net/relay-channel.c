@@ -28,6 +28,14 @@
  * requested page can jump it (docs/benchmarks.md: smaller reads left
  * requested pages waiting in the source's socket). */
 #define FILTERED_READ_MAX (4u << 20)
+/* ... except into migproxy source's hop, where the tunnel encoder reads
+ * the lane's bytes in the same main loop: a 4 MiB read and its parsing
+ * (30-40 ms on this host, page faults of the growing queue included) held
+ * the loop while the hop's 16 KiB (LOW_LATENCY_BYTES) moved once per
+ * turn, and the link carried 1 MB/s for the 2 s of read-ahead after the
+ * switch to post-copy (docs/benchmarks.md, "The read-ahead starved the
+ * tunnel"). */
+#define HOP_READ_MAX (128u << 10)
 
 /* Read only with room for this much (or the whole bound, if smaller):
  * a nearly full queue would otherwise be topped up a few bytes at a time,
@@ -47,6 +55,7 @@ typedef struct {
     const guint8 *reading; /* filtered: the bytes the hook has, in buf */
     gsize reading_len;
     gsize limit;          /* stop reading with this much queued */
+    gsize read_max;       /* filtered: the most one read takes */
     MpRatePacer *pacer;   /* borrowed, or NULL */
     gsize write_cap;      /* bytes per write, 0: no cap */
     guint64 bytes, sent;  /* read; queued (written + still queued) */
@@ -320,7 +329,7 @@ pump_read(MpRelayChannel *ch, MpDir d)
         gsize queued = p->tail - p->head;
         /* (at most FILTERED_READ_MAX: the hook's work comes in bounded
          * steps, whatever the --queue) */
-        room = queued < bound ? MIN(bound - queued, FILTERED_READ_MAX) : 0;
+        room = queued < bound ? MIN(bound - queued, p->read_max) : 0;
         /* in place: the hook's bytes that go out unchanged are queued
          * where they are; the gap takes what it sends ahead of them */
         make_room(p, p->read_gap + room);
@@ -677,6 +686,7 @@ void
 mp_relay_channel_set_filtered(MpRelayChannel *ch, MpDir dir)
 {
     ch->pump[dir].filtered = TRUE;
+    ch->pump[dir].read_max = FILTERED_READ_MAX;
 }
 
 void
@@ -718,6 +728,7 @@ mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes,
             g_prefix_error(error, "setsockopt(SO_SNDBUF, %zu): ", bytes / 2);
             return FALSE;
         }
+        p->read_max = HOP_READ_MAX;
         return TRUE;
     }
     if (!g_socket_set_option(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, (gint)bytes,

@@ -130,7 +130,10 @@ void mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir,
 /* At most `bytes` per write and TCP_NOTSENT_LOWAT `bytes` on the socket
  * `dir` writes to (connected): little waits in the kernel.  @return FALSE
  * with @error set if the socket option could not be set (the write cap
- * holds anyway, but the kernel's queue is then as deep as its buffer). */
+ * holds anyway, but the kernel's queue is then as deep as its buffer).
+ * Towards a Unix socket (migproxy source's hop) a read of `dir` also
+ * takes at most 128 KiB, so that the reader in the same main loop gets
+ * its turns while a large queue fills. */
 gboolean mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir,
                                           gsize bytes, GError **error);
 
