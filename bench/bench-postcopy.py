@@ -235,10 +235,12 @@ def listening(ns, port):
 
 
 class NetSampler(threading.Thread):
-    """Every second, while the migration runs: the source side's TCP
-    sockets (ss -tinm: cwnd, rtt, unacked and not-sent bytes, send
-    buffer) and tbf's backlog on both veth ends, into RUN_DIR/net.log.
-    It only runs short commands; nothing is left running."""
+    """Every second, while the migration runs: the TCP sockets of both
+    sides (ss -tinm: cwnd, rtt, unacked and not-sent bytes, send buffer;
+    the destination's after a line '--- dst', where Recv-Q shows what
+    the destination QEMU has not read yet) and tbf's backlog on both veth
+    ends, into RUN_DIR/net.log.  It only runs short commands; nothing is
+    left running."""
 
     def __init__(self, path):
         super().__init__(daemon=True)
@@ -251,6 +253,8 @@ class NetSampler(threading.Thread):
             while not self.stop.is_set():
                 f.write(f"=== t={time.monotonic() - t0:.1f}\n")
                 for argv in (["ip", "netns", "exec", NS_SRC, "ss", "-tinmH"],
+                             ["echo", "--- dst"],
+                             ["ip", "netns", "exec", NS_DST, "ss", "-tinmH"],
                              ["ip", "netns", "exec", NS_SRC, "tc", "-s",
                               "qdisc", "show", "dev", "mp-veth-s"],
                              ["ip", "netns", "exec", NS_DST, "tc", "-s",
