@@ -5,7 +5,9 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h>
 #include <gio/gio.h>
 #include <zstd.h>
 #include "tunnel-cap.h"
@@ -74,6 +76,9 @@ typedef struct {
     MpTunPagesIn *pi;  /* destination side: made by the first PAGES */
     /* lifted pages: the forward stream's urgent lane, its own seq */
     guint64 out_useq, in_useq;
+    /* destination side: the bytes that waited toward QEMU in front of
+     * each lifted page (the write queue's and the kernel's unsent) */
+    guint64 lifted, lifted_behind_sum, lifted_behind_max, lifted_behind_1m;
     json_object *pages_report; /* theirs, kept when they are freed */
 } Conn;
 
@@ -823,6 +828,44 @@ on_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
     queued_in(c, f, c->wq->len - before);
 }
 
+/* What a lifted page arriving now waits behind on its way to QEMU: the
+ * write queue's bytes and those the kernel has not passed to QEMU's
+ * socket yet (SIOCOUTQ).  A page requested in post-copy waits for them
+ * all (docs/tunnel.md, "Lifted pages"). */
+static void
+note_lifted_behind(Conn *c)
+{
+    guint64 behind = c->wq->len - c->wq_pos;
+    int queued = 0;
+    if (c->sock && ioctl(g_socket_get_fd(c->sock), SIOCOUTQ, &queued) == 0
+        && queued > 0)
+        behind += (guint64)queued;
+    c->lifted++;
+    c->lifted_behind_sum += behind;
+    c->lifted_behind_max = MAX(c->lifted_behind_max, behind);
+    if (behind >= (1u << 20))
+        c->lifted_behind_1m++;
+}
+
+/* `{pages, bytes_mean, bytes_max, over_1mib}` of note_lifted_behind(),
+ * or NULL before the first lifted page. */
+static json_object *
+lifted_behind_report(const Conn *c)
+{
+    if (!c->lifted)
+        return NULL;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "pages", json_object_new_int64(c->lifted));
+    json_object_object_add(
+        o, "bytes_mean",
+        json_object_new_int64(c->lifted_behind_sum / c->lifted));
+    json_object_object_add(o, "bytes_max",
+                           json_object_new_int64(c->lifted_behind_max));
+    json_object_object_add(o, "over_1mib",
+                           json_object_new_int64(c->lifted_behind_1m));
+    return o;
+}
+
 /* Destination side: lifted pages (urgent PAGES of a main stream, their
  * own seq), merged into what is written to QEMU (tunnel-pages-in.h);
  * acknowledged at once (copies: the batch copy stands for the bytes). */
@@ -856,6 +899,7 @@ on_urgent_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
         c->pi = mp_tun_pages_in_new(m->agreed.page_size,
                                     m->agreed.cache_bytes);
     gsize before = c->wq->len;
+    note_lifted_behind(c);
     if (!mp_tun_pages_in_urgent(c->pi, f->payload, f->len, c->wq, &err)) {
         fail(m, "urgent PAGES frame of stream %u at offset %" G_GUINT64_FORMAT
                 ": %s",
@@ -1992,6 +2036,9 @@ mp_tun_mux_report_route(const MpTunMux *m, guint since, int route)
                                           : NULL;
         if (pg)
             json_object_object_add(src ? rd : wr, "pages", pg);
+        json_object *lb = lifted_behind_report(c);
+        if (lb)
+            json_object_object_add(wr, "lifted_behind", lb);
         json_object_array_add(chans, j);
     }
     json_object_object_add(o, "compress", json_object_new_boolean(m->compress));
