@@ -139,8 +139,7 @@ mp_tun_link_sample(MpTunLink *l, gint64 now_us, guint64 written,
         if (saturated && !refused)
             l->queue_us += span;
         l->measured = mp_rate_estimator_rate(l->est);
-        if (l->allow && l->measured
-            && l->saturated_us >= MP_TUN_LINK_TRUST_US) {
+        if (l->allow && l->measured) {
             l->pace = mp_rate_auto_pace(l->measured, 0);
             l->tokens_us = l->paced_us = now_us;
             l->tokens = burst(l);

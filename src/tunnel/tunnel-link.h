@@ -8,7 +8,11 @@
  *     the intervals where the link held us back all along (frames waited
  *     the whole interval and the kernel refused some); the median of the
  *     last such intervals (MpRateEstimator, src/net/rate-pacer.h), as the
- *     relay does, trusted after 1 s of them.  An interval where the
+ *     relay does, trusted as soon as it gives one (1 s of them,
+ *     MP_RATE_EST_MIN_US: the median then rests on intervals after TCP's
+ *     slow start; the tunnel waited for 2 s before, and the pace began
+ *     2.4 s into a migration whose post-copy the benchmark starts at 2 s,
+ *     now at 1.2 s with the same median).  An interval where the
  *     peer's window, not the network, held us back does not count.
  *     An interval also counts as saturated when a queue stood in front of
  *     the link's bottleneck all along, whatever held our writes back (the
@@ -49,14 +53,7 @@
  * never less than MP_TUN_LINK_QUEUE_MIN bytes. */
 #define MP_TUN_LINK_QUEUE_US 1000
 #define MP_TUN_LINK_QUEUE_MIN (16u << 10)
-/* The estimate is trusted once the link held the tunnel back this long
- * (its median then rests on intervals after TCP's slow start).  It was
- * 2 s, and the pace began 2.4 s into a migration whose post-copy the
- * benchmark starts at 2 s; after 1 s it began at 1.2 s, and the median
- * read the same (95.5-95.7 Mbit/s of a 100 Mbit/s link either way).
- * Less would not do: the median itself needs 1 s of intervals
- * (MP_RATE_EST_MIN_US). */
-#define MP_TUN_LINK_TRUST_US 1000000
+
 typedef struct MpTunLink MpTunLink;
 
 /* `given`: bytes per second from --rate, 0: measure.  @return a link with
