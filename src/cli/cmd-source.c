@@ -117,6 +117,13 @@ tunnel_encoders(gpointer data)
     return mp_tun_source_encoders(r->tun);
 }
 
+static void
+tunnel_page_first(gpointer data)
+{
+    const Route *r = data;
+    mp_tun_source_page_first(r->tun, r->route);
+}
+
 /* --once: the report the relay wrote gets the tunnel's final counters
  * (the relay reported when its side closed, a moment before the tunnel
  * had every byte). */
@@ -304,6 +311,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
             .report_data = r,
             .link_info = tunnel_link,
             .encoders_info = tunnel_encoders,
+            .page_first = tunnel_page_first,
         };
         MpRelay *relay = mp_relay_new(&opt, &err);
         if (!relay) {

@@ -60,6 +60,8 @@ struct MpPcopyLane {
     guint next_tag;
     GHashTable *inflight; /* tag -> request time (gint64*): moved, queued */
     GArray *latency_us;   /* guint32: request -> page written */
+    void (*on_first)(gpointer data); /* mp_pcopy_lane_on_first() */
+    gpointer on_first_data;
     guint64 requests, moved_queue, moved_arrival, jumped, names, host_pages;
 };
 
@@ -152,6 +154,21 @@ mp_pcopy_lane_new(const MpOutScheduler *out, gsize queue)
     l->inflight = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     l->latency_us = g_array_new(FALSE, FALSE, sizeof(guint32));
     return l;
+}
+
+void
+mp_pcopy_lane_on_first(MpPcopyLane *l, void (*first)(gpointer data),
+                       gpointer data)
+{
+    l->on_first = first;
+    l->on_first_data = data;
+}
+
+static void
+page_first(MpPcopyLane *l)
+{
+    if (l->on_first)
+        l->on_first(l->on_first_data);
 }
 
 void
@@ -260,8 +277,10 @@ move_to_front(MpPcopyLane *l, guint k)
     for (guint i = l->first; i < l->idx->len && front < 0; i++)
         if (!at(l, i)->gone && at(l, i)->off > head)
             front = i;
-    if (front < 0 || (guint)front >= k)
-        return; /* nothing queued before it: it is next anyway */
+    if (front < 0 || (guint)front >= k) {
+        page_first(l); /* nothing queued before it: it is next anyway */
+        return;
+    }
 
     Entry *e = at(l, k);
     const guint8 *bytes = l->out.ops->peek(l->out.q, e->off, e->len);
@@ -297,6 +316,7 @@ move_to_front(MpPcopyLane *l, guint k)
     e->gone = TRUE;
     g_hash_table_insert(l->inflight, tag, g_memdup2(&e->t_req, sizeof(gint64)));
     l->jumped += e->off - at(l, front)->off;
+    page_first(l);
     if (e->arrival)
         l->moved_arrival++;
     else
@@ -444,14 +464,21 @@ mp_pcopy_lane_request(MpPcopyLane *l, const char *block, guint64 start,
     const char *b = g_intern_string(block);
     gint64 key = start;
     guint i = GPOINTER_TO_UINT(g_hash_table_lookup(l->by_addr, &key));
-    if (i && i - 1 >= l->first && i - 1 < l->idx->len) {
+    if (i && i - 1 < l->idx->len && at(l, i - 1)->block == b
+        && at(l, i - 1)->addr == start) {
         Entry *e = at(l, i - 1);
-        if (e->movable && !e->gone && e->block == b && e->addr == start) {
+        if (i - 1 >= l->first && e->movable && !e->gone) {
             e->urgent = TRUE;
             e->t_req = now_us;
             i--;
             g_array_append_val(l->due, i);
             mp_pcopy_lane_flush(l);
+            return;
+        }
+        if (i - 1 < l->first || e->gone) {
+            /* being written, or moved for an earlier request: on its
+             * way, but what comes after the queue must still take it */
+            page_first(l);
             return;
         }
     }

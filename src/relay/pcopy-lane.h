@@ -59,6 +59,13 @@ MpPcopyLane *mp_pcopy_lane_new(const MpOutScheduler *out, gsize queue);
 void mp_pcopy_lane_free(MpPcopyLane *l); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 
+/* `first(data)` whenever a requested page is next in the queue: moved
+ * to the front, next anyway, or already on its way (being written or
+ * moved for an earlier request).  What comes after the queue (the
+ * tunnel) then takes what is in front of it at once. */
+void mp_pcopy_lane_on_first(MpPcopyLane *l, void (*first)(gpointer data),
+                            gpointer data);
+
 /* The lane as a stage of the main channel's pipeline towards the
  * destination (borrowed: lives as long as the lane): each record's place
  * goes to mp_pcopy_lane_record(), and mp_pcopy_lane_flush() runs once the

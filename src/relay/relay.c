@@ -491,6 +491,9 @@ join(Session *s, Conn *c, MpChanKind kind)
          * main's pipeline) */
         MpOutScheduler out = mp_relay_channel_scheduler(c->ch);
         s->lane = mp_pcopy_lane_new(&out, r->opt.queue);
+        if (r->opt.page_first)
+            mp_pcopy_lane_on_first(s->lane, r->opt.page_first,
+                                   r->opt.report_data);
         g_ptr_array_add(s->lanes, s->lane);
         mp_pipeline_add_stage(to_dst, mp_pcopy_lane_stage(s->lane));
     }

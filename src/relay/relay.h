@@ -59,6 +59,11 @@ typedef struct {
     /* Embedding: the sample lines' "encoders" (a new object that the
      * relay takes; NULL: none), or NULL. */
     json_object *(*encoders_info)(gpointer data);
+    /* Embedding: the post-copy lane put a requested page first in the
+     * queue toward `to` (or found it on its way there already), with
+     * `report_data`; or NULL.  `migproxy source`'s tunnel then reads the
+     * hop past the link's pace until the page is out of it. */
+    void (*page_first)(gpointer data);
 } MpRelayOptions;
 
 typedef struct MpRelay MpRelay;

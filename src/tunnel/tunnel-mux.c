@@ -1931,6 +1931,19 @@ mp_tun_mux_live(const MpTunMux *m)
     return m->live;
 }
 
+void
+mp_tun_mux_page_first(MpTunMux *m, guint16 route)
+{
+    for (guint i = 0; i < m->conns->len; i++) {
+        Conn *c = g_ptr_array_index(m->conns, i);
+        if (c->po && !c->done && c->open.route == route
+            && c->open.channel == MP_TUN_CH_MAIN) {
+            mp_tun_pages_out_page_first(c->po);
+            conn_watch(c);
+        }
+    }
+}
+
 guint
 mp_tun_mux_session_live(const MpTunMux *m, guint32 session)
 {

@@ -163,6 +163,9 @@ guint64 mp_tun_mux_tunnel_id(const MpTunMux *m);
 guint mp_tun_mux_live(const MpTunMux *m);
 /* The same, of session `session` only (MpTunOpen.session). */
 guint mp_tun_mux_session_live(const MpTunMux *m, guint32 session);
+/* Source side: the relay in front of route `route`'s main channel put a
+ * requested post-copy page first (mp_tun_pages_out_page_first()). */
+void mp_tun_mux_page_first(MpTunMux *m, guint16 route);
 gboolean mp_tun_mux_ready(const MpTunMux *m);
 
 /* `{link_bytes_in, link_bytes_out, compress, link, resume: {on,

@@ -1003,6 +1003,11 @@ mp_tun_pages_out_request(MpTunPagesOut *po, const char *block,
     };
     w.left = w.n;
     g_array_append_val(po->wants, w);
+}
+
+void
+mp_tun_pages_out_page_first(MpTunPagesOut *po)
+{
     po->read_budget = MIN(po->read_budget + MP_TUN_LIFT_READ_AHEAD,
                           4 * (guint64)MP_TUN_LIFT_READ_AHEAD);
 }

@@ -99,11 +99,11 @@ typedef struct {
 /* Requests remembered at most (the oldest go first), and for how long. */
 #define MP_TUN_LIFT_MAX_WANTS 64
 #define MP_TUN_LIFT_WANT_US   (2 * G_USEC_PER_SEC)
-/* Per request, the owner may read this much of the stream past the
- * link's pace (mp_tun_pages_out_read_ahead()), at most 4 times that in
- * all, so the requested page leaves the buffers in front of the tunnel
- * (the hop's 64 KiB) at once. */
-#define MP_TUN_LIFT_READ_AHEAD (256u << 10)
+/* Each time the relay in front puts a requested page first
+ * (mp_tun_pages_out_page_first()), the owner may read this much of the
+ * stream past the link's pace, at most 4 times that in all: the hop's
+ * 16 KiB in post-copy and the page (mp_tun_pages_out_read_ahead()). */
+#define MP_TUN_LIFT_READ_AHEAD (64u << 10)
 /* entry kinds of an urgent payload (as the batch's) */
 #define MP_TUN_LIFT_ZERO 1
 #define MP_TUN_LIFT_PAGE 2
@@ -175,6 +175,15 @@ void mp_tun_pages_out_request(MpTunPagesOut *po, const char *block,
 /* The next urgent payload (docs/tunnel.md, "Lifted pages"), or NULL.
  * Caller owns.  Urgent payloads go before the items made with them. */
 GByteArray *mp_tun_pages_out_pop_urgent(MpTunPagesOut *po);
+/* The relay in front of the stream put a requested page first in its
+ * queue (or found it on its way already): the owner may read
+ * MP_TUN_LIFT_READ_AHEAD more past the link's pace while a requested page
+ * has not come.  Given per request instead (before the relay said where
+ * the page was), the budget went on the bytes in front before the
+ * source QEMU sent a page it had not sent yet (20 ms); that page then
+ * waited until the link drained what the requests before it had read
+ * ahead (up to 4 MiB: 100-270 ms, docs/benchmarks.md). */
+void mp_tun_pages_out_page_first(MpTunPagesOut *po);
 /* Should the owner read the stream although the bulk lane is full?  A
  * requested page has not come yet and the read-ahead allows it. */
 gboolean mp_tun_pages_out_read_ahead(const MpTunPagesOut *po);

@@ -635,6 +635,13 @@ mp_tun_source_encoders(MpTunSource *s)
     return s->mux ? mp_tun_mux_encoders(s->mux) : NULL;
 }
 
+void
+mp_tun_source_page_first(MpTunSource *s, guint route)
+{
+    if (s->mux)
+        mp_tun_mux_page_first(s->mux, route);
+}
+
 static gboolean
 wake(gpointer data)
 {

@@ -97,6 +97,11 @@ void mp_tun_source_link(MpTunSource *s, gint64 *measured_bps,
  * without a tunnel or PAGES.  Caller owns. */
 json_object *mp_tun_source_encoders(MpTunSource *s);
 
+/* Route `route`'s relay put a requested post-copy page first in its
+ * queue toward the hop: the tunnel reads it out of the hop past the
+ * link's pace (mp_tun_mux_page_first()). */
+void mp_tun_source_page_first(MpTunSource *s, guint route);
+
 /* After the relay's last session: runs the main context until every
  * connection's streams ended, then ends the tunnel (END DONE) and waits
  * for the peer's END, `timeout_ms` at most.  @return TRUE if it ended

@@ -1154,8 +1154,10 @@ spin_ms(guint ms)
  * read-ahead such a page waited for the paced bulk lane (5.4 ms blocked
  * per request against 1.3 without preempt).  Here the link is paced at
  * 200 KB/s and a page 64 KiB past what the source side read is asked
- * for: the source side reads past the pace (read_ahead_bytes; 0 before,
- * when a preempt channel turned the read-ahead off) and lifts it. */
+ * for, and the relay says it put the page first (what its post-copy lane
+ * does, mp_tun_mux_page_first()): the source side reads past the pace
+ * (read_ahead_bytes; 0 before, when a preempt channel turned the
+ * read-ahead off) and lifts it. */
 Test(tunnel_pages, read_ahead_with_preempt_channel)
 {
     g_autoptr(GByteArray) in = g_byte_array_new();
@@ -1225,6 +1227,18 @@ Test(tunnel_pages, read_ahead_with_preempt_channel)
     cr_assert_eq(write(dm[0], req->data, req->len), (gssize)req->len);
     json_object *lift = NULL;
     deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    for (;;) {
+        /* the relay's lane sees the request after the tunnel did */
+        spin_ms(5);
+        gint64 r;
+        lift = main_lift(src, &r);
+        gboolean asked = tu_json_int(lift, "requests") >= 1;
+        json_object_put(lift);
+        if (asked)
+            break;
+        cr_assert_lt(g_get_monotonic_time(), deadline, "timed out");
+    }
+    mp_tun_mux_page_first(src, 0);
     for (;;) {
         spin_ms(20);
         gint64 now_read;
