@@ -17,6 +17,7 @@
 #include "address.h"
 #include "rate-pacer.h"
 #include "relay-channel.h"
+#include "big-buf.h"
 #include "tcp-info.h"
 
 /* Compact when the unwritten bytes start past half the buffer. */
@@ -43,8 +44,8 @@
 #define READ_MIN (64u << 10)
 
 typedef struct {
-    guint8 *buf;      /* `cap` bytes, allocated on first read */
-    gsize cap;        /* MP_RELAY_BUFFER; more when filtered */
+    MpBigBuf mem;     /* allocated on first read: MP_RELAY_BUFFER; more
+                       * when filtered (the post-copy read-ahead) */
     guint64 moved;    /* bytes moved down to make room */
     gsize head, tail; /* [head, tail) waits to be written */
     gboolean eof;     /* the sender closed (FIN read) */
@@ -275,7 +276,7 @@ static void
 compact(Pump *p)
 {
     p->moved += p->tail - p->head;
-    memmove(p->buf, p->buf + p->head, p->tail - p->head);
+    memmove(p->mem.data, p->mem.data + p->head, p->tail - p->head);
     p->tail -= p->head;
     p->head = 0;
 }
@@ -284,21 +285,19 @@ compact(Pump *p)
 static void
 make_room(Pump *p, gsize more)
 {
-    if (!p->buf) {
-        p->cap = MAX(MP_RELAY_BUFFER, more);
-        p->buf = g_malloc(p->cap);
-    }
+    if (!p->mem.data)
+        mp_big_buf_resize(&p->mem, MAX(MP_RELAY_BUFFER, more), 0);
     gsize queued = p->tail - p->head;
     if (!queued) {
         p->head = p->tail = 0;
     } else if ((p->head >= COMPACT_AT && p->head >= queued)
-               || (!more && p->tail == p->cap)) {
+               || (!more && p->tail == p->mem.cap)) {
         /* (moves no more than it frees; and never leaves a full end with
          * room at the front, where a readable socket would spin the loop:
          * unfiltered, the queue is at most MP_RELAY_BUFFER) */
         compact(p);
     }
-    if (p->tail + more <= p->cap)
+    if (p->tail + more <= p->mem.cap)
         return;
     /* No room at the end.  The queue moves down when that frees a
      * quarter of what it moves (4 bytes moved per byte written out, at
@@ -309,10 +308,11 @@ make_room(Pump *p, gsize more)
      * loop blocked tens of ms while page requests waited. */
     if (p->head && p->head >= queued / 4)
         compact(p);
-    if (p->tail + more > p->cap) {
+    if (p->tail + more > p->mem.cap) {
         /* filtered: a record held back, then released with a chunk */
-        p->cap = MAX(p->tail + more, p->cap + p->cap / 4);
-        p->buf = g_realloc(p->buf, p->cap);
+        mp_big_buf_resize(&p->mem,
+                          MAX(p->tail + more, p->mem.cap + p->mem.cap / 4),
+                          p->mem.cap);
     }
 }
 
@@ -333,10 +333,10 @@ pump_read(MpRelayChannel *ch, MpDir d)
         /* in place: the hook's bytes that go out unchanged are queued
          * where they are; the gap takes what it sends ahead of them */
         make_room(p, p->read_gap + room);
-        into = p->buf + p->tail + p->read_gap;
+        into = p->mem.data + p->tail + p->read_gap;
     } else {
         make_room(p, 0);
-        into = p->buf + p->tail;
+        into = p->mem.data + p->tail;
         room = MP_RELAY_BUFFER - p->tail;
     }
     if (!room)
@@ -432,7 +432,7 @@ pump_write(MpRelayChannel *ch, MpDir d)
         gsize len = p->tail - p->head;
         if (e)
             len = MIN(len, e->at - head_at(p));
-        gssize n = write_some(ch, d, p->buf + p->head, len);
+        gssize n = write_some(ch, d, p->mem.data + p->head, len);
         if (n < 0)
             return;
         p->head += n;
@@ -501,12 +501,24 @@ chan_dispatch(GSource *source, GSourceFunc cb, gpointer user_data)
         dc = 0;
     }
 
-    /* read first, then write what came in without another poll */
-    if ((dc & (G_IO_IN | G_IO_HUP | G_IO_ERR)) && can_read(ch, MP_DIR_TO_DST))
-        pump_read(ch, MP_DIR_TO_DST);
-    if (!ch->closed && (uc & (G_IO_IN | G_IO_HUP | G_IO_ERR))
-        && can_read(ch, MP_DIR_TO_SRC))
+    /* The return path first and what waits towards the destination next:
+     * a page request moves its page to the front of the queue, which then
+     * goes out before the next read towards the destination, a post-copy
+     * read-ahead's (up to a millisecond of reading and parsing,
+     * docs/benchmarks.md "The loop's order").  Then read, and write what
+     * came in without another poll (the first write only when the
+     * socket said it has room or a page was moved, whose reader may have
+     * made room meanwhile: a plain relay's full socket costs no extra
+     * system call). */
+    if ((uc & (G_IO_IN | G_IO_HUP | G_IO_ERR)) && can_read(ch, MP_DIR_TO_SRC))
         pump_read(ch, MP_DIR_TO_SRC);
+    if (!ch->closed
+        && ((uc & G_IO_OUT) || !g_queue_is_empty(&ch->pump[MP_DIR_TO_DST].edits))
+        && wants_write(ch, MP_DIR_TO_DST))
+        pump_write(ch, MP_DIR_TO_DST);
+    if (!ch->closed && (dc & (G_IO_IN | G_IO_HUP | G_IO_ERR))
+        && can_read(ch, MP_DIR_TO_DST))
+        pump_read(ch, MP_DIR_TO_DST);
     if (!ch->closed && wants_write(ch, MP_DIR_TO_DST))
         pump_write(ch, MP_DIR_TO_DST);
     if (!ch->closed && wants_write(ch, MP_DIR_TO_SRC))
@@ -567,7 +579,7 @@ mp_relay_channel_free(MpRelayChannel *ch)
     ch->closed = TRUE;
     close_sockets(ch);
     for (int d = 0; d < MP_DIR__MAX; d++) {
-        g_free(ch->pump[d].buf);
+        mp_big_buf_clear(&ch->pump[d].mem);
         g_queue_clear_full(&ch->pump[d].edits, g_free);
     }
     g_clear_error(&ch->connect_error);
@@ -754,7 +766,7 @@ mp_relay_channel_queue_peek(MpRelayChannel *ch, MpDir dir, guint64 at,
 
     if (at < head || at + len > p->sent)
         return NULL;
-    return p->buf + p->head + (at - head);
+    return p->mem.data + p->head + (at - head);
 }
 
 gboolean
@@ -861,15 +873,15 @@ mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
          * the hook's contract keeps every write below the read bytes it
          * has not sent yet; make_room() must not run (it could move or
          * reallocate them), and need not (room was made for the read). */
-        guint8 *to = p->buf + p->tail;
+        guint8 *to = p->mem.data + p->tail;
         gboolean read_bytes =
             buf >= p->reading && buf + len <= p->reading + p->reading_len;
-        g_assert(read_bytes ? to <= buf : to + len <= p->buf + p->cap);
+        g_assert(read_bytes ? to <= buf : to + len <= p->mem.data + p->mem.cap);
         if (to != buf)
             memmove(to, buf, len);
     } else {
         make_room(p, len);
-        memcpy(p->buf + p->tail, buf, len);
+        memcpy(p->mem.data + p->tail, buf, len);
     }
     p->tail += len;
     p->sent += len;

@@ -447,6 +447,7 @@ mp_pcopy_lane_written(MpPcopyLane *l, gpointer tag, gint64 now_us)
     guint32 us = MIN(now_us - *t, G_MAXUINT32);
     g_array_append_val(l->latency_us, us);
     g_hash_table_remove(l->inflight, tag);
+    page_first(l); /* in the kernel now: what comes next takes it */
 }
 
 void

@@ -61,8 +61,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpPcopyLane, mp_pcopy_lane_free)
 
 /* `first(data)` whenever a requested page is next in the queue: moved
  * to the front, next anyway, or already on its way (being written or
- * moved for an earlier request).  What comes after the queue (the
- * tunnel) then takes what is in front of it at once. */
+ * moved for an earlier request), and when a moved page was written to
+ * the kernel.  What comes after the queue (the tunnel) then takes what is
+ * in front of it at once. */
 void mp_pcopy_lane_on_first(MpPcopyLane *l, void (*first)(gpointer data),
                             gpointer data);
 

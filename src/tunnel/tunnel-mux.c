@@ -51,6 +51,7 @@ typedef struct {
     GSocket *sock;    /* NULL: not attached yet, or closed */
     GSource *source;
     GIOCondition cond;
+    gint prio; /* of `source` */
     /* the local socket read: our outgoing stream */
     guint16 out_id;
     gboolean out_urgent;
@@ -651,7 +652,13 @@ conn_watch(Conn *c)
         return;
     GIOCondition want = (may_read(c) ? G_IO_IN : 0)
                         | (c->wq && c->wq_pos < c->wq->len ? G_IO_OUT : 0);
-    if (c->source && want == c->cond)
+    /* a requested page on its way out of the hop: read before whatever
+     * else the loop has ready (the relay's read-ahead in front of the hop
+     * takes up to a millisecond a turn) */
+    gint prio = c->po && mp_tun_pages_out_read_ahead(c->po)
+                    ? G_PRIORITY_HIGH
+                    : G_PRIORITY_DEFAULT;
+    if (c->source && want == c->cond && prio == c->prio)
         return;
     if (c->source) {
         g_source_destroy(c->source);
@@ -660,7 +667,9 @@ conn_watch(Conn *c)
     c->cond = want;
     if (!want)
         return;
+    c->prio = prio;
     c->source = g_socket_create_source(c->sock, want, NULL);
+    g_source_set_priority(c->source, prio);
     g_source_set_callback(c->source, G_SOURCE_FUNC(on_local), c, NULL);
     g_source_attach(c->source, NULL);
 }
@@ -1939,6 +1948,16 @@ mp_tun_mux_page_first(MpTunMux *m, guint16 route)
         if (c->po && !c->done && c->open.route == route
             && c->open.channel == MP_TUN_CH_MAIN) {
             mp_tun_pages_out_page_first(c->po);
+            /* at once, not at the loop's next turn: the relay that called
+             * reads ahead in front of the hop before that (a millisecond
+             * per turn); reading makes room in the hop for the page, and
+             * once the relay wrote it the next call takes it */
+            for (int k = 0; k < 4 && may_read(c); k++) {
+                guint64 before = c->read_bytes;
+                conn_read(c);
+                if (c->done || c->read_bytes == before)
+                    break;
+            }
             conn_watch(c);
         }
     }
