@@ -12,9 +12,8 @@ map_round(gsize n)
 }
 
 void
-mp_big_buf_resize(MpBigBuf *b, gsize cap, gsize keep)
+mp_big_buf_resize(MpBigBuf *b, gsize cap)
 {
-    keep = MIN(keep, b->cap);
     if (cap < MP_BIG_BUF_MAPPED && !b->map_len) {
         b->data = g_realloc(b->data, cap);
         b->cap = cap;
@@ -34,8 +33,8 @@ mp_big_buf_resize(MpBigBuf *b, gsize cap, gsize keep)
     /* (only an advice: without THP the pages are small, as before) */
     madvise(m, len, MADV_HUGEPAGE);
     if (!b->map_len) {
-        if (keep)
-            memcpy(m, b->data, keep);
+        if (b->cap)
+            memcpy(m, b->data, b->cap); /* (once: at most 2 MiB) */
         g_free(b->data);
     }
     b->data = m;

@@ -22,9 +22,8 @@ typedef struct {
     gsize map_len;  /* 0: malloc()ed, else the mapping's length */
 } MpBigBuf;
 
-/* Makes `b` (zeroed at first) hold at least `cap` bytes, keeping its
- * first `keep` bytes (at most its old capacity).  Aborts when out of
- * memory, as g_realloc() does. */
-void mp_big_buf_resize(MpBigBuf *b, gsize cap, gsize keep);
+/* Makes `b` (zeroed at first) hold at least `cap` bytes, keeping the
+ * bytes it held.  Aborts when out of memory, as g_realloc() does. */
+void mp_big_buf_resize(MpBigBuf *b, gsize cap);
 /* Frees the memory; `b` is empty again. */
 void mp_big_buf_clear(MpBigBuf *b);

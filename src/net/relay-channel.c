@@ -15,9 +15,9 @@
 #include <sys/socket.h>
 #include <linux/sockios.h>
 #include "address.h"
+#include "big-buf.h"
 #include "rate-pacer.h"
 #include "relay-channel.h"
-#include "big-buf.h"
 #include "tcp-info.h"
 
 /* Compact when the unwritten bytes start past half the buffer. */
@@ -286,7 +286,7 @@ static void
 make_room(Pump *p, gsize more)
 {
     if (!p->mem.data)
-        mp_big_buf_resize(&p->mem, MAX(MP_RELAY_BUFFER, more), 0);
+        mp_big_buf_resize(&p->mem, MAX(MP_RELAY_BUFFER, more));
     gsize queued = p->tail - p->head;
     if (!queued) {
         p->head = p->tail = 0;
@@ -311,8 +311,7 @@ make_room(Pump *p, gsize more)
     if (p->tail + more > p->mem.cap) {
         /* filtered: a record held back, then released with a chunk */
         mp_big_buf_resize(&p->mem,
-                          MAX(p->tail + more, p->mem.cap + p->mem.cap / 4),
-                          p->mem.cap);
+                          MAX(p->tail + more, p->mem.cap + p->mem.cap / 4));
     }
 }
 

@@ -619,6 +619,18 @@ conn_write(Conn *c)
 
 static void schedule_round(MpTunMux *m);
 
+/* A few reads of the local socket at once (while it gives bytes). */
+static void
+read_few(Conn *c)
+{
+    for (int i = 0; i < 4 && may_read(c); i++) {
+        guint64 before = c->read_bytes;
+        conn_read(c);
+        if (c->done || c->read_bytes == before)
+            break;
+    }
+}
+
 static gboolean
 on_local(GSocket *sock, GIOCondition cond, gpointer data)
 {
@@ -629,12 +641,7 @@ on_local(GSocket *sock, GIOCondition cond, gpointer data)
     if (c->out_urgent || (c->po && mp_tun_pages_out_read_ahead(c->po))) {
         /* urgent, or a requested page on its way: a few reads at once,
          * then the other connections' turn */
-        for (int i = 0; i < 4 && may_read(c); i++) {
-            guint64 before = c->read_bytes;
-            conn_read(c);
-            if (c->read_bytes == before)
-                break;
-        }
+        read_few(c);
     } else if (may_read(c)) {
         /* the bulk lane's room is shared in turns (bulk_round), not
          * taken by whichever socket the loop dispatches first */
@@ -1952,12 +1959,7 @@ mp_tun_mux_page_first(MpTunMux *m, guint16 route)
              * reads ahead in front of the hop before that (a millisecond
              * per turn); reading makes room in the hop for the page, and
              * once the relay wrote it the next call takes it */
-            for (int k = 0; k < 4 && may_read(c); k++) {
-                guint64 before = c->read_bytes;
-                conn_read(c);
-                if (c->done || c->read_bytes == before)
-                    break;
-            }
+            read_few(c);
             conn_watch(c);
         }
     }
