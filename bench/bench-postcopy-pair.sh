@@ -92,7 +92,9 @@ bp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bp)
 results = []
 for path in sorted(glob.glob(sys.argv[2] + "/*.json")):
-    results += json.load(open(path))
+    # (each file is one round: $q-$label-$round.json)
+    rnd = int(path.rsplit("-", 1)[1].split(".")[0])
+    results += [dict(r, round=rnd) for r in json.load(open(path))]
 order = {"direct": 0, "relay": 1, "before": 2, "pair-nolift": 3, "pair": 4, "pair-unix": 5, "relay-unix": 6}
 results.sort(key=lambda r: (r["qemu"], order.get(r["label"], 9), r["preempt"]))
 print(bp.table(results))
@@ -100,9 +102,9 @@ print(bp.table(results))
 for r in results:
     if r["label"] == "pair" and r.get("ms_per_request"):
         peers = {x["label"]: x.get("ms_per_request") for x in results
-                 if x.get("run") == r.get("run") and x["qemu"] == r["qemu"]
+                 if x["round"] == r["round"] and x["qemu"] == r["qemu"]
                  and x["preempt"] == r["preempt"]}
-        print(f"round {r.get('run')}, {r['qemu']}"
+        print(f"round {r['round'] + 1}, {r['qemu']}"
               f"{' preempt' if r['preempt'] else ''}: pair "
               f"{r['ms_per_request']} ms/request; "
               + ", ".join(f"{k} {v}" for k, v in sorted(peers.items())

@@ -38,6 +38,13 @@
  * tunnel"). */
 #define HOP_READ_MAX (128u << 10)
 
+/* A filtered queue allowed this deep (the post-copy read-ahead) reads
+ * only into memory that big-buf's helper has faulted in, which it does
+ * this far past the next read: the loop thread, which also serves page
+ * requests, spent most of post-copy's first second clearing fresh pages
+ * (docs/benchmarks.md, "Fresh memory"). */
+#define PREP_AHEAD (32u << 20)
+
 /* Read only with room for this much (or the whole bound, if smaller):
  * a nearly full queue would otherwise be topped up a few bytes at a time,
  * a system call and a loop iteration for each. */
@@ -120,6 +127,28 @@ to_sock(MpRelayChannel *ch, MpDir d)
 }
 
 static gboolean
+prepares(const Pump *p)
+{
+    return p->filtered && p->limit >= PREP_AHEAD && p->mem.data;
+}
+
+static void make_room(Pump *p, gsize more);
+
+/* A deep filtered queue: its buffer reaches PREP_AHEAD past the next
+ * read, and the helper faults it in up to there. */
+static void
+prep_ahead(MpRelayChannel *ch, Pump *p)
+{
+    if (!prepares(p) || p->reading) /* (the hook's bytes stay put) */
+        return;
+    if (p->tail + p->read_gap + PREP_AHEAD > p->mem.cap)
+        make_room(p, p->read_gap + PREP_AHEAD);
+    mp_big_buf_prepare(&p->mem,
+                       MIN(p->tail + p->read_gap + PREP_AHEAD, p->mem.cap),
+                       ch->source);
+}
+
+static gboolean
 can_read(MpRelayChannel *ch, MpDir d)
 {
     const Pump *p = &ch->pump[d];
@@ -128,7 +157,11 @@ can_read(MpRelayChannel *ch, MpDir d)
     if (d == MP_DIR_TO_SRC && !ch->connected)
         return FALSE;
     gsize bound = p->limit ? p->limit : MP_RELAY_BUFFER;
-    return p->tail - p->head + MIN(READ_MIN, bound) <= bound;
+    if (p->tail - p->head + MIN(READ_MIN, bound) > bound)
+        return FALSE;
+    /* (prep_ahead() asked for this much to be ready, and wakes us) */
+    return !prepares(p)
+           || mp_big_buf_ready(&p->mem) >= p->tail + p->read_gap + READ_MIN;
 }
 
 static gboolean
@@ -187,6 +220,7 @@ update_watch(MpRelayChannel *ch)
         return;
     if (!ch->connecting && !ch->connect_error)
         g_source_set_ready_time(ch->source, -1);
+    prep_ahead(ch, &ch->pump[MP_DIR_TO_DST]);
     if (ch->watching || can_read(ch, MP_DIR_TO_DST))
         down |= G_IO_IN;
     if (wants_write(ch, MP_DIR_TO_SRC))
@@ -332,6 +366,11 @@ pump_read(MpRelayChannel *ch, MpDir d)
         /* in place: the hook's bytes that go out unchanged are queued
          * where they are; the gap takes what it sends ahead of them */
         make_room(p, p->read_gap + room);
+        if (prepares(p)) {
+            gsize ready = mp_big_buf_ready(&p->mem);
+            gsize at = p->tail + p->read_gap;
+            room = ready > at ? MIN(room, ready - at) : 0;
+        }
         into = p->mem.data + p->tail + p->read_gap;
     } else {
         make_room(p, 0);
