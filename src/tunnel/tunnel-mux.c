@@ -363,14 +363,17 @@ static gboolean
 may_read(const Conn *c)
 {
     const MpTunMux *m = c->m;
+    /* a requested page is on its way: read it out of the buffers in
+     * front of the tunnel */
+    gboolean lifting =
+        !c->out_urgent && c->po && mp_tun_pages_out_read_ahead(c->po);
     return m->ready && linked(m) && c->sock && !c->rd_eof && !c->done
            && c->unacked < MP_TUN_MUX_WINDOW
+                               + (lifting ? MP_TUN_MUX_LIFT_SLACK : 0)
            && (c->out_urgent
                    ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
                    : mp_tun_conn_bulk_room(m->conn)
-                         /* a requested page is on its way: read it
-                          * out of the buffers in front of the tunnel */
-                         || (c->po && mp_tun_pages_out_read_ahead(c->po)
+                         || (lifting
                              && mp_tun_conn_queued(m->conn)
                                     < MP_TUN_CONN_QUEUE_HIGH));
 }

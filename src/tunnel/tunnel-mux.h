@@ -54,6 +54,14 @@
 #include "tunnel-pages-out.h"
 
 #define MP_TUN_MUX_WINDOW (4u << 20)  /* unacknowledged raw bytes/stream */
+/* ... and this much more while a requested post-copy page is on its way
+ * out of the hop (the receiver takes up to twice the window).  Requests
+ * read the hop past the link's pace (what is in it in front of the page,
+ * ~20 KB each); at 400 requests/s that is about the link's rate, the
+ * bulk queue never drained below the window, and each request waited
+ * 1.5-3 ms for it to (docs/benchmarks.md, "The window in front of a
+ * requested page"). */
+#define MP_TUN_MUX_LIFT_SLACK (1u << 20)
 #define MP_TUN_MUX_CHUNK  (256u << 10) /* raw bytes per DATA frame at most */
 
 typedef struct MpTunMux MpTunMux;
