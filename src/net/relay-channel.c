@@ -32,7 +32,7 @@
 /* ... except into migproxy source's hop, where the tunnel encoder reads
  * the lane's bytes in the same main loop: a 4 MiB read and its parsing
  * (30-40 ms on this host, page faults of the growing queue included) held
- * the loop while the hop's 16 KiB (LOW_LATENCY_BYTES) moved once per
+ * the loop while the hop's 16 KiB (its size then) moved once per
  * turn, and the link carried 1 MB/s for the 2 s of read-ahead after the
  * switch to post-copy (docs/benchmarks.md, "The read-ahead starved the
  * tunnel"). */
@@ -771,11 +771,15 @@ mp_relay_channel_set_low_latency(MpRelayChannel *ch, MpDir dir, gsize bytes,
     if (g_socket_get_family(s) == G_SOCKET_FAMILY_UNIX) {
         /* (migproxy source's hop) a Unix socket's bytes count against
          * the writer until the reader took them: its send buffer is what
-         * waits in front, and it shrinks at once (the kernel doubles the
-         * value for its own overhead) */
-        if (!g_socket_set_option(s, SOL_SOCKET, SO_SNDBUF, (gint)bytes / 2,
+         * waits in front, and it shrinks at once.  A quarter of `bytes`,
+         * which the kernel doubles for its overhead: about one page
+         * record and a bit in front of a moved page, which the tunnel
+         * must read and encode before it can lift the page (16 KiB there
+         * gave 1.4 ms blocked per request, 8 KiB 1.0, 4 KiB 1.0:
+         * docs/benchmarks.md, "The hop's size") */
+        if (!g_socket_set_option(s, SOL_SOCKET, SO_SNDBUF, (gint)bytes / 4,
                                  error)) {
-            g_prefix_error(error, "setsockopt(SO_SNDBUF, %zu): ", bytes / 2);
+            g_prefix_error(error, "setsockopt(SO_SNDBUF, %zu): ", bytes / 4);
             return FALSE;
         }
         p->read_max = HOP_READ_MAX;

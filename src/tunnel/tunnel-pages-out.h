@@ -102,7 +102,7 @@ typedef struct {
 /* Each time the relay in front puts a requested page first
  * (mp_tun_pages_out_page_first()), the owner may read this much of the
  * stream past the link's pace, at most 4 times that in all: the hop's
- * 16 KiB in post-copy and the page (mp_tun_pages_out_read_ahead()). */
+ * 8 KiB in post-copy and the page (mp_tun_pages_out_read_ahead()). */
 #define MP_TUN_LIFT_READ_AHEAD (64u << 10)
 /* entry kinds of an urgent payload (as the batch's) */
 #define MP_TUN_LIFT_ZERO 1
