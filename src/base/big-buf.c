@@ -18,6 +18,7 @@ struct MpBigBufPrep {
     GCond cond;
     GThread *thread;
     GSource *wake;
+    gsize asked; /* the writer's thread only: the last `want` it gave */
     /* under lock: the mapping as the helper may touch it */
     guint8 *data;
     gsize map_len;
@@ -145,11 +146,12 @@ mp_big_buf_prepare(MpBigBuf *b, gsize upto, GSource *wake)
         b->prep = p;
     }
     upto = map_round(upto); /* (madvise() takes whole pages) */
+    if (upto <= p->asked)
+        return; /* (the writer asks each loop turn: no lock then) */
+    p->asked = upto;
     g_mutex_lock(&p->lock);
-    if (upto > p->want) {
-        p->want = upto;
-        g_cond_signal(&p->cond);
-    }
+    p->want = upto;
+    g_cond_signal(&p->cond);
     g_mutex_unlock(&p->lock);
 }
 

@@ -143,8 +143,7 @@ prep_ahead(MpRelayChannel *ch, Pump *p)
         return;
     if (p->tail + p->read_gap + PREP_AHEAD > p->mem.cap)
         make_room(p, p->read_gap + PREP_AHEAD);
-    mp_big_buf_prepare(&p->mem,
-                       MIN(p->tail + p->read_gap + PREP_AHEAD, p->mem.cap),
+    mp_big_buf_prepare(&p->mem, p->tail + p->read_gap + PREP_AHEAD,
                        ch->source);
 }
 

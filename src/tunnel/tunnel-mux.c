@@ -363,19 +363,18 @@ static gboolean
 may_read(const Conn *c)
 {
     const MpTunMux *m = c->m;
+    if (!m->ready || !linked(m) || !c->sock || c->rd_eof || c->done)
+        return FALSE;
+    gboolean room = c->out_urgent
+                        ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
+                        : mp_tun_conn_bulk_room(m->conn);
+    if (room && c->unacked < MP_TUN_MUX_WINDOW)
+        return TRUE;
     /* a requested page is on its way: read it out of the buffers in
-     * front of the tunnel */
-    gboolean lifting =
-        !c->out_urgent && c->po && mp_tun_pages_out_read_ahead(c->po);
-    return m->ready && linked(m) && c->sock && !c->rd_eof && !c->done
-           && c->unacked < MP_TUN_MUX_WINDOW
-                               + (lifting ? MP_TUN_MUX_LIFT_SLACK : 0)
-           && (c->out_urgent
-                   ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
-                   : mp_tun_conn_bulk_room(m->conn)
-                         || (lifting
-                             && mp_tun_conn_queued(m->conn)
-                                    < MP_TUN_CONN_QUEUE_HIGH));
+     * front of the tunnel, past the pace and a little past the window */
+    return !c->out_urgent && c->po && mp_tun_pages_out_read_ahead(c->po)
+           && c->unacked < MP_TUN_MUX_WINDOW + MP_TUN_MUX_LIFT_SLACK
+           && mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH;
 }
 
 /* Sends `n` raw stream bytes as one DATA frame standing for `account`
