@@ -49,7 +49,7 @@ export MP_NET_PREFIX=${MP_NET_PREFIX:-10.253.7}
 out=${out:-$(mktemp -d /tmp/bench-postcopy-pair.XXXXXX)}
 mkdir -p "$out"
 ninja -C "$ROOT/build" src/migproxy >&2
-MIGPROXY=$ROOT/build/src/migproxy
+MIGPROXY=${MIGPROXY:-$ROOT/build/src/migproxy}
 if [[ $labels == *before* && -z $before ]]; then
     echo "bench-postcopy-pair: the label 'before' needs --before BIN" >&2
     exit 2

@@ -209,8 +209,10 @@ relay_entries(gpointer store)
          "the relay's memory bound for it. Default: the guest's RAM (from "
          "the stream) plus 0.2 % and 1 MiB, so that QEMU sends a requested "
          "page at once, within a quarter of the host's MemAvailable and "
-         "8G, at least 16M; allocated as it fills. Before post-copy the "
-         "relay holds 1 MiB per connection at most",
+         "8G, at least 16M; allocated as it fills, except that once the "
+         "stream advises post-copy its first 512M at most are faulted in "
+         "during pre-copy. Before post-copy the relay queues 1 MiB per "
+         "connection at most",
          "SIZE"},
         {"no-priority", 0, 0, G_OPTION_ARG_NONE, &a->no_priority,
          "Post-copy: forward requested pages in stream order (by default "

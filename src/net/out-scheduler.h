@@ -36,6 +36,9 @@ typedef struct {
                                const guint8 *bytes, gsize n);
     /* Read ahead: up to `bytes` may wait in the queue. */
     void (*set_read_ahead)(gpointer q, gsize bytes);
+    /* set_read_ahead(about `bytes`) may come later: ready the memory for
+     * it now, without reading ahead yet. */
+    void (*prepare_read_ahead)(gpointer q, gsize bytes);
     /* Keep at most `bytes` in the kernel below the queue, so that what
      * waits stays where it can still be moved.  @return FALSE with
      * @error set if that cannot be had. */

@@ -63,6 +63,8 @@ typedef struct {
     const guint8 *reading; /* filtered: the bytes the hook has, in buf */
     gsize reading_len;
     gsize limit;          /* stop reading with this much queued */
+    gsize early;          /* filtered: fault this much in before the
+                           * limit is raised (post-copy may come) */
     gsize read_max;       /* filtered: the most one read takes */
     MpRatePacer *pacer;   /* borrowed, or NULL */
     gsize write_cap;      /* bytes per write, 0: no cap */
@@ -135,16 +137,24 @@ prepares(const Pump *p)
 static void make_room(Pump *p, gsize more);
 
 /* A deep filtered queue: its buffer reaches PREP_AHEAD past the next
- * read, and the helper faults it in up to there. */
+ * read, and the helper faults it in up to there.  Before that (pre-copy
+ * with post-copy advised) the helper faults in the first `early` bytes,
+ * so that the read-ahead after the switch starts in warm memory. */
 static void
 prep_ahead(MpRelayChannel *ch, Pump *p)
 {
-    if (!prepares(p) || p->reading) /* (the hook's bytes stay put) */
+    if (p->reading) /* (the hook's bytes stay put) */
         return;
-    if (p->tail + p->read_gap + PREP_AHEAD > p->mem.cap)
-        make_room(p, p->read_gap + PREP_AHEAD);
-    mp_big_buf_prepare(&p->mem, p->tail + p->read_gap + PREP_AHEAD,
-                       ch->source);
+    if (prepares(p)) {
+        if (p->tail + p->read_gap + PREP_AHEAD > p->mem.cap)
+            make_room(p, p->read_gap + PREP_AHEAD);
+        mp_big_buf_prepare(&p->mem, p->tail + p->read_gap + PREP_AHEAD,
+                           ch->source);
+    } else if (p->early && p->mem.data) {
+        if (p->mem.cap < p->early)
+            mp_big_buf_resize(&p->mem, p->early);
+        mp_big_buf_prepare(&p->mem, p->early, ch->source);
+    }
 }
 
 static gboolean
@@ -745,6 +755,14 @@ mp_relay_channel_set_limit(MpRelayChannel *ch, MpDir dir, gsize bytes)
 }
 
 void
+mp_relay_channel_prepare_limit(MpRelayChannel *ch, MpDir dir, gsize bytes)
+{
+    Pump *p = &ch->pump[dir];
+    if (p->filtered && bytes >= PREP_AHEAD)
+        p->early = MAX(p->early, bytes); /* (prep_ahead(), next turn) */
+}
+
+void
 mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir, MpRatePacer *pacer)
 {
     ch->pump[dir].pacer = pacer;
@@ -1029,6 +1047,12 @@ sched_set_read_ahead(gpointer q, gsize bytes)
     mp_relay_channel_set_limit(q, MP_DIR_TO_DST, bytes);
 }
 
+static void
+sched_prepare_read_ahead(gpointer q, gsize bytes)
+{
+    mp_relay_channel_prepare_limit(q, MP_DIR_TO_DST, bytes);
+}
+
 static gboolean
 sched_set_low_latency(gpointer q, gsize bytes, GError **error)
 {
@@ -1041,6 +1065,7 @@ static const MpOutSchedulerOps scheduler_ops = {
     .move_to_front = sched_move_to_front,
     .rewrite_header = sched_rewrite_header,
     .set_read_ahead = sched_set_read_ahead,
+    .prepare_read_ahead = sched_prepare_read_ahead,
     .set_low_latency = sched_set_low_latency,
 };
 

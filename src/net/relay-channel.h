@@ -124,6 +124,13 @@ void mp_relay_channel_send(MpRelayChannel *ch, MpDir dir, const guint8 *buf,
 /* Filtered `dir`: stop reading while `bytes` wait to be written (instead
  * of MP_RELAY_BUFFER): the relay's own queue. */
 void mp_relay_channel_set_limit(MpRelayChannel *ch, MpDir dir, gsize bytes);
+/* Filtered `dir`: its limit will be raised to about `bytes`; from the next
+ * loop turn a helper thread faults that much of the queue's memory in
+ * (big-buf.h), without reading further.  Fresh memory is slow to fault
+ * in, and after the switch to post-copy the loop thread must not wait for
+ * it.  Below 32 MiB nothing happens. */
+void mp_relay_channel_prepare_limit(MpRelayChannel *ch, MpDir dir,
+                                    gsize bytes);
 /* Writes in `dir` take tokens from `pacer` (borrowed; NULL: none). */
 void mp_relay_channel_set_pacer(MpRelayChannel *ch, MpDir dir,
                                 MpRatePacer *pacer);

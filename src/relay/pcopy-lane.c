@@ -48,6 +48,8 @@ struct MpPcopyLane {
     gboolean queue_auto; /* not given: mp_pcopy_auto_queue() */
     guint64 ram_total, mem_available;
     gboolean advised;
+    gboolean ram_advised; /* ... with postcopy-ram */
+    gboolean prepared;    /* the queue's memory is being readied */
     gboolean active;
     gboolean notsent_lowat; /* TCP_NOTSENT_LOWAT set once active */
     GArray *idx;      /* Entry, in queue order; [first, len) are live */
@@ -386,6 +388,22 @@ mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
     if (rec->kind == MP_REC_COMMAND
         && rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE)
         l->advised = TRUE;
+    if (rec->kind == MP_REC_COMMAND
+        && rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE
+        && rec->u.cmd.len > 0) /* (empty: dirty bitmaps only) */
+        l->ram_advised = TRUE;
+    if (l->ram_advised && l->ram_total && !l->prepared && !l->active) {
+        /* (the ADVISE comes first, the RAM size with RAM's setup) */
+        l->prepared = TRUE;
+        if (l->out.ops->prepare_read_ahead) {
+            guint64 q = l->queue_auto
+                            ? mp_pcopy_auto_queue(l->ram_total,
+                                                  mp_pcopy_mem_available())
+                            : l->queue;
+            l->out.ops->prepare_read_ahead(l->out.q,
+                                           MIN(q, MP_PCOPY_QUEUE_EARLY_MAX));
+        }
+    }
     if (!l->active) {
         if (rec->kind == MP_REC_PACKAGED_END) {
             /* the destination runs the guest: page requests come now */

@@ -41,9 +41,14 @@ typedef struct MpPcopyLane MpPcopyLane;
  * starts (MemAvailable, /proc/meminfo) and at most
  * MP_PCOPY_QUEUE_AUTO_MAX; never less than MP_PCOPY_QUEUE_MIN (also
  * when the RAM size or the available memory is unknown).  The queue is
- * allocated as it fills, not at once. */
-#define MP_PCOPY_QUEUE_MIN      (16u << 20)
-#define MP_PCOPY_QUEUE_AUTO_MAX (G_GUINT64_CONSTANT(8) << 30)
+ * allocated as it fills, not at once, except its first
+ * MP_PCOPY_QUEUE_EARLY_MAX bytes at most: once the stream has advised
+ * post-copy and given the RAM size, a helper thread faults them in during
+ * pre-copy, so that the read-ahead after the switch does not wait for
+ * fresh memory (docs/benchmarks.md, "Readying the read-ahead early"). */
+#define MP_PCOPY_QUEUE_MIN       (16u << 20)
+#define MP_PCOPY_QUEUE_AUTO_MAX  (G_GUINT64_CONSTANT(8) << 30)
+#define MP_PCOPY_QUEUE_EARLY_MAX (512u << 20)
 /* @return the queue for a guest of `ram_total` bytes (0: unknown) on a
  * host with `mem_available` bytes available (0: unknown). */
 guint64 mp_pcopy_auto_queue(guint64 ram_total, guint64 mem_available);

@@ -217,7 +217,10 @@ shrink_end(MpRelayChannel *ch, MpDir dir, MpEndReason how, gpointer user_data)
 static const MpRelayChannelHooks shrink_hooks = {
     .data = shrink_data, .end = shrink_end, .connected = on_connected};
 
-Test(relay_queue, filtered_reads_go_out_in_place)
+/* `early`: the queue's memory is readied as before post-copy
+ * (mp_relay_channel_prepare_limit), and its limit raised halfway. */
+static void
+filter_through(gboolean early)
 {
     enum { LEN = 3 << 20 };
     g_autoptr(GSocketAddress) src_addr = NULL, dst_addr = NULL;
@@ -239,6 +242,8 @@ Test(relay_queue, filtered_reads_go_out_in_place)
                                                      : data + i, 1);
     }
     mp_relay_channel_set_filtered(ch, MP_DIR_TO_DST);
+    if (early)
+        mp_relay_channel_prepare_limit(ch, MP_DIR_TO_DST, 64u << 20);
     mp_relay_channel_start(ch);
     mp_relay_channel_connect(ch, dst_addr, 5000, 0);
     g_autoptr(GSocket) up = g_socket_accept(dst_l, NULL, NULL);
@@ -260,6 +265,8 @@ Test(relay_queue, filtered_reads_go_out_in_place)
                 g_socket_send(client, (char *)data + off, n, NULL, NULL);
             if (w > 0)
                 off += w;
+            if (early && off >= LEN / 2)
+                mp_relay_channel_set_limit(ch, MP_DIR_TO_DST, 64u << 20);
             if (off == LEN)
                 g_socket_shutdown(client, FALSE, TRUE, NULL);
         }
@@ -278,6 +285,19 @@ Test(relay_queue, filtered_reads_go_out_in_place)
     g_byte_array_unref(want);
     g_byte_array_unref(sh.held);
     g_free(data);
+}
+
+Test(relay_queue, filtered_reads_go_out_in_place)
+{
+    filter_through(FALSE);
+}
+
+/* The post-copy read-ahead's memory faulted in by a helper thread while
+ * the queue is read into and moved, then the limit raised (the switch):
+ * the same bytes go out. */
+Test(relay_queue, readied_queue_keeps_the_bytes)
+{
+    filter_through(TRUE);
 }
 
 /* A channel pipeline writing into the channel's queue as the relay's
@@ -616,4 +636,62 @@ Test(pcopy_lane, auto_queue)
     cr_assert_eq(mp_pcopy_auto_queue(G_MAXUINT64, 1024 * G), 8 * G);
     /* this host's figure is read */
     cr_assert_gt(mp_pcopy_mem_available(), 0);
+}
+
+typedef struct {
+    guint prepares;
+    gsize prepared;
+} Readied;
+
+static void
+fake_prepare(gpointer q, gsize bytes)
+{
+    Readied *r = q;
+    r->prepares++;
+    r->prepared = bytes;
+}
+
+static const MpOutSchedulerOps readied_ops = {
+    .prepare_read_ahead = fake_prepare,
+};
+
+static void
+feed_setup(MpPcopyLane *l, guint16 advise_len, guint64 ram)
+{
+    MpRecord advise = {.kind = MP_REC_COMMAND};
+    advise.u.cmd.cmd = MP_QMIG_CMD_POSTCOPY_ADVISE;
+    advise.u.cmd.len = advise_len;
+    MpRecord size = {.kind = MP_REC_RAM_MEM_SIZE};
+    size.u.mem_size.total = ram;
+
+    mp_pcopy_lane_record(l, &advise, 0, 5 + advise_len);
+    mp_pcopy_lane_record(l, &size, 100, 40);
+    mp_pcopy_lane_record(l, &size, 200, 40); /* (once is enough) */
+}
+
+/* With post-copy advised, the lane asks for the read-ahead's memory once
+ * the RAM size is known, during pre-copy: at most
+ * MP_PCOPY_QUEUE_EARLY_MAX of the queue; nothing for an ADVISE without
+ * postcopy-ram (dirty bitmaps only). */
+Test(pcopy_lane, readies_the_read_ahead_in_precopy)
+{
+    const gsize M = 1u << 20;
+    Readied r = {0};
+    MpOutScheduler out = {&readied_ops, &r};
+
+    g_autoptr(MpPcopyLane) given = mp_pcopy_lane_new(&out, 100 * M);
+    feed_setup(given, 16, 512 * M);
+    cr_assert_eq(r.prepares, 1);
+    cr_assert_eq(r.prepared, 100 * M);
+
+    r = (Readied){0};
+    g_autoptr(MpPcopyLane) deep = mp_pcopy_lane_new(&out, 4096 * M);
+    feed_setup(deep, 16, 512 * M);
+    cr_assert_eq(r.prepares, 1);
+    cr_assert_eq(r.prepared, MP_PCOPY_QUEUE_EARLY_MAX);
+
+    r = (Readied){0};
+    g_autoptr(MpPcopyLane) bitmaps = mp_pcopy_lane_new(&out, 100 * M);
+    feed_setup(bitmaps, 0, 512 * M);
+    cr_assert_eq(r.prepares, 0);
 }
