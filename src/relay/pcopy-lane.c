@@ -47,9 +47,8 @@ struct MpPcopyLane {
     gsize queue;         /* 0 until post-copy when not given */
     gboolean queue_auto; /* not given: mp_pcopy_auto_queue() */
     guint64 ram_total, mem_available;
-    gboolean advised;
-    gboolean ram_advised; /* ... with postcopy-ram */
-    gboolean prepared;    /* the queue's memory is being readied */
+    gboolean advised;  /* POSTCOPY_ADVISE with postcopy-ram */
+    gboolean prepared; /* the queue's memory is being readied */
     gboolean active;
     gboolean notsent_lowat; /* TCP_NOTSENT_LOWAT set once active */
     GArray *idx;      /* Entry, in queue order; [first, len) are live */
@@ -377,32 +376,37 @@ in_range(const char *block, guint64 addr, const char *rblock, guint64 start,
     return block == rblock && addr >= start && addr - start < len;
 }
 
+/* Post-copy may come (advised) and the RAM's size is known (the ADVISE
+ * comes first, the size with RAM's setup): the queue's memory is readied
+ * during pre-copy, once. */
+static void
+prepare_early(MpPcopyLane *l)
+{
+    if (!l->advised || !l->ram_total || l->prepared || l->active
+        || !l->out.ops->prepare_read_ahead)
+        return;
+    l->prepared = TRUE;
+    guint64 q = l->queue_auto ? mp_pcopy_auto_queue(l->ram_total,
+                                                    mp_pcopy_mem_available())
+                              : l->queue;
+    l->out.ops->prepare_read_ahead(l->out.q, MIN(q, MP_PCOPY_QUEUE_EARLY_MAX));
+}
+
 void
 mp_pcopy_lane_record(MpPcopyLane *l, const MpRecord *rec, guint64 out_off,
                      gsize out_len)
 {
     if (!l->attached)
         return;
-    if (rec->kind == MP_REC_RAM_MEM_SIZE)
+    if (rec->kind == MP_REC_RAM_MEM_SIZE) {
         l->ram_total = rec->u.mem_size.total;
-    if (rec->kind == MP_REC_COMMAND
-        && rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE)
-        l->advised = TRUE;
+        prepare_early(l);
+    }
     if (rec->kind == MP_REC_COMMAND
         && rec->u.cmd.cmd == MP_QMIG_CMD_POSTCOPY_ADVISE
-        && rec->u.cmd.len > 0) /* (empty: dirty bitmaps only) */
-        l->ram_advised = TRUE;
-    if (l->ram_advised && l->ram_total && !l->prepared && !l->active) {
-        /* (the ADVISE comes first, the RAM size with RAM's setup) */
-        l->prepared = TRUE;
-        if (l->out.ops->prepare_read_ahead) {
-            guint64 q = l->queue_auto
-                            ? mp_pcopy_auto_queue(l->ram_total,
-                                                  mp_pcopy_mem_available())
-                            : l->queue;
-            l->out.ops->prepare_read_ahead(l->out.q,
-                                           MIN(q, MP_PCOPY_QUEUE_EARLY_MAX));
-        }
+        && rec->u.cmd.len > 0) { /* (empty: dirty bitmaps only) */
+        l->advised = TRUE;
+        prepare_early(l);
     }
     if (!l->active) {
         if (rec->kind == MP_REC_PACKAGED_END) {
