@@ -110,8 +110,10 @@ mp_big_buf_resize(MpBigBuf *b, gsize cap)
     if (m == MAP_FAILED)
         g_error("%s of %zu bytes failed: %s",
                 b->map_len ? "mremap" : "mmap", len, g_strerror(errno));
-    /* (only an advice: without THP the pages are small, as before) */
+    /* (only advice: without THP the pages are small, as before); the
+     * queue holds guest memory: never in a core dump */
     madvise(m, len, MADV_HUGEPAGE);
+    madvise(m, len, MADV_DONTDUMP);
     if (!b->map_len) {
         if (b->cap)
             memcpy(m, b->data, b->cap); /* (once: at most 2 MiB) */

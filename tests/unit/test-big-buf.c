@@ -5,6 +5,7 @@
 #include <string.h>
 #include <criterion/criterion.h>
 #include "big-buf.h"
+#include "test-util.h"
 
 static void
 fill(guint8 *p, gsize n, guint seed)
@@ -42,6 +43,11 @@ Test(big_buf, keeps_bytes_while_growing)
     cr_assert_geq(b.cap, 40u << 20);
     check(b.data, had, 9);
     memset(b.data + had, 0xab, b.cap - had); /* the new part is writable */
+
+    /* the queue holds guest memory: its mapping never in a core dump,
+     * before and after the mremap() */
+    g_autofree char *flags = tu_vm_flags(b.data + b.cap - 1);
+    cr_assert(strstr(flags, " dd"), "MADV_DONTDUMP: VmFlags%s", flags);
 
     mp_big_buf_resize(&b, 8u << 20); /* never shrinks */
     cr_assert_geq(b.cap, 40u << 20);

@@ -9,6 +9,7 @@
 #include "page-delta.h"
 #include "page-gen.h"
 #include "page-zstd.h"
+#include "test-util.h"
 #include "zero-runs.h"
 
 #define PS 4096
@@ -190,6 +191,23 @@ Test(page_cache, lru_within_budget)
     mp_pcache_forget(c, (MpPageKey){5, 5}); /* not there: nothing */
     cr_assert_eq(mp_pcache_pages(c), 2);
     cr_assert_eq(mp_pcache_capacity(c), 3);
+}
+
+/* The cached pages are guest memory: never in a core dump, and in huge
+ * pages where the kernel has them (the first pass faults every page). */
+Test(page_cache, pages_kept_out_of_core_dumps)
+{
+    g_autoptr(MpPageCache) c = mp_pcache_new(PS, 8 << 20);
+    guint8 p[PS];
+    memset(p, 5, PS);
+    mp_pcache_put(c, (MpPageKey){0, 1}, p);
+    const guint8 *held = mp_pcache_get(c, (MpPageKey){0, 1});
+    cr_assert_not_null(held);
+    g_autofree char *flags = tu_vm_flags(held);
+    cr_assert(strstr(flags, " dd"), "MADV_DONTDUMP: VmFlags%s", flags);
+    if (g_file_test("/sys/kernel/mm/transparent_hugepage/enabled",
+                    G_FILE_TEST_EXISTS))
+        cr_assert(strstr(flags, " hg"), "MADV_HUGEPAGE: VmFlags%s", flags);
 }
 
 Test(page_cache, dedup_finds_identical_bytes_only)

@@ -1,5 +1,7 @@
 /* test-util.c: see test-util.h. */
 #include "config.h"
+#include <stdio.h>
+#include <string.h>
 #include <criterion/criterion.h>
 #include <glib/gstdio.h>
 #include "json-util.h"
@@ -83,4 +85,28 @@ tu_validate_doc(const char *schema, json_object *doc)
     cr_assert_eq(json_object_to_file(path, doc), 0);
     tu_validate_json(schema, path, FALSE);
     tu_tmpdir_remove(dir);
+}
+
+char *
+tu_vm_flags(const void *addr)
+{
+    g_autofree char *smaps = NULL;
+    guintptr a = (guintptr)addr;
+    gboolean inside = FALSE;
+
+    if (!g_file_get_contents("/proc/self/smaps", &smaps, NULL, NULL))
+        cr_assert_fail("/proc/self/smaps cannot be read");
+    g_auto(GStrv) lines = g_strsplit(smaps, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        unsigned long lo, hi;
+        /* a mapping's first line: "lo-hi perms ..." (hex) */
+        if (sscanf(*l, "%lx-%lx ", &lo, &hi) == 2) {
+            inside = a >= lo && a < hi;
+            continue;
+        }
+        if (inside && g_str_has_prefix(*l, "VmFlags:"))
+            return g_strdup(*l + strlen("VmFlags:"));
+    }
+    cr_assert_fail("no mapping holds %p", addr);
+    return NULL;
 }

@@ -25,3 +25,8 @@ GByteArray *tu_read_sample(const char *name);
 void tu_validate_json(const char *schema, const char *path, gboolean lines);
 /* The same for a document in memory (borrowed). */
 void tu_validate_doc(const char *schema, json_object *doc);
+
+/* The VmFlags line of the mapping that holds `addr`, from
+ * /proc/self/smaps ("hg": MADV_HUGEPAGE, "dd": MADV_DONTDUMP, ...).
+ * @return a new string (caller frees); no mapping there fails the test. */
+char *tu_vm_flags(const void *addr);
