@@ -276,10 +276,22 @@ mp_tun_link_chunk(const MpTunLink *l)
                    : MP_TUN_LINK_CHUNK_MAX;
 }
 
+/* `us` of the measured rate in bytes, within [MP_TUN_LINK_QUEUE_MIN,
+ * 8 MiB]. */
+static gsize
+measured_time(const MpTunLink *l, guint64 us)
+{
+    guint64 b = l->measured * us / G_USEC_PER_SEC;
+    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, 8u << 20);
+}
+
 gsize
 mp_tun_link_queue_bound(const MpTunLink *l)
 {
-    return l->pace ? link_time(l, queue_us(l), 8u << 20) : G_MAXSIZE;
+    if (l->pace)
+        return link_time(l, queue_us(l), 8u << 20);
+    return l->measured ? measured_time(l, MP_TUN_LINK_UNPACED_US)
+                       : G_MAXSIZE;
 }
 
 void
@@ -293,14 +305,14 @@ mp_tun_link_notsent_lowat(const MpTunLink *l)
 {
     if (l->pace)
         return link_time(l, MP_TUN_LINK_QUEUE_US, 8u << 20);
-    if (!l->postcopy || !l->measured)
+    if (!l->measured)
         return 0;
-    /* not paced yet (the estimate not trusted): the kernel's unsent
-     * bytes at least stay short, but long enough that a writer woken late
-     * on a busy host (ms) does not leave the link idle inside the
-     * intervals that still measure it (its estimate would read low) */
-    guint64 b = l->measured * POSTCOPY_UNSENT_US / G_USEC_PER_SEC;
-    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, 8u << 20);
+    /* not paced: shorter once post-copy runs (a requested page waits
+     * behind them), but long enough that a writer woken late on a busy
+     * host (ms) does not leave the link idle inside the intervals that
+     * still measure it (its estimate would read low) */
+    return measured_time(l, l->postcopy ? POSTCOPY_UNSENT_US
+                                        : MP_TUN_LINK_UNPACED_US);
 }
 
 guint64
@@ -351,6 +363,11 @@ mp_tun_link_report(const MpTunLink *l)
                            json_object_new_double(l->queue_us / 1e6));
     json_object_object_add(o, "writer_late_ms",
                            json_object_new_double(l->late_us / 1e3));
+    gsize qb = mp_tun_link_queue_bound(l), lowat = mp_tun_link_notsent_lowat(l);
+    json_object_object_add(o, "queue_bound_bytes",
+                           qb != G_MAXSIZE ? json_object_new_int64(qb) : NULL);
+    json_object_object_add(o, "unsent_bound_bytes",
+                           lowat ? json_object_new_int64(lowat) : NULL);
     json_object_object_add(o, "rtt_ms", ms_or_null(l->rtt_us));
     json_object_object_add(o, "rtt_min_ms", ms_or_null(l->rtt_min_us));
     json_object_object_add(o, "pings", json_object_new_int64(l->pings));

@@ -922,7 +922,8 @@ Test(tunnel, precopy_100_level_rises)
  * fills, while tbf's queue stays full: the source side measures the
  * link from that standing queue (docs/tunnel.md, "Link rate and
  * pacing"; 836bda6 said rate_source none, saturated_s 0 here), near
- * tbf's rate, and the memory is the same. */
+ * tbf's rate, then bounds the queues in front of it to 20 ms of it
+ * ("Bounded before the pace"), and the memory is the same. */
 static void
 check_shaped(const Case *c, json_object *rep, json_object *src)
 {
@@ -931,9 +932,11 @@ check_shaped(const Case *c, json_object *rep, json_object *src)
     gint64 bps = json_object_get_int64(it_jget(link, "measured_bps"));
     double sat = it_jnum(link, "saturated_s"), queue = it_jnum(link, "queue_s");
     g_printerr("tunnel-link case=%s rate_source=%s measured_bps=%" G_GINT64_FORMAT
-               " saturated_s=%.1f queue_s=%.1f rtt_min_ms=%.2f\n",
-               c->name, source, bps, sat, queue,
-               it_jnum(link, "rtt_min_ms"));
+               " saturated_s=%.1f queue_s=%.1f rtt_min_ms=%.2f"
+               " unsent_bound_bytes=%s\n",
+               c->name, source, bps, sat, queue, it_jnum(link, "rtt_min_ms"),
+               json_object_to_json_string(
+                   json_object_object_get(link, "unsent_bound_bytes")));
     cr_assert_str_eq(source, "measured", "%s",
                      json_object_to_json_string(link));
     /* tbf's rate counts the frames' headers, the estimate the TCP
@@ -941,6 +944,13 @@ check_shaped(const Case *c, json_object *rep, json_object *src)
     cr_assert(bps > 100e6 * 0.80 && bps < 100e6 * 1.02, "%s",
               json_object_to_json_string(link));
     cr_assert_gt(queue, 0, "%s", json_object_to_json_string(link));
+    /* measured, the queues in front of the link are 20 ms of it, so that
+     * QEMU's stream does not stand long before it at the switchover */
+    gint64 want = bps / 8 / 50;
+    gint64 unsent = json_object_get_int64(it_jget(link, "unsent_bound_bytes"));
+    gint64 queued = json_object_get_int64(it_jget(link, "queue_bound_bytes"));
+    cr_assert(unsent >= want - 1 && unsent <= want + 1 && queued == unsent,
+              "%s", json_object_to_json_string(link));
 }
 
 Test(tunnel, precopy_100_shaped_link_measured)
