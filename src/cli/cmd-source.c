@@ -46,8 +46,17 @@ source_args_clear(SourceArgs *a)
     g_strfreev(a->allow);
 }
 
+/* What a stop signal stops: the relays made so far, and whatever comes
+ * later (`by` set: the tunnel's wait and the relays made after it stop
+ * too).  The handlers are in place before the tunnel is dialled, so that
+ * a signal is never the default action that kills the process. */
 typedef struct {
     GPtrArray *relays; /* MpRelay*, one per --listen */
+    const char *by;    /* the signal that came, or NULL */
+} Stop;
+
+typedef struct {
+    Stop *stop;
     const char *name;
 } StopSignal;
 
@@ -55,9 +64,17 @@ static gboolean
 on_stop_signal(gpointer user_data)
 {
     const StopSignal *s = user_data;
-    for (guint i = 0; i < s->relays->len; i++)
-        mp_relay_stop(g_ptr_array_index(s->relays, i), s->name);
+    s->stop->by = s->name;
+    for (guint i = 0; i < s->stop->relays->len; i++)
+        mp_relay_stop(g_ptr_array_index(s->stop->relays, i), s->name);
     return G_SOURCE_CONTINUE;
+}
+
+static void
+stop_signals_remove(guint *ids, guint n)
+{
+    for (guint i = 0; i < n; i++)
+        g_source_remove(ids[i]);
 }
 
 /* One --listen: its relay, and the tunnel's route it uses. */
@@ -260,13 +277,29 @@ source_with(const SourceArgs *a, int argc, char **argv)
         },
         .routes = routes,
     };
+    g_autoptr(GPtrArray) relays =
+        g_ptr_array_new_with_free_func((GDestroyNotify)mp_relay_free);
+    Stop stop = {relays, NULL};
+    StopSignal stops[] = {
+        {&stop, "SIGINT"}, {&stop, "SIGTERM"}, {&stop, "SIGHUP"}};
+    const int signums[] = {SIGINT, SIGTERM, SIGHUP};
+    guint ids[G_N_ELEMENTS(stops)];
+    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
+        ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
     if (!a->tls_cert)
         g_warning("the tunnel to %s is plain TCP (no --tls-cert): guest "
                   "memory crosses the network unencrypted and dest is not "
                   "authenticated; use it on a network you trust",
                   a->peer);
     g_autoptr(MpTunSource) tun = mp_tun_source_new(&to, &err);
-    if (!tun || !mp_tun_source_wait_ready(tun, a->connect_timeout, &err)) {
+    if (!tun
+        || !mp_tun_source_wait_ready(tun, a->connect_timeout, &stop.by,
+                                     &err)) {
+        stop_signals_remove(ids, G_N_ELEMENTS(ids));
+        if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
+            g_message("%s: stopped before the tunnel was up", stop.by);
+            return 0;
+        }
         fprintf(stderr, "migproxy source: %s\n", err->message);
         return g_error_matches(err, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT)
                    ? 2
@@ -275,8 +308,6 @@ source_with(const SourceArgs *a, int argc, char **argv)
 
     /* one relay per --listen, each one migration at a time, all on the
      * one tunnel: route i's hop, dest's i-th --to */
-    g_autoptr(GPtrArray) relays =
-        g_ptr_array_new_with_free_func((GDestroyNotify)mp_relay_free);
     g_autofree Route *rt = g_new0(Route, routes);
     for (guint i = 0; i < routes; i++) {
         Route *r = &rt[i];
@@ -316,19 +347,16 @@ source_with(const SourceArgs *a, int argc, char **argv)
         MpRelay *relay = mp_relay_new(&opt, &err);
         if (!relay) {
             fprintf(stderr, "migproxy source: %s\n", err->message);
+            stop_signals_remove(ids, G_N_ELEMENTS(ids));
             g_ptr_array_set_size(relays, 0);
             for (guint k = 0; k < routes; k++)
                 route_clear(&rt[k]);
             return 1;
         }
         g_ptr_array_add(relays, relay);
+        if (stop.by) /* the signal came while it was made */
+            mp_relay_stop(relay, stop.by);
     }
-    StopSignal stops[] = {
-        {relays, "SIGINT"}, {relays, "SIGTERM"}, {relays, "SIGHUP"}};
-    const int signums[] = {SIGINT, SIGTERM, SIGHUP};
-    guint ids[G_N_ELEMENTS(stops)];
-    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
-        ids[i] = g_unix_signal_add(signums[i], on_stop_signal, &stops[i]);
     if (!a->quiet) {
         g_autoptr(GString) where = g_string_new(NULL);
         for (guint i = 0; i < relays->len; i++)
@@ -345,8 +373,7 @@ source_with(const SourceArgs *a, int argc, char **argv)
     int status = 0;
     for (guint i = 0; i < relays->len; i++)
         status |= mp_relay_run(g_ptr_array_index(relays, i));
-    for (guint i = 0; i < G_N_ELEMENTS(stops); i++)
-        g_source_remove(ids[i]);
+    stop_signals_remove(ids, G_N_ELEMENTS(ids));
     g_ptr_array_set_size(relays, 0);
     if (!mp_tun_source_finish(tun, FINISH_TIMEOUT_MS) && status == 0
         && a->once) {

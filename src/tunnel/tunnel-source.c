@@ -533,11 +533,18 @@ mp_tun_source_free(MpTunSource *s)
 }
 
 gboolean
-mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms, GError **error)
+mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms,
+                         const char *const *stopped, GError **error)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000ll;
 
     while (!(s->mux && mp_tun_mux_ready(s->mux))) {
+        if (stopped && *stopped) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                        "--peer %s: stopped (%s) before the tunnel was up",
+                        s->peer_str, *stopped);
+            return FALSE;
+        }
         if (s->refused && s->last_error) {
             g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
                         "--peer %s: %s", s->peer_str, s->last_error->message);

@@ -66,8 +66,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpTunSource, mp_tun_source_free)
 /* Runs the default main context until the tunnel's handshake is done or
  * `timeout_ms` passed.  @return TRUE if it is up; FALSE with `error`, at
  * once when the peer was refused or refused us (TLS authentication, a
- * HELLO it did not agree to): trying again would not help. */
+ * HELLO it did not agree to): trying again would not help; and
+ * G_IO_ERROR_CANCELLED once `*stopped` (optional; a signal's name, set by
+ * a handler that runs in the loop) is set. */
 gboolean mp_tun_source_wait_ready(MpTunSource *s, guint timeout_ms,
+                                  const char *const *stopped,
                                   GError **error);
 
 /* Route `route`'s hop, where its relay connects (borrowed): its name

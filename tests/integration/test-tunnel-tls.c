@@ -10,7 +10,8 @@
  * source to a plain dest (which says at start that it is plain); dest's
  * certificate not naming --tls-name; something that is not a migproxy;
  * a source's and a dest's certificate named by --tls-name (accepted);
- * TLS options given in part (usage errors).  Each checks the one-line
+ * TLS options given in part (usage errors); a source stopped by a signal
+ * before its tunnel is up.  Each checks the one-line
  * error on each side that has one, naming the peer's address.
  */
 #include "config.h"
@@ -353,7 +354,7 @@ Test(tunnel_tls, names_accepted)
     waitpid(pid, &st, 0);
     g_spawn_close_pid(pid);
     g_autofree char *slog = read_text(slog_path);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "source:\n%s", slog);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "st=0x%x source:\n%s", st, slog);
     cr_assert(!strstr(slog, "plain TCP"), "%s", slog);
     g_free(dlog);
     dlog = read_text(fx.dest_log);
@@ -361,6 +362,46 @@ Test(tunnel_tls, names_accepted)
     assert_qemu_untouched();
     tls_args_clear(&d);
     tls_args_clear(&s);
+}
+
+/* A stop signal while the source still waits for its tunnel (a peer
+ * that accepts and never answers): a clean stop, exit 0, said in the log;
+ * not the signal's default action (the handlers were installed only
+ * after the tunnel was up, and names_accepted's SIGTERM right after "is
+ * up" killed the source now and then). */
+Test(tunnel_tls, source_stopped_before_the_tunnel_is_up)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *peer =
+        g_strdup_printf("--peer=127.0.0.1:%u", fx.qemu_port);
+    g_autofree char *slog_path = path("source.log");
+    const char *argv[] = {it_migproxy(), "source", "--listen=127.0.0.1:0",
+                          peer, NULL};
+    int fd = open(slog_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    GPid pid = 0;
+    gboolean ok = g_spawn_async_with_pipes_and_fds(
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
+        -1, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &err);
+    close(fd);
+    cr_assert(ok);
+    /* the handlers are in place before this warning is written */
+    gint64 deadline = g_get_monotonic_time() + WAIT_MS * 1000ll;
+    for (;;) {
+        g_autofree char *slog = read_text(slog_path);
+        if (strstr(slog, "plain TCP"))
+            break;
+        cr_assert(g_get_monotonic_time() < deadline, "source:\n%s", slog);
+        g_usleep(20000);
+    }
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    g_spawn_close_pid(pid);
+    g_autofree char *slog = read_text(slog_path);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "st=0x%x source:\n%s",
+              st, slog);
+    cr_assert(strstr(slog, "SIGTERM: stopped before the tunnel was up"), "%s",
+              slog);
 }
 
 /* A TLS client that sends no certificate (a GIO client here: migproxy
