@@ -315,6 +315,39 @@ Test(tunnel_tls, source_not_named)
             "(--tls-name); refused");
 }
 
+/* Starts `argv` (a migproxy source) logging to `log_path`, waits until
+ * its log says `ready`, stops it with SIGTERM and checks that it exited
+ * cleanly.  @return its log (caller frees). */
+static char *
+source_stopped_after(const char *const *argv, const char *log_path,
+                     const char *ready)
+{
+    g_autoptr(GError) err = NULL;
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    GPid pid = 0;
+    gboolean ok = g_spawn_async_with_pipes_and_fds(
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
+        -1, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &err);
+    close(fd);
+    cr_assert(ok, "%s", err ? err->message : "?");
+    gint64 deadline = g_get_monotonic_time() + WAIT_MS * 1000ll;
+    for (;;) {
+        g_autofree char *slog = read_text(log_path);
+        if (strstr(slog, ready))
+            break;
+        cr_assert(g_get_monotonic_time() < deadline, "source:\n%s", slog);
+        g_usleep(20000);
+    }
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    g_spawn_close_pid(pid);
+    char *slog = read_text(log_path);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "st=0x%x source:\n%s",
+              st, slog);
+    return slog;
+}
+
 /* Both --tls-name checks pass: the tunnel comes up, and ends when the
  * source (--once, no migration) is stopped; QEMU is never dialed since
  * no connection was carried. */
@@ -326,38 +359,17 @@ Test(tunnel_tls, names_accepted)
     const char *dargs[] = {d.a[0], d.a[1], d.a[2], "--tls-name=source.test",
                            NULL};
     dest_start(dargs);
-    g_autoptr(GError) err = NULL;
     g_autofree char *peer =
         g_strdup_printf("--peer=127.0.0.1:%u", fx.dest_port);
     g_autofree char *slog_path = path("source.log");
     const char *argv[] = {
         it_migproxy(), "source", "--listen=127.0.0.1:0", peer, s.a[0],
         s.a[1],        s.a[2],   "--tls-name=localhost", NULL};
-    int fd = open(slog_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    GPid pid = 0;
-    gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
-        -1, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &err);
-    close(fd);
-    cr_assert(ok);
-    g_autofree char *dlog = dest_log_wait("is up");
-    gint64 deadline = g_get_monotonic_time() + WAIT_MS * 1000ll;
-    for (;;) {
-        g_autofree char *slog = read_text(slog_path);
-        if (strstr(slog, "TLS, both ends authenticated"))
-            break;
-        cr_assert(g_get_monotonic_time() < deadline, "source:\n%s", slog);
-        g_usleep(20000);
-    }
-    kill(pid, SIGTERM);
-    int st;
-    waitpid(pid, &st, 0);
-    g_spawn_close_pid(pid);
-    g_autofree char *slog = read_text(slog_path);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "st=0x%x source:\n%s", st, slog);
+    g_autofree char *slog = source_stopped_after(
+        argv, slog_path, "TLS, both ends authenticated");
+    g_free(dest_log_wait("is up"));
     cr_assert(!strstr(slog, "plain TCP"), "%s", slog);
-    g_free(dlog);
-    dlog = read_text(fx.dest_log);
+    g_autofree char *dlog = read_text(fx.dest_log);
     cr_assert(!strstr(dlog, "plain TCP"), "%s", dlog);
     assert_qemu_untouched();
     tls_args_clear(&d);
@@ -371,35 +383,14 @@ Test(tunnel_tls, names_accepted)
  * up" killed the source now and then). */
 Test(tunnel_tls, source_stopped_before_the_tunnel_is_up)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *peer =
         g_strdup_printf("--peer=127.0.0.1:%u", fx.qemu_port);
     g_autofree char *slog_path = path("source.log");
     const char *argv[] = {it_migproxy(), "source", "--listen=127.0.0.1:0",
                           peer, NULL};
-    int fd = open(slog_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    GPid pid = 0;
-    gboolean ok = g_spawn_async_with_pipes_and_fds(
-        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, die_with_parent, NULL, -1,
-        -1, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &err);
-    close(fd);
-    cr_assert(ok);
     /* the handlers are in place before this warning is written */
-    gint64 deadline = g_get_monotonic_time() + WAIT_MS * 1000ll;
-    for (;;) {
-        g_autofree char *slog = read_text(slog_path);
-        if (strstr(slog, "plain TCP"))
-            break;
-        cr_assert(g_get_monotonic_time() < deadline, "source:\n%s", slog);
-        g_usleep(20000);
-    }
-    kill(pid, SIGTERM);
-    int st;
-    waitpid(pid, &st, 0);
-    g_spawn_close_pid(pid);
-    g_autofree char *slog = read_text(slog_path);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "st=0x%x source:\n%s",
-              st, slog);
+    g_autofree char *slog =
+        source_stopped_after(argv, slog_path, "plain TCP");
     cr_assert(strstr(slog, "SIGTERM: stopped before the tunnel was up"), "%s",
               slog);
 }
