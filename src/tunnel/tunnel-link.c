@@ -195,12 +195,20 @@ mp_tun_link_paced(const MpTunLink *l)
     return l->pace != 0;
 }
 
-/* `us` of the pace in bytes, within [MP_TUN_LINK_QUEUE_MIN, max]. */
+/* `us` of `rate` (bytes/s) in bytes, within [MP_TUN_LINK_QUEUE_MIN,
+ * max]. */
+static gsize
+rate_time(guint64 rate, guint64 us, gsize max)
+{
+    guint64 b = rate * us / G_USEC_PER_SEC;
+    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, max);
+}
+
+/* `us` of the pace in bytes. */
 static gsize
 link_time(const MpTunLink *l, guint64 us, gsize max)
 {
-    guint64 b = l->pace * us / G_USEC_PER_SEC;
-    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, max);
+    return rate_time(l->pace, us, max);
 }
 
 static double
@@ -276,22 +284,14 @@ mp_tun_link_chunk(const MpTunLink *l)
                    : MP_TUN_LINK_CHUNK_MAX;
 }
 
-/* `us` of the measured rate in bytes, within [MP_TUN_LINK_QUEUE_MIN,
- * 8 MiB]. */
-static gsize
-measured_time(const MpTunLink *l, guint64 us)
-{
-    guint64 b = l->measured * us / G_USEC_PER_SEC;
-    return CLAMP(b, MP_TUN_LINK_QUEUE_MIN, 8u << 20);
-}
-
 gsize
 mp_tun_link_queue_bound(const MpTunLink *l)
 {
     if (l->pace)
         return link_time(l, queue_us(l), 8u << 20);
-    return l->measured ? measured_time(l, MP_TUN_LINK_UNPACED_US)
-                       : G_MAXSIZE;
+    return l->measured
+               ? rate_time(l->measured, MP_TUN_LINK_UNPACED_US, 8u << 20)
+               : G_MAXSIZE;
 }
 
 void
@@ -311,8 +311,9 @@ mp_tun_link_notsent_lowat(const MpTunLink *l)
      * behind them), but long enough that a writer woken late on a busy
      * host (ms) does not leave the link idle inside the intervals that
      * still measure it (its estimate would read low) */
-    return measured_time(l, l->postcopy ? POSTCOPY_UNSENT_US
-                                        : MP_TUN_LINK_UNPACED_US);
+    return rate_time(l->measured,
+                     l->postcopy ? POSTCOPY_UNSENT_US : MP_TUN_LINK_UNPACED_US,
+                     8u << 20);
 }
 
 guint64
