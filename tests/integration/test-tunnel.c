@@ -937,6 +937,12 @@ check_shaped(const Case *c, json_object *rep, json_object *src)
                c->name, source, bps, sat, queue, it_jnum(link, "rtt_min_ms"),
                json_object_to_json_string(
                    json_object_object_get(link, "unsent_bound_bytes")));
+#ifdef __SANITIZE_ADDRESS__
+    /* AddressSanitizer's migproxy is too slow to fill the link, and a
+     * link never filled is never measured: here the memory comparison
+     * is the test (scripts/test.sh runs the tunnel under ASan too) */
+    return;
+#endif
     cr_assert_str_eq(source, "measured", "%s",
                      json_object_to_json_string(link));
     /* tbf's rate counts the frames' headers, the estimate the TCP
