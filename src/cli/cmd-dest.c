@@ -7,6 +7,7 @@
 #include <glib-unix.h>
 #include "cli-log.h"
 #include "commands.h"
+#include "heap-reuse.h"
 #include "tunnel-dest.h"
 #include "tunnel-mux.h"
 
@@ -204,6 +205,7 @@ dest_run(int argc, char **argv)
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_dest, entries);
     g_autoptr(GError) err = NULL;
 
+    mp_heap_reuse();
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy dest: %s\n(see migproxy dest --help)\n",
                 err->message);

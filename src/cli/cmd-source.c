@@ -10,6 +10,7 @@
 #include <glib-unix.h>
 #include "cli-log.h"
 #include "commands.h"
+#include "heap-reuse.h"
 #include "out-file.h"
 #include "rate-pacer.h"
 #include "relay.h"
@@ -550,6 +551,7 @@ source_run(int argc, char **argv)
     g_autoptr(GOptionContext) oc = mp_command_context(&mp_cmd_source, entries);
     g_autoptr(GError) err = NULL;
 
+    mp_heap_reuse();
     if (!g_option_context_parse(oc, &argc, &argv, &err)) {
         fprintf(stderr, "migproxy source: %s\n(see migproxy source --help)\n",
                 err->message);

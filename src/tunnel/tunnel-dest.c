@@ -3,6 +3,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <gio/gio.h>
+#include "heap-reuse.h"
 #include "address.h"
 #include "out-file.h"
 #include "tunnel-dest.h"
@@ -172,6 +173,7 @@ reap(gpointer data)
     MpTunDest *d = data;
     d->reap_id = 0;
     g_clear_pointer(&d->dead, mp_tun_mux_free);
+    mp_heap_release(); /* the tunnel's buffers, until the next one */
     if (d->once_done || d->stopping)
         g_main_loop_quit(d->loop);
     return G_SOURCE_REMOVE;

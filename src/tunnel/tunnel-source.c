@@ -9,6 +9,7 @@
 #include <gio/gio.h>
 #include <gio/gunixsocketaddress.h>
 #include "address.h"
+#include "heap-reuse.h"
 #include "tunnel-dial.h"
 #include "tunnel-mux.h"
 #include "tunnel-source.h"
@@ -154,6 +155,7 @@ mux_closed(MpTunMux *m, const GError *error, guint8 end_code, gpointer data)
     s->ended = !error;
     /* (the one before: this one is inside its own hook) */
     g_clear_pointer(&s->last, mp_tun_mux_free);
+    mp_heap_release(); /* the tunnels' buffers, until the next one */
     s->last = s->mux;
     s->mux = NULL;
     if (!s->finishing && !s->retry_id)
