@@ -37,6 +37,11 @@ round), each in a fresh pair of QEMUs:
                 the same run: git archive main | tar -x -C /tmp/before;
                 meson setup /tmp/before/build /tmp/before; ninja -C
                 /tmp/before/build src/migproxy)
+  splice-pair   the cheapest pair of middles, the floor of any pair on this
+                machine: bench/splice-forward (splice() through a pipe,
+                nothing parsed, nothing compressed) on each side of the
+                link where the pair's two processes run, one connection
+                (QEMU's main channel), max-bandwidth as for pair
 
 Per run: the source's query-migrate total-time and downtime (or "did not
 finish" after --migrate-timeout: migrate_cancel); the end-to-end time,
@@ -45,7 +50,8 @@ source completes once its last bytes are in its socket, before they
 crossed the link); bytes on the link (the
 source-side veth's tx and rx byte counters, Ethernet frames, so TCP/IP
 headers included), and CPU seconds used during the migration by both QEMUs
-(/proc/PID/stat) and by both migproxy processes (wait4()).
+(/proc/PID/stat) and by both migproxy processes (wait4(); in mode
+splice-pair both splice-forward processes, in the same column).
 
 The bound: per workload, the first completed run's destination memory
 (pmemsave of the whole RAM, the guest stopped), compressed with
@@ -85,7 +91,8 @@ QEMUS = {
     "7.2": (["/usr/bin/qemu-system-x86_64"], "pc-q35-7.2"),
     "10.0": ([os.path.join(ROOT, "scripts", "qemu10")], "pc-q35-10.0"),
 }
-MODES = ("direct", "xbzrle", "multifd-zstd", "pair", "pair-before")
+MODES = ("direct", "xbzrle", "multifd-zstd", "pair", "pair-before",
+         "splice-pair")
 WORKLOADS = ("comp", "rand", "linux")
 
 
@@ -186,6 +193,45 @@ def migproxy_pair(args, procs, run_dir, qport, binary):
     return dst, src, sport
 
 
+def splice_forward_binary():
+    """bench/splice-forward.c compiled into build/bench/ (as
+    bench-relay.sh does), again when the source is newer."""
+    src = os.path.join(ROOT, "bench", "splice-forward.c")
+    out = os.path.join(ROOT, "build", "bench", "splice-forward")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        subprocess.run(["cc", "-O2", "-Wall", "-o", out, src], check=True)
+    return out
+
+
+def wait_listening(ns, port, timeout):
+    """Until something in namespace `ns` listens on TCP `port` (a probe
+    connection would take splice-forward's one accept)."""
+    def up():
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"],
+            capture_output=True, text=True).stdout
+        return out.strip() or None
+    br.wait_for(up, timeout, f"a listener on {ns} port {port}", ())
+
+
+def splice_pair(procs, run_dir, qport):
+    """splice-forward on the destination's side (DST:T to the destination
+    QEMU), then on the source's (127.0.0.1:P to DST:T); @return (dest,
+    source, P)."""
+    binary = splice_forward_binary()
+    tport, sport = br.free_port(), br.free_port()
+    dst = procs.start("splice-dest", [
+        "ip", "netns", "exec", NS_DST, binary, f"{DST_ADDR}:{tport}",
+        f"127.0.0.1:{qport}"], log_to=f"{run_dir}/splice-dest.log")
+    wait_listening(NS_DST, tport, 10)
+    src = procs.start("splice-source", [
+        "ip", "netns", "exec", NS_SRC, binary, f"127.0.0.1:{sport}",
+        f"{DST_ADDR}:{tport}"], log_to=f"{run_dir}/splice-source.log")
+    wait_listening(NS_SRC, sport, 10)
+    return dst, src, sport
+
+
 def set_caps(qmp, caps):
     if caps:
         qmp.cmd("migrate-set-capabilities", capabilities=[
@@ -222,6 +268,13 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             args.before_migproxy if mode == "pair-before" else args.migproxy)
         mids = (mdst, msrc)
         uri = f"tcp:127.0.0.1:{sport}"
+        src.qmp.cmd("migrate-set-parameters",
+                    **{"max-bandwidth": args.pair_max_bandwidth})
+    elif mode == "splice-pair":
+        dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{qport}")
+        mids = splice_pair(procs, run_dir, qport)
+        uri = f"tcp:127.0.0.1:{mids[2]}"
+        mids = mids[:2]
         src.qmp.cmd("migrate-set-parameters",
                     **{"max-bandwidth": args.pair_max_bandwidth})
     else:
@@ -285,6 +338,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     res["link_rx_bytes"] = link1[1] - link0[1]
     if mids:
         res["migproxy_cpu_s"] = round(mid_cpu, 2)
+    if mode in ("pair", "pair-before"):
         try:
             with open(f"{run_dir}/source.json") as f:
                 rep = json.load(f)

@@ -1,14 +1,15 @@
 /* splice-forward.c: the cheapest middle there is, as a reference for
  * bench-relay.sh (docs/benchmarks.md, "Relay overhead").
  *
- *   splice-forward LISTEN_PORT DEST_PORT
+ *   splice-forward [LISTEN_ADDR:]LISTEN_PORT [DEST_ADDR:]DEST_PORT
  *
- * Accepts one connection on 127.0.0.1:LISTEN_PORT, connects to
- * 127.0.0.1:DEST_PORT and moves bytes both ways with splice() through a
- * pipe per direction: the bytes never enter user space and nothing is
+ * Accepts one connection on LISTEN_ADDR:LISTEN_PORT, connects to
+ * DEST_ADDR:DEST_PORT (IPv4 addresses, 127.0.0.1 where not given) and
+ * moves bytes both ways with splice() through a pipe per direction: the bytes never enter user space and nothing is
  * parsed.  Whatever a middle on this machine costs beyond this is not the
- * price of copying or parsing; what this costs, every middle pays.  Ends
- * when both directions have passed their FIN on.
+ * price of copying or parsing; what this costs, every middle pays.  Two
+ * of them, one on each side of a link, are the cheapest pair (bench-pair.py's
+ * mode splice-pair).  Ends when both directions have passed their FIN on.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -20,6 +21,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -39,14 +41,29 @@ die(const char *what)
     exit(1);
 }
 
+/* "ADDR:PORT" or "PORT" (on 127.0.0.1) */
 static int
-loopback_socket(int port, bool listen_on)
+tcp_socket(const char *where, bool listen_on)
 {
     struct sockaddr_in a = {
         .sin_family = AF_INET,
-        .sin_port = htons((uint16_t)port),
         .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
     };
+    char addr[64];
+    const char *colon = strrchr(where, ':');
+
+    if (colon) {
+        if ((size_t)(colon - where) >= sizeof addr)
+            die("address");
+        memcpy(addr, where, (size_t)(colon - where));
+        addr[colon - where] = 0;
+        if (inet_pton(AF_INET, addr, &a.sin_addr) != 1) {
+            fprintf(stderr, "splice-forward: not an IPv4 address: %s\n", addr);
+            exit(2);
+        }
+        where = colon + 1;
+    }
+    a.sin_port = htons((uint16_t)atoi(where));
     int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
 
     if (s < 0)
@@ -101,11 +118,12 @@ int
 main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: splice-forward LISTEN_PORT DEST_PORT\n");
+        fprintf(stderr, "usage: splice-forward [LISTEN_ADDR:]LISTEN_PORT "
+                        "[DEST_ADDR:]DEST_PORT\n");
         return 2;
     }
-    int down = loopback_socket(atoi(argv[1]), true);
-    int up = loopback_socket(atoi(argv[2]), false);
+    int down = tcp_socket(argv[1], true);
+    int up = tcp_socket(argv[2], false);
     struct dir d[2] = {{.from = down, .to = up}, {.from = up, .to = down}};
 
     for (int i = 0; i < 2; i++) {
