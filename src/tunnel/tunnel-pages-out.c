@@ -81,6 +81,7 @@ struct MpTunPagesOut {
     guint64 zstd_in, zstd_out, zstd_cpu_ns;
     /* the zstd counters at the last adaptive decision */
     guint64 win_in, win_out, win_ns;
+    double link_bps; /* at the owner's last mp_tun_pages_out_adapt() */
     /* adaptive zstd: on now; batches passed by while off (probes);
      * switches so far */
     gboolean zstd_on;
@@ -928,6 +929,9 @@ mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
     return left;
 }
 
+static void zstd_window(MpTunPagesOut *po, double link_bps,
+                        gboolean incompressible_only);
+
 gboolean
 mp_tun_pages_out_pop(MpTunPagesOut *po, MpTunOutItem *item)
 {
@@ -956,6 +960,13 @@ mp_tun_pages_out_pop(MpTunPagesOut *po, MpTunOutItem *item)
     if (it->kind == MP_TUN_OUT_PAGES)
         po->payload_bytes += it->bytes->len;
     po->out_bytes += it->bytes->len;
+    /* between the owner's ticks: pages zstd cannot shrink are known after
+     * MP_TUN_PAGES_ADAPT_MIN_BYTES, whatever the link (at 1 Gbit/s a
+     * second's wait for the tick was 80 MB of random pages through zstd,
+     * 0.27 CPU seconds of the pair's 7) */
+    if (it->kind == MP_TUN_OUT_PAGES && po->workers && po->zstd_on
+        && po->opt.adapt)
+        zstd_window(po, po->link_bps, TRUE);
     item->kind = it->kind;
     item->bytes = g_steal_pointer(&it->bytes);
     item->raw = it->raw;
@@ -1319,16 +1330,12 @@ mp_tun_pages_out_level(const MpTunPagesOut *po)
     return po->workers ? po->level : 0;
 }
 
-void
-mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
+/* zstd on or off, on what it did since the last decision; with
+ * `incompressible_only`, only if that shows pages it cannot shrink (the
+ * ratio alone decides: off at any link rate). */
+static void
+zstd_window(MpTunPagesOut *po, double link_bps, gboolean incompressible_only)
 {
-    if (!po->opt.adapt)
-        return;
-    if (po->enc)
-        mp_batch_enc_adapt(po->enc, link_bps, po->name);
-    if (!po->workers)
-        return;
-    level_window(po, link_bps);
     g_mutex_lock(&po->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, ns = po->zstd_cpu_ns;
     g_mutex_unlock(&po->lock);
@@ -1339,6 +1346,8 @@ mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
     out -= po->win_out;
     ns -= po->win_ns;
     if (in < MP_TUN_PAGES_ADAPT_MIN_BYTES || !ns)
+        return;
+    if (incompressible_only && (double)out / in < 1.0 - MP_ADAPT_OFF_GAIN)
         return;
     po->win_in += in;
     po->win_out += out;
@@ -1353,6 +1362,20 @@ mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
         .ratio = (double)out / in,
     };
     mp_tun_pages_out_adapt_with(po, &ai);
+}
+
+void
+mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
+{
+    if (!po->opt.adapt)
+        return;
+    po->link_bps = link_bps;
+    if (po->enc)
+        mp_batch_enc_adapt(po->enc, link_bps, po->name);
+    if (!po->workers)
+        return;
+    level_window(po, link_bps);
+    zstd_window(po, link_bps, FALSE);
 }
 
 gboolean

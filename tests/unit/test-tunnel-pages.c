@@ -377,6 +377,86 @@ Test(tunnel_pages, adapt_switches_zstd_same_memory)
     cr_assert(mp_tun_pages_out_zstd_on(fixed));
 }
 
+/* ---- the sample's normal pages made random ---- */
+
+typedef struct {
+    const GByteArray *stream;
+    GArray *offsets; /* of each normal page's bytes in the stream */
+} PageSpots;
+
+static MpRecordAction
+spot_record(MpPipeline *p, const MpRecord *rec, gpointer data)
+{
+    PageSpots *ps = data;
+    const MpRamPage *pg = &rec->u.page;
+
+    (void)p;
+    if (rec->kind == MP_REC_RAM_PAGE && pg->kind == MP_PAGE_NORMAL
+        && pg->payload_len == PS && pg->payload >= ps->stream->data
+        && pg->payload + PS <= ps->stream->data + ps->stream->len) {
+        gsize off = (gsize)(pg->payload - ps->stream->data);
+        g_array_append_val(ps->offsets, off);
+    }
+    return MP_REC_CONTINUE;
+}
+
+static const MpPipelineObserver spot_observer = {.record = spot_record};
+
+/* Overwrites every normal page of `stream` with random bytes (zstd's
+ * ratio on them about 1).  @return the number of pages. */
+static guint
+randomize_pages(GByteArray *stream, guint32 seed)
+{
+    PageSpots ps = {stream, g_array_new(FALSE, FALSE, sizeof(gsize))};
+    g_autoptr(MpPipeline) p = mp_pipeline_new(0, MP_DIR_TO_DST);
+    mp_pipeline_set_kind(p, MP_CHAN_MAIN, NULL);
+    mp_pipeline_observe(p, &spot_observer, &ps);
+    mp_pipeline_feed(p, stream->data, stream->len, 0);
+    mp_pipeline_end(p, MP_END_FIN, 0);
+    g_autoptr(GRand) rnd = g_rand_new_with_seed(seed);
+    for (guint i = 0; i < ps.offsets->len; i++) {
+        guint32 *w = (guint32 *)(stream->data
+                                 + g_array_index(ps.offsets, gsize, i));
+        for (guint j = 0; j < PS / 4; j++)
+            w[j] = g_rand_int(rnd);
+    }
+    guint n = ps.offsets->len;
+    g_array_unref(ps.offsets);
+    return n;
+}
+
+/* Pages zstd cannot shrink turn it off as soon as
+ * MP_TUN_PAGES_ADAPT_MIN_BYTES of them went through it, at any link
+ * rate, without waiting for the owner's tick (mp_tun_pages_out_adapt()
+ * is never called here): before, a second of random pages at 1 Gbit/s
+ * went through zstd first. */
+Test(tunnel_pages, random_pages_zstd_off_early)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("busy-10.0.mig.zst");
+    guint pages = randomize_pages(in, 7);
+    cr_assert_gt((guint64)pages * PS, MP_TUN_PAGES_ADAPT_MIN_BYTES + (2u << 20),
+                 "%u pages", pages);
+    MpTunPagesOptions o = all_on();
+    o.adapt = TRUE;
+    Run r;
+    json_object *rep = NULL;
+    g_autoptr(GByteArray) out = through(in, &o, 64u << 10, 0, &r, &rep);
+    json_object *z = json_object_object_get(rep, "zstd");
+    cr_assert_not(json_object_get_boolean(json_object_object_get(z, "on")),
+                  "%s", json_object_to_json_string(z));
+    cr_assert_eq(tu_json_int(z, "switches"), 1);
+    /* the window, the batch in hand and the probes after */
+    gint64 tried = tu_json_int(z, "bytes_in");
+    cr_assert(tried >= (gint64)MP_TUN_PAGES_ADAPT_MIN_BYTES
+                  && tried < (gint64)MP_TUN_PAGES_ADAPT_MIN_BYTES
+                                 + (1 << 20),
+              "zstd tried %" G_GINT64_FORMAT " bytes", tried);
+    json_object_put(rep);
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(out, NULL);
+    assert_same_memory(want, got, "random pages, zstd off early");
+}
+
 /* The zstd level moves on numbers given (no clock): up while the link
  * is full and the workers idle, down while batches wait for them; each
  * move starts a new zstd frame in every worker's context, which the
