@@ -410,12 +410,22 @@ page_left_raw(MpTunPagesOut *po, const MpRecord *rec)
     }
 }
 
-/* May pages be lifted (and cut page records held) now? */
+/* May a page record that a feed cut be held until it is whole?  Held,
+ * it joins a batch (zstd on the workers, the page caches) instead of
+ * going out as raw DATA: one page per read did, 2 % of the pages at 1
+ * Gbit/s (each read ends inside a page record, mostly).  While pages are
+ * lifted, holding also ends dest's writes at a record boundary. */
+static gboolean
+hold_ok(const MpTunPagesOut *po)
+{
+    return !po->huge && !po->parse_lost && !po->gave_up && !po->in_packaged;
+}
+
+/* May pages be lifted now? */
 static gboolean
 lift_ok(const MpTunPagesOut *po)
 {
-    return po->opt.urgent && po->shared && !po->huge && !po->parse_lost
-           && !po->gave_up && !po->in_packaged;
+    return po->opt.urgent && po->shared && hold_ok(po);
 }
 
 /* Is page `index` of `block` asked for?  @return 0 no, 1 requested, 2 a
@@ -859,10 +869,8 @@ max_record(const MpTunPagesOut *po)
     return 8 + 1 + 255 + po->page_size;
 }
 
-/* The feed's last bytes go out, but for a page record the feed cut while
- * pages may be lifted: it is held (one record at most) until it is
- * whole, so that the destination's writes end at a record boundary it
- * knows (after a batch), where it can put an urgent page at once. */
+/* The feed's last bytes go out, but for a page record the feed cut: it
+ * is held (one record at most) until it is whole (hold_ok()). */
 static void
 feed_end(MpTunPagesOut *po)
 {
@@ -870,7 +878,7 @@ feed_end(MpTunPagesOut *po)
 
     if (po->held) {
         /* still not whole: this feed's bytes are its too */
-        if (po->pend == 0 && lift_ok(po)
+        if (po->pend == 0 && hold_ok(po)
             && po->held->len + po->len <= max_record(po)) {
             g_byte_array_append(po->held, po->buf, po->len);
             po->pend = po->len;
@@ -879,7 +887,7 @@ feed_end(MpTunPagesOut *po)
         emit_data(po, po->len);
         return;
     }
-    if (lift_ok(po) && po->ram_body && po->rec_end >= po->base + po->pend
+    if (hold_ok(po) && po->ram_body && po->rec_end >= po->base + po->pend
         && po->rec_end < end && end - po->rec_end <= max_record(po)) {
         gsize at = po->rec_end - po->base;
         gsize n = po->len - at;
@@ -901,6 +909,22 @@ feed_end(MpTunPagesOut *po)
     emit_data(po, po->len);
 }
 
+/* The stream bytes taken since the last call count for the last item
+ * (its acknowledgement frees them in the window).  @return the bytes
+ * with no item to count them (zero pages skipped, nothing queued). */
+static guint64
+assign_raw(MpTunPagesOut *po)
+{
+    guint64 left = po->unassigned;
+    po->unassigned = 0;
+    Item *tail = g_queue_peek_tail(&po->items);
+    if (left && tail) {
+        tail->raw += left;
+        left = 0;
+    }
+    return left;
+}
+
 guint64
 mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
 {
@@ -919,14 +943,7 @@ mp_tun_pages_out_feed(MpTunPagesOut *po, const guint8 *buf, gsize len)
     urgent_close(po);
     feed_end(po);
     po->buf = NULL;
-    guint64 left = po->unassigned;
-    po->unassigned = 0;
-    Item *tail = g_queue_peek_tail(&po->items);
-    if (left && tail) {
-        tail->raw += left;
-        left = 0;
-    }
-    return left;
+    return assign_raw(po);
 }
 
 static void zstd_window(MpTunPagesOut *po, double link_bps,
@@ -985,6 +1002,7 @@ mp_tun_pages_out_finish(MpTunPagesOut *po)
 {
     flush_held(po);
     urgent_close(po);
+    assign_raw(po); /* the held record's bytes are its item's */
 }
 
 void

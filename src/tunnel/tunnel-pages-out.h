@@ -12,12 +12,13 @@
  *         order); every other byte stays raw stream bytes (DATA)
  *     --> items in stream order: DATA bytes, PAGES payloads
  *
- * Nothing waits for more input: each feed ends with the open batch closed
- * and every byte not taken into a batch handed out as DATA, so QEMU's
- * rate measurement and post-copy never see bytes held back.  A page
- * record that a feed cut in two has its first bytes out as DATA already,
- * so its rest follows as DATA (it stays a valid stream; the page is not
- * encoded).
+ * Nothing waits for more input but a page record that a feed cut in
+ * two: each feed ends with the open batch closed and every other byte
+ * not taken into a batch handed out as DATA, so QEMU's rate measurement
+ * and post-copy never see more than one record held back.  The cut
+ * record is held (at most one) until the next feeds make it whole, then
+ * joins a batch like any page; one that turns out not to be a page, or
+ * that comes where pages are not encoded, leaves as DATA as it came.
  *
  * Mirrors: the destination (tunnel-pages-in.h) applies the batches in the
  * same order to a cache of the same budget, which the stream's first
@@ -40,9 +41,9 @@
  * always: the caches and the zero tracker are untouched, and the
  * destination drops the bulk copy (tunnel-pages-in.h).  From the first
  * lift on, no RAM page record leaves as raw bytes with CONTINUE (its
- * block is named instead), and a page record that a feed cuts is held
- * until it is whole (at most one record), so that the destination may
- * write an urgent page after any batch.  Never with a RAM block of
+ * block is named instead), and since every page record a feed cuts is
+ * held until it is whole, the destination may write an urgent page
+ * after any batch.  Never with a RAM block of
  * larger host pages (their records must reach QEMU together), nor while
  * skipping zero pages (pre-copy).
  *
