@@ -424,10 +424,11 @@ randomize_pages(GByteArray *stream, guint32 seed)
     mp_pipeline_end(p, MP_END_FIN, 0);
     g_autoptr(GRand) rnd = g_rand_new_with_seed(seed);
     for (guint i = 0; i < ps.offsets->len; i++) {
-        guint32 *w = (guint32 *)(stream->data
-                                 + g_array_index(ps.offsets, gsize, i));
-        for (guint j = 0; j < PS / 4; j++)
-            w[j] = g_rand_int(rnd);
+        guint8 *page = stream->data + g_array_index(ps.offsets, gsize, i);
+        for (guint j = 0; j < PS; j += 4) {
+            guint32 w = g_rand_int(rnd); /* (a page's bytes are unaligned) */
+            memcpy(page + j, &w, 4);
+        }
     }
     guint n = ps.offsets->len;
     g_array_unref(ps.offsets);
