@@ -272,9 +272,9 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
                     **{"max-bandwidth": args.pair_max_bandwidth})
     elif mode == "splice-pair":
         dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{qport}")
-        mids = splice_pair(procs, run_dir, qport)
-        uri = f"tcp:127.0.0.1:{mids[2]}"
-        mids = mids[:2]
+        sdst, ssrc, sport = splice_pair(procs, run_dir, qport)
+        mids = (sdst, ssrc)
+        uri = f"tcp:127.0.0.1:{sport}"
         src.qmp.cmd("migrate-set-parameters",
                     **{"max-bandwidth": args.pair_max_bandwidth})
     else:

@@ -3,8 +3,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <gio/gio.h>
-#include "heap-reuse.h"
 #include "address.h"
+#include "heap-reuse.h"
 #include "out-file.h"
 #include "tunnel-dest.h"
 #include "tunnel-dial.h"
