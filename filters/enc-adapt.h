@@ -12,7 +12,12 @@
  * thread; ratio = bytes out / bytes in).  The encoder is switched on when
  * it saves at least MP_ADAPT_ON_GAIN of the time and off when it saves
  * less than MP_ADAPT_OFF_GAIN: the gap keeps it from flapping when it
- * barely pays.  A pure function: no state, no clock.
+ * barely pays.  An encoder at least MP_ADAPT_AMPLE times faster than the
+ * link (both ends) costs the migration no time at that link, so there it
+ * stays on (or comes back) unless it makes the bytes grow by more than
+ * MP_ADAPT_AMPLE_MAX_RATIO: switched off it would see only its probes,
+ * and pages that compress among pages that do not would go whole.  A
+ * pure function: no state, no clock.
  */
 #pragma once
 
@@ -20,6 +25,11 @@
 
 #define MP_ADAPT_ON_GAIN  0.10
 #define MP_ADAPT_OFF_GAIN 0.02
+/* 8: zstd level 3 here (270-310 MiB/s per thread, 2 workers) is 50 times
+ * a 100 Mbit/s link, 4.5 times a 1 Gbit/s one (where its CPU is taken
+ * from the QEMUs on a small host: the gain rule decides there) */
+#define MP_ADAPT_AMPLE           8.0
+#define MP_ADAPT_AMPLE_MAX_RATIO 1.01
 
 typedef struct {
     double link_bps;  /* measured link rate, bytes/s; <= 0: unknown */
@@ -109,6 +119,10 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  *         workers spend a noticeable share (MP_LEVEL_SPENDS) and the
  *         next rung down is cheaper: ratio then buys nothing, CPU freed
  *         goes to QEMU (the two share the host).
+ *   down  too, at a rung whose measured ratio is not MP_LEVEL_RATIO_GAIN
+ *         better than the measured one of the rung below (random pages:
+ *         the prior table's gains are text's); and up never to a rung
+ *         so measured.
  *   back  within MP_LEVEL_REVERSAL_S of a rise, the link no longer full
  *         and the stream (bytes into zstd per second) down by
  *         MP_LEVEL_SLOWED or more from before the rise: the rise took CPU
@@ -141,6 +155,9 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
 #define MP_LEVEL_REVERSAL_S  12.0
 #define MP_LEVEL_BACKOFF_S   8.0
 #define MP_LEVEL_BACKOFF_MAX 64.0
+/* a rung whose ratio is not this much better than the one below (as
+ * measured) is not worth its CPU */
+#define MP_LEVEL_RATIO_GAIN  0.01
 
 typedef struct {
     double link_bps; /* measured link rate, bytes/s; <= 0: not known */

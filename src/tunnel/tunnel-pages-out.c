@@ -81,6 +81,8 @@ struct MpTunPagesOut {
     guint64 zstd_in, zstd_out, zstd_cpu_ns;
     /* the zstd counters at the last adaptive decision */
     guint64 win_in, win_out, win_ns;
+    /* what that decision's window measured (0: none yet) */
+    double win_enc_bps, win_ratio;
     double link_bps; /* at the owner's last mp_tun_pages_out_adapt() */
     /* adaptive zstd: on now; batches passed by while off (probes);
      * switches so far */
@@ -1363,8 +1365,25 @@ zstd_window(MpTunPagesOut *po, double link_bps, gboolean incompressible_only)
     in -= po->win_in;
     out -= po->win_out;
     ns -= po->win_ns;
-    if (in < MP_TUN_PAGES_ADAPT_MIN_BYTES || !ns)
+    if (in < MP_TUN_PAGES_ADAPT_MIN_BYTES || !ns) {
+        /* Off before the link was measured (the ratio alone: random
+         * pages), with the link known now: the last window's numbers
+         * decide again at once, instead of the probes' next window (64
+         * MiB of stream, 5 s at 100 Mbit/s) -- at a slow link zstd
+         * comes back for the pages among them that compress. */
+        if (!incompressible_only && !po->zstd_on && link_bps > 0
+            && po->win_enc_bps > 0) {
+            MpAdaptInput ai = {
+                .link_bps = link_bps,
+                .enc_bps = po->win_enc_bps,
+                .enc_workers = po->workers,
+                .dec_workers = po->workers,
+                .ratio = po->win_ratio,
+            };
+            mp_tun_pages_out_adapt_with(po, &ai);
+        }
         return;
+    }
     if (incompressible_only && (double)out / in < 1.0 - MP_ADAPT_OFF_GAIN)
         return;
     po->win_in += in;
@@ -1379,6 +1398,8 @@ zstd_window(MpTunPagesOut *po, double link_bps, gboolean incompressible_only)
         .dec_workers = po->workers,
         .ratio = (double)out / in,
     };
+    po->win_enc_bps = ai.enc_bps;
+    po->win_ratio = ai.ratio;
     mp_tun_pages_out_adapt_with(po, &ai);
 }
 
