@@ -47,7 +47,8 @@ mp_adapt_decide(const MpAdaptInput *in, gboolean now_on)
      * pages at 4 s and came back at 32 s of 32, while its page cache's
      * pages, among them, went whole: 398 MB on the link in one run, 375
      * in another (docs/benchmarks.md, "zstd at a slow link") */
-    if (t_enc * MP_ADAPT_AMPLE <= direct && t_dec * MP_ADAPT_AMPLE <= direct) {
+    if (!in->latency_bound && t_enc * MP_ADAPT_AMPLE <= direct
+        && t_dec * MP_ADAPT_AMPLE <= direct) {
         v.use = in->ratio <= MP_ADAPT_AMPLE_MAX_RATIO;
         v.why = v.use ? "the link is slow: it costs no time there"
                       : "pages grow";

@@ -16,8 +16,9 @@
  * link (both ends) costs the migration no time at that link, so there it
  * stays on (or comes back) unless it makes the bytes grow by more than
  * MP_ADAPT_AMPLE_MAX_RATIO: switched off it would see only its probes,
- * and pages that compress among pages that do not would go whole.  A
- * pure function: no state, no clock.
+ * and pages that compress among pages that do not would go whole (not
+ * where its latency counts: `latency_bound`).  A pure function: no
+ * state, no clock.
  */
 #pragma once
 
@@ -38,6 +39,10 @@ typedef struct {
     guint enc_workers; /* threads encoding (>= 1) */
     guint dec_workers; /* threads decoding at the peer (>= 1) */
     double ratio;     /* bytes out / bytes in; <= 0: unknown */
+    /* the encoder's queue delays what a guest waits for (zstd's workers
+     * in post-copy): it stays on only where it saves link time, however
+     * fast (MP_ADAPT_AMPLE does not apply) */
+    gboolean latency_bound;
 } MpAdaptInput;
 
 typedef struct {

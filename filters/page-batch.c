@@ -121,7 +121,8 @@ log_switch(MpBatchEncoder which, const char *name, const MpAdaptInput *in,
            const MpAdaptVerdict *v)
 {
     /* enc-adapt's phrases speak of compression; these encoders find */
-    const char *why = v->use ? "saves link time"
+    const char *why = v->use ? (v->gain >= MP_ADAPT_ON_GAIN ? "saves link time"
+                                                            : v->why)
                       : 1 - in->ratio < MP_ADAPT_ON_GAIN
                           ? "finds too little"
                           : "CPU-bound: the link is faster than the encoder";
@@ -154,7 +155,8 @@ mp_batch_enc_adapt_with(MpBatchEnc *e, MpBatchEncoder which,
 }
 
 guint
-mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, const char *name)
+mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, gboolean latency_bound,
+                   const char *name)
 {
     guint switched = 0;
 
@@ -168,8 +170,10 @@ mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, const char *name)
         guint64 out = c->bytes_in - hits * e->page_size + c->bytes_out;
         /* the encoder and the rest of the stream share the owner's
          * thread; the peer's side (a copy, an XOR) is not the limit */
-        MpAdaptInput in = {
-            .link_bps = link_bps, .enc_workers = 1, .dec_workers = 1};
+        MpAdaptInput in = {.link_bps = link_bps,
+                           .enc_workers = 1,
+                           .dec_workers = 1,
+                           .latency_bound = latency_bound};
         MpAdaptVerdict v;
         if (!enabled(e, w)
             || !mp_adapt_gate_update(&e->gate[w], c->bytes_in, out, c->busy_ns,

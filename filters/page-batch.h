@@ -101,7 +101,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MpBatchEnc, mp_batch_enc_free)
 void mp_batch_enc_set_opts(MpBatchEnc *e, const MpBatchOpts *opts);
 
 /* Do dedup and delta pay?  Called every second or so by the owner with
- * the link rate in tunnel bytes/s (0: not known).  Each encoder the
+ * the link rate in tunnel bytes/s (0: not known) and whether a guest
+ * waits on the stream (post-copy: MpAdaptInput's latency_bound, no
+ * encoder on only because it is cheap).  Each encoder the
  * options run decides with mp_adapt_decide() (enc-adapt.h) on what it did
  * since its last decision (at least MP_BATCH_ADAPT_MIN_BYTES of pages
  * tried): bytes tried against bytes that left for them (a hit leaves its
@@ -111,7 +113,8 @@ void mp_batch_enc_set_opts(MpBatchEnc *e, const MpBatchOpts *opts);
  * every page still updates the cache exactly as before, so the peer's
  * cache needs to know nothing of it.  A switch is logged once, with its
  * numbers, prefixed by `name`.  @return the number of switches. */
-guint mp_batch_enc_adapt(MpBatchEnc *e, double link_bps, const char *name);
+guint mp_batch_enc_adapt(MpBatchEnc *e, double link_bps,
+                         gboolean latency_bound, const char *name);
 
 /* The decision for one encoder on numbers given (tests, no clock); no-op
  * when the options leave it off.  @return TRUE if it switched. */

@@ -1379,6 +1379,7 @@ zstd_window(MpTunPagesOut *po, double link_bps, gboolean incompressible_only)
                 .enc_workers = po->workers,
                 .dec_workers = po->workers,
                 .ratio = po->win_ratio,
+                .latency_bound = po->postcopy_running,
             };
             mp_tun_pages_out_adapt_with(po, &ai);
         }
@@ -1397,6 +1398,10 @@ zstd_window(MpTunPagesOut *po, double link_bps, gboolean incompressible_only)
         .enc_workers = po->workers,
         .dec_workers = po->workers,
         .ratio = (double)out / in,
+        /* post-copy: random pages kept in zstd's workers lengthened the
+         * wait for requested pages (0.77 -> 1.0 ms blocked per request,
+         * docs/benchmarks.md "zstd at a slow link") */
+        .latency_bound = po->postcopy_running,
     };
     po->win_enc_bps = ai.enc_bps;
     po->win_ratio = ai.ratio;
@@ -1410,7 +1415,8 @@ mp_tun_pages_out_adapt(MpTunPagesOut *po, double link_bps)
         return;
     po->link_bps = link_bps;
     if (po->enc)
-        mp_batch_enc_adapt(po->enc, link_bps, po->name);
+        mp_batch_enc_adapt(po->enc, link_bps, po->postcopy_running,
+                           po->name);
     if (!po->workers)
         return;
     level_window(po, link_bps);

@@ -614,13 +614,13 @@ Test(page_batch, adapt_measured_random_off_repeats_on)
         send_all(&p, src, out);
         if (round == 0)
             /* under the window: nothing decided yet */
-            cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, "test"), 0);
+            cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, FALSE, "test"), 0);
     }
     cr_assert_eq(s->dedup_hits + s->delta_used, 0);
-    cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, "test"), 2);
+    cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, FALSE, "test"), 2);
     cr_assert_not(s->dedup_on || s->delta_on);
     /* nothing more to decide on: they stay off */
-    cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, "test"), 0);
+    cr_assert_eq(mp_batch_enc_adapt(p.enc, 0, FALSE, "test"), 0);
 
     /* the guest settles: each round changes one byte of every page, so
      * a delta fits each, and a copy of a page sits in the other block */
@@ -631,7 +631,7 @@ Test(page_batch, adapt_measured_random_off_repeats_on)
             memcpy(src[1] + i * PS, src[0] + i * PS, PS);
         }
         send_all(&p, src, out);
-        mp_batch_enc_adapt(p.enc, 0, "test");
+        mp_batch_enc_adapt(p.enc, 0, FALSE, "test");
         rounds++;
     }
     cr_assert(s->dedup_on && s->delta_on, "still off after %d rounds",

@@ -509,6 +509,11 @@ Test(adapt, decisions)
     cr_assert_str_eq(v.why, "the link is slow: it costs no time there");
     cr_assert(decide(12.5 * mb, 300 * mb, 0.999, 1, FALSE).use);
     cr_assert(decide(12.5 * mb, 300 * mb, 0.95, 1, FALSE).use);
+    /* not where the encoder's queue delays a waiting guest */
+    MpAdaptInput pc = {.link_bps = 12.5 * mb, .enc_bps = 300 * mb,
+                       .ratio = 1.0, .enc_workers = 4, .dec_workers = 1,
+                       .latency_bound = TRUE};
+    cr_assert_not(mp_adapt_decide(&pc, TRUE).use);
     /* unless they grow */
     v = decide(12.5 * mb, 300 * mb, 1.02, 4, TRUE);
     cr_assert_not(v.use);
