@@ -1365,46 +1365,36 @@ zstd_window(MpTunPagesOut *po, double link_bps, gboolean incompressible_only)
     in -= po->win_in;
     out -= po->win_out;
     ns -= po->win_ns;
-    if (in < MP_TUN_PAGES_ADAPT_MIN_BYTES || !ns) {
-        /* Off before the link was measured (the ratio alone: random
-         * pages), with the link known now: the last window's numbers
-         * decide again at once, instead of the probes' next window (64
-         * MiB of stream, 5 s at 100 Mbit/s) -- at a slow link zstd
-         * comes back for the pages among them that compress. */
-        if (!incompressible_only && !po->zstd_on && link_bps > 0
-            && po->win_enc_bps > 0) {
-            MpAdaptInput ai = {
-                .link_bps = link_bps,
-                .enc_bps = po->win_enc_bps,
-                .enc_workers = po->workers,
-                .dec_workers = po->workers,
-                .ratio = po->win_ratio,
-                .latency_bound = po->postcopy_running,
-            };
-            mp_tun_pages_out_adapt_with(po, &ai);
-        }
+    if (in >= MP_TUN_PAGES_ADAPT_MIN_BYTES && ns) {
+        if (incompressible_only && (double)out / in < 1.0 - MP_ADAPT_OFF_GAIN)
+            return;
+        po->win_in += in;
+        po->win_out += out;
+        po->win_ns += ns;
+        po->win_enc_bps = in / (ns / 1e9);
+        po->win_ratio = (double)out / in;
+    } else if (incompressible_only || po->zstd_on || !(link_bps > 0)
+               || !(po->win_enc_bps > 0)) {
         return;
     }
-    if (incompressible_only && (double)out / in < 1.0 - MP_ADAPT_OFF_GAIN)
-        return;
-    po->win_in += in;
-    po->win_out += out;
-    po->win_ns += ns;
+    /* (else: off before the link was measured -- the ratio alone, random
+     * pages -- with the link known now: the last window's numbers decide
+     * again at once, instead of the probes' next window (64 MiB of
+     * stream, 5 s at 100 Mbit/s); at a slow link zstd comes back for the
+     * pages among them that compress) */
     /* the destination decodes on one thread per context, several times
      * faster than zstd encodes: not the limit (dec_bps 0) */
     MpAdaptInput ai = {
         .link_bps = link_bps,
-        .enc_bps = in / (ns / 1e9),
+        .enc_bps = po->win_enc_bps,
         .enc_workers = po->workers,
         .dec_workers = po->workers,
-        .ratio = (double)out / in,
+        .ratio = po->win_ratio,
         /* post-copy: random pages kept in zstd's workers lengthened the
          * wait for requested pages (0.77 -> 1.0 ms blocked per request,
          * docs/benchmarks.md "zstd at a slow link") */
         .latency_bound = po->postcopy_running,
     };
-    po->win_enc_bps = ai.enc_bps;
-    po->win_ratio = ai.ratio;
     mp_tun_pages_out_adapt_with(po, &ai);
 }
 
