@@ -132,6 +132,15 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  *         and the stream (bytes into zstd per second) down by
  *         MP_LEVEL_SLOWED or more from before the rise: the rise took CPU
  *         that QEMU needed (they share the host), undone.
+ *   down  the rung below, cheaper, compresses the sampled batches
+ *         (below_rel) no worse than this one: the same ratio for less CPU
+ *         (log-like text at 1 keeps less than at 3); back up if there the
+ *         samples say the rung above compresses better by
+ *         MP_LEVEL_RATIO_GAIN while the link is full.  Samples, not the
+ *         stream's ratio at each rung, compare levels here: the stream's
+ *         pages change from window to window (a region of other pages
+ *         after a move reads as a worse level).  Nor up to a rung the
+ *         samples say compresses no better (random pages).
  *   hold  otherwise: the gaps between the thresholds are the hysteresis.
  *
  * A move needs MP_LEVEL_AGREE windows in a row that want it, and comes
@@ -171,12 +180,18 @@ typedef struct {
     double in_bps;   /* stream bytes into zstd per second; <= 0: unknown */
     double enc_bps;  /* zstd at this level: input bytes per CPU-second */
     double ratio;    /* zstd at this level: bytes out / bytes in */
+    /* sampled batches compressed alone at the rung below, over the same
+     * alone at this level (0: no sample) */
+    double below_rel;
+    double above_rel; /* the same for the rung above */
 } MpLevelSample;
 
 typedef struct {
     guint rung;
     double cost[MP_LEVEL_RUNGS];  /* CPU s per input byte; 0: not measured */
     double ratio[MP_LEVEL_RUNGS]; /* 0: not measured */
+    /* the samples', at each rung (moving averages); 0: none */
+    double below_rel[MP_LEVEL_RUNGS], above_rel[MP_LEVEL_RUNGS];
     int want;       /* the direction the last windows wanted */
     guint agreed;   /* ... how many in a row */
     int last_dir;   /* of the last move */
@@ -186,6 +201,7 @@ typedef struct {
     int blocked;    /* a direction held back ... */
     double blocked_until_s;
     double backoff_s;
+    int probe_from; /* the rung a move down on samples left (-1: none) */
     guint moves;
 } MpLevelCtl;
 

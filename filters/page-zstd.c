@@ -238,3 +238,41 @@ mp_comp_dec_stats(const MpCompDec *d)
 {
     return &d->stats;
 }
+
+struct MpCompSampler {
+    ZSTD_CCtx *cctx;
+    guint8 *buf;
+    gsize cap;
+};
+
+MpCompSampler *
+mp_comp_sampler_new(void)
+{
+    MpCompSampler *s = g_new0(MpCompSampler, 1);
+    s->cctx = ZSTD_createCCtx();
+    return s;
+}
+
+void
+mp_comp_sampler_free(MpCompSampler *s)
+{
+    if (!s)
+        return;
+    ZSTD_freeCCtx(s->cctx);
+    g_free(s->buf);
+    g_free(s);
+}
+
+gsize
+mp_comp_sampler_size(MpCompSampler *s, const guint8 *in, gsize len,
+                     int level)
+{
+    gsize need = ZSTD_compressBound(len);
+    if (need > s->cap) {
+        g_free(s->buf);
+        s->buf = g_malloc(need);
+        s->cap = need;
+    }
+    gsize r = ZSTD_compressCCtx(s->cctx, s->buf, s->cap, in, len, level);
+    return ZSTD_isError(r) ? 0 : r;
+}

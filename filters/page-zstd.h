@@ -58,6 +58,17 @@ guint mp_comp_enc_frames(const MpCompEnc *e);
 gsize mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len,
                         GByteArray *out);
 
+/* Compresses the same bytes alone (a fresh frame, no history) at a level
+ * to compare levels on them: the adaptive level's sample of the rung
+ * below (enc-adapt.h).  Its context and buffer are kept between calls;
+ * one thread at a time. */
+typedef struct MpCompSampler MpCompSampler;
+MpCompSampler *mp_comp_sampler_new(void);
+void mp_comp_sampler_free(MpCompSampler *s); /* accepts NULL */
+/* @return the size of `len` bytes compressed at `level` (0: failed). */
+gsize mp_comp_sampler_size(MpCompSampler *s, const guint8 *in, gsize len,
+                           int level);
+
 /* @return a decoder for batches of an encoder whose window_log is at most
  * `window_log`. */
 MpCompDec *mp_comp_dec_new(guint window_log, GError **error);

@@ -69,6 +69,13 @@ struct MpTunPagesOut {
     guint workers;
     MpCompEnc **comp;
     GThreadPool **pool;
+    /* the level's samples of the rungs next to it (each worker its own
+     * sampler, made on first use): batches still to sample this window
+     * (atomic), and what the sampled ones took alone at the level and at
+     * the rung below, and at the level and the rung above (lock) */
+    MpCompSampler **sampler;
+    gint sample_due;
+    guint64 sample_at, sample_below, sample_at_up, sample_above;
     guint64 nbatch;
     GMutex lock; /* the items' `waiting`, the zstd counters, wake_id */
     guint wake_id;
@@ -100,7 +107,8 @@ struct MpTunPagesOut {
     guint64 out_bytes;    /* item bytes popped (DATA and PAGES) */
     /* the counters at the level's last window */
     gint64 lw_us;
-    guint64 lw_in, lw_out, lw_cpu, lw_wall, lw_popped;
+    guint64 lw_in, lw_out, lw_cpu, lw_wall, lw_popped, lw_sat, lw_sbelow,
+        lw_satu, lw_sabove;
     json_object *level_log; /* [{t_s, from, to, why}], at most
                              * MP_TUN_PAGES_LEVEL_LOG */
     guint64 level_log_dropped;
@@ -164,6 +172,19 @@ on_wake(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* Is this batch one of the window's samples (MP_TUN_PAGES_LEVEL_SAMPLES)? */
+static gboolean
+take_sample(MpTunPagesOut *po)
+{
+    for (;;) {
+        gint due = g_atomic_int_get(&po->sample_due);
+        if (due <= 0)
+            return FALSE;
+        if (g_atomic_int_compare_and_exchange(&po->sample_due, due, due - 1))
+            return TRUE;
+    }
+}
+
 /* A worker: compresses one batch's body with its context. */
 static void
 compress_job(gpointer job, gpointer pool_data)
@@ -182,7 +203,33 @@ compress_job(gpointer job, gpointer pool_data)
     mp_batch_compress(ctx, it->zctx, it->plain->data, it->plain->len, out);
     gint64 cpu = thread_cpu_ns() - t0;
     gint64 wall = g_get_monotonic_time() - w0;
+    /* outside the counted time: the sample is the controller's, not
+     * zstd's cost at this level */
+    gsize at = 0, below = 0, above = 0;
+    guint r = mp_level_rung_of(level);
+    if (mp_level_rung_level(r) == level && take_sample(po)) {
+        if (!po->sampler[it->zctx])
+            po->sampler[it->zctx] = mp_comp_sampler_new();
+        MpCompSampler *smp = po->sampler[it->zctx];
+        const guint8 *b = it->plain->data;
+        gsize n = it->plain->len;
+        at = mp_comp_sampler_size(smp, b, n, level);
+        if (r > 0)
+            below = mp_comp_sampler_size(smp, b, n,
+                                         mp_level_rung_level(r - 1));
+        if (r + 1 < MP_LEVEL_RUNGS)
+            above = mp_comp_sampler_size(smp, b, n,
+                                         mp_level_rung_level(r + 1));
+    }
     g_mutex_lock(&po->lock);
+    if (at && below) {
+        po->sample_at += at;
+        po->sample_below += below;
+    }
+    if (at && above) {
+        po->sample_at_up += at;
+        po->sample_above += above;
+    }
     po->zstd_in += it->plain->len;
     po->zstd_out += out->len;
     po->zstd_cpu_ns += cpu;
@@ -808,6 +855,7 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
         po->workers = CLAMP(w, 1, MP_TUN_PAGES_MAX_WORKERS);
         po->comp = g_new0(MpCompEnc *, po->workers);
         po->pool = g_new0(GThreadPool *, po->workers);
+        po->sampler = g_new0(MpCompSampler *, po->workers);
         for (guint i = 0; i < po->workers; i++) {
             g_autoptr(GError) err = NULL;
             po->comp[i] = mp_comp_enc_new(opt->level ? opt->level
@@ -821,6 +869,8 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
         po->level_adapt = opt->adapt && !opt->level;
         po->level = opt->level ? opt->level : MP_COMP_LEVEL_DEFAULT;
         mp_level_ctl_init(&po->lvl, po->level);
+        if (po->level_adapt)
+            po->sample_due = MP_TUN_PAGES_LEVEL_SAMPLES;
     }
     po->born_us = po->lw_us = g_get_monotonic_time();
     po->level_log = json_object_new_array();
@@ -835,7 +885,9 @@ mp_tun_pages_out_free(MpTunPagesOut *po)
     for (guint i = 0; i < po->workers; i++) {
         g_thread_pool_free(po->pool[i], FALSE, TRUE);
         mp_comp_enc_free(po->comp[i]);
+        mp_comp_sampler_free(po->sampler[i]);
     }
+    g_free(po->sampler);
     g_free(po->pool);
     g_free(po->comp);
     g_mutex_lock(&po->lock);
@@ -1278,7 +1330,9 @@ level_window(MpTunPagesOut *po, double link_bps)
     gint64 now = g_get_monotonic_time();
     g_mutex_lock(&po->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, cpu = po->zstd_cpu_ns,
-            wall = po->zstd_wall_us;
+            wall = po->zstd_wall_us, sat = po->sample_at,
+            sbelow = po->sample_below, satu = po->sample_at_up,
+            sabove = po->sample_above;
     g_mutex_unlock(&po->lock);
     guint64 popped = po->out_bytes;
     double span = (now - po->lw_us) / 1e6;
@@ -1287,7 +1341,15 @@ level_window(MpTunPagesOut *po, double link_bps)
         return;
     guint64 w_in = in - po->lw_in, w_out = out - po->lw_out,
             w_cpu = cpu - po->lw_cpu, w_wall = wall - po->lw_wall,
-            w_popped = popped - po->lw_popped;
+            w_popped = popped - po->lw_popped, w_sat = sat - po->lw_sat,
+            w_sbelow = sbelow - po->lw_sbelow, w_satu = satu - po->lw_satu,
+            w_sabove = sabove - po->lw_sabove;
+    po->lw_sat = sat;
+    po->lw_sbelow = sbelow;
+    po->lw_satu = satu;
+    po->lw_sabove = sabove;
+    if (po->level_adapt)
+        g_atomic_int_set(&po->sample_due, MP_TUN_PAGES_LEVEL_SAMPLES);
     po->lw_us = now;
     po->lw_in = in;
     po->lw_out = out;
@@ -1304,6 +1366,8 @@ level_window(MpTunPagesOut *po, double link_bps)
         .in_bps = w_in / span,
         .enc_bps = w_in / (w_cpu / 1e9),
         .ratio = (double)w_out / w_in,
+        .below_rel = w_sat ? (double)w_sbelow / w_sat : 0,
+        .above_rel = w_satu ? (double)w_sabove / w_satu : 0,
     };
     mp_tun_pages_out_level_with(po, &smp, (now - po->born_us) / 1e6);
 }
@@ -1319,7 +1383,12 @@ mp_tun_pages_out_level_with(MpTunPagesOut *po, const MpLevelSample *smp,
     int from = po->level;
     int moved = mp_level_ctl_update(&po->lvl, smp, now_s, &why);
     if (!moved) {
-        g_debug("%s: zstd level %d holds: %s", po->name, from, why);
+        g_debug("%s: zstd level %d holds: %s (link %.1f Mbit/s, out %.1f "
+                "Mbit/s, workers %.0f %% busy, ratio %.3f; on samples the rung "
+                "below %.3f of it, the rung above %.3f)",
+                po->name, from, why, MAX(smp->link_bps, 0) * 8 / 1e6,
+                smp->out_bps * 8 / 1e6, smp->busy * 100, smp->ratio,
+                smp->below_rel, smp->above_rel);
         return FALSE;
     }
     int to = mp_level_ctl_level(&po->lvl);

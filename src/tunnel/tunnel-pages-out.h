@@ -118,6 +118,9 @@ typedef struct {
 /* The zstd level is judged on windows of about this long with at least
  * this much compressed; the report keeps this many level changes. */
 #define MP_TUN_PAGES_LEVEL_WINDOW_S  1.0
+/* batches per window that the workers also compress alone at the level
+ * and at the rungs next to it, to compare them on the same pages */
+#define MP_TUN_PAGES_LEVEL_SAMPLES   2
 #define MP_TUN_PAGES_LEVEL_MIN_BYTES (1u << 20)
 #define MP_TUN_PAGES_LEVEL_LOG       64
 
