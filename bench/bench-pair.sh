@@ -5,7 +5,7 @@
 # random pages and for the Linux guest (issue 10, item 10; see
 # docs/benchmarks.md, "The pair over a shaped link").  Needs root.
 #
-#   bench/bench-pair.sh [--rates 100mbit,1gbit] [--workloads comp,rand,linux]
+#   bench/bench-pair.sh [--rates 100mbit,1gbit] [--workloads comp,rand,linux,linux-text]
 #                       [--modes direct,xbzrle,multifd-zstd,pair,pair-before]
 #                       [--before-migproxy PATH] [--runs 3]
 #                       [--json FILE] [--keep-net] ...
@@ -35,7 +35,7 @@ export MP_NET_PREFIX=${MP_NET_PREFIX:-10.254.7}
 
 keep_net=0
 qemu=10.0
-workloads=comp,rand,linux
+workloads=comp,rand,linux,linux-text
 prev=
 for a in "$@"; do
     case $a in
@@ -50,7 +50,7 @@ done
 
 "$ROOT/scripts/setup.sh" >&2
 extra=()
-if [[ ,$workloads, == *,linux,* ]]; then
+if [[ ,$workloads, == *,linux,* || ,$workloads, == *,linux-text,* ]]; then
     extra=(--linux-guest "$("$ROOT/samples/linux-guest/build.sh")")
 fi
 if [[ $qemu == 10.0 ]]; then
