@@ -1348,7 +1348,8 @@ level_window(MpTunPagesOut *po, double link_bps)
     po->lw_sbelow = sbelow;
     po->lw_satu = satu;
     po->lw_sabove = sabove;
-    if (po->level_adapt)
+    /* not in post-copy: a sampled batch is ready a few ms later */
+    if (po->level_adapt && !po->postcopy_running)
         g_atomic_int_set(&po->sample_due, MP_TUN_PAGES_LEVEL_SAMPLES);
     po->lw_us = now;
     po->lw_in = in;
