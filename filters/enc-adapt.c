@@ -140,7 +140,7 @@ mp_level_ctl_init(MpLevelCtl *c, int level)
         .rung = mp_level_rung_of(level),
         .last_s = -1,
         .backoff_s = MP_LEVEL_BACKOFF_S,
-        .probe_from = -1,
+        .sampled_down_from = -1,
     };
 }
 
@@ -160,7 +160,19 @@ est_ratio(const MpLevelCtl *c, guint r)
     return MIN(c->ratio[c->rung] * prior_ratio[r] / prior_ratio[c->rung], 1);
 }
 
-/* What this window alone asks for. */
+/* level_want()'s down on the samples: a move that the samples may take
+ * back (sampled_down_from) */
+#define WANT_DOWN_ON_SAMPLES (-2)
+
+/* x's moving average with v (x 0: none yet; v not positive: no value) */
+static void
+average_in(double *x, double v)
+{
+    if (v > 0 && isfinite(v))
+        *x = *x > 0 ? (*x + v) / 2 : v;
+}
+
+/* What this window alone asks for (-1, 0, +1, or WANT_DOWN_ON_SAMPLES). */
 static int
 level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
            const char **why)
@@ -190,7 +202,7 @@ level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
     }
     /* back from a move down on samples, where they now say the rung
      * above compresses better: on a full link the ratio is the pace */
-    if (c->probe_from == (int)r + 1 && known && fill >= MP_LEVEL_LINK_BUSY
+    if (c->sampled_down_from == (int)r + 1 && known && fill >= MP_LEVEL_LINK_BUSY
         && c->above_rel[r] > 0
         && c->above_rel[r] < 1 - MP_LEVEL_RATIO_GAIN) {
         *why = "the level above compresses these pages better, and the "
@@ -207,7 +219,7 @@ level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
         && est_cost(c, r - 1) < est_cost(c, r)) {
         *why = "the level below compresses these pages as well, for less "
                "CPU";
-        return -2;
+        return WANT_DOWN_ON_SAMPLES;
     }
     if (known && fill >= MP_LEVEL_LINK_BUSY) {
         if (s->busy >= MP_LEVEL_CPU_SHORT) {
@@ -287,21 +299,14 @@ mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
         return 0;
     }
     /* this rung's numbers: a moving average (the pages change) */
-    double cost = 1.0 / s->enc_bps;
-    c->cost[r] = c->cost[r] > 0 ? (c->cost[r] + cost) / 2 : cost;
-    c->ratio[r] = c->ratio[r] > 0 ? (c->ratio[r] + s->ratio) / 2 : s->ratio;
-    if (s->below_rel > 0 && isfinite(s->below_rel))
-        c->below_rel[r] = c->below_rel[r] > 0
-                              ? (c->below_rel[r] + s->below_rel) / 2
-                              : s->below_rel;
-    if (s->above_rel > 0 && isfinite(s->above_rel))
-        c->above_rel[r] = c->above_rel[r] > 0
-                              ? (c->above_rel[r] + s->above_rel) / 2
-                              : s->above_rel;
+    average_in(&c->cost[r], 1.0 / s->enc_bps);
+    average_in(&c->ratio[r], s->ratio);
+    average_in(&c->below_rel[r], s->below_rel);
+    average_in(&c->above_rel[r], s->above_rel);
 
     int want = level_want(c, s, now_s, why);
-    gboolean probe = want == -2;
-    if (probe)
+    gboolean on_samples = want == WANT_DOWN_ON_SAMPLES;
+    if (on_samples)
         want = -1;
     double in_prev = c->in_last;
     c->in_last = s->in_bps;
@@ -336,7 +341,7 @@ mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
         c->backoff_s = MAX(c->backoff_s / 2, MP_LEVEL_BACKOFF_S);
     }
     c->rung = (guint)((int)r + want);
-    c->probe_from = probe ? (int)r : -1;
+    c->sampled_down_from = on_samples ? (int)r : -1;
     c->in_before = want > 0 ? MAX(in_prev, s->in_bps) : 0;
     c->last_dir = want;
     c->last_s = now_s;

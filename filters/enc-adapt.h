@@ -201,7 +201,7 @@ typedef struct {
     int blocked;    /* a direction held back ... */
     double blocked_until_s;
     double backoff_s;
-    int probe_from; /* the rung a move down on samples left (-1: none) */
+    int sampled_down_from; /* the rung a move down on samples left (-1) */
     guint moves;
 } MpLevelCtl;
 

@@ -59,8 +59,8 @@ gsize mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len,
                         GByteArray *out);
 
 /* Compresses the same bytes alone (a fresh frame, no history) at a level
- * to compare levels on them: the adaptive level's sample of the rung
- * below (enc-adapt.h).  Its context and buffer are kept between calls;
+ * to compare levels on them: the adaptive level's samples of the rungs
+ * next to it (enc-adapt.h).  Its context and buffer are kept between calls;
  * one thread at a time. */
 typedef struct MpCompSampler MpCompSampler;
 MpCompSampler *mp_comp_sampler_new(void);

@@ -204,10 +204,11 @@ compress_job(gpointer job, gpointer pool_data)
     gint64 cpu = thread_cpu_ns() - t0;
     gint64 wall = g_get_monotonic_time() - w0;
     /* outside the counted time: the sample is the controller's, not
-     * zstd's cost at this level */
+     * zstd's cost at this level (only an adaptive level, always on the
+     * ladder, is sampled) */
     gsize at = 0, below = 0, above = 0;
-    guint r = mp_level_rung_of(level);
-    if (mp_level_rung_level(r) == level && take_sample(po)) {
+    if (take_sample(po)) {
+        guint r = mp_level_rung_of(level);
         if (!po->sampler[it->zctx])
             po->sampler[it->zctx] = mp_comp_sampler_new();
         MpCompSampler *smp = po->sampler[it->zctx];
