@@ -54,7 +54,12 @@ crossed the link); bytes on the link (the
 source-side veth's tx and rx byte counters, Ethernet frames, so TCP/IP
 headers included), and CPU seconds used during the migration by both QEMUs
 (/proc/PID/stat) and by both migproxy processes (wait4(); in mode
-splice-pair both splice-forward processes, in the same column).
+splice-pair both splice-forward processes, in the same column); how the
+link was used, from the source-side veth's tx counter every 10 ms
+(written to RUN_DIR/link-trace.tsv): the share of the link's rate it
+carried from `migrate` to the destination's completion (100 ms bins, each
+counted at most full) and the time it carried under half of it ("idle":
+the start, QEMU producing nothing the link could carry, the end).
 
 The bound: per workload, the first completed run's destination memory
 (pmemsave of the whole RAM, the guest stopped), compressed with
@@ -76,6 +81,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,6 +141,69 @@ def link_bytes():
          f"/sys/class/net/{DEV_SRC}/statistics/rx_bytes"],
         check=True, capture_output=True, text=True).stdout.split()
     return int(out[0]), int(out[1])
+
+
+class LinkTrace:
+    """The source-side veth's tx byte counter every 10 ms while a
+    migration runs (read through /proc/PID/net/dev of a process in the
+    source namespace: no process started per sample), so that a run says
+    when its link was idle, not only how full it was on average."""
+
+    def __init__(self, pid, path):
+        self.path = f"/proc/{pid}/net/dev"
+        self.samples = []
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        with open(self.path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name.strip() == DEV_SRC:
+                    return int(rest.split()[8])
+        raise RuntimeError(f"{DEV_SRC} not in {self.path}")
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            try:
+                self.samples.append((time.monotonic(), self.read()))
+            except (OSError, RuntimeError, ValueError):
+                return
+            self.stop_ev.wait(0.01)
+
+    def stop(self, t0, rate, out_path):
+        """Stops; writes the trace (s since `migrate`, bytes since) and
+        returns the link's use in 100 ms bins from `migrate` to the last
+        sample: the time the link carried less than half of `rate`, and
+        the time-weighted share of `rate` it carried."""
+        self.stop_ev.set()
+        self.thread.join()
+        s = self.samples
+        if len(s) < 2:
+            return {}
+        b0 = s[0][1]
+        with open(out_path, "w") as f:
+            f.write(f"# migrate at {t0:.3f} s (CLOCK_MONOTONIC)\n")
+            for t, b in s:
+                f.write(f"{t - t0:.3f}\t{b - b0}\n")
+        bins, full, idle = 0, 0.0, 0
+        i, t = 0, s[0][0]
+        while t + 0.1 <= s[-1][0]:
+            while i + 1 < len(s) and s[i + 1][0] <= t:
+                i += 1
+            j = i
+            while j + 1 < len(s) and s[j][0] < t + 0.1:
+                j += 1
+            dt = s[j][0] - s[i][0]
+            if dt > 0:
+                use = (s[j][1] - s[i][1]) * 8 / dt / rate
+                bins += 1
+                full += min(use, 1.0)
+                idle += use < 0.5
+            t += 0.1
+        return {"link_use": round(full / bins, 3) if bins else None,
+                "link_idle_s": round(idle * 0.1, 1)}
 
 
 def qemu_argv(args, ns, run_dir, side, wl):
@@ -289,6 +358,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     time.sleep(args.settle)  # the guest dirtying at its rate
 
     link0 = link_bytes()
+    trace = LinkTrace(src.pid, f"{run_dir}/link-trace.tsv")
     cpu0 = (br.proc_cpu_s(src.pid), br.proc_cpu_s(dst.pid))
     t_migrate = time.monotonic()
     src.qmp.cmd("migrate", uri=uri)
@@ -320,12 +390,15 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             60, "destination completed", (dst,))
         res["end_to_end_ms"] = round((time.monotonic() - t_migrate) * 1000)
         res["downtime_e2e_ms"] = e2e_downtime(res)
+        res.update(trace.stop(t_migrate, rate_bps(rate),
+                              f"{run_dir}/link-trace.tsv"))
         if d.get("status") != "completed":
             res["status"] = "destination " + d.get("status")
         try:
             dst.qmp.cmd("stop")
         except RuntimeError:
             pass
+    trace.stop_ev.set()
     cpu1 = (br.proc_cpu_s(src.pid), br.proc_cpu_s(dst.pid))
     res["qemu_cpu_s"] = round((cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1]), 2)
     mid_cpu = 0.0
@@ -370,7 +443,8 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     log(f"  {rate} {wl} {mode:12s} {res['status']}: total "
         f"{res['total_ms']} ms (end to end {res.get('end_to_end_ms')} ms), "
         f"downtime {res['downtime_ms']} ms, link "
-        f"{res['link_tx_bytes'] / 1e6:.1f} MB, CPU {res['cpu_s']} s"
+        f"{res['link_tx_bytes'] / 1e6:.1f} MB (used {res.get('link_use')}, "
+        f"idle {res.get('link_idle_s')} s), CPU {res['cpu_s']} s"
         + (f", zstd level {level_course(res)}" if "zstd" in res else ""))
     return res
 
@@ -452,9 +526,10 @@ def report(results):
             print("| mode | runs done/all | total s (QEMU) "
                   "| end to end s | downtime ms (QEMU) "
                   "| downtime ms to the destination "
-                  "| link MB (src->dst) | CPU s (QEMU + migproxy) "
+                  "| link MB (src->dst) | link used, idle s "
+                  "| CPU s (QEMU + migproxy) "
                   "| QEMU transferred MB | zstd ratio, level (each run) |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             for mode in results["modes"]:
                 mr = [r for r in rs if r["mode"] == mode]
                 for r in mr:
@@ -474,6 +549,8 @@ def report(results):
                       f"| {fmt(med('downtime_ms'), 0)} "
                       f"| {fmt(med('downtime_e2e_ms'), 0)} "
                       f"| {fmt(med('link_tx_bytes', 1e6))} "
+                      f"| {fmt(med('link_use'), 3)}, "
+                      f"{fmt(med('link_idle_s'))} "
                       f"| {fmt(cpu)}"
                       + (f" ({fmt(mcpu)} migproxy)" if mcpu is not None
                          else "")
@@ -485,7 +562,7 @@ def report(results):
                 print(f"| bound: memory {b['memory_bytes'] >> 20} MiB, "
                       f"zstd -{b['zstd_level']} --long "
                       f"{b['zstd_bytes'] / 1e6:.1f} MB "
-                      f"| | | {secs:.1f} | | | | | | |")
+                      f"| | | {secs:.1f} | | | | | | | |")
 
 
 def zstd_cell(runs):
