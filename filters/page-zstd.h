@@ -30,6 +30,11 @@
 #define MP_COMP_WINDOW_LOG_DEFAULT 23 /* 8 MiB: two thousand pages */
 #define MP_COMP_WINDOW_LOG_MAX     27
 #define MP_COMP_LEVEL_DEFAULT      3
+/* where an adaptive level starts: the cheapest level that compresses
+ * well (text of random numbers: better than 3); it rises where the link
+ * is full, the workers have time and the samples say the level above
+ * compresses better (enc-adapt.h) */
+#define MP_COMP_LEVEL_ADAPT_START  1
 
 typedef struct MpCompEnc MpCompEnc;
 typedef struct MpCompDec MpCompDec;

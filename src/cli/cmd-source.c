@@ -419,7 +419,7 @@ source_entries(gpointer store)
          NULL},
         {"level", 0, 0, G_OPTION_ARG_INT, &a->level,
          "zstd level, -7 (fastest) to 19; pins the level of page batches "
-         "(default 0: it adapts, from 3, to what limits the migration: "
+         "(default 0: it adapts, from 1, to what limits the migration: "
          "higher while the link is full and the zstd workers have time, "
          "lower while batches wait for them; stream bytes use 3)",
          "N"},

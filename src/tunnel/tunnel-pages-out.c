@@ -857,18 +857,19 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
         po->comp = g_new0(MpCompEnc *, po->workers);
         po->pool = g_new0(GThreadPool *, po->workers);
         po->sampler = g_new0(MpCompSampler *, po->workers);
+        po->level_adapt = opt->adapt && !opt->level;
+        po->level = opt->level            ? opt->level
+                     : po->level_adapt ? MP_COMP_LEVEL_ADAPT_START
+                                       : MP_COMP_LEVEL_DEFAULT;
         for (guint i = 0; i < po->workers; i++) {
             g_autoptr(GError) err = NULL;
-            po->comp[i] = mp_comp_enc_new(opt->level ? opt->level
-                                                     : MP_COMP_LEVEL_DEFAULT,
+            po->comp[i] = mp_comp_enc_new(po->level,
                                           MP_COMP_WINDOW_LOG_DEFAULT, &err);
             g_assert(po->comp[i]); /* the level is checked by the CLI */
             /* one thread: a context's batches in order */
             po->pool[i] = g_thread_pool_new(compress_job, po, 1, FALSE, NULL);
         }
         po->zstd_on = TRUE;
-        po->level_adapt = opt->adapt && !opt->level;
-        po->level = opt->level ? opt->level : MP_COMP_LEVEL_DEFAULT;
         mp_level_ctl_init(&po->lvl, po->level);
         if (po->level_adapt)
             po->sample_due = MP_TUN_PAGES_LEVEL_SAMPLES;
