@@ -40,6 +40,9 @@ round), each in a fresh pair of QEMUs:
                 the same run: git archive main | tar -x -C /tmp/before;
                 meson setup /tmp/before/build /tmp/before; ninja -C
                 /tmp/before/build src/migproxy)
+  pair-multifd  mode pair with QEMU's multifd on (multifd-channels as
+                multifd-zstd, multifd-compression none: the pair
+                compresses the channels' pages)
   splice-pair   the cheapest pair of middles, the floor of any pair on this
                 machine: bench/splice-forward (splice() through a pipe,
                 nothing parsed, nothing compressed) on each side of the
@@ -101,7 +104,8 @@ QEMUS = {
     "10.0": ([os.path.join(ROOT, "scripts", "qemu10")], "pc-q35-10.0"),
 }
 MODES = ("direct", "xbzrle", "multifd-zstd", "pair", "pair-before",
-         "splice-pair")
+         "splice-pair", "pair-multifd")
+DEFAULT_MODES = MODES[:5]
 WORKLOADS = ("comp", "rand", "linux", "linux-text")
 LINUX = ("linux", "linux-text")
 
@@ -328,15 +332,17 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     dst.qmp = br.Qmp(f"{run_dir}/dst.qmp")
     src.qmp = br.Qmp(f"{run_dir}/src.qmp")
 
-    caps = {"xbzrle": ["xbzrle"], "multifd-zstd": ["multifd"]}.get(mode, [])
+    caps = {"xbzrle": ["xbzrle"], "multifd-zstd": ["multifd"],
+            "pair-multifd": ["multifd"]}.get(mode, [])
     for q in (src.qmp, dst.qmp):
         set_caps(q, caps)
-        if mode == "multifd-zstd":
+        if mode in ("multifd-zstd", "pair-multifd"):
             q.cmd("migrate-set-parameters", **{
                 "multifd-channels": args.multifd_channels,
-                "multifd-compression": "zstd"})
+                "multifd-compression": "zstd" if mode == "multifd-zstd"
+                                       else "none"})
     mids = ()
-    if mode in ("pair", "pair-before"):
+    if mode in ("pair", "pair-before", "pair-multifd"):
         dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{qport}")
         mdst, msrc, sport = migproxy_pair(
             args, procs, run_dir, qport,
@@ -417,7 +423,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     res["link_rx_bytes"] = link1[1] - link0[1]
     if mids:
         res["migproxy_cpu_s"] = round(mid_cpu, 2)
-    if mode in ("pair", "pair-before"):
+    if mode in ("pair", "pair-before", "pair-multifd"):
         try:
             with open(f"{run_dir}/source.json") as f:
                 rep = json.load(f)
@@ -598,7 +604,7 @@ def main():
     ap.add_argument("--rates", default="100mbit,1gbit",
                     help="tc rates, comma-separated (default %(default)s)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--modes", default=",".join(MODES[:-1]),
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help="comma-separated, of " + ", ".join(MODES)
                     + " (default %(default)s; see the header)")
     ap.add_argument("--runs", type=int, default=3,
