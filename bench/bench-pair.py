@@ -106,6 +106,7 @@ QEMUS = {
 MODES = ("direct", "xbzrle", "multifd-zstd", "pair", "pair-before",
          "splice-pair", "pair-multifd")
 DEFAULT_MODES = MODES[:5]
+PAIR_MODES = ("pair", "pair-before", "pair-multifd")  # migproxy's pair
 WORKLOADS = ("comp", "rand", "linux", "linux-text")
 LINUX = ("linux", "linux-text")
 
@@ -176,13 +177,16 @@ class LinkTrace:
                 return
             self.stop_ev.wait(0.01)
 
+    def halt(self):
+        self.stop_ev.set()
+        self.thread.join()
+
     def stop(self, t0, rate, out_path):
         """Stops; writes the trace (s since `migrate`, bytes since) and
         returns the link's use in 100 ms bins from `migrate` to the last
         sample: the time the link carried less than half of `rate`, and
         the time-weighted share of `rate` it carried."""
-        self.stop_ev.set()
-        self.thread.join()
+        self.halt()
         s = self.samples
         if len(s) < 2:
             return {}
@@ -342,7 +346,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
                 "multifd-compression": "zstd" if mode == "multifd-zstd"
                                        else "none"})
     mids = ()
-    if mode in ("pair", "pair-before", "pair-multifd"):
+    if mode in PAIR_MODES:
         dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{qport}")
         mdst, msrc, sport = migproxy_pair(
             args, procs, run_dir, qport,
@@ -404,7 +408,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             dst.qmp.cmd("stop")
         except RuntimeError:
             pass
-    trace.stop_ev.set()
+    trace.halt()  # (already, after a completed migration)
     cpu1 = (br.proc_cpu_s(src.pid), br.proc_cpu_s(dst.pid))
     res["qemu_cpu_s"] = round((cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1]), 2)
     mid_cpu = 0.0
@@ -423,7 +427,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     res["link_rx_bytes"] = link1[1] - link0[1]
     if mids:
         res["migproxy_cpu_s"] = round(mid_cpu, 2)
-    if mode in ("pair", "pair-before", "pair-multifd"):
+    if mode in PAIR_MODES:
         try:
             with open(f"{run_dir}/source.json") as f:
                 rep = json.load(f)
@@ -431,15 +435,17 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             res["tunnel_link_bytes_out"] = tun.get("link_bytes_out")
             res["tunnel_bytes_in"] = sum(
                 c["to_dst"]["bytes_in"] for c in tun.get("channels", []))
-            # the main stream's zstd: its level at the end and each move
-            # (builds before the adaptive level have neither)
-            for c in tun.get("channels", []):
-                z = c["to_dst"].get("pages", {}).get("zstd")
-                if z:
-                    res["zstd"] = {k: z.get(k) for k in (
-                        "on", "bytes_in", "bytes_out", "cpu_s", "level",
-                        "level_changes")}
-                    break
+            # the zstd of the stream that compressed most (the main one;
+            # with QEMU's multifd, a channel): its level at the end and
+            # each move (builds before the adaptive level have neither)
+            zs = [c["to_dst"].get("pages", {}).get("zstd")
+                  for c in tun.get("channels", [])]
+            zs = [z for z in zs if z]
+            if zs:
+                z = max(zs, key=lambda z: z.get("bytes_in") or 0)
+                res["zstd"] = {k: z.get(k) for k in (
+                    "on", "bytes_in", "bytes_out", "cpu_s", "level",
+                    "level_changes")}
         except (OSError, ValueError, KeyError) as e:
             res["report_error"] = str(e)
     res["cpu_s"] = round(res["qemu_cpu_s"] + mid_cpu, 2)
