@@ -139,13 +139,14 @@ def link_down():
 
 
 def link_bytes():
-    """(tx, rx) bytes of the source namespace's veth end."""
+    """(tx bytes, rx bytes, tx packets, rx packets) of the source
+    namespace's veth end (rx packets: mostly the receiver's ACKs)."""
     out = subprocess.run(
-        ["ip", "netns", "exec", NS_SRC, "cat",
-         f"/sys/class/net/{DEV_SRC}/statistics/tx_bytes",
-         f"/sys/class/net/{DEV_SRC}/statistics/rx_bytes"],
+        ["ip", "netns", "exec", NS_SRC, "cat"] +
+        [f"/sys/class/net/{DEV_SRC}/statistics/{c}" for c in (
+            "tx_bytes", "rx_bytes", "tx_packets", "rx_packets")],
         check=True, capture_output=True, text=True).stdout.split()
-    return int(out[0]), int(out[1])
+    return tuple(int(x) for x in out)
 
 
 class LinkTrace:
@@ -420,11 +421,21 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             res["status"] = f"{m.name} did not exit"
             return res
         mid_cpu += m.cpu_s()
+        # where a middle's CPU goes: user or kernel, and how often it
+        # slept (a wake-up per few segments is a cost of its own here)
+        res.setdefault("middles", {})[m.name] = {
+            "utime_s": round(m.rusage.ru_utime, 2),
+            "stime_s": round(m.rusage.ru_stime, 2),
+            "voluntary_switches": m.rusage.ru_nvcsw,
+            "involuntary_switches": m.rusage.ru_nivcsw,
+            "minor_faults": m.rusage.ru_minflt}
         if st == "completed" and m.status != 0:
             res["status"] = f"{m.name} exit status {m.status}"
     link1 = link_bytes()  # (the pair has exited: everything is counted)
     res["link_tx_bytes"] = link1[0] - link0[0]
     res["link_rx_bytes"] = link1[1] - link0[1]
+    res["link_tx_packets"] = link1[2] - link0[2]
+    res["link_rx_packets"] = link1[3] - link0[3]
     if mids:
         res["migproxy_cpu_s"] = round(mid_cpu, 2)
     if mode in PAIR_MODES:
