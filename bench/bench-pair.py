@@ -62,7 +62,10 @@ link was used, from the source-side veth's tx counter every 10 ms
 (written to RUN_DIR/link-trace.tsv): the share of the link's rate it
 carried from `migrate` to the destination's completion (100 ms bins, each
 counted at most full) and the time it carried under half of it ("idle":
-the start, QEMU producing nothing the link could carry, the end).
+the start, QEMU producing nothing the link could carry, the end).  In
+the JSON only: the veth's packets each way (what came back is mostly the
+receiver's ACKs) and, per middle, its user and kernel CPU seconds,
+voluntary and involuntary context switches and minor faults (wait4()).
 
 The bound: per workload, the first completed run's destination memory
 (pmemsave of the whole RAM, the guest stopped), compressed with
