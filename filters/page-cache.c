@@ -95,7 +95,7 @@ mp_pcache_new(guint32 page_size, guint64 budget)
     c->data = map_data(c->data_len);
     /* the entries are handed out in order as the cache fills
      * (take_entry()), not threaded onto a free list here: that wrote all
-     * of them (2.3 MiB for a 512 MiB guest's cache, 570 fresh pages,
+     * of them (2.3 MiB for a 512 MiB guest's cache, 576 fresh pages,
      * about 13 ms on the development VM) before the stream's first frame
      * could leave */
     c->by_key = g_hash_table_new(u64_hash, u64_equal);
