@@ -918,10 +918,9 @@ Test(tunnel, precopy_100_level_rises)
  * ms, TCP cubic), QEMU sending 112 MiB of text-like pages (and 4 MB/s
  * dirtied again) at up to 256 MiB/s, about 2.6 s on the link.  The
  * tunnel's window per stream (4 MiB of raw stream bytes, about 1 MB
- * compressed) holds the stream back before the kernel's send queue
- * fills, while tbf's queue stays full: the source side measures the
- * link from that standing queue (docs/tunnel.md, "Link rate and
- * pacing"; 836bda6 said rate_source none, saturated_s 0 here), near
+ * compressed) keeps tbf's queue full: the source side measures the link
+ * while it is saturated (docs/tunnel.md, "Link rate and pacing"; 836bda6
+ * said rate_source none, saturated_s 0 here), near
  * tbf's rate, then bounds the queues in front of it to 20 ms of it
  * ("Bounded before the pace"), and the memory is the same. */
 static void
@@ -949,7 +948,13 @@ check_shaped(const Case *c, json_object *rep, json_object *src)
      * payload acknowledged (95.5 of 100 Mbit/s on the benchmark's link) */
     cr_assert(bps > 100e6 * 0.80 && bps < 100e6 * 1.02, "%s",
               json_object_to_json_string(link));
-    cr_assert_gt(queue, 0, "%s", json_object_to_json_string(link));
+    /* saturated, whichever said it: the standing queue in front of tbf
+     * (queue_s) or a kernel that refused the frames (the rest of
+     * saturated_s).  Which of the two comes first depends on how far the
+     * kernel has grown the socket's send buffer by then: CI saw 2.4 s
+     * saturated, all of it refused (queue_s 0), where this machine saw
+     * the queue. */
+    cr_assert(sat > 0 && queue <= sat, "%s", json_object_to_json_string(link));
     /* measured, the queues in front of the link are 20 ms of it, so that
      * QEMU's stream does not stand long before it at the switchover */
     gint64 want = bps / 8 / 50;
