@@ -103,11 +103,33 @@ enc_switch_level(MpCompEnc *e, GByteArray *out)
         }
         e->in_frame = FALSE;
     }
-    /* between frames: the parameter applies to the next one */
+    /* between frames: the parameter applies to the next one (a context
+     * only warmed, mp_comp_enc_warm(), has begun its session without a
+     * byte: it goes back to taking parameters) */
+    ZSTD_CCtx_reset(e->cctx, ZSTD_reset_session_only);
     gsize r = ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel,
                                      e->next_level);
     g_assert(!ZSTD_isError(r));
     e->level = e->next_level;
+}
+
+void
+mp_comp_enc_warm(MpCompEnc *e)
+{
+    ZSTD_inBuffer none = {NULL, 0, 0};
+    guint8 byte;
+    ZSTD_outBuffer ob = {&byte, 0, 0};
+
+    if (e->in_frame)
+        return;
+    /* nothing in, nothing to flush: zstd starts the session (its
+     * workspace allocated, its tables cleared) and writes nothing, not
+     * even the frame header, which waits for the first byte of input;
+     * the parameters do not depend on the input's size unless the
+     * frame ends in the same call (ZSTD_e_end), so the frame that
+     * follows is the one an unwarmed context would write */
+    gsize r = ZSTD_compressStream2(e->cctx, &ob, &none, ZSTD_e_continue);
+    g_assert(!ZSTD_isError(r) && ob.pos == 0);
 }
 
 gsize

@@ -58,6 +58,14 @@ int mp_comp_enc_level(const MpCompEnc *e);
 /* Frames begun so far (1 + level changes that took effect). */
 guint mp_comp_enc_frames(const MpCompEnc *e);
 
+/* Readies the context for its first batch, writing nothing: zstd's
+ * workspace allocated and its tables cleared (about 10 MiB at level 3,
+ * window 2^23: milliseconds of page faults), so that a worker can do it
+ * before the first batch waits on it.  The batches that follow are
+ * compressed to the same bytes as without it.  No-op once a batch was
+ * compressed. */
+void mp_comp_enc_warm(MpCompEnc *e);
+
 /* Compresses `len` bytes as the next batch and appends it, flushed, to
  * `out`.  @return the number of bytes appended (0 only for len 0). */
 gsize mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len,

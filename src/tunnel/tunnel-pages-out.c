@@ -30,6 +30,9 @@ typedef struct {
     gboolean waiting;
     GByteArray *plain;
     guint8 zctx;
+    /* no batch: the worker readies its context (mp_comp_enc_warm()) and
+     * frees the item, which is in no queue */
+    gboolean warm;
 } Item;
 
 typedef struct {
@@ -185,43 +188,23 @@ take_sample(MpTunPagesOut *po)
     }
 }
 
-/* A worker: compresses one batch's body with its context. */
+/* The sampled batch compressed alone at the rungs next to `level`
+ * (enc-adapt.h), into the window's sums. */
 static void
-compress_job(gpointer job, gpointer pool_data)
+sample_batch(MpTunPagesOut *po, guint zctx, int level, const GByteArray *plain)
 {
-    Item *it = job;
-    MpTunPagesOut *po = it->po;
-    gint64 t0 = thread_cpu_ns();
-    gint64 w0 = g_get_monotonic_time();
-    GByteArray *out = g_byte_array_sized_new(it->plain->len / 2 + 64);
-    MpCompEnc *ctx = po->comp[it->zctx];
-    gint level = g_atomic_int_get(&po->level);
-
-    /* this context's frame ends here if the level changed */
-    if (level != mp_comp_enc_level(ctx))
-        mp_comp_enc_set_level(ctx, level);
-    mp_batch_compress(ctx, it->zctx, it->plain->data, it->plain->len, out);
-    gint64 cpu = thread_cpu_ns() - t0;
-    gint64 wall = g_get_monotonic_time() - w0;
-    /* outside the counted time: the sample is the controller's, not
-     * zstd's cost at this level (only an adaptive level, always on the
-     * ladder, is sampled) */
-    gsize at = 0, below = 0, above = 0;
-    if (take_sample(po)) {
-        guint r = mp_level_rung_of(level);
-        if (!po->sampler[it->zctx])
-            po->sampler[it->zctx] = mp_comp_sampler_new();
-        MpCompSampler *smp = po->sampler[it->zctx];
-        const guint8 *b = it->plain->data;
-        gsize n = it->plain->len;
-        at = mp_comp_sampler_size(smp, b, n, level);
-        if (r > 0)
-            below = mp_comp_sampler_size(smp, b, n,
-                                         mp_level_rung_level(r - 1));
-        if (r + 1 < MP_LEVEL_RUNGS)
-            above = mp_comp_sampler_size(smp, b, n,
-                                         mp_level_rung_level(r + 1));
-    }
+    guint r = mp_level_rung_of(level);
+    if (!po->sampler[zctx])
+        po->sampler[zctx] = mp_comp_sampler_new();
+    MpCompSampler *smp = po->sampler[zctx];
+    gsize at = mp_comp_sampler_size(smp, plain->data, plain->len, level);
+    gsize below = 0, above = 0;
+    if (r > 0)
+        below = mp_comp_sampler_size(smp, plain->data, plain->len,
+                                     mp_level_rung_level(r - 1));
+    if (r + 1 < MP_LEVEL_RUNGS)
+        above = mp_comp_sampler_size(smp, plain->data, plain->len,
+                                     mp_level_rung_level(r + 1));
     g_mutex_lock(&po->lock);
     if (at && below) {
         po->sample_at += at;
@@ -231,6 +214,44 @@ compress_job(gpointer job, gpointer pool_data)
         po->sample_at_up += at;
         po->sample_above += above;
     }
+    g_mutex_unlock(&po->lock);
+}
+
+/* A worker: compresses one batch's body with its context. */
+static void
+compress_job(gpointer job, gpointer pool_data)
+{
+    Item *it = job;
+    MpTunPagesOut *po = it->po;
+    MpCompEnc *ctx = po->comp[it->zctx];
+
+    if (it->warm) {
+        /* made with the stream, before its first batch: the context's
+         * first batch would otherwise wait for zstd's workspace (a few
+         * ms of page faults, each worker) */
+        mp_comp_enc_warm(ctx);
+        g_free(it);
+        return;
+    }
+    gint64 t0 = thread_cpu_ns();
+    gint64 w0 = g_get_monotonic_time();
+    GByteArray *out = g_byte_array_sized_new(it->plain->len / 2 + 64);
+    gint level = g_atomic_int_get(&po->level);
+
+    /* this context's frame ends here if the level changed */
+    if (level != mp_comp_enc_level(ctx))
+        mp_comp_enc_set_level(ctx, level);
+    mp_batch_compress(ctx, it->zctx, it->plain->data, it->plain->len, out);
+    gint64 cpu = thread_cpu_ns() - t0;
+    gint64 wall = g_get_monotonic_time() - w0;
+    /* the sample is taken after the batch is handed over (its body kept
+     * by a reference: the item may be gone by then), so that the stream
+     * does not wait for it, and outside the counted time: it is the
+     * controller's cost, not zstd's at this level (only an adaptive
+     * level, always on the ladder, is sampled) */
+    GByteArray *sample = take_sample(po) ? g_byte_array_ref(it->plain) : NULL;
+    guint zctx = it->zctx;
+    g_mutex_lock(&po->lock);
     po->zstd_in += it->plain->len;
     po->zstd_out += out->len;
     po->zstd_cpu_ns += cpu;
@@ -242,6 +263,10 @@ compress_job(gpointer job, gpointer pool_data)
     if (!po->wake_id)
         po->wake_id = g_idle_add_full(G_PRIORITY_DEFAULT, on_wake, po, NULL);
     g_mutex_unlock(&po->lock);
+    if (sample) {
+        sample_batch(po, zctx, level, sample);
+        g_byte_array_unref(sample);
+    }
 }
 
 static void
@@ -868,6 +893,11 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
             g_assert(po->comp[i]); /* the level is checked by the CLI */
             /* one thread: a context's batches in order */
             po->pool[i] = g_thread_pool_new(compress_job, po, 1, FALSE, NULL);
+            Item *warm = g_new0(Item, 1);
+            warm->po = po;
+            warm->zctx = (guint8)i;
+            warm->warm = TRUE;
+            g_thread_pool_push(po->pool[i], warm, NULL);
         }
         po->zstd_on = TRUE;
         mp_level_ctl_init(&po->lvl, po->level);

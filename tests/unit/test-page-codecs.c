@@ -412,6 +412,44 @@ Test(page_zstd, level_changes_mid_stream)
     cr_assert_eq(memcmp(out, raw, n), 0);
 }
 
+/* A warmed context (mp_comp_enc_warm(), as a worker does before its
+ * first batch arrives) writes the bytes an unwarmed one does, and still
+ * takes a level set before its first batch. */
+Test(page_zstd, warm_writes_the_same_bytes)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(8);
+    gsize n = 48 * PS;
+    g_autofree guint8 *raw = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(n);
+    for (gsize i = 0; i < n; i += PS)
+        page_gen(raw + i, PS, (PageKind)((i / PS) % PG__MAX), r);
+
+    static const int levels[] = {1, 3, -1};
+    for (guint l = 0; l < G_N_ELEMENTS(levels); l++) {
+        g_autoptr(MpCompEnc) cold = mp_comp_enc_new(1, 23, NULL);
+        g_autoptr(MpCompEnc) warm = mp_comp_enc_new(1, 23, NULL);
+        mp_comp_enc_warm(warm);
+        mp_comp_enc_warm(warm); /* twice: still nothing written */
+        mp_comp_enc_set_level(cold, levels[l]);
+        mp_comp_enc_set_level(warm, levels[l]);
+        g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
+        for (guint k = 0; k < 3; k++) {
+            g_autoptr(GByteArray) a = g_byte_array_new();
+            g_autoptr(GByteArray) b = g_byte_array_new();
+            gsize len = n - k * PS;
+            mp_comp_enc_batch(cold, raw + k * PS, len, a);
+            mp_comp_enc_batch(warm, raw + k * PS, len, b);
+            mp_comp_enc_warm(warm); /* in a frame: no-op */
+            cr_assert_eq(a->len, b->len, "level %d batch %u", levels[l], k);
+            cr_assert_eq(memcmp(a->data, b->data, a->len), 0,
+                         "level %d batch %u", levels[l], k);
+            cr_assert(mp_comp_dec_batch(d, b->data, b->len, out, len, NULL));
+            cr_assert_eq(memcmp(out, raw + k * PS, len), 0);
+        }
+        cr_assert_eq(mp_comp_enc_frames(warm), 1);
+    }
+}
+
 static GByteArray *
 one_batch(gsize n, guint window_log)
 {
