@@ -233,8 +233,11 @@ level_want(const MpLevelCtl *c, const MpLevelSample *s, double now_s,
         double rn = est_ratio(c, r + 1);
         double need = s->busy * est_cost(c, r + 1) / est_cost(c, r)
                       * c->ratio[r] / MAX(rn, 1e-6);
+        /* the samples: on average, and this window's own (the average
+         * keeps a region of other pages a window longer than it lasts) */
         if (rn >= c->ratio[r] * (1 - MP_LEVEL_RATIO_GAIN)
-            || c->above_rel[r] >= 1 - MP_LEVEL_RATIO_GAIN) {
+            || c->above_rel[r] >= 1 - MP_LEVEL_RATIO_GAIN
+            || s->above_rel >= 1 - MP_LEVEL_RATIO_GAIN) {
             *why = "link-bound, but the next level compresses no better";
             return 0;
         }
@@ -318,8 +321,8 @@ mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
     }
     if (!want)
         return 0;
-    if (c->agreed < MP_LEVEL_AGREE) {
-        *why = "waiting for a second window to agree";
+    if (c->agreed < (want > 0 ? MP_LEVEL_AGREE_UP : MP_LEVEL_AGREE)) {
+        *why = "waiting for more windows to agree";
         return 0;
     }
     if (c->last_s >= 0 && now_s - c->last_s < MP_LEVEL_DWELL_S) {

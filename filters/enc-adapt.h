@@ -143,7 +143,13 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
  *         samples say compresses no better (random pages).
  *   hold  otherwise: the gaps between the thresholds are the hysteresis.
  *
- * A move needs MP_LEVEL_AGREE windows in a row that want it, and comes
+ * A move needs MP_LEVEL_AGREE windows in a row that want it
+ * (MP_LEVEL_AGREE_UP for a rise: it costs two to three times the CPU
+ * and starts a new frame, and a region of other pages two windows long
+ * is common: the Linux guest's first seconds, where samples say 3
+ * compresses 5 to 11 % better than 1, before text where it compresses
+ * 5 to 12 % worse; docs/benchmarks.md, "A rise needs a third window"),
+ * and comes
  * at least MP_LEVEL_DWELL_S after the last one (the first window after a
  * move mixes two levels).  A move that undoes the last within
  * MP_LEVEL_REVERSAL_S blocks the undone direction for a back-off (8 s,
@@ -165,6 +171,7 @@ gboolean mp_adapt_gate_decide(MpAdaptGate *g, const MpAdaptInput *ai,
 #define MP_LEVEL_SLOWED      0.10
 #define MP_LEVEL_UNMEASURED_S 8.0
 #define MP_LEVEL_AGREE       2
+#define MP_LEVEL_AGREE_UP    3
 #define MP_LEVEL_DWELL_S     2.0
 #define MP_LEVEL_REVERSAL_S  12.0
 #define MP_LEVEL_BACKOFF_S   8.0

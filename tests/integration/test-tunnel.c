@@ -906,7 +906,7 @@ Test(tunnel, precopy_100_level_rises)
               .machine = "pc-q35-10.0",
               .append = "mem=64M rate=500 zero=0 dup=0 comp=100 rand=0",
               .src_args = {"--rate=16mbit"},
-              /* the stream lasts several seconds: a move takes two
+              /* the stream lasts about 8 s: a rise takes three
                * one-second windows that agree */
               .bandwidth = 8 << 20,
               .check = check_level};

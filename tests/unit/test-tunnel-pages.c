@@ -494,15 +494,18 @@ Test(tunnel_pages, level_moves_same_memory)
     /* an adaptive level starts at MP_COMP_LEVEL_ADAPT_START */
     cr_assert_eq(mp_tun_pages_out_level(po), 1);
     feed_range(po, pi, &r, in, 0, part);
+    /* a rise takes three windows that agree (MP_LEVEL_AGREE_UP) */
     cr_assert_not(mp_tun_pages_out_level_with(po, &link_bound, 0));
+    cr_assert_not(mp_tun_pages_out_level_with(po, &link_bound, 0.5));
     cr_assert(mp_tun_pages_out_level_with(po, &link_bound, 1));
     cr_assert_eq(mp_tun_pages_out_level(po), 3);
     feed_range(po, pi, &r, in, part, 2 * part);
     link_bound.enc_bps = 40e6;
     /* level 3 compresses better than 1 did (or it would go back down) */
     link_bound.ratio = 0.226;
-    /* two windows again, the second past the dwell */
+    /* three windows again, the third past the dwell */
     cr_assert_not(mp_tun_pages_out_level_with(po, &link_bound, 2));
+    cr_assert_not(mp_tun_pages_out_level_with(po, &link_bound, 3));
     cr_assert(mp_tun_pages_out_level_with(po, &link_bound, 3.5));
     cr_assert_eq(mp_tun_pages_out_level(po), 7);
     feed_range(po, pi, &r, in, 2 * part, 3 * part);
