@@ -96,7 +96,11 @@ mp_tun_type_sequenced(guint8 type)
  * packets, written back by dest as the packet's page bytes
  * (docs/tunnel.md, "Multifd pages") */
 #define MP_TUN_FEAT_MFD_PAGES  0x0200
-#define MP_TUN_FEATS_KNOWN     0x03ff
+/* the window per stream grows with the rate the peer acknowledges, up to
+ * MP_TUN_MUX_WINDOW_MAX; the receiver takes twice that (without it: twice
+ * MP_TUN_MUX_WINDOW, tunnel-mux.h) */
+#define MP_TUN_FEAT_WIDE_WINDOW 0x0400
+#define MP_TUN_FEATS_KNOWN     0x07ff
 
 typedef enum {
     MP_TUN_ROLE_SOURCE = 1, /* next to the source QEMU */

@@ -58,6 +58,10 @@ typedef struct {
     guint64 out_seq;
     GQueue sent; /* Pend*: frames not acknowledged */
     guint64 unacked;
+    /* the window (raw bytes unacknowledged) and what sets it: the bytes
+     * acknowledged in all, and at the start of the rate's interval */
+    guint64 window, window_max, acked, acked_at_t0;
+    gint64 acked_t0;
     guint64 acked_in; /* the last seq we acknowledged (written) */
     gboolean rd_eof, close_sent;
     ZSTD_CCtx *cctx;
@@ -359,6 +363,56 @@ conn_abort(Conn *c, const char *reason)
     conn_check_done(c);
 }
 
+guint64
+mp_tun_mux_window_for(double acked_per_s)
+{
+    double w = acked_per_s * MP_TUN_MUX_WINDOW_US / 1e6;
+    if (!(w > MP_TUN_MUX_WINDOW))
+        return MP_TUN_MUX_WINDOW;
+    return w < MP_TUN_MUX_WINDOW_MAX ? (guint64)w : MP_TUN_MUX_WINDOW_MAX;
+}
+
+/* The most raw bytes of one stream the peer may hold unwritten: twice
+ * its window (a requested page's slack fits in it). */
+static guint64
+peer_window_limit(const MpTunMux *m)
+{
+    return 2 * (guint64)((m->agreed.features & MP_TUN_FEAT_WIDE_WINDOW)
+                             ? MP_TUN_MUX_WINDOW_MAX
+                             : MP_TUN_MUX_WINDOW);
+}
+
+/* `n` more raw bytes of the stream acknowledged: with WIDE_WINDOW, the
+ * window follows the rate of the last interval (an interval that began
+ * idle reads low, and the window shrinks: it grows again within one). */
+static void
+conn_acked(Conn *c, guint64 n)
+{
+    gint64 now = g_get_monotonic_time();
+
+    c->acked += n;
+    if (!(c->m->agreed.features & MP_TUN_FEAT_WIDE_WINDOW))
+        return;
+    if (!c->acked_t0) {
+        c->acked_t0 = now;
+        c->acked_at_t0 = c->acked;
+        return;
+    }
+    if (now - c->acked_t0 < MP_TUN_MUX_WINDOW_SAMPLE_US)
+        return;
+    c->window = mp_tun_mux_window_for((double)(c->acked - c->acked_at_t0)
+                                      * 1e6 / (double)(now - c->acked_t0));
+    c->window_max = MAX(c->window_max, c->window);
+    c->acked_t0 = now;
+    c->acked_at_t0 = c->acked;
+}
+
+static guint64
+conn_window(const Conn *c)
+{
+    return MAX(c->window, MP_TUN_MUX_WINDOW);
+}
+
 static gboolean
 may_read(const Conn *c)
 {
@@ -368,12 +422,12 @@ may_read(const Conn *c)
     gboolean room = c->out_urgent
                         ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
                         : mp_tun_conn_bulk_room(m->conn);
-    if (room && c->unacked < MP_TUN_MUX_WINDOW)
+    if (room && c->unacked < conn_window(c))
         return TRUE;
     /* a requested page is on its way: read it out of the buffers in
      * front of the tunnel, past the pace and a little past the window */
     return !c->out_urgent && c->po && mp_tun_pages_out_read_ahead(c->po)
-           && c->unacked < MP_TUN_MUX_WINDOW + MP_TUN_MUX_LIFT_SLACK
+           && c->unacked < conn_window(c) + MP_TUN_MUX_LIFT_SLACK
            && mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH;
 }
 
@@ -777,11 +831,12 @@ on_data(MpTunMux *m, Conn *c, const MpTunFrame *f)
     /* source side: the return path's page requests */
     if (c->po)
         mp_tun_pages_out_return_path(c->po, raw, n);
-    if (c->queued_total - c->written_total + n > 2 * (guint64)MP_TUN_MUX_WINDOW) {
+    if (c->queued_total - c->written_total + n > peer_window_limit(m)) {
         fail(m, "stream %u: the peer sent %" G_GUINT64_FORMAT
-                " bytes not yet written, more than its window (%u)",
+                " bytes not yet written, more than twice its window (%"
+                G_GUINT64_FORMAT ")",
              f->stream, c->queued_total - c->written_total + n,
-             MP_TUN_MUX_WINDOW);
+             peer_window_limit(m) / 2);
         return;
     }
     g_byte_array_append(c->wq, raw, n);
@@ -832,7 +887,7 @@ on_pages(MpTunMux *m, Conn *c, const MpTunFrame *f)
             mp_tun_pages_in_set_bare(c->pi);
     }
     guint64 held = c->queued_total - c->written_total;
-    guint64 limit = 2 * (guint64)MP_TUN_MUX_WINDOW;
+    guint64 limit = peer_window_limit(m);
     gsize before = c->wq->len;
     if (held >= limit
         || !mp_tun_pages_in_apply(c->pi, f->payload, f->len, c->wq,
@@ -1004,6 +1059,7 @@ on_ack(MpTunMux *m, const MpTunFrame *f)
         }
         for (Pend *p; (p = g_queue_peek_head(&c->sent)) && p->seq <= seq;) {
             c->unacked -= p->n;
+            conn_acked(c, p->n);
             pend_unkeep(m, p);
             pend_free(g_queue_pop_head(&c->sent));
         }
@@ -1719,7 +1775,7 @@ make_hello(const MpTunMux *m)
          * sends none) */
         .features = (opt->compress ? MP_TUN_FEAT_RAW_ZSTD : 0)
                     | pages_features(opt) | (resume ? MP_TUN_FEAT_RESUME : 0)
-                    | MP_TUN_FEAT_ROUTES,
+                    | MP_TUN_FEAT_ROUTES | MP_TUN_FEAT_WIDE_WINDOW,
         .page_size = 4096,
         .cache_bytes = pages_cache(opt),
         .max_payload = MP_TUN_MAX_PAYLOAD_DEFAULT,
@@ -2062,6 +2118,10 @@ mp_tun_mux_report_route(const MpTunMux *m, guint since, int route)
         /* the direction this side reads: QEMU's bytes in, link bytes out;
          * the other: link bytes in, QEMU's bytes out */
         json_object *rd = dir_report(c->read_bytes, c->link_out);
+        json_object_object_add(
+            rd, "window_max_bytes",
+            json_object_new_int64((gint64)MAX(c->window_max,
+                                              MP_TUN_MUX_WINDOW)));
         json_object *wr = dir_report(c->link_in, c->written_total);
         json_object_object_add(j, "to_dst", src ? rd : wr);
         json_object_object_add(j, "to_src", src ? wr : rd);

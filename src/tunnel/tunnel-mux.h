@@ -15,11 +15,21 @@
  *
  * Bounds and back-pressure: a receiver acknowledges a DATA frame (ACK)
  * once its bytes are written to the local socket; a sender stops reading
- * a local socket while MP_TUN_MUX_WINDOW raw bytes of its stream are
+ * a local socket while its stream's window of raw bytes is
  * unacknowledged, or while the tunnel's output queue is above
  * MP_TUN_CONN_QUEUE_HIGH.  So a stream holds at most one window of bytes
- * at the receiver (a peer that sends more is refused), and what QEMU
- * sees is the rate of the tunnel and of the far QEMU.
+ * at the receiver (a peer that sends more than twice it is refused), and
+ * what QEMU sees is the rate of the tunnel and of the far QEMU.  The
+ * window is MP_TUN_MUX_WINDOW at first; with MP_TUN_FEAT_WIDE_WINDOW on
+ * both sides it follows the rate the peer acknowledges: MP_TUN_MUX_WINDOW_US
+ * of it, between MP_TUN_MUX_WINDOW and MP_TUN_MUX_WINDOW_MAX
+ * (mp_tun_mux_window_for()).  A window fixed in bytes is time that
+ * depends on the link and the stream: 4 MiB is about 80 ms of a 100
+ * Mbit/s link on pages that compress to a quarter, where more lets more
+ * wait in front of the far QEMU at the switchover, and 33 ms of a 1
+ * Gbit/s link on random pages, less than the path holds, where the
+ * sender waited for ACKs (docs/benchmarks.md, "1 Gbit/s with the guest
+ * idle").
  *
  * Sharing: when the link (or its pace) holds the tunnel back, the bulk
  * lane's room goes round the migrations (MpTunOpen route and session),
@@ -54,6 +64,11 @@
 #include "tunnel-pages-out.h"
 
 #define MP_TUN_MUX_WINDOW (4u << 20)  /* unacknowledged raw bytes/stream */
+#define MP_TUN_MUX_WINDOW_MAX (16u << 20) /* ... at most, grown */
+#define MP_TUN_MUX_WINDOW_US 80000        /* ... of the acknowledged rate */
+/* How often a stream's acknowledged rate is taken (the window follows
+ * the last interval's). */
+#define MP_TUN_MUX_WINDOW_SAMPLE_US 100000
 /* ... and this much more while a requested post-copy page is on its way
  * out of the hop (the receiver takes up to twice the window).  Requests
  * read the hop past the link's pace (what is in it in front of the page,
@@ -127,6 +142,10 @@ typedef struct {
  * PING came a little late */
 #define MP_TUN_MUX_PING_TIMEOUT_LEAST 2000u
 guint mp_tun_mux_default_ping_timeout(guint resume_ms);
+
+/* The window of a stream whose peer acknowledged `acked_per_s` raw bytes
+ * a second over the last interval (MP_TUN_FEAT_WIDE_WINDOW agreed). */
+guint64 mp_tun_mux_window_for(double acked_per_s);
 
 /* The most page cache a side offers per stream (HELLO cache_bytes):
  * mp_pcache_auto_size()'s ceiling. */

@@ -189,7 +189,7 @@ Test(tunnel_frame, round_trip_every_split)
     g_autoptr(GByteArray) b = all_frames();
     g_autofree char *log = check_splits(b->data, b->len, 0);
     const char *want =
-        "off=8 HELLO fl=0 st=0 seq=0 len=55 v=1..1 role=1 tls=0 feat=3ff "
+        "off=8 HELLO fl=0 st=0 seq=0 len=55 v=1..1 role=1 tls=0 feat=7ff "
         "page=4096 cache=67108864 max=1048576 id=0 sw=migproxy 0.1.0\n"
         "off=91 OPEN fl=0 st=1 seq=0 len=10 session=7 conn=0 main/0 rev=0\n"
         "off=129 OPEN fl=0 st=2 seq=0 len=10 session=7 conn=0 "

@@ -11,6 +11,7 @@
  * refuses a peer that does not take them; a peer gone silent (no FIN, no
  * reset) is a drop after the ping timeout, and an idle one is not. */
 #include "config.h"
+#include <math.h>
 #include <signal.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -912,6 +913,9 @@ typedef struct {
     char *end_reason;
     guint opens;
     guint32 open_len; /* the last OPEN's payload length */
+    guint64 data_raw; /* the DATA frames' stream bytes */
+    guint16 data_stream;
+    guint64 data_seq; /* the last DATA frame's */
 } Seen;
 
 static MpRecordAction
@@ -921,6 +925,10 @@ seen_frame(const MpTunFrame *f, gpointer data)
     if (f->type == MP_TUN_OPEN) {
         s->opens++;
         s->open_len = f->len;
+    } else if (f->type == MP_TUN_DATA) {
+        s->data_raw += f->u.data.raw_len;
+        s->data_stream = f->stream;
+        s->data_seq = f->seq;
     } else if (f->type == MP_TUN_END) {
         s->end = TRUE;
         s->end_code = f->u.end.code;
@@ -1379,4 +1387,173 @@ Test(tunnel_mux, local_connections_without_nagle)
     cr_assert(nodelay(qemu_end), "the destination's QEMU connection");
     mp_tun_mux_free(f.src);
     mp_tun_mux_free(f.dst);
+}
+
+static gboolean
+one_done(Fixture *f)
+{
+    return f->done_src == 1 && f->done_dst == 1;
+}
+
+/* The window per stream in link time: 80 ms of the rate the peer
+ * acknowledges, never under the 4 MiB of a peer without
+ * MP_TUN_FEAT_WIDE_WINDOW, never over 16 MiB. */
+Test(tunnel_mux, window_follows_the_acknowledged_rate)
+{
+    cr_assert_eq(mp_tun_mux_window_for(0), MP_TUN_MUX_WINDOW);
+    cr_assert_eq(mp_tun_mux_window_for(-1), MP_TUN_MUX_WINDOW);
+    cr_assert_eq(mp_tun_mux_window_for(NAN), MP_TUN_MUX_WINDOW);
+    /* 100 Mbit/s of pages that compress to a quarter: 50 MB/s of stream,
+     * 4 MB in 80 ms: the least window */
+    cr_assert_eq(mp_tun_mux_window_for(50e6), MP_TUN_MUX_WINDOW);
+    /* 1 Gbit/s of random pages: 10 MB */
+    cr_assert_eq(mp_tun_mux_window_for(125e6), 10000000);
+    cr_assert_eq(mp_tun_mux_window_for(10e9), MP_TUN_MUX_WINDOW_MAX);
+    cr_assert_eq(mp_tun_mux_window_for(INFINITY), MP_TUN_MUX_WINDOW_MAX);
+}
+
+/* A hand-written dest offering `features` acknowledges every DATA frame
+ * at once for 400 ms, then nothing: @return the stream bytes the source
+ * side sent past the last acknowledgement (its window then), and in
+ * *rate the acknowledged bytes a second before. */
+static guint64
+sent_past_the_acks(guint32 features, double *rate)
+{
+    Fixture f = {0};
+    int tv[2], a[2];
+    Seen seen = {0};
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE};
+    hand_hello(tv[1], features);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    spin_until(src_ready, &f, 5000);
+    pair(a);
+    Peer w = {.fd = a[0], .len = 512u << 20, .seed = 5, .keep_open = TRUE};
+    GThread *t = g_thread_new("w", writer, &w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    seen.parser = mp_tun_parser_new("the hand-written dest", seen_frame,
+                                    &seen);
+    mp_tun_parser_set_max_payload(seen.parser, MP_TUN_MAX_PAYLOAD_DEFAULT);
+    gint64 t0 = g_get_monotonic_time(), stop = t0 + 400000;
+    guint64 acked = 0;
+    while (g_get_monotonic_time() < stop + 300000) {
+        for (int k = 0; k < 8; k++)
+            g_main_context_iteration(NULL, FALSE);
+        seen_read(&seen, tv[1]);
+        if (g_get_monotonic_time() < stop && seen.data_seq) {
+            g_autoptr(GByteArray) ack = g_byte_array_new();
+            MpTunAckEntry e = {.stream = seen.data_stream,
+                               .bulk_seq = seen.data_seq};
+            mp_tun_write_ack(ack, &e, 1);
+            cr_assert_eq(write(tv[1], ack->data, ack->len),
+                         (ssize_t)ack->len);
+            acked = seen.data_raw;
+        } else if (g_get_monotonic_time() >= stop) {
+            g_usleep(1000);
+        }
+    }
+    *rate = acked / 0.4;
+    mp_tun_mux_free(f.src);
+    g_thread_join(t); /* (freeing the mux closed its socket) */
+    close(a[0]);
+    close(tv[1]);
+    mp_tun_parser_free(seen.parser);
+    g_free(seen.end_reason);
+    g_clear_error(&f.src_error);
+    return seen.data_raw - acked;
+}
+
+/* An older dest (no MP_TUN_FEAT_WIDE_WINDOW) refuses more than twice 4
+ * MiB of a stream unwritten: however fast it acknowledged, the source
+ * side never has more than 4 MiB out unacknowledged.  A dest with the
+ * feature that acknowledged as fast gets more (when the host was fast
+ * enough for the rule to grow the window: 4 MiB in 80 ms, twice over). */
+Test(tunnel_mux, window_stays_at_4_mib_for_an_older_peer)
+{
+    double rate_old, rate_new;
+    guint64 old = sent_past_the_acks(
+        MP_TUN_FEATS_KNOWN & ~MP_TUN_FEAT_WIDE_WINDOW, &rate_old);
+    guint64 wide = sent_past_the_acks(MP_TUN_FEATS_KNOWN, &rate_new);
+    g_printerr("past the last ACK: %" G_GUINT64_FORMAT " bytes to an older "
+               "dest (acked %.0f MB/s), %" G_GUINT64_FORMAT " to a current "
+               "one (%.0f MB/s)\n",
+               old, rate_old / 1e6, wide, rate_new / 1e6);
+    cr_assert_leq(old, MP_TUN_MUX_WINDOW + MP_TUN_MUX_CHUNK);
+    cr_assert_leq(wide, MP_TUN_MUX_WINDOW_MAX + MP_TUN_MUX_CHUNK);
+    if (rate_new > 2 * MP_TUN_MUX_WINDOW / 0.08)
+        cr_assert_gt(wide, MP_TUN_MUX_WINDOW + MP_TUN_MUX_CHUNK);
+}
+
+/* Two sides with MP_TUN_FEAT_WIDE_WINDOW and a fast path (socket pairs):
+ * the window grows past 4 MiB where the destination takes the stream
+ * faster than 4 MiB in 80 ms, and never past 16 MiB. */
+Test(tunnel_mux, window_grows_on_a_fast_path)
+{
+    Fixture f = {0};
+    int tv[2], a[2], b[2];
+
+    signal(SIGPIPE, SIG_IGN);
+    pair(tv);
+    g_autoptr(GSocket) ts = gsock(tv[0]);
+    g_autoptr(GSocket) td = gsock(tv[1]);
+    MpTunMuxOptions so = {.role = MP_TUN_ROLE_SOURCE};
+    MpTunMuxOptions dop = {.role = MP_TUN_ROLE_DEST};
+    g_autoptr(GIOStream) tss = mp_tun_plain_stream(ts);
+    g_autoptr(GIOStream) tds = mp_tun_plain_stream(td);
+    f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
+    f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
+    spin_until(ready, &f, 5000);
+    pair(a);
+    pair(b);
+    f.dst_fds[0] = b[0];
+    f.dst_socks[0] = gsock(b[1]);
+    Peer w = {.fd = a[0], .len = 256u << 20, .seed = 3};
+    Peer r = {.fd = b[0], .seed = 3};
+    Peer rw = {.fd = b[0], .len = 0, .seed = 4};
+    Peer rr = {.fd = a[0], .seed = 4};
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    gint64 t0 = g_get_monotonic_time();
+    GThread *th[] = {g_thread_new("fw", writer, &w),
+                     g_thread_new("fr", reader, &r),
+                     g_thread_new("rw", writer, &rw),
+                     g_thread_new("rr", reader, &rr)};
+    spin_until(one_done, &f, 120000);
+    double s = (g_get_monotonic_time() - t0) / 1e6;
+    for (guint i = 0; i < G_N_ELEMENTS(th); i++)
+        g_thread_join(th[i]);
+    cr_assert_eq(r.got, w.len);
+    cr_assert(r.same);
+    json_object *rep = mp_tun_mux_report(f.src, 0);
+    json_object *ch = json_object_array_get_idx(
+        json_object_object_get(rep, "channels"), 0);
+    gint64 win = json_object_get_int64(json_object_object_get(
+        json_object_object_get(ch, "to_dst"), "window_max_bytes"));
+    double rate = w.len / s;
+    g_printerr("fast path: %.0f MB/s, window at most %" G_GINT64_FORMAT
+               " bytes\n", rate / 1e6, win);
+    cr_assert_leq(win, MP_TUN_MUX_WINDOW_MAX);
+    cr_assert_geq(win, MP_TUN_MUX_WINDOW);
+    /* a host too slow (a sanitizer on a loaded machine) to take 4 MiB
+     * in 80 ms twice over says nothing about the rule */
+    if (rate > 2 * MP_TUN_MUX_WINDOW / 0.08)
+        cr_assert_gt(win, MP_TUN_MUX_WINDOW, "%.0f MB/s, window %"
+                     G_GINT64_FORMAT, rate / 1e6, win);
+    json_object_put(rep);
+    mp_tun_mux_end(f.src, MP_TUN_END_DONE, NULL);
+    spin_until(both_closed, &f, 5000);
+    close(a[0]);
+    close(b[0]);
+    g_object_unref(f.dst_socks[0]);
+    mp_tun_mux_free(f.src);
+    mp_tun_mux_free(f.dst);
+    g_clear_error(&f.src_error);
+    g_clear_error(&f.dst_error);
 }
