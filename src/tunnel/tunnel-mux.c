@@ -407,12 +407,6 @@ conn_acked(Conn *c, guint64 n)
     c->acked_at_t0 = c->acked;
 }
 
-static guint64
-conn_window(const Conn *c)
-{
-    return MAX(c->window, MP_TUN_MUX_WINDOW);
-}
-
 static gboolean
 may_read(const Conn *c)
 {
@@ -422,12 +416,12 @@ may_read(const Conn *c)
     gboolean room = c->out_urgent
                         ? mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH
                         : mp_tun_conn_bulk_room(m->conn);
-    if (room && c->unacked < conn_window(c))
+    if (room && c->unacked < c->window)
         return TRUE;
     /* a requested page is on its way: read it out of the buffers in
      * front of the tunnel, past the pace and a little past the window */
     return !c->out_urgent && c->po && mp_tun_pages_out_read_ahead(c->po)
-           && c->unacked < conn_window(c) + MP_TUN_MUX_LIFT_SLACK
+           && c->unacked < c->window + MP_TUN_MUX_LIFT_SLACK
            && mp_tun_conn_queued(m->conn) < MP_TUN_CONN_QUEUE_HIGH;
 }
 
@@ -767,6 +761,7 @@ conn_new(MpTunMux *m, guint16 fwd, const MpTunOpen *o)
 {
     Conn *c = g_new0(Conn, 1);
     c->m = m;
+    c->window = c->window_max = MP_TUN_MUX_WINDOW;
     c->mig = mig_of(m, o);
     g_ptr_array_add(c->mig->conns, c);
     c->mig->live++;
@@ -1057,12 +1052,13 @@ on_ack(MpTunMux *m, const MpTunFrame *f)
                  e.stream, seq, c->out_seq);
             return;
         }
+        guint64 unacked = c->unacked;
         for (Pend *p; (p = g_queue_peek_head(&c->sent)) && p->seq <= seq;) {
             c->unacked -= p->n;
-            conn_acked(c, p->n);
             pend_unkeep(m, p);
             pend_free(g_queue_pop_head(&c->sent));
         }
+        conn_acked(c, unacked - c->unacked);
         conn_watch(c);
     }
 }
@@ -2120,8 +2116,7 @@ mp_tun_mux_report_route(const MpTunMux *m, guint since, int route)
         json_object *rd = dir_report(c->read_bytes, c->link_out);
         json_object_object_add(
             rd, "window_max_bytes",
-            json_object_new_int64((gint64)MAX(c->window_max,
-                                              MP_TUN_MUX_WINDOW)));
+            json_object_new_int64((gint64)c->window_max));
         json_object *wr = dir_report(c->link_in, c->written_total);
         json_object_object_add(j, "to_dst", src ? rd : wr);
         json_object_object_add(j, "to_src", src ? wr : rd);

@@ -228,6 +228,20 @@ spin_for(guint ms)
     }
 }
 
+/* A main connection of session 1 on `src`, its "QEMU" end a[0] written
+ * by a thread (`len` bytes of `seed`, left open); @return the thread. */
+static GThread *
+add_fed_main(MpTunMux *src, int a[2], Peer *w, gsize len, guint32 seed)
+{
+    pair(a);
+    *w = (Peer){.fd = a[0], .len = len, .seed = seed, .keep_open = TRUE};
+    GThread *t = g_thread_new("w", writer, w);
+    g_autoptr(GSocket) l = gsock(a[1]);
+    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
+    cr_assert_neq(mp_tun_mux_add(src, l, &o), 0);
+    return t;
+}
+
 /* Both ends and CONNS connections, 3 MiB * (i + 1) forward and an
  * eighth of that back; `cut`: 8 MiB each that never end, and the tunnel
  * breaks; `resumes`: the tunnel breaks that many times and is joined
@@ -582,14 +596,10 @@ Test(tunnel_mux, resume_to_a_fresh_dest_is_a_new_tunnel)
     spin_until(ready, &f, 5000);
 
     /* a connection that runs when the tunnel drops */
-    pair(a);
     pair(b);
     f.dst_socks[0] = gsock(b[1]);
-    Peer w = {.fd = a[0], .len = 1u << 20, .seed = 3, .keep_open = TRUE};
-    GThread *tw = g_thread_new("w", writer, &w);
-    g_autoptr(GSocket) l = gsock(a[1]);
-    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
-    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    Peer w;
+    GThread *tw = add_fed_main(f.src, a, &w, 1u << 20, 3);
     spin_until(all_opened_one, &f, 5000);
     spin_for(20);
     shutdown(tv[1], SHUT_RDWR);
@@ -697,14 +707,10 @@ Test(tunnel_mux, dest_holding_a_tunnel_takes_a_new_one)
     f.dst = mp_tun_mux_new(tds, "tunnel from test", &dop, &dst_hooks, &f);
     spin_until(ready, &f, 5000);
 
-    pair(a);
     pair(b);
     f.dst_socks[0] = gsock(b[1]);
-    Peer w = {.fd = a[0], .len = 1u << 20, .seed = 5, .keep_open = TRUE};
-    GThread *tw = g_thread_new("w", writer, &w);
-    g_autoptr(GSocket) l = gsock(a[1]);
-    MpTunOpen o = {.session = 1, .connection = 0, .channel = MP_TUN_CH_MAIN};
-    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    Peer w;
+    GThread *tw = add_fed_main(f.src, a, &w, 1u << 20, 5);
     spin_until(all_opened_one, &f, 5000);
     spin_for(20);
     /* the source side does not resume (no post-copy): its tunnel closes,
@@ -1102,12 +1108,8 @@ silent_peer(gboolean resume)
     spin_until(src_ready, &f, 5000);
     /* a migration's connection, more than the socket pair holds: the
      * source side's writes to the silent peer stall too */
-    pair(a);
-    Peer w = {.fd = a[0], .len = 64u << 20, .seed = 9, .keep_open = TRUE};
-    GThread *t = g_thread_new("w", writer, &w);
-    g_autoptr(GSocket) l = gsock(a[1]);
-    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
-    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    Peer w;
+    GThread *t = add_fed_main(f.src, a, &w, 64u << 20, 9);
     if (resume) {
         spin_until(src_suspended, &f, 10000);
         cr_assert_eq(f.suspended, 1);
@@ -1414,10 +1416,11 @@ Test(tunnel_mux, window_follows_the_acknowledged_rate)
 
 /* A hand-written dest offering `features` acknowledges every DATA frame
  * at once for 400 ms, then nothing: @return the stream bytes the source
- * side sent past the last acknowledgement (its window then), and in
- * *rate the acknowledged bytes a second before. */
+ * side sent past the last acknowledgement (its window then), in *rate
+ * the acknowledged bytes a second before, and in *window_max the
+ * largest window the source side's report gives. */
 static guint64
-sent_past_the_acks(guint32 features, double *rate)
+sent_past_the_acks(guint32 features, double *rate, gint64 *window_max)
 {
     Fixture f = {0};
     int tv[2], a[2];
@@ -1431,12 +1434,8 @@ sent_past_the_acks(guint32 features, double *rate)
     hand_hello(tv[1], features);
     f.src = mp_tun_mux_new(tss, "tunnel to test", &so, &src_hooks, &f);
     spin_until(src_ready, &f, 5000);
-    pair(a);
-    Peer w = {.fd = a[0], .len = 512u << 20, .seed = 5, .keep_open = TRUE};
-    GThread *t = g_thread_new("w", writer, &w);
-    g_autoptr(GSocket) l = gsock(a[1]);
-    MpTunOpen o = {.session = 1, .channel = MP_TUN_CH_MAIN};
-    cr_assert_neq(mp_tun_mux_add(f.src, l, &o), 0);
+    Peer w;
+    GThread *t = add_fed_main(f.src, a, &w, 512u << 20, 5);
     seen.parser = mp_tun_parser_new("the hand-written dest", seen_frame,
                                     &seen);
     mp_tun_parser_set_max_payload(seen.parser, MP_TUN_MAX_PAYLOAD_DEFAULT);
@@ -1459,6 +1458,13 @@ sent_past_the_acks(guint32 features, double *rate)
         }
     }
     *rate = acked / 0.4;
+    json_object *rep = mp_tun_mux_report(f.src, 0);
+    *window_max = json_object_get_int64(json_object_object_get(
+        json_object_object_get(json_object_array_get_idx(
+                                   json_object_object_get(rep, "channels"), 0),
+                               "to_dst"),
+        "window_max_bytes"));
+    json_object_put(rep);
     mp_tun_mux_free(f.src);
     g_thread_join(t); /* (freeing the mux closed its socket) */
     close(a[0]);
@@ -1472,22 +1478,27 @@ sent_past_the_acks(guint32 features, double *rate)
 /* An older dest (no MP_TUN_FEAT_WIDE_WINDOW) refuses more than twice 4
  * MiB of a stream unwritten: however fast it acknowledged, the source
  * side never has more than 4 MiB out unacknowledged.  A dest with the
- * feature that acknowledged as fast gets more (when the host was fast
- * enough for the rule to grow the window: 4 MiB in 80 ms, twice over). */
+ * feature that acknowledged as fast gets a larger window (when the host
+ * was fast enough for the rule to grow it: 4 MiB in 80 ms, twice over;
+ * some 100 ms interval was at least as fast as the average). */
 Test(tunnel_mux, window_stays_at_4_mib_for_an_older_peer)
 {
     double rate_old, rate_new;
+    gint64 win_old, win_new;
     guint64 old = sent_past_the_acks(
-        MP_TUN_FEATS_KNOWN & ~MP_TUN_FEAT_WIDE_WINDOW, &rate_old);
-    guint64 wide = sent_past_the_acks(MP_TUN_FEATS_KNOWN, &rate_new);
+        MP_TUN_FEATS_KNOWN & ~MP_TUN_FEAT_WIDE_WINDOW, &rate_old, &win_old);
+    guint64 wide = sent_past_the_acks(MP_TUN_FEATS_KNOWN, &rate_new,
+                                      &win_new);
     g_printerr("past the last ACK: %" G_GUINT64_FORMAT " bytes to an older "
-               "dest (acked %.0f MB/s), %" G_GUINT64_FORMAT " to a current "
-               "one (%.0f MB/s)\n",
-               old, rate_old / 1e6, wide, rate_new / 1e6);
+               "dest (acked %.0f MB/s, window %" G_GINT64_FORMAT "), %"
+               G_GUINT64_FORMAT " to a current one (%.0f MB/s, window at "
+               "most %" G_GINT64_FORMAT ")\n",
+               old, rate_old / 1e6, win_old, wide, rate_new / 1e6, win_new);
     cr_assert_leq(old, MP_TUN_MUX_WINDOW + MP_TUN_MUX_CHUNK);
+    cr_assert_eq(win_old, MP_TUN_MUX_WINDOW);
     cr_assert_leq(wide, MP_TUN_MUX_WINDOW_MAX + MP_TUN_MUX_CHUNK);
     if (rate_new > 2 * MP_TUN_MUX_WINDOW / 0.08)
-        cr_assert_gt(wide, MP_TUN_MUX_WINDOW + MP_TUN_MUX_CHUNK);
+        cr_assert_gt(win_new, MP_TUN_MUX_WINDOW);
 }
 
 /* Two sides with MP_TUN_FEAT_WIDE_WINDOW and a fast path (socket pairs):
