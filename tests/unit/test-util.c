@@ -17,16 +17,28 @@ tu_tmpdir_new(const char *prefix)
     return dir;
 }
 
-void
-tu_tmpdir_remove(char *dir)
+/* Tests write subdirectories too (a capture's own directory inside the
+ * temp one), so the removal recurses; symlinks are unlinked, not followed. */
+static void
+remove_tree(const char *dir)
 {
     g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
     const char *name;
     while (d && (name = g_dir_read_name(d))) {
         g_autofree char *p = g_build_filename(dir, name, NULL);
-        g_unlink(p);
+        if (g_file_test(p, G_FILE_TEST_IS_DIR)
+            && !g_file_test(p, G_FILE_TEST_IS_SYMLINK))
+            remove_tree(p);
+        else
+            g_unlink(p);
     }
     g_rmdir(dir);
+}
+
+void
+tu_tmpdir_remove(char *dir)
+{
+    remove_tree(dir);
     g_free(dir);
 }
 
