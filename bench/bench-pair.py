@@ -51,9 +51,12 @@ round), each in a fresh pair of QEMUs:
 
 Per run: the source's query-migrate total-time and downtime (or "did not
 finish" after --migrate-timeout: migrate_cancel); the end-to-end time,
-from `migrate` to the destination's query-migrate saying completed (the
-source completes once its last bytes are in its socket, before they
-crossed the link); bytes on the link (the
+from `migrate` to the destination's guest running (its QMP RESUME event,
+as QEMU stamped it; the source completes once its last bytes are in its
+socket, before they crossed the link) and the downtime to the
+destination, from the source's STOP event to that RESUME (where an event
+is missing: the destination's query-migrate saying completed, polled
+every 20 ms); bytes on the link (the
 source-side veth's tx and rx byte counters, Ethernet frames, so TCP/IP
 headers included), and CPU seconds used during the migration by both QEMUs
 (/proc/PID/stat) and by both migproxy processes (wait4(); in mode
@@ -375,6 +378,7 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
     trace = LinkTrace(src.pid, f"{run_dir}/link-trace.tsv")
     cpu0 = (br.proc_cpu_s(src.pid), br.proc_cpu_s(dst.pid))
     t_migrate = time.monotonic()
+    wall_migrate = time.time()
     src.qmp.cmd("migrate", uri=uri)
     deadline = time.monotonic() + args.migrate_timeout
     while True:
@@ -404,6 +408,18 @@ def one_run(args, rate, wl, mode, run_dir, procs, bound):
             60, "destination completed", (dst,))
         res["end_to_end_ms"] = round((time.monotonic() - t_migrate) * 1000)
         res["downtime_e2e_ms"] = e2e_downtime(res)
+        # exact, where both QEMUs said it: the source's STOP (the guest
+        # paused for the switchover) to the destination's RESUME (it runs
+        # there), both stamped by QEMU on this host's clock; polling
+        # above only tells within its interval
+        src.qmp.cmd("query-status")
+        dst.qmp.cmd("query-status")
+        t_stop = src.qmp.event_time("STOP", wall_migrate)
+        t_resume = dst.qmp.event_time("RESUME", wall_migrate)
+        if t_stop is not None and t_resume is not None:
+            res["end_to_end_ms"] = round((t_resume - wall_migrate) * 1000)
+            res["downtime_e2e_ms"] = round((t_resume - t_stop) * 1000)
+            res["e2e_from_events"] = True
         res.update(trace.stop(t_migrate, rate_bps(rate),
                               f"{run_dir}/link-trace.tsv"))
         if d.get("status") != "completed":

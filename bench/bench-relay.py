@@ -150,7 +150,9 @@ def child_send(path, port):
 
 
 class Qmp:
-    """Just enough QMP: one command at a time, events skipped."""
+    """Just enough QMP: one command at a time; events are kept
+    (`events`, the last 256, each with QEMU's own timestamp) as they come
+    in between replies."""
 
     def __init__(self, path, timeout=30):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -165,6 +167,7 @@ class Qmp:
                 time.sleep(0.05)
         self.sock.settimeout(timeout)
         self.file = self.sock.makefile("rwb")
+        self.events = []
         self._read()  # greeting
         self.cmd("qmp_capabilities")
 
@@ -176,6 +179,7 @@ class Qmp:
             msg = json.loads(line)
             if "event" not in msg:
                 return msg
+            self.events = self.events[-255:] + [msg]
 
     def cmd(self, name, **args):
         req = {"execute": name}
@@ -187,6 +191,18 @@ class Qmp:
         if "error" in resp:
             raise RuntimeError(f"QMP {name}: {resp['error']}")
         return resp["return"]
+
+    def event_time(self, name, after=0.0):
+        """The wall-clock time (s) of the first event `name` QEMU sent at
+        or after `after` (time.time()), as QEMU stamped it; None if none
+        came in yet (events arrive with the replies: issue a command
+        first)."""
+        for e in self.events:
+            ts = e.get("timestamp", {})
+            t = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+            if e.get("event") == name and t >= after:
+                return t
+        return None
 
     def close(self):
         try:
