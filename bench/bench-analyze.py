@@ -26,7 +26,6 @@ import os
 import shutil
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import Qmp  # noqa: E402  (bench/qmp.py)
 GUEST_MIX = "rand=70 comp=30 zero=0 dup=0"
 STREAMS = [
     # name, working set (the guest RAM stays the same: only the stream's
@@ -51,49 +53,6 @@ CAT_REF = 10.0
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-class Qmp:
-    """Just enough QMP: one command at a time, events skipped."""
-
-    def __init__(self, path, timeout=30):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.file = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise RuntimeError("QMP: connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def cmd(self, name, **args):
-        req = {"execute": name}
-        if args:
-            req["arguments"] = args
-        self.file.write(json.dumps(req).encode() + b"\n")
-        self.file.flush()
-        resp = self._read()
-        if "error" in resp:
-            raise RuntimeError(f"QMP {name}: {resp['error']}")
-        return resp["return"]
-
-    def close(self):
-        self.file.close()
-        self.sock.close()
 
 
 def capture(path, workload, mem, qemu):

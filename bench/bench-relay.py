@@ -78,6 +78,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import Qmp  # noqa: E402  (bench/qmp.py)
 QEMU = "/usr/bin/qemu-system-x86_64"
 MACHINE = "pc-q35-7.2"
 GUEST_RAM = "512M"
@@ -147,69 +150,6 @@ def child_send(path, port):
 
 
 # ---------------------------------------------------------------------------
-
-
-class Qmp:
-    """Just enough QMP: one command at a time; events are kept
-    (`events`, the last 256, each with QEMU's own timestamp) as they come
-    in between replies."""
-
-    def __init__(self, path, timeout=30):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
-        self.file = self.sock.makefile("rwb")
-        self.events = []
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise RuntimeError("QMP: connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-            self.events = self.events[-255:] + [msg]
-
-    def cmd(self, name, **args):
-        req = {"execute": name}
-        if args:
-            req["arguments"] = args
-        self.file.write(json.dumps(req).encode() + b"\n")
-        self.file.flush()
-        resp = self._read()
-        if "error" in resp:
-            raise RuntimeError(f"QMP {name}: {resp['error']}")
-        return resp["return"]
-
-    def event_time(self, name, after=0.0):
-        """The wall-clock time (s) of the first event `name` QEMU sent at
-        or after `after` (time.time()), as QEMU stamped it; None if none
-        came in yet (events arrive with the replies: issue a command
-        first)."""
-        for e in self.events:
-            ts = e.get("timestamp", {})
-            t = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
-            if e.get("event") == name and t >= after:
-                return t
-        return None
-
-    def close(self):
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def start_time(pid):
