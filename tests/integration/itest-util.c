@@ -35,23 +35,6 @@ it_tmpdir(void)
     return d;
 }
 
-void
-it_remove_tree(const char *path)
-{
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    const char *name;
-
-    while (dir && (name = g_dir_read_name(dir))) {
-        g_autofree char *child = g_build_filename(path, name, NULL);
-        if (g_file_test(child, G_FILE_TEST_IS_DIR)
-            && !g_file_test(child, G_FILE_TEST_IS_SYMLINK))
-            it_remove_tree(child);
-        else
-            g_unlink(child);
-    }
-    g_rmdir(path);
-}
-
 MpQemu *
 it_start_workload(const char *version, const char *machine, guint mem_mib,
                   const char *append, const char *const *extra_args)

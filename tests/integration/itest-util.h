@@ -4,6 +4,7 @@
 #include <glib.h>
 #include <json-c/json.h>
 #include "qemu-process.h"
+#include "../unit/test-util.h"
 
 /* TRUE in a build with AddressSanitizer (scripts/test.sh's build-asan):
  * its shadow memory and quarantine make a process's RSS ASan's, so
@@ -41,9 +42,8 @@ void it_tcpdump_stop(GPid *pid, const char *file);
 GPid it_spawn_until(const char *cmd, const char *log, const char *ready,
                     guint timeout_s);
 
-/* A new temporary directory; it_remove_tree() deletes it. */
+/* A new temporary directory; tu_remove_tree() (test-util.h) deletes it. */
 char *it_tmpdir(void);
-void it_remove_tree(const char *path);
 
 /* Starts a QEMU running the workload guest with `append` and waits for
  * its READY line.  Asserts on failure. */

@@ -531,6 +531,6 @@ it_relay_fixture_fini(ItRelayFixture *fx)
     g_clear_pointer(&fx->dst, mp_qemu_free);
     it_fake_destination_close(&fx->fake_dst);
     if (fx->dir)
-        it_remove_tree(fx->dir);
+        tu_remove_tree(fx->dir);
     g_clear_pointer(&fx->dir, g_free);
 }

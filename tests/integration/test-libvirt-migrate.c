@@ -188,7 +188,7 @@ fx_fini(void)
         g_clear_pointer(&fx.uffd, g_free);
     }
     if (fx.dir)
-        it_remove_tree(fx.dir);
+        tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
     g_clear_pointer(&fx.pair_dir, g_free);
     g_clear_pointer(&fx.env, g_strfreev);

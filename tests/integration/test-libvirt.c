@@ -181,7 +181,7 @@ fx_fini(void)
     stop_pid(&fx.libvirtd);
     stop_pid(&fx.virtlogd);
     if (fx.dir)
-        it_remove_tree(fx.dir);
+        tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
     g_clear_pointer(&fx.domain, g_free);
 }

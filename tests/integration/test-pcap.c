@@ -65,7 +65,7 @@ fx_fini(void)
     g_clear_pointer(&fx.src, mp_qemu_free);
     g_clear_pointer(&fx.dst, mp_qemu_free);
     if (fx.dir)
-        it_remove_tree(fx.dir);
+        tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 

@@ -323,7 +323,7 @@ teardown(void)
         umount2(fx.tmpfs, MNT_DETACH);
         g_clear_pointer(&fx.tmpfs, g_free);
     }
-    it_remove_tree(fx.dir);
+    tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 
@@ -668,7 +668,7 @@ Test(relay_files, frozen_disk_never_stalls_forwarding)
     relay_wait(fx.relay);
     relay_free(fx.relay);
     fx.relay = NULL;
-    it_remove_tree(cap);
+    tu_remove_tree(cap);
     g_unlink(report);
     g_atomic_pointer_set(&fx.dst_bytes, 0);
 

@@ -131,7 +131,7 @@ fx_fini(void)
     g_clear_pointer(&fx.relay, it_relay_free);
     sink_stop(&fx.sink);
     if (fx.dir)
-        it_remove_tree(fx.dir);
+        tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 

@@ -91,7 +91,7 @@ fx_fini(void)
     g_clear_object(&fx.qemu);
     g_clear_pointer(&fx.dest_log, g_free);
     if (fx.dir)
-        it_remove_tree(fx.dir);
+        tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 

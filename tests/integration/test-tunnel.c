@@ -347,7 +347,7 @@ fx_fini(void)
     /* (their processes are gone: the namespaces go at once) */
     g_clear_pointer(&fx.net, it_netlink_down);
     if (fx.dir)
-        it_remove_tree(fx.dir);
+        tu_remove_tree(fx.dir);
     g_clear_pointer(&fx.dir, g_free);
 }
 

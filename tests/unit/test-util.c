@@ -17,10 +17,8 @@ tu_tmpdir_new(const char *prefix)
     return dir;
 }
 
-/* Tests write subdirectories too (a capture's own directory inside the
- * temp one), so the removal recurses; symlinks are unlinked, not followed. */
-static void
-remove_tree(const char *dir)
+void
+tu_remove_tree(const char *dir)
 {
     g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
     const char *name;
@@ -28,7 +26,7 @@ remove_tree(const char *dir)
         g_autofree char *p = g_build_filename(dir, name, NULL);
         if (g_file_test(p, G_FILE_TEST_IS_DIR)
             && !g_file_test(p, G_FILE_TEST_IS_SYMLINK))
-            remove_tree(p);
+            tu_remove_tree(p);
         else
             g_unlink(p);
     }
@@ -38,7 +36,7 @@ remove_tree(const char *dir)
 void
 tu_tmpdir_remove(char *dir)
 {
-    remove_tree(dir);
+    tu_remove_tree(dir);
     g_free(dir);
 }
 

@@ -7,7 +7,11 @@
 /* A new private directory under $TMPDIR.  @return its path (caller frees
  * with tu_tmpdir_remove()). */
 char *tu_tmpdir_new(const char *prefix);
-/* Removes the files in `dir`, `dir` itself, and frees the path. */
+/* Removes `dir` with everything in it (tests write subdirectories too:
+ * a capture's own directory inside the temp one); symlinks are unlinked,
+ * not followed.  The integration tests use it for theirs too. */
+void tu_remove_tree(const char *dir);
+/* tu_remove_tree(), then frees the path. */
 void tu_tmpdir_remove(char *dir);
 
 /* The integer at `path` ("ram.pages.zero") of a document; a missing one
