@@ -15,10 +15,10 @@
 # progress on stderr.  All options are that script's (--help).
 #
 # Cleanup: the Python script ends what it started by pid and takes the
-# namespaces down; this trap is the second line, for a Python script that
-# was killed: it ends every process recorded in the pid file whose start
-# time still matches (so a reused pid is never hit), then runs
-# scripts/netns-link.sh down (unless --keep-net).
+# namespaces down; the trap of bench/run-python.sh is the second line, for
+# a Python script that was killed: it ends every process recorded in the
+# pid file whose start time still matches (so a reused pid is never hit),
+# then runs scripts/netns-link.sh down (unless --keep-net).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -41,40 +41,8 @@ if [[ ,$qemus, == *,10.0,* ]]; then
     "$ROOT/scripts/fetch-qemu10.sh"
 fi
 
-PIDFILE=$(mktemp /tmp/bench-postcopy-pids.XXXXXX)
-py=
-
-cleanup() {
-    local pid start name now
-    trap - EXIT INT TERM HUP
-    if [[ -n $py ]] && kill -0 "$py" 2>/dev/null; then
-        kill -TERM "$py" 2>/dev/null || true
-        wait "$py" 2>/dev/null || true
-    fi
-    while read -r pid start name; do
-        [[ -r /proc/$pid/stat ]] || continue
-        now=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat" 2>/dev/null || true)
-        if [[ $now == "$start" ]]; then
-            echo "bench-postcopy: ending leftover $name (pid $pid)" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done <"$PIDFILE"
-    rm -f "$PIDFILE"
-    if [[ $keep_net == 0 ]]; then
-        "$ROOT/scripts/netns-link.sh" down 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-# In the background, so that a signal to this script runs the trap at once
-# instead of after the Python script returns.
-MP_BENCH_PIDFILE=$PIDFILE python3 "$ROOT/bench/bench-postcopy.py" \
-    --guest "$GUEST" "$@" &
-py=$!
+. "$ROOT/bench/run-python.sh"
 rc=0
-wait "$py" || rc=$?
-py=
+bench_run_python bench-postcopy $((1 - keep_net)) "$ROOT/bench/bench-postcopy.py" \
+    --guest "$GUEST" "$@" || rc=$?
 exit "$rc"

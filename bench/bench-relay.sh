@@ -23,10 +23,11 @@
 # 6 minutes with the defaults (2 cores), plus the build and, once, the
 # capture.
 #
-# Cleanup: the Python script ends what it started by pid; this trap is the
-# second line, for a Python script that was killed: it ends every process
-# recorded in the pid file whose start time still matches (so a reused pid
-# is never hit).  Ports are held only by those processes.
+# Cleanup: the Python script ends what it started by pid; the trap of
+# bench/run-python.sh is the second line, for a Python script that was
+# killed: it ends every process recorded in the pid file whose start time
+# still matches (so a reused pid is never hit).  Ports are held only by
+# those processes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=$ROOT/build-bench
@@ -55,37 +56,8 @@ ninja -C "$BUILD" src/migproxy samples/workload/workload.elf >&2
 mkdir -p "$BUILD/bench"
 cc -O2 -Wall -o "$BUILD/bench/splice-forward" "$ROOT/bench/splice-forward.c"
 
-PIDFILE=$(mktemp /tmp/bench-relay-pids.XXXXXX)
-py=
-
-cleanup() {
-    local pid start name now
-    trap - EXIT INT TERM HUP
-    if [[ -n $py ]] && kill -0 "$py" 2>/dev/null; then
-        kill -TERM "$py" 2>/dev/null || true
-        wait "$py" 2>/dev/null || true
-    fi
-    while read -r pid start name; do
-        [[ -r /proc/$pid/stat ]] || continue
-        now=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat" 2>/dev/null || true)
-        if [[ $now == "$start" ]]; then
-            echo "bench-relay: ending leftover $name (pid $pid)" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done <"$PIDFILE"
-    rm -f "$PIDFILE"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-# In the background, so that a signal to this script runs the trap at once
-# instead of after the Python script returns.
-MP_BENCH_PIDFILE=$PIDFILE python3 "$ROOT/bench/bench-relay.py" \
-    --build "$BUILD" "${rev_args[@]}" "$@" &
-py=$!
+. "$ROOT/bench/run-python.sh"
 rc=0
-wait "$py" || rc=$?
-py=
+bench_run_python bench-relay 0 "$ROOT/bench/bench-relay.py" \
+    --build "$BUILD" "${rev_args[@]}" "$@" || rc=$?
 exit "$rc"
