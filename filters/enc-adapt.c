@@ -353,3 +353,30 @@ mp_level_ctl_update(MpLevelCtl *c, const MpLevelSample *s, double now_s,
     c->moves++;
     return want;
 }
+
+void
+mp_tables_ctl_init(MpTablesCtl *c)
+{
+    *c = (MpTablesCtl){0};
+}
+
+gboolean
+mp_tables_ctl_update(MpTablesCtl *c, guint n, guint64 now, guint64 other,
+                     const char **why)
+{
+    if (n < MP_TABLES_MIN_SAMPLES || !now || !other) {
+        *why = "too few samples";
+        return FALSE;
+    }
+    if ((double)other > (double)now * (1 - MP_TABLES_GAIN)) {
+        *why = c->small ? "small tables compress as well or better"
+                        : "the level's own tables compress as well or better";
+        return FALSE;
+    }
+    c->small = !c->small;
+    c->switches++;
+    *why = c->small ? "samples compress better with small tables (recent "
+                      "matches only)"
+                    : "samples compress better with the level's own tables";
+    return TRUE;
+}

@@ -9,6 +9,7 @@ struct MpCompEnc {
     ZSTD_CCtx *cctx;
     int level;      /* of the frame being written */
     int next_level; /* from the next batch on */
+    gboolean small, next_small; /* the match tables: the same */
     gboolean in_frame;
     guint frames;
     MpCodecStats stats;
@@ -45,6 +46,18 @@ mp_comp_enc_new(int level, guint window_log, GError **error)
     return e;
 }
 
+/* The match tables of `small` on a context between frames (or before
+ * its first): 0 is zstd's "the level's own". */
+static void
+set_tables(ZSTD_CCtx *cctx, gboolean small)
+{
+    int log = small ? MP_COMP_SMALL_TABLES_LOG : 0;
+    gsize r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_hashLog, log);
+    g_assert(!ZSTD_isError(r));
+    r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_chainLog, log);
+    g_assert(!ZSTD_isError(r));
+}
+
 void
 mp_comp_enc_free(MpCompEnc *e)
 {
@@ -74,6 +87,18 @@ mp_comp_enc_level(const MpCompEnc *e)
     return e->next_level;
 }
 
+void
+mp_comp_enc_set_small_tables(MpCompEnc *e, gboolean small)
+{
+    e->next_small = small;
+}
+
+gboolean
+mp_comp_enc_small_tables(const MpCompEnc *e)
+{
+    return e->next_small;
+}
+
 guint
 mp_comp_enc_frames(const MpCompEnc *e)
 {
@@ -81,12 +106,12 @@ mp_comp_enc_frames(const MpCompEnc *e)
 }
 
 /* The frame being written ends (its last block, a few bytes, into `out`)
- * and the next starts at the new level: single-threaded zstd takes a new
- * level only at a frame's start.  The destination's streaming decoder
+ * and the next starts at the new level and tables: single-threaded zstd
+ * takes new parameters only at a frame's start.  The destination's streaming decoder
  * reads frame after frame; what it loses is the window: the new frame
  * matches nothing sent before it. */
 static void
-enc_switch_level(MpCompEnc *e, GByteArray *out)
+enc_switch(MpCompEnc *e, GByteArray *out)
 {
     ZSTD_inBuffer none = {NULL, 0, 0};
 
@@ -110,7 +135,9 @@ enc_switch_level(MpCompEnc *e, GByteArray *out)
     gsize r = ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel,
                                      e->next_level);
     g_assert(!ZSTD_isError(r));
+    set_tables(e->cctx, e->next_small);
     e->level = e->next_level;
+    e->small = e->next_small;
 }
 
 void
@@ -141,8 +168,8 @@ mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len, GByteArray *out)
 
     if (len == 0)
         return 0;
-    if (e->next_level != e->level)
-        enc_switch_level(e, out);
+    if (e->next_level != e->level || e->next_small != e->small)
+        enc_switch(e, out);
     if (!e->in_frame) {
         e->in_frame = TRUE;
         e->frames++;
@@ -287,7 +314,7 @@ mp_comp_sampler_free(MpCompSampler *s)
 
 gsize
 mp_comp_sampler_size(MpCompSampler *s, const guint8 *in, gsize len,
-                     int level)
+                     int level, gboolean small_tables)
 {
     gsize need = ZSTD_compressBound(len);
     if (need > s->cap) {
@@ -295,6 +322,11 @@ mp_comp_sampler_size(MpCompSampler *s, const guint8 *in, gsize len,
         s->buf = g_malloc(need);
         s->cap = need;
     }
-    gsize r = ZSTD_compressCCtx(s->cctx, s->buf, s->cap, in, len, level);
+    ZSTD_CCtx_reset(s->cctx, ZSTD_reset_session_and_parameters);
+    if (ZSTD_isError(ZSTD_CCtx_setParameter(s->cctx, ZSTD_c_compressionLevel,
+                                            level)))
+        return 0;
+    set_tables(s->cctx, small_tables);
+    gsize r = ZSTD_compress2(s->cctx, s->buf, s->cap, in, len);
     return ZSTD_isError(r) ? 0 : r;
 }

@@ -1,8 +1,9 @@
 /* page-zstd.h: zstd over page batches with one long window shared by every
  * batch of a context.
  *
- * The level may change between batches (mp_comp_enc_set_level()): the
- * frame ends and a new one starts, which the decoder follows without
+ * The level and the match tables may change between batches
+ * (mp_comp_enc_set_level(), mp_comp_enc_set_small_tables()): the frame
+ * ends and a new one starts, which the decoder follows without
  * being told (a zstd stream is frames one after another).
  *
  * The encoder is one streaming ZSTD_CCtx; each batch is compressed and
@@ -55,8 +56,24 @@ gboolean mp_comp_level_ok(int level);
 void mp_comp_enc_set_level(MpCompEnc *e, int level);
 /* The level of the next batch. */
 int mp_comp_enc_level(const MpCompEnc *e);
-/* Frames begun so far (1 + level changes that took effect). */
+/* Frames begun so far (1 + changes of level or tables that took effect). */
 guint mp_comp_enc_frames(const MpCompEnc *e);
+
+/* zstd's match tables (hash and chain) at 2^MP_COMP_SMALL_TABLES_LOG
+ * entries instead of the level's own (2^13 to 2^22): matches are then
+ * found only among recent positions.  On text around random numbers
+ * (logs: every line its template and its own numbers) the full tables
+ * find far matches in the numbers by chance, each costing more in offset
+ * bits than the literals it replaces, while the template repeats within
+ * the last lines: small tables keep 0.175 of such text at level 1 where
+ * the level's own keep 0.216, at the same speed.  Elsewhere far matches
+ * pay (0.366 against 0.245 on the sample guest's word-list pages), so
+ * the tunnel chooses by samples (enc-adapt.h, MpTablesCtl).  Like the
+ * level: from the next batch on, ending the frame if it changes. */
+#define MP_COMP_SMALL_TABLES_LOG 8
+void mp_comp_enc_set_small_tables(MpCompEnc *e, gboolean small);
+/* The tables of the next batch: small? */
+gboolean mp_comp_enc_small_tables(const MpCompEnc *e);
 
 /* Readies the context for its first batch, writing nothing: zstd's
  * workspace allocated and its tables cleared (about 10 MiB at level 3,
@@ -78,9 +95,10 @@ gsize mp_comp_enc_batch(MpCompEnc *e, const guint8 *in, gsize len,
 typedef struct MpCompSampler MpCompSampler;
 MpCompSampler *mp_comp_sampler_new(void);
 void mp_comp_sampler_free(MpCompSampler *s); /* accepts NULL */
-/* @return the size of `len` bytes compressed at `level` (0: failed). */
+/* @return the size of `len` bytes compressed at `level`, with small
+ * match tables or the level's own (0: failed). */
 gsize mp_comp_sampler_size(MpCompSampler *s, const guint8 *in, gsize len,
-                           int level);
+                           int level, gboolean small_tables);
 
 /* @return a decoder for batches of an encoder whose window_log is at most
  * `window_log`. */

@@ -30,6 +30,8 @@ typedef struct {
     gboolean waiting;
     GByteArray *plain;
     guint8 zctx;
+    /* also compressed alone both ways for the tables' samples */
+    gboolean tables_sample;
     /* no batch: the worker readies its context (mp_comp_enc_warm()) and
      * frees the item, which is in no queue */
     gboolean warm;
@@ -79,6 +81,13 @@ struct MpTunPagesOut {
     MpCompSampler **sampler;
     gint sample_due;
     guint64 sample_at, sample_below, sample_at_up, sample_above;
+    /* the tables' samples (a slice of every MP_TUN_PAGES_TABLES_EVERY-th
+     * batch): batches counted for them, and since the last decision the
+     * slices' sizes alone at the level with small tables and with the
+     * level's own, and how many (lock) */
+    guint64 tables_count;
+    guint64 ts_small, ts_full;
+    guint ts_n;
     guint64 nbatch;
     GMutex lock; /* the items' `waiting`, the zstd counters, wake_id */
     guint wake_id;
@@ -105,6 +114,10 @@ struct MpTunPagesOut {
     gint level;
     gboolean level_adapt;
     MpLevelCtl lvl;
+    /* zstd's match tables, small or the level's own (atomic as `level`;
+     * adapted by `tbl` with the level) */
+    gint small_tables;
+    MpTablesCtl tbl;
     gint64 born_us;
     guint64 zstd_wall_us; /* workers' wall time compressing (lock) */
     guint64 out_bytes;    /* item bytes popped (DATA and PAGES) */
@@ -115,6 +128,8 @@ struct MpTunPagesOut {
     json_object *level_log; /* [{t_s, from, to, why}], at most
                              * MP_TUN_PAGES_LEVEL_LOG */
     guint64 level_log_dropped;
+    json_object *table_log; /* [{t_s, to, level, why}], at most
+                             * MP_TUN_PAGES_LEVEL_LOG */
     /* lifted pages (see the header) */
     MpRpParser *rp;
     gboolean rp_lost;    /* the return path stopped parsing */
@@ -188,23 +203,30 @@ take_sample(MpTunPagesOut *po)
     }
 }
 
-/* The sampled batch compressed alone at the rungs next to `level`
- * (enc-adapt.h), into the window's sums. */
-static void
-sample_batch(MpTunPagesOut *po, guint zctx, int level, const GByteArray *plain)
+static MpCompSampler *
+sampler_of(MpTunPagesOut *po, guint zctx)
 {
-    guint r = mp_level_rung_of(level);
     if (!po->sampler[zctx])
         po->sampler[zctx] = mp_comp_sampler_new();
-    MpCompSampler *smp = po->sampler[zctx];
-    gsize at = mp_comp_sampler_size(smp, plain->data, plain->len, level);
+    return po->sampler[zctx];
+}
+
+/* The sampled batch compressed alone at the rungs next to `level`
+ * (enc-adapt.h), with the tables in use, into the window's sums. */
+static void
+sample_batch(MpTunPagesOut *po, guint zctx, int level, gboolean small,
+             const GByteArray *plain)
+{
+    guint r = mp_level_rung_of(level);
+    MpCompSampler *smp = sampler_of(po, zctx);
+    gsize at = mp_comp_sampler_size(smp, plain->data, plain->len, level, small);
     gsize below = 0, above = 0;
     if (r > 0)
         below = mp_comp_sampler_size(smp, plain->data, plain->len,
-                                     mp_level_rung_level(r - 1));
+                                     mp_level_rung_level(r - 1), small);
     if (r + 1 < MP_LEVEL_RUNGS)
         above = mp_comp_sampler_size(smp, plain->data, plain->len,
-                                     mp_level_rung_level(r + 1));
+                                     mp_level_rung_level(r + 1), small);
     g_mutex_lock(&po->lock);
     if (at && below) {
         po->sample_at += at;
@@ -214,6 +236,27 @@ sample_batch(MpTunPagesOut *po, guint zctx, int level, const GByteArray *plain)
         po->sample_at_up += at;
         po->sample_above += above;
     }
+    g_mutex_unlock(&po->lock);
+}
+
+/* A slice of the sampled batch (MP_TUN_PAGES_TABLES_SLICE from its
+ * middle) compressed alone at `level` with small tables and with the
+ * level's own (MpTablesCtl), into the sums. */
+static void
+sample_tables(MpTunPagesOut *po, guint zctx, int level,
+              const GByteArray *plain)
+{
+    MpCompSampler *smp = sampler_of(po, zctx);
+    gsize len = MIN(plain->len, MP_TUN_PAGES_TABLES_SLICE);
+    const guint8 *at = plain->data + (plain->len - len) / 2;
+    gsize small = mp_comp_sampler_size(smp, at, len, level, TRUE);
+    gsize full = mp_comp_sampler_size(smp, at, len, level, FALSE);
+    if (!small || !full)
+        return;
+    g_mutex_lock(&po->lock);
+    po->ts_small += small;
+    po->ts_full += full;
+    po->ts_n++;
     g_mutex_unlock(&po->lock);
 }
 
@@ -237,10 +280,13 @@ compress_job(gpointer job, gpointer pool_data)
     gint64 w0 = g_get_monotonic_time();
     GByteArray *out = g_byte_array_sized_new(it->plain->len / 2 + 64);
     gint level = g_atomic_int_get(&po->level);
+    gboolean small = g_atomic_int_get(&po->small_tables);
 
-    /* this context's frame ends here if the level changed */
+    /* this context's frame ends here if the level or tables changed */
     if (level != mp_comp_enc_level(ctx))
         mp_comp_enc_set_level(ctx, level);
+    if (small != mp_comp_enc_small_tables(ctx))
+        mp_comp_enc_set_small_tables(ctx, small);
     mp_batch_compress(ctx, it->zctx, it->plain->data, it->plain->len, out);
     gint64 cpu = thread_cpu_ns() - t0;
     gint64 wall = g_get_monotonic_time() - w0;
@@ -249,7 +295,11 @@ compress_job(gpointer job, gpointer pool_data)
      * does not wait for it, and outside the counted time: it is the
      * controller's cost, not zstd's at this level (only an adaptive
      * level, always on the ladder, is sampled) */
-    GByteArray *sample = take_sample(po) ? g_byte_array_ref(it->plain) : NULL;
+    GByteArray *sample = take_sample(po)
+                             ? g_byte_array_ref(it->plain)
+                             : NULL;
+    GByteArray *tsample = it->tables_sample ? g_byte_array_ref(it->plain)
+                                            : NULL;
     guint zctx = it->zctx;
     g_mutex_lock(&po->lock);
     po->zstd_in += it->plain->len;
@@ -264,8 +314,12 @@ compress_job(gpointer job, gpointer pool_data)
         po->wake_id = g_idle_add_full(G_PRIORITY_DEFAULT, on_wake, po, NULL);
     g_mutex_unlock(&po->lock);
     if (sample) {
-        sample_batch(po, zctx, level, sample);
+        sample_batch(po, zctx, level, small, sample);
         g_byte_array_unref(sample);
+    }
+    if (tsample) {
+        sample_tables(po, zctx, level, tsample);
+        g_byte_array_unref(tsample);
     }
 }
 
@@ -278,11 +332,30 @@ push_item(MpTunPagesOut *po, Item *it)
     g_queue_push_tail(&po->items, it);
 }
 
+/* The tables' samples, once there are enough of them, to their
+ * controller. */
+static void
+tables_decide(MpTunPagesOut *po)
+{
+    g_mutex_lock(&po->lock);
+    guint n = po->ts_n;
+    guint64 small = po->ts_small, full = po->ts_full;
+    if (n >= MP_TABLES_MIN_SAMPLES)
+        po->ts_small = po->ts_full = po->ts_n = 0;
+    g_mutex_unlock(&po->lock);
+    if (n >= MP_TABLES_MIN_SAMPLES && po->zstd_on)
+        mp_tun_pages_out_tables_with(
+            po, n, small, full, (g_get_monotonic_time() - po->born_us) / 1e6);
+}
+
 /* The encoder's finished batches become items, in order. */
 static void
 take_batches(MpTunPagesOut *po)
 {
     gsize at = 0;
+
+    if (po->level_adapt)
+        tables_decide(po);
 
     while (at + 4 <= po->made->len) {
         guint32 n = mp_be32(po->made->data + at);
@@ -301,6 +374,12 @@ take_batches(MpTunPagesOut *po)
             g_byte_array_append(it->plain, p, n);
             it->zctx = (guint8)(po->nbatch++ % po->workers);
             it->waiting = TRUE;
+            /* not in post-copy, as the level's: requested pages wait
+             * for the workers */
+            it->tables_sample = po->level_adapt && !po->postcopy_running
+                                && ++po->tables_count
+                                           % MP_TUN_PAGES_TABLES_EVERY
+                                       == 0;
             push_item(po, it);
             g_thread_pool_push(po->pool[it->zctx], it, NULL);
         } else {
@@ -901,11 +980,13 @@ mp_tun_pages_out_new(const MpTunPagesOptions *opt, guint32 page_size,
         }
         po->zstd_on = TRUE;
         mp_level_ctl_init(&po->lvl, po->level);
+        mp_tables_ctl_init(&po->tbl);
         if (po->level_adapt)
             po->sample_due = MP_TUN_PAGES_LEVEL_SAMPLES;
     }
     po->born_us = po->lw_us = g_get_monotonic_time();
     po->level_log = json_object_new_array();
+    po->table_log = json_object_new_array();
     return po;
 }
 
@@ -929,6 +1010,7 @@ mp_tun_pages_out_free(MpTunPagesOut *po)
     g_queue_clear_full(&po->items, (GDestroyNotify)item_free);
     g_queue_clear_full(&po->urgent, (GDestroyNotify)g_byte_array_unref);
     json_object_put(po->level_log);
+    json_object_put(po->table_log);
     if (po->ucur)
         g_byte_array_unref(po->ucur);
     if (po->held)
@@ -1308,6 +1390,14 @@ mp_tun_pages_out_report(const MpTunPagesOut *po)
     json_object_object_add(zs, "level", json_object_new_int(po->level));
     json_object_object_add(zs, "level_adapt",
                            json_object_new_boolean(po->level_adapt));
+    json_object_object_add(zs, "tables",
+                           json_object_new_string(po->tbl.small ? "small"
+                                                                : "full"));
+    json_object_object_add(zs, "table_switches",
+                           json_object_new_int((int)po->tbl.switches));
+    json_object *tl = NULL;
+    json_object_deep_copy(po->table_log, &tl, NULL);
+    json_object_object_add(zs, "table_changes", tl);
     json_object *ll = NULL;
     json_object_deep_copy(po->level_log, &ll, NULL);
     json_object_object_add(zs, "level_changes", ll);
@@ -1360,6 +1450,10 @@ static void
 level_window(MpTunPagesOut *po, double link_bps)
 {
     gint64 now = g_get_monotonic_time();
+    double span = (now - po->lw_us) / 1e6;
+
+    if (span < MP_TUN_PAGES_LEVEL_WINDOW_S * 0.9)
+        return;
     g_mutex_lock(&po->lock);
     guint64 in = po->zstd_in, out = po->zstd_out, cpu = po->zstd_cpu_ns,
             wall = po->zstd_wall_us, sat = po->sample_at,
@@ -1367,10 +1461,6 @@ level_window(MpTunPagesOut *po, double link_bps)
             sabove = po->sample_above;
     g_mutex_unlock(&po->lock);
     guint64 popped = po->out_bytes;
-    double span = (now - po->lw_us) / 1e6;
-
-    if (span < MP_TUN_PAGES_LEVEL_WINDOW_S * 0.9)
-        return;
     guint64 w_in = in - po->lw_in, w_out = out - po->lw_out,
             w_cpu = cpu - po->lw_cpu, w_wall = wall - po->lw_wall,
             w_popped = popped - po->lw_popped, w_sat = sat - po->lw_sat,
@@ -1443,6 +1533,42 @@ mp_tun_pages_out_level_with(MpTunPagesOut *po, const MpLevelSample *smp,
     json_object_object_add(e, "to", json_object_new_int(to));
     json_object_object_add(e, "why", json_object_new_string(why));
     json_object_array_add(po->level_log, e);
+    return TRUE;
+}
+
+gboolean
+mp_tun_pages_out_tables_with(MpTunPagesOut *po, guint n, guint64 small,
+                             guint64 full, double now_s)
+{
+    const char *why = NULL;
+
+    if (!po->level_adapt || !po->workers)
+        return FALSE;
+    gboolean was = po->tbl.small;
+    guint64 now = was ? small : full, other = was ? full : small;
+    if (!mp_tables_ctl_update(&po->tbl, n, now, other, &why)) {
+        if (n)
+            g_debug("%s: zstd tables stay %s: %s (%u samples, %.3f of the "
+                    "size the other way)",
+                    po->name, was ? "small" : "full", why, n,
+                    other ? (double)now / other : 0);
+        return FALSE;
+    }
+    g_atomic_int_set(&po->small_tables, po->tbl.small);
+    g_message("%s: zstd tables %s -> %s at level %d: %s (%u samples: "
+              "%.3f of the size)",
+              po->name, was ? "small" : "full", was ? "full" : "small",
+              po->level, why, n, (double)other / now);
+    if (json_object_array_length(po->table_log) >= MP_TUN_PAGES_LEVEL_LOG)
+        return TRUE; /* the count (table_switches) goes on */
+    json_object *e = json_object_new_object();
+    json_object_object_add(e, "t_s", json_object_new_double(now_s));
+    json_object_object_add(e, "to",
+                           json_object_new_string(po->tbl.small ? "small"
+                                                                : "full"));
+    json_object_object_add(e, "level", json_object_new_int(po->level));
+    json_object_object_add(e, "why", json_object_new_string(why));
+    json_object_array_add(po->table_log, e);
     return TRUE;
 }
 

@@ -121,6 +121,13 @@ typedef struct {
 /* batches per window that the workers also compress alone at the level
  * and at the rungs next to it, to compare them on the same pages */
 #define MP_TUN_PAGES_LEVEL_SAMPLES   2
+/* in one batch in this many, a slice of this many bytes is also
+ * compressed alone at the level with small match tables and with the
+ * level's own, for their controller (MpTablesCtl), which decides on every
+ * MP_TABLES_MIN_SAMPLES of them: with batches of about 1 MiB, on every 16
+ * MiB of the stream's pages, for about 3 % more of zstd's CPU */
+#define MP_TUN_PAGES_TABLES_EVERY    4
+#define MP_TUN_PAGES_TABLES_SLICE    (64u << 10)
 #define MP_TUN_PAGES_LEVEL_MIN_BYTES (1u << 20)
 #define MP_TUN_PAGES_LEVEL_LOG       64
 
@@ -243,6 +250,19 @@ gboolean mp_tun_pages_out_adapt_with(MpTunPagesOut *po,
  * @return TRUE if the level moved. */
 gboolean mp_tun_pages_out_level_with(MpTunPagesOut *po,
                                      const MpLevelSample *s, double now_s);
+/* zstd's match tables: with the adaptive level, the tables' samples
+ * (of every MP_TUN_PAGES_TABLES_EVERY-th batch, a slice alone at the level
+ * with small tables and with the level's own: `n` slices, `small` and
+ * `full` bytes)
+ * feed the tables' controller (filters/enc-adapt.h, MpTablesCtl) as the
+ * batches are made, MP_TABLES_MIN_SAMPLES at a time;
+ * a switch takes effect at the workers' next batch (a new zstd frame),
+ * is logged and kept in the report (zstd.tables, zstd.table_switches,
+ * zstd.table_changes).  The same on numbers given (tests).
+ * @return TRUE if the tables switched. */
+gboolean mp_tun_pages_out_tables_with(MpTunPagesOut *po, guint n,
+                                      guint64 small, guint64 full,
+                                      double now_s);
 /* The zstd level of the next batch (0: no zstd). */
 int mp_tun_pages_out_level(const MpTunPagesOut *po);
 /* Is zstd on now (FALSE also without zstd)? */

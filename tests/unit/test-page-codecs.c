@@ -412,6 +412,108 @@ Test(page_zstd, level_changes_mid_stream)
     cr_assert_eq(memcmp(out, raw, n), 0);
 }
 
+/* The match tables switch between batches, with and without a level
+ * change in the same batch: every batch decodes to its bytes with the one
+ * decoder, each switch a new frame. */
+Test(page_zstd, tables_change_mid_stream)
+{
+    static const struct {
+        int level;
+        gboolean small;
+    } steps[] = {{1, FALSE}, {1, TRUE}, {1, TRUE}, {3, TRUE}, {3, FALSE},
+                 {7, TRUE}, {-1, TRUE}, {1, FALSE}};
+    g_autoptr(GRand) r = g_rand_new_with_seed(9);
+    g_autoptr(MpCompEnc) e = mp_comp_enc_new(1, 23, NULL);
+    g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
+    gsize n = 32 * PS;
+    g_autofree guint8 *raw = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(n);
+    guint changes = 0;
+
+    cr_assert_not(mp_comp_enc_small_tables(e));
+    for (guint b = 0; b < G_N_ELEMENTS(steps); b++) {
+        for (gsize i = 0; i < n; i += PS)
+            page_gen(raw + i, PS, (PageKind)((i / PS + b) % PG__MAX), r);
+        if (steps[b].level != mp_comp_enc_level(e)
+            || steps[b].small != mp_comp_enc_small_tables(e))
+            changes++;
+        mp_comp_enc_set_level(e, steps[b].level);
+        mp_comp_enc_set_small_tables(e, steps[b].small);
+        cr_assert_eq(mp_comp_enc_small_tables(e), steps[b].small);
+        g_autoptr(GByteArray) c = g_byte_array_new();
+        cr_assert_gt(mp_comp_enc_batch(e, raw, n, c), 0);
+        g_autoptr(GError) err = NULL;
+        cr_assert(mp_comp_dec_batch(d, c->data, c->len, out, n, &err),
+                  "batch %u: %s", b, err ? err->message : "");
+        cr_assert_eq(memcmp(out, raw, n), 0, "batch %u", b);
+    }
+    cr_assert_eq(mp_comp_enc_frames(e), 1 + changes);
+}
+
+/* Lines like the Linux guest's log-like text (samples/linux-guest, every
+ * line its own random numbers), 64 KiB of them. */
+static void
+log_text(guint8 *p, gsize n, GRand *r)
+{
+    for (gsize i = 0; i < n;) {
+        char line[128];
+        int l = g_snprintf(line, sizeof line,
+                           "[%10zu] mp-guest: task %5u wrote %u bytes to "
+                           "inode %u ok\n",
+                           i / 8, g_rand_int_range(r, 0, 65536),
+                           g_rand_int_range(r, 0, 65536), g_rand_int(r));
+        gsize k = MIN((gsize)l, n - i);
+        memcpy(p + i, line, k);
+        i += k;
+    }
+}
+
+/* Small tables pay on log-like text and not on text from a word list, in
+ * the stream and alone (the sampler), in the same direction: what the
+ * tables' controller rests on (enc-adapt.h, MpTablesCtl). */
+Test(page_zstd, small_tables_on_log_text)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(10);
+    gsize n = 64 * 65536;
+    g_autofree guint8 *logs = g_malloc(n);
+    g_autofree guint8 *words = g_malloc(n);
+    log_text(logs, n, r);
+    for (gsize i = 0; i < n; i += PS)
+        page_gen(words + i, PS, PG_TEXT, r);
+
+    struct {
+        const guint8 *data;
+        gsize stream[2], alone[2];
+    } kinds[] = {{logs, {0}, {0}}, {words, {0}, {0}}};
+    MpCompSampler *smp = mp_comp_sampler_new();
+    for (guint k = 0; k < G_N_ELEMENTS(kinds); k++) {
+        for (int small = 0; small < 2; small++) {
+            g_autoptr(MpCompEnc) e = mp_comp_enc_new(1, 23, NULL);
+            mp_comp_enc_set_small_tables(e, small);
+            g_autoptr(GByteArray) c = g_byte_array_new();
+            for (gsize at = 0; at < n; at += 65536) {
+                mp_comp_enc_batch(e, kinds[k].data + at, 65536, c);
+                kinds[k].alone[small] += mp_comp_sampler_size(
+                    smp, kinds[k].data + at, 65536, 1, small);
+            }
+            kinds[k].stream[small] = c->len;
+            cr_assert_eq(mp_comp_enc_frames(e), 1);
+        }
+    }
+    mp_comp_sampler_free(smp);
+    g_printerr("tables: logs stream %zu small / %zu full, alone %zu / %zu; "
+               "words stream %zu / %zu, alone %zu / %zu\n",
+               kinds[0].stream[1], kinds[0].stream[0], kinds[0].alone[1],
+               kinds[0].alone[0], kinds[1].stream[1], kinds[1].stream[0],
+               kinds[1].alone[1], kinds[1].alone[0]);
+    /* logs: small tables at least MP_TABLES_GAIN better, both ways */
+    cr_assert_lt(kinds[0].stream[1], kinds[0].stream[0] * 0.95);
+    cr_assert_lt(kinds[0].alone[1], kinds[0].alone[0] * 0.95);
+    /* words: worse, both ways */
+    cr_assert_gt(kinds[1].stream[1], kinds[1].stream[0]);
+    cr_assert_gt(kinds[1].alone[1], kinds[1].alone[0]);
+}
+
 /* A warmed context (mp_comp_enc_warm(), as a worker does before its
  * first batch arrives) writes the bytes an unwarmed one does, and still
  * takes a level set before its first batch. */
@@ -495,13 +597,16 @@ Test(page_zstd, sampler_compares_levels)
     for (gsize i = 0; i < 65536; i++)
         rnd[i] = (guint8)g_rand_int(r);
     MpCompSampler *smp = mp_comp_sampler_new();
-    gsize t3 = mp_comp_sampler_size(smp, text, 65536, 3);
-    gsize t1 = mp_comp_sampler_size(smp, text, 65536, 1);
-    gsize r3 = mp_comp_sampler_size(smp, rnd, 65536, 3);
+    gsize t3 = mp_comp_sampler_size(smp, text, 65536, 3, FALSE);
+    gsize t1 = mp_comp_sampler_size(smp, text, 65536, 1, FALSE);
+    gsize r3 = mp_comp_sampler_size(smp, rnd, 65536, 3, FALSE);
     cr_assert(t3 > 0 && t3 < 65536 / 2, "%zu", t3);
     cr_assert(t1 > 0 && t1 < 65536 / 2, "%zu", t1);
     cr_assert_geq(r3, 65536);
-    cr_assert_eq(mp_comp_sampler_size(smp, text, 65536, 3), t3);
+    cr_assert_eq(mp_comp_sampler_size(smp, text, 65536, 3, FALSE), t3);
+    /* the tables' settings do not stick to the context */
+    cr_assert_neq(mp_comp_sampler_size(smp, text, 65536, 3, TRUE), t3);
+    cr_assert_eq(mp_comp_sampler_size(smp, text, 65536, 3, FALSE), t3);
     mp_comp_sampler_free(smp);
     mp_comp_sampler_free(NULL);
 }
@@ -904,4 +1009,36 @@ Test(level, settles_on_noise)
         cr_assert_leq(moves, 8, "seed %u: %u moves", seed, moves);
         cr_assert_leq(level, 1, "seed %u: level %d", seed, level);
     }
+}
+
+/* The tables' controller: switches on one window whose samples say the
+ * other tables compress at least MP_TABLES_GAIN better, on no fewer than
+ * MP_TABLES_MIN_SAMPLES batches, and back the same way. */
+Test(tables, switch_on_clear_gains)
+{
+    MpTablesCtl c;
+    const char *why = NULL;
+    mp_tables_ctl_init(&c);
+    cr_assert_not(c.small);
+    /* too few samples, however clear */
+    cr_assert_not(mp_tables_ctl_update(&c, MP_TABLES_MIN_SAMPLES - 1,
+                                       100000, 50000, &why));
+    cr_assert(strstr(why, "few"), "%s", why);
+    cr_assert_not(mp_tables_ctl_update(&c, 6, 0, 0, &why));
+    /* random pages: the same either way */
+    cr_assert_not(mp_tables_ctl_update(&c, 6, 393216, 393300, &why));
+    /* 4 % better: not worth a new frame */
+    cr_assert_not(mp_tables_ctl_update(&c, 6, 100000, 96000, &why));
+    cr_assert_not(c.small);
+    /* log-like text: 15 % better with small tables (now: full) */
+    cr_assert(mp_tables_ctl_update(&c, 6, 82000, 69500, &why));
+    cr_assert(c.small);
+    cr_assert(strstr(why, "small tables"), "%s", why);
+    /* still text: small stays (now: small, other: full) */
+    cr_assert_not(mp_tables_ctl_update(&c, 6, 69500, 82000, &why));
+    /* word lists: 20 % worse small: back */
+    cr_assert(mp_tables_ctl_update(&c, 6, 103000, 82000, &why));
+    cr_assert_not(c.small);
+    cr_assert(strstr(why, "own tables"), "%s", why);
+    cr_assert_eq(c.switches, 2);
 }

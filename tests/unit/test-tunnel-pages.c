@@ -543,6 +543,89 @@ Test(tunnel_pages, level_moves_same_memory)
     cr_assert_eq(mp_tun_pages_out_level(fixed), 3);
 }
 
+/* The report's zstd.tables: small? */
+static gboolean
+tables_small(MpTunPagesOut *po)
+{
+    json_object *rep = mp_tun_pages_out_report(po);
+    json_object *z;
+    cr_assert(json_object_object_get_ex(rep, "zstd", &z));
+    gboolean small = g_strcmp0(json_object_get_string(
+                                   json_object_object_get(z, "tables")),
+                               "small")
+                     == 0;
+    json_object_put(rep);
+    return small;
+}
+
+/* Samples that say the other tables compress 15 to 20 % better. */
+static gboolean
+tables_flip(MpTunPagesOut *po, double t)
+{
+    return tables_small(po)
+               ? mp_tun_pages_out_tables_with(po, 6, 103000, 82000, t)
+               : mp_tun_pages_out_tables_with(po, 6, 69500, 82000, t);
+}
+
+/* zstd's match tables switch on the samples' word, mid-stream, both ways:
+ * the memory is the same, and the report says where they are and each
+ * switch.  The stream's own samples (a slice of every fourth batch) may
+ * switch them too, between the ones forced here; samples that favour
+ * neither way by MP_TABLES_GAIN switch nothing.  With a pinned level they
+ * stay the level's own. */
+Test(tunnel_pages, tables_switch_same_memory)
+{
+    g_autoptr(GByteArray) in = tu_read_sample("busy-10.0.mig.zst");
+    MpTunPagesOptions o = all_on();
+    o.adapt = TRUE;
+    o.level = 0;
+    g_autoptr(MpTunPagesOut) po = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
+    Run r = {.out = g_byte_array_new()};
+    gsize part = in->len / 3;
+
+    cr_assert_not(tables_small(po));
+    feed_range(po, pi, &r, in, 0, part);
+    gboolean was = tables_small(po);
+    cr_assert_not(mp_tun_pages_out_tables_with(po, 6, 80000, 82000, 1));
+    cr_assert_not(mp_tun_pages_out_tables_with(po, 3, 50000, 82000, 1));
+    cr_assert_eq(tables_small(po), was);
+    cr_assert(tables_flip(po, 2));
+    cr_assert_neq(tables_small(po), was);
+    feed_range(po, pi, &r, in, part, 2 * part);
+    cr_assert(tables_flip(po, 3));
+    feed_range(po, pi, &r, in, 2 * part, in->len);
+    drain(po, pi, &r, TRUE);
+
+    json_object *rep = mp_tun_pages_out_report(po);
+    json_object *z, *log;
+    cr_assert(json_object_object_get_ex(rep, "zstd", &z));
+    gint64 n = tu_json_int(rep, "zstd.table_switches");
+    cr_assert_geq(n, 2);
+    cr_assert(json_object_object_get_ex(z, "table_changes", &log));
+    cr_assert_eq((gint64)json_object_array_length(log), n);
+    json_object *last = json_object_array_get_idx(log, n - 1);
+    cr_assert_str_eq(
+        json_object_get_string(json_object_object_get(last, "to")),
+        json_object_get_string(json_object_object_get(z, "tables")));
+    cr_assert_eq(tu_json_int(last, "level"), 1);
+    /* the level's log is the level's alone */
+    cr_assert(json_object_object_get_ex(z, "level_changes", &log));
+    cr_assert_eq(json_object_array_length(log), 0);
+    json_object_put(rep);
+    g_autoptr(GHashTable) want = memory_of(in, NULL);
+    g_autoptr(GHashTable) got = memory_of(r.out, NULL);
+    assert_same_memory(want, got, "zstd tables switched");
+    g_byte_array_unref(r.out);
+
+    o.level = 3;
+    g_autoptr(MpTunPagesOut) fixed = mp_tun_pages_out_new(
+        &o, PS, CACHE, MAX_PAYLOAD, "test", wake, NULL);
+    cr_assert_not(mp_tun_pages_out_tables_with(fixed, 6, 69500, 82000, 1));
+    cr_assert_not(tables_small(fixed));
+}
+
 /* The per-encoder counters of the --metrics lines add up over streams. */
 Test(tunnel_pages, encoder_counters)
 {
