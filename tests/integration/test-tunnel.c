@@ -2401,6 +2401,46 @@ linux_guest_start(guint memory_mib, const char *append, const char *device)
     return wait_serial(serial_log, "mp-guest: READY", 240000);
 }
 
+/* Migrates the Linux guest of linux_guest_start() through the pair (no
+ * options) into a paused QEMU 10.0 with the same `device` (or none), at
+ * QEMU's `max_bandwidth`; asserts that both QEMUs completed and both
+ * sides exited cleanly.  @return the source's final query-migrate. */
+static json_object *
+linux_guest_migrate(const char *name, guint memory_mib, const char *device,
+                    gint64 max_bandwidth)
+{
+    g_autoptr(GError) err = NULL;
+    /* the same devices: a serial port (its output unused) and `device` */
+    const char *dst_extra[] = {"-serial", "null", device ? "-device" : NULL,
+                               device, NULL};
+    MpQemuConfig dcfg = {
+        .version = "10.0",
+        .label = "dst",
+        .machine = "pc-q35-10.0",
+        .memory_mib = memory_mib,
+        .paused = TRUE,
+        .incoming = "defer",
+        .extra_args = dst_extra,
+    };
+    fx.dst = mp_qemu_start(&dcfg, &err);
+    cr_assert_not_null(fx.dst, "%s", err ? err->message : "?");
+    guint16 qport = mp_qemu_pick_free_port(&err);
+    cr_assert(qport, "%s", err ? err->message : "?");
+    fx.pair = pair_start(name, qport, NULL);
+    it_incoming(fx.dst, qport);
+    it_set_int(fx.src, "max-bandwidth", max_bandwidth);
+    it_migrate(fx.src, fx.pair->src_port, FALSE);
+    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    g_autofree char *slog = log_text(&fx.pair->src);
+    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
+                     "completed", "%s\n%s", json_object_to_json_string(src),
+                     slog);
+    json_object_put(it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS));
+    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "%s", slog);
+    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0);
+    return src;
+}
+
 Test(tunnel, balloon_100)
 {
     g_autoptr(GError) err = NULL;
@@ -2430,35 +2470,8 @@ Test(tunnel, balloon_100)
                  "the balloon took only %" G_GINT64_FORMAT " pages",
                  ballooned);
 
-    /* the same devices: a serial port (its output unused) and a balloon */
-    const char *dst_extra[] = {"-serial", "null", "-device",
-                               "virtio-balloon-pci", NULL};
-    MpQemuConfig dcfg = {
-        .version = "10.0",
-        .label = "dst",
-        .machine = "pc-q35-10.0",
-        .memory_mib = BALLOON_RAM_MIB,
-        .paused = TRUE,
-        .incoming = "defer",
-        .extra_args = dst_extra,
-    };
-    fx.dst = mp_qemu_start(&dcfg, &err);
-    cr_assert_not_null(fx.dst, "%s", err ? err->message : "?");
-    guint16 qport = mp_qemu_pick_free_port(&err);
-    cr_assert(qport, "%s", err ? err->message : "?");
-    fx.pair = pair_start("balloon_100", qport, NULL);
-    it_incoming(fx.dst, qport);
-    it_set_int(fx.src, "max-bandwidth", 256 << 20);
-    it_migrate(fx.src, fx.pair->src_port, FALSE);
-    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
-    g_autofree char *slog = log_text(&fx.pair->src);
-    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
-                     "completed", "%s\n%s", json_object_to_json_string(src),
-                     slog);
-    json_object_put(it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS));
-    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "%s", slog);
-    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0);
-
+    json_object *src = linux_guest_migrate("balloon_100", BALLOON_RAM_MIB,
+                                           "virtio-balloon-pci", 256 << 20);
     json_object *rep = read_json(fx.pair->report);
     json_object *sp = main_pages(it_jget(rep, "tunnel"));
     cr_assert_not_null(sp);
@@ -2498,39 +2511,14 @@ Test(tunnel, balloon_100)
  * not enter). */
 Test(tunnel, precopy_100_log_text_small_tables)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *text = linux_guest_start(
         LOG_TEXT_RAM_MIB,
         "console=ttyS0 quiet mp_fill=48 mp_data=text mp_rewrite=0 "
         "mp_check=0 mp_tick=5",
         NULL);
-    const char *dst_extra[] = {"-serial", "null", NULL};
-    MpQemuConfig dcfg = {
-        .version = "10.0",
-        .label = "dst",
-        .machine = "pc-q35-10.0",
-        .memory_mib = LOG_TEXT_RAM_MIB,
-        .paused = TRUE,
-        .incoming = "defer",
-        .extra_args = dst_extra,
-    };
-    fx.dst = mp_qemu_start(&dcfg, &err);
-    cr_assert_not_null(fx.dst, "%s", err ? err->message : "?");
-    guint16 qport = mp_qemu_pick_free_port(&err);
-    cr_assert(qport, "%s", err ? err->message : "?");
-    fx.pair = pair_start("log_text", qport, NULL);
-    it_incoming(fx.dst, qport);
-    it_set_int(fx.src, "max-bandwidth", 24 << 20);
-    it_migrate(fx.src, fx.pair->src_port, FALSE);
-    json_object *src = it_wait_final(fx.src, MIGRATE_TIMEOUT_MS);
+    json_object *src = linux_guest_migrate("log_text", LOG_TEXT_RAM_MIB, NULL,
+                                           24 << 20);
     g_autofree char *slog = log_text(&fx.pair->src);
-    cr_assert_str_eq(json_object_get_string(it_jget(src, "status")),
-                     "completed", "%s\n%s", json_object_to_json_string(src),
-                     slog);
-    json_object_put(it_wait_final(fx.dst, MIGRATE_TIMEOUT_MS));
-    cr_assert_eq(proc_wait(&fx.pair->src, 60000), 0, "%s", slog);
-    cr_assert_eq(proc_wait(&fx.pair->dst, 30000), 0);
-
     json_object *rep = read_json(fx.pair->report);
     json_object *sp = main_pages(it_jget(rep, "tunnel"));
     cr_assert_not_null(sp);
