@@ -295,9 +295,7 @@ compress_job(gpointer job, gpointer pool_data)
      * does not wait for it, and outside the counted time: it is the
      * controller's cost, not zstd's at this level (only an adaptive
      * level, always on the ladder, is sampled) */
-    GByteArray *sample = take_sample(po)
-                             ? g_byte_array_ref(it->plain)
-                             : NULL;
+    GByteArray *sample = take_sample(po) ? g_byte_array_ref(it->plain) : NULL;
     GByteArray *tsample = it->tables_sample ? g_byte_array_ref(it->plain)
                                             : NULL;
     guint zctx = it->zctx;

@@ -250,14 +250,13 @@ gboolean mp_tun_pages_out_adapt_with(MpTunPagesOut *po,
  * @return TRUE if the level moved. */
 gboolean mp_tun_pages_out_level_with(MpTunPagesOut *po,
                                      const MpLevelSample *s, double now_s);
-/* zstd's match tables: with the adaptive level, the tables' samples
- * (of every MP_TUN_PAGES_TABLES_EVERY-th batch, a slice alone at the level
+/* zstd's match tables: with the adaptive level, the tables' samples (of
+ * every MP_TUN_PAGES_TABLES_EVERY-th batch, a slice alone at the level
  * with small tables and with the level's own: `n` slices, `small` and
- * `full` bytes)
- * feed the tables' controller (filters/enc-adapt.h, MpTablesCtl) as the
- * batches are made, MP_TABLES_MIN_SAMPLES at a time;
- * a switch takes effect at the workers' next batch (a new zstd frame),
- * is logged and kept in the report (zstd.tables, zstd.table_switches,
+ * `full` bytes) feed the tables' controller (filters/enc-adapt.h,
+ * MpTablesCtl) as the batches are made, MP_TABLES_MIN_SAMPLES at a time; a
+ * switch takes effect at the workers' next batch (a new zstd frame), is
+ * logged and kept in the report (zstd.tables, zstd.table_switches,
  * zstd.table_changes).  The same on numbers given (tests).
  * @return TRUE if the tables switched. */
 gboolean mp_tun_pages_out_tables_with(MpTunPagesOut *po, guint n,

@@ -370,38 +370,65 @@ Test(page_zstd, batches_share_a_window)
     cr_assert_eq(mp_comp_dec_stats(d)->bytes_out, 2 * n);
 }
 
-/* The level changes between batches, up and down the ladder, as the
- * adaptive level does: every batch decodes to its bytes with the one
- * decoder, which is never told (each change starts a new frame). */
-Test(page_zstd, level_changes_mid_stream)
+typedef struct {
+    int level;
+    gboolean small; /* match tables */
+} ZstdStep;
+
+/* One encoder takes a batch of mixed pages per step at the step's level
+ * and tables, one decoder decodes each, never told: every batch gives its
+ * bytes, and each change started one new frame.  @return the encoder. */
+static MpCompEnc *
+zstd_steps(const ZstdStep *steps, guint count, int start, guint32 seed)
 {
-    static const int levels[] = {3, 3, 6, -5, -5, 1, 19, 9, 9, -1, 3};
-    g_autoptr(GRand) r = g_rand_new_with_seed(7);
-    g_autoptr(MpCompEnc) e = mp_comp_enc_new(3, 23, NULL);
+    g_autoptr(GRand) r = g_rand_new_with_seed(seed);
+    MpCompEnc *e = mp_comp_enc_new(start, 23, NULL);
     g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
     gsize n = 32 * PS;
     g_autofree guint8 *raw = g_malloc(n);
     g_autofree guint8 *out = g_malloc(n);
     guint changes = 0;
 
-    for (guint b = 0; b < G_N_ELEMENTS(levels); b++) {
+    cr_assert_not(mp_comp_enc_small_tables(e));
+    for (guint b = 0; b < count; b++) {
         for (gsize i = 0; i < n; i += PS)
             page_gen(raw + i, PS, (PageKind)((i / PS + b) % PG__MAX), r);
-        if (levels[b] != mp_comp_enc_level(e))
+        if (steps[b].level != mp_comp_enc_level(e)
+            || steps[b].small != mp_comp_enc_small_tables(e))
             changes++;
-        mp_comp_enc_set_level(e, levels[b]);
-        cr_assert_eq(mp_comp_enc_level(e), levels[b]);
+        mp_comp_enc_set_level(e, steps[b].level);
+        mp_comp_enc_set_small_tables(e, steps[b].small);
+        cr_assert_eq(mp_comp_enc_level(e), steps[b].level);
+        cr_assert_eq(mp_comp_enc_small_tables(e), steps[b].small);
         g_autoptr(GByteArray) c = g_byte_array_new();
         cr_assert_gt(mp_comp_enc_batch(e, raw, n, c), 0);
         g_autoptr(GError) err = NULL;
         memset(out, 0xee, n);
         cr_assert(mp_comp_dec_batch(d, c->data, c->len, out, n, &err),
-                  "batch %u at level %d: %s", b, levels[b],
+                  "batch %u at level %d: %s", b, steps[b].level,
                   err ? err->message : "");
         cr_assert_eq(memcmp(out, raw, n), 0, "batch %u", b);
     }
     cr_assert_eq(mp_comp_enc_frames(e), 1 + changes);
+    return e;
+}
+
+/* The level changes between batches, up and down the ladder, as the
+ * adaptive level does: every batch decodes to its bytes with the one
+ * decoder, which is never told (each change starts a new frame). */
+Test(page_zstd, level_changes_mid_stream)
+{
+    static const ZstdStep steps[] = {{3}, {3}, {6}, {-5}, {-5}, {1},
+                                     {19}, {9}, {9}, {-1}, {3}};
+    g_autoptr(MpCompEnc) e = zstd_steps(steps, G_N_ELEMENTS(steps), 3, 7);
+
     /* a change before any batch costs no frame */
+    g_autoptr(GRand) r = g_rand_new_with_seed(7);
+    gsize n = 32 * PS;
+    g_autofree guint8 *raw = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(n);
+    for (gsize i = 0; i < n; i += PS)
+        page_gen(raw + i, PS, (PageKind)((i / PS) % PG__MAX), r);
     g_autoptr(MpCompEnc) f = mp_comp_enc_new(3, 23, NULL);
     mp_comp_enc_set_level(f, 9);
     g_autoptr(GByteArray) c = g_byte_array_new();
@@ -417,37 +444,11 @@ Test(page_zstd, level_changes_mid_stream)
  * decoder, each switch a new frame. */
 Test(page_zstd, tables_change_mid_stream)
 {
-    static const struct {
-        int level;
-        gboolean small;
-    } steps[] = {{1, FALSE}, {1, TRUE}, {1, TRUE}, {3, TRUE}, {3, FALSE},
-                 {7, TRUE}, {-1, TRUE}, {1, FALSE}};
-    g_autoptr(GRand) r = g_rand_new_with_seed(9);
-    g_autoptr(MpCompEnc) e = mp_comp_enc_new(1, 23, NULL);
-    g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
-    gsize n = 32 * PS;
-    g_autofree guint8 *raw = g_malloc(n);
-    g_autofree guint8 *out = g_malloc(n);
-    guint changes = 0;
-
+    static const ZstdStep steps[] = {{1, FALSE}, {1, TRUE},  {1, TRUE},
+                                     {3, TRUE},  {3, FALSE}, {7, TRUE},
+                                     {-1, TRUE}, {1, FALSE}};
+    g_autoptr(MpCompEnc) e = zstd_steps(steps, G_N_ELEMENTS(steps), 1, 9);
     cr_assert_not(mp_comp_enc_small_tables(e));
-    for (guint b = 0; b < G_N_ELEMENTS(steps); b++) {
-        for (gsize i = 0; i < n; i += PS)
-            page_gen(raw + i, PS, (PageKind)((i / PS + b) % PG__MAX), r);
-        if (steps[b].level != mp_comp_enc_level(e)
-            || steps[b].small != mp_comp_enc_small_tables(e))
-            changes++;
-        mp_comp_enc_set_level(e, steps[b].level);
-        mp_comp_enc_set_small_tables(e, steps[b].small);
-        cr_assert_eq(mp_comp_enc_small_tables(e), steps[b].small);
-        g_autoptr(GByteArray) c = g_byte_array_new();
-        cr_assert_gt(mp_comp_enc_batch(e, raw, n, c), 0);
-        g_autoptr(GError) err = NULL;
-        cr_assert(mp_comp_dec_batch(d, c->data, c->len, out, n, &err),
-                  "batch %u: %s", b, err ? err->message : "");
-        cr_assert_eq(memcmp(out, raw, n), 0, "batch %u", b);
-    }
-    cr_assert_eq(mp_comp_enc_frames(e), 1 + changes);
 }
 
 /* Lines like the Linux guest's log-like text (samples/linux-guest, every
