@@ -69,8 +69,14 @@ guint mp_comp_enc_frames(const MpCompEnc *e);
  * the level's own keep 0.216, at the same speed.  Elsewhere far matches
  * pay (0.366 against 0.245 on the sample guest's word-list pages), so
  * the tunnel chooses by samples (enc-adapt.h, MpTablesCtl).  Like the
- * level: from the next batch on, ending the frame if it changes. */
-#define MP_COMP_SMALL_TABLES_LOG 8
+ * level: from the next batch on, ending the frame if it changes.
+ * Levels MP_COMP_SMALL_GREEDY_FROM to _TO (zstd's double-fast parser)
+ * parse greedily with small tables: there they keep 0.169 of that text,
+ * so the tunnel's adaptive level has a rung above 1 worth the CPU where
+ * the link is full (at level 3's own parser, 0.182, it had none). */
+#define MP_COMP_SMALL_TABLES_LOG  8
+#define MP_COMP_SMALL_GREEDY_FROM 3
+#define MP_COMP_SMALL_GREEDY_TO   4
 void mp_comp_enc_set_small_tables(MpCompEnc *e, gboolean small);
 /* The tables of the next batch: small? */
 gboolean mp_comp_enc_small_tables(const MpCompEnc *e);

@@ -515,6 +515,45 @@ Test(page_zstd, small_tables_on_log_text)
     cr_assert_gt(kinds[1].alone[1], kinds[1].alone[0]);
 }
 
+/* With small tables level 3 parses greedily (page-zstd.h,
+ * MP_COMP_SMALL_GREEDY_FROM): on log-like text it keeps less than level
+ * 1, in the stream and alone, so the adaptive level's samples see a rung
+ * above 1 that pays where the link is full; its output decodes. */
+Test(page_zstd, small_tables_greedy_rung_on_log_text)
+{
+    g_autoptr(GRand) r = g_rand_new_with_seed(11);
+    gsize n = 64 * 65536;
+    g_autofree guint8 *logs = g_malloc(n);
+    g_autofree guint8 *out = g_malloc(65536);
+    log_text(logs, n, r);
+
+    static const int levels[] = {1, 3};
+    gsize stream[2], alone[2] = {0, 0};
+    MpCompSampler *smp = mp_comp_sampler_new();
+    for (guint l = 0; l < G_N_ELEMENTS(levels); l++) {
+        g_autoptr(MpCompEnc) e = mp_comp_enc_new(levels[l], 23, NULL);
+        g_autoptr(MpCompDec) d = mp_comp_dec_new(23, NULL);
+        mp_comp_enc_set_small_tables(e, TRUE);
+        stream[l] = 0;
+        for (gsize at = 0; at < n; at += 65536) {
+            g_autoptr(GByteArray) c = g_byte_array_new();
+            mp_comp_enc_batch(e, logs + at, 65536, c);
+            stream[l] += c->len;
+            cr_assert(mp_comp_dec_batch(d, c->data, c->len, out, 65536, NULL));
+            cr_assert_eq(memcmp(out, logs + at, 65536), 0);
+            alone[l] += mp_comp_sampler_size(smp, logs + at, 65536,
+                                             levels[l], TRUE);
+        }
+    }
+    mp_comp_sampler_free(smp);
+    g_printerr("small tables on logs: level 1 stream %zu alone %zu, level 3 "
+               "stream %zu alone %zu\n",
+               stream[0], alone[0], stream[1], alone[1]);
+    /* more than MP_LEVEL_RATIO_GAIN (1 %) better: a rise the samples allow */
+    cr_assert_lt(stream[1], stream[0] * 0.98);
+    cr_assert_lt(alone[1], alone[0] * 0.98);
+}
+
 /* A warmed context (mp_comp_enc_warm(), as a worker does before its
  * first batch arrives) writes the bytes an unwarmed one does, and still
  * takes a level set before its first batch. */
