@@ -567,8 +567,8 @@ tables_flip(MpTunPagesOut *po, double t)
                : mp_tun_pages_out_tables_with(po, 6, 69500, 82000, t);
 }
 
-/* zstd's match tables switch on the samples' word, mid-stream, both ways:
- * the memory is the same, and the report says where they are and each
+/* zstd's match tables switch on the samples' word, mid-stream, both ways,
+ * and the level rises to 3 while they are small: the memory is the same, and the report says where they are and each
  * switch.  The stream's own samples (a slice of every fourth batch) may
  * switch them too, between the ones forced here; samples that favour
  * neither way by MP_TABLES_GAIN switch nothing.  With a pinned level they
@@ -593,6 +593,14 @@ Test(tunnel_pages, tables_switch_same_memory)
     cr_assert_eq(tables_small(po), was);
     cr_assert(tables_flip(po, 2));
     cr_assert_neq(tables_small(po), was);
+    /* and the level rises to 3, where small tables parse greedily
+     * (page-zstd.h, MP_COMP_SMALL_GREEDY_FROM) */
+    MpLevelSample link_bound = {.link_bps = 12.5e6, .out_bps = 12.4e6,
+                                .busy = 0.1, .enc_bps = 130e6,
+                                .ratio = 0.24};
+    for (guint w = 0; w < MP_LEVEL_AGREE_UP; w++)
+        mp_tun_pages_out_level_with(po, &link_bound, 2 + w * 0.5);
+    cr_assert_eq(mp_tun_pages_out_level(po), 3);
     feed_range(po, pi, &r, in, part, 2 * part);
     cr_assert(tables_flip(po, 3));
     feed_range(po, pi, &r, in, 2 * part, in->len);
@@ -609,14 +617,14 @@ Test(tunnel_pages, tables_switch_same_memory)
     cr_assert_str_eq(
         json_object_get_string(json_object_object_get(last, "to")),
         json_object_get_string(json_object_object_get(z, "tables")));
-    cr_assert_eq(tu_json_int(last, "level"), 1);
+    cr_assert_eq(tu_json_int(last, "level"), 3);
     /* the level's log is the level's alone */
     cr_assert(json_object_object_get_ex(z, "level_changes", &log));
-    cr_assert_eq(json_object_array_length(log), 0);
+    cr_assert_eq(json_object_array_length(log), 1);
     json_object_put(rep);
     g_autoptr(GHashTable) want = memory_of(in, NULL);
     g_autoptr(GHashTable) got = memory_of(r.out, NULL);
-    assert_same_memory(want, got, "zstd tables switched");
+    assert_same_memory(want, got, "zstd tables switched, level 1 and 3");
     g_byte_array_unref(r.out);
 
     o.level = 3;
