@@ -283,10 +283,8 @@ compress_job(gpointer job, gpointer pool_data)
     gboolean small = g_atomic_int_get(&po->small_tables);
 
     /* this context's frame ends here if the level or tables changed */
-    if (level != mp_comp_enc_level(ctx))
-        mp_comp_enc_set_level(ctx, level);
-    if (small != mp_comp_enc_small_tables(ctx))
-        mp_comp_enc_set_small_tables(ctx, small);
+    mp_comp_enc_set_level(ctx, level);
+    mp_comp_enc_set_small_tables(ctx, small);
     mp_batch_compress(ctx, it->zctx, it->plain->data, it->plain->len, out);
     gint64 cpu = thread_cpu_ns() - t0;
     gint64 wall = g_get_monotonic_time() - w0;

@@ -468,6 +468,12 @@ Test(tunnel_pages, random_pages_zstd_off_early)
     assert_same_memory(want, got, "random pages, zstd off early");
 }
 
+/* A window of a full 100 Mbit/s link with idle workers: the level
+ * rises after MP_LEVEL_AGREE_UP of them. */
+static const MpLevelSample LINK_BOUND = {.link_bps = 12.5e6,
+                                         .out_bps = 12.4e6, .busy = 0.1,
+                                         .enc_bps = 130e6, .ratio = 0.24};
+
 /* The zstd level moves on numbers given (no clock): up while the link
  * is full and the workers idle, down while batches wait for them; each
  * move starts a new zstd frame in every worker's context, which the
@@ -484,9 +490,7 @@ Test(tunnel_pages, level_moves_same_memory)
     g_autoptr(MpTunPagesIn) pi = mp_tun_pages_in_new(PS, CACHE);
     Run r = {.out = g_byte_array_new()};
     gsize part = in->len / 4;
-    MpLevelSample link_bound = {.link_bps = 12.5e6, .out_bps = 12.4e6,
-                                .busy = 0.1, .enc_bps = 130e6,
-                                .ratio = 0.24};
+    MpLevelSample link_bound = LINK_BOUND;
     MpLevelSample cpu_bound = {.link_bps = 125e6, .out_bps = 20e6,
                                .busy = 0.95, .enc_bps = 24e6,
                                .ratio = 0.22};
@@ -595,9 +599,7 @@ Test(tunnel_pages, tables_switch_same_memory)
     cr_assert_neq(tables_small(po), was);
     /* and the level rises to 3, where small tables parse greedily
      * (page-zstd.h, MP_COMP_SMALL_GREEDY_FROM) */
-    MpLevelSample link_bound = {.link_bps = 12.5e6, .out_bps = 12.4e6,
-                                .busy = 0.1, .enc_bps = 130e6,
-                                .ratio = 0.24};
+    MpLevelSample link_bound = LINK_BOUND;
     for (guint w = 0; w < MP_LEVEL_AGREE_UP; w++)
         mp_tun_pages_out_level_with(po, &link_bound, 2 + w * 0.5);
     cr_assert_eq(mp_tun_pages_out_level(po), 3);
